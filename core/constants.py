@@ -1,0 +1,27 @@
+"""Names shared by every store and stage: genres, event kinds, defaults."""
+
+GENRES: tuple[str, ...] = (
+    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
+    "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+GENRE_INDEX = {g: i for i, g in enumerate(GENRES)}
+
+# Behavioural signals; `value` meaning per kind.
+EVENT_KINDS: dict[str, str] = {
+    "impression": "list position shown (0-based)",
+    "click": "1",
+    "watch": "seconds watched (>= 0)",
+    "like": "1",
+    "dislike": "1",
+    "share": "1",
+    "scroll": "number of titles scrolled past",
+}
+
+RATING_MIN, RATING_MAX = 1, 10
+CATALOG_FIRST_YEAR, CATALOG_LAST_YEAR = 1950, 1999
+DEFAULT_K = 10
+SEED = 42
+# ISO-8601 UTC, second resolution: sorts lexically, parsed by SQLite and DuckDB.
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S"
+SIM_START = "2026-01-01T00:00:00"

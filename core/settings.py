@@ -1,0 +1,59 @@
+"""The one place for paths and tunable defaults.
+
+Nothing happens at import: `load_settings()` reads the environment when called,
+so tests can point everything at a temporary folder with RETRO_HOME.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HOME = PROJECT_ROOT / "data"
+HOME_ENV = "RETRO_HOME"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the stores live and the defaults every stage shares."""
+
+    home: Path
+    seed: int = 42
+    # Top 50: minimum votes m as a percentile of per-movie vote counts.
+    top50_size: int = 50
+    top50_m_percentile: float = 90.0
+    # Default demo world (issue 2).
+    demo_users: int = 3000
+    demo_movies: int = 1500
+    demo_days: int = 60
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def ops_db(self) -> Path:
+        """Operational SQLite database of the streaming service."""
+        return self.home / "retro.db"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def world_file(self) -> Path:
+        """Latent state of the simulated humans (tastes, habits); not service data."""
+        return self.home / "world.npz"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def with_home(self, home: str | os.PathLike) -> "Settings":
+        return replace(self, home=Path(home).expanduser().resolve())
+
+
+def load_settings(home: str | os.PathLike | None = None) -> Settings:
+    """Settings for `home`, else $RETRO_HOME, else the project's `data/` folder."""
+    chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
+    path = Path(chosen).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return Settings(home=path)
