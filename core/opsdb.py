@@ -29,7 +29,7 @@ def m001_tables(db: sqlite_utils.Database) -> None:
         CREATE TABLE movies (
             movie_id INTEGER PRIMARY KEY,
             title TEXT NOT NULL CHECK (length(title) > 0),
-            year INTEGER NOT NULL,
+            year INTEGER,                    -- NULL only for imported titles without a year
             genres TEXT NOT NULL,            -- '|'-separated, from constants.GENRES
             runtime_min INTEGER NOT NULL DEFAULT 100 CHECK (runtime_min > 0),
             added_at TEXT NOT NULL,

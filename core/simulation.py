@@ -344,6 +344,7 @@ def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies:
         summary = run_days(db, settings, world, days, progress=progress)
         progress(0.99, "building indexes")
         opsdb.finish_deferred_migrations(db)
+        progress(1.0, "world ready")
         return summary
     finally:
         db.conn.close()
@@ -363,7 +364,6 @@ def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.Wor
         for key in ("events", "ratings", "rejected", "duplicates_ignored", "new_users"):
             totals[key] += getattr(s, key)
     totals["last_day"] = first + days - 1
-    progress(1.0, "done")
     return totals
 
 
@@ -388,6 +388,7 @@ def simulate(settings: Settings, days: int, *, shift: str | None = None, strengt
                 started = start_shift(db, world, shift, strength, duration or days, day, params)
             world.save(settings.world_file)
         summary = run_days(db, settings, world, days, progress=progress, serve=serve)
+        progress(1.0, "done")
         if shift is not None:
             summary["shift"] = {"kind": started.kind, "strength": started.strength, "start_day": started.start_day,
                                 "duration": started.duration, "params": started.params}

@@ -18,7 +18,7 @@ import pandas as pd
 import sqlite_utils
 
 from . import errors
-from .constants import EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN, TS_FORMAT
+from .constants import EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
 from .opsdb import clock_now
 
 OnInvalid = Literal["raise", "quarantine"]
@@ -163,7 +163,8 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     titles = df["title"].map(lambda t: t.strip() if isinstance(t, str) else "")
     r.add(given & (~ok_id | (ids <= 0)), lambda i: f"movie_id {df['movie_id'][i]!r} is not a positive integer", errors.ValidationError)
     r.add(titles == "", lambda i: "title is empty", errors.ValidationError)
-    r.add(~ok_year | (years < 1878) | (years > 2100), lambda i: f"year {df['year'][i]!r} is not a plausible release year", errors.ValidationError)
+    year_given = df["year"].notna()
+    r.add(year_given & (~ok_year | (years < 1878) | (years > 2100)), lambda i: f"year {df['year'][i]!r} is not a plausible release year", errors.ValidationError)
     r.add(unknown_genre.map(bool), lambda i: f"unknown genre(s) {unknown_genre[i]}; known: {', '.join(GENRES)}", errors.ValidationError)
     r.add(~ok_rt | (runtime <= 0), lambda i: f"runtime_min {df['runtime_min'][i]!r} is not a positive integer", errors.ValidationError)
     r.add(~ok_ts, lambda i: f"added_at {df['added_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
@@ -174,7 +175,7 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     r.raise_first("movies")
     records = list(zip(
         [int(i) if g else None for i, g in zip(ids.tolist(), given.tolist())],
-        titles.tolist(), years.tolist(), genres.tolist(), runtime.tolist(), added.tolist(), [source] * len(df),
+        titles.tolist(), [y if g else None for y, g in zip(years.tolist(), year_given.tolist())], genres.tolist(), runtime.tolist(), added.tolist(), [source] * len(df),
     ))
     sql = "INSERT INTO movies(movie_id, title, year, genres, runtime_min, added_at, source) VALUES (?,?,?,?,?,?,?)"
     with db.atomic():
