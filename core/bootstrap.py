@@ -7,12 +7,7 @@ from .settings import Settings
 
 def needs_demo_world(settings: Settings) -> bool:
     """True when the folder holds neither a simulated world nor imported data."""
-    if simulation.has_world(settings):
-        return False
-    if settings.ops_db.exists():
-        with opsdb.session(settings) as db:
-            return db.execute("SELECT count(*) FROM movies").fetchone()[0] == 0
-    return True
+    return not simulation.has_world(settings) and not opsdb.holds_data(settings)
 
 
 def ensure_demo_world(settings: Settings, progress: simulation.Progress = simulation._noop) -> bool:

@@ -133,6 +133,14 @@ def session(settings: Settings, **kwargs) -> Iterator[sqlite_utils.Database]:
         db.conn.close()
 
 
+def holds_data(settings: Settings) -> bool:
+    """True when the operational database exists and has any movie or user."""
+    if not settings.ops_db.exists():
+        return False
+    with session(settings) as db:
+        return bool(db.execute("SELECT (SELECT count(*) FROM movies) + (SELECT count(*) FROM users)").fetchone()[0])
+
+
 def finish_deferred_migrations(db: sqlite_utils.Database) -> None:
     migrations.apply(db)
 

@@ -47,6 +47,11 @@ class Settings:
     def models_dir(self) -> Path:
         return self.home / "models"
 
+    def store_paths(self) -> list[Path]:
+        """Every file or folder the platform owns inside `home` (nothing else is ever deleted)."""
+        db, wh = self.ops_db, self.warehouse
+        return [db, Path(f"{db}-wal"), Path(f"{db}-shm"), wh, Path(f"{wh}.wal"), self.world_file, self.models_dir]
+
     def with_home(self, home: str | os.PathLike) -> "Settings":
         return replace(self, home=Path(home).expanduser().resolve())
 

@@ -318,12 +318,14 @@ def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies:
     for name, value, low in (("users", users, 1), ("movies", movies, 10), ("days", days, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise errors.ValidationError(f"--{name} must be an integer >= {low}, got {value!r}")
-    if settings.ops_db.exists() or settings.world_file.exists():
+    if opsdb.holds_data(settings) or settings.world_file.exists():
         if not force:
             raise errors.NotEmpty(f"{settings.home} already holds a world; use --force to replace it")
-        for path in settings.home.iterdir():
-            if path.name != ".gitkeep":
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in settings.store_paths():  # an empty database file or stale stores go too; nothing else
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     progress(0.0, "creating catalog and users")
     world, cat = world_mod.create_world(seed, users, movies)
     db = opsdb.connect(settings, defer_indexes=True)

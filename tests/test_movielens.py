@@ -1,0 +1,99 @@
+"""MovieLens import: real data row counts, both layouts, malformed files import nothing."""
+from pathlib import Path
+
+import pytest
+
+from core import movielens, opsdb
+from core.errors import ImportFormatError, NotEmpty
+from core.settings import load_settings
+
+ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
+
+
+@pytest.fixture
+def db(tmp_path):
+    conn = opsdb.connect(load_settings(tmp_path))
+    yield conn
+    conn.conn.close()
+
+
+def _table_counts(db):
+    return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("movies", "users", "ratings", "rating_history")}
+
+
+def write_small_csv(folder: Path, ratings_body: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "movies.csv").write_text(
+        'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy\n'
+        '2,"City of Lost Children, The (1995)",Drama|IMAX\n3,Untitled Project,(no genres listed)\n')
+    (folder / "ratings.csv").write_text(ratings_body or
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,0.5,964981247\n2,1,5.0,964982224\n2,3,3.5,964983815\n")
+    return folder
+
+
+def test_star_mapping_is_doubling():
+    import pandas as pd
+    assert movielens.stars_to_rating10(pd.Series([0.5, 1.0, 2.5, 4.5, 5.0])).tolist() == [1, 2, 5, 9, 10]
+    with pytest.raises(ImportFormatError, match="0.5..5"):
+        movielens.stars_to_rating10(pd.Series([4.0, 4.2]))
+
+
+def test_small_csv_layout(db, tmp_path):
+    result = movielens.import_movielens(db, write_small_csv(tmp_path / "ml"))
+    assert result == {"movies": 3, "users": 2, "ratings": 4}
+    rows = db.execute("SELECT movie_id, title, year, genres FROM movies ORDER BY movie_id").fetchall()
+    assert rows == [(1, "Toy Story", 1995, "Adventure|Animation|Children|Comedy|Fantasy"),
+                    (2, "City of Lost Children, The", 1995, "Drama"),
+                    (3, "Untitled Project", None, "")]
+    assert db.execute("SELECT user_id, movie_id, rating FROM ratings ORDER BY 1, 2").fetchall() == [
+        (1, 1, 8), (1, 2, 1), (2, 1, 10), (2, 3, 7)]
+    # The user's first rating time becomes their sign-up time (964981247 = 2000-07-30T18:20:47 UTC).
+    assert db.execute("SELECT created_at FROM users WHERE user_id = 1").fetchone()[0] == "2000-07-30T18:20:47"
+
+
+def test_ml100k_layout(db, tmp_path):
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    flags = ["0"] * 19
+    western = flags.copy(); western[18] = "1"; western[4] = "1"  # Western + Children's
+    (folder / "u.item").write_text(
+        "1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(western) + "\n"
+        "2|GoldenEye (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n", encoding="latin-1")
+    (folder / "u.data").write_text("10\t1\t5\t881250949\n10\t2\t3\t881250950\n11\t2\t1\t881250951\n")
+    assert movielens.import_movielens(db, folder) == {"movies": 2, "users": 2, "ratings": 3}
+    assert db.execute("SELECT genres FROM movies WHERE movie_id = 1").fetchone()[0] == "Children|Western"
+    assert db.execute("SELECT rating FROM ratings ORDER BY user_id, movie_id").fetchall() == [(10,), (6,), (2,)]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("userId,movieId,stars,timestamp\n1,1,4.0,1\n", "missing column"),
+    ("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,x,4.0,2\n", "line 3: movieId 'x' is not a number"),
+    ("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,2,7.0,2\n", "not a MovieLens star rating"),
+    ("userId,movieId,rating,timestamp\n1,99,4.0,1\n", "movie 99 that is not in movies.csv"),
+])
+def test_malformed_files_import_nothing(db, tmp_path, body, message):
+    folder = write_small_csv(tmp_path / "bad", body)
+    with pytest.raises(ImportFormatError, match=message):
+        movielens.import_movielens(db, folder)
+    assert _table_counts(db) == {"movies": 0, "users": 0, "ratings": 0, "rating_history": 0}
+
+
+def test_not_a_movielens_folder(db, tmp_path):
+    with pytest.raises(ImportFormatError, match="not a MovieLens folder"):
+        movielens.import_movielens(db, tmp_path)
+
+
+def test_refuses_non_empty_database(db, tmp_path):
+    folder = write_small_csv(tmp_path / "ml")
+    movielens.import_movielens(db, folder)
+    with pytest.raises(NotEmpty):
+        movielens.import_movielens(db, folder)
+    assert _table_counts(db)["ratings"] == 4
+
+
+@pytest.mark.skipif(not ML_SMALL.exists(), reason=f"MovieLens data not found at {ML_SMALL}")
+def test_real_ml_latest_small_counts(db):
+    assert movielens.import_movielens(db, ML_SMALL) == {"movies": 9742, "users": 610, "ratings": 100836}
+    assert _table_counts(db) == {"movies": 9742, "users": 610, "ratings": 100836, "rating_history": 100836}
+    low, high = db.execute("SELECT min(rating), max(rating) FROM ratings").fetchone()
+    assert (low, high) == (1, 10)
