@@ -35,6 +35,11 @@ class Settings:
         return self.home / "retro.db"
 
     @property
+    def mlops_db(self) -> Path:
+        """ML metadata: experiment runs, model registry, pipeline jobs (no personal data)."""
+        return self.home / "mlops.db"
+
+    @property
     def warehouse(self) -> Path:
         return self.home / "warehouse.duckdb"
 
@@ -50,7 +55,9 @@ class Settings:
     def store_paths(self) -> list[Path]:
         """Every file or folder the platform owns inside `home` (nothing else is ever deleted)."""
         db, wh = self.ops_db, self.warehouse
-        return [db, Path(f"{db}-wal"), Path(f"{db}-shm"), wh, Path(f"{wh}.wal"), self.world_file, self.models_dir]
+        ml = self.mlops_db
+        return [db, Path(f"{db}-wal"), Path(f"{db}-shm"), wh, Path(f"{wh}.wal"), self.world_file, self.models_dir,
+                ml, Path(f"{ml}-wal"), Path(f"{ml}-shm")]
 
     def with_home(self, home: str | os.PathLike) -> "Settings":
         return replace(self, home=Path(home).expanduser().resolve())
@@ -61,4 +68,12 @@ def load_settings(home: str | os.PathLike | None = None) -> Settings:
     chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
     path = Path(chosen).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
-    return Settings(home=path)
+    overrides = {}
+    for name in ("demo_users", "demo_movies", "demo_days", "seed"):
+        raw = os.environ.get(f"RETRO_{name.upper()}")
+        if raw:
+            try:
+                overrides[name] = int(raw)
+            except ValueError:
+                raise ValueError(f"RETRO_{name.upper()} must be an integer, got {raw!r}") from None
+    return Settings(home=path, **overrides)

@@ -1,0 +1,58 @@
+"""Keyed pseudonyms for user ids (HMAC-SHA256), so analytics never hold raw ids.
+
+The key comes from $RETRO_PSEUDONYM_KEY, else `RETRO_HOME/secrets.toml`
+(`[pseudonymization] key = "..."`), which is generated on first use with mode
+0600 inside the git-ignored data folder. Without the key a pseudonym cannot be
+linked back to a user; serving recomputes it on the operational side.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import tomllib
+
+import numpy as np
+import pandas as pd
+
+from .settings import Settings
+
+KEY_ENV = "RETRO_PSEUDONYM_KEY"
+PSEUDONYM_HEX = 20  # 80 bits: collision-free in practice for millions of users
+
+
+def secrets_file(settings: Settings):
+    return settings.home / "secrets.toml"
+
+
+def pseudonym_key(settings: Settings) -> bytes:
+    """The HMAC key; created (and persisted) on first use for this data folder."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.encode()
+    path = secrets_file(settings)
+    if path.exists():
+        data = tomllib.loads(path.read_text())
+        key = data.get("pseudonymization", {}).get("key")
+        if key:
+            return key.encode()
+    key = secrets.token_hex(32)
+    existing = path.read_text() if path.exists() else ""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(existing + f'\n[pseudonymization]\nkey = "{key}"\n')
+    return key.encode()
+
+
+def pseudonym(user_id: int, key: bytes) -> str:
+    """HMAC-SHA256(key, str(user_id)), first 20 hex digits."""
+    return hmac.new(key, str(int(user_id)).encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+
+
+def pseudonymize(user_ids, key: bytes) -> np.ndarray:
+    """Vectorized over a column: each distinct id is hashed once."""
+    ids = pd.Series(user_ids)
+    uniques = ids.dropna().unique()
+    mapping = {u: pseudonym(u, key) for u in uniques}
+    return ids.map(mapping).to_numpy(dtype=object)
