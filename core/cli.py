@@ -33,8 +33,13 @@ def _emit(args, data, human: Callable[[], None]) -> None:
 def _progress(args):
     if getattr(args, "json", False) or getattr(args, "quiet", False):
         return simulation._noop
-    def show(fraction: float, message: str) -> None:  # noqa: E306
-        print(f"\r[{fraction:4.0%}] {message:<50}", end="" if fraction < 1 else "\n", file=sys.stderr, flush=True)
+    tty = sys.stderr.isatty()
+
+    def show(fraction: float, message: str) -> None:
+        if tty:
+            print(f"\r[{fraction:4.0%}] {message:<60}", end="" if fraction < 1 else "\n", file=sys.stderr, flush=True)
+        else:
+            print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
     return show
 
 
@@ -123,6 +128,137 @@ def cmd_stats(args, settings):
     _emit(args, data, human)
 
 
+def _metric_line(m: dict) -> str:
+    keys = ("precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "coverage", "novelty")
+    return "  ".join(f"{k} {m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
+
+
+@command("etl")
+def cmd_etl(args, settings):
+    from . import etl
+    result = etl.run_etl(settings).to_dict()
+    _emit(args, result, lambda: print(
+        f"ETL run {result['run_id']}: {result['status']}" + (
+            f", data version dv{result['data_version']}: {result['rows_loaded']:,} rows loaded, "
+            f"{result['rows_quarantined']:,} quarantined {result['report'].get('by_reason', {})}"
+            if result["status"] == "loaded" else " (nothing changed since the last run)")))
+
+
+@command("train")
+def cmd_train(args, settings):
+    from . import pipeline
+    result = pipeline.train(settings, args.model, seed=args.seed, holdout_days=args.holdout_days,
+                            progress=_progress(args)).to_dict()
+    _emit(args, result, lambda: print(
+        f"run {result['run_id']} ({result['model_kind']}, data {result['data_version']}): {_metric_line(result['metrics'])}\n"
+        f"  artifact {result['artifact_path']}  (not registered; `retrain` registers and gates)"))
+
+
+@command("evaluate")
+def cmd_evaluate(args, settings):
+    from . import pipeline
+    result = pipeline.evaluate_version(settings, args.version, args.holdout_days)
+
+    def human():
+        print(f"v{result['version']} ({result['model_kind']}, trained on {result['trained_on']}) on the holdout "
+              f"{result['holdout_start']} .. {result['holdout_end']} of {result['data_version']}:")
+        if result["metrics"].get("overlaps_holdout"):
+            print("  note: this version was trained on data from this holdout window, so its scores are optimistic")
+        print(f"  model       {_metric_line(result['metrics'])}")
+        for name, m in result["baselines"].items():
+            print(f"  {name:<11} {_metric_line(m)}")
+    _emit(args, result, human)
+
+
+@command("retrain")
+def cmd_retrain(args, settings):
+    from . import pipeline
+    result = pipeline.retrain(settings, args.model, seed=args.seed, trigger="cli", actor=_operator(),
+                              margin=args.margin, progress=_progress(args))
+
+    def human():
+        print(f"job {result['job_id']}: run {result['run_id']} → v{result['version']} "
+              + ("PROMOTED to production" if result["promoted"] else "kept as candidate (gate refused)"))
+        print(f"  {_metric_line(result['metrics'])}")
+        for reason in result["gate"]["reasons"]:
+            print(f"  gate: {reason}")
+    _emit(args, result, human)
+
+
+def _operator() -> str:
+    import getpass
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli:unknown"
+
+
+@command("models")
+def cmd_models(args, settings):
+    from . import registry
+    if args.action == "list":
+        frame = registry.list_versions(settings)
+        data = frame.to_dict("records")
+
+        def human():
+            if frame.empty:
+                print("no model versions yet; run `python -m core retrain`")
+                return
+            cols = [c for c in ("version", "model_kind", "stage", "data_version", "created_at", "ndcg@10", "coverage") if c in frame]
+            print(frame[cols].to_string(index=False))
+        _emit(args, data, human)
+    elif args.action == "promote":
+        if args.version is None:
+            raise errors.ValidationError("models promote needs a VERSION, e.g. `python -m core models promote 3`")
+        replaced = registry.promote(settings, args.version, _operator(), args.reason)
+        data = {"promoted": args.version, "replaced": replaced}
+        _emit(args, data, lambda: print(f"v{args.version} is now in production" + (f" (v{replaced} archived)" if replaced else "")))
+    else:
+        restored = registry.rollback(settings, _operator(), args.reason)
+        data = {"production": restored}
+        _emit(args, data, lambda: print(f"rolled back: v{restored} is in production again"))
+
+
+@command("runs")
+def cmd_runs(args, settings):
+    from . import tracking
+    if args.action == "list":
+        frame = tracking.list_runs(settings, args.limit)
+        data = frame.to_dict("records")
+
+        def human():
+            if frame.empty:
+                print("no runs yet; run `python -m core train` or `retrain`")
+                return
+            cols = [c for c in ("run_id", "model_kind", "status", "data_version", "seed", "ndcg@10", "hit_rate@10",
+                                "duration_s") if c in frame]
+            print(frame[cols].to_string(index=False))
+        _emit(args, data, human)
+    else:
+        if args.run_id is None:
+            raise errors.ValidationError("runs show needs a run ID, e.g. `python -m core runs show 1`")
+        run = tracking.get_run(settings, args.run_id)
+        _emit(args, run, lambda: print(json.dumps(run, indent=2, default=str)))
+
+
+@command("recommend")
+def cmd_recommend(args, settings):
+    from . import serving
+    rec = serving.recommend(settings, args.user, args.k)
+    with opsdb.session(settings) as db:
+        marks = ",".join("?" * len(rec.movie_ids)) or "NULL"
+        titles = dict(db.execute(f"SELECT movie_id, title || ' (' || coalesce(year, '?') || ')' FROM movies "
+                                 f"WHERE movie_id IN ({marks})", rec.movie_ids).fetchall())
+    data = rec.to_dict() | {"titles": [titles.get(m) for m in rec.movie_ids]}
+
+    def human():
+        print(f"user {rec.user_id}: {rec.path} — {rec.reason}"
+              + (f" (model v{rec.model_version}, data {rec.data_version})" if rec.model_version else ""))
+        for i, (m, s) in enumerate(zip(rec.movie_ids, rec.scores), 1):
+            print(f"{i:>3}. {titles.get(m)}  [{m}]  score {s:.3f}")
+    _emit(args, data, human)
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -165,6 +301,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="folder with ratings.csv+movies.csv or u.data+u.item")
 
     sub.add_parser("stats", parents=[common, with_json], help="row counts and date range")
+
+    sub.add_parser("etl", parents=[common, with_json], help="incremental ETL into the warehouse")
+    p = sub.add_parser("train", parents=[common, with_json], help="train and evaluate one model (no promotion)")
+    p.add_argument("--model", choices=["als", "bpr"], default="als")
+    p.add_argument("--seed", type=int, help="random seed (default: settings seed 42)")
+    p.add_argument("--holdout-days", type=_positive_int, default=3)
+    p = sub.add_parser("evaluate", parents=[common, with_json], help="score a model version on the current holdout")
+    p.add_argument("--version", type=int, help="registry version (default: production)")
+    p.add_argument("--holdout-days", type=_positive_int, default=3)
+    p = sub.add_parser("retrain", parents=[common, with_json], help="ETL → train → evaluate → gate → promote")
+    p.add_argument("--model", choices=["als", "bpr"], default="als")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--margin", type=float, default=0.0, help="relative improvement the gate requires (0.02 = 2%%)")
+    p = sub.add_parser("models", parents=[common, with_json], help="model registry: list | promote VERSION | rollback")
+    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("version", nargs="?", type=int)
+    p.add_argument("--reason", default="manual decision from the CLI", help="recorded in the registry history")
+    p = sub.add_parser("runs", parents=[common, with_json], help="experiment runs: list | show ID")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("run_id", nargs="?", type=int)
+    p.add_argument("--limit", type=_positive_int, default=20)
+    p = sub.add_parser("recommend", parents=[common, with_json], help="recommendations for one user (logged)")
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--k", type=int, default=10)
     return parser
 
 

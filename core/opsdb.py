@@ -21,9 +21,20 @@ migrations = Migrations("retro_ops")
 INDEX_MIGRATION = "m002_indexes"
 
 
+def _run_statements(db: sqlite_utils.Database, script: str) -> None:
+    """Run a script statement by statement, inside the migration's transaction.
+
+    (`executescript` would COMMIT first and break the migration's atomicity.)
+    """
+    for statement in script.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
 @migrations()
 def m001_tables(db: sqlite_utils.Database) -> None:
-    db.executescript(
+    _run_statements(
+        db,
         """
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE movies (
@@ -93,13 +104,36 @@ def m001_tables(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m002_indexes(db: sqlite_utils.Database) -> None:
-    db.executescript(
+    _run_statements(
+        db,
         """
         CREATE INDEX IF NOT EXISTS idx_ratings_movie ON ratings(movie_id, rating);
         CREATE INDEX IF NOT EXISTS idx_history_user ON rating_history(user_id);
         CREATE INDEX IF NOT EXISTS idx_events_user ON events(user_id, occurred_at);
         CREATE INDEX IF NOT EXISTS idx_events_movie ON events(movie_id);
         """
+    )
+
+
+@migrations()
+def m003_served_recommendations(db: sqlite_utils.Database) -> None:
+    """The serving log: every list shown to a user, with the model and data behind it."""
+    _run_statements(
+        db,
+        """
+        CREATE TABLE served_recommendations (
+            serve_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+            served_at TEXT NOT NULL,
+            path TEXT NOT NULL,              -- 'model', or the fallback taken ('top50:cold-start', ...)
+            model_version INTEGER,           -- registry version (NULL on a fallback)
+            data_version TEXT,
+            movie_ids TEXT NOT NULL,         -- JSON list, best first (position = index + 1)
+            scores TEXT NOT NULL             -- JSON list, same order
+        );
+        CREATE INDEX idx_served_user ON served_recommendations(user_id, served_at);
+        CREATE INDEX idx_served_at ON served_recommendations(served_at)
+        """,
     )
 
 

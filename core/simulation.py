@@ -31,6 +31,8 @@ SHIFT_KINDS = ("trend", "viral", "seasonal", "life-event", "new-releases", "data
 SEASONS = {"halloween": ("Horror", "Thriller", "Mystery"), "holidays": ("Children", "Animation", "Musical", "Romance"),
            "summer": ("Adventure", "Action", "Sci-Fi")}
 IMPRESSIONS_PER_SESSION = 10
+# Exposure logits: log-popularity weight, Top-50 row boost, weight of browsing by taste.
+EXPOSURE_POPULARITY, EXPOSURE_TOP50, EXPOSURE_TASTE = 0.3, 1.0, 2.0
 DAY = timedelta(days=1)
 
 
@@ -213,8 +215,8 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     active = np.flatnonzero(present & (rng.random(len(world.user_ids)) < world.activity))
     stats.active_users, stats.new_users = len(active), n_new
     top = np.array(top50(db).movie_ids, dtype=np.int64)
-    exposure = 0.6 * np.log1p(world.recent_watches) + exposure_boost
-    exposure[world.movie_rows(top)] += 2.0 if len(top) else 0.0
+    exposure = EXPOSURE_POPULARITY * np.log1p(world.recent_watches) + exposure_boost
+    exposure[world.movie_rows(top)] += EXPOSURE_TOP50 if len(top) else 0.0
 
     # Fit of each active user to each movie: log of taste mass over the movie's genres vs uniform.
     taste = world.taste[active] * taste_mult
@@ -222,7 +224,8 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     genre_share = world.genre_matrix / np.maximum(world.genre_matrix.sum(axis=1, keepdims=True), 1)
     fit = np.clip(np.log(len(GENRES) * (taste @ genre_share.T) + 0.05), -3, 3)       # (A, M)
 
-    logits = np.broadcast_to(exposure, fit.shape).copy()
+    # What a user sees: the Top 50 row, popular titles, and genre rows they browse (their taste).
+    logits = exposure[None, :] + EXPOSURE_TASTE * fit
     if serve is not None and len(active):
         served = serve(world.user_ids[active], IMPRESSIONS_PER_SESSION)
         for a, uid in enumerate(world.user_ids[active]):

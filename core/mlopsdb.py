@@ -1,0 +1,186 @@
+"""The ML metadata store: experiment runs, model registry, pipeline jobs.
+
+A separate SQLite file (`settings.mlops_db`) that holds no personal data — no
+user ids, only models, metrics and timings — so a privacy erasure never needs
+to touch it. Same conventions as `opsdb`: sqlite-utils, schema by migrations,
+WAL, foreign keys on, one connection per call.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from .constants import TS_FORMAT
+from .errors import InvalidTimestamp
+from .opsdb import utc_now_iso
+from .settings import Settings
+
+migrations = Migrations("retro_mlops")
+
+
+M001_SQL = """
+        CREATE TABLE jobs (
+            job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (length(kind) > 0),        -- e.g. 'retrain'
+            trigger TEXT NOT NULL CHECK (length(trigger) > 0),  -- 'manual', 'scheduled', 'drift-alert', 'cli'
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running','finished','failed')),
+            stage TEXT,                                          -- last stage reached
+            error TEXT,
+            result TEXT                                          -- JSON object
+        );
+        CREATE TABLE runs (
+            run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_kind TEXT NOT NULL CHECK (length(model_kind) > 0),
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running','finished','failed')),
+            params TEXT NOT NULL DEFAULT '{}',       -- JSON: hyper-parameters
+            metrics TEXT,                            -- JSON: {'ndcg@10': 0.21, 'coverage': 0.3, ...}
+            baselines TEXT,                          -- JSON: {baseline name: metrics} on the same split
+            data_version TEXT,
+            seed INTEGER,
+            code_version TEXT,
+            timings TEXT,                            -- JSON: seconds per stage
+            artifact_path TEXT,
+            artifact_hash TEXT,                      -- sha256 of the artifact file
+            error TEXT,
+            job_id INTEGER REFERENCES jobs(job_id)
+        );
+        CREATE TABLE model_versions (
+            version INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL UNIQUE REFERENCES runs(run_id),
+            model_kind TEXT NOT NULL,
+            family TEXT NOT NULL,                    -- 'cf' for als/bpr, 'ranker' (one production each)
+            created_at TEXT NOT NULL,
+            stage TEXT NOT NULL DEFAULT 'candidate' CHECK (stage IN ('candidate','production','archived')),
+            artifact_path TEXT,
+            artifact_hash TEXT,
+            data_version TEXT,
+            metrics TEXT,                            -- JSON, copied from the run
+            params TEXT,                             -- JSON, copied from the run
+            depends_on INTEGER REFERENCES model_versions(version)
+        );
+        -- At most one production version per family, enforced by the database.
+        CREATE UNIQUE INDEX idx_versions_one_production ON model_versions(family) WHERE stage = 'production';
+        CREATE TABLE registry_events (
+            event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            version INTEGER NOT NULL REFERENCES model_versions(version),
+            from_stage TEXT,                         -- NULL for the registration event
+            to_stage TEXT NOT NULL,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            gate TEXT                                -- JSON GateDecision, when a gate decided
+        );
+        CREATE INDEX idx_events_version ON registry_events(version, event_id);
+        CREATE INDEX idx_runs_job ON runs(job_id);
+"""
+
+
+@migrations()
+def m001_tables(db: sqlite_utils.Database) -> None:
+    # One statement at a time: `executescript` would COMMIT the migration's transaction.
+    for statement in M001_SQL.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def open_mlops(settings: Settings) -> sqlite_utils.Database:
+    """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
+    return open_path(settings.mlops_db)
+
+
+def open_path(path: Path | str) -> sqlite_utils.Database:
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    db = sqlite_utils.Database(conn)
+    if migrations.pending(db):
+        # A training thread and a dashboard session may open a fresh file at
+        # the same moment: the write lock makes the second one wait, re-check
+        # and find nothing left to apply (each migration nests as a savepoint).
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(db)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return db
+
+
+@contextmanager
+def session(settings: Settings) -> Iterator[sqlite_utils.Database]:
+    """A connection that is closed afterwards (reads, and single-statement writes)."""
+    db = open_mlops(settings)
+    try:
+        yield db
+    finally:
+        db.conn.close()
+
+
+@contextmanager
+def write_session(settings: Settings) -> Iterator[sqlite_utils.Database]:
+    """A connection inside one `BEGIN IMMEDIATE` transaction, committed on success.
+
+    For read-check-write sequences (promote, rollback): the write lock is taken
+    up front, so a concurrent writer waits instead of failing with SQLITE_BUSY
+    when a deferred transaction tries to upgrade. `db.atomic()` inside nests as
+    a savepoint.
+    """
+    with session(settings) as db:
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
+
+
+def timestamp(at: str | None) -> str:
+    """`at` checked against `TS_FORMAT` ('YYYY-MM-DDTHH:MM:SS', UTC); real UTC now when None."""
+    if at is None:
+        return utc_now_iso()
+    try:
+        datetime.strptime(at, TS_FORMAT)
+    except (TypeError, ValueError):
+        raise InvalidTimestamp(f"timestamp {at!r} is not UTC 'YYYY-MM-DDTHH:MM:SS'") from None
+    return at
+
+
+def _plain(value: Any) -> Any:
+    """JSON fallback for NumPy scalars/arrays and paths."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(value: Any) -> str | None:
+    """JSON text for a metadata field; NaN survives the round trip (Python's JSON dialect)."""
+    if value is None:
+        return None
+    return json.dumps(value, default=_plain)
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def is_number(value: Any) -> bool:
+    """True for real numbers (NaN included), False for bools, strings and containers."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,280 @@
+"""The training pipeline: ETL → split → train → evaluate → register → gate → promote.
+
+`retrain()` is the one call the CLI, the dashboard and the monitoring policy
+use. It reports progress through a callback, keeps a job record, and never
+leaves a half-deployed model: the production pointer moves only after the
+bundle is saved and the gate has passed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import dataset, etl, gate, metrics, opsdb, registry, tracking, warehouse
+from .artifacts import Bundle, load_bundle, save_bundle
+from .constants import DEFAULT_K
+from .errors import RetroError, ValidationError
+from .models import MODELS, PopularityRecommender, WeightedRatingRecommender
+from .settings import Settings
+from .top50 import rank_movies
+
+Progress = Callable[[float, str], None]
+CF_KINDS = ("als", "bpr")
+HOLDOUT_DAYS = 3
+GATE_MARGIN = 0.0
+
+
+def _noop(fraction: float, message: str) -> None:
+    pass
+
+
+def data_version_label(version: int | None) -> str | None:
+    return None if version is None else f"dv{int(version)}"
+
+
+def current_data_version(settings: Settings) -> str:
+    with warehouse.session(settings) as con:
+        v = warehouse.latest_version(con)
+    if v is None:
+        raise RetroError("the warehouse has no data version yet; run the ETL first (python -m core etl)")
+    return data_version_label(v["version"])
+
+
+def sim_now(settings: Settings) -> str:
+    with opsdb.session(settings) as db:
+        return opsdb.clock_now(db)
+
+
+# ------------------------------------------------------------------ evaluation
+def top50_columns(settings: Settings, split: dataset.Split) -> np.ndarray:
+    """The Top 50 as the warehouse saw it at the split's cutoff, as item columns."""
+    with warehouse.session(settings) as con:
+        stats = con.execute("""
+            WITH latest AS (SELECT user_key, movie_id, arg_max(value, occurred_at) AS r FROM fact_interaction
+                            WHERE kind = 'rating' AND occurred_at < ? GROUP BY 1, 2)
+            SELECT movie_id, count(*) AS votes, sum(r) AS rating_sum FROM latest GROUP BY 1""", [split.cutoff]).df()
+    if stats.empty:
+        return np.array([], dtype=np.int64)
+    ranked, _, _ = rank_movies(stats)
+    col = split.train.item_index
+    return np.array([col[int(m)] for m in ranked["movie_id"] if int(m) in col], dtype=np.int64)
+
+
+def _evaluate(ids: np.ndarray, split: dataset.Split, users: np.ndarray, k: int) -> dict:
+    relevant = [split.holdout[u] for u in users]
+    popularity = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel()
+    return metrics.evaluate_lists(ids, relevant, split.train.user_items.shape[1], popularity,
+                                  split.train.user_items.shape[0], k)
+
+
+def evaluate_model(model, split: dataset.Split, k: int = DEFAULT_K) -> dict:
+    users = np.array(sorted(split.holdout), dtype=np.int64)
+    if not len(users):
+        raise RetroError("the holdout window has no users with new interactions; simulate more days or shorten it")
+    ids, _ = model.recommend(users, split.train.user_items, k)
+    return _evaluate(ids, split, users, k)
+
+
+def evaluate_bundle(bundle: Bundle, split: dataset.Split, fallback: np.ndarray, k: int = DEFAULT_K) -> dict:
+    """A deployed bundle scored on the current holdout.
+
+    Its users and items are mapped onto the split; users it does not know get
+    `fallback` (as serving would). Seen items are those of the current training
+    window. `overlaps_holdout` says whether the bundle was trained on data from
+    the holdout window (then its scores are optimistic and not a fair comparison).
+    """
+    users = np.array(sorted(split.holdout), dtype=np.int64)
+    lists = np.full((len(users), k), -1, dtype=np.int64)
+    rows = np.array([bundle.user_row.get(split.train.user_keys[u], -1) for u in users], dtype=np.int64)
+    known = rows >= 0
+    to_current = pd.Index(split.train.movie_ids).get_indexer(bundle.matrix.movie_ids)  # bundle column → split column
+    seen = split.train.user_items
+    if known.any():
+        extra = int(np.diff(seen.indptr).max(initial=0))
+        n = min(k + extra, bundle.matrix.user_items.shape[1])
+        ids, _ = bundle.model.recommend(rows[known], bundle.matrix.user_items, n, filter_seen=False)
+        for out_i, (u, row_ids) in zip(np.flatnonzero(known), zip(users[known], ids)):
+            seen_cols = set(seen.indices[seen.indptr[u]:seen.indptr[u + 1]])
+            cols = [c for c in to_current[row_ids[row_ids >= 0]] if c >= 0 and c not in seen_cols][:k]
+            lists[out_i, :len(cols)] = cols
+    for i in np.flatnonzero(~known):
+        u = users[i]
+        seen_cols = set(seen.indices[seen.indptr[u]:seen.indptr[u + 1]])
+        cols = [c for c in fallback if c not in seen_cols][:k]
+        lists[i, :len(cols)] = cols
+    trained_until = pd.Timestamp(bundle.meta.get("trained_until", "1900-01-01"))
+    return _evaluate(lists, split, users, k) | {"unknown_users": int((~known).sum()),
+                                                "overlaps_holdout": bool(trained_until >= split.cutoff)}
+
+
+# ------------------------------------------------------------------ training
+@dataclass
+class TrainResult:
+    run_id: int
+    model_kind: str
+    metrics: dict
+    baselines: dict
+    timings: dict
+    artifact_path: str
+    artifact_hash: str
+    data_version: str
+    has_nan: bool
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def train(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
+          holdout_days: int = HOLDOUT_DAYS, weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(),
+          job_id: int | None = None, progress: Progress = _noop, at: str | None = None) -> TrainResult:
+    """Fit on the training window, evaluate on the holdout (with baselines), refit on all data, save."""
+    if model not in CF_KINDS:
+        raise ValidationError(f"unknown model {model!r}; choose one of: {', '.join(CF_KINDS)}")
+    if not isinstance(holdout_days, int) or holdout_days < 1:
+        raise ValidationError(f"holdout days must be a positive integer, got {holdout_days!r}")
+    seed = settings.seed if seed is None else int(seed)
+    estimator_cls = MODELS[model]
+    params = dict(params or {})
+    try:
+        estimator_cls(**params, random_state=seed)
+    except TypeError as exc:
+        raise ValidationError(f"bad parameters for {model}: {exc}") from None
+    at = at or sim_now(settings)
+    data_version = current_data_version(settings)
+    full_params = estimator_cls(**params, random_state=seed).params()
+    run_id = tracking.start_run(settings, model, full_params | {"holdout_days": holdout_days, "weights": weights.to_dict()},
+                                seed, data_version, job_id=job_id, at=at)
+    timings: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        progress(0.0, "building the training matrix and the time-based holdout")
+        split = dataset.time_split(settings, holdout_days, weights)
+        timings["split"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.2, f"fitting {model} on {split.train_pairs:,} interactions")
+        estimator = estimator_cls(**params, random_state=seed).fit(split.train.user_items)
+        timings["fit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.45, "evaluating on the holdout (model and baselines)")
+        scores = evaluate_model(estimator, split)
+        top_cols = top50_columns(settings, split)
+        baselines = {
+            "popularity": evaluate_model(PopularityRecommender().fit(split.train.user_items), split),
+            "top50": evaluate_model(WeightedRatingRecommender(top_cols).fit(split.train.user_items), split),
+        }
+        prod = registry.production(settings)
+        if prod is not None:
+            try:
+                baselines["production"] = evaluate_bundle(load_bundle(prod["artifact_path"]), split, top_cols) | {
+                    "version": int(prod["version"])}
+            except (OSError, RetroError, ValueError) as exc:
+                baselines["production"] = {"error": f"could not evaluate production v{prod['version']}: {exc}"}
+        timings["evaluate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.65, "refitting on all data for deployment")
+        full = dataset.full_matrix(settings, weights, split.train.movie_ids)
+        deployed = estimator_cls(**params, random_state=seed).fit(full.user_items)
+        factors = [getattr(deployed, a, None) for a in ("user_factors_", "item_factors_")] + \
+                  [getattr(estimator, a, None) for a in ("user_factors_", "item_factors_")]
+        has_nan = any(f is not None and not np.isfinite(f).all() for f in factors)
+        timings["refit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        path = settings.models_dir / f"run-{run_id}"
+        meta = {"run_id": run_id, "model_kind": model, "params": full_params, "seed": seed,
+                "data_version": data_version, "holdout_cutoff": str(split.cutoff), "trained_until": str(split.end),
+                "weights": weights.to_dict(), "code_version": tracking.code_version()}
+        digest = save_bundle(path, deployed, full, meta)
+        timings["save"] = time.perf_counter() - t
+        scores |= {"train_pairs": split.train_pairs, "holdout_pairs": split.holdout_pairs,
+                   "users": int(full.user_items.shape[0]), "items": int(full.user_items.shape[1])}
+        tracking.finish_run(settings, run_id, scores, baselines, timings, str(path), digest, at=at)
+    except Exception as exc:
+        tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
+        raise
+    progress(0.8, f"run {run_id}: ndcg@10 {scores['ndcg@10']:.4f}")
+    return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan)
+
+
+# ------------------------------------------------------------------ retrain
+def gate_reference(settings: Settings, evaluated: dict | None) -> dict | None:
+    """What a candidate must beat: production scored on the same holdout, unless production was
+    trained on that holdout (a retrain within the holdout window) — then its metrics at promotion."""
+    if not evaluated:
+        return None
+    if "error" in evaluated or evaluated.get("overlaps_holdout"):
+        prod = registry.production(settings)
+        return None if prod is None else (prod["metrics"] | {"reference": "metrics at training (holdout overlap)"})
+    return evaluated | {"reference": "same holdout"}
+
+
+
+def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
+            trigger: str = "manual", actor: str = "pipeline", margin: float = GATE_MARGIN,
+            holdout_days: int = HOLDOUT_DAYS, progress: Progress = _noop, at: str | None = None) -> dict:
+    """ETL → train → evaluate → register → gate → promote; returns the job's result."""
+    at = at or sim_now(settings)
+    job_id = tracking.start_job(settings, "retrain", trigger, at=at)
+    stage = "etl"
+    try:
+        progress(0.0, "ETL: extracting new rows from the operational database")
+        tracking.update_job(settings, job_id, stage)
+        t = time.perf_counter()
+        etl_result = etl.run_etl(settings, at=at)
+        etl_seconds = time.perf_counter() - t
+        progress(0.25, f"ETL: {etl_result.status}, {etl_result.rows_loaded:,} rows loaded, "
+                       f"{etl_result.rows_quarantined:,} quarantined")
+
+        stage = "train"
+        tracking.update_job(settings, job_id, stage)
+        trained = train(settings, model, seed=seed, params=params, holdout_days=holdout_days, job_id=job_id, at=at,
+                        progress=lambda f, m: progress(0.25 + 0.6 * f, m))
+
+        stage = "gate"
+        tracking.update_job(settings, job_id, stage)
+        version = registry.register(settings, trained.run_id, at=at)
+        prod_metrics = gate_reference(settings, trained.baselines.get("production"))
+        decision = gate.evaluate_gate(trained.metrics, prod_metrics, has_nan=trained.has_nan, margin=margin)
+        progress(0.9, "gate: " + ("promote" if decision.promote else "keep the current model"))
+        if decision.promote:
+            stage = "promote"
+            tracking.update_job(settings, job_id, stage)
+            registry.promote(settings, version, actor, f"gate passed ({trigger} retrain)", gate=decision, at=at)
+        result = {"job_id": job_id, "run_id": trained.run_id, "version": version, "promoted": decision.promote,
+                  "gate": decision.to_dict(), "etl": etl_result.to_dict(), "metrics": trained.metrics,
+                  "baselines": trained.baselines, "timings": trained.timings | {"etl": etl_seconds},
+                  "data_version": trained.data_version, "trigger": trigger}
+        tracking.finish_job(settings, job_id, result, at=at)
+        progress(1.0, f"done: v{version} " + ("promoted to production" if decision.promote else "kept as candidate"))
+        return result
+    except Exception as exc:
+        tracking.fail_job(settings, job_id, f"{stage}: {type(exc).__name__}: {exc}", at=at)
+        raise
+
+
+def runs_frame(settings: Settings, limit: int = 50) -> pd.DataFrame:
+    return tracking.list_runs(settings, limit)
+
+
+def evaluate_version(settings: Settings, version: int | None = None, holdout_days: int = HOLDOUT_DAYS) -> dict:
+    """Score a registered version (default: production) and the baselines on the current holdout."""
+    entry = registry.get_version(settings, version) if version is not None else registry.production(settings)
+    if entry is None:
+        raise RetroError("no model in production yet; run a retrain first (python -m core retrain)")
+    split = dataset.time_split(settings, holdout_days)
+    top_cols = top50_columns(settings, split)
+    result = {"version": int(entry["version"]), "model_kind": entry["model_kind"],
+              "data_version": current_data_version(settings), "trained_on": entry["data_version"],
+              "holdout_start": str(split.cutoff), "holdout_end": str(split.end),
+              "metrics": evaluate_bundle(load_bundle(entry["artifact_path"]), split, top_cols),
+              "baselines": {"popularity": evaluate_model(PopularityRecommender().fit(split.train.user_items), split),
+                            "top50": evaluate_model(WeightedRatingRecommender(top_cols).fit(split.train.user_items), split)},
+              "metrics_at_training": entry["metrics"]}
+    return result

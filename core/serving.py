@@ -1,0 +1,205 @@
+"""Serving: `recommend(user_id, k)` from the production model, with explicit fallbacks.
+
+Paths: 'model' (the production CF model), or a Top 50 fallback that says why:
+'top50:no-model' (nothing in production), 'top50:cold-start' (the model has
+never seen this user), 'top50:no-consent' (personalization withdrawn).
+Every served list is logged in `served_recommendations` (the audit trail).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import sqlite_utils
+
+from . import opsdb, registry
+from .artifacts import Bundle, load_bundle
+from .constants import DEFAULT_K
+from .errors import UnknownUser, ValidationError
+from .pseudonym import pseudonym, pseudonym_key
+from .settings import Settings
+from .top50 import top50
+
+_local = threading.local()
+_bundles: dict[tuple[str, str], Bundle] = {}
+_top50_cache: dict[tuple, list] = {}
+_lock = threading.Lock()
+
+
+@dataclass
+class Recommendation:
+    user_id: int
+    path: str
+    movie_ids: list[int]
+    scores: list[float]
+    model_version: int | None = None
+    data_version: str | None = None
+    reason: str = ""
+    served_at: str | None = None
+    serve_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _db(settings: Settings) -> sqlite_utils.Database:
+    """One operational connection per thread and database (opening per call costs milliseconds)."""
+    cache = getattr(_local, "dbs", None)
+    if cache is None:
+        cache = _local.dbs = {}
+    key = str(settings.ops_db)
+    if key not in cache:
+        cache[key] = opsdb.connect(settings)
+    return cache[key]
+
+
+def bundle_for(version: dict) -> Bundle:
+    """The loaded bundle of a registry version (cached by path and hash: a promotion swaps it)."""
+    key = (version["artifact_path"], version["artifact_hash"])
+    with _lock:
+        if key not in _bundles:
+            _bundles.clear()
+            _bundles[key] = load_bundle(version["artifact_path"])
+        return _bundles[key]
+
+
+def clear_caches() -> None:
+    with _lock:
+        _bundles.clear()
+        _top50_cache.clear()
+
+
+def _top50_list(db: sqlite_utils.Database) -> list[tuple[int, float]]:
+    marker = db.execute("SELECT max(history_id), count(*) FROM rating_history").fetchone()
+    key = (str(db.conn), marker)
+    if key not in _top50_cache:
+        _top50_cache.clear()
+        t = top50(db).table
+        _top50_cache[key] = list(zip(t["movie_id"].astype(int), t["weighted_rating"].astype(float)))
+    return _top50_cache[key]
+
+
+def seen_movies(db: sqlite_utils.Database, user_id: int) -> set[int]:
+    """Movies the user watched or rated (never recommended again)."""
+    rows = db.execute("SELECT movie_id FROM events WHERE user_id = ? AND kind = 'watch' "
+                      "UNION SELECT movie_id FROM ratings WHERE user_id = ?", [user_id, user_id]).fetchall()
+    return {r[0] for r in rows}
+
+
+def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool = True, at: str | None = None) -> Recommendation:
+    """Top-k movies for one user; says which path it took and logs the list."""
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= 100:
+        raise ValidationError(f"k must be an integer in 1..100, got {k!r}")
+    db = _db(settings)
+    user = db.execute("SELECT consent_personalization FROM users WHERE user_id = ?", [int(user_id)]).fetchone()
+    if user is None:
+        raise UnknownUser(f"unknown user {user_id}: no such user in the operational database")
+    seen = seen_movies(db, int(user_id))
+    prod = registry.production(settings)
+    rec = None
+    if not user[0]:
+        reason = ("top50:no-consent", "the user withdrew consent to personalization")
+    elif prod is None:
+        reason = ("top50:no-model", "no model is in production yet")
+    else:
+        bundle = bundle_for(prod)
+        row = bundle.user_row.get(pseudonym(int(user_id), pseudonym_key(settings)))
+        if row is None:
+            reason = ("top50:cold-start", "the production model has no history for this user (cold start)")
+        else:
+            ids, scores = bundle.model.recommend(np.array([row]), bundle.matrix.user_items, k + len(seen) if seen else k)
+            movies = [int(bundle.matrix.movie_ids[c]) for c in ids[0] if c >= 0]
+            pairs = [(m, float(s)) for m, s in zip(movies, scores[0][: len(movies)]) if m not in seen][:k]
+            rec = Recommendation(int(user_id), "model", [m for m, _ in pairs], [s for _, s in pairs],
+                                 int(prod["version"]), prod["data_version"], "personalized by the production model")
+    if rec is None:
+        pairs = [(m, s) for m, s in _top50_list(db) if m not in seen][:k]
+        rec = Recommendation(int(user_id), reason[0], [m for m, _ in pairs], [s for _, s in pairs],
+                             None, None, reason[1])
+    if log:
+        rec.served_at = at or opsdb.clock_now(db)
+        with db.atomic():
+            cur = db.conn.execute(
+                "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, scores) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (rec.user_id, rec.served_at, rec.path, rec.model_version, rec.data_version,
+                 json.dumps(rec.movie_ids), json.dumps([round(s, 6) for s in rec.scores])))
+            rec.serve_id = cur.lastrowid
+    return rec
+
+
+def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: bool = True, at: str | None = None) -> dict[int, Recommendation]:
+    """Batch serving for many users at once (one model call), same paths and logging as `recommend`."""
+    user_ids = [int(u) for u in user_ids]
+    db = _db(settings)
+    marks = ",".join("?" * len(user_ids)) or "NULL"
+    consent = dict(db.execute(f"SELECT user_id, consent_personalization FROM users WHERE user_id IN ({marks})", user_ids).fetchall())
+    unknown = [u for u in user_ids if u not in consent]
+    if unknown:
+        raise UnknownUser(f"unknown user(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}")
+    seen_rows = db.execute(f"SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND user_id IN ({marks}) "
+                           f"UNION SELECT user_id, movie_id FROM ratings WHERE user_id IN ({marks})", user_ids + user_ids).fetchall()
+    seen: dict[int, set] = {}
+    for u, m in seen_rows:
+        seen.setdefault(u, set()).add(m)
+    prod = registry.production(settings)
+    out: dict[int, Recommendation] = {}
+    todo = []
+    if prod is not None:
+        bundle = bundle_for(prod)
+        key = pseudonym_key(settings)
+        rows = {u: bundle.user_row.get(pseudonym(u, key)) for u in user_ids if consent[u]}
+        todo = [u for u, r in rows.items() if r is not None]
+        if todo:
+            extra = max((len(seen.get(u, ())) for u in todo), default=0)
+            ids, scores = bundle.model.recommend(np.array([rows[u] for u in todo]), bundle.matrix.user_items,
+                                                 min(k + extra, bundle.matrix.user_items.shape[1]))
+            movie_ids = np.where(ids >= 0, bundle.matrix.movie_ids[np.clip(ids, 0, None)], -1)
+            for i, u in enumerate(todo):
+                s = seen.get(u, set())
+                pairs = [(int(m), float(sc)) for m, sc in zip(movie_ids[i], scores[i]) if m >= 0 and m not in s][:k]
+                out[u] = Recommendation(u, "model", [m for m, _ in pairs], [s_ for _, s_ in pairs],
+                                        int(prod["version"]), prod["data_version"], "personalized by the production model")
+    top = _top50_list(db)
+    for u in user_ids:
+        if u in out:
+            continue
+        path, why = (("top50:no-consent", "the user withdrew consent to personalization") if not consent[u] else
+                     ("top50:no-model", "no model is in production yet") if prod is None else
+                     ("top50:cold-start", "the production model has no history for this user (cold start)"))
+        s = seen.get(u, set())
+        pairs = [(m, sc) for m, sc in top if m not in s][:k]
+        out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], None, None, why)
+    if log:
+        when = at or opsdb.clock_now(db)
+        with db.atomic():
+            db.conn.executemany(
+                "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, scores) "
+                "VALUES (?,?,?,?,?,?,?)",
+                [(r.user_id, when, r.path, r.model_version, r.data_version, json.dumps(r.movie_ids),
+                  json.dumps([round(s, 6) for s in r.scores])) for r in out.values()])
+        for r in out.values():
+            r.served_at = when
+    return out
+
+
+def served_log(settings: Settings, user_id: int | None = None, since: str | None = None, until: str | None = None,
+               limit: int = 100) -> list[dict]:
+    """Logged lists, newest first, filtered by user and time window."""
+    where, args = [], []
+    if user_id is not None:
+        where.append("user_id = ?"); args.append(int(user_id))  # noqa: E702
+    if since:
+        where.append("served_at >= ?"); args.append(since)  # noqa: E702
+    if until:
+        where.append("served_at < ?"); args.append(until)  # noqa: E702
+    sql = "SELECT * FROM served_recommendations" + (" WHERE " + " AND ".join(where) if where else "") + \
+          " ORDER BY served_at DESC, serve_id DESC LIMIT ?"
+    with opsdb.session(settings) as db:
+        rows = list(db.query(sql, args + [int(limit)]))
+    for r in rows:
+        r["movie_ids"], r["scores"] = json.loads(r["movie_ids"]), json.loads(r["scores"])
+    return rows
