@@ -111,6 +111,18 @@ def evaluate_bundle(bundle: Bundle, split: dataset.Split, fallback: np.ndarray, 
                                                 "overlaps_holdout": bool(trained_until >= split.cutoff)}
 
 
+def _refit_production_config(prod: dict, candidate_kind: str, candidate_params: dict, candidate_scores: dict,
+                             split: dataset.Split) -> dict:
+    """Production's configuration fitted on the current training window (a fair reference when the
+    deployed production model has already seen the holdout window)."""
+    cls = MODELS[prod["model_kind"]]
+    keys = cls().params().keys()
+    params = {k: v for k, v in (prod.get("params") or {}).items() if k in keys}
+    if prod["model_kind"] == candidate_kind and params == {k: candidate_params.get(k) for k in keys}:
+        return dict(candidate_scores) | {"version": int(prod["version"]), "same_configuration": True}
+    return evaluate_model(cls(**params).fit(split.train.user_items), split) | {"version": int(prod["version"])}
+
+
 # ------------------------------------------------------------------ training
 @dataclass
 class TrainResult:
@@ -175,6 +187,8 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
                     "version": int(prod["version"])}
             except (OSError, RetroError, ValueError) as exc:
                 baselines["production"] = {"error": f"could not evaluate production v{prod['version']}: {exc}"}
+            if baselines["production"].get("overlaps_holdout") or "error" in baselines["production"]:
+                baselines["production_config"] = _refit_production_config(prod, model, full_params, scores, split)
         timings["evaluate"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -204,15 +218,16 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
 
 
 # ------------------------------------------------------------------ retrain
-def gate_reference(settings: Settings, evaluated: dict | None) -> dict | None:
-    """What a candidate must beat: production scored on the same holdout, unless production was
-    trained on that holdout (a retrain within the holdout window) — then its metrics at promotion."""
+def gate_reference(baselines: dict) -> dict | None:
+    """What a candidate must beat on the same holdout: the deployed production model, or — when that
+    model was trained on the holdout window itself — production's configuration refit on the current
+    training window (comparing scores from different holdouts would be noise)."""
+    evaluated = baselines.get("production")
     if not evaluated:
         return None
     if "error" in evaluated or evaluated.get("overlaps_holdout"):
-        prod = registry.production(settings)
-        return None if prod is None else (prod["metrics"] | {"reference": "metrics at training (holdout overlap)"})
-    return evaluated | {"reference": "same holdout"}
+        return baselines.get("production_config", {}) | {"reference": "production configuration refit on this window"}
+    return evaluated | {"reference": "deployed production model on the same holdout"}
 
 
 
@@ -240,7 +255,7 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
         stage = "gate"
         tracking.update_job(settings, job_id, stage)
         version = registry.register(settings, trained.run_id, at=at)
-        prod_metrics = gate_reference(settings, trained.baselines.get("production"))
+        prod_metrics = gate_reference(trained.baselines)
         decision = gate.evaluate_gate(trained.metrics, prod_metrics, has_nan=trained.has_nan, margin=margin)
         progress(0.9, "gate: " + ("promote" if decision.promote else "keep the current model"))
         if decision.promote:

@@ -132,3 +132,15 @@ def test_every_served_list_is_logged(world):
     assert serving.served_log(world, user_id=3, since="2026-01-11T09:30:00")[0]["serve_id"] == log[0]["serve_id"]
     assert serving.recommend(world, 3, log=False).serve_id is None
     assert len(serving.served_log(world, user_id=3)) == 2
+
+
+def test_gate_reference_when_production_has_seen_the_holdout(world):
+    first = pipeline.retrain(world)
+    simulation.simulate(world, 1)          # production was trained on days that are now in the holdout
+    second = pipeline.retrain(world)
+    prod = second["baselines"]["production"]
+    assert prod["overlaps_holdout"] and prod["version"] == first["version"]
+    # The fair reference is production's configuration refit on this window; same config → same scores.
+    assert second["baselines"]["production_config"]["same_configuration"]
+    assert second["gate"]["checks"]["quality"]["production"] == pytest.approx(second["metrics"]["ndcg@10"])
+    assert second["promoted"]
