@@ -1,48 +1,177 @@
-"""Dashboard smoke tests with Streamlit's AppTest on tiny worlds (no browser)."""
+"""Dashboard tests with Streamlit's AppTest (no browser): every page renders and shows its key content,
+the buttons and forms act on the real stores, and core errors show as st.error."""
+import shutil
 from pathlib import Path
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core import opsdb, simulation
+from core import opsdb, pipeline, registry, serving, simulation, tracking
 from core.settings import load_settings
+from core.top50 import top50
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py"]
 
 
 @pytest.fixture(autouse=True)
 def clear_caches():
     st.cache_data.clear()
     st.cache_resource.clear()
+    serving.clear_caches()
     yield
 
 
-def test_first_start_builds_demo_world_then_shows_top50(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trained_world(tmp_path_factory):
+    settings = load_settings(tmp_path_factory.mktemp("dash-base"))
+    simulation.init_world(settings, seed=5, users=300, movies=600, days=8)
+    pipeline.retrain(settings)
+    return settings
+
+
+@pytest.fixture
+def home(trained_world, tmp_path, monkeypatch):
+    """A private copy of a small trained world, pointed to by RETRO_HOME."""
+    shutil.copytree(trained_world.home, tmp_path, dirs_exist_ok=True)
+    # Artifacts record absolute paths: repoint the registry at the copy.
+    import sqlite3
+    con = sqlite3.connect(tmp_path / "mlops.db")
+    for table in ("runs", "model_versions"):
+        con.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)", (str(trained_world.home), str(tmp_path)))
+    con.commit()
+    con.close()
+    monkeypatch.setenv("RETRO_HOME", str(tmp_path))
+    return load_settings(tmp_path)
+
+
+def frame(at, *columns):
+    """The first dataframe on the page that has all these columns (AppTest has no dataframe keys)."""
+    for df in at.dataframe:
+        if set(columns) <= set(df.value.columns):
+            return df.value
+    raise AssertionError(f"no dataframe with columns {columns}")
+
+
+def app(timeout=60):
+    return AppTest.from_file(APP, default_timeout=timeout).run()
+
+
+def test_first_start_builds_world_and_first_model(tmp_path, monkeypatch):
     monkeypatch.setenv("RETRO_HOME", str(tmp_path))
     monkeypatch.setenv("RETRO_DEMO_USERS", "300")
-    monkeypatch.setenv("RETRO_DEMO_MOVIES", "600")
-    monkeypatch.setenv("RETRO_DEMO_DAYS", "6")
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    monkeypatch.setenv("RETRO_DEMO_MOVIES", "200")
+    monkeypatch.setenv("RETRO_DEMO_DAYS", "8")
+    at = app(180)
     assert not at.exception
-    assert simulation.has_world(load_settings(tmp_path))
-    table = at.dataframe[0].value
-    with opsdb.session(load_settings(tmp_path)) as db:
-        from core.top50 import top50
-        expected = top50(db).table
-    assert list(table["movie_id"]) == list(expected["movie_id"]) and 0 < len(table) <= 50
-    # A second start reuses the world: same clock, no rebuild.
-    at2 = AppTest.from_file(APP, default_timeout=30).run()
-    assert not at2.exception and not [i for i in at2.info if "First start" in i.value]
+    s = load_settings(tmp_path)
+    assert simulation.has_world(s) and registry.production(s)["version"] == 1
+    assert tracking.list_jobs(s).iloc[0]["trigger"] == "first-start"
+    # A second start reuses what exists: no new job, no rebuild.
+    at2 = app()
+    assert not at2.exception and len(tracking.list_jobs(s)) == 1
 
 
-def test_changing_m_moves_the_top50(tmp_path, monkeypatch):
-    monkeypatch.setenv("RETRO_HOME", str(tmp_path))
-    simulation.init_world(load_settings(tmp_path), seed=5, users=300, movies=600, days=6)
-    at = AppTest.from_file(APP, default_timeout=30).run()
-    default_ids = list(at.dataframe[0].value["movie_id"])
-    at.number_input[0].set_value(1).run()
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_content(home, page):
+    at = app()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.title and at.title[0].value
+
+
+def test_overview_shows_the_production_model(home):
+    at = app()
+    captions = " ".join(c.value for c in at.caption)
+    prod = registry.production(home)
+    assert f"production v{prod['version']} (als)" in captions
+    assert "identical list" in [m.value for m in at.metric]
+    at.button(key="two_seeds").click().run()
+    assert any("overlap between seeds" in m.label for m in at.metric)
+
+
+def test_top50_page_lists_and_m_control(home):
+    at = app()
+    at.switch_page("views/top50_vs_you.py").run()
+    with opsdb.session(home) as db:
+        expected = top50(db)
+    table = frame(at, "weighted_rating")
+    assert list(table["title"]) == list(expected.table["title"])
+    mine = frame(at, "score")
+    assert len(mine) == 10
+    at.slider(key="m").set_value(5).run()
     assert not at.exception
-    loose = at.dataframe[0].value
-    assert len(loose) == 50 and list(loose["movie_id"]) != default_ids
-    assert any("m = 1 votes" in c.value for c in at.caption)
+    with opsdb.session(home) as db:
+        loose = top50(db, 5).table
+    moved = frame(at, "weighted_rating")
+    assert list(moved["title"]) == list(loose["title"]) and list(moved["title"]) != list(table["title"])
+    assert any("m = 5 votes" in c.value for c in at.caption)
+
+
+def test_cold_start_user_is_said_plainly(home):
+    from core import writes
+    with opsdb.session(home) as db:
+        newcomer = writes.add_user(db)
+    at = app()
+    at.switch_page("views/top50_vs_you.py").run()
+    at.selectbox(key="user").set_value(newcomer).run()
+    assert any("Falling back to the Top 50" in w.value and "cold start" in w.value for w in at.warning)
+
+
+def test_retrain_button_runs_the_pipeline(home):
+    before = len(tracking.list_runs(home))
+    at = app()
+    at.switch_page("views/training.py").run()
+    at.button(key="retrain").click().run(timeout=120)
+    assert not at.exception
+    assert len(tracking.list_runs(home)) == before + 1
+    assert any("Run " in s.value and "v2" in s.value for s in list(at.success) + list(at.warning))
+    assert any(c.value.startswith("gate: ") for c in at.caption)
+    assert len(frame(at, "run_id", "duration_s")) == before + 1
+
+
+def test_promote_and_rollback_forms_change_the_registry(home):
+    pipeline.retrain(home, params={"factors": 8, "iterations": 2}, seed=9)   # v2: a candidate or production
+    at = app()
+    at.switch_page("views/training.py").run()
+    prod_before = registry.production(home)["version"]
+    target = 1 if prod_before == 2 else 2
+    at.selectbox(key="promote_version").set_value(target)
+    at.text_input(key="promote_reason").input("A/B test winner")
+    at.button(key="FormSubmitter:promote_form-Promote").click().run()
+    assert any("Tick the confirmation" in e.value for e in at.error)
+    assert registry.production(home)["version"] == prod_before
+    at.checkbox(key="promote_confirm").check()
+    at.button(key="FormSubmitter:promote_form-Promote").click().run()
+    assert registry.production(home)["version"] == target
+    assert "A/B test winner" in set(registry.history(home)["reason"])
+    at.text_input(key="rollback_reason").input("complaints")
+    at.checkbox(key="rollback_confirm").check()
+    at.button(key="FormSubmitter:rollback_form-Roll back").click().run()
+    assert registry.production(home)["version"] == prod_before
+    assert "operator:dashboard" in set(registry.history(home)["actor"])
+
+
+def test_core_errors_show_as_st_error(home):
+    at = app()
+    at.switch_page("views/training.py").run()
+    # Rolling back when nothing earlier exists is a core error: it must show as st.error, not a traceback.
+    at.text_input(key="rollback_reason").input("try")
+    at.checkbox(key="rollback_confirm").check()
+    at.button(key="FormSubmitter:rollback_form-Roll back").click().run()
+    assert not at.exception
+    assert any("no earlier version" in e.value or "roll back" in e.value for e in at.error)
+
+
+def test_data_page_shows_versions_and_quarantine(home):
+    simulation.simulate(home, 1, shift="data-quality", strength=2)
+    at = app()
+    at.switch_page("views/data.py").run()
+    at.button(key="run_etl").click().run()
+    assert not at.exception
+    assert any("ETL run" in s.value and "quarantined" in s.value for s in at.success)
+    assert len(frame(at, "data_version", "content_hash")) == 2
+    q = frame(at, "reason", "quarantined_at")
+    assert len(q) > 0 and q["reason"].str.contains("rejected at ingestion").any()

@@ -1,0 +1,117 @@
+"""Every cached read of the dashboard, in one place.
+
+Reads take `token` — `core.insights.state_token()`, a cheap fingerprint of the
+stores — so any write (ETL, retrain, promotion, rollback, erasure) gives a new
+key and stale numbers are never shown. `clear()` is called after writes made
+from the dashboard itself.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from core import insights, pipeline, registry, serving, tracking
+from core.opsdb import session
+from core.settings import load_settings
+from core.top50 import top50
+
+
+@st.cache_resource
+def settings():
+    return load_settings()
+
+
+def token() -> tuple:
+    return insights.state_token(settings())
+
+
+def clear() -> None:
+    st.cache_data.clear()
+    serving.clear_caches()
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def status(_token):
+    return insights.system_status(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def top50_table(_token, m):
+    with session(settings()) as db:
+        result = top50(db, m)
+    return result.table, result.m, result.C
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def users(_token):
+    return insights.user_directory(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def profile(_token, user_id):
+    return insights.user_profile(settings(), user_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def recommendation(_token, user_id, k=10):
+    # Not logged: the dashboard looks at lists, it does not show them to the user.
+    return serving.recommend(settings(), user_id, k, log=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def movies(_token):
+    return insights.movies_frame(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def popularity(_token):
+    return insights.movie_popularity(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def runs(_token):
+    return tracking.list_runs(settings(), 200)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def run(_token, run_id):
+    return tracking.get_run(settings(), run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def compare(_token, a, b):
+    return tracking.compare_runs(settings(), a, b)
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def versions(_token):
+    return registry.list_versions(settings()), registry.history(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def jobs(_token):
+    return tracking.list_jobs(settings(), 50)
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def etl_report(_token):
+    return insights.etl_report(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def determinism(_token):
+    return insights.top50_is_deterministic(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def seed_variability(_token, seeds, model):
+    return insights.seed_variability(settings(), seeds=seeds, model=model)
+
+
+def production():
+    return status(token())["registry"]["production"]
+
+
+def retrain(progress, **kwargs):
+    result = pipeline.retrain(settings(), progress=progress, **kwargs)
+    clear()
+    return result

@@ -1,0 +1,65 @@
+"""Data: ETL runs and data versions, the validation report and the quarantine, daily volumes."""
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import etl
+from dashboard import cache, ui
+
+st.title("🗄️ Data: ETL, validation, warehouse")
+with ui.core_errors():
+    rep = cache.etl_report(cache.token())
+
+if st.button("Run ETL now", key="run_etl"):
+    with st.spinner("extracting, validating, loading…"), ui.core_errors():
+        result = etl.run_etl(cache.settings())
+    cache.clear()
+    st.success(f"ETL run {result.run_id}: {result.status}, {result.rows_loaded:,} rows loaded, "
+               f"{result.rows_quarantined:,} quarantined")
+    rep = cache.etl_report(cache.token())
+
+versions = rep["versions"]
+if versions.empty:
+    st.info("No ETL has run yet — press “Run ETL now” or retrain on the Training & Models page.")
+    st.stop()
+
+latest = versions.iloc[0]
+a, b, c, d = st.columns(4)
+a.metric("Data version", f"dv{int(latest['version'])}")
+b.metric("Interactions in the warehouse", f"{int(latest['total_facts']):,}")
+c.metric("Loaded by the last run", f"{int(latest['rows_loaded']):,}")
+d.metric("Quarantined by the last run", f"{int(latest['rows_quarantined']):,}")
+
+st.subheader("Data versions")
+show = versions.assign(data_version="dv" + versions["version"].astype(str),
+                       volume_alerts=versions["validation"].map(lambda v: len(v.get("volume_alerts", []))))
+st.dataframe(show[["data_version", "created_at", "rows_extracted", "rows_loaded", "rows_quarantined", "total_facts",
+                   "window_start", "window_end", "volume_alerts", "content_hash"]], hide_index=True, key="versions")
+
+st.subheader("Validation report")
+pick = st.selectbox("Data version", show["data_version"], key="dv")
+report = versions.loc[show["data_version"] == pick, "validation"].iloc[0]
+col1, col2 = st.columns([1, 1])
+col1.json({k: v for k, v in report.items() if k != "volume_alerts"}, expanded=True)
+if report.get("volume_alerts"):
+    col2.warning("Sudden volume changes (more than 3× or less than ⅓ of the trailing 7-day mean):")
+    col2.dataframe(pd.DataFrame(report["volume_alerts"]), hide_index=True)
+else:
+    col2.success("No sudden volume change in this version.")
+
+st.subheader("Quarantine — rejected rows and why")
+if rep["quarantine"].empty:
+    st.success("Nothing quarantined: every extracted row passed the validation gate.")
+else:
+    fig = px.bar(rep["reasons"], x="data_version", y="rows", color="category",
+                 labels={"data_version": "data version", "rows": "rows quarantined"}, title="Quarantined rows by reason")
+    st.plotly_chart(fig, key="quarantine_chart")
+    st.dataframe(rep["quarantine"], hide_index=True, key="quarantine_table")
+
+st.subheader("Daily volumes")
+daily = rep["daily"]
+kinds = st.multiselect("Signals", sorted(daily["kind"].unique()), default=[k for k in ("watch", "click", "rating", "quarantined")
+                                                                           if k in set(daily["kind"])], key="kinds")
+fig = px.line(daily[daily["kind"].isin(kinds)], x="day", y="n", color="kind", markers=True,
+              labels={"n": "rows per day", "day": "day (simulated clock)", "kind": "signal"})
+st.plotly_chart(fig, key="daily_chart")

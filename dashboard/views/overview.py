@@ -1,0 +1,60 @@
+"""Overview: the live system as the lecture draws it, each box with its real status."""
+import streamlit as st
+
+from dashboard import cache, ui
+
+st.title("🗺️ Retro Movies — the live system")
+with ui.core_errors():
+    s = cache.status(cache.token())
+ops, wh, reg, srv = s["ops"], s["warehouse"], s["registry"], s["serving"]
+prod = reg["production"]
+last_job = s["training"]["last_job"]
+
+boxes = [
+    ("Operational DB", "SQLite, WAL", [f"{ops['users']:,} users · {ops['movies']:,} movies",
+                                       f"{ops['ratings']:,} ratings · {ops['events']:,} events",
+                                       f"clock {ops['clock'] or 'real time'}"]),
+    ("ETL", "incremental, validated", [f"last run {wh['last_etl'] or '—'}", f"status {wh['last_etl_status'] or 'never run'}",
+                                       f"{wh['quarantined']:,} rows quarantined"]),
+    ("Warehouse", "DuckDB star schema", [f"{wh['facts']:,} interactions", f"data version {wh['data_version'] or '—'}"]),
+    ("Training", "ALS / BPR + baselines", [f"{s['training']['runs']} runs",
+                                           f"last retrain: {last_job['status'] if last_job else '—'}"
+                                           + (f" ({last_job['trigger']})" if last_job else "")]),
+    ("Registry", "gate → production", [f"{reg['versions']} versions",
+                                       f"production v{prod['version']} ({prod['model_kind']})" if prod else "no model in production yet",
+                                       f"nDCG@10 {prod['metrics']['ndcg@10']:.4f}" if prod else "run a retrain"]),
+    ("Serving", "model or Top 50 fallback", [f"{srv['lists_served']:,} lists served",
+                                             ", ".join(f"{k} {v:,}" for k, v in srv["paths"].items()) or "nothing served yet"]),
+    ("Monitoring", "drift & alerts", [f"{s['monitoring']['open_alerts']} open alerts"]),
+]
+cols = st.columns(len(boxes))
+for col, (name, kind, lines) in zip(cols, boxes):
+    with col.container(border=True, height=210):
+        st.markdown(f"**{name}**  \n<small>{kind}</small>", unsafe_allow_html=True)
+        for line in lines:
+            st.caption(line)
+st.caption("Data flows left to right: operational DB → ETL → warehouse → training → registry → serving → monitoring "
+           "(which feeds retraining).")
+
+st.subheader("Traditional software vs. ML system — on this system's own numbers")
+left, right = st.columns(2)
+with left.container(border=True):
+    st.markdown("**Top 50 (traditional, deterministic)**")
+    det = cache.determinism(cache.token())
+    st.metric("Same data, computed twice", "identical list" if det["identical"] else "DIFFERENT", border=False)
+    st.caption(f"{det['length']} titles; a rule (the weighted rating) fully specifies the output, "
+               "so a test can assert exact values.")
+with right.container(border=True):
+    st.markdown("**Personalized model (ML, probabilistic)**")
+    if prod is None:
+        st.info("No model in production yet — run a retrain on the Training & Models page.")
+    elif st.button("Retrain with two seeds and compare", key="two_seeds"):
+        with st.spinner("training two models…"), ui.core_errors():
+            var = cache.seed_variability(cache.token(), (1, 2), prod["model_kind"])
+        jac = var["overlap"]["mean_jaccard"].iloc[0]
+        st.metric("Top-10 overlap between seeds 1 and 2", f"{jac:.0%}")
+        st.caption(f"Same data, same configuration, {var['users']} users: the lists overlap only partly; "
+                   f"nDCG@10 {var['metrics']['ndcg@10'].min():.4f}–{var['metrics']['ndcg@10'].max():.4f}. "
+                   "Quality is a distribution, tested statistically, not by exact values.")
+    else:
+        st.caption("Training the same configuration twice with different seeds shows how much an ML system's output varies.")

@@ -1,0 +1,68 @@
+"""Top 50 vs For You: the traditional list next to a user's personalized list."""
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import insights
+from dashboard import cache, ui
+
+st.title("🎞️ Top 50 vs For You")
+token = cache.token()
+with ui.core_errors():
+    directory = cache.users(token)
+    movies = cache.movies(token)
+    pop = cache.popularity(token)
+
+labels = {int(r.user_id): f"user {r.user_id} — {r.watches} watches, {r.ratings} ratings" for r in directory.itertuples()}
+default = int(directory.sort_values("watches", ascending=False)["user_id"].iloc[0]) if len(directory) else None
+user_id = st.selectbox("User (type to search)", list(labels), index=list(labels).index(default) if default else 0,
+                       format_func=labels.get, key="user")
+m_votes = st.slider("m — minimum votes for the Top 50 (0 = default: 90th percentile of vote counts)", 0, 500, 0, 5, key="m")
+
+with ui.core_errors():
+    prof = cache.profile(token, user_id)
+    rec = cache.recommendation(token, user_id, 10)
+    top, m_used, C = cache.top50_table(token, m_votes or None)
+
+with st.container(border=True):
+    a, b, c, d = st.columns(4)
+    a.metric("Watched titles", prof["watches"])
+    b.metric("Ratings", prof["ratings"], help="mean rating shown below")
+    c.metric("Favourite genres", ", ".join(prof["favourite_genres"]) or "—")
+    d.metric("Personalization consent", "yes" if prof["consent_personalization"] else "withdrawn")
+    if len(prof["recent"]):
+        st.caption("Recent watches: " + "; ".join(f"{r.title} ({r.year}, {r.watched_pct:.0f}%)" for r in prof["recent"].itertuples()))
+
+personal = movies.set_index("movie_id").reindex(rec.movie_ids).reset_index()
+personal.insert(0, "rank", range(1, len(personal) + 1))
+personal["score"] = rec.scores
+top10 = top.head(10)
+left, right = st.columns(2)
+with left:
+    st.subheader("Top 50 (same for everyone)")
+    st.caption(f"WR = v/(v+m)·R + m/(v+m)·C with m = {m_used:g} votes, C = {C:.2f}; {len(top)} titles qualify")
+    st.dataframe(top[["rank", "title", "year", "genres", "votes", "weighted_rating"]], hide_index=True,
+                 height=390, key="top50_table", column_config={"weighted_rating": st.column_config.NumberColumn("WR", format="%.3f")})
+with right:
+    st.subheader("For You")
+    if rec.path == "model":
+        st.caption(f"Personalized by model v{rec.model_version} (trained on {rec.data_version})")
+    else:
+        st.warning(f"Falling back to the Top 50: {rec.reason}.")
+    st.dataframe(personal[["rank", "title", "year", "genres", "score"]], hide_index=True, height=390, key="for_you_table",
+                 column_config={"score": st.column_config.NumberColumn(format="%.3f")})
+
+cmp = insights.compare_lists(top10["movie_id"].tolist(), rec.movie_ids)
+s_top = insights.list_summary(top10["movie_id"].tolist(), movies, pop)
+s_you = insights.list_summary(rec.movie_ids, movies, pop)
+a, b, c = st.columns(3)
+a.metric("Overlap of the top 10s", f"{cmp['overlap']} / 10")
+b.metric("Novelty, Top 50 top 10", f"{s_top['novelty']:.2f} bits", help="mean −log2(share of users who watched the title)")
+c.metric("Novelty, For You", f"{s_you['novelty']:.2f} bits", delta=f"{s_you['novelty'] - s_top['novelty']:+.2f}")
+mix = pd.concat([pd.DataFrame({"genre": list(s["genre_mix"]), "share": list(s["genre_mix"].values()), "list": name})
+                 for name, s in (("Top 10 of the Top 50", s_top), ("For You", s_you)) if s["genre_mix"]])
+if len(mix):
+    fig = px.bar(mix, x="genre", y="share", color="list", barmode="group", labels={"share": "share of list"},
+                 title="Genre mix of each list")
+    fig.update_yaxes(tickformat=".0%")
+    st.plotly_chart(fig, key="genre_mix")

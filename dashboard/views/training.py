@@ -1,0 +1,114 @@
+"""Training & Models: retrain with live progress, compare runs, promote/rollback, seed variability."""
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import registry
+from dashboard import cache, ui
+
+st.title("🧪 Training & Models")
+s = cache.settings()
+
+# --- retrain --------------------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Retrain")
+    c1, c2, c3 = st.columns(3)
+    model = c1.selectbox("Model", ["als", "bpr"], key="model")
+    seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=42, step=1, key="seed")
+    margin = c3.number_input("Gate margin (relative, 0.02 = must beat production by 2 %)", min_value=0.0,
+                             max_value=1.0, value=0.0, step=0.01, key="margin")
+    if st.button("Run the retrain pipeline", type="primary", key="retrain"):
+        bar = st.progress(0.0, text="starting")
+        stages = st.empty()
+        log: list[str] = []
+        with ui.core_errors():
+            result = cache.retrain(ui.progress_callback(bar, log), model=model, seed=int(seed), margin=float(margin),
+                                   trigger="dashboard", actor="operator:dashboard")
+        stages.caption(" → ".join(log))
+        verdict = st.success if result["promoted"] else st.warning
+        verdict(f"Run {result['run_id']} → v{result['version']}: "
+                + ("promoted to production" if result["promoted"] else "kept as candidate — the gate refused it")
+                + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f}, data {result['data_version']})")
+        for reason in result["gate"]["reasons"]:
+            st.caption(f"gate: {reason}")
+
+token = cache.token()
+runs = cache.runs(token)
+versions, history = cache.versions(token)
+
+# --- runs -----------------------------------------------------------------------------------
+st.subheader("Experiment runs")
+if runs.empty:
+    st.info("No runs yet — press “Run the retrain pipeline”.")
+else:
+    cols = [c for c in ("run_id", "model_kind", "status", "started_at", "data_version", "seed", "ndcg@10", "precision@10",
+                        "recall@10", "hit_rate@10", "coverage", "novelty", "duration_s", "code_version") if c in runs]
+    st.dataframe(runs[cols], hide_index=True, key="runs_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in cols if "@" in c or c in ("coverage", "novelty")})
+    finished = runs[runs["status"] == "finished"]["run_id"].tolist()
+    if len(finished) >= 2:
+        a, b = st.columns(2)
+        run_a = a.selectbox("Compare run", finished, index=1, key="run_a")
+        run_b = b.selectbox("with run", finished, index=0, key="run_b")
+        diff = cache.compare(token, run_a, run_b)
+        st.dataframe(diff, hide_index=True, key="compare_table")
+        shown = diff[diff["metric"].isin(["precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "coverage"])]
+        long = shown.melt(id_vars="metric", value_vars=["a", "b"], var_name="run", value_name="value")
+        long["run"] = long["run"].map({"a": f"run {run_a}", "b": f"run {run_b}"})
+        st.plotly_chart(px.bar(long, x="metric", y="value", color="run", barmode="group",
+                               title=f"Run {run_a} vs run {run_b} on their holdouts"), key="compare_chart")
+        timings = pd.DataFrame([{"run": f"run {r}", "stage": k, "seconds": v}
+                                for r in (run_a, run_b) for k, v in (cache.run(token, r)["timings"] or {}).items()])
+        if len(timings):
+            st.plotly_chart(px.bar(timings, x="seconds", y="run", color="stage", orientation="h",
+                                   title="Stage timings (s)"), key="timings_chart")
+
+# --- registry ---------------------------------------------------------------------------------
+st.subheader("Model registry")
+if versions.empty:
+    st.info("No model versions yet — a retrain registers one.")
+else:
+    st.dataframe(versions[[c for c in ("version", "model_kind", "stage", "data_version", "created_at", "ndcg@10",
+                                       "coverage", "run_id") if c in versions]], hide_index=True, key="versions_table")
+    st.caption("Lifecycle history (who, when, why):")
+    st.dataframe(history[["at", "version", "from_stage", "to_stage", "actor", "reason"]], hide_index=True, key="history_table")
+    left, right = st.columns(2)
+    with left.form("promote_form"):
+        st.markdown("**Promote a version**")
+        choices = versions[versions["stage"] != "production"]["version"].tolist()
+        version = st.selectbox("Version", choices, key="promote_version", disabled=not choices)
+        reason = st.text_input("Reason (recorded)", key="promote_reason")
+        sure = st.checkbox("I confirm this changes what users are served", key="promote_confirm")
+        if st.form_submit_button("Promote", disabled=not choices):
+            if not sure:
+                st.error("Tick the confirmation box first.")
+            else:
+                with ui.core_errors():
+                    registry.promote(s, int(version), "operator:dashboard", reason)
+                cache.clear()
+                st.success(f"v{version} is now in production.")
+    with right.form("rollback_form"):
+        st.markdown("**Roll back production**")
+        reason_rb = st.text_input("Reason (recorded)", key="rollback_reason")
+        sure_rb = st.checkbox("I confirm the rollback", key="rollback_confirm")
+        if st.form_submit_button("Roll back"):
+            if not sure_rb:
+                st.error("Tick the confirmation box first.")
+            else:
+                with ui.core_errors():
+                    restored = registry.rollback(s, "operator:dashboard", reason_rb)
+                cache.clear()
+                st.success(f"Rolled back: v{restored} is in production again.")
+
+# --- probabilistic outputs --------------------------------------------------------------------
+st.subheader("Probabilistic outputs")
+st.caption("Train the same configuration with several seeds: how much do the metrics and the lists move?")
+n_seeds = st.slider("Seeds", 2, 5, 3, key="n_seeds")
+if st.button("Train with each seed", key="seeds_button"):
+    with st.spinner(f"training {n_seeds} models…"), ui.core_errors():
+        var = cache.seed_variability(token, tuple(range(1, n_seeds + 1)), model)
+    st.dataframe(var["metrics"], hide_index=True, key="seed_metrics")
+    st.plotly_chart(px.strip(var["metrics"].melt(id_vars="seed", var_name="metric"), x="metric", y="value",
+                             color="seed", title="Holdout metrics per seed"), key="seed_chart")
+    st.metric("Mean top-10 overlap between seeds (Jaccard)", f"{var['overlap']['mean_jaccard'].mean():.0%}",
+              help=f"over {var['users']} evaluation users")
