@@ -94,6 +94,55 @@ def m001_tables(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+M002_SQL = """
+        CREATE TABLE monitor_days (
+            day TEXT PRIMARY KEY,                    -- the monitored simulated day (YYYY-MM-DD)
+            computed_at TEXT NOT NULL,
+            model_version INTEGER,                   -- production model serving that day
+            reference_start TEXT, reference_end TEXT,
+            online TEXT,                             -- JSON: hit rate / precision of model and Top 50 control
+            quality TEXT,                            -- JSON: quarantine rate
+            model TEXT,                              -- JSON: score quantiles, recommended genre mix
+            classification TEXT                      -- 'stable', 'taste shift', 'data incident', 'no reference'
+        );
+        CREATE TABLE drift_scores (
+            day TEXT NOT NULL, feature TEXT NOT NULL, test TEXT NOT NULL,
+            score REAL, threshold REAL NOT NULL, drifted INTEGER NOT NULL,
+            PRIMARY KEY (day, feature, test)
+        );
+        CREATE TABLE alerts (
+            alert_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,                      -- 'data-drift', 'concept-drift', 'data-quality'
+            metric TEXT NOT NULL,                    -- feature or metric name
+            test TEXT,
+            severity TEXT NOT NULL,                  -- 'warning' or 'critical'
+            value REAL, threshold REAL,
+            window_start TEXT, window_end TEXT,
+            opened_at TEXT NOT NULL, closed_at TEXT,
+            last_value REAL, classification TEXT
+        );
+        CREATE UNIQUE INDEX idx_alerts_open ON alerts(kind, metric) WHERE closed_at IS NULL;
+        CREATE TABLE policy (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE actions (
+            action_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL, day TEXT,
+            kind TEXT NOT NULL,                      -- 'retrain', 'policy-change'
+            actor TEXT NOT NULL,                     -- 'policy:on-alert', 'policy:scheduled', an operator
+            cause TEXT NOT NULL,
+            job_id INTEGER REFERENCES jobs(job_id),
+            result TEXT                              -- JSON
+        );
+        CREATE TABLE daily_top50 (day TEXT PRIMARY KEY, movie_ids TEXT NOT NULL)
+"""
+
+
+@migrations()
+def m002_monitoring(db: sqlite_utils.Database) -> None:
+    for statement in M002_SQL.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)

@@ -390,7 +390,7 @@ def simulate(settings: Settings, days: int, *, shift: str | None = None, strengt
         if shift is not None:
             day = int(opsdb.get_meta(db, "sim_day", "0"))
             with db.atomic():
-                started = start_shift(db, world, shift, strength, duration or days, day, params)
+                started = start_shift(db, world, shift, strength, days if duration is None else duration, day, params)
             world.save(settings.world_file)
         summary = run_days(db, settings, world, days, progress=progress, serve=serve)
         progress(1.0, "done")

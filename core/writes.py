@@ -95,6 +95,15 @@ class _Reasons:
             raise self.kind[i](f"{self.reason[i]}{extra}")
 
 
+def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> list[int]:
+    """Given ids as they are; missing ones numbered after the largest existing or given id."""
+    top = db.execute(f"SELECT coalesce(max({col}), 0) FROM {table}").fetchone()[0]
+    top = max([top] + ids[given].tolist())
+    missing = int((~given).sum())
+    fresh = iter(range(top + 1, top + 1 + missing))
+    return [int(i) if g else next(fresh) for i, g in zip(ids.tolist(), given.tolist())]
+
+
 def _quarantine(db, target: str, df: pd.DataFrame, reasons: np.ndarray, now: str) -> None:
     rows = [
         (target, str(reasons[i]), json.dumps(rec, default=str), now)
@@ -128,19 +137,10 @@ def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[i
     r.add(dup, lambda i: f"user {ids[i]} appears twice in the batch", errors.ValidationError)
     r.raise_first("users")
     with db.atomic():
-        if given.all():
-            db.conn.executemany(
-                "INSERT INTO users(user_id, created_at, source) VALUES (?,?,?)",
-                zip(ids.tolist(), created.tolist(), [source] * len(df)),
-            )
-            return ids.tolist()
-        out = []
-        for uid, ts, has in zip(ids.tolist(), created.tolist(), given.tolist()):
-            cur = db.conn.execute(
-                "INSERT INTO users(user_id, created_at, source) VALUES (?,?,?)", (uid if has else None, ts, source)
-            )
-            out.append(cur.lastrowid)
-        return out
+        final = _fill_ids(db, "users", "user_id", ids, given)
+        db.conn.executemany("INSERT INTO users(user_id, created_at, source) VALUES (?,?,?)",
+                            zip(final, created.tolist(), [source] * len(df)))
+        return final
 
 
 def add_user(db: sqlite_utils.Database, *, user_id: int | None = None, created_at=None, source: str = "manual") -> int:
@@ -173,16 +173,12 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     r.add(existing, lambda i: f"movie {ids[i]} already exists", errors.ValidationError)
     r.add(given & ids.duplicated(keep="first"), lambda i: f"movie {ids[i]} appears twice in the batch", errors.ValidationError)
     r.raise_first("movies")
-    records = list(zip(
-        [int(i) if g else None for i, g in zip(ids.tolist(), given.tolist())],
-        titles.tolist(), [y if g else None for y, g in zip(years.tolist(), year_given.tolist())], genres.tolist(), runtime.tolist(), added.tolist(), [source] * len(df),
-    ))
     sql = "INSERT INTO movies(movie_id, title, year, genres, runtime_min, added_at, source) VALUES (?,?,?,?,?,?,?)"
     with db.atomic():
-        if given.all():
-            db.conn.executemany(sql, records)
-            return ids.tolist()
-        return [db.conn.execute(sql, rec).lastrowid for rec in records]
+        final = _fill_ids(db, "movies", "movie_id", ids, given)
+        db.conn.executemany(sql, list(zip(
+            final, titles.tolist(), [y if g else None for y, g in zip(years.tolist(), year_given.tolist())], genres.tolist(), runtime.tolist(), added.tolist(), [source] * len(df))))
+        return final
 
 
 def add_movie(db: sqlite_utils.Database, title: str, year: int, genres, *, runtime_min: int = 100,
@@ -264,6 +260,11 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
     r.add(ok_ts & (ts > now), lambda i: f"occurred_at {ts[i]} is after the service clock {now}", errors.FutureTimestamp)
     ids = df["event_id"].map(lambda e: uuid.uuid4().hex if e is None or (isinstance(e, float) and np.isnan(e)) else str(e))
     r.add(ids == "", lambda i: "event_id is empty", errors.ValidationError)
+    # The same signal logged twice under two ids (a double-logging client) is not a retry: refuse the copy.
+    content = pd.DataFrame({"u": users, "m": df["movie_id"].astype(str), "k": kinds, "v": values, "t": ts})
+    double = content.duplicated(keep="first") & ~ids.duplicated(keep=False)
+    r.add(double, lambda i: "duplicate of another event in the batch (same user, movie, kind, value and time under another id)",
+          errors.ValidationError)
     if on_invalid == "raise":
         r.raise_first("events")
     good = ~r.bad

@@ -1,0 +1,44 @@
+"""Shared fixtures: every store lives in a temporary RETRO_HOME, never in the project's data/ folder."""
+import pytest
+
+from core import opsdb, simulation, writes
+from core.settings import load_settings
+
+CLOCK = "2026-01-10T00:00:00"
+# The tiny shared world (read-only for tests): seed 7, 200 users, 120 movies, 8 days.
+SMALL_WORLD = dict(seed=7, users=200, movies=120, days=8)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """Settings pointing at an empty temporary folder."""
+    return load_settings(tmp_path)
+
+
+@pytest.fixture
+def db(settings):
+    """A migrated, empty operational database; closed after the test."""
+    conn = opsdb.connect(settings)
+    yield conn
+    conn.conn.close()
+
+
+@pytest.fixture
+def small_db(db):
+    """Users 1 and 2, movies 1 (Drama, 1960) and 2 (Comedy|Western, 1975); clock at CLOCK."""
+    opsdb.set_meta(db, "clock", CLOCK)
+    writes.add_users(db, [{"user_id": 1, "created_at": "2025-12-01T00:00:00"},
+                          {"user_id": 2, "created_at": "2025-12-02T00:00:00"}])
+    writes.add_movies(db, [
+        {"movie_id": 1, "title": "The Silent Harbor", "year": 1960, "genres": "Drama"},
+        {"movie_id": 2, "title": "Dodge City Outlaw", "year": 1975, "genres": ["Comedy", "Western"]},
+    ])
+    return db
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """Settings of a tiny simulated world built once per session. Do not mutate it."""
+    settings = load_settings(tmp_path_factory.mktemp("small_world"))
+    simulation.init_world(settings, **SMALL_WORLD)
+    return settings
