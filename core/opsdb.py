@@ -137,6 +137,20 @@ def m003_served_recommendations(db: sqlite_utils.Database) -> None:
     )
 
 
+def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
+    without waiting for the busy timeout, so retry briefly."""
+    import time
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+
+
 def open_db(path: Path | str, *, apply_migrations: bool = True, defer_indexes: bool = False) -> sqlite_utils.Database:
     """Open the operational database with WAL and foreign keys, migrated to the latest schema.
 
@@ -144,7 +158,7 @@ def open_db(path: Path | str, *, apply_migrations: bool = True, defer_indexes: b
     first (indexes built after a load are several times faster than during it).
     """
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
+    set_wal(conn)
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA synchronous=NORMAL")
     db = sqlite_utils.Database(conn)

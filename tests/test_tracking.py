@@ -224,4 +224,5 @@ def test_threads_opening_a_fresh_store_together_migrate_it_once(settings):
     assert errors == []
     with mlopsdb.session(settings) as db:
         applied = db.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'retro_mlops'").fetchall()
-    assert applied == [("m001_tables",)]
+    names = [m.name for m in mlopsdb.migrations._migrations]
+    assert applied == [(n,) for n in names] and names[0] == "m001_tables"   # each applied exactly once

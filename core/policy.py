@@ -1,0 +1,98 @@
+"""The retraining policy: manual, scheduled (every N days) or on alert — and the record of what it did.
+
+On alert, a data-drift or concept-drift alert classified as a taste shift
+triggers the retrain pipeline (the gate still decides promotion). A data
+incident (open data-quality alert) never triggers a retrain: retraining on
+broken data would bake the fault into the model. While a taste-shift alert
+stays open, the policy retrains again after a cooldown, because the first
+retrain may have seen only a day of the new behaviour.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from . import mlopsdb
+from .errors import ValidationError
+from .settings import Settings
+
+MODES = ("manual", "scheduled", "on-alert")
+DEFAULTS = {"mode": "manual", "every_days": 7, "cooldown_days": 2}
+
+
+def get_policy(settings: Settings) -> dict:
+    with mlopsdb.session(settings) as db:
+        stored = dict(db.execute("SELECT key, value FROM policy").fetchall())
+    return {"mode": stored.get("mode", DEFAULTS["mode"]),
+            "every_days": int(stored.get("every_days", DEFAULTS["every_days"])),
+            "cooldown_days": int(stored.get("cooldown_days", DEFAULTS["cooldown_days"]))}
+
+
+def validate(mode: str, every_days: int | None = None) -> None:
+    if mode not in MODES:
+        raise ValidationError(f"unknown retraining policy {mode!r}; choose one of: {', '.join(MODES)}")
+    if every_days is not None and (not isinstance(every_days, int) or every_days < 1):
+        raise ValidationError(f"every_days must be a positive integer, got {every_days!r}")
+
+
+def set_policy(settings: Settings, mode: str, every_days: int | None = None, *, actor: str, at: str) -> dict:
+    """Store the policy and record who changed it."""
+    validate(mode, every_days)
+    before = get_policy(settings)
+    with mlopsdb.write_session(settings) as db:
+        db.execute("INSERT OR REPLACE INTO policy VALUES ('mode', ?)", [mode])
+        if every_days is not None:
+            db.execute("INSERT OR REPLACE INTO policy VALUES ('every_days', ?)", [str(every_days)])
+        db.execute("INSERT INTO actions(at, day, kind, actor, cause, result) VALUES (?, NULL, 'policy-change', ?, ?, ?)",
+                   [at, actor, f"policy {before['mode']} → {mode}", json.dumps({"before": before, "mode": mode,
+                                                                                 "every_days": every_days})])
+    return get_policy(settings)
+
+
+def last_retrain_at(settings: Settings) -> pd.Timestamp | None:
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT max(started_at) FROM jobs WHERE kind = 'retrain' AND status = 'finished'").fetchone()
+    return pd.Timestamp(row[0]) if row and row[0] else None
+
+
+def decide(settings: Settings, report, mode: str, now: str) -> str | None:
+    """The cause of a retrain today, or None."""
+    pol = get_policy(settings)
+    last = last_retrain_at(settings)
+    days_since = None if last is None else (pd.Timestamp(now) - last) / pd.Timedelta(days=1)
+    if mode == "scheduled":
+        if days_since is None or days_since >= pol["every_days"]:
+            return f"scheduled: {pol['every_days']} days since the last retrain"
+        return None
+    if mode == "on-alert" and report.classification == "taste shift":
+        fresh = [a for a in report.opened if a.startswith(("data-drift", "concept-drift"))]
+        if fresh:
+            return "drift alert: " + ", ".join(fresh)
+        if days_since is not None and days_since >= pol["cooldown_days"]:
+            return f"drift alerts still open {pol['cooldown_days']} days after the last retrain"
+    return None
+
+
+def apply(settings: Settings, report, *, now: str, mode: str | None = None, progress=None) -> dict | None:
+    """Run the retrain pipeline if the policy says so; record the action with its cause."""
+    from .pipeline import retrain
+    mode = mode or get_policy(settings)["mode"]
+    validate(mode)
+    cause = decide(settings, report, mode, now)
+    if cause is None:
+        return None
+    trigger = "scheduled" if mode == "scheduled" else "drift-alert"
+    result = retrain(settings, trigger=trigger, actor=f"policy:{mode}", at=now,
+                     **({"progress": progress} if progress else {}))
+    action = {"kind": "retrain", "cause": cause, "job_id": result["job_id"], "version": result["version"],
+              "promoted": result["promoted"], "ndcg@10": result["metrics"]["ndcg@10"]}
+    with mlopsdb.session(settings) as db:
+        db.execute("INSERT INTO actions(at, day, kind, actor, cause, job_id, result) VALUES (?,?,?,?,?,?,?)",
+                   [now, report.day, "retrain", f"policy:{mode}", cause, result["job_id"], json.dumps(action)])
+    return action
+
+
+def actions(settings: Settings) -> pd.DataFrame:
+    with mlopsdb.session(settings) as db:
+        return pd.DataFrame(list(db.query("SELECT * FROM actions ORDER BY at, action_id")))
