@@ -76,12 +76,35 @@ def cmd_simulate(args, settings):
         params["movie_id"] = args.movie
     if args.shift is None and (params or args.duration is not None):
         raise errors.ValidationError("--genre/--season/--movie/--duration only make sense with --shift")
-    summary = simulation.simulate(settings, args.days, shift=args.shift, strength=args.strength,
-                                  duration=args.duration, params=params, progress=_progress(args))
-    _emit(args, summary, lambda: print(
-        f"simulated days {summary['first_day'] + 1}..{summary['last_day'] + 1}: {summary['events']} events, "
-        f"{summary['ratings']} ratings, {summary['rejected']} rejected writes"
-        + (f"; shift {summary['shift']['kind']} started on day {summary['shift']['start_day'] + 1}" if "shift" in summary else "")))
+    if args.open_loop:
+        if args.policy:
+            raise errors.ValidationError("--policy needs the closed loop; drop --open-loop")
+        summary = simulation.simulate(settings, args.days, shift=args.shift, strength=args.strength,
+                                      duration=args.duration, params=params, progress=_progress(args))
+        _emit(args, summary, lambda: print(
+            f"simulated days {summary['first_day'] + 1}..{summary['last_day'] + 1}: {summary['events']} events, "
+            f"{summary['ratings']} ratings, {summary['rejected']} rejected writes"
+            + (f"; shift {summary['shift']['kind']} started on day {summary['shift']['start_day'] + 1}" if "shift" in summary else "")))
+        return
+    from . import loop
+    summary = loop.run(settings, args.days, shift=args.shift, strength=args.strength, duration=args.duration,
+                       params=params, policy_mode=args.policy, progress=_progress(args))
+
+    def human():
+        if "shift" in summary:
+            print(f"shift {summary['shift']['kind']} (strength {summary['shift']['strength']:g}) started on day "
+                  f"{summary['shift']['start_day'] + 1} for {summary['shift']['duration']} days")
+        for r in summary["log"]:
+            hr = "—" if r["hit_rate_model"] is None else f"{r['hit_rate_model']:.3f}"
+            t5 = "—" if r["hit_rate_top50"] is None else f"{r['hit_rate_top50']:.3f}"
+            extra = (f" opened {', '.join(r['opened'])}" if r["opened"] else "") + \
+                    (f" closed {', '.join(r['closed'])}" if r["closed"] else "")
+            act = r["action"]
+            if act:
+                extra += f" → retrain ({act['cause']}): v{act['version']} " + ("promoted" if act["promoted"] else "kept as candidate")
+            print(f"day {r['day'] + 1:>3} {r['date']}  hit@10 model {hr}  Top 50 {t5}  [{r['classification']}]{extra}")
+        print(f"{summary['alerts_opened']} alerts opened, {summary['retrains']} automatic retrains")
+    _emit(args, summary, human)
 
 
 @command("top50")
@@ -185,6 +208,59 @@ def cmd_retrain(args, settings):
     _emit(args, result, human)
 
 
+@command("monitor")
+def cmd_monitor(args, settings):
+    from . import monitoring
+    data = monitoring.latest(settings)
+
+    def human():
+        if data["day"] is None:
+            print("nothing monitored yet; run `python -m core simulate --days N` (the closed loop monitors every day)")
+            return
+        print(f"day {data['day']}: {data['classification']} (production v{data['model_version']})")
+        for r in data["drift"]:
+            flag = "DRIFT" if r["drifted"] else "ok"
+            score = "empty" if r["score"] is None else f"{r['score']:.4f}"
+            print(f"  {r['feature']:<26} {r['test']:<15} {score:>8}  (threshold {r['threshold']:g})  {flag}")
+        o = data["online"]
+        if o.get("hit_rate_model") is not None:
+            print(f"  online hit rate@10: model {o['hit_rate_model']:.3f}, Top 50 {o['hit_rate_top50']:.3f}"
+                  + (f", baseline {o['baseline_hit_rate']:.3f}" if o.get("baseline_hit_rate") else ""))
+        print(f"  quarantine rate {data['quality'].get('quarantine_rate', 0):.2%}; {len(data['open_alerts'])} open alerts")
+    _emit(args, data, human)
+
+
+@command("alerts")
+def cmd_alerts(args, settings):
+    from . import monitoring
+    frame = monitoring.all_alerts(settings) if args.all else monitoring.open_alerts(settings)
+    data = frame.to_dict("records") if len(frame) else []
+
+    def human():
+        if not data:
+            print("no alerts" if args.all else "no open alerts")
+        for a in data:
+            state = f"closed {a['closed_at']}" if a["closed_at"] else "OPEN"
+            print(f"#{a['alert_id']} {a['severity']:<8} {a['kind']}:{a['metric']} value {a['value']:.4f} "
+                  f"(threshold {a['threshold']:.4f}) opened {a['opened_at']} [{a['classification']}] {state}")
+    _emit(args, data, human)
+
+
+@command("policy")
+def cmd_policy(args, settings):
+    from . import policy
+    if args.action == "show":
+        data = policy.get_policy(settings)
+    else:
+        if not args.mode:
+            raise errors.ValidationError("policy set needs a mode: manual, scheduled or on-alert")
+        with opsdb.session(settings) as db:
+            now = opsdb.clock_now(db)
+        data = policy.set_policy(settings, args.mode, args.every_days, actor=_operator(), at=now)
+    _emit(args, data, lambda: print(f"retraining policy: {data['mode']}"
+                                    + (f" (every {data['every_days']} days)" if data["mode"] == "scheduled" else "")))
+
+
 def _operator() -> str:
     import getpass
     try:
@@ -286,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genre", help="trend: the surging genre (default Western)")
     p.add_argument("--season", choices=sorted(simulation.SEASONS), help="seasonal: which season (default halloween)")
     p.add_argument("--movie", type=int, help="viral: the movie id that goes viral (default: an obscure good one)")
+    p.add_argument("--policy", choices=["manual", "scheduled", "on-alert"],
+                   help="retraining policy for this run (default: the stored policy)")
+    p.add_argument("--open-loop", action="store_true",
+                   help="only simulate behaviour: no serving, ETL, monitoring or policy (fast world building)")
 
     p = sub.add_parser("top50", parents=[common, with_json], help="the weighted-rating Top 50")
     p.add_argument("--m", type=float, help="minimum votes (default: 90th percentile of vote counts)")
@@ -322,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("run_id", nargs="?", type=int)
     p.add_argument("--limit", type=_positive_int, default=20)
+    sub.add_parser("monitor", parents=[common, with_json], help="latest drift scores, online quality, open alerts")
+    p = sub.add_parser("alerts", parents=[common, with_json], help="open alerts (--all: every alert)")
+    p.add_argument("--all", action="store_true")
+    p = sub.add_parser("policy", parents=[common, with_json], help="retraining policy: show | set MODE")
+    p.add_argument("action", choices=["show", "set"])
+    p.add_argument("mode", nargs="?", choices=["manual", "scheduled", "on-alert"])
+    p.add_argument("--every-days", type=int, help="scheduled: retrain every N days")
     p = sub.add_parser("recommend", parents=[common, with_json], help="recommendations for one user (logged)")
     p.add_argument("--user", type=int, required=True)
     p.add_argument("--k", type=int, default=10)

@@ -107,11 +107,15 @@ class Split:
 
 
 def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWeights = ConfidenceWeights(),
-               all_movie_ids: np.ndarray | None = None) -> Split:
+               all_movie_ids: np.ndarray | None = None, served_pairs=None) -> Split:
     """Train on everything before the last `holdout_days` days; evaluate on what users did after.
 
     Held-out relevant items are positive interactions in the holdout window with
     movies the user had not interacted with before (seen items are never relevant).
+    `served_pairs(start, end) -> DataFrame[user_key, movie_id]`, when given, names the titles
+    the production model itself put in front of each user during the holdout: those
+    interactions were caused by that model's lists, would favour it in any comparison
+    (a feedback loop), and are left out of the relevant sets.
     """
     with warehouse.session(settings) as con:
         end = con.execute("SELECT max(occurred_at) FROM fact_interaction").fetchone()[0]
@@ -122,6 +126,11 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
         cutoff = (end - pd.Timedelta(days=holdout_days - 1)).normalize()
         train_df = interactions(settings, None, cutoff, weights, con)
         test_df = interactions(settings, cutoff, end + pd.Timedelta(seconds=1), weights, con)
+        if served_pairs is not None:
+            served = served_pairs(cutoff, end + pd.Timedelta(seconds=1))
+            if len(served):
+                key = test_df["user_key"] + ":" + test_df["movie_id"].astype(str)
+                test_df = test_df[~key.isin(set(served["user_key"] + ":" + served["movie_id"].astype(str)))]
         if all_movie_ids is None:
             all_movie_ids = con.execute("SELECT movie_id FROM dim_movie ORDER BY movie_id").df()["movie_id"].to_numpy()
     train = to_matrix(train_df, movie_ids=all_movie_ids)

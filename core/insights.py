@@ -48,9 +48,11 @@ def system_status(settings: Settings) -> dict:
 
 def open_alert_count(settings: Settings) -> int:
     """Open monitoring alerts (0 until monitoring has run)."""
-    with opsdb.session(settings) as db:
-        exists = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alerts'").fetchone()[0]
-        return db.execute("SELECT count(*) FROM alerts WHERE closed_at IS NULL").fetchone()[0] if exists else 0
+    if not settings.mlops_db.exists():
+        return 0
+    from . import mlopsdb
+    with mlopsdb.session(settings) as db:
+        return db.execute("SELECT count(*) FROM alerts WHERE closed_at IS NULL").fetchone()[0]
 
 
 def movies_frame(settings: Settings, movie_ids=None) -> pd.DataFrame:

@@ -63,8 +63,9 @@ def window_features(con, start, end, deciles: pd.Series | None, new_since) -> di
         WHERE f.kind = 'watch' AND f.occurred_at >= ? AND f.occurred_at < ?""", [pd.Timestamp(new_since)] + p).df()
     ratings = con.execute("SELECT CAST(value AS INTEGER) AS r, count(*) AS n FROM fact_interaction "
                           "WHERE kind = 'rating' AND occurred_at >= ? AND occurred_at < ? GROUP BY 1", p).df()
+    # Signals per active user and day (so a 7-day reference and a 1-day window compare like with like).
     activity = con.execute("SELECT count(*) AS n FROM fact_interaction WHERE kind NOT IN ('impression', 'scroll') "
-                           "AND occurred_at >= ? AND occurred_at < ? GROUP BY user_key", p).df()
+                           "AND occurred_at >= ? AND occurred_at < ? GROUP BY user_key, CAST(occurred_at AS DATE)", p).df()
     mix = con.execute("SELECT kind, count(*) AS n FROM fact_interaction WHERE occurred_at >= ? AND occurred_at < ? "
                       "GROUP BY kind", p).df()
     genres = watches["genres"].fillna("").str.split("|").explode()
@@ -272,14 +273,20 @@ def monitor_day(settings: Settings, day) -> DayReport:
             report.closed.append("data-quality:quarantine_rate")
         label = "data incident" if incident else "taste shift"
         primary = {f: tests[0] for f, (_, tests) in FEATURES.items()}
+        yesterday = str((start - pd.Timedelta(days=1)).date())
+        drifted_yesterday = {(f, t) for f, t in db.execute(
+            "SELECT feature, test FROM drift_scores WHERE day = ? AND drifted = 1", [yesterday]).fetchall()}
         for r in results:
             if r["test"] != primary[r["feature"]]:
                 continue
-            if r["drifted"]:
+            # A significant score alerts at once; a moderate one only when it persists a second day
+            # (one noisy day must not page anyone).
+            confirmed = r["drifted"] and (r["score"] >= drift.PSI_SIGNIFICANT or (r["feature"], r["test"]) in drifted_yesterday)
+            if confirmed:
                 sev = "critical" if r["score"] >= drift.PSI_SIGNIFICANT else "warning"
                 if _open_or_update(db, "data-drift", r["feature"], r["test"], r["score"], r["threshold"], sev, window, at, label):
                     report.opened.append(f"data-drift:{r['feature']}")
-            elif not r["empty"] and _close(db, "data-drift", r["feature"], at):
+            elif not r["drifted"] and not r["empty"] and _close(db, "data-drift", r["feature"], at):
                 report.closed.append(f"data-drift:{r['feature']}")
         baseline = _online_baseline(db, day_s)
         online["baseline_hit_rate"] = baseline
@@ -362,3 +369,60 @@ def feature_distributions(settings: Settings, feature: str, day) -> pd.DataFrame
     frame = pd.concat([pd.DataFrame({"bucket": r_d.index.astype(str), "share": r_d.values, "window": "reference"}),
                        pd.DataFrame({"bucket": c_d.index.astype(str), "share": c_d.values, "window": str(start.date())})])
     return frame
+
+
+def _largest_change(settings: Settings, feature: str, day) -> str:
+    """'Western share 9% → 27%' for the bucket that moved most between reference and `day`."""
+    try:
+        dist = feature_distributions(settings, feature, day)
+    except Exception:  # noqa: BLE001 - a summary must never fail the page
+        return ""
+    if dist.empty:
+        return ""
+    wide = dist.pivot_table(index="bucket", columns="window", values="share", aggfunc="sum").fillna(0)
+    if "reference" not in wide or wide.shape[1] < 2:
+        return ""
+    cur_col = [c for c in wide.columns if c != "reference"][0]
+    delta = (wide[cur_col] - wide["reference"]).abs().sort_values(ascending=False)
+    b = delta.index[0]
+    return f"{b} share {wide.loc[b, 'reference']:.0%} → {wide.loc[b, cur_col]:.0%}"
+
+
+def narrative(settings: Settings) -> str:
+    """The current state in one or two plain sentences (what drifted, what was done, did it recover)."""
+    h = history(settings)
+    days, alerts, actions = h["days"], h["alerts"], h["actions"]
+    if days.empty:
+        return "Nothing monitored yet: simulate some days (the closed loop runs the ETL and monitoring every day)."
+    last = days.iloc[-1]
+    parts = []
+    if alerts.empty:
+        return (f"All quiet: {len(days)} days monitored up to {last['day']}, no alert. "
+                f"Online hit rate@10 of the model {last['online'].get('hit_rate_model') or 0:.1%} "
+                f"vs {last['online'].get('hit_rate_top50') or 0:.1%} for the Top 50.")
+    a = alerts.iloc[-1] if alerts["closed_at"].notna().all() else alerts[alerts["closed_at"].isna()].iloc[0]
+    day = str(a["window_start"])[:10]
+    if a["kind"] == "data-quality":
+        parts.append(f"Data incident on {day}: {a['value']:.1%} of the day's rows were quarantined "
+                     f"(threshold {a['threshold']:.0%}) — a logging fault, not a change in taste; no retrain is triggered.")
+    elif a["kind"] == "data-drift":
+        change = _largest_change(settings, a["metric"], day)
+        label = FEATURE_LABELS.get(a["metric"], a["metric"])
+        parts.append(f"{label[0].upper() + label[1:]} drifted on {day} ({a['test'].upper()} {a['value']:.2f} ≥ "
+                     f"{a['threshold']:.2f}){': ' + change if change else ''}"
+                     + (" — read as a data incident (quarantine rate alert open)." if a["classification"] == "data incident" else "."))
+    else:
+        parts.append(f"Online hit rate of the model fell on {day} to {a['value']:.1%} (alert below {a['threshold']:.1%}).")
+    retrains = actions[(actions["kind"] == "retrain") & (actions["at"] >= a["opened_at"])] if len(actions) else actions
+    if len(retrains):
+        r = json.loads(retrains.iloc[0]["result"])
+        parts.append(f"Model retrained on {str(retrains.iloc[0]['at'])[:10]} ({retrains.iloc[0]['actor']}), v{r['version']} "
+                     + ("promoted." if r["promoted"] else "kept as candidate by the gate."))
+    stable = days[(days["day"] < day) & (days["classification"] == "stable")]
+    base = [o.get("hit_rate_model") for o in stable["online"].tail(BASELINE_DAYS)]
+    base = [b for b in base if b is not None]
+    now_hr = last["online"].get("hit_rate_model")
+    if base and now_hr is not None:
+        parts.append(f"Hit rate now {now_hr:.1%} = {now_hr / np.mean(base):.0%} of the pre-alert baseline.")
+    parts.append("Alert closed." if pd.notna(a["closed_at"]) else "Alert still open.")
+    return " ".join(parts)

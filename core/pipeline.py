@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import dataset, etl, gate, metrics, opsdb, registry, tracking, warehouse
+from . import dataset, etl, gate, metrics, opsdb, registry, serving, tracking, warehouse
 from .artifacts import Bundle, load_bundle, save_bundle
 from .constants import DEFAULT_K
 from .errors import RetroError, ValidationError
@@ -164,7 +164,8 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     try:
         t = time.perf_counter()
         progress(0.0, "building the training matrix and the time-based holdout")
-        split = dataset.time_split(settings, holdout_days, weights)
+        split = dataset.time_split(settings, holdout_days, weights,
+                                   served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
         timings["split"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -283,7 +284,7 @@ def evaluate_version(settings: Settings, version: int | None = None, holdout_day
     entry = registry.get_version(settings, version) if version is not None else registry.production(settings)
     if entry is None:
         raise RetroError("no model in production yet; run a retrain first (python -m core retrain)")
-    split = dataset.time_split(settings, holdout_days)
+    split = dataset.time_split(settings, holdout_days, served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
     top_cols = top50_columns(settings, split)
     result = {"version": int(entry["version"]), "model_kind": entry["model_kind"],
               "data_version": current_data_version(settings), "trained_on": entry["data_version"],

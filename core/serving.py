@@ -186,6 +186,21 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
     return out
 
 
+def served_pairs(settings: Settings, start, end, key: bytes | None = None):
+    """(user_key, movie_id) of every title a *model* list showed in [start, end), pseudonymized."""
+    import pandas as pd
+    from .pseudonym import pseudonymize
+    s0, s1 = (pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%S") for t in (start, end))
+    with opsdb.session(settings) as db:
+        rows = db.execute("SELECT user_id, movie_ids FROM served_recommendations WHERE path = 'model' "
+                          "AND served_at >= ? AND served_at < ?", [s0, s1]).fetchall()
+    if not rows:
+        return pd.DataFrame(columns=["user_key", "movie_id"])
+    frame = pd.DataFrame([(u, m) for u, ids in rows for m in json.loads(ids)], columns=["user_id", "movie_id"]).drop_duplicates()
+    frame["user_key"] = pseudonymize(frame["user_id"], key or pseudonym_key(settings))
+    return frame[["user_key", "movie_id"]]
+
+
 def served_log(settings: Settings, user_id: int | None = None, since: str | None = None, until: str | None = None,
                limit: int = 100) -> list[dict]:
     """Logged lists, newest first, filtered by user and time window."""

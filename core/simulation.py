@@ -33,6 +33,7 @@ SEASONS = {"halloween": ("Horror", "Thriller", "Mystery"), "holidays": ("Childre
 IMPRESSIONS_PER_SESSION = 10
 # Exposure logits: log-popularity weight, Top-50 row boost, weight of browsing by taste.
 EXPOSURE_POPULARITY, EXPOSURE_TOP50, EXPOSURE_TASTE = 0.3, 1.0, 2.0
+EXPOSURE_SERVED = 1.5  # the 'For you' row on the home page
 DAY = timedelta(days=1)
 
 
@@ -231,7 +232,7 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
         for a, uid in enumerate(world.user_ids[active]):
             items = served.get(int(uid))
             if items:
-                logits[a, world.movie_rows(np.asarray(items, dtype=np.int64))] += 2.5
+                logits[a, world.movie_rows(np.asarray(items, dtype=np.int64))] += EXPOSURE_SERVED
     logits[world.watched[active]] = -np.inf
     logits += rng.gumbel(size=logits.shape)                   # Gumbel-top-k = sampling without replacement
     k = min(IMPRESSIONS_PER_SESSION, logits.shape[1])

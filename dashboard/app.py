@@ -22,6 +22,7 @@ pages = {
     ],
     "Models": [
         st.Page(VIEWS / "training.py", title="Training & Models", icon="🧪"),
+        st.Page(VIEWS / "drift.py", title="Drift", icon="📈"),
     ],
 }
 st.sidebar.caption(f"Data folder: `{cache.settings().home}`")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import insights, pipeline, registry, serving, tracking
+from core import insights, monitoring, pipeline, registry, serving, tracking
 from core.opsdb import session
 from core.settings import load_settings
 from core.top50 import top50
@@ -105,6 +105,21 @@ def determinism(_token):
 @st.cache_data(show_spinner=False, max_entries=4)
 def seed_variability(_token, seeds, model):
     return insights.seed_variability(settings(), seeds=seeds, model=model)
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def drift_history(_token):
+    return monitoring.history(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def drift_narrative(_token):
+    return monitoring.narrative(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def feature_distribution(_token, feature, day):
+    return monitoring.feature_distributions(settings(), feature, day)
 
 
 def production():

@@ -1,0 +1,58 @@
+"""Plotly figures built from core results (pages only display them)."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.monitoring import FEATURE_LABELS, FEATURES
+
+
+def _markers(fig, alerts: pd.DataFrame, actions: pd.DataFrame, rows: int) -> None:
+    for _, a in alerts.iterrows():
+        for r in range(1, rows + 1):
+            fig.add_vline(x=str(a["window_start"])[:10], line_dash="dot", line_color="#E8553D", row=r, col=1)
+    if len(actions):
+        for _, act in actions[actions["kind"] == "retrain"].iterrows():
+            for r in range(1, rows + 1):
+                fig.add_vline(x=str(act["day"]), line_dash="dash", line_color="#4CAF50", row=r, col=1)
+
+
+def drift_timeline(days: pd.DataFrame, scores: pd.DataFrame, alerts: pd.DataFrame, actions: pd.DataFrame) -> go.Figure:
+    """Primary drift score per feature with its threshold, online hit rate (model vs Top 50) and the
+    quarantine rate on one time axis; red dotted lines = alerts opened, green dashed = retrains."""
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.45, 0.35, 0.2],
+                        subplot_titles=("Data drift (primary test per feature) vs threshold",
+                                        "Online hit rate@10 of served lists", "Quarantine rate (data quality)"))
+    primary = {f: tests[0] for f, (_, tests) in FEATURES.items()}
+    if len(scores):
+        main = scores[scores.apply(lambda r: primary.get(r["feature"]) == r["test"], axis=1)]
+        for feature, grp in main.groupby("feature"):
+            fig.add_trace(go.Scatter(x=grp["day"], y=grp["score"], mode="lines+markers", name=FEATURE_LABELS[feature]),
+                          row=1, col=1)
+        fig.add_hline(y=0.1, line_dash="dash", line_color="orange", annotation_text="PSI 0.1", row=1, col=1)
+        fig.add_hline(y=0.25, line_dash="dash", line_color="red", annotation_text="PSI 0.25", row=1, col=1)
+    if len(days):
+        fig.add_trace(go.Scatter(x=days["day"], y=days["online"].map(lambda o: o.get("hit_rate_model")),
+                                 mode="lines+markers", name="model", line_color="#E8A33D"), row=2, col=1)
+        fig.add_trace(go.Scatter(x=days["day"], y=days["online"].map(lambda o: o.get("hit_rate_top50")),
+                                 mode="lines+markers", name="Top 50 (control)", line_color="#8AA1B1"), row=2, col=1)
+        fig.add_trace(go.Bar(x=days["day"], y=days["quality"].map(lambda q: q.get("quarantine_rate")),
+                             name="quarantined share", marker_color="#E8553D"), row=3, col=1)
+        fig.add_hline(y=0.02, line_dash="dash", line_color="red", row=3, col=1)
+    _markers(fig, alerts, actions, 3)
+    fig.update_yaxes(title_text="score", row=1, col=1)
+    fig.update_yaxes(title_text="hit rate", tickformat=".0%", row=2, col=1)
+    fig.update_yaxes(title_text="rows", tickformat=".0%", row=3, col=1)
+    fig.update_xaxes(title_text="day (simulated clock)", row=3, col=1)
+    fig.update_layout(height=720, legend=dict(orientation="h", y=-0.12), margin=dict(t=40))
+    return fig
+
+
+def feature_comparison(dist: pd.DataFrame, feature: str) -> go.Figure:
+    fig = go.Figure()
+    for window, grp in dist.groupby("window", sort=False):
+        fig.add_trace(go.Bar(x=grp["bucket"], y=grp["share"], name=window))
+    fig.update_layout(barmode="group", title=f"{FEATURE_LABELS.get(feature, feature)}: reference vs current",
+                      yaxis_tickformat=".0%", yaxis_title="share", xaxis_title="bucket")
+    return fig

@@ -1,0 +1,63 @@
+"""Drift: run behaviour-shift scenarios in the closed loop and watch monitoring react."""
+import pandas as pd
+import streamlit as st
+
+from core import loop, monitoring, policy, simulation
+from core.monitoring import FEATURE_LABELS, FEATURES
+from dashboard import cache, charts, ui
+
+st.title("📈 Drift & monitoring")
+s = cache.settings()
+
+with st.form("scenario"):
+    st.markdown("**Scenario** — simulate days in the closed loop: users see the served lists, the ETL and monitoring "
+                "run every day, and the retraining policy acts.")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    shift = c1.selectbox("Shift", ["none", *simulation.SHIFT_KINDS], key="shift")
+    strength = c2.slider("Strength", 0.5, 3.0, 1.0, 0.5, key="strength")
+    days = c3.number_input("Days to simulate", 1, 60, 5, key="days")
+    duration = c4.number_input("Shift duration (days)", 1, 60, 14, key="duration")
+    mode = c5.selectbox("Policy", list(policy.MODES), index=list(policy.MODES).index(policy.get_policy(s)["mode"]),
+                        key="policy")
+    run = st.form_submit_button("Run scenario", type="primary")
+if run:
+    bar = st.progress(0.0, text="starting")
+    with ui.core_errors():
+        result = loop.run(s, int(days), shift=None if shift == "none" else shift, strength=float(strength),
+                          duration=int(duration), policy_mode=mode, progress=ui.progress_callback(bar))
+    cache.clear()
+    st.success(f"Simulated {result['days']} days: {result['alerts_opened']} alerts opened, "
+               f"{result['retrains']} automatic retrains.")
+
+hist = cache.drift_history(cache.token())
+st.info(cache.drift_narrative(cache.token()))
+if hist["days"].empty:
+    st.stop()
+
+st.plotly_chart(charts.drift_timeline(hist["days"], hist["scores"], hist["alerts"], hist["actions"]), key="timeline")
+
+st.subheader("Alerts")
+alerts = hist["alerts"]
+if alerts.empty:
+    st.success("No alert so far.")
+else:
+    st.dataframe(alerts[["alert_id", "kind", "metric", "test", "severity", "value", "threshold", "window_start",
+                         "closed_at", "classification"]], hide_index=True, key="alerts_table")
+
+st.subheader("Reference vs current, per feature")
+named = [m for m in alerts["metric"] if m in FEATURES] if len(alerts) else []
+features = list(FEATURES)
+c1, c2 = st.columns(2)
+feature = c1.selectbox("Feature", features, index=features.index(named[-1]) if named else 0,
+                       format_func=FEATURE_LABELS.get, key="feature")
+day = c2.selectbox("Day", list(hist["days"]["day"])[::-1], key="day")
+with ui.core_errors():
+    dist = cache.feature_distribution(cache.token(), feature, day)
+if dist.empty:
+    st.info("No reference yet: a production model defines the reference window.")
+else:
+    st.plotly_chart(charts.feature_comparison(dist, feature), key="feature_chart")
+
+if len(hist["actions"]):
+    st.subheader("Automatic and policy actions")
+    st.dataframe(hist["actions"][["at", "day", "kind", "actor", "cause", "job_id"]], hide_index=True, key="actions_table")

@@ -1,0 +1,238 @@
+"""Real-browser test of the dashboard: Streamlit server + Debian's Chromium driven by Playwright.
+
+Starts `streamlit run dashboard/app.py` on an empty temporary data folder (the app builds a small demo
+world and trains the first model), opens every page from the sidebar, waits for its real content, saves a
+full-page screenshot to docs/screenshots/<slug>.png, runs a retrain from the Training page and asserts that
+the browser logged no console error or uncaught page error and the server no traceback.
+
+Run it alone:  .venv/bin/python -m pytest tests -m browser -q
+Needs /usr/bin/chromium (Debian: `apt-get install chromium`); never `playwright install`.
+Without Chromium the test skips, except in CI (CI=true), where it fails.
+Optional environment: RETRO_CHROMIUM (another Chromium binary), RETRO_SCREENSHOT_DIR (where the PNGs go).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Every page of the navigation: (sidebar title, text only that page shows once its content is there).
+# Adding a page is one line here; its screenshot is docs/screenshots/<slug(title)>.png.
+PAGES = [
+    ("Overview", "the live system"),
+    ("Top 50 vs For You", "Top 50 (same for everyone)"),
+    ("Data", "Data versions"),
+    ("Training & Models", "Experiment runs"),
+]
+
+DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8"}
+LAUNCH_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1400, "height": 900}
+FIRST_START_TIMEOUT_MS = 90_000   # empty folder -> demo world + first model (a few seconds at DEMO_SIZE)
+PAGE_TIMEOUT_MS = 20_000
+RETRAIN_TIMEOUT_MS = 60_000
+
+# True once the script has finished and every table and chart on the page has been drawn.
+PAGE_RENDERED_JS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+  const main = document.querySelector('[data-testid="stMain"]');
+  if (!main || main.querySelector('[data-testid="stSkeleton"]')) return false;
+  for (const df of main.querySelectorAll('[data-testid="stDataFrame"]'))
+    if (!df.querySelector('table')) return false;
+  for (const chart of main.querySelectorAll('[data-testid="stPlotlyChart"]'))
+    if (!chart.querySelector('.main-svg')) return false;
+  return true;
+}"""
+
+
+def slug(title: str) -> str:
+    """'Top 50 vs For You' -> 'top50', 'Training & Models' -> 'training', 'Data' -> 'data'."""
+    head = re.split(r"\s+(?:vs|&|and)\s+", title.strip(), maxsplit=1)[0]
+    return re.sub(r"[^a-z0-9]+", "", head.lower()) or "page"
+
+
+def screenshot_dir() -> Path:
+    return Path(os.environ.get("RETRO_SCREENSHOT_DIR") or ROOT / "docs" / "screenshots")
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium_executable() -> str:
+    """Debian's Chromium; skip without it locally, fail without it in CI."""
+    wanted = os.environ.get("RETRO_CHROMIUM")
+    if wanted:
+        found = wanted if Path(wanted).is_file() and os.access(wanted, os.X_OK) else None
+    elif Path("/usr/bin/chromium").is_file():
+        found = "/usr/bin/chromium"
+    else:
+        found = shutil.which("chromium")
+    if found:
+        return found
+    where = wanted or "/usr/bin/chromium (or `chromium` on PATH)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"Chromium not found at {where}: CI must install Debian's chromium "
+                    "(apt-get install -y chromium) for the browser test", pytrace=False)
+    pytest.skip("Chromium not found: install Debian's chromium (apt-get install chromium) to run the browser test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+@pytest.fixture(scope="module")
+def server(chromium_executable, tmp_path_factory):
+    """A Streamlit server on a free port over an empty data folder; yields (url, log file)."""
+    home = tmp_path_factory.mktemp("browser-home")
+    log = home.parent / f"{home.name}-streamlit.log"
+    port = free_port()
+    env = {**os.environ, "RETRO_HOME": str(home), **DEMO_SIZE, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    cmd = [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless=true",
+           f"--server.port={port}", "--server.address=127.0.0.1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with code {proc.returncode} before answering:\n{tail(log)}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().decode().strip() == "ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer /_stcore/health within 60 s:\n{tail(log)}")
+            time.sleep(0.2)
+        yield url, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Page:
+    """One browser tab on the app, with the console errors and page errors it has collected."""
+
+    def __init__(self, page, url):
+        self.page, self.url, self.errors = page, url, []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(f"console error: {m.text} @ {m.location}"))
+        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+
+    def goto_sidebar(self, title: str) -> None:
+        nav = self.page.get_by_test_id("stSidebarNav")
+        link = nav.get_by_role("link", name=re.compile(rf"(^|\s){re.escape(title)}$"))
+        more = nav.get_by_test_id("stSidebarNavViewButton")
+        if link.count() == 0 and more.count() and "more" in more.inner_text():
+            more.click()  # many pages: Streamlit folds the list behind "View N more"
+        link.click()
+
+    def wait_for(self, text: str, timeout: int = PAGE_TIMEOUT_MS) -> None:
+        from playwright.sync_api import expect
+        expect(self.page.get_by_test_id("stMain").get_by_text(text).first).to_be_visible(timeout=timeout)
+        self.page.wait_for_function(PAGE_RENDERED_JS, timeout=timeout)
+
+    def assert_no_error_on_page(self) -> None:
+        main = self.page.get_by_test_id("stMain")
+        exceptions = main.get_by_test_id("stException")
+        assert exceptions.count() == 0, f"exception shown on {self.page.url}:\n" + "\n".join(exceptions.all_inner_texts())
+        errors = main.get_by_test_id("stAlertContentError")
+        assert errors.count() == 0, f"st.error shown on {self.page.url}:\n" + "\n".join(errors.all_inner_texts())
+
+    def screenshot(self, name: str) -> Path:
+        """Full page: the app scrolls inside stMain, so grow the viewport to the content first."""
+        height = self.page.evaluate(
+            "() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        self.page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 6000)})
+        self.page.wait_for_timeout(300)  # let charts settle after the resize
+        path = screenshot_dir() / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(path), full_page=True)
+        self.page.set_viewport_size(VIEWPORT)
+        return path
+
+    def take_errors(self) -> list[str]:
+        errors, self.errors = self.errors, []
+        return errors
+
+
+@pytest.fixture(scope="module")
+def app(server, chromium_executable):
+    """The app open in Chromium, after the first-start set-up has finished on the Overview page."""
+    from playwright.sync_api import sync_playwright
+    url, log = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_executable, args=LAUNCH_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport=VIEWPORT).new_page()
+            tab = Page(page, url)
+            page.goto(url + "/")
+            try:
+                tab.wait_for(PAGES[0][1], timeout=FIRST_START_TIMEOUT_MS)
+            except Exception as exc:
+                pytest.fail(f"first start did not finish: {exc}\nserver log:\n{tail(log)}")
+            yield tab
+        finally:
+            browser.close()
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("title,text", PAGES, ids=[slug(t) for t, _ in PAGES])
+def test_page_renders_real_content(app, title, text):
+    app.goto_sidebar(title)
+    app.wait_for(text)
+    app.assert_no_error_on_page()
+    shot = app.screenshot(slug(title))
+    assert shot.stat().st_size > 10_000
+    assert app.take_errors() == []
+
+
+def test_retrain_from_the_training_page(app):
+    app.goto_sidebar("Training & Models")
+    app.wait_for("Experiment runs")
+    app.page.get_by_role("button", name="Run the retrain pipeline").click()
+    outcome = (app.page.get_by_test_id("stMain")
+               .locator('[data-testid="stAlertContentSuccess"], [data-testid="stAlertContentWarning"]')
+               .filter(has_text=re.compile(r"^Run .+→ v\d+")))
+    from playwright.sync_api import expect
+    expect(outcome.first).to_be_visible(timeout=RETRAIN_TIMEOUT_MS)
+    app.page.wait_for_function(PAGE_RENDERED_JS, timeout=PAGE_TIMEOUT_MS)
+    app.assert_no_error_on_page()
+    assert app.take_errors() == []
+
+
+def test_server_logged_no_traceback(server, app):
+    _, log = server
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, f"server log:\n{tail(log, 80)}"
