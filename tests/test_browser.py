@@ -35,6 +35,7 @@ PAGES = [
     ("Top 50 vs For You", "Top 50 (same for everyone)"),
     ("Data", "Data versions"),
     ("Training & Models", "Experiment runs"),
+    ("Drift", "simulate days in the closed loop"),
 ]
 
 DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8"}

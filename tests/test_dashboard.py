@@ -12,7 +12,7 @@ from core.settings import load_settings
 from core.top50 import top50
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py"]
+PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py", "views/drift.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -175,3 +175,19 @@ def test_data_page_shows_versions_and_quarantine(home):
     assert len(frame(at, "data_version", "content_hash")) == 2
     q = frame(at, "reason", "quarantined_at")
     assert len(q) > 0 and q["reason"].str.contains("rejected at ingestion").any()
+
+
+def test_drift_page_runs_a_scenario(home):
+    at = app(180)
+    at.switch_page("views/drift.py").run()
+    assert any("Nothing monitored yet" in i.value for i in at.info)
+    at.selectbox(key="shift").set_value("trend")
+    at.number_input(key="days").set_value(2)
+    at.selectbox(key="policy").set_value("on-alert")
+    at.button(key="FormSubmitter:scenario-Run scenario").click().run(timeout=180)
+    assert not at.exception, at.exception
+    assert any("Simulated 2 days" in s.value for s in at.success)
+    from core import monitoring
+    assert len(monitoring.history(home)["days"]) == 2
+    assert at.get("plotly_chart"), "the timeline chart is shown"
+    assert not any("Nothing monitored yet" in i.value for i in at.info)
