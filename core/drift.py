@@ -33,6 +33,7 @@ no false alarm.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
@@ -185,7 +186,8 @@ def window(values, kind: str | None = None) -> Window:
             raise _bad_input(values)
         arr = arr.reshape(0)
     if arr.size == 0:
-        return empty
+        return Window(kind or (NUMERIC if arr.dtype.kind in "iuf" else CATEGORICAL), np.empty(0),
+                      pd.Series(dtype=float))
     if arr.dtype.kind == "O":
         inferred = pd.api.types.infer_dtype(arr, skipna=True)
         if inferred in _NUMBER_KINDS:
@@ -214,9 +216,11 @@ def numeric_bins(reference) -> np.ndarray:
     w = reference if isinstance(reference, Window) else window(reference, NUMERIC)
     if w.kind != NUMERIC:
         raise ValidationError("numeric_bins needs numeric samples")
-    finite = w.samples[np.isfinite(w.samples)]
-    if finite.size == 0:
+    if w.samples.size == 0:
         raise ValidationError("cannot bin an empty reference window")
+    finite = w.samples[np.isfinite(w.samples)]
+    if finite.size == 0:  # only ±inf: one bin
+        return np.array([-np.inf, np.inf])
     inner = np.unique(np.quantile(finite, np.arange(1, N_BINS) / N_BINS))
     return np.concatenate([[-np.inf], inner, [np.inf]])
 
@@ -256,13 +260,16 @@ def distribution(values, bins=None, *, kind: str | None = None) -> pd.Series:
     """Share of rows per category or per numeric bin — what a chart draws as reference vs current bars.
 
     Numeric data: ``bins`` are edges (e.g. ``numeric_bins(reference)``, so both
-    windows share buckets; default: this window's own deciles); the index labels the
-    left-closed bins in order, e.g. ``"[-inf, 1.9)"``, ``"[1.9, 2.8)"``. Categorical data: ``bins`` optionally lists the
-    categories to show (missing ones get 0); the index holds the labels, sorted
-    when comparable. Shares are raw (no epsilon) and sum to 1; an empty window
-    gives zeros over the given bins, or an empty Series.
+    windows share buckets; default: this window's own deciles; values beyond the
+    outer edges count in the outer bins); the index labels the left-closed bins in
+    order, e.g. ``"[-inf, 1.9)"``, ``"[1.9, 2.8)"``. Categorical data: ``bins``
+    optionally lists the categories to show (missing ones get 0); the index holds
+    the labels, sorted when comparable. Shares are raw (no epsilon) and sum to 1;
+    an empty window gives zeros over the given bins, or an empty Series.
     """
     w = window(values, kind)
+    if kind is None and w.is_empty and isinstance(bins, np.ndarray) and bins.dtype.kind == "f":
+        w = Window(NUMERIC, np.empty(0), pd.Series(dtype=float))  # an empty window over numeric edges
     if w.kind == NUMERIC and not (w.is_empty and bins is None):
         edges = numeric_bins(w) if bins is None else np.asarray(bins, dtype=float)
         counts = _bin_counts(w.samples, edges)
@@ -317,7 +324,9 @@ def ks(reference: Window, current: Window) -> tuple[float, str]:
     alarm every day. D is an effect size (the largest gap between the two CDFs)
     that does not shrink with sample size. The p-value goes into ``detail``.
     """
-    res = stats.ks_2samp(reference.samples, current.samples)
+    with warnings.catch_warnings():  # exact p-value impossible for some ties/sizes: scipy falls back to asymp
+        warnings.filterwarnings("ignore", "ks_2samp: Exact calculation unsuccessful", RuntimeWarning)
+        res = stats.ks_2samp(reference.samples, current.samples)
     return float(res.statistic), f"p-value = {float(res.pvalue):.3g}"
 
 
