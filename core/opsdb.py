@@ -137,6 +137,12 @@ def m003_served_recommendations(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m004_served_ranker(db: sqlite_utils.Database) -> None:
+    """Which ranking model re-ordered the list (NULL: CF order)."""
+    db.execute("ALTER TABLE served_recommendations ADD COLUMN ranker_version INTEGER")
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""

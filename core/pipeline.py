@@ -135,9 +135,10 @@ class TrainResult:
     artifact_hash: str
     data_version: str
     has_nan: bool
+    estimator: object = None   # the model fitted on the training window (reused by the ranker's evaluation)
 
     def to_dict(self) -> dict:
-        return self.__dict__.copy()
+        return {k: v for k, v in self.__dict__.items() if k != "estimator"}
 
 
 def train(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
@@ -215,7 +216,7 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
         tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
         raise
     progress(0.8, f"run {run_id}: ndcg@10 {scores['ndcg@10']:.4f}")
-    return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan)
+    return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan, estimator)
 
 
 # ------------------------------------------------------------------ retrain
@@ -234,8 +235,13 @@ def gate_reference(baselines: dict) -> dict | None:
 
 def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
             trigger: str = "manual", actor: str = "pipeline", margin: float = GATE_MARGIN,
-            holdout_days: int = HOLDOUT_DAYS, progress: Progress = _noop, at: str | None = None) -> dict:
-    """ETL → train → evaluate → register → gate → promote; returns the job's result."""
+            holdout_days: int = HOLDOUT_DAYS, progress: Progress = _noop, at: str | None = None,
+            with_ranker: bool = True) -> dict:
+    """ETL → train → evaluate → register → gate → promote → (re)train the ranker; returns the job's result.
+
+    The ranker is retrained whenever the CF model changes (a ranker trained on an
+    older CF version is stale) or when no ranker serves yet.
+    """
     at = at or sim_now(settings)
     job_id = tracking.start_job(settings, "retrain", trigger, at=at)
     stage = "etl"
@@ -263,10 +269,20 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
             stage = "promote"
             tracking.update_job(settings, job_id, stage)
             registry.promote(settings, version, actor, f"gate passed ({trigger} retrain)", gate=decision, at=at)
+        ranker_result = None
+        if with_ranker and (decision.promote or not ranker_status(settings)["active"]):
+            stage = "ranker"
+            tracking.update_job(settings, job_id, stage)
+            progress(0.93, "training the ranker for the production CF model")
+            try:
+                ranker_result = train_ranker(settings, seed=seed, holdout_days=holdout_days, job_id=job_id, at=at,
+                                             cf_on_train_window=trained.estimator if decision.promote else None)
+            except RetroError as exc:   # too little data for a ranker: CF alone serves, and the job says so
+                ranker_result = {"error": str(exc)}
         result = {"job_id": job_id, "run_id": trained.run_id, "version": version, "promoted": decision.promote,
                   "gate": decision.to_dict(), "etl": etl_result.to_dict(), "metrics": trained.metrics,
                   "baselines": trained.baselines, "timings": trained.timings | {"etl": etl_seconds},
-                  "data_version": trained.data_version, "trigger": trigger}
+                  "data_version": trained.data_version, "trigger": trigger, "ranker": ranker_result}
         tracking.finish_job(settings, job_id, result, at=at)
         progress(1.0, f"done: v{version} " + ("promoted to production" if decision.promote else "kept as candidate"))
         return result
@@ -294,3 +310,106 @@ def evaluate_version(settings: Settings, version: int | None = None, holdout_day
                             "top50": evaluate_model(WeightedRatingRecommender(top_cols).fit(split.train.user_items), split)},
               "metrics_at_training": entry["metrics"]}
     return result
+
+
+# ------------------------------------------------------------------ the ranking model
+def ranker_status(settings: Settings) -> dict:
+    """Production ranker (if any) and whether it is stale: trained on a CF version that no longer serves."""
+    cf = registry.production(settings)
+    rk = registry.production(settings, family="ranker")
+    stale = rk is not None and (cf is None or rk["depends_on"] != cf["version"])
+    return {"cf_version": None if cf is None else int(cf["version"]), "ranker": rk, "stale": stale,
+            "active": rk is not None and not stale}
+
+
+def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: int = HOLDOUT_DAYS,
+                 weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(), job_id: int | None = None,
+                 at: str | None = None, progress: Progress = _noop, cf_on_train_window=None) -> dict:
+    """`cf_on_train_window`: the production CF configuration already fitted on this split's training
+    window (the retrain pipeline passes it to save a fit)."""
+    """Train, evaluate, register and (if it beats CF alone) promote a ranker on top of the production CF model."""
+    from . import ranker as rk
+    cf = registry.production(settings)
+    if cf is None:
+        raise RetroError("the ranker re-ranks the production CF model's candidates: promote a CF model first")
+    seed = settings.seed if seed is None else int(seed)
+    at = at or sim_now(settings)
+    cf_cls = MODELS[cf["model_kind"]]
+    cf_params = {k: v for k, v in (cf["params"] or {}).items() if k in cf_cls().params()}
+    data_version = current_data_version(settings)
+    run_id = tracking.start_run(settings, "ranker", {"candidates": rk.CANDIDATES, "features": list(rk.FEATURES),
+                                                     "cf_version": int(cf["version"]), "holdout_days": holdout_days},
+                                seed, data_version, job_id=job_id, at=at)
+    timings: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        progress(0.0, "ranker: building the label window")
+        split = dataset.time_split(settings, holdout_days, weights,
+                                   served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
+        c2 = split.cutoff
+        c1 = c2 - pd.Timedelta(days=holdout_days)
+        pairs_a = dataset.interactions(settings, None, c1, weights)
+        label_pairs = dataset.interactions(settings, c1, c2, weights)
+        mat_a = dataset.to_matrix(pairs_a, movie_ids=split.train.movie_ids)
+        uidx, iidx = mat_a.user_index, mat_a.item_index
+        rel_a: dict[int, set] = {}
+        for key, movie in zip(label_pairs["user_key"], label_pairs["movie_id"]):
+            r, c = uidx.get(key), iidx.get(int(movie))
+            if r is not None and c is not None and mat_a.user_items[r, c] == 0:
+                rel_a.setdefault(r, set()).add(c)
+        users_a = np.array(sorted(rel_a), dtype=np.int64)
+        if not len(users_a):
+            raise RetroError("no user interacted in the ranker's label window; simulate more days")
+        timings["labels"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.3, f"ranker: candidates from {cf['model_kind']} for {len(users_a):,} users, fitting the ranker")
+        cf_a = cf_cls(**cf_params).fit(mat_a.user_items)
+        items_a, scores_a = rk.candidates(cf_a, users_a, mat_a.user_items)
+        ctx_a = rk.build_context(settings, mat_a, pairs_a, c1)
+        X = rk.feature_rows(ctx_a, users_a, items_a, scores_a)
+        y = rk.labels_for(items_a, users_a, rel_a)
+        keep = items_a.ravel() >= 0
+        model = rk.fit_ranker(X[keep], y[keep], seed)
+        timings["fit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.6, "ranker: two-stage vs CF alone on the holdout")
+        pairs_b = dataset.interactions(settings, None, c2, weights)
+        cf_b = cf_on_train_window or cf_cls(**cf_params).fit(split.train.user_items)
+        users_b = np.array(sorted(split.holdout), dtype=np.int64)
+        items_b, scores_b = rk.candidates(cf_b, users_b, split.train.user_items)
+        ranked_b, _ = rk.Ranker(model, rk.build_context(settings, split.train, pairs_b, c2)).rerank(
+            users_b, items_b, scores_b, DEFAULT_K)
+        two_stage = _evaluate(ranked_b, split, users_b, DEFAULT_K)
+        cf_only = _evaluate(items_b[:, :DEFAULT_K], split, users_b, DEFAULT_K)
+        timings["evaluate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        bundle = load_bundle(cf["artifact_path"])
+        all_pairs = dataset.interactions(settings, None, None, weights)
+        ctx_full = rk.build_context(settings, bundle.matrix, all_pairs, pd.Timestamp(bundle.meta["trained_until"]))
+        path = settings.models_dir / f"ranker-run-{run_id}"
+        ranges = {name: [float(np.nanpercentile(X[keep][:, i], 1)), float(np.nanpercentile(X[keep][:, i], 99))]
+                  for i, name in enumerate(rk.FEATURES)}
+        meta = {"run_id": run_id, "cf_version": int(cf["version"]), "seed": seed, "data_version": data_version,
+                "label_window": [str(c1), str(c2)], "feature_ranges": ranges, "trained_until": bundle.meta["trained_until"],
+                "code_version": tracking.code_version(), "rows": int(keep.sum()), "positives": int(y[keep].sum())}
+        digest = rk.save_ranker(path, rk.Ranker(model, ctx_full), meta)
+        timings["save"] = time.perf_counter() - t
+        metrics = two_stage | {"cf_only_ndcg@10": cf_only["ndcg@10"], "cf_only_hit_rate@10": cf_only["hit_rate@10"],
+                               "training_rows": int(keep.sum()), "positives": int(y[keep].sum())}
+        tracking.finish_run(settings, run_id, metrics, {"cf_only": cf_only}, timings, str(path), digest, at=at)
+    except Exception as exc:
+        tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
+        raise
+    version = registry.register(settings, run_id, at=at, depends_on=int(cf["version"]), family="ranker")
+    better = two_stage["ndcg@10"] > cf_only["ndcg@10"]
+    reasons = [f"two-stage ndcg@10 {two_stage['ndcg@10']:.4f} {'>' if better else '≤'} CF alone {cf_only['ndcg@10']:.4f} "
+               f"on the same holdout and candidates"]
+    if better:
+        registry.promote(settings, version, "pipeline", "ranker beats CF alone on the holdout",
+                         gate={"promote": True, "reasons": reasons, "checks": {}}, at=at)
+    progress(1.0, "ranker: " + ("promoted" if better else "kept as candidate (CF alone serves)"))
+    return {"run_id": run_id, "version": version, "promoted": better, "reasons": reasons, "metrics": metrics,
+            "cf_version": int(cf["version"])}

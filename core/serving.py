@@ -36,6 +36,7 @@ class Recommendation:
     scores: list[float]
     model_version: int | None = None
     data_version: str | None = None
+    ranker_version: int | None = None
     reason: str = ""
     served_at: str | None = None
     serve_id: int | None = None
@@ -66,10 +67,53 @@ def bundle_for(version: dict) -> Bundle:
         return _bundles[key]
 
 
+_rankers: dict = {}
+
+
+def ranker_for(cf_version: int, settings: Settings):
+    """The production ranker when it was trained on the serving CF version (else None: CF order)."""
+    rk = registry.production(settings, family="ranker")
+    if rk is None or rk["depends_on"] != cf_version:
+        return None, None
+    key = (rk["artifact_path"], rk["artifact_hash"])
+    with _lock:
+        if key not in _rankers:
+            from .ranker import load_ranker
+            _rankers.clear()
+            _rankers[key] = load_ranker(rk["artifact_path"], rk["artifact_hash"])
+        return _rankers[key], int(rk["version"])
+
+
+def _ranked(bundle: Bundle, settings: Settings, cf_version: int, rows: np.ndarray, seen: list[set], k: int):
+    """CF candidates (seen titles removed) re-ordered by the ranker when one serves: (movie ids, scores, ranker)."""
+    from .ranker import CANDIDATES
+    ranker, ranker_version = ranker_for(cf_version, settings)
+    want = CANDIDATES if ranker is not None else k
+    extra = max((len(s) for s in seen), default=0)
+    n = min(want + extra, bundle.matrix.user_items.shape[1])
+    ids, scores = bundle.model.recommend(rows, bundle.matrix.user_items, n)
+    movie_ids = np.where(ids >= 0, bundle.matrix.movie_ids[np.clip(ids, 0, None)], -1)
+    keep_ids = np.full((len(rows), want), -1, dtype=np.int64)
+    keep_scores = np.zeros((len(rows), want))
+    for i, s in enumerate(seen):
+        ok = [(c, sc) for c, m, sc in zip(ids[i], movie_ids[i], scores[i]) if m >= 0 and m not in s][:want]
+        keep_ids[i, :len(ok)] = [c for c, _ in ok]
+        keep_scores[i, :len(ok)] = [sc for _, sc in ok]
+    if ranker is not None:
+        keep_ids, keep_scores = ranker.rerank(rows, keep_ids, keep_scores, k)
+    keep_ids, keep_scores = keep_ids[:, :k], keep_scores[:, :k]
+    out = []
+    for i in range(len(rows)):
+        valid = keep_ids[i] >= 0
+        out.append(([int(m) for m in bundle.matrix.movie_ids[keep_ids[i][valid]]], [float(x) for x in keep_scores[i][valid]]))
+    return out, ranker_version
+
+
 def clear_caches() -> None:
     with _lock:
         _bundles.clear()
         _top50_cache.clear()
+        _rankers.clear()
 
 
 def _top50_list(db: sqlite_utils.Database) -> list[tuple[int, float]]:
@@ -109,12 +153,14 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
         row = bundle.user_row.get(pseudonym(int(user_id), pseudonym_key(settings)))
         if row is None:
             reason = ("top50:cold-start", "the production model has no history for this user (cold start)")
+        elif not bundle.model.user_factors_[row].any() if hasattr(bundle.model, "user_factors_") else False:
+            reason = ("top50:cold-start", "the user's factors were erased; the next retrain excludes their data")
         else:
-            ids, scores = bundle.model.recommend(np.array([row]), bundle.matrix.user_items, k + len(seen) if seen else k)
-            movies = [int(bundle.matrix.movie_ids[c]) for c in ids[0] if c >= 0]
-            pairs = [(m, float(s)) for m, s in zip(movies, scores[0][: len(movies)]) if m not in seen][:k]
-            rec = Recommendation(int(user_id), "model", [m for m, _ in pairs], [s for _, s in pairs],
-                                 int(prod["version"]), prod["data_version"], "personalized by the production model")
+            ((movies, scores),), ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([row]), [seen], k)
+            rec = Recommendation(int(user_id), "model", movies, scores, int(prod["version"]), prod["data_version"],
+                                 ranker_version=ranker_version,
+                                 reason="personalized by the production model"
+                                        + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
     if rec is None:
         pairs = [(m, s) for m, s in _top50_list(db) if m not in seen][:k]
         rec = Recommendation(int(user_id), reason[0], [m for m, _ in pairs], [s for _, s in pairs],
@@ -123,10 +169,10 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
         rec.served_at = at or opsdb.clock_now(db)
         with db.atomic():
             cur = db.conn.execute(
-                "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, scores) "
-                "VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
+                "scores, ranker_version) VALUES (?,?,?,?,?,?,?,?)",
                 (rec.user_id, rec.served_at, rec.path, rec.model_version, rec.data_version,
-                 json.dumps(rec.movie_ids), json.dumps([round(s, 6) for s in rec.scores])))
+                 json.dumps(rec.movie_ids), json.dumps([round(s, 6) for s in rec.scores]), rec.ranker_version))
             rec.serve_id = cur.lastrowid
     return rec
 
@@ -154,15 +200,12 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
         rows = {u: bundle.user_row.get(pseudonym(u, key)) for u in user_ids if consent[u]}
         todo = [u for u, r in rows.items() if r is not None]
         if todo:
-            extra = max((len(seen.get(u, ())) for u in todo), default=0)
-            ids, scores = bundle.model.recommend(np.array([rows[u] for u in todo]), bundle.matrix.user_items,
-                                                 min(k + extra, bundle.matrix.user_items.shape[1]))
-            movie_ids = np.where(ids >= 0, bundle.matrix.movie_ids[np.clip(ids, 0, None)], -1)
-            for i, u in enumerate(todo):
-                s = seen.get(u, set())
-                pairs = [(int(m), float(sc)) for m, sc in zip(movie_ids[i], scores[i]) if m >= 0 and m not in s][:k]
-                out[u] = Recommendation(u, "model", [m for m, _ in pairs], [s_ for _, s_ in pairs],
-                                        int(prod["version"]), prod["data_version"], "personalized by the production model")
+            lists, ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([rows[u] for u in todo]),
+                                            [seen.get(u, set()) for u in todo], k)
+            for u, (movies, scores) in zip(todo, lists):
+                out[u] = Recommendation(u, "model", movies, scores, int(prod["version"]), prod["data_version"],
+                                        ranker_version=ranker_version, reason="personalized by the production model"
+                                        + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
     top = _top50_list(db)
     for u in user_ids:
         if u in out:
@@ -177,10 +220,10 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
         when = at or opsdb.clock_now(db)
         with db.atomic():
             db.conn.executemany(
-                "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, scores) "
-                "VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
+                "scores, ranker_version) VALUES (?,?,?,?,?,?,?,?)",
                 [(r.user_id, when, r.path, r.model_version, r.data_version, json.dumps(r.movie_ids),
-                  json.dumps([round(s, 6) for s in r.scores])) for r in out.values()])
+                  json.dumps([round(s, 6) for s in r.scores]), r.ranker_version) for r in out.values()])
         for r in out.values():
             r.served_at = when
     return out
