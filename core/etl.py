@@ -213,6 +213,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
     valid, bad = validate(rows, ex["users"]["user_id"], ex["movies"]["movie_id"], ex["clock"])
     result = EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
     if rows.empty and rejects.empty:
+        _sync_consent(con, ex["users"], key)   # consent changes reach training even without new rows
         return result
 
     valid["user_key"] = pseudonymize(valid["user_id"].astype("int64"), key)
@@ -301,6 +302,20 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
     result.rows_quarantined = int(len(quarantine))
     result.report = report
     return result
+
+
+def _sync_consent(con, users: pd.DataFrame, key: bytes) -> None:
+    """Personalization consent flags of the dimension follow the operational database (not a data version)."""
+    if users.empty:
+        return
+    frame = pd.DataFrame({"user_key": pseudonymize(users["user_id"], key),
+                          "personalization": users["consent_personalization"].astype(bool)})
+    con.register("consent_df", frame)
+    try:
+        con.execute("UPDATE dim_user SET personalization = c.personalization FROM consent_df c "
+                    "WHERE dim_user.user_key = c.user_key AND dim_user.personalization <> c.personalization")
+    finally:
+        con.unregister("consent_df")
 
 
 def list_versions(settings: Settings) -> pd.DataFrame:

@@ -143,6 +143,28 @@ def m002_monitoring(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+M003_SQL = """
+        CREATE TABLE erasure_requests (                 -- no personal data: counts only
+            request_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            requested_at TEXT NOT NULL, completed_at TEXT,
+            state TEXT NOT NULL CHECK (state IN ('received','completed','failed')),
+            actor TEXT NOT NULL, summary TEXT
+        );
+        CREATE TABLE operator_audit (                   -- who did what, when (targets are pseudonyms)
+            audit_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+            target TEXT, outcome TEXT NOT NULL
+        )
+"""
+
+
+@migrations()
+def m003_privacy(db: sqlite_utils.Database) -> None:
+    for statement in M003_SQL.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)

@@ -143,6 +143,21 @@ def m004_served_ranker(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE served_recommendations ADD COLUMN ranker_version INTEGER")
 
 
+@migrations()
+def m005_consent_history(db: sqlite_utils.Database) -> None:
+    """Every consent change (the current flags live on `users`)."""
+    _run_statements(db, """
+        CREATE TABLE consent_history (
+            change_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+            changed_at TEXT NOT NULL,
+            tracking INTEGER NOT NULL, personalization INTEGER NOT NULL,
+            actor TEXT NOT NULL
+        );
+        CREATE INDEX idx_consent_user ON consent_history(user_id, changed_at)
+        """)
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""
