@@ -261,6 +261,40 @@ def cmd_policy(args, settings):
                                     + (f" (every {data['every_days']} days)" if data["mode"] == "scheduled" else "")))
 
 
+@command("explain")
+def cmd_explain(args, settings):
+    from . import explain
+    e = explain.explain(settings, args.user, args.movie)
+    _emit(args, e, lambda: print(explain.explanation_markdown(e)))
+
+
+@command("audit")
+def cmd_audit(args, settings):
+    from . import audit
+    records = audit.audit(settings, args.user, args.day, args.limit)
+    if getattr(args, "json", False):
+        print(audit.audit_json(records))
+    else:
+        print(audit.audit_markdown(records))
+
+
+@command("model-card")
+def cmd_model_card(args, settings):
+    from . import modelcard
+    card = modelcard.model_card(settings, args.version)
+    if args.format == "json" or getattr(args, "json", False):
+        print(json.dumps(card, indent=2, default=str))
+    else:
+        print(modelcard.model_card_markdown(card))
+
+
+@command("diagnose")
+def cmd_diagnose(args, settings):
+    from . import diagnose
+    result = diagnose.diagnose(settings, args.user)
+    _emit(args, result, lambda: print(diagnose.diagnose_markdown(result)))
+
+
 def _operator() -> str:
     import getpass
     try:
@@ -409,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show", "set"])
     p.add_argument("mode", nargs="?", choices=["manual", "scheduled", "on-alert"])
     p.add_argument("--every-days", type=int, help="scheduled: retrain every N days")
+    p = sub.add_parser("explain", parents=[common, with_json], help="why was this movie recommended to this user?")
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--movie", type=int, required=True)
+    p = sub.add_parser("audit", parents=[common, with_json], help="what did we show a user (on a day), and why?")
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--day", help="calendar date YYYY-MM-DD (default: every day)")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p = sub.add_parser("model-card", parents=[common, with_json], help="the model card of a registered version")
+    p.add_argument("version", type=int)
+    p.add_argument("--format", choices=["md", "json"], default="md")
+    p = sub.add_parser("diagnose", parents=[common, with_json], help="check data, features, model and deployment")
+    p.add_argument("--user", type=int, help="diagnose one user's recommendations (default: the system)")
     p = sub.add_parser("recommend", parents=[common, with_json], help="recommendations for one user (logged)")
     p.add_argument("--user", type=int, required=True)
     p.add_argument("--k", type=int, default=10)

@@ -24,6 +24,9 @@ pages = {
         st.Page(VIEWS / "training.py", title="Training & Models", icon="🧪"),
         st.Page(VIEWS / "drift.py", title="Drift", icon="📈"),
     ],
+    "Governance": [
+        st.Page(VIEWS / "governance.py", title="Explanations & Governance", icon="🔎"),
+    ],
 }
 st.sidebar.caption(f"Data folder: `{cache.settings().home}`")
 st.navigation(pages).run()

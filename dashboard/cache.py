@@ -122,6 +122,30 @@ def feature_distribution(_token, feature, day):
     return monitoring.feature_distributions(settings(), feature, day)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def explanations(_token, user_id):
+    from core import explain
+    return explain.explain_list(settings(), user_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def audit_records(_token, user_id, day=None):
+    from core import audit
+    return audit.audit(settings(), user_id, day, 20)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def model_card(_token, version):
+    from core import modelcard
+    return modelcard.model_card(settings(), version)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def diagnosis(_token, user_id):
+    from core import diagnose
+    return diagnose.diagnose(settings(), user_id)
+
+
 def production():
     return status(token())["registry"]["production"]
 

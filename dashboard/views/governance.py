@@ -1,0 +1,97 @@
+"""Explanations & Governance: why a movie was recommended, the audit record, the model card, diagnosis."""
+import json
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import audit as audit_mod
+from core import explain as explain_mod
+from core import modelcard
+from dashboard import cache, ui
+
+st.title("🔎 Explanations & Governance")
+token = cache.token()
+with ui.core_errors():
+    directory = cache.users(token)
+    prod = cache.production()
+if prod is None:
+    st.info("No model in production yet — run a retrain on the Training & Models page.")
+    st.stop()
+
+ranked = directory.sort_values("watches", ascending=False)
+user_id = st.selectbox("User (type to search)", ranked["user_id"].tolist(),
+                       format_func=lambda u: f"user {u}", key="gov_user")
+tab_why, tab_audit, tab_card, tab_diag = st.tabs(["Why this movie?", "Audit trail", "Model card", "Diagnose"])
+
+with tab_why:
+    try:
+        exps = cache.explanations(token, user_id)
+    except Exception as exc:  # noqa: BLE001 - core errors (cold start, no consent) are shown, not raised
+        st.warning(str(exc))
+        exps = []
+    if exps:
+        titles = {e["movie_id"]: f"{i + 1}. {e['title']}" for i, e in enumerate(exps)}
+        movie = st.radio("Recommendation", list(titles), format_func=titles.get, key="gov_movie", horizontal=True)
+        e = next(x for x in exps if x["movie_id"] == movie)
+        st.markdown(f"> {e['text']}")
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Because you watched** (collaborative-filtering contributions)")
+            st.dataframe(pd.DataFrame(e["because_you_watched"])[["title", "contribution"]], hide_index=True,
+                         key="because_table")
+        with right:
+            r = e["ranker"]
+            if r:
+                feats = sorted(r["features"], key=lambda f: abs(f["shap"]))
+                fig = go.Figure(go.Waterfall(
+                    orientation="h", base=r["base_value"], y=[f"{f['label']} = {f['value']:.2f}" for f in feats],
+                    x=[f["shap"] for f in feats], measure=["relative"] * len(feats)))
+                fig.update_layout(title=f"Ranker v{r['version']}: SHAP (log-odds) from base {r['base_value']:.2f} "
+                                        f"to {r['output']:.2f} = {r['probability']:.0%}", height=380)
+                st.plotly_chart(fig, key="shap_chart")
+            else:
+                st.info("No ranking model serves with this CF version: the list is in collaborative-filtering order.")
+        c1, c2 = st.columns(2)
+        c1.download_button("Export explanation (Markdown)", explain_mod.explanation_markdown(e),
+                           file_name=f"explanation-u{user_id}-m{movie}.md", key="exp_md")
+        c2.download_button("Export explanation (JSON)", json.dumps(e, indent=2, default=str),
+                           file_name=f"explanation-u{user_id}-m{movie}.json", key="exp_json")
+
+with tab_audit:
+    day = st.text_input("Day (YYYY-MM-DD, empty = all days)", key="audit_day").strip() or None
+    with ui.core_errors():
+        records = cache.audit_records(token, user_id, day)
+    if not records:
+        st.info("Nothing was served to this user in that period.")
+    for rec in records[:5]:
+        with st.container(border=True):
+            st.markdown(f"**{rec['served_at']}** — {rec['path']}"
+                        + (f", model v{rec['model_version']} ({rec['model_kind']}), data {rec['data_version']}, "
+                           f"retrain trigger: {rec['trigger']}" if rec["model_version"] else ""))
+            if rec.get("promotion"):
+                p = rec["promotion"]
+                st.caption(f"promoted {p['at']} by {p['actor']}: {p['reason']}")
+            st.dataframe(pd.DataFrame(rec["movies"]), hide_index=True)
+    if records:
+        st.download_button("Export audit (Markdown)", audit_mod.audit_markdown(records), file_name=f"audit-u{user_id}.md",
+                           key="audit_md")
+
+with tab_card:
+    with ui.core_errors():
+        card = cache.model_card(token, int(prod["version"]))
+    md = modelcard.model_card_markdown(card)
+    st.markdown(md)
+    c1, c2 = st.columns(2)
+    c1.download_button("Export model card (Markdown)", md, file_name=f"model-card-v{prod['version']}.md", key="card_md")
+    c2.download_button("Export model card (JSON)", json.dumps(card, indent=2, default=str),
+                       file_name=f"model-card-v{prod['version']}.json", key="card_json")
+
+with tab_diag:
+    scope = st.radio("Scope", ["this user", "the system"], horizontal=True, key="diag_scope")
+    with ui.core_errors():
+        result = cache.diagnosis(token, user_id if scope == "this user" else None)
+    failed = result["failed_places"]
+    (st.error if failed else st.success)(
+        "Failing: " + ", ".join(failed) if failed else "All checks pass: data, features, model and deployment.")
+    st.dataframe(pd.DataFrame(result["checks"]), hide_index=True, key="diag_table")
