@@ -36,6 +36,7 @@ PAGES = [
     ("Data", "Data versions"),
     ("Training & Models", "Experiment runs"),
     ("Drift", "simulate days in the closed loop"),
+    ("Explanations & Governance", "Why this movie?"),
 ]
 
 DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8"}

@@ -12,7 +12,8 @@ from core.settings import load_settings
 from core.top50 import top50
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py", "views/drift.py"]
+PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py", "views/drift.py",
+         "views/governance.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -191,3 +192,14 @@ def test_drift_page_runs_a_scenario(home):
     assert len(monitoring.history(home)["days"]) == 2
     assert at.get("plotly_chart"), "the timeline chart is shown"
     assert not any("Nothing monitored yet" in i.value for i in at.info)
+
+
+def test_governance_page_explains_and_exports(home):
+    at = app()
+    at.switch_page("views/governance.py").run()
+    assert not at.exception
+    quote = [m.value for m in at.markdown if m.value.startswith("> We suggested")]
+    assert quote, "the plain-language explanation is shown"
+    assert any(m.value.startswith("# Model card:") for m in at.markdown)
+    labels = [b.label for b in at.get("download_button")]
+    assert "Export explanation (Markdown)" in labels and "Export model card (JSON)" in labels

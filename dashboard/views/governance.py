@@ -92,6 +92,6 @@ with tab_diag:
     with ui.core_errors():
         result = cache.diagnosis(token, user_id if scope == "this user" else None)
     failed = result["failed_places"]
-    (st.error if failed else st.success)(
+    (st.warning if failed else st.success)(
         "Failing: " + ", ".join(failed) if failed else "All checks pass: data, features, model and deployment.")
     st.dataframe(pd.DataFrame(result["checks"]), hide_index=True, key="diag_table")

@@ -17,10 +17,10 @@ boxes = [
     ("ETL", "incremental, validated", [f"last run {wh['last_etl'] or '—'}", f"status {wh['last_etl_status'] or 'never run'}",
                                        f"{wh['quarantined']:,} rows quarantined"]),
     ("Warehouse", "DuckDB star schema", [f"{wh['facts']:,} interactions", f"data version {wh['data_version'] or '—'}"]),
-    ("Training", "ALS / BPR + baselines", [f"{s['training']['runs']} runs",
+    ("Training", "ALS / BPR + baselines", [f"{s['training']['runs']} run(s)",
                                            f"last retrain: {last_job['status'] if last_job else '—'}"
                                            + (f" ({last_job['trigger']})" if last_job else "")]),
-    ("Registry", "gate → production", [f"{reg['versions']} versions",
+    ("Registry", "gate → production", [f"{reg['versions']} version(s)",
                                        f"production v{prod['version']} ({prod['model_kind']})" if prod else "no model in production yet",
                                        f"nDCG@10 {prod['metrics']['ndcg@10']:.4f}" if prod else "run a retrain"]),
     ("Serving", "model or Top 50 fallback", [f"{srv['lists_served']:,} lists served",
@@ -29,7 +29,7 @@ boxes = [
 ]
 cols = st.columns(len(boxes))
 for col, (name, kind, lines) in zip(cols, boxes):
-    with col.container(border=True, height=210):
+    with col.container(border=True, height=240):
         st.markdown(f"**{name}**  \n<small>{kind}</small>", unsafe_allow_html=True)
         for line in lines:
             st.caption(line)
