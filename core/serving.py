@@ -163,8 +163,7 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
                                         + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
     if rec is None:
         pairs = [(m, s) for m, s in _top50_list(db) if m not in seen][:k]
-        rec = Recommendation(int(user_id), reason[0], [m for m, _ in pairs], [s for _, s in pairs],
-                             None, None, reason[1])
+        rec = Recommendation(int(user_id), reason[0], [m for m, _ in pairs], [s for _, s in pairs], reason=reason[1])
     if log:
         rec.served_at = at or opsdb.clock_now(db)
         with db.atomic():
@@ -215,7 +214,7 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
                      ("top50:cold-start", "the production model has no history for this user (cold start)"))
         s = seen.get(u, set())
         pairs = [(m, sc) for m, sc in top if m not in s][:k]
-        out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], None, None, why)
+        out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], reason=why)
     if log:
         when = at or opsdb.clock_now(db)
         with db.atomic():

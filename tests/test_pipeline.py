@@ -89,6 +89,7 @@ def test_serving_paths_and_fallbacks(world):
         serving.recommend(world, 1, k=0)
     no_model = serving.recommend(world, 1)
     assert no_model.path == "top50:no-model" and no_model.model_version is None and len(no_model.movie_ids) == 10
+    assert no_model.reason == "no model is in production yet" and no_model.ranker_version is None
 
     pipeline.retrain(world)
     with opsdb.session(world) as db:

@@ -19,9 +19,11 @@ if prod is None:
     st.info("No model in production yet — run a retrain on the Training & Models page.")
     st.stop()
 
-ranked = directory.sort_values("watches", ascending=False)
-user_id = st.selectbox("User (type to search)", ranked["user_id"].tolist(),
-                       format_func=lambda u: f"user {u}", key="gov_user")
+ids = directory["user_id"].tolist()
+typical = int(directory.loc[(directory["watches"] - directory["watches"].median()).abs().idxmin(), "user_id"])
+labels = {int(r.user_id): f"user {r.user_id} — {r.watches} watches" for r in directory.itertuples()}
+user_id = st.selectbox("User (type to search; default: a typical user)", ids, index=ids.index(typical),
+                       format_func=labels.get, key="gov_user")
 tab_why, tab_audit, tab_card, tab_diag = st.tabs(["Why this movie?", "Audit trail", "Model card", "Diagnose"])
 
 with tab_why:
