@@ -53,10 +53,11 @@ PAGE_RENDERED_JS = """() => {
   if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
   const main = document.querySelector('[data-testid="stMain"]');
   if (!main || main.querySelector('[data-testid="stSkeleton"]')) return false;
+  // Only what is visible: content in inactive tabs is not drawn until its tab is opened.
   for (const df of main.querySelectorAll('[data-testid="stDataFrame"]'))
-    if (!df.querySelector('table')) return false;
+    if (df.offsetParent !== null && !df.querySelector('table')) return false;
   for (const chart of main.querySelectorAll('[data-testid="stPlotlyChart"]'))
-    if (!chart.querySelector('.main-svg')) return false;
+    if (chart.offsetParent !== null && !chart.querySelector('.main-svg')) return false;
   return true;
 }"""
 
