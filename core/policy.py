@@ -36,9 +36,13 @@ def validate(mode: str, every_days: int | None = None) -> None:
         raise ValidationError(f"every_days must be a positive integer, got {every_days!r}")
 
 
-def set_policy(settings: Settings, mode: str, every_days: int | None = None, *, actor: str, at: str) -> dict:
-    """Store the policy and record who changed it."""
+def set_policy(settings: Settings, mode: str, every_days: int | None = None, *, actor: str, at: str | None = None) -> dict:
+    """Store the policy and record who changed it (at: default the service clock)."""
     validate(mode, every_days)
+    if at is None:
+        from . import opsdb
+        with opsdb.session(settings) as db:
+            at = opsdb.clock_now(db)
     before = get_policy(settings)
     with mlopsdb.write_session(settings) as db:
         db.execute("INSERT OR REPLACE INTO policy VALUES ('mode', ?)", [mode])

@@ -28,5 +28,6 @@ pages = {
         st.Page(VIEWS / "governance.py", title="Explanations & Governance", icon="🔎"),
     ],
 }
+ui.operator_login()
 st.sidebar.caption(f"Data folder: `{cache.settings().home}`")
 st.navigation(pages).run()

@@ -22,6 +22,11 @@ def core_errors():
 
 def first_start() -> None:
     s = cache.settings()
+    from core.access import ensure_operator
+    token = ensure_operator(s)
+    if token:   # printed once, to the terminal that started the dashboard (not to the page)
+        print(f"\n  Retro Movies operator login for {s.home}: name 'admin', token {token}\n"
+              f"  (stored hashed in {s.home / 'secrets.toml'}; add operators with core.access.add_operator)\n", flush=True)
     if needs_demo_world(s) or needs_first_model(s):
         box = st.container(border=True)
         box.subheader("🎬 Setting up Retro Movies")
@@ -43,3 +48,38 @@ def progress_callback(bar, log=None):
 
 def fmt(value, digits=4):
     return "—" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def operator_login() -> None:
+    """Sidebar login for privileged actions; reading needs none."""
+    from core.access import check
+    box = st.sidebar.expander("🔐 Operator", expanded=False)
+    current = st.session_state.get("operator")
+    if current:
+        box.caption(f"Signed in as **{current[0]}**")
+        if box.button("Sign out", key="sign_out"):
+            del st.session_state["operator"]
+            st.rerun()
+        return
+    with box.form("login"):
+        name = st.text_input("Name", value="admin", key="login_name")
+        token = st.text_input("Token", type="password", key="login_token")
+        if st.form_submit_button("Sign in"):
+            if check(cache.settings(), name, token):
+                st.session_state["operator"] = (name, token)
+                st.rerun()
+            else:
+                st.error("Wrong operator name or token.")
+    box.caption("Privileged actions (promote, roll back, policy, export, erase, key rotation) need a login. "
+                "The first start printed the token in the terminal.")
+
+
+def operator(action: str) -> str | None:
+    """The signed-in operator's name, checked and logged by core; shows an error and returns None otherwise."""
+    from core.access import PermissionDenied, require
+    name, token = st.session_state.get("operator", (None, ""))
+    try:
+        return require(cache.settings(), name or "", token, action)
+    except PermissionDenied as exc:
+        st.error(f"{exc}. Sign in under 🔐 Operator in the sidebar.")
+        return None

@@ -136,9 +136,29 @@ def test_retrain_button_runs_the_pipeline(home):
     assert len(frame(at, "run_id", "duration_s")) == len(tracking.list_runs(home))
 
 
-def test_promote_and_rollback_forms_change_the_registry(home):
-    pipeline.retrain(home, params={"factors": 8, "iterations": 2}, seed=9)   # v2: a candidate or production
+def test_privileged_actions_need_an_operator_login(home):
+    from core import access
+    access.add_operator(home, "tester", "s3cret-token")
+    pipeline.retrain(home, params={"factors": 8, "iterations": 2}, seed=9)
     at = app()
+    at.switch_page("views/training.py").run()
+    prod_before = registry.production(home)["version"]
+    at.text_input(key="rollback_reason").input("no login")
+    at.checkbox(key="rollback_confirm").check()
+    at.button(key="FormSubmitter:rollback_form-Roll back").click().run()
+    assert any("needs an operator login" in e.value for e in at.error)
+    assert registry.production(home)["version"] == prod_before
+    log = access.audit_log(home)
+    assert log.iloc[-1]["outcome"] == "denied" and log.iloc[-1]["action"] == "roll back production"
+
+
+def test_promote_and_rollback_forms_change_the_registry(home):
+    from core import access
+    access.add_operator(home, "tester", "s3cret-token")
+    pipeline.retrain(home, params={"factors": 8, "iterations": 2}, seed=9)   # v2: a candidate or production
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["operator"] = ("tester", "s3cret-token")
+    at.run()
     at.switch_page("views/training.py").run()
     prod_before = registry.production(home)["version"]
     versions = registry.list_versions(home)
@@ -156,11 +176,16 @@ def test_promote_and_rollback_forms_change_the_registry(home):
     at.checkbox(key="rollback_confirm").check()
     at.button(key="FormSubmitter:rollback_form-Roll back").click().run()
     assert registry.production(home)["version"] == prod_before
-    assert "operator:dashboard" in set(registry.history(home)["actor"])
+    assert "operator:tester" in set(registry.history(home)["actor"])
+    assert {"promote", "rollback"} <= set(access.audit_log(home)["action"])
 
 
 def test_core_errors_show_as_st_error(home):
-    at = app()
+    from core import access
+    access.add_operator(home, "tester", "s3cret-token")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["operator"] = ("tester", "s3cret-token")
+    at.run()
     at.switch_page("views/training.py").run()
     # Rolling back when nothing earlier exists is a core error: it must show as st.error, not a traceback.
     at.text_input(key="rollback_reason").input("try")

@@ -29,6 +29,17 @@ if run:
     st.success(f"Simulated {result['days']} days: {result['alerts_opened']} alerts opened, "
                f"{result['retrains']} automatic retrains.")
 
+with st.expander("Stored retraining policy (used by `simulate` and scheduled runs)"):
+    current = policy.get_policy(s)
+    with st.form("policy_form"):
+        new_mode = st.selectbox("Policy", list(policy.MODES), index=list(policy.MODES).index(current["mode"]), key="policy_mode")
+        every = st.number_input("Scheduled: every N days", 1, 60, current["every_days"], key="policy_every")
+        if st.form_submit_button("Save policy") and (who := ui.operator("change the retraining policy")) is not None:
+            with ui.core_errors():
+                policy.set_policy(s, new_mode, int(every), actor=f"operator:{who}")
+            cache.clear()
+            st.success(f"Retraining policy is now {new_mode}.")
+
 hist = cache.drift_history(cache.token())
 st.info(cache.drift_narrative(cache.token()))
 if hist["days"].empty:

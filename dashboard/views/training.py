@@ -82,9 +82,11 @@ else:
         if st.form_submit_button("Promote", disabled=not choices):
             if not sure:
                 st.error("Tick the confirmation box first.")
-            else:
+            elif (who := ui.operator("promote a model version")) is not None:
                 with ui.core_errors():
-                    registry.promote(s, int(version), "operator:dashboard", reason)
+                    registry.promote(s, int(version), f"operator:{who}", reason)
+                from core.access import log_action
+                log_action(s, f"operator:{who}", "promote", f"v{version}", "ok")
                 cache.clear()
                 st.success(f"v{version} is now in production.")
     with right.form("rollback_form"):
@@ -94,9 +96,11 @@ else:
         if st.form_submit_button("Roll back"):
             if not sure_rb:
                 st.error("Tick the confirmation box first.")
-            else:
+            elif (who := ui.operator("roll back production")) is not None:
                 with ui.core_errors():
-                    restored = registry.rollback(s, "operator:dashboard", reason_rb)
+                    restored = registry.rollback(s, f"operator:{who}", reason_rb)
+                from core.access import log_action
+                log_action(s, f"operator:{who}", "rollback", f"v{restored}", "ok")
                 cache.clear()
                 st.success(f"Rolled back: v{restored} is in production again.")
 
