@@ -295,6 +295,38 @@ def cmd_diagnose(args, settings):
     _emit(args, result, lambda: print(diagnose.diagnose_markdown(result)))
 
 
+@command("privacy")
+def cmd_privacy(args, settings):
+    """Whoever runs the CLI has the files and so acts as operator; actions are still audited (OS user name)."""
+    from . import access, privacy
+    actor = access.cli_actor()
+    if args.action == "consent":
+        if args.user is None:
+            raise errors.ValidationError("privacy consent needs --user ID")
+        if args.tracking is None and args.personalization is None:
+            data = privacy.consent(settings, args.user)
+        else:
+            data = privacy.set_consent(settings, args.user, tracking=_on_off(args.tracking),
+                                       personalization=_on_off(args.personalization), actor=actor)
+    elif args.action == "export":
+        if args.user is None:
+            raise errors.ValidationError("privacy export needs --user ID")
+        data = privacy.export_user(settings, args.user, actor=actor)
+        print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        return
+    elif args.action == "forget":
+        if args.user is None:
+            raise errors.ValidationError("privacy forget needs --user ID")
+        data = privacy.forget_user(settings, args.user, actor=actor)
+    else:
+        data = privacy.retention(settings, args.days, actor=actor) if args.days else privacy.retention_status(settings, 365)
+    _emit(args, data, lambda: print(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
+
+
+def _on_off(value):
+    return None if value is None else value == "on"
+
+
 def _operator() -> str:
     import getpass
     try:
@@ -455,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "json"], default="md")
     p = sub.add_parser("diagnose", parents=[common, with_json], help="check data, features, model and deployment")
     p.add_argument("--user", type=int, help="diagnose one user's recommendations (default: the system)")
+    p = sub.add_parser("privacy", parents=[common, with_json],
+                       help="consent | export | forget | retention (acts as operator, audited with the OS user name)")
+    p.add_argument("action", choices=["consent", "export", "forget", "retention"])
+    p.add_argument("--user", type=int)
+    p.add_argument("--tracking", choices=["on", "off"])
+    p.add_argument("--personalization", choices=["on", "off"])
+    p.add_argument("--days", type=_positive_int, help="retention: purge behavioural events older than N days")
     p = sub.add_parser("recommend", parents=[common, with_json], help="recommendations for one user (logged)")
     p.add_argument("--user", type=int, required=True)
     p.add_argument("--k", type=int, default=10)

@@ -197,7 +197,8 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
         bundle = bundle_for(prod)
         key = pseudonym_key(settings)
         rows = {u: bundle.user_row.get(pseudonym(u, key)) for u in user_ids if consent[u]}
-        todo = [u for u, r in rows.items() if r is not None]
+        erased = (lambda r: not bundle.model.user_factors_[r].any()) if hasattr(bundle.model, "user_factors_") else (lambda r: False)
+        todo = [u for u, r in rows.items() if r is not None and not erased(r)]
         if todo:
             lists, ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([rows[u] for u in todo]),
                                             [seen.get(u, set()) for u in todo], k)

@@ -210,7 +210,7 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
 
     # New sign-ups arrive during the day; they are cold-start users from tomorrow on.
     n_new = int(rng.poisson(0.002 * len(world.user_ids)))
-    next_id = int(db.execute("SELECT coalesce(max(user_id), 0) FROM users").fetchone()[0]) + 1
+    next_id = writes.highest_id(db, "users", "user_id") + 1
     new_ids = np.arange(next_id, next_id + n_new, dtype=np.int64)
 
     active = np.flatnonzero(present & (rng.random(len(world.user_ids)) < world.activity))

@@ -95,13 +95,24 @@ class _Reasons:
             raise self.kind[i](f"{self.reason[i]}{extra}")
 
 
+def highest_id(db, table: str, col: str) -> int:
+    """The largest id this table has ever used, erased rows included (ids are never reused:
+    a new user must not inherit an erased user's id, pseudonym or audit trail)."""
+    current = db.execute(f"SELECT coalesce(max({col}), 0) FROM {table}").fetchone()[0]
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [f"max_{col}"]).fetchone()
+    return max(int(current), int(row[0]) if row else 0)
+
+
 def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> list[int]:
-    """Given ids as they are; missing ones numbered after the largest existing or given id."""
-    top = db.execute(f"SELECT coalesce(max({col}), 0) FROM {table}").fetchone()[0]
-    top = max([top] + ids[given].tolist())
+    """Given ids as they are; missing ones numbered after the largest id ever used or given."""
+    top = max([highest_id(db, table, col)] + ids[given].tolist())
     missing = int((~given).sum())
     fresh = iter(range(top + 1, top + 1 + missing))
-    return [int(i) if g else next(fresh) for i, g in zip(ids.tolist(), given.tolist())]
+    out = [int(i) if g else next(fresh) for i, g in zip(ids.tolist(), given.tolist())]
+    if out:
+        db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                   "value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))", [f"max_{col}", max(out)])
+    return out
 
 
 def _quarantine(db, target: str, df: pd.DataFrame, reasons: np.ndarray, now: str) -> None:

@@ -26,6 +26,7 @@ pages = {
     ],
     "Governance": [
         st.Page(VIEWS / "governance.py", title="Explanations & Governance", icon="🔎"),
+        st.Page(VIEWS / "privacy.py", title="Privacy", icon="🛡️"),
     ],
 }
 ui.operator_login()

@@ -37,6 +37,7 @@ PAGES = [
     ("Training & Models", "Experiment runs"),
     ("Drift", "simulate days in the closed loop"),
     ("Explanations & Governance", "Why this movie?"),
+    ("Privacy", "Data inventory"),
 ]
 
 DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8"}

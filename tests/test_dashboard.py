@@ -13,7 +13,7 @@ from core.top50 import top50
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py", "views/drift.py",
-         "views/governance.py"]
+         "views/governance.py", "views/privacy.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -232,3 +232,32 @@ def test_governance_page_explains_and_exports(home):
     assert any(m.value.startswith("# Model card:") for m in at.markdown)
     labels = [b.label for b in at.get("download_button")]
     assert "Export explanation (Markdown)" in labels and "Export model card (JSON)" in labels
+
+
+def test_privacy_page_consent_and_erasure_need_a_login_and_work(home):
+    from core import access, privacy
+    access.add_operator(home, "dpo", "tok-12345678")
+    at = app()
+    at.switch_page("views/privacy.py").run()
+    at.number_input(key="privacy_user").set_value(3).run()
+    held = frame(at, "store", "rows")
+    assert held["rows"].sum() > 0
+    at.checkbox(key="forget_confirm").check()
+    at.button(key="FormSubmitter:forget_form-Erase").click().run()
+    assert any("needs an operator login" in e.value for e in at.error)
+    assert privacy.consent(home, 3)["tracking"] in (True, False)           # still there
+    at2 = AppTest.from_file(APP, default_timeout=120)
+    at2.session_state["operator"] = ("dpo", "tok-12345678")
+    at2.run()
+    at2.switch_page("views/privacy.py").run()
+    at2.number_input(key="privacy_user").set_value(3).run()
+    at2.toggle(key="c_personal").set_value(False)
+    at2.button(key="FormSubmitter:consent_form-Save consent").click().run()
+    assert privacy.consent(home, 3)["personalization"] is False
+    at2.checkbox(key="forget_confirm").check()
+    at2.button(key="FormSubmitter:forget_form-Erase").click().run(timeout=120)
+    assert any(s.value.startswith("Erased.") for s in at2.success)
+    with pytest.raises(Exception):
+        privacy.consent(home, 3)
+    assert privacy.request_log(home).iloc[-1]["state"] == "completed"
+    assert not at2.exception

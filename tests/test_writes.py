@@ -316,3 +316,10 @@ def test_mixed_auto_and_explicit_ids_never_collide(small_db):
     ids = writes.add_movies(small_db, [{"title": "Auto", "year": 1960, "genres": "Drama"},
                                        {"movie_id": 3, "title": "Given", "year": 1961, "genres": "Drama"}])
     assert ids == [4, 3]
+
+
+def test_ids_of_deleted_users_are_never_reused(small_db):
+    # Users 1, 2 exist; 3 is created and then deleted (an erasure); the next new user must not become 3 again.
+    assert writes.add_user(small_db) == 3
+    small_db.execute("DELETE FROM users WHERE user_id = 3")
+    assert writes.add_user(small_db) == 4

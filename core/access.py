@@ -1,0 +1,216 @@
+"""Protected operator actions: who may erase, export, rotate keys — and a log of every attempt.
+
+Standard and simple: each operator has a secret token; only a salted PBKDF2
+hash of it is stored, in `RETRO_HOME/secrets.toml` (mode 0600, inside the
+git-ignored data folder) next to the pseudonymization key::
+
+    [operators]
+    admin = "pbkdf2$200000$<salt hex>$<hash hex>"
+
+`ensure_operator` creates 'admin' with a random token on first start and
+returns the plaintext once (the dashboard prints it to the console and shows it
+once); it is never stored. `require` guards a privileged action and logs a
+refusal; the action itself logs its outcome with `log_action`. Every row goes to
+`operator_audit` in the ML metadata store (targets are pseudonyms, never raw ids).
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+
+from . import mlopsdb
+from .errors import RetroError, ValidationError
+from .pseudonym import secrets_file
+from .settings import Settings
+
+SCHEME = "pbkdf2"
+ITERATIONS = 200_000
+SALT_BYTES = 16
+DEFAULT_OPERATOR = "admin"
+OPERATORS_TABLE = "operators"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_TOKEN_LENGTH = 8
+OUTCOMES = ("ok", "denied", "failed")
+
+
+class PermissionDenied(RetroError):
+    """A privileged action was attempted without a valid operator login."""
+
+
+# --------------------------------------------------------------- secrets.toml
+def read_secrets(settings: Settings) -> dict:
+    """The parsed secrets file ({} when it does not exist yet)."""
+    path = secrets_file(settings)
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RetroError(f"{path} is not valid TOML ({exc}); fix or remove the file") from None
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)   # a JSON string (ASCII, \" and \uXXXX escapes) is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write a {type(value).__name__} to secrets.toml")
+
+
+def _bare_or_quoted(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def write_secrets(settings: Settings, data: dict) -> Path:
+    """Replace the secrets file with `data` (tables of scalars), mode 0600, atomically.
+
+    Written to a temporary file created with mode 0600 and renamed over the old
+    one, so the file is never readable by others, not even for a moment.
+    """
+    lines: list[str] = []
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            lines.append(f"{_bare_or_quoted(key)} = {_toml_value(value)}")
+    for table, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{_bare_or_quoted(table)}]"]
+            lines += [f"{_bare_or_quoted(k)} = {_toml_value(v)}" for k, v in values.items()]
+    path = secrets_file(settings)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines).lstrip("\n") + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------- hashing
+def hash_token(token: str, *, salt: bytes | None = None, iterations: int = ITERATIONS) -> str:
+    """'pbkdf2$<iterations>$<salt hex>$<hash hex>' — PBKDF2-HMAC-SHA256 with a random 16-byte salt."""
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha256", token.encode(), salt, iterations)
+    return f"{SCHEME}${iterations}${salt.hex()}${digest.hex()}"
+
+
+def verify_token(token: str, stored: str) -> bool:
+    """True when `token` matches a stored 'pbkdf2$...' hash (constant-time comparison)."""
+    try:
+        scheme, iterations, salt_hex, hash_hex = stored.split("$")
+        if scheme != SCHEME:
+            return False
+        digest = hashlib.pbkdf2_hmac("sha256", token.encode(), bytes.fromhex(salt_hex), int(iterations))
+    except (ValueError, AttributeError):
+        return False
+    return hmac.compare_digest(digest.hex(), hash_hex)
+
+
+# --------------------------------------------------------------- operators
+def operators(settings: Settings) -> list[str]:
+    """Names of the configured operators (no hashes)."""
+    return sorted(read_secrets(settings).get(OPERATORS_TABLE, {}))
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValidationError(f"operator name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def add_operator(settings: Settings, name: str, token: str) -> None:
+    """Create or replace operator `name` with `token` (stored hashed; other sections are kept)."""
+    _check_name(name)
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
+        raise ValidationError(f"an operator token needs at least {MIN_TOKEN_LENGTH} characters")
+    data = read_secrets(settings)
+    data.setdefault(OPERATORS_TABLE, {})[name] = hash_token(token)
+    write_secrets(settings, data)
+
+
+def ensure_operator(settings: Settings) -> str | None:
+    """On first start create operator 'admin' with a random token and return it (shown once), else None."""
+    if operators(settings):
+        return None
+    token = secrets.token_urlsafe(16)
+    add_operator(settings, DEFAULT_OPERATOR, token)
+    return token
+
+
+_DUMMY_HASH = hash_token("not-a-real-token", salt=b"\0" * SALT_BYTES)
+
+
+def check(settings: Settings, name: str, token: str) -> bool:
+    """True when `name` is an operator and `token` is theirs.
+
+    An unknown name costs the same PBKDF2 work as a wrong token, so timing does
+    not reveal which operator names exist.
+    """
+    if not isinstance(name, str) or not isinstance(token, str) or not token:
+        return False
+    stored = read_secrets(settings).get(OPERATORS_TABLE, {}).get(name)
+    if stored is None:
+        verify_token(token, _DUMMY_HASH)
+        return False
+    return verify_token(token, stored)
+
+
+def require(settings: Settings, name: str, token: str, action: str, *, at: str | None = None) -> str:
+    """The operator's name when the login is valid; else log a 'denied' row and raise PermissionDenied.
+
+    The caller performs the action and logs its outcome ('ok'/'failed') with
+    `log_action` (the privacy functions do so themselves).
+    """
+    if check(settings, name, token):
+        return name
+    actor = name if isinstance(name, str) and NAME_PATTERN.fullmatch(name or "") else "anonymous"
+    log_action(settings, actor, action, None, "denied", at)
+    raise PermissionDenied(f"{action} needs an operator login")
+
+
+def cli_actor() -> str:
+    """'cli:<OS user name>' for actions run from the command line ('cli:unknown' if it cannot be told)."""
+    try:
+        return "cli:" + getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in this environment (containers, services)
+        return "cli:unknown"
+
+
+# --------------------------------------------------------------- the audit log
+def log_action(settings: Settings, actor: str, action: str, target: str | None, outcome: str,
+               at: str | None = None) -> int:
+    """Append one `operator_audit` row; returns its id. `target` must never be a raw user id."""
+    if outcome not in OUTCOMES:
+        raise ValidationError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+    for value, what in ((actor, "actor"), (action, "action")):
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(f"{what} must be a non-empty text")
+    when = mlopsdb.timestamp(at)
+    with mlopsdb.session(settings) as db:
+        cur = db.conn.execute("INSERT INTO operator_audit(at, actor, action, target, outcome) VALUES (?,?,?,?,?)",
+                              [when, actor.strip(), action.strip(), target, outcome])
+        return int(cur.lastrowid)
+
+
+def audit_log(settings: Settings, limit: int | None = None) -> pd.DataFrame:
+    """`operator_audit` rows, newest first."""
+    sql = "SELECT audit_id, at, actor, action, target, outcome FROM operator_audit ORDER BY audit_id DESC"
+    args: list = []
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(int(limit))
+    with mlopsdb.session(settings) as db:
+        rows = db.execute(sql, args).fetchall()
+    return pd.DataFrame(rows, columns=["audit_id", "at", "actor", "action", "target", "outcome"])

@@ -1,0 +1,92 @@
+"""Privacy: consent, data held per store, export, erasure, request log, retention, data inventory."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+from core import privacy
+from dashboard import cache, ui
+
+st.title("🛡️ Privacy")
+s = cache.settings()
+token = cache.token()
+
+user_id = st.number_input("User id", min_value=1, step=1, value=1, key="privacy_user")
+try:
+    current = privacy.consent(s, int(user_id))
+except Exception as exc:  # noqa: BLE001 - unknown/erased user: say so plainly
+    st.warning(str(exc))
+    current = None
+
+if current:
+    c1, c2 = st.columns(2)
+    with c1.container(border=True):
+        st.markdown("**Consent**")
+        st.caption(f"tracking: {'on' if current['tracking'] else 'off'} · personalization: "
+                   f"{'on' if current['personalization'] else 'off'}")
+        with st.form("consent_form"):
+            tracking = st.toggle("Behavioural tracking (events are stored)", value=current["tracking"], key="c_tracking")
+            personal = st.toggle("Personalization (model lists, used in training)", value=current["personalization"],
+                                 key="c_personal")
+            if st.form_submit_button("Save consent") and (who := ui.operator("change consent")) is not None:
+                with ui.core_errors():
+                    res = privacy.set_consent(s, int(user_id), tracking=tracking, personalization=personal,
+                                              actor=f"operator:{who}")
+                cache.clear()
+                st.success("Saved. " + " ".join(res.get("effects", [])) if isinstance(res.get("effects"), list)
+                           else "Saved.")
+        if current.get("history"):
+            st.dataframe(pd.DataFrame(current["history"]), hide_index=True, key="consent_history")
+    with c2.container(border=True):
+        st.markdown("**Data held about this user** (rows per store)")
+        st.dataframe(pd.DataFrame([{"store": k, "rows": v} for k, v in privacy.held_counts(s, int(user_id)).items()]),
+                     hide_index=True, key="held")
+        if st.button("Prepare export (JSON)", key="export") and (who := ui.operator("export a user's data")) is not None:
+            with ui.core_errors():
+                doc = privacy.export_user(s, int(user_id), actor=f"operator:{who}")
+            st.download_button("Download export", json.dumps(doc, indent=2, default=str), file_name=f"user-{user_id}.json",
+                               key="export_download")
+            st.dataframe(pd.DataFrame([{"store": k, "rows": v} for k, v in doc["stores"].items()]), hide_index=True,
+                         key="export_stores")
+        with st.form("forget_form"):
+            st.markdown("**Erase this user** (right to be forgotten): every store and model, irreversibly.")
+            sure = st.checkbox(f"I confirm the erasure of user {user_id}", key="forget_confirm")
+            if st.form_submit_button("Erase"):
+                if not sure:
+                    st.error("Tick the confirmation box first.")
+                elif (who := ui.operator("erase a user")) is not None:
+                    with ui.core_errors():
+                        summary = privacy.forget_user(s, int(user_id), actor=f"operator:{who}")
+                    cache.clear()
+                    st.success("Erased. " + ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)))
+
+pending = privacy.pending_effects(s)
+st.subheader("Pending effects on models")
+if pending:
+    st.warning(f"{len(pending)} user(s) withdrew personalization after the production model was trained: their data "
+               "leaves the model at the next retrain (serving already ignores it).")
+    st.dataframe(pd.DataFrame(pending), hide_index=True, key="pending")
+else:
+    st.success("No pending consent effects: the production model honours every current consent.")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Erasure requests")
+    log = privacy.request_log(s)
+    st.dataframe(log, hide_index=True, key="requests") if len(log) else st.caption("No request yet.")
+with right:
+    st.subheader("Retention")
+    days = st.number_input("Keep behavioural events for (days)", 1, 3650, 365, key="retention_days")
+    status = privacy.retention_status(s, int(days))
+    st.json(status, expanded=False)
+    if st.button("Purge now", key="purge") and (who := ui.operator("purge old events")) is not None:
+        with ui.core_errors():
+            res = privacy.retention(s, int(days), actor=f"operator:{who}")
+        cache.clear()
+        st.success(f"Purged: {res}")
+
+st.subheader("Data inventory")
+st.dataframe(pd.DataFrame(privacy.data_inventory()), hide_index=True, key="inventory")
+st.subheader("Operator audit log")
+audit = privacy.audit_log(s)
+st.dataframe(audit.tail(50), hide_index=True, key="audit_log") if len(audit) else st.caption("No privileged action yet.")
