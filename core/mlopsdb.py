@@ -255,3 +255,20 @@ def loads(text: str | None) -> Any:
 def is_number(value: Any) -> bool:
     """True for real numbers (NaN included), False for bools, strings and containers."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def clone_home(source: Settings, dest: Path | str) -> Settings:
+    """Copy a whole data folder (e.g. a prepared world for an experiment) and repoint the registry's
+    absolute artifact paths at the copy; returns the copy's settings."""
+    import shutil
+
+    from .settings import load_settings
+    dest = Path(dest)
+    shutil.copytree(source.home, dest, dirs_exist_ok=True)
+    copy = load_settings(dest)
+    if copy.mlops_db.exists():
+        with session(copy) as db, db.atomic():
+            for table in ("runs", "model_versions"):
+                db.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)",
+                           [str(source.home), str(copy.home)])
+    return copy

@@ -8,6 +8,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import opsdb, pipeline, registry, serving, simulation, tracking
+from core.mlopsdb import clone_home
 from core.settings import load_settings
 from core.top50 import top50
 
@@ -35,14 +36,7 @@ def trained_world(tmp_path_factory):
 @pytest.fixture
 def home(trained_world, tmp_path, monkeypatch):
     """A private copy of a small trained world, pointed to by RETRO_HOME."""
-    shutil.copytree(trained_world.home, tmp_path, dirs_exist_ok=True)
-    # Artifacts record absolute paths: repoint the registry at the copy.
-    import sqlite3
-    con = sqlite3.connect(tmp_path / "mlops.db")
-    for table in ("runs", "model_versions"):
-        con.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)", (str(trained_world.home), str(tmp_path)))
-    con.commit()
-    con.close()
+    clone_home(trained_world, tmp_path)
     monkeypatch.setenv("RETRO_HOME", str(tmp_path))
     return load_settings(tmp_path)
 

@@ -8,6 +8,7 @@ import pytest
 from core import explain, opsdb, pipeline, registry, serving, simulation
 from core.errors import RetroError, UnknownMovie, UnknownUser
 from core.pseudonym import pseudonym, pseudonym_key
+from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 
@@ -21,12 +22,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture
 def world(base, tmp_path):
-    shutil.copytree(base.home, tmp_path, dirs_exist_ok=True)
-    con = sqlite3.connect(tmp_path / "mlops.db")
-    for table in ("runs", "model_versions"):
-        con.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)", (str(base.home), str(tmp_path)))
-    con.commit()
-    con.close()
+    clone_home(base, tmp_path)
     serving.clear_caches()
     return load_settings(tmp_path)
 

@@ -11,6 +11,7 @@ from core.artifacts import load_bundle
 from core.errors import UnknownUser, ValidationError
 from core.pseudonym import pseudonym, pseudonym_key
 from core.registry import UnknownVersion
+from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 DAY1, DAY2 = "2026-01-11T09:00:00", "2026-01-12T09:00:00"
@@ -49,12 +50,7 @@ def base(tmp_path_factory):
 @pytest.fixture
 def world(base, tmp_path):
     """A private copy of the base world, artifact paths repointed (tests here mutate it)."""
-    shutil.copytree(base.home, tmp_path, dirs_exist_ok=True)
-    con = sqlite3.connect(tmp_path / "mlops.db")
-    for table in ("runs", "model_versions"):
-        con.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)", (str(base.home), str(tmp_path)))
-    con.commit()
-    con.close()
+    clone_home(base, tmp_path)
     serving.clear_caches()
     s = load_settings(tmp_path)
     s.extra.update(base.extra)

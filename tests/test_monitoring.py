@@ -7,6 +7,7 @@ import pytest
 from core import loop, mlopsdb, monitoring, pipeline, policy, serving, simulation, tracking
 from core.errors import ValidationError
 from core.monitoring import DayReport
+from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 
@@ -22,13 +23,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture
 def world(base, tmp_path):
-    shutil.copytree(base.home, tmp_path, dirs_exist_ok=True)
-    import sqlite3
-    con = sqlite3.connect(tmp_path / "mlops.db")
-    for table in ("runs", "model_versions"):
-        con.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)", (str(base.home), str(tmp_path)))
-    con.commit()
-    con.close()
+    clone_home(base, tmp_path)
     serving.clear_caches()
     monitoring._references.clear()
     return load_settings(tmp_path)

@@ -15,6 +15,7 @@ from core.artifacts import bundle_hash, load_bundle
 from core.errors import RetroError, UnknownUser, ValidationError
 from core.pseudonym import KEY_ENV, pseudonym, pseudonym_key, pseudonymize
 from core.ranker import load_ranker, ranker_hash
+from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 HEX20 = re.compile(r"[0-9a-f]{20}")
@@ -33,12 +34,7 @@ def base(tmp_path_factory):
 @pytest.fixture
 def world(base, tmp_path):
     """A private copy of `base` (artifact paths in the registry repointed to the copy)."""
-    shutil.copytree(base.home, tmp_path, dirs_exist_ok=True)
-    con = sqlite3.connect(tmp_path / "mlops.db")
-    for table in ("runs", "model_versions"):
-        con.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)", (str(base.home), str(tmp_path)))
-    con.commit()
-    con.close()
+    clone_home(base, tmp_path)
     serving.clear_caches()
     return load_settings(tmp_path)
 
