@@ -137,11 +137,13 @@ def online_quality(settings: Settings, day, k: int = 10) -> dict:
                             [s0]).fetchall()
         watches = db.execute("SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND occurred_at >= ? "
                              "AND occurred_at < ?", [s0, s1]).fetchall()
-        seen_before = db.execute("SELECT DISTINCT user_id, movie_id FROM events WHERE kind = 'watch' AND occurred_at < ?",
-                                 [s0]).fetchall()
     with mlopsdb.session(settings) as mdb:
         row = mdb.execute("SELECT movie_ids FROM daily_top50 WHERE day = ?", [str(start.date())]).fetchone()
     top = json.loads(row[0]) if row else []
+    with opsdb.session(settings) as db:   # only the Top 50 titles matter for the control's seen filter
+        marks = ",".join("?" * len(top)) or "NULL"
+        seen_before = db.execute(f"SELECT DISTINCT user_id, movie_id FROM events WHERE kind = 'watch' "
+                                 f"AND movie_id IN ({marks}) AND occurred_at < ?", top + [s0]).fetchall()
     watched: dict[int, set] = {}
     for u, m in watches:
         watched.setdefault(u, set()).add(m)
