@@ -40,14 +40,15 @@ WITH ev AS (
             WHEN 'click' THEN $click WHEN 'like' THEN $like WHEN 'dislike' THEN $dislike
             WHEN 'share' THEN $share ELSE 0 END) AS events_conf,
         arg_max(f.value, f.occurred_at) FILTER (WHERE f.kind = 'rating') AS last_rating,
-        max(f.occurred_at) FILTER (WHERE f.kind <> 'impression' AND f.kind <> 'scroll') AS last_at
+        max(f.occurred_at) FILTER (WHERE f.kind <> 'impression' AND f.kind <> 'scroll') AS last_at,
+        min(f.occurred_at) AS first_at
     FROM fact_interaction f
     JOIN dim_user u ON u.user_key = f.user_key AND u.personalization
     LEFT JOIN dim_movie m ON m.movie_id = f.movie_id
     WHERE f.movie_id IS NOT NULL AND f.kind NOT IN ('impression', 'scroll')
       AND f.occurred_at >= $start AND f.occurred_at < $end
     GROUP BY 1, 2)
-SELECT user_key, movie_id, last_at,
+SELECT user_key, movie_id, last_at, first_at,
        events_conf + CASE WHEN last_rating IS NULL THEN 0
                           ELSE $rated + $rating * (last_rating - 5.5) / 4.5 END AS confidence
 FROM ev
@@ -85,7 +86,13 @@ class Matrix:
 
 def to_matrix(pairs: pd.DataFrame, user_keys=None, movie_ids=None) -> Matrix:
     """Build the CSR matrix; given key/id lists fix the row/column order (for scoring a holdout)."""
-    user_keys = np.asarray(sorted(pairs["user_key"].unique()) if user_keys is None else user_keys, dtype=object)
+    if user_keys is None:
+        # Rows in order of each user's first interaction, then pseudonym: the model must not depend on the
+        # pseudonymization key (ALS initialises factors per row).
+        order = ["first_at", "user_key"] if "first_at" in pairs else ["user_key"]
+        firsts = pairs.groupby("user_key", as_index=False).agg({c: "min" for c in order if c != "user_key"} or {"movie_id": "size"})
+        user_keys = firsts.sort_values(order, kind="mergesort")["user_key"].to_numpy()
+    user_keys = np.asarray(user_keys, dtype=object)
     movie_ids = np.asarray(sorted(pairs["movie_id"].unique()) if movie_ids is None else movie_ids, dtype=np.int64)
     rows = pd.Index(user_keys).get_indexer(pairs["user_key"])
     cols = pd.Index(movie_ids).get_indexer(pairs["movie_id"].astype("int64"))

@@ -45,6 +45,7 @@ QUARANTINE_RATE_ALERT = 0.02      # > 2 % of a day's rows quarantined = data inc
 ONLINE_DROP_ALERT = 0.80          # model hit rate below 80 % of its stable baseline
 ONLINE_RECOVERED = 0.90
 BASELINE_DAYS = 7
+LARGE_WINDOW = 1000               # observations in a day's window above which one day's moderate drift is trusted
 
 
 # ------------------------------------------------------------------ features
@@ -281,9 +282,10 @@ def monitor_day(settings: Settings, day) -> DayReport:
         for r in results:
             if r["test"] != primary[r["feature"]]:
                 continue
-            # A significant score alerts at once; a moderate one only when it persists a second day
-            # (one noisy day must not page anyone).
-            confirmed = r["drifted"] and (r["score"] >= drift.PSI_SIGNIFICANT or (r["feature"], r["test"]) in drifted_yesterday)
+            # A significant score alerts at once; so does a moderate one measured on a large window; on a
+            # small window a moderate score must persist a second day (one noisy day must not page anyone).
+            confirmed = r["drifted"] and (r["score"] >= drift.PSI_SIGNIFICANT or r["n_current"] >= LARGE_WINDOW
+                                          or (r["feature"], r["test"]) in drifted_yesterday)
             if confirmed:
                 sev = "critical" if r["score"] >= drift.PSI_SIGNIFICANT else "warning"
                 if _open_or_update(db, "data-drift", r["feature"], r["test"], r["score"], r["threshold"], sev, window, at, label):

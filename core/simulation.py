@@ -158,18 +158,18 @@ def _day_effects(world: world_mod.World, shifts: list[Shift], day: int):
         t = s.age(day)
         if s.kind == "trend":
             g = GENRE_INDEX[s.params["genre"]]
-            ramp = min(1.0, (t + 1) / 2)
+            ramp = 1.0                      # a trend surges: full strength from its first day
             taste_mult[g] *= 1 + 3 * s.strength * ramp
             exposure += 0.8 * s.strength * ramp * world.genre_matrix[:, g]
         elif s.kind == "seasonal":
-            wave = np.sin(np.pi * (t + 0.5) / s.duration)
+            wave = max(0.0, min(1.0, (t + 1) / 2, (s.duration - t) / 2))   # the season: in over 2 days, out over 2
             for name in SEASONS[s.params["season"]]:
                 taste_mult[GENRE_INDEX[name]] *= 1 + 3 * s.strength * wave
         elif s.kind == "viral":
             j = world.movie_rows(np.array([s.params["movie_id"]]))[0]
             intensity = s.strength * np.exp(-t / max(1.0, s.duration / 3))
-            exposure[j] += 4 * intensity
-            click[j] += 2 * intensity
+            exposure[j] += 6 * intensity        # everybody's home page shows it
+            click[j] += 2.5 * intensity
             share[j] += 0.3 * min(1.0, intensity)
         elif s.kind == "new-releases":
             rows = world.movie_rows(np.array(s.params["movie_ids"]))
