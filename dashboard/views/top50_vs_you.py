@@ -46,7 +46,8 @@ with left:
 with right:
     st.subheader("For You")
     if rec.path == "model":
-        st.caption(f"Personalized by model v{rec.model_version} (trained on {rec.data_version})")
+        st.caption(f"Personalized by model v{rec.model_version} (trained on {rec.data_version})"
+                   + (f", re-ranked by ranker v{rec.ranker_version} (score = its log-odds)" if rec.ranker_version else ""))
     else:
         st.warning(f"Falling back to the Top 50: {rec.reason}.")
     st.dataframe(personal[["rank", "title", "year", "genres", "score"]], hide_index=True, height=390, key="for_you_table",
