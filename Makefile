@@ -16,10 +16,10 @@ run: $(STAMP)
 	$(PY) -m streamlit run dashboard/app.py
 
 test: $(STAMP)
-	$(PY) -m pytest
+	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	for b in world pipeline movielens governance drift dashboard; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean-data:
 	find data -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -115,10 +115,16 @@ def genre_mix(genres: pd.Series) -> pd.Series:
 
 
 def movie_popularity(settings: Settings) -> pd.Series:
-    """Distinct watchers per movie (for novelty)."""
+    """Distinct watchers per movie (for novelty), from the warehouse's columnar facts when it exists."""
     with opsdb.session(settings) as db:
-        rows = db.execute("SELECT movie_id, count(DISTINCT user_id) FROM events WHERE kind = 'watch' GROUP BY movie_id").fetchall()
         users = db.execute("SELECT count(*) FROM users").fetchone()[0]
+        if not settings.warehouse.exists():
+            rows = db.execute("SELECT movie_id, count(DISTINCT user_id) FROM events WHERE kind = 'watch' "
+                              "GROUP BY movie_id").fetchall()
+    if settings.warehouse.exists():
+        with warehouse.session(settings) as con:
+            rows = con.execute("SELECT movie_id, count(DISTINCT user_key) FROM fact_interaction WHERE kind = 'watch' "
+                               "GROUP BY movie_id").fetchall()
     s = pd.Series(dict(rows), dtype=float)
     s.attrs["users"] = users
     return s

@@ -68,10 +68,10 @@ def test_first_start_builds_world_and_first_model(tmp_path, monkeypatch):
     assert not at2.exception and len(tracking.list_jobs(s)) == 1
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_every_page_renders_with_content(home, page):
+@pytest.mark.parametrize("page_path", PAGES)
+def test_every_page_renders_with_content(home, page_path):
     at = app()
-    at.switch_page(page).run()
+    at.switch_page(page_path).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert at.title and at.title[0].value
