@@ -168,7 +168,7 @@ def _day_effects(world: world_mod.World, shifts: list[Shift], day: int):
         elif s.kind == "viral":
             j = world.movie_rows(np.array([s.params["movie_id"]]))[0]
             intensity = s.strength * np.exp(-t / max(1.0, s.duration / 3))
-            exposure[j] += 6 * intensity        # everybody's home page shows it
+            exposure[j] += 10 * intensity       # everybody's home page shows it
             click[j] += 2.5 * intensity
             share[j] += 0.3 * min(1.0, intensity)
         elif s.kind == "new-releases":
