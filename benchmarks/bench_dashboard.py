@@ -73,6 +73,10 @@ PAGES = [
     Page("Data", "data", "data", "Data versions", "views/data.py"),
     Page("Training & Models", "training", "training", "Experiment runs", "views/training.py",
          "n_seeds", [2, 4, 5, 2, 4]),
+    Page("Drift", "drift", "drift", "simulate days in the closed loop", "views/drift.py",
+         "strength", [1.5, 2.0, 2.5, 1.0, 0.5]),
+    Page("Explanations & Governance", "governance", "explanations", "Why this movie?", "views/governance.py"),
+    Page("Privacy", "privacy", "privacy", "Data inventory", "views/privacy.py", "retention_days", [30, 60, 90, 120, 365]),
 ]
 
 

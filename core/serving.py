@@ -57,6 +57,21 @@ def _db(settings: Settings) -> sqlite_utils.Database:
     return cache[key]
 
 
+def _production(settings: Settings, family: str = "cf") -> dict | None:
+    """The production version of a family, read on this thread's cached mlops connection (a promotion
+    or rollback from any process is seen by the next request; opening a connection per request costs ms)."""
+    from . import mlopsdb
+    from .tracking import decode_json_fields
+    cache = getattr(_local, "mlops", None)
+    if cache is None:
+        cache = _local.mlops = {}
+    key = str(settings.mlops_db)
+    if key not in cache:
+        cache[key] = mlopsdb.open_mlops(settings)
+    rows = list(cache[key].query("SELECT * FROM model_versions WHERE stage = 'production' AND family = ?", [family]))
+    return decode_json_fields(rows[0], registry.VERSION_JSON_FIELDS) if rows else None
+
+
 def bundle_for(version: dict) -> Bundle:
     """The loaded bundle of a registry version (cached by path and hash: a promotion swaps it)."""
     key = (version["artifact_path"], version["artifact_hash"])
@@ -72,7 +87,7 @@ _rankers: dict = {}
 
 def ranker_for(cf_version: int, settings: Settings):
     """The production ranker when it was trained on the serving CF version (else None: CF order)."""
-    rk = registry.production(settings, family="ranker")
+    rk = _production(settings, "ranker")
     if rk is None or rk["depends_on"] != cf_version:
         return None, None
     key = (rk["artifact_path"], rk["artifact_hash"])
@@ -110,10 +125,18 @@ def _ranked(bundle: Bundle, settings: Settings, cf_version: int, rows: np.ndarra
 
 
 def clear_caches() -> None:
+    """Forget loaded models and this thread's cached connections (after a promotion, an erasure, a rebuild)."""
     with _lock:
         _bundles.clear()
         _top50_cache.clear()
         _rankers.clear()
+    for name in ("dbs", "mlops"):
+        for db in getattr(_local, name, {}).values():
+            try:
+                db.conn.close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+        setattr(_local, name, {})
 
 
 def _top50_list(db: sqlite_utils.Database) -> list[tuple[int, float]]:
@@ -142,7 +165,7 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
     if user is None:
         raise UnknownUser(f"unknown user {user_id}: no such user in the operational database")
     seen = seen_movies(db, int(user_id))
-    prod = registry.production(settings)
+    prod = _production(settings)
     rec = None
     if not user[0]:
         reason = ("top50:no-consent", "the user withdrew consent to personalization")
@@ -190,7 +213,7 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
     seen: dict[int, set] = {}
     for u, m in seen_rows:
         seen.setdefault(u, set()).add(m)
-    prod = registry.production(settings)
+    prod = _production(settings)
     out: dict[int, Recommendation] = {}
     todo = []
     if prod is not None:

@@ -97,8 +97,11 @@ def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, st
             raise errors.ValidationError(f"unknown season {params['season']!r}; choose one of: {', '.join(SEASONS)}")
     elif kind == "viral":
         if "movie_id" not in params:  # an obscure but decent title takes off
+            # An obscure, well-made title with broad appeal (a niche-genre film does not go viral).
             obscure = np.argsort(world.recent_watches)[: max(1, len(world.movie_ids) // 3)]
-            pick = obscure[np.argmax(world.quality[obscure])]
+            shares = world.genre_matrix / np.maximum(world.genre_matrix.sum(axis=1, keepdims=True), 1)
+            appeal = np.log(len(GENRES) * (shares[obscure] @ world.taste.mean(axis=0)) + 0.05)
+            pick = obscure[np.argmax(world.quality[obscure] + appeal)]
             params["movie_id"] = int(world.movie_ids[pick])
     elif kind == "life-event":
         params.setdefault("genres", ["Children", "Animation", "Comedy"])
