@@ -46,10 +46,11 @@ PAGE_RENDERED_JS = """() => {
   if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
   const main = document.querySelector('[data-testid="stMain"]');
   if (!main || main.querySelector('[data-testid="stSkeleton"]')) return false;
+  // Only what is visible: content in inactive tabs is not drawn until its tab is opened.
   for (const df of main.querySelectorAll('[data-testid="stDataFrame"]'))
-    if (!df.querySelector('table')) return false;
+    if (df.offsetParent !== null && !df.querySelector('table')) return false;
   for (const chart of main.querySelectorAll('[data-testid="stPlotlyChart"]'))
-    if (!chart.querySelector('.main-svg')) return false;
+    if (chart.offsetParent !== null && !chart.querySelector('.main-svg')) return false;
   return true;
 }"""
 
@@ -76,7 +77,7 @@ PAGES = [
     Page("Drift", "drift", "drift", "simulate days in the closed loop", "views/drift.py",
          "strength", [1.5, 2.0, 2.5, 1.0, 0.5]),
     Page("Explanations & Governance", "governance", "explanations", "Why this movie?", "views/governance.py"),
-    Page("Privacy", "privacy", "privacy", "Data inventory", "views/privacy.py", "retention_days", [30, 60, 90, 120, 365]),
+    Page("Privacy", "privacy", "privacy", "Data inventory", "views/privacy.py"),
 ]
 
 
@@ -131,9 +132,9 @@ def visit(browser, url: str, page: Page, errors: list, screenshot: Path | None =
         t0 = time.perf_counter()
         tab.goto(f"{url}/{page.url_path}", wait_until="commit")
         try:
-            tab.get_by_test_id("stMain").get_by_text(page.key_text).first.wait_for(state="visible", timeout=120_000)
+            tab.get_by_test_id("stMain").get_by_text(page.key_text).first.wait_for(state="visible", timeout=60_000)
             t_key = time.perf_counter() - t0
-            tab.wait_for_function(PAGE_RENDERED_JS, timeout=120_000)
+            tab.wait_for_function(PAGE_RENDERED_JS, timeout=60_000)
             t_full = time.perf_counter() - t0
         except Exception as exc:  # the page never showed its content: say what it shows instead
             shown = tab.get_by_test_id("stMain").inner_text()[:800] if tab.get_by_test_id("stMain").count() else ""
