@@ -1,9 +1,10 @@
-"""The ML metadata store: experiment runs, model registry, pipeline jobs.
+"""The ML metadata store: experiment runs, model registry, pipeline jobs, monitoring, privacy requests.
 
-A separate SQLite file (`settings.mlops_db`) that holds no personal data — no
-user ids, only models, metrics and timings — so a privacy erasure never needs
-to touch it. Same conventions as `opsdb`: sqlite-utils, schema by migrations,
-WAL, foreign keys on, one connection per call.
+A separate SQLite file (`settings.mlops_db`) that holds no raw user ids — only
+models, metrics, timings, alerts and counts. The one exception is the operator
+audit log, whose targets may be pseudonyms; an erasure redacts those. Same
+conventions as `opsdb`: sqlite-utils, schema by migrations, WAL, foreign keys
+on, one connection per call.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ boxes = [
 ]
 cols = st.columns(len(boxes))
 for col, (name, kind, lines) in zip(cols, boxes):
-    with col.container(border=True, height=240):
+    with col.container(border=True):
         st.markdown(f"**{name}**  \n<small>{kind}</small>", unsafe_allow_html=True)
         for line in lines:
             st.caption(line)
