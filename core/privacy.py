@@ -720,6 +720,10 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
     retrain is running (they would write pseudonyms under the old key).
     """
     actor = _actor(actor)
+    from .pseudonym import STREAMLIT_SECRETS, key_source
+    if key_source(settings) == "streamlit":
+        raise RetroError(f"the pseudonymization key comes from {STREAMLIT_SECRETS}, so it is managed outside this "
+                         "data folder; rotate it there")
     if os.environ.get(KEY_ENV):
         raise RetroError(f"the pseudonymization key comes from ${KEY_ENV}, so it is managed outside this data "
                          f"folder; rotate it there (or unset ${KEY_ENV} to let the platform manage "

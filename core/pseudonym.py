@@ -1,8 +1,9 @@
 """Keyed pseudonyms for user ids (HMAC-SHA256), so analytics never hold raw ids.
 
-The key comes from $RETRO_PSEUDONYM_KEY, else `RETRO_HOME/secrets.toml`
-(`[pseudonymization] key = "..."`), which is generated on first use with mode
-0600 inside the git-ignored data folder. Without the key a pseudonym cannot be
+The key comes from $RETRO_PSEUDONYM_KEY, else Streamlit's `.streamlit/secrets.toml`
+(`[pseudonymization] key = "..."`, git-ignored) when an operator put one there, else
+`RETRO_HOME/secrets.toml` (same table), which is generated on first use with mode
+0600 inside the git-ignored data folder — one key per data folder by default. Without the key a pseudonym cannot be
 linked back to a user; serving recomputes it on the operational side.
 """
 from __future__ import annotations
@@ -16,9 +17,27 @@ import tomllib
 import numpy as np
 import pandas as pd
 
-from .settings import Settings
+from .settings import PROJECT_ROOT, Settings
 
 KEY_ENV = "RETRO_PSEUDONYM_KEY"
+STREAMLIT_SECRETS = PROJECT_ROOT / ".streamlit" / "secrets.toml"
+
+
+def streamlit_secrets() -> dict:
+    """Streamlit's project secrets file (git-ignored), if an operator created one."""
+    try:
+        return tomllib.loads(STREAMLIT_SECRETS.read_text()) if STREAMLIT_SECRETS.exists() else {}
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def key_source(settings: Settings) -> str:
+    """'environment', 'streamlit' or 'data folder': where the key in use comes from."""
+    if os.environ.get(KEY_ENV):
+        return "environment"
+    if streamlit_secrets().get("pseudonymization", {}).get("key"):
+        return "streamlit"
+    return "data folder"
 PSEUDONYM_HEX = 20  # 80 bits: collision-free in practice for millions of users
 
 
@@ -31,6 +50,9 @@ def pseudonym_key(settings: Settings) -> bytes:
     env = os.environ.get(KEY_ENV)
     if env:
         return env.encode()
+    managed = streamlit_secrets().get("pseudonymization", {}).get("key")
+    if managed:
+        return str(managed).encode()
     path = secrets_file(settings)
     if path.exists():
         data = tomllib.loads(path.read_text())

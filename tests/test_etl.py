@@ -147,3 +147,22 @@ def test_confidence_weights_by_hand(tmp_path):
         writes.record_event(db, 7, 1, "click", occurred_at="2026-01-06T00:00:00")
     etl.run_etl(settings)
     assert dataset.interactions(settings).empty
+
+
+def test_key_and_operators_from_streamlit_secrets(tmp_path, monkeypatch):
+    from core import access, privacy, pseudonym as ps
+    from core.errors import RetroError
+    monkeypatch.delenv(ps.KEY_ENV, raising=False)
+    settings = load_settings(tmp_path / "home")
+    own = ps.pseudonym_key(settings)                        # generated into the data folder
+    assert ps.key_source(settings) == "data folder"
+    managed = tmp_path / "secrets.toml"
+    managed.write_text('[pseudonymization]\nkey = "from-streamlit"\n\n[operators]\nops = "%s"\n'
+                       % access.hash_token("long-enough-token"))
+    monkeypatch.setattr(ps, "STREAMLIT_SECRETS", managed)
+    assert ps.pseudonym_key(settings) == b"from-streamlit" != own and ps.key_source(settings) == "streamlit"
+    assert access.check(settings, "ops", "long-enough-token") and not access.check(settings, "ops", "wrong-token")
+    with pytest.raises(RetroError, match="managed outside"):
+        privacy.rotate_key(settings, actor="test")
+    monkeypatch.setenv(ps.KEY_ENV, "from-env")
+    assert ps.pseudonym_key(settings) == b"from-env" and ps.key_source(settings) == "environment"
