@@ -46,29 +46,28 @@ class Recommendation:
         return asdict(self)
 
 
-def _db(settings: Settings) -> sqlite_utils.Database:
-    """One operational connection per thread and database (opening per call costs milliseconds)."""
-    cache = getattr(_local, "dbs", None)
+def _thread_connection(kind: str, path, opener) -> sqlite_utils.Database:
+    """One connection per thread, store kind and file (opening one per request costs milliseconds;
+    SQLite connections must not cross Streamlit's threads)."""
+    cache = getattr(_local, kind, None)
     if cache is None:
-        cache = _local.dbs = {}
-    key = str(settings.ops_db)
-    if key not in cache:
-        cache[key] = opsdb.connect(settings)
-    return cache[key]
+        cache = {}
+        setattr(_local, kind, cache)
+    if str(path) not in cache:
+        cache[str(path)] = opener()
+    return cache[str(path)]
+
+
+def _db(settings: Settings) -> sqlite_utils.Database:
+    return _thread_connection("dbs", settings.ops_db, lambda: opsdb.connect(settings))
 
 
 def _production(settings: Settings, family: str = "cf") -> dict | None:
-    """The production version of a family, read on this thread's cached mlops connection (a promotion
-    or rollback from any process is seen by the next request; opening a connection per request costs ms)."""
+    """The production version of a family (a promotion or rollback from any process is seen by the next request)."""
     from . import mlopsdb
     from .tracking import decode_json_fields
-    cache = getattr(_local, "mlops", None)
-    if cache is None:
-        cache = _local.mlops = {}
-    key = str(settings.mlops_db)
-    if key not in cache:
-        cache[key] = mlopsdb.open_mlops(settings)
-    rows = list(cache[key].query("SELECT * FROM model_versions WHERE stage = 'production' AND family = ?", [family]))
+    db = _thread_connection("mlops", settings.mlops_db, lambda: mlopsdb.open_mlops(settings))
+    rows = list(db.query("SELECT * FROM model_versions WHERE stage = 'production' AND family = ?", [family]))
     return decode_json_fields(rows[0], registry.VERSION_JSON_FIELDS) if rows else None
 
 
