@@ -75,6 +75,31 @@ def decide(settings: Settings, report, mode: str, now: str) -> str | None:
             return "drift alert: " + ", ".join(fresh)
         if days_since is not None and days_since >= pol["cooldown_days"]:
             return f"drift alerts still open {pol['cooldown_days']} days after the last retrain"
+    if mode == "on-alert" and report.classification == "stable" and days_since is not None \
+            and days_since >= pol["cooldown_days"]:
+        # A shift keeps going after the alert that caught it closes (the retrained model's reference already
+        # contains the first shifted day): follow up with more of the new behaviour, FOLLOW_UPS times.
+        follow_ups = _follow_ups_since_last_alert(settings)
+        if follow_ups is not None and follow_ups < FOLLOW_UPS:
+            return f"follow-up {follow_ups + 1} of {FOLLOW_UPS} after a drift retrain (the shift may still be unfolding)"
+    return None
+
+
+FOLLOW_UPS = 2
+
+
+def _follow_ups_since_last_alert(settings: Settings) -> int | None:
+    """Follow-up retrains since the latest alert-triggered retrain (None: no alert-triggered retrain yet)."""
+    with mlopsdb.session(settings) as db:
+        rows = db.execute("SELECT cause FROM actions WHERE kind = 'retrain' ORDER BY at DESC, action_id DESC").fetchall()
+    count = 0
+    for (cause,) in rows:
+        if cause.startswith("follow-up"):
+            count += 1
+        elif cause.startswith(("drift alert", "drift alerts still open")):
+            return count
+        else:
+            return None
     return None
 
 

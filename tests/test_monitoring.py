@@ -123,3 +123,20 @@ def test_monitor_latest_and_feature_distributions(world):
     for window, grp in dist.groupby("window"):
         assert grp["share"].sum() == pytest.approx(1.0)
     assert set(dist["window"]) == {"reference", latest["day"]}
+
+
+def test_on_alert_policy_follows_up_after_a_drift_retrain(world):
+    iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S")  # noqa: E731
+    now = pd.Timestamp(policy.last_retrain_at(world))
+    stable = _report("stable")
+    assert policy.decide(world, stable, "on-alert", iso(now + pd.Timedelta(days=3))) is None   # no drift retrain yet
+    policy.apply(world, _report("taste shift", ["data-drift:genre_mix"]), now=iso(now + pd.Timedelta(days=1)),
+                 mode="on-alert")
+    day = now + pd.Timedelta(days=1)
+    assert policy.decide(world, stable, "on-alert", iso(day + pd.Timedelta(days=1))) is None    # within the cooldown
+    causes = []
+    for i in range(1, 4):
+        day = day + pd.Timedelta(days=2)
+        action = policy.apply(world, stable, now=iso(day), mode="on-alert")
+        causes.append(action and action["cause"])
+    assert causes[0].startswith("follow-up 1 of 2") and causes[1].startswith("follow-up 2 of 2") and causes[2] is None
