@@ -5,7 +5,9 @@ triggers the retrain pipeline (the gate still decides promotion). A data
 incident (open data-quality alert) never triggers a retrain: retraining on
 broken data would bake the fault into the model. While a taste-shift alert
 stays open, the policy retrains again after a cooldown, because the first
-retrain may have seen only a day of the new behaviour.
+retrain may have seen only a day of the new behaviour; and it follows up twice
+more after the alerts close (the retrained model's reference already contains
+the shift's first day, so its alerts close while the shift goes on).
 """
 from __future__ import annotations
 
