@@ -273,3 +273,14 @@ def clone_home(source: Settings, dest: Path | str) -> Settings:
                 db.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)",
                            [str(source.home), str(copy.home)])
     return copy
+
+
+def row_or_raise(db: sqlite_utils.Database, table: str, key_col: str, key, error: type[Exception], missing: str,
+                 noun: str) -> dict:
+    """The row of `table` whose `key_col` is `key`, or `error` naming the valid range ("runs are numbered 1..7")."""
+    rows = list(db.query(f"SELECT * FROM {table} WHERE {key_col} = ?", [key]))
+    if not rows:
+        last = db.execute(f"SELECT max({key_col}) FROM {table}").fetchone()[0]
+        known = f"{noun} are numbered 1..{last}" if last else f"no {noun[:-1]} has been recorded yet"
+        raise error(f"{missing} ({known})")
+    return rows[0]

@@ -50,6 +50,13 @@ def sim_now(settings: Settings) -> str:
 
 
 # ------------------------------------------------------------------ evaluation
+def holdout_split(settings: Settings, holdout_days: int = HOLDOUT_DAYS,
+                  weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights()) -> dataset.Split:
+    """The time-based split every comparison uses, without the titles the model itself served."""
+    return dataset.time_split(settings, holdout_days, weights,
+                              served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
+
+
 def top50_columns(settings: Settings, split: dataset.Split) -> np.ndarray:
     """The Top 50 as the warehouse saw it at the split's cutoff, as item columns."""
     with warehouse.session(settings) as con:
@@ -165,8 +172,7 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     try:
         t = time.perf_counter()
         progress(0.0, "building the training matrix and the time-based holdout")
-        split = dataset.time_split(settings, holdout_days, weights,
-                                   served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
+        split = holdout_split(settings, holdout_days, weights)
         timings["split"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -300,7 +306,7 @@ def evaluate_version(settings: Settings, version: int | None = None, holdout_day
     entry = registry.get_version(settings, version) if version is not None else registry.production(settings)
     if entry is None:
         raise RetroError("no model in production yet; run a retrain first (python -m core retrain)")
-    split = dataset.time_split(settings, holdout_days, served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
+    split = holdout_split(settings, holdout_days)
     top_cols = top50_columns(settings, split)
     result = {"version": int(entry["version"]), "model_kind": entry["model_kind"],
               "data_version": current_data_version(settings), "trained_on": entry["data_version"],
@@ -344,8 +350,7 @@ def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: i
     try:
         t = time.perf_counter()
         progress(0.0, "ranker: building the label window")
-        split = dataset.time_split(settings, holdout_days, weights,
-                                   served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
+        split = holdout_split(settings, holdout_days, weights)
         c2 = split.cutoff
         c1 = c2 - pd.Timedelta(days=holdout_days)
         pairs_a = dataset.interactions(settings, None, c1, weights)

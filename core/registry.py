@@ -236,12 +236,8 @@ def _require_text(value, name: str, hint: str) -> None:
 
 
 def _version_row(db, version: int) -> dict:
-    rows = list(db.query("SELECT * FROM model_versions WHERE version = ?", [version]))
-    if not rows:
-        last = db.execute("SELECT max(version) FROM model_versions").fetchone()[0]
-        known = f"versions are numbered 1..{last}" if last else "nothing has been registered yet"
-        raise UnknownVersion(f"no model version {version} in the registry ({known})")
-    return rows[0]
+    return mlopsdb.row_or_raise(db, "model_versions", "version", version, UnknownVersion,
+                                f"no model version {version} in the registry", "versions")
 
 
 def _production_row(db, family: str) -> dict | None:

@@ -222,21 +222,11 @@ def list_jobs(settings: Settings, limit: int = 20) -> pd.DataFrame:
 # --- internals ---------------------------------------------------------------
 
 def _run_row(db, run_id: int) -> dict:
-    rows = list(db.query("SELECT * FROM runs WHERE run_id = ?", [run_id]))
-    if not rows:
-        last = db.execute("SELECT max(run_id) FROM runs").fetchone()[0]
-        known = f"runs are numbered 1..{last}" if last else "no run has been recorded yet"
-        raise UnknownRun(f"no experiment run with id {run_id} ({known})")
-    return rows[0]
+    return mlopsdb.row_or_raise(db, "runs", "run_id", run_id, UnknownRun, f"no experiment run with id {run_id}", "runs")
 
 
 def _job_row(db, job_id: int) -> dict:
-    rows = list(db.query("SELECT * FROM jobs WHERE job_id = ?", [job_id]))
-    if not rows:
-        last = db.execute("SELECT max(job_id) FROM jobs").fetchone()[0]
-        known = f"jobs are numbered 1..{last}" if last else "no job has been recorded yet"
-        raise UnknownJob(f"no pipeline job with id {job_id} ({known})")
-    return rows[0]
+    return mlopsdb.row_or_raise(db, "jobs", "job_id", job_id, UnknownJob, f"no pipeline job with id {job_id}", "jobs")
 
 
 def _require_running(db, key: int, table: str = "runs") -> None:

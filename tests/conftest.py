@@ -42,3 +42,13 @@ def small_world(tmp_path_factory):
     settings = load_settings(tmp_path_factory.mktemp("small_world"))
     simulation.init_world(settings, **SMALL_WORLD)
     return settings
+
+
+def legacy_insert(settings, sql, params):
+    """A writer that bypasses the API and the schema checks (the kind of bug the ETL gate exists for)."""
+    import sqlite3
+    conn = sqlite3.connect(settings.ops_db, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA ignore_check_constraints=ON")
+    conn.execute(sql, params)
+    conn.close()

@@ -4,6 +4,7 @@ import sqlite3
 
 import pandas as pd
 import pytest
+from conftest import legacy_insert
 
 from core import dataset, etl, opsdb, simulation, warehouse, writes
 from core.pseudonym import pseudonym, pseudonym_key
@@ -20,15 +21,6 @@ def world(tmp_path):
 def wh(settings, sql):
     with warehouse.session(settings) as con:
         return con.execute(sql).fetchall()
-
-
-def legacy_insert(settings, sql, params):
-    """A writer that bypasses the API and the schema checks (the kind of bug the gate exists for)."""
-    conn = sqlite3.connect(settings.ops_db, isolation_level=None)
-    conn.execute("PRAGMA foreign_keys=OFF")
-    conn.execute("PRAGMA ignore_check_constraints=ON")
-    conn.execute(sql, params)
-    conn.close()
 
 
 def test_incremental_runs(world):

@@ -5,6 +5,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from conftest import legacy_insert
 
 from core import audit, diagnose, etl, modelcard, opsdb, pipeline, registry, serving, simulation, tracking, writes
 from core.artifacts import load_bundle
@@ -266,15 +267,6 @@ def test_serving_and_registry_disagreeing_fails_the_served_version_check(world):
                    "movie_ids, scores) VALUES (?, '2026-01-12T14:00:00', 'model', 99, 'dv1', '[1]', '[0.1]')",
                    [world.extra["other"]])
     assert not check(diagnose.diagnose(world), "served version")["ok"]
-
-
-def legacy_insert(settings, sql, params):
-    """A writer that bypasses the API and the schema checks (as in test_etl)."""
-    conn = sqlite3.connect(settings.ops_db, isolation_level=None)
-    conn.execute("PRAGMA foreign_keys=OFF")
-    conn.execute("PRAGMA ignore_check_constraints=ON")
-    conn.execute(sql, params)
-    conn.close()
 
 
 def test_bad_input_data_for_a_user_fails_their_data_check(world):
