@@ -27,22 +27,34 @@ class ConfidenceWeights:
     share: float = 2.0
     rated: float = 1.0
     rating: float = 2.0
+    half_life_days: float | None = 7.0
+    decay_floor: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def sql_params(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("half_life_days", "decay_floor")}
+        if self.half_life_days is None:
+            return out | {"half_life_s": 1.0, "floor": 1.0}        # weight 1 for every age
+        return out | {"half_life_s": 86400.0 * self.half_life_days, "floor": self.decay_floor}
+
 
 CONFIDENCE_SQL = """
-WITH ev AS (
+WITH ref AS (
+    SELECT epoch(max(occurred_at)) AS t FROM fact_interaction WHERE occurred_at >= $start AND occurred_at < $end),
+ev AS (
     SELECT f.user_key, f.movie_id,
         sum(CASE f.kind
             WHEN 'watch' THEN $watch * least(f.value / (60.0 * coalesce(m.runtime_min, 100)), 1.0)
             WHEN 'click' THEN $click WHEN 'like' THEN $like WHEN 'dislike' THEN $dislike
-            WHEN 'share' THEN $share ELSE 0 END) AS events_conf,
+            WHEN 'share' THEN $share ELSE 0 END
+            * greatest(pow(0.5, (ref.t - epoch(f.occurred_at)) / $half_life_s), $floor)) AS events_conf,
         arg_max(f.value, f.occurred_at) FILTER (WHERE f.kind = 'rating') AS last_rating,
+        max(f.occurred_at) FILTER (WHERE f.kind = 'rating') AS rated_at,
         max(f.occurred_at) FILTER (WHERE f.kind <> 'impression' AND f.kind <> 'scroll') AS last_at,
         min(f.occurred_at) AS first_at
-    FROM fact_interaction f
+    FROM fact_interaction f CROSS JOIN ref
     JOIN dim_user u ON u.user_key = f.user_key AND u.personalization
     LEFT JOIN dim_movie m ON m.movie_id = f.movie_id
     WHERE f.movie_id IS NOT NULL AND f.kind NOT IN ('impression', 'scroll')
@@ -50,15 +62,16 @@ WITH ev AS (
     GROUP BY 1, 2)
 SELECT user_key, movie_id, last_at, first_at,
        events_conf + CASE WHEN last_rating IS NULL THEN 0
-                          ELSE $rated + $rating * (last_rating - 5.5) / 4.5 END AS confidence
-FROM ev
+                          ELSE ($rated + $rating * (last_rating - 5.5) / 4.5)
+                               * greatest(pow(0.5, (ref.t - epoch(rated_at)) / $half_life_s), $floor) END AS confidence
+FROM ev CROSS JOIN ref
 """
 
 
 def interactions(settings: Settings, start=None, end=None, weights: ConfidenceWeights = ConfidenceWeights(),
                  con=None) -> pd.DataFrame:
     """(user_key, movie_id, last_at, confidence) for every pair with a positive confidence in [start, end)."""
-    params = weights.to_dict() | {"start": pd.Timestamp(start or "1900-01-01"), "end": pd.Timestamp(end or "2999-01-01")}
+    params = weights.sql_params() | {"start": pd.Timestamp(start or "1900-01-01"), "end": pd.Timestamp(end or "2999-01-01")}
     if con is None:
         with warehouse.session(settings) as c:
             df = c.execute(CONFIDENCE_SQL, params).df()

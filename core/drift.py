@@ -13,6 +13,7 @@ test                data         range       default threshold
 ``jensen_shannon``  both         0 .. 1      0.1  (JS *distance*, base 2)
 ``ks``              numeric      0 .. 1      0.1  (KS statistic D, an effect size)
 ``chi_square``      categorical  0 .. 1      0.1  (Cramér's V, an effect size)
+``max_share_gain``  categorical  0 .. 1      0.03 (the largest rise of one category's share)
 ==================  ===========  ==========  ==============================================
 
 Inputs — a *window* (reference or current) is one of
@@ -350,6 +351,23 @@ def chi_square(reference: Window, current: Window) -> tuple[float, str]:
     return float(min(v, 1.0)), f"chi2 = {chi2:.4g}, dof = {dof}, p-value = {p:.3g}"
 
 
+def max_share_gain(reference: Window, current: Window) -> tuple[float, str]:
+    """The largest rise of a single category's share: max_c (p_cur,c − p_ref,c), raw shares. Range 0 .. 1.
+
+    A surge detector for one category among many (one title going viral among
+    1,500): spread over a decile bucket, a single title taking 7 % of a day's
+    watches barely moves PSI, but its share gain is 0.07. Only rises count (a
+    title losing share is not a surge); 0 for identical distributions.
+    """
+    ref_counts, cur_counts = _aligned(reference, current)
+    gain = cur_counts / cur_counts.sum() - ref_counts / ref_counts.sum()
+    i = int(np.argmax(gain))
+    cats = _try_sort(reference.counts.index.union(current.counts.index, sort=False))
+    score = max(float(gain[i]), 0.0)
+    return score, (f"{cats[i]}: {ref_counts[i] / ref_counts.sum():.2%} → {cur_counts[i] / cur_counts.sum():.2%}"
+                   if score > 0 else "no category gained share")
+
+
 TESTS: dict[str, StatTest] = {
     t.name: t for t in (
         StatTest("psi", BOTH, 0.1, "Population Stability Index over categories or reference deciles", psi),
@@ -357,6 +375,7 @@ TESTS: dict[str, StatTest] = {
                  jensen_shannon),
         StatTest("ks", NUMERIC, 0.1, "Kolmogorov–Smirnov statistic D between the two samples", ks),
         StatTest("chi_square", CATEGORICAL, 0.1, "Cramér's V of the chi-square test on category counts", chi_square),
+        StatTest("max_share_gain", CATEGORICAL, 0.03, "largest rise of one category's share (a surge)", max_share_gain),
     )
 }
 

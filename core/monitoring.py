@@ -35,12 +35,15 @@ FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "popularity_concentration": ("categorical", ("psi",)),
     "new_titles": ("categorical", ("psi",)),
     "event_mix": ("categorical", ("psi", "jensen_shannon")),
+    "title_share": ("categorical", ("max_share_gain",)),
 }
 FEATURE_LABELS = {
     "genre_mix": "genre mix of watches", "rating": "rating distribution", "watch_fraction": "watch-time distribution",
     "user_activity": "user activity (signals per active user)", "popularity_concentration": "item popularity concentration",
     "new_titles": "share of new titles", "event_mix": "event mix",
+    "title_share": "share of watches per title (surges)",
 }
+TITLE_BUCKETS_SHOWN = 12          # the per-feature chart of title_share shows the titles that moved most
 QUARANTINE_RATE_ALERT = 0.02      # > 2 % of a day's rows quarantined = data incident
 ONLINE_DROP_ALERT = 0.80          # model hit rate below 80 % of its stable baseline
 ONLINE_RECOVERED = 0.90
@@ -59,7 +62,7 @@ def window_features(con, start, end, deciles: pd.Series | None, new_since) -> di
     p = [pd.Timestamp(start), pd.Timestamp(end)]
     watches = con.execute("""
         SELECT f.movie_id, least(f.value / (60.0 * coalesce(m.runtime_min, 100)), 1.0) AS fraction, m.genres,
-               m.added_at >= ? AS is_new
+               m.added_at >= ? AS is_new, m.title
         FROM fact_interaction f JOIN dim_movie m USING (movie_id)
         WHERE f.kind = 'watch' AND f.occurred_at >= ? AND f.occurred_at < ?""", [pd.Timestamp(new_since)] + p).df()
     ratings = con.execute("SELECT CAST(value AS INTEGER) AS r, count(*) AS n FROM fact_interaction "
@@ -69,6 +72,7 @@ def window_features(con, start, end, deciles: pd.Series | None, new_since) -> di
                            "AND occurred_at >= ? AND occurred_at < ? GROUP BY user_key, CAST(occurred_at AS DATE)", p).df()
     mix = con.execute("SELECT kind, count(*) AS n FROM fact_interaction WHERE occurred_at >= ? AND occurred_at < ? "
                       "GROUP BY kind", p).df()
+    per_title = watches.groupby(["movie_id", "title"], dropna=False).size()
     genres = watches["genres"].fillna("").str.split("|").explode()
     genres = genres[genres.astype(bool)]
     out = {
@@ -78,6 +82,7 @@ def window_features(con, start, end, deciles: pd.Series | None, new_since) -> di
         "user_activity": activity["n"].to_numpy(dtype=float),
         "new_titles": {"new": int(watches["is_new"].sum()), "catalog": int((~watches["is_new"].astype(bool)).sum())},
         "event_mix": dict(zip(mix["kind"], mix["n"].astype(int))),
+        "title_share": {f"{t} (#{m})": int(n) for (m, t), n in per_title.items()},
         "_watch_counts": watches["movie_id"].value_counts(),
     }
     if deciles is not None:
@@ -370,6 +375,10 @@ def feature_distributions(settings: Settings, feature: str, day) -> pd.DataFrame
         r_d, c_d = drift.distribution(r_vals, edges), drift.distribution(c_vals, edges)
     else:
         r_d, c_d = drift.distribution(r_vals), drift.distribution(c_vals)
+        if feature == "title_share":   # 1,500 titles: keep those whose share moved most
+            both = pd.concat([r_d.rename("r"), c_d.rename("c")], axis=1).fillna(0.0)
+            keep = (both["c"] - both["r"]).abs().sort_values(ascending=False).index[:TITLE_BUCKETS_SHOWN]
+            r_d, c_d = both.loc[keep, "r"], both.loc[keep, "c"]
     frame = pd.concat([pd.DataFrame({"bucket": r_d.index.astype(str), "share": r_d.values, "window": "reference"}),
                        pd.DataFrame({"bucket": c_d.index.astype(str), "share": c_d.values, "window": str(start.date())})])
     return frame

@@ -5,6 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core import drift
 from core.monitoring import FEATURE_LABELS, FEATURES
 
 
@@ -32,6 +33,10 @@ def drift_timeline(days: pd.DataFrame, scores: pd.DataFrame, alerts: pd.DataFram
                           row=1, col=1)
         fig.add_hline(y=0.1, line_dash="dash", line_color="orange", annotation_text="PSI 0.1", row=1, col=1)
         fig.add_hline(y=0.25, line_dash="dash", line_color="red", annotation_text="PSI 0.25", row=1, col=1)
+        if (main["feature"] == "title_share").any():
+            surge = drift.get_test(primary["title_share"]).default_threshold
+            fig.add_hline(y=surge, line_dash="dot", line_color="purple", annotation_text=f"title surge {surge:g}",
+                          annotation_position="bottom right", row=1, col=1)
     if len(days):
         fig.add_trace(go.Scatter(x=days["day"], y=days["online"].map(lambda o: o.get("hit_rate_model")),
                                  mode="lines+markers", name="model", line_color="#E8A33D"), row=2, col=1)

@@ -16,16 +16,18 @@ from core.drift import (EPSILON, PSI_SIGNIFICANT, TESTS, DriftResult, UnknownDri
 from core.errors import ValidationError
 
 NUMERIC_TESTS = [n for n, t in TESTS.items() if t.kind in ("numeric", "both")]  # psi, jensen_shannon, ks
-# psi, jensen_shannon, chi_square
+# psi, jensen_shannon, chi_square, max_share_gain
 CATEGORICAL_TESTS = [n for n, t in TESTS.items() if t.kind in ("categorical", "both")]
 
 
 # ------------------------------------------------------------------ registry
 def test_registry_names_kinds_and_thresholds():
-    assert sorted(TESTS) == ["chi_square", "jensen_shannon", "ks", "psi"]
+    assert sorted(TESTS) == ["chi_square", "jensen_shannon", "ks", "max_share_gain", "psi"]
     assert {n: t.kind for n, t in TESTS.items()} == {
-        "psi": "both", "jensen_shannon": "both", "ks": "numeric", "chi_square": "categorical"}
-    assert all(t.default_threshold == 0.1 for t in TESTS.values())
+        "psi": "both", "jensen_shannon": "both", "ks": "numeric", "chi_square": "categorical",
+        "max_share_gain": "categorical"}
+    assert {n: t.default_threshold for n, t in TESTS.items()} == {
+        "psi": 0.1, "jensen_shannon": 0.1, "ks": 0.1, "chi_square": 0.1, "max_share_gain": 0.03}
     assert PSI_SIGNIFICANT == 0.25 and EPSILON == 1e-4
     for name, t in TESTS.items():
         assert t.name == name and t.description
@@ -36,7 +38,7 @@ def test_registry_names_kinds_and_thresholds():
 def test_unknown_test_lists_the_available_ones():
     with pytest.raises(UnknownDriftTest) as exc:
         get_test("foo")
-    assert str(exc.value) == "unknown drift test 'foo'; available: chi_square, jensen_shannon, ks, psi"
+    assert str(exc.value) == "unknown drift test 'foo'; available: chi_square, jensen_shannon, ks, max_share_gain, psi"
     assert isinstance(exc.value, ValidationError)
     with pytest.raises(UnknownDriftTest, match="available: chi_square"):
         run_test("KS", [1.0], [2.0])
@@ -165,6 +167,22 @@ def test_cramers_v_2x2():
     r = run_test("chi_square", {"a": 30, "b": 20}, {"a": 10, "b": 40})
     assert r.score == pytest.approx(0.408248, abs=1e-6)
     assert r.drifted and "p-value" in r.detail and "chi2 = 16.67" in r.detail
+
+
+def test_max_share_gain_hand_values():
+    # shares: ref a .5 b .3 c .2; cur a .4 b .2 c .35 d .05 → gains -.1, -.1, +.15, +.05
+    r = run_test("max_share_gain", {"a": 50, "b": 30, "c": 20}, {"a": 40, "b": 20, "c": 35, "d": 5})
+    assert r.score == pytest.approx(0.15) and r.drifted and r.threshold == 0.03
+    assert r.detail == "c: 20.00% → 35.00%"
+    # one title of 1,500 takes 7 % of the watches: PSI barely notices, the surge test does
+    ref = {f"t{i}": 10 for i in range(1500)}
+    cur = dict(ref, t7=10 + 1130)   # 1140 / 16130 = 7.07 %, from 0.0667 %
+    gain = 1140 / 16130 - 10 / 15000
+    assert run_test("max_share_gain", ref, cur).score == pytest.approx(gain)
+    assert run_test("max_share_gain", ref, cur).detail.startswith("t7: 0.07% → 7.07%")
+    # only rises count: a title losing all its share does not score
+    assert run_test("max_share_gain", {"a": 50, "b": 50}, {"a": 100}).score == pytest.approx(0.5)
+    assert run_test("max_share_gain", {"a": 100}, {"a": 100}).detail == "no category gained share"
 
 
 def test_cramers_v_2x3_and_a_category_absent_from_both_windows():
@@ -332,7 +350,8 @@ def test_proportional_counts_do_not_drift(counts, factor):
 def test_categorical_scores_ranges_and_symmetry(a, b):
     for name in CATEGORICAL_TESTS:
         ab, ba = run_test(name, a, b).score, run_test(name, b, a).score
-        assert ab == pytest.approx(ba, abs=1e-9)  # PSI, JS and V are symmetric over the union of categories
+        if name != "max_share_gain":   # a surge is one-sided
+            assert ab == pytest.approx(ba, abs=1e-9)  # PSI, JS and V are symmetric over the union of categories
         assert ab >= 0
         if name != "psi":
             assert ab <= 1

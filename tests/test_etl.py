@@ -128,11 +128,22 @@ def test_confidence_weights_by_hand(tmp_path):
         writes.rate(db, 7, 1, 4, "2026-01-02T12:00:00")
         writes.rate(db, 7, 1, 10, "2026-01-05T12:00:00")   # the latest rating counts
     etl.run_etl(settings)
-    pairs = dataset.interactions(settings).set_index("movie_id")["confidence"]
+    flat = dataset.ConfidenceWeights(half_life_days=None)
+    pairs = dataset.interactions(settings, weights=flat).set_index("movie_id")["confidence"]
     # movie 1: watch 2·min(1, 3000/6000) = 1.0, click 0.5, rated 1 + 2·(10−5.5)/4.5 = 3 → 4.5
     assert pairs[1] == pytest.approx(4.5)
     # movie 2: watch 2·(600/3000) = 0.4, dislike −3 → −2.6 ≤ 0, dropped
     assert 2 not in pairs.index
+    # Recency (default half-life 7 days), measured from the window's latest event (the rating, 01-05 12:00):
+    # the watch is 3 days 2 h old, the click one minute more; the rating itself has age 0.
+    decayed = dataset.interactions(settings).set_index("movie_id")["confidence"]
+    age_watch = (3 * 24 + 2) / 24
+    assert decayed[1] == pytest.approx(1.0 * 0.5 ** (age_watch / 7) + 0.5 * 0.5 ** ((age_watch + 1 / 1440) / 7) + 3.0)
+    assert 2 not in decayed.index            # decay never changes a sign
+    # ...never below the floor: with a 1-hour half-life the watch and click keep 5 % of their weight
+    tiny = dataset.ConfidenceWeights(half_life_days=1 / 24)
+    assert dataset.interactions(settings, weights=tiny).set_index("movie_id")["confidence"][1] == \
+        pytest.approx(0.05 * 1.5 + 3.0)
     # With consent to personalization withdrawn, the user's data leaves the training matrix.
     with opsdb.session(settings) as db:
         db.execute("UPDATE users SET consent_personalization = 0 WHERE user_id = 7")
