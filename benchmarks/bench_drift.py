@@ -289,14 +289,18 @@ def main() -> None:
                      f"runs): {fmt(stable['same_span'], '.4f')} = {fmt(stable['same_span'] / baseline if stable['same_span'] else None, '.0%')} "
                      "of the baseline with no shift at all.")
     lines.append("\n## Shift scenarios\n")
+    no_shift = stable["same_span"] if stable is not None else None
+    for r in results:
+        r["vs_no_shift"] = None if r["after"] is None or not no_shift else r["after"] / no_shift
     lines.append("| scenario | policy | detection delay (days) | first alert(s) | classification at detection | "
                  "hit rate before (baseline) | worst daily hit rate | hit rate after (last 3 days) | recovery | "
-                 "days to recover | retrains (promoted) |")
-    lines.append("| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+                 "after ÷ no-shift run, same days | days to recover | retrains (promoted) |")
+    lines.append("| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         lines.append(f"| {r['scenario']} | {r['policy']} | {fmt(r['delay'], 'd')} | {', '.join(r['first_alerts']) or '—'} | "
                      f"{r['classification'] or '—'} | {baseline:.3f} | {fmt(r['worst'])} | {fmt(r['after'])} | "
-                     f"{fmt(r['recovery'], '.0%')} | {fmt(r['days_to_recover'], 'd')} | {r['retrains']} ({r['promoted']}) |")
+                     f"{fmt(r['recovery'], '.0%')} | {fmt(r['vs_no_shift'], '.0%')} | {fmt(r['days_to_recover'], 'd')} | "
+                     f"{r['retrains']} ({r['promoted']}) |")
 
     lines.append("\n## Goals\n")
     taste = [r for r in results if r["scenario"] != "data-quality"]
@@ -319,6 +323,14 @@ def main() -> None:
            if r["recovery"] is None or r["recovery"] < RECOVERY_SHARE]
     lines.append(f"- recovery ≥ {RECOVERY_SHARE:.0%} of baseline with on-alert retraining (last 3 days, taste shifts): "
                  f"{verdict(not low, bool(auto))}" + (f" — below: {', '.join(low)}" if low else ""))
+    if no_shift:
+        low_cf = [f"{r['scenario']} ({fmt(r['vs_no_shift'], '.0%')})" for r in auto
+                  if r["vs_no_shift"] is None or r["vs_no_shift"] < RECOVERY_SHARE]
+        lines.append(f"- the same, against the no-shift run on the same days (the world's own decay removed): "
+                     f"{verdict(not low_cf, bool(auto))}" + (f" — below: {', '.join(low_cf)}" if low_cf else ""))
+        gains = [f"{r['scenario']} {fmt(r['after'], '.3f')} vs {fmt(m['after'], '.3f')}" for r in auto
+                 for m in results if m["scenario"] == r["scenario"] and m["policy"] == "manual"]
+        lines.append(f"  (on-alert vs manual, hit rate after: {'; '.join(gains)})")
     bad_dq = [f"{r['policy']} ({r['classification'] or 'no alert'})" for r in dq if r["classification"] != "data incident"]
     lines.append(f"- data-quality flagged as a data incident: {verdict(not bad_dq, bool(dq))}"
                  + (f" — {', '.join(bad_dq)}" if bad_dq else ""))

@@ -33,7 +33,7 @@ def main() -> None:
     ref, cur = rng.normal(0, 1, 1_000_000), rng.normal(0.1, 1, 1_000_000)
     labels_ref = rng.choice(list("ABCDEFGHIJKLMNOPQR"), 1_000_000)
     labels_cur = rng.choice(list("ABCDEFGHIJKLMNOPQR"), 1_000_000)
-    for name, a, b in (("psi", ref, cur), ("ks", ref, cur), ("jensen_shannon", ref, cur), ("chi_square", labels_ref, labels_cur)):
+    for name, a, b in (("psi", ref, cur), ("ks", ref, cur), ("jensen_shannon", ref, cur), ("chi_square", labels_ref, labels_cur), ("max_share_gain", labels_ref, labels_cur)):
         _, t = clock(lambda: drift.run_test(name, a, b), 3)
         rows.append((f"drift test `{name}` on 1,000,000 + 1,000,000 rows", t))
     with tempfile.TemporaryDirectory() as home:

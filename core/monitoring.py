@@ -48,6 +48,7 @@ QUARANTINE_RATE_ALERT = 0.02      # > 2 % of a day's rows quarantined = data inc
 ONLINE_DROP_ALERT = 0.80          # model hit rate below 80 % of its stable baseline
 ONLINE_RECOVERED = 0.90
 BASELINE_DAYS = 7
+SIGNIFICANT_FACTOR = drift.PSI_SIGNIFICANT / drift.PSI_MODERATE   # 2.5 × a test's threshold (PSI: 0.25)
 LARGE_WINDOW = 1000               # observations in a day's window above which one day's moderate drift is trusted
 
 
@@ -289,10 +290,11 @@ def monitor_day(settings: Settings, day) -> DayReport:
                 continue
             # A significant score alerts at once; so does a moderate one measured on a large window; on a
             # small window a moderate score must persist a second day (one noisy day must not page anyone).
-            confirmed = r["drifted"] and (r["score"] >= drift.PSI_SIGNIFICANT or r["n_current"] >= LARGE_WINDOW
+            significant = r["score"] >= SIGNIFICANT_FACTOR * r["threshold"]
+            confirmed = r["drifted"] and (significant or r["n_current"] >= LARGE_WINDOW
                                           or (r["feature"], r["test"]) in drifted_yesterday)
             if confirmed:
-                sev = "critical" if r["score"] >= drift.PSI_SIGNIFICANT else "warning"
+                sev = "critical" if significant else "warning"
                 if _open_or_update(db, "data-drift", r["feature"], r["test"], r["score"], r["threshold"], sev, window, at, label):
                     report.opened.append(f"data-drift:{r['feature']}")
             elif not r["drifted"] and not r["empty"] and _close(db, "data-drift", r["feature"], at):

@@ -11,6 +11,9 @@ from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 
+BASE: list = []
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A small world with a production model and 4 stable closed-loop days (a baseline to compare against)."""
@@ -18,6 +21,7 @@ def base(tmp_path_factory):
     simulation.init_world(s, seed=3, users=800, movies=300, days=14)
     pipeline.retrain(s)
     loop.run(s, 4, policy_mode="manual")
+    BASE[:] = [s]
     return s
 
 
@@ -100,6 +104,19 @@ def test_data_quality_incident_is_not_a_taste_shift(world):
     assert "not a change in taste" in monitoring.narrative(world)
 
 
+AFTER: dict = {}
+
+
+def _after_manual(home):
+    """Mean model hit rate of the last 3 of 6 trend days with no retraining, on a fresh copy of the base world."""
+    clone_home(BASE[0], home)
+    s = load_settings(home)
+    log = loop.run(s, 6, shift="trend", strength=2, params={"genre": "Western"}, policy_mode="manual")["log"]
+    serving.clear_caches()
+    monitoring._references.clear()
+    return sum(r["hit_rate_model"] for r in log[-3:]) / 3
+
+
 def test_trend_is_detected_and_retraining_recovers(world):
     baseline = monitoring.history(world)["days"]["online"].map(lambda o: o["hit_rate_model"]).mean()
     result = loop.run(world, 6, shift="trend", strength=2, params={"genre": "Western"}, policy_mode="on-alert")
@@ -112,8 +129,29 @@ def test_trend_is_detected_and_retraining_recovers(world):
     assert any(r["action"] and r["action"]["promoted"] for r in log)
     after = sum(r["hit_rate_model"] for r in log[-3:]) / 3
     assert after >= 0.8 * baseline      # the benchmark measures recovery on the default world
+    # The same days without retraining (a second copy of the same world, policy manual) end lower.
+    serving.clear_caches()
+    monitoring._references.clear()
+    manual_home = world.home.parent / (world.home.name + "-manual")
+    AFTER["on-alert"] = after
+    AFTER["manual"] = _after_manual(manual_home)
+    assert AFTER["on-alert"] > AFTER["manual"] + 0.02, AFTER
     text = monitoring.narrative(world)
     assert "drifted on" in text and "retrained" in text
+
+
+def test_a_viral_title_is_caught_by_the_title_surge_test_on_its_first_day(world):
+    result = loop.run(world, 1, shift="viral", policy_mode="manual")
+    movie = result["shift"]["params"]["movie_id"]
+    assert "data-drift:title_share" in result["log"][0]["opened"]
+    latest = monitoring.latest(world)
+    surge = next(d for d in latest["drift"] if d["feature"] == "title_share")
+    assert surge["drifted"] and surge["score"] >= 0.03
+    dist = monitoring.feature_distributions(world, "title_share", latest["day"])
+    assert len(dist) == 2 * monitoring.TITLE_BUCKETS_SHOWN
+    wide = dist.pivot_table(index="bucket", columns="window", values="share")
+    gain = (wide[latest["day"]] - wide["reference"]).sort_values()
+    assert gain.index[-1].endswith(f"(#{movie})") and gain.iloc[-1] == pytest.approx(surge["score"])
 
 
 def test_monitor_latest_and_feature_distributions(world):
