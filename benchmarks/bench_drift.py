@@ -15,9 +15,11 @@ Definitions (day 1 = the first simulated day of a run; for shifts, the shift sta
 - baseline: mean model hit rate@10 of the 7 warm-up days (the served lists vs that day's watches);
 - worst: the lowest daily model hit rate during the run; after: mean of the last 3 days;
   recovery = after / baseline;
-- days to recover: for the first *promoted* retrain, done at the end of day r, the smallest d ≥ 1 such
-  that the trailing 2-day moving average of the hit rate on day r + d (days r+d-1 and r+d) is ≥ 90 %
-  of the baseline; '—' if never within the run (or no promoted retrain).
+- days to recover: for the day r of the first alert (on-alert retrains at the end of that day; manual
+  does not), the smallest d ≥ 1 such that the trailing 2-day moving average of the hit rate on day
+  r + d (days r+d-1 and r+d) is ≥ 90 % of the baseline; '—' if never within the run (or no alert);
+- after ÷ no-shift: 'hit rate after' divided by the same days of the stable run (the world's own
+  decay — users work through the titles that suit them best — taken out).
 
 Reproducibility: model training depends on the order of the user rows, which are sorted by their
 HMAC pseudonym, and the pseudonymization key is random per data folder. Unless RETRO_PSEUDONYM_KEY
@@ -121,8 +123,8 @@ def summarize(log: list[dict], baseline: float) -> dict:
     actions = [(i, r["action"]) for i, r in enumerate(log) if r["action"]]
     promoted = [i for i, a in actions if a["promoted"]]
     recover = None
-    if promoted:
-        r = promoted[0]
+    if first is not None:
+        r = first
         for j in range(r + 1, len(log)):
             window = [h for h in hr[j - 1:j + 1] if h is not None]
             if len(window) == 2 and np.mean(window) >= RECOVERY_SHARE * baseline:
@@ -319,14 +321,20 @@ def main() -> None:
     else:
         lines.append("- zero false alarms: n/a (--stable-days 0)")
     auto = [r for r in taste if r["policy"] == "on-alert"]
+    never = [r["scenario"] for r in auto if r["days_to_recover"] is None]
+    days = ", ".join(f"{r['scenario']} {fmt(r['days_to_recover'], 'd', 'never')}" for r in auto)
+    manual_days = ", ".join(f"{r['scenario']} {fmt(r['days_to_recover'], 'd', 'never')}" for r in taste
+                            if r["policy"] == "manual")
+    lines.append(f"- back to ≥ {RECOVERY_SHARE:.0%} of the pre-shift hit rate (2-day mean) after on-alert retraining: "
+                 f"{verdict(not never, bool(auto))} — days after detection: {days} (manual, no retraining: {manual_days})")
     low = [f"{r['scenario']} ({fmt(r['recovery'], '.0%')})" for r in auto
            if r["recovery"] is None or r["recovery"] < RECOVERY_SHARE]
-    lines.append(f"- recovery ≥ {RECOVERY_SHARE:.0%} of baseline with on-alert retraining (last 3 days, taste shifts): "
+    lines.append(f"- sustained: mean of the last 3 days ≥ {RECOVERY_SHARE:.0%} of baseline with on-alert retraining: "
                  f"{verdict(not low, bool(auto))}" + (f" — below: {', '.join(low)}" if low else ""))
     if no_shift:
         low_cf = [f"{r['scenario']} ({fmt(r['vs_no_shift'], '.0%')})" for r in auto
                   if r["vs_no_shift"] is None or r["vs_no_shift"] < RECOVERY_SHARE]
-        lines.append(f"- the same, against the no-shift run on the same days (the world's own decay removed): "
+        lines.append(f"- sustained, against the no-shift run on the same days (the world's own decay removed): "
                      f"{verdict(not low_cf, bool(auto))}" + (f" — below: {', '.join(low_cf)}" if low_cf else ""))
         gains = [f"{r['scenario']} {fmt(r['after'], '.3f')} vs {fmt(m['after'], '.3f')}" for r in auto
                  for m in results if m["scenario"] == r["scenario"] and m["policy"] == "manual"]

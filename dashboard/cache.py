@@ -2,8 +2,10 @@
 
 Reads take `token` — `core.insights.state_token()`, a cheap fingerprint of the
 stores — so any write (ETL, retrain, promotion, rollback, erasure) gives a new
-key and stale numbers are never shown. `clear()` is called after writes made
-from the dashboard itself.
+key and stale numbers are never shown (the parameter is called `state`, not
+`_token`: Streamlit does not hash arguments whose names start with an underscore,
+so an underscored token would never invalidate anything). `clear()` is called
+after writes made from the dashboard itself.
 """
 from __future__ import annotations
 
@@ -30,118 +32,123 @@ def clear() -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def status(_token):
+def status(state):
     return insights.system_status(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def top50_table(_token, m):
+def top50_table(state, m):
     with session(settings()) as db:
         result = top50(db, m)
     return result.table, result.m, result.C
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def users(_token):
+def users(state):
     return insights.user_directory(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def profile(_token, user_id):
+def profile(state, user_id):
     return insights.user_profile(settings(), user_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def recommendation(_token, user_id, k=10):
+def recommendation(state, user_id, k=10):
     # Not logged: the dashboard looks at lists, it does not show them to the user.
     return serving.recommend(settings(), user_id, k, log=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def movies(_token):
+def movies(state):
     return insights.movies_frame(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def popularity(_token):
+def popularity(state):
     return insights.movie_popularity(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def runs(_token):
+def runs(state):
     return tracking.list_runs(settings(), 200)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def run(_token, run_id):
+def run(state, run_id):
     return tracking.get_run(settings(), run_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def compare(_token, a, b):
+def compare(state, a, b):
     return tracking.compare_runs(settings(), a, b)
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def versions(_token):
+def versions(state):
     return registry.list_versions(settings()), registry.history(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def jobs(_token):
+def jobs(state):
     return tracking.list_jobs(settings(), 50)
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def etl_report(_token):
+def etl_report(state):
     return insights.etl_report(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def determinism(_token):
+def determinism(state):
     return insights.top50_is_deterministic(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def seed_variability(_token, seeds, model):
+def seed_variability(state, seeds, model):
     return insights.seed_variability(settings(), seeds=seeds, model=model)
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def drift_history(_token):
+def drift_history(state):
     return monitoring.history(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
-def drift_narrative(_token):
+def drift_narrative(state):
     return monitoring.narrative(settings())
 
 
+@st.cache_data(show_spinner=False, max_entries=2)
+def evaluation(state):
+    return pipeline.evaluate_version(settings())
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
-def feature_distribution(_token, feature, day):
+def feature_distribution(state, feature, day):
     return monitoring.feature_distributions(settings(), feature, day)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def explanations(_token, user_id):
+def explanations(state, user_id):
     from core import explain
     return explain.explain_list(settings(), user_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def audit_records(_token, user_id, day=None):
+def audit_records(state, user_id, day=None):
     from core import audit
     return audit.audit(settings(), user_id, day, 20)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def model_card(_token, version):
+def model_card(state, version):
     from core import modelcard
     return modelcard.model_card(settings(), version)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def diagnosis(_token, user_id):
+def diagnosis(state, user_id):
     from core import diagnose
     return diagnose.diagnose(settings(), user_id)
 

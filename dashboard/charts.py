@@ -54,6 +54,30 @@ def drift_timeline(days: pd.DataFrame, scores: pd.DataFrame, alerts: pd.DataFram
     return fig
 
 
+def model_drift(days: pd.DataFrame, actions: pd.DataFrame, top_genres: int = 6) -> go.Figure:
+    """Served score quantiles and the genre mix of recommended titles per day; green dashed = retrains."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=("Scores of the served lists (p10 / p50 / p90)",
+                                        "Genres of the recommended titles (share of slots)"))
+    model = days["model"] if len(days) else pd.Series(dtype=object)
+    for q, dash in (("score_p90", "dot"), ("score_p50", "solid"), ("score_p10", "dot")):
+        fig.add_trace(go.Scatter(x=days["day"], y=model.map(lambda m, q=q: m.get(q)), mode="lines+markers",
+                                 name=q.replace("score_", ""), line_dash=dash, line_color="#E8A33D"), row=1, col=1)
+    shares = pd.DataFrame([m.get("recommended_genres") or {} for m in model], index=days["day"] if len(days) else None)
+    if not shares.empty:
+        shares = shares.fillna(0)
+        shares = shares.div(shares.sum(axis=1).where(lambda x: x > 0), axis=0).fillna(0)
+        keep = shares.mean().sort_values(ascending=False).index[:top_genres]
+        shares["other"] = shares.drop(columns=keep).sum(axis=1)
+        for genre in [*keep, "other"]:
+            fig.add_trace(go.Bar(x=shares.index, y=shares[genre], name=genre), row=2, col=1)
+    _markers(fig, pd.DataFrame(), actions, 2)
+    fig.update_yaxes(title_text="score", row=1, col=1)
+    fig.update_yaxes(title_text="share", tickformat=".0%", row=2, col=1)
+    fig.update_layout(barmode="stack", height=560, legend=dict(orientation="h", y=-0.15), margin=dict(t=40))
+    return fig
+
+
 def feature_comparison(dist: pd.DataFrame, feature: str) -> go.Figure:
     fig = go.Figure()
     for window, grp in dist.groupby("window", sort=False):

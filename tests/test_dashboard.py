@@ -215,6 +215,22 @@ def test_drift_page_runs_a_scenario(home):
     assert len(monitoring.history(home)["days"]) == 2
     assert at.get("plotly_chart"), "the timeline chart is shown"
     assert not any("Nothing monitored yet" in i.value for i in at.info)
+    # model drift: offline metrics of production on the newest holdout next to its training-time metrics
+    at.button(key="evaluate").click().run(timeout=120)
+    table = frame(at, "metric", "at training", "newest holdout")
+    assert list(table["metric"]) == ["ndcg@10", "precision@10", "recall@10", "hit_rate@10", "coverage"]
+    assert table["newest holdout"].between(0, 1).all() and table["at training"].notna().all()
+
+
+def test_writes_made_outside_the_dashboard_show_on_the_next_rerun(home):
+    from core import loop
+    at = app(120)
+    at.switch_page("views/drift.py").run()
+    assert any("Nothing monitored yet" in i.value for i in at.info)
+    loop.run(home, 1, policy_mode="manual")        # e.g. `python -m core simulate` in a terminal
+    at.run()
+    assert not at.exception, at.exception
+    assert not any("Nothing monitored yet" in i.value for i in at.info), "a cached read survived a write"
 
 
 def test_governance_page_explains_and_exports(home):

@@ -47,6 +47,19 @@ if hist["days"].empty:
 
 st.plotly_chart(charts.drift_timeline(hist["days"], hist["scores"], hist["alerts"], hist["actions"]), key="timeline")
 
+st.subheader("Model drift")
+st.plotly_chart(charts.model_drift(hist["days"], hist["actions"]), key="model_drift_chart")
+if st.button("Evaluate the production model on the newest data", key="evaluate"):
+    with ui.core_errors():
+        ev = cache.evaluation(cache.token())
+        rows = [{"metric": m, "at training": ev["metrics_at_training"].get(m), "newest holdout": ev["metrics"].get(m),
+                 "Top 50 on the newest holdout": ev["baselines"]["top50"].get(m)}
+                for m in ("ndcg@10", "precision@10", "recall@10", "hit_rate@10", "coverage")]
+        st.caption(f"v{ev['version']} ({ev['model_kind']}), trained on {ev['trained_on']}; newest holdout "
+                   f"{ev['holdout_start'][:10]} – {ev['holdout_end'][:10]} of {ev['data_version']}. Training-time "
+                   "metrics were measured on the holdout of that day's data; a drop on the newest holdout is model drift.")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="evaluation_table")
+
 st.subheader("Alerts")
 alerts = hist["alerts"]
 if alerts.empty:
