@@ -10,8 +10,11 @@ Per monitored day (one simulated day, or one ETL window):
 - model drift: the distribution of served scores and of recommended genres;
 - data quality: the ETL gate's quarantine rate.
 Alerts open once per (kind, metric), update while open and close when the
-metric recovers. A day with an open data-quality alert is a *data incident*,
-not a taste shift, and the retraining policy does not act on it.
+metric recovers — clearly: a drift score must fall below 0.8 × its threshold, the
+online hit rate back above 90 % of its baseline (it opened below 80 %), so a
+metric hovering at its threshold does not open and close an alert every day.
+A day with an open data-quality alert is a *data incident*, not a taste shift,
+and the retraining policy does not act on it.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ ONLINE_DROP_ALERT = 0.80          # model hit rate below 80 % of its stable base
 ONLINE_RECOVERED = 0.90
 BASELINE_DAYS = 7
 SIGNIFICANT_FACTOR = drift.PSI_SIGNIFICANT / drift.PSI_MODERATE   # 2.5 × a test's threshold (PSI: 0.25)
+RECOVERED_FACTOR = 0.8            # a data-drift alert closes below 0.8 × its threshold (hysteresis: no flapping)
 LARGE_WINDOW = 1000               # observations in a day's window above which one day's moderate drift is trusted
 
 
@@ -195,6 +199,18 @@ def recommended_genres(settings: Settings, day) -> dict:
 
 
 # ------------------------------------------------------------------ alerts
+def drift_confirmed(result: dict, drifted_yesterday: bool) -> bool:
+    """A drifted score opens (or updates) an alert when it is significant (≥ 2.5 × its threshold), measured on a
+    large window, or drifted the day before too — one noisy small day must not page anyone."""
+    return bool(result["drifted"]) and (result["score"] >= SIGNIFICANT_FACTOR * result["threshold"]
+                                        or result["n_current"] >= LARGE_WINDOW or drifted_yesterday)
+
+
+def drift_recovered(result: dict) -> bool:
+    """Clearly back to normal: below 0.8 × the threshold (between the two, an open alert stays open)."""
+    return not result["empty"] and result["score"] < RECOVERED_FACTOR * result["threshold"]
+
+
 def _open_or_update(db, kind, metric, test, value, threshold, severity, window, at, classification) -> bool:
     row = db.execute("SELECT alert_id FROM alerts WHERE kind = ? AND metric = ? AND closed_at IS NULL", [kind, metric]).fetchone()
     if row:
@@ -290,14 +306,11 @@ def monitor_day(settings: Settings, day) -> DayReport:
                 continue
             # A significant score alerts at once; so does a moderate one measured on a large window; on a
             # small window a moderate score must persist a second day (one noisy day must not page anyone).
-            significant = r["score"] >= SIGNIFICANT_FACTOR * r["threshold"]
-            confirmed = r["drifted"] and (significant or r["n_current"] >= LARGE_WINDOW
-                                          or (r["feature"], r["test"]) in drifted_yesterday)
-            if confirmed:
-                sev = "critical" if significant else "warning"
+            if drift_confirmed(r, (r["feature"], r["test"]) in drifted_yesterday):
+                sev = "critical" if r["score"] >= SIGNIFICANT_FACTOR * r["threshold"] else "warning"
                 if _open_or_update(db, "data-drift", r["feature"], r["test"], r["score"], r["threshold"], sev, window, at, label):
                     report.opened.append(f"data-drift:{r['feature']}")
-            elif not r["drifted"] and not r["empty"] and _close(db, "data-drift", r["feature"], at):
+            elif drift_recovered(r) and _close(db, "data-drift", r["feature"], at):
                 report.closed.append(f"data-drift:{r['feature']}")
         baseline = _online_baseline(db, day_s)
         online["baseline_hit_rate"] = baseline

@@ -56,6 +56,20 @@ def test_alert_opens_once_updates_and_closes(world):
         assert db.execute("SELECT count(*), count(closed_at) FROM alerts").fetchone() == (2, 1)
 
 
+def test_drift_alert_rules_confirm_and_hysteresis():
+    r = lambda score, n=500, empty=False: {"score": score, "threshold": 0.1, "drifted": score >= 0.1,  # noqa: E731
+                                           "n_current": n, "empty": empty}
+    assert not monitoring.drift_confirmed(r(0.12), drifted_yesterday=False)     # moderate, small window, first day
+    assert monitoring.drift_confirmed(r(0.12), drifted_yesterday=True)          # ...persists a second day
+    assert monitoring.drift_confirmed(r(0.12, n=1000), drifted_yesterday=False) # ...or a large window
+    assert monitoring.drift_confirmed(r(0.25), drifted_yesterday=False)         # significant: 2.5 × threshold
+    assert not monitoring.drift_confirmed(r(0.09, n=5000), drifted_yesterday=True)
+    # an open alert closes only below 0.8 × threshold: 0.09 and 0.081 keep it open, 0.0799 closes it
+    assert not monitoring.drift_recovered(r(0.09)) and not monitoring.drift_recovered(r(0.081))
+    assert monitoring.drift_recovered(r(0.0799))
+    assert not monitoring.drift_recovered(r(float("nan"), empty=True))          # an empty day says nothing
+
+
 def _report(classification, opened=()):
     return DayReport(day="2026-01-20", classification=classification, opened=list(opened))
 
