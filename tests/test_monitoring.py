@@ -187,8 +187,11 @@ def test_on_alert_policy_follows_up_after_a_drift_retrain(world):
     day = now + pd.Timedelta(days=1)
     assert policy.decide(world, stable, "on-alert", iso(day + pd.Timedelta(days=1))) is None    # within the cooldown
     causes = []
-    for i in range(1, 4):
+    n = policy.FOLLOW_UPS
+    for i in range(n + 1):
         day = day + pd.Timedelta(days=2)
         action = policy.apply(world, stable, now=iso(day), mode="on-alert")
         causes.append(action and action["cause"])
-    assert causes[0].startswith("follow-up 1 of 2") and causes[1].startswith("follow-up 2 of 2") and causes[2] is None
+    assert [c[:len(f"follow-up {i + 1} of {n}")] for i, c in enumerate(causes[:n])] == \
+        [f"follow-up {i + 1} of {n}" for i in range(n)]
+    assert causes[n] is None                                   # then the policy is quiet again
