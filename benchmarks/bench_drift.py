@@ -249,7 +249,7 @@ def main() -> None:
             _reset_caches()
             shutil.rmtree(s.home)
 
-            # The ceiling set by the world itself: no shift, a retrain every 2 days, same number of days.
+            # What retraining alone does in this world: no shift, a retrain every 2 days, same number of days.
             s = fresh_copy(base, tmp / "stable-retrained")
             policy.set_policy(s, "scheduled", RETRAIN_EVERY, actor="bench")
             out, per_day, secs = timed_run(s, args.days, policy_mode="scheduled")
@@ -313,8 +313,8 @@ def main() -> None:
             lines.append(f"\nNo shift and a retrain every {RETRAIN_EVERY} days ({stable['retrained_runs']} retrains, "
                          f"{stable['retrained_opened']} alerts) over {args.days} days: last 3 days "
                          f"{stable['retrained_last3']:.4f} = {stable['retrained_last3'] / baseline:.0%} of the baseline — "
-                         "the ceiling the world itself sets (users work through the titles that suit them best; "
-                         "retraining cannot bring those back).")
+                         "what retraining alone does when nothing shifts (users work through the titles that suit "
+                         "them best; retraining cannot bring those back).")
     lines.append("\n## Shift scenarios\n")
     no_shift = stable["same_span"] if stable is not None else None
     for r in results:
