@@ -127,15 +127,19 @@ def reference_for(settings: Settings, con, prod: dict | None) -> Reference | Non
         end = pd.Timestamp(meta["trained_until"]).normalize() + pd.Timedelta(days=1)
     except (OSError, KeyError, ValueError):
         return None
-    start = end - pd.Timedelta(days=REFERENCE_DAYS)
-    movies = con.execute("SELECT movie_id FROM dim_movie").df()["movie_id"]
-    base = window_features(con, start, end, None, end)
-    deciles = popularity_deciles(base["_watch_counts"], movies)
-    feats = window_features(con, start, end, deciles, end)
-    ref = Reference(int(prod["version"]), start, end, feats, deciles)
+    ref = build_reference(con, int(prod["version"]), end - pd.Timedelta(days=REFERENCE_DAYS), end)
     _references.clear()
     _references[key] = ref
     return ref
+
+
+def build_reference(con, version: int | None, start, end) -> Reference:
+    """Features of the window [start, end), with popularity deciles taken from the window itself."""
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    movies = con.execute("SELECT movie_id FROM dim_movie").df()["movie_id"]
+    base = window_features(con, start, end, None, end)
+    deciles = popularity_deciles(base["_watch_counts"], movies)
+    return Reference(version, start, end, window_features(con, start, end, deciles, end), deciles)
 
 
 # ------------------------------------------------------------------ online quality
@@ -375,11 +379,20 @@ def latest(settings: Settings) -> dict:
 
 
 def feature_distributions(settings: Settings, feature: str, day) -> pd.DataFrame:
-    """Reference vs current distribution of one feature (for the per-feature chart)."""
+    """Reference vs current distribution of one feature (for the per-feature chart).
+
+    The reference is the one that day was monitored against (stored with the day): after a retrain the
+    production model's reference has moved, and an old alert must be shown against what it was judged on.
+    """
     start, end = _day_bounds(day)
-    prod = registry.production(settings)
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT model_version, reference_start, reference_end FROM monitor_days WHERE day = ?",
+                         [str(start.date())]).fetchone()
     with warehouse.session(settings) as con:
-        ref = reference_for(settings, con, prod)
+        if row and row[1] and row[2]:
+            ref = build_reference(con, row[0], row[1], row[2])
+        else:
+            ref = reference_for(settings, con, registry.production(settings))
         if ref is None:
             return pd.DataFrame(columns=["bucket", "share", "window"])
         cur = window_features(con, start, end, ref.deciles, ref.end)
@@ -411,8 +424,10 @@ def _largest_change(settings: Settings, feature: str, day) -> str:
     if "reference" not in wide or wide.shape[1] < 2:
         return ""
     cur_col = [c for c in wide.columns if c != "reference"][0]
-    delta = (wide[cur_col] - wide["reference"]).abs().sort_values(ascending=False)
-    b = delta.index[0]
+    # The bucket that contributes most to PSI, (p − q)·ln(p / q): a small genre tripling (Western 2 % → 6 %)
+    # says more than a big one moving by the same points (Drama 28 % → 32 %).
+    p, q = wide[cur_col] + drift.EPSILON, wide["reference"] + drift.EPSILON
+    b = ((p - q) * np.log(p / q)).idxmax()
     return f"{b} share {wide.loc[b, 'reference']:.0%} → {wide.loc[b, cur_col]:.0%}"
 
 

@@ -152,6 +152,9 @@ def test_trend_is_detected_and_retraining_recovers(world):
     assert AFTER["on-alert"] > AFTER["manual"] + 0.02, AFTER
     text = monitoring.narrative(world)
     assert "drifted on" in text and "retrained" in text
+    # the genre the summary names is the one driving the PSI (Western), not merely the biggest genre that moved
+    alert_day = log[first_alert]["date"]
+    assert monitoring._largest_change(world, "genre_mix", alert_day).startswith("Western share")
 
 
 def test_a_viral_title_is_caught_by_the_title_surge_test_on_its_first_day(world):
