@@ -49,6 +49,9 @@ st.plotly_chart(charts.drift_timeline(hist["days"], hist["scores"], hist["alerts
 
 st.subheader("Model drift")
 st.plotly_chart(charts.model_drift(hist["days"], hist["actions"]), key="model_drift_chart")
+st.caption("Served scores are the ranker's log-odds while a ranker serves, the CF model's scores while CF alone "
+           "serves (a CF retrain makes the ranker stale until it is retrained): a jump in level at a retrain marker "
+           "is a change of scorer; drift is a slow slide between markers.")
 if st.button("Evaluate the production model on the newest data", key="evaluate"):
     with ui.core_errors():
         ev = cache.evaluation(cache.token())
@@ -74,7 +77,10 @@ features = list(FEATURES)
 c1, c2 = st.columns(2)
 feature = c1.selectbox("Feature", features, index=features.index(named[-1]) if named else 0,
                        format_func=FEATURE_LABELS.get, key="feature")
-day = c2.selectbox("Day", list(hist["days"]["day"])[::-1], key="day")
+day_options = list(hist["days"]["day"])[::-1]
+alert_days = [str(d)[:10] for d in alerts["window_start"]] if len(alerts) else []
+day = c2.selectbox("Day", day_options, key="day",
+                   index=day_options.index(alert_days[-1]) if alert_days and alert_days[-1] in day_options else 0)
 with ui.core_errors():
     dist = cache.feature_distribution(cache.token(), feature, day)
 if dist.empty:
