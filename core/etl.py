@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import opsdb, warehouse
+from . import locks, opsdb, warehouse
 from .constants import EVENT_KINDS, RATING_MAX, RATING_MIN
 from .pseudonym import pseudonym_key, pseudonymize
 from .settings import Settings
@@ -180,6 +180,7 @@ def _recompute_daily(con, days: list) -> None:
         FROM quarantine WHERE d IN (SELECT unnest(?::DATE[])) GROUP BY 1""", [days, days])
 
 
+@locks.exclusive("ETL")
 def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
     """One incremental ETL run; returns what it loaded (or 'no-new-data')."""
     key = pseudonym_key(settings)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import dataset, etl, gate, metrics, opsdb, registry, serving, tracking, warehouse
+from . import dataset, etl, gate, locks, metrics, opsdb, registry, serving, tracking, warehouse
 from .artifacts import Bundle, load_bundle, save_bundle
 from .constants import DEFAULT_K
 from .errors import RetroError, ValidationError
@@ -148,6 +148,7 @@ class TrainResult:
         return {k: v for k, v in self.__dict__.items() if k != "estimator"}
 
 
+@locks.exclusive("train")
 def train(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
           holdout_days: int = HOLDOUT_DAYS, weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(),
           job_id: int | None = None, progress: Progress = _noop, at: str | None = None) -> TrainResult:
@@ -239,6 +240,7 @@ def gate_reference(baselines: dict) -> dict | None:
 
 
 
+@locks.exclusive("retrain")
 def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
             trigger: str = "manual", actor: str = "pipeline", margin: float = GATE_MARGIN,
             holdout_days: int = HOLDOUT_DAYS, progress: Progress = _noop, at: str | None = None,
@@ -328,6 +330,7 @@ def ranker_status(settings: Settings) -> dict:
             "active": rk is not None and not stale}
 
 
+@locks.exclusive("ranker training")
 def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: int = HOLDOUT_DAYS,
                  weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(), job_id: int | None = None,
                  at: str | None = None, progress: Progress = _noop, cf_on_train_window=None) -> dict:

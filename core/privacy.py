@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import access, mlopsdb, opsdb, registry, serving, warehouse
+from . import access, locks, mlopsdb, opsdb, registry, serving, warehouse
 from .artifacts import bundle_hash
 from .constants import TS_FORMAT
 from .errors import RetroError, UnknownUser, ValidationError
@@ -425,6 +425,7 @@ def held_counts(settings: Settings, user_id: int) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ erasure
+@locks.exclusive("erasure")
 def forget_user(settings: Settings, user_id: int, *, actor: str, at: str | None = None) -> dict:
     """Erase a user everywhere (right to be forgotten); returns a summary of counts per store.
 
@@ -665,6 +666,7 @@ def retention_status(settings: Settings, days: int) -> dict:
                       "oldest_warehouse_event": wh_oldest})
 
 
+@locks.exclusive("retention purge")
 def retention(settings: Settings, days: int, *, actor: str, at: str | None = None) -> dict:
     """Delete behavioural events older than `days` days before the service clock.
 
@@ -700,6 +702,7 @@ def _unlinked(old_key: str, new_key: bytes) -> str:
     return hmac.new(new_key, b"unlinked:" + old_key.encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
 
 
+@locks.exclusive("key rotation")
 def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict:
     """Replace the pseudonymization key and re-key every store that holds pseudonyms.
 
