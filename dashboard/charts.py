@@ -19,6 +19,11 @@ def _markers(fig, alerts: pd.DataFrame, actions: pd.DataFrame, rows: int) -> Non
                 fig.add_vline(x=str(act["day"]), line_dash="dash", line_color="#4CAF50", row=r, col=1)
 
 
+def _day_ticks(fig, n_days: int) -> None:
+    """Whole simulated days on the x axis (never '12:00'), at most about 12 labels."""
+    fig.update_xaxes(tickformat="%b %d", dtick=86_400_000 * max(1, -(-n_days // 12)))
+
+
 def drift_timeline(days: pd.DataFrame, scores: pd.DataFrame, alerts: pd.DataFrame, actions: pd.DataFrame) -> go.Figure:
     """Primary drift score per feature with its threshold, online hit rate (model vs Top 50) and the
     quarantine rate on one time axis; red dotted lines = alerts opened, green dashed = retrains."""
@@ -49,6 +54,7 @@ def drift_timeline(days: pd.DataFrame, scores: pd.DataFrame, alerts: pd.DataFram
     fig.update_yaxes(title_text="score", row=1, col=1)
     fig.update_yaxes(title_text="hit rate", tickformat=".0%", row=2, col=1)
     fig.update_yaxes(title_text="rows", tickformat=".0%", row=3, col=1)
+    _day_ticks(fig, len(days))
     fig.update_xaxes(title_text="day (simulated clock)", row=3, col=1)
     fig.update_layout(height=720, legend=dict(orientation="h", y=-0.12), margin=dict(t=40))
     return fig
@@ -74,6 +80,7 @@ def model_drift(days: pd.DataFrame, actions: pd.DataFrame, top_genres: int = 6) 
     _markers(fig, pd.DataFrame(), actions, 2)
     fig.update_yaxes(title_text="score", row=1, col=1)
     fig.update_yaxes(title_text="share", tickformat=".0%", row=2, col=1)
+    _day_ticks(fig, len(days))
     fig.update_layout(barmode="stack", height=560, legend=dict(orientation="h", y=-0.15), margin=dict(t=40))
     return fig
 

@@ -2,7 +2,8 @@
 
 Starts `streamlit run dashboard/app.py` on an empty temporary data folder (the app builds a small demo
 world and trains the first model), opens every page from the sidebar, waits for its real content, saves a
-full-page screenshot to docs/screenshots/<slug>.png, runs a retrain from the Training page and asserts that
+full-page screenshot to docs/screenshots/<slug>.png, runs a retrain from the Training page and a drift
+scenario (trend, on-alert, 2 days) from the Drift page, and asserts that
 the browser logged no console error or uncaught page error and the server no traceback.
 
 Run it alone:  .venv/bin/python -m pytest tests -m browser -q
@@ -233,6 +234,30 @@ def test_retrain_from_the_training_page(app):
     expect(outcome.first).to_be_visible(timeout=RETRAIN_TIMEOUT_MS)
     app.page.wait_for_function(PAGE_RENDERED_JS, timeout=PAGE_TIMEOUT_MS)
     app.assert_no_error_on_page()
+    assert app.take_errors() == []
+
+
+def test_drift_scenario_from_the_drift_page(app):
+    """Pick a shift and a policy in the scenario form, run it, and see monitoring react on the same page."""
+    from playwright.sync_api import expect
+    app.goto_sidebar("Drift")
+    app.wait_for("simulate days in the closed loop")
+    main = app.page.get_by_test_id("stMain")
+    form = main.get_by_test_id("stForm").filter(has_text="Run scenario")
+    for label, option in (("Shift", "trend"), ("Policy", "on-alert")):
+        form.get_by_test_id("stSelectbox").filter(has_text=label).click()
+        app.page.get_by_role("option", name=option, exact=True).click()
+    days = form.get_by_label("Days to simulate")
+    days.fill("2")
+    days.press("Tab")
+    form.get_by_role("button", name="Run scenario").click()
+    expect(main.get_by_test_id("stAlertContentSuccess").filter(has_text="Simulated 2 days")).to_be_visible(
+        timeout=RETRAIN_TIMEOUT_MS)
+    app.wait_for("Model drift")                     # the timeline, model-drift and per-feature charts are drawn
+    expect(main.get_by_text("Data drift (primary test per feature) vs threshold").first).to_be_visible()
+    assert main.get_by_test_id("stPlotlyChart").count() >= 3
+    app.assert_no_error_on_page()
+    assert app.screenshot("drift-scenario").stat().st_size > 10_000
     assert app.take_errors() == []
 
 
