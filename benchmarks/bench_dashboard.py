@@ -34,25 +34,10 @@ sys.path.insert(0, str(ROOT))
 from core import pipeline, simulation  # noqa: E402
 from core.bootstrap import needs_demo_world, needs_first_model  # noqa: E402
 from core.settings import load_settings  # noqa: E402
+from dashboard.readiness import CHROMIUM_ARGS, PAGE_RENDERED_JS, VIEWPORT, full_page_screenshot  # noqa: E402
 
 APP = ROOT / "dashboard" / "app.py"
 CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1400, "height": 900}
-# Same readiness rule as tests/test_browser.py: script finished, every table and chart drawn.
-PAGE_RENDERED_JS = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-  const main = document.querySelector('[data-testid="stMain"]');
-  if (!main || main.querySelector('[data-testid="stSkeleton"]')) return false;
-  // Only what is visible: content in inactive tabs is not drawn until its tab is opened.
-  for (const df of main.querySelectorAll('[data-testid="stDataFrame"]'))
-    if (df.offsetParent !== null && !df.querySelector('table')) return false;
-  for (const chart of main.querySelectorAll('[data-testid="stPlotlyChart"]'))
-    if (chart.offsetParent !== null && !chart.querySelector('.main-svg')) return false;
-  return true;
-}"""
 
 
 @dataclass
@@ -144,11 +129,7 @@ def visit(browser, url: str, page: Page, errors: list, screenshot: Path | None =
         if shown:
             errors.append(f"{page.title}: {shown} exception/error element(s) on the page")
         if screenshot is not None:
-            height = tab.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-            tab.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 6000)})
-            tab.wait_for_timeout(500)
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            tab.screenshot(path=str(screenshot), full_page=True)
+            full_page_screenshot(tab, screenshot, settle_ms=500)
         return t_key, t_full
     finally:
         context.close()
@@ -164,7 +145,7 @@ def browser_bench(home: Path, shots: Path | None, errors: list) -> None:
     print(f"streamlit server answering after {time.perf_counter() - t0:.2f} s (log {log})")
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
                 for page in PAGES:  # first visit of each page: the server's caches are cold for its reads
                     page.results["first"] = visit(browser, url, page, errors,

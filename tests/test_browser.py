@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.readiness import CHROMIUM_ARGS, PAGE_RENDERED_JS, VIEWPORT, full_page_screenshot
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,26 +44,10 @@ PAGES = [
 ]
 
 DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8"}
-LAUNCH_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1400, "height": 900}
 FIRST_START_TIMEOUT_MS = 90_000   # empty folder -> demo world + first model (a few seconds at DEMO_SIZE)
 PAGE_TIMEOUT_MS = 20_000
 RETRAIN_TIMEOUT_MS = 60_000
 
-# True once the script has finished and every table and chart on the page has been drawn.
-PAGE_RENDERED_JS = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-  const main = document.querySelector('[data-testid="stMain"]');
-  if (!main || main.querySelector('[data-testid="stSkeleton"]')) return false;
-  // Only what is visible: content in inactive tabs is not drawn until its tab is opened.
-  for (const df of main.querySelectorAll('[data-testid="stDataFrame"]'))
-    if (df.offsetParent !== null && !df.querySelector('table')) return false;
-  for (const chart of main.querySelectorAll('[data-testid="stPlotlyChart"]'))
-    if (chart.offsetParent !== null && !chart.querySelector('.main-svg')) return false;
-  return true;
-}"""
 
 
 def slug(title: str) -> str:
@@ -174,16 +160,7 @@ class Page:
         assert errors.count() == 0, f"st.error shown on {self.page.url}:\n" + "\n".join(errors.all_inner_texts())
 
     def screenshot(self, name: str) -> Path:
-        """Full page: the app scrolls inside stMain, so grow the viewport to the content first."""
-        height = self.page.evaluate(
-            "() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-        self.page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 6000)})
-        self.page.wait_for_timeout(300)  # let charts settle after the resize
-        path = screenshot_dir() / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(path), full_page=True)
-        self.page.set_viewport_size(VIEWPORT)
-        return path
+        return full_page_screenshot(self.page, screenshot_dir() / f"{name}.png")
 
     def take_errors(self) -> list[str]:
         errors, self.errors = self.errors, []
@@ -196,7 +173,7 @@ def app(server, chromium_executable):
     from playwright.sync_api import sync_playwright
     url, log = server
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_executable, args=LAUNCH_ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_context(viewport=VIEWPORT).new_page()
             tab = Page(page, url)
