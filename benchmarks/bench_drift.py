@@ -56,30 +56,16 @@ RETRAIN_EVERY = 2
 DAY_MSG = re.compile(r"^day (\d+): serving")
 
 
-def _close_serving_connections() -> None:
-    """serving keeps one operational connection per thread and database path; close them before a
-    folder is copied or deleted."""
-    dbs = getattr(serving._local, "dbs", None) or {}
-    for db in dbs.values():
-        try:
-            db.conn.close()
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-    dbs.clear()
-
-
 def _reset_caches() -> None:
-    _close_serving_connections()
+    """Close this thread's cached connections and forget loaded models before a folder is copied or deleted."""
     serving.clear_caches()
-    monitoring._references.clear()
+    monitoring.clear_caches()
 
 
 def fresh_copy(base, dest: Path):
     """A copy of the base folder with the absolute artifact paths in mlops.db repointed to it."""
     _reset_caches()
-    clone_home(base, dest)
-    _reset_caches()
-    return load_settings(dest)
+    return clone_home(base, dest)
 
 
 def timed_run(settings, days: int, **kwargs) -> tuple[dict, list[float], float]:

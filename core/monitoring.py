@@ -115,6 +115,11 @@ class Reference:
 _references: dict = {}
 
 
+def clear_caches() -> None:
+    """Forget the cached reference window (as serving.clear_caches does for models)."""
+    _references.clear()
+
+
 def reference_for(settings: Settings, con, prod: dict | None) -> Reference | None:
     """The last REFERENCE_DAYS days of the production model's training data (cached per version)."""
     if prod is None:

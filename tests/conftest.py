@@ -1,7 +1,8 @@
 """Shared fixtures: every store lives in a temporary RETRO_HOME, never in the project's data/ folder."""
 import pytest
 
-from core import opsdb, simulation, writes
+from core import monitoring, opsdb, serving, simulation, writes
+from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 CLOCK = "2026-01-10T00:00:00"
@@ -52,3 +53,12 @@ def legacy_insert(settings, sql, params):
     conn.execute("PRAGMA ignore_check_constraints=ON")
     conn.execute(sql, params)
     conn.close()
+
+
+def private_copy(base, dest):
+    """A copy of a prepared world that a test may change (registry paths repointed), with the process's
+    model and reference caches emptied so nothing of another folder is served from memory."""
+    copy = clone_home(base, dest)
+    serving.clear_caches()
+    monitoring.clear_caches()
+    return copy

@@ -1,14 +1,10 @@
 """Explanations: SHAP additivity, 'because you watched' faithfulness, ranker staleness, the two-stage list."""
-import shutil
-import sqlite3
-
-import numpy as np
 import pytest
 
+from conftest import private_copy
 from core import explain, opsdb, pipeline, registry, serving, simulation
-from core.errors import RetroError, UnknownMovie, UnknownUser
+from core.errors import UnknownMovie, UnknownUser
 from core.pseudonym import pseudonym, pseudonym_key
-from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 
@@ -31,9 +27,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture
 def world(base, tmp_path):
-    clone_home(base, tmp_path)
-    serving.clear_caches()
-    return load_settings(tmp_path)
+    return private_copy(base, tmp_path)
 
 
 def active_user(s):

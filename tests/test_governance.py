@@ -1,18 +1,15 @@
 """Governance: the audit trail of a user, generated model cards, and diagnosis of injected faults."""
 import json
-import shutil
-import sqlite3
 
 import numpy as np
 import pytest
-from conftest import legacy_insert
+from conftest import legacy_insert, private_copy
 
 from core import audit, diagnose, etl, modelcard, opsdb, pipeline, registry, serving, simulation, tracking, writes
 from core.artifacts import load_bundle
 from core.errors import UnknownUser, ValidationError
 from core.pseudonym import pseudonym, pseudonym_key
 from core.registry import UnknownVersion
-from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 DAY1, DAY2 = "2026-01-11T09:00:00", "2026-01-12T09:00:00"
@@ -51,9 +48,7 @@ def base(tmp_path_factory):
 @pytest.fixture
 def world(base, tmp_path):
     """A private copy of the base world, artifact paths repointed (tests here mutate it)."""
-    clone_home(base, tmp_path)
-    serving.clear_caches()
-    s = load_settings(tmp_path)
+    s = private_copy(base, tmp_path)
     s.extra.update(base.extra)
     return s
 

@@ -1,13 +1,12 @@
 """Monitoring, alerts, retraining policy and the closed loop on small worlds."""
-import shutil
 
 import pandas as pd
 import pytest
 
-from core import loop, mlopsdb, monitoring, pipeline, policy, serving, simulation, tracking
+from conftest import private_copy
+from core import loop, mlopsdb, monitoring, pipeline, policy, simulation, tracking
 from core.errors import ValidationError
 from core.monitoring import DayReport
-from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 
@@ -27,10 +26,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture
 def world(base, tmp_path):
-    clone_home(base, tmp_path)
-    serving.clear_caches()
-    monitoring._references.clear()
-    return load_settings(tmp_path)
+    return private_copy(base, tmp_path)
 
 
 def test_stable_days_raise_no_alert_and_are_recorded(base):
@@ -123,11 +119,8 @@ AFTER: dict = {}
 
 def _after_manual(home):
     """Mean model hit rate of the last 3 of 6 trend days with no retraining, on a fresh copy of the base world."""
-    clone_home(BASE[0], home)
-    s = load_settings(home)
+    s = private_copy(BASE[0], home)
     log = loop.run(s, 6, shift="trend", strength=2, params={"genre": "Western"}, policy_mode="manual")["log"]
-    serving.clear_caches()
-    monitoring._references.clear()
     return sum(r["hit_rate_model"] for r in log[-3:]) / 3
 
 
@@ -144,8 +137,6 @@ def test_trend_is_detected_and_retraining_recovers(world):
     after = sum(r["hit_rate_model"] for r in log[-3:]) / 3
     assert after >= 0.8 * baseline      # the benchmark measures recovery on the default world
     # The same days without retraining (a second copy of the same world, policy manual) end lower.
-    serving.clear_caches()
-    monitoring._references.clear()
     manual_home = world.home.parent / (world.home.name + "-manual")
     AFTER["on-alert"] = after
     AFTER["manual"] = _after_manual(manual_home)

@@ -3,19 +3,18 @@ key rotation and operator access."""
 import json
 import os
 import re
-import shutil
 import sqlite3
 
 import duckdb
 import numpy as np
 import pytest
 
+from conftest import private_copy
 from core import access, dataset, etl, mlopsdb, opsdb, pipeline, privacy, registry, serving, simulation, writes
 from core.artifacts import bundle_hash, load_bundle
 from core.errors import RetroError, UnknownUser, ValidationError
 from core.pseudonym import KEY_ENV, pseudonym, pseudonym_key, pseudonymize
 from core.ranker import load_ranker, ranker_hash
-from core.mlopsdb import clone_home
 from core.settings import load_settings
 
 HEX20 = re.compile(r"[0-9a-f]{20}")
@@ -34,9 +33,7 @@ def base(tmp_path_factory):
 @pytest.fixture
 def world(base, tmp_path):
     """A private copy of `base` (artifact paths in the registry repointed to the copy)."""
-    clone_home(base, tmp_path)
-    serving.clear_caches()
-    return load_settings(tmp_path)
+    return private_copy(base, tmp_path)
 
 
 def active_user(s, rank: int = 0) -> int:
