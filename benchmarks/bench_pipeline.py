@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         s = load_settings(home)
         timed("build world", lambda: simulation.init_world(s, users=args.users, movies=args.movies, days=args.days), rows)
-        e = timed("ETL (first, full load)", lambda: etl.run_etl(s), rows)
+        timed("ETL (first, full load)", lambda: etl.run_etl(s), rows)
         split = pipeline.dataset.time_split(s)
         r = timed("retrain (ETL no-op + train + evaluate + gate)", lambda: pipeline.retrain(s), rows)
         simulation.simulate(s, 1)
@@ -66,7 +66,6 @@ def main() -> None:
             t = time.perf_counter()
             serving.recommend(s, u)
             lat_logged.append((time.perf_counter() - t) * 1000)
-        all_users = warehouse.query(s, "SELECT count(*) AS n FROM dim_user")["n"][0]
         from core import opsdb
         with opsdb.session(s) as db:
             ids = [x[0] for x in db.execute("SELECT user_id FROM users").fetchall()]
@@ -80,7 +79,7 @@ def main() -> None:
     for label, secs, mem in rows:
         print(f"| {label} | {secs:.2f} | {mem:.0f} |")
     t = r["timings"]
-    print(f"retrain stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+    print("retrain stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
     print(f"\nholdout quality (last {pipeline.HOLDOUT_DAYS} days, {r['metrics']['users_evaluated']} users):")
     print("| recommender | nDCG@10 | precision@10 | recall@10 | hit rate@10 | coverage |\n| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, m in [("ALS (production)", r["metrics"]), ("popularity", r["baselines"]["popularity"]),

@@ -12,8 +12,7 @@ import json
 
 import numpy as np
 
-from . import opsdb, registry
-from .artifacts import load_bundle
+from . import registry
 from .errors import RetroError, UnknownMovie, UnknownUser
 from .pseudonym import pseudonym, pseudonym_key
 from .settings import Settings

@@ -1,6 +1,5 @@
 """Dashboard tests with Streamlit's AppTest (no browser): every page renders and shows its key content,
 the buttons and forms act on the real stores, and core errors show as st.error."""
-import shutil
 from pathlib import Path
 
 import pytest

@@ -1,8 +1,6 @@
 """ETL: incrementality, the validation gate's quarantine, failure rollback, pseudonyms, confidence."""
 import re
-import sqlite3
 
-import pandas as pd
 import pytest
 from conftest import legacy_insert
 

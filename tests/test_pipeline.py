@@ -1,5 +1,4 @@
 """Training pipeline and serving on a small world: reproducibility, gate, registry, fallbacks, audit log."""
-import json
 import shutil
 
 import numpy as np

@@ -183,7 +183,7 @@ def test_new_releases_add_movies_that_get_impressions(tmp_path, plain):
     assert all(m[4] == since(SHIFT_START) and m[5] == "sim" for m in movies)
     assert all(CATALOG_FIRST_YEAR <= m[2] <= CATALOG_LAST_YEAR and 1 <= len(m[3].split("|")) <= 3 for m in movies)
     assert query(s, "SELECT count(DISTINCT title) = count(*) FROM movies") == [(1,)]
-    shown = dict(query(s, f"SELECT movie_id, count(*) FROM events WHERE kind = 'impression' AND movie_id > 120 GROUP BY 1"))
+    shown = dict(query(s, "SELECT movie_id, count(*) FROM events WHERE kind = 'impression' AND movie_id > 120 GROUP BY 1"))
     assert set(shown) == set(new_ids) and sum(shown.values()) >= 3 * len(new_ids)
     assert query(plain, "SELECT count(*) FROM movies") == [(120,)]
     world = simulation.load_world(s)

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from core import loop, monitoring, policy, simulation
+from core import loop, policy, simulation
 from core.monitoring import FEATURE_LABELS, FEATURES
 from dashboard import cache, charts, ui
 
