@@ -239,12 +239,17 @@ def _try_sort(index: pd.Index) -> pd.Index:
         return index
 
 
+def _categories(reference: Window, current: Window) -> pd.Index:
+    """The union of both windows' categories, sorted when the labels compare."""
+    return _try_sort(reference.counts.index.union(current.counts.index, sort=False))
+
+
 def _aligned(reference: Window, current: Window) -> tuple[np.ndarray, np.ndarray]:
     """Counts of both windows over the same buckets: reference deciles, or the union of categories."""
     if reference.kind == NUMERIC:
         edges = numeric_bins(reference)
         return _bin_counts(reference.samples, edges), _bin_counts(current.samples, edges)
-    cats = _try_sort(reference.counts.index.union(current.counts.index, sort=False))
+    cats = _categories(reference, current)
     ref = reference.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
     cur = current.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
     return ref.to_numpy(dtype=float), cur.to_numpy(dtype=float)
@@ -362,7 +367,7 @@ def max_share_gain(reference: Window, current: Window) -> tuple[float, str]:
     ref_counts, cur_counts = _aligned(reference, current)
     gain = cur_counts / cur_counts.sum() - ref_counts / ref_counts.sum()
     i = int(np.argmax(gain))
-    cats = _try_sort(reference.counts.index.union(current.counts.index, sort=False))
+    cats = _categories(reference, current)     # the order _aligned used
     score = max(float(gain[i]), 0.0)
     return score, (f"{cats[i]}: {ref_counts[i] / ref_counts.sum():.2%} → {cur_counts[i] / cur_counts.sum():.2%}"
                    if score > 0 else "no category gained share")
