@@ -6,8 +6,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from conftest import private_copy
 from core import opsdb, pipeline, registry, serving, simulation, tracking
-from core.mlopsdb import clone_home
 from core.settings import load_settings
 from core.top50 import top50
 
@@ -35,9 +35,9 @@ def trained_world(tmp_path_factory):
 @pytest.fixture
 def home(trained_world, tmp_path, monkeypatch):
     """A private copy of a small trained world, pointed to by RETRO_HOME."""
-    clone_home(trained_world, tmp_path)
+    copy = private_copy(trained_world, tmp_path)
     monkeypatch.setenv("RETRO_HOME", str(tmp_path))
-    return load_settings(tmp_path)
+    return copy
 
 
 def frame(at, *columns):
