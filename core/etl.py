@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import locks, opsdb, warehouse
+from . import bounds, locks, opsdb, warehouse
 from .constants import EVENT_KINDS, RATING_MAX, RATING_MIN
 from .pseudonym import pseudonym_key, pseudonymize
 from .settings import Settings
 
 WATERMARKS = {"events": "seq", "rating_history": "history_id", "rejected_writes": "reject_id"}
+MAX_VALUE = 1_000_000  # the write API's largest event value (writes.MAX_EVENT_VALUE)
 VOLUME_RATIO = 3.0  # a day with > 3x or < 1/3 of the trailing 7-day mean volume is reported
 
 
@@ -51,8 +52,15 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
                     (marks.get("rating_history", 0),))
         rejects = q("SELECT reject_id, target, reason, payload, rejected_at FROM rejected_writes WHERE reject_id > ? "
                     "ORDER BY reject_id", (marks.get("rejected_writes", 0),))
-        users = q("SELECT user_id, created_at, consent_personalization FROM users")
-        movies = q("SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies")
+        # Dimension rows with an id outside 1..MAX_ID (only ever written around the write API) are left out:
+        # their facts are quarantined as "id out of range".
+        users = q("SELECT user_id, created_at, consent_personalization FROM users "
+                  "WHERE typeof(user_id) = 'integer' AND user_id BETWEEN 1 AND ?", (bounds.MAX_ID,))
+        movies = q("SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies "
+                   "WHERE typeof(movie_id) = 'integer' AND movie_id BETWEEN 1 AND ?", (bounds.MAX_ID,))
+        for col in ("year", "runtime_min"):
+            movies[col] = pd.to_numeric(movies[col], errors="coerce").where(lambda v: v.abs() < 2**31).round().astype("Int64")
+        users["consent_personalization"] = pd.to_numeric(users["consent_personalization"], errors="coerce").fillna(1)
         clock = conn.execute("SELECT value FROM meta WHERE key = 'clock'").fetchone()
     finally:
         conn.close()
@@ -65,6 +73,22 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
 
 
 # ------------------------------------------------------------------ validate
+def parse_times(values: pd.Series) -> pd.Series:
+    """ISO-8601 text → naive timestamps; anything else, or a time before 1900, → NaT (never an exception)."""
+    ts = pd.to_datetime(values.astype(str), errors="coerce", format="ISO8601", utc=True)
+    ts = ts.where(ts >= pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
+    return ts.dt.tz_localize(None)
+
+
+def _user_keys(user_ids: pd.Series, key: bytes) -> np.ndarray:
+    """Pseudonyms where the id is a valid integer id, None elsewhere (a quarantined row may hold anything)."""
+    ok = bounds.id_mask(user_ids).to_numpy()
+    out = np.full(len(user_ids), None, dtype=object)
+    if ok.any():
+        out[ok] = pseudonymize(pd.to_numeric(user_ids[ok]).astype("int64"), key)
+    return out
+
+
 def validate(rows: pd.DataFrame, known_users, known_movies, clock: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split rows into (valid, quarantined-with-reason). The first failing check names the reason."""
     reason = pd.Series(None, index=rows.index, dtype=object)
@@ -76,13 +100,17 @@ def validate(rows: pd.DataFrame, known_users, known_movies, clock: str) -> tuple
     user = pd.to_numeric(rows["user_id"], errors="coerce")
     movie = pd.to_numeric(rows["movie_id"], errors="coerce")
     value = pd.to_numeric(rows["value"], errors="coerce")
-    ts = pd.to_datetime(rows["occurred_at"], errors="coerce", format="ISO8601")
+    ts = parse_times(rows["occurred_at"])
+    integral = lambda s: s.notna() & np.isfinite(s.astype(float)) & (s.astype(float) == np.round(s.astype(float)))  # noqa: E731
     flag(~kind.isin(list(EVENT_KINDS) + ["rating"]), "unknown kind")
     flag(user.isna(), "missing user id")
+    flag(integral(user) & ~bounds.id_mask(user), "id out of range")
     flag(~user.isin(known_users), "orphan user id")
     flag(movie.isna() & (kind != "scroll"), "missing movie id")
+    flag(integral(movie) & ~bounds.id_mask(movie), "id out of range")
     flag(movie.notna() & ~movie.isin(known_movies), "orphan movie id")
     flag(value.isna(), "malformed value")
+    flag(~np.isfinite(value.fillna(0).astype(float)) | (value > MAX_VALUE), "value out of range")
     flag((kind == "rating") & ((value != np.round(value)) | (value < RATING_MIN) | (value > RATING_MAX)),
          "rating out of range")
     flag(value < 0, "negative value")
@@ -116,11 +144,11 @@ def _volume_alerts(con, valid: pd.DataFrame, clock: str) -> list[dict]:
     return alerts
 
 
-def _ingestion_rejects(rejects: pd.DataFrame, key: bytes) -> pd.DataFrame:
+def _ingestion_rejects(rejects: pd.DataFrame, key: bytes, started: str) -> pd.DataFrame:
     """Rows the write API refused at ingestion, carried into the quarantine (pseudonymized)."""
     if rejects.empty:
         return pd.DataFrame()
-    payload = pd.DataFrame([json.loads(p) for p in rejects["payload"]])
+    payload = pd.DataFrame([_json_object(p) for p in rejects["payload"]], index=range(len(rejects)))
     for col in ("user_id", "movie_id", "kind", "value", "occurred_at", "rated_at", "rating"):
         if col not in payload:
             payload[col] = None
@@ -128,13 +156,28 @@ def _ingestion_rejects(rejects: pd.DataFrame, key: bytes) -> pd.DataFrame:
     return pd.DataFrame({
         "source": "ingestion", "source_id": rejects["reject_id"].to_numpy(),
         "reason": ("rejected at ingestion: " + rejects["reason"]).to_numpy(),
-        "user_key": np.where(user.notna() & (user == np.round(user)), pseudonymize(user.fillna(0).astype("int64"), key), None),
-        "movie_id": pd.to_numeric(payload["movie_id"], errors="coerce").where(lambda s: s == np.round(s)).astype("Int64").to_numpy(),
+        "user_key": _user_keys(user, key),
+        "movie_id": _movie_ids(payload["movie_id"]),
         "kind": np.where(rejects["target"] == "ratings", "rating", payload["kind"].astype(object)),
         "value": payload["value"].where(rejects["target"].to_numpy() != "ratings", payload["rating"]).astype(str).to_numpy(),
         "occurred_at": payload["occurred_at"].where(payload["occurred_at"].notna(), payload["rated_at"]).astype(str).to_numpy(),
-        "quarantined_at": pd.to_datetime(rejects["rejected_at"]).to_numpy(),
+        "quarantined_at": parse_times(rejects["rejected_at"]).fillna(pd.Timestamp(started)).to_numpy(),
     })
+
+
+def _json_object(text) -> dict:
+    """A rejected write's payload; an unreadable one (written by hand) becomes an empty record."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _movie_ids(values: pd.Series) -> np.ndarray:
+    """Movie ids where valid, else <NA> (a quarantined row keeps what can be kept)."""
+    ok = bounds.id_mask(values)
+    return pd.to_numeric(values.where(ok), errors="coerce").astype("Int64").to_numpy()
 
 
 REASON_CATEGORIES = (  # write-API messages → the validation gate's own reason names
@@ -218,7 +261,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
         return result
 
     valid["user_key"] = pseudonymize(valid["user_id"].astype("int64"), key)
-    valid["occurred_at"] = pd.to_datetime(valid["occurred_at"], format="ISO8601")
+    valid["occurred_at"] = parse_times(valid["occurred_at"])
     facts = valid[["source", "source_id", "user_key", "movie_id", "kind", "value", "occurred_at"]].copy()
     facts["movie_id"] = pd.to_numeric(facts["movie_id"]).astype("Int64")
     facts["value"] = facts["value"].astype(float)
@@ -238,13 +281,12 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
 
     quarantine = pd.DataFrame({
         "source": bad["source"], "source_id": bad["source_id"], "reason": bad["reason"],
-        "user_key": np.where(pd.to_numeric(bad["user_id"], errors="coerce").notna(),
-                             pseudonymize(pd.to_numeric(bad["user_id"], errors="coerce").fillna(0).astype("int64"), key), None),
-        "movie_id": pd.to_numeric(bad["movie_id"], errors="coerce").astype("Int64"),
+        "user_key": _user_keys(bad["user_id"].reset_index(drop=True), key),
+        "movie_id": _movie_ids(bad["movie_id"].reset_index(drop=True)),
         "kind": bad["kind"].astype(str), "value": bad["value"].astype(str), "occurred_at": bad["occurred_at"].astype(str),
         "quarantined_at": pd.Timestamp(started),
     }) if len(bad) else pd.DataFrame()
-    ingest = _ingestion_rejects(rejects, key)
+    ingest = _ingestion_rejects(rejects, key, started)
     quarantine = pd.concat([q for q in (quarantine, ingest) if len(q)], ignore_index=True) if len(quarantine) or len(ingest) else pd.DataFrame()
 
     by_reason = quarantine["reason"].map(reason_category).value_counts().to_dict() if len(quarantine) else {}
@@ -256,14 +298,15 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
     digest = content_hash(facts, prev["content_hash"] if prev else None)
 
     users = pd.DataFrame({"user_key": pseudonymize(ex["users"]["user_id"], key),
-                          "created_at": pd.to_datetime(ex["users"]["created_at"], format="ISO8601"),
+                          "created_at": parse_times(ex["users"]["created_at"]),
                           "personalization": ex["users"]["consent_personalization"].astype(bool)})
-    movies = ex["movies"].assign(added_at=lambda d: pd.to_datetime(d["added_at"], format="ISO8601"))
+    movies = ex["movies"].assign(added_at=lambda d: parse_times(d["added_at"]),
+                                 title=lambda d: d["title"].map(_printable))
     facts = facts.assign(data_version=version)
     days = sorted({d.date() for d in facts["occurred_at"].dt.normalize().unique()} |
-                  ({d.date() for d in pd.to_datetime(quarantine["occurred_at"], errors="coerce", format="ISO8601").dropna().dt.normalize().unique()}
+                  ({d.date() for d in parse_times(quarantine["occurred_at"]).dropna().dt.normalize().unique()}
                    if len(quarantine) else set()) |
-                  ({d.date() for d in pd.to_datetime(quarantine["quarantined_at"]).dt.normalize().unique()} if len(quarantine) else set()))
+                  ({d.date() for d in pd.to_datetime(quarantine["quarantined_at"]).dropna().dt.normalize().unique()} if len(quarantine) else set()))
 
     con.execute("BEGIN TRANSACTION")
     try:
@@ -303,6 +346,13 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
     result.rows_quarantined = int(len(quarantine))
     result.report = report
     return result
+
+
+def _printable(title) -> str:
+    """A title for the warehouse: control characters (written by hand around the write API) replaced."""
+    text = "" if title is None else str(title)
+    bad = set(bounds.control_chars(text))
+    return "".join("\ufffd" if c in bad else c for c in text) if bad else text
 
 
 def _sync_consent(con, users: pd.DataFrame, key: bytes) -> None:

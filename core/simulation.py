@@ -116,7 +116,7 @@ def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, st
         n = max(1, int(round(50 * strength)))
         taken = {r[0] for r in db.execute("SELECT title FROM movies").fetchall()}
         cat = world_mod.new_catalog(n, rng, taken, quality_shift=0.7)
-        start_id = int(db.execute("SELECT coalesce(max(movie_id), 0) FROM movies").fetchone()[0]) + 1
+        start_id = writes.highest_id(db, "movies", "movie_id") + 1
         ids = np.arange(start_id, start_id + n, dtype=np.int64)
         writes.add_movies(db, pd.DataFrame({
             "movie_id": ids, "title": cat["titles"], "year": cat["year"], "genres": cat["genres"],

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import sqlite_utils
 
-from . import errors
+from . import bounds, errors
 from .constants import EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
 from .opsdb import clock_now
 
 OnInvalid = Literal["raise", "quarantine"]
+MAX_EVENT_VALUE = 1_000_000   # seconds watched (11.6 days), list positions, titles scrolled past
 
 
 @dataclass
@@ -37,7 +38,14 @@ class WriteResult:
 
 # ---------------------------------------------------------------- helpers
 def _frame(rows, columns: Iterable[str]) -> pd.DataFrame:
-    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    # Records keep their Python values (object columns), so None ("not given") stays apart from NaN (invalid).
+    if isinstance(rows, pd.DataFrame):
+        df = rows.copy()
+    else:
+        records = [dict(r) for r in rows]
+        names = list(dict.fromkeys([c for r in records for c in r] + list(columns)))
+        df = pd.DataFrame({c: pd.Series([r.get(c) for r in records], dtype=object) for c in names},
+                          index=range(len(records)))
     for col in columns:
         if col not in df.columns:
             df[col] = None
@@ -45,9 +53,10 @@ def _frame(rows, columns: Iterable[str]) -> pd.DataFrame:
 
 
 def _as_int(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(integer values, ok mask): ok where the value is a whole number."""
+    """(integer values, ok mask): ok where the value is a whole number of at most MAX_ID in size."""
     num = pd.to_numeric(series, errors="coerce")
-    ok = num.notna() & np.isfinite(num.astype(float)) & (num == np.round(num))
+    as_float = num.astype(float)
+    ok = num.notna() & np.isfinite(as_float) & (as_float == np.round(as_float)) & (as_float.abs() <= bounds.MAX_ID)
     if series.dtype == bool:
         ok &= False
     elif series.dtype == object:
@@ -56,10 +65,14 @@ def _as_int(series: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def _timestamps(series: pd.Series, default: str) -> tuple[pd.Series, pd.Series]:
-    """(ISO strings, ok mask); missing values take `default` (the service clock)."""
-    filled = series.where(series.notna(), default)
+    """(ISO strings, ok mask); values not given take `default` (the service clock).
+
+    ok only for a parsable time on or after 1900-01-01 (a NaN or NaT is invalid, not "not given").
+    """
+    filled = series.where(~series.map(bounds.is_missing).astype(bool), default)
     parsed = pd.to_datetime(filled.astype(str), errors="coerce", utc=True, format="ISO8601")
-    ok = parsed.notna()
+    ok = parsed.notna() & (parsed >= pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
+    parsed = parsed.where(ok, pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
     seconds = parsed.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
     text = pd.Series(np.datetime_as_string(seconds, unit="s"), index=series.index).where(ok, "")
     return text, ok
@@ -97,16 +110,27 @@ class _Reasons:
 
 def highest_id(db, table: str, col: str) -> int:
     """The largest id this table has ever used, erased rows included (ids are never reused:
-    a new user must not inherit an erased user's id, pseudonym or audit trail)."""
-    current = db.execute(f"SELECT coalesce(max({col}), 0) FROM {table}").fetchone()[0]
+    a new user must not inherit an erased user's id, pseudonym or audit trail).
+
+    Ids outside 1..MAX_ID (written by hand or an older version) are ignored, so fresh ids
+    always fit; such rows are quarantined by the ETL.
+    """
+    current = db.execute(f"SELECT coalesce(max({col}), 0) FROM {table} WHERE typeof({col}) = 'integer' "
+                         f"AND {col} <= ?", [bounds.MAX_ID]).fetchone()[0]
     row = db.execute("SELECT value FROM meta WHERE key = ?", [f"max_{col}"]).fetchone()
-    return max(int(current), int(row[0]) if row else 0)
+    try:
+        recorded = int(row[0]) if row else 0
+    except (TypeError, ValueError):
+        recorded = 0
+    return max(int(current), recorded if 0 <= recorded <= bounds.MAX_ID else 0)
 
 
 def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> list[int]:
     """Given ids as they are; missing ones numbered after the largest id ever used or given."""
     top = max([highest_id(db, table, col)] + ids[given].tolist())
     missing = int((~given).sum())
+    if top + missing > bounds.MAX_ID:
+        raise errors.ValidationError(f"no {col} values left above {top} (ids are 1..{bounds.MAX_ID}); give ids explicitly")
     fresh = iter(range(top + 1, top + 1 + missing))
     out = [int(i) if g else next(fresh) for i, g in zip(ids.tolist(), given.tolist())]
     if out:
@@ -137,10 +161,10 @@ def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[i
     now = clock_now(db)
     created, ok_ts = _timestamps(df["created_at"], now)
     r = _Reasons(len(df))
-    given = df["user_id"].notna()
+    given = ~df["user_id"].map(bounds.is_missing).astype(bool)     # NaN is given, and invalid
     ids, ok_id = _as_int(df["user_id"])
-    r.add(given & (~ok_id | (ids <= 0)), lambda i: f"user_id {df['user_id'][i]!r} is not a positive integer", errors.ValidationError)
-    r.add(~ok_ts, lambda i: f"created_at {df['created_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
+    r.add(given & ~bounds.id_mask(df["user_id"]), lambda i: f"user_id {df['user_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError)
+    r.add(~ok_ts, lambda i: f"created_at {df['created_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (created > now), lambda i: f"created_at {created[i]} is after the service clock {now}", errors.FutureTimestamp)
     existing = _ids_exist(db, "users", "user_id", ids.to_numpy()) & given.to_numpy()
     r.add(existing, lambda i: f"user {ids[i]} already exists", errors.ValidationError)
@@ -165,20 +189,23 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     now = clock_now(db)
     added, ok_ts = _timestamps(df["added_at"], now)
     r = _Reasons(len(df))
-    given = df["movie_id"].notna()
+    given = ~df["movie_id"].map(bounds.is_missing).astype(bool)
     ids, ok_id = _as_int(df["movie_id"])
     years, ok_year = _as_int(df["year"])
-    runtime, ok_rt = _as_int(df["runtime_min"].where(df["runtime_min"].notna(), 100))
+    runtime, ok_rt = _as_int(df["runtime_min"].where(~df["runtime_min"].map(bounds.is_missing).astype(bool), 100))
     genres = df["genres"].map(lambda g: "|".join(g) if isinstance(g, (list, tuple)) else ("" if g is None else str(g)))
     unknown_genre = genres.map(lambda g: [x for x in g.split("|") if x and x not in GENRES])
     titles = df["title"].map(lambda t: t.strip() if isinstance(t, str) else "")
-    r.add(given & (~ok_id | (ids <= 0)), lambda i: f"movie_id {df['movie_id'][i]!r} is not a positive integer", errors.ValidationError)
+    r.add(given & ~bounds.id_mask(df["movie_id"]), lambda i: f"movie_id {df['movie_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError)
     r.add(titles == "", lambda i: "title is empty", errors.ValidationError)
-    year_given = df["year"].notna()
+    r.add(titles.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
+          lambda i: f"title {titles[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
+          errors.ValidationError)
+    year_given = ~df["year"].map(bounds.is_missing).astype(bool)
     r.add(year_given & (~ok_year | (years < 1878) | (years > 2100)), lambda i: f"year {df['year'][i]!r} is not a plausible release year", errors.ValidationError)
     r.add(unknown_genre.map(bool), lambda i: f"unknown genre(s) {unknown_genre[i]}; known: {', '.join(GENRES)}", errors.ValidationError)
-    r.add(~ok_rt | (runtime <= 0), lambda i: f"runtime_min {df['runtime_min'][i]!r} is not a positive integer", errors.ValidationError)
-    r.add(~ok_ts, lambda i: f"added_at {df['added_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
+    r.add(~ok_rt | (runtime <= 0) | (runtime > 24 * 60), lambda i: f"runtime_min {df['runtime_min'][i]!r} is not a positive integer of minutes (at most 1440)", errors.ValidationError)
+    r.add(~ok_ts, lambda i: f"added_at {df['added_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (added > now), lambda i: f"added_at {added[i]} is after the service clock {now}", errors.FutureTimestamp)
     existing = _ids_exist(db, "movies", "movie_id", ids.to_numpy()) & given.to_numpy()
     r.add(existing, lambda i: f"movie {ids[i]} already exists", errors.ValidationError)
@@ -225,7 +252,7 @@ def rate_many(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise
     r.add(~ok_v, lambda i: f"rating {df['rating'][i]!r} is not an integer (ratings are whole numbers {RATING_MIN}..{RATING_MAX})", errors.InvalidRating)
     r.add(ok_v & ((values < RATING_MIN) | (values > RATING_MAX)), lambda i: f"rating {values[i]} is outside {RATING_MIN}..{RATING_MAX}", errors.InvalidRating)
     ts, ok_ts = _timestamps(df["rated_at"], now)
-    r.add(~ok_ts, lambda i: f"rated_at {df['rated_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
+    r.add(~ok_ts, lambda i: f"rated_at {df['rated_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (ts > now), lambda i: f"rated_at {ts[i]} is after the service clock {now}", errors.FutureTimestamp)
     if on_invalid == "raise":
         r.raise_first("ratings")
@@ -261,16 +288,20 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
     kinds = df["kind"].astype(object)
     r.add(~kinds.isin(list(EVENT_KINDS)), lambda i: f"unknown event kind {df['kind'][i]!r}; known: {', '.join(EVENT_KINDS)}", errors.UnknownEventKind)
     users, movies, movie_absent = _validate_user_movie(db, df, r, movie_required=(kinds != "scroll").to_numpy())
-    raw_value = df["value"].where(df["value"].notna(), 1)
+    raw_value = df["value"].where(~df["value"].map(bounds.is_missing).astype(bool), 1)   # NaN stays NaN: invalid
     values = pd.to_numeric(raw_value, errors="coerce")
     r.add(values.isna() | ~np.isfinite(values.fillna(0).astype(float)), lambda i: f"event value {df['value'][i]!r} is not a number", errors.InvalidEventValue)
+    r.add(values > MAX_EVENT_VALUE, lambda i: f"event value {values[i]:g} is out of range (at most {MAX_EVENT_VALUE:,})", errors.InvalidEventValue)
     r.add((kinds == "watch") & (values < 0), lambda i: f"watch time {values[i]} s is negative", errors.InvalidEventValue)
     r.add((kinds != "watch") & (values < 0), lambda i: f"{kinds[i]} value {values[i]} is negative", errors.InvalidEventValue)
     ts, ok_ts = _timestamps(df["occurred_at"], now)
-    r.add(~ok_ts, lambda i: f"occurred_at {df['occurred_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
+    r.add(~ok_ts, lambda i: f"occurred_at {df['occurred_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (ts > now), lambda i: f"occurred_at {ts[i]} is after the service clock {now}", errors.FutureTimestamp)
-    ids = df["event_id"].map(lambda e: uuid.uuid4().hex if e is None or (isinstance(e, float) and np.isnan(e)) else str(e))
+    ids = df["event_id"].map(lambda e: uuid.uuid4().hex if bounds.is_missing(e) or bounds.is_nan(e) else str(e))
     r.add(ids == "", lambda i: "event_id is empty", errors.ValidationError)
+    r.add(ids.map(lambda e: bool(bounds.control_chars(e)) or len(e) > bounds.MAX_TEXT),
+          lambda i: f"event_id {ids[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
+          errors.ValidationError)
     # The same signal logged twice under two ids (a double-logging client) is not a retry: refuse the copy.
     content = pd.DataFrame({"u": users, "m": df["movie_id"].astype(str), "k": kinds, "v": values, "t": ts})
     double = content.duplicated(keep="first") & ~ids.duplicated(keep=False)

@@ -85,6 +85,37 @@ BAD_WRITES = {
                     errors.FutureTimestamp, "after the service clock"),
     "user-bad-ts": (lambda db: writes.add_user(db, user_id=9, created_at="soon"), errors.InvalidTimestamp,
                     "not a timestamp"),
+    # Issue 11: values that used to be stored and then blocked every pipeline run.
+    "rating-year-minus-1": (lambda db: writes.rate(db, 1, 1, 7, rated_at="-1"), errors.InvalidTimestamp,
+                            "between 1900-01-01 and the service clock"),
+    "event-year-minus-1": (lambda db: writes.record_event(db, 1, 1, "click", occurred_at="-1"),
+                           errors.InvalidTimestamp, "not a timestamp"),
+    "event-year-1899": (lambda db: writes.record_event(db, 1, 1, "click", occurred_at="1899-12-31T23:59:59"),
+                        errors.InvalidTimestamp, "not a timestamp"),
+    "event-nan-timestamp": (lambda db: writes.record_event(db, 1, 1, "click", occurred_at=float("nan")),
+                            errors.InvalidTimestamp, "not a timestamp"),
+    "event-nan-watch": (lambda db: writes.record_event(db, 1, 1, "watch", value=float("nan")),
+                        errors.InvalidEventValue, "not a number"),
+    "event-inf-watch": (lambda db: writes.record_event(db, 1, 1, "watch", value=float("inf")),
+                        errors.InvalidEventValue, "not a number"),
+    "event-huge-watch": (lambda db: writes.record_event(db, 1, 1, "watch", value=1e300),
+                         errors.InvalidEventValue, "out of range"),
+    "event-nul-id": (lambda db: writes.record_event(db, 1, 1, "click", event_id="a\x00b"), errors.ValidationError,
+                     "control characters"),
+    "rate-huge-user": (lambda db: writes.rate(db, 2**70, 1, 7), errors.UnknownUser, "not an integer"),
+    "rating-nan": (lambda db: writes.rate(db, 1, 1, float("nan")), errors.InvalidRating, "not an integer"),
+    "user-id-2**63-1": (lambda db: writes.add_user(db, user_id=2**63 - 1), errors.ValidationError,
+                        "is not a positive integer (ids are 1..9007199254740991)"),
+    "user-id-2**63": (lambda db: writes.add_user(db, user_id=2**63), errors.ValidationError, "is not a positive integer"),
+    "user-id-1.5": (lambda db: writes.add_user(db, user_id=1.5), errors.ValidationError, "is not a positive integer"),
+    "user-id-nan": (lambda db: writes.add_user(db, user_id=float("nan")), errors.ValidationError,
+                    "is not a positive integer"),
+    "movie-nul-title": (lambda db: writes.add_movie(db, "\x00Silent", 1970, "Drama"), errors.ValidationError,
+                        "control characters"),
+    "movie-newline-title": (lambda db: writes.add_movie(db, "Two\nLines", 1970, "Drama"), errors.ValidationError,
+                            "control characters"),
+    "movie-nan-year": (lambda db: writes.add_movie(db, "When", float("nan"), "Drama"), errors.ValidationError,
+                       "not a plausible release year"),
 }
 
 
@@ -322,4 +353,15 @@ def test_ids_of_deleted_users_are_never_reused(small_db):
     # Users 1, 2 exist; 3 is created and then deleted (an erasure); the next new user must not become 3 again.
     assert writes.add_user(small_db) == 3
     small_db.execute("DELETE FROM users WHERE user_id = 3")
+    assert writes.add_user(small_db) == 4
+
+
+def test_a_refused_huge_id_leaves_fresh_ids_working(small_db):
+    """Issue 11: add_user(user_id=2**63-1) was accepted, then every add_user() without an id overflowed."""
+    with pytest.raises(errors.ValidationError):
+        writes.add_user(small_db, user_id=2**63 - 1)
+    assert writes.add_user(small_db) == 3
+    # A huge id planted around the API (an older version, a hand edit) is ignored when numbering new users.
+    small_db.execute("INSERT INTO users(user_id, created_at) VALUES (?, ?)", [2**63 - 1, "2026-01-01T00:00:00"])
+    assert writes.highest_id(small_db, "users", "user_id") == 3
     assert writes.add_user(small_db) == 4

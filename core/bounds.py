@@ -1,0 +1,117 @@
+"""The ranges every boundary accepts (write API, importer, CLI, core entry points).
+
+One place for "what is a sane value", so the write API, the ETL gate and the CLI
+refuse the same things with the same words. Values outside these ranges are the
+ones that once blocked the pipeline for good (a year -1 timestamp, an id of
+2**63 - 1 after which no new id fits, NaN silently read as "missing").
+"""
+from __future__ import annotations
+
+import math
+import unicodedata
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+
+from . import errors
+
+# Ids: 1 .. 2**53 - 1, the integers a float64 column (pandas with a missing value), DuckDB DOUBLE
+# and JSON/JavaScript clients all hold exactly; far inside SQLite's signed 64-bit range, so
+# fresh ids above the largest one can never overflow.
+MAX_ID = 2**53 - 1
+# Timestamps: from 1900-01-01 up to the service clock (the clock check is the caller's).
+EARLIEST_TIME = "1900-01-01T00:00:00"
+MAX_TEXT = 500          # characters in a title, genre list, event id or reason
+MAX_SEED = 2**32 - 1    # what NumPy's legacy seeding and `implicit` accept
+
+
+def is_missing(value) -> bool:
+    """Only None (and pandas' NA) means "not given"; NaN is a value, and an invalid one."""
+    return value is None or value is pd.NA
+
+
+def is_nan(value) -> bool:
+    return (isinstance(value, float) and math.isnan(value)) or value is pd.NaT or (
+        isinstance(value, np.floating) and bool(np.isnan(value)))
+
+
+def control_chars(text: str) -> list[str]:
+    """Control, surrogate and unassigned-format characters (NUL, newline, escape, ...) in `text`."""
+    return [c for c in text if unicodedata.category(c) in ("Cc", "Cs")]
+
+
+def check_id(value, what: str = "id") -> int:
+    """An integer id in 1..MAX_ID (bools, floats with a fraction, NaN and strings of those refused)."""
+    if isinstance(value, bool):
+        raise errors.ValidationError(f"{what} {value!r} is not an integer")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise errors.ValidationError(f"{what} {value!r} is not an integer") from None
+    if isinstance(value, Real) and not isinstance(value, Integral):
+        if not math.isfinite(value) or value != int(value):
+            raise errors.ValidationError(f"{what} {value!r} is not an integer")
+        value = int(value)
+    if not isinstance(value, Integral):
+        raise errors.ValidationError(f"{what} {value!r} is not an integer")
+    value = int(value)
+    if not 1 <= value <= MAX_ID:
+        raise errors.ValidationError(f"{what} {value} is out of range (ids are 1..{MAX_ID})")
+    return value
+
+
+def check_int(value, what: str, lo: int, hi: int) -> int:
+    """An integer in lo..hi."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        try:
+            if isinstance(value, str):
+                value = int(value.strip())
+            elif isinstance(value, Real) and math.isfinite(value) and value == int(value):
+                value = int(value)
+            else:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise errors.ValidationError(f"{what} {value!r} is not an integer") from None
+    value = int(value)
+    if not lo <= value <= hi:
+        raise errors.ValidationError(f"{what} must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def check_float(value, what: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    """A finite number in [lo, hi] (or (lo, hi] with lo_open)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise errors.ValidationError(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise errors.ValidationError(f"{what} must be a finite number, got {value!r}")
+    if number < lo or number > hi or (lo_open and number == lo):
+        raise errors.ValidationError(f"{what} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {number:g}")
+    return number
+
+
+def check_text(value, what: str, max_len: int = MAX_TEXT) -> str:
+    """Printable text: no control characters, at most `max_len` characters."""
+    if not isinstance(value, str):
+        raise errors.ValidationError(f"{what} {value!r} is not text")
+    bad = control_chars(value)
+    if bad:
+        raise errors.ValidationError(f"{what} contains control characters ({', '.join(sorted({repr(c) for c in bad}))})")
+    if len(value) > max_len:
+        raise errors.ValidationError(f"{what} is longer than {max_len} characters")
+    return value
+
+
+def id_mask(values: pd.Series) -> pd.Series:
+    """Vectorized `check_id`: True where the value is an integer id in 1..MAX_ID."""
+    num = pd.to_numeric(values, errors="coerce")
+    as_float = num.astype(float)
+    ok = num.notna() & np.isfinite(as_float) & (as_float == np.round(as_float)) & (as_float >= 1) & (as_float <= MAX_ID)
+    if values.dtype == object:
+        ok &= ~values.map(lambda v: isinstance(v, (bool, np.bool_)))
+    elif values.dtype == bool:
+        ok &= False
+    return ok
