@@ -10,10 +10,12 @@ import json
 import sys
 from typing import Callable
 
-from . import errors, movielens, opsdb, simulation, writes
+from . import bounds, errors, movielens, opsdb, simulation, writes
 from .settings import load_settings
 
 COMMANDS: dict[str, Callable] = {}
+MAX_DAYS = 3650           # ten simulated years in one command
+MAX_HOLDOUT_DAYS = 365
 
 
 def command(name: str):
@@ -43,14 +45,40 @@ def _progress(args):
     return show
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
+class UsageError(errors.RetroError):
+    """A command line that does not parse (unknown command, missing or malformed argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line `error: ...` and exit status 1 like every other mistake."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _typed(check, name: str):
+    """An argparse type from a `core.bounds` check, so the CLI refuses what the core refuses, in the same words."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except errors.ValidationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = name
+    return parse
+
+
+def _int_in(lo: int, hi: int, what: str):
+    return _typed(lambda t: bounds.check_int(t, what, lo, hi), what)
+
+
+def _float_in(lo: float, hi: float, what: str, lo_open: bool = False):
+    return _typed(lambda t: bounds.check_float(t, what, lo, hi, lo_open=lo_open), what)
+
+
+_id = _typed(lambda t: bounds.check_id(t, "id"), "id")
+_seed = _int_in(0, bounds.MAX_SEED, "seed")
+_text = _typed(lambda t: bounds.check_text(t, "text"), "text")
+_positive_int = _int_in(1, 1_000_000, "count")     # limits, list lengths
 
 
 # ------------------------------------------------------------------ commands
@@ -403,113 +431,151 @@ def cmd_recommend(args, settings):
 
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+    common = _Parser(add_help=False)
+    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS, type=_text,
                         help="data folder (default: $RETRO_HOME, else ./data)")
-    with_json = argparse.ArgumentParser(add_help=False)
+    with_json = _Parser(add_help=False)
     with_json.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
-    parser = argparse.ArgumentParser(prog="python -m core", parents=[common],
+    parser = _Parser(prog="python -m core", parents=[common],
                                      description="Retro Movies platform: world, Top 50, ML pipeline.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("init", parents=[common, with_json], help="build a simulated world")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--users", type=_positive_int, default=3000)
-    p.add_argument("--movies", type=_positive_int, default=1500)
-    p.add_argument("--days", type=_positive_int, default=60)
+    p.add_argument("--seed", type=_seed, default=42)
+    p.add_argument("--users", type=_int_in(1, 1_000_000, "--users"), default=3000)
+    p.add_argument("--movies", type=_int_in(10, 100_000, "--movies"), default=1500)
+    p.add_argument("--days", type=_int_in(0, MAX_DAYS, "--days"), default=60)
     p.add_argument("--force", action="store_true", help="replace an existing world in this data folder")
 
     p = sub.add_parser("simulate", parents=[common, with_json], help="simulate more days, optionally with a shift")
-    p.add_argument("--days", type=_positive_int, required=True)
+    p.add_argument("--days", type=_int_in(1, MAX_DAYS, "--days"), required=True)
     p.add_argument("--shift", choices=simulation.SHIFT_KINDS)
-    p.add_argument("--strength", type=float, default=1.0, help="shift strength in (0, 5], default 1")
-    p.add_argument("--duration", type=_positive_int, help="shift length in days (default: --days)")
-    p.add_argument("--genre", help="trend: the surging genre (default Western)")
+    p.add_argument("--strength", type=_float_in(0, 5, "--strength", lo_open=True), default=1.0,
+                   help="shift strength in (0, 5], default 1")
+    p.add_argument("--duration", type=_int_in(1, MAX_DAYS, "--duration"), help="shift length in days (default: --days)")
+    p.add_argument("--genre", type=_text, help="trend: the surging genre (default Western)")
     p.add_argument("--season", choices=sorted(simulation.SEASONS), help="seasonal: which season (default halloween)")
-    p.add_argument("--movie", type=int, help="viral: the movie id that goes viral (default: an obscure good one)")
+    p.add_argument("--movie", type=_id, help="viral: the movie id that goes viral (default: an obscure good one)")
     p.add_argument("--policy", choices=["manual", "scheduled", "on-alert"],
                    help="retraining policy for this run (default: the stored policy)")
     p.add_argument("--open-loop", action="store_true",
                    help="only simulate behaviour: no serving, ETL, monitoring or policy (fast world building)")
 
     p = sub.add_parser("top50", parents=[common, with_json], help="the weighted-rating Top 50")
-    p.add_argument("--m", type=float, help="minimum votes (default: 90th percentile of vote counts)")
+    p.add_argument("--m", type=_float_in(0, 1e12, "--m"), help="minimum votes (default: 90th percentile of vote counts)")
     p.add_argument("--limit", type=_positive_int, default=50)
 
     p = sub.add_parser("rate", parents=[common, with_json], help="store one rating (1..10)")
-    p.add_argument("--user", type=int, required=True)
-    p.add_argument("--movie", type=int, required=True)
-    p.add_argument("--rating", required=True, help="integer 1..10")
-    p.add_argument("--at", help="ISO timestamp (default: the service clock)")
+    p.add_argument("--user", type=_id, required=True)
+    p.add_argument("--movie", type=_id, required=True)
+    p.add_argument("--rating", type=_text, required=True, help="integer 1..10")
+    p.add_argument("--at", type=_text, help="ISO timestamp (default: the service clock)")
 
     p = sub.add_parser("import-movielens", parents=[common, with_json], help="import a MovieLens folder")
-    p.add_argument("path", help="folder with ratings.csv+movies.csv or u.data+u.item")
+    p.add_argument("path", type=_text, help="folder with ratings.csv+movies.csv or u.data+u.item")
 
     sub.add_parser("stats", parents=[common, with_json], help="row counts and date range")
 
     sub.add_parser("etl", parents=[common, with_json], help="incremental ETL into the warehouse")
     p = sub.add_parser("train", parents=[common, with_json], help="train and evaluate one model (no promotion)")
     p.add_argument("--model", choices=["als", "bpr"], default="als")
-    p.add_argument("--seed", type=int, help="random seed (default: settings seed 42)")
-    p.add_argument("--holdout-days", type=_positive_int, default=3)
+    p.add_argument("--seed", type=_seed, help="random seed (default: settings seed 42)")
+    p.add_argument("--holdout-days", type=_int_in(1, MAX_HOLDOUT_DAYS, "--holdout-days"), default=3)
     p = sub.add_parser("evaluate", parents=[common, with_json], help="score a model version on the current holdout")
-    p.add_argument("--version", type=int, help="registry version (default: production)")
-    p.add_argument("--holdout-days", type=_positive_int, default=3)
+    p.add_argument("--version", type=_id, help="registry version (default: production)")
+    p.add_argument("--holdout-days", type=_int_in(1, MAX_HOLDOUT_DAYS, "--holdout-days"), default=3)
     p = sub.add_parser("retrain", parents=[common, with_json], help="ETL → train → evaluate → gate → promote")
     p.add_argument("--model", choices=["als", "bpr"], default="als")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--margin", type=float, default=0.0, help="relative improvement the gate requires (0.02 = 2%%)")
+    p.add_argument("--seed", type=_seed)
+    p.add_argument("--margin", type=_float_in(0, 1, "--margin"), default=0.0,
+                   help="relative improvement the gate requires, 0..1 (0.02 = 2%%)")
     p = sub.add_parser("models", parents=[common, with_json], help="model registry: list | promote VERSION | rollback")
     p.add_argument("action", choices=["list", "promote", "rollback"])
-    p.add_argument("version", nargs="?", type=int)
-    p.add_argument("--reason", default="manual decision from the CLI", help="recorded in the registry history")
+    p.add_argument("version", nargs="?", type=_id)
+    p.add_argument("--reason", type=_text, default="manual decision from the CLI", help="recorded in the registry history")
     p = sub.add_parser("runs", parents=[common, with_json], help="experiment runs: list | show ID")
     p.add_argument("action", choices=["list", "show"])
-    p.add_argument("run_id", nargs="?", type=int)
-    p.add_argument("--limit", type=_positive_int, default=20)
+    p.add_argument("run_id", nargs="?", type=_id)
+    p.add_argument("--limit", type=_int_in(1, 100_000, "--limit"), default=20)
     sub.add_parser("monitor", parents=[common, with_json], help="latest drift scores, online quality, open alerts")
     p = sub.add_parser("alerts", parents=[common, with_json], help="open alerts (--all: every alert)")
     p.add_argument("--all", action="store_true")
     p = sub.add_parser("policy", parents=[common, with_json], help="retraining policy: show | set MODE")
     p.add_argument("action", choices=["show", "set"])
     p.add_argument("mode", nargs="?", choices=["manual", "scheduled", "on-alert"])
-    p.add_argument("--every-days", type=int, help="scheduled: retrain every N days")
+    p.add_argument("--every-days", type=_int_in(1, 365, "--every-days"), help="scheduled: retrain every N days")
     p = sub.add_parser("explain", parents=[common, with_json], help="why was this movie recommended to this user?")
-    p.add_argument("--user", type=int, required=True)
-    p.add_argument("--movie", type=int, required=True)
+    p.add_argument("--user", type=_id, required=True)
+    p.add_argument("--movie", type=_id, required=True)
     p = sub.add_parser("audit", parents=[common, with_json], help="what did we show a user (on a day), and why?")
-    p.add_argument("--user", type=int, required=True)
-    p.add_argument("--day", help="calendar date YYYY-MM-DD (default: every day)")
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--user", type=_id, required=True)
+    p.add_argument("--day", type=_text, help="calendar date YYYY-MM-DD (default: every day)")
+    p.add_argument("--limit", type=_int_in(1, 100_000, "--limit"), default=50)
     p = sub.add_parser("model-card", parents=[common, with_json], help="the model card of a registered version")
-    p.add_argument("version", type=int)
+    p.add_argument("version", type=_id)
     p.add_argument("--format", choices=["md", "json"], default="md")
     p = sub.add_parser("diagnose", parents=[common, with_json], help="check data, features, model and deployment")
-    p.add_argument("--user", type=int, help="diagnose one user's recommendations (default: the system)")
+    p.add_argument("--user", type=_id, help="diagnose one user's recommendations (default: the system)")
     p = sub.add_parser("privacy", parents=[common, with_json],
                        help="consent | export | forget | retention (acts as operator, audited with the OS user name)")
     p.add_argument("action", choices=["consent", "export", "forget", "retention"])
-    p.add_argument("--user", type=int)
+    p.add_argument("--user", type=_id)
     p.add_argument("--tracking", choices=["on", "off"])
     p.add_argument("--personalization", choices=["on", "off"])
-    p.add_argument("--days", type=_positive_int, help="retention: purge behavioural events older than N days")
+    p.add_argument("--days", type=_int_in(1, 36_500, "--days"), help="retention: purge behavioural events older than N days")
     p = sub.add_parser("recommend", parents=[common, with_json], help="recommendations for one user (logged)")
-    p.add_argument("--user", type=int, required=True)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--user", type=_id, required=True)
+    p.add_argument("--k", type=_int_in(1, 500, "--k"), default=10)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _home(raw: str | None):
+    """Settings for --home, with a clear error for a folder that cannot be a data folder."""
+    if raw is not None and not raw.strip():
+        raise errors.ValidationError("--home is empty; give a folder")
     try:
-        settings = load_settings(getattr(args, "home", None))
+        return load_settings(raw)
+    except RuntimeError as exc:            # '~nosuchuser/x': expanduser cannot find that user's home
+        raise errors.ValidationError(f"--home {raw!r}: {exc}") from None
+    except (FileExistsError, NotADirectoryError):
+        raise errors.ValidationError(f"--home {raw!r} is not a folder") from None
+    except PermissionError:
+        raise errors.ValidationError(f"--home {raw!r}: permission denied") from None
+    except OSError as exc:
+        raise errors.ValidationError(f"--home {raw!r} cannot be used: {exc.strerror or exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        settings = _home(getattr(args, "home", None))
         COMMANDS[args.command](args, settings)
+        sys.stdout.flush()
     except errors.RetroError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:                # `... --json | head`: the reader left; not an error of ours
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:                 # disk full, permissions, a vanished folder: the system's words, one line
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -152,6 +152,11 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
         end = pd.Timestamp(end)
         cutoff = (end - pd.Timedelta(days=holdout_days - 1)).normalize()
         train_df = interactions(settings, None, cutoff, weights, con)
+        if train_df.empty:
+            from .errors import RetroError
+            first = con.execute("SELECT min(occurred_at) FROM fact_interaction").fetchone()[0]
+            raise RetroError(f"a {holdout_days}-day holdout leaves no training data (the warehouse covers "
+                             f"{pd.Timestamp(first).date()} .. {end.date()}); choose fewer holdout days")
         test_df = interactions(settings, cutoff, end + pd.Timedelta(seconds=1), weights, con)
         if served_pairs is not None:
             served = served_pairs(cutoff, end + pd.Timedelta(seconds=1))

@@ -96,6 +96,8 @@ def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, st
         if params["season"] not in SEASONS:
             raise errors.ValidationError(f"unknown season {params['season']!r}; choose one of: {', '.join(SEASONS)}")
     elif kind == "viral":
+        if "movie_id" in params and int(params["movie_id"]) not in set(world.movie_ids.tolist()):
+            raise errors.UnknownMovie(f"unknown movie {params['movie_id']}: a viral shift needs a title of the catalog")
         if "movie_id" not in params:  # an obscure but decent title takes off
             # An obscure, well-made title with broad appeal (a niche-genre film does not go viral).
             obscure = np.argsort(world.recent_watches)[: max(1, len(world.movie_ids) // 3)]
