@@ -20,7 +20,7 @@ from sqlite_utils import Migrations
 
 from .constants import TS_FORMAT
 from .errors import InvalidTimestamp
-from .opsdb import set_wal, utc_now_iso
+from .opsdb import private_db_file, set_wal, utc_now_iso
 from .settings import Settings
 
 migrations = Migrations("retro_mlops")
@@ -172,6 +172,7 @@ def open_mlops(settings: Settings) -> sqlite_utils.Database:
 
 
 def open_path(path: Path | str) -> sqlite_utils.Database:
+    private_db_file(path)
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
     set_wal(conn)
     conn.execute("PRAGMA foreign_keys=ON")
