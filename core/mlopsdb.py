@@ -166,6 +166,20 @@ def m003_privacy(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+M004_SQL = """
+        CREATE TABLE signin_failures (                  -- consecutive failed operator sign-ins per name tried
+            name TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL CHECK (failures > 0),
+            last_failed_at REAL NOT NULL                -- seconds since the epoch (the throttle's clock)
+        )
+"""
+
+
+@migrations()
+def m004_signin_throttle(db: sqlite_utils.Database) -> None:
+    db.execute(M004_SQL)
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)
