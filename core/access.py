@@ -9,9 +9,18 @@ git-ignored data folder) next to the pseudonymization key::
 
 `ensure_operator` creates 'admin' with a random token on first start and
 returns the plaintext once (the dashboard prints it to the console and shows it
-once); it is never stored. `require` guards a privileged action and logs a
-refusal; the action itself logs its outcome with `log_action`. Every row goes to
+once); it is never stored. `sign_in` checks a login, `require` guards a
+privileged action; both audit every refusal and throttle guessing (below). The
+action itself logs its outcome with `log_action`. Every row goes to
 `operator_audit` in the ML metadata store (targets are pseudonyms, never raw ids).
+
+Throttling: per name tried (known or not, so refusals do not reveal which names
+exist), after `FREE_FAILURES` consecutive wrong tokens each further try must
+wait `throttle_delay(n)` = 2^(n-3) s (1, 2, 4, … capped at 60 s) after the last
+failure. During the wait the token is not even checked — a correct one is
+refused too — and the refusal says "try again in N s" instead of blocking a
+dashboard thread. A successful login resets the count. The counts live in
+`signin_failures` in mlops.db, so they hold across processes and sessions.
 """
 from __future__ import annotations
 
@@ -19,15 +28,19 @@ import getpass
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
+import time
 import tomllib
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from . import mlopsdb
+from .constants import TS_FORMAT
 from .errors import RetroError, ValidationError
 from .pseudonym import secrets_file
 from .settings import Settings
@@ -40,10 +53,21 @@ OPERATORS_TABLE = "operators"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_TOKEN_LENGTH = 8
 OUTCOMES = ("ok", "denied", "failed")
+SIGN_IN = "sign-in"
+FREE_FAILURES = 2        # consecutive wrong tokens per name before any delay
+MAX_DELAY = 60.0         # seconds: the longest a name is ever locked
 
 
 class PermissionDenied(RetroError):
     """A privileged action was attempted without a valid operator login."""
+
+
+class SignInThrottled(PermissionDenied):
+    """Too many consecutive failed sign-ins for one operator name; try again after `retry_after` seconds."""
+
+    def __init__(self, name: str, retry_after: float):
+        self.name, self.retry_after = name, retry_after
+        super().__init__(f"too many failed sign-ins for {name}; try again in {math.ceil(retry_after)} s")
 
 
 # --------------------------------------------------------------- secrets.toml
@@ -153,7 +177,7 @@ _DUMMY_HASH = hash_token("not-a-real-token", salt=b"\0" * SALT_BYTES)
 
 
 def check(settings: Settings, name: str, token: str) -> bool:
-    """True when `name` is an operator and `token` is theirs.
+    """True when `name` is an operator and `token` is theirs (no audit, no throttle: logins go through `sign_in`).
 
     An unknown name costs the same PBKDF2 work as a wrong token, so timing does
     not reveal which operator names exist.
@@ -170,17 +194,85 @@ def check(settings: Settings, name: str, token: str) -> bool:
     return verify_token(token, stored)
 
 
-def require(settings: Settings, name: str, token: str, action: str, *, at: str | None = None) -> str:
+def _actor(name) -> str:
+    """The name tried, for the audit log and the throttle ('anonymous' when it is not a valid name)."""
+    return name if isinstance(name, str) and NAME_PATTERN.fullmatch(name) else "anonymous"
+
+
+def throttle_delay(failures: int) -> float:
+    """Seconds a name must wait after `failures` consecutive failed sign-ins.
+
+    0 up to FREE_FAILURES, then 2^(n-3): 1, 2, 4, 8, 16, 32, then MAX_DELAY (60) from the 9th on.
+    """
+    if failures <= FREE_FAILURES:
+        return 0.0
+    return min(2.0 ** min(failures - FREE_FAILURES - 1, 16), MAX_DELAY)
+
+
+def retry_after(settings: Settings, name: str, *, now: float | None = None) -> float:
+    """Seconds until `name` may try to sign in again (0.0: now); `now` is seconds since the epoch."""
+    now = time.time() if now is None else float(now)
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT failures, last_failed_at FROM signin_failures WHERE name = ?", [name]).fetchone()
+    if row is None:
+        return 0.0
+    delay = throttle_delay(int(row[0]))
+    return min(delay, max(0.0, float(row[1]) + delay - now))   # a clock set back never lengthens the wait
+
+
+def _record_failure(settings: Settings, name: str, now: float) -> None:
+    with mlopsdb.session(settings) as db:
+        db.execute("INSERT INTO signin_failures(name, failures, last_failed_at) VALUES (?, 1, ?) "
+                   "ON CONFLICT(name) DO UPDATE SET failures = failures + 1, last_failed_at = excluded.last_failed_at",
+                   [name, now])
+
+
+def _reset_failures(settings: Settings, name: str) -> None:
+    with mlopsdb.session(settings) as db:
+        db.execute("DELETE FROM signin_failures WHERE name = ?", [name])
+
+
+def sign_in(settings: Settings, name: str, token: str, action: str = SIGN_IN, *, at: str | None = None,
+            now: float | None = None) -> str:
+    """The operator's name when `token` is theirs and the name is not throttled; else raise.
+
+    Every refusal is written to `operator_audit` as 'denied' with the name tried
+    (never the token); a successful sign-in (action 'sign-in') as 'ok'. Raises
+    SignInThrottled while the name must wait, PermissionDenied for a wrong name
+    or token. `at` is the audit timestamp (default: `now`); `now` (seconds since
+    the epoch, default the real clock) drives the throttle, so tests need not sleep.
+    """
+    now = time.time() if now is None else float(now)
+    when = at or datetime.fromtimestamp(now, timezone.utc).strftime(TS_FORMAT)
+    actor = _actor(name)
+    refused = "wrong operator name or token" if action == SIGN_IN else f"{action} needs an operator login"
+    if not isinstance(token, str) or not token:      # not signed in: nothing was guessed, nothing to throttle
+        log_action(settings, actor, action, "no login", "denied", when)
+        raise PermissionDenied(refused)
+    wait = retry_after(settings, actor, now=now)
+    if wait > 0:
+        log_action(settings, actor, action, "throttled", "denied", when)
+        raise SignInThrottled(actor, wait)
+    if check(settings, name, token):
+        _reset_failures(settings, actor)
+        if action == SIGN_IN:
+            log_action(settings, actor, action, None, "ok", when)
+        return name
+    _record_failure(settings, actor, now)
+    log_action(settings, actor, action, "wrong name or token", "denied", when)
+    raise PermissionDenied(refused)
+
+
+def require(settings: Settings, name: str, token: str, action: str, *, at: str | None = None,
+            now: float | None = None) -> str:
     """The operator's name when the login is valid; else log a 'denied' row and raise PermissionDenied.
 
-    The caller performs the action and logs its outcome ('ok'/'failed') with
+    Same checks, audit and throttle as `sign_in` (a privileged action re-checks
+    the session's token, so it must not be a way around the throttle). The
+    caller performs the action and logs its outcome ('ok'/'failed') with
     `log_action` (the privacy functions do so themselves).
     """
-    if check(settings, name, token):
-        return name
-    actor = name if isinstance(name, str) and NAME_PATTERN.fullmatch(name or "") else "anonymous"
-    log_action(settings, actor, action, None, "denied", at)
-    raise PermissionDenied(f"{action} needs an operator login")
+    return sign_in(settings, name, token, action, at=at, now=now)
 
 
 def cli_actor() -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .dataset import Matrix
+from .filemodes import private_tree
 from .models import Recommender, load_model
 
 FILES = ("model.npz", "model.json", "mapping.npz", "user_items.npz", "bundle.json")
@@ -42,13 +43,14 @@ class Bundle:
 
 
 def save_bundle(directory: Path, model: Recommender, matrix: Matrix, meta: dict) -> str:
-    """Write the bundle; returns its SHA-256 (over every file, in a fixed order)."""
+    """Write the bundle (folder 0700, files 0600); returns its SHA-256 (over every file, in a fixed order)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory)
     np.savez(directory / "mapping.npz", user_keys=matrix.user_keys.astype(str), movie_ids=matrix.movie_ids)
     sp.save_npz(directory / "user_items.npz", matrix.user_items)
     (directory / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+    private_tree(directory)
     return bundle_hash(directory)
 
 

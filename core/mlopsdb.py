@@ -20,7 +20,7 @@ from sqlite_utils import Migrations
 
 from .constants import TS_FORMAT
 from .errors import InvalidTimestamp
-from .opsdb import set_wal, utc_now_iso
+from .opsdb import private_db_file, set_wal, utc_now_iso
 from .settings import Settings
 
 migrations = Migrations("retro_mlops")
@@ -166,12 +166,27 @@ def m003_privacy(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+M004_SQL = """
+        CREATE TABLE signin_failures (                  -- consecutive failed operator sign-ins per name tried
+            name TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL CHECK (failures > 0),
+            last_failed_at REAL NOT NULL                -- seconds since the epoch (the throttle's clock)
+        )
+"""
+
+
+@migrations()
+def m004_signin_throttle(db: sqlite_utils.Database) -> None:
+    db.execute(M004_SQL)
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)
 
 
 def open_path(path: Path | str) -> sqlite_utils.Database:
+    private_db_file(path)
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
     set_wal(conn)
     conn.execute("PRAGMA foreign_keys=ON")

@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from .constants import DEFAULT_K, SEED
 from .errors import RetroError, ValidationError
+from .filemodes import private_tree
 
 PAD_ID = -1
 PAD_SCORE = np.float32(-np.inf)
@@ -165,6 +166,7 @@ class Recommender:
             "fit_seconds": getattr(self, "fit_seconds_", None),
         }
         (directory / "model.json").write_text(json.dumps(meta, indent=2))
+        private_tree(directory)
         return meta
 
 

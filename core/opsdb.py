@@ -15,6 +15,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from .constants import TS_FORMAT
+from .filemodes import create_private, private_file
 from .settings import Settings
 
 migrations = Migrations("retro_ops")
@@ -172,12 +173,23 @@ def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             time.sleep(0.02)
 
 
+def private_db_file(path: Path | str) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite does, and tighten an older one and its -wal/-shm."""
+    if str(path) == ":memory:" or str(path).startswith("file:"):
+        return
+    create_private(path)
+    for suffix in ("-wal", "-shm"):
+        private_file(f"{path}{suffix}")
+
+
 def open_db(path: Path | str, *, apply_migrations: bool = True, defer_indexes: bool = False) -> sqlite_utils.Database:
     """Open the operational database with WAL and foreign keys, migrated to the latest schema.
 
     `defer_indexes` stops before the index migration so a bulk load can run
     first (indexes built after a load are several times faster than during it).
+    A new file is created with mode 0600 (SQLite gives its -wal/-shm the same mode).
     """
+    private_db_file(path)
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
     set_wal(conn)
     conn.execute("PRAGMA foreign_keys=ON")

@@ -18,6 +18,7 @@ from . import dataset, etl, gate, locks, metrics, opsdb, registry, serving, trac
 from .artifacts import Bundle, load_bundle, save_bundle
 from .constants import DEFAULT_K
 from .errors import RetroError, ValidationError
+from .filemodes import private_dir
 from .models import MODELS, PopularityRecommender, WeightedRatingRecommender
 from .settings import Settings
 from .top50 import rank_movies
@@ -210,7 +211,7 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
         timings["refit"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        path = settings.models_dir / f"run-{run_id}"
+        path = private_dir(settings.models_dir) / f"run-{run_id}"   # models/ is 0700, like the data folder
         meta = {"run_id": run_id, "model_kind": model, "params": full_params, "seed": seed,
                 "data_version": data_version, "holdout_cutoff": str(split.cutoff), "trained_until": str(split.end),
                 "weights": weights.to_dict(), "code_version": tracking.code_version()}
@@ -397,7 +398,7 @@ def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: i
         bundle = load_bundle(cf["artifact_path"])
         all_pairs = dataset.interactions(settings, None, None, weights)
         ctx_full = rk.build_context(settings, bundle.matrix, all_pairs, pd.Timestamp(bundle.meta["trained_until"]))
-        path = settings.models_dir / f"ranker-run-{run_id}"
+        path = private_dir(settings.models_dir) / f"ranker-run-{run_id}"
         ranges = {name: [float(np.nanpercentile(X[keep][:, i], 1)), float(np.nanpercentile(X[keep][:, i], 99))]
                   for i, name in enumerate(rk.FEATURES)}
         meta = {"run_id": run_id, "cf_version": int(cf["version"]), "seed": seed, "data_version": data_version,

@@ -31,6 +31,7 @@ from . import access, locks, mlopsdb, opsdb, registry, serving, warehouse
 from .artifacts import bundle_hash
 from .constants import TS_FORMAT
 from .errors import RetroError, UnknownUser, ValidationError
+from .filemodes import private_file
 from .models import load_model
 from .pseudonym import KEY_ENV, PSEUDONYM_HEX, pseudonym, pseudonym_key, pseudonymize, secrets_file
 from .settings import Settings
@@ -185,6 +186,7 @@ def _set_artifact_hashes(settings: Settings, hashes: dict[Path, str]) -> int:
 def _replace_files(staging: Path, directory: Path) -> None:
     """Move every file written in `staging` over its namesake in `directory` (each rename is atomic)."""
     for f in staging.iterdir():
+        private_file(f)   # owner-only, like every file in the data folder
         os.replace(f, directory / f.name)
     staging.rmdir()
 
@@ -562,6 +564,7 @@ def _compact_warehouse(settings: Settings) -> bool:
     if wal.exists():
         fresh.unlink(missing_ok=True)
         return False
+    private_file(fresh)
     os.replace(fresh, path)
     return True
 

@@ -27,6 +27,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from . import dataset, warehouse
 from .constants import GENRE_INDEX, GENRES
 from .errors import RetroError
+from .filemodes import private_file, private_tree
 from .settings import Settings
 
 FEATURES = ("cf_score", "cf_rank", "genre_affinity", "popularity", "release_recency",
@@ -59,6 +60,7 @@ class Context:
 
     def save(self, path: Path) -> None:
         np.savez(path, **self.__dict__)
+        private_file(path)
 
     @classmethod
     def load(cls, path: Path) -> "Context":
@@ -168,6 +170,7 @@ def save_ranker(directory: Path, ranker: Ranker, meta: dict) -> str:
     joblib.dump(ranker.model, directory / "ranker.joblib")
     ranker.context.save(directory / "context.npz")
     (directory / "ranker.json").write_text(json.dumps(meta, indent=2, default=str))
+    private_tree(directory)
     return ranker_hash(directory)
 
 

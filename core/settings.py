@@ -6,8 +6,11 @@ so tests can point everything at a temporary folder with RETRO_HOME.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .filemodes import private_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = PROJECT_ROOT / "data"
@@ -63,11 +66,27 @@ class Settings:
         return replace(self, home=Path(home).expanduser().resolve())
 
 
+# Files whose presence marks a folder as a data folder (tightened to 0700 when opened).
+MARKERS = ("secrets.toml", "retro.db", "mlops.db", "warehouse.duckdb", "world.npz", "models", ".store.lock")
+
+
+def _make_home(path: Path) -> None:
+    """Create the data folder with mode 0700; an existing one is tightened to 0700 when it is empty or
+    already holds platform files (a folder we do not own, or a shared sticky one like /tmp, is left alone)."""
+    if not path.exists():
+        private_dir(path)
+        return
+    st = path.stat()
+    ours = not any(path.iterdir()) or any((path / name).exists() for name in MARKERS)
+    if ours and not st.st_mode & stat.S_ISVTX:
+        private_dir(path)
+
+
 def load_settings(home: str | os.PathLike | None = None) -> Settings:
-    """Settings for `home`, else $RETRO_HOME, else the project's `data/` folder."""
+    """Settings for `home`, else $RETRO_HOME, else the project's `data/` folder (created owner-only, 0700)."""
     chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
     path = Path(chosen).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    _make_home(path)
     overrides = {}
     for name in ("demo_users", "demo_movies", "demo_days", "seed"):
         raw = os.environ.get(f"RETRO_{name.upper()}")

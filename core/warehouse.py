@@ -12,6 +12,7 @@ from typing import Iterator
 import duckdb
 import pandas as pd
 
+from .filemodes import private_file
 from .settings import Settings
 
 SCHEMA = """
@@ -42,12 +43,21 @@ CREATE TABLE IF NOT EXISTS etl_state (key VARCHAR PRIMARY KEY, value BIGINT);
 
 
 def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection; the file (which DuckDB creates itself) is made owner-only (0600) at once."""
     if read_only and not settings.warehouse.exists():
         read_only = False
     con = duckdb.connect(str(settings.warehouse), read_only=read_only)
+    _tighten(settings)
     if not read_only:
         con.execute(SCHEMA)
     return con
+
+
+def _tighten(settings: Settings) -> None:
+    # DuckDB creates its files 0666 minus the umask and refuses a pre-created empty file, so chmod after
+    # the fact (inside the 0700 data folder nobody else can reach them in between).
+    private_file(settings.warehouse)
+    private_file(f"{settings.warehouse}.wal")
 
 
 @contextmanager
@@ -57,6 +67,7 @@ def session(settings: Settings, read_only: bool = False) -> Iterator[duckdb.Duck
         yield con
     finally:
         con.close()
+        _tighten(settings)
 
 
 def query(settings: Settings, sql: str, params: list | None = None) -> pd.DataFrame:

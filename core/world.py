@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .constants import CATALOG_FIRST_YEAR, CATALOG_LAST_YEAR, GENRES
+from .filemodes import private_file
 from .titles import generate_titles
 
 N_GENRES = len(GENRES)
@@ -42,6 +43,7 @@ class World:
     def save(self, path: Path) -> None:
         tmp = Path(str(path) + ".tmp.npz")
         np.savez_compressed(tmp, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
+        private_file(tmp)   # owner-only before it takes the real name
         tmp.replace(path)
 
     @classmethod

@@ -1,6 +1,9 @@
 """Retro Movies operator dashboard: page config, first-start set-up, navigation."""
+import os
 import sys
 from pathlib import Path
+
+os.umask(0o077)   # entry point: anything a library writes into the data folder is owner-only too (core sets modes itself)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

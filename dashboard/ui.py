@@ -51,8 +51,8 @@ def fmt(value, digits=4):
 
 
 def operator_login() -> None:
-    """Sidebar login for privileged actions; reading needs none."""
-    from core.access import check
+    """Sidebar login for privileged actions; reading needs none. Core audits and throttles every try."""
+    from core.access import PermissionDenied, sign_in
     box = st.sidebar.expander("🔐 Operator", expanded=False)
     current = st.session_state.get("operator")
     if current:
@@ -65,21 +65,26 @@ def operator_login() -> None:
         name = st.text_input("Name", value="admin", key="login_name")
         token = st.text_input("Token", type="password", key="login_token")
         if st.form_submit_button("Sign in"):
-            if check(cache.settings(), name, token):
+            try:
+                sign_in(cache.settings(), name, token)
+            except PermissionDenied as exc:   # wrong name/token, or "too many failed sign-ins …; try again in N s"
+                st.error(str(exc))
+            else:
                 st.session_state["operator"] = (name, token)
                 st.rerun()
-            else:
-                st.error("Wrong operator name or token.")
     box.caption("Privileged actions (promote, roll back, policy, export, erase, key rotation) need a login. "
                 "The first start printed the token in the terminal.")
 
 
 def operator(action: str) -> str | None:
     """The signed-in operator's name, checked and logged by core; shows an error and returns None otherwise."""
-    from core.access import PermissionDenied, require
+    from core.access import PermissionDenied, SignInThrottled, require
     name, token = st.session_state.get("operator", (None, ""))
     try:
         return require(cache.settings(), name or "", token, action)
+    except SignInThrottled as exc:
+        st.error(str(exc))
+        return None
     except PermissionDenied as exc:
         st.error(f"{exc}. Sign in under 🔐 Operator in the sidebar.")
         return None

@@ -145,6 +145,32 @@ def test_privileged_actions_need_an_operator_login(home):
     assert log.iloc[-1]["outcome"] == "denied" and log.iloc[-1]["action"] == "roll back production"
 
 
+def test_sidebar_sign_in_is_audited_and_throttled(home):
+    """A wrong token shows an error and is audited; after a run of failures even the right token is refused
+    with "try again in N s" (no sleeping thread). Fails on the code before issue 11, which called `check`:
+    nothing was audited and the right token always worked."""
+    import time
+
+    from core import access
+    access.add_operator(home, "tester", "s3cret-token")
+    at = app()
+    at.text_input(key="login_name").input("tester")
+    at.text_input(key="login_token").input("wrong-token")
+    at.button(key="FormSubmitter:login-Sign in").click().run()
+    assert any(e.value == "wrong operator name or token" for e in at.error) and "operator" not in at.session_state
+    log = access.audit_log(home)
+    assert (log.iloc[0]["actor"], log.iloc[0]["action"], log.iloc[0]["outcome"]) == ("tester", "sign-in", "denied")
+    now = time.time() - sum(access.throttle_delay(n) for n in range(2, 9))
+    for n in range(2, 10):   # eight more failures, each once the previous delay has passed: the 9th locks 60 s
+        with pytest.raises(access.PermissionDenied):
+            access.sign_in(home, "tester", "wrong-token", now=now)
+        now += access.throttle_delay(n)
+    at.text_input(key="login_token").input("s3cret-token")
+    at.button(key="FormSubmitter:login-Sign in").click().run()
+    assert any(e.value.startswith("too many failed sign-ins for tester; try again in ") for e in at.error)
+    assert "operator" not in at.session_state
+
+
 def test_promote_and_rollback_forms_change_the_registry(home):
     from core import access
     access.add_operator(home, "tester", "s3cret-token")

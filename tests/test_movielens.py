@@ -67,15 +67,105 @@ def test_ml100k_layout(db, tmp_path):
 
 @pytest.mark.parametrize("body, message", [
     ("userId,movieId,stars,timestamp\n1,1,4.0,1\n", "missing column"),
-    ("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,x,4.0,2\n", "line 3: movieId 'x' is not a number"),
+    ("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,x,4.0,2\n", "line 3: movieId is not a number"),
     ("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,2,7.0,2\n", "not a MovieLens star rating"),
-    ("userId,movieId,rating,timestamp\n1,99,4.0,1\n", "movie 99 that is not in movies.csv"),
+    ("userId,movieId,rating,timestamp\n1,99,4.0,1\n", "line 2: movieId is not in movies.csv"),
 ])
 def test_malformed_files_import_nothing(db, tmp_path, body, message):
     folder = write_small_csv(tmp_path / "bad", body)
     with pytest.raises(ImportFormatError, match=message):
         movielens.import_movielens(db, folder)
     assert _table_counts(db) == {"movies": 0, "users": 0, "ratings": 0, "rating_history": 0}
+
+
+HEADER = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n"
+
+
+# Issue 11: values the importer used to round, wrap or crash on. Each must be refused with a one-line
+# ImportFormatError naming file and line, and nothing imported. Before the fix: 1.5 was stored as user 1,
+# 1e13 raised pandas' OutOfBoundsDatetime (a traceback), a NUL title was imported, 2**63 wrapped to a
+# negative id (a ValidationError without file or line), inf crashed the int64 cast.
+@pytest.mark.parametrize("body, message", [
+    (HEADER + "1.5,1,4.0,964982703\n", "ratings.csv, line 3: userId must be a whole number between 1 and 9223372036854775807"),
+    (HEADER + "1,1,4.0,1e13\n", "ratings.csv, line 3: timestamp must be seconds since 1970 between 1900-01-01 and the service clock"),
+    (HEADER + "1,1,4.0,-2208988801\n", "ratings.csv, line 3: timestamp must be seconds since 1970 between 1900-01-01"),
+    (HEADER + "1,1,NaN,964982703\n", "ratings.csv, line 3: rating is not a MovieLens star rating"),
+    (HEADER + "NaN,1,4.0,964982703\n", "ratings.csv, line 3: userId is not a number"),
+    (HEADER + "1,1,4.0,NaN\n", "ratings.csv, line 3: timestamp is not a number"),
+    (HEADER + "1,1,4.0,inf\n", "ratings.csv, line 3: timestamp is not a finite number"),
+    (HEADER + f"{2**63},1,4.0,964982703\n", "ratings.csv, line 3: userId must be a whole number between 1 and"),
+    (HEADER + "1,1e30,4.0,964982703\n", "ratings.csv, line 3: movieId must be a whole number between 1 and"),
+    (HEADER + "0,1,4.0,964982703\n", "ratings.csv, line 3: userId must be a whole number between 1 and"),
+    (HEADER + "-4,1,4.0,964982703\n", "ratings.csv, line 3: userId must be a whole number between 1 and"),
+    (HEADER + "1,1,0.0,964982703\n", "ratings.csv, line 3: rating is not a MovieLens star rating"),
+    (HEADER + "1,1,5.5,964982703\n", "ratings.csv, line 3: rating is not a MovieLens star rating"),
+    (HEADER + "1,1,3.25,964982703\n", "ratings.csv, line 3: rating is not a MovieLens star rating"),
+])
+def test_out_of_range_values_import_nothing(db, tmp_path, body, message):
+    folder = write_small_csv(tmp_path / "bad", body)
+    with pytest.raises(ImportFormatError) as info:
+        movielens.import_movielens(db, folder)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert _table_counts(db) == {"movies": 0, "users": 0, "ratings": 0, "rating_history": 0}
+
+
+@pytest.mark.parametrize("title, message", [
+    ("Toy\x00Story (1995)", "movies.csv, line 3: title contains a control character"),
+    ("Toy\x1bStory (1995)", "movies.csv, line 3: title contains a control character"),
+    ('""', "movies.csv, line 3: title is empty"),
+])
+def test_titles_must_be_plain_text(db, tmp_path, title, message):
+    folder = write_small_csv(tmp_path / "bad")
+    (folder / "movies.csv").write_text(f"movieId,title,genres\n1,Toy Story (1995),Comedy\n2,{title},Drama\n3,X,Drama\n")
+    with pytest.raises(ImportFormatError, match=message):
+        movielens.import_movielens(db, folder)
+    assert _table_counts(db) == {"movies": 0, "users": 0, "ratings": 0, "rating_history": 0}
+
+
+def test_timestamps_after_the_service_clock_are_refused(db, tmp_path):
+    opsdb.set_meta(db, "clock", "2000-07-30T18:20:00")      # before the sample's 964981247 = 18:20:47
+    with pytest.raises(ImportFormatError, match=r"ratings.csv, line \d: timestamp .* \(2000-07-30 18:20:00 UTC\)"):
+        movielens.import_movielens(db, write_small_csv(tmp_path / "ml"))
+
+
+def test_a_link_out_of_the_folder_is_refused_without_echoing_the_target(db, tmp_path):
+    """ratings.csv → a secrets file elsewhere: refused before reading, and no line of it in the error.
+
+    Fails on the code before the fix, which read the link's target and listed its first line
+    as the columns it found ("missing column(s) …; found <first line of secrets.toml>")."""
+    secret = tmp_path / "home" / "secrets.toml"
+    secret.parent.mkdir()
+    secret.write_text('[pseudonymization]\nkey = "c0ffee-very-secret"\n')
+    folder = write_small_csv(tmp_path / "ml")
+    (folder / "ratings.csv").unlink()
+    (folder / "ratings.csv").symlink_to(secret)
+    with pytest.raises(ImportFormatError, match="link to a file outside that folder") as info:
+        movielens.import_movielens(db, folder)
+    assert "pseudonymization" not in str(info.value) and "c0ffee" not in str(info.value)
+    assert _table_counts(db)["movies"] == 0
+    (folder / "ratings.csv").unlink()                        # a dangling link out is refused the same way
+    (folder / "ratings.csv").symlink_to(tmp_path / "nowhere.csv")
+    with pytest.raises(ImportFormatError, match="outside that folder"):
+        movielens.import_movielens(db, folder)
+
+
+def test_a_link_inside_the_folder_is_followed(db, tmp_path):
+    folder = write_small_csv(tmp_path / "ml")
+    (folder / "ratings.csv").rename(folder / "ratings-2024.csv")
+    (folder / "ratings.csv").symlink_to("ratings-2024.csv")
+    assert movielens.import_movielens(db, folder)["ratings"] == 4
+
+
+def test_errors_never_quote_file_contents(db, tmp_path):
+    """A wrong header or a bad cell is named by column and line; the file's text is not repeated."""
+    folder = write_small_csv(tmp_path / "ml", "api_key = 'hunter2-secret'\nmore\n")
+    with pytest.raises(ImportFormatError, match="missing column") as info:
+        movielens.import_movielens(db, folder)
+    assert "hunter2" not in str(info.value) and "api_key" not in str(info.value)
+    write_small_csv(folder, "userId,movieId,rating,timestamp\n1,hunter2,4.0,1\n")
+    with pytest.raises(ImportFormatError, match="line 2: movieId is not a number") as info:
+        movielens.import_movielens(db, folder)
+    assert "hunter2" not in str(info.value)
 
 
 def test_not_a_movielens_folder(db, tmp_path):
