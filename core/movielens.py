@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import sqlite_utils
 
-from . import opsdb, writes
+from . import bounds, opsdb, writes
 from .constants import GENRES, TS_FORMAT
 from .errors import ImportFormatError, NotEmpty
 
@@ -34,7 +34,7 @@ GENRE_MAP = {"Children's": "Children", **{g: g for g in GENRES}}
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                  "War", "Western"]
-ID_MAX = 2**63 - 1                     # SQLite INTEGER: signed 64-bit
+ID_MAX = bounds.MAX_ID                 # the ids every boundary accepts (core.bounds)
 FLOAT_EXACT = 2**53                    # a float column holds whole numbers exactly only below this
 EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # NUL, tab, newline, escape, DEL …
@@ -196,7 +196,7 @@ def read_movielens(folder: Path, now: str | datetime | None = None) -> tuple[pd.
         earlier = int(np.flatnonzero((movie_ids == movie_ids.iloc[pos]).to_numpy())[0])
         raise ImportFormatError(f"{mname}, line {pos + first}: movieId already listed on line {earlier + first}")
     name, year = _split_title(_titles(movies["title"], mname, first))
-    movie_df = pd.DataFrame({"movie_id": movie_ids.to_numpy(), "title": name.to_numpy(), "year": year.to_numpy(),
+    movie_df = pd.DataFrame({"movie_id": movie_ids.to_numpy(), "title": name.to_numpy(), "year": year.to_numpy(dtype=object, na_value=None),
                              "genres": genres.to_numpy()})
     user_ids = _ids(ratings["userId"], rname, "userId", first)
     rated_ids = _ids(ratings["movieId"], rname, "movieId", first)
