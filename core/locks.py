@@ -8,6 +8,8 @@ same exclusive lock (an `flock` on RETRO_HOME/.store.lock, so it also holds betw
 the dashboard, the CLI and a second process). It is re-entrant within a thread
 (retrain runs the ETL and trains inside its own lock); another thread or process
 waits, and after `timeout` seconds gets a clear error naming the job that holds it.
+Whoever takes it first (not re-entrantly) runs `recovery.recover`: killed jobs'
+rows become 'interrupted'.
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ def store_lock(settings: Settings, purpose: str, timeout: float = DEFAULT_TIMEOU
         os.pwrite(fd, f"{purpose}, pid {os.getpid()}".encode(), 0)
         held[key] = [fd, 1]
         try:
+            _recover(settings, purpose)
             yield
         finally:
             del held[key]
@@ -72,6 +75,12 @@ def store_lock(settings: Settings, purpose: str, timeout: float = DEFAULT_TIMEOU
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _recover(settings: Settings, purpose: str) -> None:
+    """First holder now: no other job runs, so finish what killed jobs left behind (`recovery.recover`)."""
+    from .recovery import recover
+    recover(settings)
 
 
 def exclusive(purpose: str):

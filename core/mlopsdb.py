@@ -166,6 +166,38 @@ def m003_privacy(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+STATUSES = "'running','finished','failed'"
+INTERRUPTED_STATUSES = "'running','finished','failed','interrupted'"
+
+
+def _widen_status_check(db: sqlite_utils.Database, table: str) -> None:
+    """Allow status 'interrupted' in `table`'s CHECK by editing its stored CREATE statement.
+
+    The procedure SQLite documents for changing a CHECK constraint without
+    rebuilding the table (https://www.sqlite.org/lang_altertable.html, "making
+    other kinds of table schema changes"): safe here because every existing row
+    already satisfies the wider constraint and no index or foreign key changes.
+    """
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()[0]
+    if STATUSES not in sql:
+        raise RuntimeError(f"mlops.db table {table}: unexpected status constraint, cannot add 'interrupted'")
+    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                   [sql.replace(STATUSES, INTERRUPTED_STATUSES), table])
+        db.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+
+
+@migrations()
+def m004_interrupted(db: sqlite_utils.Database) -> None:
+    """Jobs and runs can end 'interrupted': found 'running' when the store lock was next taken (`recovery`)."""
+    for table in ("jobs", "runs"):
+        _widen_status_check(db, table)
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)
