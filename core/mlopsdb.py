@@ -1,8 +1,9 @@
 """The ML metadata store: experiment runs, model registry, pipeline jobs, monitoring, privacy requests.
 
 A separate SQLite file (`settings.mlops_db`) that holds no raw user ids — only
-models, metrics, timings, alerts and counts. The one exception is the operator
-audit log, whose targets may be pseudonyms; an erasure redacts those. Same
+models, metrics, timings, alerts and counts. The exceptions: the operator
+audit log, whose targets may be pseudonyms (an erasure redacts those), and a
+pending erasure request, which remembers whom to erase until it completes. Same
 conventions as `opsdb`: sqlite-utils, schema by migrations, WAL, foreign keys
 on, one connection per call.
 """
@@ -196,6 +197,25 @@ def m004_interrupted(db: sqlite_utils.Database) -> None:
     """Jobs and runs can end 'interrupted': found 'running' when the store lock was next taken (`recovery`)."""
     for table in ("jobs", "runs"):
         _widen_status_check(db, table)
+
+
+@migrations()
+def m005_resumable_erasure(db: sqlite_utils.Database) -> None:
+    """Erasure requests are resumable (`privacy.forget_user`).
+
+    A pending request keeps whom to erase only until it completes
+    (`pending_user_id`, the raw id, until the operational store is done;
+    `pending_user_key`, the pseudonym, until every store is), the steps done so
+    far (`steps_done`, JSON list) and the hashes of the artifacts it is
+    rewriting (`pending_hashes`, JSON {artifact directory: sha256}).
+    `model_versions.pending_hash` is the hash an artifact will have once an
+    erasure's file swap is done: serving accepts it too, so a kill between the
+    swap and the registry update never breaks serving.
+    """
+    for column, kind in (("pending_user_id", "INTEGER"), ("pending_user_key", "TEXT"), ("steps_done", "TEXT"),
+                         ("pending_hashes", "TEXT")):
+        db.execute(f"ALTER TABLE erasure_requests ADD COLUMN {column} {kind}")
+    db.execute("ALTER TABLE model_versions ADD COLUMN pending_hash TEXT")
 
 
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
