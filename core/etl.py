@@ -233,6 +233,9 @@ def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
     con = warehouse.connect(settings)
     try:
         started = at
+        # Under the store lock no other ETL runs: a 'running' row is one whose process was killed.
+        con.execute("UPDATE etl_runs SET status = 'interrupted', error = 'interrupted: the process ended while "
+                    "it ran (found at the next ETL start)' WHERE status = 'running'")
         run_id = int(con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM etl_runs").fetchone()[0])
         con.execute("INSERT INTO etl_runs(run_id, started_at, status) VALUES (?, ?, 'running')", [run_id, started])
         try:

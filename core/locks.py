@@ -8,6 +8,8 @@ same exclusive lock (an `flock` on RETRO_HOME/.store.lock, so it also holds betw
 the dashboard, the CLI and a second process). It is re-entrant within a thread
 (retrain runs the ETL and trains inside its own lock); another thread or process
 waits, and after `timeout` seconds gets a clear error naming the job that holds it.
+Whoever takes it first (not re-entrantly) runs `recovery.recover`: killed jobs'
+rows become 'interrupted' and pending erasure requests are finished.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .errors import RetroError
 from .settings import Settings
 
 LOCK_FILE = ".store.lock"
+ERASURE = "erasure"          # the purpose `privacy.forget_user` holds the lock for
 DEFAULT_TIMEOUT = 900.0     # longer than a retrain of the large benchmark world
 _local = threading.local()
 
@@ -65,6 +68,7 @@ def store_lock(settings: Settings, purpose: str, timeout: float = DEFAULT_TIMEOU
         os.pwrite(fd, f"{purpose}, pid {os.getpid()}".encode(), 0)
         held[key] = [fd, 1]
         try:
+            _recover(settings, purpose)
             yield
         finally:
             del held[key]
@@ -72,6 +76,15 @@ def store_lock(settings: Settings, purpose: str, timeout: float = DEFAULT_TIMEOU
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _recover(settings: Settings, purpose: str) -> None:
+    """First holder now: no other job runs, so finish what killed jobs left behind (`recovery.recover`).
+
+    An erasure resumes pending requests itself (it must return a pending
+    request's result to a `forget` for the same user)."""
+    from .recovery import recover
+    recover(settings, erasures=purpose != ERASURE)
 
 
 def exclusive(purpose: str):

@@ -1,8 +1,9 @@
 """The ML metadata store: experiment runs, model registry, pipeline jobs, monitoring, privacy requests.
 
 A separate SQLite file (`settings.mlops_db`) that holds no raw user ids — only
-models, metrics, timings, alerts and counts. The one exception is the operator
-audit log, whose targets may be pseudonyms; an erasure redacts those. Same
+models, metrics, timings, alerts and counts. The exceptions: the operator
+audit log, whose targets may be pseudonyms (an erasure redacts those), and a
+pending erasure request, which remembers whom to erase until it completes. Same
 conventions as `opsdb`: sqlite-utils, schema by migrations, WAL, foreign keys
 on, one connection per call.
 """
@@ -178,6 +179,57 @@ M004_SQL = """
 @migrations()
 def m004_signin_throttle(db: sqlite_utils.Database) -> None:
     db.execute(M004_SQL)
+
+
+STATUSES = "'running','finished','failed'"
+INTERRUPTED_STATUSES = "'running','finished','failed','interrupted'"
+
+
+def _widen_status_check(db: sqlite_utils.Database, table: str) -> None:
+    """Allow status 'interrupted' in `table`'s CHECK by editing its stored CREATE statement.
+
+    The procedure SQLite documents for changing a CHECK constraint without
+    rebuilding the table (https://www.sqlite.org/lang_altertable.html, "making
+    other kinds of table schema changes"): safe here because every existing row
+    already satisfies the wider constraint and no index or foreign key changes.
+    """
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()[0]
+    if STATUSES not in sql:
+        raise RuntimeError(f"mlops.db table {table}: unexpected status constraint, cannot add 'interrupted'")
+    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                   [sql.replace(STATUSES, INTERRUPTED_STATUSES), table])
+        db.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+
+
+@migrations()
+def m005_interrupted(db: sqlite_utils.Database) -> None:
+    """Jobs and runs can end 'interrupted': found 'running' when the store lock was next taken (`recovery`)."""
+    for table in ("jobs", "runs"):
+        _widen_status_check(db, table)
+
+
+@migrations()
+def m006_resumable_erasure(db: sqlite_utils.Database) -> None:
+    """Erasure requests are resumable (`privacy.forget_user`).
+
+    A pending request keeps whom to erase only until it completes
+    (`pending_user_id`, the raw id, until the operational store is done;
+    `pending_user_key`, the pseudonym, until every store is), the steps done so
+    far (`steps_done`, JSON list) and the hashes of the artifacts it is
+    rewriting (`pending_hashes`, JSON {artifact directory: sha256}).
+    `model_versions.pending_hash` is the hash an artifact will have once an
+    erasure's file swap is done: serving accepts it too, so a kill between the
+    swap and the registry update never breaks serving.
+    """
+    for column, kind in (("pending_user_id", "INTEGER"), ("pending_user_key", "TEXT"), ("steps_done", "TEXT"),
+                         ("pending_hashes", "TEXT")):
+        db.execute(f"ALTER TABLE erasure_requests ADD COLUMN {column} {kind}")
+    db.execute("ALTER TABLE model_versions ADD COLUMN pending_hash TEXT")
 
 
 def open_mlops(settings: Settings) -> sqlite_utils.Database:

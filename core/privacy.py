@@ -6,7 +6,9 @@ warehouse) in the warehouse and in model bundles; counts and operator names in
 the ML metadata store. Every operation here says what it touched, records an
 `operator_audit` row (target: a pseudonym, never a raw id; an erasure names its
 request instead and redacts the user's earlier targets) and, for an erasure, an
-`erasure_requests` row that holds counts only.
+`erasure_requests` row that holds counts only once done (while pending, whom
+to erase: the raw id until the operational store is erased, then the pseudonym).
+Erasure is resumable after a kill at any point (see `forget_user`).
 
 Timestamps default to the service clock (`opsdb.clock_now`: the simulated clock
 when a world runs), the same timeline as the registry and the serving log.
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import access, locks, mlopsdb, opsdb, registry, serving, warehouse
+from . import access, faults, locks, mlopsdb, opsdb, registry, serving, warehouse
 from .artifacts import bundle_hash
 from .constants import TS_FORMAT
 from .errors import RetroError, UnknownUser, ValidationError
@@ -167,7 +169,10 @@ def _registry_entries(settings: Settings, directory: Path) -> dict:
 
 
 def _set_artifact_hashes(settings: Settings, hashes: dict[Path, str]) -> int:
-    """Record new artifact hashes for the runs and model versions of each directory (one transaction)."""
+    """Record new artifact hashes for the runs and model versions of each directory (one transaction).
+
+    A version's `pending_hash` (announced before an erasure's file swap) is cleared: it is now the hash.
+    """
     if not hashes:
         return 0
     targets = {d.resolve(): h for d, h in hashes.items()}
@@ -180,14 +185,35 @@ def _set_artifact_hashes(settings: Settings, hashes: dict[Path, str]) -> int:
                 if digest is not None:
                     db.execute(f"UPDATE {table} SET artifact_hash = ? WHERE {pk} = ?", [digest, ident])
                     changed += 1
+        for version, path in db.execute("SELECT version, artifact_path FROM model_versions "
+                                        "WHERE pending_hash IS NOT NULL").fetchall():
+            if Path(path).resolve() in targets:
+                db.execute("UPDATE model_versions SET pending_hash = NULL WHERE version = ?", [version])
     return changed
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') bytes to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _replace_files(staging: Path, directory: Path) -> None:
-    """Move every file written in `staging` over its namesake in `directory` (each rename is atomic)."""
-    for f in staging.iterdir():
+    """Move every file written in `staging` over its namesake in `directory` (each rename is atomic).
+
+    The files are flushed first; `mapping.npz` goes last, so while it still names a user, every
+    other file may still be the old one (a killed erasure redoes the bundle from the start).
+    """
+    files = sorted(staging.iterdir(), key=lambda f: (f.name == "mapping.npz", f.name))
+    for f in files:
         private_file(f)   # owner-only, like every file in the data folder
+        _fsync(f)
+    for f in files:
         os.replace(f, directory / f.name)
+    _fsync(directory)
     staging.rmdir()
 
 
@@ -427,38 +453,67 @@ def held_counts(settings: Settings, user_id: int) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ erasure
-@locks.exclusive("erasure")
+ERASURE_STEPS = ("opsdb", "warehouse", "bundles", "ranker", "audit")
+# Every step boundary where a kill must leave serving working and the erasure resumable (see `faults`).
+FAULT_POINTS = ("erasure:recorded", "erasure:opsdb-erased", "erasure:opsdb", "erasure:warehouse-erased",
+                "erasure:warehouse", "erasure:bundle-staged", "erasure:bundle-swapped", "erasure:bundles",
+                "erasure:ranker-staged", "erasure:ranker-swapped", "erasure:ranker", "erasure:audit-redacted",
+                "erasure:audit")
+REQUEST_COLUMNS = ("request_id", "requested_at", "actor", "state", "summary", "pending_user_id", "pending_user_key",
+                   "steps_done", "pending_hashes")
+
+
+@locks.exclusive(locks.ERASURE)
 def forget_user(settings: Settings, user_id: int, *, actor: str, at: str | None = None) -> dict:
     """Erase a user everywhere (right to be forgotten); returns a summary of counts per store.
 
-    1. `erasure_requests` row, state 'received' — counts only, never the id.
-    2. Ops DB (one transaction, secure_delete on): the `users` row, whose foreign
+    Resumable: the request is recorded in `erasure_requests` (state 'received')
+    before any store is touched, with whom to erase — the raw id until the
+    operational store is done, the pseudonym until every store is; both are
+    dropped when it completes, leaving counts only. Each step is recorded when
+    done and is idempotent, so a request killed at any point is finished by the
+    next `forget_user` call (for any user: pending requests go first, and a call
+    for the user of a pending request returns that request's result) or by the
+    start of any job that takes the store lock (`recovery.recover`).
+
+    1. `opsdb` (one transaction, secure_delete on): the `users` row, whose foreign
        keys cascade to ratings, rating_history, events, served_recommendations and
        consent_history (verified: every table with a user_id column is left
        without a row for the user), and `rejected_writes` whose JSON payload names
        the user. The WAL is checkpointed so the deleted pages leave the WAL file.
-    3. Warehouse (one DuckDB transaction): every table with a `user_key` column
+    2. `warehouse` (one DuckDB transaction): every table with a `user_key` column
        (fact_interaction, quarantine, dim_user) loses the user's rows; then the
        file is rewritten (`_compact_warehouse`), since DuckDB keeps deleted rows'
        bytes in the file. Daily aggregates (counts, no key) are kept.
-    4. Models: every bundle `models/run-*/` whose mapping holds the pseudonym gets
+    3. `bundles`: every bundle `models/run-*/` whose mapping holds the pseudonym gets
        the user's factors zeroed (`drop_user`), their training-matrix row emptied
-       and the key replaced by '' in mapping.npz; every ranker `ranker-run-*/`
-       built on a changed bundle gets the user's context rows reset. New hashes go
-       to `runs` and `model_versions`.
-    5. `operator_audit` rows that targeted the pseudonym are redacted to
-       'erased user (request #n)' and the erasure's own audit row names the
-       request, not the pseudonym (which must appear nowhere afterwards); serving
-       caches are cleared.
+       and the key replaced by '' in mapping.npz.
+    4. `ranker`: every ranker `ranker-run-*/` gets the context rows of its CF
+       bundle's erased ('') rows reset.
+       Each bundle or ranker is rewritten crash-safely: new files are written
+       and flushed aside, their hash is announced (`model_versions.pending_hash`,
+       which serving accepts too, and the request's `pending_hashes`), the files
+       are renamed over the old ones (mapping.npz last) and the hash is
+       registered in `runs` and `model_versions`. A resumed request registers
+       the announced hash of every artifact whose swap completed.
+    5. `audit`: `operator_audit` rows that targeted the pseudonym are redacted to
+       'erased user (request #n)'; the erasure's own audit row names the request,
+       not the pseudonym (which must appear nowhere afterwards). Serving caches
+       are cleared.
     Not covered: a retrain running at the same moment may save a bundle built
-    before step 3 — erase again after it finishes.
-    The request ends 'completed' with the summary, or 'failed' with the error
-    class only (re-raised). A retry after a failure is possible: an id no longer
-    in the ops DB is still erased from the stores that hold traces of it.
+    before step 2 — the store lock prevents it; a pending request also erases
+    bundles saved after it was received.
+    The request ends 'completed' with the summary, or 'failed' with the counts
+    so far and the error class only (re-raised); a failed request stays pending
+    and is retried like a killed one. Raises UnknownUser when nothing is held
+    about the id and no request for it is pending.
     """
     uid = _user_id(user_id)
     actor = _actor(actor)
     user_key = pseudonym(uid, pseudonym_key(settings))
+    resumed = _resume_pending(settings, at)
+    if user_key in resumed:
+        return resumed[user_key]
     with opsdb.session(settings) as db:
         when = _when(db, at)
         exists = db.execute("SELECT 1 FROM users WHERE user_id = ?", [uid]).fetchone() is not None
@@ -466,29 +521,250 @@ def forget_user(settings: Settings, user_id: int, *, actor: str, at: str | None 
     if not exists and not leftovers and not _has_traces(settings, user_key):
         raise UnknownUser(f"unknown user {uid}: nothing is held about this id in any store")
     with mlopsdb.session(settings) as db:
-        request_id = int(db.conn.execute("INSERT INTO erasure_requests(requested_at, state, actor) "
-                                         "VALUES (?, 'received', ?)", [when, actor]).lastrowid)
-    summary: dict = {}
+        request_id = int(db.conn.execute(
+            "INSERT INTO erasure_requests(requested_at, state, actor, pending_user_id, pending_user_key, steps_done) "
+            "VALUES (?, 'received', ?, ?, ?, '[]')", [when, actor, uid, user_key]).lastrowid)
+    faults.point("erasure:recorded")
+    return _carry_out(settings, _request(settings, request_id), when)
+
+
+def resume_erasures(settings: Settings, at: str | None = None) -> list[int]:
+    """Finish every pending erasure request (killed or failed earlier); returns their ids, oldest first.
+
+    Called at the start of every job that takes the store lock (see `recovery`).
+    Raises what a step raises; the request then stays pending.
+    """
+    if not settings.mlops_db.exists():
+        return []
+    return [r["request_id"] for r in _resume_pending(settings, at).values()]
+
+
+def _resume_pending(settings: Settings, at: str | None) -> dict[str, dict]:
+    """{pseudonym: result} of the pending requests, finished oldest first."""
+    with mlopsdb.session(settings) as db:
+        ids = [r[0] for r in db.execute("SELECT request_id FROM erasure_requests WHERE state <> 'completed' "
+                                        "AND pending_user_key IS NOT NULL ORDER BY request_id")]
+    if not ids:
+        return {}
+    with opsdb.session(settings) as db:
+        when = _when(db, at)
+    done = {}
+    for request_id in ids:
+        request = _request(settings, request_id)
+        done[request["pending_user_key"]] = _carry_out(settings, request, when)
+    return done
+
+
+def _request(settings: Settings, request_id: int) -> dict:
+    with mlopsdb.session(settings) as db:
+        row = db.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM erasure_requests WHERE request_id = ?",
+                         [request_id]).fetchone()
+    return dict(zip(REQUEST_COLUMNS, row))
+
+
+def _carry_out(settings: Settings, request: dict, when: str) -> dict:
+    """Run the steps of a request not yet done, recording each; complete it (ids dropped) or mark it failed."""
+    request_id, user_key = int(request["request_id"]), request["pending_user_key"]
+    done = json.loads(request["steps_done"] or "[]")
+    summary = {k: v for k, v in json.loads(request["summary"] or "{}").items() if k not in ("error", "stores_done")}
     try:
-        summary["ops"] = _erase_ops(settings, uid)
-        summary["warehouse"] = _erase_warehouse(settings, user_key)
-        summary["models"] = _erase_models(settings, user_key)
-        summary["audit"] = {"targets_redacted": _redact_audit(settings, user_key, request_id)}
+        _settle_hashes(settings, request_id)
+        if "opsdb" not in done:
+            uid = request["pending_user_id"]
+            summary["ops"] = _erase_ops(settings, int(uid)) if uid is not None else {}
+            faults.point("erasure:opsdb-erased")
+            done = _record_step(settings, request_id, "opsdb", summary)
+        if "warehouse" not in done:
+            summary["warehouse"] = _erase_warehouse(settings, user_key)
+            faults.point("erasure:warehouse-erased")
+            done = _record_step(settings, request_id, "warehouse", summary)
+        if "bundles" not in done:
+            summary["models"] = _erase_bundles(settings, request_id, user_key)
+            done = _record_step(settings, request_id, "bundles", summary)
+        if "ranker" not in done:
+            models = summary.setdefault("models", {"bundles": 0, "rows_erased": 0, "registry_hashes_updated": 0})
+            rankers, hashes = _reset_rankers(settings, request_id)
+            models["rankers"] = rankers
+            models["registry_hashes_updated"] = models.get("registry_hashes_updated", 0) + hashes
+            done = _record_step(settings, request_id, "ranker", summary)
+        if "audit" not in done:
+            summary["audit"] = {"targets_redacted": _redact_audit(settings, user_key, request_id)}
+            faults.point("erasure:audit-redacted")
+            done = _record_step(settings, request_id, "audit", summary)
         serving.clear_caches()
     except Exception as exc:
-        failure = {"error": type(exc).__name__, "stores_done": sorted(summary)}
-        _finish_request(settings, request_id, "failed", failure, when)
-        access.log_action(settings, actor, "erase", f"erasure request #{request_id}", "failed", when)
+        failure = summary | {"error": type(exc).__name__, "stores_done": sorted(summary)}
+        with mlopsdb.session(settings) as db:
+            db.execute("UPDATE erasure_requests SET state = 'failed', summary = ? WHERE request_id = ?",
+                       [json.dumps(failure, sort_keys=True), request_id])
+        access.log_action(settings, request["actor"], "erase", f"erasure request #{request_id}", "failed", when)
         raise
-    _finish_request(settings, request_id, "completed", summary, when)
-    access.log_action(settings, actor, "erase", f"erasure request #{request_id}", "ok", when)
+    with mlopsdb.session(settings) as db:
+        db.execute("UPDATE erasure_requests SET state = 'completed', completed_at = ?, summary = ?, "
+                   "pending_user_id = NULL, pending_user_key = NULL, pending_hashes = NULL WHERE request_id = ?",
+                   [when, json.dumps(summary, sort_keys=True), request_id])
+    access.log_action(settings, request["actor"], "erase", f"erasure request #{request_id}", "ok", when)
     return {"request_id": request_id, "state": "completed", **summary}
 
 
-def _finish_request(settings: Settings, request_id: int, state: str, summary: dict, when: str) -> None:
+def _record_step(settings: Settings, request_id: int, step: str, summary: dict) -> list[str]:
+    """Mark `step` done with the counts so far; the raw id is dropped once the operational store is done."""
+    with mlopsdb.write_session(settings) as db:
+        done = json.loads(db.execute("SELECT steps_done FROM erasure_requests WHERE request_id = ?",
+                                     [request_id]).fetchone()[0] or "[]")
+        done = done + [step] if step not in done else done
+        db.execute("UPDATE erasure_requests SET steps_done = ?, summary = ? WHERE request_id = ?",
+                   [json.dumps(done), json.dumps(summary, sort_keys=True), request_id])
+        if step == "opsdb":
+            db.execute("UPDATE erasure_requests SET pending_user_id = NULL WHERE request_id = ?", [request_id])
+    faults.point(f"erasure:{step}")
+    return done
+
+
+def _announce_hash(settings: Settings, request_id: int, directory: Path, digest: str) -> None:
+    """Before a swap: the hash `directory` will have, in the request's journal and its versions' `pending_hash`."""
+    target = directory.resolve()
+    with mlopsdb.write_session(settings) as db:
+        journal = json.loads(db.execute("SELECT pending_hashes FROM erasure_requests WHERE request_id = ?",
+                                        [request_id]).fetchone()[0] or "{}")
+        journal[str(target)] = digest
+        db.execute("UPDATE erasure_requests SET pending_hashes = ? WHERE request_id = ?",
+                   [json.dumps(journal, sort_keys=True), request_id])
+        for version, path in db.execute("SELECT version, artifact_path FROM model_versions "
+                                        "WHERE artifact_path IS NOT NULL").fetchall():
+            if Path(path).resolve() == target:
+                db.execute("UPDATE model_versions SET pending_hash = ? WHERE version = ?", [digest, version])
+
+
+def _register_hash(settings: Settings, request_id: int, directory: Path, digest: str) -> int:
+    """After a swap: the announced hash becomes the registered one (runs, model_versions); the journal drops it."""
+    changed = _set_artifact_hashes(settings, {directory: digest})
+    with mlopsdb.write_session(settings) as db:
+        journal = json.loads(db.execute("SELECT pending_hashes FROM erasure_requests WHERE request_id = ?",
+                                        [request_id]).fetchone()[0] or "{}")
+        journal.pop(str(directory.resolve()), None)
+        db.execute("UPDATE erasure_requests SET pending_hashes = ? WHERE request_id = ?",
+                   [json.dumps(journal, sort_keys=True), request_id])
+    return changed
+
+
+def _artifact_hash(directory: Path, staging: Path | None = None) -> str:
+    """A bundle's or ranker's hash; with `staging`, as it will be once the staged files replace theirs."""
+    from .artifacts import FILES
+    from .ranker import RANKER_FILES
+    names = RANKER_FILES if (directory / "ranker.json").exists() else FILES
+    h = hashlib.sha256()
+    for name in names:
+        source = staging / name if staging is not None and (staging / name).exists() else directory / name
+        h.update(name.encode())
+        h.update(source.read_bytes())
+    return h.hexdigest()
+
+
+def _settle_hashes(settings: Settings, request_id: int) -> None:
+    """A resumed request: register the announced hash of every artifact whose swap completed.
+
+    Others (killed before or during the swap) lose their pending hash: their step
+    is not recorded as done, so it rewrites them again.
+    """
     with mlopsdb.session(settings) as db:
-        db.execute("UPDATE erasure_requests SET state = ?, completed_at = ?, summary = ? WHERE request_id = ?",
-                   [state, when, json.dumps(summary, sort_keys=True), request_id])
+        journal = json.loads(db.execute("SELECT pending_hashes FROM erasure_requests WHERE request_id = ?",
+                                        [request_id]).fetchone()[0] or "{}")
+    for path, digest in journal.items():
+        directory = Path(path)
+        try:
+            actual = _artifact_hash(directory)
+        except OSError:
+            actual = None
+        if actual == digest:
+            _register_hash(settings, request_id, directory, digest)
+            continue
+        with mlopsdb.write_session(settings) as db:
+            for version, vpath in db.execute("SELECT version, artifact_path FROM model_versions "
+                                             "WHERE pending_hash IS NOT NULL").fetchall():
+                if Path(vpath).resolve() == directory:
+                    db.execute("UPDATE model_versions SET pending_hash = NULL WHERE version = ?", [version])
+            journal_now = json.loads(db.execute("SELECT pending_hashes FROM erasure_requests WHERE request_id = ?",
+                                                [request_id]).fetchone()[0] or "{}")
+            journal_now.pop(path, None)
+            db.execute("UPDATE erasure_requests SET pending_hashes = ? WHERE request_id = ?",
+                       [json.dumps(journal_now, sort_keys=True), request_id])
+
+
+def _swap(settings: Settings, request_id: int, directory: Path, staging: Path, kind: str) -> int:
+    """Replace `directory`'s files by the staged ones so that a kill at any moment leaves it loadable and
+    recoverable: announce the new hash, rename, register the hash. Returns registry rows updated."""
+    digest = _artifact_hash(directory, staging)
+    _announce_hash(settings, request_id, directory, digest)
+    faults.point(f"erasure:{kind}-staged")
+    _replace_files(staging, directory)
+    faults.point(f"erasure:{kind}-swapped")
+    return _register_hash(settings, request_id, directory, digest)
+
+
+def _erase_bundles(settings: Settings, request_id: int, user_key: str) -> dict:
+    bundles = rows_erased = registry_rows = 0
+    for directory in _bundle_dirs(settings, CF_BUNDLE_GLOB):
+        mapping = _mapping_keys(directory)
+        if mapping is None:
+            continue
+        keys, movie_ids = mapping
+        rows = np.flatnonzero(keys == user_key)
+        if not len(rows):
+            continue
+        staging = _staging(directory)
+        model = load_model(directory)
+        if hasattr(model, "drop_user"):
+            for row in rows:
+                model.drop_user(int(row))
+        model.save(staging)
+        ui = sp.load_npz(directory / "user_items.npz").tocsr()
+        for row in rows:
+            ui.data[ui.indptr[row]:ui.indptr[row + 1]] = 0
+        ui.eliminate_zeros()
+        sp.save_npz(staging / "user_items.npz", ui)
+        keys = keys.copy()
+        keys[rows] = ERASED_KEY
+        np.savez(staging / "mapping.npz", user_keys=keys.astype(str), movie_ids=movie_ids)
+        registry_rows += _swap(settings, request_id, directory, staging, "bundle")
+        bundles += 1
+        rows_erased += len(rows)
+    return {"bundles": bundles, "rows_erased": int(rows_erased), "registry_hashes_updated": registry_rows}
+
+
+def _reset_rankers(settings: Settings, request_id: int) -> tuple[int, int]:
+    """Reset every ranker's context rows that belong to erased ('') rows of its CF bundle and are not reset yet.
+
+    Stateless, so a resumed request finds the rows of a CF bundle rewritten
+    before the kill. Returns (rankers rewritten, registry rows updated).
+    """
+    from .ranker import MAX_DAYS, Context
+    with mlopsdb.session(settings) as db:
+        cf_paths = {int(v): Path(p) for v, p in db.execute(
+            "SELECT version, artifact_path FROM model_versions WHERE artifact_path IS NOT NULL")}
+    rankers = registry_rows = 0
+    for directory in _bundle_dirs(settings, RANKER_GLOB):
+        try:
+            cf_version = int(json.loads((directory / "ranker.json").read_text())["cf_version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        mapping = _mapping_keys(cf_paths[cf_version]) if cf_version in cf_paths else None
+        if mapping is None:
+            continue
+        ctx = Context.load(directory / "context.npz")
+        rows = np.flatnonzero(mapping[0] == ERASED_KEY)
+        rows = rows[rows < len(ctx.activity)]
+        if not (ctx.user_genres[rows].any() or ctx.activity[rows].any()
+                or (ctx.user_genre_days[rows] != MAX_DAYS).any()):
+            continue
+        ctx.user_genres[rows] = 0.0
+        ctx.user_genre_days[rows] = MAX_DAYS
+        ctx.activity[rows] = 0.0
+        staging = _staging(directory)
+        ctx.save(staging / "context.npz")
+        registry_rows += _swap(settings, request_id, directory, staging, "ranker")
+        rankers += 1
+    return rankers, registry_rows
 
 
 def _has_traces(settings: Settings, user_key: str) -> bool:
@@ -567,64 +843,6 @@ def _compact_warehouse(settings: Settings) -> bool:
     private_file(fresh)
     os.replace(fresh, path)
     return True
-
-
-def _erase_models(settings: Settings, user_key: str) -> dict:
-    from .ranker import MAX_DAYS, Context
-    changed: dict[Path, np.ndarray] = {}
-    hashes: dict[Path, str] = {}
-    for directory in _bundle_dirs(settings, CF_BUNDLE_GLOB):
-        mapping = _mapping_keys(directory)
-        if mapping is None:
-            continue
-        keys, movie_ids = mapping
-        rows = np.flatnonzero(keys == user_key)
-        if not len(rows):
-            continue
-        staging = _staging(directory)
-        model = load_model(directory)
-        if hasattr(model, "drop_user"):
-            for row in rows:
-                model.drop_user(int(row))
-        model.save(staging)
-        ui = sp.load_npz(directory / "user_items.npz").tocsr()
-        for row in rows:
-            ui.data[ui.indptr[row]:ui.indptr[row + 1]] = 0
-        ui.eliminate_zeros()
-        sp.save_npz(staging / "user_items.npz", ui)
-        keys = keys.copy()
-        keys[rows] = ERASED_KEY
-        np.savez(staging / "mapping.npz", user_keys=keys.astype(str), movie_ids=movie_ids)
-        _replace_files(staging, directory)
-        changed[directory.resolve()] = rows
-        hashes[directory] = bundle_hash(directory)
-
-    rankers = 0
-    if changed:
-        from .ranker import ranker_hash
-        with mlopsdb.session(settings) as db:
-            cf_paths = {int(v): Path(p).resolve() for v, p in db.execute(
-                "SELECT version, artifact_path FROM model_versions WHERE artifact_path IS NOT NULL")}
-        for directory in _bundle_dirs(settings, RANKER_GLOB):
-            try:
-                cf_version = json.loads((directory / "ranker.json").read_text())["cf_version"]
-            except (OSError, ValueError, KeyError):
-                continue
-            rows = changed.get(cf_paths.get(int(cf_version)))
-            if rows is None:
-                continue
-            ctx = Context.load(directory / "context.npz")
-            ctx.user_genres[rows] = 0.0
-            ctx.user_genre_days[rows] = MAX_DAYS
-            ctx.activity[rows] = 0.0
-            staging = _staging(directory)
-            ctx.save(staging / "context.npz")
-            _replace_files(staging, directory)
-            hashes[directory] = ranker_hash(directory)
-            rankers += 1
-    registry_rows = _set_artifact_hashes(settings, hashes)
-    return {"bundles": len(changed), "rankers": rankers, "rows_erased": int(sum(len(r) for r in changed.values())),
-            "registry_hashes_updated": registry_rows}
 
 
 def _redact_audit(settings: Settings, user_key: str, request_id: int) -> int:
@@ -873,7 +1091,8 @@ def data_inventory() -> list[dict]:
          pseudo, "bundle hash recorded in the registry", "key blanked, factors and row zeroed, hash updated"),
         ("models/ranker-run-*", "context.npz", "genre profile, recency, activity per bundle row",
          "aligned to the CF bundle's rows", "hash recorded in the registry", "rows reset, hash updated"),
-        (ml, "all tables", "none: models, metrics, jobs; erasure requests hold counts only", "no personal data",
+        (ml, "all tables", "none: models, metrics, jobs; erasure requests hold counts only (a pending one: the "
+         "id, then the pseudonym, until it completes)", "no personal data",
          "operator_audit targets are pseudonyms, never raw ids", "the user's audit targets redacted"),
         ("secrets.toml", "[pseudonymization] key, [operators] token hashes", "the pseudonym key; PBKDF2 hashes",
          "secret", "git-ignored data folder, file mode 0600 (or the key in $RETRO_PSEUDONYM_KEY)",

@@ -40,6 +40,7 @@ FEATURE_LABELS = {
 }
 CANDIDATES = 50
 MAX_DAYS = 60.0
+RANKER_FILES = ("ranker.joblib", "context.npz", "ranker.json")   # what the ranker hash covers, in order
 
 
 class RankerIntegrityError(RetroError):
@@ -176,13 +177,15 @@ def save_ranker(directory: Path, ranker: Ranker, meta: dict) -> str:
 
 def ranker_hash(directory: Path) -> str:
     h = hashlib.sha256()
-    for name in ("ranker.joblib", "context.npz", "ranker.json"):
+    for name in RANKER_FILES:
         h.update(name.encode())
         h.update((Path(directory) / name).read_bytes())
     return h.hexdigest()
 
 
-def load_ranker(directory: Path, expected_hash: str | None = None) -> Ranker:
-    if expected_hash is not None and ranker_hash(directory) != expected_hash:
+def load_ranker(directory: Path, expected_hash: str | tuple[str, ...] | None = None) -> Ranker:
+    """The ranker in `directory`; with `expected_hash` (one hash, or several accepted ones) its bytes are checked."""
+    accepted = (expected_hash,) if isinstance(expected_hash, str) else expected_hash
+    if accepted is not None and ranker_hash(directory) not in accepted:
         raise RankerIntegrityError(f"ranker artifact {directory} does not match its registered hash; refusing to load it")
     return Ranker(joblib.load(Path(directory) / "ranker.joblib"), Context.load(Path(directory) / "context.npz"))

@@ -89,12 +89,14 @@ def ranker_for(cf_version: int, settings: Settings):
     rk = _production(settings, "ranker")
     if rk is None or rk["depends_on"] != cf_version:
         return None, None
-    key = (rk["artifact_path"], rk["artifact_hash"])
+    key = (rk["artifact_path"], rk["artifact_hash"], rk.get("pending_hash"))
     with _lock:
         if key not in _rankers:
             from .ranker import load_ranker
             _rankers.clear()
-            _rankers[key] = load_ranker(rk["artifact_path"], rk["artifact_hash"])
+            # An erasure announces the hash its file swap will produce before it swaps (`pending_hash`).
+            accepted = tuple(h for h in (rk["artifact_hash"], rk.get("pending_hash")) if h)
+            _rankers[key] = load_ranker(rk["artifact_path"], accepted)
         return _rankers[key], int(rk["version"])
 
 
