@@ -186,7 +186,8 @@ REASON_CATEGORIES = (  # write-API messages → the validation gate's own reason
     ("is missing or not an integer", "missing user id"), ("unknown user", "orphan user id"),
     ("negative", "negative value"), ("after the service clock", "timestamp in the future"),
     ("is not a timestamp", "malformed timestamp"), ("unknown event kind", "unknown kind"),
-    ("duplicate", "duplicate"), ("not a number", "malformed value"),
+    ("duplicate", "duplicate"), ("not a number", "malformed value"), ("is out of range (at most", "value out of range"),
+    ("control characters", "malformed value"),
 )
 
 
