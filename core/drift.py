@@ -50,6 +50,9 @@ N_BINS = 10                  # numeric data: decile bins of the reference
 EPSILON = 1e-4               # share given to an empty bin before renormalising (PSI)
 PSI_MODERATE = 0.1           # PSI < 0.1: no significant change
 PSI_SIGNIFICANT = 0.25       # 0.1 ≤ PSI < 0.25: moderate; PSI ≥ 0.25: significant
+MIN_NUMERIC = 100            # observations a window needs before any test judges it (numeric or categorical)
+MIN_EXPECTED_PER_BUCKET = 5  # categorical: current rows per bucket on average (buckets merged to get there)
+OTHER = "(other)"            # the bucket small categories are merged into
 
 
 class UnknownDriftTest(ValidationError):
@@ -62,6 +65,9 @@ class DriftResult:
     """One test on one (reference, current) pair. ``drifted`` is ``score >= threshold``.
 
     ``empty`` marks a window with no rows: ``score`` is nan and ``drifted`` False.
+    ``insufficient`` marks a window too small to judge (fewer than ``min_n`` rows in either window, or,
+    for categories, fewer than 5 current rows per bucket on average even with small buckets merged): ``score``
+    is nan and ``drifted`` False — monitoring neither opens nor confirms an alert on it.
     ``n_reference`` / ``n_current``: rows (samples, or the sum of the counts).
     """
 
@@ -73,6 +79,7 @@ class DriftResult:
     n_current: int
     empty: bool = False
     detail: str = ""
+    insufficient: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,7 +230,25 @@ def numeric_bins(reference) -> np.ndarray:
     if finite.size == 0:  # only ±inf: one bin
         return np.array([-np.inf, np.inf])
     inner = np.unique(np.quantile(finite, np.arange(1, N_BINS) / N_BINS))
+    if inner[-1] >= finite.max():
+        # The top decile is the reference's maximum (a constant or near-constant reference): without an edge
+        # just above it, [top, inf) would hold the reference's top value *and* every larger current value, so
+        # 3.0 → 4.0 would not drift while 3.0 → 2.0 would. Values above the reference now get their own bucket.
+        inner = np.append(inner, np.nextafter(inner[-1], np.inf))
     return np.concatenate([[-np.inf], inner, [np.inf]])
+
+
+def bin_labels(edges: np.ndarray) -> list[str]:
+    """'[a, b)' per bin; the one-value bin at a constant reference's top reads '[a]', the bin above it '(a, b)'."""
+    labels = []
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        if b == np.nextafter(a, np.inf):
+            labels.append(f"[{a:.6g}]")
+        elif i > 0 and a == np.nextafter(edges[i - 1], np.inf):
+            labels.append(f"({edges[i - 1]:.6g}, {b:.6g})")
+        else:
+            labels.append(f"[{a:.6g}, {b:.6g})")
+    return labels
 
 
 def _bin_counts(samples: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -279,7 +304,7 @@ def distribution(values, bins=None, *, kind: str | None = None) -> pd.Series:
     if w.kind == NUMERIC and not (w.is_empty and bins is None):
         edges = numeric_bins(w) if bins is None else np.asarray(bins, dtype=float)
         counts = _bin_counts(w.samples, edges)
-        index = pd.Index([f"[{a:.6g}, {b:.6g})" for a, b in zip(edges[:-1], edges[1:])], dtype=object)
+        index = pd.Index(bin_labels(edges), dtype=object)
     else:
         counts_s = w.counts.groupby(level=0, sort=False).sum() if w.kind == CATEGORICAL else pd.Series(dtype=float)
         index = _try_sort(counts_s.index) if bins is None else pd.Index(list(bins))
@@ -411,7 +436,36 @@ def _check_threshold(threshold) -> float:
     return value
 
 
-def _run(test: StatTest, ref: Window, cur: Window, threshold: float | None) -> DriftResult:
+def merge_small_buckets(reference: Window, current: Window,
+                        min_expected: float = MIN_EXPECTED_PER_BUCKET) -> tuple[Window, Window, int] | None:
+    """Categorical windows over at most n_current / `min_expected` buckets; None when fewer than 2 are possible.
+
+    The buckets that are small in *both* windows (by max(reference share, current share)) are merged
+    into one `OTHER` bucket: a surging category keeps its own bucket because its current share is large.
+    Returns (reference, current, number of categories merged).
+    """
+    if min_expected <= 0:
+        return reference, current, 0
+    cats = _categories(reference, current)
+    ref = reference.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
+    cur = current.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
+    keep_at_most = int(cur.sum() // min_expected)
+    if keep_at_most < 2:
+        return None
+    if len(cats) <= keep_at_most:
+        return reference, current, 0
+    size = np.maximum(ref.to_numpy() / ref.sum(), cur.to_numpy() / cur.sum())
+    order = np.argsort(-size, kind="stable")
+    kept, merged = order[: keep_at_most - 1], order[keep_at_most - 1:]
+    index = pd.Index(list(cats[kept]) + [OTHER], dtype=object)
+
+    def collapse(counts: pd.Series) -> pd.Series:
+        return pd.Series(np.append(counts.to_numpy()[kept], counts.to_numpy()[merged].sum()), index=index)
+    return (Window(CATEGORICAL, counts=collapse(ref)), Window(CATEGORICAL, counts=collapse(cur)), len(merged))
+
+
+def _run(test: StatTest, ref: Window, cur: Window, threshold: float | None,
+         min_n: int = MIN_NUMERIC, min_expected: float = MIN_EXPECTED_PER_BUCKET) -> DriftResult:
     limit = test.default_threshold if threshold is None else _check_threshold(threshold)
     n_ref, n_cur = (0 if ref.is_empty else ref.n), (0 if cur.is_empty else cur.n)
     if ref.is_empty or cur.is_empty:  # reported before any kind check: there is nothing to test
@@ -426,25 +480,42 @@ def _run(test: StatTest, ref: Window, cur: Window, threshold: float | None) -> D
         hint = " (pass kind='categorical' to read numbers as labels)" if ref.kind == NUMERIC else ""
         raise ValidationError(f"drift test {test.name!r} needs {test.kind} data but got {ref.kind} data{hint}; "
                               f"tests for {ref.kind} data: {others}")
+    note = ""
+    if min(n_ref, n_cur) < min_n:
+        return DriftResult(test.name, float("nan"), False, limit, n_ref, n_cur, insufficient=True,
+                           detail=f"not enough data: {min(n_ref, n_cur)} observations, at least {min_n} needed")
+    if ref.kind == CATEGORICAL:
+        merged = merge_small_buckets(ref, cur, min_expected)
+        if merged is None:
+            return DriftResult(test.name, float("nan"), False, limit, n_ref, n_cur, insufficient=True,
+                               detail=f"not enough data: {n_cur} observations cannot fill two buckets with "
+                                      f"{MIN_EXPECTED_PER_BUCKET} each")
+        ref, cur, n_merged = merged
+        note = f" ({n_merged} small categories merged into {OTHER!r})" if n_merged else ""
     score, detail = test.fn(ref, cur)
-    return DriftResult(test.name, score, bool(score >= limit), limit, n_ref, n_cur, detail=detail)
+    return DriftResult(test.name, score, bool(score >= limit), limit, n_ref, n_cur, detail=detail + note)
 
 
 def run_test(name: str, reference, current, threshold: float | None = None, *,
-             kind: str | None = None) -> DriftResult:
+             kind: str | None = None, min_n: int = MIN_NUMERIC,
+             min_expected: float = MIN_EXPECTED_PER_BUCKET) -> DriftResult:
     """Run one registered test on a reference and a current window (samples, labels or counts).
 
     ``threshold`` defaults to the test's ``default_threshold``. An empty window gives
-    ``empty=True, drifted=False, score=nan``. Raises `UnknownDriftTest` for an unknown
+    ``empty=True, drifted=False, score=nan``; a window too small to judge (``min_n`` numeric
+    observations; ``min_expected`` current rows per categorical bucket on average, small buckets
+    merged first) gives ``insufficient=True, drifted=False, score=nan``. ``min_n=0, min_expected=0``
+    turn both limits off (hand-computed examples on a few rows). Raises `UnknownDriftTest` for an unknown
     name and `ValidationError` when the data kind does not fit the test (e.g. ``ks``
     on categories) or the windows differ in kind.
     """
     test = get_test(name)
-    return _run(test, window(reference, kind), window(current, kind), threshold)
+    return _run(test, window(reference, kind), window(current, kind), threshold, min_n, min_expected)
 
 
 def run_tests(names: Iterable[str], reference, current, *, thresholds: Mapping[str, float] | None = None,
-              kind: str | None = None) -> list[DriftResult]:
+              kind: str | None = None, min_n: int = MIN_NUMERIC,
+              min_expected: float = MIN_EXPECTED_PER_BUCKET) -> list[DriftResult]:
     """Run several tests on the same pair of windows (read once); one result per name, in order.
 
     ``thresholds`` optionally overrides the default threshold per test name.
@@ -453,4 +524,4 @@ def run_tests(names: Iterable[str], reference, current, *, thresholds: Mapping[s
     tests = [get_test(n) for n in names]  # fail on an unknown name before any work
     thresholds = thresholds or {}
     ref, cur = window(reference, kind), window(current, kind)
-    return [_run(t, ref, cur, thresholds.get(t.name)) for t in tests]
+    return [_run(t, ref, cur, thresholds.get(t.name), min_n, min_expected) for t in tests]

@@ -232,6 +232,13 @@ def m006_resumable_erasure(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE model_versions ADD COLUMN pending_hash TEXT")
 
 
+@migrations()
+def m007_drift_insufficient(db: sqlite_utils.Database) -> None:
+    """A drift score can be 'insufficient': the day's window was too small to judge (issue 12)."""
+    db.execute("ALTER TABLE drift_scores ADD COLUMN insufficient INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE drift_scores ADD COLUMN n_current INTEGER")
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)

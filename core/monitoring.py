@@ -211,13 +211,15 @@ def recommended_genres(settings: Settings, day) -> dict:
 def drift_confirmed(result: dict, drifted_yesterday: bool) -> bool:
     """A drifted score opens (or updates) an alert when it is significant (≥ 2.5 × its threshold), measured on a
     large window, or drifted the day before too — one noisy small day must not page anyone."""
+    if result.get("insufficient") or result.get("empty"):
+        return False                          # too small to judge: neither opens nor confirms anything
     return bool(result["drifted"]) and (result["score"] >= SIGNIFICANT_FACTOR * result["threshold"]
                                         or result["n_current"] >= LARGE_WINDOW or drifted_yesterday)
 
 
 def drift_recovered(result: dict) -> bool:
     """Clearly back to normal: below 0.8 × the threshold (between the two, an open alert stays open)."""
-    return not result["empty"] and result["score"] < RECOVERED_FACTOR * result["threshold"]
+    return not result["empty"] and not result.get("insufficient") and result["score"] < RECOVERED_FACTOR * result["threshold"]
 
 
 def _open_or_update(db, kind, metric, test, value, threshold, severity, window, at, classification) -> bool:
@@ -289,7 +291,8 @@ def monitor_day(settings: Settings, day) -> DayReport:
     if ref is not None:
         for feature, (_, tests) in FEATURES.items():
             for test in tests:
-                r = drift.run_test(test, ref.features.get(feature, {}), current.get(feature, {}))
+                r = drift.run_test(test, ref.features.get(feature, {}), current.get(feature, {}),
+                                   min_n=settings.drift_min_observations)
                 results.append({"feature": feature, **r.to_dict()})
     online = online_quality(settings, start)
     report = DayReport(day_s, "no reference" if ref is None else "stable", results, online, quality,
@@ -344,9 +347,11 @@ def monitor_day(settings: Settings, day) -> DayReport:
                    [day_s, at, report.model_version, str(ref.start) if ref else None, str(ref.end) if ref else None,
                     json.dumps(online), json.dumps(quality), json.dumps(model_info), report.classification])
         db.execute("DELETE FROM drift_scores WHERE day = ?", [day_s])
-        db.conn.executemany("INSERT INTO drift_scores VALUES (?,?,?,?,?,?)",
+        db.conn.executemany("INSERT INTO drift_scores(day, feature, test, score, threshold, drifted, insufficient, "
+                            "n_current) VALUES (?,?,?,?,?,?,?,?)",
                             [(day_s, r["feature"], r["test"], None if np.isnan(r["score"]) else r["score"],
-                              r["threshold"], int(r["drifted"])) for r in results])
+                              r["threshold"], int(r["drifted"]), int(r["insufficient"]), int(r["n_current"]))
+                             for r in results])
     return report
 
 

@@ -30,6 +30,13 @@ class Settings:
     demo_users: int = 3000
     demo_movies: int = 1500
     demo_days: int = 60
+    # Promotion gate (issue 12): evaluable holdout users needed to decide; production older than the newest
+    # data by more than this many days is stale; paired-bootstrap resamples of the per-user nDCG difference.
+    gate_min_users: int = 200
+    gate_staleness_days: int = 1
+    gate_bootstrap_resamples: int = 1000
+    # Drift: observations a day's window needs before a test judges it.
+    drift_min_observations: int = 100
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -88,7 +95,8 @@ def load_settings(home: str | os.PathLike | None = None) -> Settings:
     path = Path(chosen).expanduser().resolve()
     _make_home(path)
     overrides = {}
-    for name in ("demo_users", "demo_movies", "demo_days", "seed"):
+    for name in ("demo_users", "demo_movies", "demo_days", "seed", "gate_min_users", "gate_staleness_days",
+                 "gate_bootstrap_resamples", "drift_min_observations"):
         raw = os.environ.get(f"RETRO_{name.upper()}")
         if raw:
             try:

@@ -12,8 +12,20 @@ from scipy.stats import norm
 
 from core.constants import SEED
 from core.drift import (EPSILON, PSI_SIGNIFICANT, TESTS, DriftResult, UnknownDriftTest, distribution, get_test,
-                        numeric_bins, psi_severity, run_test, run_tests)
+                        numeric_bins, psi_severity)
+from core.drift import run_test as _run_test
+from core.drift import run_tests as _run_tests
 from core.errors import ValidationError
+
+
+# The hand-computed examples here use a few rows on purpose, so the minimum-window limits are off;
+# tests/test_drift_windows.py tests the limits themselves (issue 12).
+def run_test(*args, **kwargs):
+    return _run_test(*args, **{"min_n": 0, "min_expected": 0, **kwargs})
+
+
+def run_tests(*args, **kwargs):
+    return _run_tests(*args, **{"min_n": 0, "min_expected": 0, **kwargs})
 
 NUMERIC_TESTS = [n for n, t in TESTS.items() if t.kind in ("numeric", "both")]  # psi, jensen_shannon, ks
 # psi, jensen_shannon, chi_square, max_share_gain
@@ -50,7 +62,8 @@ def test_results_are_frozen_dataclasses_with_to_dict():
     r = run_test("psi", {"a": 50, "b": 50}, {"a": 80, "b": 20})
     assert isinstance(r, DriftResult)
     d = r.to_dict()
-    assert list(d) == ["test", "score", "drifted", "threshold", "n_reference", "n_current", "empty", "detail"]
+    assert list(d) == ["test", "score", "drifted", "threshold", "n_reference", "n_current", "empty", "detail",
+                       "insufficient"]
     assert (d["test"], d["drifted"], d["threshold"], d["n_reference"], d["n_current"], d["empty"]) == \
         ("psi", True, 0.1, 100, 100, False)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -287,20 +300,21 @@ def test_numeric_bins_deciles_deduplicated_open_ended():
         [-np.inf, 1.9, 2.8, 3.7, 4.6, 5.5, 6.4, 7.3, 8.2, 9.1, np.inf])
     # eight 0s and two 1s: deciles 0 (×7, positions 0.9 … 6.3), 0.2 (position 7.2: 0 + 0.2·(1 − 0)),
     # 1 (position 8.1) → deduplicated
-    assert numeric_bins([0] * 8 + [1] * 2) == pytest.approx([-np.inf, 0.0, 0.2, 1.0, np.inf])
-    # a constant reference: two bins, below and from the constant
-    assert numeric_bins([5.0] * 4) == pytest.approx([-np.inf, 5.0, np.inf])
+    # (the top decile is the maximum: a one-value bin [1, 1⁺) keeps larger current values apart, issue 12)
+    assert numeric_bins([0] * 8 + [1] * 2) == pytest.approx([-np.inf, 0.0, 0.2, 1.0, np.nextafter(1.0, 2), np.inf])
+    # a constant reference: three bins, below, at and above the constant
+    assert numeric_bins([5.0] * 4).tolist() == [-np.inf, 5.0, np.nextafter(5.0, 6), np.inf]
     with pytest.raises(ValidationError, match="empty reference"):
         numeric_bins([])
 
 
 def test_distribution_numeric_on_shared_edges():
-    edges = numeric_bins([0] * 8 + [1] * 2)  # [-inf, 0, 0.2, 1, inf]; bins are [a, b)
+    edges = numeric_bins([0] * 8 + [1] * 2)  # [-inf, 0, 0.2, 1, 1⁺, inf]; bins are [a, b)
     d = distribution([-5, 0, 0.1, 0.5, 1, 7, 100, 100], edges)
-    # [-inf,0): -5 → 1/8; [0,0.2): 0, 0.1 → 2/8; [0.2,1): 0.5 → 1/8; [1,inf): 1, 7, 100, 100 → 4/8
-    assert list(d.index) == ["[-inf, 0)", "[0, 0.2)", "[0.2, 1)", "[1, inf)"]
-    assert d.tolist() == [0.125, 0.25, 0.125, 0.5]
-    assert distribution(np.array([], dtype=float), edges).tolist() == [0.0] * 4
+    # [-inf,0): -5 → 1/8; [0,0.2): 0, 0.1 → 2/8; [0.2,1): 0.5 → 1/8; [1]: 1 → 1/8; (1,inf): 7, 100, 100 → 3/8
+    assert list(d.index) == ["[-inf, 0)", "[0, 0.2)", "[0.2, 1)", "[1]", "(1, inf)"]
+    assert d.tolist() == [0.125, 0.25, 0.125, 0.125, 0.375]
+    assert distribution(np.array([], dtype=float), edges).tolist() == [0.0] * 5
 
 
 def test_distribution_categorical():

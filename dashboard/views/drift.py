@@ -81,6 +81,12 @@ day_options = list(hist["days"]["day"])[::-1]
 alert_days = [str(d)[:10] for d in alerts["window_start"]] if len(alerts) else []
 day = c2.selectbox("Day", day_options, key="day",
                    index=day_options.index(alert_days[-1]) if alert_days and alert_days[-1] in day_options else 0)
+scores = hist["scores"]
+judged = scores[(scores["day"] == day) & (scores["feature"] == feature)] if len(scores) else scores
+if len(judged) and "insufficient" in judged and bool(judged["insufficient"].iloc[0]):
+    st.warning(f"Not enough data on {day} to judge the {FEATURE_LABELS[feature]}: "
+               f"{int(judged['n_current'].iloc[0])} observations (at least {s.drift_min_observations} are needed, "
+               "and 5 per bucket on average). No alert is opened or confirmed on such a day.")
 with ui.core_errors():
     dist = cache.feature_distribution(cache.token(), feature, day)
 if dist.empty:
