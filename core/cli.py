@@ -380,8 +380,8 @@ def cmd_models(args, settings):
     elif args.action == "promote":
         if args.version is None:
             raise errors.ValidationError("models promote needs a VERSION, e.g. `python -m core models promote 3`")
-        replaced = registry.promote(settings, args.version, _operator(), args.reason)
-        data = {"promoted": args.version, "replaced": replaced}
+        replaced = registry.promote(settings, args.version, _operator(), args.reason, force=args.force)
+        data = {"promoted": args.version, "replaced": replaced, "forced": bool(args.force)}
         _emit(args, data, lambda: print(f"v{args.version} is now in production" + (f" (v{replaced} archived)" if replaced else "")))
     else:
         restored = registry.rollback(settings, _operator(), args.reason)
@@ -489,11 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["als", "bpr"], default="als")
     p.add_argument("--seed", type=_seed)
     p.add_argument("--margin", type=_float_in(0, 1, "--margin"), default=0.0,
-                   help="relative improvement the gate requires, 0..1 (0.02 = 2%%)")
+                   help="tolerance 0..1: how far below 0 the lower bound of the 90%% interval of the nDCG@10 "
+                        "difference (candidate − production) may be (default 0)")
     p = sub.add_parser("models", parents=[common, with_json], help="model registry: list | promote VERSION | rollback")
     p.add_argument("action", choices=["list", "promote", "rollback"])
     p.add_argument("version", nargs="?", type=_id)
     p.add_argument("--reason", type=_text, default="manual decision from the CLI", help="recorded in the registry history")
+    p.add_argument("--force", action="store_true",
+                   help="promote a CF version that does not beat its baselines (recorded as forced)")
     p = sub.add_parser("runs", parents=[common, with_json], help="experiment runs: list | show ID")
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("run_id", nargs="?", type=_id)

@@ -169,6 +169,12 @@ def novelty(recommended, item_popularity, n_users: int, k: int = DEFAULT_K) -> f
     return float(np.mean(-np.log2(pop / n_users)))
 
 
+def ndcg_per_user(recommended, relevant: Sequence[set], k: int = DEFAULT_K) -> np.ndarray:
+    """nDCG@k of each user with a non-empty relevant set, in input order (what a paired comparison resamples)."""
+    hits, n_rel = _hits(recommended, relevant, k)
+    return _ndcg(hits, n_rel, k) if n_rel.size else np.zeros(0)
+
+
 def evaluate_lists(recommended, relevant: Sequence[set], n_items: int, item_popularity, n_users: int,
                    k: int = DEFAULT_K) -> dict:
     """Every metric at once: ``precision@k``, ``recall@k``, ``ndcg@k``, ``map@k``, ``hit_rate@k``,

@@ -72,22 +72,25 @@ def top50_columns(settings: Settings, split: dataset.Split) -> np.ndarray:
     return np.array([col[int(m)] for m in ranked["movie_id"] if int(m) in col], dtype=np.int64)
 
 
-def _evaluate(ids: np.ndarray, split: dataset.Split, users: np.ndarray, k: int) -> dict:
+def _evaluate(ids: np.ndarray, split: dataset.Split, users: np.ndarray, k: int, per_user: bool = False):
     relevant = [split.holdout[u] for u in users]
     popularity = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel()
-    return metrics.evaluate_lists(ids, relevant, split.train.user_items.shape[1], popularity,
-                                  split.train.user_items.shape[0], k)
+    scores = metrics.evaluate_lists(ids, relevant, split.train.user_items.shape[1], popularity,
+                                    split.train.user_items.shape[0], k)
+    return (scores, metrics.ndcg_per_user(ids, relevant, k)) if per_user else scores
 
 
-def evaluate_model(model, split: dataset.Split, k: int = DEFAULT_K) -> dict:
+def evaluate_model(model, split: dataset.Split, k: int = DEFAULT_K, *, per_user: bool = False):
+    """Holdout metrics of a fitted model; with `per_user`, also each holdout user's nDCG@k (sorted user order)."""
     users = np.array(sorted(split.holdout), dtype=np.int64)
     if not len(users):
         raise RetroError("the holdout window has no users with new interactions; simulate more days or shorten it")
     ids, _ = model.recommend(users, split.train.user_items, k)
-    return _evaluate(ids, split, users, k)
+    return _evaluate(ids, split, users, k, per_user)
 
 
-def evaluate_bundle(bundle: Bundle, split: dataset.Split, fallback: np.ndarray, k: int = DEFAULT_K) -> dict:
+def evaluate_bundle(bundle: Bundle, split: dataset.Split, fallback: np.ndarray, k: int = DEFAULT_K, *,
+                    per_user: bool = False):
     """A deployed bundle scored on the current holdout.
 
     Its users and items are mapped onto the split; users it does not know get
@@ -115,20 +118,23 @@ def evaluate_bundle(bundle: Bundle, split: dataset.Split, fallback: np.ndarray, 
         cols = [c for c in fallback if c not in seen_cols][:k]
         lists[i, :len(cols)] = cols
     trained_until = pd.Timestamp(bundle.meta.get("trained_until", "1900-01-01"))
-    return _evaluate(lists, split, users, k) | {"unknown_users": int((~known).sum()),
-                                                "overlaps_holdout": bool(trained_until >= split.cutoff)}
+    scores, each = _evaluate(lists, split, users, k, per_user=True)
+    scores |= {"unknown_users": int((~known).sum()), "overlaps_holdout": bool(trained_until >= split.cutoff),
+               "trained_until": str(trained_until)}
+    return (scores, each) if per_user else scores
 
 
 def _refit_production_config(prod: dict, candidate_kind: str, candidate_params: dict, candidate_scores: dict,
-                             split: dataset.Split) -> dict:
+                             candidate_per_user: np.ndarray, split: dataset.Split) -> tuple[dict, np.ndarray]:
     """Production's configuration fitted on the current training window (a fair reference when the
-    deployed production model has already seen the holdout window)."""
+    deployed production model has already seen the holdout window), with its per-user nDCG."""
     cls = MODELS[prod["model_kind"]]
     keys = cls().params().keys()
     params = {k: v for k, v in (prod.get("params") or {}).items() if k in keys}
     if prod["model_kind"] == candidate_kind and params == {k: candidate_params.get(k) for k in keys}:
-        return dict(candidate_scores) | {"version": int(prod["version"]), "same_configuration": True}
-    return evaluate_model(cls(**params).fit(split.train.user_items), split) | {"version": int(prod["version"])}
+        return dict(candidate_scores) | {"version": int(prod["version"]), "same_configuration": True}, candidate_per_user
+    scores, each = evaluate_model(cls(**params).fit(split.train.user_items), split, per_user=True)
+    return scores | {"version": int(prod["version"])}, each
 
 
 # ------------------------------------------------------------------ training
@@ -144,6 +150,9 @@ class TrainResult:
     data_version: str
     has_nan: bool
     estimator: object = None   # the model fitted on the training window (reused by the ranker's evaluation)
+    comparison: dict | None = None     # paired bootstrap vs the production reference (None: no production)
+    staleness: dict | None = None      # how far production's training data is behind the newest data
+    same_as_production: str | None = None   # set when data version and parameters equal production's
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "estimator"}
@@ -184,21 +193,33 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
 
         t = time.perf_counter()
         progress(0.45, "evaluating on the holdout (model and baselines)")
-        scores = evaluate_model(estimator, split)
+        scores, per_user = evaluate_model(estimator, split, per_user=True)
         top_cols = top50_columns(settings, split)
         baselines = {
             "popularity": evaluate_model(PopularityRecommender().fit(split.train.user_items), split),
             "top50": evaluate_model(WeightedRatingRecommender(top_cols).fit(split.train.user_items), split),
         }
+        comparison = staleness = same = None
         prod = registry.production(settings)
         if prod is not None:
+            prod_per_user, prod_bundle = None, None
             try:
-                baselines["production"] = evaluate_bundle(load_bundle(prod["artifact_path"]), split, top_cols) | {
-                    "version": int(prod["version"])}
+                prod_bundle = load_bundle(prod["artifact_path"])
+                evaluated, prod_per_user = evaluate_bundle(prod_bundle, split, top_cols, per_user=True)
+                baselines["production"] = evaluated | {"version": int(prod["version"])}
             except (OSError, RetroError, ValueError) as exc:
                 baselines["production"] = {"error": f"could not evaluate production v{prod['version']}: {exc}"}
+            reference = "deployed production model on the same holdout"
             if baselines["production"].get("overlaps_holdout") or "error" in baselines["production"]:
-                baselines["production_config"] = _refit_production_config(prod, model, full_params, scores, split)
+                baselines["production_config"], prod_per_user = _refit_production_config(
+                    prod, model, full_params, scores, per_user, split)
+                reference = f"production v{prod['version']}'s configuration refit on this training window"
+            comparison = gate.paired_bootstrap(per_user, prod_per_user, resamples=settings.gate_bootstrap_resamples,
+                                               seed=seed) | {"metric": "ndcg@10", "reference": reference}
+            staleness = _staleness(settings, baselines["production"], split, prod_bundle)
+            if not staleness.get("withdrawn_consent"):   # a consent withdrawal changes the data, not its version
+                same = _same_as(prod, data_version,
+                                full_params | {"holdout_days": holdout_days, "weights": weights.to_dict()})
         timings["evaluate"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -224,7 +245,33 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
         tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
         raise
     progress(0.8, f"run {run_id}: ndcg@10 {scores['ndcg@10']:.4f}")
-    return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan, estimator)
+    return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan, estimator,
+                       comparison, staleness, same)
+
+
+def _staleness(settings: Settings, production_scores: dict, split: dataset.Split, bundle: Bundle | None) -> dict:
+    """Is production stale? Its training data ends more than `gate_staleness_days` whole days before the newest
+    data, it cannot be read, or it still holds users who withdrew personalization consent (a retrain that
+    drops them must not wait for evidence of better quality)."""
+    if "trained_until" not in production_scores or bundle is None:
+        return {"stale": True, "days_behind": None, "staleness_days": settings.gate_staleness_days,
+                "withdrawn_consent": 0, "reason": "production could not be evaluated"}
+    # Whole calendar days, so a retrain a day later is "1 day behind" whatever the hour of the last event.
+    behind = (pd.Timestamp(split.end).normalize() - pd.Timestamp(production_scores["trained_until"]).normalize()).days
+    with warehouse.session(settings) as con:
+        withdrawn = {k for (k,) in con.execute("SELECT user_key FROM dim_user WHERE NOT personalization").fetchall()}
+    holding = len(withdrawn & set(bundle.matrix.user_keys.tolist()))
+    return {"stale": bool(behind > settings.gate_staleness_days or holding), "days_behind": int(behind),
+            "staleness_days": settings.gate_staleness_days, "withdrawn_consent": holding,
+            "trained_until": production_scores["trained_until"], "newest_data": str(split.end)}
+
+
+def _same_as(prod: dict, data_version: str, run_params: dict) -> str | None:
+    """'same data version … and parameters as production vN' when the candidate would change nothing."""
+    import json
+    if prod.get("data_version") == data_version and prod.get("params") == json.loads(json.dumps(run_params, default=str)):
+        return f"same data version {data_version} and parameters as production v{prod['version']}"
+    return None
 
 
 # ------------------------------------------------------------------ retrain
@@ -272,7 +319,11 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
         tracking.update_job(settings, job_id, stage)
         version = registry.register(settings, trained.run_id, at=at)
         prod_metrics = gate_reference(trained.baselines)
-        decision = gate.evaluate_gate(trained.metrics, prod_metrics, has_nan=trained.has_nan, margin=margin)
+        decision = gate.evaluate_gate(
+            trained.metrics, prod_metrics, has_nan=trained.has_nan, margin=margin,
+            baselines={name: trained.baselines[name] for name in gate.BASELINES},
+            comparison=trained.comparison, min_users=settings.gate_min_users, stale=trained.staleness,
+            same_as_production=trained.same_as_production)
         progress(0.9, "gate: " + ("promote" if decision.promote else "keep the current model"))
         if decision.promote:
             stage = "promote"

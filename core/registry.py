@@ -40,6 +40,10 @@ class InvalidTransition(RetroError):
     """A stage change that makes no sense (promoting the production model, archiving it, ...)."""
 
 
+class BelowBaselines(RetroError):
+    """A CF version whose holdout nDCG@10 does not beat the popularity and Top 50 baselines (promotion needs force)."""
+
+
 class NothingToRollBack(RetroError):
     """No earlier production version of the family to return to."""
 
@@ -89,19 +93,50 @@ def register(settings: Settings, run_id: int, at: str | None = None, depends_on:
     return version
 
 
+def baseline_floor(run: dict) -> dict:
+    """Whether a CF run's holdout nDCG@10 beats both baselines measured on the same holdout.
+
+    {"passes", "ndcg@10", "popularity", "top50"}; a run without recorded baselines passes (nothing to compare).
+    """
+    metrics = mlopsdb.loads(run.get("metrics")) or {}
+    baselines = mlopsdb.loads(run.get("baselines")) or {}
+    score = metrics.get("ndcg@10")
+    floor = {name: (baselines.get(name) or {}).get("ndcg@10") for name in ("popularity", "top50")}
+    known = [v for v in floor.values() if isinstance(v, (int, float))]
+    passes = score is None or not known or score > max(known)
+    return {"passes": bool(passes), "ndcg@10": score, **floor}
+
+
 def promote(settings: Settings, version: int, actor: str, reason: str,
-            gate: GateDecision | dict | None = None, at: str | None = None) -> int | None:
+            gate: GateDecision | dict | None = None, at: str | None = None, force: bool = False) -> int | None:
     """Make `version` the production model of its family; return the version it replaced (or None).
 
     The replaced production version goes to 'archived'. Both transitions are
     recorded with `actor`, `reason` and the gate decision, in one transaction.
     A candidate or an archived version may be promoted (re-promoting an
     archived one is how a manual rollback to any older model works).
+    Baselines are a floor on every promotion path: a CF version whose holdout nDCG@10 does not beat the
+    popularity and Top 50 baselines raises `BelowBaselines` unless `force`, and a forced promotion is
+    recorded as forced (with the numbers) in the registry event.
     """
     _require_text(actor, "actor", "who decides, e.g. 'pipeline' or an operator's name")
     _require_text(reason, "reason", "why, e.g. 'gate passed' or 'manual re-promotion after incident'")
     when = timestamp(at)
-    gate_json = dumps(gate.to_dict() if isinstance(gate, GateDecision) else gate)
+    gate = gate.to_dict() if isinstance(gate, GateDecision) else gate
+    with mlopsdb.session(settings) as db:
+        row = _version_row(db, version)
+        run = next(iter(db.query("SELECT metrics, baselines FROM runs WHERE run_id = ?", [row["run_id"]])), {})
+    if row["family"] == CF:
+        floor = baseline_floor(run)
+        if not floor["passes"]:
+            numbers = (f"nDCG@10 {floor['ndcg@10']:.4f} vs popularity {floor['popularity']:.4f}, "
+                       f"Top 50 {floor['top50']:.4f} on its holdout")
+            if not force:
+                raise BelowBaselines(f"v{version} does not beat its baselines ({numbers}); promote it with force "
+                                     "(CLI: --force) only if you mean it — the promotion is recorded as forced")
+            gate = {"promote": True, "forced": True, "reasons": [f"forced by {actor}: under its baselines ({numbers})"],
+                    "checks": {"baselines": {"passed": False, **floor}}, "previous_gate": gate}
+    gate_json = dumps(gate)
     with mlopsdb.write_session(settings) as db:
         row = _version_row(db, version)
         if row["stage"] == "production":

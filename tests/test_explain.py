@@ -97,9 +97,9 @@ def test_served_fact_and_errors(world):
 
 def test_a_cf_retrain_makes_the_ranker_stale_until_the_pipeline_retrains_it(world):
     old = pipeline.ranker_status(world)["ranker"]["version"]
-    simulation.simulate(world, 1)
+    simulation.simulate(world, 2)          # production two days behind: stale, so the gate promotes the retrain
     # A CF promotion alone (no ranker retrain) leaves the ranker stale: serving falls back to CF order.
-    pipeline.retrain(world, with_ranker=False, margin=-0.99)
+    assert pipeline.retrain(world, with_ranker=False)["promoted"]
     status = pipeline.ranker_status(world)
     assert status["stale"] and not status["active"]
     serving.clear_caches()

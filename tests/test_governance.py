@@ -53,11 +53,13 @@ def world(base, tmp_path):
     return s
 
 
-def promote_new(settings, params=None, actor="alice", reason="manual promotion", at="2026-01-12T12:00:00"):
-    """Train, register and promote a version outside the pipeline (no job, so its trigger is unknown)."""
+def promote_new(settings, params=None, actor="alice", reason="manual promotion", at="2026-01-12T12:00:00",
+                force=False):
+    """Train, register and promote a version outside the pipeline (no job, so its trigger is unknown).
+    `force`: a deliberately bad model under its baselines (issue 12: hand promotions of those are forced)."""
     trained = pipeline.train(settings, params=params, seed=5, at=at)
     version = registry.register(settings, trained.run_id, at=at)
-    registry.promote(settings, version, actor, reason, at=at)
+    registry.promote(settings, version, actor, reason, at=at, force=force)
     return version
 
 
@@ -283,7 +285,7 @@ def test_bad_input_data_for_a_user_fails_their_data_check(world):
 
 @pytest.mark.parametrize("params, failing", [(UNDERFIT, "underfitting"), (OVERFIT, "overfitting")])
 def test_under_and_overfitting_models_are_flagged(world, params, failing):
-    promote_new(world, params=params)
+    promote_new(world, params=params, force=True)
     result = diagnose.diagnose(world)
     flagged = check(result, failing)
     assert not flagged["ok"] and f"— {failing}" in flagged["detail"]

@@ -142,5 +142,12 @@ def test_gate_reference_when_production_has_seen_the_holdout(world):
     assert prod["overlaps_holdout"] and prod["version"] == first["version"]
     # The fair reference is production's configuration refit on this window; same config → same scores.
     assert second["baselines"]["production_config"]["same_configuration"]
-    assert second["gate"]["checks"]["quality"]["production"] == pytest.approx(second["metrics"]["ndcg@10"])
-    assert second["promoted"]
+    quality = second["gate"]["checks"]["quality"]
+    assert quality["production"] == pytest.approx(second["metrics"]["ndcg@10"])
+    # A tie is not evidence (issue 12: it used to promote on 0.1236 ≥ 0.1236): production is one day old, kept.
+    assert quality["point"] == quality["lo"] == quality["hi"] == 0.0 and not quality["stale"]
+    assert not second["promoted"]
+    # Two more days: production is stale, and the candidate is not significantly worse → promoted.
+    simulation.simulate(world, 2)
+    third = pipeline.retrain(world)
+    assert third["gate"]["checks"]["quality"]["stale"] and third["promoted"]

@@ -213,8 +213,10 @@ def test_withdrawal_reaches_training_at_the_next_retrain(world):
     etl.run_etl(world)
     assert not (dataset.interactions(world)["user_key"] == user_key).any()
     # ...and out of the next model.
-    result = pipeline.retrain(world, margin=-0.99, with_ranker=False)
-    assert result["promoted"]
+    result = pipeline.retrain(world, with_ranker=False)
+    # Same data days, same configuration: no quality evidence, but production holds a withdrawn user → stale.
+    assert result["promoted"], result["gate"]["reasons"]
+    assert result["gate"]["checks"]["quality"]["staleness"]["withdrawn_consent"] == 1
     new = load_bundle(registry.get_version(world, result["version"])["artifact_path"])
     assert user_key not in set(new.matrix.user_keys) and len(new.matrix.user_keys) > 100
     assert privacy.pending_effects(world) == []
