@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import io
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sqlite3
@@ -83,7 +82,6 @@ def _page(home: str, state: dict, page: str) -> tuple[bool, str]:
 def actor(name: str, home: str, deadline: float, out_path: str) -> None:
     """Loop one kind of work until `deadline` (time.time()); one JSON line per run in `out_path`."""
     os.environ["RETRO_HOME"] = home
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     state: dict = {}
     i = 0
     with open(out_path, "a", buffering=1) as out:
@@ -120,19 +118,25 @@ def run_soak(home: Path, seconds: float, actors=ACTORS, grace: float = 120.0) ->
     first_day = _sim_day(home)
     logs = Path(tempfile.mkdtemp(prefix="soak-logs-"))
     deadline = time.time() + seconds
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=actor, args=(name, str(home), deadline, str(logs / f"{name}.jsonl")), name=name)
-             for name in actors]
+    env = os.environ | {"RETRO_HOME": str(home), "OPENBLAS_NUM_THREADS": "1", "STREAMLIT_LOGGER_LEVEL": "error"}
+    procs = {}
     started = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(max(0.0, deadline + grace - time.time()))
-    hung = [p.name for p in procs if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
+    for name in actors:   # plain child processes: nothing of the caller's state (a test session) is inherited
+        with open(logs / f"{name}.stderr", "w") as err:
+            procs[name] = subprocess.Popen(
+                [sys.executable, __file__, "--actor", name, "--home", str(home), "--deadline", str(deadline),
+                 "--out", str(logs / f"{name}.jsonl")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    hung, crashed = [], {}
+    for name, p in procs.items():
+        try:
+            p.wait(max(0.0, deadline + grace - time.time()))
+        except subprocess.TimeoutExpired:
+            hung.append(name)
             p.kill()
-            p.join()
+            p.wait()
+        else:
+            if p.returncode:
+                crashed[name] = (logs / f"{name}.stderr").read_text()[-600:]
     wall = time.perf_counter() - started
     runs = [json.loads(line) for name in actors if (logs / f"{name}.jsonl").exists()
             for line in (logs / f"{name}.jsonl").read_text().splitlines()]
@@ -150,7 +154,7 @@ def run_soak(home: Path, seconds: float, actors=ACTORS, grace: float = 120.0) ->
         secs = sorted(r["seconds"] for r in mine)
         per_actor[name] = {"runs": len(mine), "failures": sum(not r["ok"] for r in mine),
                            "p50": _quantile(secs, 0.5), "p95": _quantile(secs, 0.95)}
-    return {"seconds": round(wall, 1), "actors": per_actor, "hung": hung,
+    return {"seconds": round(wall, 1), "actors": per_actor, "hung": hung, "crashed": crashed,
             "days_simulated": len(simulated), "days_monitored": sum(d in monitored for d in simulated),
             "days_without_record": [d for d in simulated if d not in monitored],
             "failures": [r for r in runs if not r["ok"]]}
@@ -174,6 +178,8 @@ def markdown(result: dict) -> str:
               + (f" (missing: {', '.join(result['days_without_record'])})" if result["days_without_record"] else "")]
     if result["hung"]:
         lines.append(f"Still running after the grace period (killed): {', '.join(result['hung'])}")
+    for name, err in result["crashed"].items():
+        lines.append(f"Actor {name} crashed: `{err.strip().splitlines()[-1] if err.strip() else '?'}`")
     for f in result["failures"][:5]:
         lines.append(f"- failure in {f['actor']} ({f['what']}): `{f['error'].strip().splitlines()[-1] if f['error'].strip() else '?'}`")
     return "\n".join(lines)
@@ -186,7 +192,13 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=400)
     ap.add_argument("--movies", type=int, default=300)
     ap.add_argument("--days", type=int, default=20)
+    ap.add_argument("--actor", choices=ACTORS, help=argparse.SUPPRESS)       # internal: one actor's loop
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.actor:
+        actor(args.actor, str(args.home), args.deadline, args.out)
+        return 0
     home = args.home or Path(tempfile.mkdtemp(prefix="soak-")) / "home"
     if not (home / "models").exists():
         t0 = time.perf_counter()
@@ -196,7 +208,8 @@ def main(argv=None) -> int:
     result = run_soak(home, args.minutes * 60)
     result["load"] = f"{load} / {os.getloadavg()[0]:.2f}"
     print(markdown(result))
-    return 0 if not result["failures"] and not result["days_without_record"] and not result["hung"] else 1
+    ok = not (result["failures"] or result["days_without_record"] or result["hung"] or result["crashed"])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
