@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -180,8 +181,14 @@ def markdown(result: dict) -> str:
         lines.append(f"Still running after the grace period (killed): {', '.join(result['hung'])}")
     for name, err in result["crashed"].items():
         lines.append(f"Actor {name} crashed: `{err.strip().splitlines()[-1] if err.strip() else '?'}`")
-    for f in result["failures"][:5]:
-        lines.append(f"- failure in {f['actor']} ({f['what']}): `{f['error'].strip().splitlines()[-1] if f['error'].strip() else '?'}`")
+    kinds: dict[tuple, int] = {}
+    for f in result["failures"]:
+        last = f["error"].strip().splitlines()[-1] if f["error"].strip() else "?"
+        key = (f["actor"], re.sub(r"\d+", "N", last)[:160])
+        kinds[key] = kinds.get(key, 0) + 1
+    if kinds:
+        lines += ["", "| actor | failures | message (digits as N) |", "| --- | ---: | --- |"]
+        lines += [f"| {a} | {n} | `{m}` |" for (a, m), n in sorted(kinds.items(), key=lambda kv: -kv[1])]
     return "\n".join(lines)
 
 

@@ -3,6 +3,9 @@
 No DuckDB extension is used (they download at run time and fail offline):
 rows arrive from the operational database as pandas frames.
 Users appear only as keyed pseudonyms (`user_key`).
+Concurrency: readers open short-lived read-only snapshots (`session`, `query`);
+writers change a copy and swap it in atomically (`transaction`), so a reader in
+any process never blocks a writer and never sees half of a write.
 """
 from __future__ import annotations
 
@@ -62,6 +65,10 @@ def _wal(path: Path) -> Path:
     return Path(f"{path}.wal")
 
 
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """A connection of its own to `path`, in the `warehouse` catalog.
 
@@ -73,7 +80,7 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """
     con = duckdb.connect(":memory:")
     try:
-        con.execute(f"ATTACH '{str(path)}' AS {ALIAS} ({'READ_ONLY' if read_only else 'READ_WRITE'})")
+        con.execute(f"ATTACH {_quoted(path)} AS {ALIAS} ({'READ_ONLY' if read_only else 'READ_WRITE'})")
         con.execute(f"USE {ALIAS}")
     except BaseException:
         con.close()
@@ -188,7 +195,7 @@ def transaction(settings: Settings, *, compact: bool = False,
                     raise
                 con.execute("COMMIT")
                 if compact:
-                    con.execute(f"ATTACH '{str(fresh)}' AS warehouse_compact")
+                    con.execute(f"ATTACH {_quoted(fresh)} AS warehouse_compact")
                     con.execute(f"COPY FROM DATABASE {ALIAS} TO warehouse_compact")
                     con.execute("DETACH warehouse_compact")
                 con.execute(f"CHECKPOINT {ALIAS}")

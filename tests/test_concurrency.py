@@ -94,6 +94,12 @@ def test_a_write_leaves_no_wal_and_readers_need_no_write_access(world):
         world.warehouse.chmod(0o644)
 
 
+def test_a_data_folder_whose_path_has_a_quote(small_world, tmp_path):
+    world = private_copy(small_world, tmp_path / "o'brien")
+    assert etl.run_etl(world).status == "loaded"
+    assert warehouse.query(world, "SELECT count(*) AS n FROM data_versions")["n"][0] == 1
+
+
 def test_reads_that_keep_failing_raise_a_named_error(world, monkeypatch):
     import duckdb
     etl.run_etl(world)
