@@ -191,14 +191,18 @@ def transaction(settings: Settings, *, compact: bool = False,
                 try:
                     yield con
                 except BaseException:
-                    con.execute("ROLLBACK")
+                    try:
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:    # the copy is thrown away anyway; keep the caller's error
+                        pass
                     raise
                 con.execute("COMMIT")
                 if compact:
                     con.execute(f"ATTACH {_quoted(fresh)} AS warehouse_compact")
                     con.execute(f"COPY FROM DATABASE {ALIAS} TO warehouse_compact")
-                    con.execute("DETACH warehouse_compact")
-                con.execute(f"CHECKPOINT {ALIAS}")
+                    con.execute("DETACH warehouse_compact")      # written and closed: no WAL
+                else:
+                    con.execute(f"CHECKPOINT {ALIAS}")
             finally:
                 con.close()
             done = fresh if compact else nxt
