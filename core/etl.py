@@ -231,27 +231,27 @@ def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
     if at is None:
         with opsdb.session(settings) as db:
             at = opsdb.clock_now(db)
-    con = warehouse.connect(settings)
+    started = at
     try:
-        started = at
-        # Under the store lock no other ETL runs: a 'running' row is one whose process was killed.
-        con.execute("UPDATE etl_runs SET status = 'interrupted', error = 'interrupted: the process ended while "
-                    "it ran (found at the next ETL start)' WHERE status = 'running'")
-        run_id = int(con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM etl_runs").fetchone()[0])
-        con.execute("INSERT INTO etl_runs(run_id, started_at, status) VALUES (?, ?, 'running')", [run_id, started])
-        try:
+        with warehouse.transaction(settings, purpose="ETL") as con:
+            # A run commits whole (a copy swapped in), so it never leaves a 'running' row; one written by an
+            # older version whose process was killed is marked here (no other ETL runs under the store lock).
+            con.execute("UPDATE etl_runs SET status = 'interrupted', error = 'interrupted: the process ended while "
+                        "it ran (found at the next ETL start)' WHERE status = 'running'")
+            run_id = int(con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM etl_runs").fetchone()[0])
             result = _run(con, settings, key, run_id, started)
-        except Exception as exc:
-            con.execute("UPDATE etl_runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
-                        [started, f"{type(exc).__name__}: {exc}", run_id])
-            raise
-        con.execute("UPDATE etl_runs SET status = ?, finished_at = ?, data_version = ?, rows_extracted = ?, "
-                    "rows_loaded = ?, rows_quarantined = ? WHERE run_id = ?",
-                    [result.status, started, result.data_version, result.rows_extracted, result.rows_loaded,
-                     result.rows_quarantined, run_id])
-        return result
-    finally:
-        con.close()
+            con.execute("INSERT INTO etl_runs(run_id, started_at, finished_at, status, data_version, rows_extracted, "
+                        "rows_loaded, rows_quarantined) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, started, started, result.status, result.data_version, result.rows_extracted,
+                         result.rows_loaded, result.rows_quarantined])
+    except Exception as exc:
+        # The run's changes were discarded with its copy of the warehouse; only the failure is recorded.
+        with warehouse.transaction(settings, purpose="ETL") as con:
+            run_id = int(con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM etl_runs").fetchone()[0])
+            con.execute("INSERT INTO etl_runs(run_id, started_at, finished_at, status, error) "
+                        "VALUES (?, ?, ?, 'failed', ?)", [run_id, started, started, f"{type(exc).__name__}: {exc}"])
+        raise
+    return result
 
 
 def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlResult:
@@ -312,7 +312,6 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
                    if len(quarantine) else set()) |
                   ({d.date() for d in pd.to_datetime(quarantine["quarantined_at"]).dropna().dt.normalize().unique()} if len(quarantine) else set()))
 
-    con.execute("BEGIN TRANSACTION")
     try:
         con.register("users_df", users)
         con.register("movies_df", movies)
@@ -334,10 +333,6 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
                      window[0], window[1], json.dumps(report), json.dumps(ex["max"])])
         for name, value in ex["max"].items():  # watermarks move last
             con.execute("INSERT OR REPLACE INTO etl_state VALUES (?, ?)", [name, int(value)])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     finally:
         for name in ("users_df", "movies_df", "facts_df", "q_df"):
             try:

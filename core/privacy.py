@@ -482,9 +482,10 @@ def forget_user(settings: Settings, user_id: int, *, actor: str, at: str | None 
        without a row for the user), and `rejected_writes` whose JSON payload names
        the user. The WAL is checkpointed so the deleted pages leave the WAL file.
     2. `warehouse` (one DuckDB transaction): every table with a `user_key` column
-       (fact_interaction, quarantine, dim_user) loses the user's rows; then the
-       file is rewritten (`_compact_warehouse`), since DuckDB keeps deleted rows'
-       bytes in the file. Daily aggregates (counts, no key) are kept.
+       (fact_interaction, quarantine, dim_user) loses the user's rows; the file
+       swapped in is a rewrite (`warehouse.transaction(compact=True)`), since
+       DuckDB keeps deleted rows' bytes in the file. Daily aggregates (counts,
+       no key) are kept.
     3. `bundles`: every bundle `models/run-*/` whose mapping holds the pseudonym gets
        the user's factors zeroed (`drop_user`), their training-matrix row emptied
        and the key replaced by '' in mapping.npz.
@@ -798,51 +799,16 @@ def _erase_ops(settings: Settings, uid: int) -> dict:
 def _erase_warehouse(settings: Settings, user_key: str) -> dict:
     if not settings.warehouse.exists():
         return {}
-    with warehouse.session(settings) as con:
-        tables = _warehouse_user_tables(con)
+    with warehouse.transaction(settings, compact=True, purpose="erasure") as con:
         counts = {}
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for table in tables:
-                counts[table] = int(con.execute(f"SELECT count(*) FROM {table} WHERE user_key = ?",
-                                                [user_key]).fetchone()[0])
-                con.execute(f"DELETE FROM {table} WHERE user_key = ?", [user_key])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    counts["file_compacted"] = _compact_warehouse(settings)
+        for table in _warehouse_user_tables(con):
+            counts[table] = int(con.execute(f"SELECT count(*) FROM {table} WHERE user_key = ?",
+                                            [user_key]).fetchone()[0])
+            con.execute(f"DELETE FROM {table} WHERE user_key = ?", [user_key])
+    counts["file_compacted"] = True
     return counts
 
 
-def _compact_warehouse(settings: Settings) -> bool:
-    """Rewrite the warehouse into a fresh file and swap it in; True when done.
-
-    DuckDB marks deleted or updated rows as gone but leaves their bytes in the
-    file's blocks (a CHECKPOINT does not wipe them), so after an erasure the
-    pseudonym could still be read from the raw file. A copy holds live rows only.
-    Skipped (False) when another connection still has the file open (its WAL
-    remains after ours closes): swapping the file under it would lose writes.
-    """
-    path = settings.warehouse
-    fresh = path.with_name(path.name + ".compact")
-    wal = Path(f"{path}.wal")
-    for leftover in (fresh, Path(f"{fresh}.wal")):
-        leftover.unlink(missing_ok=True)
-    with warehouse.session(settings) as con:
-        con.execute("CHECKPOINT")
-        name = con.execute("SELECT current_database()").fetchone()[0]
-        con.execute("ATTACH ? AS privacy_compact", [str(fresh)])
-        try:
-            con.execute(f'COPY FROM DATABASE "{name}" TO privacy_compact')
-        finally:
-            con.execute("DETACH privacy_compact")
-    if wal.exists():
-        fresh.unlink(missing_ok=True)
-        return False
-    private_file(fresh)
-    os.replace(fresh, path)
-    return True
 
 
 def _redact_audit(settings: Settings, user_key: str, request_id: int) -> int:
@@ -907,10 +873,12 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
     wh_n = 0
     if settings.warehouse.exists():
         with warehouse.session(settings) as con:
-            wh_n = con.execute("DELETE FROM fact_interaction WHERE kind <> 'rating' AND occurred_at < ?",
+            wh_n = con.execute("SELECT count(*) FROM fact_interaction WHERE kind <> 'rating' AND occurred_at < ?",
                                [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()[0]
-        if wh_n:
-            _compact_warehouse(settings)
+        if wh_n:    # deleted and compacted in one swap
+            with warehouse.transaction(settings, compact=True, purpose="retention purge") as con:
+                wh_n = con.execute("DELETE FROM fact_interaction WHERE kind <> 'rating' AND occurred_at < ?",
+                                   [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()[0]
     access.log_action(settings, actor, "retention", f"events before {cutoff}", "ok", when)
     serving.clear_caches()
     return {"days": days, "clock": clock, "cutoff": cutoff, "ops_events_deleted": int(ops_n),
@@ -990,9 +958,11 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
         staged.append((staging, directory))
 
     rekeyed: dict[str, int] = {}
+    compacted = False
     try:
         if settings.warehouse.exists():
-            with warehouse.session(settings) as con:
+            # Re-keyed and rewritten in one swap: the old pseudonyms' bytes leave the file too.
+            with warehouse.transaction(settings, compact=True, purpose="key rotation") as con:
                 tables = _warehouse_user_tables(con)
                 present = set()
                 for t in tables:
@@ -1004,17 +974,13 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
                 rekeyed = {t: 0 for t in tables}
                 if len(frame):
                     con.register("key_map", frame)
-                    con.execute("BEGIN TRANSACTION")
                     try:
                         for t in tables:
                             rekeyed[t] = int(con.execute(f"UPDATE {t} SET user_key = m.new_key FROM key_map m "
                                                          f"WHERE {t}.user_key = m.old_key").fetchone()[0])
-                        con.execute("COMMIT")
-                    except BaseException:
-                        con.execute("ROLLBACK")
-                        raise
                     finally:
                         con.unregister("key_map")
+            compacted = True
     except BaseException:
         for staging, _ in staged:
             shutil.rmtree(staging, ignore_errors=True)
@@ -1042,8 +1008,6 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
     section.pop("next_key", None)
     access.write_secrets(settings, data)
     serving.clear_caches()
-    # The old pseudonyms' bytes leave the warehouse file too.
-    compacted = _compact_warehouse(settings) if settings.warehouse.exists() else False
     access.log_action(settings, actor, "rotate-key", None, "ok", when)
     return {"warehouse_rows_rekeyed": rekeyed, "bundles_rekeyed": len(staged), "users_rekeyed": len(ids),
             "unlinked_keys": len(unlinked), "audit_targets_rekeyed": len(audit_map),

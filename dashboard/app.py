@@ -34,4 +34,5 @@ pages = {
 }
 ui.operator_login()
 st.sidebar.caption(f"Data folder: `{cache.settings().home}`")
-st.navigation(pages).run()
+with ui.core_errors():    # a core error a page does not handle itself (e.g. StoreBusy) shows as a message
+    st.navigation(pages).run()

@@ -214,6 +214,20 @@ def test_core_errors_show_as_st_error(home):
     assert any("no earlier version" in e.value or "roll back" in e.value for e in at.error)
 
 
+@pytest.mark.parametrize("page_path", PAGES)
+def test_a_busy_warehouse_shows_a_message_not_a_traceback(home, monkeypatch, page_path):
+    from core import warehouse
+    at = app()
+
+    def busy(settings):
+        raise warehouse.WarehouseBusy("the warehouse (warehouse.duckdb) cannot be opened for reading: "
+                                      "lock held (injected) — try again in a moment")
+    monkeypatch.setattr(warehouse, "connect", busy)
+    at.switch_page(page_path).run()
+    assert not at.exception, at.exception
+    assert all("try again" in e.value for e in at.error)
+
+
 def test_data_page_shows_versions_and_quarantine(home):
     simulation.simulate(home, 1, shift="data-quality", strength=2)
     at = app()
