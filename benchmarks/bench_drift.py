@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import loop, monitoring, pipeline, policy, serving, simulation, tracking  # noqa: E402
+from core import loop, monitoring, pipeline, policy, registry, serving, simulation, tracking  # noqa: E402
 from core.pseudonym import KEY_ENV  # noqa: E402
 from core.mlopsdb import clone_home
 from core.settings import load_settings  # noqa: E402
@@ -101,6 +101,29 @@ def gate_reasons(settings) -> dict[int, dict]:
         except (TypeError, ValueError):
             pass
     return out
+
+
+def gate_outcomes(settings) -> dict:
+    """Refused CF promotions grouped by the failed gate check, and whether production ends above its baselines."""
+    con = sqlite3.connect(settings.mlops_db)
+    try:
+        rows = con.execute("SELECT result FROM jobs WHERE kind = 'retrain' AND result IS NOT NULL").fetchall()
+    finally:
+        con.close()
+    refused: dict[str, int] = {}
+    for (result,) in rows:
+        res = json.loads(result)
+        if res.get("promoted"):
+            continue
+        failed = [name for name, c in (res.get("gate", {}).get("checks") or {}).items() if not c.get("passed")]
+        for name in failed or ["(none recorded)"]:
+            refused[name] = refused.get(name, 0) + 1
+    prod = registry.production(settings)
+    run = tracking.get_run(settings, prod["run_id"]) if prod else None
+    floor = registry.baseline_floor({"metrics": json.dumps(run["metrics"]), "baselines": json.dumps(run["baselines"])}) \
+        if run else {"passes": True}
+    return {"refused": sum(1 for (r,) in rows if not json.loads(r).get("promoted")), "refused_by": refused,
+            "final_above_baselines": floor["passes"], "final_version": prod["version"] if prod else None}
 
 
 def summarize(log: list[dict], baseline: float) -> dict:
@@ -262,7 +285,7 @@ def main() -> None:
                 for r, d in zip(out["log"], per_day):
                     (retrain_day_times if r["action"] else day_times).append(d)
                 row = summarize(out["log"], baseline) | {"scenario": kind, "policy": mode, "secs": secs,
-                                                          "shift": out.get("shift")}
+                                                          "shift": out.get("shift")} | gate_outcomes(s)
                 results.append(row)
                 note(f"{kind} / {mode}: delay {row['delay']}, first {row['first_alerts']}, "
                      f"recovery {fmt(row['recovery'], '.2f')}, retrains {row['retrains']} "
@@ -307,13 +330,16 @@ def main() -> None:
         r["vs_no_shift"] = None if r["after"] is None or not no_shift else r["after"] / no_shift
     lines.append("| scenario | policy | detection delay (days) | first alert(s) | classification at detection | "
                  "hit rate before (baseline) | worst daily hit rate | hit rate after (last 3 days) | recovery | "
-                 "after ÷ no-shift run, same days | days to recover | retrains (promoted) |")
-    lines.append("| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+                 "after ÷ no-shift run, same days | days to recover | retrains (promoted) | refused by the gate (why) | "
+                 "production at the end beats its baselines |")
+    lines.append("| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for r in results:
         lines.append(f"| {r['scenario']} | {r['policy']} | {fmt(r['delay'], 'd')} | {', '.join(r['first_alerts']) or '—'} | "
                      f"{r['classification'] or '—'} | {baseline:.3f} | {fmt(r['worst'])} | {fmt(r['after'])} | "
                      f"{fmt(r['recovery'], '.0%')} | {fmt(r['vs_no_shift'], '.0%')} | {fmt(r['days_to_recover'], 'd')} | "
-                     f"{r['retrains']} ({r['promoted']}) |")
+                     f"{r['retrains']} ({r['promoted']}) | {r['refused']}"
+                     + (f" ({', '.join(f'{k} {v}' for k, v in sorted(r['refused_by'].items()))})" if r["refused"] else "")
+                     + f" | {'yes' if r['final_above_baselines'] else 'NO'} (v{r['final_version']}) |")
 
     lines.append("\n## Goals\n")
     taste = [r for r in results if r["scenario"] != "data-quality"]
@@ -350,6 +376,9 @@ def main() -> None:
         gains = [f"{r['scenario']} {fmt(r['after'], '.3f')} vs {fmt(m['after'], '.3f')}" for r in auto
                  for m in results if m["scenario"] == r["scenario"] and m["policy"] == "manual"]
         lines.append(f"  (on-alert vs manual, hit rate after: {'; '.join(gains)})")
+    under = [f"{r['scenario']}/{r['policy']}" for r in results if not r["final_above_baselines"]]
+    lines.append(f"- no run ends with a production model below its baselines: {verdict(not under, bool(results))}"
+                 + (f" — below: {', '.join(under)}" if under else ""))
     bad_dq = [f"{r['policy']} ({r['classification'] or 'no alert'})" for r in dq if r["classification"] != "data incident"]
     lines.append(f"- data-quality flagged as a data incident: {verdict(not bad_dq, bool(dq))}"
                  + (f" — {', '.join(bad_dq)}" if bad_dq else ""))

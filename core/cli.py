@@ -211,10 +211,13 @@ def cmd_evaluate(args, settings):
     result = pipeline.evaluate_version(settings, args.version, args.holdout_days)
 
     def human():
-        print(f"v{result['version']} ({result['model_kind']}, trained on {result['trained_on']}) on the holdout "
-              f"{result['holdout_start']} .. {result['holdout_end']} of {result['data_version']}:")
-        if result["metrics"].get("overlaps_holdout"):
-            print("  note: this version was trained on data from this holdout window, so its scores are optimistic")
+        if result["metrics"] is None:
+            print(f"v{result['version']} ({result['model_kind']}, trained on {result['trained_on']}): no score — "
+                  f"{result['note']}")
+            return
+        print(f"v{result['version']} ({result['model_kind']}, trained on {result['trained_on']} until "
+              f"{result['trained_until']}) on the days after it, {result['holdout_start']} .. {result['holdout_end']} "
+              f"of {result['data_version']} ({result['metrics']['users_evaluated']} users):")
         print(f"  model       {_metric_line(result['metrics'])}")
         for name, m in result["baselines"].items():
             print(f"  {name:<11} {_metric_line(m)}")

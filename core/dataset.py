@@ -22,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import warehouse
+from .errors import RetroError
 from .settings import Settings
 
 
@@ -133,8 +134,12 @@ class Split:
     holdout_pairs: int
 
 
+class NoDataAfterTraining(RetroError):
+    """The warehouse has no day after a model's training window yet: nothing to score it on without leakage."""
+
+
 def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWeights = ConfidenceWeights(),
-               all_movie_ids: np.ndarray | None = None, served_pairs=None) -> Split:
+               all_movie_ids: np.ndarray | None = None, served_pairs=None, start_after=None) -> Split:
     """Train on everything before the last `holdout_days` days; evaluate on what users did after.
 
     Held-out relevant items are positive interactions in the holdout window with
@@ -143,17 +148,24 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
     the production model itself put in front of each user during the holdout: those
     interactions were caused by that model's lists, would favour it in any comparison
     (a feedback loop), and are left out of the relevant sets.
+    `start_after` (the end of a model's training window) moves the holdout to whole days after it, so a
+    deployed model is never scored on data it was trained on; `NoDataAfterTraining` when there is none yet.
     """
     with warehouse.session(settings) as con:
         end = con.execute("SELECT max(occurred_at) FROM fact_interaction").fetchone()[0]
         if end is None:
-            from .errors import RetroError
             raise RetroError("the warehouse is empty; run the ETL first (python -m core etl)")
         end = pd.Timestamp(end)
         cutoff = (end - pd.Timedelta(days=holdout_days - 1)).normalize()
+        if start_after is not None:
+            first_new_day = pd.Timestamp(start_after).normalize() + pd.Timedelta(days=1)
+            if first_new_day > end:
+                raise NoDataAfterTraining(
+                    f"no data after the model's training window yet (it ends {pd.Timestamp(start_after)}, the newest "
+                    f"data {end}): scoring it now would use days it was trained on; simulate or load more days")
+            cutoff = max(cutoff, first_new_day)
         train_df = interactions(settings, None, cutoff, weights, con)
         if train_df.empty:
-            from .errors import RetroError
             first = con.execute("SELECT min(occurred_at) FROM fact_interaction").fetchone()[0]
             raise RetroError(f"a {holdout_days}-day holdout leaves no training data (the warehouse covers "
                              f"{pd.Timestamp(first).date()} .. {end.date()}); choose fewer holdout days")

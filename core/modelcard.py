@@ -309,8 +309,10 @@ def quality_breakdown(settings: Settings, bundle: Bundle, popularity: np.ndarray
     Groups: activity tier (terciles of the user's training interactions) and favourite
     genre. Users the bundle does not know (cold start) are left out and counted.
     """
+    # Only days after the bundle's training window (no leakage); NoDataAfterTraining (a RetroError) otherwise.
     split = dataset.time_split(settings, holdout_days,
-                               served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
+                               served_pairs=lambda a, b: serving.served_pairs(settings, a, b),
+                               start_after=bundle.meta.get("trained_until") or "2999-01-01")
     pool = np.array(sorted(split.holdout), dtype=np.int64)
     if not len(pool):
         raise RetroError("the current holdout window holds no new interaction to score the model on")
@@ -429,7 +431,7 @@ def model_card_markdown(card: dict) -> str:
     lines += ["", "## Quality across user groups", ""]
     if fair:
         h = fair["holdout"]
-        lines += [f"Current holdout {h['start']} → {h['end']}: {h['users_scored']} users scored "
+        lines += [f"Days after the training window, {h['start']} → {h['end']}: {h['users_scored']} users scored "
                   f"(sample of {h['users_sampled']}; {h['unknown_users']} unknown to the model left out)."
                   + (" ⚠ The deployed bundle was refit on data including this window: the values are optimistic, "
                      "compare the groups with each other." if h["overlaps_holdout"] else ""), "",

@@ -52,10 +52,11 @@ def sim_now(settings: Settings) -> str:
 
 # ------------------------------------------------------------------ evaluation
 def holdout_split(settings: Settings, holdout_days: int = HOLDOUT_DAYS,
-                  weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights()) -> dataset.Split:
-    """The time-based split every comparison uses, without the titles the model itself served."""
+                  weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(), start_after=None) -> dataset.Split:
+    """The time-based split every comparison uses, without the titles the model itself served
+    (`start_after`: only days after a model's training window, see `dataset.time_split`)."""
     return dataset.time_split(settings, holdout_days, weights,
-                              served_pairs=lambda a, b: serving.served_pairs(settings, a, b))
+                              served_pairs=lambda a, b: serving.served_pairs(settings, a, b), start_after=start_after)
 
 
 def top50_columns(settings: Settings, split: dataset.Split) -> np.ndarray:
@@ -360,15 +361,26 @@ def evaluate_version(settings: Settings, version: int | None = None, holdout_day
     entry = registry.get_version(settings, version) if version is not None else registry.production(settings)
     if entry is None:
         raise RetroError("no model in production yet; run a retrain first (python -m core retrain)")
-    split = holdout_split(settings, holdout_days)
-    top_cols = top50_columns(settings, split)
+    bundle = load_bundle(entry["artifact_path"])
+    trained_until = bundle.meta.get("trained_until")
     result = {"version": int(entry["version"]), "model_kind": entry["model_kind"],
               "data_version": current_data_version(settings), "trained_on": entry["data_version"],
-              "holdout_start": str(split.cutoff), "holdout_end": str(split.end),
-              "metrics": evaluate_bundle(load_bundle(entry["artifact_path"]), split, top_cols),
-              "baselines": {"popularity": evaluate_model(PopularityRecommender().fit(split.train.user_items), split),
-                            "top50": evaluate_model(WeightedRatingRecommender(top_cols).fit(split.train.user_items), split)},
-              "metrics_at_training": entry["metrics"]}
+              "trained_until": trained_until, "holdout_start": None, "holdout_end": None, "metrics": None,
+              "baselines": None, "metrics_at_training": entry["metrics"], "note": None}
+    if trained_until is None:
+        result["note"] = "the bundle does not record the end of its training window, so no leak-free holdout exists"
+        return result
+    try:   # only days after the training window: a model scored on data it was trained on looks better than it is
+        split = holdout_split(settings, holdout_days, start_after=trained_until)
+    except dataset.NoDataAfterTraining as exc:
+        result["note"] = str(exc)
+        return result
+    top_cols = top50_columns(settings, split)
+    result |= {"holdout_start": str(split.cutoff), "holdout_end": str(split.end),
+               "metrics": evaluate_bundle(bundle, split, top_cols),
+               "baselines": {"popularity": evaluate_model(PopularityRecommender().fit(split.train.user_items), split),
+                             "top50": evaluate_model(WeightedRatingRecommender(top_cols).fit(split.train.user_items),
+                                                     split)}}
     return result
 
 

@@ -219,6 +219,18 @@ def list_jobs(settings: Settings, limit: int = 20) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
 
+def last_gate_decision(settings: Settings) -> dict | None:
+    """The newest finished retrain job's gate decision: {job_id, version, promoted, trigger, at, gate}, or None."""
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT job_id, finished_at, result FROM jobs WHERE kind = 'retrain' AND status = 'finished' "
+                         "ORDER BY job_id DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    result = loads(row[2]) or {}
+    return {"job_id": row[0], "at": row[1], "version": result.get("version"), "promoted": result.get("promoted"),
+            "trigger": result.get("trigger"), "gate": result.get("gate") or {}}
+
+
 # --- internals ---------------------------------------------------------------
 
 def _run_row(db, run_id: int) -> dict:

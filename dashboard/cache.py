@@ -90,6 +90,11 @@ def versions(state):
 
 
 @st.cache_data(show_spinner=False, max_entries=2)
+def last_gate(state):
+    return tracking.last_gate_decision(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
 def jobs(state):
     return tracking.list_jobs(settings(), 50)
 

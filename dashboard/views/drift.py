@@ -55,12 +55,17 @@ st.caption("Served scores are the ranker's log-odds while a ranker serves, the C
 if st.button("Evaluate the production model on the newest data", key="evaluate"):
     with ui.core_errors():
         ev = cache.evaluation(cache.token())
+    if ev["metrics"] is None:
+        st.info(f"v{ev['version']} cannot be scored on newer data yet: {ev['note']}")
+    else:
         rows = [{"metric": m, "at training": ev["metrics_at_training"].get(m), "newest holdout": ev["metrics"].get(m),
                  "Top 50 on the newest holdout": ev["baselines"]["top50"].get(m)}
                 for m in ("ndcg@10", "precision@10", "recall@10", "hit_rate@10", "coverage")]
-        st.caption(f"v{ev['version']} ({ev['model_kind']}), trained on {ev['trained_on']}; newest holdout "
-                   f"{ev['holdout_start'][:10]} – {ev['holdout_end'][:10]} of {ev['data_version']}. Training-time "
-                   "metrics were measured on the holdout of that day's data; a drop on the newest holdout is model drift.")
+        st.caption(f"v{ev['version']} ({ev['model_kind']}), trained on {ev['trained_on']} until "
+                   f"{str(ev['trained_until'])[:16]}; scored only on the days after that, {ev['holdout_start'][:10]} – "
+                   f"{ev['holdout_end'][:10]} of {ev['data_version']} ({ev['metrics']['users_evaluated']:,} users; "
+                   f"{ev['metrics_at_training'].get('users_evaluated', '?')} at training). A drop against the "
+                   "training-time metrics is model drift.")
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="evaluation_table")
 
 st.subheader("Alerts")

@@ -22,7 +22,9 @@ boxes = [
                                            + (f" ({last_job['trigger']})" if last_job else "")]),
     ("Registry", "gate → production", [f"{reg['versions']} version(s)",
                                        f"production v{prod['version']} ({prod['model_kind']})" if prod else "no model in production yet",
-                                       f"nDCG@10 {prod['metrics']['ndcg@10']:.4f}" if prod else "run a retrain"]),
+                                       f"nDCG@10 {prod['metrics']['ndcg@10']:.4f} on "
+                                       f"{prod['metrics'].get('users_evaluated', 0):,} holdout users" if prod
+                                       else "run a retrain"]),
     ("Serving", "model or Top 50 fallback", [f"{srv['lists_served']:,} lists served",
                                              ", ".join(f"{k} {v:,}" for k, v in srv["paths"].items()) or "nothing served yet"]),
     ("Monitoring", "drift & alerts", [f"{s['monitoring']['open_alerts']} open alerts"]),

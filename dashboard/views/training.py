@@ -15,8 +15,8 @@ with st.container(border=True):
     c1, c2, c3 = st.columns(3)
     model = c1.selectbox("Model", ["als", "bpr"], key="model")
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=42, step=1, key="seed")
-    margin = c3.number_input("Gate margin (relative, 0.02 = must beat production by 2 %)", min_value=0.0,
-                             max_value=1.0, value=0.0, step=0.01, key="margin")
+    margin = c3.number_input("Gate tolerance (nDCG@10 the interval's lower bound may fall below 0)", min_value=0.0,
+                             max_value=1.0, value=0.0, step=0.005, format="%.3f", key="margin")
     if st.button("Run the retrain pipeline", type="primary", key="retrain"):
         bar = st.progress(0.0, text="starting")
         stages = st.empty()
@@ -28,11 +28,27 @@ with st.container(border=True):
         verdict = st.success if result["promoted"] else st.warning
         verdict(f"Run {result['run_id']} → v{result['version']}: "
                 + ("promoted to production" if result["promoted"] else "kept as candidate — the gate refused it")
-                + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f}, data {result['data_version']})")
+                + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f} on {result['metrics']['users_evaluated']:,} "
+                  f"holdout users, data {result['data_version']})")
         for reason in result["gate"]["reasons"]:
             st.caption(f"gate: {reason}")
 
 token = cache.token()
+decision = cache.last_gate(token)
+if decision is not None:
+    with st.container(border=True):
+        st.markdown(f"**Last gate decision** — job {decision['job_id']} ({decision['trigger']}), v{decision['version']}: "
+                    + ("promoted" if decision["promoted"] else "**refused**, production kept"))
+        checks = decision["gate"].get("checks", {})
+        quality = checks.get("quality", {})
+        if "lo" in quality:
+            st.caption(f"Paired bootstrap of the per-user nDCG@10 difference (candidate − production) over "
+                       f"{quality['n_users']:,} holdout users, {quality['resamples']:,} resamples: "
+                       f"{quality['point']:+.4f}, {quality['level']:.0%} interval [{quality['lo']:+.4f}, "
+                       f"{quality['hi']:+.4f}]; reference: {quality.get('reference', 'production')}.")
+        st.dataframe(pd.DataFrame([{"check": name, "passed": bool(c.get("passed")), "reason": reason}
+                                   for (name, c), reason in zip(checks.items(), decision["gate"].get("reasons", []))]),
+                     hide_index=True, key="gate_table", column_config={"reason": st.column_config.TextColumn(width="large")})
 runs = cache.runs(token)
 versions, history = cache.versions(token)
 
@@ -42,7 +58,8 @@ if runs.empty:
     st.info("No runs yet — press “Run the retrain pipeline”.")
 else:
     cols = [c for c in ("run_id", "model_kind", "status", "started_at", "data_version", "seed", "ndcg@10", "precision@10",
-                        "recall@10", "hit_rate@10", "coverage", "novelty", "duration_s", "code_version") if c in runs]
+                        "recall@10", "hit_rate@10", "coverage", "novelty", "users_evaluated", "duration_s",
+                        "code_version") if c in runs]
     st.dataframe(runs[cols], hide_index=True, key="runs_table",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in cols if "@" in c or c in ("coverage", "novelty")})
     finished = runs[runs["status"] == "finished"]["run_id"].tolist()
@@ -69,7 +86,8 @@ if versions.empty:
     st.info("No model versions yet — a retrain registers one.")
 else:
     st.dataframe(versions[[c for c in ("version", "model_kind", "stage", "data_version", "created_at", "ndcg@10",
-                                       "coverage", "run_id") if c in versions]], hide_index=True, key="versions_table")
+                                       "coverage", "users_evaluated", "run_id") if c in versions]], hide_index=True,
+                 key="versions_table")
     st.caption("Lifecycle history (who, when, why):")
     st.dataframe(history[["at", "version", "from_stage", "to_stage", "actor", "reason"]], hide_index=True, key="history_table")
     left, right = st.columns(2)
@@ -79,12 +97,15 @@ else:
         version = st.selectbox("Version", choices, key="promote_version", disabled=not choices)
         reason = st.text_input("Reason (recorded)", key="promote_reason")
         sure = st.checkbox("I confirm this changes what users are served", key="promote_confirm")
+        force = st.checkbox("Force: promote even if it does not beat its baselines (recorded as forced)",
+                            key="promote_force")
         if st.form_submit_button("Promote", disabled=not choices):
             if not sure:
                 st.error("Tick the confirmation box first.")
             elif (who := ui.operator("promote a model version")) is not None:
                 with ui.core_errors():
-                    registry.promote(s, int(version), f"operator:{who}", reason)
+                    registry.promote(s, int(version), f"operator:{who}", reason or "manual promotion from the dashboard",
+                                     force=force)
                 from core.access import log_action
                 log_action(s, f"operator:{who}", "promote", f"v{version}", "ok")
                 cache.clear()
