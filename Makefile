@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean-data
+.PHONY: run test test-fast bench clean-data
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest
+
+# Everything but the tests marked slow or browser (property sweeps, soak, hostile CLI, closed-loop runs, Chromium).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not browser"
 
 bench: $(STAMP)
 	for b in world pipeline movielens governance drift dashboard soak; do $(PY) benchmarks/bench_$$b.py || exit 1; done

@@ -99,7 +99,7 @@ def test_any_argument_exits_0_or_1_with_one_error_line(world, tmp_path, monkeypa
     (["train", "--seed", "-1"], "seed must be in 0..4294967295"),
     (["privacy", "retention", "--days", str(2**70)], "--days must be in 1..36500"),
     (["evaluate", "--holdout-days", "100000"], "--holdout-days must be in 1..365"),
-    (["evaluate", "--holdout-days", "300"], "leaves no training data"),
+    (["train", "--holdout-days", "300", "--json"], "leaves no training data"),
     (["retrain", "--margin", "-1"], "--margin must be in [0, 1]"),
     (["retrain", "--margin", "nan"], "finite number"),
     (["simulate", "--days", "1", "--open-loop", "--shift", "viral", "--movie", "-1"], "out of range"),

@@ -7,6 +7,8 @@ from core.errors import UnknownMovie, UnknownUser
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import load_settings
 
+pytestmark = pytest.mark.slow   # the module fixture trains CF and the ranker; tests retrain
+
 
 GATE: dict = {}   # the pipeline's own ranker decision in the base world
 

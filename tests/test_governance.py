@@ -13,6 +13,8 @@ from core.pseudonym import pseudonym, pseudonym_key
 from core.registry import UnknownVersion
 from core.settings import load_settings
 
+pytestmark = pytest.mark.slow   # the module fixture retrains with the ranker and serves lists on two days
+
 DAY1, DAY2 = "2026-01-11T09:00:00", "2026-01-12T09:00:00"
 UNDERFIT = {"factors": 2, "iterations": 1, "regularization": 50.0}
 OVERFIT = {"factors": 256, "regularization": 0.01, "alpha": 40.0, "iterations": 30}

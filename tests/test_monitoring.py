@@ -9,6 +9,8 @@ from core.errors import ValidationError
 from core.monitoring import DayReport
 from core.settings import load_settings
 
+pytestmark = pytest.mark.slow   # every test runs on a closed-loop world (retrain with the ranker, simulated days)
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):

@@ -9,6 +9,8 @@ from core.artifacts import load_bundle
 from core.errors import UnknownUser, ValidationError
 from core.settings import load_settings
 
+pytestmark = pytest.mark.slow   # almost every test retrains (ETL, ALS, gate) on a world of its own
+
 
 @pytest.fixture(scope="module")
 def base_world(tmp_path_factory):

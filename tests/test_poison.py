@@ -12,6 +12,8 @@ from conftest import private_copy
 from core import etl, loop, pipeline, simulation, warehouse
 from core.settings import load_settings
 
+pytestmark = pytest.mark.slow   # etl + retrain + two closed-loop days per planted row
+
 EV = "INSERT INTO events(event_id, user_id, movie_id, kind, value, occurred_at) VALUES (?,?,?,?,?,?)"
 RH = "INSERT INTO rating_history(user_id, movie_id, rating, rated_at) VALUES (?,?,?,?)"
 BIG = 2**63 - 1

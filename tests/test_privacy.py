@@ -17,6 +17,8 @@ from core.pseudonym import KEY_ENV, pseudonym, pseudonym_key, pseudonymize
 from core.ranker import load_ranker, ranker_hash
 from core.settings import load_settings
 
+pytestmark = pytest.mark.slow   # the module fixture retrains with the ranker; erasure rewrites every store and model
+
 HEX20 = re.compile(r"[0-9a-f]{20}")
 
 

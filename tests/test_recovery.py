@@ -14,6 +14,8 @@ from core.errors import UnknownUser
 from test_privacy import active_user, assert_registry_hashes_match, base, everywhere, key_of, leave_traces  # noqa: F401
 from test_privacy import world  # noqa: F401
 
+pytestmark = pytest.mark.slow   # a kill at every erasure step boundary, each on a trained world copy
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
