@@ -14,6 +14,7 @@ from . import bounds, errors, movielens, opsdb, simulation, writes
 from .settings import load_settings
 
 COMMANDS: dict[str, Callable] = {}
+CREATES_HOME = ("init", "import-movielens")   # every other command needs an existing data folder
 MAX_DAYS = 3650           # ten simulated years in one command
 MAX_HOLDOUT_DAYS = 365
 
@@ -536,12 +537,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _home(raw: str | None):
-    """Settings for --home, with a clear error for a folder that cannot be a data folder."""
+def _home(raw: str | None, create: bool = True):
+    """Settings for --home, with a clear error for a folder that cannot be a data folder.
+
+    `create=False`: a folder that does not exist is NoDataFolder, and nothing is created.
+    """
     if raw is not None and not raw.strip():
         raise errors.ValidationError("--home is empty; give a folder")
     try:
-        return load_settings(raw)
+        return load_settings(raw, create=create)
     except RuntimeError as exc:            # '~nosuchuser/x': expanduser cannot find that user's home
         raise errors.ValidationError(f"--home {raw!r}: {exc}") from None
     except (FileExistsError, NotADirectoryError):
@@ -555,7 +559,7 @@ def _home(raw: str | None):
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        settings = _home(getattr(args, "home", None))
+        settings = _home(getattr(args, "home", None), create=args.command in CREATES_HOME)
         COMMANDS[args.command](args, settings)
         sys.stdout.flush()
     except errors.RetroError as exc:
