@@ -122,3 +122,100 @@ def test_cli_closed_loop_simulate_is_audited(world):
     (row,) = audit_rows(world)
     assert (row["actor"], row["action"], row["outcome"]) == (access.cli_actor(), "simulate", "ok")
     assert row["target"] == "1 days closed loop, 0 retrains"
+
+
+# ------------------------------------------------------------------ the dashboard guards what changes production
+APP = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+OPERATOR = ("tester", "s3cret-token")
+
+
+@pytest.fixture
+def dash(world, monkeypatch):
+    """The trained world copy, pointed to by RETRO_HOME, with Streamlit's and core's caches emptied."""
+    import streamlit as st
+    from core import access, serving
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    serving.clear_caches()
+    monkeypatch.setenv("RETRO_HOME", str(world.home))
+    access.add_operator(world, *OPERATOR)
+    return world
+
+
+def page(path, signed_in: bool, timeout=120):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(APP, default_timeout=timeout).run()
+    if signed_in:
+        at.session_state["operator"] = OPERATOR
+    return at.switch_page(path).run()
+
+
+def outcomes(settings):
+    return [(r["actor"], r["action"], r["target"], r["outcome"]) for r in audit_rows(settings)]
+
+
+def test_an_anonymous_retrain_is_refused_and_audited(dash):
+    from core import registry, tracking
+    runs, prod = len(tracking.list_runs(dash)), registry.production(dash)["version"]
+    at = page("views/training.py", signed_in=False)
+    at.button(key="retrain").click().run()
+    assert not at.exception
+    assert any("run a retrain needs an operator login" in e.value for e in at.error)
+    assert len(tracking.list_runs(dash)) == runs and registry.production(dash)["version"] == prod
+    assert outcomes(dash) == [("anonymous", "run a retrain", "no login", "denied")]
+
+
+def test_a_signed_in_retrain_is_audited_with_the_operators_name(dash):
+    from core import registry, tracking
+    at = page("views/training.py", signed_in=True)
+    at.button(key="retrain").click().run()
+    assert not at.exception and not at.error
+    version = int(registry.list_versions(dash)["version"].max())
+    ((actor, action, target, outcome),) = outcomes(dash)
+    assert (actor, action, outcome) == ("operator:tester", "retrain", "ok") and target.startswith(f"v{version} ")
+    assert tracking.list_jobs(dash).iloc[0]["trigger"] == "dashboard"
+    assert "operator:dashboard" not in set(registry.history(dash)["actor"])
+
+
+def test_the_drift_scenario_needs_an_operator_and_is_audited(dash):
+    from core import monitoring
+    at = page("views/drift.py", signed_in=False)
+    at.number_input(key="days").set_value(1)
+    at.selectbox(key="policy").set_value("on-alert")
+    at.button(key="FormSubmitter:scenario-Run scenario").click().run()
+    assert any("run a scenario needs an operator login" in e.value for e in at.error)
+    assert monitoring.history(dash)["days"].empty
+    at.session_state["operator"] = OPERATOR
+    at.button(key="FormSubmitter:scenario-Run scenario").click().run()
+    assert not at.exception and any("Simulated 1 days" in s.value for s in at.success)
+    assert len(monitoring.history(dash)["days"]) == 1
+    denied, done = outcomes(dash)
+    assert denied == ("anonymous", "run a scenario", "no login", "denied")
+    retrains = sum(1 for a in monitoring.history(dash)["actions"].to_dict("records") if a["kind"] == "retrain")
+    assert done == ("operator:tester", "simulate", f"1 days closed loop, policy on-alert, {retrains} retrains", "ok")
+
+
+def test_a_policy_change_on_the_dashboard_needs_an_operator_and_is_audited(dash):
+    from core import policy
+    before = policy.get_policy(dash)["mode"]
+    at = page("views/drift.py", signed_in=False)
+    at.selectbox(key="policy_mode").set_value("scheduled")
+    at.number_input(key="policy_every").set_value(4)
+    at.button(key="FormSubmitter:policy_form-Save policy").click().run()
+    assert policy.get_policy(dash)["mode"] == before
+    at.session_state["operator"] = OPERATOR
+    at.button(key="FormSubmitter:policy_form-Save policy").click().run()
+    assert not at.exception and policy.get_policy(dash)["mode"] == "scheduled"
+    assert outcomes(dash) == [("anonymous", "change the retraining policy", "no login", "denied"),
+                              ("operator:tester", "policy", "scheduled every 4 days", "ok")]
+
+
+def test_audited_logs_ok_or_failed_and_reraises(world):
+    from core import access
+    from core.errors import ValidationError
+    with access.audited(world, "operator:x", "rollback") as entry:
+        entry["target"] = "v1"
+    with pytest.raises(ValidationError, match="boom"):
+        with access.audited(world, "cli:y", "promote", "v9"):
+            raise ValidationError("boom")
+    assert outcomes(world) == [("operator:x", "rollback", "v1", "ok"), ("cli:y", "promote", "v9", "failed")]
