@@ -34,6 +34,7 @@ import re
 import secrets
 import time
 import tomllib
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -297,6 +298,25 @@ def log_action(settings: Settings, actor: str, action: str, target: str | None, 
         cur = db.conn.execute("INSERT INTO operator_audit(at, actor, action, target, outcome) VALUES (?,?,?,?,?)",
                               [when, actor.strip(), action.strip(), target, outcome])
         return int(cur.lastrowid)
+
+
+@contextmanager
+def audited(settings: Settings, actor: str, action: str, target: str | None = None):
+    """Log the outcome of the privileged action run in the block: 'ok' when it ends, 'failed' when it raises.
+
+    Yields a dict; the block may set its "target" once known (a rollback learns its version only by doing it).
+    The exception is re-raised unchanged. Usage::
+
+        with audited(settings, cli_actor(), "rollback") as entry:
+            entry["target"] = f"v{registry.rollback(...)}"
+    """
+    entry = {"target": target}
+    try:
+        yield entry
+    except BaseException:
+        log_action(settings, actor, action, entry["target"], "failed")
+        raise
+    log_action(settings, actor, action, entry["target"], "ok")
 
 
 def audit_log(settings: Settings, limit: int | None = None) -> pd.DataFrame:

@@ -10,10 +10,11 @@ import json
 import sys
 from typing import Callable
 
-from . import bounds, errors, movielens, opsdb, simulation, writes
+from . import access, bounds, errors, movielens, opsdb, simulation, writes
 from .settings import load_settings
 
 COMMANDS: dict[str, Callable] = {}
+CREATES_HOME = ("init", "import-movielens")   # every other command needs an existing data folder
 MAX_DAYS = 3650           # ten simulated years in one command
 MAX_HOLDOUT_DAYS = 365
 
@@ -115,8 +116,11 @@ def cmd_simulate(args, settings):
             + (f"; shift {summary['shift']['kind']} started on day {summary['shift']['start_day'] + 1}" if "shift" in summary else "")))
         return
     from . import loop
-    summary = loop.run(settings, args.days, shift=args.shift, strength=args.strength, duration=args.duration,
-                       params=params, policy_mode=args.policy, progress=_progress(args))
+    # The closed loop lets the retraining policy retrain and promote: audited like a retrain.
+    with access.audited(settings, access.cli_actor(), "simulate", f"{args.days} days closed loop") as entry:
+        summary = loop.run(settings, args.days, shift=args.shift, strength=args.strength, duration=args.duration,
+                           params=params, policy_mode=args.policy, progress=_progress(args))
+        entry["target"] += f", {summary['retrains']} retrains"
 
     def human():
         if "shift" in summary:
@@ -227,8 +231,11 @@ def cmd_evaluate(args, settings):
 @command("retrain")
 def cmd_retrain(args, settings):
     from . import pipeline
-    result = pipeline.retrain(settings, args.model, seed=args.seed, trigger="cli", actor=_operator(),
-                              margin=args.margin, progress=_progress(args))
+    actor = access.cli_actor()
+    with access.audited(settings, actor, "retrain") as entry:      # a retrain can promote: audited like one
+        result = pipeline.retrain(settings, args.model, seed=args.seed, trigger="cli", actor=actor,
+                                  margin=args.margin, progress=_progress(args))
+        entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else "kept as candidate")
 
     def human():
         print(f"job {result['job_id']}: run {result['run_id']} → v{result['version']} "
@@ -287,7 +294,10 @@ def cmd_policy(args, settings):
             raise errors.ValidationError("policy set needs a mode: manual, scheduled or on-alert")
         with opsdb.session(settings) as db:
             now = opsdb.clock_now(db)
-        data = policy.set_policy(settings, args.mode, args.every_days, actor=_operator(), at=now)
+        actor = access.cli_actor()
+        with access.audited(settings, actor, "policy", f"{args.mode}"
+                            + (f" every {args.every_days} days" if args.every_days else "")):
+            data = policy.set_policy(settings, args.mode, args.every_days, actor=actor, at=now)
     _emit(args, data, lambda: print(f"retraining policy: {data['mode']}"
                                     + (f" (every {data['every_days']} days)" if data["mode"] == "scheduled" else "")))
 
@@ -358,14 +368,6 @@ def _on_off(value):
     return None if value is None else value == "on"
 
 
-def _operator() -> str:
-    import getpass
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "cli:unknown"
-
-
 @command("models")
 def cmd_models(args, settings):
     from . import registry
@@ -383,11 +385,16 @@ def cmd_models(args, settings):
     elif args.action == "promote":
         if args.version is None:
             raise errors.ValidationError("models promote needs a VERSION, e.g. `python -m core models promote 3`")
-        replaced = registry.promote(settings, args.version, _operator(), args.reason, force=args.force)
+        actor = access.cli_actor()
+        with access.audited(settings, actor, "promote", f"v{args.version}" + (" (forced)" if args.force else "")):
+            replaced = registry.promote(settings, args.version, actor, args.reason, force=args.force)
         data = {"promoted": args.version, "replaced": replaced, "forced": bool(args.force)}
         _emit(args, data, lambda: print(f"v{args.version} is now in production" + (f" (v{replaced} archived)" if replaced else "")))
     else:
-        restored = registry.rollback(settings, _operator(), args.reason)
+        actor = access.cli_actor()
+        with access.audited(settings, actor, "rollback") as entry:
+            restored = registry.rollback(settings, actor, args.reason)
+            entry["target"] = f"v{restored}"
         data = {"production": restored}
         _emit(args, data, lambda: print(f"rolled back: v{restored} is in production again"))
 
@@ -536,12 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _home(raw: str | None):
-    """Settings for --home, with a clear error for a folder that cannot be a data folder."""
+def _home(raw: str | None, create: bool = True):
+    """Settings for --home, with a clear error for a folder that cannot be a data folder.
+
+    `create=False`: a folder that does not exist is NoDataFolder, and nothing is created.
+    """
     if raw is not None and not raw.strip():
         raise errors.ValidationError("--home is empty; give a folder")
     try:
-        return load_settings(raw)
+        return load_settings(raw, create=create)
     except RuntimeError as exc:            # '~nosuchuser/x': expanduser cannot find that user's home
         raise errors.ValidationError(f"--home {raw!r}: {exc}") from None
     except (FileExistsError, NotADirectoryError):
@@ -555,7 +565,7 @@ def _home(raw: str | None):
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        settings = _home(getattr(args, "home", None))
+        settings = _home(getattr(args, "home", None), create=args.command in CREATES_HOME)
         COMMANDS[args.command](args, settings)
         sys.stdout.flush()
     except errors.RetroError as exc:

@@ -57,15 +57,33 @@ OVERFIT_GAP = 2.0
 DATA_ALERT_KINDS = ("data-quality", "data-drift")
 
 
-def _check(place: str, name: str, ok: bool, detail: str) -> dict:
-    return {"place": place, "name": name, "ok": bool(ok), "detail": detail}
+LEVELS = ("pass", "info", "fail")
+
+
+def _check(place: str, name: str, ok: bool, detail: str, *, info: bool = False) -> dict:
+    """One finding. `level` is 'fail' when not ok, 'info' for a fact worth knowing that is not a fault
+    (e.g. nobody has been served since the last promotion), else 'pass'; `ok` is False only for 'fail'."""
+    level = "fail" if not ok else "info" if info else "pass"
+    return {"place": place, "name": name, "ok": bool(ok), "level": level, "detail": detail}
+
+
+def _served_before_promotion(history: pd.DataFrame, prod: dict, served_at, version) -> bool:
+    """True when a list from `version` was served while `version` was production, before the current production
+    was promoted: nothing has been served since the promotion, which is not a fault."""
+    if history.empty or version is None:
+        return False
+    to_prod = history[history["to_stage"] == "production"]
+    promoted = to_prod[to_prod["version"] == prod["version"]]["at"]
+    earlier = to_prod[(to_prod["version"] == version) & (to_prod["at"] <= str(served_at))]
+    return len(promoted) > 0 and str(served_at) <= str(promoted.max()) and len(earlier) > 0
 
 
 def diagnose(settings: Settings, user_id: int | None = None) -> dict:
     """Run every check (system-wide, plus the user's own with `user_id`).
 
-    Returns {"scope": "user N" | "system", "checks": [{place, name, ok, detail}],
-    "failed_places": places with a failed check (in PLACES order),
+    Returns {"scope": "user N" | "system", "checks": [{place, name, ok, level, detail}] (level 'pass', 'info'
+    or 'fail'; ok is False only for 'fail'), "failed_places": places with a failed check (in PLACES order),
+    "info_places": places with an 'info' finding but no failure,
     "production_version", "notes": checks that were skipped and why}.
     Raises UnknownUser for a user id not in the operational database.
     """
@@ -117,9 +135,11 @@ def diagnose(settings: Settings, user_id: int | None = None) -> dict:
             deploy.append(_check("deployment", "bundle loads", False,
                                  f"the bundle at {prod['artifact_path']} does not load: {type(exc).__name__}: {exc}"))
         deploy.append(_hash_check(prod))
-        deploy.append(_served_version_check(prod, latest_model))
+    history = registry.history(settings) if prod is not None else pd.DataFrame()
+    if prod is not None:
+        deploy.append(_served_version_check(prod, latest_model, history))
     if user is not None:
-        deploy.append(_user_path_check(user, latest_user, prod))
+        deploy.append(_user_path_check(user, latest_user, prod, history))
     deploy += _ranker_checks(settings, prod, notes)
 
     # ---------------------------------------------------------------- features and model
@@ -133,8 +153,10 @@ def diagnose(settings: Settings, user_id: int | None = None) -> dict:
     checks.append(_alert_check(settings, "model", "online quality alerts", lambda k: k not in DATA_ALERT_KINDS))
     checks += deploy
     failed = [p for p in PLACES if any(c["place"] == p and not c["ok"] for c in checks)]
+    info = [p for p in PLACES if p not in failed and any(c["place"] == p and c["level"] == "info" for c in checks)]
     checks.sort(key=lambda c: PLACES.index(c["place"]))
     return {"scope": f"user {user}" if user is not None else "system", "checks": checks, "failed_places": failed,
+            "info_places": info,
             "production_version": None if prod is None else int(prod["version"]), "notes": notes}
 
 
@@ -322,10 +344,14 @@ def _hash_check(prod: dict) -> dict:
                   f"≠ registry {str(prod['artifact_hash'])[:12]}…: the files changed after registration"))
 
 
-def _served_version_check(prod: dict, latest_model) -> dict:
+def _served_version_check(prod: dict, latest_model, history: pd.DataFrame) -> dict:
     if latest_model is None:
         return _check("deployment", "served version", True, "no list has been served by a model yet")
     serve_id, served_at, version = latest_model
+    if version != prod["version"] and _served_before_promotion(history, prod, served_at, version):
+        return _check("deployment", "served version", True,
+                      f"not served since v{prod['version']}: the latest model list (#{serve_id}, {served_at}) came "
+                      f"from v{version}, production then; the next list comes from v{prod['version']}", info=True)
     ok = version == prod["version"]
     return _check("deployment", "served version", ok,
                   f"latest model list (#{serve_id}, {served_at}) came from v{version}; registry production is "
@@ -333,10 +359,16 @@ def _served_version_check(prod: dict, latest_model) -> dict:
                                                          "process, or a promotion not yet picked up)"))
 
 
-def _user_path_check(user: int, latest, prod: dict | None) -> dict:
+def _user_path_check(user: int, latest, prod: dict | None, history: pd.DataFrame) -> dict:
     if latest is None:
         return _check("deployment", "user serving path", True, f"no list has been served to user {user} yet")
     serve_id, served_at, path, version = latest
+    if prod is not None and version != prod["version"] and _served_before_promotion(history, prod, served_at, version):
+        return _check("deployment", "user serving path", True,
+                      f"not served since v{prod['version']}: user {user}'s latest list (#{serve_id}, {served_at}) "
+                      + (f"was personalised by v{version}, production then" if not is_fallback(path) else
+                         f"was {path_reason(path)} (`{path}`) under v{version}")
+                      + f"; the next list comes from v{prod['version']}", info=True)
     if is_fallback(path):
         return _check("deployment", "user serving path", False,
                       f"latest list (#{serve_id}, {served_at}): {path_reason(path)} (`{path}`)")
@@ -374,16 +406,19 @@ def _ranker_checks(settings: Settings, cf: dict | None, notes: list[str]) -> lis
 def diagnose_markdown(result: dict) -> str:
     """The result as Markdown: a verdict, then one section per place with ✅ / ❌ per check."""
     failed = result["failed_places"]
+    info = [c["name"] for c in result["checks"] if c.get("level") == "info"]
     lines = [f"# Diagnosis ({result['scope']})", "",
              ("All checks pass." if not failed else
-              "Problems found in: " + ", ".join(f"**{p}**" for p in failed) + "."), ""]
+              "Problems found in: " + ", ".join(f"**{p}**" for p in failed) + ".")
+             + (f" For information: {', '.join(info)}." if info else ""), ""]
+    marks = {"pass": "✅", "info": "ℹ️", "fail": "❌"}
     for place in PLACES:
         rows = [c for c in result["checks"] if c["place"] == place]
         if not rows:
             continue
         lines += [f"## {place.capitalize()}", ""]
         for c in rows:
-            lines.append(f"- {'✅' if c['ok'] else '❌'} **{c['name']}** — {c['detail']}")
+            lines.append(f"- {marks[c.get('level', 'pass' if c['ok'] else 'fail')]} **{c['name']}** — {c['detail']}")
         lines.append("")
     if result.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]

@@ -47,3 +47,7 @@ class WorldNotFound(RetroError):
 
 class NotEmpty(RetroError):
     """The target store already holds data and the operation needs an empty one."""
+
+
+class NoDataFolder(RetroError):
+    """The data folder does not exist; only `init` and `import-movielens` create one."""

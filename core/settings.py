@@ -10,6 +10,7 @@ import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import NoDataFolder
 from .filemodes import private_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -89,10 +90,17 @@ def _make_home(path: Path) -> None:
         private_dir(path)
 
 
-def load_settings(home: str | os.PathLike | None = None) -> Settings:
-    """Settings for `home`, else $RETRO_HOME, else the project's `data/` folder (created owner-only, 0700)."""
+def load_settings(home: str | os.PathLike | None = None, *, create: bool = True) -> Settings:
+    """Settings for `home`, else $RETRO_HOME, else the project's `data/` folder (created owner-only, 0700).
+
+    With `create=False` a folder that does not exist raises NoDataFolder and nothing is created: reading
+    commands must not leave an empty data folder behind (only `init`/`import-movielens` and the
+    dashboard's first start create one).
+    """
     chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
     path = Path(chosen).expanduser().resolve()
+    if not create and not path.exists():
+        raise NoDataFolder(f"no data folder at {path}; run `python -m core init` or `import-movielens` first")
     _make_home(path)
     overrides = {}
     for name in ("demo_users", "demo_movies", "demo_days", "seed", "gate_min_users", "gate_staleness_days",

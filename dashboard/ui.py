@@ -72,7 +72,8 @@ def operator_login() -> None:
             else:
                 st.session_state["operator"] = (name, token)
                 st.rerun()
-    box.caption("Privileged actions (promote, roll back, policy, export, erase, key rotation) need a login. "
+    box.caption("Privileged actions (retrain, scenario, promote, roll back, policy, consent, export, erase, purge) "
+                "need a login. "
                 "The first start printed the token in the terminal.")
 
 
@@ -88,3 +89,12 @@ def operator(action: str) -> str | None:
     except PermissionDenied as exc:
         st.error(f"{exc}. Sign in under 🔐 Operator in the sidebar.")
         return None
+
+
+@contextmanager
+def audited(who: str, action: str, target: str | None = None):
+    """Run a privileged action of operator `who`: core logs 'ok', or 'failed' when it raises; a core error
+    then shows as `st.error`. Yields a dict whose "target" the block may set once known."""
+    from core.access import audited as core_audited
+    with core_errors(), core_audited(cache.settings(), f"operator:{who}", action, target) as entry:
+        yield entry

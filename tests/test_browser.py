@@ -47,6 +47,7 @@ DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_
 FIRST_START_TIMEOUT_MS = 90_000   # empty folder -> demo world + first model (a few seconds at DEMO_SIZE)
 PAGE_TIMEOUT_MS = 20_000
 RETRAIN_TIMEOUT_MS = 60_000
+OPERATOR = ("browser-test", "browser-test-token")   # retrain and scenarios need an operator login (issue 13)
 
 
 
@@ -99,6 +100,9 @@ def tail(path: Path, lines: int = 40) -> str:
 def server(chromium_executable, tmp_path_factory):
     """A Streamlit server on a free port over an empty data folder; yields (url, log file)."""
     home = tmp_path_factory.mktemp("browser-home")
+    from core import access
+    from core.settings import load_settings
+    access.add_operator(load_settings(home), *OPERATOR)
     log = home.parent / f"{home.name}-streamlit.log"
     port = free_port()
     env = {**os.environ, "RETRO_HOME": str(home), **DEMO_SIZE, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
@@ -159,6 +163,18 @@ class Page:
         errors = main.get_by_test_id("stAlertContentError")
         assert errors.count() == 0, f"st.error shown on {self.page.url}:\n" + "\n".join(errors.all_inner_texts())
 
+    def sign_in(self, name: str, token: str) -> None:
+        """Sign in through the sidebar's 🔐 Operator form (once per browser session)."""
+        from playwright.sync_api import expect
+        side = self.page.get_by_test_id("stSidebar")
+        if side.get_by_text(f"Signed in as {name}").count():
+            return
+        side.get_by_text("🔐 Operator").click()
+        side.get_by_label("Name").fill(name)
+        side.get_by_label("Token").fill(token)
+        side.get_by_role("button", name="Sign in").click()
+        expect(side.get_by_text(f"Signed in as {name}")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+
     def screenshot(self, name: str) -> Path:
         return full_page_screenshot(self.page, screenshot_dir() / f"{name}.png")
 
@@ -203,6 +219,7 @@ def test_page_renders_real_content(app, title, text):
 def test_retrain_from_the_training_page(app):
     app.goto_sidebar("Training & Models")
     app.wait_for("Experiment runs")
+    app.sign_in(*OPERATOR)
     app.page.get_by_role("button", name="Run the retrain pipeline").click()
     outcome = (app.page.get_by_test_id("stMain")
                .locator('[data-testid="stAlertContentSuccess"], [data-testid="stAlertContentWarning"]')
@@ -219,6 +236,7 @@ def test_drift_scenario_from_the_drift_page(app):
     from playwright.sync_api import expect
     app.goto_sidebar("Drift")
     app.wait_for("simulate days in the closed loop")
+    app.sign_in(*OPERATOR)
     main = app.page.get_by_test_id("stMain")
     form = main.get_by_test_id("stForm").filter(has_text="Run scenario")
     for label, option in (("Shift", "trend"), ("Policy", "on-alert")):

@@ -119,7 +119,10 @@ def test_retrain_button_runs_the_pipeline(home):
         runs = tracking.list_runs(home)
         return runs[runs["model_kind"] != "ranker"]
     before = len(cf_runs())
+    from core import access
+    access.add_operator(home, "tester", "s3cret-token")
     at = app()
+    at.session_state["operator"] = ("tester", "s3cret-token")       # a retrain can promote: operators only
     at.switch_page("views/training.py").run()
     at.button(key="retrain").click().run(timeout=120)
     assert not at.exception
@@ -241,7 +244,10 @@ def test_data_page_shows_versions_and_quarantine(home):
 
 
 def test_drift_page_runs_a_scenario(home):
+    from core import access
+    access.add_operator(home, "tester", "s3cret-token")
     at = app(180)
+    at.session_state["operator"] = ("tester", "s3cret-token")       # the policy may retrain: operators only
     at.switch_page("views/drift.py").run()
     assert any("Nothing monitored yet" in i.value for i in at.info)
     at.selectbox(key="shift").set_value("trend")

@@ -260,19 +260,45 @@ def test_a_corrupted_artifact_fails_the_hash_check(world):
 
 def test_serving_and_registry_disagreeing_fails_the_served_version_check(world):
     v1 = world.extra["v1"]
-    v2 = promote_new(world)                       # promoted, but nothing served since
+    v2 = promote_new(world)                       # promoted, but nothing served since: information, not a failure
     result = diagnose.diagnose(world)
     served = check(result, "served version")
-    assert not served["ok"] and f"v{v1}" in served["detail"] and f"production is v{v2}" in served["detail"]
-    assert result["failed_places"] == ["deployment"]
+    assert served["ok"] and served["level"] == "info"
+    assert served["detail"].startswith(f"not served since v{v2}: ") and f"from v{v1}, production then" in served["detail"]
+    assert result["failed_places"] == [] and result["info_places"] == ["deployment"]
+    md = diagnose.diagnose_markdown(result)
+    assert "All checks pass. For information: served version." in md and "ℹ️ **served version**" in md
+    # A list served after the promotion by the old version: serving and the registry really disagree.
+    with opsdb.session(world) as db:
+        db.execute("INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, "
+                   "movie_ids, scores) VALUES (?, '2026-01-12T12:30:00', 'model', ?, 'dv1', '[1]', '[0.1]')",
+                   [world.extra["other"], v1])
+    stale = check(diagnose.diagnose(world), "served version")
+    assert not stale["ok"] and stale["level"] == "fail" and f"production is v{v2}" in stale["detail"]
     serving.recommend(world, world.extra["other"], at="2026-01-12T13:00:00")
-    assert check(diagnose.diagnose(world), "served version")["ok"]
+    assert check(diagnose.diagnose(world), "served version")["level"] == "pass"
     # A list logged with a version the registry never put in production.
     with opsdb.session(world) as db:
         db.execute("INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, "
                    "movie_ids, scores) VALUES (?, '2026-01-12T14:00:00', 'model', 99, 'dv1', '[1]', '[0.1]')",
                    [world.extra["other"]])
     assert not check(diagnose.diagnose(world), "served version")["ok"]
+
+
+def test_a_user_not_served_since_the_promotion_is_information_not_a_failure(world):
+    """Issue 13: 'Failing: model, deployment' for a healthy user only because the retrain came after their list."""
+    uid, v1 = world.extra["typical"], world.extra["v1"]
+    before = diagnose.diagnose(world, uid)
+    assert check(before, "user serving path")["level"] == "pass"
+    v2 = promote_new(world)
+    result = diagnose.diagnose(world, uid)
+    path = check(result, "user serving path")
+    assert path["ok"] and path["level"] == "info" and path["detail"].startswith(f"not served since v{v2}: ")
+    assert f"personalised by v{v1}, production then" in path["detail"]
+    assert "deployment" not in result["failed_places"] and "deployment" in result["info_places"]
+    assert set(result) >= {"scope", "checks", "failed_places", "production_version", "notes"}   # JSON keys kept
+    serving.recommend(world, uid, at="2026-01-12T13:00:00")
+    assert check(diagnose.diagnose(world, uid), "user serving path")["level"] == "pass"
 
 
 def test_bad_input_data_for_a_user_fails_their_data_check(world):

@@ -20,11 +20,13 @@ with st.form("scenario"):
     mode = c5.selectbox("Policy", list(policy.MODES), index=list(policy.MODES).index(policy.get_policy(s)["mode"]),
                         key="policy")
     run = st.form_submit_button("Run scenario", type="primary")
-if run:
+# The closed loop lets the policy retrain and promote: operators only, audited.
+if run and (who := ui.operator("run a scenario")) is not None:
     bar = st.progress(0.0, text="starting")
-    with ui.core_errors():
+    with ui.audited(who, "simulate", f"{int(days)} days closed loop, policy {mode}") as entry:
         result = loop.run(s, int(days), shift=None if shift == "none" else shift, strength=float(strength),
                           duration=int(duration), policy_mode=mode, progress=ui.progress_callback(bar))
+        entry["target"] += f", {result['retrains']} retrains"
     cache.clear()
     st.success(f"Simulated {result['days']} days: {result['alerts_opened']} alerts opened, "
                f"{result['retrains']} automatic retrains.")
@@ -35,7 +37,7 @@ with st.expander("Stored retraining policy (used by `simulate` and scheduled run
         new_mode = st.selectbox("Policy", list(policy.MODES), index=list(policy.MODES).index(current["mode"]), key="policy_mode")
         every = st.number_input("Scheduled: every N days", 1, 60, current["every_days"], key="policy_every")
         if st.form_submit_button("Save policy") and (who := ui.operator("change the retraining policy")) is not None:
-            with ui.core_errors():
+            with ui.audited(who, "policy", new_mode + (f" every {int(every)} days" if new_mode == "scheduled" else "")):
                 policy.set_policy(s, new_mode, int(every), actor=f"operator:{who}")
             cache.clear()
             st.success(f"Retraining policy is now {new_mode}.")

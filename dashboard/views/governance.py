@@ -96,4 +96,6 @@ with tab_diag:
     failed = result["failed_places"]
     (st.warning if failed else st.success)(
         "Failing: " + ", ".join(failed) if failed else "All checks pass: data, features, model and deployment.")
+    for c in (c for c in result["checks"] if c.get("level") == "info"):   # facts, not faults (e.g. not served since vN)
+        st.info(f"{c['name']}: {c['detail']}")
     st.dataframe(pd.DataFrame(result["checks"]), hide_index=True, key="diag_table")

@@ -17,13 +17,16 @@ with st.container(border=True):
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=42, step=1, key="seed")
     margin = c3.number_input("Gate tolerance (nDCG@10 the interval's lower bound may fall below 0)", min_value=0.0,
                              max_value=1.0, value=0.0, step=0.005, format="%.3f", key="margin")
-    if st.button("Run the retrain pipeline", type="primary", key="retrain"):
+    # A retrain can promote to production: operators only, audited.
+    if st.button("Run the retrain pipeline", type="primary", key="retrain") and \
+            (who := ui.operator("run a retrain")) is not None:
         bar = st.progress(0.0, text="starting")
         stages = st.empty()
         log: list[str] = []
-        with ui.core_errors():
+        with ui.audited(who, "retrain") as entry:
             result = cache.retrain(ui.progress_callback(bar, log), model=model, seed=int(seed), margin=float(margin),
-                                   trigger="dashboard", actor="operator:dashboard")
+                                   trigger="dashboard", actor=f"operator:{who}")
+            entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else "kept as candidate")
         stages.caption(" → ".join(log))
         verdict = st.success if result["promoted"] else st.warning
         verdict(f"Run {result['run_id']} → v{result['version']}: "
@@ -103,11 +106,9 @@ else:
             if not sure:
                 st.error("Tick the confirmation box first.")
             elif (who := ui.operator("promote a model version")) is not None:
-                with ui.core_errors():
+                with ui.audited(who, "promote", f"v{version}" + (" (forced)" if force else "")):
                     registry.promote(s, int(version), f"operator:{who}", reason or "manual promotion from the dashboard",
                                      force=force)
-                from core.access import log_action
-                log_action(s, f"operator:{who}", "promote", f"v{version}", "ok")
                 cache.clear()
                 st.success(f"v{version} is now in production.")
     with right.form("rollback_form"):
@@ -118,10 +119,9 @@ else:
             if not sure_rb:
                 st.error("Tick the confirmation box first.")
             elif (who := ui.operator("roll back production")) is not None:
-                with ui.core_errors():
+                with ui.audited(who, "rollback") as entry:
                     restored = registry.rollback(s, f"operator:{who}", reason_rb)
-                from core.access import log_action
-                log_action(s, f"operator:{who}", "rollback", f"v{restored}", "ok")
+                    entry["target"] = f"v{restored}"
                 cache.clear()
                 st.success(f"Rolled back: v{restored} is in production again.")
 
