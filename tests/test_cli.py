@@ -61,6 +61,7 @@ def test_top50_json_matches_core(world_home):
     assert all(r["votes"] >= data["m"] for r in data["movies"])
 
 
+@pytest.mark.slow   # real processes / a retrain or closed-loop days
 def test_rate_round_trip_and_errors(world_home):
     code, out, _ = run("rate", "--user", "1", "--movie", "2", "--rating", "9", "--json", home=world_home)
     assert code == 0 and json.loads(out)["rating"] == 9
@@ -73,6 +74,7 @@ def test_rate_round_trip_and_errors(world_home):
     assert code == 1 and "unknown user 99999" in err and "Traceback" not in err
 
 
+@pytest.mark.slow   # real processes / a retrain or closed-loop days
 def test_user_mistakes_are_one_line(tmp_path):
     code, _, err = run("simulate", "--days", "2", home=tmp_path)
     assert code == 1 and "run `python -m core init` first" in err and "Traceback" not in err
@@ -84,6 +86,7 @@ def test_user_mistakes_are_one_line(tmp_path):
     assert code == 1 and "--force" in err
 
 
+@pytest.mark.slow   # real processes / a retrain or closed-loop days
 def test_simulate_with_shift_json(tmp_path):
     assert run("init", "--users", "120", "--movies", "60", "--days", "2", home=tmp_path)[0] == 0
     code, out, err = run("simulate", "--days", "2", "--shift", "trend", "--genre", "Western", "--json", home=tmp_path)

@@ -43,6 +43,7 @@ def hold_warehouse_open(settings):
     return proc, first
 
 
+@pytest.mark.slow   # a million rows / a second process / a world built twice
 def test_etl_succeeds_while_another_process_holds_the_warehouse_open(world):
     etl.run_etl(world)
     simulation.simulate(world, 1)

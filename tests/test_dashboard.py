@@ -243,6 +243,7 @@ def test_data_page_shows_versions_and_quarantine(home):
     assert len(q) > 0 and q["reason"].str.contains("rejected at ingestion").any()
 
 
+@pytest.mark.slow   # real processes / a retrain or closed-loop days
 def test_drift_page_runs_a_scenario(home):
     from core import access
     access.add_operator(home, "tester", "s3cret-token")

@@ -400,6 +400,7 @@ def test_a_shifted_sample_is_flagged_by_every_test():
 
 
 # ------------------------------------------------------------------ scale
+@pytest.mark.slow   # a million rows / a second process / a world built twice
 def test_one_million_rows_numeric():
     rng = np.random.default_rng(SEED)
     n = 1_000_000
@@ -413,6 +414,7 @@ def test_one_million_rows_numeric():
     assert ks_shift.drifted and run_test("psi", ref, shifted).drifted
 
 
+@pytest.mark.slow   # a million rows / a second process / a world built twice
 def test_one_million_rows_categorical():
     rng = np.random.default_rng(SEED)
     n = 1_000_000

@@ -54,6 +54,7 @@ def test_an_erasure_waits_for_a_running_job(small):
         assert db.execute("SELECT count(*) FROM users WHERE user_id = ?", [user]).fetchone()[0] == 0
 
 
+@pytest.mark.slow   # a million rows / a second process / a world built twice
 def test_busy_after_the_timeout_names_the_holder_even_in_another_process(tmp_path):
     s = load_settings(tmp_path)
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core import locks; "

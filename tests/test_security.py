@@ -33,6 +33,7 @@ def permissive_umask():
     os.umask(old)
 
 
+@pytest.mark.slow   # real processes / a retrain or closed-loop days
 def test_a_fresh_trained_data_folder_is_owner_only(tmp_path, permissive_umask):
     """Every file 0600 and every folder 0700 after init + ETL + training + an erasure.
 

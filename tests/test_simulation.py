@@ -73,6 +73,7 @@ def test_different_seed_different_world(tmp_path):
     assert da["movies"] != db_["movies"]
 
 
+@pytest.mark.slow   # a million rows / a second process / a world built twice
 def test_continuing_in_pieces_equals_one_run(tmp_path):
     pieces, whole = build(tmp_path, "pieces", days=2), build(tmp_path, "whole", days=2)
     s1 = simulation.simulate(pieces, 3)
