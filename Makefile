@@ -12,7 +12,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# The first start (operator token, demo world, first model) builds in the terminal at once, beside the
+# dashboard, which shows the same progress to a visitor; on a folder that is ready it does nothing.
 run: $(STAMP)
+	@$(PY) -m core first-start & builder=$$!; \
+	trap 'kill $$builder 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m streamlit run dashboard/app.py
 
 test: $(STAMP)
