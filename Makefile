@@ -23,7 +23,7 @@ test: $(STAMP)
 	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest
 
 bench: $(STAMP)
-	for b in world pipeline movielens governance drift dashboard soak; do $(PY) benchmarks/bench_$$b.py || exit 1; done
+	for b in world pipeline movielens governance drift dashboard soak first_start; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean-data:
 	find data -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

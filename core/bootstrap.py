@@ -133,6 +133,19 @@ def ensure_demo_world(settings: Settings, progress: simulation.Progress = simula
     return True
 
 
+def grow_world(settings: Settings, days: int, progress: simulation.Progress = simulation._noop) -> dict:
+    """Simulate `days` more days of the world (open loop, as the first start did; new users sign up on the way).
+
+    The first start builds a small world so the dashboard is ready quickly; this makes it richer. The new
+    days reach the model with the next retrain."""
+    from . import bounds
+    days = bounds.check_int(days, "days", 1, 365)
+    summary = simulation.simulate(settings, days, progress=progress)
+    with opsdb.session(settings) as db:
+        summary["stats"] = opsdb.counts(db)
+    return summary
+
+
 def ensure_ready(settings: Settings, progress: simulation.Progress = simulation._noop,
                  world: bool | None = None) -> dict:
     """World (if the folder is empty, or `world`) then a first retrain (if nothing is in production)."""
@@ -175,7 +188,7 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
     token = _announce_operator(settings, announce)
     if not needs_build(settings):    # someone finished it while we waited for the lock
         return {"built": False, "followed": False, "token_created": bool(token), "status": read_status(settings)}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     status = {"state": "running", "pid": os.getpid(), "fraction": 0.0, "message": "starting",
               "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world_done": False,
               "world": {"users": settings.demo_users, "movies": settings.demo_movies, "days": settings.demo_days},
@@ -208,6 +221,7 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
     now = time.perf_counter()
     status["seconds"][stage["name"]] = round(now - stage["t"], 2)
     status["seconds"]["total"] = round(now - t0, 2)
+    status["seconds"]["cpu"] = round(time.process_time() - cpu0, 2)   # every thread of this process
     status.update(state="done", fraction=1.0, message="ready", world_done=True,
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     _write_status(settings, status)

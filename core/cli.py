@@ -98,13 +98,17 @@ def cmd_first_start(args, settings):
     """What `make run` runs beside the dashboard: operator token, demo world, first model (see core.bootstrap)."""
     from . import bootstrap
 
-    def announce(token: str) -> None:
+    tokens: list[str] = []
+
+    def announce(token: str) -> None:   # shown once; with --json it is in the output instead
+        tokens.append(token)
         if not getattr(args, "json", False):
             print(bootstrap.token_message(settings, token), flush=True)
     result = bootstrap.first_start(settings, progress=_progress(args), announce=announce)
     status = result["status"] or {}
     data = {"built": result["built"], "followed": result["followed"], "token_created": result["token_created"],
-            "state": status.get("state"), "seconds": status.get("seconds", {}), "home": str(settings.home)}
+            "token": tokens[0] if tokens else None, "state": status.get("state"),
+            "seconds": status.get("seconds", {}), "home": str(settings.home)}
     if result["followed"] and status.get("state") != "done":
         raise errors.RetroError(f"the first start another process ran did not finish: {status.get('message')}")
 

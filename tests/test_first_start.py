@@ -148,3 +148,36 @@ def test_dashboard_shows_the_running_build_instead_of_building(tiny_env):
     assert any("3,000 users" in m.value for m in at.markdown)
     assert not at.title                      # no page drawn while the world is being built
     assert not simulation.has_world(s) and not s.mlops_db.exists() and operators(s) == []
+
+
+@pytest.fixture(scope="module")
+def small_trained(tmp_path_factory):
+    s = load_settings(tmp_path_factory.mktemp("grow-base"))
+    simulation.init_world(s, seed=5, users=300, movies=200, days=8)
+    from core import pipeline
+    pipeline.retrain(s)
+    return s
+
+
+def test_overview_grows_the_world_for_an_operator(small_trained, tmp_path, monkeypatch):
+    from conftest import private_copy
+    from core import access, opsdb
+    s = private_copy(small_trained, tmp_path)
+    monkeypatch.setenv("RETRO_HOME", str(tmp_path))
+    access.add_operator(s, "tester", "s3cret-token")
+    with opsdb.session(s) as db:
+        day0 = int(opsdb.get_meta(db, "sim_day", "0"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.number_input(key="grow_days").set_value(3).run()
+    at.button(key="grow_world").click().run()          # not signed in: refused, nothing simulated
+    assert any("needs an operator login" in e.value for e in at.error)
+    with opsdb.session(s) as db:
+        assert int(opsdb.get_meta(db, "sim_day", "0")) == day0
+    at.session_state["operator"] = ("tester", "s3cret-token")
+    at.button(key="grow_world").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Simulated 3 more days" in m.value for m in at.success)
+    with opsdb.session(s) as db:
+        assert int(opsdb.get_meta(db, "sim_day", "0")) == day0 + 3
+    log = access.audit_log(s)
+    assert ((log["action"] == "grow the world") & (log["outcome"] == "ok")).any()
