@@ -94,9 +94,9 @@ def main() -> None:
                 env[f"RETRO_DEMO_{name.upper()}"] = str(getattr(args, name))
         status_file = Path(home) / ".first-start.json"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(["make", "--no-print-directory", "run", f"PY={sys.executable}", "-o", ".venv/.installed"],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        make_run = ["make", "--no-print-directory", "run", f"PY={sys.executable}", "-o", ".venv/.installed"]
+        proc = subprocess.Popen(make_run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
         marks: dict[str, float] = {}
         output: list[str] = []
 
@@ -138,7 +138,7 @@ def main() -> None:
     load_after = load()
     world = status.get("world", {})
     secs = status.get("seconds", {})
-    lines = [f"### First start (`bench_first_start.py`): `make run` on an empty folder",
+    lines = ["### First start (`bench_first_start.py`): `make run` on an empty folder",
              "",
              f"World {world.get('users', '?'):,} users × {world.get('movies', '?'):,} movies × "
              f"{world.get('days', '?')} days; load average before {load_before}, after {load_after} "

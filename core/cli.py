@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing world in this data folder")
 
     p = sub.add_parser("first-start", parents=[common, with_json],
-                       help="operator token, demo world and first model for an empty data folder (what `make run` runs)")
+                       help="operator token, demo world and first model for an empty folder (what `make run` runs)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
     p = sub.add_parser("simulate", parents=[common, with_json], help="simulate more days, optionally with a shift")

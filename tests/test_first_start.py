@@ -49,6 +49,42 @@ def test_make_run_starts_the_first_start_beside_the_dashboard():
     assert "-m core first-start &" in recipe and "-m streamlit run dashboard/app.py" in recipe
 
 
+@pytest.mark.slow
+def test_make_run_builds_before_any_browser_visit(tmp_path):
+    """The real `make run` (this Python, install step skipped): token and world without a single page request."""
+    import signal
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = os.environ | TINY | {"RETRO_HOME": str(tmp_path), "STREAMLIT_SERVER_PORT": str(port),
+                               "STREAMLIT_SERVER_ADDRESS": "127.0.0.1", "STREAMLIT_SERVER_HEADLESS": "true",
+                               "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    out_file = tmp_path / "make-run.log"
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen(["make", "--no-print-directory", "run", f"PY={sys.executable}", "-o", ".venv/.installed"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    s = load_settings(tmp_path)
+
+    def state():
+        try:
+            return json.loads((tmp_path / ".first-start.json").read_text()).get("state")
+        except (OSError, ValueError):
+            return None
+    try:
+        deadline = time.monotonic() + 240
+        while state() != "done" and time.monotonic() < deadline:
+            assert proc.poll() is None, out_file.read_text()
+            time.sleep(0.2)
+        log = out_file.read_text()
+        assert state() == "done", log
+        assert "operator login" in log and "[ 50%]" in log and "first start done" in log
+        assert simulation.has_world(s) and registry.production(s)["version"] == 1
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
 def test_first_start_command_prints_the_token_before_building(tmp_path):
     proc = first_start_cmd(tmp_path)
     out, _ = proc.communicate(timeout=300)
