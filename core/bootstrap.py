@@ -1,34 +1,229 @@
-"""First start: an empty data folder gets the default demo world and a first production model."""
+"""First start: an empty data folder gets an operator, the demo world and a first production model.
+
+`make run` starts `python -m core first-start` in the terminal and the dashboard at
+the same time. The build writes its progress to RETRO_HOME/.first-start.json
+(`state` running/done/error, `fraction` 0..1, `message`, `pid`, `started_at`,
+stage times), so the terminal's progress line and every browser session show the
+same build. Only one builder runs: it holds the store lock for the whole build
+(ETL and retraining take the same lock), and a second caller follows the running
+build's status file instead of building again. The operator token is created and
+announced first, before the world is built.
+"""
 from __future__ import annotations
 
-from . import opsdb, registry, simulation
+import json
+import os
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from . import locks, opsdb, registry, simulation
+from .filemodes import FILE_MODE
 from .settings import Settings
+
+STATUS_FILE = ".first-start.json"
+Announce = Callable[[str], None]
 
 
 def needs_demo_world(settings: Settings) -> bool:
-    """True when the folder holds neither a simulated world nor imported data."""
-    return not simulation.has_world(settings) and not opsdb.holds_data(settings)
+    """True when the folder holds neither a simulated world nor imported data, or when a first start that
+    was building the world died before finishing it (a half-built world is rebuilt, not trained on)."""
+    if not simulation.has_world(settings) and not opsdb.holds_data(settings):
+        return True
+    status = read_status(settings)
+    return bool(status and not status.get("world_done", True) and not _alive(status))
 
 
 def needs_first_model(settings: Settings) -> bool:
     return not settings.mlops_db.exists() or registry.production(settings) is None
 
 
-def ensure_demo_world(settings: Settings, progress: simulation.Progress = simulation._noop) -> bool:
-    """Build the default demo world if the folder is empty; returns whether it built one."""
-    if not needs_demo_world(settings):
+def needs_build(settings: Settings) -> bool:
+    return needs_demo_world(settings) or needs_first_model(settings)
+
+
+# ------------------------------------------------------------------ status file
+def status_path(settings: Settings):
+    return settings.home / STATUS_FILE
+
+
+def read_status(settings: Settings) -> dict | None:
+    """The last first start's status, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads(status_path(settings).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_status(settings: Settings, status: dict) -> None:
+    """Atomically (temporary file renamed over the old one), owner-only, so a reader never sees half a file."""
+    path = status_path(settings)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(status, fh)
+    os.replace(tmp, path)
+
+
+def _alive(status: dict) -> bool:
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # exists, owned by someone else
+        return True
+    return True
+
+
+def build_running(settings: Settings) -> dict | None:
+    """The status of a first start that is building right now (its process alive), else None."""
+    status = read_status(settings)
+    if status and status.get("state") == "running" and _alive(status):
+        return status
+    return None
+
+
+def follow(settings: Settings, progress: simulation.Progress = simulation._noop, poll: float = 0.25) -> dict | None:
+    """Show a running build's progress until it ends; returns its final status."""
+    while (status := build_running(settings)) is not None:
+        progress(float(status.get("fraction", 0.0)), str(status.get("message", "")))
+        time.sleep(poll)
+    return read_status(settings)
+
+
+# ------------------------------------------------------------------ the build
+def token_message(settings: Settings, token: str) -> str:
+    return (f"\n  Retro Movies operator login for {settings.home}: name 'admin', token {token}\n"
+            f"  (stored hashed in {settings.home / 'secrets.toml'}; add operators with core.access.add_operator)\n")
+
+
+def _announce_operator(settings: Settings, announce: Announce | None) -> str | None:
+    from .access import ensure_operator
+    token = ensure_operator(settings)
+    if token and announce is not None:
+        announce(token)
+    return token
+
+
+def ensure_operator(settings: Settings, announce: Announce | None = None, lock_timeout: float = 1.0) -> str | None:
+    """Create operator 'admin' if there is none and announce its token; cheap when one exists (every page run).
+
+    The store lock keeps a concurrent first start from creating a second token; if a long job holds it, the
+    operator is created on a later call."""
+    from .access import operators
+    if operators(settings):
+        return None
+    try:
+        with locks.store_lock(settings, "first start", timeout=lock_timeout):
+            return _announce_operator(settings, announce)
+    except locks.StoreBusy:
+        return None
+
+
+def ensure_demo_world(settings: Settings, progress: simulation.Progress = simulation._noop,
+                      needed: bool | None = None) -> bool:
+    """Build the default demo world if the folder is empty (or `needed`); returns whether it built one."""
+    if not (needs_demo_world(settings) if needed is None else needed):
         return False
     simulation.init_world(settings, seed=settings.seed, users=settings.demo_users, movies=settings.demo_movies,
                           days=settings.demo_days, force=True, progress=progress)
     return True
 
 
-def ensure_ready(settings: Settings, progress: simulation.Progress = simulation._noop) -> dict:
-    """World (if the folder is empty) then a first retrain (if nothing is in production)."""
+def grow_world(settings: Settings, days: int, progress: simulation.Progress = simulation._noop) -> dict:
+    """Simulate `days` more days of the world (open loop, as the first start did; new users sign up on the way).
+
+    The first start builds a small world so the dashboard is ready quickly; this makes it richer. The new
+    days reach the model with the next retrain."""
+    from . import bounds
+    days = bounds.check_int(days, "days", 1, 365)
+    summary = simulation.simulate(settings, days, progress=progress)
+    with opsdb.session(settings) as db:
+        summary["stats"] = opsdb.counts(db)
+    return summary
+
+
+def ensure_ready(settings: Settings, progress: simulation.Progress = simulation._noop,
+                 world: bool | None = None) -> dict:
+    """World (if the folder is empty, or `world`) then a first retrain (if nothing is in production)."""
     from .pipeline import retrain
-    built = ensure_demo_world(settings, lambda f, m: progress(0.8 * f, m))
+    built = ensure_demo_world(settings, lambda f, m: progress(0.8 * f, m), needed=world)
     trained = None
     if needs_first_model(settings):
         trained = retrain(settings, trigger="first-start", progress=lambda f, m: progress(0.8 + 0.2 * f, m))
     progress(1.0, "ready")
     return {"built_world": built, "first_retrain": trained}
+
+
+def first_start(settings: Settings, progress: simulation.Progress = simulation._noop,
+                announce: Announce | None = None, lock_poll: float = 1.0) -> dict:
+    """Operator token (announced at once), then the demo world and first model, with progress in the status file.
+
+    Returns {"built": bool, "followed": bool, "token_created": bool, "status": the final status or None}.
+    A build that another process or session is running is followed (its progress passed to `progress`),
+    never started twice; a folder that needs nothing only gets its operator (if it has none).
+    """
+    while True:
+        if not needs_build(settings):
+            token = ensure_operator(settings, announce, lock_poll)
+            return {"built": False, "followed": False, "token_created": bool(token), "status": read_status(settings)}
+        if build_running(settings):
+            return {"built": False, "followed": True, "token_created": False, "status": follow(settings, progress)}
+        entered = False
+        try:
+            with locks.store_lock(settings, "first start", timeout=lock_poll):
+                entered = True
+                return _build(settings, progress, announce)
+        except locks.StoreBusy:
+            if entered:
+                raise
+            progress(0.0, "waiting for another job in the data folder to finish")
+
+
+def _build(settings: Settings, progress: simulation.Progress, announce: Announce | None) -> dict:
+    """Holding the store lock: operator first, then world and model, the status file kept current."""
+    token = _announce_operator(settings, announce)
+    if not needs_build(settings):    # someone finished it while we waited for the lock
+        return {"built": False, "followed": False, "token_created": bool(token), "status": read_status(settings)}
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    status = {"state": "running", "pid": os.getpid(), "fraction": 0.0, "message": "starting",
+              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world_done": False,
+              "world": {"users": settings.demo_users, "movies": settings.demo_movies, "days": settings.demo_days},
+              "seconds": {}, "error": None}
+    world_needed = needs_demo_world(settings)
+    stage = {"name": "world" if world_needed else "etl", "t": t0}
+    status["world_done"] = not world_needed
+    _write_status(settings, status)
+
+    def update(fraction: float, message: str) -> None:
+        etl = message.startswith("ETL")
+        name = ("world" if not status["world_done"] and not etl else "etl" if etl
+                else "ranker" if "ranker" in message else "train" if fraction < 1.0 else stage["name"])
+        now = time.perf_counter()
+        if name != stage["name"]:
+            status["seconds"][stage["name"]] = round(now - stage["t"], 2)
+            stage.update(name=name, t=now)
+        if name != "world" or message == "world ready":
+            status["world_done"] = True
+        status.update(fraction=round(min(max(float(fraction), 0.0), 1.0), 4), message=message)
+        _write_status(settings, status)
+        progress(fraction, message)
+
+    try:
+        result = ensure_ready(settings, progress=update, world=world_needed)
+    except BaseException as exc:      # KeyboardInterrupt too: the status must not stay 'running'
+        status.update(state="error", error=f"{type(exc).__name__}: {exc}", message=f"first start failed: {exc}")
+        _write_status(settings, status)
+        raise
+    now = time.perf_counter()
+    status["seconds"][stage["name"]] = round(now - stage["t"], 2)
+    status["seconds"]["total"] = round(now - t0, 2)
+    status["seconds"]["cpu"] = round(time.process_time() - cpu0, 2)   # every thread of this process
+    status.update(state="done", fraction=1.0, message="ready", world_done=True,
+                  finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    _write_status(settings, status)
+    return {"built": True, "followed": False, "token_created": bool(token), "status": status,
+            "built_world": result["built_world"], "first_retrain": result["first_retrain"]}

@@ -94,6 +94,36 @@ def cmd_init(args, settings):
         f"{summary['stats']['ratings']} ratings, {summary['stats']['events']} events over {args.days} days"))
 
 
+@command("first-start")
+def cmd_first_start(args, settings):
+    """What `make run` runs beside the dashboard: operator token, demo world, first model (see core.bootstrap)."""
+    from . import bootstrap
+
+    tokens: list[str] = []
+
+    def announce(token: str) -> None:   # shown once; with --json it is in the output instead
+        tokens.append(token)
+        if not getattr(args, "json", False):
+            print(bootstrap.token_message(settings, token), flush=True)
+    result = bootstrap.first_start(settings, progress=_progress(args), announce=announce)
+    status = result["status"] or {}
+    data = {"built": result["built"], "followed": result["followed"], "token_created": result["token_created"],
+            "token": tokens[0] if tokens else None, "state": status.get("state"),
+            "seconds": status.get("seconds", {}), "home": str(settings.home)}
+    if result["followed"] and status.get("state") != "done":
+        raise errors.RetroError(f"the first start another process ran did not finish: {status.get('message')}")
+
+    def human():
+        if result["built"]:
+            print(f"first start done in {status['seconds']['total']:.0f} s: demo world and first model in "
+                  f"{settings.home}")
+        elif result["followed"]:
+            print(f"first start (run by process {status.get('pid')}) done; {settings.home} is ready")
+        else:
+            print(f"{settings.home} is ready (nothing to build)")
+    _emit(args, data, human)
+
+
 @command("simulate")
 def cmd_simulate(args, settings):
     params = {}
@@ -457,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--movies", type=_int_in(10, 100_000, "--movies"), default=1500)
     p.add_argument("--days", type=_int_in(0, MAX_DAYS, "--days"), default=60)
     p.add_argument("--force", action="store_true", help="replace an existing world in this data folder")
+
+    p = sub.add_parser("first-start", parents=[common, with_json],
+                       help="operator token, demo world and first model for an empty folder (what `make run` runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
 
     p = sub.add_parser("simulate", parents=[common, with_json], help="simulate more days, optionally with a shift")
     p.add_argument("--days", type=_int_in(1, MAX_DAYS, "--days"), required=True)

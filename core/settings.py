@@ -27,10 +27,11 @@ class Settings:
     # Top 50: minimum votes m as a percentile of per-movie vote counts.
     top50_size: int = 50
     top50_m_percentile: float = 90.0
-    # Default demo world (issue 2).
+    # Default demo world (issue 2), built by the first start; 30 days (not 60) so `make run` is ready within a
+    # minute (issue 13, see README); the Overview's "Grow the world" adds days.
     demo_users: int = 3000
     demo_movies: int = 1500
-    demo_days: int = 60
+    demo_days: int = 30
     # Promotion gate (issue 12): evaluable holdout users needed to decide; production older than the newest
     # data by more than this many days is stale; paired-bootstrap resamples of the per-user nDCG difference.
     gate_min_users: int = 200

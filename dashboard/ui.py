@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import streamlit as st
 
 from core import RetroError
-from core.bootstrap import ensure_ready, needs_demo_world, needs_first_model
+from core import bootstrap
 from dashboard import cache
 
 
@@ -20,22 +20,52 @@ def core_errors():
         st.stop()
 
 
+def _print_token(token: str) -> None:
+    """Printed once, to the terminal that started the dashboard (not to the page)."""
+    print(bootstrap.token_message(cache.settings(), token), flush=True)
+
+
 def first_start() -> None:
+    """An empty data folder is being built (by `make run`'s `python -m core first-start` or another session):
+    show that build's progress and nothing else. Nobody building it: build it here, with the same status file."""
     s = cache.settings()
-    from core.access import ensure_operator
-    token = ensure_operator(s)
-    if token:   # printed once, to the terminal that started the dashboard (not to the page)
-        print(f"\n  Retro Movies operator login for {s.home}: name 'admin', token {token}\n"
-              f"  (stored hashed in {s.home / 'secrets.toml'}; add operators with core.access.add_operator)\n", flush=True)
-    if needs_demo_world(s) or needs_first_model(s):
-        box = st.container(border=True)
-        box.subheader("🎬 Setting up Retro Movies")
-        box.write(f"First start in `{s.home}`: building the simulated world and training the first model.")
-        bar = box.progress(0.0, text="starting")
-        with core_errors():
-            ensure_ready(s, progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
+    if bootstrap.build_running(s):
+        _build_progress()
+        st.stop()
+    if not bootstrap.needs_build(s):
+        bootstrap.ensure_operator(s, announce=_print_token)
+        return
+    box = st.container(border=True)
+    box.subheader("🎬 Setting up Retro Movies")
+    last = bootstrap.read_status(s)
+    if last and last.get("state") == "error":
+        box.warning(f"The last first start failed ({last.get('error')}); trying again here.")
+    box.write(f"First start in `{s.home}`: building the simulated world and training the first model.")
+    bar = box.progress(0.0, text="starting")
+    with core_errors():
+        bootstrap.first_start(s, progress=progress_callback(bar), announce=_print_token)
+    cache.clear()
+    box.success("Ready.")
+
+
+@st.fragment(run_every=1.0)
+def _build_progress() -> None:
+    """The running first start's status file, redrawn every second; the whole app reruns once it is done."""
+    s = cache.settings()
+    status = bootstrap.build_running(s)
+    if status is None:
         cache.clear()
-        box.success("Ready.")
+        st.rerun()
+    with st.container(border=True):
+        st.subheader("🎬 Setting up Retro Movies")
+        world = status.get("world") or {}
+        st.write(f"First start in `{s.home}`: building the simulated world ({world.get('users', 0):,} users, "
+                 f"{world.get('movies', 0):,} movies, {world.get('days', 0)} days) and training the first model.")
+        fraction = min(max(float(status.get("fraction", 0.0)), 0.0), 1.0)
+        st.progress(fraction, text=f"{fraction:.0%} · {status.get('message', '')}")
+        st.caption(f"Started {status.get('started_at', '?')} by process {status.get('pid')} (the terminal that ran "
+                   "`make run` shows the same progress and the operator token). This page opens by itself when "
+                   "the build is done.")
 
 
 def progress_callback(bar, log=None):

@@ -1,0 +1,219 @@
+"""Issue 13, item 1: `make run` builds the first world in the terminal at once (`python -m core first-start`),
+prints the operator token before the world, writes its progress to RETRO_HOME/.first-start.json, and the
+dashboard shows that progress instead of building a second time."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core import bootstrap, registry, serving, simulation, tracking
+from core.access import check, operators
+from core.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard" / "app.py")
+TINY = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "200", "RETRO_DEMO_DAYS": "8"}
+
+
+@pytest.fixture(autouse=True)
+def clear_caches():
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    serving.clear_caches()
+    yield
+
+
+@pytest.fixture
+def tiny_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRO_HOME", str(tmp_path))
+    for key, value in TINY.items():
+        monkeypatch.setenv(key, value)
+    return tmp_path
+
+
+def first_start_cmd(home: Path, *extra: str) -> subprocess.Popen:
+    env = os.environ | TINY | {"RETRO_HOME": str(home)}
+    return subprocess.Popen([sys.executable, "-m", "core", "first-start", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_make_run_starts_the_first_start_beside_the_dashboard():
+    recipe = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "-m core first-start &" in recipe and "-m streamlit run dashboard/app.py" in recipe
+
+
+@pytest.mark.slow
+def test_make_run_builds_before_any_browser_visit(tmp_path):
+    """The real `make run` (this Python, install step skipped): token and world without a single page request."""
+    import signal
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = os.environ | TINY | {"RETRO_HOME": str(tmp_path), "STREAMLIT_SERVER_PORT": str(port),
+                               "STREAMLIT_SERVER_ADDRESS": "127.0.0.1", "STREAMLIT_SERVER_HEADLESS": "true",
+                               "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    out_file = tmp_path / "make-run.log"
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen(["make", "--no-print-directory", "run", f"PY={sys.executable}", "-o", ".venv/.installed"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    s = load_settings(tmp_path)
+
+    def state():
+        try:
+            return json.loads((tmp_path / ".first-start.json").read_text()).get("state")
+        except (OSError, ValueError):
+            return None
+    try:
+        deadline = time.monotonic() + 240
+        while state() != "done" and time.monotonic() < deadline:
+            assert proc.poll() is None, out_file.read_text()
+            time.sleep(0.2)
+        log = out_file.read_text()
+        assert state() == "done", log
+        assert "operator login" in log and "[ 50%]" in log and "first start done" in log
+        assert simulation.has_world(s) and registry.production(s)["version"] == 1
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_first_start_command_prints_the_token_before_building(tmp_path):
+    proc = first_start_cmd(tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    lines = out.splitlines()
+    token_line = next(i for i, line in enumerate(lines) if "operator login" in line)
+    world_line = next(i for i, line in enumerate(lines) if "creating catalog" in line)
+    assert token_line < world_line
+    token = lines[token_line].rsplit("token ", 1)[1].strip()
+    s = load_settings(tmp_path)
+    assert check(s, "admin", token)
+    assert simulation.has_world(s) and registry.production(s)["version"] == 1
+    assert tracking.list_jobs(s).iloc[0]["trigger"] == "first-start"
+    assert any(line.startswith("[ 50%]") for line in lines) and "first start done" in lines[-1]
+    status = bootstrap.read_status(s)
+    assert status["state"] == "done" and status["fraction"] == 1.0
+    assert {"world", "etl", "train", "total"} <= set(status["seconds"])
+    # A second start builds nothing and prints no token.
+    again = first_start_cmd(tmp_path)
+    out2, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and "nothing to build" in out2 and "token" not in out2
+    assert len(tracking.list_jobs(s)) == 1
+
+
+def test_status_file_fractions_increase_and_token_comes_first(tiny_env):
+    s = load_settings()
+    seen, order = [], []
+
+    def progress(fraction, message):
+        order.append("progress")
+        seen.append(bootstrap.read_status(s))
+
+    def announce(token):
+        order.append("token")
+        assert not s.world_file.exists() and not s.ops_db.exists()
+
+    result = bootstrap.first_start(s, progress=progress, announce=announce)
+    assert result["built"] and result["token_created"] and order[0] == "token"
+    fractions = [st_["fraction"] for st_ in seen]
+    assert all(st_["state"] == "running" and st_["pid"] == os.getpid() for st_ in seen)
+    assert fractions == sorted(fractions) and fractions[0] < 0.1 and fractions[-1] == 1.0
+    assert any(0.3 < f < 0.7 for f in fractions)
+    assert bootstrap.read_status(s)["state"] == "done" and operators(s) == ["admin"]
+
+
+def test_a_second_first_start_follows_the_running_one(tiny_env):
+    proc = first_start_cmd(tiny_env)
+    s = load_settings()
+    deadline = time.monotonic() + 60
+    while bootstrap.build_running(s) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bootstrap.build_running(s) is not None, proc.communicate()[0]
+    seen, announced = [], []
+    result = bootstrap.first_start(s, progress=lambda f, m: seen.append(f), announce=announced.append)
+    assert result["followed"] and not result["built"] and not announced
+    assert result["status"]["state"] == "done" and seen
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert len(tracking.list_jobs(s)) == 1 and registry.production(s)["version"] == 1
+
+
+def test_two_builders_in_one_process_build_once(tiny_env):
+    s = load_settings()
+    results, tokens = [], []
+    threads = [threading.Thread(target=lambda: results.append(bootstrap.first_start(s, announce=tokens.append)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert sorted(r["built"] for r in results) == [False, True] and len(tokens) == 1
+    assert len(tracking.list_jobs(s)) == 1
+
+
+def test_a_killed_build_is_rebuilt_not_trained_on(tiny_env):
+    s = load_settings()
+    simulation.init_world(s, seed=3, users=50, movies=40, days=1)     # what a killed build left behind
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    bootstrap.status_path(s).write_text(json.dumps({"state": "running", "pid": int(dead.stdout), "fraction": 0.3,
+                                                    "message": "simulating day 3", "world_done": False}))
+    assert bootstrap.build_running(s) is None and bootstrap.needs_demo_world(s)
+    result = bootstrap.first_start(s)
+    assert result["built"] and result["built_world"]
+    assert len(simulation.load_world(s).user_ids) >= 300 and not bootstrap.needs_build(s)
+
+
+def test_dashboard_shows_the_running_build_instead_of_building(tiny_env):
+    s = load_settings()
+    (s.home / ".first-start.json").write_text(json.dumps({   # what `make run`'s builder writes meanwhile
+        "state": "running", "pid": os.getpid(), "fraction": 0.42, "message": "simulating day 7 (7/60)",
+        "started_at": "2026-11-30T01:00:00+00:00", "world_done": False,
+        "world": {"users": 3000, "movies": 1500, "days": 60}}))
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception, at.exception
+    bars = at.get("progress")
+    assert len(bars) == 1 and bars[0].value == 42 and "simulating day 7 (7/60)" in bars[0].text
+    assert any("3,000 users" in m.value for m in at.markdown)
+    assert not at.title                      # no page drawn while the world is being built
+    assert not simulation.has_world(s) and not s.mlops_db.exists() and operators(s) == []
+
+
+@pytest.fixture(scope="module")
+def small_trained(tmp_path_factory):
+    s = load_settings(tmp_path_factory.mktemp("grow-base"))
+    simulation.init_world(s, seed=5, users=300, movies=200, days=8)
+    from core import pipeline
+    pipeline.retrain(s)
+    return s
+
+
+def test_overview_grows_the_world_for_an_operator(small_trained, tmp_path, monkeypatch):
+    from conftest import private_copy
+    from core import access, opsdb
+    s = private_copy(small_trained, tmp_path)
+    monkeypatch.setenv("RETRO_HOME", str(tmp_path))
+    access.add_operator(s, "tester", "s3cret-token")
+    with opsdb.session(s) as db:
+        day0 = int(opsdb.get_meta(db, "sim_day", "0"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.number_input(key="grow_days").set_value(3).run()
+    at.button(key="grow_world").click().run()          # not signed in: refused, nothing simulated
+    assert any("needs an operator login" in e.value for e in at.error)
+    with opsdb.session(s) as db:
+        assert int(opsdb.get_meta(db, "sim_day", "0")) == day0
+    at.session_state["operator"] = ("tester", "s3cret-token")
+    at.button(key="grow_world").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Simulated 3 more days" in m.value for m in at.success)
+    with opsdb.session(s) as db:
+        assert int(opsdb.get_meta(db, "sim_day", "0")) == day0 + 3
+    log = access.audit_log(s)
+    assert ((log["action"] == "grow the world") & (log["outcome"] == "ok")).any()
