@@ -14,7 +14,7 @@ from . import access, bounds, errors, movielens, opsdb, simulation, writes
 from .settings import load_settings
 
 COMMANDS: dict[str, Callable] = {}
-CREATES_HOME = ("init", "import-movielens")   # every other command needs an existing data folder
+CREATES_HOME = ("init", "import-movielens", "first-start")   # every other command needs an existing data folder
 MAX_DAYS = 3650           # ten simulated years in one command
 MAX_HOLDOUT_DAYS = 365
 
