@@ -4,7 +4,10 @@ Starts `streamlit run dashboard/app.py` on an empty temporary data folder (the a
 world and trains the first model), opens every page from the sidebar, waits for its real content, saves a
 full-page screenshot to docs/screenshots/<slug>.png, runs a retrain from the Training page and a drift
 scenario (trend, on-alert, 2 days) from the Drift page, and asserts that
-the browser logged no console error or uncaught page error and the server no traceback.
+the browser logged no console error or uncaught page error and the server no traceback, and that no page
+shows a Streamlit help box or docstring text (magic output), grows taller than its height budget, has an
+element sticking out of the 1400 px window, or hides a half-width table's columns behind a scrollbar
+(`dashboard.readiness.layout_problems`).
 
 Run it alone:  .venv/bin/python -m pytest tests -m browser -q
 Needs /usr/bin/chromium (Debian: `apt-get install chromium`); never `playwright install`.
@@ -25,25 +28,30 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.readiness import CHROMIUM_ARGS, PAGE_RENDERED_JS, VIEWPORT, full_page_screenshot
+from dashboard.readiness import CHROMIUM_ARGS, PAGE_RENDERED_JS, VIEWPORT, full_page_screenshot, layout_problems
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Every page of the navigation: (sidebar title, text only that page shows once its content is there).
+# Every page of the navigation: (sidebar title, text only that page shows once its content is there,
+# height budget in px at the 1400 px viewport — about 1.3× what the page measures on the demo world, so a
+# few more rows pass and a 3,000 px help box or a forgotten debug dump does not).
 # Adding a page is one line here; its screenshot is docs/screenshots/<slug(title)>.png.
 PAGES = [
-    ("Overview", "the live system"),
-    ("Top 50 vs For You", "Top 50 (same for everyone)"),
-    ("Data", "Data versions"),
-    ("Training & Models", "Experiment runs"),
-    ("Drift", "simulate days in the closed loop"),
-    ("Explanations & Governance", "Why this movie?"),
-    ("Privacy", "Data inventory"),
+    ("Overview", "the live system", 1300),
+    ("Top 50 vs For You", "Top 50 (same for everyone)", 2300),
+    ("Data", "Data versions", 2300),
+    ("Training & Models", "Experiment runs", 4600),
+    ("Drift", "simulate days in the closed loop", 1300),        # before any simulated day: form and narrative
+    ("Explanations & Governance", "Why this movie?", 1600),
+    ("Privacy", "Data inventory", 2600),
 ]
+DRIFT_SCENARIO_BUDGET = 3600   # the Drift page with its three charts and tables after a scenario
 
-DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8"}
+# The gate needs RETRO_GATE_MIN_USERS evaluable holdout users; this small world has about 120.
+DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8",
+             "RETRO_GATE_MIN_USERS": "100"}
 FIRST_START_TIMEOUT_MS = 90_000   # empty folder -> demo world + first model (a few seconds at DEMO_SIZE)
 PAGE_TIMEOUT_MS = 20_000
 RETRAIN_TIMEOUT_MS = 60_000
@@ -159,6 +167,10 @@ class Page:
         errors = main.get_by_test_id("stAlertContentError")
         assert errors.count() == 0, f"st.error shown on {self.page.url}:\n" + "\n".join(errors.all_inner_texts())
 
+    def assert_layout_ok(self, height_budget: int) -> None:
+        problems = layout_problems(self.page, height_budget)
+        assert not problems, f"{self.page.url}:\n  " + "\n  ".join(problems)
+
     def screenshot(self, name: str) -> Path:
         return full_page_screenshot(self.page, screenshot_dir() / f"{name}.png")
 
@@ -190,14 +202,15 @@ def app(server, chromium_executable):
 # --- tests ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("title,text", PAGES, ids=[slug(t) for t, _ in PAGES])
-def test_page_renders_real_content(app, title, text):
+@pytest.mark.parametrize("title,text,budget", PAGES, ids=[slug(t) for t, _, _ in PAGES])
+def test_page_renders_real_content(app, title, text, budget):
     app.goto_sidebar(title)
     app.wait_for(text)
     app.assert_no_error_on_page()
-    shot = app.screenshot(slug(title))
+    shot = app.screenshot(slug(title))   # before the layout check: the picture of a failing page helps most
     assert shot.stat().st_size > 10_000
     assert app.take_errors() == []
+    app.assert_layout_ok(budget)
 
 
 def test_retrain_from_the_training_page(app):
@@ -212,6 +225,7 @@ def test_retrain_from_the_training_page(app):
     app.page.wait_for_function(PAGE_RENDERED_JS, timeout=PAGE_TIMEOUT_MS)
     app.assert_no_error_on_page()
     assert app.take_errors() == []
+    app.assert_layout_ok(dict((t, b) for t, _, b in PAGES)["Training & Models"] + 400)   # + the run's messages
 
 
 def test_drift_scenario_from_the_drift_page(app):
@@ -236,6 +250,7 @@ def test_drift_scenario_from_the_drift_page(app):
     app.assert_no_error_on_page()
     assert app.screenshot("drift-scenario").stat().st_size > 10_000
     assert app.take_errors() == []
+    app.assert_layout_ok(DRIFT_SCENARIO_BUDGET)
 
 
 def test_server_logged_no_traceback(server, app):
