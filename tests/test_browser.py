@@ -180,23 +180,30 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def app(server, chromium_executable):
-    """The app open in Chromium, after the first-start set-up has finished on the Overview page."""
+def browser(chromium_executable):
+    """One headless Chromium for the module (Playwright's sync API allows one running instance at a time)."""
     from playwright.sync_api import sync_playwright
-    url, log = server
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS, headless=True)
+        chromium = pw.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_context(viewport=VIEWPORT).new_page()
-            tab = Page(page, url)
-            page.goto(url + "/")
-            try:
-                tab.wait_for(PAGES[0][1], timeout=FIRST_START_TIMEOUT_MS)
-            except Exception as exc:
-                pytest.fail(f"first start did not finish: {exc}\nserver log:\n{tail(log)}")
-            yield tab
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def app(server, browser):
+    """The app open in Chromium, after the first-start set-up has finished on the Overview page."""
+    url, log = server
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    tab = Page(page, url)
+    page.goto(url + "/")
+    try:
+        tab.wait_for(PAGES[0][1], timeout=FIRST_START_TIMEOUT_MS)
+    except Exception as exc:
+        pytest.fail(f"first start did not finish: {exc}\nserver log:\n{tail(log)}")
+    yield tab
+    page.context.close()
 
 
 # --- tests ---------------------------------------------------------------------------------------
@@ -257,3 +264,32 @@ def test_server_logged_no_traceback(server, app):
     _, log = server
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, f"server log:\n{tail(log, 80)}"
+
+
+def test_layout_check_catches_each_problem(browser):
+    """`layout_problems` on a hand-made page: each kind of problem is named, and content that scrolls inside
+    its own container (a wide dataframe grid, a code block) is not an overflow. No Streamlit server needed."""
+    html = """<body style="margin:0"><div data-testid="stMain" style="width:1400px">
+      <div data-testid="stMainBlockContainer" style="width:900px">
+        <div data-testid="stHelp">Creator of Delta protobuf messages.</div>
+        <pre>Parameters\n----------\nx : int</pre>
+        <div id="wide" style="width:1600px;height:20px">a table that sticks out</div>
+        <div style="overflow-x:auto;width:900px"><div style="width:3000px;height:20px">scrolled code</div></div>
+        <div data-testid="stDataFrame" style="width:400px"><table><tr><th>title</th><th>WR</th></tr></table>
+          <div class="dvn-scroller" style="overflow-x:auto;width:400px"><div style="width:470px;height:20px"></div></div>
+        </div>
+        <div style="height:3000px"></div>
+      </div></div></body>"""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.set_content(html)
+        problems = layout_problems(page, height_budget=2000)
+    finally:
+        context.close()
+    text = "\n".join(problems)
+    assert "1 Streamlit help box" in text
+    assert "'Creator of Delta protobuf'" in text and "'Parameters\\n----------'" in text
+    assert re.search(r"page is 3\d{3} px tall, budget 2000 px", text)
+    assert 'div "a table that sticks out" right=1600' in text and "scrolled code" not in text
+    assert "columns hidden behind a scrollbar: table [title, WR] needs 470px, has 400px" in text

@@ -62,8 +62,12 @@ if current:
                     with ui.core_errors():
                         summary = privacy.forget_user(s, int(user_id), actor=f"operator:{who}")
                     cache.clear()
-                    st.session_state["privacy_done"] = (f"Erased. User {user_id} is gone from every store: " + ", ".join(
-                        f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)))
+                    rows = {store: sum(v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool))
+                            for store, counts in summary.items() if store in ("ops", "warehouse") and isinstance(counts, dict)}
+                    st.session_state["privacy_done"] = (
+                        f"Erased. User {user_id} is gone from every store (request #{summary.get('request_id')}, "
+                        f"{summary.get('state')}): " + ", ".join(f"{ui.plural(n, 'row')} in {store}" for store, n in rows.items())
+                        + f", {ui.plural(summary.get('models', {}).get('bundles', 0), 'model bundle')} rewritten.")
                     st.rerun()
 
 pending = privacy.pending_effects(s)
