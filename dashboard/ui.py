@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from core import RetroError
-from core.text import fmt_time, percent_chance, plural, with_article  # noqa: F401 - the pages' words come from here
 from core.bootstrap import ensure_ready, needs_demo_world, needs_first_model
+from core.text import fmt_time, plural  # noqa: F401 - pages write ui.plural(...), ui.fmt_time(...)
 from dashboard import cache
 
 
