@@ -35,7 +35,12 @@ def needs_demo_world(settings: Settings) -> bool:
 
 
 def needs_first_model(settings: Settings) -> bool:
-    return not settings.mlops_db.exists() or registry.production(settings) is None
+    """No model in production and no first start has finished here. A first retrain the gate refused (e.g. a holdout
+    too small to judge) is not retried on every page visit: the Overview says so and an operator retrains."""
+    if settings.mlops_db.exists() and registry.production(settings) is not None:
+        return False
+    status = read_status(settings)
+    return not (status and status.get("state") == "done")
 
 
 def needs_build(settings: Settings) -> bool:

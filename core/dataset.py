@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from . import warehouse
 from .errors import RetroError
 from .settings import Settings
+from .text import with_article
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
         train_df = interactions(settings, None, cutoff, weights, con)
         if train_df.empty:
             first = con.execute("SELECT min(occurred_at) FROM fact_interaction").fetchone()[0]
-            raise RetroError(f"a {holdout_days}-day holdout leaves no training data (the warehouse covers "
+            raise RetroError(f"{with_article(f'{holdout_days}-day holdout')} leaves no training data (the warehouse covers "
                              f"{pd.Timestamp(first).date()} .. {end.date()}); choose fewer holdout days")
         test_df = interactions(settings, cutoff, end + pd.Timedelta(seconds=1), weights, con)
         if served_pairs is not None:

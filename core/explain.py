@@ -16,6 +16,7 @@ from . import registry
 from .errors import RetroError, UnknownMovie, UnknownUser
 from .pseudonym import pseudonym, pseudonym_key
 from .settings import Settings
+from .text import percent_chance
 
 
 def _titles(db, ids) -> dict:
@@ -129,7 +130,7 @@ def _paragraph(e: dict) -> str:
         feats = sorted(r["features"], key=lambda f: -abs(f["shap"]))[:2]
         words = [f"{f['label']} ({'+' if f['shap'] > 0 else '−'}{abs(f['shap']):.2f})" for f in feats]
         text += (f" The ranking model v{r['version']} then placed it using mostly {' and '.join(words)}; "
-                 f"it estimates a {r['probability']:.0%} chance you will watch it.")
+                 f"it estimates {percent_chance(r['probability'])} you will watch it.")
     s = e.get("served")
     if s:
         text += (f" It was shown to you on {s['served_at'][:10]} at position {s['position']}, by model "

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .text import plural
+
 DEFAULT_METRIC = "ndcg@10"
 COVERAGE = "coverage"
 BASELINES = ("popularity", "top50")
@@ -180,11 +182,11 @@ def _evidence_check(comparison: dict, margin: float, stale: dict | None, candida
     if is_stale and not_worse:
         numbers["passed"] = True
         if stale.get("withdrawn_consent"):
-            why = f"still holds {stale['withdrawn_consent']} user(s) who withdrew personalization consent"
+            why = f"still holds {plural(stale['withdrawn_consent'], 'user')} who withdrew personalization consent"
         elif stale.get("days_behind") is None:
             why = stale.get("reason", "cannot be evaluated")
         else:
-            why = f"{stale['days_behind']} days behind the newest data, more than {stale['staleness_days']}"
+            why = f"{plural(stale['days_behind'], 'day')} behind the newest data, more than {stale['staleness_days']}"
         return True, f"production is stale ({why}) and the candidate is not significantly worse: {interval}", numbers
     why = "significantly worse" if not not_worse else ("not better (point estimate ≤ 0)" if point <= 0 else
                                                        f"not better with confidence (lower bound ≤ −{margin:g})")

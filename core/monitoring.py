@@ -27,6 +27,7 @@ import pandas as pd
 from . import drift, mlopsdb, opsdb, registry, warehouse
 from .artifacts import load_bundle
 from .settings import Settings
+from .text import plural
 
 REFERENCE_DAYS = 7
 # feature -> (kind, tests; the first test decides the alert)
@@ -450,7 +451,7 @@ def narrative(settings: Settings) -> str:
     last = days.iloc[-1]
     parts = []
     if alerts.empty:
-        return (f"All quiet: {len(days)} days monitored up to {last['day']}, no alert. "
+        return (f"All quiet: {plural(len(days), 'day')} monitored up to {last['day']}, no alert. "
                 f"Online hit rate@10 of the model {last['online'].get('hit_rate_model') or 0:.1%} "
                 f"vs {last['online'].get('hit_rate_top50') or 0:.1%} for the Top 50.")
     a = alerts.iloc[-1] if alerts["closed_at"].notna().all() else alerts[alerts["closed_at"].isna()].iloc[0]

@@ -22,6 +22,7 @@ import pandas as pd
 from . import mlopsdb
 from .errors import ValidationError
 from .settings import Settings
+from .text import plural
 
 MODES = ("manual", "scheduled", "on-alert")
 DEFAULTS = {"mode": "manual", "every_days": 7, "cooldown_days": 2}
@@ -73,14 +74,14 @@ def decide(settings: Settings, report, mode: str, now: str) -> str | None:
     days_since = None if last is None else (pd.Timestamp(now) - last) / pd.Timedelta(days=1)
     if mode == "scheduled":
         if days_since is None or days_since >= pol["every_days"]:
-            return f"scheduled: {pol['every_days']} days since the last retrain"
+            return f"scheduled: {plural(pol['every_days'], 'day')} since the last retrain"
         return None
     if mode == "on-alert" and report.classification == "taste shift":
         fresh = [a for a in report.opened if a.startswith(("data-drift", "concept-drift"))]
         if fresh:
             return "drift alert: " + ", ".join(fresh)
         if days_since is not None and days_since >= pol["cooldown_days"]:
-            return f"drift alerts still open {pol['cooldown_days']} days after the last retrain"
+            return f"drift alerts still open {plural(pol['cooldown_days'], 'day')} after the last retrain"
     if mode == "on-alert" and report.classification == "stable" and days_since is not None \
             and days_since >= pol["cooldown_days"]:
         # A shift keeps going after the alert that caught it closes (the retrained model's reference already

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .text import article
+
 ADJECTIVES = (
     "Last", "Silent", "Crimson", "Lonely", "Golden", "Broken", "Hidden", "Midnight", "Burning",
     "Forgotten", "Wild", "Velvet", "Electric", "Frozen", "Savage", "Gentle", "Restless", "Painted",
@@ -52,6 +54,8 @@ def generate_titles(genre_lists: list[list[str]], rng: np.random.Generator, take
                 adj=ADJECTIVES[rng.integers(len(ADJECTIVES))], noun=pool[rng.integers(len(pool))],
                 noun2=NOUNS[rng.integers(len(NOUNS))], place=PLACES[rng.integers(len(PLACES))],
             )
+            if title.startswith("A "):     # "An Orchid in Brooklyn", not "A Orchid"
+                title = article(title[2:]).capitalize() + title[1:]
             if attempt > 10:
                 title = f"{title} {ROMAN[(attempt - 11) % len(ROMAN)]}"
             if title not in taken:

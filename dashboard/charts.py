@@ -6,7 +6,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core import drift
-from core.monitoring import FEATURE_LABELS, FEATURES
+from core.monitoring import FEATURE_LABELS, FEATURES, QUARANTINE_RATE_ALERT
+
+
+def percent_axis(values) -> str:
+    """A plotly tick format for shares with enough decimals that ticks differ: '.0%' from 10 % up, else
+    '.1%' or '.2%' (a 0–2.5 % axis would otherwise read '2%, 2%, 1%, 1%, 0%')."""
+    top = pd.to_numeric(pd.Series(list(values)), errors="coerce").abs().max()
+    if pd.isna(top) or top >= 0.1:
+        return ".0%"
+    return ".1%" if top >= 0.01 else ".2%"
 
 
 def _markers(fig, alerts: pd.DataFrame, actions: pd.DataFrame, rows: int) -> None:
@@ -49,11 +58,12 @@ def drift_timeline(days: pd.DataFrame, scores: pd.DataFrame, alerts: pd.DataFram
                                  mode="lines+markers", name="Top 50 (control)", line_color="#8AA1B1"), row=2, col=1)
         fig.add_trace(go.Bar(x=days["day"], y=days["quality"].map(lambda q: q.get("quarantine_rate")),
                              name="quarantined share", marker_color="#E8553D"), row=3, col=1)
-        fig.add_hline(y=0.02, line_dash="dash", line_color="red", row=3, col=1)
+        fig.add_hline(y=QUARANTINE_RATE_ALERT, line_dash="dash", line_color="red", row=3, col=1)
     _markers(fig, alerts, actions, 3)
     fig.update_yaxes(title_text="score", row=1, col=1)
     fig.update_yaxes(title_text="hit rate", tickformat=".0%", row=2, col=1)
-    fig.update_yaxes(title_text="rows", tickformat=".0%", row=3, col=1)
+    rates = days["quality"].map(lambda q: q.get("quarantine_rate")) if len(days) else []
+    fig.update_yaxes(title_text="rows", tickformat=percent_axis([*rates, QUARANTINE_RATE_ALERT]), row=3, col=1)
     _day_ticks(fig, len(days))
     fig.update_xaxes(title_text="day (simulated clock)", row=3, col=1)
     fig.update_layout(height=720, legend=dict(orientation="h", y=-0.12), margin=dict(t=40))
@@ -90,5 +100,5 @@ def feature_comparison(dist: pd.DataFrame, feature: str) -> go.Figure:
     for window, grp in dist.groupby("window", sort=False):
         fig.add_trace(go.Bar(x=grp["bucket"], y=grp["share"], name=window))
     fig.update_layout(barmode="group", title=f"{FEATURE_LABELS.get(feature, feature)}: reference vs current",
-                      yaxis_tickformat=".0%", yaxis_title="share", xaxis_title="bucket")
+                      yaxis_tickformat=percent_axis(dist["share"]), yaxis_title="share", xaxis_title="bucket")
     return fig

@@ -1,12 +1,15 @@
 """Small rendering helpers shared by the pages (errors, first start, formatting)."""
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
+import pandas as pd
 import streamlit as st
 
 from core import RetroError
 from core import bootstrap
+from core.text import fmt_time, plural  # noqa: F401 - pages write ui.plural(...), ui.fmt_time(...)
 from dashboard import cache
 
 
@@ -78,6 +81,19 @@ def progress_callback(bar, log=None):
 
 def fmt(value, digits=4):
     return "—" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+TIME_COLUMN = re.compile(r"(^at$|_at$|^window_(start|end)$|^(served|trained)_until$)")
+
+
+def times(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `df` for display with every time column ('…_at', 'at', 'window_start/end', datetime dtypes) in
+    the one page format, 'YYYY-MM-DD HH:MM' (core stores ISO strings with 'T', DuckDB returns timestamps)."""
+    out = df.copy()
+    for col in out.columns:
+        if TIME_COLUMN.search(str(col)) or pd.api.types.is_datetime64_any_dtype(out[col]):
+            out[col] = pd.Series([fmt_time(v, missing=None) for v in out[col]], index=out.index, dtype=object)
+    return out
 
 
 def operator_login() -> None:

@@ -4,7 +4,10 @@ Starts `streamlit run dashboard/app.py` on an empty temporary data folder (the a
 world and trains the first model), opens every page from the sidebar, waits for its real content, saves a
 full-page screenshot to docs/screenshots/<slug>.png, runs a retrain from the Training page and a drift
 scenario (trend, on-alert, 2 days) from the Drift page, and asserts that
-the browser logged no console error or uncaught page error and the server no traceback.
+the browser logged no console error or uncaught page error and the server no traceback, and that no page
+shows a Streamlit help box or docstring text (magic output), grows taller than its height budget, has an
+element sticking out of the 1400 px window, or hides a half-width table's columns behind a scrollbar
+(`dashboard.readiness.layout_problems`).
 
 Run it alone:  .venv/bin/python -m pytest tests -m browser -q
 Needs /usr/bin/chromium (Debian: `apt-get install chromium`); never `playwright install`.
@@ -25,25 +28,30 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.readiness import CHROMIUM_ARGS, PAGE_RENDERED_JS, VIEWPORT, full_page_screenshot
+from dashboard.readiness import CHROMIUM_ARGS, PAGE_RENDERED_JS, VIEWPORT, full_page_screenshot, layout_problems
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Every page of the navigation: (sidebar title, text only that page shows once its content is there).
+# Every page of the navigation: (sidebar title, text only that page shows once its content is there,
+# height budget in px at the 1400 px viewport — about 1.3× what the page measures on the demo world, so a
+# few more rows pass and a 3,000 px help box or a forgotten debug dump does not).
 # Adding a page is one line here; its screenshot is docs/screenshots/<slug(title)>.png.
 PAGES = [
-    ("Overview", "the live system"),
-    ("Top 50 vs For You", "Top 50 (same for everyone)"),
-    ("Data", "Data versions"),
-    ("Training & Models", "Experiment runs"),
-    ("Drift", "simulate days in the closed loop"),
-    ("Explanations & Governance", "Why this movie?"),
-    ("Privacy", "Data inventory"),
+    ("Overview", "the live system", 1300),
+    ("Top 50 vs For You", "Top 50 (same for everyone)", 2300),
+    ("Data", "Data versions", 2300),
+    ("Training & Models", "Experiment runs", 4600),
+    ("Drift", "simulate days in the closed loop", 1300),        # before any simulated day: form and narrative
+    ("Explanations & Governance", "Why this movie?", 1600),
+    ("Privacy", "Data inventory", 2600),
 ]
+DRIFT_SCENARIO_BUDGET = 3600   # the Drift page with its three charts and tables after a scenario
 
-DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8"}
+# The gate needs RETRO_GATE_MIN_USERS evaluable holdout users; this small world has about 120.
+DEMO_SIZE = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "600", "RETRO_DEMO_DAYS": "8",
+             "RETRO_GATE_MIN_USERS": "100"}
 FIRST_START_TIMEOUT_MS = 90_000   # empty folder -> demo world + first model (a few seconds at DEMO_SIZE)
 PAGE_TIMEOUT_MS = 20_000
 RETRAIN_TIMEOUT_MS = 60_000
@@ -175,6 +183,10 @@ class Page:
         side.get_by_role("button", name="Sign in").click()
         expect(side.get_by_text(f"Signed in as {name}")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
 
+    def assert_layout_ok(self, height_budget: int) -> None:
+        problems = layout_problems(self.page, height_budget)
+        assert not problems, f"{self.page.url}:\n  " + "\n  ".join(problems)
+
     def screenshot(self, name: str) -> Path:
         return full_page_screenshot(self.page, screenshot_dir() / f"{name}.png")
 
@@ -184,36 +196,44 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def app(server, chromium_executable):
-    """The app open in Chromium, after the first-start set-up has finished on the Overview page."""
+def browser(chromium_executable):
+    """One headless Chromium for the module (Playwright's sync API allows one running instance at a time)."""
     from playwright.sync_api import sync_playwright
-    url, log = server
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS, headless=True)
+        chromium = pw.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_context(viewport=VIEWPORT).new_page()
-            tab = Page(page, url)
-            page.goto(url + "/")
-            try:
-                tab.wait_for(PAGES[0][1], timeout=FIRST_START_TIMEOUT_MS)
-            except Exception as exc:
-                pytest.fail(f"first start did not finish: {exc}\nserver log:\n{tail(log)}")
-            yield tab
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def app(server, browser):
+    """The app open in Chromium, after the first-start set-up has finished on the Overview page."""
+    url, log = server
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    tab = Page(page, url)
+    page.goto(url + "/")
+    try:
+        tab.wait_for(PAGES[0][1], timeout=FIRST_START_TIMEOUT_MS)
+    except Exception as exc:
+        pytest.fail(f"first start did not finish: {exc}\nserver log:\n{tail(log)}")
+    yield tab
+    page.context.close()
 
 
 # --- tests ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("title,text", PAGES, ids=[slug(t) for t, _ in PAGES])
-def test_page_renders_real_content(app, title, text):
+@pytest.mark.parametrize("title,text,budget", PAGES, ids=[slug(t) for t, _, _ in PAGES])
+def test_page_renders_real_content(app, title, text, budget):
     app.goto_sidebar(title)
     app.wait_for(text)
     app.assert_no_error_on_page()
-    shot = app.screenshot(slug(title))
+    shot = app.screenshot(slug(title))   # before the layout check: the picture of a failing page helps most
     assert shot.stat().st_size > 10_000
     assert app.take_errors() == []
+    app.assert_layout_ok(budget)
 
 
 def test_retrain_from_the_training_page(app):
@@ -229,6 +249,7 @@ def test_retrain_from_the_training_page(app):
     app.page.wait_for_function(PAGE_RENDERED_JS, timeout=PAGE_TIMEOUT_MS)
     app.assert_no_error_on_page()
     assert app.take_errors() == []
+    app.assert_layout_ok(dict((t, b) for t, _, b in PAGES)["Training & Models"] + 400)   # + the run's messages
 
 
 def test_drift_scenario_from_the_drift_page(app):
@@ -254,9 +275,39 @@ def test_drift_scenario_from_the_drift_page(app):
     app.assert_no_error_on_page()
     assert app.screenshot("drift-scenario").stat().st_size > 10_000
     assert app.take_errors() == []
+    app.assert_layout_ok(DRIFT_SCENARIO_BUDGET)
 
 
 def test_server_logged_no_traceback(server, app):
     _, log = server
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, f"server log:\n{tail(log, 80)}"
+
+
+def test_layout_check_catches_each_problem(browser):
+    """`layout_problems` on a hand-made page: each kind of problem is named, and content that scrolls inside
+    its own container (a wide dataframe grid, a code block) is not an overflow. No Streamlit server needed."""
+    html = """<body style="margin:0"><div data-testid="stMain" style="width:1400px">
+      <div data-testid="stMainBlockContainer" style="width:900px">
+        <div data-testid="stHelp">Creator of Delta protobuf messages.</div>
+        <pre>Parameters\n----------\nx : int</pre>
+        <div id="wide" style="width:1600px;height:20px">a table that sticks out</div>
+        <div style="overflow-x:auto;width:900px"><div style="width:3000px;height:20px">scrolled code</div></div>
+        <div data-testid="stDataFrame" style="width:400px"><table><tr><th>title</th><th>WR</th></tr></table>
+          <div class="dvn-scroller" style="overflow-x:auto;width:400px"><div style="width:470px;height:20px"></div></div>
+        </div>
+        <div style="height:3000px"></div>
+      </div></div></body>"""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.set_content(html)
+        problems = layout_problems(page, height_budget=2000)
+    finally:
+        context.close()
+    text = "\n".join(problems)
+    assert "1 Streamlit help box" in text
+    assert "'Creator of Delta protobuf'" in text and "'Parameters\\n----------'" in text
+    assert re.search(r"page is 3\d{3} px tall, budget 2000 px", text)
+    assert 'div "a table that sticks out" right=1600' in text and "scrolled code" not in text
+    assert "columns hidden behind a scrollbar: table [title, WR] needs 470px, has 400px" in text

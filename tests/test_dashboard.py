@@ -321,7 +321,59 @@ def test_privacy_page_consent_and_erasure_need_a_login_and_work(home):
     at2.checkbox(key="forget_confirm").check()
     at2.button(key="FormSubmitter:forget_form-Erase").click().run(timeout=120)
     assert any(s.value.startswith("Erased.") for s in at2.success)
+    # The page shows the erased state at once (it used to keep the consent toggles and the held-rows table,
+    # drawn before the erasure, until the next rerun).
+    assert "c_personal" not in [t.key for t in at2.toggle]
+    assert not any("Data held about this user" in m.value for m in at2.markdown)
+    assert not any(set(df.value.columns) == {"store", "rows"} for df in at2.dataframe)
     with pytest.raises(Exception):
         privacy.consent(home, 3)
     assert privacy.request_log(home).iloc[-1]["state"] == "completed"
     assert not at2.exception
+
+
+def page_text(at) -> str:
+    """Every element's content on the rendered page, as protobuf text (help boxes included)."""
+    out, stack = [], [at._tree]
+    while stack:
+        node = stack.pop()
+        if getattr(node, "proto", None) is not None:
+            out.append(str(node.proto))
+        stack.extend(getattr(node, "children", {}).values())
+    return "\n".join(out)
+
+
+def test_privacy_page_shows_no_magic_output(home):
+    """`x if cond else y` on a line of its own is Streamlit "magic": it wrote the returned DeltaGenerator's
+    help ('Creator of Delta protobuf messages', ~3,000 px) under the request and audit tables."""
+    from core import access, privacy
+    access.log_action(home, "operator:admin", "export", "user 1", "ok")
+    at = app()
+    at.switch_page("views/privacy.py").run()
+    assert not at.exception
+    assert not at.get("help")
+    assert "Creator of Delta" not in page_text(at)
+    assert not at.get("json")                       # the Retention section says what it counts instead of `{…}`
+    assert any(m.label == "Events to purge, operational DB" for m in at.metric)
+    audit = frame(at, "audit_id", "action")
+    assert audit["audit_id"].iloc[0] == privacy.audit_log(home)["audit_id"].max()   # newest first
+    assert all(v is None or len(v) == 16 for v in audit["at"])                    # 'YYYY-MM-DD HH:MM'
+
+
+def test_no_page_has_a_bare_expression():
+    """Magic writes any bare non-call expression of a page script (a conditional, a name) to the page."""
+    import ast
+    root = Path(APP).parent
+    found = []
+    for path in [Path(APP), *sorted((root / "views").glob("*.py"))]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            for field in ("body", "orelse", "finalbody"):
+                body = getattr(node, field, None)
+                for i, stmt in enumerate(body if isinstance(body, list) else []):
+                    if not isinstance(stmt, ast.Expr) or isinstance(stmt.value, (ast.Call, ast.Yield, ast.Await)):
+                        continue
+                    docstring = i == 0 and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+                    if not (docstring and isinstance(node, (ast.Module, ast.FunctionDef))):
+                        found.append(f"{path.name}:{stmt.lineno}: {ast.unparse(stmt)[:60]}")
+    assert not found, found

@@ -217,3 +217,18 @@ def test_overview_grows_the_world_for_an_operator(small_trained, tmp_path, monke
         assert int(opsdb.get_meta(db, "sim_day", "0")) == day0 + 3
     log = access.audit_log(s)
     assert ((log["action"] == "grow the world") & (log["outcome"] == "ok")).any()
+
+
+def test_a_first_model_the_gate_refuses_is_not_retrained_on_every_visit(tmp_path, monkeypatch):
+    """Found merging issue 13: with too few holdout users for the gate, every dashboard rerun retrained (21 jobs)."""
+    from core import bootstrap, registry, tracking
+    from core.settings import load_settings
+    for name, value in {"RETRO_DEMO_USERS": "150", "RETRO_DEMO_MOVIES": "80", "RETRO_DEMO_DAYS": "6",
+                        "RETRO_GATE_MIN_USERS": "100000"}.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings(tmp_path / "home")
+    first = bootstrap.first_start(s)
+    assert first["built"] and registry.production(s) is None          # refused: too small to judge
+    assert not bootstrap.needs_build(s)
+    again = bootstrap.first_start(s)
+    assert not again["built"] and len(tracking.list_jobs(s, 50)) == 1

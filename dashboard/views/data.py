@@ -14,7 +14,7 @@ if st.button("Run ETL now", key="run_etl"):
     with st.spinner("extracting, validating, loading…"), ui.core_errors():
         result = etl.run_etl(cache.settings())
     cache.clear()
-    st.success(f"ETL run {result.run_id}: {result.status}, {result.rows_loaded:,} rows loaded, "
+    st.success(f"ETL run {result.run_id}: {result.status}, {ui.plural(result.rows_loaded, 'row')} loaded, "
                f"{result.rows_quarantined:,} quarantined")
     rep = cache.etl_report(cache.token())
 
@@ -33,7 +33,7 @@ d.metric("Quarantined by the last run", f"{int(latest['rows_quarantined']):,}")
 st.subheader("Data versions")
 show = versions.assign(data_version="dv" + versions["version"].astype(str),
                        volume_alerts=versions["validation"].map(lambda v: len(v.get("volume_alerts", []))))
-st.dataframe(show[["data_version", "created_at", "rows_extracted", "rows_loaded", "rows_quarantined", "total_facts",
+st.dataframe(ui.times(show)[["data_version", "created_at", "rows_extracted", "rows_loaded", "rows_quarantined", "total_facts",
                    "window_start", "window_end", "volume_alerts", "content_hash"]], hide_index=True, key="versions")
 
 st.subheader("Validation report")
@@ -54,7 +54,7 @@ else:
     fig = px.bar(rep["reasons"], x="data_version", y="rows", color="category",
                  labels={"data_version": "data version", "rows": "rows quarantined"}, title="Quarantined rows by reason")
     st.plotly_chart(fig, key="quarantine_chart")
-    st.dataframe(rep["quarantine"], hide_index=True, key="quarantine_table")
+    st.dataframe(ui.times(rep["quarantine"]), hide_index=True, key="quarantine_table")
 
 st.subheader("Daily volumes")
 daily = rep["daily"]

@@ -28,8 +28,8 @@ if run and (who := ui.operator("run a scenario")) is not None:
                           duration=int(duration), policy_mode=mode, progress=ui.progress_callback(bar))
         entry["target"] += f", {result['retrains']} retrains"
     cache.clear()
-    st.success(f"Simulated {result['days']} days: {result['alerts_opened']} alerts opened, "
-               f"{result['retrains']} automatic retrains.")
+    st.success(f"Simulated {ui.plural(result['days'], 'day')}: {ui.plural(result['alerts_opened'], 'alert')} opened, "
+               f"{ui.plural(result['retrains'], 'automatic retrain')}.")
 
 with st.expander("Stored retraining policy (used by `simulate` and scheduled runs)"):
     current = policy.get_policy(s)
@@ -64,8 +64,8 @@ if st.button("Evaluate the production model on the newest data", key="evaluate")
                  "Top 50 on the newest holdout": ev["baselines"]["top50"].get(m)}
                 for m in ("ndcg@10", "precision@10", "recall@10", "hit_rate@10", "coverage")]
         st.caption(f"v{ev['version']} ({ev['model_kind']}), trained on {ev['trained_on']} until "
-                   f"{str(ev['trained_until'])[:16]}; scored only on the days after that, {ev['holdout_start'][:10]} – "
-                   f"{ev['holdout_end'][:10]} of {ev['data_version']} ({ev['metrics']['users_evaluated']:,} users; "
+                   f"{ui.fmt_time(ev['trained_until'])}; scored only on the days after that, {ev['holdout_start'][:10]} – "
+                   f"{ev['holdout_end'][:10]} of {ev['data_version']} ({ui.plural(ev['metrics']['users_evaluated'], 'user')}; "
                    f"{ev['metrics_at_training'].get('users_evaluated', '?')} at training). A drop against the "
                    "training-time metrics is model drift.")
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="evaluation_table")
@@ -75,7 +75,7 @@ alerts = hist["alerts"]
 if alerts.empty:
     st.success("No alert so far.")
 else:
-    st.dataframe(alerts[["alert_id", "kind", "metric", "test", "severity", "value", "threshold", "window_start",
+    st.dataframe(ui.times(alerts)[["alert_id", "kind", "metric", "test", "severity", "value", "threshold", "window_start",
                          "closed_at", "classification"]], hide_index=True, key="alerts_table")
 
 st.subheader("Reference vs current, per feature")
@@ -92,7 +92,7 @@ scores = hist["scores"]
 judged = scores[(scores["day"] == day) & (scores["feature"] == feature)] if len(scores) else scores
 if len(judged) and "insufficient" in judged and bool(judged["insufficient"].iloc[0]):
     st.warning(f"Not enough data on {day} to judge the {FEATURE_LABELS[feature]}: "
-               f"{int(judged['n_current'].iloc[0])} observations (at least {s.drift_min_observations} are needed, "
+               f"{ui.plural(int(judged['n_current'].iloc[0]), 'observation')} (at least {s.drift_min_observations} are needed, "
                "and 5 per bucket on average). No alert is opened or confirmed on such a day.")
 with ui.core_errors():
     dist = cache.feature_distribution(cache.token(), feature, day)
@@ -103,4 +103,4 @@ else:
 
 if len(hist["actions"]):
     st.subheader("Automatic and policy actions")
-    st.dataframe(hist["actions"][["at", "day", "kind", "actor", "cause", "job_id"]], hide_index=True, key="actions_table")
+    st.dataframe(ui.times(hist["actions"])[["at", "day", "kind", "actor", "cause", "job_id"]], hide_index=True, key="actions_table")

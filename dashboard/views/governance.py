@@ -21,7 +21,7 @@ if prod is None:
 
 ids = directory["user_id"].tolist()
 typical = int(directory.loc[(directory["watches"] - directory["watches"].median()).abs().idxmin(), "user_id"])
-labels = {int(r.user_id): f"user {r.user_id} — {r.watches} watches" for r in directory.itertuples()}
+labels = {int(r.user_id): f"user {r.user_id} — {ui.plural(r.watches, 'watch', 'watches')}" for r in directory.itertuples()}
 user_id = st.selectbox("User (type to search; default: a typical user)", ids, index=ids.index(typical),
                        format_func=labels.get, key="gov_user")
 tab_why, tab_audit, tab_card, tab_diag = st.tabs(["Why this movie?", "Audit trail", "Model card", "Diagnose"])
@@ -68,12 +68,12 @@ with tab_audit:
         st.info("Nothing was served to this user in that period.")
     for rec in records[:5]:
         with st.container(border=True):
-            st.markdown(f"**{rec['served_at']}** — {rec['path']}"
+            st.markdown(f"**{ui.fmt_time(rec['served_at'])}** — {rec['path']}"
                         + (f", model v{rec['model_version']} ({rec['model_kind']}), data {rec['data_version']}, "
                            f"retrain trigger: {rec['trigger']}" if rec["model_version"] else ""))
             if rec.get("promotion"):
                 p = rec["promotion"]
-                st.caption(f"promoted {p['at']} by {p['actor']}: {p['reason']}")
+                st.caption(f"promoted {ui.fmt_time(p['at'])} by {p['actor']}: {p['reason']}")
             st.dataframe(pd.DataFrame(rec["movies"]), hide_index=True)
     if records:
         st.download_button("Export audit (Markdown)", audit_mod.audit_markdown(records), file_name=f"audit-u{user_id}.md",

@@ -12,23 +12,23 @@ prod = reg["production"]
 last_job = s["training"]["last_job"]
 
 boxes = [
-    ("Operational DB", "SQLite, WAL", [f"{ops['users']:,} users · {ops['movies']:,} movies",
-                                       f"{ops['ratings']:,} ratings · {ops['events']:,} events",
-                                       f"clock {ops['clock'] or 'real time'}"]),
-    ("ETL", "incremental, validated", [f"last run {wh['last_etl'] or '—'}", f"status {wh['last_etl_status'] or 'never run'}",
-                                       f"{wh['quarantined']:,} rows quarantined"]),
-    ("Warehouse", "DuckDB star schema", [f"{wh['facts']:,} interactions", f"data version {wh['data_version'] or '—'}"]),
-    ("Training", "ALS / BPR + baselines", [f"{s['training']['runs']} run(s)",
+    ("Operational DB", "SQLite, WAL", [f"{ui.plural(ops['users'], 'user')} · {ui.plural(ops['movies'], 'movie')}",
+                                       f"{ui.plural(ops['ratings'], 'rating')} · {ui.plural(ops['events'], 'event')}",
+                                       f"clock {ui.fmt_time(ops['clock']) if ops['clock'] else 'real time'}"]),
+    ("ETL", "incremental, validated", [f"last run {ui.fmt_time(wh['last_etl'])}", f"status {wh['last_etl_status'] or 'never run'}",
+                                       f"{ui.plural(wh['quarantined'], 'row')} quarantined"]),
+    ("Warehouse", "DuckDB star schema", [ui.plural(wh['facts'], 'interaction'), f"data version {wh['data_version'] or '—'}"]),
+    ("Training", "ALS / BPR + baselines", [ui.plural(s['training']['runs'], 'run'),
                                            f"last retrain: {last_job['status'] if last_job else '—'}"
                                            + (f" ({last_job['trigger']})" if last_job else "")]),
-    ("Registry", "gate → production", [f"{reg['versions']} version(s)",
+    ("Registry", "gate → production", [ui.plural(reg['versions'], 'version'),
                                        f"production v{prod['version']} ({prod['model_kind']})" if prod else "no model in production yet",
                                        f"nDCG@10 {prod['metrics']['ndcg@10']:.4f} on "
-                                       f"{prod['metrics'].get('users_evaluated', 0):,} holdout users" if prod
+                                       f"{ui.plural(prod['metrics'].get('users_evaluated', 0), 'holdout user')}" if prod
                                        else "run a retrain"]),
-    ("Serving", "model or Top 50 fallback", [f"{srv['lists_served']:,} lists served",
+    ("Serving", "model or Top 50 fallback", [f"{ui.plural(srv['lists_served'], 'list')} served",
                                              ", ".join(f"{k} {v:,}" for k, v in srv["paths"].items()) or "nothing served yet"]),
-    ("Monitoring", "drift & alerts", [f"{s['monitoring']['open_alerts']} open alerts"]),
+    ("Monitoring", "drift & alerts", [f"{ui.plural(s['monitoring']['open_alerts'], 'open alert')}"]),
 ]
 cols = st.columns(len(boxes))
 for col, (name, kind, lines) in zip(cols, boxes):
@@ -60,7 +60,7 @@ with left.container(border=True):
     st.markdown("**Top 50 (traditional, deterministic)**")
     det = cache.determinism(cache.token())
     st.metric("Same data, computed twice", "identical list" if det["identical"] else "DIFFERENT", border=False)
-    st.caption(f"{det['length']} titles; a rule (the weighted rating) fully specifies the output, "
+    st.caption(f"{ui.plural(det['length'], 'title')}; a rule (the weighted rating) fully specifies the output, "
                "so a test can assert exact values.")
 with right.container(border=True):
     st.markdown("**Personalized model (ML, probabilistic)**")
@@ -71,7 +71,7 @@ with right.container(border=True):
             var = cache.seed_variability(cache.token(), (1, 2), prod["model_kind"])
         jac = var["overlap"]["mean_jaccard"].iloc[0]
         st.metric("Top-10 overlap between seeds 1 and 2", f"{jac:.0%}")
-        st.caption(f"Same data, same configuration, {var['users']} users: the lists overlap only partly; "
+        st.caption(f"Same data, same configuration, {ui.plural(var['users'], 'user')}: the lists overlap only partly; "
                    f"nDCG@10 {var['metrics']['ndcg@10'].min():.4f}–{var['metrics']['ndcg@10'].max():.4f}. "
                    "Quality is a distribution, tested statistically, not by exact values.")
     else:

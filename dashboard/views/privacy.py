@@ -12,6 +12,9 @@ s = cache.settings()
 token = cache.token()
 
 user_id = st.number_input("User id", min_value=1, step=1, value=1, key="privacy_user")
+# An action's outcome, kept across the rerun that follows it so every section below is read after the write.
+if done := st.session_state.pop("privacy_done", None):
+    st.success(done)
 try:
     current = privacy.consent(s, int(user_id))
 except Exception as exc:  # noqa: BLE001 - unknown/erased user: say so plainly
@@ -33,10 +36,11 @@ if current:
                     res = privacy.set_consent(s, int(user_id), tracking=tracking, personalization=personal,
                                               actor=f"operator:{who}")
                 cache.clear()
-                st.success("Saved. " + " ".join(res.get("effects", [])) if isinstance(res.get("effects"), list)
-                           else "Saved.")
+                st.session_state["privacy_done"] = ("Saved. " + " ".join(res.get("effects", []))
+                                                    if isinstance(res.get("effects"), list) else "Saved.")
+                st.rerun()
         if current.get("history"):
-            st.dataframe(pd.DataFrame(current["history"]), hide_index=True, key="consent_history")
+            st.dataframe(ui.times(pd.DataFrame(current["history"])), hide_index=True, key="consent_history")
     with c2.container(border=True):
         st.markdown("**Data held about this user** (rows per store)")
         st.dataframe(pd.DataFrame([{"store": k, "rows": v} for k, v in privacy.held_counts(s, int(user_id)).items()]),
@@ -58,14 +62,20 @@ if current:
                     with ui.core_errors():
                         summary = privacy.forget_user(s, int(user_id), actor=f"operator:{who}")
                     cache.clear()
-                    st.success("Erased. " + ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)))
+                    rows = {store: sum(v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool))
+                            for store, counts in summary.items() if store in ("ops", "warehouse") and isinstance(counts, dict)}
+                    st.session_state["privacy_done"] = (
+                        f"Erased. User {user_id} is gone from every store (request #{summary.get('request_id')}, "
+                        f"{summary.get('state')}): " + ", ".join(f"{ui.plural(n, 'row')} in {store}" for store, n in rows.items())
+                        + f", {ui.plural(summary.get('models', {}).get('bundles', 0), 'model bundle')} rewritten.")
+                    st.rerun()
 
 pending = privacy.pending_effects(s)
 st.subheader("Pending effects on models")
 if pending:
-    st.warning(f"{len(pending)} user(s) withdrew personalization after the production model was trained: their data "
+    st.warning(f"{ui.plural(len(pending), 'user')} withdrew personalization after the production model was trained: their data "
                "leaves the model at the next retrain (serving already ignores it).")
-    st.dataframe(pd.DataFrame(pending), hide_index=True, key="pending")
+    st.dataframe(ui.times(pd.DataFrame(pending)), hide_index=True, key="pending")
 else:
     st.success("No pending consent effects: the production model honours every current consent.")
 
@@ -73,20 +83,35 @@ left, right = st.columns(2)
 with left:
     st.subheader("Erasure requests")
     log = privacy.request_log(s)
-    st.dataframe(log, hide_index=True, key="requests") if len(log) else st.caption("No request yet.")
+    if len(log):
+        st.dataframe(ui.times(log), hide_index=True, key="requests")
+    else:
+        st.caption("No request yet.")
 with right:
     st.subheader("Retention")
     days = st.number_input("Keep behavioural events for (days)", 1, 3650, 365, key="retention_days")
     status = privacy.retention_status(s, int(days))
-    st.json(status, expanded=False)
+    st.caption(f"Service clock {ui.fmt_time(status['clock'])}; events before {ui.fmt_time(status['cutoff'])} are purged.")
+    a, b = st.columns(2)
+    a.metric("Events to purge, operational DB", f"{status['ops_events_to_purge']:,} of {status['ops_events']:,}",
+             help=f"oldest event: {ui.fmt_time(status['oldest_ops_event'])}")
+    b.metric("Events to purge, warehouse", f"{status['warehouse_events_to_purge']:,} of {status['warehouse_events']:,}",
+             help=f"oldest event: {ui.fmt_time(status['oldest_warehouse_event'])}; ratings are kept")
     if st.button("Purge now", key="purge") and (who := ui.operator("purge old events")) is not None:
         with ui.core_errors():
             res = privacy.retention(s, int(days), actor=f"operator:{who}")
         cache.clear()
-        st.success(f"Purged: {res}")
+        st.session_state["privacy_done"] = (f"Purged events before {ui.fmt_time(res['cutoff'])}: "
+                                            + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in res.items()
+                                                        if isinstance(v, int) and k != "days") + ".")
+        st.rerun()
 
 st.subheader("Data inventory")
 st.dataframe(pd.DataFrame(privacy.data_inventory()), hide_index=True, key="inventory")
 st.subheader("Operator audit log")
 audit = privacy.audit_log(s)
-st.dataframe(audit.tail(50), hide_index=True, key="audit_log") if len(audit) else st.caption("No privileged action yet.")
+if len(audit):
+    st.caption("The 50 newest privileged actions and sign-ins.")
+    st.dataframe(ui.times(audit.head(50)), hide_index=True, key="audit_log")
+else:
+    st.caption("No privileged action yet.")

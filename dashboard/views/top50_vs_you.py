@@ -13,7 +13,7 @@ with ui.core_errors():
     movies = cache.movies(token)
     pop = cache.popularity(token)
 
-labels = {int(r.user_id): f"user {r.user_id} — {r.watches} watches, {r.ratings} ratings" for r in directory.itertuples()}
+labels = {int(r.user_id): f"user {r.user_id} — {ui.plural(r.watches, 'watch', 'watches')}, {ui.plural(r.ratings, 'rating')}" for r in directory.itertuples()}
 default = int(directory.sort_values("watches", ascending=False)["user_id"].iloc[0]) if len(directory) else None
 user_id = st.selectbox("User (type to search)", list(labels), index=list(labels).index(default) if default else 0,
                        format_func=labels.get, key="user")
@@ -37,12 +37,20 @@ personal = movies.set_index("movie_id").reindex(rec.movie_ids).reset_index()
 personal.insert(0, "rank", range(1, len(personal) + 1))
 personal["score"] = rec.scores
 top10 = top.head(10)
+# Both lists share half the page (about 460 px at 1400 px): column widths in px that add up to less, so no
+# column (WR!) hides behind a horizontal scrollbar; long titles and genres are cut, in full on hover.
+NARROW = {"rank": st.column_config.NumberColumn("#", width=36),
+          "year": st.column_config.NumberColumn(format="%d", width=52)}
 left, right = st.columns(2)
 with left:
     st.subheader("Top 50 (same for everyone)")
-    st.caption(f"WR = v/(v+m)·R + m/(v+m)·C with m = {m_used:g} votes, C = {C:.2f}; {len(top)} titles qualify")
+    st.caption(f"WR = v/(v+m)·R + m/(v+m)·C with m = {m_used:g} votes, C = {C:.2f}; {ui.plural(len(top), 'title')} "
+               + ("qualifies" if len(top) == 1 else "qualify"))
     st.dataframe(top[["rank", "title", "year", "genres", "votes", "weighted_rating"]], hide_index=True,
-                 height=390, key="top50_table", column_config={"weighted_rating": st.column_config.NumberColumn("WR", format="%.3f")})
+                 height=390, key="top50_table", column_config={**NARROW, "title": st.column_config.TextColumn(width=150),
+                                                               "genres": st.column_config.TextColumn(width=100),
+                                                               "votes": st.column_config.NumberColumn(width=56),
+                                                               "weighted_rating": st.column_config.NumberColumn("WR", format="%.3f", width=56)})
 with right:
     st.subheader("For You")
     if rec.path == "model":
@@ -51,7 +59,9 @@ with right:
     else:
         st.warning(f"Falling back to the Top 50: {rec.reason}.")
     st.dataframe(personal[["rank", "title", "year", "genres", "score"]], hide_index=True, height=390, key="for_you_table",
-                 column_config={"score": st.column_config.NumberColumn(format="%.3f")})
+                 column_config={**NARROW, "title": st.column_config.TextColumn(width=170),
+                                 "genres": st.column_config.TextColumn(width=130),
+                                 "score": st.column_config.NumberColumn(format="%.3f", width=60)})
 
 cmp = insights.compare_lists(top10["movie_id"].tolist(), rec.movie_ids)
 s_top = insights.list_summary(top10["movie_id"].tolist(), movies, pop)

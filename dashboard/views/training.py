@@ -31,8 +31,8 @@ with st.container(border=True):
         verdict = st.success if result["promoted"] else st.warning
         verdict(f"Run {result['run_id']} → v{result['version']}: "
                 + ("promoted to production" if result["promoted"] else "kept as candidate — the gate refused it")
-                + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f} on {result['metrics']['users_evaluated']:,} "
-                  f"holdout users, data {result['data_version']})")
+                + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f} on "
+                  f"{ui.plural(result['metrics']['users_evaluated'], 'holdout user')}, data {result['data_version']})")
         for reason in result["gate"]["reasons"]:
             st.caption(f"gate: {reason}")
 
@@ -46,7 +46,7 @@ if decision is not None:
         quality = checks.get("quality", {})
         if "lo" in quality:
             st.caption(f"Paired bootstrap of the per-user nDCG@10 difference (candidate − production) over "
-                       f"{quality['n_users']:,} holdout users, {quality['resamples']:,} resamples: "
+                       f"{ui.plural(quality['n_users'], 'holdout user')}, {ui.plural(quality['resamples'], 'resample')}: "
                        f"{quality['point']:+.4f}, {quality['level']:.0%} interval [{quality['lo']:+.4f}, "
                        f"{quality['hi']:+.4f}]; reference: {quality.get('reference', 'production')}.")
         st.dataframe(pd.DataFrame([{"check": name, "passed": bool(c.get("passed")), "reason": reason}
@@ -63,7 +63,7 @@ else:
     cols = [c for c in ("run_id", "model_kind", "status", "started_at", "data_version", "seed", "ndcg@10", "precision@10",
                         "recall@10", "hit_rate@10", "coverage", "novelty", "users_evaluated", "duration_s",
                         "code_version") if c in runs]
-    st.dataframe(runs[cols], hide_index=True, key="runs_table",
+    st.dataframe(ui.times(runs[cols]), hide_index=True, key="runs_table",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in cols if "@" in c or c in ("coverage", "novelty")})
     finished = runs[runs["status"] == "finished"]["run_id"].tolist()
     if len(finished) >= 2:
@@ -88,11 +88,11 @@ st.subheader("Model registry")
 if versions.empty:
     st.info("No model versions yet — a retrain registers one.")
 else:
-    st.dataframe(versions[[c for c in ("version", "model_kind", "stage", "data_version", "created_at", "ndcg@10",
+    st.dataframe(ui.times(versions)[[c for c in ("version", "model_kind", "stage", "data_version", "created_at", "ndcg@10",
                                        "coverage", "users_evaluated", "run_id") if c in versions]], hide_index=True,
                  key="versions_table")
     st.caption("Lifecycle history (who, when, why):")
-    st.dataframe(history[["at", "version", "from_stage", "to_stage", "actor", "reason"]], hide_index=True, key="history_table")
+    st.dataframe(ui.times(history)[["at", "version", "from_stage", "to_stage", "actor", "reason"]], hide_index=True, key="history_table")
     left, right = st.columns(2)
     with left.form("promote_form"):
         st.markdown("**Promote a version**")
@@ -136,4 +136,4 @@ if st.button("Train with each seed", key="seeds_button"):
     st.plotly_chart(px.strip(var["metrics"].melt(id_vars="seed", var_name="metric"), x="metric", y="value",
                              color="seed", title="Holdout metrics per seed"), key="seed_chart")
     st.metric("Mean top-10 overlap between seeds (Jaccard)", f"{var['overlap']['mean_jaccard'].mean():.0%}",
-              help=f"over {var['users']} evaluation users")
+              help=f"over {ui.plural(var['users'], 'evaluation user')}")
