@@ -46,8 +46,9 @@ def current_data_version(settings: Settings) -> str:
 
 
 def sim_now(settings: Settings) -> str:
-    with opsdb.session(settings) as db:
-        return opsdb.clock_now(db)
+    """The service clock (`clock.now`)."""
+    from .clock import now
+    return now(settings)
 
 
 # ------------------------------------------------------------------ evaluation

@@ -68,7 +68,7 @@ def _production(settings: Settings, family: str = "cf") -> dict | None:
     from .tracking import decode_json_fields
     db = _thread_connection("mlops", settings.mlops_db, lambda: mlopsdb.open_mlops(settings))
     rows = list(db.query("SELECT * FROM model_versions WHERE stage = 'production' AND family = ?", [family]))
-    return decode_json_fields(rows[0], registry.VERSION_JSON_FIELDS) if rows else None
+    return mlopsdb.resolve_artifact(settings, decode_json_fields(rows[0], registry.VERSION_JSON_FIELDS)) if rows else None
 
 
 def bundle_for(version: dict) -> Bundle:
