@@ -21,7 +21,7 @@ from sqlite_utils import Migrations
 
 from .constants import TS_FORMAT
 from .errors import InvalidTimestamp
-from .opsdb import private_db_file, set_wal, utc_now_iso
+from .opsdb import private_db_file, set_wal
 from .settings import Settings
 
 migrations = Migrations("retro_mlops")
@@ -356,20 +356,11 @@ def stored_artifact_path(settings: Settings, path: str | Path) -> str:
 
 
 def artifact_dir(settings: Settings, stored: str | Path) -> Path:
-    """The directory a recorded artifact path names, in *this* data folder.
-
-    Relative paths are under `settings.home`. An absolute path written by an older version (or another
-    folder) is re-anchored at its `models/...` tail when that exists here — a copy must never reach into
-    the folder it was copied from.
-    """
+    """The directory a recorded artifact path names: relative paths (every artifact this platform writes
+    inside its data folder) are under `settings.home`; an absolute one (a model kept outside the folder) as is.
+    Absolute paths an older version wrote inside its folder were made relative by migration m008."""
     path = Path(stored)
-    if not path.is_absolute():
-        return settings.home / path
-    parts = path.parts
-    if "models" in parts:
-        tail = Path(*parts[len(parts) - 1 - parts[::-1].index("models"):])
-        return settings.home / tail
-    return path
+    return path if path.is_absolute() else settings.home / path
 
 
 def resolve_artifact(settings: Settings, record: dict) -> dict:

@@ -225,7 +225,7 @@ def list_versions(settings: Settings) -> pd.DataFrame:
         rows = list(db.query("SELECT * FROM model_versions ORDER BY version DESC"))
     records = []
     for row in rows:
-        record = {c: row[c] for c in VERSION_COLUMNS}
+        record = mlopsdb.resolve_artifact(settings, {c: row[c] for c in VERSION_COLUMNS})
         flatten_metrics(record, mlopsdb.loads(row["metrics"]), VERSION_COLUMNS)
         records.append(record)
     if not records:

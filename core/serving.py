@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import sqlite_utils
@@ -40,7 +40,6 @@ class Recommendation:
     reason: str = ""
     served_at: str | None = None
     serve_id: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -134,7 +134,7 @@ def list_runs(settings: Settings, limit: int = 50) -> pd.DataFrame:
     records = []
     for row in rows:
         run = _decode_run(row)
-        record = {c: run.get(c) for c in RUN_COLUMNS if c != "duration_s"}
+        record = mlopsdb.resolve_artifact(settings, {c: run.get(c) for c in RUN_COLUMNS if c != "duration_s"})
         timings = run.get("timings") or {}
         numeric = [v for v in timings.values() if is_number(v)]
         record["duration_s"] = float(sum(numeric)) if numeric else None

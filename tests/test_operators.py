@@ -187,7 +187,7 @@ def test_the_drift_scenario_needs_an_operator_and_is_audited(dash):
     assert monitoring.history(dash)["days"].empty
     at.session_state["operator"] = OPERATOR
     at.button(key="FormSubmitter:scenario-Run scenario").click().run()
-    assert not at.exception and any("Simulated 1 days" in s.value for s in at.success)
+    assert not at.exception and any("Simulated 1 day:" in s.value for s in at.success)
     assert len(monitoring.history(dash)["days"]) == 1
     denied, done = outcomes(dash)
     assert denied == ("anonymous", "run a scenario", "no login", "denied")

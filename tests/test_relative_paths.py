@@ -7,7 +7,8 @@ and after `mv A elsewhere` B could not serve until a retrain.
 import shutil
 import sqlite3
 
-import numpy as np
+from pathlib import Path
+
 import pytest
 
 from core import mlopsdb, pipeline, privacy, registry, serving, simulation
@@ -54,8 +55,17 @@ def test_a_copied_folder_serves_and_erases_its_own_models(original, tmp_path):
         serving.clear_caches()
 
 
-def test_absolute_paths_of_an_older_version_are_made_relative(tmp_path):
-    path = "/somewhere/else/A/models/run-3"
-    assert mlopsdb.artifact_dir(load_settings(tmp_path), path) == tmp_path / "models" / "run-3"
-    assert mlopsdb.stored_artifact_path(load_settings(tmp_path), tmp_path / "models" / "run-3") == "models/run-3"
-    assert np.all([mlopsdb.artifact_dir(load_settings(tmp_path), "models/run-3") == tmp_path / "models/run-3"])
+def test_absolute_paths_of_an_older_version_are_made_relative(original, tmp_path):
+    s = load_settings(tmp_path / "here")
+    assert mlopsdb.stored_artifact_path(s, s.home / "models" / "run-3") == "models/run-3"
+    assert mlopsdb.artifact_dir(s, "models/run-3") == s.home / "models" / "run-3"
+    assert mlopsdb.artifact_dir(s, "/mnt/shared/run-3") == Path("/mnt/shared/run-3")      # outside: kept as is
+    # A folder written by the old code (absolute paths into A), copied to B: the migration re-anchors them.
+    b = tmp_path / "B"
+    shutil.copytree(original.home, b)
+    with sqlite3.connect(b / "mlops.db") as con:
+        con.execute("UPDATE model_versions SET artifact_path = ? || '/' || artifact_path", [str(original.home)])
+        con.execute("DELETE FROM _sqlite_migrations WHERE name = 'm008_relative_artifact_paths'")
+    copy = load_settings(b)
+    serving.clear_caches()
+    assert registry.production(copy)["artifact_path"].startswith(str(b / "models"))
