@@ -293,7 +293,7 @@ def log_action(settings: Settings, actor: str, action: str, target: str | None, 
     for value, what in ((actor, "actor"), (action, "action")):
         if not isinstance(value, str) or not value.strip():
             raise ValidationError(f"{what} must be a non-empty text")
-    when = mlopsdb.timestamp(at)
+    when = mlopsdb.timestamp(at, settings)
     with mlopsdb.session(settings) as db:
         cur = db.conn.execute("INSERT INTO operator_audit(at, actor, action, target, outcome) VALUES (?,?,?,?,?)",
                               [when, actor.strip(), action.strip(), target, outcome])

@@ -133,6 +133,11 @@ def _record(settings: Settings, row: dict, titles: dict, lineage: dict) -> dict:
         record["notes"].append(f"v{version} was never promoted to production")
     if any(n.startswith("registry not consulted") for n in record["notes"]):
         return record
+    # Events stamped in the served list's second are simultaneous at the clock's resolution: any version in
+    # production during that second agrees with the log (and is the one reported).
+    during = registry.production_during(settings, row["served_at"])
+    if version in during:
+        record["production_at_served"] = version
     record["was_production"] = record["production_at_served"] == version
     if not record["was_production"]:
         serving_then = record["production_at_served"]

@@ -367,10 +367,3 @@ def _sync_consent(con, users: pd.DataFrame, key: bytes) -> None:
     finally:
         con.unregister("consent_df")
 
-
-def list_versions(settings: Settings) -> pd.DataFrame:
-    return warehouse.query(settings, "SELECT * FROM data_versions ORDER BY version DESC")
-
-
-def list_runs(settings: Settings) -> pd.DataFrame:
-    return warehouse.query(settings, "SELECT * FROM etl_runs ORDER BY run_id DESC")

@@ -21,7 +21,7 @@ from sqlite_utils import Migrations
 
 from .constants import TS_FORMAT
 from .errors import InvalidTimestamp
-from .opsdb import private_db_file, set_wal, utc_now_iso
+from .opsdb import private_db_file, set_wal
 from .settings import Settings
 
 migrations = Migrations("retro_mlops")
@@ -239,6 +239,17 @@ def m007_drift_insufficient(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE drift_scores ADD COLUMN n_current INTEGER")
 
 
+@migrations()
+def m008_relative_artifact_paths(db: sqlite_utils.Database) -> None:
+    """Artifact paths relative to the data folder (`models/run-7`); absolute ones are cut at their `models/` part."""
+    for table, pk in (("runs", "run_id"), ("model_versions", "version")):
+        for ident, path in db.execute(f"SELECT {pk}, artifact_path FROM {table} "
+                                      "WHERE artifact_path LIKE '/%' AND artifact_path LIKE '%/models/%'").fetchall():
+            parts = Path(path).parts
+            tail = Path(*parts[len(parts) - 1 - parts[::-1].index("models"):]).as_posix()
+            db.execute(f"UPDATE {table} SET artifact_path = ? WHERE {pk} = ?", [tail, ident])
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)
@@ -294,10 +305,12 @@ def write_session(settings: Settings) -> Iterator[sqlite_utils.Database]:
         db.conn.execute("COMMIT")
 
 
-def timestamp(at: str | None) -> str:
-    """`at` checked against `TS_FORMAT` ('YYYY-MM-DDTHH:MM:SS', UTC); real UTC now when None."""
+def timestamp(at: str | None, settings: Settings | None = None) -> str:
+    """`at` checked against `TS_FORMAT` ('YYYY-MM-DDTHH:MM:SS', UTC); when None, the service's clock
+    (`clock.now`: the simulated clock of a world, else real UTC) — or real UTC without `settings`."""
     if at is None:
-        return utc_now_iso()
+        from .clock import now, utc_now
+        return now(settings) if settings is not None else utc_now()
     try:
         datetime.strptime(at, TS_FORMAT)
     except (TypeError, ValueError):
@@ -332,21 +345,40 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def stored_artifact_path(settings: Settings, path: str | Path) -> str:
+    """How an artifact directory is recorded: relative to the data folder (`models/run-7`) when inside it, so
+    a folder copied (`cp -a A B`), restored or moved serves, erases and checks its own models, never A's."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(settings.home.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def artifact_dir(settings: Settings, stored: str | Path) -> Path:
+    """The directory a recorded artifact path names: relative paths (every artifact this platform writes
+    inside its data folder) are under `settings.home`; an absolute one (a model kept outside the folder) as is.
+    Absolute paths an older version wrote inside its folder were made relative by migration m008."""
+    path = Path(stored)
+    return path if path.is_absolute() else settings.home / path
+
+
+def resolve_artifact(settings: Settings, record: dict) -> dict:
+    """`record` with its `artifact_path` resolved for this data folder (a string, as callers expect)."""
+    if record.get("artifact_path"):
+        record["artifact_path"] = str(artifact_dir(settings, record["artifact_path"]))
+    return record
+
+
 def clone_home(source: Settings, dest: Path | str) -> Settings:
-    """Copy a whole data folder (e.g. a prepared world for an experiment) and repoint the registry's
-    absolute artifact paths at the copy; returns the copy's settings."""
+    """Copy a whole data folder (e.g. a prepared world for an experiment); returns the copy's settings.
+    Artifact paths are relative to the folder, so nothing is rewritten."""
     import shutil
 
     from .settings import load_settings
     dest = Path(dest)
     shutil.copytree(source.home, dest, dirs_exist_ok=True)
-    copy = load_settings(dest)
-    if copy.mlops_db.exists():
-        with session(copy) as db, db.atomic():
-            for table in ("runs", "model_versions"):
-                db.execute(f"UPDATE {table} SET artifact_path = replace(artifact_path, ?, ?)",
-                           [str(source.home), str(copy.home)])
-    return copy
+    return load_settings(dest)
 
 
 def row_or_raise(db: sqlite_utils.Database, table: str, key_col: str, key, error: type[Exception], missing: str,

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import dataset, etl, gate, locks, metrics, opsdb, registry, serving, tracking, warehouse
+from . import dataset, etl, gate, locks, metrics, registry, serving, tracking, warehouse
 from .artifacts import Bundle, load_bundle, save_bundle
 from .constants import DEFAULT_K
 from .errors import RetroError, ValidationError
@@ -46,8 +46,9 @@ def current_data_version(settings: Settings) -> str:
 
 
 def sim_now(settings: Settings) -> str:
-    with opsdb.session(settings) as db:
-        return opsdb.clock_now(db)
+    """The service clock (`clock.now`)."""
+    from .clock import now
+    return now(settings)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -352,10 +353,6 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
         raise
 
 
-def runs_frame(settings: Settings, limit: int = 50) -> pd.DataFrame:
-    return tracking.list_runs(settings, limit)
-
-
 def evaluate_version(settings: Settings, version: int | None = None, holdout_days: int = HOLDOUT_DAYS) -> dict:
     """Score a registered version (default: production) and the baselines on the current holdout."""
     entry = registry.get_version(settings, version) if version is not None else registry.production(settings)
@@ -398,9 +395,10 @@ def ranker_status(settings: Settings) -> dict:
 def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: int = HOLDOUT_DAYS,
                  weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(), job_id: int | None = None,
                  at: str | None = None, progress: Progress = _noop, cf_on_train_window=None) -> dict:
-    """`cf_on_train_window`: the production CF configuration already fitted on this split's training
+    """Train, evaluate, register and (if it beats CF alone) promote a ranker on top of the production CF model.
+
+    `cf_on_train_window`: the production CF configuration already fitted on this split's training
     window (the retrain pipeline passes it to save a fit)."""
-    """Train, evaluate, register and (if it beats CF alone) promote a ranker on top of the production CF model."""
     from . import ranker as rk
     cf = registry.production(settings)
     if cf is None:

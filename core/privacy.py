@@ -159,11 +159,11 @@ def _registry_entries(settings: Settings, directory: Path) -> dict:
     out = {"runs": [], "versions": []}
     with mlopsdb.session(settings) as db:
         for run_id, path in db.execute("SELECT run_id, artifact_path FROM runs WHERE artifact_path IS NOT NULL"):
-            if Path(path).resolve() == target:
+            if mlopsdb.artifact_dir(settings, path).resolve() == target:
                 out["runs"].append(int(run_id))
         for version, stage, path in db.execute("SELECT version, stage, artifact_path FROM model_versions "
                                                "WHERE artifact_path IS NOT NULL"):
-            if Path(path).resolve() == target:
+            if mlopsdb.artifact_dir(settings, path).resolve() == target:
                 out["versions"].append((int(version), stage))
     return out
 
@@ -181,13 +181,13 @@ def _set_artifact_hashes(settings: Settings, hashes: dict[Path, str]) -> int:
         for table, pk in (("runs", "run_id"), ("model_versions", "version")):
             rows = db.execute(f"SELECT {pk}, artifact_path FROM {table} WHERE artifact_path IS NOT NULL").fetchall()
             for ident, path in rows:
-                digest = targets.get(Path(path).resolve())
+                digest = targets.get(mlopsdb.artifact_dir(settings, path).resolve())
                 if digest is not None:
                     db.execute(f"UPDATE {table} SET artifact_hash = ? WHERE {pk} = ?", [digest, ident])
                     changed += 1
         for version, path in db.execute("SELECT version, artifact_path FROM model_versions "
                                         "WHERE pending_hash IS NOT NULL").fetchall():
-            if Path(path).resolve() in targets:
+            if mlopsdb.artifact_dir(settings, path).resolve() in targets:
                 db.execute("UPDATE model_versions SET pending_hash = NULL WHERE version = ?", [version])
     return changed
 
@@ -633,7 +633,7 @@ def _announce_hash(settings: Settings, request_id: int, directory: Path, digest:
                    [json.dumps(journal, sort_keys=True), request_id])
         for version, path in db.execute("SELECT version, artifact_path FROM model_versions "
                                         "WHERE artifact_path IS NOT NULL").fetchall():
-            if Path(path).resolve() == target:
+            if mlopsdb.artifact_dir(settings, path).resolve() == target:
                 db.execute("UPDATE model_versions SET pending_hash = ? WHERE version = ?", [digest, version])
 
 
@@ -683,7 +683,7 @@ def _settle_hashes(settings: Settings, request_id: int) -> None:
         with mlopsdb.write_session(settings) as db:
             for version, vpath in db.execute("SELECT version, artifact_path FROM model_versions "
                                              "WHERE pending_hash IS NOT NULL").fetchall():
-                if Path(vpath).resolve() == directory:
+                if mlopsdb.artifact_dir(settings, vpath).resolve() == directory:
                     db.execute("UPDATE model_versions SET pending_hash = NULL WHERE version = ?", [version])
             journal_now = json.loads(db.execute("SELECT pending_hashes FROM erasure_requests WHERE request_id = ?",
                                                 [request_id]).fetchone()[0] or "{}")
@@ -741,7 +741,7 @@ def _reset_rankers(settings: Settings, request_id: int) -> tuple[int, int]:
     """
     from .ranker import MAX_DAYS, Context
     with mlopsdb.session(settings) as db:
-        cf_paths = {int(v): Path(p) for v, p in db.execute(
+        cf_paths = {int(v): mlopsdb.artifact_dir(settings, p) for v, p in db.execute(
             "SELECT version, artifact_path FROM model_versions WHERE artifact_path IS NOT NULL")}
     rankers = registry_rows = 0
     for directory in _bundle_dirs(settings, RANKER_GLOB):

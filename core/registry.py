@@ -67,7 +67,7 @@ def register(settings: Settings, run_id: int, at: str | None = None, depends_on:
     Model kind, artifact, data version, metrics and params are copied from the
     run; the family comes from the model kind unless given.
     """
-    when = timestamp(at)
+    when = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
         runs = list(db.query("SELECT * FROM runs WHERE run_id = ?", [run_id]))
         if not runs:
@@ -121,7 +121,7 @@ def promote(settings: Settings, version: int, actor: str, reason: str,
     """
     _require_text(actor, "actor", "who decides, e.g. 'pipeline' or an operator's name")
     _require_text(reason, "reason", "why, e.g. 'gate passed' or 'manual re-promotion after incident'")
-    when = timestamp(at)
+    when = timestamp(at, settings)
     gate = gate.to_dict() if isinstance(gate, GateDecision) else gate
     with mlopsdb.session(settings) as db:
         row = _version_row(db, version)
@@ -159,7 +159,7 @@ def rollback(settings: Settings, actor: str, reason: str, at: str | None = None,
     """
     _require_text(actor, "actor", "who decides, e.g. an operator's name")
     _require_text(reason, "reason", "why the production model is being rolled back")
-    when = timestamp(at)
+    when = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
         current = _production_row(db, family)
         if current is None:
@@ -183,7 +183,7 @@ def archive(settings: Settings, version: int, actor: str, reason: str, at: str |
     promote its replacement or roll back, so the family is never left without one."""
     _require_text(actor, "actor", "who decides")
     _require_text(reason, "reason", "why the version is retired")
-    when = timestamp(at)
+    when = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
         row = _version_row(db, version)
         if row["stage"] == "production":
@@ -200,7 +200,7 @@ def archive(settings: Settings, version: int, actor: str, reason: str, at: str |
 def get_version(settings: Settings, version: int) -> dict:
     """One version as a dict, metrics and params decoded."""
     with mlopsdb.session(settings) as db:
-        return decode_json_fields(_version_row(db, version), VERSION_JSON_FIELDS)
+        return mlopsdb.resolve_artifact(settings, decode_json_fields(_version_row(db, version), VERSION_JSON_FIELDS))
 
 
 def production(settings: Settings, model_kind: str | None = None, family: str = CF) -> dict | None:
@@ -216,7 +216,7 @@ def production(settings: Settings, model_kind: str | None = None, family: str = 
             row = rows[0] if rows else None
         else:
             row = _production_row(db, family)
-    return None if row is None else decode_json_fields(row, VERSION_JSON_FIELDS)
+    return None if row is None else mlopsdb.resolve_artifact(settings, decode_json_fields(row, VERSION_JSON_FIELDS))
 
 
 def list_versions(settings: Settings) -> pd.DataFrame:
@@ -225,7 +225,7 @@ def list_versions(settings: Settings) -> pd.DataFrame:
         rows = list(db.query("SELECT * FROM model_versions ORDER BY version DESC"))
     records = []
     for row in rows:
-        record = {c: row[c] for c in VERSION_COLUMNS}
+        record = mlopsdb.resolve_artifact(settings, {c: row[c] for c in VERSION_COLUMNS})
         flatten_metrics(record, mlopsdb.loads(row["metrics"]), VERSION_COLUMNS)
         records.append(record)
     if not records:
@@ -250,7 +250,7 @@ def history(settings: Settings, version: int | None = None) -> pd.DataFrame:
 
 def production_at(settings: Settings, at: str, family: str = CF) -> int | None:
     """The version that was in production for `family` at time `at` (inclusive), replayed from the events."""
-    when = timestamp(at)
+    when = timestamp(at, settings)
     serving = None
     with mlopsdb.session(settings) as db:
         for version, to_stage in db.execute(
@@ -261,6 +261,31 @@ def production_at(settings: Settings, at: str, family: str = CF) -> int | None:
             elif version == serving:
                 serving = None
     return serving
+
+
+def production_during(settings: Settings, at: str, family: str = CF) -> list[int]:
+    """Every version in production at some moment of the second `at`, in order.
+
+    The service clock has one-second resolution and a simulated clock stands still between simulated
+    days, so a promotion, the lists served after it and a rollback can share one timestamp: within
+    that second they are ordered by the events alone. A list served at `at` agrees with the registry
+    when its version is one of these.
+    """
+    when = timestamp(at, settings)
+    serving, during = None, []
+    with mlopsdb.session(settings) as db:
+        for version, to_stage, event_at in db.execute(
+                """SELECT e.version, e.to_stage, e.at FROM registry_events e JOIN model_versions v ON v.version = e.version
+                   WHERE v.family = ? AND e.at <= ? ORDER BY e.at, e.event_id""", [family, when]).fetchall():
+            if event_at == when and not during:
+                during.append(serving)           # what served at the start of the second
+            if to_stage == "production":
+                serving = version
+            elif version == serving:
+                serving = None
+            if event_at == when:
+                during.append(serving)
+    return [v for v in dict.fromkeys(during or [serving]) if v is not None]
 
 
 # --- internals ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import sqlite_utils
@@ -40,7 +40,6 @@ class Recommendation:
     reason: str = ""
     served_at: str | None = None
     serve_id: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +67,7 @@ def _production(settings: Settings, family: str = "cf") -> dict | None:
     from .tracking import decode_json_fields
     db = _thread_connection("mlops", settings.mlops_db, lambda: mlopsdb.open_mlops(settings))
     rows = list(db.query("SELECT * FROM model_versions WHERE stage = 'production' AND family = ?", [family]))
-    return decode_json_fields(rows[0], registry.VERSION_JSON_FIELDS) if rows else None
+    return mlopsdb.resolve_artifact(settings, decode_json_fields(rows[0], registry.VERSION_JSON_FIELDS)) if rows else None
 
 
 def bundle_for(version: dict) -> Bundle:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NoDataFolder
@@ -24,9 +24,6 @@ class Settings:
 
     home: Path
     seed: int = 42
-    # Top 50: minimum votes m as a percentile of per-movie vote counts.
-    top50_size: int = 50
-    top50_m_percentile: float = 90.0
     # Default demo world (issue 2), built by the first start; 30 days (not 60) so `make run` is ready within a
     # minute (issue 13, see README); the Overview's "Grow the world" adds days.
     demo_users: int = 3000
@@ -71,8 +68,6 @@ class Settings:
         return [db, Path(f"{db}-wal"), Path(f"{db}-shm"), wh, Path(f"{wh}.wal"), self.world_file, self.models_dir,
                 ml, Path(f"{ml}-wal"), Path(f"{ml}-shm")]
 
-    def with_home(self, home: str | os.PathLike) -> "Settings":
-        return replace(self, home=Path(home).expanduser().resolve())
 
 
 # Files whose presence marks a folder as a data folder (tightened to 0700 when opened).

@@ -81,7 +81,7 @@ def start_run(settings: Settings, model_kind: str, params: dict, seed: int | Non
     """Record a run as 'running' (with the current code version) and return its id."""
     if not model_kind or not str(model_kind).strip():
         raise ValidationError("model_kind must be a non-empty name such as 'als' or 'bpr'")
-    started = timestamp(at)
+    started = timestamp(at, settings)
     version = code_version()
     with mlopsdb.session(settings) as db:
         if job_id is not None:
@@ -98,20 +98,20 @@ def start_run(settings: Settings, model_kind: str, params: dict, seed: int | Non
 def finish_run(settings: Settings, run_id: int, metrics: dict, baselines: dict | None, timings: dict | None,
                artifact_path: str | Path | None, artifact_hash: str | None, at: str | None = None) -> None:
     """Mark a running run 'finished' with its metrics, baseline metrics, stage timings and artifact."""
-    finished = timestamp(at)
+    finished = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
         _require_running(db, run_id)
         db["runs"].update(run_id, {
             "status": "finished", "finished_at": finished, "metrics": dumps(metrics or {}),
             "baselines": dumps(baselines or {}), "timings": dumps(timings or {}),
-            "artifact_path": None if artifact_path is None else str(artifact_path),
+            "artifact_path": None if artifact_path is None else mlopsdb.stored_artifact_path(settings, artifact_path),
             "artifact_hash": artifact_hash,
         })
 
 
 def fail_run(settings: Settings, run_id: int, error: str, at: str | None = None) -> None:
     """Mark a running run 'failed', keeping the error text."""
-    finished = timestamp(at)
+    finished = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
         _require_running(db, run_id)
         db["runs"].update(run_id, {"status": "failed", "finished_at": finished, "error": str(error)})
@@ -120,7 +120,7 @@ def fail_run(settings: Settings, run_id: int, error: str, at: str | None = None)
 def get_run(settings: Settings, run_id: int) -> dict:
     """One run as a dict, JSON fields (params, metrics, baselines, timings) decoded."""
     with mlopsdb.session(settings) as db:
-        return _decode_run(_run_row(db, run_id))
+        return mlopsdb.resolve_artifact(settings, _decode_run(_run_row(db, run_id)))
 
 
 def list_runs(settings: Settings, limit: int = 50) -> pd.DataFrame:
@@ -134,7 +134,7 @@ def list_runs(settings: Settings, limit: int = 50) -> pd.DataFrame:
     records = []
     for row in rows:
         run = _decode_run(row)
-        record = {c: run.get(c) for c in RUN_COLUMNS if c != "duration_s"}
+        record = mlopsdb.resolve_artifact(settings, {c: run.get(c) for c in RUN_COLUMNS if c != "duration_s"})
         timings = run.get("timings") or {}
         numeric = [v for v in timings.values() if is_number(v)]
         record["duration_s"] = float(sum(numeric)) if numeric else None
@@ -174,7 +174,7 @@ def start_job(settings: Settings, kind: str, trigger: str, at: str | None = None
     for name, value in (("kind", kind), ("trigger", trigger)):
         if not value or not str(value).strip():
             raise ValidationError(f"job {name} must be a non-empty name")
-    started = timestamp(at)
+    started = timestamp(at, settings)
     with mlopsdb.session(settings) as db:
         with db.atomic():
             db["jobs"].insert({"kind": kind, "trigger": trigger, "started_at": started, "status": "running"})
@@ -190,7 +190,7 @@ def update_job(settings: Settings, job_id: int, stage: str) -> None:
 
 def finish_job(settings: Settings, job_id: int, result: dict, at: str | None = None) -> None:
     """Mark a running job 'finished' with its result (JSON object)."""
-    finished = timestamp(at)
+    finished = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
         _require_running(db, job_id, table="jobs")
         db["jobs"].update(job_id, {"status": "finished", "finished_at": finished, "result": dumps(result or {})})
@@ -198,7 +198,7 @@ def finish_job(settings: Settings, job_id: int, result: dict, at: str | None = N
 
 def fail_job(settings: Settings, job_id: int, error: str, at: str | None = None) -> None:
     """Mark a running job 'failed', keeping the error and the last stage reached."""
-    finished = timestamp(at)
+    finished = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
         _require_running(db, job_id, table="jobs")
         db["jobs"].update(job_id, {"status": "failed", "finished_at": finished, "error": str(error)})
