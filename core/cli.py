@@ -12,6 +12,7 @@ from typing import Callable
 
 from . import access, bounds, errors, movielens, opsdb, simulation, writes
 from .settings import load_settings
+from .text import plural
 
 COMMANDS: dict[str, Callable] = {}
 CREATES_HOME = ("init", "import-movielens", "first-start")   # every other command needs an existing data folder
@@ -165,7 +166,7 @@ def cmd_simulate(args, settings):
             if act:
                 extra += f" → retrain ({act['cause']}): v{act['version']} " + ("promoted" if act["promoted"] else "kept as candidate")
             print(f"day {r['day'] + 1:>3} {r['date']}  hit@10 model {hr}  Top 50 {t5}  [{r['classification']}]{extra}")
-        print(f"{summary['alerts_opened']} alerts opened, {summary['retrains']} automatic retrains")
+        print(f"{plural(summary['alerts_opened'], 'alert')} opened, {plural(summary['retrains'], 'automatic retrain')}")
     _emit(args, summary, human)
 
 

@@ -85,6 +85,7 @@ def test_make_run_builds_before_any_browser_visit(tmp_path):
         proc.wait(30)
 
 
+@pytest.mark.slow   # builds a world (a second process or a second build)
 def test_first_start_command_prints_the_token_before_building(tmp_path):
     proc = first_start_cmd(tmp_path)
     out, _ = proc.communicate(timeout=300)
@@ -130,6 +131,7 @@ def test_status_file_fractions_increase_and_token_comes_first(tiny_env):
     assert bootstrap.read_status(s)["state"] == "done" and operators(s) == ["admin"]
 
 
+@pytest.mark.slow   # builds a world (a second process or a second build)
 def test_a_second_first_start_follows_the_running_one(tiny_env):
     proc = first_start_cmd(tiny_env)
     s = load_settings()
@@ -146,6 +148,7 @@ def test_a_second_first_start_follows_the_running_one(tiny_env):
     assert len(tracking.list_jobs(s)) == 1 and registry.production(s)["version"] == 1
 
 
+@pytest.mark.slow   # builds a world (a second process or a second build)
 def test_two_builders_in_one_process_build_once(tiny_env):
     s = load_settings()
     results, tokens = [], []
@@ -159,6 +162,7 @@ def test_two_builders_in_one_process_build_once(tiny_env):
     assert len(tracking.list_jobs(s)) == 1
 
 
+@pytest.mark.slow   # builds a world (a second process or a second build)
 def test_a_killed_build_is_rebuilt_not_trained_on(tiny_env):
     s = load_settings()
     simulation.init_world(s, seed=3, users=50, movies=40, days=1)     # what a killed build left behind
