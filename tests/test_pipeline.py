@@ -9,7 +9,7 @@ from core.artifacts import load_bundle
 from core.errors import UnknownUser, ValidationError
 from core.settings import load_settings
 
-pytestmark = pytest.mark.slow   # almost every test retrains (ETL, ALS, gate) on a world of its own
+pytestmark = pytest.mark.slow   # almost every test retrains (ETL, ALS, gate; no ranker: none is tested here) on a world of its own
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def world(base_world, tmp_path):
 
 
 def test_same_seed_same_factors_and_metrics(world):
-    pipeline.retrain(world)
+    pipeline.retrain(world, with_ranker=False)
     a = pipeline.train(world, seed=7)
     b = pipeline.train(world, seed=7)
     c = pipeline.train(world, seed=8)
@@ -45,9 +45,9 @@ def test_same_seed_same_factors_and_metrics(world):
 
 
 def test_retrain_promotes_then_gate_refuses_a_worse_candidate(world):
-    first = pipeline.retrain(world)
+    first = pipeline.retrain(world, with_ranker=False)
     assert first["promoted"] and registry.production(world)["version"] == first["version"]
-    worse = pipeline.retrain(world, params={"factors": 2, "iterations": 1, "regularization": 50.0}, seed=3)
+    worse = pipeline.retrain(world, with_ranker=False, params={"factors": 2, "iterations": 1, "regularization": 50.0}, seed=3)
     assert not worse["promoted"]
     assert any("<" in r for r in worse["gate"]["reasons"])
     assert registry.production(world)["version"] == first["version"]
@@ -56,8 +56,8 @@ def test_retrain_promotes_then_gate_refuses_a_worse_candidate(world):
 
 
 def test_promote_and_rollback_are_recorded(world):
-    v1 = pipeline.retrain(world)["version"]
-    v2 = pipeline.retrain(world, params={"factors": 2, "iterations": 1}, seed=5)["version"]
+    v1 = pipeline.retrain(world, with_ranker=False)["version"]
+    v2 = pipeline.retrain(world, with_ranker=False, params={"factors": 2, "iterations": 1}, seed=5)["version"]
     registry.promote(world, v2, "alice", "A/B winner", at="2026-01-11T10:00:00")
     assert registry.production(world)["version"] == v2
     assert registry.rollback(world, "bob", "complaints", at="2026-01-11T12:00:00") == v1
@@ -69,14 +69,14 @@ def test_promote_and_rollback_are_recorded(world):
 
 
 def test_failed_training_leaves_production_and_records_the_failure(world, monkeypatch):
-    v1 = pipeline.retrain(world)["version"]
+    v1 = pipeline.retrain(world, with_ranker=False)["version"]
     simulation.simulate(world, 1)
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (injected)")
     monkeypatch.setattr(pipeline.dataset, "full_matrix", broken)
     with pytest.raises(RuntimeError, match="injected"):
-        pipeline.retrain(world)
+        pipeline.retrain(world, with_ranker=False)
     assert registry.production(world)["version"] == v1
     jobs = tracking.list_jobs(world)
     assert jobs.iloc[0]["status"] == "failed" and "injected" in jobs.iloc[0]["error"]
@@ -92,7 +92,7 @@ def test_serving_paths_and_fallbacks(world):
     assert no_model.path == "top50:no-model" and no_model.model_version is None and len(no_model.movie_ids) == 10
     assert no_model.reason == "no model is in production yet" and no_model.ranker_version is None
 
-    pipeline.retrain(world)
+    pipeline.retrain(world, with_ranker=False)
     with opsdb.session(world) as db:
         active = db.execute("SELECT user_id FROM events WHERE kind = 'watch' GROUP BY user_id "
                             "ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
@@ -109,7 +109,7 @@ def test_serving_paths_and_fallbacks(world):
 
 
 def test_seen_items_are_never_served_even_after_training(world):
-    pipeline.retrain(world)
+    pipeline.retrain(world, with_ranker=False)
     user = 4
     first = serving.recommend(world, user)
     with opsdb.session(world) as db:
@@ -124,7 +124,7 @@ def test_seen_items_are_never_served_even_after_training(world):
 
 
 def test_every_served_list_is_logged(world):
-    pipeline.retrain(world)
+    pipeline.retrain(world, with_ranker=False)
     rec = serving.recommend(world, 3, k=5, at="2026-01-11T09:00:00")
     serving.recommend_many(world, [3, 7], k=5, at="2026-01-11T10:00:00")
     log = serving.served_log(world, user_id=3)
@@ -137,9 +137,9 @@ def test_every_served_list_is_logged(world):
 
 
 def test_gate_reference_when_production_has_seen_the_holdout(world):
-    first = pipeline.retrain(world)
+    first = pipeline.retrain(world, with_ranker=False)
     simulation.simulate(world, 1)          # production was trained on days that are now in the holdout
-    second = pipeline.retrain(world)
+    second = pipeline.retrain(world, with_ranker=False)
     prod = second["baselines"]["production"]
     assert prod["overlaps_holdout"] and prod["version"] == first["version"]
     # The fair reference is production's configuration refit on this window; same config → same scores.
@@ -151,5 +151,5 @@ def test_gate_reference_when_production_has_seen_the_holdout(world):
     assert not second["promoted"]
     # Two more days: production is stale, and the candidate is not significantly worse → promoted.
     simulation.simulate(world, 2)
-    third = pipeline.retrain(world)
+    third = pipeline.retrain(world, with_ranker=False)
     assert third["gate"]["checks"]["quality"]["stale"] and third["promoted"]
