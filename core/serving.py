@@ -167,23 +167,15 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
     seen = seen_movies(db, int(user_id))
     prod = _production(settings)
     rec = None
-    if not user[0]:
-        reason = ("top50:no-consent", "the user withdrew consent to personalization")
-    elif prod is None:
-        reason = ("top50:no-model", "no model is in production yet")
-    else:
-        bundle = bundle_for(prod)
-        row = bundle.user_row.get(pseudonym(int(user_id), pseudonym_key(settings)))
-        if row is None:
-            reason = ("top50:cold-start", "the production model has no history for this user (cold start)")
-        elif not bundle.model.user_factors_[row].any() if hasattr(bundle.model, "user_factors_") else False:
-            reason = ("top50:cold-start", "the user's factors were erased; the next retrain excludes their data")
-        else:
-            ((movies, scores),), ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([row]), [seen], k)
-            rec = Recommendation(int(user_id), "model", movies, scores, int(prod["version"]), prod["data_version"],
-                                 ranker_version=ranker_version,
-                                 reason="personalized by the production model"
-                                        + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
+    bundle = None if prod is None else bundle_for(prod)
+    row = None if bundle is None else bundle.user_row.get(pseudonym(int(user_id), pseudonym_key(settings)))
+    reason = fallback_reason(bool(user[0]), bundle, row)
+    if reason is None:
+        ((movies, scores),), ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([row]), [seen], k)
+        rec = Recommendation(int(user_id), "model", movies, scores, int(prod["version"]), prod["data_version"],
+                             ranker_version=ranker_version,
+                             reason="personalized by the production model"
+                                    + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
     if rec is None:
         pairs = [(m, s) for m, s in _top50_list(db) if m not in seen][:k]
         rec = Recommendation(int(user_id), reason[0], [m for m, _ in pairs], [s for _, s in pairs], reason=reason[1])
@@ -197,6 +189,20 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
                  json.dumps(rec.movie_ids), json.dumps([round(s, 6) for s in rec.scores]), rec.ranker_version))
             rec.serve_id = cur.lastrowid
     return rec
+
+
+def fallback_reason(consent: bool, bundle: Bundle | None, row: int | None) -> tuple[str, str] | None:
+    """The one decision of both serving paths: None when the production model serves the user, else the
+    Top 50 fallback's (path, reason) — no consent, no model, cold start, or factors erased."""
+    if not consent:
+        return "top50:no-consent", "the user withdrew consent to personalization"
+    if bundle is None:
+        return "top50:no-model", "no model is in production yet"
+    if row is None:
+        return "top50:cold-start", "the production model has no history for this user (cold start)"
+    if hasattr(bundle.model, "user_factors_") and not bundle.model.user_factors_[row].any():
+        return "top50:cold-start", "the user's factors were erased; the next retrain excludes their data"
+    return None
 
 
 def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: bool = True, at: str | None = None) -> dict[int, Recommendation]:
@@ -215,27 +221,23 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
         seen.setdefault(u, set()).add(m)
     prod = _production(settings)
     out: dict[int, Recommendation] = {}
-    todo = []
-    if prod is not None:
-        bundle = bundle_for(prod)
-        key = pseudonym_key(settings)
-        rows = {u: bundle.user_row.get(pseudonym(u, key)) for u in user_ids if consent[u]}
-        erased = (lambda r: not bundle.model.user_factors_[r].any()) if hasattr(bundle.model, "user_factors_") else (lambda r: False)
-        todo = [u for u, r in rows.items() if r is not None and not erased(r)]
-        if todo:
-            lists, ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([rows[u] for u in todo]),
-                                            [seen.get(u, set()) for u in todo], k)
-            for u, (movies, scores) in zip(todo, lists):
-                out[u] = Recommendation(u, "model", movies, scores, int(prod["version"]), prod["data_version"],
-                                        ranker_version=ranker_version, reason="personalized by the production model"
-                                        + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
+    bundle = None if prod is None else bundle_for(prod)
+    key = pseudonym_key(settings)
+    rows = {u: None if bundle is None else bundle.user_row.get(pseudonym(u, key)) for u in user_ids}
+    reasons = {u: fallback_reason(bool(consent[u]), bundle, rows[u]) for u in user_ids}
+    todo = [u for u in user_ids if reasons[u] is None]
+    if todo:
+        lists, ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([rows[u] for u in todo]),
+                                        [seen.get(u, set()) for u in todo], k)
+        for u, (movies, scores) in zip(todo, lists):
+            out[u] = Recommendation(u, "model", movies, scores, int(prod["version"]), prod["data_version"],
+                                    ranker_version=ranker_version, reason="personalized by the production model"
+                                    + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
     top = _top50_list(db)
     for u in user_ids:
         if u in out:
             continue
-        path, why = (("top50:no-consent", "the user withdrew consent to personalization") if not consent[u] else
-                     ("top50:no-model", "no model is in production yet") if prod is None else
-                     ("top50:cold-start", "the production model has no history for this user (cold start)"))
+        path, why = reasons[u]
         s = seen.get(u, set())
         pairs = [(m, sc) for m, sc in top if m not in s][:k]
         out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], reason=why)
