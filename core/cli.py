@@ -242,8 +242,8 @@ def cmd_train(args, settings):
 
 @command("evaluate")
 def cmd_evaluate(args, settings):
-    from . import pipeline
-    result = pipeline.evaluate_version(settings, args.version, args.holdout_days)
+    from . import evaluation
+    result = evaluation.evaluate_version(settings, args.version, args.holdout_days)
 
     def human():
         if result["metrics"] is None:

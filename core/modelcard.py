@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import dataset, metrics, mlopsdb, opsdb, pipeline, registry, serving, tracking, warehouse
+from . import dataset, evaluation, metrics, mlopsdb, opsdb, registry, serving, tracking, warehouse
 from .artifacts import Bundle, load_bundle
 from .audit import path_reason
 from .constants import DEFAULT_K, GENRE_INDEX, GENRES, SEED
@@ -103,7 +103,7 @@ def model_card(settings: Settings, version: int, *, sample_users: int = MAX_SAMP
     try:
         card["fairness"] = quality_breakdown(settings, bundle, popularity, rng, sample_users,
                                              holdout_days or int(card["parameters"].get("holdout_days",
-                                                                                         pipeline.HOLDOUT_DAYS)))
+                                                                                         evaluation.HOLDOUT_DAYS)))
     except RetroError as exc:
         notes.append(f"no quality breakdown: {exc}")
     if card["fairness"].get("holdout", {}).get("overlaps_holdout"):
@@ -281,28 +281,8 @@ def genre_matrix(settings: Settings, movie_ids: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(movie_ids), len(GENRES)))
 
 
-def holdout_lists(bundle: Bundle, split: dataset.Split, users: np.ndarray, k: int = DEFAULT_K) -> tuple[np.ndarray, np.ndarray]:
-    """(lists, known): the bundle's top-k for split rows `users` as split columns (-1 padded), skipping
-    titles seen in the split's training window; `known` marks users the bundle has a row for."""
-    lists = np.full((len(users), k), -1, dtype=np.int64)
-    rows = np.array([bundle.user_row.get(split.train.user_keys[u], -1) for u in users], dtype=np.int64)
-    known = rows >= 0
-    if not known.any():
-        return lists, known
-    to_split = pd.Index(split.train.movie_ids).get_indexer(bundle.matrix.movie_ids)
-    seen = split.train.user_items
-    extra = int(np.diff(seen.indptr)[users[known]].max(initial=0))
-    n = min(k + extra, bundle.matrix.user_items.shape[1])
-    ids, _ = bundle.model.recommend(rows[known], bundle.matrix.user_items, n, filter_seen=False)
-    for out_i, u, row_ids in zip(np.flatnonzero(known), users[known], ids):
-        seen_cols = set(seen.indices[seen.indptr[u]:seen.indptr[u + 1]])
-        cols = [c for c in to_split[row_ids[row_ids >= 0]] if c >= 0 and c not in seen_cols][:k]
-        lists[out_i, :len(cols)] = cols
-    return lists, known
-
-
 def quality_breakdown(settings: Settings, bundle: Bundle, popularity: np.ndarray, rng: np.random.Generator,
-                      sample_users: int = MAX_SAMPLE_USERS, holdout_days: int = pipeline.HOLDOUT_DAYS,
+                      sample_users: int = MAX_SAMPLE_USERS, holdout_days: int = evaluation.HOLDOUT_DAYS,
                       k: int = DEFAULT_K) -> dict:
     """nDCG@k, hit rate@k and popular-title share of the bundle's lists on the current holdout, per group.
 
@@ -317,7 +297,7 @@ def quality_breakdown(settings: Settings, bundle: Bundle, popularity: np.ndarray
     if not len(pool):
         raise RetroError("the current holdout window holds no new interaction to score the model on")
     users = np.sort(rng.choice(pool, size=min(sample_users, len(pool)), replace=False))
-    lists, known = holdout_lists(bundle, split, users, k)
+    lists, known = evaluation.holdout_lists(bundle, split, users, k)
     users, lists = users[known], lists[known]
     relevant = [split.holdout[int(u)] for u in users]
     counts = np.diff(split.train.user_items.indptr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import insights, monitoring, pipeline, registry, serving, tracking
+from core.evaluation import evaluate_version
 from core.opsdb import session
 from core.settings import load_settings
 from core.top50 import top50
@@ -126,7 +127,7 @@ def drift_narrative(state):
 
 @st.cache_data(show_spinner=False, max_entries=2)
 def evaluation(state):
-    return pipeline.evaluate_version(settings())
+    return evaluate_version(settings())
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
