@@ -27,23 +27,19 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
-import json
 import math
-import os
 import re
 import secrets
 import time
-import tomllib
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 
 from . import mlopsdb
 from .constants import TS_FORMAT
 from .errors import RetroError, ValidationError
-from .pseudonym import secrets_file
+from .secretstore import read_secrets, update_secrets, write_secrets  # noqa: F401 - callers use access.*_secrets
 from .settings import Settings
 
 SCHEME = "pbkdf2"
@@ -72,55 +68,7 @@ class SignInThrottled(PermissionDenied):
 
 
 # --------------------------------------------------------------- secrets.toml
-def read_secrets(settings: Settings) -> dict:
-    """The parsed secrets file ({} when it does not exist yet)."""
-    path = secrets_file(settings)
-    if not path.exists():
-        return {}
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise RetroError(f"{path} is not valid TOML ({exc}); fix or remove the file") from None
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)   # a JSON string (ASCII, \" and \uXXXX escapes) is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write a {type(value).__name__} to secrets.toml")
-
-
-def _bare_or_quoted(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def write_secrets(settings: Settings, data: dict) -> Path:
-    """Replace the secrets file with `data` (tables of scalars), mode 0600, atomically.
-
-    Written to a temporary file created with mode 0600 and renamed over the old
-    one, so the file is never readable by others, not even for a moment.
-    """
-    lines: list[str] = []
-    for key, value in data.items():
-        if not isinstance(value, dict):
-            lines.append(f"{_bare_or_quoted(key)} = {_toml_value(value)}")
-    for table, values in data.items():
-        if isinstance(values, dict):
-            lines += ["", f"[{_bare_or_quoted(table)}]"]
-            lines += [f"{_bare_or_quoted(k)} = {_toml_value(v)}" for k, v in values.items()]
-    path = secrets_file(settings)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines).lstrip("\n") + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
+# One reader and writer (atomic, locked): core/secretstore.py.
 
 
 # --------------------------------------------------------------- hashing
@@ -160,9 +108,8 @@ def add_operator(settings: Settings, name: str, token: str) -> None:
     _check_name(name)
     if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
         raise ValidationError(f"an operator token needs at least {MIN_TOKEN_LENGTH} characters")
-    data = read_secrets(settings)
-    data.setdefault(OPERATORS_TABLE, {})[name] = hash_token(token)
-    write_secrets(settings, data)
+    digest = hash_token(token)
+    update_secrets(settings, lambda data: data.setdefault(OPERATORS_TABLE, {}).__setitem__(name, digest))
 
 
 def ensure_operator(settings: Settings) -> str | None:

@@ -35,7 +35,8 @@ from .constants import TS_FORMAT
 from .errors import RetroError, UnknownUser, ValidationError
 from .filemodes import private_file
 from .models import load_model
-from .pseudonym import KEY_ENV, PSEUDONYM_HEX, pseudonym, pseudonym_key, pseudonymize, secrets_file
+from .pseudonym import KEY_ENV, PSEUDONYM_HEX, pseudonym, pseudonym_key, pseudonymize
+from .secretstore import secrets_file
 from .settings import Settings
 
 ERASED_KEY = ""                      # what replaces an erased user's pseudonym in a bundle's mapping.npz

@@ -41,10 +41,6 @@ def key_source(settings: Settings) -> str:
 PSEUDONYM_HEX = 20  # 80 bits: collision-free in practice for millions of users
 
 
-def secrets_file(settings: Settings):
-    return settings.home / "secrets.toml"
-
-
 def pseudonym_key(settings: Settings) -> bytes:
     """The HMAC key; created (and persisted) on first use for this data folder."""
     env = os.environ.get(KEY_ENV)
@@ -53,18 +49,13 @@ def pseudonym_key(settings: Settings) -> bytes:
     managed = streamlit_secrets().get("pseudonymization", {}).get("key")
     if managed:
         return str(managed).encode()
-    path = secrets_file(settings)
-    if path.exists():
-        data = tomllib.loads(path.read_text())
-        key = data.get("pseudonymization", {}).get("key")
-        if key:
-            return key.encode()
-    key = secrets.token_hex(32)
-    existing = path.read_text() if path.exists() else ""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(existing + f'\n[pseudonymization]\nkey = "{key}"\n')
-    return key.encode()
+    from .secretstore import read_secrets, update_secrets
+    key = read_secrets(settings).get("pseudonymization", {}).get("key")
+    if key:
+        return str(key).encode()
+    # Created under the secrets lock: of two processes starting at once, the second finds the first's key.
+    return str(update_secrets(settings, lambda data: data.setdefault("pseudonymization", {}).setdefault(
+        "key", secrets.token_hex(32)))).encode()
 
 
 def pseudonym(user_id: int, key: bytes) -> str:
