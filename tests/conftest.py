@@ -51,6 +51,18 @@ def small_world(tmp_path_factory):
     return settings
 
 
+@pytest.fixture(scope="session")
+def cf_world(tmp_path_factory):
+    """A small world (seed 21, 300 users, 200 movies, 10 days) with a CF model in production, no ranker.
+    Read-only: tests that change it work on `private_copy(cf_world, ...)`."""
+    from core import pipeline, registry
+    s = load_settings(tmp_path_factory.mktemp("cf_world"))
+    simulation.init_world(s, seed=21, users=300, movies=200, days=10)
+    pipeline.retrain(s, with_ranker=False)
+    assert registry.production(s) is not None
+    return s
+
+
 def legacy_insert(settings, sql, params):
     """A writer that bypasses the API and the schema checks (the kind of bug the ETL gate exists for)."""
     import sqlite3

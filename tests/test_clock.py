@@ -6,18 +6,15 @@ after a rollback `audit` said "serving log and registry disagree" and named the 
 import pytest
 from conftest import private_copy
 
-from core import access, audit, clock, mlopsdb, opsdb, pipeline, registry, serving, simulation, tracking
+from core import access, audit, clock, mlopsdb, opsdb, pipeline, registry, serving, tracking
 from core.settings import load_settings
 
 UNDERFIT_OK = {"factors": 16, "iterations": 5}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    s = load_settings(tmp_path_factory.mktemp("clock_base"))
-    simulation.init_world(s, seed=21, users=300, movies=200, days=10)
-    pipeline.retrain(s, with_ranker=False)
-    return s
+def trained(cf_world):
+    return cf_world
 
 
 def test_the_service_clock_is_the_simulated_one_and_everything_uses_it(trained, tmp_path):

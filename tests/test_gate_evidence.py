@@ -17,7 +17,6 @@ import pytest
 from conftest import private_copy
 
 from core import dataset, gate, pipeline, registry, simulation
-from core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 UNDERFIT = {"factors": 2, "iterations": 1, "regularization": 1000.0, "alpha": 0.01}   # under both baselines here
@@ -78,12 +77,8 @@ def test_gate_rules():
 
 # ------------------------------------------------------------------ the pipeline
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = load_settings(tmp_path_factory.mktemp("gate_base"))
-    simulation.init_world(base, seed=21, users=300, movies=200, days=10)
-    first = pipeline.retrain(base, with_ranker=False)
-    assert first["promoted"]
-    return base
+def trained(cf_world):
+    return cf_world
 
 
 @pytest.fixture

@@ -10,19 +10,18 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import private_copy
 
-from core import mlopsdb, pipeline, privacy, registry, serving, simulation
+from core import mlopsdb, privacy, registry, serving
 from core.artifacts import load_bundle
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import load_settings
 
 
 @pytest.fixture(scope="module")
-def original(tmp_path_factory):
-    s = load_settings(tmp_path_factory.mktemp("rel") / "A")
-    simulation.init_world(s, seed=21, users=300, movies=200, days=10)
-    pipeline.retrain(s, with_ranker=False)
-    return s
+def original(cf_world, tmp_path_factory):
+    """A private copy (the test moves the folder away and back)."""
+    return private_copy(cf_world, tmp_path_factory.mktemp("rel") / "A")
 
 
 def test_paths_are_stored_relative_and_resolved_in_the_folder(original):

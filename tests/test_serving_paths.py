@@ -3,17 +3,13 @@ whose factors were erased ("factors were erased" vs "no history … (cold start)
 import pytest
 from conftest import private_copy
 
-from core import pipeline, registry, serving, simulation
+from core import registry, serving
 from core.pseudonym import pseudonym, pseudonym_key
-from core.settings import load_settings
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    s = load_settings(tmp_path_factory.mktemp("paths_base"))
-    simulation.init_world(s, seed=21, users=300, movies=200, days=10)
-    pipeline.retrain(s, with_ranker=False)
-    return s
+def trained(cf_world):
+    return cf_world
 
 
 def test_single_and_batch_serving_decide_alike(trained, tmp_path):
