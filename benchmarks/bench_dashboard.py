@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import pipeline, simulation  # noqa: E402
+from core.training import pipeline
+from core.simulation import simulation  # noqa: E402
 from core.bootstrap import needs_demo_world, needs_first_model  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from dashboard.readiness import CHROMIUM_ARGS, PAGE_RENDERED_JS, VIEWPORT, full_page_screenshot  # noqa: E402

@@ -42,9 +42,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import loop, monitoring, pipeline, policy, registry, serving, simulation, tracking  # noqa: E402
+from core.simulation import loop, simulation
+from core.monitoring import monitoring, policy
+from core.training import pipeline, registry, tracking
+from core.serving import serving  # noqa: E402
 from core.pseudonym import KEY_ENV  # noqa: E402
-from core.mlopsdb import clone_home
+from core.store.mlopsdb import clone_home
 from core.settings import load_settings  # noqa: E402
 
 SCENARIO_PARAMS = {"trend": {"genre": "Western"}, "viral": None, "seasonal": {"season": "halloween"},

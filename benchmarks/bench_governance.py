@@ -14,7 +14,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import diagnose, drift, explain, loop, modelcard, monitoring, opsdb, pipeline, privacy, registry, serving, simulation  # noqa: E402,E501
+from core.governance import diagnose, explain, modelcard
+from core.monitoring import drift, monitoring
+from core.simulation import loop, simulation
+from core.store import opsdb
+from core.training import pipeline, registry
+from core.privacy import privacy
+from core.serving import serving  # noqa: E402,E501
 from core.settings import load_settings  # noqa: E402
 
 

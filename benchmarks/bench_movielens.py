@@ -28,9 +28,9 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.constants import DEFAULT_K, SEED  # noqa: E402
-from core.metrics import evaluate_lists  # noqa: E402
-from core.models import ALSRecommender, BPRRecommender, PopularityRecommender, WeightedRatingRecommender  # noqa: E402
-from core.top50 import rank_movies  # noqa: E402
+from core.training.metrics import evaluate_lists  # noqa: E402
+from core.training.models import ALSRecommender, BPRRecommender, PopularityRecommender, WeightedRatingRecommender  # noqa: E402
+from core.training.top50 import rank_movies  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
 TEST_FRACTION = 0.25
@@ -167,7 +167,7 @@ def main() -> int:
         als_params, bpr_params = tune(df, n_users, n_items)
         als, bpr = ALSRecommender(**als_params), BPRRecommender(**bpr_params)
         print(f"Picked by validation nDCG@10 (cheapest within {TIE_TOLERANCE} of the best): ALS {fmt_params(als.params())}; BPR {fmt_params(bpr.params())}")
-        print(f"Model defaults in core/models.py: ALS {fmt_params(ALSRecommender().params())}; "
+        print(f"Model defaults in core/training/models.py: ALS {fmt_params(ALSRecommender().params())}; "
               f"BPR {fmt_params(BPRRecommender().params())}\n")
     else:
         als, bpr = ALSRecommender(), BPRRecommender()

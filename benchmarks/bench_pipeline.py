@@ -17,7 +17,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import etl, pipeline, serving, simulation, warehouse  # noqa: E402
+from core.warehouse import etl, warehouse
+from core.training import pipeline
+from core.serving import serving
+from core.simulation import simulation  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 
 
@@ -66,7 +69,7 @@ def main() -> None:
             t = time.perf_counter()
             serving.recommend(s, u)
             lat_logged.append((time.perf_counter() - t) * 1000)
-        from core import opsdb
+        from core.store import opsdb
         with opsdb.session(s) as db:
             ids = [x[0] for x in db.execute("SELECT user_id FROM users").fetchall()]
         t = time.perf_counter()

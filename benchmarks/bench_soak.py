@@ -114,7 +114,7 @@ def _sim_day(home: Path) -> int:
 
 def run_soak(home: Path, seconds: float, actors=ACTORS, grace: float = 120.0) -> dict:
     """Run the actors concurrently on `home` for `seconds`; returns runs, failures, latencies and day coverage."""
-    from core.simulation import day_start
+    from core.simulation.simulation import day_start
     home = Path(home)
     first_day = _sim_day(home)
     logs = Path(tempfile.mkdtemp(prefix="soak-logs-"))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import opsdb, simulation  # noqa: E402
+from core.store import opsdb
+from core.simulation import simulation  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 
 

@@ -17,9 +17,11 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import locks, opsdb, registry, simulation
-from .filemodes import FILE_MODE
-from .settings import Settings
+from core.store import locks, opsdb
+from core.training import registry
+from core.simulation import simulation
+from core.filemodes import FILE_MODE
+from core.settings import Settings
 
 STATUS_FILE = ".first-start.json"
 Announce = Callable[[str], None]
@@ -106,7 +108,7 @@ def token_message(settings: Settings, token: str) -> str:
 
 
 def _announce_operator(settings: Settings, announce: Announce | None) -> str | None:
-    from .access import ensure_operator
+    from core.privacy.access import ensure_operator
     token = ensure_operator(settings)
     if token and announce is not None:
         announce(token)
@@ -118,7 +120,7 @@ def ensure_operator(settings: Settings, announce: Announce | None = None, lock_t
 
     The store lock keeps a concurrent first start from creating a second token; if a long job holds it, the
     operator is created on a later call."""
-    from .access import operators
+    from core.privacy.access import operators
     if operators(settings):
         return None
     try:
@@ -143,7 +145,7 @@ def grow_world(settings: Settings, days: int, progress: simulation.Progress = si
 
     The first start builds a small world so the dashboard is ready quickly; this makes it richer. The new
     days reach the model with the next retrain."""
-    from . import bounds
+    from core import bounds
     days = bounds.check_int(days, "days", 1, 365)
     summary = simulation.simulate(settings, days, progress=progress)
     with opsdb.session(settings) as db:
@@ -154,7 +156,7 @@ def grow_world(settings: Settings, days: int, progress: simulation.Progress = si
 def ensure_ready(settings: Settings, progress: simulation.Progress = simulation._noop,
                  world: bool | None = None) -> dict:
     """World (if the folder is empty, or `world`) then a first retrain (if nothing is in production)."""
-    from .pipeline import retrain
+    from core.training.pipeline import retrain
     built = ensure_demo_world(settings, lambda f, m: progress(0.8 * f, m), needed=world)
     trained = None
     if needs_first_model(settings):

@@ -14,7 +14,7 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 
-from . import errors
+from core import errors
 
 # Ids: 1 .. 2**53 - 1, the integers a float64 column (pandas with a missing value), DuckDB DOUBLE
 # and JSON/JavaScript clients all hold exactly; far inside SQLite's signed 64-bit range, so

@@ -10,9 +10,12 @@ import json
 import sys
 from typing import Callable
 
-from . import access, bounds, errors, movielens, opsdb, simulation, writes
-from .settings import load_settings
-from .text import plural
+from core.privacy import access
+from core import bounds, errors
+from core.store import movielens, opsdb, writes
+from core.simulation import simulation
+from core.settings import load_settings
+from core.text import plural
 
 COMMANDS: dict[str, Callable] = {}
 CREATES_HOME = ("init", "import-movielens", "first-start")   # every other command needs an existing data folder
@@ -98,7 +101,7 @@ def cmd_init(args, settings):
 @command("first-start")
 def cmd_first_start(args, settings):
     """What `make run` runs beside the dashboard: operator token, demo world, first model (see core.bootstrap)."""
-    from . import bootstrap
+    from core import bootstrap
 
     tokens: list[str] = []
 
@@ -146,7 +149,7 @@ def cmd_simulate(args, settings):
             f"{summary['ratings']} ratings, {summary['rejected']} rejected writes"
             + (f"; shift {summary['shift']['kind']} started on day {summary['shift']['start_day'] + 1}" if "shift" in summary else "")))
         return
-    from . import loop
+    from core.simulation import loop
     # The closed loop lets the retraining policy retrain and promote: audited like a retrain.
     with access.audited(settings, access.cli_actor(), "simulate", f"{args.days} days closed loop") as entry:
         summary = loop.run(settings, args.days, shift=args.shift, strength=args.strength, duration=args.duration,
@@ -172,7 +175,7 @@ def cmd_simulate(args, settings):
 
 @command("top50")
 def cmd_top50(args, settings):
-    from .top50 import top50
+    from core.training.top50 import top50
     with opsdb.session(settings) as db:
         result = top50(db, args.m, limit=args.limit)
     data = {"m": result.m, "C": result.C, "movies": result.table.to_dict("records")}
@@ -221,7 +224,7 @@ def _metric_line(m: dict) -> str:
 
 @command("etl")
 def cmd_etl(args, settings):
-    from . import etl
+    from core.warehouse import etl
     result = etl.run_etl(settings).to_dict()
     _emit(args, result, lambda: print(
         f"ETL run {result['run_id']}: {result['status']}" + (
@@ -232,7 +235,7 @@ def cmd_etl(args, settings):
 
 @command("train")
 def cmd_train(args, settings):
-    from . import pipeline
+    from core.training import pipeline
     result = pipeline.train(settings, args.model, seed=args.seed, holdout_days=args.holdout_days,
                             progress=_progress(args)).to_dict()
     _emit(args, result, lambda: print(
@@ -242,7 +245,7 @@ def cmd_train(args, settings):
 
 @command("evaluate")
 def cmd_evaluate(args, settings):
-    from . import evaluation
+    from core.training import evaluation
     result = evaluation.evaluate_version(settings, args.version, args.holdout_days)
 
     def human():
@@ -261,7 +264,7 @@ def cmd_evaluate(args, settings):
 
 @command("retrain")
 def cmd_retrain(args, settings):
-    from . import pipeline
+    from core.training import pipeline
     actor = access.cli_actor()
     with access.audited(settings, actor, "retrain") as entry:      # a retrain can promote: audited like one
         result = pipeline.retrain(settings, args.model, seed=args.seed, trigger="cli", actor=actor,
@@ -279,7 +282,7 @@ def cmd_retrain(args, settings):
 
 @command("monitor")
 def cmd_monitor(args, settings):
-    from . import monitoring
+    from core.monitoring import monitoring
     data = monitoring.latest(settings)
 
     def human():
@@ -301,7 +304,7 @@ def cmd_monitor(args, settings):
 
 @command("alerts")
 def cmd_alerts(args, settings):
-    from . import monitoring
+    from core.monitoring import monitoring
     frame = monitoring.all_alerts(settings) if args.all else monitoring.open_alerts(settings)
     data = frame.to_dict("records") if len(frame) else []
 
@@ -317,7 +320,7 @@ def cmd_alerts(args, settings):
 
 @command("policy")
 def cmd_policy(args, settings):
-    from . import policy
+    from core.monitoring import policy
     if args.action == "show":
         data = policy.get_policy(settings)
     else:
@@ -335,14 +338,14 @@ def cmd_policy(args, settings):
 
 @command("explain")
 def cmd_explain(args, settings):
-    from . import explain
+    from core.governance import explain
     e = explain.explain(settings, args.user, args.movie)
     _emit(args, e, lambda: print(explain.explanation_markdown(e)))
 
 
 @command("audit")
 def cmd_audit(args, settings):
-    from . import audit
+    from core.governance import audit
     records = audit.audit(settings, args.user, args.day, args.limit)
     if getattr(args, "json", False):
         print(audit.audit_json(records))
@@ -352,7 +355,7 @@ def cmd_audit(args, settings):
 
 @command("model-card")
 def cmd_model_card(args, settings):
-    from . import modelcard
+    from core.governance import modelcard
     card = modelcard.model_card(settings, args.version)
     if args.format == "json" or getattr(args, "json", False):
         print(json.dumps(card, indent=2, default=str))
@@ -362,7 +365,7 @@ def cmd_model_card(args, settings):
 
 @command("diagnose")
 def cmd_diagnose(args, settings):
-    from . import diagnose
+    from core.governance import diagnose
     result = diagnose.diagnose(settings, args.user)
     _emit(args, result, lambda: print(diagnose.diagnose_markdown(result)))
 
@@ -370,7 +373,7 @@ def cmd_diagnose(args, settings):
 @command("privacy")
 def cmd_privacy(args, settings):
     """Whoever runs the CLI has the files and so acts as operator; actions are still audited (OS user name)."""
-    from . import access, privacy
+    from core.privacy import access, privacy
     actor = access.cli_actor()
     if args.action == "consent":
         if args.user is None:
@@ -401,7 +404,7 @@ def _on_off(value):
 
 @command("models")
 def cmd_models(args, settings):
-    from . import registry
+    from core.training import registry
     if args.action == "list":
         frame = registry.list_versions(settings)
         data = frame.to_dict("records")
@@ -432,7 +435,7 @@ def cmd_models(args, settings):
 
 @command("runs")
 def cmd_runs(args, settings):
-    from . import tracking
+    from core.training import tracking
     if args.action == "list":
         frame = tracking.list_runs(settings, args.limit)
         data = frame.to_dict("records")
@@ -454,7 +457,7 @@ def cmd_runs(args, settings):
 
 @command("recommend")
 def cmd_recommend(args, settings):
-    from . import serving
+    from core.serving import serving
     rec = serving.recommend(settings, args.user, args.k)
     with opsdb.session(settings) as db:
         marks = ",".join("?" * len(rec.movie_ids)) or "NULL"

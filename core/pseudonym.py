@@ -17,7 +17,7 @@ import tomllib
 import numpy as np
 import pandas as pd
 
-from .settings import PROJECT_ROOT, Settings
+from core.settings import PROJECT_ROOT, Settings
 
 KEY_ENV = "RETRO_PSEUDONYM_KEY"
 STREAMLIT_SECRETS = PROJECT_ROOT / ".streamlit" / "secrets.toml"
@@ -49,7 +49,7 @@ def pseudonym_key(settings: Settings) -> bytes:
     managed = streamlit_secrets().get("pseudonymization", {}).get("key")
     if managed:
         return str(managed).encode()
-    from .secretstore import read_secrets, update_secrets
+    from core.secretstore import read_secrets, update_secrets
     key = read_secrets(settings).get("pseudonymization", {}).get("key")
     if key:
         return str(key).encode()

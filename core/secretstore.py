@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from .errors import RetroError
-from .settings import Settings
+from core.errors import RetroError
+from core.settings import Settings
 
 LOCK_SUFFIX = ".lock"
 

@@ -10,8 +10,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import NoDataFolder
-from .filemodes import private_dir
+from core.errors import NoDataFolder
+from core.filemodes import private_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = PROJECT_ROOT / "data"

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import insights, monitoring, pipeline, registry, serving, tracking
-from core.evaluation import evaluate_version
-from core.opsdb import session
+from core.governance import insights
+from core.monitoring import monitoring
+from core.training import pipeline, registry, tracking
+from core.serving import serving
+from core.training.evaluation import evaluate_version
+from core.store.opsdb import session
 from core.settings import load_settings
-from core.top50 import top50
+from core.training.top50 import top50
 
 
 @st.cache_resource
@@ -137,25 +140,25 @@ def feature_distribution(state, feature, day):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def explanations(state, user_id):
-    from core import explain
+    from core.governance import explain
     return explain.explain_list(settings(), user_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def audit_records(state, user_id, day=None):
-    from core import audit
+    from core.governance import audit
     return audit.audit(settings(), user_id, day, 20)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def model_card(state, version):
-    from core import modelcard
+    from core.governance import modelcard
     return modelcard.model_card(settings(), version)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def diagnosis(state, user_id):
-    from core import diagnose
+    from core.governance import diagnose
     return diagnose.diagnose(settings(), user_id)
 
 

@@ -5,8 +5,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core import drift
-from core.monitoring import FEATURE_LABELS, FEATURES, QUARANTINE_RATE_ALERT
+from core.monitoring import drift
+from core.monitoring.monitoring import FEATURE_LABELS, FEATURES, QUARANTINE_RATE_ALERT
 
 
 def percent_axis(values) -> str:

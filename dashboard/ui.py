@@ -98,7 +98,7 @@ def times(df: pd.DataFrame) -> pd.DataFrame:
 
 def operator_login() -> None:
     """Sidebar login for privileged actions; reading needs none. Core audits and throttles every try."""
-    from core.access import PermissionDenied, sign_in
+    from core.privacy.access import PermissionDenied, sign_in
     box = st.sidebar.expander("🔐 Operator", expanded=False)
     current = st.session_state.get("operator")
     if current:
@@ -125,7 +125,7 @@ def operator_login() -> None:
 
 def operator(action: str) -> str | None:
     """The signed-in operator's name, checked and logged by core; shows an error and returns None otherwise."""
-    from core.access import PermissionDenied, SignInThrottled, require
+    from core.privacy.access import PermissionDenied, SignInThrottled, require
     name, token = st.session_state.get("operator", (None, ""))
     try:
         return require(cache.settings(), name or "", token, action)
@@ -141,6 +141,6 @@ def operator(action: str) -> str | None:
 def audited(who: str, action: str, target: str | None = None):
     """Run a privileged action of operator `who`: core logs 'ok', or 'failed' when it raises; a core error
     then shows as `st.error`. Yields a dict whose "target" the block may set once known."""
-    from core.access import audited as core_audited
+    from core.privacy.access import audited as core_audited
     with core_errors(), core_audited(cache.settings(), f"operator:{who}", action, target) as entry:
         yield entry

@@ -7,8 +7,11 @@ import pytest
 # tests of the minimum itself set it explicitly.
 os.environ.setdefault("RETRO_GATE_MIN_USERS", "10")
 
-from core import monitoring, opsdb, serving, simulation, writes
-from core.mlopsdb import clone_home
+from core.monitoring import monitoring
+from core.store import opsdb, writes
+from core.serving import serving
+from core.simulation import simulation
+from core.store.mlopsdb import clone_home
 from core.settings import load_settings
 
 CLOCK = "2026-01-10T00:00:00"
@@ -55,7 +58,7 @@ def small_world(tmp_path_factory):
 def cf_world(tmp_path_factory):
     """A small world (seed 21, 300 users, 200 movies, 10 days) with a CF model in production, no ranker.
     Read-only: tests that change it work on `private_copy(cf_world, ...)`."""
-    from core import pipeline, registry
+    from core.training import pipeline, registry
     s = load_settings(tmp_path_factory.mktemp("cf_world"))
     simulation.init_world(s, seed=21, users=300, movies=200, days=10)
     pipeline.retrain(s, with_ranker=False)

@@ -108,7 +108,7 @@ def tail(path: Path, lines: int = 40) -> str:
 def server(chromium_executable, tmp_path_factory):
     """A Streamlit server on a free port over an empty data folder; yields (url, log file)."""
     home = tmp_path_factory.mktemp("browser-home")
-    from core import access
+    from core.privacy import access
     from core.settings import load_settings
     access.add_operator(load_settings(home), *OPERATOR)
     log = home.parent / f"{home.name}-streamlit.log"

@@ -14,7 +14,9 @@ import pytest
 from conftest import private_copy
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
-from core import cli, pipeline, simulation
+from core import cli
+from core.training import pipeline
+from core.simulation import simulation
 from core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,11 @@ after a rollback `audit` said "serving log and registry disagree" and named the 
 import pytest
 from conftest import private_copy
 
-from core import access, audit, clock, mlopsdb, opsdb, pipeline, registry, serving, tracking
+from core.privacy import access
+from core.governance import audit
+from core.store import clock, mlopsdb, opsdb
+from core.training import pipeline, registry, tracking
+from core.serving import serving
 from core.settings import load_settings
 
 UNDERFIT_OK = {"factors": 16, "iterations": 5}

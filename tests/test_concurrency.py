@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import private_copy
-from core import etl, simulation, warehouse
-from core.locks import StoreBusy
+from core.warehouse import etl, warehouse
+from core.simulation import simulation
+from core.store.locks import StoreBusy
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = "SELECT (SELECT count(*) FROM fact_interaction), (SELECT max(version) FROM data_versions)"
@@ -29,7 +30,7 @@ def hold_warehouse_open(settings):
     """A second process that opens the warehouse for a read and keeps it open until its stdin closes."""
     code = textwrap.dedent(f"""
         import sys
-        from core import warehouse
+        from core.warehouse import warehouse
         from core.settings import load_settings
         with warehouse.session(load_settings({str(settings.home)!r})) as con:
             print(con.execute({COUNTS!r}).fetchone(), flush=True)

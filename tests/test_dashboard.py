@@ -7,9 +7,12 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import private_copy
-from core import opsdb, pipeline, registry, serving, simulation, tracking
+from core.store import opsdb
+from core.training import pipeline, registry, tracking
+from core.serving import serving
+from core.simulation import simulation
 from core.settings import load_settings
-from core.top50 import top50
+from core.training.top50 import top50
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py", "views/drift.py",
@@ -105,7 +108,7 @@ def test_top50_page_lists_and_m_control(home):
 
 
 def test_cold_start_user_is_said_plainly(home):
-    from core import writes
+    from core.store import writes
     with opsdb.session(home) as db:
         newcomer = writes.add_user(db)
     at = app()
@@ -119,7 +122,7 @@ def test_retrain_button_runs_the_pipeline(home):
         runs = tracking.list_runs(home)
         return runs[runs["model_kind"] != "ranker"]
     before = len(cf_runs())
-    from core import access
+    from core.privacy import access
     access.add_operator(home, "tester", "s3cret-token")
     at = app()
     at.session_state["operator"] = ("tester", "s3cret-token")       # a retrain can promote: operators only
@@ -133,7 +136,7 @@ def test_retrain_button_runs_the_pipeline(home):
 
 
 def test_privileged_actions_need_an_operator_login(home):
-    from core import access
+    from core.privacy import access
     access.add_operator(home, "tester", "s3cret-token")
     pipeline.retrain(home, params={"factors": 8, "iterations": 2}, seed=9)
     at = app()
@@ -154,7 +157,7 @@ def test_sidebar_sign_in_is_audited_and_throttled(home):
     nothing was audited and the right token always worked."""
     import time
 
-    from core import access
+    from core.privacy import access
     access.add_operator(home, "tester", "s3cret-token")
     at = app()
     at.text_input(key="login_name").input("tester")
@@ -175,7 +178,7 @@ def test_sidebar_sign_in_is_audited_and_throttled(home):
 
 
 def test_promote_and_rollback_forms_change_the_registry(home):
-    from core import access
+    from core.privacy import access
     access.add_operator(home, "tester", "s3cret-token")
     pipeline.retrain(home, params={"factors": 8, "iterations": 2}, seed=9)   # v2: a candidate or production
     at = AppTest.from_file(APP, default_timeout=60)
@@ -203,7 +206,7 @@ def test_promote_and_rollback_forms_change_the_registry(home):
 
 
 def test_core_errors_show_as_st_error(home):
-    from core import access
+    from core.privacy import access
     access.add_operator(home, "tester", "s3cret-token")
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["operator"] = ("tester", "s3cret-token")
@@ -219,7 +222,7 @@ def test_core_errors_show_as_st_error(home):
 
 @pytest.mark.parametrize("page_path", PAGES)
 def test_a_busy_warehouse_shows_a_message_not_a_traceback(home, monkeypatch, page_path):
-    from core import warehouse
+    from core.warehouse import warehouse
     at = app()
 
     def busy(settings):
@@ -245,7 +248,7 @@ def test_data_page_shows_versions_and_quarantine(home):
 
 @pytest.mark.slow   # real processes / a retrain or closed-loop days
 def test_drift_page_runs_a_scenario(home):
-    from core import access
+    from core.privacy import access
     access.add_operator(home, "tester", "s3cret-token")
     at = app(180)
     at.session_state["operator"] = ("tester", "s3cret-token")       # the policy may retrain: operators only
@@ -257,7 +260,7 @@ def test_drift_page_runs_a_scenario(home):
     at.button(key="FormSubmitter:scenario-Run scenario").click().run(timeout=180)
     assert not at.exception, at.exception
     assert any("Simulated 2 days" in s.value for s in at.success)
-    from core import monitoring
+    from core.monitoring import monitoring
     assert len(monitoring.history(home)["days"]) == 2
     assert at.get("plotly_chart"), "the timeline chart is shown"
     assert not any("Nothing monitored yet" in i.value for i in at.info)
@@ -268,7 +271,7 @@ def test_drift_page_runs_a_scenario(home):
     assert not any(list(d.value.columns[:3]) == ["metric", "at training", "newest holdout"] for d in at.dataframe)
     # ... and after one more day, a table.
     simulation.simulate(home, 1)
-    from core import etl
+    from core.warehouse import etl
     etl.run_etl(home)
     at.button(key="evaluate").click().run(timeout=120)
     table = frame(at, "metric", "at training", "newest holdout")
@@ -277,7 +280,7 @@ def test_drift_page_runs_a_scenario(home):
 
 
 def test_writes_made_outside_the_dashboard_show_on_the_next_rerun(home):
-    from core import loop
+    from core.simulation import loop
     at = app(120)
     at.switch_page("views/drift.py").run()
     assert any("Nothing monitored yet" in i.value for i in at.info)
@@ -299,7 +302,7 @@ def test_governance_page_explains_and_exports(home):
 
 
 def test_privacy_page_consent_and_erasure_need_a_login_and_work(home):
-    from core import access, privacy
+    from core.privacy import access, privacy
     access.add_operator(home, "dpo", "tok-12345678")
     at = app()
     at.switch_page("views/privacy.py").run()
@@ -346,7 +349,7 @@ def page_text(at) -> str:
 def test_privacy_page_shows_no_magic_output(home):
     """`x if cond else y` on a line of its own is Streamlit "magic": it wrote the returned DeltaGenerator's
     help ('Creator of Delta protobuf messages', ~3,000 px) under the request and audit tables."""
-    from core import access, privacy
+    from core.privacy import access, privacy
     access.log_action(home, "operator:admin", "export", "user 1", "ok")
     at = app()
     at.switch_page("views/privacy.py").run()

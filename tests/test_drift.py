@@ -11,10 +11,10 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import norm
 
 from core.constants import SEED
-from core.drift import (EPSILON, PSI_SIGNIFICANT, TESTS, DriftResult, UnknownDriftTest, distribution, get_test,
-                        numeric_bins, psi_severity)
-from core.drift import run_test as _run_test
-from core.drift import run_tests as _run_tests
+from core.monitoring.drift import (EPSILON, PSI_SIGNIFICANT, TESTS, DriftResult, UnknownDriftTest, distribution,
+    get_test, numeric_bins, psi_severity)
+from core.monitoring.drift import run_test as _run_test
+from core.monitoring.drift import run_tests as _run_tests
 from core.errors import ValidationError
 
 

@@ -7,8 +7,8 @@ PSI 0 while 3.0 against 2.0 gave 18.4.
 import numpy as np
 import pytest
 
-from core import drift, monitoring
-from core.drift import MIN_NUMERIC, OTHER, run_test
+from core.monitoring import drift, monitoring
+from core.monitoring.drift import MIN_NUMERIC, OTHER, run_test
 
 REF_SIZE = 20_000
 DRAWS = 500

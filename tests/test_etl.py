@@ -4,7 +4,9 @@ import re
 import pytest
 from conftest import legacy_insert
 
-from core import dataset, etl, opsdb, simulation, warehouse, writes
+from core.warehouse import dataset, etl, warehouse
+from core.store import opsdb, writes
+from core.simulation import simulation
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import load_settings
 
@@ -151,7 +153,8 @@ def test_confidence_weights_by_hand(tmp_path):
 
 
 def test_key_and_operators_from_streamlit_secrets(tmp_path, monkeypatch):
-    from core import access, privacy, pseudonym as ps
+    from core.privacy import access, privacy
+    from core import pseudonym as ps
     from core.errors import RetroError
     monkeypatch.delenv(ps.KEY_ENV, raising=False)
     settings = load_settings(tmp_path / "home")

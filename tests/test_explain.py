@@ -2,7 +2,11 @@
 import pytest
 
 from conftest import private_copy
-from core import explain, opsdb, pipeline, registry, serving, simulation
+from core.governance import explain
+from core.store import opsdb
+from core.training import pipeline, registry
+from core.serving import serving
+from core.simulation import simulation
 from core.errors import UnknownMovie, UnknownUser
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import load_settings
@@ -68,7 +72,7 @@ def test_because_you_watched_items_are_the_users_own(base):
 
 def test_removing_the_top_contributor_lowers_the_score(base):
     """Faithfulness: the explanation names titles whose removal really changes the CF score."""
-    from core.artifacts import load_bundle
+    from core.training.artifacts import load_bundle
     user = active_user(base)
     e = explain.explain_list(base, user)[0]
     prod = registry.production(base)

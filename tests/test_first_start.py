@@ -13,8 +13,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core import bootstrap, registry, serving, simulation, tracking
-from core.access import check, operators
+from core import bootstrap
+from core.training import registry, tracking
+from core.serving import serving
+from core.simulation import simulation
+from core.privacy.access import check, operators
 from core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,14 +197,15 @@ def test_dashboard_shows_the_running_build_instead_of_building(tiny_env):
 def small_trained(tmp_path_factory):
     s = load_settings(tmp_path_factory.mktemp("grow-base"))
     simulation.init_world(s, seed=5, users=300, movies=200, days=8)
-    from core import pipeline
+    from core.training import pipeline
     pipeline.retrain(s)
     return s
 
 
 def test_overview_grows_the_world_for_an_operator(small_trained, tmp_path, monkeypatch):
     from conftest import private_copy
-    from core import access, opsdb
+    from core.privacy import access
+    from core.store import opsdb
     s = private_copy(small_trained, tmp_path)
     monkeypatch.setenv("RETRO_HOME", str(tmp_path))
     access.add_operator(s, "tester", "s3cret-token")
@@ -225,7 +229,8 @@ def test_overview_grows_the_world_for_an_operator(small_trained, tmp_path, monke
 
 def test_a_first_model_the_gate_refuses_is_not_retrained_on_every_visit(tmp_path, monkeypatch):
     """Found merging issue 13: with too few holdout users for the gate, every dashboard rerun retrained (21 jobs)."""
-    from core import bootstrap, registry, tracking
+    from core import bootstrap
+    from core.training import registry, tracking
     from core.settings import load_settings
     for name, value in {"RETRO_DEMO_USERS": "150", "RETRO_DEMO_MOVIES": "80", "RETRO_DEMO_DAYS": "6",
                         "RETRO_GATE_MIN_USERS": "100000"}.items():

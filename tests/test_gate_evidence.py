@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 from conftest import private_copy
 
-from core import dataset, gate, pipeline, registry, simulation
+from core.warehouse import dataset
+from core.training import gate, pipeline, registry
+from core.simulation import simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 UNDERFIT = {"factors": 2, "iterations": 1, "regularization": 1000.0, "alpha": 0.01}   # under both baselines here

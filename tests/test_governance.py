@@ -6,11 +6,16 @@ import pandas as pd
 import pytest
 from conftest import legacy_insert, private_copy
 
-from core import audit, diagnose, etl, modelcard, opsdb, pipeline, registry, serving, simulation, tracking, writes
-from core.artifacts import load_bundle
+from core.governance import audit, diagnose, modelcard
+from core.warehouse import etl
+from core.store import opsdb, writes
+from core.training import pipeline, registry, tracking
+from core.serving import serving
+from core.simulation import simulation
+from core.training.artifacts import load_bundle
 from core.errors import UnknownUser, ValidationError
 from core.pseudonym import pseudonym, pseudonym_key
-from core.registry import UnknownVersion
+from core.training.registry import UnknownVersion
 from core.settings import load_settings
 
 pytestmark = pytest.mark.slow   # the module fixture retrains with the ranker and serves lists on two days

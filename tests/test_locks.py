@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core import locks, opsdb, privacy, simulation
+from core.store import locks, opsdb
+from core.privacy import privacy
+from core.simulation import simulation
 from core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def test_an_erasure_waits_for_a_running_job(small):
 @pytest.mark.slow   # a million rows / a second process / a world built twice
 def test_busy_after_the_timeout_names_the_holder_even_in_another_process(tmp_path):
     s = load_settings(tmp_path)
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core import locks; "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.store import locks; "
             "from core.settings import load_settings; s = load_settings(sys.argv[2])\n"
             "with locks.store_lock(s, 'retrain'):\n    print('held', flush=True); time.sleep(3)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(tmp_path)], stdout=subprocess.PIPE, text=True)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.metrics import (catalog_coverage, evaluate_lists, hit_rate_at_k, map_at_k, ndcg_at_k, novelty,
-                          precision_at_k, recall_at_k)
+from core.training.metrics import (catalog_coverage, evaluate_lists, hit_rate_at_k, map_at_k, ndcg_at_k, novelty,
+    precision_at_k, recall_at_k)
 
 L3 = 1 / math.log2(3)  # discount at rank 2: 1/log2(3) ≈ 0.6309
 

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import RetroError, ValidationError
-from core.models import (ALSRecommender, BPRRecommender, ModelNotTrained, PopularityRecommender,
-                         WeightedRatingRecommender, load_model)
+from core.training.models import (ALSRecommender, BPRRecommender, ModelNotTrained, PopularityRecommender,
+    WeightedRatingRecommender, load_model)
 
 N_A, N_B, GROUP = 45, 15, 20
 N_USERS, N_ITEMS = N_A + N_B, 2 * GROUP

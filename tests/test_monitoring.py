@@ -4,9 +4,12 @@ import pandas as pd
 import pytest
 
 from conftest import private_copy
-from core import loop, mlopsdb, monitoring, pipeline, policy, simulation, tracking
+from core.simulation import loop, simulation
+from core.store import mlopsdb
+from core.monitoring import monitoring, policy
+from core.training import pipeline, tracking
 from core.errors import ValidationError
-from core.monitoring import DayReport
+from core.monitoring.monitoring import DayReport
 from core.settings import load_settings
 
 pytestmark = pytest.mark.slow   # every test runs on a closed-loop world (retrain with the ranker, simulated days)

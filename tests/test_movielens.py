@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from core import movielens, opsdb
+from core.store import movielens, opsdb
 from core.errors import ImportFormatError, NotEmpty
 from core.settings import load_settings
 

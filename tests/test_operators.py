@@ -60,7 +60,8 @@ def test_load_settings_can_refuse_to_create(tmp_path):
 # ------------------------------------------------------------------ CLI actions are audited as cli:<user>
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from core import pipeline, simulation
+    from core.training import pipeline
+    from core.simulation import simulation
     base = load_settings(tmp_path_factory.mktemp("ops_base"))
     simulation.init_world(base, seed=4, users=150, movies=80, days=6)
     pipeline.retrain(base, trigger="test", with_ranker=False)
@@ -74,12 +75,13 @@ def world(trained, tmp_path):
 
 
 def audit_rows(settings):
-    from core import access
+    from core.privacy import access
     return access.audit_log(settings).iloc[::-1].to_dict("records")    # oldest first
 
 
 def test_cli_retrain_promote_rollback_and_policy_write_operator_audit_rows(world):
-    from core import access, registry
+    from core.privacy import access
+    from core.training import registry
     home = ["--home", str(world.home)]
     me = access.cli_actor()
     assert run_cli(home + ["retrain", "--json"])[0] == 0
@@ -104,7 +106,8 @@ def test_cli_retrain_promote_rollback_and_policy_write_operator_audit_rows(world
 
 def test_cli_promote_keeps_its_json_contract_and_is_audited(world):
     import json
-    from core import access, pipeline
+    from core.privacy import access
+    from core.training import pipeline
     v2 = pipeline.retrain(world, trigger="test", with_ranker=False)["version"]
     code, out, err = run_cli(["--home", str(world.home), "models", "promote", str(v2), "--force", "--json"])
     if code == 1:                                  # the gate already promoted it: nothing to promote
@@ -116,7 +119,7 @@ def test_cli_promote_keeps_its_json_contract_and_is_audited(world):
 
 
 def test_cli_closed_loop_simulate_is_audited(world):
-    from core import access
+    from core.privacy import access
     code, _, err = run_cli(["--home", str(world.home), "simulate", "--days", "1", "--policy", "manual", "--json"])
     assert code == 0, err
     (row,) = audit_rows(world)
@@ -133,7 +136,8 @@ OPERATOR = ("tester", "s3cret-token")
 def dash(world, monkeypatch):
     """The trained world copy, pointed to by RETRO_HOME, with Streamlit's and core's caches emptied."""
     import streamlit as st
-    from core import access, serving
+    from core.privacy import access
+    from core.serving import serving
     st.cache_data.clear()
     st.cache_resource.clear()
     serving.clear_caches()
@@ -155,7 +159,7 @@ def outcomes(settings):
 
 
 def test_an_anonymous_retrain_is_refused_and_audited(dash):
-    from core import registry, tracking
+    from core.training import registry, tracking
     runs, prod = len(tracking.list_runs(dash)), registry.production(dash)["version"]
     at = page("views/training.py", signed_in=False)
     at.button(key="retrain").click().run()
@@ -166,7 +170,7 @@ def test_an_anonymous_retrain_is_refused_and_audited(dash):
 
 
 def test_a_signed_in_retrain_is_audited_with_the_operators_name(dash):
-    from core import registry, tracking
+    from core.training import registry, tracking
     at = page("views/training.py", signed_in=True)
     at.button(key="retrain").click().run()
     assert not at.exception and not at.error
@@ -178,7 +182,7 @@ def test_a_signed_in_retrain_is_audited_with_the_operators_name(dash):
 
 
 def test_the_drift_scenario_needs_an_operator_and_is_audited(dash):
-    from core import monitoring
+    from core.monitoring import monitoring
     at = page("views/drift.py", signed_in=False)
     at.number_input(key="days").set_value(1)
     at.selectbox(key="policy").set_value("on-alert")
@@ -196,7 +200,7 @@ def test_the_drift_scenario_needs_an_operator_and_is_audited(dash):
 
 
 def test_a_policy_change_on_the_dashboard_needs_an_operator_and_is_audited(dash):
-    from core import policy
+    from core.monitoring import policy
     before = policy.get_policy(dash)["mode"]
     at = page("views/drift.py", signed_in=False)
     at.selectbox(key="policy_mode").set_value("scheduled")
@@ -211,7 +215,7 @@ def test_a_policy_change_on_the_dashboard_needs_an_operator_and_is_audited(dash)
 
 
 def test_audited_logs_ok_or_failed_and_reraises(world):
-    from core import access
+    from core.privacy import access
     from core.errors import ValidationError
     with access.audited(world, "operator:x", "rollback") as entry:
         entry["target"] = "v1"

@@ -4,8 +4,11 @@ import shutil
 import numpy as np
 import pytest
 
-from core import opsdb, pipeline, registry, serving, simulation, tracking, writes
-from core.artifacts import load_bundle
+from core.store import opsdb, writes
+from core.training import pipeline, registry, tracking
+from core.serving import serving
+from core.simulation import simulation
+from core.training.artifacts import load_bundle
 from core.errors import UnknownUser, ValidationError
 from core.settings import load_settings
 

@@ -9,7 +9,9 @@ import sqlite3
 import pytest
 from conftest import private_copy
 
-from core import etl, loop, pipeline, simulation, warehouse
+from core.warehouse import etl, warehouse
+from core.simulation import loop, simulation
+from core.training import pipeline
 from core.settings import load_settings
 
 pytestmark = pytest.mark.slow   # etl + retrain + two closed-loop days per planted row

@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 
 from conftest import private_copy
-from core import access, dataset, etl, mlopsdb, opsdb, pipeline, privacy, registry, serving, simulation, writes
-from core.artifacts import bundle_hash, load_bundle
+from core.privacy import access, privacy
+from core.warehouse import dataset, etl
+from core.store import mlopsdb, opsdb, writes
+from core.training import pipeline, registry
+from core.serving import serving
+from core.simulation import simulation
+from core.training.artifacts import bundle_hash, load_bundle
 from core.errors import RetroError, UnknownUser, ValidationError
 from core.pseudonym import KEY_ENV, pseudonym, pseudonym_key, pseudonymize
-from core.ranker import load_ranker, ranker_hash
+from core.training.ranker import load_ranker, ranker_hash
 from core.settings import load_settings
 
 pytestmark = pytest.mark.slow   # the module fixture retrains with the ranker; erasure rewrites every store and model

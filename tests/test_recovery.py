@@ -9,7 +9,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from core import etl, faults, locks, mlopsdb, privacy, recovery, registry, serving, tracking
+from core.warehouse import etl
+from core import faults
+from core.store import locks, mlopsdb
+from core.privacy import privacy, recovery
+from core.training import registry, tracking
+from core.serving import serving
 from core.errors import UnknownUser
 from test_privacy import active_user, assert_registry_hashes_match, base, everywhere, key_of, leave_traces  # noqa: F401
 from test_privacy import world  # noqa: F401

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core import mlopsdb, registry, tracking
+from core.store import mlopsdb
+from core.training import registry, tracking
 from core.errors import ValidationError
-from core.gate import GateDecision, evaluate_gate
+from core.training.gate import GateDecision, evaluate_gate
 from core.settings import load_settings
 
 T = {d: f"2026-01-{d:02d}T12:00:00" for d in range(1, 21)}

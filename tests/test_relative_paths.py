@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import private_copy
 
-from core import mlopsdb, privacy, registry, serving
-from core.artifacts import load_bundle
+from core.store import mlopsdb
+from core.privacy import privacy
+from core.training import registry
+from core.serving import serving
+from core.training.artifacts import load_bundle
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import load_settings
 

@@ -10,7 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from core import access, secretstore
+from core.privacy import access
+from core import secretstore
 from core.pseudonym import pseudonym_key
 from core.settings import load_settings
 
@@ -19,7 +20,7 @@ RACE = """
 import sys, time
 from core.settings import load_settings
 from core.pseudonym import pseudonym_key
-from core import access
+from core.privacy import access
 s = load_settings(sys.argv[1])
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))   # all start at the same instant
 print(pseudonym_key(s).decode())

@@ -4,7 +4,11 @@ import stat
 
 import pytest
 
-from core import access, etl, pipeline, privacy, serving, simulation
+from core.privacy import access, privacy
+from core.warehouse import etl
+from core.training import pipeline
+from core.serving import serving
+from core.simulation import simulation
 from core.settings import load_settings
 from tests.conftest import SMALL_WORLD
 
@@ -61,7 +65,7 @@ def test_an_existing_data_folder_is_tightened_on_open(tmp_path, permissive_umask
     """A data folder made by an older version (0755, a 0644 database) is tightened when opened.
 
     Fails on the code before the fix, which never changed an existing folder's mode."""
-    from core import opsdb
+    from core.store import opsdb
     home = tmp_path / "old"
     home.mkdir(mode=0o755)
     os.chmod(home, 0o755)

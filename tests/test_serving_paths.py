@@ -3,7 +3,8 @@ whose factors were erased ("factors were erased" vs "no history … (cold start)
 import pytest
 from conftest import private_copy
 
-from core import registry, serving
+from core.training import registry
+from core.serving import serving
 from core.pseudonym import pseudonym, pseudonym_key
 
 

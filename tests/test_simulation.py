@@ -4,7 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from core import errors, opsdb, simulation
+from core import errors
+from core.store import opsdb
+from core.simulation import simulation
 from core.constants import CATALOG_FIRST_YEAR, CATALOG_LAST_YEAR, GENRES, TS_FORMAT
 from core.settings import load_settings
 

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings as hyp_settings, strategies as st
 
-from core import opsdb, top50, writes
+from core.store import opsdb, writes
+from core.training import top50
 from core.errors import ValidationError
 
 # ------------------------------------------------------------------ weighted_rating / min_votes

@@ -7,7 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from core import mlopsdb, tracking
+from core.store import mlopsdb
+from core.training import tracking
 from core.errors import InvalidTimestamp, ValidationError
 from core.settings import PROJECT_ROOT, load_settings
 

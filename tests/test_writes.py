@@ -6,7 +6,8 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
-from core import errors, writes
+from core import errors
+from core.store import writes
 
 CLOCK = "2026-01-10T00:00:00"  # the clock of the small_db fixture
 

@@ -3,7 +3,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import etl
+from core.warehouse import etl
 from dashboard import cache, ui
 
 st.title("🗄️ Data: ETL, validation, warehouse")

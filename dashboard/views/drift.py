@@ -2,8 +2,9 @@
 import pandas as pd
 import streamlit as st
 
-from core import loop, policy, simulation
-from core.monitoring import FEATURE_LABELS, FEATURES
+from core.simulation import loop, simulation
+from core.monitoring import policy
+from core.monitoring.monitoring import FEATURE_LABELS, FEATURES
 from dashboard import cache, charts, ui
 
 st.title("📈 Drift & monitoring")

@@ -5,9 +5,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import audit as audit_mod
-from core import explain as explain_mod
-from core import modelcard
+from core.governance import audit as audit_mod
+from core.governance import explain as explain_mod
+from core.governance import modelcard
 from dashboard import cache, ui
 
 st.title("🔎 Explanations & Governance")

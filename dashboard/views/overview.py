@@ -1,7 +1,8 @@
 """Overview: the live system as the lecture draws it, each box with its real status."""
 import streamlit as st
 
-from core import bootstrap, simulation
+from core import bootstrap
+from core.simulation import simulation
 from dashboard import cache, ui
 
 st.title("🗺️ Retro Movies — the live system")
@@ -48,7 +49,7 @@ if simulation.has_world(cache.settings()):     # an imported MovieLens folder ha
             bar = st.progress(0.0, text="starting")
             with ui.core_errors():
                 grown = bootstrap.grow_world(cache.settings(), int(days), progress=ui.progress_callback(bar))
-            from core.access import log_action
+            from core.privacy.access import log_action
             log_action(cache.settings(), f"operator:{who}", "grow the world", f"{int(days)} days", "ok")
             cache.clear()
             st.success(f"Simulated {grown['days']} more days: {grown['events']:,} events, {grown['ratings']:,} "

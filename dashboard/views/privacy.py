@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core import privacy
+from core.privacy import privacy
 from dashboard import cache, ui
 
 st.title("🛡️ Privacy")

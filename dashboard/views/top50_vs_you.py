@@ -3,7 +3,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import insights
+from core.governance import insights
 from dashboard import cache, ui
 
 st.title("🎞️ Top 50 vs For You")

@@ -3,7 +3,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import registry
+from core.training import registry
 from dashboard import cache, ui
 
 st.title("🧪 Training & Models")

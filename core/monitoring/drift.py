@@ -1,0 +1,527 @@
+"""Statistical drift tests: a registry of small named tests → a typed `DriftResult`.
+
+Evidently's older compute/result split: this module only *computes*; chart
+builders (``dashboard/charts.py``) draw the results and `distribution`.
+
+Every score here **grows with drift** and a window is ``drifted`` when
+``score >= threshold``:
+
+==================  ===========  ==========  ==============================================
+test                data         range       default threshold
+==================  ===========  ==========  ==============================================
+``psi``             both         0 .. ∞      0.1  (0.25 = significant, `PSI_SIGNIFICANT`)
+``jensen_shannon``  both         0 .. 1      0.1  (JS *distance*, base 2)
+``ks``              numeric      0 .. 1      0.1  (KS statistic D, an effect size)
+``chi_square``      categorical  0 .. 1      0.1  (Cramér's V, an effect size)
+``max_share_gain``  categorical  0 .. 1      0.03 (the largest rise of one category's share)
+==================  ===========  ==========  ==============================================
+
+Inputs — a *window* (reference or current) is one of
+
+- numeric samples: a 1-D list / tuple / ndarray of numbers, or a pandas Series of
+  numbers with a numeric (or default) index. NaN is ignored;
+- categorical labels: a 1-D sequence or Series of strings / booleans / objects
+  (missing labels are ignored);
+- categorical counts: a dict ``{category: count}``, or a pandas Series of counts
+  whose index holds the labels (a non-numeric index; use a dict for counts keyed
+  by numbers). Counts, not shares: the chi-square test needs real counts.
+
+``kind="categorical"`` reads numeric samples (e.g. ratings 1..10) as labels.
+``None`` and a window with no rows (``{}``, ``[]``, all-zero counts) are *empty*:
+`run_test` then returns ``empty=True, drifted=False, score=nan`` — no exception,
+no false alarm.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.special import rel_entr
+
+from core.errors import ValidationError
+
+NUMERIC, CATEGORICAL, BOTH = "numeric", "categorical", "both"
+N_BINS = 10                  # numeric data: decile bins of the reference
+EPSILON = 1e-4               # share given to an empty bin before renormalising (PSI)
+PSI_MODERATE = 0.1           # PSI < 0.1: no significant change
+PSI_SIGNIFICANT = 0.25       # 0.1 ≤ PSI < 0.25: moderate; PSI ≥ 0.25: significant
+MIN_NUMERIC = 100            # observations a window needs before any test judges it (numeric or categorical)
+MIN_EXPECTED_PER_BUCKET = 5  # categorical: current rows per bucket on average (buckets merged to get there)
+OTHER = "(other)"            # the bucket small categories are merged into
+
+
+class UnknownDriftTest(ValidationError):
+    """A drift test name that is not in the registry."""
+
+
+# ------------------------------------------------------------------ typed result and registry entry
+@dataclass(frozen=True)
+class DriftResult:
+    """One test on one (reference, current) pair. ``drifted`` is ``score >= threshold``.
+
+    ``empty`` marks a window with no rows: ``score`` is nan and ``drifted`` False.
+    ``insufficient`` marks a window too small to judge (fewer than ``min_n`` rows in either window, or,
+    for categories, fewer than 5 current rows per bucket on average even with small buckets merged): ``score``
+    is nan and ``drifted`` False — monitoring neither opens nor confirms an alert on it.
+    ``n_reference`` / ``n_current``: rows (samples, or the sum of the counts).
+    """
+
+    test: str
+    score: float
+    drifted: bool
+    threshold: float
+    n_reference: int
+    n_current: int
+    empty: bool = False
+    detail: str = ""
+    insufficient: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One prepared window: numeric ``samples`` (NaN dropped) or categorical ``counts`` per label."""
+
+    kind: str
+    samples: np.ndarray | None = None
+    counts: pd.Series | None = None
+
+    @property
+    def n(self) -> int:
+        if self.kind == NUMERIC:
+            return int(self.samples.size)
+        return int(round(float(self.counts.sum())))
+
+    @property
+    def is_empty(self) -> bool:
+        return self.samples.size == 0 if self.kind == NUMERIC else not float(self.counts.sum()) > 0
+
+
+@dataclass(frozen=True)
+class StatTest:
+    """A registered drift test.
+
+    ``kind``: the data it accepts ("numeric", "categorical" or "both").
+    ``fn(reference: Window, current: Window) -> (score, detail)``; every score
+    grows with drift, so ``drifted = score >= threshold``.
+    """
+
+    name: str
+    kind: str
+    default_threshold: float
+    description: str
+    fn: Callable[[Window, Window], tuple[float, str]]
+
+
+# ------------------------------------------------------------------ reading inputs
+def _bad_input(values) -> ValidationError:
+    return ValidationError(
+        f"cannot read a drift window from {type(values).__name__}: pass a 1-D sequence of samples or labels, "
+        "a dict of counts per category, or a pandas Series")
+
+
+def _counts_from_mapping(keys, values) -> pd.Series:
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise ValidationError("counts per category must be numbers") from None
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValidationError(f"counts per category must be non-negative numbers; got {arr[i]} for {list(keys)[i]!r}")
+    return pd.Series(arr, index=pd.Index(list(keys)), dtype=float)
+
+
+def _label_counts(labels: pd.Series) -> pd.Series:
+    """Counts per label (missing labels dropped), as floats; hashing via value_counts, no row loop."""
+    try:
+        counts = labels.value_counts(dropna=True, sort=False)
+    except TypeError:
+        raise ValidationError("labels must be hashable values (strings, numbers, booleans)") from None
+    return pd.Series(counts.to_numpy(dtype=float), index=counts.index)
+
+
+_NUMBER_KINDS = ("integer", "floating", "mixed-integer-float", "decimal")
+
+
+def window(values, kind: str | None = None) -> Window:
+    """Read raw samples, labels or counts (see the module docstring) into a `Window`.
+
+    ``kind`` forces "numeric" or "categorical"; ``None`` infers it from the data.
+    """
+    if kind not in (None, NUMERIC, CATEGORICAL):
+        raise ValidationError(f"kind must be 'numeric' or 'categorical', got {kind!r}")
+    empty = Window(kind or CATEGORICAL, np.empty(0), pd.Series(dtype=float))
+    if values is None:
+        return empty
+    if isinstance(values, Mapping):
+        if kind == NUMERIC:
+            raise ValidationError("a dict of counts per category cannot be read as numeric samples")
+        return Window(CATEGORICAL, counts=_counts_from_mapping(values.keys(), list(values.values())))
+    if isinstance(values, pd.DataFrame):
+        raise ValidationError("a drift window is one column: pass a Series, not a DataFrame")
+    if isinstance(values, pd.Series):
+        dtype = values.dtype
+        if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+            if not (isinstance(values.index, pd.RangeIndex) or pd.api.types.is_numeric_dtype(values.index.dtype)):
+                # labels in the index, numbers as values: counts per category
+                if kind == NUMERIC:
+                    raise ValidationError("a Series of counts per category cannot be read as numeric samples")
+                return Window(CATEGORICAL, counts=_counts_from_mapping(values.index, values.to_numpy()))
+            arr = values.to_numpy(dtype=float, na_value=np.nan)
+        elif dtype == object:
+            arr = values.to_numpy()
+        else:  # str, category, bool, ...: labels
+            if kind == NUMERIC:
+                raise ValidationError(f"labels of dtype {dtype} cannot be read as numeric samples")
+            return Window(CATEGORICAL, counts=_label_counts(values))
+    elif isinstance(values, np.ndarray):
+        arr = values
+    else:
+        if isinstance(values, (str, bytes, set, frozenset)) or not isinstance(values, Iterable):
+            raise _bad_input(values)
+        # object first: cheaper than numpy's fixed-width strings for a list of labels
+        arr = np.asarray(values if isinstance(values, (list, tuple)) else list(values), dtype=object)
+    if arr.ndim != 1:
+        if arr.size:
+            raise _bad_input(values)
+        arr = arr.reshape(0)
+    if arr.size == 0:
+        return Window(kind or (NUMERIC if arr.dtype.kind in "iuf" else CATEGORICAL), np.empty(0),
+                      pd.Series(dtype=float))
+    if arr.dtype.kind == "O":
+        inferred = pd.api.types.infer_dtype(arr, skipna=True)
+        if inferred in _NUMBER_KINDS:
+            arr = pd.to_numeric(pd.Series(arr, dtype=object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        elif inferred == "empty":  # only missing values
+            return empty
+    is_number = arr.dtype.kind in "iuf"
+    if is_number and kind != CATEGORICAL:
+        samples = arr.astype(float, copy=False)
+        return Window(NUMERIC, samples=samples[~np.isnan(samples)])
+    if not is_number and arr.dtype.kind not in "bOUS":
+        raise ValidationError(f"unsupported dtype {arr.dtype} for a drift window; pass numbers or labels")
+    if kind == NUMERIC:
+        raise ValidationError(f"labels of dtype {arr.dtype} cannot be read as numeric samples")
+    return Window(CATEGORICAL, counts=_label_counts(pd.Series(arr, dtype=object if arr.dtype.kind in "OUS" else None)))
+
+
+# ------------------------------------------------------------------ bins and shares
+def numeric_bins(reference) -> np.ndarray:
+    """Bin edges for numeric data: the reference's deciles, deduplicated, with -inf / +inf outer edges.
+
+    Returns a sorted float array ``[-inf, q10, ..., q90, +inf]`` (fewer inner edges
+    when deciles coincide). Bins are left-closed ``[a, b)``, so a current value
+    outside the reference range falls in the first or last bin.
+    """
+    w = reference if isinstance(reference, Window) else window(reference, NUMERIC)
+    if w.kind != NUMERIC:
+        raise ValidationError("numeric_bins needs numeric samples")
+    if w.samples.size == 0:
+        raise ValidationError("cannot bin an empty reference window")
+    finite = w.samples[np.isfinite(w.samples)]
+    if finite.size == 0:  # only ±inf: one bin
+        return np.array([-np.inf, np.inf])
+    inner = np.unique(np.quantile(finite, np.arange(1, N_BINS) / N_BINS))
+    if inner[-1] >= finite.max():
+        # The top decile is the reference's maximum (a constant or near-constant reference): without an edge
+        # just above it, [top, inf) would hold the reference's top value *and* every larger current value, so
+        # 3.0 → 4.0 would not drift while 3.0 → 2.0 would. Values above the reference now get their own bucket.
+        inner = np.append(inner, np.nextafter(inner[-1], np.inf))
+    return np.concatenate([[-np.inf], inner, [np.inf]])
+
+
+def bin_labels(edges: np.ndarray) -> list[str]:
+    """'[a, b)' per bin; the one-value bin at a constant reference's top reads '[a]', the bin above it '(a, b)'."""
+    labels = []
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        if b == np.nextafter(a, np.inf):
+            labels.append(f"[{a:.6g}]")
+        elif i > 0 and a == np.nextafter(edges[i - 1], np.inf):
+            labels.append(f"({edges[i - 1]:.6g}, {b:.6g})")
+        else:
+            labels.append(f"[{a:.6g}, {b:.6g})")
+    return labels
+
+
+def _bin_counts(samples: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts per left-closed bin [edges[i], edges[i+1]) (vectorised: searchsorted + bincount)."""
+    idx = np.searchsorted(edges[1:-1], samples, side="right")
+    return np.bincount(idx, minlength=len(edges) - 1).astype(float)
+
+
+def _try_sort(index: pd.Index) -> pd.Index:
+    try:
+        return index.sort_values()
+    except TypeError:  # mixed label types: keep the given order
+        return index
+
+
+def _categories(reference: Window, current: Window) -> pd.Index:
+    """The union of both windows' categories, sorted when the labels compare."""
+    return _try_sort(reference.counts.index.union(current.counts.index, sort=False))
+
+
+def _aligned(reference: Window, current: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of both windows over the same buckets: reference deciles, or the union of categories."""
+    if reference.kind == NUMERIC:
+        edges = numeric_bins(reference)
+        return _bin_counts(reference.samples, edges), _bin_counts(current.samples, edges)
+    cats = _categories(reference, current)
+    ref = reference.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
+    cur = current.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
+    return ref.to_numpy(dtype=float), cur.to_numpy(dtype=float)
+
+
+def _shares_with_epsilon(counts: np.ndarray) -> np.ndarray:
+    """Proportions where an empty bucket gets EPSILON, then renormalised to sum to 1."""
+    p = counts / counts.sum()
+    p = np.where(p == 0, EPSILON, p)
+    return p / p.sum()
+
+
+def distribution(values, bins=None, *, kind: str | None = None) -> pd.Series:
+    """Share of rows per category or per numeric bin — what a chart draws as reference vs current bars.
+
+    Numeric data: ``bins`` are edges (e.g. ``numeric_bins(reference)``, so both
+    windows share buckets; default: this window's own deciles; values beyond the
+    outer edges count in the outer bins); the index labels the left-closed bins in
+    order, e.g. ``"[-inf, 1.9)"``, ``"[1.9, 2.8)"``. Categorical data: ``bins``
+    optionally lists the categories to show (missing ones get 0); the index holds
+    the labels, sorted when comparable. Shares are raw (no epsilon) and sum to 1;
+    an empty window gives zeros over the given bins, or an empty Series.
+    """
+    w = window(values, kind)
+    if kind is None and w.is_empty and isinstance(bins, np.ndarray) and bins.dtype.kind == "f":
+        w = Window(NUMERIC, np.empty(0), pd.Series(dtype=float))  # an empty window over numeric edges
+    if w.kind == NUMERIC and not (w.is_empty and bins is None):
+        edges = numeric_bins(w) if bins is None else np.asarray(bins, dtype=float)
+        counts = _bin_counts(w.samples, edges)
+        index = pd.Index(bin_labels(edges), dtype=object)
+    else:
+        counts_s = w.counts.groupby(level=0, sort=False).sum() if w.kind == CATEGORICAL else pd.Series(dtype=float)
+        index = _try_sort(counts_s.index) if bins is None else pd.Index(list(bins))
+        counts = counts_s.reindex(index, fill_value=0.0).to_numpy(dtype=float)
+    total = counts.sum()
+    shares = counts / total if total > 0 else np.zeros_like(counts)
+    return pd.Series(shares, index=index, name="share")
+
+
+# ------------------------------------------------------------------ the tests
+def psi(reference: Window, current: Window) -> tuple[float, str]:
+    """Population Stability Index.
+
+    PSI = Σ_b (p_cur,b − p_ref,b) · ln(p_cur,b / p_ref,b) over buckets b: the union
+    of categories, or the reference's decile bins for numeric data. An empty bucket
+    gets share EPSILON = 1e-4 and the shares are renormalised. Range 0 .. ∞ (every
+    term is ≥ 0; symmetric in the two shares). Convention: < 0.1 no significant
+    change, 0.1–0.25 moderate, ≥ 0.25 significant (`psi_severity`).
+    """
+    ref_counts, cur_counts = _aligned(reference, current)
+    p_ref, p_cur = _shares_with_epsilon(ref_counts), _shares_with_epsilon(cur_counts)
+    score = float(np.sum((p_cur - p_ref) * np.log(p_cur / p_ref)))
+    score = max(score, 0.0)
+    return score, f"{psi_severity(score)} change over {len(p_ref)} buckets"
+
+
+def jensen_shannon(reference: Window, current: Window) -> tuple[float, str]:
+    """Jensen–Shannon distance, base 2: sqrt(JSD), with JSD = ½ KL(p‖m) + ½ KL(q‖m), m = (p + q)/2.
+
+    p, q: raw shares per bucket (categories, or the reference's decile bins for
+    numeric data; no epsilon needed, JSD is finite with zeros). Range 0 .. 1:
+    0 for identical distributions, 1 for disjoint ones. Symmetric.
+    Same value as ``scipy.spatial.distance.jensenshannon(p, q, base=2)``, but the
+    divergence is clipped at 0 so rounding never yields nan.
+    """
+    ref_counts, cur_counts = _aligned(reference, current)
+    p, q = ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()
+    m = (p + q) / 2
+    jsd = (rel_entr(p, m).sum() + rel_entr(q, m).sum()) / (2 * math.log(2))
+    return float(min(math.sqrt(max(jsd, 0.0)), 1.0)), f"{len(p)} buckets"
+
+
+def ks(reference: Window, current: Window) -> tuple[float, str]:
+    """Two-sample Kolmogorov–Smirnov statistic D = sup_x |F_ref(x) − F_cur(x)|, numeric only. Range 0 .. 1.
+
+    The statistic, not the p-value, is thresholded: with thousands of rows a day
+    the p-value of a trivially small shift is already ~0, so a p-value rule would
+    alarm every day. D is an effect size (the largest gap between the two CDFs)
+    that does not shrink with sample size. The p-value goes into ``detail``.
+    """
+    with warnings.catch_warnings():  # exact p-value impossible for some ties/sizes: scipy falls back to asymp
+        warnings.filterwarnings("ignore", "ks_2samp: Exact calculation unsuccessful", RuntimeWarning)
+        res = stats.ks_2samp(reference.samples, current.samples)
+    return float(res.statistic), f"p-value = {float(res.pvalue):.3g}"
+
+
+def chi_square(reference: Window, current: Window) -> tuple[float, str]:
+    """Chi-square test of homogeneity on the 2 × k table of category counts, scored as Cramér's V.
+
+    V = sqrt(χ² / (n · (min(2, k) − 1))), n = all rows of both windows, k = categories
+    seen in either window; χ² without Yates' correction. Range 0 .. 1 (a single
+    category scores 0). Like KS, the effect size V is thresholded, not the p-value:
+    at thousands of rows a day the p-value flags trivially small differences, V does
+    not grow with n. χ², degrees of freedom and the p-value go into ``detail``.
+    """
+    ref_counts, cur_counts = _aligned(reference, current)
+    table = np.vstack([ref_counts, cur_counts])
+    table = table[:, table.sum(axis=0) > 0]  # a category absent from both windows has expected count 0
+    k = table.shape[1]
+    if k < 2:
+        return 0.0, "a single category in both windows: nothing to compare"
+    chi2, p, dof, _ = stats.chi2_contingency(table, correction=False)
+    v = math.sqrt(chi2 / (table.sum() * (min(2, k) - 1)))
+    return float(min(v, 1.0)), f"chi2 = {chi2:.4g}, dof = {dof}, p-value = {p:.3g}"
+
+
+def max_share_gain(reference: Window, current: Window) -> tuple[float, str]:
+    """The largest rise of a single category's share: max_c (p_cur,c − p_ref,c), raw shares. Range 0 .. 1.
+
+    A surge detector for one category among many (one title going viral among
+    1,500): spread over a decile bucket, a single title taking 7 % of a day's
+    watches barely moves PSI, but its share gain is 0.07. Only rises count (a
+    title losing share is not a surge); 0 for identical distributions.
+    """
+    ref_counts, cur_counts = _aligned(reference, current)
+    gain = cur_counts / cur_counts.sum() - ref_counts / ref_counts.sum()
+    i = int(np.argmax(gain))
+    cats = _categories(reference, current)     # the order _aligned used
+    score = max(float(gain[i]), 0.0)
+    return score, (f"{cats[i]}: {ref_counts[i] / ref_counts.sum():.2%} → {cur_counts[i] / cur_counts.sum():.2%}"
+                   if score > 0 else "no category gained share")
+
+
+TESTS: dict[str, StatTest] = {
+    t.name: t for t in (
+        StatTest("psi", BOTH, 0.1, "Population Stability Index over categories or reference deciles", psi),
+        StatTest("jensen_shannon", BOTH, 0.1, "Jensen–Shannon distance (base 2) between the two distributions",
+                 jensen_shannon),
+        StatTest("ks", NUMERIC, 0.1, "Kolmogorov–Smirnov statistic D between the two samples", ks),
+        StatTest("chi_square", CATEGORICAL, 0.1, "Cramér's V of the chi-square test on category counts", chi_square),
+        StatTest("max_share_gain", CATEGORICAL, 0.03, "largest rise of one category's share (a surge)", max_share_gain),
+    )
+}
+
+
+def psi_severity(score: float) -> str:
+    """'none' (< 0.1 or nan), 'moderate' (0.1 ≤ PSI < 0.25) or 'significant' (≥ PSI_SIGNIFICANT)."""
+    if score is None or math.isnan(score) or score < PSI_MODERATE:
+        return "none"
+    return "significant" if score >= PSI_SIGNIFICANT else "moderate"
+
+
+def get_test(name: str) -> StatTest:
+    """The registered test called ``name``; raises `UnknownDriftTest` listing the available names."""
+    try:
+        return TESTS[name]
+    except (KeyError, TypeError):
+        raise UnknownDriftTest(f"unknown drift test {name!r}; available: {', '.join(sorted(TESTS))}") from None
+
+
+# ------------------------------------------------------------------ running
+def _check_threshold(threshold) -> float:
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ValidationError(f"threshold must be a number, got {threshold!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValidationError(f"threshold must be a finite number ≥ 0, got {threshold!r}")
+    return value
+
+
+def merge_small_buckets(reference: Window, current: Window,
+                        min_expected: float = MIN_EXPECTED_PER_BUCKET) -> tuple[Window, Window, int] | None:
+    """Categorical windows over at most n_current / `min_expected` buckets; None when fewer than 2 are possible.
+
+    The buckets that are small in *both* windows (by max(reference share, current share)) are merged
+    into one `OTHER` bucket: a surging category keeps its own bucket because its current share is large.
+    Returns (reference, current, number of categories merged).
+    """
+    if min_expected <= 0:
+        return reference, current, 0
+    cats = _categories(reference, current)
+    ref = reference.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
+    cur = current.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
+    keep_at_most = int(cur.sum() // min_expected)
+    if keep_at_most < 2:
+        return None
+    if len(cats) <= keep_at_most:
+        return reference, current, 0
+    size = np.maximum(ref.to_numpy() / ref.sum(), cur.to_numpy() / cur.sum())
+    order = np.argsort(-size, kind="stable")
+    kept, merged = order[: keep_at_most - 1], order[keep_at_most - 1:]
+    index = pd.Index(list(cats[kept]) + [OTHER], dtype=object)
+
+    def collapse(counts: pd.Series) -> pd.Series:
+        return pd.Series(np.append(counts.to_numpy()[kept], counts.to_numpy()[merged].sum()), index=index)
+    return (Window(CATEGORICAL, counts=collapse(ref)), Window(CATEGORICAL, counts=collapse(cur)), len(merged))
+
+
+def _run(test: StatTest, ref: Window, cur: Window, threshold: float | None,
+         min_n: int = MIN_NUMERIC, min_expected: float = MIN_EXPECTED_PER_BUCKET) -> DriftResult:
+    limit = test.default_threshold if threshold is None else _check_threshold(threshold)
+    n_ref, n_cur = (0 if ref.is_empty else ref.n), (0 if cur.is_empty else cur.n)
+    if ref.is_empty or cur.is_empty:  # reported before any kind check: there is nothing to test
+        which = "reference" if ref.is_empty else "current"
+        return DriftResult(test.name, float("nan"), False, limit, n_ref, n_cur, empty=True,
+                           detail=f"empty {which} window")
+    if ref.kind != cur.kind:
+        raise ValidationError(f"the reference window is {ref.kind} but the current window is {cur.kind}; "
+                              "pass both in the same form (or set kind=)")
+    if test.kind != BOTH and test.kind != ref.kind:
+        others = ", ".join(sorted(n for n, t in TESTS.items() if t.kind in (BOTH, ref.kind)))
+        hint = " (pass kind='categorical' to read numbers as labels)" if ref.kind == NUMERIC else ""
+        raise ValidationError(f"drift test {test.name!r} needs {test.kind} data but got {ref.kind} data{hint}; "
+                              f"tests for {ref.kind} data: {others}")
+    note = ""
+    if min(n_ref, n_cur) < min_n:
+        return DriftResult(test.name, float("nan"), False, limit, n_ref, n_cur, insufficient=True,
+                           detail=f"not enough data: {min(n_ref, n_cur)} observations, at least {min_n} needed")
+    if ref.kind == CATEGORICAL:
+        merged = merge_small_buckets(ref, cur, min_expected)
+        if merged is None:
+            return DriftResult(test.name, float("nan"), False, limit, n_ref, n_cur, insufficient=True,
+                               detail=f"not enough data: {n_cur} observations cannot fill two buckets with "
+                                      f"{MIN_EXPECTED_PER_BUCKET} each")
+        ref, cur, n_merged = merged
+        note = f" ({n_merged} small categories merged into {OTHER!r})" if n_merged else ""
+    score, detail = test.fn(ref, cur)
+    return DriftResult(test.name, score, bool(score >= limit), limit, n_ref, n_cur, detail=detail + note)
+
+
+def run_test(name: str, reference, current, threshold: float | None = None, *,
+             kind: str | None = None, min_n: int = MIN_NUMERIC,
+             min_expected: float = MIN_EXPECTED_PER_BUCKET) -> DriftResult:
+    """Run one registered test on a reference and a current window (samples, labels or counts).
+
+    ``threshold`` defaults to the test's ``default_threshold``. An empty window gives
+    ``empty=True, drifted=False, score=nan``; a window too small to judge (``min_n`` numeric
+    observations; ``min_expected`` current rows per categorical bucket on average, small buckets
+    merged first) gives ``insufficient=True, drifted=False, score=nan``. ``min_n=0, min_expected=0``
+    turn both limits off (hand-computed examples on a few rows). Raises `UnknownDriftTest` for an unknown
+    name and `ValidationError` when the data kind does not fit the test (e.g. ``ks``
+    on categories) or the windows differ in kind.
+    """
+    test = get_test(name)
+    return _run(test, window(reference, kind), window(current, kind), threshold, min_n, min_expected)
+
+
+def run_tests(names: Iterable[str], reference, current, *, thresholds: Mapping[str, float] | None = None,
+              kind: str | None = None, min_n: int = MIN_NUMERIC,
+              min_expected: float = MIN_EXPECTED_PER_BUCKET) -> list[DriftResult]:
+    """Run several tests on the same pair of windows (read once); one result per name, in order.
+
+    ``thresholds`` optionally overrides the default threshold per test name.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    tests = [get_test(n) for n in names]  # fail on an unknown name before any work
+    thresholds = thresholds or {}
+    ref, cur = window(reference, kind), window(current, kind)
+    return [_run(t, ref, cur, thresholds.get(t.name), min_n, min_expected) for t in tests]

@@ -1,0 +1,485 @@
+"""Monitoring: data drift, concept drift (online quality), model drift, data quality, and alerts.
+
+Per monitored day (one simulated day, or one ETL window):
+- data drift of the inputs against the reference window — the last 7 days of the
+  data the production model was trained on — with the statistical tests of
+  `core.drift`;
+- online quality: lists served before the day against what users watched that
+  day (hit rate@10, precision@10), for the production model and, as a control,
+  for the Top 50;
+- model drift: the distribution of served scores and of recommended genres;
+- data quality: the ETL gate's quarantine rate.
+Alerts open once per (kind, metric), update while open and close when the
+metric recovers — clearly: a drift score must fall below 0.8 × its threshold, the
+online hit rate back above 90 % of its baseline (it opened below 80 %), so a
+metric hovering at its threshold does not open and close an alert every day.
+A day with an open data-quality alert is a *data incident*, not a taste shift,
+and the retraining policy does not act on it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from core.monitoring import drift
+from core.store import mlopsdb, opsdb
+from core.training import registry
+from core.warehouse import warehouse
+from core.training.artifacts import load_bundle
+from core.settings import Settings
+from core.text import plural
+
+REFERENCE_DAYS = 7
+# feature -> (kind, tests; the first test decides the alert)
+FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "genre_mix": ("categorical", ("psi", "chi_square")),
+    "rating": ("categorical", ("psi", "jensen_shannon")),
+    "watch_fraction": ("numeric", ("psi", "ks")),
+    "user_activity": ("numeric", ("psi", "ks")),
+    "popularity_concentration": ("categorical", ("psi",)),
+    "new_titles": ("categorical", ("psi",)),
+    "event_mix": ("categorical", ("psi", "jensen_shannon")),
+    "title_share": ("categorical", ("max_share_gain",)),
+}
+FEATURE_LABELS = {
+    "genre_mix": "genre mix of watches", "rating": "rating distribution", "watch_fraction": "watch-time distribution",
+    "user_activity": "user activity (signals per active user)", "popularity_concentration": "item popularity concentration",
+    "new_titles": "share of new titles", "event_mix": "event mix",
+    "title_share": "share of watches per title (surges)",
+}
+TITLE_BUCKETS_SHOWN = 12          # the per-feature chart of title_share shows the titles that moved most
+QUARANTINE_RATE_ALERT = 0.02      # > 2 % of a day's rows quarantined = data incident
+ONLINE_DROP_ALERT = 0.80          # model hit rate below 80 % of its stable baseline
+ONLINE_RECOVERED = 0.90
+BASELINE_DAYS = 7
+SIGNIFICANT_FACTOR = drift.PSI_SIGNIFICANT / drift.PSI_MODERATE   # 2.5 × a test's threshold (PSI: 0.25)
+RECOVERED_FACTOR = 0.8            # a data-drift alert closes below 0.8 × its threshold (hysteresis: no flapping)
+LARGE_WINDOW = 1000               # observations in a day's window above which one day's moderate drift is trusted
+
+
+# ------------------------------------------------------------------ features
+def _day_bounds(day) -> tuple[pd.Timestamp, pd.Timestamp]:
+    start = pd.Timestamp(day).normalize()
+    return start, start + pd.Timedelta(days=1)
+
+
+def window_features(con, start, end, deciles: pd.Series | None, new_since) -> dict:
+    """Feature samples for [start, end): counts (dict) for categorical, arrays for numeric features."""
+    p = [pd.Timestamp(start), pd.Timestamp(end)]
+    watches = con.execute("""
+        SELECT f.movie_id, least(f.value / (60.0 * coalesce(m.runtime_min, 100)), 1.0) AS fraction, m.genres,
+               m.added_at >= ? AS is_new, m.title
+        FROM fact_interaction f JOIN dim_movie m USING (movie_id)
+        WHERE f.kind = 'watch' AND f.occurred_at >= ? AND f.occurred_at < ?""", [pd.Timestamp(new_since)] + p).df()
+    ratings = con.execute("SELECT CAST(value AS INTEGER) AS r, count(*) AS n FROM fact_interaction "
+                          "WHERE kind = 'rating' AND occurred_at >= ? AND occurred_at < ? GROUP BY 1", p).df()
+    # Signals per active user and day (so a 7-day reference and a 1-day window compare like with like).
+    activity = con.execute("SELECT count(*) AS n FROM fact_interaction WHERE kind NOT IN ('impression', 'scroll') "
+                           "AND occurred_at >= ? AND occurred_at < ? GROUP BY user_key, CAST(occurred_at AS DATE)", p).df()
+    mix = con.execute("SELECT kind, count(*) AS n FROM fact_interaction WHERE occurred_at >= ? AND occurred_at < ? "
+                      "GROUP BY kind", p).df()
+    per_title = watches.groupby(["movie_id", "title"], dropna=False).size()
+    genres = watches["genres"].fillna("").str.split("|").explode()
+    genres = genres[genres.astype(bool)]
+    out = {
+        "genre_mix": genres.value_counts().to_dict(),
+        "rating": dict(zip(ratings["r"].astype(str), ratings["n"].astype(int))),
+        "watch_fraction": watches["fraction"].to_numpy(dtype=float),
+        "user_activity": activity["n"].to_numpy(dtype=float),
+        "new_titles": {"new": int(watches["is_new"].sum()), "catalog": int((~watches["is_new"].astype(bool)).sum())},
+        "event_mix": dict(zip(mix["kind"], mix["n"].astype(int))),
+        "title_share": {f"{t} (#{m})": int(n) for (m, t), n in per_title.items()},
+        "_watch_counts": watches["movie_id"].value_counts(),
+    }
+    if deciles is not None:
+        dec = deciles.reindex(watches["movie_id"].to_numpy()).fillna(10).astype(int)
+        out["popularity_concentration"] = {f"decile {d}": int(n) for d, n in dec.value_counts().items()}
+    return out
+
+
+def popularity_deciles(watch_counts: pd.Series, movie_ids) -> pd.Series:
+    """Movie → popularity decile in the reference (1 = the 10 % most-watched titles, 10 = the least)."""
+    counts = watch_counts.reindex(movie_ids).fillna(0).sort_values(ascending=False, kind="mergesort")
+    ranks = np.arange(len(counts))
+    return pd.Series(1 + (10 * ranks // max(len(counts), 1)), index=counts.index)
+
+
+@dataclass
+class Reference:
+    version: int | None
+    start: pd.Timestamp
+    end: pd.Timestamp
+    features: dict
+    deciles: pd.Series
+
+
+_references: dict = {}
+
+
+def clear_caches() -> None:
+    """Forget the cached reference window (as serving.clear_caches does for models)."""
+    _references.clear()
+
+
+def reference_for(settings: Settings, con, prod: dict | None) -> Reference | None:
+    """The last REFERENCE_DAYS days of the production model's training data (cached per version)."""
+    if prod is None:
+        return None
+    key = (str(settings.home), int(prod["version"]), prod["artifact_hash"])
+    if key in _references:
+        return _references[key]
+    try:
+        meta = load_bundle(prod["artifact_path"]).meta
+        end = pd.Timestamp(meta["trained_until"]).normalize() + pd.Timedelta(days=1)
+    except (OSError, KeyError, ValueError):
+        return None
+    ref = build_reference(con, int(prod["version"]), end - pd.Timedelta(days=REFERENCE_DAYS), end)
+    _references.clear()
+    _references[key] = ref
+    return ref
+
+
+def build_reference(con, version: int | None, start, end) -> Reference:
+    """Features of the window [start, end), with popularity deciles taken from the window itself."""
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    movies = con.execute("SELECT movie_id FROM dim_movie").df()["movie_id"]
+    base = window_features(con, start, end, None, end)
+    deciles = popularity_deciles(base["_watch_counts"], movies)
+    return Reference(version, start, end, window_features(con, start, end, deciles, end), deciles)
+
+
+# ------------------------------------------------------------------ online quality
+def online_quality(settings: Settings, day, k: int = 10) -> dict:
+    """Lists served at the start of `day` against the watches of that day (model and Top 50 control)."""
+    start, end = _day_bounds(day)
+    s0, s1 = start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S")
+    with opsdb.session(settings) as db:
+        served = db.execute("SELECT user_id, path, movie_ids, scores FROM served_recommendations WHERE served_at = ?",
+                            [s0]).fetchall()
+        watches = db.execute("SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND occurred_at >= ? "
+                             "AND occurred_at < ?", [s0, s1]).fetchall()
+    with mlopsdb.session(settings) as mdb:
+        row = mdb.execute("SELECT movie_ids FROM daily_top50 WHERE day = ?", [str(start.date())]).fetchone()
+    top = json.loads(row[0]) if row else []
+    with opsdb.session(settings) as db:   # only the Top 50 titles matter for the control's seen filter
+        marks = ",".join("?" * len(top)) or "NULL"
+        seen_before = db.execute(f"SELECT DISTINCT user_id, movie_id FROM events WHERE kind = 'watch' "
+                                 f"AND movie_id IN ({marks}) AND occurred_at < ?", top + [s0]).fetchall()
+    watched: dict[int, set] = {}
+    for u, m in watches:
+        watched.setdefault(u, set()).add(m)
+    seen: dict[int, set] = {}
+    for u, m in seen_before:
+        seen.setdefault(u, set()).add(m)
+    model_hits, model_prec, top_hits, top_prec, scores, paths = [], [], [], [], [], {}
+    for user, path, ids, sc in served:
+        paths[path] = paths.get(path, 0) + 1
+        w = watched.get(user, set())
+        control = [m for m in top if m not in seen.get(user, set())][:k]
+        top_hits.append(bool(w & set(control)))
+        top_prec.append(len(w & set(control)) / k)
+        if path == "model":
+            lst = json.loads(ids)[:k]
+            model_hits.append(bool(w & set(lst)))
+            model_prec.append(len(w & set(lst)) / k)
+            scores.extend(json.loads(sc)[:k])
+    mean = lambda x: float(np.mean(x)) if x else None  # noqa: E731
+    return {"users_served": len(served), "users_model": len(model_hits), "paths": paths,
+            "hit_rate_model": mean(model_hits), "precision_model": mean(model_prec),
+            "hit_rate_top50": mean(top_hits), "precision_top50": mean(top_prec),
+            "score_p10": float(np.percentile(scores, 10)) if scores else None,
+            "score_p50": float(np.percentile(scores, 50)) if scores else None,
+            "score_p90": float(np.percentile(scores, 90)) if scores else None}
+
+
+def recommended_genres(settings: Settings, day) -> dict:
+    start, _ = _day_bounds(day)
+    with opsdb.session(settings) as db:
+        rows = db.execute("SELECT movie_ids FROM served_recommendations WHERE served_at = ? AND path = 'model'",
+                          [start.strftime("%Y-%m-%dT%H:%M:%S")]).fetchall()
+        genres = dict(db.execute("SELECT movie_id, genres FROM movies").fetchall())
+    counts: dict[str, int] = {}
+    for (ids,) in rows:
+        for m in json.loads(ids):
+            for g in (genres.get(m) or "").split("|"):
+                if g:
+                    counts[g] = counts.get(g, 0) + 1
+    total = sum(counts.values()) or 1
+    return {g: round(n / total, 4) for g, n in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+# ------------------------------------------------------------------ alerts
+def drift_confirmed(result: dict, drifted_yesterday: bool) -> bool:
+    """A drifted score opens (or updates) an alert when it is significant (≥ 2.5 × its threshold), measured on a
+    large window, or drifted the day before too — one noisy small day must not page anyone."""
+    if result.get("insufficient") or result.get("empty"):
+        return False                          # too small to judge: neither opens nor confirms anything
+    return bool(result["drifted"]) and (result["score"] >= SIGNIFICANT_FACTOR * result["threshold"]
+                                        or result["n_current"] >= LARGE_WINDOW or drifted_yesterday)
+
+
+def drift_recovered(result: dict) -> bool:
+    """Clearly back to normal: below 0.8 × the threshold (between the two, an open alert stays open)."""
+    return not result["empty"] and not result.get("insufficient") and result["score"] < RECOVERED_FACTOR * result["threshold"]
+
+
+def _open_or_update(db, kind, metric, test, value, threshold, severity, window, at, classification) -> bool:
+    row = db.execute("SELECT alert_id FROM alerts WHERE kind = ? AND metric = ? AND closed_at IS NULL", [kind, metric]).fetchone()
+    if row:
+        db.execute("UPDATE alerts SET last_value = ?, severity = CASE WHEN ? = 'critical' THEN 'critical' ELSE severity END "
+                   "WHERE alert_id = ?", [value, severity, row[0]])
+        return False
+    db.execute("INSERT INTO alerts(kind, metric, test, severity, value, threshold, window_start, window_end, opened_at, "
+               "last_value, classification) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+               [kind, metric, test, severity, value, threshold, window[0], window[1], at, value, classification])
+    return True
+
+
+def _close(db, kind, metric, at) -> bool:
+    cur = db.execute("UPDATE alerts SET closed_at = ? WHERE kind = ? AND metric = ? AND closed_at IS NULL", [at, kind, metric])
+    return cur.rowcount > 0
+
+
+def open_alerts(settings: Settings) -> pd.DataFrame:
+    with mlopsdb.session(settings) as db:
+        return pd.DataFrame(list(db.query("SELECT * FROM alerts WHERE closed_at IS NULL ORDER BY opened_at, alert_id")))
+
+
+def all_alerts(settings: Settings) -> pd.DataFrame:
+    with mlopsdb.session(settings) as db:
+        return pd.DataFrame(list(db.query("SELECT * FROM alerts ORDER BY opened_at, alert_id")))
+
+
+def _online_baseline(db, before_day: str) -> float | None:
+    rows = db.execute("SELECT online FROM monitor_days WHERE day < ? AND classification = 'stable' "
+                      "ORDER BY day DESC LIMIT ?", [before_day, BASELINE_DAYS]).fetchall()
+    values = [json.loads(r[0]).get("hit_rate_model") for r in rows]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if len(values) >= 3 else None
+
+
+# ------------------------------------------------------------------ one day
+@dataclass
+class DayReport:
+    day: str
+    classification: str
+    drift: list = field(default_factory=list)
+    online: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
+    opened: list = field(default_factory=list)
+    closed: list = field(default_factory=list)
+    model_version: int | None = None
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def monitor_day(settings: Settings, day) -> DayReport:
+    """Compute every monitored signal for one day, store it, open/close alerts; returns the report."""
+    start, end = _day_bounds(day)
+    day_s = str(start.date())
+    at = end.strftime("%Y-%m-%dT%H:%M:%S")
+    prod = registry.production(settings)
+    with warehouse.session(settings) as con:
+        ref = reference_for(settings, con, prod)
+        current = window_features(con, start, end, ref.deciles if ref else None, ref.end if ref else start)
+        day_rows = con.execute("SELECT kind, n FROM daily_aggregates WHERE day = ?", [start.date()]).df()
+    quarantined = int(day_rows.loc[day_rows["kind"] == "quarantined", "n"].sum())
+    total = int(day_rows["n"].sum())
+    quality = {"quarantined": quarantined, "rows": total,
+               "quarantine_rate": quarantined / total if total else 0.0}
+    results = []
+    if ref is not None:
+        for feature, (_, tests) in FEATURES.items():
+            for test in tests:
+                r = drift.run_test(test, ref.features.get(feature, {}), current.get(feature, {}),
+                                   min_n=settings.drift_min_observations)
+                results.append({"feature": feature, **r.to_dict()})
+    online = online_quality(settings, start)
+    report = DayReport(day_s, "no reference" if ref is None else "stable", results, online, quality,
+                       model_version=None if prod is None else int(prod["version"]))
+    window = (str(start), str(end))
+    with mlopsdb.write_session(settings) as db:
+        # Data quality first: it decides how every other alert of the day is read.
+        incident = quality["quarantine_rate"] > QUARANTINE_RATE_ALERT
+        if incident:
+            if _open_or_update(db, "data-quality", "quarantine_rate", None, quality["quarantine_rate"],
+                               QUARANTINE_RATE_ALERT, "critical" if quality["quarantine_rate"] > 0.1 else "warning",
+                               window, at, "data incident"):
+                report.opened.append("data-quality:quarantine_rate")
+        elif _close(db, "data-quality", "quarantine_rate", at):
+            report.closed.append("data-quality:quarantine_rate")
+        label = "data incident" if incident else "taste shift"
+        primary = {f: tests[0] for f, (_, tests) in FEATURES.items()}
+        yesterday = str((start - pd.Timedelta(days=1)).date())
+        drifted_yesterday = {(f, t) for f, t in db.execute(
+            "SELECT feature, test FROM drift_scores WHERE day = ? AND drifted = 1", [yesterday]).fetchall()}
+        for r in results:
+            if r["test"] != primary[r["feature"]]:
+                continue
+            # A significant score alerts at once; so does a moderate one measured on a large window; on a
+            # small window a moderate score must persist a second day (one noisy day must not page anyone).
+            if drift_confirmed(r, (r["feature"], r["test"]) in drifted_yesterday):
+                sev = "critical" if r["score"] >= SIGNIFICANT_FACTOR * r["threshold"] else "warning"
+                if _open_or_update(db, "data-drift", r["feature"], r["test"], r["score"], r["threshold"], sev, window, at, label):
+                    report.opened.append(f"data-drift:{r['feature']}")
+            elif drift_recovered(r) and _close(db, "data-drift", r["feature"], at):
+                report.closed.append(f"data-drift:{r['feature']}")
+        baseline = _online_baseline(db, day_s)
+        online["baseline_hit_rate"] = baseline
+        hr = online.get("hit_rate_model")
+        if baseline and hr is not None:
+            if hr < ONLINE_DROP_ALERT * baseline:
+                if _open_or_update(db, "concept-drift", "hit_rate_model", None, hr, ONLINE_DROP_ALERT * baseline,
+                                   "critical" if hr < 0.6 * baseline else "warning", window, at, label):
+                    report.opened.append("concept-drift:hit_rate_model")
+            elif hr >= ONLINE_RECOVERED * baseline and _close(db, "concept-drift", "hit_rate_model", at):
+                report.closed.append("concept-drift:hit_rate_model")
+        open_kinds = {r[0] for r in db.execute("SELECT kind FROM alerts WHERE closed_at IS NULL").fetchall()}
+        if ref is None:
+            report.classification = "no reference"
+        elif "data-quality" in open_kinds:
+            report.classification = "data incident"
+        elif open_kinds & {"data-drift", "concept-drift"}:
+            report.classification = "taste shift"
+        model_info = {k: online.get(k) for k in ("score_p10", "score_p50", "score_p90")}
+        model_info["recommended_genres"] = recommended_genres(settings, start)
+        db.execute("INSERT OR REPLACE INTO monitor_days VALUES (?,?,?,?,?,?,?,?,?)",
+                   [day_s, at, report.model_version, str(ref.start) if ref else None, str(ref.end) if ref else None,
+                    json.dumps(online), json.dumps(quality), json.dumps(model_info), report.classification])
+        db.execute("DELETE FROM drift_scores WHERE day = ?", [day_s])
+        db.conn.executemany("INSERT INTO drift_scores(day, feature, test, score, threshold, drifted, insufficient, "
+                            "n_current) VALUES (?,?,?,?,?,?,?,?)",
+                            [(day_s, r["feature"], r["test"], None if np.isnan(r["score"]) else r["score"],
+                              r["threshold"], int(r["drifted"]), int(r["insufficient"]), int(r["n_current"]))
+                             for r in results])
+    return report
+
+
+def record_top50(settings: Settings, day, movie_ids: list[int]) -> None:
+    with mlopsdb.session(settings) as db:
+        db.execute("INSERT OR REPLACE INTO daily_top50 VALUES (?, ?)", [str(pd.Timestamp(day).date()), json.dumps(movie_ids)])
+
+
+# ------------------------------------------------------------------ reads for pages and CLI
+def history(settings: Settings) -> dict:
+    """Everything the Drift page plots: daily scores, online quality, classifications, alerts, retrains."""
+    with mlopsdb.session(settings) as db:
+        days = pd.DataFrame(list(db.query("SELECT * FROM monitor_days ORDER BY day")))
+        scores = pd.DataFrame(list(db.query("SELECT * FROM drift_scores ORDER BY day")))
+        alerts = pd.DataFrame(list(db.query("SELECT * FROM alerts ORDER BY opened_at")))
+        actions = pd.DataFrame(list(db.query("SELECT * FROM actions ORDER BY at")))
+    if len(days):
+        for col in ("online", "quality", "model"):
+            days[col] = days[col].map(json.loads)
+    return {"days": days, "scores": scores, "alerts": alerts, "actions": actions}
+
+
+def latest(settings: Settings) -> dict:
+    """The `monitor` command: latest drift scores per feature and test, online quality, open alerts."""
+    h = history(settings)
+    if h["days"].empty:
+        return {"day": None, "classification": None, "drift": [], "online": {}, "quality": {}, "open_alerts": []}
+    last = h["days"].iloc[-1]
+    scores = h["scores"][h["scores"]["day"] == last["day"]] if len(h["scores"]) else h["scores"]
+    alerts = open_alerts(settings)
+    return {"day": last["day"], "classification": last["classification"], "model_version": last["model_version"],
+            "drift": scores.drop(columns=["day"]).to_dict("records") if len(scores) else [],
+            "online": last["online"], "quality": last["quality"],
+            "open_alerts": alerts.to_dict("records") if len(alerts) else []}
+
+
+def feature_distributions(settings: Settings, feature: str, day) -> pd.DataFrame:
+    """Reference vs current distribution of one feature (for the per-feature chart).
+
+    The reference is the one that day was monitored against (stored with the day): after a retrain the
+    production model's reference has moved, and an old alert must be shown against what it was judged on.
+    """
+    start, end = _day_bounds(day)
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT model_version, reference_start, reference_end FROM monitor_days WHERE day = ?",
+                         [str(start.date())]).fetchone()
+    with warehouse.session(settings) as con:
+        if row and row[1] and row[2]:
+            ref = build_reference(con, row[0], row[1], row[2])
+        else:
+            ref = reference_for(settings, con, registry.production(settings))
+        if ref is None:
+            return pd.DataFrame(columns=["bucket", "share", "window"])
+        cur = window_features(con, start, end, ref.deciles, ref.end)
+    r_vals, c_vals = ref.features[feature], cur[feature]
+    kind = FEATURES[feature][0]
+    if kind == "numeric":
+        edges = drift.numeric_bins(r_vals)
+        r_d, c_d = drift.distribution(r_vals, edges), drift.distribution(c_vals, edges)
+    else:
+        r_d, c_d = drift.distribution(r_vals), drift.distribution(c_vals)
+        if feature == "title_share":   # 1,500 titles: keep those whose share moved most
+            both = pd.concat([r_d.rename("r"), c_d.rename("c")], axis=1).fillna(0.0)
+            keep = (both["c"] - both["r"]).abs().sort_values(ascending=False).index[:TITLE_BUCKETS_SHOWN]
+            r_d, c_d = both.loc[keep, "r"], both.loc[keep, "c"]
+    frame = pd.concat([pd.DataFrame({"bucket": r_d.index.astype(str), "share": r_d.values, "window": "reference"}),
+                       pd.DataFrame({"bucket": c_d.index.astype(str), "share": c_d.values, "window": str(start.date())})])
+    return frame
+
+
+def _largest_change(settings: Settings, feature: str, day) -> str:
+    """'Western share 9% → 27%' for the bucket that moved most between reference and `day`."""
+    try:
+        dist = feature_distributions(settings, feature, day)
+    except Exception:  # noqa: BLE001 - a summary must never fail the page
+        return ""
+    if dist.empty:
+        return ""
+    wide = dist.pivot_table(index="bucket", columns="window", values="share", aggfunc="sum").fillna(0)
+    if "reference" not in wide or wide.shape[1] < 2:
+        return ""
+    cur_col = [c for c in wide.columns if c != "reference"][0]
+    # The bucket that contributes most to PSI, (p − q)·ln(p / q): a small genre tripling (Western 2 % → 6 %)
+    # says more than a big one moving by the same points (Drama 28 % → 32 %).
+    p, q = wide[cur_col] + drift.EPSILON, wide["reference"] + drift.EPSILON
+    b = ((p - q) * np.log(p / q)).idxmax()
+    return f"{b} share {wide.loc[b, 'reference']:.0%} → {wide.loc[b, cur_col]:.0%}"
+
+
+def narrative(settings: Settings) -> str:
+    """The current state in one or two plain sentences (what drifted, what was done, did it recover)."""
+    h = history(settings)
+    days, alerts, actions = h["days"], h["alerts"], h["actions"]
+    if days.empty:
+        return "Nothing monitored yet: simulate some days (the closed loop runs the ETL and monitoring every day)."
+    last = days.iloc[-1]
+    parts = []
+    if alerts.empty:
+        return (f"All quiet: {plural(len(days), 'day')} monitored up to {last['day']}, no alert. "
+                f"Online hit rate@10 of the model {last['online'].get('hit_rate_model') or 0:.1%} "
+                f"vs {last['online'].get('hit_rate_top50') or 0:.1%} for the Top 50.")
+    a = alerts.iloc[-1] if alerts["closed_at"].notna().all() else alerts[alerts["closed_at"].isna()].iloc[0]
+    day = str(a["window_start"])[:10]
+    if a["kind"] == "data-quality":
+        parts.append(f"Data incident on {day}: {a['value']:.1%} of the day's rows were quarantined "
+                     f"(threshold {a['threshold']:.0%}) — a logging fault, not a change in taste; no retrain is triggered.")
+    elif a["kind"] == "data-drift":
+        change = _largest_change(settings, a["metric"], day)
+        label = FEATURE_LABELS.get(a["metric"], a["metric"])
+        parts.append(f"{label[0].upper() + label[1:]} drifted on {day} ({a['test'].upper()} {a['value']:.2f} ≥ "
+                     f"{a['threshold']:.2f}){': ' + change if change else ''}"
+                     + (" — read as a data incident (quarantine rate alert open)." if a["classification"] == "data incident" else "."))
+    else:
+        parts.append(f"Online hit rate of the model fell on {day} to {a['value']:.1%} (alert below {a['threshold']:.1%}).")
+    retrains = actions[(actions["kind"] == "retrain") & (actions["at"] >= a["opened_at"])] if len(actions) else actions
+    if len(retrains):
+        r = json.loads(retrains.iloc[0]["result"])
+        parts.append(f"Model retrained on {str(retrains.iloc[0]['at'])[:10]} ({retrains.iloc[0]['actor']}), v{r['version']} "
+                     + ("promoted." if r["promoted"] else "kept as candidate by the gate."))
+    stable = days[(days["day"] < day) & (days["classification"] == "stable")]
+    base = [o.get("hit_rate_model") for o in stable["online"].tail(BASELINE_DAYS)]
+    base = [b for b in base if b is not None]
+    now_hr = last["online"].get("hit_rate_model")
+    if base and now_hr is not None:
+        parts.append(f"Hit rate now {now_hr:.1%} = {now_hr / np.mean(base):.0%} of the pre-alert baseline.")
+    parts.append("Alert closed." if pd.notna(a["closed_at"]) else "Alert still open.")
+    return " ".join(parts)

@@ -1,0 +1,410 @@
+"""Simulated days of the streaming service, and the behaviour shifts an operator can start.
+
+Each day, active users see impressions (the Top 50, browse rows and, when a
+recommender is plugged in, the served recommendations), click, watch (longer
+when a movie fits their taste), sometimes rate, like/dislike and share. All of
+it is written through the validated write API. Deterministic for a seed: day d
+always draws from `default_rng([seed, d, ...])`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import sqlite_utils
+
+from core import errors
+from core.store import opsdb, writes
+from core.simulation import world as world_mod
+from core.constants import GENRE_INDEX, GENRES, SIM_START, TS_FORMAT
+from core.settings import Settings
+from core.training.top50 import top50
+
+Progress = Callable[[float, str], None]
+# A recommender plugged into the simulation: user ids -> {user_id: [movie ids]}.
+ServeFn = Callable[[np.ndarray, int], dict]
+
+SHIFT_KINDS = ("trend", "viral", "seasonal", "life-event", "new-releases", "data-quality")
+SEASONS = {"halloween": ("Horror", "Thriller", "Mystery"), "holidays": ("Children", "Animation", "Musical", "Romance"),
+           "summer": ("Adventure", "Action", "Sci-Fi")}
+IMPRESSIONS_PER_SESSION = 10
+# Exposure logits: log-popularity weight, Top-50 row boost, weight of browsing by taste.
+EXPOSURE_POPULARITY, EXPOSURE_TOP50, EXPOSURE_TASTE = 0.3, 1.0, 2.0
+EXPOSURE_SERVED = 1.5  # the 'For you' row on the home page
+DAY = timedelta(days=1)
+
+
+def _noop(fraction: float, message: str) -> None:
+    pass
+
+
+@dataclass
+class Shift:
+    """A behaviour change in the world, active for days [start_day, start_day + duration)."""
+
+    kind: str
+    strength: float
+    start_day: int
+    duration: int
+    params: dict = field(default_factory=dict)
+
+    def active(self, day: int) -> bool:
+        return self.start_day <= day < self.start_day + self.duration
+
+    def age(self, day: int) -> int:
+        return day - self.start_day
+
+
+def day_start(day: int) -> datetime:
+    return datetime.strptime(SIM_START, TS_FORMAT) + day * DAY
+
+
+def _iso(base: datetime, seconds: np.ndarray) -> np.ndarray:
+    stamps = np.datetime64(base.strftime(TS_FORMAT), "s") + seconds.astype("int64").astype("timedelta64[s]")
+    return np.datetime_as_string(stamps, unit="s")
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# ------------------------------------------------------------------ shifts
+def validate_shift(kind: str, strength: float, duration: int) -> None:
+    if kind not in SHIFT_KINDS:
+        raise errors.ValidationError(f"unknown shift {kind!r}; choose one of: {', '.join(SHIFT_KINDS)}")
+    if not (0 < strength <= 5):
+        raise errors.ValidationError(f"shift strength must be in (0, 5], got {strength}")
+    if duration < 1:
+        raise errors.ValidationError(f"shift duration must be at least 1 day, got {duration}")
+
+
+def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, strength: float, duration: int,
+                day: int, params: dict | None = None) -> Shift:
+    """Record a shift and apply its lasting effects (new tastes, new titles) to the world."""
+    validate_shift(kind, strength, duration)
+    params = dict(params or {})
+    rng = np.random.default_rng([world.seed, day, 77])
+    if kind == "trend":
+        params.setdefault("genre", "Western")
+        if params["genre"] not in GENRE_INDEX:
+            raise errors.ValidationError(f"unknown genre {params['genre']!r}; known: {', '.join(GENRES)}")
+    elif kind == "seasonal":
+        params.setdefault("season", "halloween")
+        if params["season"] not in SEASONS:
+            raise errors.ValidationError(f"unknown season {params['season']!r}; choose one of: {', '.join(SEASONS)}")
+    elif kind == "viral":
+        if "movie_id" in params and int(params["movie_id"]) not in set(world.movie_ids.tolist()):
+            raise errors.UnknownMovie(f"unknown movie {params['movie_id']}: a viral shift needs a title of the catalog")
+        if "movie_id" not in params:  # an obscure but decent title takes off
+            # An obscure, well-made title with broad appeal (a niche-genre film does not go viral).
+            obscure = np.argsort(world.recent_watches)[: max(1, len(world.movie_ids) // 3)]
+            shares = world.genre_matrix / np.maximum(world.genre_matrix.sum(axis=1, keepdims=True), 1)
+            appeal = np.log(len(GENRES) * (shares[obscure] @ world.taste.mean(axis=0)) + 0.05)
+            pick = obscure[np.argmax(world.quality[obscure] + appeal)]
+            params["movie_id"] = int(world.movie_ids[pick])
+    elif kind == "life-event":
+        params.setdefault("genres", ["Children", "Animation", "Comedy"])
+        share = min(0.5, 0.25 * strength)
+        rows = np.flatnonzero(rng.random(len(world.user_ids)) < share)
+        focus = np.zeros(len(GENRES))
+        focus[[GENRE_INDEX[g] for g in params["genres"]]] = 1.0
+        new_taste = rng.dirichlet(focus * 2 + 0.05, size=len(rows))
+        world.taste[rows] = 0.3 * world.taste[rows] + 0.7 * new_taste
+        params["users_changed"] = int(len(rows))
+    elif kind == "new-releases":
+        n = max(1, int(round(50 * strength)))
+        taken = {r[0] for r in db.execute("SELECT title FROM movies").fetchall()}
+        cat = world_mod.new_catalog(n, rng, taken, quality_shift=0.7)
+        start_id = writes.highest_id(db, "movies", "movie_id") + 1
+        ids = np.arange(start_id, start_id + n, dtype=np.int64)
+        writes.add_movies(db, pd.DataFrame({
+            "movie_id": ids, "title": cat["titles"], "year": cat["year"], "genres": cat["genres"],
+            "runtime_min": cat["runtime"], "added_at": day_start(day).strftime(TS_FORMAT),
+        }), source="sim")
+        world_mod.add_titles(world, ids, cat)
+        params["movie_ids"] = ids.tolist()
+    db.execute("INSERT INTO sim_shifts(kind, strength, start_day, duration, params) VALUES (?,?,?,?,?)",
+               [kind, strength, day, duration, json.dumps(params)])
+    return Shift(kind, strength, day, duration, params)
+
+
+def load_shifts(db: sqlite_utils.Database) -> list[Shift]:
+    rows = db.execute("SELECT kind, strength, start_day, duration, params FROM sim_shifts ORDER BY shift_id").fetchall()
+    return [Shift(k, s, d, n, json.loads(p)) for k, s, d, n, p in rows]
+
+
+# ------------------------------------------------------------------ one day
+@dataclass
+class DayStats:
+    day: int
+    active_users: int = 0
+    new_users: int = 0
+    events: int = 0
+    ratings: int = 0
+    rejected: int = 0
+    duplicates_ignored: int = 0
+    by_kind: dict = field(default_factory=dict)
+
+
+def _day_effects(world: world_mod.World, shifts: list[Shift], day: int):
+    """Per-genre taste multipliers, per-movie exposure and click boosts for this day."""
+    G, M = len(GENRES), len(world.movie_ids)
+    taste_mult = np.ones(G)
+    exposure = np.zeros(M)
+    click = np.zeros(M)
+    share = np.zeros(M)
+    fault_rate = 0.0
+    for s in shifts:
+        if not s.active(day):
+            continue
+        t = s.age(day)
+        if s.kind == "trend":
+            g = GENRE_INDEX[s.params["genre"]]
+            ramp = 1.0                      # a trend surges: full strength from its first day
+            taste_mult[g] *= 1 + 3 * s.strength * ramp
+            exposure += 0.8 * s.strength * ramp * world.genre_matrix[:, g]
+        elif s.kind == "seasonal":
+            wave = max(0.0, min(1.0, (t + 1) / 2, (s.duration - t) / 2))   # the season: in over 2 days, out over 2
+            for name in SEASONS[s.params["season"]]:
+                taste_mult[GENRE_INDEX[name]] *= 1 + 3 * s.strength * wave
+        elif s.kind == "viral":
+            j = world.movie_rows(np.array([s.params["movie_id"]]))[0]
+            intensity = s.strength * np.exp(-t / max(1.0, s.duration / 3))
+            exposure[j] += 10 * intensity       # everybody's home page shows it
+            click[j] += 2.5 * intensity
+            share[j] += 0.3 * min(1.0, intensity)
+        elif s.kind == "new-releases":
+            rows = world.movie_rows(np.array(s.params["movie_ids"]))
+            exposure[rows] += 1.5 * s.strength
+        elif s.kind == "data-quality":
+            fault_rate = max(fault_rate, min(0.5, 0.15 * s.strength))
+    return taste_mult, exposure, click, share, fault_rate
+
+
+def _inject_faults(ratings: pd.DataFrame, events: pd.DataFrame, rate: float, rng: np.random.Generator):
+    """A logging fault: wrong-scale ratings, retried and double-logged events, missing ids."""
+    ratings = ratings.copy()
+    wrong = rng.random(len(ratings)) < rate
+    ratings["rating"] = ratings["rating"].astype(object)
+    ratings.loc[wrong, "rating"] = ratings.loc[wrong, "rating"].astype(int) * 10 + 5  # a 0-100 scale build
+    retries = events[rng.random(len(events)) < rate]                              # same id: ignored
+    doubled = events[rng.random(len(events)) < rate / 2].copy()                   # new id: content duplicate
+    doubled["event_id"] = doubled["event_id"] + "-dup"
+    broken = events[rng.random(len(events)) < rate / 3].copy()
+    broken["event_id"] = broken["event_id"] + "-bad"
+    half = rng.random(len(broken)) < 0.5
+    broken["user_id"] = broken["user_id"].astype(object)
+    broken.loc[half, "user_id"] = None                                            # missing user id
+    broken["movie_id"] = broken["movie_id"].astype(object)
+    broken.loc[~half, "movie_id"] = -1                                            # unknown movie id
+    events = pd.concat([events, retries, doubled, broken], ignore_index=True)
+    return ratings, events
+
+
+def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, shifts: list[Shift],
+                 serve: ServeFn | None = None) -> DayStats:
+    """Simulate one day and write it (one transaction); mutates `world` (who watched what)."""
+    rng = np.random.default_rng([world.seed, day, 1])
+    stats = DayStats(day)
+    start = day_start(day)
+    present = np.isin(world.user_ids, [r[0] for r in db.execute("SELECT user_id FROM users").fetchall()])
+    taste_mult, exposure_boost, click_boost, share_boost, fault_rate = _day_effects(world, shifts, day)
+
+    # New sign-ups arrive during the day; they are cold-start users from tomorrow on.
+    n_new = int(rng.poisson(0.002 * len(world.user_ids)))
+    next_id = writes.highest_id(db, "users", "user_id") + 1
+    new_ids = np.arange(next_id, next_id + n_new, dtype=np.int64)
+
+    active = np.flatnonzero(present & (rng.random(len(world.user_ids)) < world.activity))
+    stats.active_users, stats.new_users = len(active), n_new
+    top = np.array(top50(db).movie_ids, dtype=np.int64)
+    exposure = EXPOSURE_POPULARITY * np.log1p(world.recent_watches) + exposure_boost
+    exposure[world.movie_rows(top)] += EXPOSURE_TOP50 if len(top) else 0.0
+
+    # Fit of each active user to each movie: log of taste mass over the movie's genres vs uniform.
+    taste = world.taste[active] * taste_mult
+    taste /= taste.sum(axis=1, keepdims=True)
+    genre_share = world.genre_matrix / np.maximum(world.genre_matrix.sum(axis=1, keepdims=True), 1)
+    fit = np.clip(np.log(len(GENRES) * (taste @ genre_share.T) + 0.05), -3, 3)       # (A, M)
+
+    # What a user sees: the Top 50 row, popular titles, and genre rows they browse (their taste).
+    logits = exposure[None, :] + EXPOSURE_TASTE * fit
+    if serve is not None and len(active):
+        served = serve(world.user_ids[active], IMPRESSIONS_PER_SESSION)
+        for a, uid in enumerate(world.user_ids[active]):
+            items = served.get(int(uid))
+            if items:
+                logits[a, world.movie_rows(np.asarray(items, dtype=np.int64))] += EXPOSURE_SERVED
+    logits[world.watched[active]] = -np.inf
+    logits += rng.gumbel(size=logits.shape)                   # Gumbel-top-k = sampling without replacement
+    k = min(IMPRESSIONS_PER_SESSION, logits.shape[1])
+    top_k = np.argpartition(-logits, k - 1, axis=1)[:, :k] if len(active) else np.zeros((0, k), dtype=int)
+    order = np.argsort(-np.take_along_axis(logits, top_k, axis=1), axis=1)
+    shown = np.take_along_axis(top_k, order, axis=1)            # (A, k) movie rows by position
+    a_idx = np.repeat(np.arange(len(active)), k)
+    m_idx = shown.ravel()
+    pos = np.tile(np.arange(k), len(active))
+    valid = np.isfinite(logits[a_idx, m_idx])
+    a_idx, m_idx, pos = a_idx[valid], m_idx[valid], pos[valid]
+    u_idx = active[a_idx]
+    f = fit[a_idx, m_idx]
+    q = world.quality[m_idx]
+
+    session = rng.uniform(8 * 3600, 22 * 3600, size=len(active))
+    t_imp = session[a_idx] + pos * 3
+    clicked = rng.random(len(f)) < _sigmoid(-2.2 + 1.3 * f + 0.4 * q + click_boost[m_idx])
+    watched = clicked & (rng.random(len(f)) < 0.85)
+    fraction = _sigmoid(0.3 + 1.2 * f + 0.4 * q + rng.normal(0, 0.6, len(f)))
+    seconds = np.round(fraction * world.runtime[m_idx] * 60)
+    rates = watched & (rng.random(len(f)) < world.rater[u_idx] * 0.8)
+    score = 4.8 + 1.6 * f + 1.0 * q + world.harshness[u_idx] + rng.normal(0, 1, len(f))
+    rating = np.clip(np.round(score), 1, 10).astype(int)
+    likes = watched & (fraction > 0.7) & (rng.random(len(f)) < 0.35)
+    dislikes = watched & (fraction < 0.3) & (rng.random(len(f)) < 0.35)
+    shares = watched & (fraction > 0.8) & (rng.random(len(f)) < 0.04 + share_boost[m_idx])
+    t_click = t_imp + 20
+    t_end = np.minimum(t_click + 30 + seconds, 24 * 3600 - 1)
+
+    parts = []
+    def part(mask, kind, value, t):  # noqa: E306
+        parts.append(pd.DataFrame({"u": u_idx[mask], "m": m_idx[mask], "kind": kind,
+                                   "value": np.broadcast_to(value, mask.shape)[mask].astype(float), "t": t[mask]}))
+    part(np.ones(len(f), bool), "impression", pos, t_imp)
+    part(clicked, "click", 1.0, t_click)
+    part(watched, "watch", seconds, t_click + 30)
+    part(likes, "like", 1.0, t_end)
+    part(dislikes, "dislike", 1.0, t_end)
+    part(shares, "share", 1.0, t_end)
+    scroll = pd.DataFrame({"u": active, "m": -1, "kind": "scroll",
+                           "value": (k + rng.geometric(0.3, len(active))).astype(float), "t": session + 1})
+    ev = pd.concat(parts + [scroll], ignore_index=True)
+    events = pd.DataFrame({
+        "event_id": [f"d{day:05d}-{i:07d}" for i in range(len(ev))],
+        "user_id": world.user_ids[ev["u"].to_numpy()],
+        "movie_id": pd.array(np.where(ev["m"] >= 0, world.movie_ids[ev["m"].clip(lower=0)], 0), dtype="Int64"),
+        "kind": ev["kind"].to_numpy(),
+        "value": ev["value"].to_numpy(),
+        "occurred_at": _iso(start, np.minimum(ev["t"].to_numpy(), 24 * 3600 - 1)),
+    })
+    events.loc[ev["m"].to_numpy() < 0, "movie_id"] = pd.NA
+    ratings = pd.DataFrame({"user_id": world.user_ids[u_idx[rates]], "movie_id": world.movie_ids[m_idx[rates]],
+                            "rating": rating[rates], "rated_at": _iso(start, t_end[rates])})
+    if fault_rate > 0:
+        ratings, events = _inject_faults(ratings, events, fault_rate, rng)
+
+    with db.atomic():
+        opsdb.set_meta(db, "clock", (start + DAY).strftime(TS_FORMAT))
+        opsdb.set_meta(db, "sim_day", day + 1)
+        if n_new:
+            joined = _iso(start, np.sort(rng.uniform(0, 24 * 3600 - 1, n_new)))
+            writes.add_users(db, pd.DataFrame({"user_id": new_ids, "created_at": joined}), source="sim")
+        ev_result = writes.record_events(db, events, on_invalid="quarantine")
+        r_result = writes.rate_many(db, ratings, on_invalid="quarantine")
+
+    # Only after the commit: the humans remember what they watched.
+    world.watched[u_idx[watched], m_idx[watched]] = True
+    world.recent_watches = 0.8 * world.recent_watches + np.bincount(m_idx[watched], minlength=len(world.movie_ids))
+    if n_new:
+        world_mod.add_people(world, new_ids, np.random.default_rng([world.seed, day, 2]))
+    stats.events, stats.ratings = ev_result.accepted, r_result.accepted
+    stats.rejected = ev_result.rejected + r_result.rejected
+    stats.duplicates_ignored = ev_result.duplicates
+    stats.by_kind = events["kind"].value_counts().to_dict()
+    return stats
+
+
+# ------------------------------------------------------------------ entry points
+def has_world(settings: Settings) -> bool:
+    return settings.world_file.exists() and settings.ops_db.exists()
+
+
+def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies: int = 1500, days: int = 60,
+               force: bool = False, progress: Progress = _noop) -> dict:
+    """Build a world from scratch: catalog, users, then `days` simulated days."""
+    for name, value, low in (("users", users, 1), ("movies", movies, 10), ("days", days, 0)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise errors.ValidationError(f"--{name} must be an integer >= {low}, got {value!r}")
+    if opsdb.holds_data(settings) or settings.world_file.exists():
+        if not force:
+            raise errors.NotEmpty(f"{settings.home} already holds a world; use --force to replace it")
+    for path in settings.store_paths():  # an empty database file or stale stores go too; nothing else
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    progress(0.0, "creating catalog and users")
+    world, cat = world_mod.create_world(seed, users, movies)
+    db = opsdb.connect(settings, defer_indexes=True)
+    try:
+        t0 = day_start(0)
+        rng = np.random.default_rng([seed, 0xA11])
+        with db.atomic():
+            opsdb.set_meta(db, "seed", seed)
+            opsdb.set_meta(db, "clock", t0.strftime(TS_FORMAT))
+            opsdb.set_meta(db, "sim_day", 0)
+            opsdb.set_meta(db, "world", json.dumps({"seed": seed, "users": users, "movies": movies}))
+            writes.add_movies(db, pd.DataFrame({
+                "movie_id": world.movie_ids, "title": cat["titles"], "year": cat["year"], "genres": cat["genres"],
+                "runtime_min": cat["runtime"], "added_at": (t0 - 400 * DAY).strftime(TS_FORMAT)}), source="sim")
+            joined = _iso(t0 - 365 * DAY, np.sort(rng.uniform(0, 365 * 86400 - 1, users)))
+            writes.add_users(db, pd.DataFrame({"user_id": world.user_ids, "created_at": joined}), source="sim")
+        world.save(settings.world_file)
+        summary = run_days(db, settings, world, days, progress=progress)
+        progress(0.99, "building indexes")
+        opsdb.finish_deferred_migrations(db)
+        progress(1.0, "world ready")
+        return summary
+    finally:
+        db.conn.close()
+
+
+def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.World, days: int,
+             progress: Progress = _noop, serve: ServeFn | None = None) -> dict:
+    shifts = load_shifts(db)
+    first = int(opsdb.get_meta(db, "sim_day", "0"))
+    totals = {"days": days, "first_day": first, "events": 0, "ratings": 0, "rejected": 0, "duplicates_ignored": 0,
+              "new_users": 0}
+    for i in range(days):
+        day = first + i
+        progress(i / max(days, 1), f"simulating day {day + 1} ({i + 1}/{days})")
+        s = simulate_day(db, world, day, shifts, serve)
+        world.save(settings.world_file)
+        for key in ("events", "ratings", "rejected", "duplicates_ignored", "new_users"):
+            totals[key] += getattr(s, key)
+    totals["last_day"] = first + days - 1
+    return totals
+
+
+def load_world(settings: Settings) -> world_mod.World:
+    if not has_world(settings):
+        raise errors.WorldNotFound(f"no simulated world in {settings.home}; run `python -m core init` first")
+    return world_mod.World.load(settings.world_file)
+
+
+def simulate(settings: Settings, days: int, *, shift: str | None = None, strength: float = 1.0,
+             duration: int | None = None, params: dict | None = None, progress: Progress = _noop,
+             serve: ServeFn | None = None) -> dict:
+    """Continue the world for `days` days, optionally starting a behaviour shift today."""
+    if not isinstance(days, (int, np.integer)) or days < 1:
+        raise errors.ValidationError(f"--days must be a positive integer, got {days!r}")
+    world = load_world(settings)
+    db = opsdb.connect(settings)
+    try:
+        if shift is not None:
+            day = int(opsdb.get_meta(db, "sim_day", "0"))
+            with db.atomic():
+                started = start_shift(db, world, shift, strength, days if duration is None else duration, day, params)
+            world.save(settings.world_file)
+        summary = run_days(db, settings, world, days, progress=progress, serve=serve)
+        progress(1.0, "done")
+        if shift is not None:
+            summary["shift"] = {"kind": started.kind, "strength": started.strength, "start_day": started.start_day,
+                                "duration": started.duration, "params": started.params}
+        return summary
+    finally:
+        db.conn.close()

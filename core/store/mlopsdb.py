@@ -1,0 +1,392 @@
+"""The ML metadata store: experiment runs, model registry, pipeline jobs, monitoring, privacy requests.
+
+A separate SQLite file (`settings.mlops_db`) that holds no raw user ids — only
+models, metrics, timings, alerts and counts. The exceptions: the operator
+audit log, whose targets may be pseudonyms (an erasure redacts those), and a
+pending erasure request, which remembers whom to erase until it completes. Same
+conventions as `opsdb`: sqlite-utils, schema by migrations, WAL, foreign keys
+on, one connection per call.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from core.constants import TS_FORMAT
+from core.errors import InvalidTimestamp
+from core.store.opsdb import private_db_file, set_wal
+from core.settings import Settings
+
+migrations = Migrations("retro_mlops")
+
+
+M001_SQL = """
+        CREATE TABLE jobs (
+            job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (length(kind) > 0),        -- e.g. 'retrain'
+            trigger TEXT NOT NULL CHECK (length(trigger) > 0),  -- 'manual', 'scheduled', 'drift-alert', 'cli'
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running','finished','failed')),
+            stage TEXT,                                          -- last stage reached
+            error TEXT,
+            result TEXT                                          -- JSON object
+        );
+        CREATE TABLE runs (
+            run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_kind TEXT NOT NULL CHECK (length(model_kind) > 0),
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running','finished','failed')),
+            params TEXT NOT NULL DEFAULT '{}',       -- JSON: hyper-parameters
+            metrics TEXT,                            -- JSON: {'ndcg@10': 0.21, 'coverage': 0.3, ...}
+            baselines TEXT,                          -- JSON: {baseline name: metrics} on the same split
+            data_version TEXT,
+            seed INTEGER,
+            code_version TEXT,
+            timings TEXT,                            -- JSON: seconds per stage
+            artifact_path TEXT,
+            artifact_hash TEXT,                      -- sha256 of the artifact file
+            error TEXT,
+            job_id INTEGER REFERENCES jobs(job_id)
+        );
+        CREATE TABLE model_versions (
+            version INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL UNIQUE REFERENCES runs(run_id),
+            model_kind TEXT NOT NULL,
+            family TEXT NOT NULL,                    -- 'cf' for als/bpr, 'ranker' (one production each)
+            created_at TEXT NOT NULL,
+            stage TEXT NOT NULL DEFAULT 'candidate' CHECK (stage IN ('candidate','production','archived')),
+            artifact_path TEXT,
+            artifact_hash TEXT,
+            data_version TEXT,
+            metrics TEXT,                            -- JSON, copied from the run
+            params TEXT,                             -- JSON, copied from the run
+            depends_on INTEGER REFERENCES model_versions(version)
+        );
+        -- At most one production version per family, enforced by the database.
+        CREATE UNIQUE INDEX idx_versions_one_production ON model_versions(family) WHERE stage = 'production';
+        CREATE TABLE registry_events (
+            event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            version INTEGER NOT NULL REFERENCES model_versions(version),
+            from_stage TEXT,                         -- NULL for the registration event
+            to_stage TEXT NOT NULL,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            gate TEXT                                -- JSON GateDecision, when a gate decided
+        );
+        CREATE INDEX idx_events_version ON registry_events(version, event_id);
+        CREATE INDEX idx_runs_job ON runs(job_id);
+"""
+
+
+@migrations()
+def m001_tables(db: sqlite_utils.Database) -> None:
+    # One statement at a time: `executescript` would COMMIT the migration's transaction.
+    for statement in M001_SQL.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
+M002_SQL = """
+        CREATE TABLE monitor_days (
+            day TEXT PRIMARY KEY,                    -- the monitored simulated day (YYYY-MM-DD)
+            computed_at TEXT NOT NULL,
+            model_version INTEGER,                   -- production model serving that day
+            reference_start TEXT, reference_end TEXT,
+            online TEXT,                             -- JSON: hit rate / precision of model and Top 50 control
+            quality TEXT,                            -- JSON: quarantine rate
+            model TEXT,                              -- JSON: score quantiles, recommended genre mix
+            classification TEXT                      -- 'stable', 'taste shift', 'data incident', 'no reference'
+        );
+        CREATE TABLE drift_scores (
+            day TEXT NOT NULL, feature TEXT NOT NULL, test TEXT NOT NULL,
+            score REAL, threshold REAL NOT NULL, drifted INTEGER NOT NULL,
+            PRIMARY KEY (day, feature, test)
+        );
+        CREATE TABLE alerts (
+            alert_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,                      -- 'data-drift', 'concept-drift', 'data-quality'
+            metric TEXT NOT NULL,                    -- feature or metric name
+            test TEXT,
+            severity TEXT NOT NULL,                  -- 'warning' or 'critical'
+            value REAL, threshold REAL,
+            window_start TEXT, window_end TEXT,
+            opened_at TEXT NOT NULL, closed_at TEXT,
+            last_value REAL, classification TEXT
+        );
+        CREATE UNIQUE INDEX idx_alerts_open ON alerts(kind, metric) WHERE closed_at IS NULL;
+        CREATE TABLE policy (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE actions (
+            action_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL, day TEXT,
+            kind TEXT NOT NULL,                      -- 'retrain', 'policy-change'
+            actor TEXT NOT NULL,                     -- 'policy:on-alert', 'policy:scheduled', an operator
+            cause TEXT NOT NULL,
+            job_id INTEGER REFERENCES jobs(job_id),
+            result TEXT                              -- JSON
+        );
+        CREATE TABLE daily_top50 (day TEXT PRIMARY KEY, movie_ids TEXT NOT NULL)
+"""
+
+
+@migrations()
+def m002_monitoring(db: sqlite_utils.Database) -> None:
+    for statement in M002_SQL.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
+M003_SQL = """
+        CREATE TABLE erasure_requests (                 -- no personal data: counts only
+            request_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            requested_at TEXT NOT NULL, completed_at TEXT,
+            state TEXT NOT NULL CHECK (state IN ('received','completed','failed')),
+            actor TEXT NOT NULL, summary TEXT
+        );
+        CREATE TABLE operator_audit (                   -- who did what, when (targets are pseudonyms)
+            audit_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+            target TEXT, outcome TEXT NOT NULL
+        )
+"""
+
+
+@migrations()
+def m003_privacy(db: sqlite_utils.Database) -> None:
+    for statement in M003_SQL.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
+M004_SQL = """
+        CREATE TABLE signin_failures (                  -- consecutive failed operator sign-ins per name tried
+            name TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL CHECK (failures > 0),
+            last_failed_at REAL NOT NULL                -- seconds since the epoch (the throttle's clock)
+        )
+"""
+
+
+@migrations()
+def m004_signin_throttle(db: sqlite_utils.Database) -> None:
+    db.execute(M004_SQL)
+
+
+STATUSES = "'running','finished','failed'"
+INTERRUPTED_STATUSES = "'running','finished','failed','interrupted'"
+
+
+def _widen_status_check(db: sqlite_utils.Database, table: str) -> None:
+    """Allow status 'interrupted' in `table`'s CHECK by editing its stored CREATE statement.
+
+    The procedure SQLite documents for changing a CHECK constraint without
+    rebuilding the table (https://www.sqlite.org/lang_altertable.html, "making
+    other kinds of table schema changes"): safe here because every existing row
+    already satisfies the wider constraint and no index or foreign key changes.
+    """
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()[0]
+    if STATUSES not in sql:
+        raise RuntimeError(f"mlops.db table {table}: unexpected status constraint, cannot add 'interrupted'")
+    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                   [sql.replace(STATUSES, INTERRUPTED_STATUSES), table])
+        db.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+
+
+@migrations()
+def m005_interrupted(db: sqlite_utils.Database) -> None:
+    """Jobs and runs can end 'interrupted': found 'running' when the store lock was next taken (`recovery`)."""
+    for table in ("jobs", "runs"):
+        _widen_status_check(db, table)
+
+
+@migrations()
+def m006_resumable_erasure(db: sqlite_utils.Database) -> None:
+    """Erasure requests are resumable (`privacy.forget_user`).
+
+    A pending request keeps whom to erase only until it completes
+    (`pending_user_id`, the raw id, until the operational store is done;
+    `pending_user_key`, the pseudonym, until every store is), the steps done so
+    far (`steps_done`, JSON list) and the hashes of the artifacts it is
+    rewriting (`pending_hashes`, JSON {artifact directory: sha256}).
+    `model_versions.pending_hash` is the hash an artifact will have once an
+    erasure's file swap is done: serving accepts it too, so a kill between the
+    swap and the registry update never breaks serving.
+    """
+    for column, kind in (("pending_user_id", "INTEGER"), ("pending_user_key", "TEXT"), ("steps_done", "TEXT"),
+                         ("pending_hashes", "TEXT")):
+        db.execute(f"ALTER TABLE erasure_requests ADD COLUMN {column} {kind}")
+    db.execute("ALTER TABLE model_versions ADD COLUMN pending_hash TEXT")
+
+
+@migrations()
+def m007_drift_insufficient(db: sqlite_utils.Database) -> None:
+    """A drift score can be 'insufficient': the day's window was too small to judge (issue 12)."""
+    db.execute("ALTER TABLE drift_scores ADD COLUMN insufficient INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE drift_scores ADD COLUMN n_current INTEGER")
+
+
+@migrations()
+def m008_relative_artifact_paths(db: sqlite_utils.Database) -> None:
+    """Artifact paths relative to the data folder (`models/run-7`); absolute ones are cut at their `models/` part."""
+    for table, pk in (("runs", "run_id"), ("model_versions", "version")):
+        for ident, path in db.execute(f"SELECT {pk}, artifact_path FROM {table} "
+                                      "WHERE artifact_path LIKE '/%' AND artifact_path LIKE '%/models/%'").fetchall():
+            parts = Path(path).parts
+            tail = Path(*parts[len(parts) - 1 - parts[::-1].index("models"):]).as_posix()
+            db.execute(f"UPDATE {table} SET artifact_path = ? WHERE {pk} = ?", [tail, ident])
+
+
+def open_mlops(settings: Settings) -> sqlite_utils.Database:
+    """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
+    return open_path(settings.mlops_db)
+
+
+def open_path(path: Path | str) -> sqlite_utils.Database:
+    private_db_file(path)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+    set_wal(conn)
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    db = sqlite_utils.Database(conn)
+    if migrations.pending(db):
+        # A training thread and a dashboard session may open a fresh file at
+        # the same moment: the write lock makes the second one wait, re-check
+        # and find nothing left to apply (each migration nests as a savepoint).
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(db)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return db
+
+
+@contextmanager
+def session(settings: Settings) -> Iterator[sqlite_utils.Database]:
+    """A connection that is closed afterwards (reads, and single-statement writes)."""
+    db = open_mlops(settings)
+    try:
+        yield db
+    finally:
+        db.conn.close()
+
+
+@contextmanager
+def write_session(settings: Settings) -> Iterator[sqlite_utils.Database]:
+    """A connection inside one `BEGIN IMMEDIATE` transaction, committed on success.
+
+    For read-check-write sequences (promote, rollback): the write lock is taken
+    up front, so a concurrent writer waits instead of failing with SQLITE_BUSY
+    when a deferred transaction tries to upgrade. `db.atomic()` inside nests as
+    a savepoint.
+    """
+    with session(settings) as db:
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
+
+
+def timestamp(at: str | None, settings: Settings | None = None) -> str:
+    """`at` checked against `TS_FORMAT` ('YYYY-MM-DDTHH:MM:SS', UTC); when None, the service's clock
+    (`clock.now`: the simulated clock of a world, else real UTC) — or real UTC without `settings`."""
+    if at is None:
+        from core.store.clock import now, utc_now
+        return now(settings) if settings is not None else utc_now()
+    try:
+        datetime.strptime(at, TS_FORMAT)
+    except (TypeError, ValueError):
+        raise InvalidTimestamp(f"timestamp {at!r} is not UTC 'YYYY-MM-DDTHH:MM:SS'") from None
+    return at
+
+
+def _plain(value: Any) -> Any:
+    """JSON fallback for NumPy scalars/arrays and paths."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(value: Any) -> str | None:
+    """JSON text for a metadata field; NaN survives the round trip (Python's JSON dialect)."""
+    if value is None:
+        return None
+    return json.dumps(value, default=_plain)
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def is_number(value: Any) -> bool:
+    """True for real numbers (NaN included), False for bools, strings and containers."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def stored_artifact_path(settings: Settings, path: str | Path) -> str:
+    """How an artifact directory is recorded: relative to the data folder (`models/run-7`) when inside it, so
+    a folder copied (`cp -a A B`), restored or moved serves, erases and checks its own models, never A's."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(settings.home.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def artifact_dir(settings: Settings, stored: str | Path) -> Path:
+    """The directory a recorded artifact path names: relative paths (every artifact this platform writes
+    inside its data folder) are under `settings.home`; an absolute one (a model kept outside the folder) as is.
+    Absolute paths an older version wrote inside its folder were made relative by migration m008."""
+    path = Path(stored)
+    return path if path.is_absolute() else settings.home / path
+
+
+def resolve_artifact(settings: Settings, record: dict) -> dict:
+    """`record` with its `artifact_path` resolved for this data folder (a string, as callers expect)."""
+    if record.get("artifact_path"):
+        record["artifact_path"] = str(artifact_dir(settings, record["artifact_path"]))
+    return record
+
+
+def clone_home(source: Settings, dest: Path | str) -> Settings:
+    """Copy a whole data folder (e.g. a prepared world for an experiment); returns the copy's settings.
+    Artifact paths are relative to the folder, so nothing is rewritten."""
+    import shutil
+
+    from core.settings import load_settings
+    dest = Path(dest)
+    shutil.copytree(source.home, dest, dirs_exist_ok=True)
+    return load_settings(dest)
+
+
+def row_or_raise(db: sqlite_utils.Database, table: str, key_col: str, key, error: type[Exception], missing: str,
+                 noun: str) -> dict:
+    """The row of `table` whose `key_col` is `key`, or `error` naming the valid range ("runs are numbered 1..7")."""
+    rows = list(db.query(f"SELECT * FROM {table} WHERE {key_col} = ?", [key]))
+    if not rows:
+        last = db.execute(f"SELECT max({key_col}) FROM {table}").fetchone()[0]
+        known = f"{noun} are numbered 1..{last}" if last else f"no {noun[:-1]} has been recorded yet"
+        raise error(f"{missing} ({known})")
+    return rows[0]

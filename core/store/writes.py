@@ -1,0 +1,336 @@
+"""The validated write API of the operational database.
+
+Every write path (CLI, simulation, importer, dashboard) goes through these
+functions. Batches are validated as a whole with vectorized checks; in the
+default mode a single bad row rejects the batch and nothing is written. The
+`quarantine` mode (used by ingestion paths such as a faulty logger) writes the
+valid rows and keeps each invalid one in `rejected_writes` with its reason.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+import numpy as np
+import pandas as pd
+import sqlite_utils
+
+from core import bounds, errors
+from core.constants import EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
+from core.store.opsdb import clock_now
+
+OnInvalid = Literal["raise", "quarantine"]
+MAX_EVENT_VALUE = 1_000_000   # seconds watched (11.6 days), list positions, titles scrolled past
+
+
+@dataclass
+class WriteResult:
+    """What a batch write did: rows stored, retries ignored, rows refused."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    skipped_no_consent: int = 0
+    reasons: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- helpers
+def _frame(rows, columns: Iterable[str]) -> pd.DataFrame:
+    # Records keep their Python values (object columns), so None ("not given") stays apart from NaN (invalid).
+    if isinstance(rows, pd.DataFrame):
+        df = rows.copy()
+    else:
+        records = [dict(r) for r in rows]
+        names = list(dict.fromkeys([c for r in records for c in r] + list(columns)))
+        df = pd.DataFrame({c: pd.Series([r.get(c) for r in records], dtype=object) for c in names},
+                          index=range(len(records)))
+    for col in columns:
+        if col not in df.columns:
+            df[col] = None
+    return df.reset_index(drop=True)
+
+
+def _as_int(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(integer values, ok mask): ok where the value is a whole number of at most MAX_ID in size."""
+    num = pd.to_numeric(series, errors="coerce")
+    as_float = num.astype(float)
+    ok = num.notna() & np.isfinite(as_float) & (as_float == np.round(as_float)) & (as_float.abs() <= bounds.MAX_ID)
+    if series.dtype == bool:
+        ok &= False
+    elif series.dtype == object:
+        ok &= ~series.map(lambda v: isinstance(v, (bool, np.bool_)))
+    return num.where(ok, 0).astype("int64"), ok
+
+
+def _timestamps(series: pd.Series, default: str) -> tuple[pd.Series, pd.Series]:
+    """(ISO strings, ok mask); values not given take `default` (the service clock).
+
+    ok only for a parsable time on or after 1900-01-01 (a NaN or NaT is invalid, not "not given").
+    """
+    filled = series.where(~series.map(bounds.is_missing).astype(bool), default)
+    parsed = pd.to_datetime(filled.astype(str), errors="coerce", utc=True, format="ISO8601")
+    ok = parsed.notna() & (parsed >= pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
+    parsed = parsed.where(ok, pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
+    seconds = parsed.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
+    text = pd.Series(np.datetime_as_string(seconds, unit="s"), index=series.index).where(ok, "")
+    return text, ok
+
+
+def _ids_exist(db: sqlite_utils.Database, table: str, col: str, ids: np.ndarray) -> np.ndarray:
+    known = np.array([r[0] for r in db.execute(f"SELECT {col} FROM {table}").fetchall()], dtype="int64")
+    return np.isin(ids, known)
+
+
+class _Reasons:
+    """Collects the first failing reason per row (earlier checks win)."""
+
+    def __init__(self, n: int):
+        self.reason = np.full(n, None, dtype=object)
+        self.kind = np.full(n, None, dtype=object)
+
+    def add(self, mask, message_fn, exc: type[errors.ValidationError]) -> None:
+        mask = np.asarray(mask, dtype=bool) & (self.reason == None)  # noqa: E711
+        for i in np.flatnonzero(mask):
+            self.reason[i] = message_fn(i)
+            self.kind[i] = exc
+
+    @property
+    def bad(self) -> np.ndarray:
+        return self.reason != None  # noqa: E711
+
+    def raise_first(self, what: str) -> None:
+        bad = np.flatnonzero(self.bad)
+        if len(bad):
+            i = bad[0]
+            extra = f" ({len(bad)} of {len(self.reason)} {what} invalid; nothing written)" if len(self.reason) > 1 else ""
+            raise self.kind[i](f"{self.reason[i]}{extra}")
+
+
+def highest_id(db, table: str, col: str) -> int:
+    """The largest id this table has ever used, erased rows included (ids are never reused:
+    a new user must not inherit an erased user's id, pseudonym or audit trail).
+
+    Ids outside 1..MAX_ID (written by hand or an older version) are ignored, so fresh ids
+    always fit; such rows are quarantined by the ETL.
+    """
+    current = db.execute(f"SELECT coalesce(max({col}), 0) FROM {table} WHERE typeof({col}) = 'integer' "
+                         f"AND {col} <= ?", [bounds.MAX_ID]).fetchone()[0]
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [f"max_{col}"]).fetchone()
+    try:
+        recorded = int(row[0]) if row else 0
+    except (TypeError, ValueError):
+        recorded = 0
+    return max(int(current), recorded if 0 <= recorded <= bounds.MAX_ID else 0)
+
+
+def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> list[int]:
+    """Given ids as they are; missing ones numbered after the largest id ever used or given."""
+    top = max([highest_id(db, table, col)] + ids[given].tolist())
+    missing = int((~given).sum())
+    if top + missing > bounds.MAX_ID:
+        raise errors.ValidationError(f"no {col} values left above {top} (ids are 1..{bounds.MAX_ID}); give ids explicitly")
+    fresh = iter(range(top + 1, top + 1 + missing))
+    out = [int(i) if g else next(fresh) for i, g in zip(ids.tolist(), given.tolist())]
+    if out:
+        db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                   "value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))", [f"max_{col}", max(out)])
+    return out
+
+
+def _quarantine(db, target: str, df: pd.DataFrame, reasons: np.ndarray, now: str) -> None:
+    rows = [
+        (target, str(reasons[i]), json.dumps(rec, default=str), now)
+        for i, rec in zip(np.flatnonzero(reasons != None), df[reasons != None].to_dict("records"))  # noqa: E711
+    ]
+    db.conn.executemany(
+        "INSERT INTO rejected_writes(target, reason, payload, rejected_at) VALUES (?,?,?,?)", rows
+    )
+
+
+def _reason_counts(reasons: np.ndarray) -> dict:
+    bad = [r.split(":")[0] for r in reasons if r is not None]
+    return dict(pd.Series(bad, dtype=object).value_counts()) if bad else {}
+
+
+# ---------------------------------------------------------------- users
+def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
+    """Insert users (`user_id` optional, `created_at` defaults to the clock); returns their ids."""
+    df = _frame(rows, ["user_id", "created_at"])
+    now = clock_now(db)
+    created, ok_ts = _timestamps(df["created_at"], now)
+    r = _Reasons(len(df))
+    given = ~df["user_id"].map(bounds.is_missing).astype(bool)     # NaN is given, and invalid
+    ids, ok_id = _as_int(df["user_id"])
+    r.add(given & ~bounds.id_mask(df["user_id"]), lambda i: f"user_id {df['user_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError)
+    r.add(~ok_ts, lambda i: f"created_at {df['created_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
+    r.add(ok_ts & (created > now), lambda i: f"created_at {created[i]} is after the service clock {now}", errors.FutureTimestamp)
+    existing = _ids_exist(db, "users", "user_id", ids.to_numpy()) & given.to_numpy()
+    r.add(existing, lambda i: f"user {ids[i]} already exists", errors.ValidationError)
+    dup = given & ids.duplicated(keep="first")
+    r.add(dup, lambda i: f"user {ids[i]} appears twice in the batch", errors.ValidationError)
+    r.raise_first("users")
+    with db.atomic():
+        final = _fill_ids(db, "users", "user_id", ids, given)
+        db.conn.executemany("INSERT INTO users(user_id, created_at, source) VALUES (?,?,?)",
+                            zip(final, created.tolist(), [source] * len(df)))
+        return final
+
+
+def add_user(db: sqlite_utils.Database, *, user_id: int | None = None, created_at=None, source: str = "manual") -> int:
+    return add_users(db, [{"user_id": user_id, "created_at": created_at}], source=source)[0]
+
+
+# ---------------------------------------------------------------- movies
+def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
+    """Insert catalog entries; genres must come from `constants.GENRES` ('|'-separated or a list)."""
+    df = _frame(rows, ["movie_id", "title", "year", "genres", "runtime_min", "added_at"])
+    now = clock_now(db)
+    added, ok_ts = _timestamps(df["added_at"], now)
+    r = _Reasons(len(df))
+    given = ~df["movie_id"].map(bounds.is_missing).astype(bool)
+    ids, ok_id = _as_int(df["movie_id"])
+    years, ok_year = _as_int(df["year"])
+    runtime, ok_rt = _as_int(df["runtime_min"].where(~df["runtime_min"].map(bounds.is_missing).astype(bool), 100))
+    genres = df["genres"].map(lambda g: "|".join(g) if isinstance(g, (list, tuple)) else ("" if g is None else str(g)))
+    unknown_genre = genres.map(lambda g: [x for x in g.split("|") if x and x not in GENRES])
+    titles = df["title"].map(lambda t: t.strip() if isinstance(t, str) else "")
+    r.add(given & ~bounds.id_mask(df["movie_id"]), lambda i: f"movie_id {df['movie_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError)
+    r.add(titles == "", lambda i: "title is empty", errors.ValidationError)
+    r.add(titles.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
+          lambda i: f"title {titles[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
+          errors.ValidationError)
+    year_given = ~df["year"].map(bounds.is_missing).astype(bool)
+    r.add(year_given & (~ok_year | (years < 1878) | (years > 2100)), lambda i: f"year {df['year'][i]!r} is not a plausible release year", errors.ValidationError)
+    r.add(unknown_genre.map(bool), lambda i: f"unknown genre(s) {unknown_genre[i]}; known: {', '.join(GENRES)}", errors.ValidationError)
+    r.add(~ok_rt | (runtime <= 0) | (runtime > 24 * 60), lambda i: f"runtime_min {df['runtime_min'][i]!r} is not a positive integer of minutes (at most 1440)", errors.ValidationError)
+    r.add(~ok_ts, lambda i: f"added_at {df['added_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
+    r.add(ok_ts & (added > now), lambda i: f"added_at {added[i]} is after the service clock {now}", errors.FutureTimestamp)
+    existing = _ids_exist(db, "movies", "movie_id", ids.to_numpy()) & given.to_numpy()
+    r.add(existing, lambda i: f"movie {ids[i]} already exists", errors.ValidationError)
+    r.add(given & ids.duplicated(keep="first"), lambda i: f"movie {ids[i]} appears twice in the batch", errors.ValidationError)
+    r.raise_first("movies")
+    sql = "INSERT INTO movies(movie_id, title, year, genres, runtime_min, added_at, source) VALUES (?,?,?,?,?,?,?)"
+    with db.atomic():
+        final = _fill_ids(db, "movies", "movie_id", ids, given)
+        db.conn.executemany(sql, list(zip(
+            final, titles.tolist(), [y if g else None for y, g in zip(years.tolist(), year_given.tolist())], genres.tolist(), runtime.tolist(), added.tolist(), [source] * len(df))))
+        return final
+
+
+def add_movie(db: sqlite_utils.Database, title: str, year: int, genres, *, runtime_min: int = 100,
+              movie_id: int | None = None, added_at=None, source: str = "manual") -> int:
+    return add_movies(db, [{"movie_id": movie_id, "title": title, "year": year, "genres": genres,
+                            "runtime_min": runtime_min, "added_at": added_at}], source=source)[0]
+
+
+# ---------------------------------------------------------------- ratings
+def _validate_user_movie(db, df, r: _Reasons, *, movie_required=True):
+    users, ok_u = _as_int(df["user_id"])
+    movies, ok_m = _as_int(df["movie_id"])
+    r.add(~ok_u, lambda i: f"user_id {df['user_id'][i]!r} is missing or not an integer", errors.UnknownUser)
+    r.add(ok_u & ~_ids_exist(db, "users", "user_id", users.to_numpy()), lambda i: f"unknown user {users[i]}", errors.UnknownUser)
+    needs_movie = movie_required if isinstance(movie_required, bool) else movie_required
+    absent = df["movie_id"].isna()
+    r.add(np.asarray(needs_movie) & absent, lambda i: "movie_id is missing", errors.UnknownMovie)
+    r.add(~absent & ~ok_m, lambda i: f"movie_id {df['movie_id'][i]!r} is not an integer", errors.UnknownMovie)
+    r.add(~absent & ok_m & ~_ids_exist(db, "movies", "movie_id", movies.to_numpy()), lambda i: f"unknown movie {movies[i]}", errors.UnknownMovie)
+    return users, movies, absent
+
+
+def rate_many(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise") -> WriteResult:
+    """Store ratings (user_id, movie_id, rating 1..10 integer, rated_at); re-rating replaces.
+
+    Each accepted rating is also appended to `rating_history`.
+    """
+    df = _frame(rows, ["user_id", "movie_id", "rating", "rated_at"])
+    now = clock_now(db)
+    r = _Reasons(len(df))
+    users, movies, _ = _validate_user_movie(db, df, r)
+    values, ok_v = _as_int(df["rating"])
+    r.add(~ok_v, lambda i: f"rating {df['rating'][i]!r} is not an integer (ratings are whole numbers {RATING_MIN}..{RATING_MAX})", errors.InvalidRating)
+    r.add(ok_v & ((values < RATING_MIN) | (values > RATING_MAX)), lambda i: f"rating {values[i]} is outside {RATING_MIN}..{RATING_MAX}", errors.InvalidRating)
+    ts, ok_ts = _timestamps(df["rated_at"], now)
+    r.add(~ok_ts, lambda i: f"rated_at {df['rated_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
+    r.add(ok_ts & (ts > now), lambda i: f"rated_at {ts[i]} is after the service clock {now}", errors.FutureTimestamp)
+    if on_invalid == "raise":
+        r.raise_first("ratings")
+    good = ~r.bad
+    recs = list(zip(users[good].tolist(), movies[good].tolist(), values[good].tolist(), ts[good].tolist()))
+    with db.atomic():
+        if r.bad.any():
+            _quarantine(db, "ratings", df, r.reason, now)
+        db.conn.executemany(
+            "INSERT INTO ratings(user_id, movie_id, rating, rated_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(user_id, movie_id) DO UPDATE SET rating = excluded.rating, rated_at = excluded.rated_at",
+            recs,
+        )
+        db.conn.executemany("INSERT INTO rating_history(user_id, movie_id, rating, rated_at) VALUES (?,?,?,?)", recs)
+    return WriteResult(accepted=len(recs), rejected=int(r.bad.sum()), reasons=_reason_counts(r.reason))
+
+
+def rate(db: sqlite_utils.Database, user_id: int, movie_id: int, rating: int, rated_at=None) -> WriteResult:
+    return rate_many(db, [{"user_id": user_id, "movie_id": movie_id, "rating": rating, "rated_at": rated_at}])
+
+
+# ---------------------------------------------------------------- events
+def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise") -> WriteResult:
+    """Store behavioural events (event_id, user_id, movie_id, kind, value, occurred_at).
+
+    A repeated event_id (a client retry) is ignored, not duplicated. Events of
+    users without tracking consent are not stored (counted as skipped).
+    `movie_id` may be empty only for `scroll` events.
+    """
+    df = _frame(rows, ["event_id", "user_id", "movie_id", "kind", "value", "occurred_at"])
+    now = clock_now(db)
+    r = _Reasons(len(df))
+    kinds = df["kind"].astype(object)
+    r.add(~kinds.isin(list(EVENT_KINDS)), lambda i: f"unknown event kind {df['kind'][i]!r}; known: {', '.join(EVENT_KINDS)}", errors.UnknownEventKind)
+    users, movies, movie_absent = _validate_user_movie(db, df, r, movie_required=(kinds != "scroll").to_numpy())
+    raw_value = df["value"].where(~df["value"].map(bounds.is_missing).astype(bool), 1)   # NaN stays NaN: invalid
+    values = pd.to_numeric(raw_value, errors="coerce")
+    r.add(values.isna() | ~np.isfinite(values.fillna(0).astype(float)), lambda i: f"event value {df['value'][i]!r} is not a number", errors.InvalidEventValue)
+    r.add(values > MAX_EVENT_VALUE, lambda i: f"event value {values[i]:g} is out of range (at most {MAX_EVENT_VALUE:,})", errors.InvalidEventValue)
+    r.add((kinds == "watch") & (values < 0), lambda i: f"watch time {values[i]} s is negative", errors.InvalidEventValue)
+    r.add((kinds != "watch") & (values < 0), lambda i: f"{kinds[i]} value {values[i]} is negative", errors.InvalidEventValue)
+    ts, ok_ts = _timestamps(df["occurred_at"], now)
+    r.add(~ok_ts, lambda i: f"occurred_at {df['occurred_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
+    r.add(ok_ts & (ts > now), lambda i: f"occurred_at {ts[i]} is after the service clock {now}", errors.FutureTimestamp)
+    ids = df["event_id"].map(lambda e: uuid.uuid4().hex if bounds.is_missing(e) or bounds.is_nan(e) else str(e))
+    r.add(ids == "", lambda i: "event_id is empty", errors.ValidationError)
+    r.add(ids.map(lambda e: bool(bounds.control_chars(e)) or len(e) > bounds.MAX_TEXT),
+          lambda i: f"event_id {ids[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
+          errors.ValidationError)
+    # The same signal logged twice under two ids (a double-logging client) is not a retry: refuse the copy.
+    content = pd.DataFrame({"u": users, "m": df["movie_id"].astype(str), "k": kinds, "v": values, "t": ts})
+    double = content.duplicated(keep="first") & ~ids.duplicated(keep=False)
+    r.add(double, lambda i: "duplicate of another event in the batch (same user, movie, kind, value and time under another id)",
+          errors.ValidationError)
+    if on_invalid == "raise":
+        r.raise_first("events")
+    good = ~r.bad
+    no_consent = np.zeros(len(df), dtype=bool)
+    opted_out = [row[0] for row in db.execute("SELECT user_id FROM users WHERE consent_tracking = 0").fetchall()]
+    if opted_out:
+        no_consent = good & np.isin(users.to_numpy(), opted_out)
+    keep = good & ~no_consent
+    movie_col = movies.astype(object).where(~movie_absent, None)
+    recs = list(zip(ids[keep].tolist(), users[keep].tolist(), movie_col[keep].tolist(), kinds[keep].tolist(),
+                    values[keep].astype(float).tolist(), ts[keep].tolist()))
+    with db.atomic():
+        if r.bad.any():
+            _quarantine(db, "events", df, r.reason, now)
+        before = db.conn.total_changes
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO events(event_id, user_id, movie_id, kind, value, occurred_at) VALUES (?,?,?,?,?,?)", recs
+        )
+        inserted = db.conn.total_changes - before
+    return WriteResult(accepted=inserted, duplicates=len(recs) - inserted, rejected=int(r.bad.sum()),
+                       skipped_no_consent=int(no_consent.sum()), reasons=_reason_counts(r.reason))
+
+
+def record_event(db: sqlite_utils.Database, user_id: int, movie_id: int | None, kind: str, value: float = 1,
+                 occurred_at=None, event_id: str | None = None) -> WriteResult:
+    return record_events(db, [{"event_id": event_id, "user_id": user_id, "movie_id": movie_id, "kind": kind,
+                               "value": value, "occurred_at": occurred_at}])

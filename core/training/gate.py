@@ -1,0 +1,235 @@
+"""The promotion gate: may a freshly trained candidate replace the production model?
+
+A pure function over metric dicts. Three checks, each with a human-readable
+reason carrying the numbers, so the registry event and the dashboard can say
+*why* a model was or was not promoted:
+
+1. finite factors — a model with NaN factors scores every item NaN;
+2. coverage not collapsed — candidate catalogue coverage ≥ `min_coverage` and
+   ≥ `min_coverage_ratio` × production coverage (a model that recommends the
+   same few titles to everyone can still score a decent NDCG);
+3. quality — no production model yet, or candidate[metric] ≥ production[metric] × (1 + margin).
+
+The pipeline adds four more (issue 12), so a retrain can never promote a model worse than the
+simple baselines, on a tie, on a holdout too small to judge, or with nothing new in it:
+
+4. holdout size — at least `min_users` evaluable holdout users, else no decision (production kept);
+5. baselines — candidate nDCG@10 strictly above the popularity and the Top 50 baselines on the same holdout;
+6. evidence — a paired bootstrap over holdout users of the per-user nDCG@10 difference (candidate −
+   production): promote when the point estimate is > 0 and the 90 % interval's lower bound > −margin, or
+   when production is stale (trained on data older than the newest by more than the staleness) and the
+   candidate is not significantly worse (the interval's upper bound ≥ 0); this replaces check 3;
+7. novelty — a candidate with the same data version and parameters as production is "nothing new".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from core.text import plural
+
+DEFAULT_METRIC = "ndcg@10"
+COVERAGE = "coverage"
+BASELINES = ("popularity", "top50")
+INTERVAL = 0.90
+
+
+@dataclass
+class GateDecision:
+    """Outcome of `evaluate_gate`: `promote`, one reason per check, and the numbers per check."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    checks: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (stored with the registry event)."""
+        return asdict(self)
+
+
+def _value(metrics: dict | None, name: str) -> float | None:
+    """metrics[name] as a float, None when absent, non-numeric or NaN."""
+    if not metrics or name not in metrics:
+        return None
+    raw = metrics[name]
+    if isinstance(raw, bool):
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _users(metrics: dict | None) -> int | None:
+    value = _value(metrics, "users_evaluated")
+    return None if value is None else int(value)
+
+
+def _finite_check(has_nan: bool) -> tuple[bool, str, dict]:
+    passed = not has_nan
+    reason = ("model factors are finite (no NaN)" if passed
+              else "model factors contain NaN: every score would be NaN")
+    return passed, reason, {"passed": passed, "has_nan": bool(has_nan)}
+
+
+def _coverage_check(candidate: dict, production: dict | None, min_coverage: float,
+                    min_coverage_ratio: float) -> tuple[bool, str, dict]:
+    cand, prod = _value(candidate, COVERAGE), _value(production, COVERAGE)
+    required = min_coverage if prod is None else max(min_coverage, min_coverage_ratio * prod)
+    numbers = {"candidate": cand, "production": prod, "minimum": min_coverage, "ratio": min_coverage_ratio,
+               "required": required}
+    if cand is None:
+        return False, f"candidate has no {COVERAGE} metric (or it is NaN)", {"passed": False, **numbers}
+    passed = cand >= required
+    sign, verdict = ("≥", "coverage") if passed else ("<", "coverage collapsed:")
+    if prod is None:
+        basis = f"minimum {min_coverage:.4f}; no production coverage to compare"
+    else:
+        basis = (f"minimum {min_coverage:.4f}; {min_coverage_ratio:.2f} × production {prod:.4f}"
+                 f" = {min_coverage_ratio * prod:.4f}")
+    return passed, f"{verdict} {cand:.4f} {sign} {required:.4f} ({basis})", {"passed": passed, **numbers}
+
+
+def _quality_check(candidate: dict, production: dict | None, metric: str, margin: float) -> tuple[bool, str, dict]:
+    cand, prod = _value(candidate, metric), _value(production, metric)
+    numbers = {"metric": metric, "candidate": cand, "production": prod, "margin": margin}
+    if cand is None:
+        return False, f"candidate has no {metric} (or it is NaN)", {"passed": False, "threshold": None, **numbers}
+    if production is None:
+        return True, f"{metric} {cand:.4f}: no production model yet, nothing to beat", \
+            {"passed": True, "threshold": None, **numbers}
+    if prod is None:
+        return True, f"{metric} {cand:.4f}: production has no {metric} recorded, not compared", \
+            {"passed": True, "threshold": None, **numbers}
+    threshold = prod * (1.0 + margin)
+    # Tolerance for float noise: 0.2 × 1.1 is 0.22000000000000003, and 0.22 should pass.
+    passed = cand >= threshold or math.isclose(cand, threshold, rel_tol=1e-9, abs_tol=1e-12)
+    sign = "≥" if passed else "<"
+    reason = f"{metric} {cand:.4f} {sign} {threshold:.4f} (production {prod:.4f} × {1.0 + margin:.2f})"
+    return passed, reason, {"passed": passed, "threshold": threshold, **numbers}
+
+
+def paired_bootstrap(candidate: np.ndarray, reference: np.ndarray, *, resamples: int = 1000, seed: int = 42,
+                     level: float = INTERVAL) -> dict:
+    """Percentile bootstrap of the mean per-user difference (candidate − reference) over the same users.
+
+    Users are resampled with replacement `resamples` times (seeded, so a decision is reproducible); the
+    interval is the central `level` share of the resampled means. Pairing (each user scored by both
+    models) removes the between-user variance that makes two separate averages hard to compare.
+    Returns {point, lo, hi, level, n_users, resamples, seed}.
+    """
+    cand, ref = np.asarray(candidate, dtype=float), np.asarray(reference, dtype=float)
+    if cand.shape != ref.shape or cand.ndim != 1:
+        raise ValueError(f"paired scores must be two 1-D arrays of the same users, got {cand.shape} and {ref.shape}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be ≥ 1, got {resamples}")
+    diff, n = cand - ref, cand.size
+    if n == 0:
+        return {"point": float("nan"), "lo": float("nan"), "hi": float("nan"), "level": level, "n_users": 0,
+                "resamples": resamples, "seed": seed}
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // n)           # bounded memory: at most ~2M indices at a time
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        means[start:stop] = diff[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"point": float(diff.mean()), "lo": float(lo), "hi": float(hi), "level": level, "n_users": int(n),
+            "resamples": int(resamples), "seed": int(seed)}
+
+
+def _size_check(users: int | None, min_users: int) -> tuple[bool, str, dict]:
+    passed = users is not None and users >= min_users
+    reason = (f"holdout: {users:,} evaluable users ≥ {min_users:,}" if passed else
+              f"holdout too small to judge: {users or 0:,} evaluable users, at least {min_users:,} needed — "
+              "no decision, production kept")
+    return passed, reason, {"passed": passed, "users": users, "minimum": min_users}
+
+
+def _baseline_check(candidate: dict, baselines: dict, metric: str) -> tuple[bool, str, dict]:
+    cand = _value(candidate, metric)
+    scores = {name: _value(baselines.get(name), metric) for name in BASELINES}
+    known = {k: v for k, v in scores.items() if v is not None}
+    numbers = {"metric": metric, "candidate": cand, **{name: v for name, v in scores.items()}}
+    if cand is None:
+        return False, f"candidate has no {metric} (or it is NaN)", {"passed": False, **numbers}
+    floor = max(known.values()) if known else None
+    passed = floor is not None and cand > floor
+    listed = ", ".join(f"{'Top 50' if k == 'top50' else k} {v:.4f}" for k, v in known.items()) or "none measured"
+    reason = (f"beats the baselines: {metric} {cand:.4f} > {listed}" if passed else
+              f"under its baselines: {metric} {cand:.4f} ≤ {listed} on the same holdout")
+    return passed, reason, {"passed": passed, "floor": floor, **numbers}
+
+
+def _evidence_check(comparison: dict, margin: float, stale: dict | None, candidate: dict, production: dict,
+                    metric: str) -> tuple[bool, str, dict]:
+    point, lo, hi = comparison["point"], comparison["lo"], comparison["hi"]
+    interval = (f"Δ{comparison.get('metric', DEFAULT_METRIC)} {point:+.4f}, {comparison['level']:.0%} interval "
+                f"[{lo:+.4f}, {hi:+.4f}] over {comparison['n_users']:,} users ({comparison['resamples']:,} paired "
+                f"bootstrap resamples) vs {comparison.get('reference', 'production')}")
+    better = point > 0 and lo > -margin
+    is_stale = bool(stale and stale.get("stale"))
+    not_worse = hi >= 0
+    numbers = {"passed": False, **comparison, "margin": margin, "better": better, "stale": is_stale,
+               "not_significantly_worse": not_worse, "staleness": stale,
+               "candidate": _value(candidate, metric), "production": _value(production, metric)}
+    if better:
+        numbers["passed"] = True
+        return True, f"better than production: {interval}; lower bound > −{margin:g}", numbers
+    if is_stale and not_worse:
+        numbers["passed"] = True
+        if stale.get("withdrawn_consent"):
+            why = f"still holds {plural(stale['withdrawn_consent'], 'user')} who withdrew personalization consent"
+        elif stale.get("days_behind") is None:
+            why = stale.get("reason", "cannot be evaluated")
+        else:
+            why = f"{plural(stale['days_behind'], 'day')} behind the newest data, more than {stale['staleness_days']}"
+        return True, f"production is stale ({why}) and the candidate is not significantly worse: {interval}", numbers
+    why = "significantly worse" if not not_worse else ("not better (point estimate ≤ 0)" if point <= 0 else
+                                                       f"not better with confidence (lower bound ≤ −{margin:g})")
+    fresh = "" if is_stale else "; production is not stale, so evidence of improvement is needed"
+    return False, f"{why}: {interval}{fresh}", numbers
+
+
+def evaluate_gate(candidate_metrics: dict, production_metrics: dict | None, *, has_nan: bool,
+                  metric: str = DEFAULT_METRIC, margin: float = 0.0, min_coverage_ratio: float = 0.5,
+                  min_coverage: float = 0.01, baselines: dict | None = None, comparison: dict | None = None,
+                  min_users: int | None = None, stale: dict | None = None,
+                  same_as_production: str | None = None) -> GateDecision:
+    """Decide whether `candidate_metrics` may replace `production_metrics` (None: no production model).
+
+    Promote only when all three checks pass: finite factors (`has_nan` False);
+    candidate coverage ≥ max(`min_coverage`, `min_coverage_ratio` × production
+    coverage); and candidate[`metric`] ≥ production[`metric`] × (1 + `margin`).
+    `margin` is relative (0.02 = must beat production by 2 %). Every check
+    contributes one reason, in that order, to `reasons`, and its numbers to
+    `checks` under 'finite', 'coverage' and 'quality'.
+    """
+    if margin <= -1.0:
+        raise ValueError(f"margin must be greater than -1 (a relative improvement), got {margin}")
+    if min_coverage_ratio < 0.0:
+        raise ValueError(f"min_coverage_ratio must be ≥ 0, got {min_coverage_ratio}")
+    results = {
+        "finite": _finite_check(has_nan),
+        "coverage": _coverage_check(candidate_metrics, production_metrics, min_coverage, min_coverage_ratio),
+    }
+    if min_users is not None:
+        results["holdout"] = _size_check(_users(candidate_metrics), min_users)
+    if baselines is not None:
+        results["baselines"] = _baseline_check(candidate_metrics, baselines, metric)
+    if comparison is not None and production_metrics is not None:
+        if margin < 0:
+            raise ValueError(f"margin must be ≥ 0 (a tolerance on the interval's lower bound), got {margin}")
+        results["quality"] = _evidence_check(comparison, margin, stale, candidate_metrics, production_metrics, metric)
+    else:
+        results["quality"] = _quality_check(candidate_metrics, production_metrics, metric, margin)
+    if same_as_production:
+        results["novelty"] = (False, f"nothing new: {same_as_production}", {"passed": False})
+    return GateDecision(
+        promote=all(passed for passed, _, _ in results.values()),
+        reasons=[reason for _, reason, _ in results.values()],
+        checks={name: numbers for name, (_, _, numbers) in results.items()},
+    )

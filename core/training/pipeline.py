@@ -1,0 +1,322 @@
+"""The training pipeline: ETL → split → train → evaluate → register → gate → promote.
+
+`retrain()` is the one call the CLI, the dashboard and the monitoring policy
+use. It reports progress through a callback, keeps a job record, and never
+leaves a half-deployed model: the production pointer moves only after the
+bundle is saved and the gate has passed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from core.warehouse import dataset, etl
+from core.training import gate, registry, tracking
+from core.store import locks
+from core.training.artifacts import load_bundle, save_bundle
+from core.constants import DEFAULT_K
+from core.errors import RetroError, ValidationError
+from core.filemodes import private_dir
+from core.training.models import MODELS, PopularityRecommender, WeightedRatingRecommender
+from core.settings import Settings
+from core.training.evaluation import (HOLDOUT_DAYS, _refit_production_config, _same_as, _staleness,
+    current_data_version, evaluate_bundle, evaluate_model, gate_reference, holdout_split, score_lists, top50_columns)
+from core.training.evaluation import data_version_label, evaluate_version  # noqa: F401 - the names callers knew here
+
+Progress = Callable[[float, str], None]
+CF_KINDS = ("als", "bpr")
+GATE_MARGIN = 0.0
+
+
+def _noop(fraction: float, message: str) -> None:
+    pass
+
+
+def sim_now(settings: Settings) -> str:
+    """The service clock (`clock.now`)."""
+    from core.store.clock import now
+    return now(settings)
+
+
+# ------------------------------------------------------------------ training
+@dataclass
+class TrainResult:
+    run_id: int
+    model_kind: str
+    metrics: dict
+    baselines: dict
+    timings: dict
+    artifact_path: str
+    artifact_hash: str
+    data_version: str
+    has_nan: bool
+    estimator: object = None   # the model fitted on the training window (reused by the ranker's evaluation)
+    comparison: dict | None = None     # paired bootstrap vs the production reference (None: no production)
+    staleness: dict | None = None      # how far production's training data is behind the newest data
+    same_as_production: str | None = None   # set when data version and parameters equal production's
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "estimator"}
+
+
+@locks.exclusive("train")
+def train(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
+          holdout_days: int = HOLDOUT_DAYS, weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(),
+          job_id: int | None = None, progress: Progress = _noop, at: str | None = None) -> TrainResult:
+    """Fit on the training window, evaluate on the holdout (with baselines), refit on all data, save."""
+    if model not in CF_KINDS:
+        raise ValidationError(f"unknown model {model!r}; choose one of: {', '.join(CF_KINDS)}")
+    if not isinstance(holdout_days, int) or holdout_days < 1:
+        raise ValidationError(f"holdout days must be a positive integer, got {holdout_days!r}")
+    seed = settings.seed if seed is None else int(seed)
+    estimator_cls = MODELS[model]
+    params = dict(params or {})
+    try:
+        estimator_cls(**params, random_state=seed)
+    except TypeError as exc:
+        raise ValidationError(f"bad parameters for {model}: {exc}") from None
+    at = at or sim_now(settings)
+    data_version = current_data_version(settings)
+    full_params = estimator_cls(**params, random_state=seed).params()
+    run_id = tracking.start_run(settings, model, full_params | {"holdout_days": holdout_days, "weights": weights.to_dict()},
+                                seed, data_version, job_id=job_id, at=at)
+    timings: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        progress(0.0, "building the training matrix and the time-based holdout")
+        split = holdout_split(settings, holdout_days, weights)
+        timings["split"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.2, f"fitting {model} on {split.train_pairs:,} interactions")
+        estimator = estimator_cls(**params, random_state=seed).fit(split.train.user_items)
+        timings["fit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.45, "evaluating on the holdout (model and baselines)")
+        scores, per_user = evaluate_model(estimator, split, per_user=True)
+        top_cols = top50_columns(settings, split)
+        baselines = {
+            "popularity": evaluate_model(PopularityRecommender().fit(split.train.user_items), split),
+            "top50": evaluate_model(WeightedRatingRecommender(top_cols).fit(split.train.user_items), split),
+        }
+        comparison = staleness = same = None
+        prod = registry.production(settings)
+        if prod is not None:
+            prod_per_user, prod_bundle = None, None
+            try:
+                prod_bundle = load_bundle(prod["artifact_path"])
+                evaluated, prod_per_user = evaluate_bundle(prod_bundle, split, top_cols, per_user=True)
+                baselines["production"] = evaluated | {"version": int(prod["version"])}
+            except (OSError, RetroError, ValueError) as exc:
+                baselines["production"] = {"error": f"could not evaluate production v{prod['version']}: {exc}"}
+            reference = "deployed production model on the same holdout"
+            if baselines["production"].get("overlaps_holdout") or "error" in baselines["production"]:
+                baselines["production_config"], prod_per_user = _refit_production_config(
+                    prod, model, full_params, scores, per_user, split)
+                reference = f"production v{prod['version']}'s configuration refit on this training window"
+            comparison = gate.paired_bootstrap(per_user, prod_per_user, resamples=settings.gate_bootstrap_resamples,
+                                               seed=seed) | {"metric": "ndcg@10", "reference": reference}
+            staleness = _staleness(settings, baselines["production"], split, prod_bundle)
+            if not staleness.get("withdrawn_consent"):   # a consent withdrawal changes the data, not its version
+                same = _same_as(prod, data_version,
+                                full_params | {"holdout_days": holdout_days, "weights": weights.to_dict()})
+        timings["evaluate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.65, "refitting on all data for deployment")
+        full = dataset.full_matrix(settings, weights, split.train.movie_ids)
+        deployed = estimator_cls(**params, random_state=seed).fit(full.user_items)
+        factors = [getattr(deployed, a, None) for a in ("user_factors_", "item_factors_")] + \
+                  [getattr(estimator, a, None) for a in ("user_factors_", "item_factors_")]
+        has_nan = any(f is not None and not np.isfinite(f).all() for f in factors)
+        timings["refit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        path = private_dir(settings.models_dir) / f"run-{run_id}"   # models/ is 0700, like the data folder
+        meta = {"run_id": run_id, "model_kind": model, "params": full_params, "seed": seed,
+                "data_version": data_version, "holdout_cutoff": str(split.cutoff), "trained_until": str(split.end),
+                "weights": weights.to_dict(), "code_version": tracking.code_version()}
+        digest = save_bundle(path, deployed, full, meta)
+        timings["save"] = time.perf_counter() - t
+        scores |= {"train_pairs": split.train_pairs, "holdout_pairs": split.holdout_pairs,
+                   "users": int(full.user_items.shape[0]), "items": int(full.user_items.shape[1])}
+        tracking.finish_run(settings, run_id, scores, baselines, timings, str(path), digest, at=at)
+    except Exception as exc:
+        tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
+        raise
+    progress(0.8, f"run {run_id}: ndcg@10 {scores['ndcg@10']:.4f}")
+    return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan, estimator,
+                       comparison, staleness, same)
+
+
+# ------------------------------------------------------------------ retrain
+@locks.exclusive("retrain")
+def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
+            trigger: str = "manual", actor: str = "pipeline", margin: float = GATE_MARGIN,
+            holdout_days: int = HOLDOUT_DAYS, progress: Progress = _noop, at: str | None = None,
+            with_ranker: bool = True) -> dict:
+    """ETL → train → evaluate → register → gate → promote → (re)train the ranker; returns the job's result.
+
+    The ranker is retrained whenever the CF model changes (a ranker trained on an
+    older CF version is stale) or when no ranker serves yet.
+    """
+    at = at or sim_now(settings)
+    job_id = tracking.start_job(settings, "retrain", trigger, at=at)
+    stage = "etl"
+    try:
+        progress(0.0, "ETL: extracting new rows from the operational database")
+        tracking.update_job(settings, job_id, stage)
+        t = time.perf_counter()
+        etl_result = etl.run_etl(settings, at=at)
+        etl_seconds = time.perf_counter() - t
+        progress(0.25, f"ETL: {etl_result.status}, {etl_result.rows_loaded:,} rows loaded, "
+                       f"{etl_result.rows_quarantined:,} quarantined")
+
+        stage = "train"
+        tracking.update_job(settings, job_id, stage)
+        trained = train(settings, model, seed=seed, params=params, holdout_days=holdout_days, job_id=job_id, at=at,
+                        progress=lambda f, m: progress(0.25 + 0.6 * f, m))
+
+        stage = "gate"
+        tracking.update_job(settings, job_id, stage)
+        version = registry.register(settings, trained.run_id, at=at)
+        prod_metrics = gate_reference(trained.baselines)
+        decision = gate.evaluate_gate(
+            trained.metrics, prod_metrics, has_nan=trained.has_nan, margin=margin,
+            baselines={name: trained.baselines[name] for name in gate.BASELINES},
+            comparison=trained.comparison, min_users=settings.gate_min_users, stale=trained.staleness,
+            same_as_production=trained.same_as_production)
+        progress(0.9, "gate: " + ("promote" if decision.promote else "keep the current model"))
+        if decision.promote:
+            stage = "promote"
+            tracking.update_job(settings, job_id, stage)
+            registry.promote(settings, version, actor, f"gate passed ({trigger} retrain)", gate=decision, at=at)
+        ranker_result = None
+        if with_ranker and (decision.promote or not ranker_status(settings)["active"]):
+            stage = "ranker"
+            tracking.update_job(settings, job_id, stage)
+            progress(0.93, "training the ranker for the production CF model")
+            try:
+                ranker_result = train_ranker(settings, seed=seed, holdout_days=holdout_days, job_id=job_id, at=at,
+                                             cf_on_train_window=trained.estimator if decision.promote else None)
+            except RetroError as exc:   # too little data for a ranker: CF alone serves, and the job says so
+                ranker_result = {"error": str(exc)}
+        result = {"job_id": job_id, "run_id": trained.run_id, "version": version, "promoted": decision.promote,
+                  "gate": decision.to_dict(), "etl": etl_result.to_dict(), "metrics": trained.metrics,
+                  "baselines": trained.baselines, "timings": trained.timings | {"etl": etl_seconds},
+                  "data_version": trained.data_version, "trigger": trigger, "ranker": ranker_result}
+        tracking.finish_job(settings, job_id, result, at=at)
+        progress(1.0, f"done: v{version} " + ("promoted to production" if decision.promote else "kept as candidate"))
+        return result
+    except Exception as exc:
+        tracking.fail_job(settings, job_id, f"{stage}: {type(exc).__name__}: {exc}", at=at)
+        raise
+
+
+# ------------------------------------------------------------------ the ranking model
+def ranker_status(settings: Settings) -> dict:
+    """Production ranker (if any) and whether it is stale: trained on a CF version that no longer serves."""
+    cf = registry.production(settings)
+    rk = registry.production(settings, family="ranker")
+    stale = rk is not None and (cf is None or rk["depends_on"] != cf["version"])
+    return {"cf_version": None if cf is None else int(cf["version"]), "ranker": rk, "stale": stale,
+            "active": rk is not None and not stale}
+
+
+@locks.exclusive("ranker training")
+def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: int = HOLDOUT_DAYS,
+                 weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(), job_id: int | None = None,
+                 at: str | None = None, progress: Progress = _noop, cf_on_train_window=None) -> dict:
+    """Train, evaluate, register and (if it beats CF alone) promote a ranker on top of the production CF model.
+
+    `cf_on_train_window`: the production CF configuration already fitted on this split's training
+    window (the retrain pipeline passes it to save a fit)."""
+    from core.training import ranker as rk
+    cf = registry.production(settings)
+    if cf is None:
+        raise RetroError("the ranker re-ranks the production CF model's candidates: promote a CF model first")
+    seed = settings.seed if seed is None else int(seed)
+    at = at or sim_now(settings)
+    cf_cls = MODELS[cf["model_kind"]]
+    cf_params = {k: v for k, v in (cf["params"] or {}).items() if k in cf_cls().params()}
+    data_version = current_data_version(settings)
+    run_id = tracking.start_run(settings, "ranker", {"candidates": rk.CANDIDATES, "features": list(rk.FEATURES),
+                                                     "cf_version": int(cf["version"]), "holdout_days": holdout_days},
+                                seed, data_version, job_id=job_id, at=at)
+    timings: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        progress(0.0, "ranker: building the label window")
+        split = holdout_split(settings, holdout_days, weights)
+        c2 = split.cutoff
+        c1 = c2 - pd.Timedelta(days=holdout_days)
+        pairs_a = dataset.interactions(settings, None, c1, weights)
+        label_pairs = dataset.interactions(settings, c1, c2, weights)
+        mat_a = dataset.to_matrix(pairs_a, movie_ids=split.train.movie_ids)
+        uidx, iidx = mat_a.user_index, mat_a.item_index
+        rel_a: dict[int, set] = {}
+        for key, movie in zip(label_pairs["user_key"], label_pairs["movie_id"]):
+            r, c = uidx.get(key), iidx.get(int(movie))
+            if r is not None and c is not None and mat_a.user_items[r, c] == 0:
+                rel_a.setdefault(r, set()).add(c)
+        users_a = np.array(sorted(rel_a), dtype=np.int64)
+        if not len(users_a):
+            raise RetroError("no user interacted in the ranker's label window; simulate more days")
+        timings["labels"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.3, f"ranker: candidates from {cf['model_kind']} for {len(users_a):,} users, fitting the ranker")
+        cf_a = cf_cls(**cf_params).fit(mat_a.user_items)
+        items_a, scores_a = rk.candidates(cf_a, users_a, mat_a.user_items)
+        ctx_a = rk.build_context(settings, mat_a, pairs_a, c1)
+        X = rk.feature_rows(ctx_a, users_a, items_a, scores_a)
+        y = rk.labels_for(items_a, users_a, rel_a)
+        keep = items_a.ravel() >= 0
+        model = rk.fit_ranker(X[keep], y[keep], seed)
+        timings["fit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.6, "ranker: two-stage vs CF alone on the holdout")
+        pairs_b = dataset.interactions(settings, None, c2, weights)
+        cf_b = cf_on_train_window or cf_cls(**cf_params).fit(split.train.user_items)
+        users_b = np.array(sorted(split.holdout), dtype=np.int64)
+        items_b, scores_b = rk.candidates(cf_b, users_b, split.train.user_items)
+        ranked_b, _ = rk.Ranker(model, rk.build_context(settings, split.train, pairs_b, c2)).rerank(
+            users_b, items_b, scores_b, DEFAULT_K)
+        two_stage = score_lists(ranked_b, split, users_b, DEFAULT_K)
+        cf_only = score_lists(items_b[:, :DEFAULT_K], split, users_b, DEFAULT_K)
+        timings["evaluate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        bundle = load_bundle(cf["artifact_path"])
+        all_pairs = dataset.interactions(settings, None, None, weights)
+        ctx_full = rk.build_context(settings, bundle.matrix, all_pairs, pd.Timestamp(bundle.meta["trained_until"]))
+        path = private_dir(settings.models_dir) / f"ranker-run-{run_id}"
+        ranges = {name: [float(np.nanpercentile(X[keep][:, i], 1)), float(np.nanpercentile(X[keep][:, i], 99))]
+                  for i, name in enumerate(rk.FEATURES)}
+        meta = {"run_id": run_id, "cf_version": int(cf["version"]), "seed": seed, "data_version": data_version,
+                "label_window": [str(c1), str(c2)], "feature_ranges": ranges, "trained_until": bundle.meta["trained_until"],
+                "code_version": tracking.code_version(), "rows": int(keep.sum()), "positives": int(y[keep].sum())}
+        digest = rk.save_ranker(path, rk.Ranker(model, ctx_full), meta)
+        timings["save"] = time.perf_counter() - t
+        metrics = two_stage | {"cf_only_ndcg@10": cf_only["ndcg@10"], "cf_only_hit_rate@10": cf_only["hit_rate@10"],
+                               "training_rows": int(keep.sum()), "positives": int(y[keep].sum())}
+        tracking.finish_run(settings, run_id, metrics, {"cf_only": cf_only}, timings, str(path), digest, at=at)
+    except Exception as exc:
+        tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
+        raise
+    version = registry.register(settings, run_id, at=at, depends_on=int(cf["version"]), family="ranker")
+    better = two_stage["ndcg@10"] > cf_only["ndcg@10"]
+    reasons = [f"two-stage ndcg@10 {two_stage['ndcg@10']:.4f} {'>' if better else '≤'} CF alone {cf_only['ndcg@10']:.4f} "
+               f"on the same holdout and candidates"]
+    if better:
+        registry.promote(settings, version, "pipeline", "ranker beats CF alone on the holdout",
+                         gate={"promote": True, "reasons": reasons, "checks": {}}, at=at)
+    progress(1.0, "ranker: " + ("promoted" if better else "kept as candidate (CF alone serves)"))
+    return {"run_id": run_id, "version": version, "promoted": better, "reasons": reasons, "metrics": metrics,
+            "cf_version": int(cf["version"])}

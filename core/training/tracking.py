@@ -1,0 +1,267 @@
+"""Experiment tracking: every training run and pipeline job, with what it needs to be reproduced.
+
+A run records the model kind, hyper-parameters, seed, data version, code
+version (git commit), metrics next to the baselines evaluated on the same
+split, seconds per stage and the artifact's sha256. A job is one execution of
+the retraining pipeline (it may hold several runs). Everything lives in the
+ML metadata store (`mlopsdb`); timestamps are UTC 'YYYY-MM-DDTHH:MM:SS' and
+every write takes an explicit `at` because the platform runs a simulated clock.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.store import mlopsdb
+from core.errors import RetroError, ValidationError
+from core.store.mlopsdb import dumps, is_number, loads, timestamp
+from core.settings import PROJECT_ROOT, Settings
+
+UNKNOWN_CODE_VERSION = "unknown"
+RUN_JSON_FIELDS = ("params", "metrics", "baselines", "timings")
+RUN_COLUMNS = ["run_id", "model_kind", "status", "started_at", "finished_at", "duration_s", "data_version",
+               "seed", "code_version", "job_id", "artifact_hash", "error"]
+JOB_COLUMNS = ["job_id", "kind", "trigger", "status", "stage", "started_at", "finished_at", "error", "result"]
+
+
+class UnknownRun(RetroError):
+    """A run id that is not in the experiment tracker."""
+
+
+class UnknownJob(RetroError):
+    """A job id that is not in the pipeline job log."""
+
+
+class RunNotRunning(ValidationError):
+    """A run or job that already finished or failed cannot be finished or failed again."""
+
+
+# --- reproducibility helpers -------------------------------------------------
+
+def code_version(root: str | Path | None = None, timeout: float = 3.0) -> str:
+    """Git commit of `root` (default: the project), '+dirty' if tracked files changed, else 'unknown'.
+
+    Returns 40 hex characters, optionally followed by '+dirty'. Never raises:
+    no git binary, no repository, no commit yet or a slow git all give 'unknown'.
+    """
+    cwd = str(Path(root) if root is not None else PROJECT_ROOT)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--verify", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return UNKNOWN_CODE_VERSION
+    if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
+        return UNKNOWN_CODE_VERSION
+    return commit + ("+dirty" if dirty else "")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- runs --------------------------------------------------------------------
+
+def start_run(settings: Settings, model_kind: str, params: dict, seed: int | None, data_version: str | None,
+              job_id: int | None = None, at: str | None = None) -> int:
+    """Record a run as 'running' (with the current code version) and return its id."""
+    if not model_kind or not str(model_kind).strip():
+        raise ValidationError("model_kind must be a non-empty name such as 'als' or 'bpr'")
+    started = timestamp(at, settings)
+    version = code_version()
+    with mlopsdb.session(settings) as db:
+        if job_id is not None:
+            _job_row(db, job_id)
+        with db.atomic():
+            db["runs"].insert({
+                "model_kind": model_kind, "started_at": started, "status": "running",
+                "params": dumps(params or {}), "seed": seed, "data_version": data_version,
+                "code_version": version, "job_id": job_id,
+            })
+            return db.execute("SELECT last_insert_rowid()").fetchone()[0]
+
+
+def finish_run(settings: Settings, run_id: int, metrics: dict, baselines: dict | None, timings: dict | None,
+               artifact_path: str | Path | None, artifact_hash: str | None, at: str | None = None) -> None:
+    """Mark a running run 'finished' with its metrics, baseline metrics, stage timings and artifact."""
+    finished = timestamp(at, settings)
+    with mlopsdb.write_session(settings) as db:
+        _require_running(db, run_id)
+        db["runs"].update(run_id, {
+            "status": "finished", "finished_at": finished, "metrics": dumps(metrics or {}),
+            "baselines": dumps(baselines or {}), "timings": dumps(timings or {}),
+            "artifact_path": None if artifact_path is None else mlopsdb.stored_artifact_path(settings, artifact_path),
+            "artifact_hash": artifact_hash,
+        })
+
+
+def fail_run(settings: Settings, run_id: int, error: str, at: str | None = None) -> None:
+    """Mark a running run 'failed', keeping the error text."""
+    finished = timestamp(at, settings)
+    with mlopsdb.write_session(settings) as db:
+        _require_running(db, run_id)
+        db["runs"].update(run_id, {"status": "failed", "finished_at": finished, "error": str(error)})
+
+
+def get_run(settings: Settings, run_id: int) -> dict:
+    """One run as a dict, JSON fields (params, metrics, baselines, timings) decoded."""
+    with mlopsdb.session(settings) as db:
+        return mlopsdb.resolve_artifact(settings, _decode_run(_run_row(db, run_id)))
+
+
+def list_runs(settings: Settings, limit: int = 50) -> pd.DataFrame:
+    """Newest runs first, one column per metric (e.g. 'ndcg@10') and per parameter ('param.factors').
+
+    `duration_s` is the sum of the recorded stage timings (real seconds, unlike
+    the simulated-clock timestamps), missing (NaN) until the run finishes.
+    """
+    with mlopsdb.session(settings) as db:
+        rows = list(db.query("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", [int(limit)]))
+    records = []
+    for row in rows:
+        run = _decode_run(row)
+        record = mlopsdb.resolve_artifact(settings, {c: run.get(c) for c in RUN_COLUMNS if c != "duration_s"})
+        timings = run.get("timings") or {}
+        numeric = [v for v in timings.values() if is_number(v)]
+        record["duration_s"] = float(sum(numeric)) if numeric else None
+        flatten_metrics(record, run.get("metrics"), RUN_COLUMNS)
+        for name, value in (run.get("params") or {}).items():
+            record[f"param.{name}"] = value if is_number(value) or isinstance(value, (str, bool)) else dumps(value)
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    rest = [c for c in frame.columns if c not in RUN_COLUMNS]
+    return frame[RUN_COLUMNS + rest]
+
+
+def compare_runs(settings: Settings, a: int, b: int) -> pd.DataFrame:
+    """Numeric metrics of runs `a` and `b` side by side.
+
+    Columns: metric, a, b, delta = b − a, rel_delta = (b − a) / |a| (NaN when a
+    is 0 or either side is missing). One row per metric in either run, sorted by name.
+    """
+    run_a, run_b = get_run(settings, a), get_run(settings, b)
+    ma = {k: v for k, v in (run_a.get("metrics") or {}).items() if is_number(v)}
+    mb = {k: v for k, v in (run_b.get("metrics") or {}).items() if is_number(v)}
+    rows = []
+    for name in sorted(set(ma) | set(mb)):
+        va, vb = float(ma.get(name, math.nan)), float(mb.get(name, math.nan))
+        delta = vb - va
+        rel = delta / abs(va) if va != 0.0 and not math.isnan(va) else math.nan
+        rows.append({"metric": name, "a": va, "b": vb, "delta": delta, "rel_delta": rel})
+    return pd.DataFrame(rows, columns=["metric", "a", "b", "delta", "rel_delta"])
+
+
+# --- jobs --------------------------------------------------------------------
+
+def start_job(settings: Settings, kind: str, trigger: str, at: str | None = None) -> int:
+    """Record a pipeline job (e.g. kind 'retrain', trigger 'manual'/'scheduled'/'drift-alert'/'cli')."""
+    for name, value in (("kind", kind), ("trigger", trigger)):
+        if not value or not str(value).strip():
+            raise ValidationError(f"job {name} must be a non-empty name")
+    started = timestamp(at, settings)
+    with mlopsdb.session(settings) as db:
+        with db.atomic():
+            db["jobs"].insert({"kind": kind, "trigger": trigger, "started_at": started, "status": "running"})
+            return db.execute("SELECT last_insert_rowid()").fetchone()[0]
+
+
+def update_job(settings: Settings, job_id: int, stage: str) -> None:
+    """Record the stage a running job has reached (shown while it runs, kept if it fails)."""
+    with mlopsdb.write_session(settings) as db:
+        _require_running(db, job_id, table="jobs")
+        db["jobs"].update(job_id, {"stage": stage})
+
+
+def finish_job(settings: Settings, job_id: int, result: dict, at: str | None = None) -> None:
+    """Mark a running job 'finished' with its result (JSON object)."""
+    finished = timestamp(at, settings)
+    with mlopsdb.write_session(settings) as db:
+        _require_running(db, job_id, table="jobs")
+        db["jobs"].update(job_id, {"status": "finished", "finished_at": finished, "result": dumps(result or {})})
+
+
+def fail_job(settings: Settings, job_id: int, error: str, at: str | None = None) -> None:
+    """Mark a running job 'failed', keeping the error and the last stage reached."""
+    finished = timestamp(at, settings)
+    with mlopsdb.write_session(settings) as db:
+        _require_running(db, job_id, table="jobs")
+        db["jobs"].update(job_id, {"status": "failed", "finished_at": finished, "error": str(error)})
+
+
+def get_job(settings: Settings, job_id: int) -> dict:
+    """One job as a dict, `result` decoded."""
+    with mlopsdb.session(settings) as db:
+        job = _job_row(db, job_id)
+    job["result"] = loads(job["result"])
+    return job
+
+
+def list_jobs(settings: Settings, limit: int = 20) -> pd.DataFrame:
+    """Newest jobs first; `result` stays JSON text (one column, displayable as is)."""
+    with mlopsdb.session(settings) as db:
+        rows = list(db.query(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY job_id DESC LIMIT ?", [int(limit)]))
+    return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+def last_gate_decision(settings: Settings) -> dict | None:
+    """The newest finished retrain job's gate decision: {job_id, version, promoted, trigger, at, gate}, or None."""
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT job_id, finished_at, result FROM jobs WHERE kind = 'retrain' AND status = 'finished' "
+                         "ORDER BY job_id DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    result = loads(row[2]) or {}
+    return {"job_id": row[0], "at": row[1], "version": result.get("version"), "promoted": result.get("promoted"),
+            "trigger": result.get("trigger"), "gate": result.get("gate") or {}}
+
+
+# --- internals ---------------------------------------------------------------
+
+def _run_row(db, run_id: int) -> dict:
+    return mlopsdb.row_or_raise(db, "runs", "run_id", run_id, UnknownRun, f"no experiment run with id {run_id}", "runs")
+
+
+def _job_row(db, job_id: int) -> dict:
+    return mlopsdb.row_or_raise(db, "jobs", "job_id", job_id, UnknownJob, f"no pipeline job with id {job_id}", "jobs")
+
+
+def _require_running(db, key: int, table: str = "runs") -> None:
+    row = _run_row(db, key) if table == "runs" else _job_row(db, key)
+    if row["status"] != "running":
+        noun = "run" if table == "runs" else "job"
+        raise RunNotRunning(f"{noun} {key} is already {row['status']}; only a running {noun} can be updated")
+
+
+def decode_json_fields(row: dict, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of `row` with the named JSON text fields decoded (shared with the registry)."""
+    out = dict(row)
+    for name in fields:
+        out[name] = loads(out.get(name))
+    return out
+
+
+def _decode_run(row: dict) -> dict:
+    return decode_json_fields(row, RUN_JSON_FIELDS)
+
+
+def flatten_metrics(record: dict, metrics: dict | None, reserved: list[str]) -> None:
+    """Add each numeric metric of `metrics` to `record` as its own column (prefixed 'metric.' on a name clash)."""
+    for name, value in (metrics or {}).items():
+        if is_number(value):
+            record[name if name not in reserved else f"metric.{name}"] = value

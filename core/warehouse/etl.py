@@ -1,0 +1,371 @@
+"""Incremental ETL: operational SQLite → validation gate → DuckDB warehouse.
+
+Extract only rows past the watermarks (`events.seq`, `rating_history.history_id`,
+`rejected_writes.reject_id`), validate them (invalid rows go to `quarantine`
+with a reason, never to the facts), pseudonymize users, load everything in one
+DuckDB transaction and move the watermarks last, then record a data version.
+A run that fails leaves the warehouse exactly as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from core import bounds
+from core.store import locks, opsdb
+from core.warehouse import warehouse
+from core.constants import EVENT_KINDS, RATING_MAX, RATING_MIN
+from core.pseudonym import pseudonym_key, pseudonymize
+from core.settings import Settings
+
+WATERMARKS = {"events": "seq", "rating_history": "history_id", "rejected_writes": "reject_id"}
+MAX_VALUE = 1_000_000  # the write API's largest event value (writes.MAX_EVENT_VALUE)
+VOLUME_RATIO = 3.0  # a day with > 3x or < 1/3 of the trailing 7-day mean volume is reported
+
+
+@dataclass
+class EtlResult:
+    run_id: int
+    status: str                      # 'loaded', 'no-new-data' or 'failed'
+    data_version: int | None = None
+    rows_extracted: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    report: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+# ------------------------------------------------------------------ extract
+def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame]:
+    conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True)
+    try:
+        q = lambda sql, p=(): pd.read_sql_query(sql, conn, params=p)  # noqa: E731
+        events = q("SELECT seq AS source_id, user_id, movie_id, kind, value, occurred_at FROM events WHERE seq > ? ORDER BY seq",
+                   (marks.get("events", 0),))
+        ratings = q("SELECT history_id AS source_id, user_id, movie_id, 'rating' AS kind, rating AS value, "
+                    "rated_at AS occurred_at FROM rating_history WHERE history_id > ? ORDER BY history_id",
+                    (marks.get("rating_history", 0),))
+        rejects = q("SELECT reject_id, target, reason, payload, rejected_at FROM rejected_writes WHERE reject_id > ? "
+                    "ORDER BY reject_id", (marks.get("rejected_writes", 0),))
+        # Dimension rows with an id outside 1..MAX_ID (only ever written around the write API) are left out:
+        # their facts are quarantined as "id out of range".
+        users = q("SELECT user_id, created_at, consent_personalization FROM users "
+                  "WHERE typeof(user_id) = 'integer' AND user_id BETWEEN 1 AND ?", (bounds.MAX_ID,))
+        movies = q("SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies "
+                   "WHERE typeof(movie_id) = 'integer' AND movie_id BETWEEN 1 AND ?", (bounds.MAX_ID,))
+        for col in ("year", "runtime_min"):
+            movies[col] = pd.to_numeric(movies[col], errors="coerce").where(lambda v: v.abs() < 2**31).round().astype("Int64")
+        users["consent_personalization"] = pd.to_numeric(users["consent_personalization"], errors="coerce").fillna(1)
+        clock = conn.execute("SELECT value FROM meta WHERE key = 'clock'").fetchone()
+    finally:
+        conn.close()
+    rows = pd.concat([events.assign(source="event"), ratings.assign(source="rating")], ignore_index=True)
+    return {"rows": rows, "rejects": rejects, "users": users, "movies": movies,
+            "clock": clock[0] if clock else opsdb.utc_now_iso(),
+            "max": {"events": int(events["source_id"].max()) if len(events) else marks.get("events", 0),
+                    "rating_history": int(ratings["source_id"].max()) if len(ratings) else marks.get("rating_history", 0),
+                    "rejected_writes": int(rejects["reject_id"].max()) if len(rejects) else marks.get("rejected_writes", 0)}}
+
+
+# ------------------------------------------------------------------ validate
+def parse_times(values: pd.Series) -> pd.Series:
+    """ISO-8601 text → naive timestamps; anything else, or a time before 1900, → NaT (never an exception)."""
+    ts = pd.to_datetime(values.astype(str), errors="coerce", format="ISO8601", utc=True)
+    ts = ts.where(ts >= pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
+    return ts.dt.tz_localize(None)
+
+
+def _user_keys(user_ids: pd.Series, key: bytes) -> np.ndarray:
+    """Pseudonyms where the id is a valid integer id, None elsewhere (a quarantined row may hold anything)."""
+    ok = bounds.id_mask(user_ids).to_numpy()
+    out = np.full(len(user_ids), None, dtype=object)
+    if ok.any():
+        out[ok] = pseudonymize(pd.to_numeric(user_ids[ok]).astype("int64"), key)
+    return out
+
+
+def validate(rows: pd.DataFrame, known_users, known_movies, clock: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split rows into (valid, quarantined-with-reason). The first failing check names the reason."""
+    reason = pd.Series(None, index=rows.index, dtype=object)
+
+    def flag(mask, text):
+        reason[mask & reason.isna()] = text
+
+    kind = rows["kind"]
+    user = pd.to_numeric(rows["user_id"], errors="coerce")
+    movie = pd.to_numeric(rows["movie_id"], errors="coerce")
+    value = pd.to_numeric(rows["value"], errors="coerce")
+    ts = parse_times(rows["occurred_at"])
+    integral = lambda s: s.notna() & np.isfinite(s.astype(float)) & (s.astype(float) == np.round(s.astype(float)))  # noqa: E731
+    flag(~kind.isin(list(EVENT_KINDS) + ["rating"]), "unknown kind")
+    flag(user.isna(), "missing user id")
+    flag(integral(user) & ~bounds.id_mask(user), "id out of range")
+    flag(~user.isin(known_users), "orphan user id")
+    flag(movie.isna() & (kind != "scroll"), "missing movie id")
+    flag(integral(movie) & ~bounds.id_mask(movie), "id out of range")
+    flag(movie.notna() & ~movie.isin(known_movies), "orphan movie id")
+    flag(value.isna(), "malformed value")
+    flag(~np.isfinite(value.fillna(0).astype(float)) | (value > MAX_VALUE), "value out of range")
+    flag((kind == "rating") & ((value != np.round(value)) | (value < RATING_MIN) | (value > RATING_MAX)),
+         "rating out of range")
+    flag(value < 0, "negative value")
+    flag(ts.isna(), "malformed timestamp")
+    flag(ts > pd.Timestamp(clock), "timestamp in the future")
+    key = ["user_id", "movie_id", "kind", "value", "occurred_at"]
+    flag(rows[key].astype(str).duplicated(keep="first"), "duplicate")
+    bad = reason.notna()
+    return rows[~bad].copy(), rows[bad].assign(reason=reason[bad])
+
+
+def _volume_alerts(con, valid: pd.DataFrame, clock: str) -> list[dict]:
+    if valid.empty:
+        return []
+    days = pd.to_datetime(valid["occurred_at"]).dt.normalize()
+    per_day = days[days < pd.Timestamp(clock).normalize()].value_counts().sort_index()
+    if per_day.empty:
+        return []
+    hist = con.execute("SELECT day, sum(n) AS n FROM daily_aggregates WHERE kind <> 'quarantined' GROUP BY day").df()
+    hist = pd.Series(hist["n"].to_numpy(), index=pd.to_datetime(hist["day"])).sort_index() if len(hist) else pd.Series(dtype=float, index=pd.DatetimeIndex([]))
+    alerts = []
+    for day, n in per_day.items():
+        prior = hist[(hist.index < day) & (hist.index >= day - pd.Timedelta(days=7))]
+        if len(prior) >= 3:
+            baseline = float(prior.mean())
+            ratio = n / baseline if baseline else float("inf")
+            if ratio > VOLUME_RATIO or ratio < 1 / VOLUME_RATIO:
+                alerts.append({"day": str(day.date()), "rows": int(n), "trailing_mean": round(baseline, 1),
+                               "ratio": round(ratio, 2)})
+        hist.loc[day] = n
+    return alerts
+
+
+def _ingestion_rejects(rejects: pd.DataFrame, key: bytes, started: str) -> pd.DataFrame:
+    """Rows the write API refused at ingestion, carried into the quarantine (pseudonymized)."""
+    if rejects.empty:
+        return pd.DataFrame()
+    payload = pd.DataFrame([_json_object(p) for p in rejects["payload"]], index=range(len(rejects)))
+    for col in ("user_id", "movie_id", "kind", "value", "occurred_at", "rated_at", "rating"):
+        if col not in payload:
+            payload[col] = None
+    user = pd.to_numeric(payload["user_id"], errors="coerce")
+    return pd.DataFrame({
+        "source": "ingestion", "source_id": rejects["reject_id"].to_numpy(),
+        "reason": ("rejected at ingestion: " + rejects["reason"]).to_numpy(),
+        "user_key": _user_keys(user, key),
+        "movie_id": _movie_ids(payload["movie_id"]),
+        "kind": np.where(rejects["target"] == "ratings", "rating", payload["kind"].astype(object)),
+        "value": payload["value"].where(rejects["target"].to_numpy() != "ratings", payload["rating"]).astype(str).to_numpy(),
+        "occurred_at": payload["occurred_at"].where(payload["occurred_at"].notna(), payload["rated_at"]).astype(str).to_numpy(),
+        "quarantined_at": parse_times(rejects["rejected_at"]).fillna(pd.Timestamp(started)).to_numpy(),
+    })
+
+
+def _json_object(text) -> dict:
+    """A rejected write's payload; an unreadable one (written by hand) becomes an empty record."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _movie_ids(values: pd.Series) -> np.ndarray:
+    """Movie ids where valid, else <NA> (a quarantined row keeps what can be kept)."""
+    ok = bounds.id_mask(values)
+    return pd.to_numeric(values.where(ok), errors="coerce").astype("Int64").to_numpy()
+
+
+REASON_CATEGORIES = (  # write-API messages → the validation gate's own reason names
+    ("outside 1..10", "rating out of range"), ("not an integer (ratings", "rating out of range"),
+    ("unknown movie", "orphan movie id"), ("movie_id is missing", "missing movie id"),
+    ("is missing or not an integer", "missing user id"), ("unknown user", "orphan user id"),
+    ("negative", "negative value"), ("after the service clock", "timestamp in the future"),
+    ("is not a timestamp", "malformed timestamp"), ("unknown event kind", "unknown kind"),
+    ("duplicate", "duplicate"), ("not a number", "malformed value"), ("is out of range (at most", "value out of range"),
+    ("control characters", "malformed value"),
+)
+
+
+def reason_category(reason: str) -> str:
+    """A stable category for a quarantine reason ('ingestion: <category>' for write-API rejects)."""
+    if not reason.startswith("rejected at ingestion: "):
+        return reason
+    for needle, category in REASON_CATEGORIES:
+        if needle in reason:
+            return f"ingestion: {category}"
+    return "ingestion: other"
+
+
+def content_hash(facts: pd.DataFrame, previous: str | None) -> str:
+    """SHA-256 over the loaded rows, chained to the previous version's hash."""
+    h = hashlib.sha256((previous or "").encode())
+    cols = ["source", "source_id", "user_key", "movie_id", "kind", "value", "occurred_at"]
+    h.update(pd.util.hash_pandas_object(facts[cols].astype(str), index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ load
+def _recompute_daily(con, days: list) -> None:
+    if not days:
+        return
+    con.execute("DELETE FROM daily_aggregates WHERE day IN (SELECT unnest(?::DATE[]))", [days])
+    con.execute("""
+        INSERT INTO daily_aggregates
+        SELECT CAST(occurred_at AS DATE), kind, count(*), count(DISTINCT user_key), count(DISTINCT movie_id), sum(value)
+        FROM fact_interaction WHERE CAST(occurred_at AS DATE) IN (SELECT unnest(?::DATE[])) GROUP BY 1, 2
+        UNION ALL
+        SELECT coalesce(CAST(TRY_CAST(occurred_at AS TIMESTAMP) AS DATE), CAST(quarantined_at AS DATE)) AS d,
+               'quarantined', count(*), count(DISTINCT user_key), count(DISTINCT movie_id), 0
+        FROM quarantine WHERE d IN (SELECT unnest(?::DATE[])) GROUP BY 1""", [days, days])
+
+
+@locks.exclusive("ETL")
+def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
+    """One incremental ETL run; returns what it loaded (or 'no-new-data')."""
+    key = pseudonym_key(settings)
+    if at is None:
+        with opsdb.session(settings) as db:
+            at = opsdb.clock_now(db)
+    started = at
+    try:
+        with warehouse.transaction(settings, purpose="ETL") as con:
+            # A run commits whole (a copy swapped in), so it never leaves a 'running' row; one written by an
+            # older version whose process was killed is marked here (no other ETL runs under the store lock).
+            con.execute("UPDATE etl_runs SET status = 'interrupted', error = 'interrupted: the process ended while "
+                        "it ran (found at the next ETL start)' WHERE status = 'running'")
+            run_id = int(con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM etl_runs").fetchone()[0])
+            result = _run(con, settings, key, run_id, started)
+            con.execute("INSERT INTO etl_runs(run_id, started_at, finished_at, status, data_version, rows_extracted, "
+                        "rows_loaded, rows_quarantined) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, started, started, result.status, result.data_version, result.rows_extracted,
+                         result.rows_loaded, result.rows_quarantined])
+    except Exception as exc:
+        # The run's changes were discarded with its copy of the warehouse; only the failure is recorded.
+        with warehouse.transaction(settings, purpose="ETL") as con:
+            run_id = int(con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM etl_runs").fetchone()[0])
+            con.execute("INSERT INTO etl_runs(run_id, started_at, finished_at, status, error) "
+                        "VALUES (?, ?, ?, 'failed', ?)", [run_id, started, started, f"{type(exc).__name__}: {exc}"])
+        raise
+    return result
+
+
+def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlResult:
+    marks = warehouse.watermarks(con)
+    ex = extract(settings, marks)
+    rows, rejects = ex["rows"], ex["rejects"]
+    valid, bad = validate(rows, ex["users"]["user_id"], ex["movies"]["movie_id"], ex["clock"])
+    result = EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
+    if rows.empty and rejects.empty:
+        _sync_consent(con, ex["users"], key)   # consent changes reach training even without new rows
+        return result
+
+    valid["user_key"] = pseudonymize(valid["user_id"].astype("int64"), key)
+    valid["occurred_at"] = parse_times(valid["occurred_at"])
+    facts = valid[["source", "source_id", "user_key", "movie_id", "kind", "value", "occurred_at"]].copy()
+    facts["movie_id"] = pd.to_numeric(facts["movie_id"]).astype("Int64")
+    facts["value"] = facts["value"].astype(float)
+    # Duplicates of rows loaded by an earlier run (a double-logged event arriving late).
+    if len(facts):
+        con.register("batch", facts)
+        dup_ids = con.execute("""
+            SELECT b.source, b.source_id FROM batch b JOIN fact_interaction f
+              ON f.user_key = b.user_key AND f.kind = b.kind AND f.value = b.value AND f.occurred_at = b.occurred_at
+             AND f.movie_id IS NOT DISTINCT FROM b.movie_id
+            WHERE f.occurred_at >= (SELECT min(occurred_at) FROM batch)""").df()
+        con.unregister("batch")
+        if len(dup_ids):
+            is_dup = facts.set_index(["source", "source_id"]).index.isin(dup_ids.set_index(["source", "source_id"]).index)
+            bad = pd.concat([bad, valid[is_dup].assign(reason="duplicate of a loaded row")], ignore_index=True)
+            facts, valid = facts[~is_dup], valid[~is_dup]
+
+    quarantine = pd.DataFrame({
+        "source": bad["source"], "source_id": bad["source_id"], "reason": bad["reason"],
+        "user_key": _user_keys(bad["user_id"].reset_index(drop=True), key),
+        "movie_id": _movie_ids(bad["movie_id"].reset_index(drop=True)),
+        "kind": bad["kind"].astype(str), "value": bad["value"].astype(str), "occurred_at": bad["occurred_at"].astype(str),
+        "quarantined_at": pd.Timestamp(started),
+    }) if len(bad) else pd.DataFrame()
+    ingest = _ingestion_rejects(rejects, key, started)
+    quarantine = pd.concat([q for q in (quarantine, ingest) if len(q)], ignore_index=True) if len(quarantine) or len(ingest) else pd.DataFrame()
+
+    by_reason = quarantine["reason"].map(reason_category).value_counts().to_dict() if len(quarantine) else {}
+    report = {"extracted": int(len(rows)), "ingestion_rejects": int(len(rejects)), "valid": int(len(facts)),
+              "quarantined": int(len(quarantine)), "by_reason": {k: int(v) for k, v in by_reason.items()},
+              "volume_alerts": _volume_alerts(con, facts, ex["clock"])}
+    prev = warehouse.latest_version(con)
+    version = int(prev["version"]) + 1 if prev else 1
+    digest = content_hash(facts, prev["content_hash"] if prev else None)
+
+    users = pd.DataFrame({"user_key": pseudonymize(ex["users"]["user_id"], key),
+                          "created_at": parse_times(ex["users"]["created_at"]),
+                          "personalization": ex["users"]["consent_personalization"].astype(bool)})
+    movies = ex["movies"].assign(added_at=lambda d: parse_times(d["added_at"]),
+                                 title=lambda d: d["title"].map(_printable))
+    facts = facts.assign(data_version=version)
+    days = sorted({d.date() for d in facts["occurred_at"].dt.normalize().unique()} |
+                  ({d.date() for d in parse_times(quarantine["occurred_at"]).dropna().dt.normalize().unique()}
+                   if len(quarantine) else set()) |
+                  ({d.date() for d in pd.to_datetime(quarantine["quarantined_at"]).dropna().dt.normalize().unique()} if len(quarantine) else set()))
+
+    try:
+        con.register("users_df", users)
+        con.register("movies_df", movies)
+        con.execute("INSERT OR REPLACE INTO dim_user SELECT user_key, created_at, personalization FROM users_df")
+        con.execute("INSERT OR REPLACE INTO dim_movie SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies_df")
+        if len(facts):
+            con.register("facts_df", facts)
+            con.execute("INSERT INTO fact_interaction SELECT source, source_id, user_key, movie_id, kind, value, "
+                        "occurred_at, data_version FROM facts_df")
+        if len(quarantine):
+            con.register("q_df", quarantine.assign(data_version=version))
+            con.execute("INSERT INTO quarantine SELECT source, source_id, reason, user_key, movie_id, kind, value, "
+                        "occurred_at, data_version, quarantined_at FROM q_df")
+        _recompute_daily(con, days)
+        window = (facts["occurred_at"].min(), facts["occurred_at"].max()) if len(facts) else (None, None)
+        total = con.execute("SELECT count(*) FROM fact_interaction").fetchone()[0]
+        con.execute("INSERT INTO data_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [version, started, run_id, len(rows) + len(rejects), len(facts), len(quarantine), total, digest,
+                     window[0], window[1], json.dumps(report), json.dumps(ex["max"])])
+        for name, value in ex["max"].items():  # watermarks move last
+            con.execute("INSERT OR REPLACE INTO etl_state VALUES (?, ?)", [name, int(value)])
+    finally:
+        for name in ("users_df", "movies_df", "facts_df", "q_df"):
+            try:
+                con.unregister(name)
+            except Exception:  # noqa: BLE001 - not registered in this run
+                pass
+    result.status = "loaded"
+    result.data_version = version
+    result.rows_loaded = int(len(facts))
+    result.rows_quarantined = int(len(quarantine))
+    result.report = report
+    return result
+
+
+def _printable(title) -> str:
+    """A title for the warehouse: control characters (written by hand around the write API) replaced."""
+    text = "" if title is None else str(title)
+    bad = set(bounds.control_chars(text))
+    return "".join("\ufffd" if c in bad else c for c in text) if bad else text
+
+
+def _sync_consent(con, users: pd.DataFrame, key: bytes) -> None:
+    """Personalization consent flags of the dimension follow the operational database (not a data version)."""
+    if users.empty:
+        return
+    frame = pd.DataFrame({"user_key": pseudonymize(users["user_id"], key),
+                          "personalization": users["consent_personalization"].astype(bool)})
+    con.register("consent_df", frame)
+    try:
+        con.execute("UPDATE dim_user SET personalization = c.personalization FROM consent_df c "
+                    "WHERE dim_user.user_key = c.user_key AND dim_user.personalization <> c.personalization")
+    finally:
+        con.unregister("consent_df")
+

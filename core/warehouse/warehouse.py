@@ -1,0 +1,229 @@
+"""The analytics warehouse: DuckDB in `RETRO_HOME/warehouse.duckdb`, a small star schema.
+
+No DuckDB extension is used (they download at run time and fail offline):
+rows arrive from the operational database as pandas frames.
+Users appear only as keyed pseudonyms (`user_key`).
+Concurrency: readers open short-lived read-only snapshots (`session`, `query`);
+writers change a copy and swap it in atomically (`transaction`), so a reader in
+any process never blocks a writer and never sees half of a write.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pandas as pd
+
+from core.store import locks
+from core.filemodes import private_file
+from core.store.locks import StoreBusy
+from core.settings import Settings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS dim_movie (
+    movie_id BIGINT PRIMARY KEY, title VARCHAR, year INTEGER, genres VARCHAR,
+    runtime_min INTEGER, added_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS dim_user (
+    user_key VARCHAR PRIMARY KEY, created_at TIMESTAMP, personalization BOOLEAN);
+-- One row per user-movie signal: a rating (kind 'rating', value 1..10) or a behavioural event.
+CREATE TABLE IF NOT EXISTS fact_interaction (
+    source VARCHAR NOT NULL, source_id BIGINT NOT NULL, user_key VARCHAR NOT NULL, movie_id BIGINT,
+    kind VARCHAR NOT NULL, value DOUBLE NOT NULL, occurred_at TIMESTAMP NOT NULL, data_version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    source VARCHAR, source_id BIGINT, reason VARCHAR NOT NULL, user_key VARCHAR, movie_id BIGINT,
+    kind VARCHAR, value VARCHAR, occurred_at VARCHAR, data_version INTEGER, quarantined_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS daily_aggregates (
+    day DATE NOT NULL, kind VARCHAR NOT NULL, n BIGINT, users BIGINT, movies BIGINT, value_sum DOUBLE,
+    PRIMARY KEY (day, kind));
+CREATE TABLE IF NOT EXISTS data_versions (
+    version INTEGER PRIMARY KEY, created_at TIMESTAMP, etl_run_id INTEGER, rows_extracted BIGINT,
+    rows_loaded BIGINT, rows_quarantined BIGINT, total_facts BIGINT, content_hash VARCHAR,
+    window_start TIMESTAMP, window_end TIMESTAMP, validation VARCHAR, watermark VARCHAR);
+CREATE TABLE IF NOT EXISTS etl_runs (
+    run_id INTEGER PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
+    error VARCHAR, data_version INTEGER, rows_extracted BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT);
+CREATE TABLE IF NOT EXISTS etl_state (key VARCHAR PRIMARY KEY, value BIGINT);
+"""
+
+
+class WarehouseBusy(StoreBusy):
+    """The warehouse file could not be opened for reading (another program holds a conflicting lock)."""
+
+
+READ_RETRY_SECONDS = 10.0
+ALIAS = "warehouse"          # the catalog name every query runs in (DuckDB's default for warehouse.duckdb)
+NEXT_SUFFIX = ".next"         # the copy a writer changes before it is swapped in
+COMPACT_SUFFIX = ".compact"   # the rewrite of that copy that holds live rows only
+
+
+def _wal(path: Path) -> Path:
+    return Path(f"{path}.wal")
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection of its own to `path`, in the `warehouse` catalog.
+
+    `duckdb.connect(path)` shares one database instance per path and process (a
+    cache), so a connection opened while another is still open would see the
+    file as it was when the first opened, and a read-only and a read-write open
+    of one path in one process conflict. An in-memory instance with the file
+    ATTACHed is private to this connection and opens the file as it is now.
+    """
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {_quoted(path)} AS {ALIAS} ({'READ_ONLY' if read_only else 'READ_WRITE'})")
+        con.execute(f"USE {ALIAS}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _create_if_missing(settings: Settings) -> None:
+    """An empty warehouse (the schema only), created atomically: built aside, then hard-linked into place."""
+    path = settings.warehouse
+    settings.home.mkdir(parents=True, exist_ok=True)
+    fresh = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    fresh.unlink(missing_ok=True)
+    try:
+        con = _open(fresh, read_only=False)
+        try:
+            con.execute(SCHEMA)
+        finally:
+            con.close()
+        private_file(fresh)    # owner-only, like every file in the data folder
+        os.link(fresh, path)   # fails if a writer or another reader created it first: theirs is kept
+    except FileExistsError:
+        pass
+    finally:
+        fresh.unlink(missing_ok=True)
+        _wal(fresh).unlink(missing_ok=True)
+
+
+def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the warehouse as it is now (a consistent snapshot until closed).
+
+    Writers never change the file readers open (see `transaction`), so a reader
+    never blocks a writer and never sees half of a write. Keep it short-lived:
+    a reader sees later writes only through a new connection. Should the open
+    fail on a file lock (a program outside this module holding the file), it
+    is retried for `READ_RETRY_SECONDS`, then `WarehouseBusy` is raised.
+    """
+    if not settings.warehouse.exists():
+        _create_if_missing(settings)
+    deadline = time.monotonic() + READ_RETRY_SECONDS
+    delay = 0.02
+    while True:
+        try:
+            return _open(settings.warehouse, read_only=True)
+        except duckdb.IOException as exc:
+            if time.monotonic() >= deadline:
+                raise WarehouseBusy(f"the warehouse ({settings.warehouse.name}) cannot be opened for reading: "
+                                    f"{str(exc).splitlines()[0]} — try again in a moment") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+@contextmanager
+def session(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived read-only connection (see `connect`), closed afterwards."""
+    con = connect(settings)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def query(settings: Settings, sql: str, params: list | None = None) -> pd.DataFrame:
+    """A read for pages and reports: a fresh connection, a DataFrame back."""
+    with session(settings) as con:
+        return con.execute(sql, params or []).df()
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def transaction(settings: Settings, *, compact: bool = False,
+                purpose: str = "warehouse write") -> Iterator[duckdb.DuckDBPyConnection]:
+    """The one way to change the warehouse: on a copy, in one transaction, swapped in atomically.
+
+    Under the store lock (taken here; re-entrant for callers that hold it):
+    warehouse.duckdb is copied to warehouse.duckdb.next, the block runs there
+    inside BEGIN … COMMIT, the copy is checkpointed (no WAL left), closed and
+    fsynced, then `os.replace`d over warehouse.duckdb. Readers that opened the
+    old file keep reading it until they close; new readers open the new one.
+    An exception (or a killed process) leaves warehouse.duckdb as it was.
+    `compact=True` swaps in a rewrite of the copy (`COPY FROM DATABASE` into a
+    fresh file) instead: DuckDB keeps deleted rows' bytes in a file's blocks,
+    and an erasure must not leave them behind.
+    """
+    path = settings.warehouse
+    nxt = path.with_name(path.name + NEXT_SUFFIX)
+    fresh = path.with_name(path.name + COMPACT_SUFFIX)
+    with locks.store_lock(settings, purpose):
+        leftovers = (nxt, _wal(nxt), fresh, _wal(fresh))
+        for leftover in leftovers:          # of a writer killed half-way: never swapped in
+            leftover.unlink(missing_ok=True)
+        settings.home.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            shutil.copyfile(path, nxt)
+            if _wal(path).exists():         # a WAL of an older version of this module: replayed into the copy
+                shutil.copyfile(_wal(path), _wal(nxt))
+        try:
+            con = _open(nxt, read_only=False)
+            try:
+                con.execute(SCHEMA)
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                except BaseException:
+                    try:
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:    # the copy is thrown away anyway; keep the caller's error
+                        pass
+                    raise
+                con.execute("COMMIT")
+                if compact:
+                    con.execute(f"ATTACH {_quoted(fresh)} AS warehouse_compact")
+                    con.execute(f"COPY FROM DATABASE {ALIAS} TO warehouse_compact")
+                    con.execute("DETACH warehouse_compact")      # written and closed: no WAL
+                else:
+                    con.execute(f"CHECKPOINT {ALIAS}")
+            finally:
+                con.close()
+            done = fresh if compact else nxt
+            if _wal(done).exists():
+                raise RuntimeError(f"{_wal(done).name} remains after the checkpoint; the warehouse was not changed")
+            private_file(done)             # owner-only, like every file in the data folder
+            _fsync(done)
+            _wal(path).unlink(missing_ok=True)
+            os.replace(done, path)
+            _fsync(path.parent, directory=True)
+        finally:
+            for leftover in leftovers:
+                leftover.unlink(missing_ok=True)
+
+
+def latest_version(con: duckdb.DuckDBPyConnection) -> dict | None:
+    df = con.execute("SELECT * FROM data_versions ORDER BY version DESC LIMIT 1").df()
+    return None if df.empty else df.iloc[0].to_dict()
+
+
+def watermarks(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    return dict(con.execute("SELECT key, value FROM etl_state").fetchall())
