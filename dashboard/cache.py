@@ -16,9 +16,8 @@ from core.monitoring import monitoring
 from core.training import pipeline, registry, tracking
 from core.serving import serving
 from core.training.evaluation import evaluate_version
-from core.store.opsdb import session
 from core.settings import load_settings
-from core.training.top50 import top50
+from core.training.top50 import current_top50
 
 
 @st.cache_resource
@@ -42,8 +41,7 @@ def status(state):
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def top50_table(state, m):
-    with session(settings()) as db:
-        result = top50(db, m)
+    result = current_top50(settings(), m)
     return result.table, result.m, result.C
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import sqlite_utils
 from sqlite_utils import Migrations
 
@@ -268,3 +269,21 @@ def counts(db: sqlite_utils.Database) -> dict:
         "clock": get_meta(db, "clock"),
         "sim_day": int(get_meta(db, "sim_day", "0") or 0) if get_meta(db, "clock") else None,
     }
+
+
+def movie_votes(db: sqlite_utils.Database) -> pd.DataFrame:
+    """Per-movie vote count and rating sum (the Top 50's input)."""
+    rows = db.execute(
+        "SELECT movie_id, count(*) AS votes, sum(rating) AS rating_sum FROM ratings GROUP BY movie_id"
+    ).fetchall()
+    return pd.DataFrame(rows, columns=["movie_id", "votes", "rating_sum"])
+
+
+def movie_details(db: sqlite_utils.Database, movie_ids: list[int]) -> pd.DataFrame:
+    """movie_id, title, year, genres of the given movies (unknown ids are absent)."""
+    ids = [int(m) for m in movie_ids]
+    if not ids:
+        return pd.DataFrame(columns=["movie_id", "title", "year", "genres"])
+    marks = ",".join("?" * len(ids))
+    rows = db.execute(f"SELECT movie_id, title, year, genres FROM movies WHERE movie_id IN ({marks})", ids).fetchall()
+    return pd.DataFrame(rows, columns=["movie_id", "title", "year", "genres"])

@@ -12,6 +12,8 @@ import pandas as pd
 import sqlite_utils
 
 from core.errors import ValidationError
+from core.settings import Settings
+from core.store import opsdb
 
 
 def weighted_rating(v, R, m: float, C: float):
@@ -36,10 +38,7 @@ def min_votes(votes, percentile: float = 90.0) -> float:
 
 def movie_votes(db: sqlite_utils.Database) -> pd.DataFrame:
     """Per-movie vote count and rating sum straight from the operational ratings table."""
-    rows = db.execute(
-        "SELECT movie_id, count(*) AS votes, sum(rating) AS rating_sum FROM ratings GROUP BY movie_id"
-    ).fetchall()
-    return pd.DataFrame(rows, columns=["movie_id", "votes", "rating_sum"])
+    return opsdb.movie_votes(db)
 
 
 @dataclass(frozen=True)
@@ -78,15 +77,15 @@ def top50(db: sqlite_utils.Database, m: float | None = None, *, limit: int = 50,
     """The Top 50 from the operational database; same data → identical list."""
     ranked, m_used, C = rank_movies(movie_votes(db), m, percentile, limit)
     if len(ranked):
-        ids = ranked["movie_id"].tolist()
-        marks = ",".join("?" * len(ids))
-        meta = pd.DataFrame(
-            db.execute(f"SELECT movie_id, title, year, genres FROM movies WHERE movie_id IN ({marks})", ids).fetchall(),
-            columns=["movie_id", "title", "year", "genres"],
-        )
-        ranked = ranked.merge(meta, on="movie_id", how="left")
+        ranked = ranked.merge(opsdb.movie_details(db, ranked["movie_id"].tolist()), on="movie_id", how="left")
     else:
         ranked = ranked.assign(title=[], year=[], genres=[])
     cols = ["rank", "movie_id", "title", "year", "genres", "votes", "mean_rating", "weighted_rating"]
     table = ranked[cols].astype({"rank": int, "movie_id": int, "votes": int})
     return Top50(m=m_used, C=C, table=table)
+
+
+def current_top50(settings: Settings, m: float | None = None, *, limit: int = 50) -> Top50:
+    """The Top 50 of a data folder now (what the dashboard and the CLI show)."""
+    with opsdb.session(settings) as db:
+        return top50(db, m, limit=limit)
