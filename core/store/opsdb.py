@@ -287,3 +287,20 @@ def movie_details(db: sqlite_utils.Database, movie_ids: list[int]) -> pd.DataFra
     marks = ",".join("?" * len(ids))
     rows = db.execute(f"SELECT movie_id, title, year, genres FROM movies WHERE movie_id IN ({marks})", ids).fetchall()
     return pd.DataFrame(rows, columns=["movie_id", "title", "year", "genres"])
+
+
+def current_rating(db: sqlite_utils.Database, user_id: int, movie_id: int) -> dict | None:
+    """A user's current rating of a movie (user_id, movie_id, rating, rated_at), None if there is none.
+
+    What `rate` shows after writing: the stored row, so the output says what the store now holds.
+    """
+    row = db.execute("SELECT user_id, movie_id, rating, rated_at FROM ratings WHERE user_id = ? AND movie_id = ?",
+                     [user_id, movie_id]).fetchone()
+    return None if row is None else dict(zip(["user_id", "movie_id", "rating", "rated_at"], row))
+
+
+def movie_labels(db: sqlite_utils.Database, movie_ids: list[int]) -> dict[int, str]:
+    """movie_id -> 'Title (Year)' ('?' for an unknown year) for the given movies; unknown ids are absent."""
+    marks = ",".join("?" * len(movie_ids)) or "NULL"
+    return dict(db.execute(f"SELECT movie_id, title || ' (' || coalesce(year, '?') || ')' FROM movies "
+                           f"WHERE movie_id IN ({marks})", list(movie_ids)).fetchall())

@@ -1,0 +1,67 @@
+"""Monitoring and the retraining policy: monitor, alerts, policy."""
+from __future__ import annotations
+
+from core import errors
+from core.cli import arg, command, emit, int_in
+from core.privacy import access
+from core.store import opsdb
+
+
+@command("monitor", help="latest drift scores, online quality, open alerts")
+def cmd_monitor(args, settings):
+    from core.monitoring import monitoring
+    data = monitoring.latest(settings)
+
+    def human():
+        if data["day"] is None:
+            print("nothing monitored yet; run `python -m core simulate --days N` (the closed loop monitors every day)")
+            return
+        print(f"day {data['day']}: {data['classification']} (production v{data['model_version']})")
+        for r in data["drift"]:
+            flag = "DRIFT" if r["drifted"] else "ok"
+            score = "empty" if r["score"] is None else f"{r['score']:.4f}"
+            print(f"  {r['feature']:<26} {r['test']:<15} {score:>8}  (threshold {r['threshold']:g})  {flag}")
+        o = data["online"]
+        if o.get("hit_rate_model") is not None:
+            print(f"  online hit rate@10: model {o['hit_rate_model']:.3f}, Top 50 {o['hit_rate_top50']:.3f}"
+                  + (f", baseline {o['baseline_hit_rate']:.3f}" if o.get("baseline_hit_rate") else ""))
+        print(f"  quarantine rate {data['quality'].get('quarantine_rate', 0):.2%}; {len(data['open_alerts'])} open alerts")
+    emit(args, data, human)
+
+
+@command("alerts", help="open alerts (--all: every alert)", args=[arg("--all", action="store_true")])
+def cmd_alerts(args, settings):
+    from core.monitoring import monitoring
+    frame = monitoring.all_alerts(settings) if args.all else monitoring.open_alerts(settings)
+    data = frame.to_dict("records") if len(frame) else []
+
+    def human():
+        if not data:
+            print("no alerts" if args.all else "no open alerts")
+        for a in data:
+            state = f"closed {a['closed_at']}" if a["closed_at"] else "OPEN"
+            print(f"#{a['alert_id']} {a['severity']:<8} {a['kind']}:{a['metric']} value {a['value']:.4f} "
+                  f"(threshold {a['threshold']:.4f}) opened {a['opened_at']} [{a['classification']}] {state}")
+    emit(args, data, human)
+
+
+@command("policy", help="retraining policy: show | set MODE", args=[
+    arg("action", choices=["show", "set"]),
+    arg("mode", nargs="?", choices=["manual", "scheduled", "on-alert"]),
+    arg("--every-days", type=int_in(1, 365, "--every-days"), help="scheduled: retrain every N days"),
+])
+def cmd_policy(args, settings):
+    from core.monitoring import policy
+    if args.action == "show":
+        data = policy.get_policy(settings)
+    else:
+        if not args.mode:
+            raise errors.ValidationError("policy set needs a mode: manual, scheduled or on-alert")
+        with opsdb.session(settings) as db:
+            now = opsdb.clock_now(db)
+        actor = access.cli_actor()
+        with access.audited(settings, actor, "policy", f"{args.mode}"
+                            + (f" every {args.every_days} days" if args.every_days else "")):
+            data = policy.set_policy(settings, args.mode, args.every_days, actor=actor, at=now)
+    emit(args, data, lambda: print(f"retraining policy: {data['mode']}"
+                                   + (f" (every {data['every_days']} days)" if data["mode"] == "scheduled" else "")))

@@ -1,0 +1,46 @@
+"""Privacy: consent, export, forget and retention, run by whoever holds the data folder."""
+from __future__ import annotations
+
+import json
+
+from core import errors
+from core.cli import ID, arg, command, emit, int_in
+
+
+@command("privacy", help="consent | export | forget | retention (acts as operator, audited with the OS user name)",
+         args=[
+             arg("action", choices=["consent", "export", "forget", "retention"]),
+             arg("--user", type=ID),
+             arg("--tracking", choices=["on", "off"]),
+             arg("--personalization", choices=["on", "off"]),
+             arg("--days", type=int_in(1, 36_500, "--days"), help="retention: purge behavioural events older than N days"),
+         ])
+def cmd_privacy(args, settings):
+    """Whoever runs the CLI has the files and so acts as operator; actions are still audited (OS user name)."""
+    from core.privacy import access, privacy
+    actor = access.cli_actor()
+    if args.action == "consent":
+        if args.user is None:
+            raise errors.ValidationError("privacy consent needs --user ID")
+        if args.tracking is None and args.personalization is None:
+            data = privacy.consent(settings, args.user)
+        else:
+            data = privacy.set_consent(settings, args.user, tracking=_on_off(args.tracking),
+                                       personalization=_on_off(args.personalization), actor=actor)
+    elif args.action == "export":
+        if args.user is None:
+            raise errors.ValidationError("privacy export needs --user ID")
+        data = privacy.export_user(settings, args.user, actor=actor)
+        print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        return
+    elif args.action == "forget":
+        if args.user is None:
+            raise errors.ValidationError("privacy forget needs --user ID")
+        data = privacy.forget_user(settings, args.user, actor=actor)
+    else:
+        data = privacy.retention(settings, args.days, actor=actor) if args.days else privacy.retention_status(settings, 365)
+    emit(args, data, lambda: print(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
+
+
+def _on_off(value):
+    return None if value is None else value == "on"

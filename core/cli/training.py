@@ -1,0 +1,147 @@
+"""The ML pipeline: etl, train, evaluate, retrain, and the registry and runs behind them (models, runs)."""
+from __future__ import annotations
+
+import json
+
+from core import errors
+from core.cli import ID, MAX_HOLDOUT_DAYS, SEED, TEXT, arg, command, emit, float_in, int_in, progress
+from core.privacy import access
+
+
+def _metric_line(m: dict) -> str:
+    keys = ("precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "coverage", "novelty")
+    return "  ".join(f"{k} {m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
+
+
+@command("etl", help="incremental ETL into the warehouse")
+def cmd_etl(args, settings):
+    from core.warehouse import etl
+    result = etl.run_etl(settings).to_dict()
+    emit(args, result, lambda: print(
+        f"ETL run {result['run_id']}: {result['status']}" + (
+            f", data version dv{result['data_version']}: {result['rows_loaded']:,} rows loaded, "
+            f"{result['rows_quarantined']:,} quarantined {result['report'].get('by_reason', {})}"
+            if result["status"] == "loaded" else " (nothing changed since the last run)")))
+
+
+@command("train", help="train and evaluate one model (no promotion)", args=[
+    arg("--model", choices=["als", "bpr"], default="als"),
+    arg("--seed", type=SEED, help="random seed (default: settings seed 42)"),
+    arg("--holdout-days", type=int_in(1, MAX_HOLDOUT_DAYS, "--holdout-days"), default=3),
+])
+def cmd_train(args, settings):
+    from core.training import pipeline
+    result = pipeline.train(settings, args.model, seed=args.seed, holdout_days=args.holdout_days,
+                            progress=progress(args)).to_dict()
+    emit(args, result, lambda: print(
+        f"run {result['run_id']} ({result['model_kind']}, data {result['data_version']}): {_metric_line(result['metrics'])}\n"
+        f"  artifact {result['artifact_path']}  (not registered; `retrain` registers and gates)"))
+
+
+@command("evaluate", help="score a model version on the current holdout", args=[
+    arg("--version", type=ID, help="registry version (default: production)"),
+    arg("--holdout-days", type=int_in(1, MAX_HOLDOUT_DAYS, "--holdout-days"), default=3),
+])
+def cmd_evaluate(args, settings):
+    from core.training import evaluation
+    result = evaluation.evaluate_version(settings, args.version, args.holdout_days)
+
+    def human():
+        if result["metrics"] is None:
+            print(f"v{result['version']} ({result['model_kind']}, trained on {result['trained_on']}): no score — "
+                  f"{result['note']}")
+            return
+        print(f"v{result['version']} ({result['model_kind']}, trained on {result['trained_on']} until "
+              f"{result['trained_until']}) on the days after it, {result['holdout_start']} .. {result['holdout_end']} "
+              f"of {result['data_version']} ({result['metrics']['users_evaluated']} users):")
+        print(f"  model       {_metric_line(result['metrics'])}")
+        for name, m in result["baselines"].items():
+            print(f"  {name:<11} {_metric_line(m)}")
+    emit(args, result, human)
+
+
+@command("retrain", help="ETL → train → evaluate → gate → promote", args=[
+    arg("--model", choices=["als", "bpr"], default="als"),
+    arg("--seed", type=SEED),
+    arg("--margin", type=float_in(0, 1, "--margin"), default=0.0,
+        help="tolerance 0..1: how far below 0 the lower bound of the 90%% interval of the nDCG@10 "
+             "difference (candidate − production) may be (default 0)"),
+])
+def cmd_retrain(args, settings):
+    from core.training import pipeline
+    actor = access.cli_actor()
+    with access.audited(settings, actor, "retrain") as entry:      # a retrain can promote: audited like one
+        result = pipeline.retrain(settings, args.model, seed=args.seed, trigger="cli", actor=actor,
+                                  margin=args.margin, progress=progress(args))
+        entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else "kept as candidate")
+
+    def human():
+        print(f"job {result['job_id']}: run {result['run_id']} → v{result['version']} "
+              + ("PROMOTED to production" if result["promoted"] else "kept as candidate (gate refused)"))
+        print(f"  {_metric_line(result['metrics'])}")
+        for reason in result["gate"]["reasons"]:
+            print(f"  gate: {reason}")
+    emit(args, result, human)
+
+
+@command("models", help="model registry: list | promote VERSION | rollback", args=[
+    arg("action", choices=["list", "promote", "rollback"]),
+    arg("version", nargs="?", type=ID),
+    arg("--reason", type=TEXT, default="manual decision from the CLI", help="recorded in the registry history"),
+    arg("--force", action="store_true",
+        help="promote a CF version that does not beat its baselines (recorded as forced)"),
+])
+def cmd_models(args, settings):
+    from core.training import registry
+    if args.action == "list":
+        frame = registry.list_versions(settings)
+        data = frame.to_dict("records")
+
+        def human():
+            if frame.empty:
+                print("no model versions yet; run `python -m core retrain`")
+                return
+            cols = [c for c in ("version", "model_kind", "stage", "data_version", "created_at", "ndcg@10", "coverage") if c in frame]
+            print(frame[cols].to_string(index=False))
+        emit(args, data, human)
+    elif args.action == "promote":
+        if args.version is None:
+            raise errors.ValidationError("models promote needs a VERSION, e.g. `python -m core models promote 3`")
+        actor = access.cli_actor()
+        with access.audited(settings, actor, "promote", f"v{args.version}" + (" (forced)" if args.force else "")):
+            replaced = registry.promote(settings, args.version, actor, args.reason, force=args.force)
+        data = {"promoted": args.version, "replaced": replaced, "forced": bool(args.force)}
+        emit(args, data, lambda: print(f"v{args.version} is now in production" + (f" (v{replaced} archived)" if replaced else "")))
+    else:
+        actor = access.cli_actor()
+        with access.audited(settings, actor, "rollback") as entry:
+            restored = registry.rollback(settings, actor, args.reason)
+            entry["target"] = f"v{restored}"
+        data = {"production": restored}
+        emit(args, data, lambda: print(f"rolled back: v{restored} is in production again"))
+
+
+@command("runs", help="experiment runs: list | show ID", args=[
+    arg("action", choices=["list", "show"]),
+    arg("run_id", nargs="?", type=ID),
+    arg("--limit", type=int_in(1, 100_000, "--limit"), default=20),
+])
+def cmd_runs(args, settings):
+    from core.training import tracking
+    if args.action == "list":
+        frame = tracking.list_runs(settings, args.limit)
+        data = frame.to_dict("records")
+
+        def human():
+            if frame.empty:
+                print("no runs yet; run `python -m core train` or `retrain`")
+                return
+            cols = [c for c in ("run_id", "model_kind", "status", "data_version", "seed", "ndcg@10", "hit_rate@10",
+                                "duration_s") if c in frame]
+            print(frame[cols].to_string(index=False))
+        emit(args, data, human)
+    else:
+        if args.run_id is None:
+            raise errors.ValidationError("runs show needs a run ID, e.g. `python -m core runs show 1`")
+        run = tracking.get_run(settings, args.run_id)
+        emit(args, run, lambda: print(json.dumps(run, indent=2, default=str)))
