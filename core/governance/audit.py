@@ -14,10 +14,10 @@ import json
 import re
 from datetime import datetime, timedelta
 
-from core.store import mlopsdb, opsdb
+from core.store import opsdb, servinglog
 from core.training import registry, tracking
 from core.constants import TS_FORMAT
-from core.errors import RetroError, UnknownUser, ValidationError
+from core.errors import RetroError, ValidationError
 from core.settings import Settings
 
 UNKNOWN_TRIGGER = "unknown"
@@ -76,21 +76,11 @@ def audit(settings: Settings, user_id: int, day: str | None = None, limit: int =
             raise ValidationError(f"user id must be an integer, got {user_id!r}") from None
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise ValidationError(f"limit must be an integer in 1..{MAX_LIMIT}, got {limit!r}")
-    where, args = "user_id = ?", [int(user_id)]
-    if day is not None:
-        start, end = parse_day(day)
-        where += " AND served_at >= ? AND served_at < ?"
-        args += [start, end]
+    start, end = parse_day(day) if day is not None else (None, None)
     with opsdb.session(settings) as db:
-        if db.execute("SELECT 1 FROM users WHERE user_id = ?", [int(user_id)]).fetchone() is None:
-            raise UnknownUser(f"unknown user {user_id}: no such user in the operational database "
-                              "(an erased user leaves no audit trail)")
-        rows = list(db.query(f"SELECT * FROM served_recommendations WHERE {where} "
-                             "ORDER BY served_at DESC, serve_id DESC LIMIT ?", args + [int(limit)]))
-        ids = sorted({int(m) for r in rows for m in json.loads(r["movie_ids"])})
-        marks = ",".join("?" * len(ids)) or "NULL"
-        titles = {m: (t, y) for m, t, y in db.execute(
-            f"SELECT movie_id, title, year FROM movies WHERE movie_id IN ({marks})", ids).fetchall()}
+        opsdb.require_user(db, user_id, opsdb.NO_SUCH_USER + " (an erased user leaves no audit trail)")
+        rows = servinglog.lists_for_user(db, user_id, start, end, limit)
+        titles = opsdb.titles(db, sorted({int(m) for r in rows for m in json.loads(r["movie_ids"])}))
     if not rows:
         return []
     lineage: dict = {}
@@ -175,12 +165,7 @@ def _lineage(settings: Settings, version: int) -> dict:
                 info["notes"].append(str(exc))
         else:
             info["notes"].append(f"run {entry['run_id']} was not part of a pipeline job: trigger unknown")
-    with mlopsdb.session(settings) as db:
-        info["promotions"] = [
-            {"at": at, "actor": actor, "reason": reason, "from_stage": from_stage, "gate": mlopsdb.loads(gate)}
-            for at, actor, reason, from_stage, gate in db.execute(
-                "SELECT at, actor, reason, from_stage, gate FROM registry_events WHERE version = ? "
-                "AND to_stage = 'production' ORDER BY at, event_id", [version]).fetchall()]
+    info["promotions"] = registry.promotions(settings, version)
     return info
 
 

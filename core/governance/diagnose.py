@@ -38,13 +38,13 @@ import numpy as np
 import pandas as pd
 
 from core.monitoring import monitoring
-from core.store import opsdb
+from core.store import opsdb, servinglog
 from core.training import registry, tracking
 from core.warehouse import warehouse
 from core.training.artifacts import Bundle, bundle_hash, load_bundle
 from core.governance.audit import is_fallback, path_reason
 from core.constants import DEFAULT_K, SEED
-from core.errors import RetroError, UnknownUser, ValidationError
+from core.errors import RetroError, ValidationError
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
 
@@ -101,15 +101,9 @@ def diagnose(settings: Settings, user_id: int | None = None) -> dict:
     with opsdb.session(settings) as db:
         now = opsdb.clock_now(db)
         if user is not None:
-            row = db.execute("SELECT consent_personalization FROM users WHERE user_id = ?", [user]).fetchone()
-            if row is None:
-                raise UnknownUser(f"unknown user {user}: no such user in the operational database")
-            consent = bool(row[0])
-        latest_model = db.execute("SELECT serve_id, served_at, model_version FROM served_recommendations "
-                                  "WHERE path = 'model' ORDER BY served_at DESC, serve_id DESC LIMIT 1").fetchone()
-        latest_user = None if user is None else db.execute(
-            "SELECT serve_id, served_at, path, model_version FROM served_recommendations WHERE user_id = ? "
-            "ORDER BY served_at DESC, serve_id DESC LIMIT 1", [user]).fetchone()
+            consent = bool(opsdb.require_user(db, user)["consent_personalization"])
+        latest_model = servinglog.latest_model_list(db)
+        latest_user = None if user is None else servinglog.latest_list(db, user)
     key = pseudonym_key(settings) if user is not None else None
     user_key = pseudonym(user, key) if user is not None else None
     notes: list[str] = []
@@ -195,8 +189,7 @@ def _alert_check(settings: Settings, place: str, name: str, keep) -> dict:
 def _user_quarantine_check(settings: Settings, user: int, user_key: str, now: str) -> dict:
     since = pd.Timestamp(now) - pd.Timedelta(days=USER_QUARANTINE_DAYS)
     with warehouse.session(settings) as con:
-        rows = con.execute("SELECT reason, count(*) FROM quarantine WHERE user_key = ? AND quarantined_at >= ? "
-                           "GROUP BY reason ORDER BY 2 DESC, 1", [user_key, since]).fetchall()
+        rows = warehouse.user_quarantine_reasons(con, user_key, since)
     n = sum(c for _, c in rows)
     if not n:
         return _check("data", "user quarantined rows", True,

@@ -12,25 +12,20 @@ import json
 
 import numpy as np
 
+from core.store import opsdb, servinglog
 from core.training import registry
-from core.errors import RetroError, UnknownMovie, UnknownUser
+from core.errors import RetroError, UnknownMovie
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
 from core.text import percent_chance
 
 
 def _titles(db, ids) -> dict:
-    ids = [int(i) for i in ids]
-    marks = ",".join("?" * len(ids)) or "NULL"
-    return {m: f"{t} ({y})" if y else t for m, t, y in
-            db.execute(f"SELECT movie_id, title, year FROM movies WHERE movie_id IN ({marks})", ids).fetchall()}
+    return {m: f"{t} ({y})" if y else t for m, (t, y) in opsdb.titles(db, ids).items()}
 
 
 def _served_fact(db, user_id: int, movie_id: int) -> dict | None:
-    rows = db.execute("SELECT serve_id, served_at, path, model_version, ranker_version, data_version, movie_ids "
-                      "FROM served_recommendations WHERE user_id = ? ORDER BY served_at DESC, serve_id DESC LIMIT 500",
-                      [user_id]).fetchall()
-    for serve_id, at, path, mv, rv, dv, ids in rows:
+    for serve_id, at, path, mv, rv, dv, ids in servinglog.recent_lists(db, user_id, 500):
         ids = json.loads(ids)
         if movie_id in ids:
             return {"serve_id": serve_id, "served_at": at, "position": ids.index(movie_id) + 1, "path": path,
@@ -39,10 +34,9 @@ def _served_fact(db, user_id: int, movie_id: int) -> dict | None:
 
 
 def _context(settings: Settings, user_id: int):
-    from core.serving.serving import _db, bundle_for, ranker_for
-    db = _db(settings)
-    if db.execute("SELECT 1 FROM users WHERE user_id = ?", [int(user_id)]).fetchone() is None:
-        raise UnknownUser(f"unknown user {user_id}")
+    from core.serving.serving import bundle_for, ops_connection, ranker_for
+    db = ops_connection(settings)
+    opsdb.require_user(db, user_id, None)
     prod = registry.production(settings)
     if prod is None:
         raise RetroError("no model in production yet: recommendations come from the Top 50, which needs no explanation "

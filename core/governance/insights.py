@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from core.warehouse import dataset, etl, warehouse
-from core.store import opsdb
+from core.store import opsdb, servinglog
 from core.training import registry, tracking
 from core.training.models import MODELS
 from core.settings import Settings
@@ -23,18 +23,16 @@ def system_status(settings: Settings) -> dict:
     """Each box of the architecture with its live numbers."""
     with opsdb.session(settings) as db:
         ops = opsdb.counts(db)
-        served = db.execute("SELECT count(*), max(served_at) FROM served_recommendations").fetchone()
-        paths = dict(db.execute("SELECT path, count(*) FROM served_recommendations GROUP BY path").fetchall())
+        served = servinglog.totals(db)
+        paths = servinglog.path_counts(db)
     wh = {"facts": 0, "quarantined": 0, "data_version": None, "last_etl": None, "last_etl_status": None}
     if settings.warehouse.exists():
         with warehouse.session(settings) as con:
-            wh["facts"] = con.execute("SELECT count(*) FROM fact_interaction").fetchone()[0]
-            wh["quarantined"] = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            counts = warehouse.status_counts(con)
             v = warehouse.latest_version(con)
-            wh["data_version"] = None if v is None else f"dv{int(v['version'])}"
-            last = con.execute("SELECT started_at, status FROM etl_runs ORDER BY run_id DESC LIMIT 1").fetchone()
-            if last:
-                wh["last_etl"], wh["last_etl_status"] = str(last[0]), last[1]
+        wh["facts"], wh["quarantined"] = counts["facts"], counts["quarantined"]
+        wh["data_version"] = None if v is None else f"dv{int(v['version'])}"
+        wh["last_etl"], wh["last_etl_status"] = counts["last_etl"], counts["last_etl_status"]
     prod = registry.production(settings) if settings.mlops_db.exists() else None
     jobs = tracking.list_jobs(settings, 1) if settings.mlops_db.exists() else pd.DataFrame()
     runs = tracking.list_runs(settings, 1000) if settings.mlops_db.exists() else pd.DataFrame()
@@ -52,53 +50,33 @@ def open_alert_count(settings: Settings) -> int:
     """Open monitoring alerts (0 until monitoring has run)."""
     if not settings.mlops_db.exists():
         return 0
-    from core.store import mlopsdb
-    with mlopsdb.session(settings) as db:
-        return db.execute("SELECT count(*) FROM alerts WHERE closed_at IS NULL").fetchone()[0]
+    from core.monitoring import monitoring
+    return monitoring.open_alert_count(settings)
 
 
 def movies_frame(settings: Settings, movie_ids=None) -> pd.DataFrame:
     with opsdb.session(settings) as db:
-        if movie_ids is None:
-            rows = db.execute("SELECT movie_id, title, year, genres FROM movies").fetchall()
-        else:
-            ids = [int(m) for m in movie_ids]
-            marks = ",".join("?" * len(ids)) or "NULL"
-            rows = db.execute(f"SELECT movie_id, title, year, genres FROM movies WHERE movie_id IN ({marks})", ids).fetchall()
-    return pd.DataFrame(rows, columns=["movie_id", "title", "year", "genres"])
+        return opsdb.catalog(db) if movie_ids is None else opsdb.movie_details(db, movie_ids)
 
 
 def user_directory(settings: Settings) -> pd.DataFrame:
     """Every user with activity counts (for a searchable picker)."""
     with opsdb.session(settings) as db:
-        rows = db.execute("""
-            SELECT u.user_id, u.created_at,
-                   (SELECT count(*) FROM events e WHERE e.user_id = u.user_id AND e.kind = 'watch') AS watches,
-                   (SELECT count(*) FROM ratings r WHERE r.user_id = u.user_id) AS ratings
-            FROM users u ORDER BY u.user_id""").fetchall()
-    return pd.DataFrame(rows, columns=["user_id", "created_at", "watches", "ratings"])
+        return opsdb.user_directory(db)
 
 
 def user_profile(settings: Settings, user_id: int, recent: int = 8) -> dict:
     """Favourite genres (share of watched titles) and the latest watches of one user."""
     with opsdb.session(settings) as db:
-        user = db.execute("SELECT user_id, created_at, consent_tracking, consent_personalization FROM users "
-                          "WHERE user_id = ?", [int(user_id)]).fetchone()
-        if user is None:
-            from core.errors import UnknownUser
-            raise UnknownUser(f"unknown user {user_id}")
-        watched = pd.DataFrame(db.execute("""
-            SELECT e.movie_id, m.title, m.year, m.genres, max(e.occurred_at) AS last_watched, max(e.value) AS seconds,
-                   m.runtime_min
-            FROM events e JOIN movies m USING (movie_id) WHERE e.user_id = ? AND e.kind = 'watch'
-            GROUP BY e.movie_id ORDER BY last_watched DESC""", [int(user_id)]).fetchall(),
-            columns=["movie_id", "title", "year", "genres", "last_watched", "seconds", "runtime_min"])
-        n_ratings, mean_rating = db.execute("SELECT count(*), avg(rating) FROM ratings WHERE user_id = ?",
-                                            [int(user_id)]).fetchone()
+        user = opsdb.require_user(db, user_id, None)
+        watched = opsdb.watched_titles(db, user_id)
+        n_ratings, mean_rating = opsdb.rating_summary(db, user_id)
     genres = genre_mix(watched["genres"]) if len(watched) else pd.Series(dtype=float)
     watched["watched_pct"] = (100 * watched["seconds"] / (60 * watched["runtime_min"])).clip(upper=100).round(0)
-    return {"user_id": user[0], "created_at": user[1], "consent_tracking": bool(user[2]),
-            "consent_personalization": bool(user[3]), "watches": int(len(watched)), "ratings": int(n_ratings),
+    return {"user_id": user["user_id"], "created_at": user["created_at"],
+            "consent_tracking": bool(user["consent_tracking"]),
+            "consent_personalization": bool(user["consent_personalization"]),
+            "watches": int(len(watched)), "ratings": int(n_ratings),
             "mean_rating": None if mean_rating is None else float(mean_rating),
             "favourite_genres": genres.head(3).round(3).to_dict(),
             "recent": watched.head(recent)[["movie_id", "title", "year", "genres", "last_watched", "watched_pct"]]}
@@ -119,15 +97,13 @@ def genre_mix(genres: pd.Series) -> pd.Series:
 def movie_popularity(settings: Settings) -> pd.Series:
     """Distinct watchers per movie (for novelty), from the warehouse's columnar facts when it exists."""
     with opsdb.session(settings) as db:
-        users = db.execute("SELECT count(*) FROM users").fetchone()[0]
+        users = opsdb.user_count(db)
         if not settings.warehouse.exists():
-            rows = db.execute("SELECT movie_id, count(DISTINCT user_id) FROM events WHERE kind = 'watch' "
-                              "GROUP BY movie_id").fetchall()
+            watchers = opsdb.watchers_per_movie(db)
     if settings.warehouse.exists():
         with warehouse.session(settings) as con:
-            rows = con.execute("SELECT movie_id, count(DISTINCT user_key) FROM fact_interaction WHERE kind = 'watch' "
-                               "GROUP BY movie_id").fetchall()
-    s = pd.Series(dict(rows), dtype=float)
+            watchers = warehouse.watchers_per_movie(con)
+    s = pd.Series(watchers, dtype=float)
     s.attrs["users"] = users
     return s
 
@@ -186,12 +162,11 @@ def etl_report(settings: Settings) -> dict:
         return {"runs": pd.DataFrame(), "versions": pd.DataFrame(), "quarantine": pd.DataFrame(), "daily": pd.DataFrame(),
                 "reasons": pd.DataFrame()}
     with warehouse.session(settings) as con:
-        versions = con.execute("SELECT * FROM data_versions ORDER BY version DESC").df()
-        quarantine = con.execute("SELECT source, source_id, reason, kind, value, occurred_at, data_version, quarantined_at "
-                                 "FROM quarantine ORDER BY quarantined_at DESC LIMIT 500").df()
-        reasons = con.execute("SELECT reason, data_version FROM quarantine").df()
-        daily = con.execute("SELECT day, kind, n, users, movies FROM daily_aggregates ORDER BY day, kind").df()
-        runs = con.execute("SELECT * FROM etl_runs ORDER BY run_id DESC").df()
+        versions = warehouse.data_versions(con)
+        quarantine = warehouse.recent_quarantine(con, 500)
+        reasons = warehouse.quarantine_reasons(con)
+        daily = warehouse.daily_volumes(con)
+        runs = warehouse.etl_runs(con)
     if len(reasons):
         reasons["category"] = reasons["reason"].map(etl.reason_category)
         reasons = reasons.groupby(["data_version", "category"]).size().rename("rows").reset_index()
@@ -205,10 +180,7 @@ def state_token(settings: Settings) -> tuple:
     parts: list = []
     if settings.ops_db.exists():
         with opsdb.session(settings) as db:
-            parts += list(db.execute(
-                "SELECT (SELECT max(seq) FROM events), (SELECT max(history_id) FROM rating_history), "
-                "(SELECT count(*) FROM users), (SELECT count(*) FROM movies), (SELECT max(serve_id) FROM served_recommendations), "
-                "(SELECT value FROM meta WHERE key = 'clock')").fetchone())
+            parts += list(opsdb.change_marks(db))
     parts.append(settings.warehouse.stat().st_mtime_ns if settings.warehouse.exists() else None)
     parts.append(settings.mlops_db.stat().st_mtime_ns if settings.mlops_db.exists() else None)
     wal = settings.home / "mlops.db-wal"

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from core.warehouse import dataset, warehouse
 from core.training import evaluation, metrics, registry, tracking
-from core.store import mlopsdb, opsdb
+from core.store import mlopsdb, opsdb, servinglog
 from core.serving import serving
 from core.training.artifacts import Bundle, load_bundle
 from core.governance.audit import path_reason
@@ -178,15 +178,12 @@ def cold_start(settings: Settings, version: int, bundle: Bundle, lifecycle: list
     """
     key = pseudonym_key(settings)
     with opsdb.session(settings) as db:
-        users = [u for (u,) in db.execute("SELECT user_id FROM users").fetchall()]
+        users = opsdb.user_ids(db)
         by_path: dict[str, int] = {}
         cold_users: set = set()
         served_users: set = set()
         for start, end in production_intervals(lifecycle):
-            rows = db.execute(
-                "SELECT path, user_id FROM served_recommendations WHERE served_at >= ? AND served_at < ? "
-                "AND (path <> 'model' OR model_version = ?)", [start, end or "9999", version]).fetchall()
-            for path, user in rows:
+            for path, user in servinglog.paths_served(db, start, end or "9999", version):
                 by_path[path] = by_path.get(path, 0) + 1
                 served_users.add(user)
                 if path == "top50:cold-start":
@@ -269,7 +266,7 @@ def favourite_genres(user_items: sp.csr_matrix, genre_matrix: sp.csr_matrix) -> 
 def genre_matrix(settings: Settings, movie_ids: np.ndarray) -> sp.csr_matrix:
     """items × genres 0/1 matrix from the warehouse's dim_movie, rows aligned to `movie_ids`."""
     with warehouse.session(settings) as con:
-        genres = con.execute("SELECT movie_id, genres FROM dim_movie").df().set_index("movie_id")["genres"]
+        genres = warehouse.movie_genres(con)
     genres = genres.reindex(movie_ids).fillna("")
     rows, cols = [], []
     for j, text in enumerate(genres):

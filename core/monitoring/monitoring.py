@@ -483,3 +483,9 @@ def narrative(settings: Settings) -> str:
         parts.append(f"Hit rate now {now_hr:.1%} = {now_hr / np.mean(base):.0%} of the pre-alert baseline.")
     parts.append("Alert closed." if pd.notna(a["closed_at"]) else "Alert still open.")
     return " ".join(parts)
+
+
+def open_alert_count(settings: Settings) -> int:
+    """Alerts not closed yet."""
+    with mlopsdb.session(settings) as db:
+        return db.execute("SELECT count(*) FROM alerts WHERE closed_at IS NULL").fetchone()[0]

@@ -287,3 +287,9 @@ def served_log(settings: Settings, user_id: int | None = None, since: str | None
     for r in rows:
         r["movie_ids"], r["scores"] = json.loads(r["movie_ids"]), json.loads(r["scores"])
     return rows
+
+
+def ops_connection(settings: Settings) -> sqlite_utils.Database:
+    """The calling thread's operational-database connection, kept open across requests (opening one costs
+    milliseconds); for readers that answer per request, like explanations. Do not close it."""
+    return _db(settings)

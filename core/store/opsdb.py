@@ -304,3 +304,85 @@ def movie_labels(db: sqlite_utils.Database, movie_ids: list[int]) -> dict[int, s
     marks = ",".join("?" * len(movie_ids)) or "NULL"
     return dict(db.execute(f"SELECT movie_id, title || ' (' || coalesce(year, '?') || ')' FROM movies "
                            f"WHERE movie_id IN ({marks})", list(movie_ids)).fetchall())
+
+# --- reads for other stages (issue 14: only this module names the operational tables) ---
+
+USER_COLUMNS = ("user_id", "created_at", "consent_tracking", "consent_personalization", "source")
+NO_SUCH_USER = "no such user in the operational database"
+
+
+def require_user(db: sqlite_utils.Database, user_id: int, detail: str | None = NO_SUCH_USER) -> dict:
+    """The user's row (USER_COLUMNS) — or UnknownUser, so every caller refuses an unknown id the same way.
+
+    The message is 'unknown user N: <detail>' ('unknown user N' when `detail` is None).
+    """
+    from core.errors import UnknownUser
+    row = db.execute(f"SELECT {', '.join(USER_COLUMNS)} FROM users WHERE user_id = ?", [int(user_id)]).fetchone()
+    if row is None:
+        raise UnknownUser(f"unknown user {user_id}" + (f": {detail}" if detail else ""))
+    return dict(zip(USER_COLUMNS, row))
+
+
+def titles(db: sqlite_utils.Database, movie_ids) -> dict[int, tuple[str, int | None]]:
+    """{movie_id: (title, year)} of the given movies; ids not in the catalog are absent (year None: unknown)."""
+    ids = [int(m) for m in movie_ids]
+    marks = ",".join("?" * len(ids)) or "NULL"
+    return {m: (t, y) for m, t, y in db.execute(
+        f"SELECT movie_id, title, year FROM movies WHERE movie_id IN ({marks})", ids).fetchall()}
+
+
+def catalog(db: sqlite_utils.Database) -> pd.DataFrame:
+    """movie_id, title, year, genres of every movie in the catalog (see `movie_details` for some)."""
+    rows = db.execute("SELECT movie_id, title, year, genres FROM movies").fetchall()
+    return pd.DataFrame(rows, columns=["movie_id", "title", "year", "genres"])
+
+
+def user_ids(db: sqlite_utils.Database) -> list[int]:
+    """Every user id of the operational database."""
+    return [u for (u,) in db.execute("SELECT user_id FROM users").fetchall()]
+
+
+def user_count(db: sqlite_utils.Database) -> int:
+    return db.execute("SELECT count(*) FROM users").fetchone()[0]
+
+
+def user_directory(db: sqlite_utils.Database) -> pd.DataFrame:
+    """user_id, created_at, watches, ratings of every user, by id (a searchable picker's rows)."""
+    rows = db.execute("""
+        SELECT u.user_id, u.created_at,
+               (SELECT count(*) FROM events e WHERE e.user_id = u.user_id AND e.kind = 'watch') AS watches,
+               (SELECT count(*) FROM ratings r WHERE r.user_id = u.user_id) AS ratings
+        FROM users u ORDER BY u.user_id""").fetchall()
+    return pd.DataFrame(rows, columns=["user_id", "created_at", "watches", "ratings"])
+
+
+def watched_titles(db: sqlite_utils.Database, user_id: int) -> pd.DataFrame:
+    """One row per title the user watched, latest watch first: movie_id, title, year, genres,
+    last_watched, seconds (the longest watch), runtime_min."""
+    rows = db.execute("""
+        SELECT e.movie_id, m.title, m.year, m.genres, max(e.occurred_at) AS last_watched, max(e.value) AS seconds,
+               m.runtime_min
+        FROM events e JOIN movies m USING (movie_id) WHERE e.user_id = ? AND e.kind = 'watch'
+        GROUP BY e.movie_id ORDER BY last_watched DESC""", [int(user_id)]).fetchall()
+    return pd.DataFrame(rows, columns=["movie_id", "title", "year", "genres", "last_watched", "seconds", "runtime_min"])
+
+
+def rating_summary(db: sqlite_utils.Database, user_id: int) -> tuple[int, float | None]:
+    """(number of current ratings, their mean or None) of one user."""
+    n, mean = db.execute("SELECT count(*), avg(rating) FROM ratings WHERE user_id = ?", [int(user_id)]).fetchone()
+    return n, mean
+
+
+def watchers_per_movie(db: sqlite_utils.Database) -> dict[int, int]:
+    """{movie_id: distinct users who watched it}, from the raw events (the warehouse has the same for its facts)."""
+    return dict(db.execute("SELECT movie_id, count(DISTINCT user_id) FROM events WHERE kind = 'watch' "
+                           "GROUP BY movie_id").fetchall())
+
+
+def change_marks(db: sqlite_utils.Database) -> tuple:
+    """(max event seq, max rating-history id, users, movies, max serve id, clock): changes whenever anything is
+    written, so caches keyed on it are invalidated by any write."""
+    return tuple(db.execute(
+        "SELECT (SELECT max(seq) FROM events), (SELECT max(history_id) FROM rating_history), "
+        "(SELECT count(*) FROM users), (SELECT count(*) FROM movies), "
+        "(SELECT max(serve_id) FROM served_recommendations), (SELECT value FROM meta WHERE key = 'clock')").fetchone())

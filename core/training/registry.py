@@ -323,3 +323,12 @@ def _last_index(items: list, value) -> int:
         if items[i] == value:
             return i
     return len(items)
+
+
+def promotions(settings: Settings, version: int) -> list[dict]:
+    """The version's promotions to production in time order: {at, actor, reason, from_stage, gate (decoded)}."""
+    with mlopsdb.session(settings) as db:
+        return [{"at": at, "actor": actor, "reason": reason, "from_stage": from_stage, "gate": mlopsdb.loads(gate)}
+                for at, actor, reason, from_stage, gate in db.execute(
+                    "SELECT at, actor, reason, from_stage, gate FROM registry_events WHERE version = ? "
+                    "AND to_stage = 'production' ORDER BY at, event_id", [version]).fetchall()]

@@ -227,3 +227,59 @@ def latest_version(con: duckdb.DuckDBPyConnection) -> dict | None:
 
 def watermarks(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return dict(con.execute("SELECT key, value FROM etl_state").fetchall())
+
+
+# --- reads for other stages (issue 14: only the warehouse modules name its tables) ---
+
+def status_counts(con: duckdb.DuckDBPyConnection) -> dict:
+    """facts, quarantined (row counts), last_etl (start time as text) and last_etl_status (None before any run)."""
+    out = {"facts": con.execute("SELECT count(*) FROM fact_interaction").fetchone()[0],
+           "quarantined": con.execute("SELECT count(*) FROM quarantine").fetchone()[0],
+           "last_etl": None, "last_etl_status": None}
+    last = con.execute("SELECT started_at, status FROM etl_runs ORDER BY run_id DESC LIMIT 1").fetchone()
+    if last:
+        out["last_etl"], out["last_etl_status"] = str(last[0]), last[1]
+    return out
+
+
+def watchers_per_movie(con: duckdb.DuckDBPyConnection) -> dict[int, int]:
+    """{movie_id: distinct users (keys) who watched it} over every fact."""
+    return dict(con.execute("SELECT movie_id, count(DISTINCT user_key) FROM fact_interaction WHERE kind = 'watch' "
+                            "GROUP BY movie_id").fetchall())
+
+
+def user_quarantine_reasons(con: duckdb.DuckDBPyConnection, user_key: str, since) -> list[tuple[str, int]]:
+    """(reason, rows) of the user's rows quarantined at or after `since`, most frequent first."""
+    return con.execute("SELECT reason, count(*) FROM quarantine WHERE user_key = ? AND quarantined_at >= ? "
+                       "GROUP BY reason ORDER BY 2 DESC, 1", [user_key, since]).fetchall()
+
+
+def movie_genres(con: duckdb.DuckDBPyConnection) -> pd.Series:
+    """'|'-separated genres indexed by movie_id, for every movie of dim_movie."""
+    return con.execute("SELECT movie_id, genres FROM dim_movie").df().set_index("movie_id")["genres"]
+
+
+def data_versions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every data version, newest first (`validation` still JSON text)."""
+    return con.execute("SELECT * FROM data_versions ORDER BY version DESC").df()
+
+
+def recent_quarantine(con: duckdb.DuckDBPyConnection, limit: int = 500) -> pd.DataFrame:
+    """The latest `limit` quarantined rows, newest first (no user key)."""
+    return con.execute("SELECT source, source_id, reason, kind, value, occurred_at, data_version, quarantined_at "
+                       f"FROM quarantine ORDER BY quarantined_at DESC LIMIT {int(limit)}").df()
+
+
+def quarantine_reasons(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """reason, data_version of every quarantined row."""
+    return con.execute("SELECT reason, data_version FROM quarantine").df()
+
+
+def daily_volumes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """day, kind, n, users, movies of the daily aggregates, by day and kind."""
+    return con.execute("SELECT day, kind, n, users, movies FROM daily_aggregates ORDER BY day, kind").df()
+
+
+def etl_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every ETL run, newest first."""
+    return con.execute("SELECT * FROM etl_runs ORDER BY run_id DESC").df()
