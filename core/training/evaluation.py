@@ -14,7 +14,7 @@ import pandas as pd
 
 from core.warehouse import dataset, warehouse
 from core.training import metrics, registry
-from core.serving import serving
+from core.store import servinglog
 from core.training.artifacts import Bundle, load_bundle
 from core.constants import DEFAULT_K
 from core.errors import RetroError
@@ -43,7 +43,7 @@ def holdout_split(settings: Settings, holdout_days: int = HOLDOUT_DAYS,
     """The time-based split every comparison uses, without the titles the model itself served
     (`start_after`: only days after a model's training window, see `dataset.time_split`)."""
     return dataset.time_split(settings, holdout_days, weights,
-                              served_pairs=lambda a, b: serving.served_pairs(settings, a, b), start_after=start_after)
+                              served_pairs=lambda a, b: servinglog.served_pairs(settings, a, b), start_after=start_after)
 
 
 def top50_columns(settings: Settings, split: dataset.Split) -> np.ndarray:
