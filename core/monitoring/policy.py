@@ -20,6 +20,7 @@ import json
 import pandas as pd
 
 from core.store import mlopsdb
+from core.training import tracking
 from core.errors import ValidationError
 from core.settings import Settings
 from core.text import plural
@@ -62,9 +63,8 @@ def set_policy(settings: Settings, mode: str, every_days: int | None = None, *, 
 
 
 def last_retrain_at(settings: Settings) -> pd.Timestamp | None:
-    with mlopsdb.session(settings) as db:
-        row = db.execute("SELECT max(started_at) FROM jobs WHERE kind = 'retrain' AND status = 'finished'").fetchone()
-    return pd.Timestamp(row[0]) if row and row[0] else None
+    started = tracking.last_finished_job_start(settings, "retrain")
+    return pd.Timestamp(started) if started else None
 
 
 def decide(settings: Settings, report, mode: str, now: str) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from core.store import mlopsdb
+from core.training import tracking
 from core.settings import Settings
 
 LOCKED_JOB_KINDS = ("retrain",)     # tracking.start_job callers that hold the store lock (pipeline.retrain)
@@ -25,13 +25,7 @@ def mark_interrupted(settings: Settings) -> dict[str, int]:
     """Mark orphaned 'running' jobs and runs 'interrupted'; returns how many of each. Call under the store lock."""
     if not settings.mlops_db.exists():
         return {"jobs": 0, "runs": 0}
-    kinds = ", ".join("?" * len(LOCKED_JOB_KINDS))
-    with mlopsdb.write_session(settings) as db:
-        jobs = db.conn.execute(f"UPDATE jobs SET status = 'interrupted', error = ? WHERE status = 'running' "
-                               f"AND kind IN ({kinds})", [INTERRUPTED, *LOCKED_JOB_KINDS]).rowcount
-        runs = db.conn.execute("UPDATE runs SET status = 'interrupted', error = ? WHERE status = 'running'",
-                               [INTERRUPTED]).rowcount
-    return {"jobs": int(jobs), "runs": int(runs)}
+    return tracking.mark_interrupted(settings, LOCKED_JOB_KINDS, INTERRUPTED)
 
 
 def recover(settings: Settings, *, erasures: bool = True) -> dict:

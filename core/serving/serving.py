@@ -7,14 +7,13 @@ Every served list is logged in `served_recommendations` (the audit trail).
 """
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import sqlite_utils
 
-from core.store import opsdb
+from core.store import opsdb, servinglog
 from core.training import registry
 from core.training.artifacts import Bundle, load_bundle
 from core.constants import DEFAULT_K
@@ -65,10 +64,8 @@ def _db(settings: Settings) -> sqlite_utils.Database:
 def _production(settings: Settings, family: str = "cf") -> dict | None:
     """The production version of a family (a promotion or rollback from any process is seen by the next request)."""
     from core.store import mlopsdb
-    from core.training.tracking import decode_json_fields
     db = _thread_connection("mlops", settings.mlops_db, lambda: mlopsdb.open_mlops(settings))
-    rows = list(db.query("SELECT * FROM model_versions WHERE stage = 'production' AND family = ?", [family]))
-    return mlopsdb.resolve_artifact(settings, decode_json_fields(rows[0], registry.VERSION_JSON_FIELDS)) if rows else None
+    return registry.production_on(db, settings, family)
 
 
 def bundle_for(version: dict) -> Bundle:
@@ -141,8 +138,7 @@ def clear_caches() -> None:
 
 
 def _top50_list(db: sqlite_utils.Database) -> list[tuple[int, float]]:
-    marker = db.execute("SELECT max(history_id), count(*) FROM rating_history").fetchone()
-    key = (str(db.conn), marker)
+    key = (str(db.conn), opsdb.ratings_marker(db))
     if key not in _top50_cache:
         _top50_cache.clear()
         t = top50(db).table
@@ -152,9 +148,7 @@ def _top50_list(db: sqlite_utils.Database) -> list[tuple[int, float]]:
 
 def seen_movies(db: sqlite_utils.Database, user_id: int) -> set[int]:
     """Movies the user watched or rated (never recommended again)."""
-    rows = db.execute("SELECT movie_id FROM events WHERE user_id = ? AND kind = 'watch' "
-                      "UNION SELECT movie_id FROM ratings WHERE user_id = ?", [user_id, user_id]).fetchall()
-    return {r[0] for r in rows}
+    return {m for _, m in opsdb.seen_pairs(db, [user_id])}
 
 
 def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool = True, at: str | None = None) -> Recommendation:
@@ -162,15 +156,14 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= 100:
         raise ValidationError(f"k must be an integer in 1..100, got {k!r}")
     db = _db(settings)
-    user = db.execute("SELECT consent_personalization FROM users WHERE user_id = ?", [int(user_id)]).fetchone()
-    if user is None:
-        raise UnknownUser(f"unknown user {user_id}: no such user in the operational database")
+    opsdb.require_user(db, user_id)
+    consent = opsdb.personalization_consent(db, [int(user_id)]).get(int(user_id), 0)   # 0: erased meanwhile
     seen = seen_movies(db, int(user_id))
     prod = _production(settings)
     rec = None
     bundle = None if prod is None else bundle_for(prod)
     row = None if bundle is None else bundle.user_row.get(pseudonym(int(user_id), pseudonym_key(settings)))
-    reason = fallback_reason(bool(user[0]), bundle, row)
+    reason = fallback_reason(bool(consent), bundle, row)
     if reason is None:
         ((movies, scores),), ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([row]), [seen], k)
         rec = Recommendation(int(user_id), "model", movies, scores, int(prod["version"]), prod["data_version"],
@@ -182,13 +175,7 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
         rec = Recommendation(int(user_id), reason[0], [m for m, _ in pairs], [s for _, s in pairs], reason=reason[1])
     if log:
         rec.served_at = at or opsdb.clock_now(db)
-        with db.atomic():
-            cur = db.conn.execute(
-                "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
-                "scores, ranker_version) VALUES (?,?,?,?,?,?,?,?)",
-                (rec.user_id, rec.served_at, rec.path, rec.model_version, rec.data_version,
-                 json.dumps(rec.movie_ids), json.dumps([round(s, 6) for s in rec.scores]), rec.ranker_version))
-            rec.serve_id = cur.lastrowid
+        rec.serve_id = servinglog.log_list(db, _log_entry(rec, rec.served_at))
     return rec
 
 
@@ -210,15 +197,12 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
     """Batch serving for many users at once (one model call), same paths and logging as `recommend`."""
     user_ids = [int(u) for u in user_ids]
     db = _db(settings)
-    marks = ",".join("?" * len(user_ids)) or "NULL"
-    consent = dict(db.execute(f"SELECT user_id, consent_personalization FROM users WHERE user_id IN ({marks})", user_ids).fetchall())
+    consent = opsdb.personalization_consent(db, user_ids)
     unknown = [u for u in user_ids if u not in consent]
     if unknown:
         raise UnknownUser(f"unknown user(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}")
-    seen_rows = db.execute(f"SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND user_id IN ({marks}) "
-                           f"UNION SELECT user_id, movie_id FROM ratings WHERE user_id IN ({marks})", user_ids + user_ids).fetchall()
     seen: dict[int, set] = {}
-    for u, m in seen_rows:
+    for u, m in opsdb.seen_pairs(db, user_ids):
         seen.setdefault(u, set()).add(m)
     prod = _production(settings)
     out: dict[int, Recommendation] = {}
@@ -244,49 +228,29 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
         out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], reason=why)
     if log:
         when = at or opsdb.clock_now(db)
-        with db.atomic():
-            db.conn.executemany(
-                "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
-                "scores, ranker_version) VALUES (?,?,?,?,?,?,?,?)",
-                [(r.user_id, when, r.path, r.model_version, r.data_version, json.dumps(r.movie_ids),
-                  json.dumps([round(s, 6) for s in r.scores]), r.ranker_version) for r in out.values()])
+        servinglog.log_lists(db, [_log_entry(r, when) for r in out.values()])
         for r in out.values():
             r.served_at = when
     return out
 
 
+def _log_entry(rec: Recommendation, served_at: str) -> dict:
+    """The serving log's record of a list (see `servinglog.log_list`)."""
+    return {"user_id": rec.user_id, "served_at": served_at, "path": rec.path, "model_version": rec.model_version,
+            "data_version": rec.data_version, "movie_ids": rec.movie_ids, "scores": rec.scores,
+            "ranker_version": rec.ranker_version}
+
+
 def served_pairs(settings: Settings, start, end, key: bytes | None = None):
     """(user_key, movie_id) of every title a *model* list showed in [start, end), pseudonymized."""
-    import pandas as pd
-    from core.pseudonym import pseudonymize
-    s0, s1 = (pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%S") for t in (start, end))
-    with opsdb.session(settings) as db:
-        rows = db.execute("SELECT user_id, movie_ids FROM served_recommendations WHERE path = 'model' "
-                          "AND served_at >= ? AND served_at < ?", [s0, s1]).fetchall()
-    if not rows:
-        return pd.DataFrame(columns=["user_key", "movie_id"])
-    frame = pd.DataFrame([(u, m) for u, ids in rows for m in json.loads(ids)], columns=["user_id", "movie_id"]).drop_duplicates()
-    frame["user_key"] = pseudonymize(frame["user_id"], key or pseudonym_key(settings))
-    return frame[["user_key", "movie_id"]]
+    return servinglog.served_pairs(settings, start, end, key)
 
 
 def served_log(settings: Settings, user_id: int | None = None, since: str | None = None, until: str | None = None,
                limit: int = 100) -> list[dict]:
     """Logged lists, newest first, filtered by user and time window."""
-    where, args = [], []
-    if user_id is not None:
-        where.append("user_id = ?"); args.append(int(user_id))  # noqa: E702
-    if since:
-        where.append("served_at >= ?"); args.append(since)  # noqa: E702
-    if until:
-        where.append("served_at < ?"); args.append(until)  # noqa: E702
-    sql = "SELECT * FROM served_recommendations" + (" WHERE " + " AND ".join(where) if where else "") + \
-          " ORDER BY served_at DESC, serve_id DESC LIMIT ?"
     with opsdb.session(settings) as db:
-        rows = list(db.query(sql, args + [int(limit)]))
-    for r in rows:
-        r["movie_ids"], r["scores"] = json.loads(r["movie_ids"]), json.loads(r["scores"])
-    return rows
+        return servinglog.logged_lists(db, user_id, since, until, limit)
 
 
 def ops_connection(settings: Settings) -> sqlite_utils.Database:

@@ -118,7 +118,7 @@ def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, st
         params["users_changed"] = int(len(rows))
     elif kind == "new-releases":
         n = max(1, int(round(50 * strength)))
-        taken = {r[0] for r in db.execute("SELECT title FROM movies").fetchall()}
+        taken = opsdb.movie_titles(db)
         cat = world_mod.new_catalog(n, rng, taken, quality_shift=0.7)
         start_id = writes.highest_id(db, "movies", "movie_id") + 1
         ids = np.arange(start_id, start_id + n, dtype=np.int64)
@@ -128,14 +128,12 @@ def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, st
         }), source="sim")
         world_mod.add_titles(world, ids, cat)
         params["movie_ids"] = ids.tolist()
-    db.execute("INSERT INTO sim_shifts(kind, strength, start_day, duration, params) VALUES (?,?,?,?,?)",
-               [kind, strength, day, duration, json.dumps(params)])
+    opsdb.add_sim_shift(db, kind, strength, day, duration, params)
     return Shift(kind, strength, day, duration, params)
 
 
 def load_shifts(db: sqlite_utils.Database) -> list[Shift]:
-    rows = db.execute("SELECT kind, strength, start_day, duration, params FROM sim_shifts ORDER BY shift_id").fetchall()
-    return [Shift(k, s, d, n, json.loads(p)) for k, s, d, n, p in rows]
+    return [Shift(k, s, d, n, p) for k, s, d, n, p in opsdb.sim_shifts(db)]
 
 
 # ------------------------------------------------------------------ one day
@@ -212,7 +210,7 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     rng = np.random.default_rng([world.seed, day, 1])
     stats = DayStats(day)
     start = day_start(day)
-    present = np.isin(world.user_ids, [r[0] for r in db.execute("SELECT user_id FROM users").fetchall()])
+    present = np.isin(world.user_ids, opsdb.user_ids(db))
     taste_mult, exposure_boost, click_boost, share_boost, fault_rate = _day_effects(world, shifts, day)
 
     # New sign-ups arrive during the day; they are cold-start users from tomorrow on.

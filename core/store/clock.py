@@ -14,6 +14,7 @@ import sqlite3
 from datetime import datetime, timezone
 
 from core.constants import TS_FORMAT
+from core.store import opsdb
 from core.settings import Settings
 
 
@@ -28,9 +29,9 @@ def now(settings: Settings) -> str:
     try:
         conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True, timeout=30)
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'clock'").fetchone()
+            value = opsdb.get_meta(conn, "clock")
         finally:
             conn.close()
     except sqlite3.Error:          # no meta table yet (an empty database being created)
         return utc_now()
-    return row[0] if row and row[0] else utc_now()
+    return value or utc_now()

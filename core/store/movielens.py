@@ -212,7 +212,7 @@ def read_movielens(folder: Path, now: str | datetime | None = None) -> tuple[pd.
 def import_movielens(db: sqlite_utils.Database, folder: Path | str) -> dict:
     """Load a MovieLens folder into an empty database; returns row counts (timestamps up to the service clock)."""
     movies, ratings = read_movielens(Path(folder), now=opsdb.clock_now(db))
-    if db.execute("SELECT (SELECT count(*) FROM movies) + (SELECT count(*) FROM users)").fetchone()[0]:
+    if opsdb.holds_movies_or_users(db):
         raise NotEmpty("the operational database already holds movies or users; import into an empty RETRO_HOME")
     first_seen = ratings.groupby("user_id")["rated_at"].min()
     users = pd.DataFrame({"user_id": first_seen.index, "created_at": first_seen.to_numpy()})

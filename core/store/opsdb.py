@@ -386,3 +386,51 @@ def change_marks(db: sqlite_utils.Database) -> tuple:
         "SELECT (SELECT max(seq) FROM events), (SELECT max(history_id) FROM rating_history), "
         "(SELECT count(*) FROM users), (SELECT count(*) FROM movies), "
         "(SELECT max(serve_id) FROM served_recommendations), (SELECT value FROM meta WHERE key = 'clock')").fetchone())
+
+# --- reads and writes for serving, the simulation and the importer (issue 14: one owner per store) ---
+
+def personalization_consent(db: sqlite_utils.Database, user_ids: list[int]) -> dict[int, int]:
+    """{user_id: consent_personalization (0/1)} of the given users; unknown ids are absent."""
+    ids = [int(u) for u in user_ids]
+    marks = ",".join("?" * len(ids)) or "NULL"
+    return dict(db.execute(f"SELECT user_id, consent_personalization FROM users WHERE user_id IN ({marks})",
+                           ids).fetchall())
+
+
+def seen_pairs(db: sqlite_utils.Database, user_ids: list[int]) -> list[tuple[int, int]]:
+    """(user_id, movie_id) of every title these users watched or rated (serving never recommends them again)."""
+    ids = [int(u) for u in user_ids]
+    marks = ",".join("?" * len(ids)) or "NULL"
+    return db.execute(f"SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND user_id IN ({marks}) "
+                      f"UNION SELECT user_id, movie_id FROM ratings WHERE user_id IN ({marks})", ids + ids).fetchall()
+
+
+def ratings_marker(db: sqlite_utils.Database) -> tuple:
+    """(max history_id, count) of the rating history: changes whenever a rating is written or erased, so a
+    cache of anything computed from ratings (the Top 50) can key on it."""
+    return tuple(db.execute("SELECT max(history_id), count(*) FROM rating_history").fetchone())
+
+
+def holds_movies_or_users(db: sqlite_utils.Database) -> bool:
+    """True when the database has any movie or user (an import needs an empty one)."""
+    return bool(db.execute("SELECT (SELECT count(*) FROM movies) + (SELECT count(*) FROM users)").fetchone()[0])
+
+
+def movie_titles(db: sqlite_utils.Database) -> set[str]:
+    """Every title in the catalog (new simulated releases must not repeat one)."""
+    return {r[0] for r in db.execute("SELECT title FROM movies").fetchall()}
+
+
+def add_sim_shift(db: sqlite_utils.Database, kind: str, strength: float, start_day: int, duration: int,
+                  params: dict) -> None:
+    """Record a behaviour shift started in the simulated world (params stored as JSON)."""
+    import json
+    db.execute("INSERT INTO sim_shifts(kind, strength, start_day, duration, params) VALUES (?,?,?,?,?)",
+               [kind, strength, start_day, duration, json.dumps(params)])
+
+
+def sim_shifts(db: sqlite_utils.Database) -> list[tuple[str, float, int, int, dict]]:
+    """(kind, strength, start_day, duration, params) of every recorded shift, in the order they started."""
+    import json
+    rows = db.execute("SELECT kind, strength, start_day, duration, params FROM sim_shifts ORDER BY shift_id").fetchall()
+    return [(k, s, d, n, json.loads(p)) for k, s, d, n, p in rows]

@@ -2,6 +2,72 @@
 monitoring, governance, evaluation and privacy through these functions only."""
 from __future__ import annotations
 
+import json
+
+import pandas as pd
+import sqlite_utils
+
+from core.pseudonym import pseudonym_key, pseudonymize
+from core.settings import Settings
+from core.store import opsdb
+
+_INSERT = ("INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
+           "scores, ranker_version) VALUES (?,?,?,?,?,?,?,?)")
+
+
+def _row(entry: dict) -> tuple:
+    """A list as stored: ids and scores as JSON lists, best first (scores rounded to 6 places)."""
+    return (entry["user_id"], entry["served_at"], entry["path"], entry["model_version"], entry["data_version"],
+            json.dumps(entry["movie_ids"]), json.dumps([round(s, 6) for s in entry["scores"]]),
+            entry["ranker_version"])
+
+
+def log_list(db: sqlite_utils.Database, entry: dict) -> int:
+    """Append one served list (keys: user_id, served_at, path, model_version, data_version, movie_ids, scores,
+    ranker_version) in its own transaction; returns its serve_id."""
+    with db.atomic():
+        return db.conn.execute(_INSERT, _row(entry)).lastrowid
+
+
+def log_lists(db: sqlite_utils.Database, entries: list[dict]) -> None:
+    """Append many served lists (same keys as `log_list`) in one transaction: one batch, one commit."""
+    with db.atomic():
+        db.conn.executemany(_INSERT, [_row(e) for e in entries])
+
+
+def served_pairs(settings: Settings, start, end, key: bytes | None = None) -> pd.DataFrame:
+    """(user_key, movie_id) of every title a *model* list showed in [start, end), pseudonymized.
+
+    Evaluation leaves these out of a holdout: a title the model itself put on the screen says little about
+    the model when it is watched."""
+    s0, s1 = (pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%S") for t in (start, end))
+    with opsdb.session(settings) as db:
+        rows = db.execute("SELECT user_id, movie_ids FROM served_recommendations WHERE path = 'model' "
+                          "AND served_at >= ? AND served_at < ?", [s0, s1]).fetchall()
+    if not rows:
+        return pd.DataFrame(columns=["user_key", "movie_id"])
+    frame = pd.DataFrame([(u, m) for u, ids in rows for m in json.loads(ids)], columns=["user_id", "movie_id"]).drop_duplicates()
+    frame["user_key"] = pseudonymize(frame["user_id"], key or pseudonym_key(settings))
+    return frame[["user_key", "movie_id"]]
+
+
+def logged_lists(db: sqlite_utils.Database, user_id: int | None = None, since: str | None = None,
+                 until: str | None = None, limit: int = 100) -> list[dict]:
+    """Logged lists, newest first, filtered by user and time window [since, until); ids and scores decoded."""
+    where, args = [], []
+    if user_id is not None:
+        where.append("user_id = ?"); args.append(int(user_id))  # noqa: E702
+    if since:
+        where.append("served_at >= ?"); args.append(since)  # noqa: E702
+    if until:
+        where.append("served_at < ?"); args.append(until)  # noqa: E702
+    sql = "SELECT * FROM served_recommendations" + (" WHERE " + " AND ".join(where) if where else "") + \
+          " ORDER BY served_at DESC, serve_id DESC LIMIT ?"
+    rows = list(db.query(sql, args + [int(limit)]))
+    for r in rows:
+        r["movie_ids"], r["scores"] = json.loads(r["movie_ids"]), json.loads(r["scores"])
+    return rows
+
 
 # --- reads (governance: audit, explanations, diagnosis, model cards, dashboard status) ---
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from core.warehouse import dataset, warehouse
 from core.training import metrics, registry
-from core.serving import serving
+from core.store import servinglog
 from core.training.artifacts import Bundle, load_bundle
 from core.constants import DEFAULT_K
 from core.errors import RetroError
@@ -43,16 +43,13 @@ def holdout_split(settings: Settings, holdout_days: int = HOLDOUT_DAYS,
     """The time-based split every comparison uses, without the titles the model itself served
     (`start_after`: only days after a model's training window, see `dataset.time_split`)."""
     return dataset.time_split(settings, holdout_days, weights,
-                              served_pairs=lambda a, b: serving.served_pairs(settings, a, b), start_after=start_after)
+                              served_pairs=lambda a, b: servinglog.served_pairs(settings, a, b), start_after=start_after)
 
 
 def top50_columns(settings: Settings, split: dataset.Split) -> np.ndarray:
     """The Top 50 as the warehouse saw it at the split's cutoff, as item columns."""
     with warehouse.session(settings) as con:
-        stats = con.execute("""
-            WITH latest AS (SELECT user_key, movie_id, arg_max(value, occurred_at) AS r FROM fact_interaction
-                            WHERE kind = 'rating' AND occurred_at < ? GROUP BY 1, 2)
-            SELECT movie_id, count(*) AS votes, sum(r) AS rating_sum FROM latest GROUP BY 1""", [split.cutoff]).df()
+        stats = dataset.rating_stats_before(con, split.cutoff)
     if stats.empty:
         return np.array([], dtype=np.int64)
     ranked, _, _ = rank_movies(stats)
@@ -145,7 +142,7 @@ def _staleness(settings: Settings, production_scores: dict, split: dataset.Split
     # Whole calendar days, so a retrain a day later is "1 day behind" whatever the hour of the last event.
     behind = (pd.Timestamp(split.end).normalize() - pd.Timestamp(production_scores["trained_until"]).normalize()).days
     with warehouse.session(settings) as con:
-        withdrawn = {k for (k,) in con.execute("SELECT user_key FROM dim_user WHERE NOT personalization").fetchall()}
+        withdrawn = dataset.withdrawn_user_keys(con)
     holding = len(withdrawn & set(bundle.matrix.user_keys.tolist()))
     return {"stale": bool(behind > settings.gate_staleness_days or holding), "days_behind": int(behind),
             "staleness_days": settings.gate_staleness_days, "withdrawn_consent": holding,

@@ -73,9 +73,8 @@ def build_context(settings: Settings, matrix: dataset.Matrix, pairs: pd.DataFram
     """Context for `matrix` from the interaction pairs (with last_at) and the warehouse's movie data."""
     until = pd.Timestamp(until)
     with warehouse.session(settings) as con:
-        movies = con.execute("SELECT movie_id, genres, year FROM dim_movie").df().set_index("movie_id")
-        ratings = con.execute("SELECT movie_id, avg(value) AS r FROM fact_interaction WHERE kind = 'rating' "
-                              "AND occurred_at < ? GROUP BY 1", [until]).df().set_index("movie_id")["r"]
+        movies = dataset.movie_attributes(con)
+        ratings = dataset.mean_ratings_before(con, until)
     movies = movies.reindex(matrix.movie_ids)
     G = len(GENRES)
     mg = np.zeros((len(matrix.movie_ids), G))

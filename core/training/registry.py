@@ -18,7 +18,7 @@ from core.errors import RetroError, ValidationError
 from core.training.gate import GateDecision
 from core.store.mlopsdb import dumps, timestamp
 from core.settings import Settings
-from core.training.tracking import UnknownRun, decode_json_fields, flatten_metrics
+from core.training.tracking import UnknownRun, decode_json_fields, flatten_metrics, run_row
 
 CF = "cf"
 RANKER = "ranker"
@@ -69,10 +69,9 @@ def register(settings: Settings, run_id: int, at: str | None = None, depends_on:
     """
     when = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
-        runs = list(db.query("SELECT * FROM runs WHERE run_id = ?", [run_id]))
-        if not runs:
+        run = run_row(db, run_id)
+        if run is None:
             raise UnknownRun(f"no experiment run with id {run_id}; only recorded runs can be registered")
-        run = runs[0]
         if run["status"] != "finished":
             raise ValidationError(f"run {run_id} is {run['status']}; only a finished run can be registered")
         existing = db.execute("SELECT version FROM model_versions WHERE run_id = ?", [run_id]).fetchone()
@@ -125,7 +124,7 @@ def promote(settings: Settings, version: int, actor: str, reason: str,
     gate = gate.to_dict() if isinstance(gate, GateDecision) else gate
     with mlopsdb.session(settings) as db:
         row = _version_row(db, version)
-        run = next(iter(db.query("SELECT metrics, baselines FROM runs WHERE run_id = ?", [row["run_id"]])), {})
+        run = run_row(db, row["run_id"]) or {}
     if row["family"] == CF:
         floor = baseline_floor(run)
         if not floor["passes"]:
@@ -332,3 +331,11 @@ def promotions(settings: Settings, version: int) -> list[dict]:
                 for at, actor, reason, from_stage, gate in db.execute(
                     "SELECT at, actor, reason, from_stage, gate FROM registry_events WHERE version = ? "
                     "AND to_stage = 'production' ORDER BY at, event_id", [version]).fetchall()]
+
+# --- reads on a caller's connection ------------------------------------------
+
+def production_on(db, settings: Settings, family: str = CF) -> dict | None:
+    """The production version of `family` (metrics/params decoded), read on the caller's connection: serving
+    keeps one per thread and asks on every request, so a promotion or rollback from any process is seen next."""
+    row = _production_row(db, family)
+    return None if row is None else mlopsdb.resolve_artifact(settings, decode_json_fields(row, VERSION_JSON_FIELDS))

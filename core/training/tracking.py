@@ -265,3 +265,31 @@ def flatten_metrics(record: dict, metrics: dict | None, reserved: list[str]) -> 
     for name, value in (metrics or {}).items():
         if is_number(value):
             record[name if name not in reserved else f"metric.{name}"] = value
+
+
+# --- reads and writes for the registry, the retraining policy and crash recovery ---------------------------
+
+def run_row(db, run_id: int) -> dict | None:
+    """The stored row of a run (JSON fields still text), or None; on the caller's connection, so a
+    registration reads the run inside its own write transaction."""
+    rows = list(db.query("SELECT * FROM runs WHERE run_id = ?", [run_id]))
+    return rows[0] if rows else None
+
+
+def last_finished_job_start(settings: Settings, kind: str) -> str | None:
+    """When the newest finished job of `kind` started ('YYYY-MM-DDTHH:MM:SS'), or None."""
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT max(started_at) FROM jobs WHERE kind = ? AND status = 'finished'", [kind]).fetchone()
+    return row[0] if row and row[0] else None
+
+
+def mark_interrupted(settings: Settings, job_kinds: tuple[str, ...], error: str) -> dict[str, int]:
+    """Mark every 'running' job of `job_kinds` and every 'running' run 'interrupted' with `error`, in one
+    transaction; returns how many of each. Only safe when no such job can be alive (the store lock is held)."""
+    kinds = ", ".join("?" * len(job_kinds))
+    with mlopsdb.write_session(settings) as db:
+        jobs = db.conn.execute(f"UPDATE jobs SET status = 'interrupted', error = ? WHERE status = 'running' "
+                               f"AND kind IN ({kinds})", [error, *job_kinds]).rowcount
+        runs = db.conn.execute("UPDATE runs SET status = 'interrupted', error = ? WHERE status = 'running'",
+                               [error]).rowcount
+    return {"jobs": int(jobs), "runs": int(runs)}

@@ -197,3 +197,30 @@ def full_matrix(settings: Settings, weights: ConfidenceWeights = ConfidenceWeigh
         if all_movie_ids is None:
             all_movie_ids = con.execute("SELECT movie_id FROM dim_movie ORDER BY movie_id").df()["movie_id"].to_numpy()
     return to_matrix(pairs, movie_ids=all_movie_ids)
+
+
+# --- reads for evaluation and the ranker (on the caller's read-only session) ---------------------------------
+
+def rating_stats_before(con, cutoff) -> pd.DataFrame:
+    """movie_id, votes, rating_sum from each user's latest rating of each movie before `cutoff`: the Top 50's
+    input as the warehouse saw it then."""
+    return con.execute("""
+            WITH latest AS (SELECT user_key, movie_id, arg_max(value, occurred_at) AS r FROM fact_interaction
+                            WHERE kind = 'rating' AND occurred_at < ? GROUP BY 1, 2)
+            SELECT movie_id, count(*) AS votes, sum(r) AS rating_sum FROM latest GROUP BY 1""", [cutoff]).df()
+
+
+def withdrawn_user_keys(con) -> set[str]:
+    """Pseudonyms of users who withdrew consent to personalization (a model holding them is stale)."""
+    return {k for (k,) in con.execute("SELECT user_key FROM dim_user WHERE NOT personalization").fetchall()}
+
+
+def movie_attributes(con) -> pd.DataFrame:
+    """genres ('|'-separated) and year of every movie, indexed by movie_id."""
+    return con.execute("SELECT movie_id, genres, year FROM dim_movie").df().set_index("movie_id")
+
+
+def mean_ratings_before(con, until) -> pd.Series:
+    """Mean rating (1..10) of each rated movie over every rating before `until`, indexed by movie_id."""
+    return con.execute("SELECT movie_id, avg(value) AS r FROM fact_interaction WHERE kind = 'rating' "
+                       "AND occurred_at < ? GROUP BY 1", [until]).df().set_index("movie_id")["r"]
