@@ -19,7 +19,7 @@ from core.monitoring import drift, monitoring
 from core.simulation import loop, simulation
 from core.store import opsdb
 from core.training import pipeline, registry
-from core.privacy import privacy
+from core.privacy import erasure, export
 from core.serving import serving  # noqa: E402,E501
 from core.settings import load_settings  # noqa: E402
 
@@ -70,9 +70,9 @@ def main() -> None:
         rows.append(("model card of the production model (with breakdowns)", t))
         _, t = clock(lambda: diagnose.diagnose(s, users[0]))
         rows.append(("diagnose one user", t))
-        _, t = clock(lambda: privacy.export_user(s, users[1], actor="bench"))
+        _, t = clock(lambda: export.export_user(s, users[1], actor="bench"))
         rows.append(("export one user", t))
-        _, t = clock(lambda: privacy.forget_user(s, users[2], actor="bench"))
+        _, t = clock(lambda: erasure.forget_user(s, users[2], actor="bench"))
         rows.append(("erase one user from every store and model", t))
         serving.clear_caches()
     print("| operation | time (s) |\n| --- | ---: |")

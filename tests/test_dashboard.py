@@ -302,7 +302,7 @@ def test_governance_page_explains_and_exports(home):
 
 
 def test_privacy_page_consent_and_erasure_need_a_login_and_work(home):
-    from core.privacy import access, privacy
+    from core.privacy import access, consent, erasure
     access.add_operator(home, "dpo", "tok-12345678")
     at = app()
     at.switch_page("views/privacy.py").run()
@@ -312,7 +312,7 @@ def test_privacy_page_consent_and_erasure_need_a_login_and_work(home):
     at.checkbox(key="forget_confirm").check()
     at.button(key="FormSubmitter:forget_form-Erase").click().run()
     assert any("needs an operator login" in e.value for e in at.error)
-    assert privacy.consent(home, 3)["tracking"] in (True, False)           # still there
+    assert consent.consent(home, 3)["tracking"] in (True, False)           # still there
     at2 = AppTest.from_file(APP, default_timeout=120)
     at2.session_state["operator"] = ("dpo", "tok-12345678")
     at2.run()
@@ -320,7 +320,7 @@ def test_privacy_page_consent_and_erasure_need_a_login_and_work(home):
     at2.number_input(key="privacy_user").set_value(3).run()
     at2.toggle(key="c_personal").set_value(False)
     at2.button(key="FormSubmitter:consent_form-Save consent").click().run()
-    assert privacy.consent(home, 3)["personalization"] is False
+    assert consent.consent(home, 3)["personalization"] is False
     at2.checkbox(key="forget_confirm").check()
     at2.button(key="FormSubmitter:forget_form-Erase").click().run(timeout=120)
     assert any(s.value.startswith("Erased.") for s in at2.success)
@@ -330,8 +330,8 @@ def test_privacy_page_consent_and_erasure_need_a_login_and_work(home):
     assert not any("Data held about this user" in m.value for m in at2.markdown)
     assert not any(set(df.value.columns) == {"store", "rows"} for df in at2.dataframe)
     with pytest.raises(Exception):
-        privacy.consent(home, 3)
-    assert privacy.request_log(home).iloc[-1]["state"] == "completed"
+        consent.consent(home, 3)
+    assert erasure.request_log(home).iloc[-1]["state"] == "completed"
     assert not at2.exception
 
 
@@ -349,7 +349,7 @@ def page_text(at) -> str:
 def test_privacy_page_shows_no_magic_output(home):
     """`x if cond else y` on a line of its own is Streamlit "magic": it wrote the returned DeltaGenerator's
     help ('Creator of Delta protobuf messages', ~3,000 px) under the request and audit tables."""
-    from core.privacy import access, privacy
+    from core.privacy import access
     access.log_action(home, "operator:admin", "export", "user 1", "ok")
     at = app()
     at.switch_page("views/privacy.py").run()
@@ -359,7 +359,7 @@ def test_privacy_page_shows_no_magic_output(home):
     assert not at.get("json")                       # the Retention section says what it counts instead of `{…}`
     assert any(m.label == "Events to purge, operational DB" for m in at.metric)
     audit = frame(at, "audit_id", "action")
-    assert audit["audit_id"].iloc[0] == privacy.audit_log(home)["audit_id"].max()   # newest first
+    assert audit["audit_id"].iloc[0] == access.audit_log(home)["audit_id"].max()   # newest first
     assert all(v is None or len(v) == 16 for v in audit["at"])                    # 'YYYY-MM-DD HH:MM'
 
 

@@ -153,7 +153,7 @@ def test_confidence_weights_by_hand(tmp_path):
 
 
 def test_key_and_operators_from_streamlit_secrets(tmp_path, monkeypatch):
-    from core.privacy import access, privacy
+    from core.privacy import access, keys
     from core import pseudonym as ps
     from core.errors import RetroError
     monkeypatch.delenv(ps.KEY_ENV, raising=False)
@@ -167,6 +167,6 @@ def test_key_and_operators_from_streamlit_secrets(tmp_path, monkeypatch):
     assert ps.pseudonym_key(settings) == b"from-streamlit" != own and ps.key_source(settings) == "streamlit"
     assert access.check(settings, "ops", "long-enough-token") and not access.check(settings, "ops", "wrong-token")
     with pytest.raises(RetroError, match="managed outside"):
-        privacy.rotate_key(settings, actor="test")
+        keys.rotate_key(settings, actor="test")
     monkeypatch.setenv(ps.KEY_ENV, "from-env")
     assert ps.pseudonym_key(settings) == b"from-env" and ps.key_source(settings) == "environment"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.store import locks, opsdb
-from core.privacy import privacy
+from core.privacy import erasure
 from core.simulation import simulation
 from core.settings import load_settings
 
@@ -48,7 +48,7 @@ def test_an_erasure_waits_for_a_running_job(small):
     t.start()
     holding.wait(5)
     started = time.monotonic()
-    privacy.forget_user(small, user, actor="test")
+    erasure.forget_user(small, user, actor="test")
     times["erased"] = time.monotonic()
     t.join()
     assert times["erased"] > times["released"] and times["released"] - started > 0.4

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import private_copy
-from core.privacy import access, privacy
+from core.privacy import access, consent, erasure, export, retention
+from core.privacy import keys as key_rotation   # `keys` is a common local name
 from core.warehouse import dataset, etl
 from core.store import mlopsdb, opsdb, writes
 from core.training import pipeline, registry
@@ -62,7 +63,7 @@ def unseen_movie(s, uid: int) -> int:
 def leave_traces(s, uid: int) -> None:
     """Give `uid` a row in every store: a served list, a consent change, rejected writes (→ quarantine), an export."""
     serving.recommend(s, uid)
-    privacy.set_consent(s, uid, tracking=True, actor="alice")
+    consent.set_consent(s, uid, tracking=True, actor="alice")
     with opsdb.session(s) as db:
         m = unseen_movie(s, uid)
         writes.record_events(db, [{"user_id": uid, "movie_id": m, "kind": "watch", "value": -5}], on_invalid="quarantine")
@@ -71,7 +72,7 @@ def leave_traces(s, uid: int) -> None:
                                   {"user_id": None, "movie_id": m, "kind": "click"}], on_invalid="quarantine")
         writes.rate_many(db, [{"user_id": active_user(s, 5), "movie_id": m, "rating": 11}], on_invalid="quarantine")
     etl.run_etl(s)
-    privacy.export_user(s, uid, actor="alice")
+    export.export_user(s, uid, actor="alice")
 
 
 def user_keys(con, table: str) -> set[str]:
@@ -162,7 +163,7 @@ def assert_registry_hashes_match(s) -> None:
 @pytest.mark.parametrize("tracking,personalization", [(True, True), (True, False), (False, True), (False, False)])
 def test_each_consent_combination_acts_on_storage_and_serving(world, tracking, personalization):
     uid = active_user(world)
-    result = privacy.set_consent(world, uid, tracking=tracking, personalization=personalization, actor="alice")
+    result = consent.set_consent(world, uid, tracking=tracking, personalization=personalization, actor="alice")
     assert (result["tracking"], result["personalization"]) == (tracking, personalization)
     assert [e.split(",")[0].split(":")[0] for e in result["effects"]] == ["Storage", "Serving", "Training"]
     movie = unseen_movie(world, uid)
@@ -182,27 +183,27 @@ def test_each_consent_combination_acts_on_storage_and_serving(world, tracking, p
     # Serving: immediately.
     path = serving.recommend(world, uid, log=False).path
     assert path == ("model" if personalization else "top50:no-consent")
-    assert privacy.consent(world, uid)["history"][-1] == {"changed_at": result["changed_at"], "tracking": tracking,
+    assert consent.consent(world, uid)["history"][-1] == {"changed_at": result["changed_at"], "tracking": tracking,
                                                           "personalization": personalization, "actor": "alice"}
 
 
 def test_consent_validation_history_and_audit(world):
     uid = active_user(world)
     with pytest.raises(ValidationError, match="needs tracking="):
-        privacy.set_consent(world, uid, actor="alice")
+        consent.set_consent(world, uid, actor="alice")
     with pytest.raises(UnknownUser):
-        privacy.set_consent(world, 10 ** 9, personalization=False, actor="alice")
+        consent.set_consent(world, 10 ** 9, personalization=False, actor="alice")
     with pytest.raises(ValidationError):
-        privacy.set_consent(world, uid, personalization="no", actor="alice")
+        consent.set_consent(world, uid, personalization="no", actor="alice")
     with pytest.raises(ValidationError):
-        privacy.set_consent(world, uid, personalization=False, actor=" ")
-    privacy.set_consent(world, uid, personalization=False, actor="alice", at="2026-01-12T10:00:00")
-    privacy.set_consent(world, uid, tracking=False, actor="bob", at="2026-01-12T11:00:00")
-    c = privacy.consent(world, uid)
+        consent.set_consent(world, uid, personalization=False, actor=" ")
+    consent.set_consent(world, uid, personalization=False, actor="alice", at="2026-01-12T10:00:00")
+    consent.set_consent(world, uid, tracking=False, actor="bob", at="2026-01-12T11:00:00")
+    c = consent.consent(world, uid)
     assert (c["tracking"], c["personalization"]) == (False, False)
     assert [(h["tracking"], h["personalization"], h["actor"]) for h in c["history"]] == [
         (True, False, "alice"), (False, False, "bob")]
-    log = privacy.audit_log(world)
+    log = access.audit_log(world)
     assert list(log["action"]) == ["consent", "consent"] and set(log["target"]) == {key_of(world, uid)}
     assert str(uid) not in set(log["target"]) and set(log["outcome"]) == {"ok"}
 
@@ -210,9 +211,9 @@ def test_consent_validation_history_and_audit(world):
 def test_withdrawal_reaches_training_at_the_next_retrain(world):
     uid = active_user(world)
     user_key = key_of(world, uid)
-    assert privacy.pending_effects(world) == []
-    privacy.set_consent(world, uid, personalization=False, actor="alice")
-    pending = privacy.pending_effects(world)
+    assert consent.pending_effects(world) == []
+    consent.set_consent(world, uid, personalization=False, actor="alice")
+    pending = consent.pending_effects(world)
     assert [p["user_id"] for p in pending] == [uid] and pending[0]["changed_at"] is not None
     assert "still in model" in pending[0]["effect"]
     # Still in the training data until the ETL syncs the flag...
@@ -226,7 +227,7 @@ def test_withdrawal_reaches_training_at_the_next_retrain(world):
     assert result["gate"]["checks"]["quality"]["staleness"]["withdrawn_consent"] == 1
     new = load_bundle(registry.get_version(world, result["version"])["artifact_path"])
     assert user_key not in set(new.matrix.user_keys) and len(new.matrix.user_keys) > 100
-    assert privacy.pending_effects(world) == []
+    assert consent.pending_effects(world) == []
     assert serving.recommend(world, uid, log=False).path == "top50:no-consent"
 
 
@@ -234,7 +235,7 @@ def test_withdrawal_reaches_training_at_the_next_retrain(world):
 def test_export_holds_every_row_of_every_store(world):
     uid = active_user(world)
     leave_traces(world, uid)
-    doc = privacy.export_user(world, uid, actor="alice")
+    doc = export.export_user(world, uid, actor="alice")
     json.dumps(doc, allow_nan=False)   # one plain JSON document
     user_key = key_of(world, uid)
     with opsdb.session(world) as db:
@@ -252,23 +253,23 @@ def test_export_holds_every_row_of_every_store(world):
         for table in ("fact_interaction", "quarantine", "dim_user"):
             n = con.execute(f"SELECT count(*) FROM {table} WHERE user_key = ?", [user_key]).fetchone()[0]
             assert n == doc["warehouse"][table]["count"] == len(doc["warehouse"][table]["rows"]) >= 1, table
-    assert privacy.held_counts(world, uid) == doc["stores"]
+    assert export.held_counts(world, uid) == doc["stores"]
     assert doc["warehouse"]["pseudonymized"] and doc["warehouse"]["user_key"] == user_key
     served = doc["served_recommendations"][0]
     assert served["items"][0]["title"] and served["path"] == "model"
     exp = doc["explanations"]
     assert exp["status"] == "ok" and [e["movie_id"] for e in exp["items"]] == [i["movie_id"] for i in served["items"]]
     assert doc["models"] and doc["models"][0]["learned_user_factors"]
-    assert privacy.audit_log(world)["action"].iloc[0] == "export"
+    assert access.audit_log(world)["action"].iloc[0] == "export"
     with pytest.raises(UnknownUser):
-        privacy.export_user(world, 10 ** 9, actor="alice")
+        export.export_user(world, 10 ** 9, actor="alice")
 
 
 def test_export_says_why_there_is_no_explanation(world):
     uid = active_user(world, 3)
-    privacy.set_consent(world, uid, personalization=False, actor="alice")
+    consent.set_consent(world, uid, personalization=False, actor="alice")
     serving.recommend(world, uid)   # a Top 50 list: nothing personalized to explain
-    assert privacy.export_user(world, uid, actor="alice")["explanations"]["status"].startswith("no personalized list")
+    assert export.export_user(world, uid, actor="alice")["explanations"]["status"].startswith("no personalized list")
 
 
 # ------------------------------------------------------------------ erasure
@@ -277,9 +278,9 @@ def test_forget_user_leaves_no_trace(world):
     user_key = key_of(world, uid)
     leave_traces(world, uid)
     assert len(everywhere(world, uid, user_key)) >= 8   # the probes do find the user before
-    before = privacy.export_user(world, uid, actor="alice")["stores"]
+    before = export.export_user(world, uid, actor="alice")["stores"]
 
-    summary = privacy.forget_user(world, uid, actor="alice")
+    summary = erasure.forget_user(world, uid, actor="alice")
 
     assert everywhere(world, uid, user_key) == []
     assert raw_file_hits(world, user_key) == []
@@ -289,10 +290,10 @@ def test_forget_user_leaves_no_trace(world):
     assert {f"ops.{t}": n for t, n in summary["ops"].items()} == {k: v for k, v in before.items() if k[:4] == "ops."}
     assert {f"warehouse.{t}": summary["warehouse"][t] for t in ("fact_interaction", "quarantine", "dim_user")} == {
         k: v for k, v in before.items() if k.startswith("warehouse.")}
-    assert set(privacy.held_counts(world, uid).values()) == {0}
+    assert set(export.held_counts(world, uid).values()) == {0}
     assert summary["models"]["bundles"] == 1 and summary["models"]["rankers"] == 1
     # The request: completed, counts only.
-    requests = privacy.request_log(world)
+    requests = erasure.request_log(world)
     assert list(requests["state"]) == ["completed"]
     request = requests.iloc[0].to_dict()
     assert user_key not in json.dumps(request) and request["actor"] == "alice"
@@ -309,7 +310,7 @@ def test_forget_user_leaves_no_trace(world):
     rec = serving.recommend(world, other, log=False)
     assert rec.path == "model" and rec.ranker_version == rk["version"] and len(rec.movie_ids) == 10
     # The audit trail keeps who did what, without the pseudonym.
-    log = privacy.audit_log(world)
+    log = access.audit_log(world)
     assert log["action"].iloc[0] == "erase" and log["outcome"].iloc[0] == "ok"
     assert (log["target"] == f"erased user (request #{summary['request_id']})").sum() == 3   # consent, 2 exports
     # The next ETL brings nothing of the user back.
@@ -321,7 +322,7 @@ def test_erased_factors_and_context_rows_are_zero(world):
     uid = active_user(world)
     prod = registry.production(world)
     row = load_bundle(prod["artifact_path"]).user_row[key_of(world, uid)]
-    privacy.forget_user(world, uid, actor="alice")
+    erasure.forget_user(world, uid, actor="alice")
     bundle = load_bundle(prod["artifact_path"])
     assert not bundle.model.user_factors_[row].any() and bundle.matrix.user_items[row].nnz == 0
     assert bundle.matrix.user_keys[row] == ""
@@ -333,31 +334,31 @@ def test_a_failed_erasure_is_recorded_and_can_be_retried(world, monkeypatch):
     uid = active_user(world)
     user_key = key_of(world, uid)
     with pytest.raises(UnknownUser):
-        privacy.forget_user(world, 10 ** 9, actor="alice")
-    assert privacy.request_log(world).empty
+        erasure.forget_user(world, 10 ** 9, actor="alice")
+    assert erasure.request_log(world).empty
 
     def broken(settings, request_id, key):
         raise OSError("disk full")
-    monkeypatch.setattr(privacy, "_erase_bundles", broken)
+    monkeypatch.setattr(erasure, "_erase_bundles", broken)
     with pytest.raises(OSError):
-        privacy.forget_user(world, uid, actor="alice")
-    failed = privacy.request_log(world).iloc[0]
+        erasure.forget_user(world, uid, actor="alice")
+    failed = erasure.request_log(world).iloc[0]
     assert failed["state"] == "failed" and json.loads(failed["summary"])["error"] == "OSError"
-    assert "disk full" not in failed["summary"] and privacy.audit_log(world)["outcome"].iloc[0] == "failed"
+    assert "disk full" not in failed["summary"] and access.audit_log(world)["outcome"].iloc[0] == "failed"
     assert model_hits(world, user_key)   # the models still hold the user
 
     monkeypatch.undo()
     # The user is gone from the ops DB, the models are not: a retry finishes the same request.
-    retry = privacy.forget_user(world, uid, actor="alice")
+    retry = erasure.forget_user(world, uid, actor="alice")
     assert retry["models"]["bundles"] == 1 and retry["ops"]["users"] == 1
     assert retry["request_id"] == failed["request_id"]
     assert everywhere(world, uid, user_key) == []
-    assert list(privacy.request_log(world)["state"]) == ["completed"]
+    assert list(erasure.request_log(world)["state"]) == ["completed"]
 
 
 # ------------------------------------------------------------------ retention
 def test_retention_purges_old_events_in_both_stores(world):
-    status = privacy.retention_status(world, 5)
+    status = retention.retention_status(world, 5)
     assert status["ops_events_to_purge"] > 0 and status["warehouse_events_to_purge"] > 0
     assert status["oldest_ops_event"] < status["cutoff"]
     with duckdb.connect(str(world.warehouse), read_only=True) as con:
@@ -365,7 +366,7 @@ def test_retention_purges_old_events_in_both_stores(world):
     with opsdb.session(world) as db:
         ops_ratings = db.execute("SELECT count(*) FROM rating_history").fetchone()[0]
 
-    result = privacy.retention(world, 5, actor="alice")
+    result = retention.retention(world, 5, actor="alice")
 
     assert result["ops_events_deleted"] == status["ops_events_to_purge"]
     assert result["warehouse_events_deleted"] == status["warehouse_events_to_purge"]
@@ -379,12 +380,12 @@ def test_retention_purges_old_events_in_both_stores(world):
                                 "WHERE kind <> 'rating'").fetchone()[0]
         assert con.execute("SELECT count(*) FROM fact_interaction WHERE kind = 'rating'").fetchone()[0] == ratings
     assert wh_oldest >= cutoff
-    again = privacy.retention_status(world, 5)
+    again = retention.retention_status(world, 5)
     assert again["ops_events_to_purge"] == again["warehouse_events_to_purge"] == 0
-    assert privacy.audit_log(world)["action"].iloc[0] == "retention"
+    assert access.audit_log(world)["action"].iloc[0] == "retention"
     for bad in (0, -3, 1.5, True, "7"):
         with pytest.raises(ValidationError, match="positive integer"):
-            privacy.retention(world, bad, actor="alice")
+            retention.retention(world, bad, actor="alice")
 
 
 # ------------------------------------------------------------------ key rotation
@@ -397,11 +398,11 @@ def test_rotate_key_rekeys_every_store(world, monkeypatch):
         before = {t: user_keys(con, t) for t in ("dim_user", "fact_interaction", "quarantine")}
     monkeypatch.setenv(KEY_ENV, "managed-elsewhere")
     with pytest.raises(RetroError, match="managed outside"):
-        privacy.rotate_key(world, actor="alice")
+        key_rotation.rotate_key(world, actor="alice")
     monkeypatch.delenv(KEY_ENV)
     assert key_of(world, uid) == old_key
 
-    result = privacy.rotate_key(world, actor="alice")
+    result = key_rotation.rotate_key(world, actor="alice")
 
     new_key = key_of(world, uid)
     assert new_key != old_key and result["bundles_rekeyed"] == 1
@@ -413,7 +414,7 @@ def test_rotate_key_rekeys_every_store(world, monkeypatch):
     assert everywhere(world, None, old_key) == [] and raw_file_hits(world, old_key) == []
     assert_registry_hashes_match(world)
     assert serving.recommend(world, uid, log=False).path == "model"
-    assert (privacy.audit_log(world)["target"] == new_key).sum() == 2
+    assert (access.audit_log(world)["target"] == new_key).sum() == 2
     assert os.stat(world.home / "secrets.toml").st_mode & 0o777 == 0o600
     assert access.check(world, "admin", token)             # the operators survived the rewrite
 
@@ -423,13 +424,13 @@ def test_an_interrupted_key_rotation_is_resumed(world, monkeypatch):
 
     def crash(settings, hashes):
         raise OSError("power cut")
-    monkeypatch.setattr(privacy, "_set_artifact_hashes", crash)
+    monkeypatch.setattr(key_rotation, "_set_artifact_hashes", crash)
     with pytest.raises(OSError):
-        privacy.rotate_key(world, actor="alice")     # the warehouse and bundles moved, the key did not
+        key_rotation.rotate_key(world, actor="alice")     # the warehouse and bundles moved, the key did not
     parked = access.read_secrets(world)["pseudonymization"]["next_key"]
     monkeypatch.undo()
 
-    privacy.rotate_key(world, actor="alice")
+    key_rotation.rotate_key(world, actor="alice")
     section = access.read_secrets(world)["pseudonymization"]
     assert section["key"] == parked and "next_key" not in section
     with opsdb.session(world) as db:
@@ -488,7 +489,7 @@ def test_the_warehouse_holds_pseudonyms_only(base):
 
 
 def test_the_inventory_covers_every_table_with_personal_data(base):
-    inventory = privacy.data_inventory()
+    inventory = export.data_inventory()
     listed = {(r["store"].split(" ")[0], r["table"]) for r in inventory}
     with opsdb.session(base) as db:
         ops_tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -498,7 +499,7 @@ def test_the_inventory_covers_every_table_with_personal_data(base):
                                                "WHERE column_name = 'user_key'").fetchall()]
     assert {("ops", t) for t in ops_tables + ["rejected_writes"]} <= listed
     assert {("warehouse", t) for t in wh_tables} <= listed
-    assert all(tuple(r) == privacy.INVENTORY_FIELDS for r in inventory)
+    assert all(tuple(r) == export.INVENTORY_FIELDS for r in inventory)
     with mlopsdb.session(base) as db:   # the ML metadata store has no user id column at all
         for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
             assert "user_id" not in [c[1] for c in db.execute(f'PRAGMA table_info("{t}")')], t

@@ -12,7 +12,7 @@ import pytest
 from core.warehouse import etl
 from core import faults
 from core.store import locks, mlopsdb
-from core.privacy import privacy, recovery
+from core.privacy import erasure, recovery
 from core.training import registry, tracking
 from core.serving import serving
 from core.errors import UnknownUser
@@ -66,30 +66,30 @@ def assert_clean(s, uid: int, user_key: str) -> None:
 def test_every_fault_point_is_a_boundary_a_normal_erasure_passes(world, monkeypatch):
     seen = []
     monkeypatch.setattr(faults, "hook", seen.append)
-    privacy.forget_user(world, active_user(world), actor="alice")
-    assert set(seen) == set(privacy.FAULT_POINTS) and len(seen) == len(privacy.FAULT_POINTS)
+    erasure.forget_user(world, active_user(world), actor="alice")
+    assert set(seen) == set(erasure.FAULT_POINTS) and len(seen) == len(erasure.FAULT_POINTS)
 
 
-@pytest.mark.parametrize("point", privacy.FAULT_POINTS)
+@pytest.mark.parametrize("point", erasure.FAULT_POINTS)
 def test_an_erasure_killed_at_any_step_boundary_is_finished_by_forget(world, monkeypatch, point):
     uid, other = active_user(world), active_user(world, 1)
     user_key = key_of(world, uid)
     leave_traces(world, uid)
     kill_at(monkeypatch, point)
     with pytest.raises(faults.SimulatedKill):
-        privacy.forget_user(world, uid, actor="alice")
+        erasure.forget_user(world, uid, actor="alice")
 
     request = pending(world)
     assert request["state"] == "received" and request["user_key"] == user_key
     assert (request["user_id"] is None) == ("opsdb" in json.loads(request["steps"]))   # raw id only until ops is done
     assert_serving_works(world, other)
 
-    result = privacy.forget_user(world, uid, actor="alice")   # "nothing is held" is not the answer while pending
+    result = erasure.forget_user(world, uid, actor="alice")   # "nothing is held" is not the answer while pending
     assert result["request_id"] == request["request_id"] and result["state"] == "completed"
     assert_clean(world, uid, user_key)
     assert_serving_works(world, other)
     with pytest.raises(UnknownUser):
-        privacy.forget_user(world, uid, actor="alice")      # now it is
+        erasure.forget_user(world, uid, actor="alice")      # now it is
 
 
 def test_a_kill_between_the_ranker_swap_and_its_hash_update_leaves_serving_working(world, monkeypatch):
@@ -97,19 +97,19 @@ def test_a_kill_between_the_ranker_swap_and_its_hash_update_leaves_serving_worki
     after the ranker's file swap never happens."""
     uid, other = active_user(world), active_user(world, 1)
     user_key = key_of(world, uid)
-    register = privacy._set_artifact_hashes
+    register = erasure._set_artifact_hashes
 
     def killed_before_ranker_hash(settings, hashes):
         if any(Path(d).name.startswith("ranker-") for d in hashes):
             raise Killed()
         return register(settings, hashes)
-    monkeypatch.setattr(privacy, "_set_artifact_hashes", killed_before_ranker_hash)
+    monkeypatch.setattr(erasure, "_set_artifact_hashes", killed_before_ranker_hash)
     with pytest.raises(Killed):
-        privacy.forget_user(world, uid, actor="alice")
+        erasure.forget_user(world, uid, actor="alice")
     monkeypatch.undo()
 
     assert_serving_works(world, other)
-    privacy.forget_user(world, uid, actor="alice")   # re-running repairs
+    erasure.forget_user(world, uid, actor="alice")   # re-running repairs
     assert_clean(world, uid, user_key)
 
 
@@ -119,16 +119,16 @@ def test_a_pending_erasure_is_finished_at_the_next_job_start(world, monkeypatch,
     user_key = key_of(world, uid)
     kill_at(monkeypatch, "erasure:ranker-swapped")
     with pytest.raises(faults.SimulatedKill):
-        privacy.forget_user(world, uid, actor="alice")
+        erasure.forget_user(world, uid, actor="alice")
     if next_job == "etl":
         etl.run_etl(world)
     elif next_job == "lock":
         with locks.store_lock(world, "retention purge"):
             pass
     else:
-        assert privacy.forget_user(world, other, actor="bob")["request_id"] == pending(world)["request_id"]
+        assert erasure.forget_user(world, other, actor="bob")["request_id"] == pending(world)["request_id"]
     assert_clean(world, uid, user_key)
-    log = privacy.request_log(world)
+    log = erasure.request_log(world)
     assert (log["state"] == "completed").all() and json.loads(log["summary"].iloc[-1])["models"]["bundles"] == 1
 
 
@@ -136,11 +136,11 @@ def test_a_failing_pending_erasure_does_not_stop_other_jobs(world, monkeypatch):
     uid = active_user(world)
     kill_at(monkeypatch, "erasure:warehouse")
     with pytest.raises(faults.SimulatedKill):
-        privacy.forget_user(world, uid, actor="alice")
+        erasure.forget_user(world, uid, actor="alice")
 
     def broken(settings, request_id, key):
         raise OSError("disk full")
-    monkeypatch.setattr(privacy, "_erase_bundles", broken)
+    monkeypatch.setattr(erasure, "_erase_bundles", broken)
     with locks.store_lock(world, "retrain"):        # the job goes ahead; the request records the error
         pass
     assert pending(world)["state"] == "failed" and pending(world)["user_key"] == key_of(world, uid)

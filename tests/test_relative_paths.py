@@ -13,7 +13,7 @@ import pytest
 from conftest import private_copy
 
 from core.store import mlopsdb
-from core.privacy import privacy
+from core.privacy import erasure
 from core.training import registry
 from core.serving import serving
 from core.training.artifacts import load_bundle
@@ -48,7 +48,7 @@ def test_a_copied_folder_serves_and_erases_its_own_models(original, tmp_path):
         user = 5
         assert serving.recommend(b, user, log=False).path == "model"   # B serves without A
         key = pseudonym(user, pseudonym_key(b))
-        privacy.forget_user(b, user, actor="test")
+        erasure.forget_user(b, user, actor="test")
         assert key not in set(load_bundle(prod["artifact_path"]).matrix.user_keys)
         a_bundle = load_bundle(moved / prod["artifact_path"][len(str(copy_home)) + 1:])
         assert key in set(a_bundle.matrix.user_keys)           # A was never touched

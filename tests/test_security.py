@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from core.privacy import access, privacy
+from core.privacy import access, erasure
 from core.warehouse import etl
 from core.training import pipeline
 from core.serving import serving
@@ -57,7 +57,7 @@ def test_a_fresh_trained_data_folder_is_owner_only(tmp_path, permissive_umask):
     assert _loose(home) == {}
     assert {"retro.db", "mlops.db", "warehouse.duckdb", "world.npz", "secrets.toml", "models"} <= set(os.listdir(home))
     # An erasure rewrites model files and compacts the warehouse: they stay owner-only.
-    privacy.forget_user(settings, 1, actor="test")
+    erasure.forget_user(settings, 1, actor="test")
     assert _loose(home) == {}
 
 

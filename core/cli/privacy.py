@@ -17,28 +17,28 @@ from core.cli import ID, arg, command, emit, int_in
          ])
 def cmd_privacy(args, settings):
     """Whoever runs the CLI has the files and so acts as operator; actions are still audited (OS user name)."""
-    from core.privacy import access, privacy
+    from core.privacy import access, consent, erasure, export, retention
     actor = access.cli_actor()
     if args.action == "consent":
         if args.user is None:
             raise errors.ValidationError("privacy consent needs --user ID")
         if args.tracking is None and args.personalization is None:
-            data = privacy.consent(settings, args.user)
+            data = consent.consent(settings, args.user)
         else:
-            data = privacy.set_consent(settings, args.user, tracking=_on_off(args.tracking),
+            data = consent.set_consent(settings, args.user, tracking=_on_off(args.tracking),
                                        personalization=_on_off(args.personalization), actor=actor)
     elif args.action == "export":
         if args.user is None:
             raise errors.ValidationError("privacy export needs --user ID")
-        data = privacy.export_user(settings, args.user, actor=actor)
+        data = export.export_user(settings, args.user, actor=actor)
         print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
         return
     elif args.action == "forget":
         if args.user is None:
             raise errors.ValidationError("privacy forget needs --user ID")
-        data = privacy.forget_user(settings, args.user, actor=actor)
+        data = erasure.forget_user(settings, args.user, actor=actor)
     else:
-        data = privacy.retention(settings, args.days, actor=actor) if args.days else privacy.retention_status(settings, 365)
+        data = retention.retention(settings, args.days, actor=actor) if args.days else retention.retention_status(settings, 365)
     emit(args, data, lambda: print(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
 
 

@@ -276,3 +276,31 @@ def audit_log(settings: Settings, limit: int | None = None) -> pd.DataFrame:
     with mlopsdb.session(settings) as db:
         rows = db.execute(sql, args).fetchall()
     return pd.DataFrame(rows, columns=["audit_id", "at", "actor", "action", "target", "outcome"])
+
+
+# --------------------------------------------------------------- pseudonyms in the audit log (erasure, key rotation)
+def erase_user(settings: Settings, user_key: str, replacement: str) -> int:
+    """Replace the pseudonym wherever it is an audit target (an erasure names its request instead);
+    freed pages zeroed, WAL checkpointed. Returns the rows redacted."""
+    with mlopsdb.session(settings) as db:
+        db.execute("PRAGMA secure_delete = ON")
+        n = db.conn.execute("UPDATE operator_audit SET target = ? WHERE target = ?", [replacement, user_key]).rowcount
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return int(n)
+
+
+def rekey(settings: Settings, new_for) -> int:
+    """Re-key the audit targets that are pseudonyms through `new_for(keys) -> {old: new}` (one transaction,
+    old bytes zeroed, WAL checkpointed); returns how many targets changed."""
+    from core.pseudonym import PSEUDONYM_HEX
+    pattern = re.compile(rf"[0-9a-f]{{{PSEUDONYM_HEX}}}")
+    with mlopsdb.session(settings) as db:
+        targets = [t for (t,) in db.execute("SELECT DISTINCT target FROM operator_audit WHERE target IS NOT NULL")
+                   if pattern.fullmatch(t)]
+        audit_map = new_for(targets)
+        db.execute("PRAGMA secure_delete = ON")
+        with db.atomic():
+            for old, new in audit_map.items():
+                db.execute("UPDATE operator_audit SET target = ? WHERE target = ?", [new, old])
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return len(audit_map)

@@ -4,7 +4,7 @@ Holding the lock (not re-entrantly), this process knows no other lock-protected
 job is running anywhere: jobs and runs still 'running' belonged to a process
 that was killed, so they are marked 'interrupted'; and erasure requests left
 pending by a killed (or failed) `forget` are finished (see
-`privacy.forget_user`). ETL runs are marked by the next ETL itself
+`erasure.forget_user`). ETL runs are marked by the next ETL itself
 (`etl.run_etl`). Only jobs started under the lock record `running` rows:
 `LOCKED_JOB_KINDS` names them, so a job kind added later outside the lock is
 not mistaken for a dead one.
@@ -38,9 +38,9 @@ def recover(settings: Settings, *, erasures: bool = True) -> dict:
     """
     out: dict = {"interrupted": mark_interrupted(settings), "erasures": []}
     if erasures and settings.mlops_db.exists():
-        from core.privacy import privacy
+        from core.privacy import erasure
         try:
-            out["erasures"] = privacy.resume_erasures(settings)
+            out["erasures"] = erasure.resume_erasures(settings)
         except Exception as exc:  # noqa: BLE001 - reported, retried at the next start
             log.warning("a pending erasure request could not be finished (%s); it stays pending and is retried "
                         "at the next job start or `privacy forget`", type(exc).__name__)

@@ -118,7 +118,7 @@ def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, st
         params["users_changed"] = int(len(rows))
     elif kind == "new-releases":
         n = max(1, int(round(50 * strength)))
-        taken = opsdb.movie_titles(db)
+        taken = set(opsdb.movie_titles(db).values())   # new releases must not repeat a title
         cat = world_mod.new_catalog(n, rng, taken, quality_shift=0.7)
         start_id = writes.highest_id(db, "movies", "movie_id") + 1
         ids = np.arange(start_id, start_id + n, dtype=np.int64)

@@ -24,7 +24,7 @@ from core.errors import RetroError
 from core.settings import Settings
 
 LOCK_FILE = ".store.lock"
-ERASURE = "erasure"          # the purpose `privacy.forget_user` holds the lock for
+ERASURE = "erasure"          # the purpose `erasure.forget_user` holds the lock for
 DEFAULT_TIMEOUT = 900.0     # longer than a retrain of the large benchmark world
 _local = threading.local()
 

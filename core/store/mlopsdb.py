@@ -215,7 +215,7 @@ def m005_interrupted(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m006_resumable_erasure(db: sqlite_utils.Database) -> None:
-    """Erasure requests are resumable (`privacy.forget_user`).
+    """Erasure requests are resumable (`erasure.forget_user`).
 
     A pending request keeps whom to erase only until it completes
     (`pending_user_id`, the raw id, until the operational store is done;

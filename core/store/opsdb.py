@@ -5,6 +5,8 @@ Open one connection per call or per thread (Streamlit serves sessions in threads
 """
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -16,6 +18,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from core.constants import TS_FORMAT
+from core.errors import RetroError
 from core.filemodes import create_private, private_file
 from core.settings import Settings
 
@@ -416,11 +419,6 @@ def holds_movies_or_users(db: sqlite_utils.Database) -> bool:
     return bool(db.execute("SELECT (SELECT count(*) FROM movies) + (SELECT count(*) FROM users)").fetchone()[0])
 
 
-def movie_titles(db: sqlite_utils.Database) -> set[str]:
-    """Every title in the catalog (new simulated releases must not repeat one)."""
-    return {r[0] for r in db.execute("SELECT title FROM movies").fetchall()}
-
-
 def add_sim_shift(db: sqlite_utils.Database, kind: str, strength: float, start_day: int, duration: int,
                   params: dict) -> None:
     """Record a behaviour shift started in the simulated world (params stored as JSON)."""
@@ -434,3 +432,160 @@ def sim_shifts(db: sqlite_utils.Database) -> list[tuple[str, float, int, int, di
     import json
     rows = db.execute("SELECT kind, strength, start_day, duration, params FROM sim_shifts ORDER BY shift_id").fetchall()
     return [(k, s, d, n, json.loads(p)) for k, s, d, n, p in rows]
+
+# --- a user's personal data: consent, export, erasure, retention (orchestrated by core/privacy) ----------------
+def consent_flags(db: sqlite_utils.Database, user_id: int) -> tuple[bool, bool] | None:
+    """(tracking, personalization) of a user; None for an unknown id."""
+    row = db.execute("SELECT consent_tracking, consent_personalization FROM users WHERE user_id = ?",
+                     [user_id]).fetchone()
+    return None if row is None else (bool(row[0]), bool(row[1]))
+
+
+def set_consent(db: sqlite_utils.Database, user_id: int, *, tracking: bool | None, personalization: bool | None,
+                actor: str, at: str) -> dict | None:
+    """Change the given flags (None: unchanged) and append the change to `consent_history`, in one transaction.
+
+    Returns the new {'tracking', 'personalization'}; None for an unknown id (nothing is written).
+    """
+    with db.atomic():
+        row = db.execute("SELECT consent_tracking, consent_personalization FROM users WHERE user_id = ?",
+                         [user_id]).fetchone()
+        if row is None:
+            return None
+        new = {"tracking": bool(row[0]) if tracking is None else bool(tracking),
+               "personalization": bool(row[1]) if personalization is None else bool(personalization)}
+        db.execute("UPDATE users SET consent_tracking = ?, consent_personalization = ? WHERE user_id = ?",
+                   [int(new["tracking"]), int(new["personalization"]), user_id])
+        db.execute("INSERT INTO consent_history(user_id, changed_at, tracking, personalization, actor) "
+                   "VALUES (?, ?, ?, ?, ?)", [user_id, at, int(new["tracking"]), int(new["personalization"]), actor])
+    return new
+
+
+def consent_history(db: sqlite_utils.Database, user_id: int) -> list[dict]:
+    """A user's consent changes, oldest first: changed_at, tracking, personalization (0/1), actor."""
+    return list(db.query("SELECT changed_at, tracking, personalization, actor FROM consent_history "
+                         "WHERE user_id = ? ORDER BY changed_at, change_id", [user_id]))
+
+
+def personalization_withdrawals(db: sqlite_utils.Database) -> dict[int, list[tuple[str, int]]]:
+    """{user id: [(changed_at, personalization), ...] oldest first} for every user whose personalization is off
+    (in user id order; an empty list when the flag was never changed through consent_history)."""
+    withdrawn = {r[0]: [] for r in db.execute("SELECT user_id FROM users WHERE consent_personalization = 0 "
+                                                "ORDER BY user_id")}
+    for uid, changed_at, pers in db.execute(
+            "SELECT h.user_id, h.changed_at, h.personalization FROM consent_history h "
+            "JOIN users u ON u.user_id = h.user_id WHERE u.consent_personalization = 0 "
+            "ORDER BY h.user_id, h.changed_at, h.change_id"):
+        if uid in withdrawn:
+            withdrawn[uid].append((changed_at, pers))
+    return withdrawn
+
+
+def movie_titles(db: sqlite_utils.Database) -> dict[int, str]:
+    """{movie_id: title} of the whole catalogue."""
+    return {m: t for m, t in db.execute("SELECT movie_id, title FROM movies")}
+
+
+def user_exists(db: sqlite_utils.Database, user_id: int) -> bool:
+    return db.execute("SELECT 1 FROM users WHERE user_id = ?", [user_id]).fetchone() is not None
+
+
+def payload_user(payload: str) -> int | None:
+    """The user id inside a rejected write's JSON payload, read the way the ETL reads it (7, 7.0, '7')."""
+    try:
+        value = json.loads(payload).get("user_id")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number == round(number) else None
+
+
+def rejected_for(db: sqlite_utils.Database, user_id: int) -> list[dict]:
+    """The rejected writes whose payload names the user (reject_id, target, reason, payload, rejected_at)."""
+    rows = db.query("SELECT reject_id, target, reason, payload, rejected_at FROM rejected_writes ORDER BY reject_id")
+    return [r for r in rows if payload_user(r["payload"]) == user_id]
+
+
+def known_user_ids(db: sqlite_utils.Database) -> set[int]:
+    """Every user id the store knows: users, and ids named in rejected-write payloads (a key rotation's input)."""
+    ids = {r[0] for r in db.execute("SELECT user_id FROM users")}
+    return ids | {u for (p,) in db.execute("SELECT payload FROM rejected_writes") if (u := payload_user(p)) is not None}
+
+
+def export_user(db: sqlite_utils.Database, user_id: int) -> dict[str, list[dict]] | None:
+    """Every row held about a user, per table (users, consent_history, ratings, rating_history, events,
+    rejected_writes); None for an unknown id. The serving log's rows come from `servinglog.export_user`."""
+    profile = list(db.query("SELECT * FROM users WHERE user_id = ?", [user_id]))
+    if not profile:
+        return None
+    q = lambda sql: list(db.query(sql, [user_id]))  # noqa: E731
+    return {
+        "users": profile,
+        "consent_history": consent_history(db, user_id),
+        "ratings": q("SELECT movie_id, rating, rated_at FROM ratings WHERE user_id = ? ORDER BY rated_at, movie_id"),
+        "rating_history": q("SELECT history_id, movie_id, rating, rated_at FROM rating_history WHERE user_id = ? "
+                            "ORDER BY history_id"),
+        "events": q("SELECT event_id, movie_id, kind, value, occurred_at FROM events WHERE user_id = ? ORDER BY seq"),
+        "rejected_writes": rejected_for(db, user_id),
+    }
+
+
+def _user_id_tables(db: sqlite_utils.Database) -> list[str]:
+    """Every table with a `user_id` column (users first): what an erasure must leave without the user's rows."""
+    names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    found = [n for n in names if any(c[1] == "user_id" for c in db.execute(f'PRAGMA table_info("{n}")'))]
+    return sorted(found, key=lambda n: n != "users")
+
+
+def held_counts(db: sqlite_utils.Database, user_id: int) -> dict[str, int]:
+    """Rows held about a user per table (every table with a user_id column, and rejected_writes by payload)."""
+    counts = {t: db.execute(f'SELECT count(*) FROM "{t}" WHERE user_id = ?', [user_id]).fetchone()[0]
+              for t in _user_id_tables(db)}
+    counts["rejected_writes"] = len(rejected_for(db, user_id))
+    return counts
+
+
+def erase_user(db: sqlite_utils.Database, user_id: int) -> dict[str, int]:
+    """Delete every row about a user in one transaction; returns the rows deleted per table.
+
+    The `users` row goes and its foreign keys cascade to every child table (the serving log included);
+    rejected writes whose payload names the user go too. Verified before commit: a table left with a row
+    for the user raises RetroError and nothing is deleted. secure_delete zeroes freed pages and the WAL is
+    checkpointed, so the deleted bytes leave both files.
+    """
+    db.execute("PRAGMA secure_delete = ON")   # freed pages are zeroed, not left readable in the file
+    tables = _user_id_tables(db)
+    count = lambda t: db.execute(f'SELECT count(*) FROM "{t}" WHERE user_id = ?', [user_id]).fetchone()[0]  # noqa: E731
+    with db.atomic():
+        before = {t: count(t) for t in tables}
+        rejected = [r["reject_id"] for r in rejected_for(db, user_id)]
+        db.execute("DELETE FROM users WHERE user_id = ?", [user_id])   # cascades to every child table
+        db.conn.executemany("DELETE FROM rejected_writes WHERE reject_id = ?", [(r,) for r in rejected])
+        left = {t: n for t in tables if (n := count(t))}
+        if left or any(payload_user(p) == user_id for (p,) in db.execute("SELECT payload FROM rejected_writes")):
+            raise RetroError(f"erasure incomplete: rows remain in {sorted(left) or ['rejected_writes']} "
+                             "(a table without ON DELETE CASCADE?); nothing was deleted")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return before | {"rejected_writes": len(rejected)}
+
+
+def events_before(db: sqlite_utils.Database, cutoff: str) -> tuple[int, int, str | None]:
+    """(events before `cutoff`, all events, the oldest event's time): what a retention purge would delete."""
+    n, total, oldest = db.execute("SELECT count(*) FILTER (WHERE occurred_at < ?), count(*), min(occurred_at) "
+                                  "FROM events", [cutoff]).fetchone()
+    return int(n), int(total), oldest
+
+
+def purge_events(db: sqlite_utils.Database, cutoff: str) -> int:
+    """Delete behavioural events before `cutoff` (one transaction, freed pages zeroed, WAL checkpointed);
+    returns how many. Ratings are the user's explicit input and stay."""
+    db.execute("PRAGMA secure_delete = ON")
+    with db.atomic():
+        n = db.conn.execute("DELETE FROM events WHERE occurred_at < ?", [cutoff]).rowcount
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return int(n)

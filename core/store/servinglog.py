@@ -118,3 +118,10 @@ def totals(db) -> tuple[int, str | None]:
 def path_counts(db) -> dict[str, int]:
     """{serving path: lists served by it}."""
     return dict(db.execute("SELECT path, count(*) FROM served_recommendations GROUP BY path").fetchall())
+
+
+
+def export_user(db: sqlite_utils.Database, user_id: int) -> list[dict]:
+    """Every list served to a user, newest first, as stored (movie_ids and scores are JSON texts)."""
+    return list(db.query("SELECT * FROM served_recommendations WHERE user_id = ? ORDER BY served_at DESC, "
+                         "serve_id DESC", [user_id]))

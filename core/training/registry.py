@@ -11,6 +11,8 @@ model served at time T" is answered from the history (`production_at`).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from core.store import mlopsdb
@@ -339,3 +341,63 @@ def production_on(db, settings: Settings, family: str = CF) -> dict | None:
     keeps one per thread and asks on every request, so a promotion or rollback from any process is seen next."""
     row = _production_row(db, family)
     return None if row is None else mlopsdb.resolve_artifact(settings, decode_json_fields(row, VERSION_JSON_FIELDS))
+
+# --- artifacts rewritten in place (an erasure or a key rotation, core/privacy) -----------------------------------
+def versions_of_artifact(settings: Settings, directory) -> list[tuple[int, str]]:
+    """(version, stage) of every version whose artifact is `directory`."""
+    target = Path(directory).resolve()
+    with mlopsdb.session(settings) as db:
+        rows = db.execute("SELECT version, stage, artifact_path FROM model_versions "
+                          "WHERE artifact_path IS NOT NULL").fetchall()
+    return [(int(v), stage) for v, stage, path in rows if mlopsdb.artifact_dir(settings, path).resolve() == target]
+
+
+def artifact_dirs(settings: Settings) -> dict[int, Path]:
+    """{version: artifact directory} of every version with an artifact."""
+    with mlopsdb.session(settings) as db:
+        return {int(v): mlopsdb.artifact_dir(settings, p) for v, p in db.execute(
+            "SELECT version, artifact_path FROM model_versions WHERE artifact_path IS NOT NULL")}
+
+
+def set_artifact_hashes(settings: Settings, hashes: dict) -> int:
+    """Record new artifact hashes for the runs and model versions of each directory (one transaction).
+
+    A version's `pending_hash` (announced before an erasure's file swap) is cleared: it is now the hash.
+    Returns the runs and versions updated.
+    """
+    from core.training import tracking
+    if not hashes:
+        return 0
+    targets = {Path(d).resolve(): h for d, h in hashes.items()}
+    with mlopsdb.write_session(settings) as db:
+        changed = tracking.set_artifact_hashes(db, settings, targets)
+        for version, path in db.execute("SELECT version, artifact_path FROM model_versions "
+                                        "WHERE artifact_path IS NOT NULL").fetchall():
+            digest = targets.get(mlopsdb.artifact_dir(settings, path).resolve())
+            if digest is not None:
+                db.execute("UPDATE model_versions SET artifact_hash = ? WHERE version = ?", [digest, version])
+                changed += 1
+        for version, path in db.execute("SELECT version, artifact_path FROM model_versions "
+                                        "WHERE pending_hash IS NOT NULL").fetchall():
+            if mlopsdb.artifact_dir(settings, path).resolve() in targets:
+                db.execute("UPDATE model_versions SET pending_hash = NULL WHERE version = ?", [version])
+    return changed
+
+
+def announce_pending_hash(db, settings: Settings, directory, digest: str) -> None:
+    """Before an artifact's files are swapped: the hash `directory` will have, as `pending_hash` of its
+    versions (serving accepts it too). On the caller's connection, inside its transaction."""
+    target = Path(directory).resolve()
+    for version, path in db.execute("SELECT version, artifact_path FROM model_versions "
+                                    "WHERE artifact_path IS NOT NULL").fetchall():
+        if mlopsdb.artifact_dir(settings, path).resolve() == target:
+            db.execute("UPDATE model_versions SET pending_hash = ? WHERE version = ?", [digest, version])
+
+
+def clear_pending_hash(db, settings: Settings, directory) -> None:
+    """Drop the announced hash of `directory`'s versions (a swap that never completed). On the caller's connection."""
+    target = Path(directory)
+    for version, vpath in db.execute("SELECT version, artifact_path FROM model_versions "
+                                     "WHERE pending_hash IS NOT NULL").fetchall():
+        if mlopsdb.artifact_dir(settings, vpath).resolve() == target:
+            db.execute("UPDATE model_versions SET pending_hash = NULL WHERE version = ?", [version])

@@ -293,3 +293,16 @@ def mark_interrupted(settings: Settings, job_kinds: tuple[str, ...], error: str)
         runs = db.conn.execute("UPDATE runs SET status = 'interrupted', error = ? WHERE status = 'running'",
                                [error]).rowcount
     return {"jobs": int(jobs), "runs": int(runs)}
+
+# --- artifact hashes rewritten in place (an erasure or a key rotation, core/privacy) -----------------------------
+def set_artifact_hashes(db, settings: Settings, targets: dict[Path, str]) -> int:
+    """Record a new hash for every run whose artifact directory (resolved) is a key of `targets`, on the
+    caller's connection (so it joins the caller's transaction); returns the runs updated."""
+    changed = 0
+    rows = db.execute("SELECT run_id, artifact_path FROM runs WHERE artifact_path IS NOT NULL").fetchall()
+    for ident, path in rows:
+        digest = targets.get(mlopsdb.artifact_dir(settings, path).resolve())
+        if digest is not None:
+            db.execute("UPDATE runs SET artifact_hash = ? WHERE run_id = ?", [digest, ident])
+            changed += 1
+    return changed

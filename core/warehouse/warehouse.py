@@ -283,3 +283,121 @@ def daily_volumes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def etl_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every ETL run, newest first."""
     return con.execute("SELECT * FROM etl_runs ORDER BY run_id DESC").df()
+
+# --- a user's rows, keyed by pseudonym: export, erasure, key rotation, retention (orchestrated by core/privacy)
+USER_TABLES = ("fact_interaction", "quarantine", "dim_user")   # what an export shows and counts per user
+
+
+def _user_key_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every table with a `user_key` column: what an erasure or a key rotation must cover."""
+    return [r[0] for r in con.execute("SELECT DISTINCT table_name FROM information_schema.columns "
+                                      "WHERE column_name = 'user_key' AND table_schema = 'main' ORDER BY 1").fetchall()]
+
+
+def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r)) for r in cursor.fetchall()]
+
+
+def export_user(settings: Settings, user_key: str) -> dict[str, list[dict]]:
+    """{table: the pseudonym's rows, without the key column} for each of `USER_TABLES` (empty without a warehouse)."""
+    if not settings.warehouse.exists():
+        return {t: [] for t in USER_TABLES}
+    with session(settings) as con:
+        return {t: _dicts(con.execute(f"SELECT * EXCLUDE (user_key) FROM {t} WHERE user_key = ?", [user_key]))
+                for t in USER_TABLES}
+
+
+def held_counts(settings: Settings, user_key: str) -> dict[str, int]:
+    """{table: rows under the pseudonym} for each of `USER_TABLES` (zeros without a warehouse)."""
+    counts = {t: 0 for t in USER_TABLES}
+    if settings.warehouse.exists():
+        with session(settings) as con:
+            for t in USER_TABLES:
+                counts[t] = int(con.execute(f"SELECT count(*) FROM {t} WHERE user_key = ?", [user_key]).fetchone()[0])
+    return counts
+
+
+def holds_user(settings: Settings, user_key: str) -> bool:
+    """True when any table with a user_key column has a row under the pseudonym."""
+    if settings.warehouse.exists():
+        with session(settings) as con:
+            for table in _user_key_tables(con):
+                if con.execute(f"SELECT count(*) FROM {table} WHERE user_key = ?", [user_key]).fetchone()[0]:
+                    return True
+    return False
+
+
+def erase_user(settings: Settings, user_key: str) -> dict:
+    """Delete the pseudonym's rows from every table with a user_key column, in one transaction; returns the
+    rows deleted per table and 'file_compacted' ({} without a warehouse).
+
+    The file swapped in is a rewrite (`transaction(compact=True)`): DuckDB keeps deleted rows' bytes in a
+    file's blocks. Daily aggregates (counts, no key) are kept.
+    """
+    if not settings.warehouse.exists():
+        return {}
+    with transaction(settings, compact=True, purpose="erasure") as con:
+        counts = {}
+        for table in _user_key_tables(con):
+            counts[table] = int(con.execute(f"SELECT count(*) FROM {table} WHERE user_key = ?",
+                                            [user_key]).fetchone()[0])
+            con.execute(f"DELETE FROM {table} WHERE user_key = ?", [user_key])
+    counts["file_compacted"] = True
+    return counts
+
+
+def rekey(settings: Settings, new_for) -> tuple[dict[str, int], dict[str, str]] | None:
+    """Replace pseudonyms in every table with a user_key column, in one swap; None without a warehouse.
+
+    `new_for(keys present)` returns {old key: new key} for the keys that change. The mapping is joined as a
+    registered DataFrame and the file rewritten (`transaction(compact=True)`), so the old pseudonyms' bytes
+    leave the file too. Returns (rows re-keyed per table, the mapping applied).
+    """
+    if not settings.warehouse.exists():
+        return None
+    with transaction(settings, compact=True, purpose="key rotation") as con:
+        tables = _user_key_tables(con)
+        present = set()
+        for t in tables:
+            present |= {k for (k,) in con.execute(f"SELECT DISTINCT user_key FROM {t} "
+                                                  "WHERE user_key IS NOT NULL").fetchall()}
+        table = new_for(present)
+        frame = pd.DataFrame({"old_key": list(table), "new_key": list(table.values())}, dtype=str)
+        rekeyed = {t: 0 for t in tables}
+        if len(frame):
+            con.register("key_map", frame)
+            try:
+                for t in tables:
+                    rekeyed[t] = int(con.execute(f"UPDATE {t} SET user_key = m.new_key FROM key_map m "
+                                                 f"WHERE {t}.user_key = m.old_key").fetchone()[0])
+            finally:
+                con.unregister("key_map")
+    return rekeyed, table
+
+
+def events_before(settings: Settings, cutoff: str) -> tuple[int, int, object]:
+    """(behavioural events before `cutoff`, all behavioural events, the oldest one's time) in fact_interaction
+    — ratings excluded: a retention purge keeps them. (0, 0, None) without a warehouse."""
+    if not settings.warehouse.exists():
+        return 0, 0, None
+    with session(settings) as con:
+        n, total, oldest = con.execute(
+            "SELECT count(*) FILTER (WHERE occurred_at < ?), count(*), min(occurred_at) FROM fact_interaction "
+            "WHERE kind <> 'rating'", [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()
+    return int(n), int(total), oldest
+
+
+def purge_events(settings: Settings, cutoff: str) -> int:
+    """Delete behavioural events (every kind but 'rating') before `cutoff` from fact_interaction; returns how
+    many. Deleted and compacted in one swap, and only when there is something to delete."""
+    if not settings.warehouse.exists():
+        return 0
+    with session(settings) as con:
+        n = con.execute("SELECT count(*) FROM fact_interaction WHERE kind <> 'rating' AND occurred_at < ?",
+                        [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()[0]
+    if n:
+        with transaction(settings, compact=True, purpose="retention purge") as con:
+            n = con.execute("DELETE FROM fact_interaction WHERE kind <> 'rating' AND occurred_at < ?",
+                            [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()[0]
+    return int(n)

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.privacy import privacy
+from core.privacy import access, consent, erasure, export, retention
 from dashboard import cache, ui
 
 st.title("🛡️ Privacy")
@@ -16,7 +16,7 @@ user_id = st.number_input("User id", min_value=1, step=1, value=1, key="privacy_
 if done := st.session_state.pop("privacy_done", None):
     st.success(done)
 try:
-    current = privacy.consent(s, int(user_id))
+    current = consent.consent(s, int(user_id))
 except Exception as exc:  # noqa: BLE001 - unknown/erased user: say so plainly
     st.warning(str(exc))
     current = None
@@ -33,7 +33,7 @@ if current:
                                  key="c_personal")
             if st.form_submit_button("Save consent") and (who := ui.operator("change consent")) is not None:
                 with ui.core_errors():
-                    res = privacy.set_consent(s, int(user_id), tracking=tracking, personalization=personal,
+                    res = consent.set_consent(s, int(user_id), tracking=tracking, personalization=personal,
                                               actor=f"operator:{who}")
                 cache.clear()
                 st.session_state["privacy_done"] = ("Saved. " + " ".join(res.get("effects", []))
@@ -43,11 +43,11 @@ if current:
             st.dataframe(ui.times(pd.DataFrame(current["history"])), hide_index=True, key="consent_history")
     with c2.container(border=True):
         st.markdown("**Data held about this user** (rows per store)")
-        st.dataframe(pd.DataFrame([{"store": k, "rows": v} for k, v in privacy.held_counts(s, int(user_id)).items()]),
+        st.dataframe(pd.DataFrame([{"store": k, "rows": v} for k, v in export.held_counts(s, int(user_id)).items()]),
                      hide_index=True, key="held")
         if st.button("Prepare export (JSON)", key="export") and (who := ui.operator("export a user's data")) is not None:
             with ui.core_errors():
-                doc = privacy.export_user(s, int(user_id), actor=f"operator:{who}")
+                doc = export.export_user(s, int(user_id), actor=f"operator:{who}")
             st.download_button("Download export", json.dumps(doc, indent=2, default=str), file_name=f"user-{user_id}.json",
                                key="export_download")
             st.dataframe(pd.DataFrame([{"store": k, "rows": v} for k, v in doc["stores"].items()]), hide_index=True,
@@ -60,7 +60,7 @@ if current:
                     st.error("Tick the confirmation box first.")
                 elif (who := ui.operator("erase a user")) is not None:
                     with ui.core_errors():
-                        summary = privacy.forget_user(s, int(user_id), actor=f"operator:{who}")
+                        summary = erasure.forget_user(s, int(user_id), actor=f"operator:{who}")
                     cache.clear()
                     rows = {store: sum(v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool))
                             for store, counts in summary.items() if store in ("ops", "warehouse") and isinstance(counts, dict)}
@@ -70,7 +70,7 @@ if current:
                         + f", {ui.plural(summary.get('models', {}).get('bundles', 0), 'model bundle')} rewritten.")
                     st.rerun()
 
-pending = privacy.pending_effects(s)
+pending = consent.pending_effects(s)
 st.subheader("Pending effects on models")
 if pending:
     st.warning(f"{ui.plural(len(pending), 'user')} withdrew personalization after the production model was trained: their data "
@@ -82,7 +82,7 @@ else:
 left, right = st.columns(2)
 with left:
     st.subheader("Erasure requests")
-    log = privacy.request_log(s)
+    log = erasure.request_log(s)
     if len(log):
         st.dataframe(ui.times(log), hide_index=True, key="requests")
     else:
@@ -90,7 +90,7 @@ with left:
 with right:
     st.subheader("Retention")
     days = st.number_input("Keep behavioural events for (days)", 1, 3650, 365, key="retention_days")
-    status = privacy.retention_status(s, int(days))
+    status = retention.retention_status(s, int(days))
     st.caption(f"Service clock {ui.fmt_time(status['clock'])}; events before {ui.fmt_time(status['cutoff'])} are purged.")
     a, b = st.columns(2)
     a.metric("Events to purge, operational DB", f"{status['ops_events_to_purge']:,} of {status['ops_events']:,}",
@@ -99,7 +99,7 @@ with right:
              help=f"oldest event: {ui.fmt_time(status['oldest_warehouse_event'])}; ratings are kept")
     if st.button("Purge now", key="purge") and (who := ui.operator("purge old events")) is not None:
         with ui.core_errors():
-            res = privacy.retention(s, int(days), actor=f"operator:{who}")
+            res = retention.retention(s, int(days), actor=f"operator:{who}")
         cache.clear()
         st.session_state["privacy_done"] = (f"Purged events before {ui.fmt_time(res['cutoff'])}: "
                                             + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in res.items()
@@ -107,9 +107,9 @@ with right:
         st.rerun()
 
 st.subheader("Data inventory")
-st.dataframe(pd.DataFrame(privacy.data_inventory()), hide_index=True, key="inventory")
+st.dataframe(pd.DataFrame(export.data_inventory()), hide_index=True, key="inventory")
 st.subheader("Operator audit log")
-audit = privacy.audit_log(s)
+audit = access.audit_log(s)
 if len(audit):
     st.caption("The 50 newest privileged actions and sign-ins.")
     st.dataframe(ui.times(audit.head(50)), hide_index=True, key="audit_log")

@@ -1,0 +1,145 @@
+"""The right of access: everything held about one user, gathered from each store's own `export_user`,
+the rows held per store, and the inventory of where personal data lives."""
+from __future__ import annotations
+
+import json
+
+from core.errors import RetroError, UnknownUser
+from core.privacy import access, common
+from core.pseudonym import pseudonym, pseudonym_key
+from core.settings import Settings
+from core.store import opsdb, servinglog
+from core.training import artifacts, registry
+from core.warehouse import warehouse
+
+OPS_SECTIONS = ("users", "consent_history", "ratings", "rating_history", "events", "served_recommendations",
+                "rejected_writes")   # the export's `stores` keys, in order: 'ops.<table>'
+
+
+def export_user(settings: Settings, user_id: int, *, actor: str | None = None, at: str | None = None) -> dict:
+    """Everything held about one user, as one JSON-serializable document (the right of access).
+
+    Sections: profile, consent_history, ratings, rating_history, events,
+    served_recommendations (with titles), explanations (of the latest personalized
+    list, when a model is in production), rejected_writes (payloads naming the
+    user), warehouse (rows under the user's pseudonym), models (bundles that hold
+    a row for the user) and `stores`, a count per 'store.table' (as `held_counts`).
+    """
+    uid = common.user_id(user_id)
+    actor = common.actor(actor) if actor is not None else access.cli_actor()
+    key = pseudonym_key(settings)
+    user_key = pseudonym(uid, key)
+    with opsdb.session(settings) as db:
+        when = common.when(db, at)
+        ops = opsdb.export_user(db, uid)
+        if ops is None:
+            raise UnknownUser(f"unknown user {uid}: no such user in the operational database")
+        titles = opsdb.movie_titles(db)
+        served = servinglog.export_user(db, uid)
+    for row in ops["ratings"] + ops["rating_history"] + ops["events"]:
+        row["title"] = titles.get(row["movie_id"])
+    for row in served:
+        ids, scores = json.loads(row.pop("movie_ids")), json.loads(row.pop("scores"))
+        row["items"] = [{"position": i + 1, "movie_id": m, "title": titles.get(m), "score": s}
+                        for i, (m, s) in enumerate(zip(ids, scores))]
+    for row in ops["rejected_writes"]:
+        try:
+            row["payload"] = json.loads(row["payload"])
+        except ValueError:
+            pass
+
+    document = {
+        "user_id": uid, "exported_at": when, "profile": ops["users"][0], "consent_history": ops["consent_history"],
+        "ratings": ops["ratings"], "rating_history": ops["rating_history"], "events": ops["events"],
+        "served_recommendations": served, "explanations": _explanations(settings, uid, served),
+        "rejected_writes": ops["rejected_writes"], "warehouse": _warehouse_export(settings, user_key),
+        "models": _models_export(settings, user_key),
+    }
+    ops_lists = ops | {"served_recommendations": served}
+    document["stores"] = ({f"ops.{t}": len(ops_lists[t]) for t in OPS_SECTIONS}
+                          | {f"warehouse.{t}": document["warehouse"][t]["count"] for t in warehouse.USER_TABLES}
+                          | {"models.bundles": len(document["models"])})
+    access.log_action(settings, actor, "export", user_key, "ok", when)
+    return common.jsonable(document)
+
+
+def _explanations(settings: Settings, uid: int, served: list[dict]) -> dict:
+    from core.governance.explain import explain_many
+    if registry.production(settings) is None:
+        return {"status": "no model is in production: nothing personalized to explain", "items": []}
+    latest = next((r for r in served if r["path"] == "model"), None)
+    if latest is None:
+        return {"status": "no personalized list was served to this user", "items": []}
+    movie_ids = [i["movie_id"] for i in latest["items"]]
+    try:
+        return {"status": "ok", "serve_id": latest["serve_id"], "items": explain_many(settings, uid, movie_ids)}
+    except RetroError as exc:
+        return {"status": "error", "serve_id": latest["serve_id"], "error": str(exc), "items": []}
+
+
+def _warehouse_export(settings: Settings, user_key: str) -> dict:
+    note = ("the warehouse holds no raw user id: these rows are keyed by user_key, the user's pseudonym "
+            "(HMAC-SHA256 of the id; the key is kept outside the warehouse)")
+    out: dict = {"pseudonymized": True, "user_key": user_key, "note": note}
+    for table, rows in warehouse.export_user(settings, user_key).items():
+        out[table] = {"count": len(rows), "rows": rows}
+    return out
+
+
+def _models_export(settings: Settings, user_key: str) -> list[dict]:
+    return [info | {"versions": [{"version": v, "stage": s} for v, s in registry.versions_of_artifact(settings, d)]}
+            for d, info in artifacts.export_user(settings, user_key)]
+
+
+def held_counts(settings: Settings, user_id: int) -> dict[str, int]:
+    """Rows held about a user per 'store.table' (ops by raw id, warehouse by pseudonym, model bundles).
+
+    A cheap read for the operator page (no audit row, unlike `export_user`);
+    the keys are those of the export's `stores`.
+    """
+    uid = common.user_id(user_id)
+    user_key = pseudonym(uid, pseudonym_key(settings))
+    with opsdb.session(settings) as db:
+        counts = {f"ops.{t}": n for t, n in opsdb.held_counts(db, uid).items()}
+    counts |= {f"warehouse.{t}": n for t, n in warehouse.held_counts(settings, user_key).items()}
+    counts["models.bundles"] = artifacts.bundles_holding(settings, user_key)
+    return {k: int(v) for k, v in counts.items()}
+
+
+INVENTORY_FIELDS = ("store", "table", "fields", "identifier", "protection", "on_erasure")
+
+
+def data_inventory() -> list[dict]:
+    """Per store and table: which personal fields exist, how they are protected, what an erasure does."""
+    ops, wh, ml = "ops (retro.db)", "warehouse (warehouse.duckdb)", "mlops (mlops.db)"
+    raw, pseudo = "raw user id", "HMAC-SHA256 pseudonym (20 hex digits); the key is kept outside the warehouse"
+    ops_only, cascade = "operational store only", "deleted (foreign-key cascade from users)"
+    rows = [
+        (ops, "users", "user_id, created_at, consent flags", raw,
+         ops_only + "; consent enforced on write (events) and serve", "deleted"),
+        (ops, "ratings", "user_id, movie, rating, time", raw, ops_only, cascade),
+        (ops, "rating_history", "user_id, movie, rating, time", raw, ops_only, cascade),
+        (ops, "events", "user_id, movie, behaviour, time", raw,
+         ops_only + "; not stored without tracking consent; retention purge", cascade),
+        (ops, "served_recommendations", "user_id, lists shown (the served log)", raw, ops_only, cascade),
+        (ops, "consent_history", "user_id, consent changes, actor", raw, ops_only, cascade),
+        (ops, "rejected_writes", "payload JSON with a user_id", raw, ops_only, "rows whose payload names the user deleted"),
+        (wh, "dim_user", "user_key, created_at, personalization flag", pseudo, "no raw id in the warehouse", "deleted"),
+        (wh, "fact_interaction", "user_key, movie, signal, time", pseudo, "no raw id; retention purge of events",
+         "deleted"),
+        (wh, "quarantine", "user_key, the refused row", pseudo, "no raw id", "deleted"),
+        (wh, "daily_aggregates", "none (counts per day and kind)", "aggregate", "no user key", "kept"),
+        ("models/run-*", "mapping.npz, model.npz, user_items.npz", "user_key per row, learned factors, training row",
+         pseudo, "bundle hash recorded in the registry", "key blanked, factors and row zeroed, hash updated"),
+        ("models/ranker-run-*", "context.npz", "genre profile, recency, activity per bundle row",
+         "aligned to the CF bundle's rows", "hash recorded in the registry", "rows reset, hash updated"),
+        (ml, "all tables", "none: models, metrics, jobs; erasure requests hold counts only (a pending one: the "
+         "id, then the pseudonym, until it completes)", "no personal data",
+         "operator_audit targets are pseudonyms, never raw ids", "the user's audit targets redacted"),
+        ("secrets.toml", "[pseudonymization] key, [operators] token hashes", "the pseudonym key; PBKDF2 hashes",
+         "secret", "git-ignored data folder, file mode 0600 (or the key in $RETRO_PSEUDONYM_KEY)",
+         "kept; rotate_key replaces the key"),
+        ("world.npz", "latent tastes of the simulated humans", "simulation ground truth, not service data", raw,
+         "git-ignored data folder", "not touched (simulation only)"),
+    ]
+    return [dict(zip(INVENTORY_FIELDS, r)) for r in rows]

@@ -1,0 +1,60 @@
+"""Retention: behavioural events older than N days before the service clock leave both stores."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core.constants import TS_FORMAT
+from core.errors import ValidationError
+from core.privacy import access, common
+from core.serving import serving
+from core.settings import Settings
+from core.store import locks, opsdb
+from core.warehouse import warehouse
+
+
+def _days(days) -> int:
+    if isinstance(days, (bool, np.bool_)) or not isinstance(days, (int, np.integer)) or days < 1:
+        raise ValidationError(f"retention days must be a positive integer, got {days!r}")
+    return int(days)
+
+
+def _cutoff(db, days: int) -> tuple[str, str]:
+    clock = opsdb.clock_now(db)
+    return clock, (pd.Timestamp(clock) - pd.Timedelta(days=days)).strftime(TS_FORMAT)
+
+
+def retention_status(settings: Settings, days: int) -> dict:
+    """What `retention(days)` would purge: behavioural events before clock − days, in both stores."""
+    days = _days(days)
+    with opsdb.session(settings) as db:
+        clock, cutoff = _cutoff(db, days)
+        ops_n, ops_total, ops_oldest = opsdb.events_before(db, cutoff)
+    wh_n, wh_total, wh_oldest = warehouse.events_before(settings, cutoff)
+    return common.jsonable({"days": days, "clock": clock, "cutoff": cutoff,
+                            "ops_events_to_purge": int(ops_n), "ops_events": int(ops_total),
+                            "oldest_ops_event": ops_oldest,
+                            "warehouse_events_to_purge": int(wh_n), "warehouse_events": int(wh_total),
+                            "oldest_warehouse_event": wh_oldest})
+
+
+@locks.exclusive("retention purge")
+def retention(settings: Settings, days: int, *, actor: str, at: str | None = None) -> dict:
+    """Delete behavioural events older than `days` days before the service clock.
+
+    From the ops `events` table (`opsdb.purge_events`) and from the warehouse's
+    `fact_interaction` (`warehouse.purge_events`: every kind but 'rating':
+    ratings are the user's explicit input and stay). Daily aggregates (counts
+    only, no user key) are kept. Returns the counts.
+    """
+    days = _days(days)
+    actor = common.actor(actor)
+    with opsdb.session(settings) as db:
+        when = common.when(db, at)
+        clock, cutoff = _cutoff(db, days)
+        ops_n = opsdb.purge_events(db, cutoff)
+    wh_n = warehouse.purge_events(settings, cutoff)
+    access.log_action(settings, actor, "retention", f"events before {cutoff}", "ok", when)
+    serving.clear_caches()
+    return {"days": days, "clock": clock, "cutoff": cutoff, "ops_events_deleted": int(ops_n),
+            "warehouse_events_deleted": int(wh_n)}
