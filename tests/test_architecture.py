@@ -84,13 +84,6 @@ PENDING: set[tuple[str, str]] = {
     ("core/governance/modelcard.py", "dim_movie"),
     ("core/governance/modelcard.py", "served_recommendations"),
     ("core/governance/modelcard.py", "users"),
-    ("core/monitoring/monitoring.py", "actions"),
-    ("core/monitoring/monitoring.py", "daily_aggregates"),
-    ("core/monitoring/monitoring.py", "dim_movie"),
-    ("core/monitoring/monitoring.py", "events"),
-    ("core/monitoring/monitoring.py", "fact_interaction"),
-    ("core/monitoring/monitoring.py", "movies"),
-    ("core/monitoring/monitoring.py", "served_recommendations"),
     ("core/monitoring/policy.py", "jobs"),
     ("core/privacy/privacy.py", "consent_history"),
     ("core/privacy/privacy.py", "erasure_requests"),
@@ -124,12 +117,6 @@ PENDING: set[tuple[str, str]] = {
     ("core/training/ranker.py", "dim_movie"),
     ("core/training/ranker.py", "fact_interaction"),
     ("core/training/registry.py", "runs"),
-    ("core/warehouse/etl.py", "events"),
-    ("core/warehouse/etl.py", "meta"),
-    ("core/warehouse/etl.py", "movies"),
-    ("core/warehouse/etl.py", "rating_history"),
-    ("core/warehouse/etl.py", "rejected_writes"),
-    ("core/warehouse/etl.py", "users"),
 }
 
 

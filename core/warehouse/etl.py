@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,31 +43,21 @@ class EtlResult:
 
 # ------------------------------------------------------------------ extract
 def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame]:
-    conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True)
-    try:
-        q = lambda sql, p=(): pd.read_sql_query(sql, conn, params=p)  # noqa: E731
-        events = q("SELECT seq AS source_id, user_id, movie_id, kind, value, occurred_at FROM events WHERE seq > ? ORDER BY seq",
-                   (marks.get("events", 0),))
-        ratings = q("SELECT history_id AS source_id, user_id, movie_id, 'rating' AS kind, rating AS value, "
-                    "rated_at AS occurred_at FROM rating_history WHERE history_id > ? ORDER BY history_id",
-                    (marks.get("rating_history", 0),))
-        rejects = q("SELECT reject_id, target, reason, payload, rejected_at FROM rejected_writes WHERE reject_id > ? "
-                    "ORDER BY reject_id", (marks.get("rejected_writes", 0),))
+    with opsdb.read_only(settings) as conn:
+        events = opsdb.events_after(conn, marks.get("events", 0))
+        ratings = opsdb.rating_history_after(conn, marks.get("rating_history", 0))
+        rejects = opsdb.rejected_writes_after(conn, marks.get("rejected_writes", 0))
         # Dimension rows with an id outside 1..MAX_ID (only ever written around the write API) are left out:
         # their facts are quarantined as "id out of range".
-        users = q("SELECT user_id, created_at, consent_personalization FROM users "
-                  "WHERE typeof(user_id) = 'integer' AND user_id BETWEEN 1 AND ?", (bounds.MAX_ID,))
-        movies = q("SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies "
-                   "WHERE typeof(movie_id) = 'integer' AND movie_id BETWEEN 1 AND ?", (bounds.MAX_ID,))
+        users = opsdb.users_with_valid_ids(conn)
+        movies = opsdb.movies_with_valid_ids(conn)
         for col in ("year", "runtime_min"):
             movies[col] = pd.to_numeric(movies[col], errors="coerce").where(lambda v: v.abs() < 2**31).round().astype("Int64")
         users["consent_personalization"] = pd.to_numeric(users["consent_personalization"], errors="coerce").fillna(1)
-        clock = conn.execute("SELECT value FROM meta WHERE key = 'clock'").fetchone()
-    finally:
-        conn.close()
+        clock = opsdb.get_meta(conn, "clock")
     rows = pd.concat([events.assign(source="event"), ratings.assign(source="rating")], ignore_index=True)
     return {"rows": rows, "rejects": rejects, "users": users, "movies": movies,
-            "clock": clock[0] if clock else opsdb.utc_now_iso(),
+            "clock": clock if clock is not None else opsdb.utc_now_iso(),
             "max": {"events": int(events["source_id"].max()) if len(events) else marks.get("events", 0),
                     "rating_history": int(ratings["source_id"].max()) if len(ratings) else marks.get("rating_history", 0),
                     "rejected_writes": int(rejects["reject_id"].max()) if len(rejects) else marks.get("rejected_writes", 0)}}
