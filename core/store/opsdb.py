@@ -160,6 +160,13 @@ def m005_consent_history(db: sqlite_utils.Database) -> None:
         """)
 
 
+@migrations()
+def m006_rejected_write_codes(db: sqlite_utils.Database) -> None:
+    """The stable code of the check that refused a write (errors.ValidationError.code), so the ETL files it by
+    code, not by its message; NULL on rows written before this migration."""
+    db.execute("ALTER TABLE rejected_writes ADD COLUMN code TEXT")
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""
@@ -341,9 +348,13 @@ def rating_history_after(conn, history_id: int) -> pd.DataFrame:
 
 def rejected_writes_after(conn, reject_id: int) -> pd.DataFrame:
     """Writes refused at ingestion past the ETL watermark `reject_id`: reject_id, target, reason, payload,
-    rejected_at."""
-    return pd.read_sql_query("SELECT reject_id, target, reason, payload, rejected_at FROM rejected_writes "
-                             "WHERE reject_id > ? ORDER BY reject_id", _raw(conn), params=(reject_id,))
+    rejected_at, code (None before migration m006, or on a store not migrated yet: a read-only reader
+    cannot migrate it)."""
+    raw = _raw(conn)
+    has_code = any(col[1] == "code" for col in raw.execute("PRAGMA table_info(rejected_writes)").fetchall())
+    return pd.read_sql_query(f"SELECT reject_id, target, reason, payload, rejected_at, "
+                             f"{'code' if has_code else 'NULL AS code'} FROM rejected_writes "
+                             f"WHERE reject_id > ? ORDER BY reject_id", raw, params=(reject_id,))
 
 
 def users_with_valid_ids(conn) -> pd.DataFrame:
