@@ -26,7 +26,7 @@ import pandas as pd
 
 from core.monitoring import drift, policy
 from core.store import mlopsdb, opsdb, servinglog
-from core.training import registry
+from core.training import metrics, registry
 from core.warehouse import dataset, warehouse
 from core.training.artifacts import load_bundle
 from core.settings import Settings
@@ -145,7 +145,16 @@ def build_reference(con, version: int | None, start, end) -> Reference:
 
 # ------------------------------------------------------------------ online quality
 def online_quality(settings: Settings, day, k: int = 10) -> dict:
-    """Lists served at the start of `day` against the watches of that day (model and Top 50 control)."""
+    """Lists served at the start of `day` against the watches of that day (model and Top 50 control).
+
+    Hit rate@k and precision@k are core.training.metrics' formulas over EVERY user served
+    (metrics.hit_rate_all_users_at_k, precision_all_users_at_k): a served user who watched nothing that
+    day counts as a miss. Offline evaluation (metrics.hit_rate_at_k) skips users without held-out items,
+    because there a user with nothing held out says nothing about the model. Online, everyone served was shown a
+    list and not watching anything is an outcome, so the online number is the offline formula times the share
+    of served users who watched anything that day; it moves with activity as well as with relevance, and is
+    compared only with itself (its stable-day baseline) and with the Top 50 control measured the same way.
+    """
     start, end = _day_bounds(day)
     s0, s1 = start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S")
     with opsdb.session(settings) as db:
@@ -158,26 +167,30 @@ def online_quality(settings: Settings, day, k: int = 10) -> dict:
         seen_before = opsdb.watched_before(db, top, s0)
     watched: dict[int, set] = {}
     for u, m in watches:
-        watched.setdefault(u, set()).add(m)
+        if isinstance(m, int):   # a movie id written around the write API (NULL, text) matches no served list
+            watched.setdefault(u, set()).add(m)
     seen: dict[int, set] = {}
     for u, m in seen_before:
         seen.setdefault(u, set()).add(m)
-    model_hits, model_prec, top_hits, top_prec, scores, paths = [], [], [], [], [], {}
+    model_lists, model_watched, top_lists, top_watched, scores, paths = [], [], [], [], [], {}
     for user, path, ids, sc in served:
         paths[path] = paths.get(path, 0) + 1
         w = watched.get(user, set())
-        control = [m for m in top if m not in seen.get(user, set())][:k]
-        top_hits.append(bool(w & set(control)))
-        top_prec.append(len(w & set(control)) / k)
+        top_lists.append([m for m in top if m not in seen.get(user, set())][:k])
+        top_watched.append(w)
         if path == "model":
-            lst = json.loads(ids)[:k]
-            model_hits.append(bool(w & set(lst)))
-            model_prec.append(len(w & set(lst)) / k)
+            model_lists.append(json.loads(ids)[:k])
+            model_watched.append(w)
             scores.extend(json.loads(sc)[:k])
-    mean = lambda x: float(np.mean(x)) if x else None  # noqa: E731
-    return {"users_served": len(served), "users_model": len(model_hits), "paths": paths,
-            "hit_rate_model": mean(model_hits), "precision_model": mean(model_prec),
-            "hit_rate_top50": mean(top_hits), "precision_top50": mean(top_prec),
+
+    def rate(metric, lists, relevant):
+        return metric(lists, relevant, k) if lists else None
+
+    return {"users_served": len(served), "users_model": len(model_lists), "paths": paths,
+            "hit_rate_model": rate(metrics.hit_rate_all_users_at_k, model_lists, model_watched),
+            "precision_model": rate(metrics.precision_all_users_at_k, model_lists, model_watched),
+            "hit_rate_top50": rate(metrics.hit_rate_all_users_at_k, top_lists, top_watched),
+            "precision_top50": rate(metrics.precision_all_users_at_k, top_lists, top_watched),
             "score_p10": float(np.percentile(scores, 10)) if scores else None,
             "score_p50": float(np.percentile(scores, 50)) if scores else None,
             "score_p90": float(np.percentile(scores, 90)) if scores else None}
