@@ -1,7 +1,8 @@
 """The ranges every boundary accepts (write API, importer, CLI, core entry points).
 
 One place for "what is a sane value", so the write API, the ETL gate and the CLI
-refuse the same things with the same words. Values outside these ranges are the
+refuse the same things with the same words (and the same stable `code` on the
+error, which programs read instead of the words). Values outside these ranges are the
 ones that once blocked the pipeline for good (a year -1 timestamp, an id of
 2**63 - 1 after which no new id fits, NaN silently read as "missing").
 """
@@ -44,21 +45,21 @@ def control_chars(text: str) -> list[str]:
 def check_id(value, what: str = "id") -> int:
     """An integer id in 1..MAX_ID (bools, floats with a fraction, NaN and strings of those refused)."""
     if isinstance(value, bool):
-        raise errors.ValidationError(f"{what} {value!r} is not an integer")
+        raise errors.ValidationError(f"{what} {value!r} is not an integer", code="not_an_integer")
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            raise errors.ValidationError(f"{what} {value!r} is not an integer") from None
+            raise errors.ValidationError(f"{what} {value!r} is not an integer", code="not_an_integer") from None
     if isinstance(value, Real) and not isinstance(value, Integral):
         if not math.isfinite(value) or value != int(value):
-            raise errors.ValidationError(f"{what} {value!r} is not an integer")
+            raise errors.ValidationError(f"{what} {value!r} is not an integer", code="not_an_integer")
         value = int(value)
     if not isinstance(value, Integral):
-        raise errors.ValidationError(f"{what} {value!r} is not an integer")
+        raise errors.ValidationError(f"{what} {value!r} is not an integer", code="not_an_integer")
     value = int(value)
     if not 1 <= value <= MAX_ID:
-        raise errors.ValidationError(f"{what} {value} is out of range (ids are 1..{MAX_ID})")
+        raise errors.ValidationError(f"{what} {value} is out of range (ids are 1..{MAX_ID})", code="out_of_range")
     return value
 
 
@@ -73,10 +74,10 @@ def check_int(value, what: str, lo: int, hi: int) -> int:
             else:
                 raise ValueError
         except (ValueError, TypeError):
-            raise errors.ValidationError(f"{what} {value!r} is not an integer") from None
+            raise errors.ValidationError(f"{what} {value!r} is not an integer", code="not_an_integer") from None
     value = int(value)
     if not lo <= value <= hi:
-        raise errors.ValidationError(f"{what} must be in {lo}..{hi}, got {value}")
+        raise errors.ValidationError(f"{what} must be in {lo}..{hi}, got {value}", code="out_of_range")
     return value
 
 
@@ -85,23 +86,25 @@ def check_float(value, what: str, lo: float, hi: float, *, lo_open: bool = False
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise errors.ValidationError(f"{what} {value!r} is not a number") from None
+        raise errors.ValidationError(f"{what} {value!r} is not a number", code="not_a_number") from None
     if not math.isfinite(number):
-        raise errors.ValidationError(f"{what} must be a finite number, got {value!r}")
+        raise errors.ValidationError(f"{what} must be a finite number, got {value!r}", code="not_finite")
     if number < lo or number > hi or (lo_open and number == lo):
-        raise errors.ValidationError(f"{what} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {number:g}")
+        raise errors.ValidationError(f"{what} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {number:g}",
+                                     code="out_of_range")
     return number
 
 
 def check_text(value, what: str, max_len: int = MAX_TEXT) -> str:
     """Printable text: no control characters, at most `max_len` characters."""
     if not isinstance(value, str):
-        raise errors.ValidationError(f"{what} {value!r} is not text")
+        raise errors.ValidationError(f"{what} {value!r} is not text", code="not_text")
     bad = control_chars(value)
     if bad:
-        raise errors.ValidationError(f"{what} contains control characters ({', '.join(sorted({repr(c) for c in bad}))})")
+        raise errors.ValidationError(f"{what} contains control characters ({', '.join(sorted({repr(c) for c in bad}))})",
+                                     code="control_characters")
     if len(value) > max_len:
-        raise errors.ValidationError(f"{what} is longer than {max_len} characters")
+        raise errors.ValidationError(f"{what} is longer than {max_len} characters", code="too_long")
     return value
 
 

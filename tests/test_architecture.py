@@ -54,23 +54,6 @@ ENTRY_POINTS = {"cli", "bootstrap", "__main__"}          # core/*.py modules abo
 # behind, whatever stage it belongs to (core/privacy/recovery.py); imported lazily, at lock time only.
 UPWARD_EXCEPTIONS = {("core/store/locks.py", "core.privacy.recovery")}
 
-# Table uses still outside their owner, being moved (issue 14): the list may only shrink, and goes when empty.
-PENDING: set[tuple[str, str]] = {
-    ("core/monitoring/monitoring.py", "actions"),
-    ("core/monitoring/monitoring.py", "daily_aggregates"),
-    ("core/monitoring/monitoring.py", "dim_movie"),
-    ("core/monitoring/monitoring.py", "events"),
-    ("core/monitoring/monitoring.py", "fact_interaction"),
-    ("core/monitoring/monitoring.py", "movies"),
-    ("core/monitoring/monitoring.py", "served_recommendations"),
-    ("core/warehouse/etl.py", "events"),
-    ("core/warehouse/etl.py", "meta"),
-    ("core/warehouse/etl.py", "movies"),
-    ("core/warehouse/etl.py", "rating_history"),
-    ("core/warehouse/etl.py", "rejected_writes"),
-    ("core/warehouse/etl.py", "users"),
-}
-
 
 def python_files(folder: str) -> list[Path]:
     return sorted(p for p in (ROOT / folder).rglob("*.py") if ".venv" not in p.parts)
@@ -128,11 +111,7 @@ def test_the_scan_finds_sql_and_table_handles(tmp_path):
 
 
 def test_every_table_is_named_only_by_its_owner():
-    found = ownership_violations()
-    new = [v for v in found if (v.split(":")[0], v.split("names table ")[1].split(" ")[0]) not in PENDING]
-    assert new == []
-    fixed = sorted(PENDING - {(v.split(":")[0], v.split("names table ")[1].split(" ")[0]) for v in found})
-    assert fixed == [], "remove these from PENDING: they are fixed"
+    assert ownership_violations() == []
 
 
 def stage_of(rel: str) -> str | None:

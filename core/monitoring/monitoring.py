@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from core.monitoring import drift
-from core.store import mlopsdb, opsdb
-from core.training import registry
-from core.warehouse import warehouse
+from core.monitoring import drift, policy
+from core.store import mlopsdb, opsdb, servinglog
+from core.training import metrics, registry
+from core.warehouse import dataset, warehouse
 from core.training.artifacts import load_bundle
 from core.settings import Settings
 from core.text import plural
@@ -68,19 +68,11 @@ def _day_bounds(day) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 def window_features(con, start, end, deciles: pd.Series | None, new_since) -> dict:
     """Feature samples for [start, end): counts (dict) for categorical, arrays for numeric features."""
-    p = [pd.Timestamp(start), pd.Timestamp(end)]
-    watches = con.execute("""
-        SELECT f.movie_id, least(f.value / (60.0 * coalesce(m.runtime_min, 100)), 1.0) AS fraction, m.genres,
-               m.added_at >= ? AS is_new, m.title
-        FROM fact_interaction f JOIN dim_movie m USING (movie_id)
-        WHERE f.kind = 'watch' AND f.occurred_at >= ? AND f.occurred_at < ?""", [pd.Timestamp(new_since)] + p).df()
-    ratings = con.execute("SELECT CAST(value AS INTEGER) AS r, count(*) AS n FROM fact_interaction "
-                          "WHERE kind = 'rating' AND occurred_at >= ? AND occurred_at < ? GROUP BY 1", p).df()
+    watches = dataset.watches_between(con, start, end, new_since)
+    ratings = dataset.rating_counts_between(con, start, end)
     # Signals per active user and day (so a 7-day reference and a 1-day window compare like with like).
-    activity = con.execute("SELECT count(*) AS n FROM fact_interaction WHERE kind NOT IN ('impression', 'scroll') "
-                           "AND occurred_at >= ? AND occurred_at < ? GROUP BY user_key, CAST(occurred_at AS DATE)", p).df()
-    mix = con.execute("SELECT kind, count(*) AS n FROM fact_interaction WHERE occurred_at >= ? AND occurred_at < ? "
-                      "GROUP BY kind", p).df()
+    activity = dataset.signals_per_user_day(con, start, end)
+    mix = dataset.kind_counts_between(con, start, end)
     per_title = watches.groupby(["movie_id", "title"], dropna=False).size()
     genres = watches["genres"].fillna("").str.split("|").explode()
     genres = genres[genres.astype(bool)]
@@ -145,7 +137,7 @@ def reference_for(settings: Settings, con, prod: dict | None) -> Reference | Non
 def build_reference(con, version: int | None, start, end) -> Reference:
     """Features of the window [start, end), with popularity deciles taken from the window itself."""
     start, end = pd.Timestamp(start), pd.Timestamp(end)
-    movies = con.execute("SELECT movie_id FROM dim_movie").df()["movie_id"]
+    movies = dataset.catalog_movie_ids(con)
     base = window_features(con, start, end, None, end)
     deciles = popularity_deciles(base["_watch_counts"], movies)
     return Reference(version, start, end, window_features(con, start, end, deciles, end), deciles)
@@ -153,43 +145,52 @@ def build_reference(con, version: int | None, start, end) -> Reference:
 
 # ------------------------------------------------------------------ online quality
 def online_quality(settings: Settings, day, k: int = 10) -> dict:
-    """Lists served at the start of `day` against the watches of that day (model and Top 50 control)."""
+    """Lists served at the start of `day` against the watches of that day (model and Top 50 control).
+
+    Hit rate@k and precision@k are core.training.metrics' formulas over EVERY user served
+    (metrics.hit_rate_all_users_at_k, precision_all_users_at_k): a served user who watched nothing that
+    day counts as a miss. Offline evaluation (metrics.hit_rate_at_k) skips users without held-out items,
+    because there a user with nothing held out says nothing about the model. Online, everyone served was shown a
+    list and not watching anything is an outcome, so the online number is the offline formula times the share
+    of served users who watched anything that day; it moves with activity as well as with relevance, and is
+    compared only with itself (its stable-day baseline) and with the Top 50 control measured the same way.
+    """
     start, end = _day_bounds(day)
     s0, s1 = start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S")
     with opsdb.session(settings) as db:
-        served = db.execute("SELECT user_id, path, movie_ids, scores FROM served_recommendations WHERE served_at = ?",
-                            [s0]).fetchall()
-        watches = db.execute("SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND occurred_at >= ? "
-                             "AND occurred_at < ?", [s0, s1]).fetchall()
+        served = servinglog.lists_served_at(db, s0)
+        watches = opsdb.watches_between(db, s0, s1)
     with mlopsdb.session(settings) as mdb:
         row = mdb.execute("SELECT movie_ids FROM daily_top50 WHERE day = ?", [str(start.date())]).fetchone()
     top = json.loads(row[0]) if row else []
     with opsdb.session(settings) as db:   # only the Top 50 titles matter for the control's seen filter
-        marks = ",".join("?" * len(top)) or "NULL"
-        seen_before = db.execute(f"SELECT DISTINCT user_id, movie_id FROM events WHERE kind = 'watch' "
-                                 f"AND movie_id IN ({marks}) AND occurred_at < ?", top + [s0]).fetchall()
+        seen_before = opsdb.watched_before(db, top, s0)
     watched: dict[int, set] = {}
     for u, m in watches:
-        watched.setdefault(u, set()).add(m)
+        if isinstance(m, int):   # a movie id written around the write API (NULL, text) matches no served list
+            watched.setdefault(u, set()).add(m)
     seen: dict[int, set] = {}
     for u, m in seen_before:
         seen.setdefault(u, set()).add(m)
-    model_hits, model_prec, top_hits, top_prec, scores, paths = [], [], [], [], [], {}
+    model_lists, model_watched, top_lists, top_watched, scores, paths = [], [], [], [], [], {}
     for user, path, ids, sc in served:
         paths[path] = paths.get(path, 0) + 1
         w = watched.get(user, set())
-        control = [m for m in top if m not in seen.get(user, set())][:k]
-        top_hits.append(bool(w & set(control)))
-        top_prec.append(len(w & set(control)) / k)
+        top_lists.append([m for m in top if m not in seen.get(user, set())][:k])
+        top_watched.append(w)
         if path == "model":
-            lst = json.loads(ids)[:k]
-            model_hits.append(bool(w & set(lst)))
-            model_prec.append(len(w & set(lst)) / k)
+            model_lists.append(json.loads(ids)[:k])
+            model_watched.append(w)
             scores.extend(json.loads(sc)[:k])
-    mean = lambda x: float(np.mean(x)) if x else None  # noqa: E731
-    return {"users_served": len(served), "users_model": len(model_hits), "paths": paths,
-            "hit_rate_model": mean(model_hits), "precision_model": mean(model_prec),
-            "hit_rate_top50": mean(top_hits), "precision_top50": mean(top_prec),
+
+    def rate(metric, lists, relevant):
+        return metric(lists, relevant, k) if lists else None
+
+    return {"users_served": len(served), "users_model": len(model_lists), "paths": paths,
+            "hit_rate_model": rate(metrics.hit_rate_all_users_at_k, model_lists, model_watched),
+            "precision_model": rate(metrics.precision_all_users_at_k, model_lists, model_watched),
+            "hit_rate_top50": rate(metrics.hit_rate_all_users_at_k, top_lists, top_watched),
+            "precision_top50": rate(metrics.precision_all_users_at_k, top_lists, top_watched),
             "score_p10": float(np.percentile(scores, 10)) if scores else None,
             "score_p50": float(np.percentile(scores, 50)) if scores else None,
             "score_p90": float(np.percentile(scores, 90)) if scores else None}
@@ -198,9 +199,8 @@ def online_quality(settings: Settings, day, k: int = 10) -> dict:
 def recommended_genres(settings: Settings, day) -> dict:
     start, _ = _day_bounds(day)
     with opsdb.session(settings) as db:
-        rows = db.execute("SELECT movie_ids FROM served_recommendations WHERE served_at = ? AND path = 'model'",
-                          [start.strftime("%Y-%m-%dT%H:%M:%S")]).fetchall()
-        genres = dict(db.execute("SELECT movie_id, genres FROM movies").fetchall())
+        rows = servinglog.model_lists_served_at(db, start.strftime("%Y-%m-%dT%H:%M:%S"))
+        genres = opsdb.movie_genres(db)
     counts: dict[str, int] = {}
     for (ids,) in rows:
         for m in json.loads(ids):
@@ -286,7 +286,7 @@ def monitor_day(settings: Settings, day) -> DayReport:
     with warehouse.session(settings) as con:
         ref = reference_for(settings, con, prod)
         current = window_features(con, start, end, ref.deciles if ref else None, ref.end if ref else start)
-        day_rows = con.execute("SELECT kind, n FROM daily_aggregates WHERE day = ?", [start.date()]).df()
+        day_rows = dataset.day_counts(con, start)
     quarantined = int(day_rows.loc[day_rows["kind"] == "quarantined", "n"].sum())
     total = int(day_rows["n"].sum())
     quality = {"quarantined": quarantined, "rows": total,
@@ -371,7 +371,7 @@ def history(settings: Settings) -> dict:
         days = pd.DataFrame(list(db.query("SELECT * FROM monitor_days ORDER BY day")))
         scores = pd.DataFrame(list(db.query("SELECT * FROM drift_scores ORDER BY day")))
         alerts = pd.DataFrame(list(db.query("SELECT * FROM alerts ORDER BY opened_at")))
-        actions = pd.DataFrame(list(db.query("SELECT * FROM actions ORDER BY at")))
+    actions = policy.actions(settings)
     if len(days):
         for col in ("online", "quality", "model"):
             days[col] = days[col].map(json.loads)

@@ -163,6 +163,13 @@ def m005_consent_history(db: sqlite_utils.Database) -> None:
         """)
 
 
+@migrations()
+def m006_rejected_write_codes(db: sqlite_utils.Database) -> None:
+    """The stable code of the check that refused a write (errors.ValidationError.code), so the ETL files it by
+    code, not by its message; NULL on rows written before this migration."""
+    db.execute("ALTER TABLE rejected_writes ADD COLUMN code TEXT")
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""
@@ -589,3 +596,83 @@ def purge_events(db: sqlite_utils.Database, cutoff: str) -> int:
         n = db.conn.execute("DELETE FROM events WHERE occurred_at < ?", [cutoff]).rowcount
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return int(n)
+
+# ---------------------------------------------------------------- reads for monitoring and the ETL
+def watches_between(db, start: str, end: str) -> list[tuple]:
+    """(user_id, movie_id) of every watch event in [start, end) (ISO text): what users watched on a day."""
+    return db.execute("SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND occurred_at >= ? "
+                      "AND occurred_at < ?", [start, end]).fetchall()
+
+
+def watched_before(db, movie_ids: list[int], before: str) -> list[tuple]:
+    """Distinct (user_id, movie_id) watches of the given movies before `before` (a seen filter limited to them)."""
+    marks = ",".join("?" * len(movie_ids)) or "NULL"
+    return db.execute(f"SELECT DISTINCT user_id, movie_id FROM events WHERE kind = 'watch' "
+                      f"AND movie_id IN ({marks}) AND occurred_at < ?", list(movie_ids) + [before]).fetchall()
+
+
+def movie_genres(db) -> dict:
+    """movie_id → '|'-separated genres of the whole catalog."""
+    return dict(db.execute("SELECT movie_id, genres FROM movies").fetchall())
+
+
+@contextmanager
+def read_only(settings: Settings) -> Iterator[sqlite3.Connection]:
+    """A plain read-only connection (no migration, no write lock), closed afterwards: bulk extraction (the ETL)
+    must never change the operational store."""
+    conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _raw(conn) -> sqlite3.Connection:
+    """The sqlite3 connection under a sqlite-utils Database (pandas reads need the plain one)."""
+    return getattr(conn, "conn", conn)
+
+
+def events_after(conn, seq: int) -> pd.DataFrame:
+    """Events past the ETL watermark `seq`, in ingestion order, as the ETL's rows: source_id (= seq), user_id,
+    movie_id, kind, value, occurred_at — values as stored (the ETL gate validates them)."""
+    return pd.read_sql_query("SELECT seq AS source_id, user_id, movie_id, kind, value, occurred_at FROM events "
+                             "WHERE seq > ? ORDER BY seq", _raw(conn), params=(seq,))
+
+
+def rating_history_after(conn, history_id: int) -> pd.DataFrame:
+    """Rating history past the ETL watermark `history_id`, as the ETL's rows: source_id (= history_id), user_id,
+    movie_id, kind ('rating'), value (the rating), occurred_at (rated_at)."""
+    return pd.read_sql_query("SELECT history_id AS source_id, user_id, movie_id, 'rating' AS kind, rating AS value, "
+                             "rated_at AS occurred_at FROM rating_history WHERE history_id > ? ORDER BY history_id",
+                             _raw(conn), params=(history_id,))
+
+
+def rejected_writes_after(conn, reject_id: int) -> pd.DataFrame:
+    """Writes refused at ingestion past the ETL watermark `reject_id`: reject_id, target, reason, payload,
+    rejected_at, code (None before migration m006, or on a store not migrated yet: a read-only reader
+    cannot migrate it)."""
+    raw = _raw(conn)
+    has_code = any(col[1] == "code" for col in raw.execute("PRAGMA table_info(rejected_writes)").fetchall())
+    return pd.read_sql_query(f"SELECT reject_id, target, reason, payload, rejected_at, "
+                             f"{'code' if has_code else 'NULL AS code'} FROM rejected_writes "
+                             f"WHERE reject_id > ? ORDER BY reject_id", raw, params=(reject_id,))
+
+
+def users_with_valid_ids(conn) -> pd.DataFrame:
+    """user_id, created_at, consent_personalization of users whose id is an integer in 1..bounds.MAX_ID.
+
+    Rows with another id (only ever written around the write API) are left out: their facts are quarantined.
+    """
+    from core import bounds
+    return pd.read_sql_query("SELECT user_id, created_at, consent_personalization FROM users "
+                             "WHERE typeof(user_id) = 'integer' AND user_id BETWEEN 1 AND ?", _raw(conn),
+                             params=(bounds.MAX_ID,))
+
+
+def movies_with_valid_ids(conn) -> pd.DataFrame:
+    """movie_id, title, year, genres, runtime_min, added_at of movies whose id is an integer in 1..bounds.MAX_ID
+    (values as stored)."""
+    from core import bounds
+    return pd.read_sql_query("SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies "
+                             "WHERE typeof(movie_id) = 'integer' AND movie_id BETWEEN 1 AND ?", _raw(conn),
+                             params=(bounds.MAX_ID,))

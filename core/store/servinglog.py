@@ -125,3 +125,18 @@ def export_user(db: sqlite_utils.Database, user_id: int) -> list[dict]:
     """Every list served to a user, newest first, as stored (movie_ids and scores are JSON texts)."""
     return list(db.query("SELECT * FROM served_recommendations WHERE user_id = ? ORDER BY served_at DESC, "
                          "serve_id DESC", [user_id]))
+
+
+def lists_served_at(db, served_at: str) -> list[tuple]:
+    """(user_id, path, movie_ids JSON, scores JSON) of every list served at exactly `served_at`.
+
+    The simulated day serves everyone at its start, so this is one monitored day's lists (online quality).
+    """
+    return db.execute("SELECT user_id, path, movie_ids, scores FROM served_recommendations WHERE served_at = ?",
+                      [served_at]).fetchall()
+
+
+def model_lists_served_at(db, served_at: str) -> list[tuple]:
+    """(movie_ids JSON,) of the lists the model (not a fallback) served at exactly `served_at` (model drift)."""
+    return db.execute("SELECT movie_ids FROM served_recommendations WHERE served_at = ? AND path = 'model'",
+                      [served_at]).fetchall()

@@ -4,7 +4,8 @@ Every write path (CLI, simulation, importer, dashboard) goes through these
 functions. Batches are validated as a whole with vectorized checks; in the
 default mode a single bad row rejects the batch and nothing is written. The
 `quarantine` mode (used by ingestion paths such as a faulty logger) writes the
-valid rows and keeps each invalid one in `rejected_writes` with its reason.
+valid rows and keeps each invalid one in `rejected_writes` with its reason and the
+stable code of the check that refused it (`errors.ValidationError.code`).
 """
 from __future__ import annotations
 
@@ -84,17 +85,20 @@ def _ids_exist(db: sqlite_utils.Database, table: str, col: str, ids: np.ndarray)
 
 
 class _Reasons:
-    """Collects the first failing reason per row (earlier checks win)."""
+    """Collects the first failing reason per row (earlier checks win), with its exception class and stable code."""
 
     def __init__(self, n: int):
         self.reason = np.full(n, None, dtype=object)
         self.kind = np.full(n, None, dtype=object)
+        self.code = np.full(n, None, dtype=object)
 
-    def add(self, mask, message_fn, exc: type[errors.ValidationError]) -> None:
+    def add(self, mask, message_fn, exc: type[errors.ValidationError], code: str | None = None) -> None:
+        """`code`: the check's stable name (default: the exception class's code)."""
         mask = np.asarray(mask, dtype=bool) & (self.reason == None)  # noqa: E711
         for i in np.flatnonzero(mask):
             self.reason[i] = message_fn(i)
             self.kind[i] = exc
+            self.code[i] = code or exc.code
 
     @property
     def bad(self) -> np.ndarray:
@@ -105,7 +109,7 @@ class _Reasons:
         if len(bad):
             i = bad[0]
             extra = f" ({len(bad)} of {len(self.reason)} {what} invalid; nothing written)" if len(self.reason) > 1 else ""
-            raise self.kind[i](f"{self.reason[i]}{extra}")
+            raise self.kind[i](f"{self.reason[i]}{extra}", code=self.code[i])
 
 
 def highest_id(db, table: str, col: str) -> int:
@@ -130,7 +134,8 @@ def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> lis
     top = max([highest_id(db, table, col)] + ids[given].tolist())
     missing = int((~given).sum())
     if top + missing > bounds.MAX_ID:
-        raise errors.ValidationError(f"no {col} values left above {top} (ids are 1..{bounds.MAX_ID}); give ids explicitly")
+        raise errors.ValidationError(f"no {col} values left above {top} (ids are 1..{bounds.MAX_ID}); give ids explicitly",
+                                     code="ids_exhausted")
     fresh = iter(range(top + 1, top + 1 + missing))
     out = [int(i) if g else next(fresh) for i, g in zip(ids.tolist(), given.tolist())]
     if out:
@@ -139,14 +144,19 @@ def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> lis
     return out
 
 
-def _quarantine(db, target: str, df: pd.DataFrame, reasons: np.ndarray, now: str) -> None:
+def _quarantine(db, target: str, df: pd.DataFrame, reasons: np.ndarray, now: str, codes: np.ndarray) -> None:
     rows = [
-        (target, str(reasons[i]), json.dumps(rec, default=str), now)
+        (target, str(reasons[i]), json.dumps(rec, default=str), now, codes[i])
         for i, rec in zip(np.flatnonzero(reasons != None), df[reasons != None].to_dict("records"))  # noqa: E711
     ]
-    db.conn.executemany(
-        "INSERT INTO rejected_writes(target, reason, payload, rejected_at) VALUES (?,?,?,?)", rows
-    )
+    if any(col[1] == "code" for col in db.execute("PRAGMA table_info(rejected_writes)").fetchall()):
+        db.conn.executemany(
+            "INSERT INTO rejected_writes(target, reason, payload, rejected_at, code) VALUES (?,?,?,?,?)", rows
+        )
+    else:   # a bulk load runs before the deferred migrations (opsdb.open_db): no code column yet
+        db.conn.executemany(
+            "INSERT INTO rejected_writes(target, reason, payload, rejected_at) VALUES (?,?,?,?)", [r[:4] for r in rows]
+        )
 
 
 def _reason_counts(reasons: np.ndarray) -> dict:
@@ -163,13 +173,14 @@ def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[i
     r = _Reasons(len(df))
     given = ~df["user_id"].map(bounds.is_missing).astype(bool)     # NaN is given, and invalid
     ids, ok_id = _as_int(df["user_id"])
-    r.add(given & ~bounds.id_mask(df["user_id"]), lambda i: f"user_id {df['user_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError)
+    r.add(given & ~bounds.id_mask(df["user_id"]), lambda i: f"user_id {df['user_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError,
+          "invalid_id")
     r.add(~ok_ts, lambda i: f"created_at {df['created_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (created > now), lambda i: f"created_at {created[i]} is after the service clock {now}", errors.FutureTimestamp)
     existing = _ids_exist(db, "users", "user_id", ids.to_numpy()) & given.to_numpy()
-    r.add(existing, lambda i: f"user {ids[i]} already exists", errors.ValidationError)
+    r.add(existing, lambda i: f"user {ids[i]} already exists", errors.ValidationError, "already_exists")
     dup = given & ids.duplicated(keep="first")
-    r.add(dup, lambda i: f"user {ids[i]} appears twice in the batch", errors.ValidationError)
+    r.add(dup, lambda i: f"user {ids[i]} appears twice in the batch", errors.ValidationError, "twice_in_batch")
     r.raise_first("users")
     with db.atomic():
         final = _fill_ids(db, "users", "user_id", ids, given)
@@ -196,20 +207,25 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     genres = df["genres"].map(lambda g: "|".join(g) if isinstance(g, (list, tuple)) else ("" if g is None else str(g)))
     unknown_genre = genres.map(lambda g: [x for x in g.split("|") if x and x not in GENRES])
     titles = df["title"].map(lambda t: t.strip() if isinstance(t, str) else "")
-    r.add(given & ~bounds.id_mask(df["movie_id"]), lambda i: f"movie_id {df['movie_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError)
-    r.add(titles == "", lambda i: "title is empty", errors.ValidationError)
+    r.add(given & ~bounds.id_mask(df["movie_id"]), lambda i: f"movie_id {df['movie_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError,
+          "invalid_id")
+    r.add(titles == "", lambda i: "title is empty", errors.ValidationError, "empty_title")
     r.add(titles.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
           lambda i: f"title {titles[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
-          errors.ValidationError)
+          errors.ValidationError, "invalid_title")
     year_given = ~df["year"].map(bounds.is_missing).astype(bool)
-    r.add(year_given & (~ok_year | (years < 1878) | (years > 2100)), lambda i: f"year {df['year'][i]!r} is not a plausible release year", errors.ValidationError)
-    r.add(unknown_genre.map(bool), lambda i: f"unknown genre(s) {unknown_genre[i]}; known: {', '.join(GENRES)}", errors.ValidationError)
-    r.add(~ok_rt | (runtime <= 0) | (runtime > 24 * 60), lambda i: f"runtime_min {df['runtime_min'][i]!r} is not a positive integer of minutes (at most 1440)", errors.ValidationError)
+    r.add(year_given & (~ok_year | (years < 1878) | (years > 2100)), lambda i: f"year {df['year'][i]!r} is not a plausible release year", errors.ValidationError,
+          "implausible_year")
+    r.add(unknown_genre.map(bool), lambda i: f"unknown genre(s) {unknown_genre[i]}; known: {', '.join(GENRES)}", errors.ValidationError,
+          "unknown_genre")
+    r.add(~ok_rt | (runtime <= 0) | (runtime > 24 * 60), lambda i: f"runtime_min {df['runtime_min'][i]!r} is not a positive integer of minutes (at most 1440)", errors.ValidationError,
+          "invalid_runtime")
     r.add(~ok_ts, lambda i: f"added_at {df['added_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (added > now), lambda i: f"added_at {added[i]} is after the service clock {now}", errors.FutureTimestamp)
     existing = _ids_exist(db, "movies", "movie_id", ids.to_numpy()) & given.to_numpy()
-    r.add(existing, lambda i: f"movie {ids[i]} already exists", errors.ValidationError)
-    r.add(given & ids.duplicated(keep="first"), lambda i: f"movie {ids[i]} appears twice in the batch", errors.ValidationError)
+    r.add(existing, lambda i: f"movie {ids[i]} already exists", errors.ValidationError, "already_exists")
+    r.add(given & ids.duplicated(keep="first"), lambda i: f"movie {ids[i]} appears twice in the batch", errors.ValidationError,
+          "twice_in_batch")
     r.raise_first("movies")
     sql = "INSERT INTO movies(movie_id, title, year, genres, runtime_min, added_at, source) VALUES (?,?,?,?,?,?,?)"
     with db.atomic():
@@ -229,12 +245,14 @@ def add_movie(db: sqlite_utils.Database, title: str, year: int, genres, *, runti
 def _validate_user_movie(db, df, r: _Reasons, *, movie_required=True):
     users, ok_u = _as_int(df["user_id"])
     movies, ok_m = _as_int(df["movie_id"])
-    r.add(~ok_u, lambda i: f"user_id {df['user_id'][i]!r} is missing or not an integer", errors.UnknownUser)
+    r.add(~ok_u, lambda i: f"user_id {df['user_id'][i]!r} is missing or not an integer", errors.UnknownUser,
+          "missing_user_id")
     r.add(ok_u & ~_ids_exist(db, "users", "user_id", users.to_numpy()), lambda i: f"unknown user {users[i]}", errors.UnknownUser)
     needs_movie = movie_required if isinstance(movie_required, bool) else movie_required
     absent = df["movie_id"].isna()
-    r.add(np.asarray(needs_movie) & absent, lambda i: "movie_id is missing", errors.UnknownMovie)
-    r.add(~absent & ~ok_m, lambda i: f"movie_id {df['movie_id'][i]!r} is not an integer", errors.UnknownMovie)
+    r.add(np.asarray(needs_movie) & absent, lambda i: "movie_id is missing", errors.UnknownMovie, "missing_movie_id")
+    r.add(~absent & ~ok_m, lambda i: f"movie_id {df['movie_id'][i]!r} is not an integer", errors.UnknownMovie,
+          "movie_id_not_integer")
     r.add(~absent & ok_m & ~_ids_exist(db, "movies", "movie_id", movies.to_numpy()), lambda i: f"unknown movie {movies[i]}", errors.UnknownMovie)
     return users, movies, absent
 
@@ -249,8 +267,10 @@ def rate_many(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise
     r = _Reasons(len(df))
     users, movies, _ = _validate_user_movie(db, df, r)
     values, ok_v = _as_int(df["rating"])
-    r.add(~ok_v, lambda i: f"rating {df['rating'][i]!r} is not an integer (ratings are whole numbers {RATING_MIN}..{RATING_MAX})", errors.InvalidRating)
-    r.add(ok_v & ((values < RATING_MIN) | (values > RATING_MAX)), lambda i: f"rating {values[i]} is outside {RATING_MIN}..{RATING_MAX}", errors.InvalidRating)
+    r.add(~ok_v, lambda i: f"rating {df['rating'][i]!r} is not an integer (ratings are whole numbers {RATING_MIN}..{RATING_MAX})", errors.InvalidRating,
+          "rating_not_integer")
+    r.add(ok_v & ((values < RATING_MIN) | (values > RATING_MAX)), lambda i: f"rating {values[i]} is outside {RATING_MIN}..{RATING_MAX}", errors.InvalidRating,
+          "rating_out_of_range")
     ts, ok_ts = _timestamps(df["rated_at"], now)
     r.add(~ok_ts, lambda i: f"rated_at {df['rated_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (ts > now), lambda i: f"rated_at {ts[i]} is after the service clock {now}", errors.FutureTimestamp)
@@ -260,7 +280,7 @@ def rate_many(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise
     recs = list(zip(users[good].tolist(), movies[good].tolist(), values[good].tolist(), ts[good].tolist()))
     with db.atomic():
         if r.bad.any():
-            _quarantine(db, "ratings", df, r.reason, now)
+            _quarantine(db, "ratings", df, r.reason, now, r.code)
         db.conn.executemany(
             "INSERT INTO ratings(user_id, movie_id, rating, rated_at) VALUES (?,?,?,?) "
             "ON CONFLICT(user_id, movie_id) DO UPDATE SET rating = excluded.rating, rated_at = excluded.rated_at",
@@ -290,23 +310,27 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
     users, movies, movie_absent = _validate_user_movie(db, df, r, movie_required=(kinds != "scroll").to_numpy())
     raw_value = df["value"].where(~df["value"].map(bounds.is_missing).astype(bool), 1)   # NaN stays NaN: invalid
     values = pd.to_numeric(raw_value, errors="coerce")
-    r.add(values.isna() | ~np.isfinite(values.fillna(0).astype(float)), lambda i: f"event value {df['value'][i]!r} is not a number", errors.InvalidEventValue)
-    r.add(values > MAX_EVENT_VALUE, lambda i: f"event value {values[i]:g} is out of range (at most {MAX_EVENT_VALUE:,})", errors.InvalidEventValue)
-    r.add((kinds == "watch") & (values < 0), lambda i: f"watch time {values[i]} s is negative", errors.InvalidEventValue)
-    r.add((kinds != "watch") & (values < 0), lambda i: f"{kinds[i]} value {values[i]} is negative", errors.InvalidEventValue)
+    r.add(values.isna() | ~np.isfinite(values.fillna(0).astype(float)), lambda i: f"event value {df['value'][i]!r} is not a number", errors.InvalidEventValue,
+          "value_not_number")
+    r.add(values > MAX_EVENT_VALUE, lambda i: f"event value {values[i]:g} is out of range (at most {MAX_EVENT_VALUE:,})", errors.InvalidEventValue,
+          "value_too_large")
+    r.add((kinds == "watch") & (values < 0), lambda i: f"watch time {values[i]} s is negative", errors.InvalidEventValue,
+          "negative_value")
+    r.add((kinds != "watch") & (values < 0), lambda i: f"{kinds[i]} value {values[i]} is negative", errors.InvalidEventValue,
+          "negative_value")
     ts, ok_ts = _timestamps(df["occurred_at"], now)
     r.add(~ok_ts, lambda i: f"occurred_at {df['occurred_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (ts > now), lambda i: f"occurred_at {ts[i]} is after the service clock {now}", errors.FutureTimestamp)
     ids = df["event_id"].map(lambda e: uuid.uuid4().hex if bounds.is_missing(e) or bounds.is_nan(e) else str(e))
-    r.add(ids == "", lambda i: "event_id is empty", errors.ValidationError)
+    r.add(ids == "", lambda i: "event_id is empty", errors.ValidationError, "empty_event_id")
     r.add(ids.map(lambda e: bool(bounds.control_chars(e)) or len(e) > bounds.MAX_TEXT),
           lambda i: f"event_id {ids[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
-          errors.ValidationError)
+          errors.ValidationError, "invalid_event_id")
     # The same signal logged twice under two ids (a double-logging client) is not a retry: refuse the copy.
     content = pd.DataFrame({"u": users, "m": df["movie_id"].astype(str), "k": kinds, "v": values, "t": ts})
     double = content.duplicated(keep="first") & ~ids.duplicated(keep=False)
     r.add(double, lambda i: "duplicate of another event in the batch (same user, movie, kind, value and time under another id)",
-          errors.ValidationError)
+          errors.ValidationError, "duplicate_in_batch")
     if on_invalid == "raise":
         r.raise_first("events")
     good = ~r.bad
@@ -320,7 +344,7 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
                     values[keep].astype(float).tolist(), ts[keep].tolist()))
     with db.atomic():
         if r.bad.any():
-            _quarantine(db, "events", df, r.reason, now)
+            _quarantine(db, "events", df, r.reason, now, r.code)
         before = db.conn.total_changes
         db.conn.executemany(
             "INSERT OR IGNORE INTO events(event_id, user_id, movie_id, kind, value, occurred_at) VALUES (?,?,?,?,?,?)", recs

@@ -188,3 +188,44 @@ def evaluate_lists(recommended, relevant: Sequence[set], n_items: int, item_popu
     out["novelty"] = novelty(rec, item_popularity, n_users, k)
     out["users_evaluated"] = int(n_rel.size)
     return out
+
+
+# Online quality (core.monitoring): the same per-user formulas over every served list.
+def _dense(recommended, relevant: Sequence[set], k: int) -> tuple[np.ndarray, list[set]]:
+    """Lists and relevant sets with raw item ids (catalog ids, up to 2**53) renumbered 0..n-1, so the
+    (user, item) keys of `_hits` cannot overflow; padding stays padding."""
+    rec = _as_matrix(recommended, k)
+    rel_items = np.fromiter((i for r in relevant for i in r), dtype=np.int64)
+    items = np.unique(np.concatenate([rec[rec != PAD], rel_items]))
+    dense = np.where(rec == PAD, PAD, np.searchsorted(items, rec))
+    return dense, [set(np.searchsorted(items, np.fromiter(r, dtype=np.int64, count=len(r))).tolist()) for r in relevant]
+
+
+def _over_all_lists(formula, recommended, relevant: Sequence[set], k: int) -> float:
+    """Mean of a per-user formula over every list; a user whose relevant set is empty scores 0 (not skipped)."""
+    rec, rel = _dense(recommended, relevant, k)
+    values = np.zeros(rec.shape[0])
+    has_relevant = np.fromiter((len(r) > 0 for r in rel), dtype=bool, count=len(rel))
+    hits, n_rel = _hits(rec, rel, k)
+    values[has_relevant] = formula(hits, n_rel, k)
+    return _mean(values)
+
+
+def hit_rate_all_users_at_k(recommended, relevant: Sequence[set], k: int = DEFAULT_K) -> float:
+    """Share of ALL lists with at least one relevant item in their top k; range [0, 1]; ``nan`` without lists.
+
+    hit_rate_at_k's formula with another denominator: a user whose relevant set is empty counts as a miss
+    instead of being skipped, so this is hit_rate_at_k × (users with a relevant item / all users). Online, the
+    relevant set is what a served user watched that day, and a user who watched nothing was still shown the
+    list: the question is "how many of the lists we showed led to a watch", asked of everyone served.
+    Item ids may be raw catalog ids (renumbered internally).
+    """
+    return _over_all_lists(_hit, recommended, relevant, k)
+
+
+def precision_all_users_at_k(recommended, relevant: Sequence[set], k: int = DEFAULT_K) -> float:
+    """Mean of |top-k ∩ relevant| / k over ALL lists (an empty relevant set scores 0, not skipped); range [0, 1].
+
+    precision_at_k with the denominator of hit_rate_all_users_at_k (see there).
+    """
+    return _over_all_lists(_precision, recommended, relevant, k)

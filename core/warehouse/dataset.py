@@ -224,3 +224,45 @@ def mean_ratings_before(con, until) -> pd.Series:
     """Mean rating (1..10) of each rated movie over every rating before `until`, indexed by movie_id."""
     return con.execute("SELECT movie_id, avg(value) AS r FROM fact_interaction WHERE kind = 'rating' "
                        "AND occurred_at < ? GROUP BY 1", [until]).df().set_index("movie_id")["r"]
+
+# ---------------------------------------------------------------- windows of facts (monitoring's drift inputs)
+def watches_between(con, start, end, new_since) -> pd.DataFrame:
+    """One row per watch in [start, end): movie_id, fraction (of the runtime watched, at most 1; runtime 100 min
+    when unknown), genres, is_new (added on or after `new_since`), title."""
+    return con.execute("""
+        SELECT f.movie_id, least(f.value / (60.0 * coalesce(m.runtime_min, 100)), 1.0) AS fraction, m.genres,
+               m.added_at >= ? AS is_new, m.title
+        FROM fact_interaction f JOIN dim_movie m USING (movie_id)
+        WHERE f.kind = 'watch' AND f.occurred_at >= ? AND f.occurred_at < ?""",
+                       [pd.Timestamp(new_since), pd.Timestamp(start), pd.Timestamp(end)]).df()
+
+
+def rating_counts_between(con, start, end) -> pd.DataFrame:
+    """r (the rating as an integer), n (how many) of the ratings in [start, end)."""
+    return con.execute("SELECT CAST(value AS INTEGER) AS r, count(*) AS n FROM fact_interaction "
+                       "WHERE kind = 'rating' AND occurred_at >= ? AND occurred_at < ? GROUP BY 1",
+                       [pd.Timestamp(start), pd.Timestamp(end)]).df()
+
+
+def signals_per_user_day(con, start, end) -> pd.DataFrame:
+    """n: signals (everything but impressions and scrolls) per active user and day in [start, end), one row each
+    (per day, so a 7-day window and a 1-day window compare like with like)."""
+    return con.execute("SELECT count(*) AS n FROM fact_interaction WHERE kind NOT IN ('impression', 'scroll') "
+                       "AND occurred_at >= ? AND occurred_at < ? GROUP BY user_key, CAST(occurred_at AS DATE)",
+                       [pd.Timestamp(start), pd.Timestamp(end)]).df()
+
+
+def kind_counts_between(con, start, end) -> pd.DataFrame:
+    """kind, n: facts per kind in [start, end)."""
+    return con.execute("SELECT kind, count(*) AS n FROM fact_interaction WHERE occurred_at >= ? AND occurred_at < ? "
+                       "GROUP BY kind", [pd.Timestamp(start), pd.Timestamp(end)]).df()
+
+
+def catalog_movie_ids(con) -> pd.Series:
+    """Every movie_id of the catalog dimension."""
+    return con.execute("SELECT movie_id FROM dim_movie").df()["movie_id"]
+
+
+def day_counts(con, day) -> pd.DataFrame:
+    """kind, n of one day's aggregates (kind 'quarantined' counts the rows the gate kept out)."""
+    return con.execute("SELECT kind, n FROM daily_aggregates WHERE day = ?", [pd.Timestamp(day).date()]).df()

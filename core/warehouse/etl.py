@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,31 +43,21 @@ class EtlResult:
 
 # ------------------------------------------------------------------ extract
 def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame]:
-    conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True)
-    try:
-        q = lambda sql, p=(): pd.read_sql_query(sql, conn, params=p)  # noqa: E731
-        events = q("SELECT seq AS source_id, user_id, movie_id, kind, value, occurred_at FROM events WHERE seq > ? ORDER BY seq",
-                   (marks.get("events", 0),))
-        ratings = q("SELECT history_id AS source_id, user_id, movie_id, 'rating' AS kind, rating AS value, "
-                    "rated_at AS occurred_at FROM rating_history WHERE history_id > ? ORDER BY history_id",
-                    (marks.get("rating_history", 0),))
-        rejects = q("SELECT reject_id, target, reason, payload, rejected_at FROM rejected_writes WHERE reject_id > ? "
-                    "ORDER BY reject_id", (marks.get("rejected_writes", 0),))
+    with opsdb.read_only(settings) as conn:
+        events = opsdb.events_after(conn, marks.get("events", 0))
+        ratings = opsdb.rating_history_after(conn, marks.get("rating_history", 0))
+        rejects = opsdb.rejected_writes_after(conn, marks.get("rejected_writes", 0))
         # Dimension rows with an id outside 1..MAX_ID (only ever written around the write API) are left out:
         # their facts are quarantined as "id out of range".
-        users = q("SELECT user_id, created_at, consent_personalization FROM users "
-                  "WHERE typeof(user_id) = 'integer' AND user_id BETWEEN 1 AND ?", (bounds.MAX_ID,))
-        movies = q("SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies "
-                   "WHERE typeof(movie_id) = 'integer' AND movie_id BETWEEN 1 AND ?", (bounds.MAX_ID,))
+        users = opsdb.users_with_valid_ids(conn)
+        movies = opsdb.movies_with_valid_ids(conn)
         for col in ("year", "runtime_min"):
             movies[col] = pd.to_numeric(movies[col], errors="coerce").where(lambda v: v.abs() < 2**31).round().astype("Int64")
         users["consent_personalization"] = pd.to_numeric(users["consent_personalization"], errors="coerce").fillna(1)
-        clock = conn.execute("SELECT value FROM meta WHERE key = 'clock'").fetchone()
-    finally:
-        conn.close()
+        clock = opsdb.get_meta(conn, "clock")
     rows = pd.concat([events.assign(source="event"), ratings.assign(source="rating")], ignore_index=True)
     return {"rows": rows, "rejects": rejects, "users": users, "movies": movies,
-            "clock": clock[0] if clock else opsdb.utc_now_iso(),
+            "clock": clock if clock is not None else opsdb.utc_now_iso(),
             "max": {"events": int(events["source_id"].max()) if len(events) else marks.get("events", 0),
                     "rating_history": int(ratings["source_id"].max()) if len(ratings) else marks.get("rating_history", 0),
                     "rejected_writes": int(rejects["reject_id"].max()) if len(rejects) else marks.get("rejected_writes", 0)}}
@@ -157,13 +146,14 @@ def _ingestion_rejects(rejects: pd.DataFrame, key: bytes, started: str) -> pd.Da
     user = pd.to_numeric(payload["user_id"], errors="coerce")
     return pd.DataFrame({
         "source": "ingestion", "source_id": rejects["reject_id"].to_numpy(),
-        "reason": ("rejected at ingestion: " + rejects["reason"]).to_numpy(),
+        "reason": (INGESTION + rejects["reason"]).to_numpy(),
         "user_key": _user_keys(user, key),
         "movie_id": _movie_ids(payload["movie_id"]),
         "kind": np.where(rejects["target"] == "ratings", "rating", payload["kind"].astype(object)),
         "value": payload["value"].where(rejects["target"].to_numpy() != "ratings", payload["rating"]).astype(str).to_numpy(),
         "occurred_at": payload["occurred_at"].where(payload["occurred_at"].notna(), payload["rated_at"]).astype(str).to_numpy(),
         "quarantined_at": parse_times(rejects["rejected_at"]).fillna(pd.Timestamp(started)).to_numpy(),
+        "code": rejects["code"].to_numpy(),    # files the row's category; not a warehouse column
     })
 
 
@@ -182,7 +172,23 @@ def _movie_ids(values: pd.Series) -> np.ndarray:
     return pd.to_numeric(values.where(ok), errors="coerce").astype("Int64").to_numpy()
 
 
-REASON_CATEGORIES = (  # write-API messages → the validation gate's own reason names
+INGESTION = "rejected at ingestion: "   # the quarantine reason of a write the write API refused: this + its message
+# The write API's check codes (errors.ValidationError.code, stored with each rejected write) → the validation
+# gate's own reason names. An unlisted code files as 'other'. The category depends on which check refused the
+# write, never on the wording of its message (nor on a value quoted in it).
+CODE_CATEGORIES = {
+    "missing_user_id": "missing user id", "unknown_user": "orphan user id",
+    "missing_movie_id": "missing movie id", "unknown_movie": "orphan movie id",
+    "movie_id_not_integer": "other",            # as the message rule filed it (no needle matched)
+    "rating_not_integer": "rating out of range", "rating_out_of_range": "rating out of range",
+    "invalid_timestamp": "malformed timestamp", "future_timestamp": "timestamp in the future",
+    "unknown_event_kind": "unknown kind", "value_not_number": "malformed value",
+    "value_too_large": "value out of range", "negative_value": "negative value",
+    "empty_event_id": "other", "invalid_event_id": "malformed value", "duplicate_in_batch": "duplicate",
+}
+# Fallback for rejects stored without a code (before opsdb migration m006): write-API message text → category,
+# first match wins. Frozen: new checks get a code above, not a needle here.
+REASON_CATEGORIES = (
     ("outside 1..10", "rating out of range"), ("not an integer (ratings", "rating out of range"),
     ("unknown movie", "orphan movie id"), ("movie_id is missing", "missing movie id"),
     ("is missing or not an integer", "missing user id"), ("unknown user", "orphan user id"),
@@ -193,14 +199,28 @@ REASON_CATEGORIES = (  # write-API messages → the validation gate's own reason
 )
 
 
-def reason_category(reason: str) -> str:
-    """A stable category for a quarantine reason ('ingestion: <category>' for write-API rejects)."""
-    if not reason.startswith("rejected at ingestion: "):
+def reason_category(reason: str, code: str | None = None) -> str:
+    """A stable category for a quarantine reason ('ingestion: <category>' for write-API rejects).
+
+    A write-API reject is filed by its check `code`; one stored without a code (before the codes existed) by
+    its message text (REASON_CATEGORIES). The warehouse's quarantine keeps the reason only, so a caller
+    with no code gets the text rule.
+    """
+    if not reason.startswith(INGESTION):
         return reason
+    if isinstance(code, str) and code:
+        return f"ingestion: {CODE_CATEGORIES.get(code, 'other')}"
     for needle, category in REASON_CATEGORIES:
         if needle in reason:
             return f"ingestion: {category}"
     return "ingestion: other"
+
+
+def _categories(quarantine: pd.DataFrame) -> pd.Series:
+    """reason_category of each quarantined row, by its code where the row has one."""
+    codes = quarantine["code"] if "code" in quarantine else pd.Series(None, index=quarantine.index, dtype=object)
+    return pd.Series([reason_category(r, c) for r, c in zip(quarantine["reason"], codes)], index=quarantine.index,
+                     dtype=object)
 
 
 def content_hash(facts: pd.DataFrame, previous: str | None) -> str:
@@ -295,7 +315,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
     ingest = _ingestion_rejects(rejects, key, started)
     quarantine = pd.concat([q for q in (quarantine, ingest) if len(q)], ignore_index=True) if len(quarantine) or len(ingest) else pd.DataFrame()
 
-    by_reason = quarantine["reason"].map(reason_category).value_counts().to_dict() if len(quarantine) else {}
+    by_reason = _categories(quarantine).value_counts().to_dict() if len(quarantine) else {}
     report = {"extracted": int(len(rows)), "ingestion_rejects": int(len(rejects)), "valid": int(len(facts)),
               "quarantined": int(len(quarantine)), "by_reason": {k: int(v) for k, v in by_reason.items()},
               "volume_alerts": _volume_alerts(con, facts, ex["clock"])}
