@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.governance import diagnose, explain, modelcard
 from core.monitoring import drift, monitoring
 from core.simulation import loop, simulation
-from core.store import opsdb
+from core.store import clock, opsdb
 from core.training import pipeline, registry
 from core.privacy import erasure, export
 from core.serving import serving  # noqa: E402,E501
@@ -48,7 +48,7 @@ def main() -> None:
         pipeline.retrain(s)
         loop.run(s, 2, policy_mode="manual")
         with opsdb.session(s) as db:
-            day = opsdb.clock_now(db)[:10]
+            day = clock.now(db=db)[:10]
         import pandas as pd
         last = str((pd.Timestamp(day) - pd.Timedelta(days=1)).date())
         _, t = clock(lambda: monitoring.monitor_day(s, last), 3)

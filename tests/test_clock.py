@@ -24,7 +24,7 @@ def trained(cf_world):
 def test_the_service_clock_is_the_simulated_one_and_everything_uses_it(trained, tmp_path):
     s = private_copy(trained, tmp_path / "w")
     with opsdb.session(s) as db:
-        sim = opsdb.clock_now(db)
+        sim = clock.now(db=db)
     assert clock.now(s) == sim == "2026-01-11T00:00:00"
     assert clock.now(load_settings(tmp_path / "empty")).startswith("20")       # no world: real UTC
     run = tracking.start_run(s, "als", {}, 1, "dv1")
@@ -56,3 +56,22 @@ def test_promote_serve_rollback_serve_audit_agrees(trained, tmp_path):
         assert r["was_production"] is True, r["notes"]
         assert r["production_at_served"] == rec.model_version
         assert not any("disagree" in n for n in r["notes"])
+
+
+def test_no_module_reads_the_time_of_day_but_the_clock():
+    """`clock.now` is the only answer to "what time is it for this service?". Reading the wall clock elsewhere is
+    allowed only where real time is the point: the first-start progress file (a person watching a build) and
+    the sign-in throttle (wall-clock seconds against token guessing)."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    allowed = {"core/store/clock.py", "core/bootstrap.py", "core/privacy/access.py"}
+    readers = set()
+    for path in (root / "core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in {"now", "utcnow", "time", "today"}
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in {"datetime", "time", "date"}):
+                readers.add(path.relative_to(root).as_posix())
+    assert readers - allowed == set()
+    assert "core/store/clock.py" in readers

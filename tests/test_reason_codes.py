@@ -165,3 +165,34 @@ def test_every_code_of_a_quarantining_check_has_a_category():
     assert len(codes) >= 15
     assert codes == set(etl.CODE_CATEGORIES)                       # no check unfiled, no stale entry
     assert codes == {c[2] for c in CHECKS} | {"duplicate_in_batch"}  # and each is exercised above
+
+
+def test_the_warehouse_keeps_the_code_so_the_data_page_files_by_it_too(settings, small_db):
+    """The Data page's category breakdown (insights.etl_report) reads the code stored beside the reason in the
+    warehouse's quarantine, so a reworded message files the same there as in the ETL report."""
+    from core.governance import insights
+    writes.rate_many(small_db, [RT | {"rating": 55}], on_invalid="quarantine")
+    small_db.execute("UPDATE rejected_writes SET reason = 'the rating must lie between one and ten'")
+    etl.run_etl(settings)
+    with warehouse.session(settings) as con:
+        assert con.execute("SELECT code FROM quarantine").fetchall() == [("rating_out_of_range",)]
+    reasons = insights.etl_report(settings)["reasons"]
+    assert reasons[["category", "rows"]].to_dict("records") == [{"category": "ingestion: rating out of range",
+                                                                  "rows": 1}]
+
+
+def test_a_warehouse_from_before_the_code_column_gains_it_and_keeps_its_rows(settings, small_db):
+    """An older warehouse file (quarantine without `code`) is migrated by the next writer; its rows keep NULL and
+    are filed by their text."""
+    writes.rate_many(small_db, [RT | {"rating": 55}], on_invalid="quarantine")
+    etl.run_etl(settings)
+    with warehouse.transaction(settings) as con:
+        con.execute("ALTER TABLE quarantine DROP COLUMN code")
+    writes.record_events(small_db, [EV | {"user_id": None}], on_invalid="quarantine")
+    etl.run_etl(settings)
+    with warehouse.session(settings) as con:
+        rows = con.execute("SELECT reason, code FROM quarantine ORDER BY source_id").fetchall()
+    assert [c for _, c in rows] == [None, "missing_user_id"]
+    from core.governance import insights
+    cats = sorted(insights.etl_report(settings)["reasons"]["category"])
+    assert cats == ["ingestion: missing user id", "ingestion: rating out of range"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from core import errors
 from core.cli import arg, command, emit, int_in
 from core.privacy import access
-from core.store import opsdb
+from core.store import clock, opsdb
 
 
 @command("monitor", help="latest drift scores, online quality, open alerts")
@@ -58,7 +58,7 @@ def cmd_policy(args, settings):
         if not args.mode:
             raise errors.ValidationError("policy set needs a mode: manual, scheduled or on-alert")
         with opsdb.session(settings) as db:
-            now = opsdb.clock_now(db)
+            now = clock.now(db=db)
         actor = access.cli_actor()
         with access.audited(settings, actor, "policy", f"{args.mode}"
                             + (f" every {args.every_days} days" if args.every_days else "")):

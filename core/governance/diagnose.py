@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from core.monitoring import monitoring
-from core.store import opsdb, servinglog
+from core.store import clock, opsdb, servinglog
 from core.training import registry, tracking
 from core.warehouse import warehouse
 from core.training.artifacts import Bundle, bundle_hash, load_bundle
@@ -99,7 +99,7 @@ def diagnose(settings: Settings, user_id: int | None = None) -> dict:
         except (TypeError, ValueError):
             raise ValidationError(f"user id must be an integer, got {user_id!r}") from None
     with opsdb.session(settings) as db:
-        now = opsdb.clock_now(db)
+        now = clock.now(db=db)
         if user is not None:
             consent = bool(opsdb.require_user(db, user)["consent_personalization"])
         latest_model = servinglog.latest_model_list(db)

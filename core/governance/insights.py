@@ -168,7 +168,7 @@ def etl_report(settings: Settings) -> dict:
         daily = warehouse.daily_volumes(con)
         runs = warehouse.etl_runs(con)
     if len(reasons):
-        reasons["category"] = reasons["reason"].map(etl.reason_category)
+        reasons["category"] = [etl.reason_category(r, c) for r, c in zip(reasons["reason"], reasons["code"])]
         reasons = reasons.groupby(["data_version", "category"]).size().rename("rows").reset_index()
     versions["validation"] = versions["validation"].map(json.loads)
     return {"runs": runs, "versions": versions, "quarantine": quarantine, "daily": daily, "reasons": reasons}

@@ -19,7 +19,7 @@ import json
 
 import pandas as pd
 
-from core.store import mlopsdb
+from core.store import clock, mlopsdb
 from core.training import tracking
 from core.errors import ValidationError
 from core.settings import Settings
@@ -50,7 +50,7 @@ def set_policy(settings: Settings, mode: str, every_days: int | None = None, *, 
     if at is None:
         from core.store import opsdb
         with opsdb.session(settings) as db:
-            at = opsdb.clock_now(db)
+            at = clock.now(db=db)
     before = get_policy(settings)
     with mlopsdb.write_session(settings) as db:
         db.execute("INSERT OR REPLACE INTO policy VALUES ('mode', ?)", [mode])

@@ -158,7 +158,10 @@ def throttle_delay(failures: int) -> float:
 
 
 def retry_after(settings: Settings, name: str, *, now: float | None = None) -> float:
-    """Seconds until `name` may try to sign in again (0.0: now); `now` is seconds since the epoch."""
+    """Seconds until `name` may try to sign in again (0.0: now); `now` is seconds since the epoch.
+
+    Real time on purpose, not the service clock: the throttle slows a person guessing tokens in wall-clock
+    seconds, whatever day a simulated world has reached (the audit rows themselves carry the service clock)."""
     now = time.time() if now is None else float(now)
     with mlopsdb.session(settings) as db:
         row = db.execute("SELECT failures, last_failed_at FROM signin_failures WHERE name = ?", [name]).fetchone()

@@ -8,7 +8,7 @@ own data (`opsdb`, `servinglog`, `warehouse`, `artifacts`, `registry`,
 `tracking`, `access`); the privacy modules call them in order and record an
 `operator_audit` row (target: a pseudonym, never a raw id).
 
-Timestamps default to the service clock (`opsdb.clock_now`: the simulated clock
+Timestamps default to the service clock (`clock.now`: the simulated clock
 when a world runs), the same timeline as the registry and the serving log.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 
 from core.constants import TS_FORMAT
 from core.errors import ValidationError
-from core.store import mlopsdb, opsdb
+from core.store import clock, mlopsdb, opsdb
 
 
 def user_id(value) -> int:
@@ -43,7 +43,7 @@ def flag(value, name: str) -> bool:
 
 def when(db, at: str | None) -> str:
     """`at` validated, else the service clock."""
-    return mlopsdb.timestamp(at) if at is not None else opsdb.clock_now(db)
+    return mlopsdb.timestamp(at) if at is not None else clock.now(db=db)
 
 
 def jsonable(value):

@@ -9,7 +9,7 @@ from core.errors import ValidationError
 from core.privacy import access, common
 from core.serving import serving
 from core.settings import Settings
-from core.store import locks, opsdb
+from core.store import clock, locks, opsdb
 from core.warehouse import warehouse
 
 
@@ -20,18 +20,18 @@ def _days(days) -> int:
 
 
 def _cutoff(db, days: int) -> tuple[str, str]:
-    clock = opsdb.clock_now(db)
-    return clock, (pd.Timestamp(clock) - pd.Timedelta(days=days)).strftime(TS_FORMAT)
+    now = clock.now(db=db)
+    return now, (pd.Timestamp(now) - pd.Timedelta(days=days)).strftime(TS_FORMAT)
 
 
 def retention_status(settings: Settings, days: int) -> dict:
     """What `retention(days)` would purge: behavioural events before clock − days, in both stores."""
     days = _days(days)
     with opsdb.session(settings) as db:
-        clock, cutoff = _cutoff(db, days)
+        now, cutoff = _cutoff(db, days)
         ops_n, ops_total, ops_oldest = opsdb.events_before(db, cutoff)
     wh_n, wh_total, wh_oldest = warehouse.events_before(settings, cutoff)
-    return common.jsonable({"days": days, "clock": clock, "cutoff": cutoff,
+    return common.jsonable({"days": days, "clock": now, "cutoff": cutoff,
                             "ops_events_to_purge": int(ops_n), "ops_events": int(ops_total),
                             "oldest_ops_event": ops_oldest,
                             "warehouse_events_to_purge": int(wh_n), "warehouse_events": int(wh_total),
@@ -51,10 +51,10 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
     actor = common.actor(actor)
     with opsdb.session(settings) as db:
         when = common.when(db, at)
-        clock, cutoff = _cutoff(db, days)
+        now, cutoff = _cutoff(db, days)
         ops_n = opsdb.purge_events(db, cutoff)
     wh_n = warehouse.purge_events(settings, cutoff)
     access.log_action(settings, actor, "retention", f"events before {cutoff}", "ok", when)
     serving.clear_caches()
-    return {"days": days, "clock": clock, "cutoff": cutoff, "ops_events_deleted": int(ops_n),
+    return {"days": days, "clock": now, "cutoff": cutoff, "ops_events_deleted": int(ops_n),
             "warehouse_events_deleted": int(wh_n)}

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import sqlite_utils
 
-from core.store import opsdb, servinglog
+from core.store import clock, opsdb, servinglog
 from core.training import registry
 from core.training.artifacts import Bundle, load_bundle
 from core.constants import DEFAULT_K
@@ -174,7 +174,7 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
         pairs = [(m, s) for m, s in _top50_list(db) if m not in seen][:k]
         rec = Recommendation(int(user_id), reason[0], [m for m, _ in pairs], [s for _, s in pairs], reason=reason[1])
     if log:
-        rec.served_at = at or opsdb.clock_now(db)
+        rec.served_at = at or clock.now(db=db)
         rec.serve_id = servinglog.log_list(db, _log_entry(rec, rec.served_at))
     return rec
 
@@ -227,7 +227,7 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
         pairs = [(m, sc) for m, sc in top if m not in s][:k]
         out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], reason=why)
     if log:
-        when = at or opsdb.clock_now(db)
+        when = at or clock.now(db=db)
         servinglog.log_lists(db, [_log_entry(r, when) for r in out.values()])
         for r in out.values():
             r.served_at = when

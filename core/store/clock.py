@@ -22,9 +22,15 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime(TS_FORMAT)
 
 
-def now(settings: Settings) -> str:
-    """The simulated clock when a world runs in `settings.home`, else real UTC, as 'YYYY-MM-DDTHH:MM:SS'."""
-    if not settings.ops_db.exists():
+def now(settings: Settings | None = None, *, db=None) -> str:
+    """The simulated clock when a world runs in the data folder, else real UTC, as 'YYYY-MM-DDTHH:MM:SS'.
+
+    Pass the data folder's `settings`, or `db` (an open operational-database connection) when the caller holds
+    one — inside a write transaction that is the clock the transaction sees. Neither: real UTC.
+    """
+    if db is not None:
+        return opsdb.get_meta(db, "clock") or utc_now()
+    if settings is None or not settings.ops_db.exists():
         return utc_now()
     try:
         conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True, timeout=30)

@@ -27,7 +27,7 @@ import pandas as pd
 import sqlite_utils
 
 from core import bounds
-from core.store import opsdb, writes
+from core.store import clock, opsdb, writes
 from core.constants import GENRES, TS_FORMAT
 from core.errors import ImportFormatError, NotEmpty
 
@@ -150,12 +150,12 @@ def _titles(titles: pd.Series, name: str, first_line: int) -> pd.Series:
     return titles
 
 
-def _now(clock: str | datetime | None) -> datetime:
-    if clock is None:
-        return datetime.now(timezone.utc)
-    if isinstance(clock, str):
-        clock = datetime.strptime(clock, TS_FORMAT)
-    return clock if clock.tzinfo else clock.replace(tzinfo=timezone.utc)
+def _now(at: str | datetime | None) -> datetime:
+    if at is None:
+        at = clock.utc_now()
+    if isinstance(at, str):
+        at = datetime.strptime(at, TS_FORMAT)
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 def read_movielens(folder: Path, now: str | datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -211,7 +211,7 @@ def read_movielens(folder: Path, now: str | datetime | None = None) -> tuple[pd.
 
 def import_movielens(db: sqlite_utils.Database, folder: Path | str) -> dict:
     """Load a MovieLens folder into an empty database; returns row counts (timestamps up to the service clock)."""
-    movies, ratings = read_movielens(Path(folder), now=opsdb.clock_now(db))
+    movies, ratings = read_movielens(Path(folder), now=clock.now(db=db))
     if opsdb.holds_movies_or_users(db):
         raise NotEmpty("the operational database already holds movies or users; import into an empty RETRO_HOME")
     first_seen = ratings.groupby("user_id")["rated_at"].min()

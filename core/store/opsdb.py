@@ -9,7 +9,6 @@ import json
 import math
 import sqlite3
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -247,15 +246,6 @@ def set_meta(db: sqlite_utils.Database, key: str, value) -> None:
         "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [key, str(value)],
     )
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).strftime(TS_FORMAT)
-
-
-def clock_now(db: sqlite_utils.Database) -> str:
-    """The service's current time: the simulated clock if a world runs here, else real UTC time."""
-    return get_meta(db, "clock") or utc_now_iso()
 
 
 def counts(db: sqlite_utils.Database) -> dict:

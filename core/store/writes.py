@@ -20,7 +20,7 @@ import sqlite_utils
 
 from core import bounds, errors
 from core.constants import EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
-from core.store.opsdb import clock_now
+from core.store import clock
 
 OnInvalid = Literal["raise", "quarantine"]
 MAX_EVENT_VALUE = 1_000_000   # seconds watched (11.6 days), list positions, titles scrolled past
@@ -168,7 +168,7 @@ def _reason_counts(reasons: np.ndarray) -> dict:
 def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
     """Insert users (`user_id` optional, `created_at` defaults to the clock); returns their ids."""
     df = _frame(rows, ["user_id", "created_at"])
-    now = clock_now(db)
+    now = clock.now(db=db)
     created, ok_ts = _timestamps(df["created_at"], now)
     r = _Reasons(len(df))
     given = ~df["user_id"].map(bounds.is_missing).astype(bool)     # NaN is given, and invalid
@@ -197,7 +197,7 @@ def add_user(db: sqlite_utils.Database, *, user_id: int | None = None, created_a
 def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
     """Insert catalog entries; genres must come from `constants.GENRES` ('|'-separated or a list)."""
     df = _frame(rows, ["movie_id", "title", "year", "genres", "runtime_min", "added_at"])
-    now = clock_now(db)
+    now = clock.now(db=db)
     added, ok_ts = _timestamps(df["added_at"], now)
     r = _Reasons(len(df))
     given = ~df["movie_id"].map(bounds.is_missing).astype(bool)
@@ -263,7 +263,7 @@ def rate_many(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise
     Each accepted rating is also appended to `rating_history`.
     """
     df = _frame(rows, ["user_id", "movie_id", "rating", "rated_at"])
-    now = clock_now(db)
+    now = clock.now(db=db)
     r = _Reasons(len(df))
     users, movies, _ = _validate_user_movie(db, df, r)
     values, ok_v = _as_int(df["rating"])
@@ -303,7 +303,7 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
     `movie_id` may be empty only for `scroll` events.
     """
     df = _frame(rows, ["event_id", "user_id", "movie_id", "kind", "value", "occurred_at"])
-    now = clock_now(db)
+    now = clock.now(db=db)
     r = _Reasons(len(df))
     kinds = df["kind"].astype(object)
     r.add(~kinds.isin(list(EVENT_KINDS)), lambda i: f"unknown event kind {df['kind'][i]!r}; known: {', '.join(EVENT_KINDS)}", errors.UnknownEventKind)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from core import bounds
-from core.store import locks, opsdb
+from core.store import clock, locks, opsdb
 from core.warehouse import warehouse
 from core.constants import EVENT_KINDS, RATING_MAX, RATING_MIN
 from core.pseudonym import pseudonym_key, pseudonymize
@@ -54,10 +54,10 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
         for col in ("year", "runtime_min"):
             movies[col] = pd.to_numeric(movies[col], errors="coerce").where(lambda v: v.abs() < 2**31).round().astype("Int64")
         users["consent_personalization"] = pd.to_numeric(users["consent_personalization"], errors="coerce").fillna(1)
-        clock = opsdb.get_meta(conn, "clock")
+        service_now = clock.now(db=conn)
     rows = pd.concat([events.assign(source="event"), ratings.assign(source="rating")], ignore_index=True)
     return {"rows": rows, "rejects": rejects, "users": users, "movies": movies,
-            "clock": clock if clock is not None else opsdb.utc_now_iso(),
+            "clock": service_now,
             "max": {"events": int(events["source_id"].max()) if len(events) else marks.get("events", 0),
                     "rating_history": int(ratings["source_id"].max()) if len(ratings) else marks.get("rating_history", 0),
                     "rejected_writes": int(rejects["reject_id"].max()) if len(rejects) else marks.get("rejected_writes", 0)}}
@@ -153,7 +153,7 @@ def _ingestion_rejects(rejects: pd.DataFrame, key: bytes, started: str) -> pd.Da
         "value": payload["value"].where(rejects["target"].to_numpy() != "ratings", payload["rating"]).astype(str).to_numpy(),
         "occurred_at": payload["occurred_at"].where(payload["occurred_at"].notna(), payload["rated_at"]).astype(str).to_numpy(),
         "quarantined_at": parse_times(rejects["rejected_at"]).fillna(pd.Timestamp(started)).to_numpy(),
-        "code": rejects["code"].to_numpy(),    # files the row's category; not a warehouse column
+        "code": rejects["code"].to_numpy(),    # the write API's check code: files the row's category
     })
 
 
@@ -203,8 +203,7 @@ def reason_category(reason: str, code: str | None = None) -> str:
     """A stable category for a quarantine reason ('ingestion: <category>' for write-API rejects).
 
     A write-API reject is filed by its check `code`; one stored without a code (before the codes existed) by
-    its message text (REASON_CATEGORIES). The warehouse's quarantine keeps the reason only, so a caller
-    with no code gets the text rule.
+    its message text (REASON_CATEGORIES); the warehouse's quarantine keeps the code beside the reason.
     """
     if not reason.startswith(INGESTION):
         return reason
@@ -252,7 +251,7 @@ def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
     key = pseudonym_key(settings)
     if at is None:
         with opsdb.session(settings) as db:
-            at = opsdb.clock_now(db)
+            at = clock.now(db=db)
     started = at
     try:
         with warehouse.transaction(settings, purpose="ETL") as con:
@@ -344,9 +343,11 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
             con.execute("INSERT INTO fact_interaction SELECT source, source_id, user_key, movie_id, kind, value, "
                         "occurred_at, data_version FROM facts_df")
         if len(quarantine):
-            con.register("q_df", quarantine.assign(data_version=version))
-            con.execute("INSERT INTO quarantine SELECT source, source_id, reason, user_key, movie_id, kind, value, "
-                        "occurred_at, data_version, quarantined_at FROM q_df")
+            q = quarantine.assign(data_version=version)
+            codes = q["code"] if "code" in q else pd.Series(None, index=q.index, dtype=object)
+            con.register("q_df", q.assign(code=codes.astype(object).where(codes.notna(), None)))
+            con.execute("INSERT INTO quarantine BY NAME SELECT source, source_id, reason, user_key, movie_id, kind, "
+                        "value, occurred_at, data_version, quarantined_at, code FROM q_df")
         _recompute_daily(con, days)
         window = (facts["occurred_at"].min(), facts["occurred_at"].max()) if len(facts) else (None, None)
         total = con.execute("SELECT count(*) FROM fact_interaction").fetchone()[0]

@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS fact_interaction (
     kind VARCHAR NOT NULL, value DOUBLE NOT NULL, occurred_at TIMESTAMP NOT NULL, data_version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     source VARCHAR, source_id BIGINT, reason VARCHAR NOT NULL, user_key VARCHAR, movie_id BIGINT,
-    kind VARCHAR, value VARCHAR, occurred_at VARCHAR, data_version INTEGER, quarantined_at TIMESTAMP);
+    kind VARCHAR, value VARCHAR, occurred_at VARCHAR, data_version INTEGER, quarantined_at TIMESTAMP,
+    code VARCHAR);
+-- The write API's check code of an ingestion reject (files its category); NULL for the ETL's own checks and for
+-- rows loaded before the column existed (those are filed by their text, etl.reason_category).
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS code VARCHAR;
 CREATE TABLE IF NOT EXISTS daily_aggregates (
     day DATE NOT NULL, kind VARCHAR NOT NULL, n BIGINT, users BIGINT, movies BIGINT, value_sum DOUBLE,
     PRIMARY KEY (day, kind));
@@ -271,8 +275,8 @@ def recent_quarantine(con: duckdb.DuckDBPyConnection, limit: int = 500) -> pd.Da
 
 
 def quarantine_reasons(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """reason, data_version of every quarantined row."""
-    return con.execute("SELECT reason, data_version FROM quarantine").df()
+    """reason, code, data_version of every quarantined row."""
+    return con.execute("SELECT reason, code, data_version FROM quarantine").df()
 
 
 def daily_volumes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
