@@ -39,7 +39,7 @@ import pandas as pd
 from core.store import mlopsdb
 from core.constants import TS_FORMAT
 from core.errors import RetroError, ValidationError
-from core.secretstore import read_secrets, update_secrets, write_secrets  # noqa: F401 - callers use access.*_secrets
+from core.secretstore import read_secrets, update_secrets
 from core.settings import Settings
 
 SCHEME = "pbkdf2"

@@ -20,7 +20,7 @@ import pandas as pd
 
 from core.constants import TS_FORMAT
 from core.errors import ValidationError
-from core.store import clock, mlopsdb, opsdb
+from core.store import clock, mlopsdb
 
 
 def user_id(value) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from core.errors import RetroError
 from core.privacy import access, common
 from core.pseudonym import KEY_ENV, PSEUDONYM_HEX, pseudonym_key, pseudonymize
+from core import secretstore
 from core.secretstore import secrets_file
 from core.serving import serving
 from core.settings import Settings
@@ -59,12 +60,12 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
                          f"folder; rotate it there (or unset ${KEY_ENV} to let the platform manage "
                          f"{secrets_file(settings)})")
     old_key = pseudonym_key(settings)     # creates the key file on first use
-    data = access.read_secrets(settings)
+    data = secretstore.read_secrets(settings)
     section = data.setdefault("pseudonymization", {})
     new_hex = section.get("next_key") or secrets.token_hex(32)   # a parked key: resume an interrupted rotation
     new_key = new_hex.encode()
     section["next_key"] = new_hex
-    access.write_secrets(settings, data)
+    secretstore.write_secrets(settings, data)
 
     with opsdb.session(settings) as db:
         when = common.when(db, at)
@@ -97,11 +98,11 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
     _set_artifact_hashes(settings, artifacts.commit_staged(staged))
     audit_rekeyed = access.rekey(settings, new_for)
 
-    data = access.read_secrets(settings)
+    data = secretstore.read_secrets(settings)
     section = data.setdefault("pseudonymization", {})
     section["key"] = new_hex
     section.pop("next_key", None)
-    access.write_secrets(settings, data)
+    secretstore.write_secrets(settings, data)
     serving.clear_caches()
     access.log_action(settings, actor, "rotate-key", None, "ok", when)
     return {"warehouse_rows_rekeyed": rekeyed, "bundles_rekeyed": len(staged), "users_rekeyed": len(ids),

@@ -16,7 +16,6 @@ import pandas as pd
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from core.constants import TS_FORMAT
 from core.errors import RetroError
 from core.filemodes import create_private, private_file
 from core.settings import Settings
