@@ -186,3 +186,18 @@ def test_dashboard_never_imports_a_store_module(path):
     bad = [f"line {line}: {dotted}" for dotted, line in imported_modules(path)
            if any(dotted == s or dotted.startswith(s + ".") for s in STORE_MODULES)]
     assert bad == []
+
+
+def test_only_training_knows_the_model_artifact_file_names():
+    """Model artifacts are a store too: bundle and ranker file names live in core/training (artifacts, models,
+    ranker); privacy, serving and governance go through artifacts' functions and constants."""
+    from core.training import artifacts, ranker
+    names = set(artifacts.FILES) | set(ranker.RANKER_FILES)
+    leaks = []
+    for path in python_files("core") + python_files("dashboard"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("core/training/"):
+            continue
+        for line, text in sql_strings(ast.parse(path.read_text())):
+            leaks += [f"{rel}:{line} names {n}" for n in names if n in text]
+    assert leaks == []

@@ -129,9 +129,9 @@ def data_inventory() -> list[dict]:
          "deleted"),
         (wh, "quarantine", "user_key, the refused row", pseudo, "no raw id", "deleted"),
         (wh, "daily_aggregates", "none (counts per day and kind)", "aggregate", "no user key", "kept"),
-        ("models/run-*", "mapping.npz, model.npz, user_items.npz", "user_key per row, learned factors, training row",
+        ("models/run-*", ", ".join(artifacts.PERSONAL_FILES), "user_key per row, learned factors, training row",
          pseudo, "bundle hash recorded in the registry", "key blanked, factors and row zeroed, hash updated"),
-        ("models/ranker-run-*", "context.npz", "genre profile, recency, activity per bundle row",
+        ("models/ranker-run-*", ", ".join(artifacts.RANKER_PERSONAL_FILES), "genre profile, recency, activity per bundle row",
          "aligned to the CF bundle's rows", "hash recorded in the registry", "rows reset, hash updated"),
         (ml, "all tables", "none: models, metrics, jobs; erasure requests hold counts only (a pending one: the "
          "id, then the pseudonym, until it completes)", "no personal data",

@@ -23,6 +23,8 @@ from core.settings import Settings
 from core.training.models import Recommender, load_model
 
 FILES = ("model.npz", "model.json", "mapping.npz", "user_items.npz", "bundle.json")
+PERSONAL_FILES = ("mapping.npz", "model.npz", "user_items.npz")   # the bundle files that hold per-user rows
+RANKER_PERSONAL_FILES = ("context.npz",)                            # the ranker's per-row features
 
 
 @dataclass
