@@ -119,7 +119,7 @@ def evaluate_bundle(bundle: Bundle, split: dataset.Split, fallback: np.ndarray, 
     return (scores, each) if per_user else scores
 
 
-def _refit_production_config(prod: dict, candidate_kind: str, candidate_params: dict, candidate_scores: dict,
+def refit_production_config(prod: dict, candidate_kind: str, candidate_params: dict, candidate_scores: dict,
                              candidate_per_user: np.ndarray, split: dataset.Split) -> tuple[dict, np.ndarray]:
     """Production's configuration fitted on the current training window (a fair reference when the
     deployed production model has already seen the holdout window), with its per-user nDCG."""
@@ -132,7 +132,7 @@ def _refit_production_config(prod: dict, candidate_kind: str, candidate_params: 
     return scores | {"version": int(prod["version"])}, each
 
 
-def _staleness(settings: Settings, production_scores: dict, split: dataset.Split, bundle: Bundle | None) -> dict:
+def production_staleness(settings: Settings, production_scores: dict, split: dataset.Split, bundle: Bundle | None) -> dict:
     """Is production stale? Its training data ends more than `gate_staleness_days` whole days before the newest
     data, it cannot be read, or it still holds users who withdrew personalization consent (a retrain that
     drops them must not wait for evidence of better quality)."""
@@ -149,7 +149,7 @@ def _staleness(settings: Settings, production_scores: dict, split: dataset.Split
             "trained_until": production_scores["trained_until"], "newest_data": str(split.end)}
 
 
-def _same_as(prod: dict, data_version: str, run_params: dict) -> str | None:
+def same_as(prod: dict, data_version: str, run_params: dict) -> str | None:
     """'same data version … and parameters as production vN' when the candidate would change nothing."""
     if prod.get("data_version") == data_version and prod.get("params") == json.loads(json.dumps(run_params, default=str)):
         return f"same data version {data_version} and parameters as production v{prod['version']}"

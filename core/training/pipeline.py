@@ -23,7 +23,7 @@ from core.errors import RetroError, ValidationError
 from core.filemodes import private_dir
 from core.training.models import MODELS, PopularityRecommender, WeightedRatingRecommender
 from core.settings import Settings
-from core.training.evaluation import (HOLDOUT_DAYS, _refit_production_config, _same_as, _staleness,
+from core.training.evaluation import (HOLDOUT_DAYS, production_staleness, refit_production_config, same_as,
     current_data_version, evaluate_bundle, evaluate_model, gate_reference, holdout_split, score_lists, top50_columns)
 from core.training.evaluation import data_version_label, evaluate_version  # noqa: F401 - the names callers knew here
 
@@ -116,14 +116,14 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
                 baselines["production"] = {"error": f"could not evaluate production v{prod['version']}: {exc}"}
             reference = "deployed production model on the same holdout"
             if baselines["production"].get("overlaps_holdout") or "error" in baselines["production"]:
-                baselines["production_config"], prod_per_user = _refit_production_config(
+                baselines["production_config"], prod_per_user = refit_production_config(
                     prod, model, full_params, scores, per_user, split)
                 reference = f"production v{prod['version']}'s configuration refit on this training window"
             comparison = gate.paired_bootstrap(per_user, prod_per_user, resamples=settings.gate_bootstrap_resamples,
                                                seed=seed) | {"metric": "ndcg@10", "reference": reference}
-            staleness = _staleness(settings, baselines["production"], split, prod_bundle)
+            staleness = production_staleness(settings, baselines["production"], split, prod_bundle)
             if not staleness.get("withdrawn_consent"):   # a consent withdrawal changes the data, not its version
-                same = _same_as(prod, data_version,
+                same = same_as(prod, data_version,
                                 full_params | {"holdout_days": holdout_days, "weights": weights.to_dict()})
         timings["evaluate"] = time.perf_counter() - t
 
