@@ -49,8 +49,8 @@ def set_consent(settings: Settings, user_id: int, *, tracking: bool | None = Non
         when = common.when(db, at)
         new = opsdb.set_consent(db, uid, tracking=flags.get("tracking"), personalization=flags.get("personalization"),
                                 actor=actor, at=when)
-    if new is None:
-        raise UnknownUser(f"unknown user {uid}: no such user in the operational database")
+    if new is None:                      # the atomic update found no such user
+        raise UnknownUser(f"unknown user {uid}: {opsdb.NO_SUCH_USER}")
     access.log_action(settings, actor, "consent", pseudonym(uid, pseudonym_key(settings)), "ok", when)
     effects = [sentence for name, value in flags.items() for sentence in EFFECTS[(name, value)]]
     return {"user_id": uid, **new, "changed_at": when, "effects": effects}
@@ -60,9 +60,8 @@ def consent(settings: Settings, user_id: int) -> dict:
     """Current flags and the full change history (oldest first)."""
     uid = common.user_id(user_id)
     with opsdb.session(settings) as db:
+        opsdb.require_user(db, uid)
         flags = opsdb.consent_flags(db, uid)
-        if flags is None:
-            raise UnknownUser(f"unknown user {uid}: no such user in the operational database")
         history = opsdb.consent_history(db, uid)
     for h in history:
         h["tracking"], h["personalization"] = bool(h["tracking"]), bool(h["personalization"])

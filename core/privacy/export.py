@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from core.errors import RetroError, UnknownUser
+from core.errors import RetroError
 from core.privacy import access, common
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
@@ -31,9 +31,8 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
     user_key = pseudonym(uid, key)
     with opsdb.session(settings) as db:
         when = common.when(db, at)
+        opsdb.require_user(db, uid)
         ops = opsdb.export_user(db, uid)
-        if ops is None:
-            raise UnknownUser(f"unknown user {uid}: no such user in the operational database")
         titles = opsdb.movie_titles(db)
         served = servinglog.export_user(db, uid)
     for row in ops["ratings"] + ops["rating_history"] + ops["events"]:
