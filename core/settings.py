@@ -16,6 +16,7 @@ from core.filemodes import private_dir
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = PROJECT_ROOT / "data"
 HOME_ENV = "RETRO_HOME"
+ENGINES = ("embedded", "spark")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Settings:
     gate_bootstrap_resamples: int = 1000
     # Drift: observations a day's window needs before a test judges it.
     drift_min_observations: int = 100
+    # Engine (issue 15): `embedded` (SQLite → DuckDB file, implicit) or `spark` (Parquet lake, Spark SQL, MLlib ALS);
+    # the Spark master and the lake's location (a URI such as s3a://…; None: `lake/` in the data folder).
+    engine: str = "embedded"
+    spark_master: str = "local[*]"
+    lake_uri: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -107,4 +113,10 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
                 overrides[name] = int(raw)
             except ValueError:
                 raise ValueError(f"RETRO_{name.upper()} must be an integer, got {raw!r}") from None
+    engine = os.environ.get("RETRO_ENGINE") or "embedded"
+    if engine not in ENGINES:
+        raise ValueError(f"RETRO_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
+    overrides["engine"] = engine
+    overrides["spark_master"] = os.environ.get("RETRO_SPARK_MASTER") or "local[*]"
+    overrides["lake_uri"] = os.environ.get("RETRO_LAKE_URI") or None
     return Settings(home=path, **overrides)

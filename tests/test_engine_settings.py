@@ -1,0 +1,25 @@
+"""The engine setting (issue 15): embedded by default, `spark` by RETRO_ENGINE, anything else refused at once."""
+import pytest
+
+from core.settings import load_settings
+
+
+def test_the_embedded_engine_is_the_default(tmp_path, monkeypatch):
+    for name in ("RETRO_ENGINE", "RETRO_SPARK_MASTER", "RETRO_LAKE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings(tmp_path)
+    assert (s.engine, s.spark_master, s.lake_uri) == ("embedded", "local[*]", None)
+
+
+def test_the_environment_selects_spark_its_master_and_lake(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRO_ENGINE", "spark")
+    monkeypatch.setenv("RETRO_SPARK_MASTER", "spark://cluster:7077")
+    monkeypatch.setenv("RETRO_LAKE_URI", "s3a://bucket/lake")
+    s = load_settings(tmp_path)
+    assert (s.engine, s.spark_master, s.lake_uri) == ("spark", "spark://cluster:7077", "s3a://bucket/lake")
+
+
+def test_an_unknown_engine_is_refused_with_the_choices(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRO_ENGINE", "hadoop")
+    with pytest.raises(ValueError, match="RETRO_ENGINE must be one of embedded, spark, got 'hadoop'"):
+        load_settings(tmp_path)
