@@ -1,0 +1,823 @@
+"""The Spark engine's warehouse: the same star schema as Parquet files in a lake, loaded with Spark SQL (issue 15).
+
+Layout under the lake root ($RETRO_LAKE_URI, else RETRO_HOME/lake)::
+
+    _lake.json                           the commit pointer (below)
+    fact_interaction/day=YYYY-MM-DD/     facts, partitioned by the UTC day of occurred_at; files only added
+    quarantine/                          quarantined rows; files only added
+    dim_user/commit-000007/  dim_movie/…  daily_aggregates/…  data_versions/…  etl_runs/…  etl_state/…
+                                         small tables, rewritten whole: one snapshot folder per commit
+    _staging/run-N/                      a run's new files before they are committed
+
+The ETL is the embedded one's (`core.warehouse.etl`) on another engine: the same
+extraction (`etl.extract`, reused), the same validation reasons in the same order
+(first failing check wins), the same watermarks, duplicates within the batch and of
+already-loaded rows, pseudonymized users, daily aggregates, volume alerts and a data
+version with the same counts and the same content hash (`datahash`: canonical
+ordering and encoding, so both engines compute it alike). SQLite's columns are
+dynamically typed, so the raw values are typed on the driver with the embedded ETL's
+own parsers (`pd.to_numeric(errors="coerce")`, `etl.parse_times`) — two parsers would
+disagree on hostile text — and every rule runs in Spark SQL (`VALIDATION_SQL`).
+
+Commit protocol (plain Parquet has no transactions; Delta Lake's jars cannot be
+fetched here): a run writes its facts and quarantine rows under `_staging/run-N/`
+and new snapshot folders for the small tables, lists its file moves in
+`_staging/run-N/moves.json`, moves the files into the tables, then replaces
+`_lake.json` (a rename on a local disk; a single PUT on object storage). Readers
+use the snapshots `_lake.json` names and only the fact and quarantine rows with
+`data_version <=` its data version, so a run that fails, or is killed at any
+point, changes nothing they see; the next writer (under the store lock) deletes
+what it left behind (`Lake.recover`). A failed run is itself recorded in
+`etl_runs`, as the embedded ETL records it.
+
+DuckDB reads the lake without any extension (`connect`, `session`, `query`): an
+in-memory database with one view per warehouse table, so the dashboard's warehouse
+views and `dataset.interactions(con=…)` work whichever engine loaded the data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from core import bounds
+from core.constants import EVENT_KINDS, RATING_MAX, RATING_MIN
+from core.errors import RetroError
+from core.filemodes import private_dir, private_tree
+from core.pseudonym import pseudonym_key, pseudonymize
+from core.settings import Settings
+from core.store import locks, opsdb
+from core.warehouse import datahash, etl, warehouse
+from core.warehouse.spark import get_session
+
+LAKE_ENV = "RETRO_LAKE_URI"
+POINTER = "_lake.json"
+STAGING = "_staging"
+FORMAT = 1
+APPEND_TABLES = ("fact_interaction", "quarantine")        # files only added; rows carry data_version
+SNAPSHOT_TABLES = ("dim_user", "dim_movie", "daily_aggregates", "data_versions", "etl_runs", "etl_state")
+ALL_TABLES = APPEND_TABLES + SNAPSHOT_TABLES
+USER_TABLES = ("fact_interaction", "quarantine", "dim_user")  # the tables holding pseudonyms (erasure, re-keying)
+
+# Spark types of the warehouse tables (`warehouse.SCHEMA`, column for column; a test compares the two).
+SPARK_SCHEMA = {
+    "fact_interaction": "source STRING, source_id BIGINT, user_key STRING, movie_id BIGINT, kind STRING, "
+                        "value DOUBLE, occurred_at TIMESTAMP_NTZ, data_version INT",
+    "quarantine": "source STRING, source_id BIGINT, reason STRING, user_key STRING, movie_id BIGINT, kind STRING, "
+                  "value STRING, occurred_at STRING, data_version INT, quarantined_at TIMESTAMP_NTZ",
+    "dim_user": "user_key STRING, created_at TIMESTAMP_NTZ, personalization BOOLEAN",
+    "dim_movie": "movie_id BIGINT, title STRING, year INT, genres STRING, runtime_min INT, added_at TIMESTAMP_NTZ",
+    "daily_aggregates": "day DATE, kind STRING, n BIGINT, users BIGINT, movies BIGINT, value_sum DOUBLE",
+    "data_versions": "version INT, created_at TIMESTAMP_NTZ, etl_run_id INT, rows_extracted BIGINT, "
+                     "rows_loaded BIGINT, rows_quarantined BIGINT, total_facts BIGINT, content_hash STRING, "
+                     "window_start TIMESTAMP_NTZ, window_end TIMESTAMP_NTZ, validation STRING, watermark STRING",
+    "etl_runs": "run_id INT, started_at TIMESTAMP_NTZ, finished_at TIMESTAMP_NTZ, status STRING, error STRING, "
+                "data_version INT, rows_extracted BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT",
+    "etl_state": "key STRING, value BIGINT",
+}
+# The raw rows as typed on the driver (see the module docstring): texts as the embedded ETL renders them
+# (`astype(str)`, the keys of its duplicate check and quarantine), numbers as `pd.to_numeric` parses them.
+BATCH_SCHEMA = ("source STRING, source_id BIGINT, kind STRING, user_num DOUBLE, movie_num DOUBLE, value_num DOUBLE, "
+                "ts TIMESTAMP_NTZ, user_key STRING, user_text STRING, movie_text STRING, value_text STRING, "
+                "occurred_text STRING")
+
+
+def _integral(col: str) -> str:
+    return f"({col} IS NOT NULL AND abs({col}) <> double('Infinity') AND {col} = rint({col}))"
+
+
+def _in_range(col: str) -> str:
+    return f"({col} >= 1 AND {col} <= {bounds.MAX_ID})"
+
+
+_KINDS = ", ".join(f"'{k}'" for k in list(EVENT_KINDS) + ["rating"])
+# etl.validate, rule for rule and in its order: the first failing check names the reason.
+VALIDATION_SQL = f"""
+WITH b AS (
+    SELECT b.*, ku.id IS NOT NULL AS user_known, km.id IS NOT NULL AS movie_known,
+           row_number() OVER (PARTITION BY user_text, movie_text, kind, value_text, occurred_text
+                              ORDER BY source, source_id) AS copy
+    FROM batch b
+    LEFT JOIN known_users ku ON ku.id = b.user_num
+    LEFT JOIN known_movies km ON km.id = b.movie_num)
+SELECT b.*, CASE
+    WHEN kind NOT IN ({_KINDS}) THEN 'unknown kind'
+    WHEN user_num IS NULL THEN 'missing user id'
+    WHEN {_integral('user_num')} AND NOT {_in_range('user_num')} THEN 'id out of range'
+    WHEN NOT user_known THEN 'orphan user id'
+    WHEN movie_num IS NULL AND kind <> 'scroll' THEN 'missing movie id'
+    WHEN {_integral('movie_num')} AND NOT {_in_range('movie_num')} THEN 'id out of range'
+    WHEN movie_num IS NOT NULL AND NOT movie_known THEN 'orphan movie id'
+    WHEN value_num IS NULL THEN 'malformed value'
+    WHEN abs(value_num) = double('Infinity') OR value_num > {float(etl.MAX_VALUE)!r} THEN 'value out of range'
+    WHEN kind = 'rating' AND (value_num <> rint(value_num) OR value_num < {RATING_MIN} OR value_num > {RATING_MAX})
+         THEN 'rating out of range'
+    WHEN value_num < 0 THEN 'negative value'
+    WHEN ts IS NULL THEN 'malformed timestamp'
+    WHEN ts > CAST(:clock AS TIMESTAMP_NTZ) THEN 'timestamp in the future'
+    WHEN copy > 1 THEN 'duplicate'
+END AS reason
+FROM b
+"""
+# Rows of this batch equal to a fact an earlier run loaded (a double-logged event arriving late).
+LOADED_DUPLICATES_SQL = """
+SELECT DISTINCT b.source, b.source_id
+FROM new_facts b JOIN loaded_facts f
+  ON f.user_key = b.user_key AND f.kind = b.kind AND f.value = b.value AND f.occurred_at = b.occurred_at
+ AND f.movie_id <=> b.movie_id
+WHERE f.occurred_at >= (SELECT min(occurred_at) FROM new_facts)
+"""
+# etl._recompute_daily for the touched days, over the committed rows and this run's.
+DAILY_SQL = """
+SELECT CAST(occurred_at AS DATE) AS day, kind, count(*) AS n, count(DISTINCT user_key) AS users,
+       count(DISTINCT movie_id) AS movies, sum(value) AS value_sum
+FROM all_facts WHERE CAST(occurred_at AS DATE) IN (SELECT day FROM touched) GROUP BY 1, 2
+UNION ALL
+SELECT d AS day, 'quarantined' AS kind, count(*) AS n, count(DISTINCT user_key) AS users,
+       count(DISTINCT movie_id) AS movies, CAST(0 AS DOUBLE) AS value_sum
+FROM (SELECT *, coalesce(CAST(try_cast(occurred_at AS TIMESTAMP_NTZ) AS DATE), CAST(quarantined_at AS DATE)) AS d
+      FROM all_quarantine)
+WHERE d IN (SELECT day FROM touched) GROUP BY 1
+"""
+
+
+class LakeError(RetroError):
+    """The lake cannot be read or written as asked (e.g. DuckDB asked to read a lake on object storage)."""
+
+
+def lake_uri(settings: Settings) -> str:
+    """Where the lake lives: $RETRO_LAKE_URI (e.g. s3a://bucket/retro), else the data folder's `lake/`."""
+    return os.environ.get(LAKE_ENV) or str(settings.home / "lake")
+
+
+def _is_local(uri: str) -> bool:
+    return urlparse(uri).scheme in ("",)
+
+
+# ------------------------------------------------------------------ files
+class _Files:
+    """File operations on the lake: plain paths through `os`, URIs (s3a://, gs://, abfs://, file://) through
+    Hadoop's FileSystem API in the Spark JVM, so object storage works with the same code."""
+
+    def __init__(self, root: str, spark=None):
+        self.root = root.rstrip("/")
+        self.local = _is_local(root)
+        self._spark = spark
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # Hadoop side (URIs)
+    def _fs(self, path: str):
+        jvm = self._spark._jvm
+        p = jvm.org.apache.hadoop.fs.Path(path)
+        return p.getFileSystem(self._spark._jsc.hadoopConfiguration()), p
+
+    def exists(self, path: str) -> bool:
+        if self.local:
+            return os.path.exists(path)
+        fs, p = self._fs(path)
+        return bool(fs.exists(p))
+
+    def read_text(self, path: str) -> str:
+        if self.local:
+            return Path(path).read_text()
+        fs, p = self._fs(path)
+        stream = fs.open(p)
+        try:
+            jvm = self._spark._jvm
+            return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
+
+    def write_text(self, path: str, text: str) -> None:
+        """Replace `path` atomically (local: write aside, fsync, rename; object storage: one PUT)."""
+        if self.local:
+            tmp = Path(f"{path}.{uuid.uuid4().hex}.tmp")
+            private_dir(tmp.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, text.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            return
+        fs, p = self._fs(path)
+        out = fs.create(p, True)
+        try:
+            out.write(bytearray(text.encode()))
+        finally:
+            out.close()
+
+    def delete(self, path: str) -> None:
+        if self.local:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.unlink(path)
+            return
+        fs, p = self._fs(path)
+        fs.delete(p, True)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move a file or folder; the destination's parent is created; an existing destination is an error."""
+        if self.local:
+            private_dir(Path(dst).parent)
+            os.rename(src, dst)
+            return
+        fs, p = self._fs(src)
+        _, q = self._fs(dst)
+        fs.mkdirs(q.getParent())
+        if not fs.rename(p, q):
+            raise LakeError(f"could not move {src} to {dst}")
+
+    def files(self, path: str) -> list[str]:
+        """Data files under `path`, recursively, as paths relative to it (hidden and checksum files left out)."""
+        out = []
+        if self.local:
+            if not os.path.isdir(path):
+                return []
+            for root, _, names in os.walk(path):
+                for name in names:
+                    if not name.startswith((".", "_")):
+                        out.append(os.path.relpath(os.path.join(root, name), path))
+            return sorted(out)
+        fs, p = self._fs(path)
+        if not fs.exists(p):
+            return []
+        it = fs.listFiles(p, True)
+        base = str(fs.makeQualified(p).toString()).rstrip("/")
+        while it.hasNext():
+            full = str(it.next().getPath().toString())
+            name = full.rsplit("/", 1)[-1]
+            if not name.startswith((".", "_")):
+                out.append(full[len(base) + 1:])
+        return sorted(out)
+
+    def listdir(self, path: str) -> list[str]:
+        if self.local:
+            return sorted(os.listdir(path)) if os.path.isdir(path) else []
+        fs, p = self._fs(path)
+        if not fs.exists(p):
+            return []
+        return sorted(str(s.getPath().getName()) for s in fs.listStatus(p))
+
+
+# ------------------------------------------------------------------ the lake
+class Lake:
+    """One lake root: its pointer, its committed tables as Spark DataFrames, and commits."""
+
+    def __init__(self, settings: Settings, spark=None):
+        self.settings = settings
+        self.uri = lake_uri(settings)
+        self.spark = spark
+        self.files = _Files(self.uri, spark)
+
+    # ---- reading
+    def pointer(self) -> dict:
+        path = self.files.join(POINTER)
+        if not self.files.exists(path):
+            return {"format": FORMAT, "commit": 0, "data_version": 0, "run_id": 0, "snapshots": {}}
+        pointer = json.loads(self.files.read_text(path))
+        if pointer.get("format") != FORMAT:
+            raise LakeError(f"{path} has format {pointer.get('format')!r}; this version reads format {FORMAT}")
+        return pointer
+
+    def table(self, name: str, pointer: dict | None = None):
+        """A committed table as a Spark DataFrame (empty with the schema when it has no rows yet)."""
+        pointer = pointer or self.pointer()
+        spark = self.spark
+        if name in APPEND_TABLES:
+            path = self.files.join(name)
+            schema = SPARK_SCHEMA[name] + (", day DATE" if name == "fact_interaction" else "")
+            if not self.files.files(path):
+                return spark.createDataFrame([], schema)
+            df = spark.read.schema(schema).option("basePath", path).parquet(path)
+            df = df.where(f"data_version <= {int(pointer['data_version'])}")
+            return df
+        snap = pointer["snapshots"].get(name)
+        if snap is None:
+            return spark.createDataFrame([], SPARK_SCHEMA[name])
+        return spark.read.schema(SPARK_SCHEMA[name]).parquet(self.files.join(snap))
+
+    def frame(self, name: str, pointer: dict | None = None) -> pd.DataFrame:
+        """A small committed table as pandas."""
+        return self.table(name, pointer).toPandas()
+
+    # ---- writing
+    def recover(self) -> None:
+        """Delete what a failed or killed writer left: staged files, files it moved but never committed, and
+        snapshot folders newer than the pointer. Call under the store lock."""
+        pointer = self.pointer()
+        staging = self.files.join(STAGING)
+        for name in self.files.listdir(staging):
+            manifest = self.files.join(STAGING, name, "moves.json")
+            if self.files.exists(manifest):
+                for _, dst in json.loads(self.files.read_text(manifest)):
+                    self.files.delete(dst)
+            self.files.delete(self.files.join(STAGING, name))
+        for table in SNAPSHOT_TABLES:
+            for snap in self.files.listdir(self.files.join(table)):
+                if snap.startswith("commit-") and int(snap.split("-")[1]) > int(pointer["commit"]):
+                    self.files.delete(self.files.join(table, snap))
+
+    def write_snapshot(self, name: str, df, commit: int) -> str:
+        """Write a small table's new snapshot folder (not yet visible); returns its path relative to the root."""
+        rel = f"{name}/commit-{commit:06d}"
+        if isinstance(df, pd.DataFrame):
+            df = self.spark.createDataFrame(_arrow_ready(df, name), SPARK_SCHEMA[name])
+        df.selectExpr(*_columns(name)).coalesce(1).write.mode("overwrite").parquet(self.files.join(rel))
+        return rel
+
+    def commit(self, pointer: dict, *, data_version: int, run_id: int, snapshots: dict[str, str],
+               moves: list[tuple[str, str]], staging: str | None) -> dict:
+        """Move staged files into their tables and publish the new pointer (the one atomic step)."""
+        if staging is not None:
+            self.files.write_text(self.files.join(staging, "moves.json"), json.dumps(moves))
+        for src, dst in moves:
+            self.files.rename(src, dst)
+        new = {"format": FORMAT, "commit": int(pointer["commit"]) + 1, "data_version": int(data_version),
+               "run_id": int(run_id), "snapshots": pointer["snapshots"] | snapshots}
+        self.files.write_text(self.files.join(POINTER), json.dumps(new, indent=2))
+        if staging is not None:
+            self.files.delete(self.files.join(staging))
+        self._drop_old_snapshots(new)
+        if self.files.local:
+            private_tree(Path(self.uri))
+        return new
+
+    def _drop_old_snapshots(self, pointer: dict, keep: int = 2) -> None:
+        """Snapshot folders older than the last `keep` commits (a reader that opened one a moment ago keeps it)."""
+        for table in SNAPSHOT_TABLES:
+            current = pointer["snapshots"].get(table)
+            for snap in self.files.listdir(self.files.join(table)):
+                if snap.startswith("commit-") and f"{table}/{snap}" != current \
+                        and int(snap.split("-")[1]) <= int(pointer["commit"]) - keep:
+                    self.files.delete(self.files.join(table, snap))
+
+
+def _columns(name: str) -> list[str]:
+    return [part.strip().split(" ")[0] for part in SPARK_SCHEMA[name].split(",")]
+
+
+def _arrow_ready(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """A pandas frame with the table's columns, nullable integers and naive timestamps (for createDataFrame)."""
+    out = pd.DataFrame({c: frame[c] if c in frame else None for c in _columns(name)})
+    for col, kind in (part.strip().split(" ")[:2] for part in SPARK_SCHEMA[name].split(",")):
+        if kind in ("BIGINT", "INT"):
+            out[col] = pd.to_numeric(out[col]).astype("Int64")
+        elif kind == "TIMESTAMP_NTZ":
+            text = out[col].dtype == object
+            out[col] = pd.to_datetime(out[col], format="ISO8601") if text else pd.to_datetime(out[col])
+        elif kind == "DOUBLE":
+            out[col] = pd.to_numeric(out[col]).astype("float64")
+        elif kind == "DATE":
+            out[col] = pd.to_datetime(out[col]).dt.date
+        elif kind == "STRING":
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
+    return out
+
+
+# ------------------------------------------------------------------ ETL
+@locks.exclusive("ETL")
+def run_etl(settings: Settings, *, at: str | None = None, spark=None) -> etl.EtlResult:
+    """One incremental ETL run into the lake with Spark; the embedded `etl.run_etl`'s twin (same result type)."""
+    spark = spark or get_session()
+    lake = Lake(settings, spark)
+    lake.recover()
+    key = pseudonym_key(settings)
+    if at is None:
+        with opsdb.session(settings) as db:
+            at = opsdb.clock_now(db)
+    started = at
+    pointer = lake.pointer()
+    runs = lake.frame("etl_runs", pointer)
+    run_id = int(runs["run_id"].max()) + 1 if len(runs) else 1
+    try:
+        return _run(lake, spark, settings, key, run_id, started, pointer, runs)
+    except Exception as exc:
+        # Nothing of the run is visible (its files were never committed); only the failure is recorded.
+        lake.recover()
+        failed = pd.DataFrame([{"run_id": run_id, "started_at": started, "finished_at": started,
+                                "status": "failed", "error": f"{type(exc).__name__}: {exc}"}])
+        snap = lake.write_snapshot("etl_runs", pd.concat([runs, failed], ignore_index=True), pointer["commit"] + 1)
+        lake.commit(pointer, data_version=pointer["data_version"], run_id=run_id, snapshots={"etl_runs": snap},
+                    moves=[], staging=None)
+        raise
+
+
+def _number(values: pd.Series) -> pd.Series:
+    """`pd.to_numeric(errors="coerce")` as the embedded validation applies it, as float64 (NaN = not a number)."""
+    num = pd.to_numeric(values, errors="coerce")
+    return pd.Series(np.asarray(num, dtype="float64"), index=values.index)
+
+
+def _typed_batch(rows: pd.DataFrame, key: bytes) -> pd.DataFrame:
+    """The extracted rows, typed for Spark (see the module docstring and BATCH_SCHEMA)."""
+    return pd.DataFrame({
+        "source": rows["source"].astype(str), "source_id": rows["source_id"].astype("int64"),
+        "kind": rows["kind"].astype(str),
+        "user_num": _number(rows["user_id"]), "movie_num": _number(rows["movie_id"]),
+        "value_num": _number(rows["value"]), "ts": etl.parse_times(rows["occurred_at"]),
+        "user_key": etl._user_keys(rows["user_id"].reset_index(drop=True), key),
+        "user_text": rows["user_id"].astype(str), "movie_text": rows["movie_id"].astype(str),
+        "value_text": rows["value"].astype(str), "occurred_text": rows["occurred_at"].astype(str)})
+
+
+def _spark_frame(spark, frame: pd.DataFrame, schema: str):
+    """A Spark DataFrame from pandas through Arrow, NaN/NaT/None as NULL (they mean "missing" here)."""
+    import pyarrow as pa
+    if not len(frame):
+        return spark.createDataFrame([], schema)
+    return spark.createDataFrame(pa.Table.from_pandas(frame, preserve_index=False), schema)
+
+
+def _volume_alerts(per_day: pd.Series, daily: pd.DataFrame, clock: str) -> list[dict]:
+    """etl._volume_alerts on per-day counts: days before the clock's day vs the trailing 7-day mean."""
+    per_day = per_day[per_day.index < pd.Timestamp(clock).normalize()].sort_index()
+    if per_day.empty:
+        return []
+    hist = daily[daily["kind"] != "quarantined"].groupby("day")["n"].sum() if len(daily) else pd.Series(dtype=float)
+    hist = pd.Series(hist.to_numpy(), index=pd.to_datetime(hist.index)).sort_index() if len(hist) else \
+        pd.Series(dtype=float, index=pd.DatetimeIndex([]))
+    alerts = []
+    for day, n in per_day.items():
+        prior = hist[(hist.index < day) & (hist.index >= day - pd.Timedelta(days=7))]
+        if len(prior) >= 3:
+            baseline = float(prior.mean())
+            ratio = n / baseline if baseline else float("inf")
+            if ratio > etl.VOLUME_RATIO or ratio < 1 / etl.VOLUME_RATIO:
+                alerts.append({"day": str(day.date()), "rows": int(n), "trailing_mean": round(baseline, 1),
+                               "ratio": round(ratio, 2)})
+        hist.loc[day] = n
+    return alerts
+
+
+def content_hash(facts, previous: str | None) -> str:
+    """`datahash` in Spark: each day hashed by one task (rows in canonical order), the days combined here."""
+    ordered = (facts.select(*datahash.COLUMNS, "day").repartition("day")
+               .sortWithinPartitions("day", "source", "source_id"))
+    days = ordered.mapInArrow(datahash.arrow_day_digests, "day STRING, n BIGINT, digest STRING").collect()
+    return datahash.combine(previous, [(r["day"], r["n"], r["digest"]) for r in days])
+
+
+def _dimensions(ex: dict, key: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    users = pd.DataFrame({"user_key": pseudonymize(ex["users"]["user_id"], key),
+                          "created_at": etl.parse_times(ex["users"]["created_at"]),
+                          "personalization": ex["users"]["consent_personalization"].astype(bool)})
+    movies = ex["movies"].assign(added_at=lambda d: etl.parse_times(d["added_at"]),
+                                 title=lambda d: d["title"].map(etl._printable))
+    return users, movies
+
+
+def _upsert(old, new, key: str):
+    """INSERT OR REPLACE by `key`: old rows whose key is not in `new`, then `new`."""
+    return old.join(new.select(key), key, "left_anti").unionByName(new)
+
+
+def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started: str, pointer: dict,
+         runs: pd.DataFrame) -> etl.EtlResult:
+    from pyspark.sql import functions as F
+    state = lake.frame("etl_state", pointer)
+    marks = dict(zip(state["key"], state["value"].astype(int))) if len(state) else {}
+    ex = etl.extract(settings, marks)
+    rows, rejects = ex["rows"], ex["rejects"]
+    result = etl.EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
+    commit = int(pointer["commit"]) + 1
+    run_row = {"run_id": run_id, "started_at": started, "finished_at": started}
+    if rows.empty and rejects.empty:
+        snapshots = _sync_consent(lake, pointer, ex["users"], key, commit)
+        snapshots["etl_runs"] = lake.write_snapshot("etl_runs", pd.concat([runs, pd.DataFrame([run_row | {
+            "status": result.status, "rows_extracted": 0, "rows_loaded": 0, "rows_quarantined": 0}])],
+            ignore_index=True), commit)
+        lake.commit(pointer, data_version=pointer["data_version"], run_id=run_id, snapshots=snapshots, moves=[],
+                    staging=None)
+        return result
+
+    versions = lake.frame("data_versions", pointer)
+    prev = versions.sort_values("version").iloc[-1].to_dict() if len(versions) else None
+    version = int(prev["version"]) + 1 if prev else 1
+    clock = pd.Timestamp(ex["clock"]).isoformat(sep=" ")
+    started_ts = pd.Timestamp(started)
+
+    # ---- validate (Spark SQL)
+    batch = _spark_frame(spark, _typed_batch(rows, key), BATCH_SCHEMA)
+    batch.createOrReplaceTempView("batch")
+    _spark_frame(spark, pd.DataFrame({"id": ex["users"]["user_id"].astype("float64")}), "id DOUBLE") \
+        .createOrReplaceTempView("known_users")
+    _spark_frame(spark, pd.DataFrame({"id": ex["movies"]["movie_id"].astype("float64")}), "id DOUBLE") \
+        .createOrReplaceTempView("known_movies")
+    checked = spark.sql(VALIDATION_SQL, args={"clock": clock}).persist()
+    new_facts = checked.where("reason IS NULL").selectExpr(
+        "source", "source_id", "user_key", "CAST(movie_num AS BIGINT) AS movie_id", "kind", "value_num AS value",
+        "ts AS occurred_at")
+    new_facts.createOrReplaceTempView("new_facts")
+    loaded = lake.table("fact_interaction", pointer)
+    first = new_facts.selectExpr("min(occurred_at)").collect()[0][0]
+    if first is not None:
+        loaded.where(f"day >= DATE '{pd.Timestamp(first).date()}'").createOrReplaceTempView("loaded_facts")
+        dups = spark.sql(LOADED_DUPLICATES_SQL)
+    else:
+        dups = spark.createDataFrame([], "source STRING, source_id BIGINT")
+    dups = dups.withColumn("loaded_dup", _lit(True))
+    validated = checked
+    checked = checked.join(dups, ["source", "source_id"], "left").persist()
+    checked.count()                    # materialized before the validation's own cache goes
+    validated.unpersist()
+    facts = checked.where("reason IS NULL AND loaded_dup IS NULL").selectExpr(
+        "source", "source_id", "user_key", "CAST(movie_num AS BIGINT) AS movie_id", "kind", "value_num AS value",
+        "ts AS occurred_at", f"{version} AS data_version", "CAST(ts AS DATE) AS day").persist()
+
+    # ---- quarantine: failed checks, duplicates of loaded rows, and the write API's ingestion rejects
+    movie_ok = f"{_integral('movie_num')} AND {_in_range('movie_num')}"
+    bad = checked.where("reason IS NOT NULL OR loaded_dup").selectExpr(
+        "source", "source_id", "coalesce(reason, 'duplicate of a loaded row') AS reason", "user_key",
+        f"CASE WHEN {movie_ok} THEN CAST(movie_num AS BIGINT) END AS movie_id", "kind", "value_text AS value",
+        # A duplicate of a loaded row was parsed before it was quarantined: its time is shown as a timestamp.
+        "CASE WHEN reason IS NULL THEN " + _timestamp_text("ts") + " ELSE occurred_text END AS occurred_at",
+        f"{version} AS data_version", f"CAST('{started_ts.isoformat(sep=' ')}' AS TIMESTAMP_NTZ) AS quarantined_at",
+        "ts AS day_ts", "CASE WHEN reason IS NULL THEN 1 ELSE 0 END AS seen")
+    ingest = etl._ingestion_rejects(rejects, key, started)
+    quarantine_cols = _columns("quarantine")
+    q_bad = bad
+    if len(ingest):
+        ingest = ingest.assign(data_version=version, day_ts=etl.parse_times(ingest["occurred_at"]))
+        q_ing = _spark_frame(spark, _arrow_ready(ingest, "quarantine").assign(day_ts=ingest["day_ts"].to_numpy(),
+                                                                              seen=2),
+                             SPARK_SCHEMA["quarantine"] + ", day_ts TIMESTAMP_NTZ, seen INT")
+        q_new = q_bad.unionByName(q_ing)
+    else:
+        q_new = q_bad
+    q_new = q_new.persist()
+
+    # ---- report, hash and counts
+    counts, first_seen = {}, {}
+    for r in q_new.groupBy("reason").agg(F.count("*").alias("n"), F.min(F.struct("seen", "source", "source_id"))
+                                         .alias("first")).collect():
+        counts[r["reason"]] = int(r["n"])
+        first_seen[r["reason"]] = tuple(r["first"])
+    by_reason: dict[str, int] = {}
+    order: dict[str, tuple] = {}
+    for reason, n in counts.items():
+        cat = etl.reason_category(reason)
+        by_reason[cat] = by_reason.get(cat, 0) + n
+        order[cat] = min(order.get(cat, first_seen[reason]), first_seen[reason])
+    # As pandas' value_counts lists them: most rows first, ties in order of first appearance in the quarantine.
+    by_reason = dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], order[kv[0]])))
+    n_facts = facts.count()
+    n_quarantine = sum(counts.values())
+    per_day_rows = facts.groupBy("day").count().collect()
+    per_day = pd.Series({pd.Timestamp(r["day"]): int(r["count"]) for r in per_day_rows}, dtype="int64")
+    daily_old = lake.frame("daily_aggregates", pointer)
+    if len(daily_old):
+        daily_old["day"] = pd.to_datetime(daily_old["day"])
+    report = {"extracted": int(len(rows)), "ingestion_rejects": int(len(rejects)), "valid": int(n_facts),
+              "quarantined": int(n_quarantine), "by_reason": by_reason,
+              "volume_alerts": _volume_alerts(per_day, daily_old, ex["clock"])}
+    digest = content_hash(facts, prev["content_hash"] if prev else None)
+    window = facts.selectExpr("min(occurred_at)", "max(occurred_at)").collect()[0]
+
+    # ---- stage the new facts and quarantine rows
+    staging = f"{STAGING}/run-{run_id}"
+    moves: list[tuple[str, str]] = []
+    if n_facts:
+        facts.write.partitionBy("day").parquet(lake.files.join(staging, "fact_interaction"))
+        for rel in lake.files.files(lake.files.join(staging, "fact_interaction")):
+            moves.append((lake.files.join(staging, "fact_interaction", rel), lake.files.join("fact_interaction", rel)))
+    if n_quarantine:
+        q_new.selectExpr(*quarantine_cols).coalesce(1).write.parquet(lake.files.join(staging, "quarantine"))
+        for rel in lake.files.files(lake.files.join(staging, "quarantine")):
+            moves.append((lake.files.join(staging, "quarantine", rel), lake.files.join("quarantine", rel)))
+
+    # ---- small tables: dimensions, daily aggregates, data version, run, watermarks
+    users, movies = _dimensions(ex, key)
+    snapshots = {
+        "dim_user": lake.write_snapshot("dim_user", _upsert(lake.table("dim_user", pointer), _spark_frame(
+            spark, _arrow_ready(users, "dim_user"), SPARK_SCHEMA["dim_user"]), "user_key"), commit),
+        "dim_movie": lake.write_snapshot("dim_movie", _upsert(lake.table("dim_movie", pointer), _spark_frame(
+            spark, _arrow_ready(movies, "dim_movie"), SPARK_SCHEMA["dim_movie"]), "movie_id"), commit)}
+    touched = {d.date() for d in per_day.index}
+    touched |= {r[0] for r in q_new.selectExpr("CAST(day_ts AS DATE)").distinct().collect() if r[0] is not None}
+    touched |= {r[0] for r in q_new.selectExpr("CAST(quarantined_at AS DATE)").distinct().collect() if r[0] is not None}
+    if touched:
+        loaded.drop("day").unionByName(facts.drop("day")).createOrReplaceTempView("all_facts")
+        lake.table("quarantine", pointer).unionByName(q_new.drop("day_ts", "seen")) \
+            .createOrReplaceTempView("all_quarantine")
+        spark.createDataFrame([(d,) for d in sorted(touched)], "day DATE").createOrReplaceTempView("touched")
+        fresh = spark.sql(DAILY_SQL).toPandas()
+        keep = daily_old[~daily_old["day"].dt.date.isin(touched)] if len(daily_old) else daily_old
+        daily = pd.concat([f for f in (keep, fresh) if len(f)], ignore_index=True) if len(keep) or len(fresh) else fresh
+        snapshots["daily_aggregates"] = lake.write_snapshot("daily_aggregates", daily, commit)
+    total = (loaded.count() if int(pointer["data_version"]) else 0) + n_facts
+    version_row = {"version": version, "created_at": started, "etl_run_id": run_id,
+                   "rows_extracted": len(rows) + len(rejects), "rows_loaded": n_facts, "rows_quarantined": n_quarantine,
+                   "total_facts": total, "content_hash": digest, "window_start": window[0], "window_end": window[1],
+                   "validation": json.dumps(report), "watermark": json.dumps(ex["max"])}
+    snapshots["data_versions"] = lake.write_snapshot(
+        "data_versions", pd.concat([versions, pd.DataFrame([version_row])], ignore_index=True), commit)
+    result.status, result.data_version = "loaded", version
+    result.rows_loaded, result.rows_quarantined, result.report = int(n_facts), int(n_quarantine), report
+    snapshots["etl_runs"] = lake.write_snapshot("etl_runs", pd.concat([runs, pd.DataFrame([run_row | {
+        "status": "loaded", "data_version": version, "rows_extracted": result.rows_extracted,
+        "rows_loaded": result.rows_loaded, "rows_quarantined": result.rows_quarantined}])], ignore_index=True), commit)
+    marks = marks | {name: int(value) for name, value in ex["max"].items()}   # watermarks move with the commit
+    snapshots["etl_state"] = lake.write_snapshot("etl_state", pd.DataFrame({"key": list(marks),
+                                                                            "value": list(marks.values())}), commit)
+    lake.commit(pointer, data_version=version, run_id=run_id, snapshots=snapshots, moves=moves, staging=staging)
+    for df in (checked, facts, q_new):
+        df.unpersist()
+    return result
+
+
+def _lit(value):
+    from pyspark.sql import functions
+    return functions.lit(value)
+
+
+def _timestamp_text(col: str) -> str:
+    """str(pd.Timestamp) in Spark SQL: 'YYYY-MM-DD HH:MM:SS', with '.ffffff' only when there are microseconds."""
+    return (f"CASE WHEN unix_micros(CAST({col} AS TIMESTAMP)) % 1000000 = 0 "
+            f"THEN date_format({col}, 'yyyy-MM-dd HH:mm:ss') ELSE date_format({col}, 'yyyy-MM-dd HH:mm:ss.SSSSSS') END")
+
+
+def _sync_consent(lake: Lake, pointer: dict, users: pd.DataFrame, key: bytes, commit: int) -> dict:
+    """etl._sync_consent: personalization flags of known users follow the operational database."""
+    if users.empty or "dim_user" not in pointer["snapshots"]:
+        return {}
+    current = lake.frame("dim_user", pointer)
+    flags = dict(zip(pseudonymize(users["user_id"], key), users["consent_personalization"].astype(bool)))
+    new = current["user_key"].map(flags)
+    changed = new.notna() & (new.astype(object) != current["personalization"].astype(object))
+    if not changed.any():
+        return {}
+    current.loc[changed, "personalization"] = new[changed].astype(bool)
+    return {"dim_user": lake.write_snapshot("dim_user", current, commit)}
+
+
+# ------------------------------------------------------------------ erasure and re-keying
+def _rewrite(lake: Lake, spark, name: str, transform, where: str | None) -> int:
+    """Rewrite the files of table `name` that hold rows matching `where` (a SQL condition), through `transform`
+    (DataFrame → DataFrame). Facts: only the day partitions concerned, each written aside then swapped in.
+    Returns the rows that matched."""
+    path = lake.files.join(name)
+    if not lake.files.files(path):
+        return 0
+    reader = spark.read.schema(SPARK_SCHEMA[name] + (", day DATE" if name == "fact_interaction" else ""))
+    full = reader.option("basePath", path).parquet(path)
+    hits = full.where(where) if where else full
+    matched = hits.count()
+    if not matched:
+        return 0
+    work = f"{STAGING}/rewrite-{uuid.uuid4().hex}"
+    if name == "fact_interaction":
+        days = sorted({str(r[0]) for r in hits.select("day").distinct().collect()})
+        parts = [f"day={d}" for d in days]
+    else:
+        parts = [None]
+    done = []
+    for part in parts:
+        src = lake.files.join(name, part) if part else path
+        rows = spark.read.schema(SPARK_SCHEMA[name]).parquet(src)
+        out = lake.files.join(work, "new", part) if part else lake.files.join(work, "new", name)
+        transform(rows).selectExpr(*_columns(name)).coalesce(1).write.parquet(out)
+        done.append((src, out, lake.files.join(work, "old", part or name)))
+    for src, out, old in done:          # each swap: the old folder aside, the new one in, the old one deleted
+        lake.files.rename(src, old)
+        lake.files.rename(out, src)
+    lake.files.delete(lake.files.join(work))
+    return int(matched)
+
+
+@locks.exclusive(locks.ERASURE)
+def erase_user(settings: Settings, user_key: str, *, spark=None) -> dict:
+    """Remove every row of one pseudonym from the lake: the fact partitions and quarantine files that hold it are
+    rewritten (so its bytes leave the files), and dim_user gets a snapshot without it. Returns rows removed."""
+    spark = spark or get_session()
+    lake = Lake(settings, spark)
+    lake.recover()
+    pointer = lake.pointer()
+    quoted = "'" + user_key.replace("'", "''") + "'"
+    counts = {}
+    for name in APPEND_TABLES:
+        counts[name] = _rewrite(lake, spark, name, lambda df: df.where(f"user_key IS NULL OR user_key <> {quoted}"),
+                                f"user_key = {quoted}")
+    users = lake.table("dim_user", pointer)
+    counts["dim_user"] = users.where(f"user_key = {quoted}").count()
+    if counts["dim_user"]:
+        snap = lake.write_snapshot("dim_user", users.where(f"user_key <> {quoted}"), int(pointer["commit"]) + 1)
+        lake.commit(pointer, data_version=pointer["data_version"], run_id=pointer["run_id"],
+                    snapshots={"dim_user": snap}, moves=[], staging=None)
+        old = [s for s in lake.files.listdir(lake.files.join("dim_user")) if f"dim_user/{s}" != snap]
+        for s in old:                     # earlier snapshots hold the pseudonym too
+            lake.files.delete(lake.files.join("dim_user", s))
+    if lake.files.local:
+        private_tree(Path(lake.uri))
+    return counts
+
+
+@locks.exclusive("key rotation")
+def rekey(settings: Settings, mapping: dict[str, str], *, spark=None) -> dict:
+    """Replace pseudonyms old → new (key rotation) in every lake table that holds them; files rewritten."""
+    spark = spark or get_session()
+    lake = Lake(settings, spark)
+    lake.recover()
+    if not mapping:
+        return {t: 0 for t in USER_TABLES}
+    pointer = lake.pointer()
+    table = spark.createDataFrame(pd.DataFrame({"old_key": list(mapping), "new_key": list(mapping.values())}),
+                                  "old_key STRING, new_key STRING")
+    table.createOrReplaceTempView("key_map")
+    from pyspark.sql import functions as F
+
+    def remap(df):
+        joined = df.join(F.broadcast(table), df["user_key"] == table["old_key"], "left")
+        return joined.withColumn("user_key", F.coalesce("new_key", "user_key")).drop("old_key", "new_key")
+
+    counts = {}
+    for name in APPEND_TABLES:
+        counts[name] = _rewrite(lake, spark, name, remap, "user_key IN (SELECT old_key FROM key_map)")
+    users = lake.table("dim_user", pointer)
+    counts["dim_user"] = users.join(table, users["user_key"] == table["old_key"], "left_semi").count()
+    if counts["dim_user"]:
+        snap = lake.write_snapshot("dim_user", remap(users), int(pointer["commit"]) + 1)
+        lake.commit(pointer, data_version=pointer["data_version"], run_id=pointer["run_id"],
+                    snapshots={"dim_user": snap}, moves=[], staging=None)
+        for s in lake.files.listdir(lake.files.join("dim_user")):
+            if f"dim_user/{s}" != snap:
+                lake.files.delete(lake.files.join("dim_user", s))
+    if lake.files.local:
+        private_tree(Path(lake.uri))
+    return counts
+
+
+# ------------------------------------------------------------------ DuckDB over the lake
+def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per warehouse table over the committed lake.
+
+    Column names and types are those of `warehouse.SCHEMA` (the same queries run on either
+    engine's warehouse). DuckDB reads Parquet natively: no extension is installed or loaded.
+    A local lake only: DuckDB would need its httpfs extension for object storage.
+    """
+    uri = lake_uri(settings)
+    if not _is_local(uri):
+        raise LakeError(f"DuckDB reads a local lake only (the lake is at {uri}); read it with Spark "
+                        "(lake.Lake.table) or copy it to local disk")
+    lake = Lake(settings)
+    pointer = lake.pointer()
+    # Parquet is built into DuckDB; extensions never are fetched or loaded here (they would need the network).
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+    try:
+        con.execute(warehouse.SCHEMA)
+        for name in ALL_TABLES:
+            if name in APPEND_TABLES:
+                files = lake.files.files(lake.files.join(name))
+                source = lake.files.join(name, "**", "*.parquet") if name == "fact_interaction" else \
+                    lake.files.join(name, "*.parquet")
+                where = f" WHERE data_version <= {int(pointer['data_version'])}"
+            else:
+                snap = pointer["snapshots"].get(name)
+                files = lake.files.files(lake.files.join(snap)) if snap else []
+                source, where = (lake.files.join(snap, "*.parquet") if snap else ""), ""
+            if not files:
+                continue                      # no rows yet: the empty table of the schema stays
+            cols = con.execute(f"SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '{name}' "
+                               "ORDER BY column_index").fetchall()
+            select = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in cols)
+            con.execute(f"DROP TABLE {name}")
+            con.execute(f"CREATE VIEW {name} AS SELECT {select} FROM read_parquet({_sql_text(source)}, "
+                        f"hive_partitioning = false, union_by_name = true){where}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@contextmanager
+def session(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`warehouse.session`'s twin over the lake: a DuckDB connection closed afterwards."""
+    con = connect(settings)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def query(settings: Settings, sql: str, params: list | None = None) -> pd.DataFrame:
+    """`warehouse.query`'s twin over the lake."""
+    with session(settings) as con:
+        return con.execute(sql, params or []).df()
