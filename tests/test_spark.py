@@ -414,3 +414,29 @@ def test_key_rotation_rekeys_the_lake(twin, spark_session, tmp_path):
     root = Path(lake.lake_uri(settings))
     assert not any(_lake_holds(root, k)[1] for k in old[:5])
 
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_lake_at_a_uri_goes_through_hadoops_filesystem(small_world, spark_session, tmp_path, monkeypatch):
+    """RETRO_LAKE_URI (s3a://, gs://, … — here file://) moves every file operation to Hadoop's FileSystem API
+    in the JVM: the same ETL, commit and erasure code; DuckDB (no httpfs extension) refuses such a lake."""
+    from core.store import opsdb
+    from core.store.mlopsdb import clone_home
+    from core.warehouse import lake
+    settings = clone_home(small_world, tmp_path / "home")
+    monkeypatch.setenv(lake.LAKE_ENV, f"file://{tmp_path}/remote-lake")
+    result = lake.run_etl(settings, spark=spark_session)
+    with opsdb.session(settings) as db:
+        rows = db.execute("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM rating_history)").fetchone()[0]
+    assert result.status == "loaded" and result.rows_loaded + result.rows_quarantined == rows
+    assert (tmp_path / "remote-lake" / lake.POINTER).exists() and not (settings.home / "lake").exists()
+    store = lake.Lake(settings, spark_session)
+    assert store.table("fact_interaction").count() == result.rows_loaded
+    key = store.table("dim_user").first()["user_key"]
+    assert lake.erase_user(settings, key, spark=spark_session)["dim_user"] == 1
+    assert store.table("fact_interaction").where(f"user_key = '{key}'").count() == 0
+    assert lake.run_etl(settings, spark=spark_session).status == "no-new-data"
+    assert store.pointer()["data_version"] == 1
+    with pytest.raises(lake.LakeError, match="DuckDB reads a local lake only"):
+        lake.connect(settings)

@@ -434,6 +434,35 @@ def _typed_batch(rows: pd.DataFrame, key: bytes) -> pd.DataFrame:
         "value_text": rows["value"].astype(str), "occurred_text": rows["occurred_at"].astype(str)})
 
 
+LANDING_CHUNK = 1_000_000
+
+
+def _land_batch(lake: Lake, spark, staging: str, rows: pd.DataFrame, key: bytes):
+    """The extracted rows as a Spark DataFrame of `BATCH_SCHEMA`, typed chunk by chunk.
+
+    A local lake gets them as a Parquet file under the run's staging folder (the driver holds one chunk of
+    typed rows at a time and the JVM reads the file, instead of holding the whole batch in its heap); a lake at
+    a URI (a cluster's executors cannot read the driver's disk) gets them through `createDataFrame`.
+    Typing per chunk gives the same values: every conversion is element-wise on the frame's own column dtypes.
+    """
+    if not lake.files.local:
+        return _spark_frame(spark, _typed_batch(rows, key), BATCH_SCHEMA)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema = pa.schema([("source", pa.string()), ("source_id", pa.int64()), ("kind", pa.string()),
+                        ("user_num", pa.float64()), ("movie_num", pa.float64()), ("value_num", pa.float64()),
+                        ("ts", pa.timestamp("us")), ("user_key", pa.string()), ("user_text", pa.string()),
+                        ("movie_text", pa.string()), ("value_text", pa.string()), ("occurred_text", pa.string())])
+    path = Path(lake.files.join(staging, "batch.parquet"))
+    private_dir(path.parent)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(rows), LANDING_CHUNK):
+            typed = _typed_batch(rows.iloc[start:start + LANDING_CHUNK], key)
+            typed["ts"] = typed["ts"].astype("datetime64[us]")
+            writer.write_table(pa.Table.from_pandas(typed, schema=schema, preserve_index=False))
+    return spark.read.schema(BATCH_SCHEMA).parquet(str(path))
+
+
 def _spark_frame(spark, frame: pd.DataFrame, schema: str):
     """A Spark DataFrame from pandas through Arrow, NaN/NaT/None as NULL (they mean "missing" here)."""
     import pyarrow as pa
@@ -511,7 +540,9 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     started_ts = pd.Timestamp(started)
 
     # ---- validate (Spark SQL)
-    batch = _spark_frame(spark, _typed_batch(rows, key), BATCH_SCHEMA)
+    n_rows = len(rows)
+    batch = _land_batch(lake, spark, f"{STAGING}/run-{run_id}", rows, key)
+    ex["rows"] = rows = None           # the driver's copy is not needed any more (memory: the batch is on disk)
     batch.createOrReplaceTempView("batch")
     _spark_frame(spark, pd.DataFrame({"id": ex["users"]["user_id"].astype("float64")}), "id DOUBLE") \
         .createOrReplaceTempView("known_users")
@@ -581,7 +612,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     daily_old = lake.frame("daily_aggregates", pointer)
     if len(daily_old):
         daily_old["day"] = pd.to_datetime(daily_old["day"])
-    report = {"extracted": int(len(rows)), "ingestion_rejects": int(len(rejects)), "valid": int(n_facts),
+    report = {"extracted": int(n_rows), "ingestion_rejects": int(len(rejects)), "valid": int(n_facts),
               "quarantined": int(n_quarantine), "by_reason": by_reason,
               "volume_alerts": _volume_alerts(per_day, daily_old, ex["clock"])}
     digest = content_hash(facts, prev["content_hash"] if prev else None)
@@ -620,7 +651,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
         snapshots["daily_aggregates"] = lake.write_snapshot("daily_aggregates", daily, commit)
     total = (loaded.count() if int(pointer["data_version"]) else 0) + n_facts
     version_row = {"version": version, "created_at": started, "etl_run_id": run_id,
-                   "rows_extracted": len(rows) + len(rejects), "rows_loaded": n_facts, "rows_quarantined": n_quarantine,
+                   "rows_extracted": n_rows + len(rejects), "rows_loaded": n_facts, "rows_quarantined": n_quarantine,
                    "total_facts": total, "content_hash": digest, "window_start": window[0], "window_end": window[1],
                    "validation": json.dumps(report), "watermark": json.dumps(ex["max"])}
     snapshots["data_versions"] = lake.write_snapshot(
