@@ -177,7 +177,8 @@ def worker(home: str, engine_name: str) -> dict:
         model = stage("fit", lambda: SparkALSRecommender(**ALS, spark=session).fit(split.train.user_items))
     metrics = stage("evaluate", lambda: evaluation.evaluate_model(model, split))
     out |= {"ndcg@10": metrics["ndcg@10"], "train_pairs": split.train_pairs, "users": int(split.train.user_items.shape[0]),
-            "peak_rss_mb": max(out["rss_mb"].values())}
+            "peak_rss_mb": max(out["rss_mb"].values()), "python_peak_mb": _hwm_mb(),
+            "jvm_peak_mb": _hwm_mb(jvm[0]) if jvm[0] else 0.0}
     return out
 
 
@@ -195,7 +196,8 @@ def run_worker(home: Path, engine_name: str, timeout: float) -> dict:
         return {"engine": engine_name, "error": proc.stderr.strip().splitlines()[-1][:200],
                 "load": (load, os.getloadavg()[0])}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result | {"load": (load, os.getloadavg()[0]), "wall": time.perf_counter() - t}
+    return result | {"load": (load, os.getloadavg()[0]), "wall": time.perf_counter() - t,
+                     "driver_memory": env["RETRO_SPARK_DRIVER_MEMORY"] if engine_name == "spark" else None}
 
 
 # ------------------------------------------------------------------ report
@@ -218,7 +220,8 @@ def report(results: list[dict]) -> str:
                          f"{r['error']} | | | | | | | {r['load'][0]:.1f} → {r['load'][1]:.1f} |")
             continue
         st = r["stages"]
-        session = f" (+{st['session']:.0f} s session)" if "session" in st else ""
+        session = f" ({r.get('driver_memory') or '6g'} driver, +{st['session']:.0f} s session)" if "session" in st \
+            else ""
         lines.append(f"| {r['interactions']:,} | {r['users']:,} × {r['movies']:,} | {r['engine']}{session} | "
                      + " | ".join(f"{st[s]:.1f}" for s in stages)
                      + f" | {r['train_pairs']:,} | {r['ndcg@10']:.3f} | {r['peak_rss_mb']:,.0f} | "
@@ -249,13 +252,18 @@ def _available_mb() -> float:
     return float("inf")
 
 
-def _expected_peak_mb(results: list[dict], size: float) -> float:
-    """The largest peak RSS of any engine at the last size measured, scaled linearly to `size` (0: no data)."""
-    done = [r for r in results if "error" not in r]
+def _expected_peak_mb(results: list[dict], engine_name: str, size: float) -> float:
+    """The engine's peak RSS at its largest size measured, scaled linearly to `size` (0: nothing measured yet)."""
+    done = [r for r in results if "error" not in r and r["engine"] == engine_name]
     if not done:
         return 0.0
-    last = max(r["interactions"] for r in done)
-    return max(r["peak_rss_mb"] for r in done if r["interactions"] == last) * size / last
+    last = max(done, key=lambda r: r["interactions"])
+    scale = size / last["interactions"]
+    if not last.get("jvm_peak_mb"):
+        return last["peak_rss_mb"] * scale
+    # The JVM's heap is capped by the driver memory (its resident size levels off); Python grows with the batch.
+    heap_mb = float(os.environ.get("RETRO_SPARK_DRIVER_MEMORY", "6g").rstrip("gG")) * 1024
+    return last["python_peak_mb"] * scale + min(last["jvm_peak_mb"] * scale, 1.3 * heap_mb)
 
 
 def main() -> None:
@@ -266,19 +274,24 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also write the Markdown report to this file")
     p.add_argument("--max-memory", type=float, default=0.8,
                    help="skip a size whose extrapolated peak RSS exceeds this fraction of the available memory")
+    p.add_argument("--jsonl", default=None, help="append each result (and note) to this JSON-lines file")
+    p.add_argument("--report-from", nargs="+", default=None, metavar="JSONL",
+                   help="only print the report of results saved with --jsonl (several runs merged)")
+    p.add_argument("--note", nargs="*", default=[], help="extra lines for the report's notes (with --report-from)")
     p.add_argument("--worker", nargs=2, metavar=("HOME", "ENGINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker)))
         return
+    if args.report_from:
+        saved = [json.loads(line) for path in args.report_from for line in Path(path).read_text().splitlines() if line]
+        results = sorted((r for r in saved if "engine" in r), key=lambda r: (r["interactions"], r["engine"] != "embedded"))
+        notes = list({r["note"].split(" written in")[0]: r["note"] for r in reversed(saved) if "note" in r}.values())
+        _print_report(results, sorted(notes, key=lambda n: float(n[2:].split(" ")[0].replace(",", "")))
+                      + [f"- {n}" for n in args.note], args.out)
+        return
     results, notes = [], []
     for size in args.sizes:
-        need = _expected_peak_mb(results, size)
-        if need > args.max_memory * _available_mb():
-            notes.append(f"- {int(size):,} skipped: the peak RSS extrapolated from the smaller sizes ({need:,.0f} MB) "
-                         f"exceeds {args.max_memory:.0%} of the memory available now ({_available_mb():,.0f} MB)")
-            print(notes[-1], flush=True)
-            continue
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as home:
             load = os.getloadavg()[0]
             data = generate(Path(home), int(size))
@@ -286,19 +299,39 @@ def main() -> None:
                          f"{data['rating_history']:,} ratings), {data['users']:,} users, {data['movies']:,} movies, "
                          f"written in {data['seconds']:.0f} s (load {load:.1f} → {os.getloadavg()[0]:.1f})")
             print(notes[-1], flush=True)
+            _save(args.jsonl, {"note": notes[-1]})
             for engine_name in args.engines:
+                need, free = _expected_peak_mb(results, engine_name, size), _available_mb()
+                if need > args.max_memory * free:
+                    notes.append(f"- {int(size):,}, {engine_name}: skipped — its peak RSS extrapolated from the "
+                                 f"smaller sizes ({need:,.0f} MB) exceeds {args.max_memory:.0%} of the memory "
+                                 f"available now ({free:,.0f} MB)")
+                    print(notes[-1], flush=True)
+                    _save(args.jsonl, {"note": notes[-1]})
+                    continue
                 r = run_worker(Path(home), engine_name, args.timeout)
                 r |= {k: data[k] for k in ("interactions", "users", "movies")}
                 results.append(r)
                 print(json.dumps(r), flush=True)
+                _save(args.jsonl, r)
+    _print_report(results, notes, args.out)
+
+
+def _save(path: str | None, record: dict) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _print_report(results: list[dict], notes: list[str], out: str | None) -> None:
     text = "\n".join(["# Scale benchmark (`benchmarks/bench_scale.py`)", "",
                       f"Machine: {os.cpu_count()} cores, shared with other jobs (load averages in the table). ALS: "
-                      f"{ALS}; `implicit` with 2 threads, Spark `local[2]`, driver memory "
-                      f"{os.environ.get('RETRO_SPARK_DRIVER_MEMORY', '6g')}.", "", *notes, "", report(results)])
+                      f"{ALS}; `implicit` with 2 threads, Spark `local[2]` (driver memory in the engine column).",
+                      "", *notes, "", report(results)])
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
