@@ -169,10 +169,10 @@ def worker(home: str, engine_name: str) -> dict:
         model = stage("fit", lambda: ALSRecommender(**ALS, num_threads=2).fit(split.train.user_items))
     else:
         from core.training.spark_als import SparkALSRecommender
-        from core.warehouse import lake, lake_dataset, spark
+        from core.warehouse import lake_dataset, lake_etl, spark
         session = stage("session", lambda: spark.get_session("local[2]"))
         jvm[0] = spark.jvm_pid(session)
-        stage("etl", lambda: lake.run_etl(settings, spark=session))
+        stage("etl", lambda: lake_etl.run_etl(settings, spark=session))
         split = stage("matrix", lambda: lake_dataset.time_split(settings, 3, spark=session))
         model = stage("fit", lambda: SparkALSRecommender(**ALS, spark=session).fit(split.train.user_items))
     metrics = stage("evaluate", lambda: evaluation.evaluate_model(model, split))

@@ -51,7 +51,7 @@ def test_the_embedded_default_imports_no_pyspark():
     """`make run` needs neither pyspark nor Java: only the Spark engine's modules import pyspark, lazily."""
     import subprocess
     code = ("import sys; import core.cli, core.warehouse.etl, core.training.pipeline, core.serving.serving; "
-            "import core.warehouse.lake, core.warehouse.lake_dataset, core.training.spark_als; "
+            "import core.warehouse.lake, core.warehouse.lake_etl, core.warehouse.lake_dataset, core.training.spark_als; "
             "print('pyspark' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -119,11 +119,11 @@ def twin(spark_session, tmp_path_factory):
     in both engines (injected), then succeeds. Returns (settings, what the failed lake run left)."""
     from core.simulation import simulation
     from core.settings import load_settings
-    from core.warehouse import etl, lake, warehouse
+    from core.warehouse import etl, lake, lake_etl, warehouse
     settings = load_settings(tmp_path_factory.mktemp("spark_twin"))
     simulation.init_world(settings, **WORLD)
     etl.run_etl(settings)
-    lake.run_etl(settings, spark=spark_session)
+    lake_etl.run_etl(settings, spark=spark_session)
     _hostile_rows(settings)
     simulation.simulate(settings, 1, shift="data-quality", strength=2.0)
 
@@ -145,7 +145,7 @@ def twin(spark_session, tmp_path_factory):
             return rename(self, src, dst)
         mp.setattr(lake._Files, "rename", rename_then_fail)
         with pytest.raises(OSError, match="injected"):
-            lake.run_etl(settings, spark=spark_session)
+            lake_etl.run_etl(settings, spark=spark_session)
     seen |= {"after": _counts(settings, lake.query), "moved": moved,
              "marks_after": lake.query(settings, "SELECT * FROM etl_state ORDER BY key").to_dict("list"),
              "last_run": lake.query(settings, "SELECT status, error FROM etl_runs ORDER BY run_id DESC LIMIT 1")
@@ -153,7 +153,7 @@ def twin(spark_session, tmp_path_factory):
              "staging_left": lake.Lake(settings).files.listdir(str(Path(lake.lake_uri(settings)) / lake.STAGING)),
              "all_files_rows": _raw_fact_rows(settings)}
     etl.run_etl(settings)
-    lake.run_etl(settings, spark=spark_session)
+    lake_etl.run_etl(settings, spark=spark_session)
     assert warehouse.query(settings, "SELECT count(*) AS n FROM data_versions")["n"][0] == 2
     return settings, seen
 
@@ -423,10 +423,10 @@ def test_a_lake_at_a_uri_goes_through_hadoops_filesystem(small_world, spark_sess
     in the JVM: the same ETL, commit and erasure code; DuckDB (no httpfs extension) refuses such a lake."""
     from core.store import opsdb
     from core.store.mlopsdb import clone_home
-    from core.warehouse import lake
+    from core.warehouse import lake, lake_etl
     settings = clone_home(small_world, tmp_path / "home")
     monkeypatch.setenv(lake.LAKE_ENV, f"file://{tmp_path}/remote-lake")
-    result = lake.run_etl(settings, spark=spark_session)
+    result = lake_etl.run_etl(settings, spark=spark_session)
     with opsdb.session(settings) as db:
         rows = db.execute("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM rating_history)").fetchone()[0]
     assert result.status == "loaded" and result.rows_loaded + result.rows_quarantined == rows
@@ -436,7 +436,7 @@ def test_a_lake_at_a_uri_goes_through_hadoops_filesystem(small_world, spark_sess
     key = store.table("dim_user").first()["user_key"]
     assert lake.erase_user(settings, key, spark=spark_session)["dim_user"] == 1
     assert store.table("fact_interaction").where(f"user_key = '{key}'").count() == 0
-    assert lake.run_etl(settings, spark=spark_session).status == "no-new-data"
+    assert lake_etl.run_etl(settings, spark=spark_session).status == "no-new-data"
     assert store.pointer()["data_version"] == 1
     with pytest.raises(lake.LakeError, match="DuckDB reads a local lake only"):
         lake.connect(settings)

@@ -1,7 +1,7 @@
 """The Spark engine's one SparkSession per process (issue 15), and the errors that name what is missing.
 
-pyspark is imported here, lazily, and only by the Spark engine's modules (`lake`,
-`training.spark_als`): the embedded default (`make run`) needs neither Java nor
+pyspark is imported here, lazily, and only by the Spark engine's modules (`lake`, `lake_etl`,
+`lake_dataset`, `training.spark_als`): the embedded default (`make run`) needs neither Java nor
 pyspark. The master comes from $RETRO_SPARK_MASTER (default `local[*]`), so the same
 code runs on a laptop or against a cluster (`spark://host:7077`, `yarn`, `k8s://…`).
 
