@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 
 .PHONY: run test test-fast bench clean-data
 
@@ -12,6 +13,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# The Spark engine (issue 15) for `make test` only: `make run` (the embedded default) needs neither pyspark nor Java.
+$(SPARK_STAMP): $(STAMP) requirements-spark.txt
+	$(PY) -m pip install --quiet -r requirements-spark.txt
+	touch $(SPARK_STAMP)
+
 # The first start (operator token, demo world, first model) builds in the terminal at once, beside the
 # dashboard, which shows the same progress to a visitor; on a folder that is ready it does nothing.
 run: $(STAMP)
@@ -19,7 +25,7 @@ run: $(STAMP)
 	trap 'kill $$builder 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m streamlit run dashboard/app.py
 
-test: $(STAMP)
+test: $(STAMP) $(SPARK_STAMP)
 	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest
 
 # Everything but the tests marked slow or browser (property sweeps, soak, hostile CLI, closed-loop runs, Chromium).

@@ -22,7 +22,8 @@ WAREHOUSE_TABLES = ("dim_movie", "dim_user", "fact_interaction", "quarantine", "
 # migrates the tables) may name all of that store's tables.
 OWNERS: dict[str, tuple[str, ...]] = {
     **{t: ("core/store/opsdb.py", "core/store/writes.py", "core/store/servinglog.py") for t in OPS_TABLES},
-    **{t: ("core/warehouse/warehouse.py", "core/warehouse/etl.py", "core/warehouse/dataset.py")
+    **{t: ("core/warehouse/warehouse.py", "core/warehouse/etl.py", "core/warehouse/dataset.py",
+           "core/warehouse/lake.py", "core/warehouse/lake_etl.py", "core/warehouse/lake_dataset.py")  # the Spark twins
        for t in WAREHOUSE_TABLES},
     "jobs": ("core/training/tracking.py",),
     "runs": ("core/training/tracking.py",),

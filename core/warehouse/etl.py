@@ -8,7 +8,6 @@ A run that fails leaves the warehouse exactly as it was.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -17,7 +16,7 @@ import pandas as pd
 
 from core import bounds
 from core.store import clock, locks, opsdb
-from core.warehouse import warehouse
+from core.warehouse import datahash, warehouse
 from core.constants import EVENT_KINDS, RATING_MAX, RATING_MIN
 from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
@@ -223,11 +222,8 @@ def _categories(quarantine: pd.DataFrame) -> pd.Series:
 
 
 def content_hash(facts: pd.DataFrame, previous: str | None) -> str:
-    """SHA-256 over the loaded rows, chained to the previous version's hash."""
-    h = hashlib.sha256((previous or "").encode())
-    cols = ["source", "source_id", "user_key", "movie_id", "kind", "value", "occurred_at"]
-    h.update(pd.util.hash_pandas_object(facts[cols].astype(str), index=False).to_numpy().tobytes())
-    return h.hexdigest()
+    """SHA-256 over the loaded rows, chained to the previous version's hash (engine-independent: `datahash`)."""
+    return datahash.content_hash(facts, previous)
 
 
 # ------------------------------------------------------------------ load

@@ -1,0 +1,169 @@
+"""The data version's content hash, defined so that any engine computes the same value (issue 15).
+
+A data version's hash covers the fact rows that version loaded, chained to the previous
+version's hash. Its definition fixes three things, so the embedded ETL (pandas + DuckDB)
+and the Spark ETL (executors, any partitioning) get the same hex digest for the same rows:
+
+1. **Canonical ordering.** Rows are grouped by the UTC calendar day of `occurred_at`
+   (days ascending); within a day they are ordered by the fact's key `(source, source_id)`
+   (`'event'` before `'rating'`, then the operational database's own id: `events.seq`,
+   `rating_history.history_id`). Day groups make the hash parallel — each day is hashed
+   on its own (Spark: one task per day partition) — and only the small list of day
+   digests is combined in order.
+2. **Canonical encoding**, per column, independent of any engine's text formatting:
+
+   ============  ====================================================================
+   source        per row: byte length (uint32 LE) into one stream, UTF-8 bytes into another
+   source_id     int64 little-endian
+   user_key      as source (length stream + UTF-8 stream)
+   movie_id      int64 little-endian; NULL (a scroll event) → 0 (ids are ≥ 1)
+   kind          as source
+   value         IEEE-754 binary64 little-endian (the exact bit pattern, no decimal text)
+   occurred_at   int64 little-endian microseconds since 1970-01-01T00:00:00 UTC
+   ============  ====================================================================
+
+   Each of the ten streams (three columns have two) is hashed with SHA-256 over the
+   day's rows in canonical order.
+3. **Combination.** day digest = SHA-256 of `"<YYYY-MM-DD>\\n<n rows>\\n"` followed by the
+   ten stream digests (hex, in the table's order, each followed by `"\\n"`); the version's
+   hash = SHA-256 of `previous_hash + "\\n"` (the empty string for the first version)
+   followed by `"<day>\\t<n>\\t<day digest>\\n"` for each day, ascending.
+
+Nothing in this depends on how an engine splits the rows into batches or partitions:
+a day's streams are fed batch by batch in canonical order, and SHA-256 of a stream
+does not depend on where it was cut. It replaces the pandas-specific hash the embedded
+ETL used before (`hash_pandas_object` over text renderings whose format depended on the
+whole column, e.g. fractional seconds shown only when some row had them).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+COLUMNS = ("source", "source_id", "user_key", "movie_id", "kind", "value", "occurred_at")
+TEXT = ("source", "user_key", "kind")
+STREAMS = ("source.len", "source.utf8", "source_id", "user_key.len", "user_key.utf8", "movie_id",
+           "kind.len", "kind.utf8", "value", "occurred_at")
+
+
+def _chunks(array) -> list[pa.Array]:
+    return array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+
+
+def _text_blocks(array) -> tuple[bytes, memoryview]:
+    """(lengths as uint32 LE, UTF-8 bytes) of a string column (NULL as the empty string)."""
+    lengths, data = [], []
+    for chunk in _chunks(pc.fill_null(pc.cast(array, pa.large_string()), "")):
+        if not len(chunk):
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], dtype="<i8", count=len(chunk) + 1, offset=chunk.offset * 8)
+        lengths.append(np.diff(offsets).astype("<u4").tobytes())
+        data.append(memoryview(chunk.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+    return b"".join(lengths), b"".join(data)
+
+
+def _int64_block(array, null: int = 0) -> bytes:
+    return pc.fill_null(pc.cast(array, pa.int64()), null).to_numpy(zero_copy_only=False).astype("<i8").tobytes()
+
+
+def _micros(array) -> pa.Array:
+    """Timestamps (any unit, naive UTC) as int64 microseconds since the epoch."""
+    if pa.types.is_timestamp(array.type) and array.type.tz is not None:
+        array = pc.cast(array, pa.timestamp(array.type.unit))   # zone dropped: values are UTC instants already
+    return pc.cast(pc.cast(array, pa.timestamp("us")), pa.int64())
+
+
+class DayHasher:
+    """The ten stream hashes of each day, fed with batches of rows in canonical order.
+
+    `update(batch)` takes a pyarrow Table/RecordBatch with `COLUMNS` and a `day` column
+    (a date: the UTC day of `occurred_at`), its rows already in canonical order (day, source, source_id);
+    a day may continue over several batches. `days()` returns `{day: (n, digest)}`.
+    """
+
+    def __init__(self) -> None:
+        self._days: dict[str, list] = {}
+
+    def update(self, batch) -> None:
+        if not batch.num_rows:
+            return
+        day = pc.cast(batch.column("day"), pa.date32())
+        ordinal = pc.cast(day, pa.int32()).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, ordinal[1:] != ordinal[:-1]])
+        for start, stop in zip(starts, np.r_[starts[1:], len(ordinal)]):
+            name = str(np.datetime64(int(ordinal[start]), "D"))
+            self._feed(name, batch.slice(int(start), int(stop - start)))
+
+    def _feed(self, day: str, rows) -> None:
+        state = self._days.setdefault(day, [0, [hashlib.sha256() for _ in STREAMS]])
+        state[0] += rows.num_rows
+        h = state[1]
+        blocks = []
+        for name in COLUMNS:
+            col = rows.column(name)
+            if name in TEXT:
+                blocks.extend(_text_blocks(col))
+            elif name == "value":
+                blocks.append(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype("<f8").tobytes())
+            elif name == "occurred_at":
+                blocks.append(_int64_block(_micros(col)))
+            else:
+                blocks.append(_int64_block(col))
+        for hasher, block in zip(h, blocks):
+            hasher.update(block)
+
+    def days(self) -> dict[str, tuple[int, str]]:
+        out = {}
+        for day, (n, streams) in self._days.items():
+            head = f"{day}\n{n}\n" + "".join(s.hexdigest() + "\n" for s in streams)
+            out[day] = (n, hashlib.sha256(head.encode()).hexdigest())
+        return out
+
+
+def combine(previous: str | None, days: dict[str, tuple[int, str]] | Iterable[tuple[str, int, str]]) -> str:
+    """The version's hash from its day digests (`{day: (n, digest)}` or `(day, n, digest)` rows), chained."""
+    items = sorted(days.items()) if isinstance(days, dict) else sorted((d, (n, h)) for d, n, h in days)
+    h = hashlib.sha256(((previous or "") + "\n").encode())
+    for day, (n, digest) in items:
+        h.update(f"{day}\t{int(n)}\t{digest}\n".encode())
+    return h.hexdigest()
+
+
+def canonical_table(facts: pd.DataFrame) -> pa.Table:
+    """The facts as an Arrow table in canonical order with a `day` column (the embedded engine's input)."""
+    frame = facts[list(COLUMNS)].copy()
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"])
+    frame["movie_id"] = pd.to_numeric(frame["movie_id"]).astype("Int64")
+    frame["value"] = frame["value"].astype("float64")
+    frame["source_id"] = frame["source_id"].astype("int64")
+    frame["day"] = frame["occurred_at"].to_numpy().astype("datetime64[D]")
+    frame = frame.sort_values(["day", "source", "source_id"], kind="mergesort")
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def content_hash(facts: pd.DataFrame, previous: str | None) -> str:
+    """SHA-256 over the loaded rows (pandas), chained to the previous version's hash (see the module docstring)."""
+    hasher = DayHasher()
+    if len(facts):
+        hasher.update(canonical_table(facts))
+    return combine(previous, hasher.days())
+
+
+def arrow_day_digests(batches):
+    """`mapInArrow` body (Spark): the day digests of one partition whose rows are in canonical order.
+
+    Yields one record batch of (day, n, digest); a day lies wholly in one partition
+    (the caller repartitions by day), so the driver only combines the days.
+    """
+    hasher = DayHasher()
+    for batch in batches:
+        hasher.update(batch)
+    days = hasher.days()
+    schema = pa.schema([("day", pa.string()), ("n", pa.int64()), ("digest", pa.string())])
+    yield pa.RecordBatch.from_pydict({"day": list(days), "n": [n for n, _ in days.values()],
+                                      "digest": [d for _, d in days.values()]}, schema=schema)
