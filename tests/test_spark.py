@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -419,13 +420,12 @@ def test_key_rotation_rekeys_the_lake(twin, spark_session, tmp_path):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_a_lake_at_a_uri_goes_through_hadoops_filesystem(small_world, spark_session, tmp_path, monkeypatch):
-    """RETRO_LAKE_URI (s3a://, gs://, … — here file://) moves every file operation to Hadoop's FileSystem API
+    """Settings.lake_uri ($RETRO_LAKE_URI: s3a://, gs://, … — here file://) moves every file operation to Hadoop's FileSystem API
     in the JVM: the same ETL, commit and erasure code; DuckDB (no httpfs extension) refuses such a lake."""
     from core.store import opsdb
     from core.store.mlopsdb import clone_home
     from core.warehouse import lake, lake_etl
-    settings = clone_home(small_world, tmp_path / "home")
-    monkeypatch.setenv(lake.LAKE_ENV, f"file://{tmp_path}/remote-lake")
+    settings = replace(clone_home(small_world, tmp_path / "home"), lake_uri=f"file://{tmp_path}/remote-lake")
     result = lake_etl.run_etl(settings, spark=spark_session)
     with opsdb.session(settings) as db:
         rows = db.execute("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM rating_history)").fetchone()[0]

@@ -1,6 +1,6 @@
 """The Spark engine's warehouse: the same star schema as Parquet files in a lake (issue 15).
 
-Layout under the lake root ($RETRO_LAKE_URI, else RETRO_HOME/lake)::
+Layout under the lake root (`Settings.lake_uri`, i.e. $RETRO_LAKE_URI, else RETRO_HOME/lake)::
 
     _lake.json                           the commit pointer (below)
     fact_interaction/day=YYYY-MM-DD/     facts, partitioned by the UTC day of occurred_at; files only added
@@ -51,9 +51,8 @@ from core.filemodes import private_dir, private_tree
 from core.settings import Settings
 from core.store import locks
 from core.warehouse import warehouse
-from core.warehouse.spark import get_session
+from core.warehouse.spark import session_for
 
-LAKE_ENV = "RETRO_LAKE_URI"
 POINTER = "_lake.json"
 STAGING = "_staging"
 FORMAT = 1
@@ -67,7 +66,7 @@ SPARK_SCHEMA = {
     "fact_interaction": "source STRING, source_id BIGINT, user_key STRING, movie_id BIGINT, kind STRING, "
                         "value DOUBLE, occurred_at TIMESTAMP_NTZ, data_version INT",
     "quarantine": "source STRING, source_id BIGINT, reason STRING, user_key STRING, movie_id BIGINT, kind STRING, "
-                  "value STRING, occurred_at STRING, data_version INT, quarantined_at TIMESTAMP_NTZ",
+                  "value STRING, occurred_at STRING, data_version INT, quarantined_at TIMESTAMP_NTZ, code STRING",
     "dim_user": "user_key STRING, created_at TIMESTAMP_NTZ, personalization BOOLEAN",
     "dim_movie": "movie_id BIGINT, title STRING, year INT, genres STRING, runtime_min INT, added_at TIMESTAMP_NTZ",
     "daily_aggregates": "day DATE, kind STRING, n BIGINT, users BIGINT, movies BIGINT, value_sum DOUBLE",
@@ -85,8 +84,8 @@ class LakeError(RetroError):
 
 
 def lake_uri(settings: Settings) -> str:
-    """Where the lake lives: $RETRO_LAKE_URI (e.g. s3a://bucket/retro), else the data folder's `lake/`."""
-    return os.environ.get(LAKE_ENV) or str(settings.home / "lake")
+    """Where the lake lives: `settings.lake_uri` ($RETRO_LAKE_URI, e.g. s3a://bucket/retro), else the data folder's `lake/`."""
+    return settings.lake_uri or str(settings.lake_dir)
 
 
 def _is_local(uri: str) -> bool:
@@ -357,7 +356,7 @@ def _rewrite(lake: Lake, spark, name: str, transform, where: str | None) -> int:
 def erase_user(settings: Settings, user_key: str, *, spark=None) -> dict:
     """Remove every row of one pseudonym from the lake: the fact partitions and quarantine files that hold it are
     rewritten (so its bytes leave the files), and dim_user gets a snapshot without it. Returns rows removed."""
-    spark = spark or get_session()
+    spark = spark or session_for(settings)
     lake = Lake(settings, spark)
     lake.recover()
     pointer = lake.pointer()
@@ -383,7 +382,7 @@ def erase_user(settings: Settings, user_key: str, *, spark=None) -> dict:
 @locks.exclusive("key rotation")
 def rekey(settings: Settings, mapping: dict[str, str], *, spark=None) -> dict:
     """Replace pseudonyms old → new (key rotation) in every lake table that holds them; files rewritten."""
-    spark = spark or get_session()
+    spark = spark or session_for(settings)
     lake = Lake(settings, spark)
     lake.recover()
     if not mapping:
