@@ -149,7 +149,7 @@ def cmd_runs(args, settings):
             if frame.empty:
                 print("no runs yet; run `python -m core train` or `retrain`")
                 return
-            cols = [c for c in ("run_id", "model_kind", "status", "data_version", "seed", "ndcg@10", "hit_rate@10",
+            cols = [c for c in ("run_id", "model_kind", "engine", "status", "data_version", "seed", "ndcg@10", "hit_rate@10",
                                 "duration_s") if c in frame]
             print(frame[cols].to_string(index=False))
         emit(args, data, human)

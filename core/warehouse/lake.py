@@ -318,7 +318,59 @@ def arrow_ready(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return out
 
 
-# ------------------------------------------------------------------ erasure and re-keying
+# ------------------------------------------------------------------ a user's rows: export, erasure, re-keying
+def exists(settings: Settings) -> bool:
+    """True when the settings have a lake: a local one whose pointer was written, or one configured at a URI
+    (looking there needs the JVM; privacy then goes through Spark, which names what is missing)."""
+    uri = lake_uri(settings)
+    return (Path(uri) / POINTER).exists() if _is_local(uri) else True
+
+
+def _user_rows(settings: Settings, table: str, user_key: str) -> pd.DataFrame:
+    """The pseudonym's committed rows of one of `USER_TABLES` (DuckDB for a local lake, else Spark)."""
+    if _is_local(lake_uri(settings)):
+        return query(settings, f"SELECT * FROM {table} WHERE user_key = ?", [user_key])
+    lake = Lake(settings, session_for(settings))
+    quoted = "'" + user_key.replace("'", "''") + "'"
+    return lake.table(table).where(f"user_key = {quoted}").selectExpr(*table_columns(table)).toPandas()
+
+
+def export_user(settings: Settings, user_key: str) -> dict[str, list[dict]]:
+    """{table: the pseudonym's rows, without the key column} for each of `USER_TABLES` (empty without a lake)."""
+    if not exists(settings):
+        return {t: [] for t in USER_TABLES}
+    out = {}
+    for t in USER_TABLES:
+        rows = _user_rows(settings, t, user_key).drop(columns="user_key").astype(object)
+        out[t] = rows.where(rows.notna(), None).to_dict("records")
+    return out
+
+
+def held_counts(settings: Settings, user_key: str) -> dict[str, int]:
+    """{table: committed rows under the pseudonym} for each of `USER_TABLES` (zeros without a lake)."""
+    if not exists(settings):
+        return {t: 0 for t in USER_TABLES}
+    return {t: len(_user_rows(settings, t, user_key)) for t in USER_TABLES}
+
+
+def holds_user(settings: Settings, user_key: str) -> bool:
+    """True when any lake table holds a row under the pseudonym."""
+    return any(held_counts(settings, user_key).values())
+
+
+def user_keys(settings: Settings) -> set[str]:
+    """Every pseudonym in the lake (what a key rotation must map); empty without a lake."""
+    if not exists(settings):
+        return set()
+    if _is_local(lake_uri(settings)):
+        union = " UNION ".join(f"SELECT DISTINCT user_key FROM {t} WHERE user_key IS NOT NULL" for t in USER_TABLES)
+        return set(query(settings, union)["user_key"])
+    lake = Lake(settings, session_for(settings))
+    frames = [lake.table(t).select("user_key").where("user_key IS NOT NULL").distinct() for t in USER_TABLES]
+    union = frames[0].union(frames[1]).union(frames[2]).distinct()
+    return {r[0] for r in union.collect()}
+
+
 def _rewrite(lake: Lake, spark, name: str, transform, where: str | None) -> int:
     """Rewrite the files of table `name` that hold rows matching `where` (a SQL condition), through `transform`
     (DataFrame → DataFrame). Facts: only the day partitions concerned, each written aside then swapped in.

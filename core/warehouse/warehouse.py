@@ -126,6 +126,23 @@ def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
     return file_connect(settings)
 
 
+def exists(settings: Settings) -> bool:
+    """True when the engine's warehouse has been written: the DuckDB file, or (engine=spark) the lake."""
+    if settings.engine == "spark":
+        from core.warehouse import lake
+        return lake.exists(settings)
+    return settings.warehouse.exists()
+
+
+def changed_at(settings: Settings) -> int | None:
+    """When the engine's warehouse last changed (ns; a cache key), None before it exists."""
+    path = settings.warehouse
+    if settings.engine == "spark":
+        from core.warehouse import lake
+        path = Path(lake.lake_uri(settings)) / lake.POINTER
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
 def file_connect(settings: Settings) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the warehouse file as it is now (a consistent snapshot until closed).
 
