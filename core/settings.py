@@ -64,6 +64,11 @@ class Settings:
         return self.home / "world.npz"
 
     @property
+    def lake_dir(self) -> Path:
+        """The Spark engine's Parquet lake when `lake_uri` is not set (issue 15)."""
+        return self.home / "lake"
+
+    @property
     def models_dir(self) -> Path:
         return self.home / "models"
 
@@ -72,7 +77,7 @@ class Settings:
         db, wh = self.ops_db, self.warehouse
         ml = self.mlops_db
         return [db, Path(f"{db}-wal"), Path(f"{db}-shm"), wh, Path(f"{wh}.wal"), self.world_file, self.models_dir,
-                ml, Path(f"{ml}-wal"), Path(f"{ml}-shm")]
+                self.lake_dir, ml, Path(f"{ml}-wal"), Path(f"{ml}-shm")]
 
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -358,7 +359,7 @@ def _lake_holds(root: Path, needle: str) -> tuple[bool, bool]:
 @pytest.mark.spark
 @pytest.mark.slow
 def test_erasure_rewrites_the_lake_partitions_and_the_spark_bundle(spark_bundle, spark_session):
-    from core.privacy import privacy
+    from core.privacy import erasure
     from core.pseudonym import pseudonym, pseudonym_key
     from core.training.artifacts import load_bundle
     from core.warehouse import lake
@@ -390,7 +391,7 @@ def test_erasure_rewrites_the_lake_partitions_and_the_spark_bundle(spark_bundle,
     assert {p for p in files_before if p.parts[0] not in touched} <= files_after
 
     # The Spark-trained bundle: the unchanged erasure of the privacy module.
-    privacy.forget_user(settings, uid, actor="test")
+    erasure.forget_user(settings, uid, actor="test")
     bundle = load_bundle(path)
     assert target not in set(bundle.matrix.user_keys.tolist())
     blob = b"".join(p.read_bytes() for p in path.iterdir() if p.is_file())
@@ -419,13 +420,12 @@ def test_key_rotation_rekeys_the_lake(twin, spark_session, tmp_path):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_a_lake_at_a_uri_goes_through_hadoops_filesystem(small_world, spark_session, tmp_path, monkeypatch):
-    """RETRO_LAKE_URI (s3a://, gs://, … — here file://) moves every file operation to Hadoop's FileSystem API
+    """Settings.lake_uri ($RETRO_LAKE_URI: s3a://, gs://, … — here file://) moves every file operation to Hadoop's FileSystem API
     in the JVM: the same ETL, commit and erasure code; DuckDB (no httpfs extension) refuses such a lake."""
     from core.store import opsdb
     from core.store.mlopsdb import clone_home
     from core.warehouse import lake, lake_etl
-    settings = clone_home(small_world, tmp_path / "home")
-    monkeypatch.setenv(lake.LAKE_ENV, f"file://{tmp_path}/remote-lake")
+    settings = replace(clone_home(small_world, tmp_path / "home"), lake_uri=f"file://{tmp_path}/remote-lake")
     result = lake_etl.run_etl(settings, spark=spark_session)
     with opsdb.session(settings) as db:
         rows = db.execute("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM rating_history)").fetchone()[0]
@@ -440,3 +440,71 @@ def test_a_lake_at_a_uri_goes_through_hadoops_filesystem(small_world, spark_sess
     assert store.pointer()["data_version"] == 1
     with pytest.raises(lake.LakeError, match="DuckDB reads a local lake only"):
         lake.connect(settings)
+
+
+# ------------------------------------------------------------------ the engine setting, end to end (issue 15 wiring)
+def test_etl_with_the_spark_engine_but_no_pyspark_says_so_in_one_line(small_world, tmp_path):
+    """`etl --engine spark` without pyspark: exit 1 and one `error:` line naming pyspark and its install command.
+    (Another process: this one may already hold a SparkSession.)"""
+    import subprocess
+    from core.store.mlopsdb import clone_home
+    settings = clone_home(small_world, tmp_path / "home")
+    code = ("import sys; sys.modules['pyspark'] = None; from core.cli import main; "   # `import pyspark` fails
+            f"sys.exit(main(['etl', '--engine', 'spark', '--home', {str(settings.home)!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 1 and out.stdout == ""
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "pyspark" in err[0] and "requirements-spark" in err[0]
+    assert not (settings.home / "lake").exists() and not settings.warehouse.exists()
+
+
+def _cli_json(capsys, *argv) -> object:
+    from core.cli import main
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_spark_engine_from_the_cli_etl_retrain_serve_report_forget(spark_session, tmp_path, capsys,
+                                                                        monkeypatch):
+    """`etl --engine spark` and `retrain --engine spark` on a fresh copy of a world: the lake is loaded, a Spark-
+    trained model is promoted and served, `runs` says engine spark, the Data page's report reads the lake, and
+    `privacy forget` removes the user from the lake."""
+    from core.governance import insights
+    from core.pseudonym import pseudonym, pseudonym_key
+    from core.serving import serving
+    from core.settings import load_settings
+    from core.simulation import simulation
+    from core.warehouse import lake
+    monkeypatch.delenv("RETRO_ENGINE", raising=False)
+    settings = load_settings(tmp_path / "home")
+    simulation.init_world(settings, **WORLD)
+    home = ["--home", str(settings.home)]
+
+    etl_result = _cli_json(capsys, "etl", "--engine", "spark", *home)
+    assert etl_result["status"] == "loaded" and (settings.home / "lake" / lake.POINTER).exists()
+    assert not settings.warehouse.exists()                      # the embedded warehouse was not touched
+    job = _cli_json(capsys, "retrain", "--engine", "spark", *home)
+    assert job["promoted"] and job["etl"]["status"] == "no-new-data"
+    runs = _cli_json(capsys, "runs", "list", *home)
+    trained = next(r for r in runs if r["run_id"] == job["run_id"])
+    assert trained["engine"] == "spark" and trained["param.engine"] == "spark" and trained["model_kind"] == "als"
+
+    spark_settings = replace(settings, engine="spark")
+    served = serving.recommend_many(spark_settings, range(1, WORLD["users"] + 1), log=False)
+    assert sum(r.path == "model" and r.model_version == job["version"] for r in served.values()) > WORLD["users"] // 2
+    report = insights.etl_report(spark_settings)
+    assert report["versions"]["version"].tolist() == [1] and len(report["daily"])
+    assert insights.system_status(spark_settings)["warehouse"]["facts"] == etl_result["rows_loaded"]
+
+    uid = next(u for u in range(1, WORLD["users"] + 1)
+               if lake.held_counts(settings, pseudonym(u, pseudonym_key(settings)))["fact_interaction"])
+    key = pseudonym(uid, pseudonym_key(settings))
+    forgotten = _cli_json(capsys, "privacy", "forget", "--user", str(uid), *home)
+    assert forgotten["lake"]["fact_interaction"] > 0 and forgotten["lake"]["dim_user"] == 1
+    assert lake.held_counts(settings, key) == {t: 0 for t in lake.USER_TABLES}
+    root = settings.home / "lake"
+    assert not any(_lake_holds(root, key))

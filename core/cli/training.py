@@ -2,10 +2,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from core import errors
 from core.cli import ID, MAX_HOLDOUT_DAYS, SEED, TEXT, arg, command, emit, float_in, int_in, progress
 from core.privacy import access
+from core.settings import ENGINES
+
+ENGINE = arg("--engine", choices=list(ENGINES), default=None,
+             help="embedded (SQLite → DuckDB, implicit) or spark (Parquet lake, Spark SQL, MLlib ALS); "
+                  "default: the engine setting ($RETRO_ENGINE, else embedded)")
+
+
+def _on_engine(args, settings):
+    """The settings with `--engine` applied (the setting itself when the flag is absent)."""
+    return replace(settings, engine=args.engine) if args.engine else settings
 
 
 def _metric_line(m: dict) -> str:
@@ -13,10 +24,10 @@ def _metric_line(m: dict) -> str:
     return "  ".join(f"{k} {m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
 
 
-@command("etl", help="incremental ETL into the warehouse")
+@command("etl", help="incremental ETL into the warehouse", args=[ENGINE])
 def cmd_etl(args, settings):
     from core.warehouse import etl
-    result = etl.run_etl(settings).to_dict()
+    result = etl.run(_on_engine(args, settings)).to_dict()
     emit(args, result, lambda: print(
         f"ETL run {result['run_id']}: {result['status']}" + (
             f", data version dv{result['data_version']}: {result['rows_loaded']:,} rows loaded, "
@@ -28,10 +39,11 @@ def cmd_etl(args, settings):
     arg("--model", choices=["als", "bpr"], default="als"),
     arg("--seed", type=SEED, help="random seed (default: settings seed 42)"),
     arg("--holdout-days", type=int_in(1, MAX_HOLDOUT_DAYS, "--holdout-days"), default=3),
+    ENGINE,
 ])
 def cmd_train(args, settings):
     from core.training import pipeline
-    result = pipeline.train(settings, args.model, seed=args.seed, holdout_days=args.holdout_days,
+    result = pipeline.train(_on_engine(args, settings), args.model, seed=args.seed, holdout_days=args.holdout_days,
                             progress=progress(args)).to_dict()
     emit(args, result, lambda: print(
         f"run {result['run_id']} ({result['model_kind']}, data {result['data_version']}): {_metric_line(result['metrics'])}\n"
@@ -66,12 +78,13 @@ def cmd_evaluate(args, settings):
     arg("--margin", type=float_in(0, 1, "--margin"), default=0.0,
         help="tolerance 0..1: how far below 0 the lower bound of the 90%% interval of the nDCG@10 "
              "difference (candidate − production) may be (default 0)"),
+    ENGINE,
 ])
 def cmd_retrain(args, settings):
     from core.training import pipeline
     actor = access.cli_actor()
     with access.audited(settings, actor, "retrain") as entry:      # a retrain can promote: audited like one
-        result = pipeline.retrain(settings, args.model, seed=args.seed, trigger="cli", actor=actor,
+        result = pipeline.retrain(_on_engine(args, settings), args.model, seed=args.seed, trigger="cli", actor=actor,
                                   margin=args.margin, progress=progress(args))
         entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else "kept as candidate")
 
@@ -136,7 +149,7 @@ def cmd_runs(args, settings):
             if frame.empty:
                 print("no runs yet; run `python -m core train` or `retrain`")
                 return
-            cols = [c for c in ("run_id", "model_kind", "status", "data_version", "seed", "ndcg@10", "hit_rate@10",
+            cols = [c for c in ("run_id", "model_kind", "engine", "status", "data_version", "seed", "ndcg@10", "hit_rate@10",
                                 "duration_s") if c in frame]
             print(frame[cols].to_string(index=False))
         emit(args, data, human)

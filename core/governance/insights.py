@@ -26,7 +26,7 @@ def system_status(settings: Settings) -> dict:
         served = servinglog.totals(db)
         paths = servinglog.path_counts(db)
     wh = {"facts": 0, "quarantined": 0, "data_version": None, "last_etl": None, "last_etl_status": None}
-    if settings.warehouse.exists():
+    if warehouse.exists(settings):
         with warehouse.session(settings) as con:
             counts = warehouse.status_counts(con)
             v = warehouse.latest_version(con)
@@ -98,9 +98,9 @@ def movie_popularity(settings: Settings) -> pd.Series:
     """Distinct watchers per movie (for novelty), from the warehouse's columnar facts when it exists."""
     with opsdb.session(settings) as db:
         users = opsdb.user_count(db)
-        if not settings.warehouse.exists():
+        if not warehouse.exists(settings):
             watchers = opsdb.watchers_per_movie(db)
-    if settings.warehouse.exists():
+    if warehouse.exists(settings):
         with warehouse.session(settings) as con:
             watchers = warehouse.watchers_per_movie(con)
     s = pd.Series(watchers, dtype=float)
@@ -158,7 +158,7 @@ def seed_variability(settings: Settings, seeds=(1, 2, 3), model: str = "als", us
 
 def etl_report(settings: Settings) -> dict:
     """ETL runs, data versions (with their validation reports), quarantine and daily volumes."""
-    if not settings.warehouse.exists():
+    if not warehouse.exists(settings):
         return {"runs": pd.DataFrame(), "versions": pd.DataFrame(), "quarantine": pd.DataFrame(), "daily": pd.DataFrame(),
                 "reasons": pd.DataFrame()}
     with warehouse.session(settings) as con:
@@ -181,7 +181,7 @@ def state_token(settings: Settings) -> tuple:
     if settings.ops_db.exists():
         with opsdb.session(settings) as db:
             parts += list(opsdb.change_marks(db))
-    parts.append(settings.warehouse.stat().st_mtime_ns if settings.warehouse.exists() else None)
+    parts.append(warehouse.changed_at(settings))
     parts.append(settings.mlops_db.stat().st_mtime_ns if settings.mlops_db.exists() else None)
     wal = settings.home / "mlops.db-wal"
     parts.append(wal.stat().st_mtime_ns if wal.exists() else None)

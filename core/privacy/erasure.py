@@ -20,7 +20,7 @@ from core.serving import serving
 from core.settings import Settings
 from core.store import locks, mlopsdb, opsdb
 from core.training import artifacts, registry
-from core.warehouse import warehouse
+from core.warehouse import lake, warehouse
 
 ERASURE_STEPS = ("opsdb", "warehouse", "bundles", "ranker", "audit")
 # Every step boundary where a kill must leave serving working and the erasure resumable (see `faults`).
@@ -54,7 +54,10 @@ def forget_user(settings: Settings, user_id: int, *, actor: str, at: str | None 
     2. `warehouse` (`warehouse.erase_user`, one DuckDB transaction): every table
        with a `user_key` column (fact_interaction, quarantine, dim_user) loses the
        user's rows; the file swapped in is a rewrite, since DuckDB keeps deleted
-       rows' bytes in the file. Daily aggregates (counts, no key) are kept.
+       rows' bytes in the file. Daily aggregates (counts, no key) are kept. When a
+       Parquet lake exists (the Spark engine, `lake.erase_user`), the same step
+       rewrites the fact partitions and quarantine files that hold the user and
+       writes a dim_user snapshot without it (idempotent, like the DuckDB step).
     3. `bundles` (`artifacts.erase_user`): every CF bundle whose mapping holds
        the pseudonym gets the user's factors zeroed, their training-matrix row
        emptied and the key replaced by '' in its mapping.
@@ -154,6 +157,8 @@ def _carry_out(settings: Settings, request: dict, when: str) -> dict:
             done = _record_step(settings, request_id, "opsdb", summary)
         if "warehouse" not in done:
             summary["warehouse"] = warehouse.erase_user(settings, user_key)
+            if lake.exists(settings):      # the Spark engine's warehouse: partitions holding the user rewritten
+                summary["lake"] = lake.erase_user(settings, user_key)
             faults.point("erasure:warehouse-erased")
             done = _record_step(settings, request_id, "warehouse", summary)
         if "bundles" not in done:
@@ -207,7 +212,8 @@ def _erase_ops(settings: Settings, uid: int) -> dict:
 
 def _has_traces(settings: Settings, user_key: str) -> bool:
     """Anything left under the pseudonym (an id no longer in the operational store)?"""
-    return warehouse.holds_user(settings, user_key) or artifacts.bundles_holding(settings, user_key) > 0
+    return (warehouse.holds_user(settings, user_key) or (lake.exists(settings) and lake.holds_user(settings, user_key))
+            or artifacts.bundles_holding(settings, user_key) > 0)
 
 
 def _erase_bundles(settings: Settings, request_id: int, user_key: str) -> dict:

@@ -10,7 +10,7 @@ from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
 from core.store import opsdb, servinglog
 from core.training import artifacts, registry
-from core.warehouse import warehouse
+from core.warehouse import lake, warehouse
 
 OPS_SECTIONS = ("users", "consent_history", "ratings", "rating_history", "events", "served_recommendations",
                 "rejected_writes")   # the export's `stores` keys, in order: 'ops.<table>'
@@ -54,9 +54,12 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
         "rejected_writes": ops["rejected_writes"], "warehouse": _warehouse_export(settings, user_key),
         "models": _models_export(settings, user_key),
     }
+    if lake.exists(settings):              # the Spark engine's Parquet lake (issue 15): same tables, same keys
+        document["lake"] = _warehouse_export(settings, user_key, lake.export_user)
     ops_lists = ops | {"served_recommendations": served}
     document["stores"] = ({f"ops.{t}": len(ops_lists[t]) for t in OPS_SECTIONS}
                           | {f"warehouse.{t}": document["warehouse"][t]["count"] for t in warehouse.USER_TABLES}
+                          | {f"lake.{t}": document["lake"][t]["count"] for t in lake.USER_TABLES if "lake" in document}
                           | {"models.bundles": len(document["models"])})
     access.log_action(settings, actor, "export", user_key, "ok", when)
     return common.jsonable(document)
@@ -76,11 +79,11 @@ def _explanations(settings: Settings, uid: int, served: list[dict]) -> dict:
         return {"status": "error", "serve_id": latest["serve_id"], "error": str(exc), "items": []}
 
 
-def _warehouse_export(settings: Settings, user_key: str) -> dict:
+def _warehouse_export(settings: Settings, user_key: str, rows_of=warehouse.export_user) -> dict:
     note = ("the warehouse holds no raw user id: these rows are keyed by user_key, the user's pseudonym "
             "(HMAC-SHA256 of the id; the key is kept outside the warehouse)")
     out: dict = {"pseudonymized": True, "user_key": user_key, "note": note}
-    for table, rows in warehouse.export_user(settings, user_key).items():
+    for table, rows in rows_of(settings, user_key).items():
         out[table] = {"count": len(rows), "rows": rows}
     return out
 
@@ -101,6 +104,8 @@ def held_counts(settings: Settings, user_id: int) -> dict[str, int]:
     with opsdb.session(settings) as db:
         counts = {f"ops.{t}": n for t, n in opsdb.held_counts(db, uid).items()}
     counts |= {f"warehouse.{t}": n for t, n in warehouse.held_counts(settings, user_key).items()}
+    if lake.exists(settings):
+        counts |= {f"lake.{t}": n for t, n in lake.held_counts(settings, user_key).items()}
     counts["models.bundles"] = artifacts.bundles_holding(settings, user_key)
     return {k: int(v) for k, v in counts.items()}
 

@@ -17,7 +17,7 @@ from core.serving import serving
 from core.settings import Settings
 from core.store import locks, opsdb
 from core.training import artifacts, registry
-from core.warehouse import warehouse
+from core.warehouse import lake, warehouse
 
 
 def _unlinked(old_key: str, new_key: bytes) -> str:
@@ -83,6 +83,7 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
     staged, changed = artifacts.rekey(settings, new_for)
     unlinked = {k for k in changed if k not in known}
     rekeyed: dict[str, int] = {}
+    lake_rekeyed: dict[str, int] | None = None
     compacted = False
     try:
         # Re-keyed and rewritten in one swap: the old pseudonyms' bytes leave the file too.
@@ -91,6 +92,10 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
             rekeyed, applied = result
             unlinked |= {k for k in applied if k not in known}
             compacted = True
+        if lake.exists(settings):          # the Spark engine's lake: files holding old pseudonyms rewritten
+            mapping = new_for(lake.user_keys(settings))
+            lake_rekeyed = lake.rekey(settings, mapping)
+            unlinked |= {k for k in mapping if k not in known}
     except BaseException:
         artifacts.discard_staged(staged)
         raise
@@ -107,4 +112,4 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
     access.log_action(settings, actor, "rotate-key", None, "ok", when)
     return {"warehouse_rows_rekeyed": rekeyed, "bundles_rekeyed": len(staged), "users_rekeyed": len(ids),
             "unlinked_keys": len(unlinked), "audit_targets_rekeyed": audit_rekeyed,
-            "warehouse_compacted": compacted}
+            "warehouse_compacted": compacted} | ({"lake_rows_rekeyed": lake_rekeyed} if lake_rekeyed is not None else {})

@@ -52,7 +52,7 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
             stats = simulation.simulate_day(db, world, day, shifts, serve)
             world.save(settings.world_file)
             now = (start + timedelta(days=1)).strftime(TS_FORMAT)
-            etl.run_etl(settings, at=now)
+            etl.run(settings, at=now)
             report = monitoring.monitor_day(settings, start)
             action = policy.apply(settings, report, now=now, mode=policy_mode,
                                   progress=lambda f, m, d=day: progress((i + f) / days, f"day {d + 1}: retrain — {m}"))

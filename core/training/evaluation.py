@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from core.warehouse import dataset, warehouse
+from core.warehouse import dataset, lake_dataset, warehouse
 from core.training import metrics, registry
 from core.store import servinglog
 from core.training.artifacts import Bundle, load_bundle
@@ -41,9 +41,18 @@ def current_data_version(settings: Settings) -> str:
 def holdout_split(settings: Settings, holdout_days: int = HOLDOUT_DAYS,
                   weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(), start_after=None) -> dataset.Split:
     """The time-based split every comparison uses, without the titles the model itself served
-    (`start_after`: only days after a model's training window, see `dataset.time_split`)."""
-    return dataset.time_split(settings, holdout_days, weights,
-                              served_pairs=lambda a, b: servinglog.served_pairs(settings, a, b), start_after=start_after)
+    (`start_after`: only days after a model's training window, see `dataset.time_split`), read by the
+    settings' engine (`lake_dataset.time_split` with Spark)."""
+    split = lake_dataset.time_split if settings.engine == "spark" else dataset.time_split
+    return split(settings, holdout_days, weights,
+                 served_pairs=lambda a, b: servinglog.served_pairs(settings, a, b), start_after=start_after)
+
+
+def full_matrix(settings: Settings, weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(),
+                movie_ids: np.ndarray | None = None) -> dataset.Matrix:
+    """All positive interactions (the data a deployed model is refit on), read by the settings' engine."""
+    read = lake_dataset.full_matrix if settings.engine == "spark" else dataset.full_matrix
+    return read(settings, weights, movie_ids)
 
 
 def top50_columns(settings: Settings, split: dataset.Split) -> np.ndarray:

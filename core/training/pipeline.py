@@ -22,9 +22,11 @@ from core.constants import DEFAULT_K
 from core.errors import RetroError, ValidationError
 from core.filemodes import private_dir
 from core.training.models import MODELS, PopularityRecommender, WeightedRatingRecommender
+from core.training.spark_als import SparkALSRecommender
 from core.settings import Settings
 from core.training.evaluation import (HOLDOUT_DAYS, production_staleness, refit_production_config, same_as,
-    current_data_version, evaluate_bundle, evaluate_model, gate_reference, holdout_split, score_lists, top50_columns)
+    current_data_version, evaluate_bundle, evaluate_model, full_matrix, gate_reference, holdout_split, score_lists,
+    top50_columns)
 from core.training.evaluation import data_version_label, evaluate_version  # noqa: F401 - the names callers knew here
 
 Progress = Callable[[float, str], None]
@@ -73,17 +75,19 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     if not isinstance(holdout_days, int) or holdout_days < 1:
         raise ValidationError(f"holdout days must be a positive integer, got {holdout_days!r}")
     seed = settings.seed if seed is None else int(seed)
-    estimator_cls = MODELS[model]
+    estimator_cls = _estimator_class(settings, model)
     params = dict(params or {})
     try:
-        estimator_cls(**params, random_state=seed)
+        probe = estimator_cls(**params, random_state=seed)
     except TypeError as exc:
         raise ValidationError(f"bad parameters for {model}: {exc}") from None
     at = at or sim_now(settings)
     data_version = current_data_version(settings)
-    full_params = estimator_cls(**params, random_state=seed).params()
-    run_id = tracking.start_run(settings, model, full_params | {"holdout_days": holdout_days, "weights": weights.to_dict()},
-                                seed, data_version, job_id=job_id, at=at)
+    full_params = probe.params()
+    # What the run records: the model's parameters and the engine that trained it (Spark adds its λ scaling).
+    engine_params = probe.run_params() if hasattr(probe, "run_params") else full_params | {"engine": settings.engine}
+    run_params = engine_params | {"holdout_days": holdout_days, "weights": weights.to_dict()}
+    run_id = tracking.start_run(settings, model, run_params, seed, data_version, job_id=job_id, at=at)
     timings: dict[str, float] = {}
     try:
         t = time.perf_counter()
@@ -123,13 +127,12 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
                                                seed=seed) | {"metric": "ndcg@10", "reference": reference}
             staleness = production_staleness(settings, baselines["production"], split, prod_bundle)
             if not staleness.get("withdrawn_consent"):   # a consent withdrawal changes the data, not its version
-                same = same_as(prod, data_version,
-                                full_params | {"holdout_days": holdout_days, "weights": weights.to_dict()})
+                same = same_as(prod, data_version, run_params)
         timings["evaluate"] = time.perf_counter() - t
 
         t = time.perf_counter()
         progress(0.65, "refitting on all data for deployment")
-        full = dataset.full_matrix(settings, weights, split.train.movie_ids)
+        full = full_matrix(settings, weights, split.train.movie_ids)
         deployed = estimator_cls(**params, random_state=seed).fit(full.user_items)
         factors = [getattr(deployed, a, None) for a in ("user_factors_", "item_factors_")] + \
                   [getattr(estimator, a, None) for a in ("user_factors_", "item_factors_")]
@@ -140,7 +143,7 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
         path = private_dir(settings.models_dir) / f"run-{run_id}"   # models/ is 0700, like the data folder
         meta = {"run_id": run_id, "model_kind": model, "params": full_params, "seed": seed,
                 "data_version": data_version, "holdout_cutoff": str(split.cutoff), "trained_until": str(split.end),
-                "weights": weights.to_dict(), "code_version": tracking.code_version()}
+                "weights": weights.to_dict(), "code_version": tracking.code_version(), "engine": settings.engine}
         digest = save_bundle(path, deployed, full, meta)
         timings["save"] = time.perf_counter() - t
         scores |= {"train_pairs": split.train_pairs, "holdout_pairs": split.holdout_pairs,
@@ -152,6 +155,16 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     progress(0.8, f"run {run_id}: ndcg@10 {scores['ndcg@10']:.4f}")
     return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan, estimator,
                        comparison, staleness, same)
+
+
+def _estimator_class(settings: Settings, model: str):
+    """The estimator of `model` on the settings' engine: `implicit`'s (embedded) or MLlib ALS (spark)."""
+    if settings.engine != "spark":
+        return MODELS[model]
+    if model != "als":
+        raise ValidationError(f"the Spark engine trains als only (MLlib ALS), not {model!r}; "
+                              "train it with --engine embedded")
+    return SparkALSRecommender
 
 
 # ------------------------------------------------------------------ retrain
@@ -172,7 +185,7 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
         progress(0.0, "ETL: extracting new rows from the operational database")
         tracking.update_job(settings, job_id, stage)
         t = time.perf_counter()
-        etl_result = etl.run_etl(settings, at=at)
+        etl_result = etl.run(settings, at=at)
         etl_seconds = time.perf_counter() - t
         progress(0.25, f"ETL: {etl_result.status}, {etl_result.rows_loaded:,} rows loaded, "
                        f"{etl_result.rows_quarantined:,} quarantined")

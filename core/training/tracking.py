@@ -126,7 +126,7 @@ def get_run(settings: Settings, run_id: int) -> dict:
 def list_runs(settings: Settings, limit: int = 50) -> pd.DataFrame:
     """Newest runs first, one column per metric (e.g. 'ndcg@10') and per parameter ('param.factors').
 
-    `duration_s` is the sum of the recorded stage timings (real seconds, unlike
+    `engine` is the engine that trained the run (`embedded` or `spark`). `duration_s` is the sum of the recorded stage timings (real seconds, unlike
     the simulated-clock timestamps), missing (NaN) until the run finishes.
     """
     with mlopsdb.session(settings) as db:
@@ -139,6 +139,8 @@ def list_runs(settings: Settings, limit: int = 50) -> pd.DataFrame:
         numeric = [v for v in timings.values() if is_number(v)]
         record["duration_s"] = float(sum(numeric)) if numeric else None
         flatten_metrics(record, run.get("metrics"), RUN_COLUMNS)
+        # The engine that trained it (issue 15); runs recorded before there was a choice were embedded.
+        record["engine"] = (run.get("params") or {}).get("engine", "embedded")
         for name, value in (run.get("params") or {}).items():
             record[f"param.{name}"] = value if is_number(value) or isinstance(value, (str, bool)) else dumps(value)
         records.append(record)

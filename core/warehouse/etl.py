@@ -241,6 +241,16 @@ def _recompute_daily(con, days: list) -> None:
         FROM quarantine WHERE d IN (SELECT unnest(?::DATE[])) GROUP BY 1""", [days, days])
 
 
+def run(settings: Settings, *, at: str | None = None) -> EtlResult:
+    """One incremental ETL run on the settings' engine: this module's into the DuckDB file (`embedded`), or
+    `lake_etl`'s into the Parquet lake with Spark (`spark`). Every caller (CLI, retrain, closed loop, Data page)
+    goes through here."""
+    if settings.engine == "spark":
+        from core.warehouse import lake_etl      # imports this module; pyspark only on use
+        return lake_etl.run_etl(settings, at=at)
+    return run_etl(settings, at=at)
+
+
 @locks.exclusive("ETL")
 def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
     """One incremental ETL run; returns what it loaded (or 'no-new-data')."""

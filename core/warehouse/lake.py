@@ -1,6 +1,6 @@
 """The Spark engine's warehouse: the same star schema as Parquet files in a lake (issue 15).
 
-Layout under the lake root ($RETRO_LAKE_URI, else RETRO_HOME/lake)::
+Layout under the lake root (`Settings.lake_uri`, i.e. $RETRO_LAKE_URI, else RETRO_HOME/lake)::
 
     _lake.json                           the commit pointer (below)
     fact_interaction/day=YYYY-MM-DD/     facts, partitioned by the UTC day of occurred_at; files only added
@@ -51,9 +51,8 @@ from core.filemodes import private_dir, private_tree
 from core.settings import Settings
 from core.store import locks
 from core.warehouse import warehouse
-from core.warehouse.spark import get_session
+from core.warehouse.spark import session_for
 
-LAKE_ENV = "RETRO_LAKE_URI"
 POINTER = "_lake.json"
 STAGING = "_staging"
 FORMAT = 1
@@ -67,7 +66,7 @@ SPARK_SCHEMA = {
     "fact_interaction": "source STRING, source_id BIGINT, user_key STRING, movie_id BIGINT, kind STRING, "
                         "value DOUBLE, occurred_at TIMESTAMP_NTZ, data_version INT",
     "quarantine": "source STRING, source_id BIGINT, reason STRING, user_key STRING, movie_id BIGINT, kind STRING, "
-                  "value STRING, occurred_at STRING, data_version INT, quarantined_at TIMESTAMP_NTZ",
+                  "value STRING, occurred_at STRING, data_version INT, quarantined_at TIMESTAMP_NTZ, code STRING",
     "dim_user": "user_key STRING, created_at TIMESTAMP_NTZ, personalization BOOLEAN",
     "dim_movie": "movie_id BIGINT, title STRING, year INT, genres STRING, runtime_min INT, added_at TIMESTAMP_NTZ",
     "daily_aggregates": "day DATE, kind STRING, n BIGINT, users BIGINT, movies BIGINT, value_sum DOUBLE",
@@ -85,8 +84,8 @@ class LakeError(RetroError):
 
 
 def lake_uri(settings: Settings) -> str:
-    """Where the lake lives: $RETRO_LAKE_URI (e.g. s3a://bucket/retro), else the data folder's `lake/`."""
-    return os.environ.get(LAKE_ENV) or str(settings.home / "lake")
+    """Where the lake lives: `settings.lake_uri` ($RETRO_LAKE_URI, e.g. s3a://bucket/retro), else the data folder's `lake/`."""
+    return settings.lake_uri or str(settings.lake_dir)
 
 
 def _is_local(uri: str) -> bool:
@@ -319,7 +318,59 @@ def arrow_ready(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return out
 
 
-# ------------------------------------------------------------------ erasure and re-keying
+# ------------------------------------------------------------------ a user's rows: export, erasure, re-keying
+def exists(settings: Settings) -> bool:
+    """True when the settings have a lake: a local one whose pointer was written, or one configured at a URI
+    (looking there needs the JVM; privacy then goes through Spark, which names what is missing)."""
+    uri = lake_uri(settings)
+    return (Path(uri) / POINTER).exists() if _is_local(uri) else True
+
+
+def _user_rows(settings: Settings, table: str, user_key: str) -> pd.DataFrame:
+    """The pseudonym's committed rows of one of `USER_TABLES` (DuckDB for a local lake, else Spark)."""
+    if _is_local(lake_uri(settings)):
+        return query(settings, f"SELECT * FROM {table} WHERE user_key = ?", [user_key])
+    lake = Lake(settings, session_for(settings))
+    quoted = "'" + user_key.replace("'", "''") + "'"
+    return lake.table(table).where(f"user_key = {quoted}").selectExpr(*table_columns(table)).toPandas()
+
+
+def export_user(settings: Settings, user_key: str) -> dict[str, list[dict]]:
+    """{table: the pseudonym's rows, without the key column} for each of `USER_TABLES` (empty without a lake)."""
+    if not exists(settings):
+        return {t: [] for t in USER_TABLES}
+    out = {}
+    for t in USER_TABLES:
+        rows = _user_rows(settings, t, user_key).drop(columns="user_key").astype(object)
+        out[t] = rows.where(rows.notna(), None).to_dict("records")
+    return out
+
+
+def held_counts(settings: Settings, user_key: str) -> dict[str, int]:
+    """{table: committed rows under the pseudonym} for each of `USER_TABLES` (zeros without a lake)."""
+    if not exists(settings):
+        return {t: 0 for t in USER_TABLES}
+    return {t: len(_user_rows(settings, t, user_key)) for t in USER_TABLES}
+
+
+def holds_user(settings: Settings, user_key: str) -> bool:
+    """True when any lake table holds a row under the pseudonym."""
+    return any(held_counts(settings, user_key).values())
+
+
+def user_keys(settings: Settings) -> set[str]:
+    """Every pseudonym in the lake (what a key rotation must map); empty without a lake."""
+    if not exists(settings):
+        return set()
+    if _is_local(lake_uri(settings)):
+        union = " UNION ".join(f"SELECT DISTINCT user_key FROM {t} WHERE user_key IS NOT NULL" for t in USER_TABLES)
+        return set(query(settings, union)["user_key"])
+    lake = Lake(settings, session_for(settings))
+    frames = [lake.table(t).select("user_key").where("user_key IS NOT NULL").distinct() for t in USER_TABLES]
+    union = frames[0].union(frames[1]).union(frames[2]).distinct()
+    return {r[0] for r in union.collect()}
+
+
 def _rewrite(lake: Lake, spark, name: str, transform, where: str | None) -> int:
     """Rewrite the files of table `name` that hold rows matching `where` (a SQL condition), through `transform`
     (DataFrame → DataFrame). Facts: only the day partitions concerned, each written aside then swapped in.
@@ -357,7 +408,7 @@ def _rewrite(lake: Lake, spark, name: str, transform, where: str | None) -> int:
 def erase_user(settings: Settings, user_key: str, *, spark=None) -> dict:
     """Remove every row of one pseudonym from the lake: the fact partitions and quarantine files that hold it are
     rewritten (so its bytes leave the files), and dim_user gets a snapshot without it. Returns rows removed."""
-    spark = spark or get_session()
+    spark = spark or session_for(settings)
     lake = Lake(settings, spark)
     lake.recover()
     pointer = lake.pointer()
@@ -383,7 +434,7 @@ def erase_user(settings: Settings, user_key: str, *, spark=None) -> dict:
 @locks.exclusive("key rotation")
 def rekey(settings: Settings, mapping: dict[str, str], *, spark=None) -> dict:
     """Replace pseudonyms old → new (key rotation) in every lake table that holds them; files rewritten."""
-    spark = spark or get_session()
+    spark = spark or session_for(settings)
     lake = Lake(settings, spark)
     lake.recover()
     if not mapping:

@@ -25,7 +25,7 @@ from core.text import with_article
 from core.warehouse import dataset
 from core.warehouse.dataset import ConfidenceWeights, Matrix, NoDataAfterTraining, Split
 from core.warehouse.lake import Lake
-from core.warehouse.spark import get_session
+from core.warehouse.spark import session_for
 
 CONFIDENCE_SQL = """
 WITH w AS (
@@ -75,7 +75,7 @@ def interactions(settings: Settings, start=None, end=None, weights: ConfidenceWe
                  spark=None, lake: Lake | None = None):
     """Spark DataFrame (user_key, movie_id, last_at, first_at, confidence) of the pairs with a positive confidence
     in [start, end) — `dataset.interactions` computed by Spark."""
-    spark = spark or get_session()
+    spark = spark or session_for(settings)
     lake = lake or Lake(settings, spark)
     register_views(lake)
     return spark.sql(CONFIDENCE_SQL, args=_params(weights, start, end)).where("confidence > 0")
@@ -101,7 +101,7 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
     `served_pairs(start, end)` (the titles the production model served, left out of the relevant
     sets) is passed by the caller, as on the embedded engine (see `evaluation.holdout_split`).
     """
-    spark = spark or get_session()
+    spark = spark or session_for(settings)
     lake = Lake(settings, spark)
     pointer = register_views(lake)
     end = _scalar(spark, "SELECT max(occurred_at) FROM fact_interaction")
@@ -150,7 +150,7 @@ def movie_ids(spark, lake: Lake, pointer: dict | None = None) -> np.ndarray:
 def full_matrix(settings: Settings, weights: ConfidenceWeights = ConfidenceWeights(),
                 all_movie_ids: np.ndarray | None = None, *, spark=None) -> Matrix:
     """All positive interactions, as `dataset.full_matrix`: the data a deployed model is refit on."""
-    spark = spark or get_session()
+    spark = spark or session_for(settings)
     lake = Lake(settings, spark)
     pairs = interactions_frame(settings, None, None, weights, spark=spark, lake=lake)
     if all_movie_ids is None:

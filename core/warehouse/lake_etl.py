@@ -27,10 +27,10 @@ from core.constants import EVENT_KINDS, RATING_MAX, RATING_MIN
 from core.filemodes import private_dir
 from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
-from core.store import locks, opsdb
+from core.store import clock, locks, opsdb
 from core.warehouse import datahash, etl
 from core.warehouse.lake import SPARK_SCHEMA, STAGING, Lake, arrow_ready, table_columns
-from core.warehouse.spark import get_session
+from core.warehouse.spark import session_for
 
 # The raw rows as typed on the driver (see the module docstring): texts as the embedded ETL renders them
 # (`astype(str)`, the keys of its duplicate check and quarantine), numbers as `pd.to_numeric` parses them.
@@ -101,13 +101,13 @@ WHERE d IN (SELECT day FROM touched) GROUP BY 1
 @locks.exclusive("ETL")
 def run_etl(settings: Settings, *, at: str | None = None, spark=None) -> etl.EtlResult:
     """One incremental ETL run into the lake with Spark; the embedded `etl.run_etl`'s twin (same result type)."""
-    spark = spark or get_session()
+    spark = spark or session_for(settings)
     lake = Lake(settings, spark)
     lake.recover()
     key = pseudonym_key(settings)
     if at is None:
         with opsdb.session(settings) as db:
-            at = opsdb.clock_now(db)
+            at = clock.now(db=db)
     started = at
     pointer = lake.pointer()
     runs = lake.frame("etl_runs", pointer)
@@ -286,7 +286,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
         # A duplicate of a loaded row was parsed before it was quarantined: its time is shown as a timestamp.
         "CASE WHEN reason IS NULL THEN " + _timestamp_text("ts") + " ELSE occurred_text END AS occurred_at",
         f"{version} AS data_version", f"CAST('{started_ts.isoformat(sep=' ')}' AS TIMESTAMP_NTZ) AS quarantined_at",
-        "ts AS day_ts", "CASE WHEN reason IS NULL THEN 1 ELSE 0 END AS seen")
+        "CAST(NULL AS STRING) AS code", "ts AS day_ts", "CASE WHEN reason IS NULL THEN 1 ELSE 0 END AS seen")
     ingest = etl._ingestion_rejects(rejects, key, started)
     quarantine_cols = table_columns("quarantine")
     q_bad = bad
@@ -302,16 +302,16 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
 
     # ---- report, hash and counts
     counts, first_seen = {}, {}
-    for r in q_new.groupBy("reason").agg(F.count("*").alias("n"), F.min(F.struct("seen", "source", "source_id"))
-                                         .alias("first")).collect():
-        counts[r["reason"]] = int(r["n"])
-        first_seen[r["reason"]] = tuple(r["first"])
+    for r in q_new.groupBy("reason", "code").agg(F.count("*").alias("n"),
+                                                 F.min(F.struct("seen", "source", "source_id")).alias("first")).collect():
+        counts[(r["reason"], r["code"])] = int(r["n"])
+        first_seen[(r["reason"], r["code"])] = tuple(r["first"])
     by_reason: dict[str, int] = {}
     order: dict[str, tuple] = {}
-    for reason, n in counts.items():
-        cat = etl.reason_category(reason)
+    for (reason, code), n in counts.items():     # filed as etl._categories files them: by code where there is one
+        cat = etl.reason_category(reason, code)
         by_reason[cat] = by_reason.get(cat, 0) + n
-        order[cat] = min(order.get(cat, first_seen[reason]), first_seen[reason])
+        order[cat] = min(order.get(cat, first_seen[(reason, code)]), first_seen[(reason, code)])
     # As pandas' value_counts lists them: most rows first, ties in order of first appearance in the quarantine.
     by_reason = dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], order[kv[0]])))
     n_facts = facts.count()

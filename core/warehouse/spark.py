@@ -2,8 +2,9 @@
 
 pyspark is imported here, lazily, and only by the Spark engine's modules (`lake`, `lake_etl`,
 `lake_dataset`, `training.spark_als`): the embedded default (`make run`) needs neither Java nor
-pyspark. The master comes from $RETRO_SPARK_MASTER (default `local[*]`), so the same
-code runs on a laptop or against a cluster (`spark://host:7077`, `yarn`, `k8s://…`).
+pyspark. The master is `Settings.spark_master` ($RETRO_SPARK_MASTER, default `local[*]`,
+read by `load_settings`), so the same code runs on a laptop or against a cluster
+(`spark://host:7077`, `yarn`, `k8s://…`).
 
 Session settings that every engine module relies on:
 - `spark.sql.session.timeZone=UTC`: the warehouse's timestamps are naive UTC; Spark
@@ -26,7 +27,6 @@ from pathlib import Path
 from core.errors import RetroError
 from core.settings import PROJECT_ROOT
 
-MASTER_ENV = "RETRO_SPARK_MASTER"
 DEFAULT_MASTER = "local[*]"
 INSTALL_PYSPARK = "pip install -r requirements-spark.txt"
 INSTALL_JAVA = "apt-get install default-jre-headless"
@@ -39,9 +39,9 @@ class EngineUnavailable(RetroError):
     """The Spark engine was asked for but a piece it needs (pyspark, Java) is not installed."""
 
 
-def master() -> str:
-    """The Spark master URL: $RETRO_SPARK_MASTER, else `local[*]` (every core of this machine)."""
-    return os.environ.get(MASTER_ENV) or DEFAULT_MASTER
+def session_for(settings):
+    """The process's SparkSession, started (on first use) against `settings.spark_master`."""
+    return get_session(settings.spark_master)
 
 
 def java_command() -> str | None:
@@ -81,7 +81,7 @@ def available() -> bool:
 def get_session(master_url: str | None = None, *, app_name: str = "retro-movies"):
     """The process's SparkSession, created on first use (≈10 s on this machine; JVM ≈2 GB).
 
-    `master_url` applies only when the session is created; later calls return the same
+    `master_url` (default `local[*]`) applies only when the session is created; later calls return the same
     session whatever they pass (one SparkContext per process is Spark's own rule).
     Raises `EngineUnavailable` when pyspark or Java is missing or the JVM does not start.
     """
@@ -98,14 +98,14 @@ def get_session(master_url: str | None = None, *, app_name: str = "retro-movies"
         warnings.filterwarnings("ignore", message="The copy keyword is deprecated", module=r"pyspark\.")
         from pyspark.sql import SparkSession
         try:
-            builder = (SparkSession.builder.master(master_url or master()).appName(app_name)
+            builder = (SparkSession.builder.master(master_url or DEFAULT_MASTER).appName(app_name)
                        .config("spark.ui.showConsoleProgress", "false")
                        .config("spark.ui.enabled", "false")
                        .config("spark.driver.bindAddress", "127.0.0.1")
                        .config("spark.driver.host", "127.0.0.1")
                        .config("spark.sql.session.timeZone", "UTC")
                        .config("spark.sql.ansi.enabled", "false")
-                       .config("spark.sql.shuffle.partitions", str(_shuffle_partitions(master_url or master())))
+                       .config("spark.sql.shuffle.partitions", str(_shuffle_partitions(master_url or DEFAULT_MASTER)))
                        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
                        # No _SUCCESS marker files in the lake (the lake commits through its own pointer).
@@ -117,7 +117,7 @@ def get_session(master_url: str | None = None, *, app_name: str = "retro-movies"
             raise EngineUnavailable(f"Spark did not start ({first}); check that `java -version` reports 17 or "
                                     f"newer, or run `{INSTALL_JAVA}`") from None
         session.sparkContext.setLogLevel("WARN")
-        if not (master_url or master()).startswith("local"):
+        if not (master_url or DEFAULT_MASTER).startswith("local"):
             session.sparkContext.addPyFile(_core_zip())   # executors elsewhere import core.* from this zip
         _session = session
         return session

@@ -115,7 +115,36 @@ def _create_if_missing(settings: Settings) -> None:
 
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the warehouse as it is now (a consistent snapshot until closed).
+    """A read-only connection to the warehouse of the settings' engine, as it is now.
+
+    With `engine = "spark"` the warehouse is the Parquet lake, read through DuckDB views with the same
+    tables and columns (`lake.connect`); otherwise the DuckDB file (`file_connect`).
+    """
+    if settings.engine == "spark":
+        from core.warehouse import lake          # lake imports this module: imported on use
+        return lake.connect(settings)
+    return file_connect(settings)
+
+
+def exists(settings: Settings) -> bool:
+    """True when the engine's warehouse has been written: the DuckDB file, or (engine=spark) the lake."""
+    if settings.engine == "spark":
+        from core.warehouse import lake
+        return lake.exists(settings)
+    return settings.warehouse.exists()
+
+
+def changed_at(settings: Settings) -> int | None:
+    """When the engine's warehouse last changed (ns; a cache key), None before it exists."""
+    path = settings.warehouse
+    if settings.engine == "spark":
+        from core.warehouse import lake
+        path = Path(lake.lake_uri(settings)) / lake.POINTER
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def file_connect(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the warehouse file as it is now (a consistent snapshot until closed).
 
     Writers never change the file readers open (see `transaction`), so a reader
     never blocks a writer and never sees half of a write. Keep it short-lived:
@@ -140,8 +169,18 @@ def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
 
 @contextmanager
 def session(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived read-only connection (see `connect`), closed afterwards."""
+    """A short-lived read-only connection to the engine's warehouse (see `connect`), closed afterwards."""
     con = connect(settings)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def _file_session(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`session` on the warehouse file whatever the engine (this module's per-user and retention functions)."""
+    con = file_connect(settings)
     try:
         yield con
     finally:
@@ -307,7 +346,7 @@ def export_user(settings: Settings, user_key: str) -> dict[str, list[dict]]:
     """{table: the pseudonym's rows, without the key column} for each of `USER_TABLES` (empty without a warehouse)."""
     if not settings.warehouse.exists():
         return {t: [] for t in USER_TABLES}
-    with session(settings) as con:
+    with _file_session(settings) as con:
         return {t: _dicts(con.execute(f"SELECT * EXCLUDE (user_key) FROM {t} WHERE user_key = ?", [user_key]))
                 for t in USER_TABLES}
 
@@ -316,7 +355,7 @@ def held_counts(settings: Settings, user_key: str) -> dict[str, int]:
     """{table: rows under the pseudonym} for each of `USER_TABLES` (zeros without a warehouse)."""
     counts = {t: 0 for t in USER_TABLES}
     if settings.warehouse.exists():
-        with session(settings) as con:
+        with _file_session(settings) as con:
             for t in USER_TABLES:
                 counts[t] = int(con.execute(f"SELECT count(*) FROM {t} WHERE user_key = ?", [user_key]).fetchone()[0])
     return counts
@@ -325,7 +364,7 @@ def held_counts(settings: Settings, user_key: str) -> dict[str, int]:
 def holds_user(settings: Settings, user_key: str) -> bool:
     """True when any table with a user_key column has a row under the pseudonym."""
     if settings.warehouse.exists():
-        with session(settings) as con:
+        with _file_session(settings) as con:
             for table in _user_key_tables(con):
                 if con.execute(f"SELECT count(*) FROM {table} WHERE user_key = ?", [user_key]).fetchone()[0]:
                     return True
@@ -385,7 +424,7 @@ def events_before(settings: Settings, cutoff: str) -> tuple[int, int, object]:
     — ratings excluded: a retention purge keeps them. (0, 0, None) without a warehouse."""
     if not settings.warehouse.exists():
         return 0, 0, None
-    with session(settings) as con:
+    with _file_session(settings) as con:
         n, total, oldest = con.execute(
             "SELECT count(*) FILTER (WHERE occurred_at < ?), count(*), min(occurred_at) FROM fact_interaction "
             "WHERE kind <> 'rating'", [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()
@@ -397,7 +436,7 @@ def purge_events(settings: Settings, cutoff: str) -> int:
     many. Deleted and compacted in one swap, and only when there is something to delete."""
     if not settings.warehouse.exists():
         return 0
-    with session(settings) as con:
+    with _file_session(settings) as con:
         n = con.execute("SELECT count(*) FROM fact_interaction WHERE kind <> 'rating' AND occurred_at < ?",
                         [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()[0]
     if n:

@@ -12,7 +12,7 @@ with ui.core_errors():
 
 if st.button("Run ETL now", key="run_etl"):
     with st.spinner("extracting, validating, loading…"), ui.core_errors():
-        result = etl.run_etl(cache.settings())
+        result = etl.run(cache.settings())
     cache.clear()
     st.success(f"ETL run {result.run_id}: {result.status}, {ui.plural(result.rows_loaded, 'row')} loaded, "
                f"{result.rows_quarantined:,} quarantined")

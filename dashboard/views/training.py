@@ -60,7 +60,7 @@ st.subheader("Experiment runs")
 if runs.empty:
     st.info("No runs yet — press “Run the retrain pipeline”.")
 else:
-    cols = [c for c in ("run_id", "model_kind", "status", "started_at", "data_version", "seed", "ndcg@10", "precision@10",
+    cols = [c for c in ("run_id", "model_kind", "engine", "status", "started_at", "data_version", "seed", "ndcg@10", "precision@10",
                         "recall@10", "hit_rate@10", "coverage", "novelty", "users_evaluated", "duration_s",
                         "code_version") if c in runs]
     st.dataframe(ui.times(runs[cols]), hide_index=True, key="runs_table",
