@@ -10,7 +10,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import NoDataFolder
+from core.errors import NoDataFolder, ValidationError
 from core.filemodes import private_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -117,10 +117,10 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
             try:
                 overrides[name] = int(raw)
             except ValueError:
-                raise ValueError(f"RETRO_{name.upper()} must be an integer, got {raw!r}") from None
+                raise ValidationError(f"RETRO_{name.upper()} must be an integer, got {raw!r}") from None
     engine = os.environ.get("RETRO_ENGINE") or "embedded"
     if engine not in ENGINES:
-        raise ValueError(f"RETRO_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise ValidationError(f"RETRO_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
     overrides["engine"] = engine
     overrides["spark_master"] = os.environ.get("RETRO_SPARK_MASTER") or "local[*]"
     overrides["lake_uri"] = os.environ.get("RETRO_LAKE_URI") or None

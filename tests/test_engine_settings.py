@@ -23,3 +23,11 @@ def test_an_unknown_engine_is_refused_with_the_choices(tmp_path, monkeypatch):
     monkeypatch.setenv("RETRO_ENGINE", "hadoop")
     with pytest.raises(ValueError, match="RETRO_ENGINE must be one of embedded, spark, got 'hadoop'"):
         load_settings(tmp_path)
+
+
+def test_the_cli_refuses_an_unknown_engine_in_one_line(tmp_path, monkeypatch, capsys):
+    from core.cli import main
+    monkeypatch.setenv("RETRO_ENGINE", "hadoop")
+    assert main(["--home", str(tmp_path / "h"), "init", "--users", "10", "--movies", "10", "--days", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: RETRO_ENGINE must be one of embedded, spark, got 'hadoop'\n"
