@@ -342,6 +342,12 @@ def production_on(db, settings: Settings, family: str = CF) -> dict | None:
     row = _production_row(db, family)
     return None if row is None else mlopsdb.resolve_artifact(settings, decode_json_fields(row, VERSION_JSON_FIELDS))
 
+def version_on(db, settings: Settings, version: int) -> dict:
+    """One version (metrics/params decoded, artifact path resolved) read on the caller's connection;
+    UnknownVersion when it does not exist."""
+    return mlopsdb.resolve_artifact(settings, decode_json_fields(_version_row(db, version), VERSION_JSON_FIELDS))
+
+
 # --- artifacts rewritten in place (an erasure or a key rotation, core/privacy) -----------------------------------
 def versions_of_artifact(settings: Settings, directory) -> list[tuple[int, str]]:
     """(version, stage) of every version whose artifact is `directory`."""
