@@ -83,25 +83,24 @@ def recommend_many(url: str, user_ids, k: int = 10, *, concurrency: int = 8, tim
             return dict(zip(user_ids, pool.map(one, user_ids)))
 
 
-def wait_until_serving(url: str, expected: dict, timeout: float = 10.0) -> dict:
-    """Poll /version until the server serves `expected` ({'production_version', 'release'-id, ...} keys of
-    /version); returns the last answer. The closed loop calls it before a day so the day's lists come from the
-    registry's current state, not from the one before a promotion the server has not picked up yet."""
+def wait_until_serving(url: str, production_version: int | None, release: tuple | None,
+                       timeout: float = 10.0) -> dict:
+    """Poll /version until the server serves `production_version` and `release` ((deployment id, share) or
+    None); returns its last answer. The closed loop calls it before a day, so the day's lists come from the
+    registry's current state, not from the state before a promotion the server has not picked up yet."""
     import time
     deadline = time.monotonic() + timeout
     while True:
         now = version(url)
-        if all(_release_id(now) == v if k == "release_id" else now.get(k) == v for k, v in expected.items()):
+        served = now.get("release")
+        served = None if served is None else (served.get("deployment_id"), served.get("share"))
+        if now.get("production_version") == production_version and served == release:
             return now
         if time.monotonic() > deadline:
-            raise ServerUnavailable(f"the server at {url} still serves {now} after {timeout:.0f} s, expected {expected}; "
-                                    "is it running on this data folder?")
+            raise ServerUnavailable(f"the server at {url} still serves production v{now.get('production_version')} "
+                                    f"and release {served} after {timeout:.0f} s, expected v{production_version} and "
+                                    f"{release}; is it running on this data folder?")
         time.sleep(0.05)
-
-
-def _release_id(answer: dict):
-    release = answer.get("release")
-    return None if release is None else release.get("deployment_id")
 
 
 # --- metrics -------------------------------------------------------------------------------------------------
