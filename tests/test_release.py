@@ -243,3 +243,21 @@ def test_the_release_commands(world, capsys):
     audit = access.audit_log(s)
     assert {"release start", "release ramp", "release rollback", "release promote"} <= set(audit["action"])
     assert release.decisions(s)["decision"].tolist() == ["ramp", "rollback"]
+
+
+def test_a_candidate_serves_with_its_own_ranker_and_takes_it_into_production(world):
+    s, good, _ = world
+    started = release.start(s, good, "canary", actor="t", share=1.0, with_ranker=True)
+    ranker = registry.get_version(s, started["ranker"]["version"])
+    assert (ranker["family"], ranker["depends_on"], ranker["stage"]) == ("ranker", good, "candidate")
+    assert ranker["metrics"]["beats_cf"] == started["ranker"]["beats_cf"]
+    uid = next(u for u, r in serving.recommend_many(s, range(1, 80), log=False).items() if r.path == "model")
+    rec = serving.recommend(s, uid, log=False)
+    assert rec.arm == "canary" and rec.model_version == good
+    assert rec.ranker_version == (ranker["version"] if ranker["metrics"]["beats_cf"] else None)
+    release.decide_now(s, "promote", actor="t", reason="ship it")
+    assert registry.production(s)["version"] == good
+    prod_ranker = registry.production(s, family="ranker")
+    if ranker["metrics"]["beats_cf"]:
+        assert prod_ranker["version"] == ranker["version"]
+        assert serving.recommend(s, uid, log=False).ranker_version == ranker["version"]

@@ -153,14 +153,42 @@ def decide(ev: dict, policy: dict, share: float | None) -> tuple[str, str, float
 
 # ------------------------------------------------------------------ actions
 def start(settings: Settings, version: int, mode: str, *, actor: str, reason: str = "release started",
-          share: float | None = None, at: str | None = None, **policy) -> dict:
-    """Start a shadow or canary release of `version` judged by `policy` (POLICY's keys); returns it."""
+          share: float | None = None, at: str | None = None, with_ranker: bool | None = None, progress=None,
+          **policy) -> dict:
+    """Start a shadow or canary release of `version` judged by `policy` (POLICY's keys); returns it.
+
+    `with_ranker` (default: when a ranker serves production): first train the candidate's own ranker, unless
+    it has one, so the candidate is served two-stage like production — a canary in CF order against a
+    re-ranked production would be judged on the ranker, not on the model."""
     if mode == "canary":
         share = deployments.DEFAULT_SHARE if share is None else share
         rules = release_policy(deployments.check_share(share), **policy)
     else:
         rules = release_policy(None, **policy)
-    return deployments.start(settings, version, mode, actor=actor, reason=reason, share=share, policy=rules, at=at)
+    if with_ranker is None:
+        from core.training.pipeline import ranker_status
+        with_ranker = ranker_status(settings)["active"]
+    ranker = None
+    if with_ranker and _candidate_ranker(settings, version) is None:
+        ranker = _train_candidate_ranker(settings, version, at, progress)
+    started = deployments.start(settings, version, mode, actor=actor, reason=reason, share=share, policy=rules, at=at)
+    return started | {"ranker": ranker}
+
+
+def _candidate_ranker(settings: Settings, version: int) -> dict | None:
+    with mlopsdb.session(settings) as db:
+        registry.version_on(db, settings, int(version))           # UnknownVersion before any training
+        return registry.candidate_ranker_on(db, settings, int(version))
+
+
+def _train_candidate_ranker(settings: Settings, version: int, at, progress) -> dict:
+    from core.errors import RetroError
+    from core.training.pipeline import train_ranker
+    try:
+        result = train_ranker(settings, cf_version=int(version), at=at, **({"progress": progress} if progress else {}))
+    except RetroError as exc:          # too little data for a ranker: the candidate serves in CF order
+        return {"error": str(exc)}
+    return {k: result[k] for k in ("version", "reasons")} | {"beats_cf": result["metrics"]["beats_cf"]}
 
 
 def review(settings: Settings, *, day: str | None = None, now: str | None = None, actor: str = POLICY_ACTOR) -> dict | None:
@@ -221,6 +249,10 @@ def _finish(settings, release, decision, actor, reason, ev, day, at) -> dict:
                 "checks": {"release": _numbers(ev)}}
         registry.promote(settings, version, actor, f"{release['mode']} release #{release['deployment_id']}: {reason}",
                          gate=gate, at=at)
+        ranker = _candidate_ranker(settings, version)
+        if ranker is not None:            # the ranker the candidate served with follows it into production
+            registry.promote(settings, int(ranker["version"]), actor, f"ranker of v{version}, promoted by release "
+                             f"#{release['deployment_id']}", gate=gate, at=at)
         deployments.end(settings, release["deployment_id"], "promoted", actor=actor, reason=reason, at=at)
     elif decision == "rollback":
         deployments.end(settings, release["deployment_id"], "rolled-back", actor=actor, reason=reason, at=at)

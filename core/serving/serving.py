@@ -7,11 +7,11 @@ Every served list is logged in `served_recommendations` (the audit trail).
 
 What serves is one `ServingState` read at once: the production bundle and ranker
 and, during a release (`core.serving.deployments`), the candidate's bundle. A
-canary shows the candidate's list to the users its hash puts in its arm (CF order:
-the production ranker was trained on production's candidates, and after a
-promotion serving uses CF order too until a retrain brings a ranker for the new
-model); a shadow computes the candidate's list beside production's and logs it in
-the shadow log, unseen. In-process calls read the state per request (a promotion
+canary shows the candidate's list to the users its hash puts in its arm, re-ranked by
+the candidate's own ranker when one was trained for it (`pipeline.train_ranker(cf_version=…)`,
+which a release start does when production serves a ranker), else in CF order; a
+shadow computes the candidate's list beside production's and logs it in the shadow
+log, unseen. In-process calls read the state per request (a promotion
 or rollback from any process is seen by the next request); the HTTP server
 (`core.server`) holds one state and swaps it whole when the registry changes.
 """
@@ -72,6 +72,8 @@ class ServingState:
     release: dict | None = None
     candidate: dict | None = None
     candidate_bundle: Bundle | None = None
+    candidate_ranker: object | None = None
+    candidate_ranker_version: int | None = None
     fingerprint: tuple = field(default=(), compare=False)
 
     @property
@@ -83,6 +85,7 @@ class ServingState:
         release = None
         if self.release is not None:
             release = {k: self.release[k] for k in ("deployment_id", "mode", "share", "version", "started_at")}
+            release["ranker_version"] = self.candidate_ranker_version
         return {"production_version": self.version,
                 "model_kind": None if self.production is None else self.production["model_kind"],
                 "data_version": None if self.production is None else self.production["data_version"],
@@ -115,41 +118,47 @@ def _production(settings: Settings, family: str = "cf") -> dict | None:
     return registry.production_on(_mlops(settings), settings, family)
 
 
-def read_serving_rows(settings: Settings) -> tuple[dict | None, dict | None, dict | None, dict | None]:
-    """(production CF row, production ranker row, active release, its candidate's row), read in one snapshot
-    of the registry so a promotion between two reads cannot pair rows of different moments."""
+def read_serving_rows(settings: Settings) -> tuple:
+    """(production CF row, production ranker row, active release, its candidate's row, the candidate's ranker
+    row), read in one snapshot of the registry so a promotion between two reads cannot pair rows of
+    different moments."""
     db = _mlops(settings)
     db.conn.execute("BEGIN")
     try:
         prod = registry.production_on(db, settings)
         rk = registry.production_on(db, settings, registry.RANKER)
         release = deployments.active_on(db)
-        candidate = None if release is None else registry.version_on(db, settings, int(release["version"]))
+        candidate = cand_rk = None
+        if release is not None:
+            candidate = registry.version_on(db, settings, int(release["version"]))
+            cand_rk = registry.candidate_ranker_on(db, settings, int(release["version"]))
     finally:
         db.conn.execute("COMMIT")
-    return prod, rk, release, candidate
+    return prod, rk, release, candidate, cand_rk
 
 
-def fingerprint_of(prod, rk, release, candidate) -> tuple:
-    """What makes a serving state different: versions, artifact hashes (an erasure rewrites them), the ranker
-    and its CF version, the release and its share."""
+def fingerprint_of(prod, rk, release, candidate, cand_rk=None) -> tuple:
+    """What makes a serving state different: versions, artifact hashes (an erasure rewrites them), the rankers
+    and their CF versions, the release and its share."""
     def art(row):
         return None if row is None else (row["version"], row["artifact_path"], row["artifact_hash"],
                                          row.get("pending_hash"), row.get("depends_on"))
     rel = None if release is None else (release["deployment_id"], release["mode"], release["share"],
                                         release["updated_at"])
-    return art(prod), art(rk), rel, art(candidate)
+    return art(prod), art(rk), rel, art(candidate), art(cand_rk)
 
 
 def load_state(settings: Settings, rows=None) -> ServingState:
     """The serving state now (bundles from the cache, loaded on first use). `rows`: what
     `read_serving_rows` returned, when the caller already read it."""
-    prod, rk, release, candidate = rows if rows is not None else read_serving_rows(settings)
+    prod, rk, release, candidate, cand_rk = rows if rows is not None else read_serving_rows(settings)
     bundle = None if prod is None else bundle_for(prod)
     ranker, ranker_version = (None, None) if prod is None else _ranker_for_row(rk, int(prod["version"]))
     cand_bundle = None if candidate is None else bundle_for(candidate)
-    return ServingState(prod, bundle, ranker, ranker_version, release, candidate, cand_bundle,
-                        fingerprint_of(prod, rk, release, candidate))
+    cand_ranker, cand_ranker_version = (None, None) if candidate is None else _ranker_for_row(
+        cand_rk, int(candidate["version"]))
+    return ServingState(prod, bundle, ranker, ranker_version, release, candidate, cand_bundle, cand_ranker,
+                        cand_ranker_version, fingerprint_of(prod, rk, release, candidate, cand_rk))
 
 
 def bundle_for(version: dict) -> Bundle:
@@ -168,20 +177,24 @@ def bundle_for(version: dict) -> Bundle:
         return loaded
 
 
-_rankers: dict = {}
+_rankers: OrderedDict = OrderedDict()
 
 
 def _ranker_for_row(rk: dict | None, cf_version: int):
+    """(loaded ranker, version) when `rk` was trained on `cf_version`, else (None, None): CF order. The last
+    MAX_LOADED rankers stay loaded (production's and a release candidate's)."""
     if rk is None or rk["depends_on"] != cf_version:
         return None, None
     key = (rk["artifact_path"], rk["artifact_hash"], rk.get("pending_hash"))
     with _lock:
         if key not in _rankers:
             from core.training.ranker import load_ranker
-            _rankers.clear()
             # An erasure announces the hash its file swap will produce before it swaps (`pending_hash`).
             accepted = tuple(h for h in (rk["artifact_hash"], rk.get("pending_hash")) if h)
             _rankers[key] = load_ranker(rk["artifact_path"], accepted)
+            while len(_rankers) > MAX_LOADED:
+                _rankers.popitem(last=False)
+        _rankers.move_to_end(key)
         return _rankers[key], int(rk["version"])
 
 
@@ -293,7 +306,8 @@ def _serve(settings: Settings, state: ServingState, user_ids: list[int], consent
     arms = {u: deployments.arm_of(u, release) for u in user_ids}
     out: dict[int, Recommendation] = {}
     groups = (("production", state.bundle, state.production, state.ranker, state.ranker_version),
-              ("canary", state.candidate_bundle, state.candidate, None, None))
+              ("canary", state.candidate_bundle, state.candidate, state.candidate_ranker,
+               state.candidate_ranker_version))
     for arm, bundle, version, ranker, ranker_version in groups:
         members = [u for u in user_ids if arms[u] == arm]
         if not members:
@@ -304,7 +318,8 @@ def _serve(settings: Settings, state: ServingState, user_ids: list[int], consent
         if todo:
             lists = _ranked(bundle, ranker, np.array([rows[u] for u in todo]), [seen.get(u, set()) for u in todo], k)
             if arm == "canary":
-                why = f"personalized by v{version['version']}, the canary of release #{release['deployment_id']}"
+                why = f"personalized by v{version['version']}, the canary of release #{release['deployment_id']}" + (
+                    f", re-ranked by its ranker v{ranker_version}" if ranker_version else "")
             else:
                 why = "personalized by the production model" + (
                     f", re-ranked by ranker v{ranker_version}" if ranker_version else "")
@@ -327,7 +342,8 @@ def _serve(settings: Settings, state: ServingState, user_ids: list[int], consent
         rows = {u: bundle.user_row.get(keys[u]) for u in user_ids}
         todo = [u for u in user_ids if fallback_reason(bool(consent[u]), bundle, rows[u]) is None]
         if todo:
-            lists = _ranked(bundle, None, np.array([rows[u] for u in todo]), [seen.get(u, set()) for u in todo], k)
+            lists = _ranked(bundle, state.candidate_ranker, np.array([rows[u] for u in todo]),
+                            [seen.get(u, set()) for u in todo], k)
             shadows = [{"user_id": u, "model_version": int(state.candidate["version"]), "movie_ids": m, "scores": sc}
                        for u, (m, sc) in zip(todo, lists)]
     return out, shadows
