@@ -18,6 +18,7 @@ anything else — never a traceback. URLs hold user ids, so the server writes no
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import logging
@@ -25,7 +26,9 @@ import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,6 +49,12 @@ from core.store.locks import StoreBusy
 
 log = logging.getLogger("retro.server")
 POLL_SECONDS = 0.5
+# Recommendations are computed on ONE thread, in arrival order (FIFO). Measured on the default world (2 cores):
+# 8 threads computing at once served 311 lists/s with p99 162 ms, one at a time 522/s with p99 5 ms — the
+# request path releases the GIL dozens of times (NumPy, SQLite), and every release invites another thread to
+# take it for a whole switch interval (the GIL convoy). Explanations (PBKDF2, SHAP) run on the ordinary
+# thread pool, so a slow one never holds up the lists.
+COMPUTE_THREADS = 1
 UNTRACKED = ("/metrics",)        # scrapes are not traffic: kept out of the recent-request window
 
 
@@ -166,6 +175,7 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
     runs, so the dashboard and the CLI find it."""
     metrics = ServerMetrics()
     holder = StateHolder(settings, metrics, poll_seconds)
+    compute = ThreadPoolExecutor(max_workers=COMPUTE_THREADS, thread_name_prefix="retro-recommend")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -180,6 +190,7 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
             yield
         finally:
             holder.stop()
+            compute.shutdown(wait=True)
             if announce is not None:
                 try:
                     if json.loads(path.read_text()).get("pid") == os.getpid():
@@ -225,11 +236,12 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
         return state
 
     @app.get("/recommend/{user_id}")
-    def recommend(user_id: str, k: str = "10"):
+    async def recommend(user_id: str, k: str = "10"):
         uid = bounds.check_id(user_id, "user id")
         n = bounds.check_int(k, "k", 1, serving.MAX_K)
         state = current_state()
-        rec = serving.recommend(settings, uid, n, state=state)
+        rec = await asyncio.get_running_loop().run_in_executor(
+            compute, partial(serving.recommend, settings, uid, n, state=state))
         metrics.served(rec)
         body = rec.to_dict()
         headers = {"X-Model-Version": "" if rec.model_version is None else str(rec.model_version),
@@ -288,6 +300,10 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *, poll
         why = os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
         hint = "; choose another --port" if exc.errno == errno.EADDRINUSE else ""
         raise RetroError(f"cannot listen on {host}:{port}: {why.split(' (while attempting')[0]}{hint}") from None
+    # socket.create_server makes proto-0 sockets, on which asyncio does not set TCP_NODELAY for accepted
+    # connections; uvicorn writes a response's head and body separately, so Nagle's algorithm and the client's
+    # delayed ACK cost every request 40 ms. Accepted sockets inherit the option from the listening one.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     port = sock.getsockname()[1]
     app = create_app(settings, poll_seconds=poll_seconds, announce={"host": host, "port": port})
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)

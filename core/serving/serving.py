@@ -75,6 +75,7 @@ class ServingState:
     candidate_ranker: object | None = None
     candidate_ranker_version: int | None = None
     fingerprint: tuple = field(default=(), compare=False)
+    key: bytes | None = field(default=None, repr=False)    # the pseudonymization key the bundles are keyed by
 
     @property
     def version(self) -> int | None:
@@ -157,8 +158,11 @@ def load_state(settings: Settings, rows=None) -> ServingState:
     cand_bundle = None if candidate is None else bundle_for(candidate)
     cand_ranker, cand_ranker_version = (None, None) if candidate is None else _ranker_for_row(
         cand_rk, int(candidate["version"]))
+    # The key is read once per state (reading secrets.toml was 8 % of a request); a key rotation rewrites every
+    # bundle, so their new hashes bring a new state and the new key with it.
     return ServingState(prod, bundle, ranker, ranker_version, release, candidate, cand_bundle, cand_ranker,
-                        cand_ranker_version, fingerprint_of(prod, rk, release, candidate, cand_rk))
+                        cand_ranker_version, fingerprint_of(prod, rk, release, candidate, cand_rk),
+                        pseudonym_key(settings))
 
 
 def bundle_for(version: dict) -> Bundle:
@@ -299,7 +303,7 @@ def _serve(settings: Settings, state: ServingState, user_ids: list[int], consent
            db) -> tuple[dict[int, Recommendation], list[dict]]:
     """Lists for known users from one state: each user's arm, its model or a fallback; plus the shadow
     candidate's lists (not shown) during a shadow release."""
-    key = pseudonym_key(settings)
+    key = state.key if state.key is not None else pseudonym_key(settings)
     keys = {u: pseudonym(u, key) for u in user_ids}
     prod_v = state.version
     release = state.release
