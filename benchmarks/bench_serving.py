@@ -199,11 +199,15 @@ def main() -> None:
                       + (f" ({r['first_error']})" if r["first_error"] else ""), flush=True)
         from core.training import registry
         prod, rk = registry.production(s), registry.production(s, family="ranker")
-    head = (f"# Serving benchmark\n\n{args.seconds:.0f} s per level; {len(users)} random users (seed 42); "
-            f"production v{prod['version']} ({prod['model_kind']}) re-ranked by ranker "
-            f"{'v' + str(rk['version']) if rk else '— (none)'}; world built in {built:.0f} s"
-            + (f" ({args.home})" if args.home else " (default first-start world)")
-            + f"; {os.cpu_count()} cores. Latency in ms; HTTP latency measured by the client.\n\n")
+        with opsdb.session(s) as db:
+            n_users, n_movies = len(opsdb.user_ids(db)), len(opsdb.movie_titles(db))
+            days = opsdb.get_meta(db, "sim_day")
+    world = (f"{n_users:,} users, {n_movies:,} movies, {days} simulated days"
+             + (f", the ready folder given with --home" if args.home else f", built by the first start in {built:.0f} s"))
+    head = (f"# Serving benchmark\n\n{args.seconds:.0f} s per level; {len(users)} random users (seed 42); world: "
+            f"{world}; production v{prod['version']} ({prod['model_kind']}) re-ranked by ranker "
+            f"{'v' + str(rk['version']) if rk else '— (none)'}; {os.cpu_count()} cores. Latency in ms; HTTP latency "
+            "measured by the client (its threads share the cores with the server).\n\n")
     text = head + table(rows) + "\n"
     print("\n" + text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ def test_mistakes_are_json_errors_with_the_right_status(client, url, status, wor
 
 def test_a_wrong_method_is_405_and_an_internal_failure_is_a_json_500_without_traceback(home, client, monkeypatch):
     assert client.post("/recommend/1").status_code == 405
-    monkeypatch.setattr(serving, "recommend", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("secret detail")))
+    monkeypatch.setattr(serving, "recommend_batch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("secret detail")))
     r = client.get(f"/recommend/{model_user(home[0])}")
     assert r.status_code == 500 and r.json()["error"].startswith("internal server error")
     assert "Traceback" not in r.text and "secret detail" not in r.text
@@ -187,3 +187,40 @@ def test_serve_on_a_port_in_use_is_one_clear_error(home, capsys):
         assert cli.main(["--home", str(home[0].home), "serve", "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port"]
+
+
+def test_a_batch_answers_each_request_as_recommend_would_and_logs_each(home):
+    """Dynamic batching: requests answered together give each its own list (as `recommend` gives it), its own
+    serve_id (a user asking twice is logged twice), and a bad request fails alone."""
+    s, _ = home
+    state = serving.load_state(s)
+    uid = model_user(s)
+    with opsdb.session(s) as db:
+        others = [int(u) for u in opsdb.user_ids(db)[:6]]
+    requests = [(uid, 10), (others[0], 5), (123456789, 10), (uid, 10), (others[1], 0), *[(u, 10) for u in others[2:]]]
+    answers = serving.recommend_batch(s, requests, state=state)
+    assert isinstance(answers[2], serving.UnknownUser) and "unknown user 123456789" in str(answers[2])
+    assert isinstance(answers[4], serving.ValidationError) and "k must be an integer in 1..100" in str(answers[4])
+    good = [(r, a) for r, a in zip(requests, answers) if not isinstance(a, Exception)]
+    for (u, k), a in good:
+        alone = serving.recommend(s, u, k, log=False, state=state)
+        assert (a.user_id, a.path, a.movie_ids, a.model_version, a.arm) == (u, alone.path, alone.movie_ids,
+                                                                              alone.model_version, alone.arm)
+    ids = [a.serve_id for _, a in good]
+    assert len(set(ids)) == len(ids) == len(requests) - 2
+    with opsdb.session(s) as db:
+        logged = {r["serve_id"]: r for r in servinglog.logged_lists(db, limit=50)}
+    assert all(logged[a.serve_id]["movie_ids"] == a.movie_ids and logged[a.serve_id]["user_id"] == a.user_id
+               for _, a in good)
+
+
+def test_concurrent_http_requests_are_batched(home, client):
+    import concurrent.futures
+    s, _ = home
+    with opsdb.session(s) as db:
+        users = [int(u) for u in opsdb.user_ids(db)[:64]]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda u: client.get(f"/recommend/{u}").json(), users))
+    assert [a["user_id"] for a in answers] == users and len({a["serve_id"] for a in answers}) == 64
+    batched = {name: samples(client, name)[0][1] for name in ("retro_batches", "retro_batched_requests")}
+    assert batched["retro_batched_requests"] >= 64 and batched["retro_batches"] <= batched["retro_batched_requests"]

@@ -95,6 +95,15 @@ class ServerMetrics:
         for role in ROLES:
             self.version.labels(role=role).set(0)
 
+    def track_batches(self, sizes) -> None:
+        """Expose the batcher's counts: requests answered in batches and batches run (their ratio is the mean
+        batch size under the load)."""
+        batches = Gauge("retro_batches", "recommendation batches computed", registry=self.registry)
+        batches.set_function(lambda: sizes.batches)
+        batched = Gauge("retro_batched_requests", "recommendation requests answered in those batches",
+                        registry=self.registry)
+        batched.set_function(lambda: sizes.requests)
+
     def observe(self, path: str, status: int, seconds: float) -> None:
         self.requests.labels(path=path, status=str(status)).inc()
         self.latency.labels(path=path).observe(seconds)

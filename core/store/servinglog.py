@@ -52,6 +52,16 @@ def log_lists(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict
             db.conn.executemany(_INSERT_SHADOW, [_shadow_row(e) for e in shadows])
 
 
+def log_each(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict] = ()) -> list[int]:
+    """Append many served lists (keys of `log_list`) and shadow lists in one transaction, returning each list's
+    serve_id in order (a batch of independent requests, each answered with its own id)."""
+    with db.atomic():
+        ids = [db.conn.execute(_INSERT, _row(e)).lastrowid for e in entries]
+        if shadows:
+            db.conn.executemany(_INSERT_SHADOW, [_shadow_row(e) for e in shadows])
+    return ids
+
+
 def served_pairs(settings: Settings, start, end, key: bytes | None = None) -> pd.DataFrame:
     """(user_key, movie_id) of every title a *model* list showed in [start, end), pseudonymized.
 
