@@ -168,3 +168,33 @@ def retrain(progress, **kwargs):
     result = pipeline.retrain(settings(), progress=progress, **kwargs)
     clear()
     return result
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def deployment(state):
+    from core.monitoring import release
+    return release.status(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def arm_history(state):
+    return monitoring.arm_history(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def release_decisions(state):
+    from core.monitoring import release
+    return release.decisions(settings())
+
+
+def model_server():
+    """(status of the model server running on this data folder or None, its metrics summary or None, the error
+    reading them or None). Live numbers: never cached."""
+    from core.serving import remote
+    info = remote.server_status(settings())
+    if info is None:
+        return None, None, None
+    try:
+        return info, remote.metrics(info["url"]), None
+    except remote.ServerUnavailable as exc:
+        return info, None, str(exc)

@@ -102,3 +102,26 @@ def feature_comparison(dist: pd.DataFrame, feature: str) -> go.Figure:
     fig.update_layout(barmode="group", title=f"{FEATURE_LABELS.get(feature, feature)}: reference vs current",
                       yaxis_tickformat=percent_axis(dist["share"]), yaxis_title="share", xaxis_title="bucket")
     return fig
+
+
+ARM_COLORS = {"production": "#E8A33D", "canary": "#4C9BE8", "shadow": "#9B7FD1"}
+
+
+def arm_quality(history: pd.DataFrame, decisions: pd.DataFrame | None = None) -> go.Figure:
+    """Online hit rate@10 per release arm and day (markers sized by lists judged); a decision's day is a
+    vertical line (green: promote, red: rollback, grey: ramp or stop)."""
+    fig = go.Figure()
+    for arm, grp in history.groupby("arm", sort=False):
+        label = arm if arm == "production" else f"{arm} (v{', v'.join(str(int(v)) for v in grp['version'].dropna().unique())})"
+        fig.add_trace(go.Scatter(x=grp["day"], y=grp["hit_rate"], mode="lines+markers", name=label,
+                                 line_color=ARM_COLORS.get(arm), line_dash="dot" if arm == "shadow" else "solid",
+                                 customdata=grp[["users"]], hovertemplate="%{x}: %{y:.1%} of %{customdata[0]} lists"))
+    colors = {"promote": "#4CAF50", "rollback": "#E8553D"}
+    if decisions is not None and len(decisions):
+        for _, d in decisions[decisions["decision"] != "continue"].dropna(subset=["day"]).iterrows():
+            fig.add_vline(x=d["day"], line_dash="dash", line_color=colors.get(d["decision"], "#8AA1B1"))
+    fig.update_layout(height=360, yaxis_title="hit rate@10", yaxis_tickformat=".0%", xaxis_title="day (simulated clock)",
+                      legend=dict(orientation="h", y=-0.25), margin=dict(t=30),
+                      title="Online hit rate@10 per arm (lists shown that day that led to a watch)")
+    _day_ticks(fig, history["day"].nunique() if len(history) else 0)
+    return fig

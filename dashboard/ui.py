@@ -118,7 +118,8 @@ def operator_login() -> None:
             else:
                 st.session_state["operator"] = (name, token)
                 st.rerun()
-    box.caption("Privileged actions (retrain, scenario, promote, roll back, policy, consent, export, erase, purge) "
+    box.caption("Privileged actions (retrain, scenario, promote, roll back, releases, policy, consent, export, erase, "
+                "purge) "
                 "need a login. "
                 "The first start printed the token in the terminal.")
 

@@ -1,4 +1,5 @@
 """Shared fixtures: every store lives in a temporary RETRO_HOME, never in the project's data/ folder."""
+import contextlib
 import os
 
 import pytest
@@ -83,3 +84,42 @@ def private_copy(base, dest):
     serving.clear_caches()
     monitoring.clear_caches()
     return copy
+
+
+@contextlib.contextmanager
+def running_server(settings, *, timeout: float = 90.0):
+    """A real `python -m core serve` on a free 127.0.0.1 port (the OS picks it: --port 0) for `settings`'
+    data folder; yields its URL once /health answers, and always stops it (SIGTERM, then SIGKILL)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from core.serving import remote
+    proc = subprocess.Popen([sys.executable, "-m", "core", "--home", str(settings.home), "serve", "--port", "0",
+                             "--json"], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            info = remote.server_status(settings)
+            if info is not None and info["pid"] == proc.pid:
+                try:
+                    if remote.get_json(info["url"], "/health", timeout=2)[0] == 200:
+                        break
+                except remote.ServerUnavailable:
+                    pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not answer within {timeout:.0f} s")
+            time.sleep(0.1)
+        yield info["url"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()

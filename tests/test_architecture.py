@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 OPS_TABLES = ("meta", "movies", "users", "ratings", "rating_history", "events", "rejected_writes", "sim_shifts",
-              "served_recommendations", "consent_history")
+              "served_recommendations", "consent_history", "shadow_recommendations")
 WAREHOUSE_TABLES = ("dim_movie", "dim_user", "fact_interaction", "quarantine", "daily_aggregates", "data_versions",
                     "etl_runs", "etl_state")
 # Owner module(s) of each table, as paths relative to the project root. A store's schema module (it creates and
@@ -35,6 +35,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "daily_top50": ("core/monitoring/monitoring.py",),
     "policy": ("core/monitoring/policy.py",),
     "actions": ("core/monitoring/policy.py",),
+    "deployments": ("core/serving/deployments.py",),
+    "release_decisions": ("core/monitoring/release.py",),
     "erasure_requests": ("core/privacy/erasure.py",),
     "operator_audit": ("core/privacy/access.py",),
     "signin_failures": ("core/privacy/access.py",),
@@ -49,7 +51,7 @@ TABLE_HANDLE_METHODS = {"insert", "insert_all", "update", "upsert", "upsert_all"
 # Stages from the bottom up; a package may import its own modules, the foundation (core/*.py that are not
 # entry points) and packages of a lower rank only.
 RANK = {"store": 1, "warehouse": 2, "training": 3, "serving": 4, "monitoring": 5, "governance": 6,
-        "simulation": 7, "privacy": 7, "cli": 8}
+        "simulation": 7, "privacy": 7, "server": 8, "cli": 9}
 ENTRY_POINTS = {"cli", "bootstrap", "__main__"}          # core/*.py modules above every stage
 # The one deliberate upward call: whoever takes the data folder's lock first finishes what a killed job left
 # behind, whatever stage it belongs to (core/privacy/recovery.py); imported lazily, at lock time only.

@@ -44,6 +44,7 @@ PAGES = [
     ("Data", "Data versions", 2300),
     ("Training & Models", "Experiment runs", 4600),
     ("Drift", "simulate days in the closed loop", 1300),        # before any simulated day: form and narrative
+    ("Deployment", "Online quality per arm", 1600),              # no server, no release yet: what serves, the form
     ("Explanations & Governance", "Why this movie?", 1600),
     ("Privacy", "Data inventory", 2600),
 ]

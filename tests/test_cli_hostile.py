@@ -49,7 +49,8 @@ TEMPLATES = [
     "audit --user 1 --limit {}", "model-card {}", "model-card 1 --format {}", "diagnose --user {}",
     "privacy consent --user {}", "privacy consent --user 1 --tracking {}", "privacy export --user {}",
     "privacy forget --user {o}", "privacy retention --days {o}", "privacy {}", "recommend --user {}",
-    "recommend --user 1 --k {}", "{}", "--home {} stats", "recommend {}",
+    "recommend --user 1 --k {}", "{}", "--home {} stats", "recommend {}", "release {}", "release start {}",
+    "release start 1 --share {o}", "release ramp --share {o}", "simulate --days 1 --serve-url {}",
 ]
 
 

@@ -16,7 +16,7 @@ from core.training.top50 import top50
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py", "views/drift.py",
-         "views/governance.py", "views/privacy.py"]
+         "views/deployment.py", "views/governance.py", "views/privacy.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -380,3 +380,65 @@ def test_no_page_has_a_bare_expression():
                     if not (docstring and isinstance(node, (ast.Module, ast.FunctionDef))):
                         found.append(f"{path.name}:{stmt.lineno}: {ast.unparse(stmt)[:60]}")
     assert not found, found
+
+
+def test_deployment_page_starts_a_canary_and_an_operator_rolls_it_back(home):
+    from core.monitoring import release
+    from core.privacy import access
+    from core.serving import deployments
+    access.add_operator(home, "tester", "s3cret-token")
+    candidate = registry.register(home, pipeline.train(home, params={"factors": 16}, seed=9).run_id)
+    at = app()
+    at.switch_page("views/deployment.py").run()
+    assert [m.value for m in at.metric][:2] == [f"v{registry.production(home)['version']}", "none"]
+    at.selectbox(key="release_version").set_value(candidate)
+    at.button(key="FormSubmitter:start_release-Start").click().run()
+    assert any("needs an operator login" in e.value for e in at.error) and deployments.active(home) is None
+    at.session_state["operator"] = ("tester", "s3cret-token")
+    at.slider(key="release_share").set_value(0.25)
+    at.button(key="FormSubmitter:start_release-Start").click().run()
+    assert any(f"canary of v{candidate} started" in x.value for x in at.success)
+    active = deployments.active(home)
+    assert (active["version"], active["mode"], active["share"], active["started_by"]) == (
+        candidate, "canary", 0.25, "operator:tester")
+    at.run()
+    assert at.metric[1].value == f"canary v{candidate} · 25%"
+    at.radio(key="release_decision").set_value("rollback")
+    at.text_input(key="release_reason").input("saw enough")
+    at.button(key="FormSubmitter:decide_release-Decide").click().run()
+    assert any("Tick the confirmation" in e.value for e in at.error) and deployments.active(home) is not None
+    at.checkbox(key="release_confirm").check()
+    at.button(key="FormSubmitter:decide_release-Decide").click().run()
+    assert deployments.active(home) is None and registry.get_version(home, candidate)["stage"] == "archived"
+    decided = release.decisions(home)
+    assert decided[["decision", "actor", "reason"]].values.tolist() == [["rollback", "operator:tester", "saw enough"]]
+    assert {"release start", "release rollback"} <= set(access.audit_log(home)["action"])
+    at.run()
+    assert not at.exception and frame(at, "decision", "users_affected")["decision"].tolist() == ["rollback"]
+
+
+@pytest.mark.slow
+def test_deployment_page_shows_server_traffic_and_per_arm_quality(home):
+    import httpx
+    from conftest import running_server
+    from core.monitoring import release
+    from core.simulation import loop
+    candidate = registry.register(home, pipeline.train(home, params={"factors": 16}, seed=9).run_id)
+    release.start(home, candidate, "canary", actor="t", share=0.5, min_days=5)
+    loop.run(home, 2)
+    with opsdb.session(home) as db:
+        users = opsdb.user_ids(db)[:30]
+    with running_server(home) as url:
+        with httpx.Client(trust_env=False) as c:
+            answers = [c.get(f"{url}/recommend/{u}").status_code for u in users] + [c.get(f"{url}/recommend/x").status_code]
+        assert answers.count(200) == 30
+        at = app()
+        at.switch_page("views/deployment.py").run()
+        assert not at.exception, at.exception
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Model server"] == "running" and metrics["Requests / s"] != "—"
+        assert metrics["Latency p99"].endswith(" ms") and metrics["Client errors (4xx)"] != "0.0%"
+    chart = at.get("plotly_chart")[0].proto.spec
+    assert "canary (v" in chart and "production" in chart
+    assert frame(at, "decision", "users_affected")["decision"].tolist() == ["continue", "continue"]
+    assert any("Evidence so far" in m.value for m in at.markdown)

@@ -314,3 +314,57 @@ def test_batch_recommend_for_3000_users_is_fast():
         ids, _ = model.recommend(np.arange(n_users), m, k=10)
         assert time.perf_counter() - t0 < 2.0, model.name
         assert (ids >= 0).all()
+
+
+BLAS_PROBE = """
+import warnings
+import numpy as np, scipy.sparse as sp, threadpoolctl
+from core.training import models
+
+def blas_threads():
+    return sorted({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
+
+before = blas_threads()
+matrix = sp.csr_matrix((np.random.default_rng(0).random((60, 40)) < 0.3).astype(np.float32))
+with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)      # implicit warns when BLAS runs more than one thread
+    model = models.ALSRecommender(factors=8, iterations=3).fit(matrix)
+after_fit = blas_threads()
+discoveries = []
+original = threadpoolctl.ThreadpoolController._load_libraries
+threadpoolctl.ThreadpoolController._load_libraries = lambda self: (discoveries.append(1), original(self))[1]
+for user in range(60):
+    model.recommend([user], matrix, 5)
+threadpoolctl.ThreadpoolController._load_libraries = original
+print(before, after_fit, blas_threads(), len(discoveries))
+"""
+
+
+def test_blas_is_pinned_to_one_thread_once_per_process():
+    """A fresh process (BLAS at two threads) fits implicit ALS without implicit's multi-thread warning;
+    afterwards every BLAS runs one thread, and 60 recommendations never re-discover the loaded libraries
+    (issue 16: the per-call `threadpool_limits` read /proc/self/maps on every request)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")} | {"OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", BLAS_PROBE], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    # BLAS threads before any model work, after the fit, after serving; library discoveries while serving.
+    assert out.stdout.split() == ["[2]", "[1]", "[1]", "0"], out.stdout
+
+
+def test_ranker_predictions_run_single_threaded_openmp_and_restore_it():
+    """The ranker scores 50 candidates on one OpenMP thread (a thread team per tree cost more than the work)
+    and leaves the calling thread's OpenMP setting as it was (training still uses every core)."""
+    from threadpoolctl import threadpool_info
+    from core.training.ranker import single_threaded_openmp
+
+    def openmp_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"}
+    outside = openmp_threads()
+    with single_threaded_openmp():
+        assert openmp_threads() == {1}
+    assert openmp_threads() == outside

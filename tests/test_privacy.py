@@ -15,7 +15,7 @@ from core.privacy import keys as key_rotation   # `keys` is a common local name
 from core.warehouse import dataset, etl
 from core.store import mlopsdb, opsdb, writes
 from core.training import pipeline, registry
-from core.serving import serving
+from core.serving import deployments, serving
 from core.simulation import simulation
 from core.training.artifacts import bundle_hash, load_bundle
 from core.errors import RetroError, UnknownUser, ValidationError
@@ -61,8 +61,13 @@ def unseen_movie(s, uid: int) -> int:
 
 
 def leave_traces(s, uid: int) -> None:
-    """Give `uid` a row in every store: a served list, a consent change, rejected writes (→ quarantine), an export."""
+    """Give `uid` a row in every store: a served list and a shadow release's list, a consent change, rejected
+    writes (→ quarantine), an export."""
     serving.recommend(s, uid)
+    candidate = registry.register(s, pipeline.train(s, seed=5, params={"factors": 16}).run_id)
+    release = deployments.start(s, candidate, "shadow", actor="alice", reason="shadow a candidate")
+    assert serving.recommend(s, uid).path == "model"
+    deployments.end(s, release["deployment_id"], "stopped", actor="alice", reason="seen enough")
     consent.set_consent(s, uid, tracking=True, actor="alice")
     with opsdb.session(s) as db:
         m = unseen_movie(s, uid)
@@ -243,7 +248,8 @@ def test_export_holds_every_row_of_every_store(world):
                   if any(c[1] == "user_id" for c in db.execute(f'PRAGMA table_info("{t}")'))]
         counts = {t: db.execute(f'SELECT count(*) FROM "{t}" WHERE user_id = ?', [uid]).fetchone()[0] for t in tables}
         rejected = sum(payload_names(p, uid) for (p,) in db.execute("SELECT payload FROM rejected_writes"))
-    assert set(tables) == {"users", "ratings", "rating_history", "events", "served_recommendations", "consent_history"}
+    assert set(tables) == {"users", "ratings", "rating_history", "events", "served_recommendations", "consent_history",
+                           "shadow_recommendations"}
     for table, n in counts.items():
         exported = 1 if table == "users" else len(doc[table])
         assert exported == n == doc["stores"][f"ops.{table}"], table
@@ -291,7 +297,7 @@ def test_forget_user_leaves_no_trace(world):
     assert {f"warehouse.{t}": summary["warehouse"][t] for t in ("fact_interaction", "quarantine", "dim_user")} == {
         k: v for k, v in before.items() if k.startswith("warehouse.")}
     assert set(export.held_counts(world, uid).values()) == {0}
-    assert summary["models"]["bundles"] == 1 and summary["models"]["rankers"] == 1
+    assert summary["models"]["bundles"] == 2 and summary["models"]["rankers"] == 1
     # The request: completed, counts only.
     requests = erasure.request_log(world)
     assert list(requests["state"]) == ["completed"]
@@ -405,7 +411,7 @@ def test_rotate_key_rekeys_every_store(world, monkeypatch):
     result = key_rotation.rotate_key(world, actor="alice")
 
     new_key = key_of(world, uid)
-    assert new_key != old_key and result["bundles_rekeyed"] == 1
+    assert new_key != old_key and result["bundles_rekeyed"] == 2
     with duckdb.connect(str(world.warehouse), read_only=True) as con:
         for table, old in before.items():
             after = user_keys(con, table)

@@ -1,7 +1,7 @@
-"""Serving: recommend (the same logged path the dashboard and the closed loop use)."""
+"""Serving: recommend (the same logged path the dashboard and the closed loop use) and the model server."""
 from __future__ import annotations
 
-from core.cli import ID, arg, command, emit, int_in
+from core.cli import ID, TEXT, arg, command, emit, float_in, int_in
 from core.store import opsdb
 
 
@@ -22,3 +22,101 @@ def cmd_recommend(args, settings):
         for i, (m, s) in enumerate(zip(rec.movie_ids, rec.scores), 1):
             print(f"{i:>3}. {titles.get(m)}  [{m}]  score {s:.3f}")
     emit(args, data, human)
+
+
+@command("serve", help="run the model server over HTTP (/recommend, /explain, /health, /ready, /metrics, /version)",
+         args=[
+    arg("--host", type=TEXT, default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; /recommend needs no token)"),
+    arg("--port", type=int_in(0, 65535, "--port"), default=8000, help="TCP port (default 8000; 0: any free port)"),
+])
+def cmd_serve(args, settings):
+    import sys
+
+    from core.server.app import serve
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who reaches it gets recommendations without a token "
+              "(/explain still needs an operator token)", file=sys.stderr)
+
+    def ready(url: str) -> None:
+        emit(args, {"url": url, "pid": __import__("os").getpid()},
+             lambda: print(f"serving {url} from {settings.home} — Ctrl-C stops", flush=True))
+        sys.stdout.flush()
+    serve(settings, args.host, args.port, ready=ready)
+
+
+@command("release", help="shadow and canary releases: status | start VERSION | promote | rollback | stop | ramp", args=[
+    arg("action", choices=["status", "start", "promote", "rollback", "stop", "ramp"]),
+    arg("version", nargs="?", type=ID, help="start: the CF version to release beside production"),
+    arg("--mode", choices=["canary", "shadow"], default="canary",
+        help="canary: a share of users sees it; shadow: scored and logged beside production, shown to nobody"),
+    arg("--share", type=float_in(0, 1, "--share", lo_open=True),
+        help="canary (start, ramp): share of users in its arm, in (0, 1] (start default 0.1)"),
+    arg("--ramp", type=TEXT, help="canary: shares to move through before promotion, e.g. 0.1,0.5"),
+    arg("--min-days", type=int_in(1, 365, "--min-days"), help="days at a share before ramping or promoting (3)"),
+    arg("--max-days", type=int_in(1, 365, "--max-days"), help="days without evidence before a rollback (10)"),
+    arg("--margin", type=float_in(0, 1, "--margin"),
+        help="how far below production's hit rate@10 the interval may reach and still count as not worse (0.02)"),
+    arg("--reason", type=TEXT, default="decision from the CLI", help="recorded with the release or decision"),
+])
+def cmd_release(args, settings):
+    from core import errors
+    from core.monitoring import release
+    from core.privacy import access
+    if args.action == "status":
+        data = release.status(settings)
+        data["history"] = data["history"].to_dict("records")
+        emit(args, data, lambda: _print_release_status(data))
+        return
+    actor = access.cli_actor()
+    if args.action == "start":
+        if args.version is None:
+            raise errors.ValidationError("release start needs a VERSION, e.g. `python -m core release start 4 --share 0.1`")
+        ramp = None
+        if args.ramp:
+            try:
+                ramp = [float(x) for x in args.ramp.split(",")]
+            except ValueError:
+                raise errors.ValidationError(f"--ramp {args.ramp!r} is not a list of shares like 0.1,0.5") from None
+        if args.mode == "shadow" and (args.share is not None or ramp):
+            raise errors.ValidationError("a shadow release shows nobody the candidate: --share and --ramp are for canaries")
+        with access.audited(settings, actor, "release start", f"v{args.version} ({args.mode})"):
+            data = release.start(settings, args.version, args.mode, actor=actor, reason=args.reason, share=args.share,
+                                 ramp=ramp, min_days=args.min_days, max_days=args.max_days, margin=args.margin)
+        emit(args, data, lambda: print(f"release #{data['deployment_id']}: {data['mode']} of v{data['version']}"
+                                       + (f" for {data['share']:.0%} of users" if data["share"] else "")
+                                       + f" beside production v{data['production_version']}"))
+        return
+    with access.audited(settings, actor, f"release {args.action}") as entry:
+        if args.action == "ramp":
+            if args.share is None:
+                raise errors.ValidationError("release ramp needs --share, e.g. --share 0.5")
+            data = release.ramp_to(settings, args.share, actor=actor, reason=args.reason)
+        else:
+            data = release.decide_now(settings, args.action, actor=actor, reason=args.reason)
+        entry["target"] = f"release #{data['deployment_id']} (v{data['version']})"
+    emit(args, data, lambda: print(f"release #{data['deployment_id']} (v{data['version']}): {data['decision']}"
+                                   + (f" — {data['reason']}" if data["reason"] else "")))
+
+
+def _print_release_status(data: dict) -> None:
+    prod = data["production"]
+    print("production: " + (f"v{prod['version']} ({prod['model_kind']}, data {prod['data_version']})" if prod
+                            else "nothing yet"))
+    rel = data["release"]
+    if rel is None:
+        print("no active release")
+    else:
+        print(f"release #{rel['deployment_id']}: {rel['mode']} of v{rel['version']}"
+              + (f" for {rel['share']:.0%} of users" if rel["share"] else "") + f" since {rel['started_at']}")
+        ev = data["evidence"]
+        if ev and ev["days"]:
+            print(f"  {ev['days']} day(s): hit rate@10 canary {ev['hit_rate_canary']:.4f} vs production "
+                  f"{ev['hit_rate_production']:.4f}, difference {ev['point']:+.4f}, {ev['level']:.0%} interval "
+                  f"[{ev['lo']:+.4f}, {ev['hi']:+.4f}]; candidate shown to {ev['users_affected']} users")
+        for d in data["decisions"]:
+            print(f"  {d['at']} {d['decision']}: {d['reason']}")
+    ended = [h for h in data["history"] if h["state"] != "active"]
+    for h in ended[:5]:
+        print(f"release #{h['deployment_id']} ({h['mode']} of v{h['version']}): {h['state']} at {h['ended_at']} — "
+              f"{h['end_reason']}")

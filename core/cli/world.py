@@ -70,6 +70,8 @@ def cmd_first_start(args, settings):
         help="retraining policy for this run (default: the stored policy)"),
     arg("--open-loop", action="store_true",
         help="only simulate behaviour: no serving, ETL, monitoring or policy (fast world building)"),
+    arg("--serve-url", type=TEXT, metavar="URL",
+        help="serve the days through the model server at URL (`python -m core serve`) instead of in-process"),
 ])
 def cmd_simulate(args, settings):
     params = {}
@@ -82,8 +84,8 @@ def cmd_simulate(args, settings):
     if args.shift is None and (params or args.duration is not None):
         raise errors.ValidationError("--genre/--season/--movie/--duration only make sense with --shift")
     if args.open_loop:
-        if args.policy:
-            raise errors.ValidationError("--policy needs the closed loop; drop --open-loop")
+        if args.policy or args.serve_url:
+            raise errors.ValidationError("--policy and --serve-url need the closed loop; drop --open-loop")
         summary = simulation.simulate(settings, args.days, shift=args.shift, strength=args.strength,
                                       duration=args.duration, params=params, progress=progress(args))
         emit(args, summary, lambda: print(
@@ -91,11 +93,13 @@ def cmd_simulate(args, settings):
             f"{summary['ratings']} ratings, {summary['rejected']} rejected writes"
             + (f"; shift {summary['shift']['kind']} started on day {summary['shift']['start_day'] + 1}" if "shift" in summary else "")))
         return
+    if args.serve_url is not None and not args.serve_url.startswith(("http://", "https://")):
+        raise errors.ValidationError(f"--serve-url {args.serve_url!r} is not an http:// URL, e.g. http://127.0.0.1:8000")
     from core.simulation import loop
     # The closed loop lets the retraining policy retrain and promote: audited like a retrain.
     with access.audited(settings, access.cli_actor(), "simulate", f"{args.days} days closed loop") as entry:
         summary = loop.run(settings, args.days, shift=args.shift, strength=args.strength, duration=args.duration,
-                           params=params, policy_mode=args.policy, progress=progress(args))
+                           params=params, policy_mode=args.policy, progress=progress(args), serve_url=args.serve_url)
         entry["target"] += f", {summary['retrains']} retrains"
 
     def human():

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from core.monitoring import drift, policy
+from core.serving import deployments
 from core.store import mlopsdb, opsdb, servinglog
 from core.training import metrics, registry
 from core.warehouse import dataset, warehouse
@@ -186,7 +187,9 @@ def online_quality(settings: Settings, day, k: int = 10) -> dict:
     def rate(metric, lists, relevant):
         return metric(lists, relevant, k) if lists else None
 
+    arms, release = arm_quality(settings, s0, watched, k)
     return {"users_served": len(served), "users_model": len(model_lists), "paths": paths,
+            "arms": arms, "release": release,
             "hit_rate_model": rate(metrics.hit_rate_all_users_at_k, model_lists, model_watched),
             "precision_model": rate(metrics.precision_all_users_at_k, model_lists, model_watched),
             "hit_rate_top50": rate(metrics.hit_rate_all_users_at_k, top_lists, top_watched),
@@ -194,6 +197,84 @@ def online_quality(settings: Settings, day, k: int = 10) -> dict:
             "score_p10": float(np.percentile(scores, 10)) if scores else None,
             "score_p50": float(np.percentile(scores, 50)) if scores else None,
             "score_p90": float(np.percentile(scores, 90)) if scores else None}
+
+
+def arm_quality(settings: Settings, served_at: str, watched: dict[int, set], k: int = 10) -> tuple[dict, dict | None]:
+    """Online quality per arm of the release active when the day's lists were served (issue 16).
+
+    {arm: {"users", "hits", "hit_rate", "precision", "model_lists", "versions"}} for 'production' and 'canary'
+    (every list shown in the arm, fallbacks included: the arms are split by a hash of the user id, so
+    comparing them whole compares like with like) and, during a shadow release, 'shadow' — the candidate's
+    unseen lists — beside 'shadow_production', production's lists for the same users (the pairing that makes
+    a shadow comparable, though a list nobody saw is only ever watched by chance: a lower bound). Hit rate
+    and precision are metrics' all-users formulas, as for the whole day; hits = lists with a hit.
+    Second value: the release ({deployment_id, mode, version, share}) or None.
+    """
+    with opsdb.session(settings) as db:
+        # In user order: the lists' logging order (concurrent requests to a server) must not change a mean's last bit.
+        shown = sorted(servinglog.arm_lists_served_at(db, served_at), key=lambda r: (r[0], str(r)))
+        shadow = sorted(servinglog.shadow_lists_at(db, served_at), key=lambda r: (r[0], str(r)))
+    release = deployments.active_at(settings, served_at)
+
+    def quality(rows):
+        lists = [json.loads(ids)[:k] for _, ids, _, _ in rows]
+        relevant = [watched.get(u, set()) for u, _, _, _ in rows]
+        hit_rate = metrics.hit_rate_all_users_at_k(lists, relevant, k)
+        return {"users": len(rows), "hits": int(round(hit_rate * len(rows))), "hit_rate": hit_rate,
+                "precision": metrics.precision_all_users_at_k(lists, relevant, k),
+                "model_lists": sum(1 for _, _, path, _ in rows if path == "model"),
+                "versions": sorted({v for _, _, path, v in rows if path == "model" and v is not None})}
+
+    arms = {}
+    for arm in ("production", "canary"):
+        rows = [(u, ids, path, v) for u, a, path, v, ids in shown if a == arm]
+        if rows:
+            arms[arm] = quality(rows)
+    if shadow:
+        arms["shadow"] = quality([(u, ids, "model", v) for u, v, ids in shadow])
+        users = {u for u, _, _ in shadow}
+        arms["shadow_production"] = quality([(u, ids, path, v) for u, a, path, v, ids in shown if u in users])
+    info = None if release is None else {k_: release[k_] for k_ in ("deployment_id", "mode", "version", "share")}
+    return arms, info
+
+
+def release_days(settings: Settings, deployment_id: int) -> list[dict]:
+    """[{day, arms, release}] of every monitored day whose lists were served under release `deployment_id`,
+    in day order: the release policy's evidence."""
+    with mlopsdb.session(settings) as db:
+        rows = db.execute("SELECT day, online FROM monitor_days ORDER BY day").fetchall()
+    out = []
+    for day, online in rows:
+        online = json.loads(online) if online else {}
+        release = online.get("release") or {}
+        if release.get("deployment_id") == int(deployment_id):
+            out.append({"day": day, "arms": online.get("arms") or {}, "release": release})
+    return out
+
+
+def arm_history(settings: Settings) -> pd.DataFrame:
+    """One row per monitored day and arm: day, arm, hit_rate, precision, users, deployment_id, version (the
+    Deployment page's per-arm quality over time; days before releases existed have the production arm only,
+    taken from the day's model lists)."""
+    with mlopsdb.session(settings) as db:
+        rows = db.execute("SELECT day, online, model_version FROM monitor_days ORDER BY day").fetchall()
+    out = []
+    for day, online, version in rows:
+        online = json.loads(online) if online else {}
+        release = online.get("release") or {}
+        arms = online.get("arms")
+        if not arms and online.get("hit_rate_model") is not None:
+            arms = {"production": {"hit_rate": online["hit_rate_model"], "precision": online.get("precision_model"),
+                                   "users": online.get("users_model"), "versions": [version]}}
+        for arm, q in (arms or {}).items():
+            if arm == "shadow_production" or q.get("hit_rate") is None:
+                continue
+            versions = q.get("versions") or []
+            out.append({"day": day, "arm": arm, "hit_rate": q["hit_rate"], "precision": q.get("precision"),
+                        "users": q.get("users"), "deployment_id": release.get("deployment_id"),
+                        "version": release.get("version") if arm in ("canary", "shadow") else
+                        (versions[0] if len(versions) == 1 else version)})
+    return pd.DataFrame(out, columns=["day", "arm", "hit_rate", "precision", "users", "deployment_id", "version"])
 
 
 def recommended_genres(settings: Settings, day) -> dict:

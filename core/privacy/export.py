@@ -13,14 +13,15 @@ from core.training import artifacts, registry
 from core.warehouse import lake, warehouse
 
 OPS_SECTIONS = ("users", "consent_history", "ratings", "rating_history", "events", "served_recommendations",
-                "rejected_writes")   # the export's `stores` keys, in order: 'ops.<table>'
+                "shadow_recommendations", "rejected_writes")   # the export's `stores` keys, in order: 'ops.<table>'
 
 
 def export_user(settings: Settings, user_id: int, *, actor: str | None = None, at: str | None = None) -> dict:
     """Everything held about one user, as one JSON-serializable document (the right of access).
 
     Sections: profile, consent_history, ratings, rating_history, events,
-    served_recommendations (with titles), explanations (of the latest personalized
+    served_recommendations (with titles), shadow_recommendations (lists a shadow release computed and
+    nobody was shown, with titles), explanations (of the latest personalized
     list, when a model is in production), rejected_writes (payloads naming the
     user), warehouse (rows under the user's pseudonym), models (bundles that hold
     a row for the user) and `stores`, a count per 'store.table' (as `held_counts`).
@@ -35,9 +36,10 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
         ops = opsdb.export_user(db, uid)
         titles = opsdb.movie_titles(db)
         served = servinglog.export_user(db, uid)
+        shadow = servinglog.export_shadow(db, uid)
     for row in ops["ratings"] + ops["rating_history"] + ops["events"]:
         row["title"] = titles.get(row["movie_id"])
-    for row in served:
+    for row in served + shadow:
         ids, scores = json.loads(row.pop("movie_ids")), json.loads(row.pop("scores"))
         row["items"] = [{"position": i + 1, "movie_id": m, "title": titles.get(m), "score": s}
                         for i, (m, s) in enumerate(zip(ids, scores))]
@@ -50,13 +52,14 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
     document = {
         "user_id": uid, "exported_at": when, "profile": ops["users"][0], "consent_history": ops["consent_history"],
         "ratings": ops["ratings"], "rating_history": ops["rating_history"], "events": ops["events"],
-        "served_recommendations": served, "explanations": _explanations(settings, uid, served),
+        "served_recommendations": served, "shadow_recommendations": shadow,
+        "explanations": _explanations(settings, uid, served),
         "rejected_writes": ops["rejected_writes"], "warehouse": _warehouse_export(settings, user_key),
         "models": _models_export(settings, user_key),
     }
     if lake.exists(settings):              # the Spark engine's Parquet lake (issue 15): same tables, same keys
         document["lake"] = _warehouse_export(settings, user_key, lake.export_user)
-    ops_lists = ops | {"served_recommendations": served}
+    ops_lists = ops | {"served_recommendations": served, "shadow_recommendations": shadow}
     document["stores"] = ({f"ops.{t}": len(ops_lists[t]) for t in OPS_SECTIONS}
                           | {f"warehouse.{t}": document["warehouse"][t]["count"] for t in warehouse.USER_TABLES}
                           | {f"lake.{t}": document["lake"][t]["count"] for t in lake.USER_TABLES if "lake" in document}
@@ -126,6 +129,8 @@ def data_inventory() -> list[dict]:
         (ops, "events", "user_id, movie, behaviour, time", raw,
          ops_only + "; not stored without tracking consent; retention purge", cascade),
         (ops, "served_recommendations", "user_id, lists shown (the served log)", raw, ops_only, cascade),
+        (ops, "shadow_recommendations", "user_id, lists a shadow release computed (never shown)", raw, ops_only,
+         cascade),
         (ops, "consent_history", "user_id, consent changes, actor", raw, ops_only, cascade),
         (ops, "rejected_writes", "payload JSON with a user_id", raw, ops_only, "rows whose payload names the user deleted"),
         (wh, "dim_user", "user_key, created_at, personalization flag", pseudo, "no raw id in the warehouse", "deleted"),

@@ -4,28 +4,42 @@ Paths: 'model' (the production CF model), or a Top 50 fallback that says why:
 'top50:no-model' (nothing in production), 'top50:cold-start' (the model has
 never seen this user), 'top50:no-consent' (personalization withdrawn).
 Every served list is logged in `served_recommendations` (the audit trail).
+
+What serves is one `ServingState` read at once: the production bundle and ranker
+and, during a release (`core.serving.deployments`), the candidate's bundle. A
+canary shows the candidate's list to the users its hash puts in its arm, re-ranked by
+the candidate's own ranker when one was trained for it (`pipeline.train_ranker(cf_version=…)`,
+which a release start does when production serves a ranker), else in CF order; a
+shadow computes the candidate's list beside production's and logs it in the shadow
+log, unseen. In-process calls read the state per request (a promotion
+or rollback from any process is seen by the next request); the HTTP server
+(`core.server`) holds one state and swaps it whole when the registry changes.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import sqlite_utils
 
+from core.serving import deployments
 from core.store import clock, opsdb, servinglog
 from core.training import registry
 from core.training.artifacts import Bundle, load_bundle
 from core.constants import DEFAULT_K
-from core.errors import UnknownUser, ValidationError
+from core.errors import RetroError, UnknownUser, ValidationError
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
 from core.training.top50 import top50
 
 _local = threading.local()
-_bundles: dict[tuple[str, str], Bundle] = {}
+_bundles: OrderedDict[tuple[str, str], Bundle] = OrderedDict()
 _top50_cache: dict[tuple, list] = {}
 _lock = threading.Lock()
+MAX_LOADED = 4            # bundles kept in memory: production, a release's candidate, and the ones they replace
+MAX_K = 100
 
 
 @dataclass
@@ -40,9 +54,43 @@ class Recommendation:
     reason: str = ""
     served_at: str | None = None
     serve_id: int | None = None
+    arm: str = "production"                  # 'canary' when a canary release showed its candidate's list
+    production_version: int | None = None    # what was in production when the list was served
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What serves, read together and loaded: production's bundle and ranker, the active release and its
+    candidate's bundle. Immutable, so a server swaps a whole state at once and no request mixes two."""
+    production: dict | None = None
+    bundle: Bundle | None = None
+    ranker: object | None = None
+    ranker_version: int | None = None
+    release: dict | None = None
+    candidate: dict | None = None
+    candidate_bundle: Bundle | None = None
+    candidate_ranker: object | None = None
+    candidate_ranker_version: int | None = None
+    fingerprint: tuple = field(default=(), compare=False)
+    key: bytes | None = field(default=None, repr=False)    # the pseudonymization key the bundles are keyed by
+
+    @property
+    def version(self) -> int | None:
+        return None if self.production is None else int(self.production["version"])
+
+    def describe(self) -> dict:
+        """JSON-ready summary: versions, data version, release (what /version and /ready report)."""
+        release = None
+        if self.release is not None:
+            release = {k: self.release[k] for k in ("deployment_id", "mode", "share", "version", "started_at")}
+            release["ranker_version"] = self.candidate_ranker_version
+        return {"production_version": self.version,
+                "model_kind": None if self.production is None else self.production["model_kind"],
+                "data_version": None if self.production is None else self.production["data_version"],
+                "ranker_version": self.ranker_version, "release": release}
 
 
 def _thread_connection(kind: str, path, opener) -> sqlite_utils.Database:
@@ -61,46 +109,107 @@ def _db(settings: Settings) -> sqlite_utils.Database:
     return _thread_connection("dbs", settings.ops_db, lambda: opsdb.connect(settings))
 
 
+def _mlops(settings: Settings) -> sqlite_utils.Database:
+    from core.store import mlopsdb
+    return _thread_connection("mlops", settings.mlops_db, lambda: mlopsdb.open_mlops(settings))
+
+
 def _production(settings: Settings, family: str = "cf") -> dict | None:
     """The production version of a family (a promotion or rollback from any process is seen by the next request)."""
-    from core.store import mlopsdb
-    db = _thread_connection("mlops", settings.mlops_db, lambda: mlopsdb.open_mlops(settings))
-    return registry.production_on(db, settings, family)
+    return registry.production_on(_mlops(settings), settings, family)
+
+
+def read_serving_rows(settings: Settings) -> tuple:
+    """(production CF row, production ranker row, active release, its candidate's row, the candidate's ranker
+    row), read in one snapshot of the registry so a promotion between two reads cannot pair rows of
+    different moments."""
+    db = _mlops(settings)
+    db.conn.execute("BEGIN")
+    try:
+        prod = registry.production_on(db, settings)
+        rk = registry.production_on(db, settings, registry.RANKER)
+        release = deployments.active_on(db)
+        candidate = cand_rk = None
+        if release is not None:
+            candidate = registry.version_on(db, settings, int(release["version"]))
+            cand_rk = registry.candidate_ranker_on(db, settings, int(release["version"]))
+    finally:
+        db.conn.execute("COMMIT")
+    return prod, rk, release, candidate, cand_rk
+
+
+def fingerprint_of(prod, rk, release, candidate, cand_rk=None) -> tuple:
+    """What makes a serving state different: versions, artifact hashes (an erasure rewrites them), the rankers
+    and their CF versions, the release and its share."""
+    def art(row):
+        return None if row is None else (row["version"], row["artifact_path"], row["artifact_hash"],
+                                         row.get("pending_hash"), row.get("depends_on"))
+    rel = None if release is None else (release["deployment_id"], release["mode"], release["share"],
+                                        release["updated_at"])
+    return art(prod), art(rk), rel, art(candidate), art(cand_rk)
+
+
+def load_state(settings: Settings, rows=None) -> ServingState:
+    """The serving state now (bundles from the cache, loaded on first use). `rows`: what
+    `read_serving_rows` returned, when the caller already read it."""
+    prod, rk, release, candidate, cand_rk = rows if rows is not None else read_serving_rows(settings)
+    bundle = None if prod is None else bundle_for(prod)
+    ranker, ranker_version = (None, None) if prod is None else _ranker_for_row(rk, int(prod["version"]))
+    cand_bundle = None if candidate is None else bundle_for(candidate)
+    cand_ranker, cand_ranker_version = (None, None) if candidate is None else _ranker_for_row(
+        cand_rk, int(candidate["version"]))
+    # The key is read once per state (reading secrets.toml was 8 % of a request); a key rotation rewrites every
+    # bundle, so their new hashes bring a new state and the new key with it.
+    return ServingState(prod, bundle, ranker, ranker_version, release, candidate, cand_bundle, cand_ranker,
+                        cand_ranker_version, fingerprint_of(prod, rk, release, candidate, cand_rk),
+                        pseudonym_key(settings))
 
 
 def bundle_for(version: dict) -> Bundle:
-    """The loaded bundle of a registry version (cached by path and hash: a promotion swaps it)."""
+    """The loaded bundle of a registry version (cached by path and hash: a promotion or an erasure swaps it;
+    the last MAX_LOADED stay loaded, so production and a release's candidate never evict each other)."""
     key = (version["artifact_path"], version["artifact_hash"])
     with _lock:
-        if key not in _bundles:
-            _bundles.clear()
-            _bundles[key] = load_bundle(version["artifact_path"])
-        return _bundles[key]
+        if key in _bundles:
+            _bundles.move_to_end(key)
+            return _bundles[key]
+    loaded = load_bundle(version["artifact_path"])       # outside the lock: a load never blocks serving
+    with _lock:
+        _bundles[key] = loaded
+        while len(_bundles) > MAX_LOADED:
+            _bundles.popitem(last=False)
+        return loaded
 
 
-_rankers: dict = {}
+_rankers: OrderedDict = OrderedDict()
 
 
-def ranker_for(cf_version: int, settings: Settings):
-    """The production ranker when it was trained on the serving CF version (else None: CF order)."""
-    rk = _production(settings, "ranker")
+def _ranker_for_row(rk: dict | None, cf_version: int):
+    """(loaded ranker, version) when `rk` was trained on `cf_version`, else (None, None): CF order. The last
+    MAX_LOADED rankers stay loaded (production's and a release candidate's)."""
     if rk is None or rk["depends_on"] != cf_version:
         return None, None
     key = (rk["artifact_path"], rk["artifact_hash"], rk.get("pending_hash"))
     with _lock:
         if key not in _rankers:
             from core.training.ranker import load_ranker
-            _rankers.clear()
             # An erasure announces the hash its file swap will produce before it swaps (`pending_hash`).
             accepted = tuple(h for h in (rk["artifact_hash"], rk.get("pending_hash")) if h)
             _rankers[key] = load_ranker(rk["artifact_path"], accepted)
+            while len(_rankers) > MAX_LOADED:
+                _rankers.popitem(last=False)
+        _rankers.move_to_end(key)
         return _rankers[key], int(rk["version"])
 
 
-def _ranked(bundle: Bundle, settings: Settings, cf_version: int, rows: np.ndarray, seen: list[set], k: int):
-    """CF candidates (seen titles removed) re-ordered by the ranker when one serves: (movie ids, scores, ranker)."""
+def ranker_for(cf_version: int, settings: Settings):
+    """The production ranker when it was trained on the serving CF version (else None: CF order)."""
+    return _ranker_for_row(_production(settings, registry.RANKER), cf_version)
+
+
+def _ranked(bundle: Bundle, ranker, rows: np.ndarray, seen: list[set], k: int) -> list[tuple[list, list]]:
+    """CF candidates (seen titles removed), re-ordered by `ranker` when given: (movie ids, scores) per row."""
     from core.training.ranker import CANDIDATES
-    ranker, ranker_version = ranker_for(cf_version, settings)
     want = CANDIDATES if ranker is not None else k
     extra = max((len(s) for s in seen), default=0)
     n = min(want + extra, bundle.matrix.user_items.shape[1])
@@ -119,7 +228,7 @@ def _ranked(bundle: Bundle, settings: Settings, cf_version: int, rows: np.ndarra
     for i in range(len(rows)):
         valid = keep_ids[i] >= 0
         out.append(([int(m) for m in bundle.matrix.movie_ids[keep_ids[i][valid]]], [float(x) for x in keep_scores[i][valid]]))
-    return out, ranker_version
+    return out
 
 
 def clear_caches() -> None:
@@ -151,31 +260,28 @@ def seen_movies(db: sqlite_utils.Database, user_id: int) -> set[int]:
     return {m for _, m in opsdb.seen_pairs(db, [user_id])}
 
 
-def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool = True, at: str | None = None) -> Recommendation:
-    """Top-k movies for one user; says which path it took and logs the list."""
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= 100:
-        raise ValidationError(f"k must be an integer in 1..100, got {k!r}")
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise ValidationError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+
+
+def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool = True, at: str | None = None,
+              state: ServingState | None = None) -> Recommendation:
+    """Top-k movies for one user; says which path (and release arm) it took and logs the list.
+
+    `state`: the serving state to answer from (a server passes the one it holds); default: read now."""
+    _check_k(k)
     db = _db(settings)
     opsdb.require_user(db, user_id)
-    consent = opsdb.personalization_consent(db, [int(user_id)]).get(int(user_id), 0)   # 0: erased meanwhile
-    seen = seen_movies(db, int(user_id))
-    prod = _production(settings)
-    rec = None
-    bundle = None if prod is None else bundle_for(prod)
-    row = None if bundle is None else bundle.user_row.get(pseudonym(int(user_id), pseudonym_key(settings)))
-    reason = fallback_reason(bool(consent), bundle, row)
-    if reason is None:
-        ((movies, scores),), ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([row]), [seen], k)
-        rec = Recommendation(int(user_id), "model", movies, scores, int(prod["version"]), prod["data_version"],
-                             ranker_version=ranker_version,
-                             reason="personalized by the production model"
-                                    + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
-    if rec is None:
-        pairs = [(m, s) for m, s in _top50_list(db) if m not in seen][:k]
-        rec = Recommendation(int(user_id), reason[0], [m for m, _ in pairs], [s for _, s in pairs], reason=reason[1])
+    uid = int(user_id)
+    consent = opsdb.personalization_consent(db, [uid]).get(uid, 0)    # 0: erased meanwhile
+    state = load_state(settings) if state is None else state
+    recs, shadows = _serve(settings, state, [uid], {uid: consent}, {uid: seen_movies(db, uid)}, k, db)
+    rec = recs[uid]
     if log:
         rec.served_at = at or clock.now(db=db)
-        rec.serve_id = servinglog.log_list(db, _log_entry(rec, rec.served_at))
+        shadow = shadows[0] | {"served_at": rec.served_at} if shadows else None
+        rec.serve_id = servinglog.log_list(db, _log_entry(rec, rec.served_at), shadow)
     return rec
 
 
@@ -193,8 +299,64 @@ def fallback_reason(consent: bool, bundle: Bundle | None, row: int | None) -> tu
     return None
 
 
-def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: bool = True, at: str | None = None) -> dict[int, Recommendation]:
-    """Batch serving for many users at once (one model call), same paths and logging as `recommend`."""
+def _serve(settings: Settings, state: ServingState, user_ids: list[int], consent: dict, seen: dict, k: int,
+           db) -> tuple[dict[int, Recommendation], list[dict]]:
+    """Lists for known users from one state: each user's arm, its model or a fallback; plus the shadow
+    candidate's lists (not shown) during a shadow release."""
+    key = state.key if state.key is not None else pseudonym_key(settings)
+    keys = {u: pseudonym(u, key) for u in user_ids}
+    prod_v = state.version
+    release = state.release
+    arms = {u: deployments.arm_of(u, release) for u in user_ids}
+    out: dict[int, Recommendation] = {}
+    groups = (("production", state.bundle, state.production, state.ranker, state.ranker_version),
+              ("canary", state.candidate_bundle, state.candidate, state.candidate_ranker,
+               state.candidate_ranker_version))
+    for arm, bundle, version, ranker, ranker_version in groups:
+        members = [u for u in user_ids if arms[u] == arm]
+        if not members:
+            continue
+        rows = {u: None if bundle is None else bundle.user_row.get(keys[u]) for u in members}
+        reasons = {u: fallback_reason(bool(consent[u]), bundle, rows[u]) for u in members}
+        todo = [u for u in members if reasons[u] is None]
+        if todo:
+            lists = _ranked(bundle, ranker, np.array([rows[u] for u in todo]), [seen.get(u, set()) for u in todo], k)
+            if arm == "canary":
+                why = f"personalized by v{version['version']}, the canary of release #{release['deployment_id']}" + (
+                    f", re-ranked by its ranker v{ranker_version}" if ranker_version else "")
+            else:
+                why = "personalized by the production model" + (
+                    f", re-ranked by ranker v{ranker_version}" if ranker_version else "")
+            for u, (movies, scores) in zip(todo, lists):
+                out[u] = Recommendation(u, "model", movies, scores, int(version["version"]), version["data_version"],
+                                        ranker_version=ranker_version, reason=why, arm=arm,
+                                        production_version=prod_v)
+        fallback = [u for u in members if reasons[u] is not None]
+        if fallback:
+            top = _top50_list(db)
+            for u in fallback:
+                path, why = reasons[u]
+                s = seen.get(u, set())
+                pairs = [(m, sc) for m, sc in top if m not in s][:k]
+                out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], reason=why, arm=arm,
+                                        production_version=prod_v)
+    shadows = []
+    if release is not None and release["mode"] == "shadow" and state.candidate_bundle is not None:
+        bundle = state.candidate_bundle
+        rows = {u: bundle.user_row.get(keys[u]) for u in user_ids}
+        todo = [u for u in user_ids if fallback_reason(bool(consent[u]), bundle, rows[u]) is None]
+        if todo:
+            lists = _ranked(bundle, state.candidate_ranker, np.array([rows[u] for u in todo]),
+                            [seen.get(u, set()) for u in todo], k)
+            shadows = [{"user_id": u, "model_version": int(state.candidate["version"]), "movie_ids": m, "scores": sc}
+                       for u, (m, sc) in zip(todo, lists)]
+    return out, shadows
+
+
+def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: bool = True, at: str | None = None,
+                   state: ServingState | None = None) -> dict[int, Recommendation]:
+    """Batch serving for many users at once (one model call per arm), same paths and logging as `recommend`."""
+    _check_k(k)
     user_ids = [int(u) for u in user_ids]
     db = _db(settings)
     consent = opsdb.personalization_consent(db, user_ids)
@@ -204,33 +366,58 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
     seen: dict[int, set] = {}
     for u, m in opsdb.seen_pairs(db, user_ids):
         seen.setdefault(u, set()).add(m)
-    prod = _production(settings)
-    out: dict[int, Recommendation] = {}
-    bundle = None if prod is None else bundle_for(prod)
-    key = pseudonym_key(settings)
-    rows = {u: None if bundle is None else bundle.user_row.get(pseudonym(u, key)) for u in user_ids}
-    reasons = {u: fallback_reason(bool(consent[u]), bundle, rows[u]) for u in user_ids}
-    todo = [u for u in user_ids if reasons[u] is None]
-    if todo:
-        lists, ranker_version = _ranked(bundle, settings, int(prod["version"]), np.array([rows[u] for u in todo]),
-                                        [seen.get(u, set()) for u in todo], k)
-        for u, (movies, scores) in zip(todo, lists):
-            out[u] = Recommendation(u, "model", movies, scores, int(prod["version"]), prod["data_version"],
-                                    ranker_version=ranker_version, reason="personalized by the production model"
-                                    + (f", re-ranked by ranker v{ranker_version}" if ranker_version else ""))
-    top = _top50_list(db)
-    for u in user_ids:
-        if u in out:
-            continue
-        path, why = reasons[u]
-        s = seen.get(u, set())
-        pairs = [(m, sc) for m, sc in top if m not in s][:k]
-        out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], reason=why)
+    state = load_state(settings) if state is None else state
+    out, shadows = _serve(settings, state, user_ids, consent, seen, k, db)
+    out = {u: out[u] for u in user_ids}
     if log:
         when = at or clock.now(db=db)
-        servinglog.log_lists(db, [_log_entry(r, when) for r in out.values()])
+        servinglog.log_lists(db, [_log_entry(r, when) for r in out.values()],
+                             [s | {"served_at": when} for s in shadows])
         for r in out.values():
             r.served_at = when
+    return out
+
+
+def recommend_batch(settings: Settings, requests: list[tuple[int, int]], *, state: ServingState,
+                    at: str | None = None) -> list[Recommendation | RetroError]:
+    """Independent requests (user_id, k) answered together from one state: one model call per arm and k,
+    every list logged on its own row in one transaction. out[i] answers requests[i]: its Recommendation (with
+    its own serve_id, also when a user asked twice), or the error that request alone raised (unknown user,
+    bad k) — one bad request never fails the others. The HTTP server batches what arrives while the model is
+    busy (dynamic batching): 8 users cost 6 ms together, 15 ms one by one."""
+    out: list = [None] * len(requests)
+    db = _db(settings)
+    valid: list[int] = []
+    for i, (user_id, k) in enumerate(requests):
+        try:
+            _check_k(k)
+            valid.append(i)
+        except RetroError as exc:
+            out[i] = exc
+    consent = opsdb.personalization_consent(db, sorted({int(requests[i][0]) for i in valid}))
+    for i in [i for i in valid if int(requests[i][0]) not in consent]:
+        try:
+            opsdb.require_user(db, requests[i][0])       # the same error `recommend` gives
+            out[i] = UnknownUser(f"unknown user {requests[i][0]}")
+        except RetroError as exc:
+            out[i] = exc
+    known = [i for i in valid if out[i] is None]
+    seen: dict[int, set] = {}
+    for u, m in opsdb.seen_pairs(db, sorted({int(requests[i][0]) for i in known})):
+        seen.setdefault(u, set()).add(m)
+    shadows: list[dict] = []
+    for k in sorted({requests[i][1] for i in known}):
+        users = sorted({int(requests[i][0]) for i in known if requests[i][1] == k})
+        recs, arm_shadows = _serve(settings, state, users, consent, seen, k, db)
+        shadows += arm_shadows
+        for i in known:
+            if requests[i][1] == k:
+                out[i] = replace(recs[int(requests[i][0])])
+    done = [i for i in known]
+    when = at or clock.now(db=db)
+    ids = servinglog.log_each(db, [_log_entry(out[i], when) for i in done], [s | {"served_at": when} for s in shadows])
+    for i, serve_id in zip(done, ids):
+        out[i].served_at, out[i].serve_id = when, serve_id
     return out
 
 
@@ -238,7 +425,7 @@ def _log_entry(rec: Recommendation, served_at: str) -> dict:
     """The serving log's record of a list (see `servinglog.log_list`)."""
     return {"user_id": rec.user_id, "served_at": served_at, "path": rec.path, "model_version": rec.model_version,
             "data_version": rec.data_version, "movie_ids": rec.movie_ids, "scores": rec.scores,
-            "ranker_version": rec.ranker_version}
+            "ranker_version": rec.ranker_version, "arm": rec.arm}
 
 
 def served_pairs(settings: Settings, start, end, key: bytes | None = None):

@@ -1,7 +1,12 @@
 """The closed loop: simulated days where users see the *served* recommendations, the ETL and
-monitoring run every day, and the retraining policy acts.
+monitoring run every day, the release policy judges an active canary, and the retraining policy acts.
 
 shift → behaviour changes → served lists fit worse → alerts → retrain → recovery.
+
+Lists are served in-process (`serving.recommend_many`, the default) or by a running model server
+(`serve_url`: one HTTP request per active user, as a streaming front end would make them). Before each day
+over HTTP the loop waits until the server serves what the registry and the release say now, so a promotion
+made at the end of the previous day is what the next day's lists come from.
 """
 from __future__ import annotations
 
@@ -10,19 +15,21 @@ from datetime import timedelta
 import numpy as np
 
 from core.warehouse import etl
-from core.monitoring import monitoring, policy
+from core.monitoring import monitoring, policy, release
 from core.store import opsdb
-from core.serving import serving
+from core.serving import deployments, remote, serving
 from core.simulation import simulation
 from core.constants import TS_FORMAT
-from core.errors import ValidationError
+from core.errors import RetroError, ValidationError
 from core.settings import Settings
 from core.training.top50 import top50
 
 
 def run(settings: Settings, days: int, *, shift: str | None = None, strength: float = 1.0, duration: int | None = None,
-        params: dict | None = None, policy_mode: str | None = None, progress=simulation._noop) -> dict:
-    """Simulate `days` closed-loop days; returns a per-day log (online quality, alerts, retrains)."""
+        params: dict | None = None, policy_mode: str | None = None, progress=simulation._noop,
+        serve_url: str | None = None) -> dict:
+    """Simulate `days` closed-loop days; returns a per-day log (online quality, alerts, release decisions,
+    retrains). `serve_url`: serve through the model server at that URL instead of in-process."""
     if not isinstance(days, (int, np.integer)) or days < 1:
         raise ValidationError(f"--days must be a positive integer, got {days!r}")
     if policy_mode is not None:
@@ -46,6 +53,8 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
             monitoring.record_top50(settings, start, top50(db).movie_ids)
 
             def serve(user_ids, k, _at=served_at):
+                if serve_url is not None:
+                    return _serve_over_http(settings, serve_url, user_ids, k, _at)
                 recs = serving.recommend_many(settings, user_ids, k, at=_at)
                 return {u: r.movie_ids for u, r in recs.items()}
 
@@ -54,6 +63,9 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
             now = (start + timedelta(days=1)).strftime(TS_FORMAT)
             etl.run(settings, at=now)
             report = monitoring.monitor_day(settings, start)
+            decision = release.review(settings, day=report.day, now=now)
+            if decision is not None and decision["decision"] != "continue":
+                serving.clear_caches()
             action = policy.apply(settings, report, now=now, mode=policy_mode,
                                   progress=lambda f, m, d=day: progress((i + f) / days, f"day {d + 1}: retrain — {m}"))
             if action:
@@ -62,7 +74,8 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
                         "classification": report.classification, "opened": report.opened, "closed": report.closed,
                         "hit_rate_model": report.online.get("hit_rate_model"),
                         "hit_rate_top50": report.online.get("hit_rate_top50"),
-                        "quarantine_rate": report.quality["quarantine_rate"], "action": action})
+                        "quarantine_rate": report.quality["quarantine_rate"], "action": action,
+                        "arms": report.online.get("arms"), "release": decision})
         progress(1.0, "done")
     finally:
         db.conn.close()
@@ -72,3 +85,19 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
         summary["shift"] = {"kind": started.kind, "strength": started.strength, "start_day": started.start_day,
                             "duration": started.duration, "params": started.params}
     return summary
+
+
+def _serve_over_http(settings: Settings, url: str, user_ids, k: int, served_at: str) -> dict[int, list[int]]:
+    """The day's lists from the server at `url`, once it serves the registry's current production and release;
+    every answer must be logged at the simulated day's start (else the server runs on another data folder)."""
+    from core.training import registry
+    prod = registry.production(settings)
+    active = deployments.active(settings)
+    remote.wait_until_serving(url, None if prod is None else int(prod["version"]),
+                              None if active is None else (active["deployment_id"], active["share"]))
+    answers = remote.recommend_many(url, user_ids, k)
+    wrong = [a for a in answers.values() if a.get("served_at") != served_at]
+    if wrong:
+        raise RetroError(f"the server at {url} logged lists at {wrong[0].get('served_at')}, not at the simulated "
+                         f"day's start {served_at}: is it serving this data folder ({settings.home})?")
+    return {u: a["movie_ids"] for u, a in answers.items()}

@@ -250,6 +250,46 @@ def m008_relative_artifact_paths(db: sqlite_utils.Database) -> None:
             db.execute(f"UPDATE {table} SET artifact_path = ? WHERE {pk} = ?", [tail, ident])
 
 
+M009_SQL = """
+        CREATE TABLE deployments (                      -- releases of a candidate beside production (issue 16)
+            deployment_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            version INTEGER NOT NULL REFERENCES model_versions(version),
+            mode TEXT NOT NULL CHECK (mode IN ('shadow','canary')),
+            share REAL,                                 -- canary: share of users in its arm; shadow: NULL
+            production_version INTEGER,                 -- production when the release started
+            state TEXT NOT NULL CHECK (state IN ('active','promoted','rolled-back','stopped')),
+            policy TEXT,                                -- JSON: the rules the release is judged by
+            started_at TEXT NOT NULL, started_by TEXT NOT NULL, reason TEXT NOT NULL,
+            updated_at TEXT NOT NULL,                   -- last change (start, ramp, end)
+            ended_at TEXT, ended_by TEXT, end_reason TEXT
+        );
+        CREATE UNIQUE INDEX idx_one_active_deployment ON deployments(state) WHERE state = 'active';
+        CREATE TABLE release_decisions (                -- every review of a release, with its numbers
+            decision_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            deployment_id INTEGER NOT NULL REFERENCES deployments(deployment_id),
+            at TEXT NOT NULL, day TEXT,
+            decision TEXT NOT NULL CHECK (decision IN ('continue','ramp','promote','rollback','stop')),
+            actor TEXT NOT NULL, reason TEXT NOT NULL,
+            days INTEGER,                               -- monitored days of evidence
+            point REAL, lo REAL, hi REAL,               -- hit-rate difference (canary − production) and interval
+            hit_rate_canary REAL, hit_rate_production REAL,
+            users_canary INTEGER, users_production INTEGER,   -- lists judged, summed over the days
+            users_affected INTEGER,                     -- distinct users the candidate's lists were shown to
+            share REAL,                                 -- canary share after the decision
+            evidence TEXT                               -- JSON: per-day numbers and the policy
+        );
+        CREATE INDEX idx_release_decisions ON release_decisions(deployment_id, decision_id)
+"""
+
+
+@migrations()
+def m009_releases(db: sqlite_utils.Database) -> None:
+    """Shadow and canary releases (`serving.deployments`) and the release policy's decisions (`monitoring.release`)."""
+    for statement in M009_SQL.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)

@@ -168,6 +168,27 @@ def m006_rejected_write_codes(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE rejected_writes ADD COLUMN code TEXT")
 
 
+@migrations()
+def m007_release_arms(db: sqlite_utils.Database) -> None:
+    """Releases (issue 16): which arm of a canary release a shown list came from (`arm`: 'production' or
+    'canary'; NULL on lists served before releases existed, which were production's), and the shadow log —
+    lists a shadow candidate computed beside production and nobody saw (so no reader of the serving log,
+    which holds what users were shown, ever mistakes one for a shown list)."""
+    _run_statements(db, """
+        ALTER TABLE served_recommendations ADD COLUMN arm TEXT;
+        CREATE TABLE shadow_recommendations (
+            shadow_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+            served_at TEXT NOT NULL,         -- when production's list was served beside it
+            model_version INTEGER NOT NULL,  -- the shadow candidate
+            movie_ids TEXT NOT NULL,         -- JSON list, best first
+            scores TEXT NOT NULL
+        );
+        CREATE INDEX idx_shadow_at ON shadow_recommendations(served_at);
+        CREATE INDEX idx_shadow_user ON shadow_recommendations(user_id, served_at)
+        """)
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""

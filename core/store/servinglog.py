@@ -12,27 +12,54 @@ from core.settings import Settings
 from core.store import opsdb
 
 _INSERT = ("INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
-           "scores, ranker_version) VALUES (?,?,?,?,?,?,?,?)")
+           "scores, ranker_version, arm) VALUES (?,?,?,?,?,?,?,?,?)")
+_INSERT_SHADOW = ("INSERT INTO shadow_recommendations(user_id, served_at, model_version, movie_ids, scores) "
+                  "VALUES (?,?,?,?,?)")
+
+
+def _scores(scores) -> str:
+    return json.dumps([round(s, 6) for s in scores])
 
 
 def _row(entry: dict) -> tuple:
     """A list as stored: ids and scores as JSON lists, best first (scores rounded to 6 places)."""
     return (entry["user_id"], entry["served_at"], entry["path"], entry["model_version"], entry["data_version"],
-            json.dumps(entry["movie_ids"]), json.dumps([round(s, 6) for s in entry["scores"]]),
-            entry["ranker_version"])
+            json.dumps(entry["movie_ids"]), _scores(entry["scores"]), entry["ranker_version"],
+            entry.get("arm", "production"))
 
 
-def log_list(db: sqlite_utils.Database, entry: dict) -> int:
+def _shadow_row(entry: dict) -> tuple:
+    return (entry["user_id"], entry["served_at"], entry["model_version"], json.dumps(entry["movie_ids"]),
+            _scores(entry["scores"]))
+
+
+def log_list(db: sqlite_utils.Database, entry: dict, shadow: dict | None = None) -> int:
     """Append one served list (keys: user_id, served_at, path, model_version, data_version, movie_ids, scores,
-    ranker_version) in its own transaction; returns its serve_id."""
+    ranker_version, arm) in its own transaction, with the shadow candidate's list for the same request when
+    given (keys: user_id, served_at, model_version, movie_ids, scores); returns its serve_id."""
     with db.atomic():
-        return db.conn.execute(_INSERT, _row(entry)).lastrowid
+        serve_id = db.conn.execute(_INSERT, _row(entry)).lastrowid
+        if shadow is not None:
+            db.conn.execute(_INSERT_SHADOW, _shadow_row(shadow))
+        return serve_id
 
 
-def log_lists(db: sqlite_utils.Database, entries: list[dict]) -> None:
-    """Append many served lists (same keys as `log_list`) in one transaction: one batch, one commit."""
+def log_lists(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict] = ()) -> None:
+    """Append many served lists and shadow lists (same keys as `log_list`) in one transaction: one batch, one commit."""
     with db.atomic():
         db.conn.executemany(_INSERT, [_row(e) for e in entries])
+        if shadows:
+            db.conn.executemany(_INSERT_SHADOW, [_shadow_row(e) for e in shadows])
+
+
+def log_each(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict] = ()) -> list[int]:
+    """Append many served lists (keys of `log_list`) and shadow lists in one transaction, returning each list's
+    serve_id in order (a batch of independent requests, each answered with its own id)."""
+    with db.atomic():
+        ids = [db.conn.execute(_INSERT, _row(e)).lastrowid for e in entries]
+        if shadows:
+            db.conn.executemany(_INSERT_SHADOW, [_shadow_row(e) for e in shadows])
+    return ids
 
 
 def served_pairs(settings: Settings, start, end, key: bytes | None = None) -> pd.DataFrame:
@@ -127,6 +154,12 @@ def export_user(db: sqlite_utils.Database, user_id: int) -> list[dict]:
                          "serve_id DESC", [user_id]))
 
 
+def export_shadow(db: sqlite_utils.Database, user_id: int) -> list[dict]:
+    """Every shadow list computed for a user (never shown), newest first, as stored."""
+    return list(db.query("SELECT * FROM shadow_recommendations WHERE user_id = ? ORDER BY served_at DESC, "
+                         "shadow_id DESC", [user_id]))
+
+
 def lists_served_at(db, served_at: str) -> list[tuple]:
     """(user_id, path, movie_ids JSON, scores JSON) of every list served at exactly `served_at`.
 
@@ -140,3 +173,38 @@ def model_lists_served_at(db, served_at: str) -> list[tuple]:
     """(movie_ids JSON,) of the lists the model (not a fallback) served at exactly `served_at` (model drift)."""
     return db.execute("SELECT movie_ids FROM served_recommendations WHERE served_at = ? AND path = 'model'",
                       [served_at]).fetchall()
+
+
+# --- releases (issue 16): arms of a canary, the shadow log -----------------------------------------------------
+
+def arm_lists_served_at(db, served_at: str) -> list[tuple]:
+    """(user_id, arm, path, model_version, movie_ids JSON) of every list shown at exactly `served_at`; `arm` is
+    'production' or 'canary' ('production' for lists logged before releases existed)."""
+    return db.execute("SELECT user_id, coalesce(arm, 'production'), path, model_version, movie_ids "
+                      "FROM served_recommendations WHERE served_at = ?", [served_at]).fetchall()
+
+
+def shadow_lists_at(db, served_at: str) -> list[tuple]:
+    """(user_id, model_version, movie_ids JSON) of every shadow list computed at exactly `served_at`."""
+    return db.execute("SELECT user_id, model_version, movie_ids FROM shadow_recommendations WHERE served_at = ?",
+                      [served_at]).fetchall()
+
+
+def arm_reach(db, start: str, end: str | None, arm: str, model_version: int | None = None) -> tuple[int, int]:
+    """(distinct users, lists) shown by `arm` in [start, end) (end None: up to now), optionally only the lists
+    of one model version: how many people a canary's candidate reached."""
+    where, args = "served_at >= ? AND coalesce(arm, 'production') = ?", [start, arm]
+    if end is not None:
+        where += " AND served_at < ?"
+        args.append(end)
+    if model_version is not None:
+        where += " AND model_version = ?"
+        args.append(int(model_version))
+    users, lists = db.execute(f"SELECT count(DISTINCT user_id), count(*) FROM served_recommendations WHERE {where}",
+                              args).fetchone()
+    return int(users), int(lists)
+
+
+def shadow_totals(db) -> tuple[int, str | None]:
+    """(shadow lists logged, time of the latest or None)."""
+    return tuple(db.execute("SELECT count(*), max(served_at) FROM shadow_recommendations").fetchone())

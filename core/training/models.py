@@ -16,8 +16,8 @@ never pickle; ``load_model(directory)`` rebuilds the right class.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import implicit.cpu.als  # noqa: F401  (importing implicit loads scipy's OpenBLAS; limit threads after)
@@ -39,11 +39,26 @@ class ModelNotTrained(RetroError):
     """The model was asked to recommend or explain before ``fit`` (or ``load_model``)."""
 
 
-@contextmanager
-def single_threaded_blas():
-    """Pin BLAS to one thread (implicit runs ~1.5–3× slower and warns otherwise; see STACK-NOTES)."""
-    with threadpool_limits(1, "blas"):
-        yield
+_blas_pinned = False
+_pin_lock = threading.Lock()
+
+
+def pin_blas() -> None:
+    """Pin every loaded BLAS to one thread, once per process (implicit runs ~1.5–3× slower and warns otherwise;
+    see STACK-NOTES).
+
+    OpenBLAS's thread count is process-wide, so one call covers every thread, and `import implicit` at the top
+    of this module has already loaded scipy's OpenBLAS. Called before every fit, recommend and explain, but it
+    works only the first time: `threadpool_limits` re-discovers the loaded libraries by reading
+    /proc/self/maps (2–5 ms), which was about 45 % of a served request when it ran per call (issue 16).
+    """
+    global _blas_pinned
+    if _blas_pinned:
+        return
+    with _pin_lock:
+        if not _blas_pinned:
+            threadpool_limits(1, "blas")
+            _blas_pinned = True
 
 
 def _check_matrix(user_items, n_items: int | None = None, *, for_fit: bool = False) -> sp.csr_matrix:
@@ -282,9 +297,9 @@ class _MatrixFactorization(Recommender):
     def fit(self, user_items):
         user_items = _check_matrix(user_items, for_fit=True)
         t0 = time.perf_counter()
-        with single_threaded_blas():
-            model = self._make_model()
-            model.fit(user_items, show_progress=False)
+        pin_blas()
+        model = self._make_model()
+        model.fit(user_items, show_progress=False)
         self._model = model
         self.n_items_ = user_items.shape[1]
         self.fit_seconds_ = time.perf_counter() - t0
@@ -297,8 +312,8 @@ class _MatrixFactorization(Recommender):
             raise ValidationError(f"user row {int(user_rows.max())} is not in the model (trained on {n_users} "
                                   "users); retrain to include new users")
         N = min(k, self.n_items_)
-        with single_threaded_blas():
-            ids, scores = self._model.recommend(user_rows, seen, N=N, filter_already_liked_items=filter_seen)
+        pin_blas()
+        ids, scores = self._model.recommend(user_rows, seen, N=N, filter_already_liked_items=filter_seen)
         out_ids = np.full((n, k), PAD_ID, dtype=np.int64)
         out_scores = np.full((n, k), PAD_SCORE, dtype=np.float32)
         out_ids[:, :N], out_scores[:, :N] = ids, scores
@@ -325,8 +340,8 @@ class _MatrixFactorization(Recommender):
         return {"user_factors": self._model.user_factors, "item_factors": self._model.item_factors}
 
     def _set_arrays(self, arrays, meta):
-        with single_threaded_blas():
-            model = self._make_model()
+        pin_blas()
+        model = self._make_model()
         model.user_factors = arrays["user_factors"].astype(np.float32)
         model.item_factors = arrays["item_factors"].astype(np.float32)
         self._model = model
@@ -380,8 +395,8 @@ class ALSRecommender(_MatrixFactorization):
         """(total score, top-n contributions) of ``item_id`` for the user's current row."""
         self._check_fitted()
         user_items = _check_matrix(user_items, self.n_items_)
-        with single_threaded_blas():
-            total, top, _ = self._model.explain(int(user_row), user_items, int(item_id), N=n)
+        pin_blas()
+        total, top, _ = self._model.explain(int(user_row), user_items, int(item_id), N=n)
         return float(total), [(int(i), float(s)) for i, s in top]
 
 

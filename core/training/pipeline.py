@@ -244,15 +244,21 @@ def ranker_status(settings: Settings) -> dict:
 @locks.exclusive("ranker training")
 def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: int = HOLDOUT_DAYS,
                  weights: dataset.ConfidenceWeights = dataset.ConfidenceWeights(), job_id: int | None = None,
-                 at: str | None = None, progress: Progress = _noop, cf_on_train_window=None) -> dict:
+                 at: str | None = None, progress: Progress = _noop, cf_on_train_window=None,
+                 cf_version: int | None = None) -> dict:
     """Train, evaluate, register and (if it beats CF alone) promote a ranker on top of the production CF model.
 
     `cf_on_train_window`: the production CF configuration already fitted on this split's training
-    window (the retrain pipeline passes it to save a fit)."""
+    window (the retrain pipeline passes it to save a fit). `cf_version`: train the ranker of another CF
+    version instead (a release's candidate, so both arms of a canary are two-stage): it is registered with
+    `depends_on` = that version and stays a candidate; `beats_cf` in its metrics says whether it beat CF alone,
+    and a release that promotes the CF version promotes it too (`core.monitoring.release`)."""
     from core.training import ranker as rk
-    cf = registry.production(settings)
+    cf = registry.production(settings) if cf_version is None else registry.get_version(settings, int(cf_version))
     if cf is None:
         raise RetroError("the ranker re-ranks the production CF model's candidates: promote a CF model first")
+    if cf["family"] != registry.CF:
+        raise ValidationError(f"v{cf['version']} is a {cf['family']} model; a ranker re-ranks a CF model's candidates")
     seed = settings.seed if seed is None else int(seed)
     at = at or sim_now(settings)
     cf_cls = MODELS[cf["model_kind"]]
@@ -318,7 +324,8 @@ def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: i
         digest = rk.save_ranker(path, rk.Ranker(model, ctx_full), meta)
         timings["save"] = time.perf_counter() - t
         metrics = two_stage | {"cf_only_ndcg@10": cf_only["ndcg@10"], "cf_only_hit_rate@10": cf_only["hit_rate@10"],
-                               "training_rows": int(keep.sum()), "positives": int(y[keep].sum())}
+                               "training_rows": int(keep.sum()), "positives": int(y[keep].sum()),
+                               "beats_cf": bool(two_stage["ndcg@10"] > cf_only["ndcg@10"])}
         tracking.finish_run(settings, run_id, metrics, {"cf_only": cf_only}, timings, str(path), digest, at=at)
     except Exception as exc:
         tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
@@ -327,9 +334,11 @@ def train_ranker(settings: Settings, *, seed: int | None = None, holdout_days: i
     better = two_stage["ndcg@10"] > cf_only["ndcg@10"]
     reasons = [f"two-stage ndcg@10 {two_stage['ndcg@10']:.4f} {'>' if better else '≤'} CF alone {cf_only['ndcg@10']:.4f} "
                f"on the same holdout and candidates"]
-    if better:
+    promoted = better and cf["stage"] == "production"
+    if promoted:
         registry.promote(settings, version, "pipeline", "ranker beats CF alone on the holdout",
                          gate={"promote": True, "reasons": reasons, "checks": {}}, at=at)
-    progress(1.0, "ranker: " + ("promoted" if better else "kept as candidate (CF alone serves)"))
-    return {"run_id": run_id, "version": version, "promoted": better, "reasons": reasons, "metrics": metrics,
+    progress(1.0, "ranker: " + ("promoted" if promoted else "kept as candidate" + (
+        "" if better else " (CF alone serves)")))
+    return {"run_id": run_id, "version": version, "promoted": promoted, "reasons": reasons, "metrics": metrics,
             "cf_version": int(cf["version"])}

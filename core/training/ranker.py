@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import ThreadpoolController
 
 from core.warehouse import dataset, warehouse
 from core.constants import GENRE_INDEX, GENRES
@@ -126,6 +128,27 @@ def feature_rows(ctx: Context, user_rows: np.ndarray, items: np.ndarray, cf_scor
     return X
 
 
+_openmp = None
+_openmp_lock = threading.Lock()
+
+
+def single_threaded_openmp():
+    """A context that runs the block's OpenMP (scikit-learn's tree predictions) on one thread.
+
+    Scoring 50 candidates is microseconds of work per tree; with an OpenMP team per tree (60 trees) the
+    thread wake-ups dominated, and on a busy 2-core machine a request spent ~100 ms waiting for threads
+    (issue 16). OpenMP's thread count is per calling thread, so the limit is set and restored around each
+    call, through one controller built once (the library discovery it saves costs milliseconds; the
+    limit itself ~8 µs).
+    """
+    global _openmp
+    if _openmp is None:
+        with _openmp_lock:
+            if _openmp is None:
+                _openmp = ThreadpoolController().select(user_api="openmp")
+    return _openmp.limit(limits=1)
+
+
 def candidates(cf_model, user_rows: np.ndarray, user_items: sp.csr_matrix, n: int = CANDIDATES):
     ids, scores = cf_model.recommend(user_rows, user_items, n)
     return ids, np.where(ids >= 0, scores, 0.0)
@@ -139,7 +162,8 @@ class Ranker:
     def rerank(self, user_rows, items, cf_scores, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of each candidate list by the ranker's log-odds (padding stays last)."""
         X = feature_rows(self.context, user_rows, items, cf_scores)
-        logit = self.model.decision_function(X).reshape(items.shape)
+        with single_threaded_openmp():
+            logit = self.model.decision_function(X).reshape(items.shape)
         logit = np.where(items >= 0, logit, -np.inf)
         order = np.argsort(-logit, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(items, order, axis=1), np.take_along_axis(logit, order, axis=1)

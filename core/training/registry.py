@@ -342,6 +342,24 @@ def production_on(db, settings: Settings, family: str = CF) -> dict | None:
     row = _production_row(db, family)
     return None if row is None else mlopsdb.resolve_artifact(settings, decode_json_fields(row, VERSION_JSON_FIELDS))
 
+def version_on(db, settings: Settings, version: int) -> dict:
+    """One version (metrics/params decoded, artifact path resolved) read on the caller's connection;
+    UnknownVersion when it does not exist."""
+    return mlopsdb.resolve_artifact(settings, decode_json_fields(_version_row(db, version), VERSION_JSON_FIELDS))
+
+
+def candidate_ranker_on(db, settings: Settings, cf_version: int) -> dict | None:
+    """The newest candidate ranker trained on CF `cf_version` that beat CF alone on its holdout (a release's
+    candidate serves with it, so a canary compares two-stage with two-stage), or None."""
+    rows = list(db.query("SELECT * FROM model_versions WHERE family = ? AND depends_on = ? AND stage = 'candidate' "
+                         "ORDER BY version DESC", [RANKER, int(cf_version)]))
+    for row in rows:
+        metrics = mlopsdb.loads(row["metrics"]) or {}
+        if metrics.get("beats_cf", (metrics.get("ndcg@10") or 0) > (metrics.get("cf_only_ndcg@10") or 0)):
+            return mlopsdb.resolve_artifact(settings, decode_json_fields(row, VERSION_JSON_FIELDS))
+    return None
+
+
 # --- artifacts rewritten in place (an erasure or a key rotation, core/privacy) -----------------------------------
 def versions_of_artifact(settings: Settings, directory) -> list[tuple[int, str]]:
     """(version, stage) of every version whose artifact is `directory`."""

@@ -1,0 +1,313 @@
+"""The release policy: shadow and canary releases judged by their online numbers, and every decision stored.
+
+A canary shows the candidate's lists to a share of users (a stable hash of the user id, see
+`core.serving.deployments`); monitoring measures the online hit rate@10 of both arms every day
+(`monitoring.arm_quality`). The policy compares them **paired by day** — each day's difference
+d_t = hit rate(canary) − hit rate(production), both measured on the same day's lists and watches, so a
+day that is good or bad for everyone cancels out — and averages the days:
+
+    point = mean_t d_t,   se = sqrt(Σ_t v_t) / T,   v_t = p_c(1 − p_c)/n_c + p_p(1 − p_p)/n_p
+
+(the binomial variance of a difference of two proportions on day t; T days), with a normal interval
+point ± z·se at `level` (90 %: z = 1.645). Then, after every monitored day:
+
+- **rollback** as soon as the canary is significantly worse: the interval's upper bound is below 0;
+- **ramp** to the next share, or **promote** at the last one, once the canary has served `min_days` days at
+  its current share and is not worse than production: the lower bound is above −`margin`;
+- **rollback** when `max_days` pass without that evidence (not shown to be as good);
+- else **continue**.
+
+Each decision is a `release_decisions` row with its numbers (days, point, interval, hit rates, lists judged
+per arm, users the candidate reached) and the per-day evidence. A promotion goes through the registry like
+any other (`registry.promote`: the baselines floor still holds); a rollback archives the candidate —
+production never changed, so nothing is restored, the candidate's arm just closes. A shadow release shows
+nobody the candidate: it is judged by people (its counterfactual numbers are on the Deployment page) and
+ended by `promote`, `rollback` or `stop` by hand. Operators can decide at any time; their decisions are
+recorded the same way (actor `operator:NAME` or `cli:USER`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from statistics import NormalDist
+
+import pandas as pd
+
+from core.errors import ValidationError
+from core.monitoring import monitoring
+from core.serving import deployments
+from core.settings import Settings
+from core.store import mlopsdb, opsdb, servinglog
+from core.store.mlopsdb import timestamp
+from core.training import registry
+
+POLICY = {"min_days": 3, "max_days": 10, "margin": 0.02, "level": 0.90, "ramp": None}
+POLICY_ACTOR = "policy:release"
+DECISION_COLUMNS = ["decision_id", "deployment_id", "at", "day", "decision", "actor", "reason", "days", "point", "lo",
+                    "hi", "hit_rate_canary", "hit_rate_production", "users_canary", "users_production",
+                    "users_affected", "share", "evidence"]
+
+
+def release_policy(share: float | None = None, **overrides) -> dict:
+    """The rules a canary is judged by: POLICY with `overrides`, checked. `ramp`: the shares the canary moves
+    through, ascending, starting at its first share (default: just `share`, then promotion)."""
+    unknown = set(overrides) - set(POLICY)
+    if unknown:
+        raise ValidationError(f"unknown release policy setting(s) {sorted(unknown)}; known: {', '.join(POLICY)}")
+    policy = POLICY | {k: v for k, v in overrides.items() if v is not None}
+    for key in ("min_days", "max_days"):
+        if isinstance(policy[key], bool) or not isinstance(policy[key], int) or policy[key] < 1:
+            raise ValidationError(f"{key} must be a positive whole number of days, got {policy[key]!r}")
+    if policy["max_days"] < policy["min_days"]:
+        raise ValidationError(f"max_days ({policy['max_days']}) must be at least min_days ({policy['min_days']})")
+    if not 0 <= float(policy["margin"]) < 1:
+        raise ValidationError(f"margin is a hit-rate difference in [0, 1), got {policy['margin']!r}")
+    if not 0.5 <= float(policy["level"]) < 1:
+        raise ValidationError(f"level is an interval's coverage in [0.5, 1), got {policy['level']!r}")
+    ramp = policy["ramp"] or ([share] if share is not None else None)
+    if ramp is not None:
+        ramp = [deployments.check_share(x) for x in ramp]
+        if ramp != sorted(ramp) or len(set(ramp)) != len(ramp):
+            raise ValidationError(f"a ramp's shares must rise step by step, got {ramp}")
+        if share is not None and ramp[0] != share:
+            raise ValidationError(f"the ramp starts at the canary's share ({share}), not {ramp[0]}")
+    policy["ramp"] = ramp
+    return policy
+
+
+# ------------------------------------------------------------------ evidence
+def evidence(settings: Settings, release: dict) -> dict:
+    """The paired-by-day comparison of a canary with production over the days monitored under `release`.
+
+    {"days", "point", "lo", "hi", "se", "level", "hit_rate_canary", "hit_rate_production", "users_canary",
+    "users_production", "per_day": [{day, share, canary, production, n_canary, n_production, diff, var}],
+    "users_affected", "lists_affected"}; with no day yet, the numbers are None.
+    """
+    level = float((release.get("policy") or {}).get("level", POLICY["level"]))
+    per_day = []
+    for row in monitoring.release_days(settings, release["deployment_id"]):
+        c, p = row["arms"].get("canary"), row["arms"].get("production")
+        if not c or not p or not c.get("users") or not p.get("users"):
+            continue
+        pc, pp, nc, np_ = c["hit_rate"], p["hit_rate"], c["users"], p["users"]
+        per_day.append({"day": row["day"], "share": row["release"].get("share"), "canary": pc, "production": pp,
+                        "n_canary": nc, "n_production": np_, "diff": pc - pp,
+                        "var": pc * (1 - pc) / nc + pp * (1 - pp) / np_})
+    return summarize(per_day, level) | reach(settings, release)
+
+
+def summarize(per_day: list[dict], level: float = POLICY["level"]) -> dict:
+    """Point estimate and interval of the mean daily difference (see the module docstring); pure."""
+    t = len(per_day)
+    out = {"days": t, "level": level, "per_day": per_day, "point": None, "lo": None, "hi": None, "se": None,
+           "hit_rate_canary": None, "hit_rate_production": None,
+           "users_canary": sum(d["n_canary"] for d in per_day), "users_production": sum(d["n_production"] for d in per_day)}
+    if not t:
+        return out
+    point = sum(d["diff"] for d in per_day) / t
+    se = math.sqrt(sum(d["var"] for d in per_day)) / t
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    out |= {"point": point, "se": se, "lo": point - z * se, "hi": point + z * se,
+            "hit_rate_canary": sum(d["canary"] for d in per_day) / t,
+            "hit_rate_production": sum(d["production"] for d in per_day) / t}
+    return out
+
+
+def reach(settings: Settings, release: dict) -> dict:
+    """Users and lists the candidate's own lists reached (canary arm, candidate version) since the release began."""
+    if release["mode"] != "canary":
+        return {"users_affected": 0, "lists_affected": 0}
+    with opsdb.session(settings) as db:
+        users, lists = servinglog.arm_reach(db, release["started_at"], release.get("ended_at"), "canary",
+                                            release["version"])
+    return {"users_affected": users, "lists_affected": lists}
+
+
+def decide(ev: dict, policy: dict, share: float | None) -> tuple[str, str, float | None]:
+    """(decision, reason, share after it) for a canary's evidence under `policy`; pure."""
+    level = f"{policy['level']:.0%}"
+    if not ev["days"]:
+        return "continue", "no monitored day of the canary yet", share
+    numbers = (f"hit rate@10 canary − production {ev['point']:+.4f}, {level} interval [{ev['lo']:+.4f}, "
+               f"{ev['hi']:+.4f}] over {ev['days']} day{'s' if ev['days'] != 1 else ''}")
+    if ev["hi"] < 0:
+        return "rollback", f"significantly worse than production: {numbers}", share
+    ramp = policy.get("ramp") or [share]
+    at_share = 0
+    for d in reversed(ev["per_day"]):
+        if d["share"] != share:
+            break
+        at_share += 1
+    if at_share >= policy["min_days"] and ev["lo"] > -policy["margin"]:
+        later = [x for x in ramp if share is not None and x > share]
+        why = f"not worse than production (margin {policy['margin']}): {numbers}"
+        if later:
+            return "ramp", f"{why}; share {share:.0%} → {later[0]:.0%}", later[0]
+        return "promote", why, share
+    if ev["days"] >= policy["max_days"]:
+        return "rollback", f"not shown to be as good as production within {policy['max_days']} days: {numbers}", share
+    wait = max(0, policy["min_days"] - at_share)
+    return "continue", f"{numbers}; " + (f"{wait} more day{'s' if wait != 1 else ''} at {share:.0%} before a "
+                                        "decision" if wait else "not yet shown to be as good"), share
+
+
+# ------------------------------------------------------------------ actions
+def start(settings: Settings, version: int, mode: str, *, actor: str, reason: str = "release started",
+          share: float | None = None, at: str | None = None, with_ranker: bool | None = None, progress=None,
+          **policy) -> dict:
+    """Start a shadow or canary release of `version` judged by `policy` (POLICY's keys); returns it.
+
+    `with_ranker` (default: when a ranker serves production): first train the candidate's own ranker, unless
+    it has one, so the candidate is served two-stage like production — a canary in CF order against a
+    re-ranked production would be judged on the ranker, not on the model."""
+    if mode == "canary":
+        share = deployments.DEFAULT_SHARE if share is None else share
+        rules = release_policy(deployments.check_share(share), **policy)
+    else:
+        rules = release_policy(None, **policy)
+    if with_ranker is None:
+        from core.training.pipeline import ranker_status
+        with_ranker = ranker_status(settings)["active"]
+    ranker = None
+    if with_ranker and _candidate_ranker(settings, version) is None:
+        ranker = _train_candidate_ranker(settings, version, at, progress)
+    started = deployments.start(settings, version, mode, actor=actor, reason=reason, share=share, policy=rules, at=at)
+    return started | {"ranker": ranker}
+
+
+def _candidate_ranker(settings: Settings, version: int) -> dict | None:
+    with mlopsdb.session(settings) as db:
+        registry.version_on(db, settings, int(version))           # UnknownVersion before any training
+        return registry.candidate_ranker_on(db, settings, int(version))
+
+
+def _train_candidate_ranker(settings: Settings, version: int, at, progress) -> dict:
+    from core.errors import RetroError
+    from core.training.pipeline import train_ranker
+    try:
+        result = train_ranker(settings, cf_version=int(version), at=at, **({"progress": progress} if progress else {}))
+    except RetroError as exc:          # too little data for a ranker: the candidate serves in CF order
+        return {"error": str(exc)}
+    return {k: result[k] for k in ("version", "reasons")} | {"beats_cf": result["metrics"]["beats_cf"]}
+
+
+def review(settings: Settings, *, day: str | None = None, now: str | None = None, actor: str = POLICY_ACTOR) -> dict | None:
+    """The policy's daily look at the active canary (after monitoring): decide, act, record; returns the
+    decision (None without an active canary). A canary whose production changed meanwhile (a retrain promoted
+    another model) is stopped: its comparison no longer holds."""
+    release = deployments.active(settings)
+    if release is None or release["mode"] != "canary":
+        return None
+    prod = registry.production(settings)
+    if prod is None or int(prod["version"]) != int(release["production_version"]):
+        now_v = "nothing" if prod is None else f"v{prod['version']}"
+        return _finish(settings, release, "stop", actor, f"production changed during the canary (v"
+                       f"{release['production_version']} → {now_v}); start a new release to compare with it",
+                       evidence(settings, release), day, now)
+    ev = evidence(settings, release)
+    decision, reason, share = decide(ev, release["policy"] or POLICY, release["share"])
+    if decision == "continue":
+        return _record(settings, release, decision, actor, reason, ev, day, now, share)
+    if decision == "ramp":
+        deployments.set_share(settings, release["deployment_id"], share, at=now)
+        return _record(settings, release, decision, actor, reason, ev, day, now, share)
+    return _finish(settings, release, decision, actor, reason, ev, day, now)
+
+
+def decide_now(settings: Settings, decision: str, *, actor: str, reason: str, at: str | None = None) -> dict:
+    """An operator's decision on the active release: 'promote', 'rollback' or 'stop', recorded with the
+    evidence of the moment; `ramp` goes through `ramp_to`."""
+    if decision not in ("promote", "rollback", "stop"):
+        raise ValidationError(f"a release is ended by promote, rollback or stop, not {decision!r}")
+    release = _active_release(settings)
+    return _finish(settings, release, decision, actor, reason, evidence(settings, release), None, at)
+
+
+def ramp_to(settings: Settings, share: float, *, actor: str, reason: str, at: str | None = None) -> dict:
+    """Change the active canary's share by hand (recorded as a 'ramp' decision)."""
+    release = _active_release(settings)
+    if release["mode"] != "canary":
+        raise ValidationError("only a canary has a share; a shadow shows nobody the candidate")
+    deployments.set_share(settings, release["deployment_id"], share, at=at)
+    return _record(settings, release, "ramp", actor, reason, evidence(settings, release), None, at,
+                   deployments.check_share(share))
+
+
+def _active_release(settings: Settings) -> dict:
+    release = deployments.active(settings)
+    if release is None:
+        raise deployments.NoActiveRelease("no shadow or canary release is active; start one first")
+    return release
+
+
+def _finish(settings, release, decision, actor, reason, ev, day, at) -> dict:
+    """Promote, roll back or stop the release, then record the decision (promotion first: if the registry
+    refuses it, e.g. under its baselines, the release stays active and nothing is recorded)."""
+    version = int(release["version"])
+    if decision == "promote":
+        gate = {"promote": True, "reasons": [f"release #{release['deployment_id']} ({release['mode']}): {reason}"],
+                "checks": {"release": _numbers(ev)}}
+        registry.promote(settings, version, actor, f"{release['mode']} release #{release['deployment_id']}: {reason}",
+                         gate=gate, at=at)
+        ranker = _candidate_ranker(settings, version)
+        if ranker is not None:            # the ranker the candidate served with follows it into production
+            registry.promote(settings, int(ranker["version"]), actor, f"ranker of v{version}, promoted by release "
+                             f"#{release['deployment_id']}", gate=gate, at=at)
+        deployments.end(settings, release["deployment_id"], "promoted", actor=actor, reason=reason, at=at)
+    elif decision == "rollback":
+        deployments.end(settings, release["deployment_id"], "rolled-back", actor=actor, reason=reason, at=at)
+        if registry.get_version(settings, version)["stage"] == "candidate":
+            registry.archive(settings, version, actor, f"rolled back from release #{release['deployment_id']}: "
+                             f"{reason}", at=at)
+    else:
+        deployments.end(settings, release["deployment_id"], "stopped", actor=actor, reason=reason, at=at)
+    ended = deployments.get(settings, release["deployment_id"])
+    return _record(settings, ended, decision, actor, reason, ev | reach(settings, ended), day, at, release["share"])
+
+
+def _numbers(ev: dict) -> dict:
+    return {k: ev.get(k) for k in ("days", "point", "lo", "hi", "level", "hit_rate_canary", "hit_rate_production",
+                                    "users_canary", "users_production", "users_affected")}
+
+
+def _record(settings, release, decision, actor, reason, ev, day, at, share) -> dict:
+    when = timestamp(at, settings)
+    evidence_json = json.dumps({"per_day": ev.get("per_day", []), "policy": release.get("policy"),
+                                "lists_affected": ev.get("lists_affected"), "se": ev.get("se"),
+                                "level": ev.get("level")})
+    with mlopsdb.session(settings) as db:
+        cur = db.conn.execute(
+            "INSERT INTO release_decisions(deployment_id, at, day, decision, actor, reason, days, point, lo, hi, "
+            "hit_rate_canary, hit_rate_production, users_canary, users_production, users_affected, share, evidence) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [release["deployment_id"], when, day, decision, actor, reason, ev.get("days"), ev.get("point"), ev.get("lo"),
+             ev.get("hi"), ev.get("hit_rate_canary"), ev.get("hit_rate_production"), ev.get("users_canary"),
+             ev.get("users_production"), ev.get("users_affected"), share, evidence_json])
+        decision_id = cur.lastrowid
+    return {"decision_id": decision_id, "deployment_id": release["deployment_id"], "version": release["version"],
+            "mode": release["mode"], "at": when, "day": day, "decision": decision, "actor": actor, "reason": reason,
+            "share": share, **_numbers(ev)}
+
+
+# ------------------------------------------------------------------ reads
+def decisions(settings: Settings, deployment_id: int | None = None) -> pd.DataFrame:
+    """Release decisions, oldest first (all, or one release's); `evidence` stays JSON text."""
+    where, args = ("WHERE deployment_id = ?", [int(deployment_id)]) if deployment_id is not None else ("", [])
+    with mlopsdb.session(settings) as db:
+        rows = db.execute(f"SELECT * FROM release_decisions {where} ORDER BY decision_id", args).fetchall()
+    return pd.DataFrame(rows, columns=DECISION_COLUMNS)
+
+
+def status(settings: Settings) -> dict:
+    """What serves and what is being released: production, the active release with its evidence so far and
+    its decisions, and the releases before it (the `release status` command and the Deployment page)."""
+    prod = registry.production(settings)
+    active = deployments.active(settings)
+    out = {"production": None if prod is None else {k: prod[k] for k in ("version", "model_kind", "data_version",
+                                                                         "created_at")},
+           "release": active, "evidence": None, "decisions": [], "history": deployments.history(settings)}
+    if active is not None:
+        ev = evidence(settings, active)
+        out["evidence"] = {k: v for k, v in ev.items() if k != "per_day"} | {"per_day": ev["per_day"]}
+        out["decisions"] = decisions(settings, active["deployment_id"]).to_dict("records")
+    return out
