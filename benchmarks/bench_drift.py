@@ -3,6 +3,11 @@
 Usage: python benchmarks/bench_drift.py [--days 14] [--stable-days 30] [--scenarios trend,viral,...]
                                         [--strength 1.0] [--duration 14] [--quick]
        --quick: a smaller world (800 users, 300 movies, 14 days) for a fast check.
+       python benchmarks/bench_drift.py --releases [--release-days 10] [--quick]
+       --releases: instead of the shift scenarios, two canary releases in the closed loop on a copy of the
+       same base folder (after the warm-up): a good candidate (the default configuration retrained on the
+       newer data) ramped 30 % → 60 % → production, and a bad one (a deliberately weak configuration,
+       factors 2, iterations 1, regularization 1000) rolled back; prints one Markdown table.
 
 The world (default 3,000 users, 1,500 movies, 60 days, seed 42) is built ONCE into a base folder,
 a production model is trained (`pipeline.retrain`), and 7 stable closed-loop days are simulated with
@@ -43,9 +48,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.simulation import loop, simulation
-from core.monitoring import monitoring, policy
+from core.monitoring import monitoring, policy, release
 from core.training import pipeline, registry, tracking
-from core.serving import serving  # noqa: E402
+from core.serving import deployments, serving  # noqa: E402
 from core.pseudonym import KEY_ENV  # noqa: E402
 from core.store.mlopsdb import clone_home
 from core.settings import load_settings  # noqa: E402
@@ -184,6 +189,90 @@ def detail_table(title: str, log: list[dict], jobs: dict[int, dict], per_day: li
     return out
 
 
+# ------------------------------------------------------------------ --releases: both outcomes of a canary
+GOOD_PARAMS: dict = {}                                                   # the default configuration, newer data
+BAD_PARAMS = {"factors": 2, "iterations": 1, "regularization": 1000.0}   # deliberately weak
+RELEASE_SCENARIOS = [
+    # (name, candidate description, params, policy overrides)
+    ("good candidate", "default ALS retrained on the data through the warm-up days", GOOD_PARAMS,
+     {"share": 0.3, "ramp": [0.3, 0.6], "min_days": 2}),
+    ("bad candidate", "weak ALS (factors 2, iterations 1, regularization 1000), same data", BAD_PARAMS,
+     {"share": 0.3}),
+]
+
+
+def run_release(settings, params: dict, rules: dict, max_days: int) -> dict:
+    """Train and register a candidate, start it as a canary, then simulate closed-loop days (manual retraining
+    policy, so production only changes by the release) one at a time until the release policy ends it."""
+    t = time.perf_counter()
+    prod = registry.production(settings)["version"]
+    version = registry.register(settings, pipeline.train(settings, params=params).run_id)
+    rules = dict(rules)
+    share = rules.pop("share")
+    started = release.start(settings, version, "canary", actor="bench", reason="release benchmark", share=share,
+                            **rules)
+    t_train = time.perf_counter() - t
+    days, per_day = 0, []
+    while days < max_days and deployments.active(settings) is not None:
+        _, secs, _ = timed_run(settings, 1, policy_mode="manual")
+        per_day += secs
+        days += 1
+    dec = release.decisions(settings, started["deployment_id"])
+    last = dec.iloc[-1].to_dict() if len(dec) else None
+    ev = json.loads(last["evidence"]) if last else {}
+    shares = [d["share"] for d in ev.get("per_day", [])]
+    path, runs = [], []
+    for s_ in shares:
+        if runs and runs[-1][0] == s_:
+            runs[-1][1] += 1
+        else:
+            runs.append([s_, 1])
+    path = [f"{s_:.0%} ({n} d)" for s_, n in runs]
+    end = deployments.get(settings, started["deployment_id"])["state"]
+    if end == "promoted":
+        path.append("production")
+    return {"version": version, "production_before": prod, "production_after": registry.production(settings)["version"],
+            "stage_after": registry.get_version(settings, version)["stage"], "state": end, "path": path,
+            "decisions": dec["decision"].tolist(), "last": last, "lists": ev.get("lists_affected"),
+            "days_run": days, "train_secs": t_train, "day_secs": per_day, "ranker": started.get("ranker"),
+            "metrics": tracking.get_run(settings, registry.get_version(settings, version)["run_id"])["metrics"]}
+
+
+def releases_report(args, base_note: str, results: list[tuple]) -> list[str]:
+    lines = ["# Release benchmark: a good canary ramped to production, a bad one rolled back\n", base_note,
+             "\n| scenario | candidate | share path (days at each share) | days until the decision | decision | "
+             "hit rate@10 canary / production | difference canary − production: point [90 % interval] | "
+             "users affected (lists the candidate reached) | production after |",
+             "| --- | --- | --- | ---: | --- | --- | --- | ---: | --- |"]
+    for (name, desc, _, _), r in results:
+        d = r["last"]
+        if d is None:
+            lines.append(f"| {name} | v{r['version']}: {desc} | — | — | no decision | — | — | — | v{r['production_after']} |")
+            continue
+        decided = d["decision"] if d["decision"] in ("promote", "rollback", "stop") else f"none yet ({d['decision']})"
+        lines.append(f"| {name} | v{r['version']}: {desc} | {' → '.join(r['path'])} | {d['days']} | **{decided}** "
+                     f"(by {d['actor']}) | {fmt(d['hit_rate_canary'], '.3f')} / {fmt(d['hit_rate_production'], '.3f')} | "
+                     f"{fmt(d['point'], '+.4f')} [{fmt(d['lo'], '+.4f')}, {fmt(d['hi'], '+.4f')}] | "
+                     f"{d['users_affected']} ({fmt(r['lists'], 'd')}) | v{r['production_after']} "
+                     f"(v{r['version']} {r['stage_after']}) |")
+    lines.append("\nDecisions day by day (release policy, after each monitored day):")
+    for (name, _, _, rules), r in results:
+        lines.append(f"- {name} (policy {json.dumps(rules)}; margin {release.POLICY['margin']}, level "
+                     f"{release.POLICY['level']:.0%}, max_days {release.POLICY['max_days']}): "
+                     f"{' → '.join(r['decisions']) or '—'}. Reason: {r['last']['reason'] if r['last'] else '—'}"
+                     + ("" if not r["ranker"] else "; the candidate served with its own ranker "
+                        + (f"(error: {r['ranker']['error']})" if "error" in r["ranker"] else
+                           f"v{r['ranker']['version']} (beats CF offline: {r['ranker']['beats_cf']})")))
+    lines.append("\nOffline holdout metrics of the candidates (for comparison): " + "; ".join(
+        f"{name} v{r['version']}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(r["metrics"].items())
+                                                 if isinstance(v, (int, float)) and k.startswith(("ndcg", "recall", "hit")))
+        for (name, _, _, _), r in results))
+    lines.append("\nTimings: " + "; ".join(
+        f"{name}: train + start {r['train_secs']:.1f} s, {r['days_run']} closed-loop day(s), mean "
+        f"{np.mean(r['day_secs']):.1f} s/day" for (name, _, _, _), r in results) + ".")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--days", type=int, default=14, help="simulated days per shift scenario")
@@ -197,6 +286,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true", help="small world: 800 users, 300 movies, 14 days")
     p.add_argument("--no-detail", action="store_true", help="do not print the per-day logs")
+    p.add_argument("--releases", action="store_true",
+                   help="run the two canary releases (good ramped, bad rolled back) instead of the shift scenarios")
+    p.add_argument("--release-days", type=int, default=10, help="at most this many closed-loop days per release")
     args = p.parse_args()
     if args.quick:
         args.users, args.movies, args.world_days = 800, 300, 14
@@ -238,8 +330,28 @@ def main() -> None:
         baseline = float(np.mean(warm_hr))
         baseline_top50 = float(np.mean([r["hit_rate_top50"] for r in warm["log"] if r["hit_rate_top50"] is not None]))
         note(f"warm-up {WARMUP_DAYS} days in {t_warm:.1f}s; baseline hit rate {baseline:.4f}")
-        if not args.no_detail:
+        if not args.no_detail and not args.releases:
             details += detail_table(f"warm-up ({WARMUP_DAYS} days, manual)", warm["log"], {}, warm_days)
+
+        if args.releases:
+            rel_results = []
+            for scenario in RELEASE_SCENARIOS:
+                name, _, params, rules = scenario
+                s = fresh_copy(base, tmp / name.replace(" ", "-"))
+                r = run_release(s, params, rules, args.release_days)
+                note(f"{name}: v{r['version']} {r['state']} after {r['days_run']} day(s): {r['decisions']}")
+                rel_results.append((scenario, r))
+                _reset_caches()
+                shutil.rmtree(s.home)
+            base_note = (f"world: {args.users} users, {args.movies} movies, {args.world_days} days, seed {args.seed}; "
+                         f"production v{first_model['version']} (first retrain), then {WARMUP_DAYS} warm-up days "
+                         f"(baseline model hit rate@10 {baseline:.4f}); each release starts on a fresh copy of that "
+                         f"folder and runs at most {args.release_days} closed-loop days (retraining policy manual). "
+                         f"Code {code}; pseudonymization key "
+                         + ("fixed by the benchmark." if fixed_key else f"from ${KEY_ENV}.")
+                         + f" Total wall time {time.perf_counter() - wall0:.0f} s.")
+            print("\n".join(releases_report(args, base_note, rel_results)))
+            return
 
         # 1. False alarms on stable days.
         stable = None
