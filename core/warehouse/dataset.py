@@ -139,6 +139,20 @@ class NoDataAfterTraining(RetroError):
     """The warehouse has no day after a model's training window yet: nothing to score it on without leakage."""
 
 
+def holdout_cutoff(end: pd.Timestamp, holdout_days: int, start_after=None) -> pd.Timestamp:
+    """First holdout instant: the start of the last `holdout_days` days up to `end`, moved to the first whole day
+    after `start_after` (a model's training end) when given — either engine's split starts here."""
+    cutoff = (end - pd.Timedelta(days=holdout_days - 1)).normalize()
+    if start_after is not None:
+        first_new_day = pd.Timestamp(start_after).normalize() + pd.Timedelta(days=1)
+        if first_new_day > end:
+            raise NoDataAfterTraining(
+                f"no data after the model's training window yet (it ends {pd.Timestamp(start_after)}, the newest "
+                f"data {end}): scoring it now would use days it was trained on; simulate or load more days")
+        cutoff = max(cutoff, first_new_day)
+    return cutoff
+
+
 def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWeights = ConfidenceWeights(),
                all_movie_ids: np.ndarray | None = None, served_pairs=None, start_after=None) -> Split:
     """Train on everything before the last `holdout_days` days; evaluate on what users did after.
@@ -157,14 +171,7 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
         if end is None:
             raise RetroError("the warehouse is empty; run the ETL first (python -m core etl)")
         end = pd.Timestamp(end)
-        cutoff = (end - pd.Timedelta(days=holdout_days - 1)).normalize()
-        if start_after is not None:
-            first_new_day = pd.Timestamp(start_after).normalize() + pd.Timedelta(days=1)
-            if first_new_day > end:
-                raise NoDataAfterTraining(
-                    f"no data after the model's training window yet (it ends {pd.Timestamp(start_after)}, the newest "
-                    f"data {end}): scoring it now would use days it was trained on; simulate or load more days")
-            cutoff = max(cutoff, first_new_day)
+        cutoff = holdout_cutoff(end, holdout_days, start_after)
         train_df = interactions(settings, None, cutoff, weights, con)
         if train_df.empty:
             first = con.execute("SELECT min(occurred_at) FROM fact_interaction").fetchone()[0]

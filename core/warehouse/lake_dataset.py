@@ -23,7 +23,7 @@ from core.errors import RetroError
 from core.settings import Settings
 from core.text import with_article
 from core.warehouse import dataset
-from core.warehouse.dataset import ConfidenceWeights, Matrix, NoDataAfterTraining, Split
+from core.warehouse.dataset import ConfidenceWeights, Matrix, Split
 from core.warehouse.lake import Lake
 from core.warehouse.spark import session_for
 
@@ -107,15 +107,7 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
     end = _scalar(spark, "SELECT max(occurred_at) FROM fact_interaction")
     if end is None:
         raise RetroError("the lake is empty; run the ETL first (python -m core etl --engine spark)")
-    end = pd.Timestamp(end)
-    cutoff = (end - pd.Timedelta(days=holdout_days - 1)).normalize()
-    if start_after is not None:
-        first_new_day = pd.Timestamp(start_after).normalize() + pd.Timedelta(days=1)
-        if first_new_day > end:
-            raise NoDataAfterTraining(
-                f"no data after the model's training window yet (it ends {pd.Timestamp(start_after)}, the newest "
-                f"data {end}): scoring it now would use days it was trained on; simulate or load more days")
-        cutoff = max(cutoff, first_new_day)
+    cutoff = dataset.holdout_cutoff(pd.Timestamp(end), holdout_days, start_after)
     same = {"spark": spark, "lake": lake}
     train_df = interactions_frame(settings, None, cutoff, weights, **same)
     if train_df.empty:
