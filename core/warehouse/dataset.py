@@ -178,13 +178,20 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
             raise RetroError(f"{with_article(f'{holdout_days}-day holdout')} leaves no training data (the warehouse covers "
                              f"{pd.Timestamp(first).date()} .. {end.date()}); choose fewer holdout days")
         test_df = interactions(settings, cutoff, end + pd.Timedelta(seconds=1), weights, con)
-        if served_pairs is not None:
-            served = served_pairs(cutoff, end + pd.Timedelta(seconds=1))
-            if len(served):
-                key = test_df["user_key"] + ":" + test_df["movie_id"].astype(str)
-                test_df = test_df[~key.isin(set(served["user_key"] + ":" + served["movie_id"].astype(str)))]
         if all_movie_ids is None:
             all_movie_ids = con.execute("SELECT movie_id FROM dim_movie ORDER BY movie_id").df()["movie_id"].to_numpy()
+    return split_from_frames(train_df, test_df, cutoff, end, all_movie_ids, served_pairs)
+
+
+def split_from_frames(train_df: pd.DataFrame, test_df: pd.DataFrame, cutoff: pd.Timestamp, end: pd.Timestamp,
+                      all_movie_ids, served_pairs=None) -> Split:
+    """The Split from the two windows' interaction frames (either engine's): titles production served in the
+    holdout window leave the relevant sets, and a held-out item counts only where training had no signal."""
+    if served_pairs is not None:
+        served = served_pairs(cutoff, end + pd.Timedelta(seconds=1))
+        if len(served):
+            key = test_df["user_key"] + ":" + test_df["movie_id"].astype(str)
+            test_df = test_df[~key.isin(set(served["user_key"] + ":" + served["movie_id"].astype(str)))]
     train = to_matrix(train_df, movie_ids=all_movie_ids)
     uidx, iidx = train.user_index, train.item_index
     test_df = test_df[test_df["user_key"].isin(uidx)]

@@ -107,7 +107,8 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
     end = _scalar(spark, "SELECT max(occurred_at) FROM fact_interaction")
     if end is None:
         raise RetroError("the lake is empty; run the ETL first (python -m core etl --engine spark)")
-    cutoff = dataset.holdout_cutoff(pd.Timestamp(end), holdout_days, start_after)
+    end = pd.Timestamp(end)
+    cutoff = dataset.holdout_cutoff(end, holdout_days, start_after)
     same = {"spark": spark, "lake": lake}
     train_df = interactions_frame(settings, None, cutoff, weights, **same)
     if train_df.empty:
@@ -115,22 +116,9 @@ def time_split(settings: Settings, holdout_days: int = 3, weights: ConfidenceWei
         raise RetroError(f"{with_article(f'{holdout_days}-day holdout')} leaves no training data (the lake covers "
                          f"{pd.Timestamp(first).date()} .. {end.date()}); choose fewer holdout days")
     test_df = interactions_frame(settings, cutoff, end + pd.Timedelta(seconds=1), weights, **same)
-    if served_pairs is not None:
-        served = served_pairs(cutoff, end + pd.Timedelta(seconds=1))
-        if len(served):
-            key = test_df["user_key"] + ":" + test_df["movie_id"].astype(str)
-            test_df = test_df[~key.isin(set(served["user_key"] + ":" + served["movie_id"].astype(str)))]
     if all_movie_ids is None:
         all_movie_ids = movie_ids(spark, lake, pointer)
-    train = dataset.to_matrix(train_df, movie_ids=all_movie_ids)
-    uidx, iidx = train.user_index, train.item_index
-    test_df = test_df[test_df["user_key"].isin(uidx)]
-    holdout: dict[int, set] = {}
-    for key, movie in zip(test_df["user_key"], test_df["movie_id"]):
-        r, c = uidx[key], iidx.get(int(movie))
-        if c is not None and train.user_items[r, c] == 0:
-            holdout.setdefault(r, set()).add(c)
-    return Split(train, holdout, cutoff, end, int(train.user_items.nnz), int(sum(map(len, holdout.values()))))
+    return dataset.split_from_frames(train_df, test_df, cutoff, end, all_movie_ids, served_pairs)
 
 
 def movie_ids(spark, lake: Lake, pointer: dict | None = None) -> np.ndarray:
