@@ -37,6 +37,16 @@ IMPRESSIONS_PER_SESSION = 10
 EXPOSURE_POPULARITY, EXPOSURE_TOP50, EXPOSURE_TASTE = 0.3, 1.0, 2.0
 EXPOSURE_SERVED = 1.5  # the 'For you' row on the home page
 DAY = timedelta(days=1)
+# Churn (issue 17). After a session the user's latent hazard moves: up when nothing of the home page's
+# personal row was watched (the served list; the Top 50 row when nothing is served), down when something was.
+# It relaxes towards 0 every day. Leaving is decided after a session, with log-odds
+# LEAVE_BASE + hazard + LEAVE_SCARCITY · (share of the user's well-fitting titles already watched);
+# a life event raises the hazard of the users it changes. A user who left comes back with RETURN_RATE a day.
+POOR_LIST_HAZARD, GOOD_SESSION_HAZARD, HAZARD_DECAY = 0.2, 0.4, 0.97
+HAZARD_RANGE = (-1.0, 4.0)
+LEAVE_BASE, LEAVE_SCARCITY = -5.5, 3.0
+LIFE_EVENT_HAZARD = 1.0
+RETURN_RATE = 0.01
 
 
 def _noop(fraction: float, message: str) -> None:
@@ -115,6 +125,7 @@ def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, st
         focus[[GENRE_INDEX[g] for g in params["genres"]]] = 1.0
         new_taste = rng.dirichlet(focus * 2 + 0.05, size=len(rows))
         world.taste[rows] = 0.3 * world.taste[rows] + 0.7 * new_taste
+        world.hazard[rows] = np.minimum(world.hazard[rows] + LIFE_EVENT_HAZARD * strength, HAZARD_RANGE[1])
         params["users_changed"] = int(len(rows))
     elif kind == "new-releases":
         n = max(1, int(round(50 * strength)))
@@ -146,6 +157,8 @@ class DayStats:
     ratings: int = 0
     rejected: int = 0
     duplicates_ignored: int = 0
+    left: int = 0          # users who left the service after today's session
+    returned: int = 0      # users who came back today
     by_kind: dict = field(default_factory=dict)
 
 
@@ -218,7 +231,7 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     next_id = writes.highest_id(db, "users", "user_id") + 1
     new_ids = np.arange(next_id, next_id + n_new, dtype=np.int64)
 
-    active = np.flatnonzero(present & (rng.random(len(world.user_ids)) < world.activity))
+    active = np.flatnonzero(present & ~world.left & (rng.random(len(world.user_ids)) < world.activity))
     stats.active_users, stats.new_users = len(active), n_new
     top = np.array(top50(db).movie_ids, dtype=np.int64)
     exposure = EXPOSURE_POPULARITY * np.log1p(world.recent_watches) + exposure_boost
@@ -232,12 +245,16 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
 
     # What a user sees: the Top 50 row, popular titles, and genre rows they browse (their taste).
     logits = exposure[None, :] + EXPOSURE_TASTE * fit
+    personal_row = _top50_rows(world, active, top)       # what a session without a served list offers
     if serve is not None and len(active):
         served = serve(world.user_ids[active], IMPRESSIONS_PER_SESSION)
         for a, uid in enumerate(world.user_ids[active]):
             items = served.get(int(uid))
             if items:
-                logits[a, world.movie_rows(np.asarray(items, dtype=np.int64))] += EXPOSURE_SERVED
+                rows = world.movie_rows(np.asarray(items, dtype=np.int64))
+                logits[a, rows] += EXPOSURE_SERVED
+                personal_row[a] = False
+                personal_row[a, rows] = True
     logits[world.watched[active]] = -np.inf
     logits += rng.gumbel(size=logits.shape)                   # Gumbel-top-k = sampling without replacement
     k = min(IMPRESSIONS_PER_SESSION, logits.shape[1])
@@ -304,7 +321,8 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
         ev_result = writes.record_events(db, events, on_invalid="quarantine")
         r_result = writes.rate_many(db, ratings, on_invalid="quarantine")
 
-    # Only after the commit: the humans remember what they watched.
+    # Only after the commit: the humans remember what they watched, and some decide to leave.
+    stats.left, stats.returned = _churn(world, day, active, fit, personal_row, a_idx[watched], m_idx[watched])
     world.watched[u_idx[watched], m_idx[watched]] = True
     world.recent_watches = 0.8 * world.recent_watches + np.bincount(m_idx[watched], minlength=len(world.movie_ids))
     if n_new:
@@ -314,6 +332,45 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     stats.duplicates_ignored = ev_result.duplicates
     stats.by_kind = events["kind"].value_counts().to_dict()
     return stats
+
+
+def _top50_rows(world: world_mod.World, active: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """(A, M) bool: the first IMPRESSIONS_PER_SESSION Top 50 titles each active user has not seen yet."""
+    row = np.zeros((len(active), len(world.movie_ids)), dtype=bool)
+    if not len(top) or not len(active):
+        return row
+    cols = world.movie_rows(top)
+    unseen = ~world.watched[np.ix_(active, cols)]
+    first = unseen & (np.cumsum(unseen, axis=1) <= IMPRESSIONS_PER_SESSION)
+    a, c = np.nonzero(first)
+    row[a, cols[c]] = True
+    return row
+
+
+def _churn(world: world_mod.World, day: int, active: np.ndarray, fit: np.ndarray, personal_row: np.ndarray,
+           watched_a: np.ndarray, watched_m: np.ndarray) -> tuple[int, int]:
+    """Move the hazards after today's sessions, let some active users leave and some who left come back;
+    returns (left, returned). Draws from its own stream, so the day's behaviour draws are unchanged."""
+    rng = np.random.default_rng([world.seed, day, 3])
+    gone = np.flatnonzero(world.left)
+    back = gone[rng.random(len(gone)) < RETURN_RATE]
+    world.hazard *= HAZARD_DECAY
+    if len(active):
+        hits = np.bincount(watched_a[personal_row[watched_a, watched_m]], minlength=len(active)) > 0
+        world.hazard[active] += np.where(hits, -GOOD_SESSION_HAZARD, POOR_LIST_HAZARD)
+        np.clip(world.hazard, *HAZARD_RANGE, out=world.hazard)
+        suits = fit > 0
+        seen = world.watched[active] & suits
+        seen[watched_a, watched_m] |= suits[watched_a, watched_m]
+        exhausted = seen.sum(axis=1) / np.maximum(suits.sum(axis=1), 1)
+        p_leave = _sigmoid(LEAVE_BASE + world.hazard[active] + LEAVE_SCARCITY * exhausted)
+        leaving = active[rng.random(len(active)) < p_leave]
+    else:
+        leaving = np.zeros(0, dtype=np.int64)
+    world.left[back] = False
+    world.hazard[back] = 0.0
+    world.left[leaving] = True
+    return len(leaving), len(back)
 
 
 # ------------------------------------------------------------------ entry points
@@ -366,13 +423,13 @@ def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.Wor
     shifts = load_shifts(db)
     first = int(opsdb.get_meta(db, "sim_day", "0"))
     totals = {"days": days, "first_day": first, "events": 0, "ratings": 0, "rejected": 0, "duplicates_ignored": 0,
-              "new_users": 0}
+              "new_users": 0, "left": 0, "returned": 0}
     for i in range(days):
         day = first + i
         progress(i / max(days, 1), f"simulating day {day + 1} ({i + 1}/{days})")
         s = simulate_day(db, world, day, shifts, serve)
         world.save(settings.world_file)
-        for key in ("events", "ratings", "rejected", "duplicates_ignored", "new_users"):
+        for key in ("events", "ratings", "rejected", "duplicates_ignored", "new_users", "left", "returned"):
             totals[key] += getattr(s, key)
     totals["last_day"] = first + days - 1
     return totals

@@ -39,6 +39,17 @@ class World:
     runtime: np.ndarray        # (M,) minutes
     watched: np.ndarray        # (U, M) bool: who has seen what
     recent_watches: np.ndarray  # (M,) decayed watch counts, drives browse exposure
+    # Churn (issue 17): a latent hazard per user that poor lists and life events raise and good sessions lower,
+    # and whether the user has left the service (a user who left produces no events until they come back).
+    hazard: np.ndarray = None   # (U,) float
+    left: np.ndarray = None     # (U,) bool
+
+    def __post_init__(self):
+        n = len(self.user_ids)
+        if self.hazard is None:          # a world saved before churn existed: nobody has left, no hazard yet
+            self.hazard = np.zeros(n)
+        if self.left is None:
+            self.left = np.zeros(n, dtype=bool)
 
     def save(self, path: Path) -> None:
         tmp = Path(str(path) + ".tmp.npz")
@@ -49,7 +60,7 @@ class World:
     @classmethod
     def load(cls, path: Path) -> "World":
         with np.load(path) as data:
-            kwargs = {f.name: data[f.name] for f in fields(cls)}
+            kwargs = {f.name: data[f.name] for f in fields(cls) if f.name in data.files}
         kwargs["seed"] = int(kwargs["seed"])
         return cls(**kwargs)
 
@@ -126,6 +137,8 @@ def add_people(world: World, ids: np.ndarray, rng: np.random.Generator) -> None:
     world.user_ids = np.concatenate([world.user_ids, ids])
     for key, value in people.items():
         setattr(world, key, np.concatenate([getattr(world, key), value]))
+    world.hazard = np.concatenate([world.hazard, np.zeros(len(ids))])
+    world.left = np.concatenate([world.left, np.zeros(len(ids), dtype=bool)])
     world.watched = np.vstack([world.watched, np.zeros((len(ids), world.watched.shape[1]), dtype=bool)])
 
 
