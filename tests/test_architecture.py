@@ -23,7 +23,8 @@ WAREHOUSE_TABLES = ("dim_movie", "dim_user", "fact_interaction", "quarantine", "
 OWNERS: dict[str, tuple[str, ...]] = {
     **{t: ("core/store/opsdb.py", "core/store/writes.py", "core/store/servinglog.py") for t in OPS_TABLES},
     **{t: ("core/warehouse/warehouse.py", "core/warehouse/etl.py", "core/warehouse/dataset.py",
-           "core/warehouse/lake.py", "core/warehouse/lake_etl.py", "core/warehouse/lake_dataset.py")  # the Spark twins
+           "core/warehouse/lake.py", "core/warehouse/lake_etl.py", "core/warehouse/lake_dataset.py",  # the Spark twins
+           "core/warehouse/churn_data.py")
        for t in WAREHOUSE_TABLES},
     "jobs": ("core/training/tracking.py",),
     "runs": ("core/training/tracking.py",),
@@ -40,6 +41,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "erasure_requests": ("core/privacy/erasure.py",),
     "operator_audit": ("core/privacy/access.py",),
     "signin_failures": ("core/privacy/access.py",),
+    "churn_predictions": ("core/training/churn_pipeline.py",),
 }
 ML_TABLES = tuple(t for t in OWNERS if t not in OPS_TABLES and t not in WAREHOUSE_TABLES)
 SCHEMA_MODULES = {"core/store/mlopsdb.py": ML_TABLES}

@@ -103,6 +103,8 @@ def cmd_retrain(args, settings):
     arg("--reason", type=TEXT, default="manual decision from the CLI", help="recorded in the registry history"),
     arg("--force", action="store_true",
         help="promote a CF version that does not beat its baselines (recorded as forced)"),
+    arg("--family", choices=["cf", "ranker", "churn"], default="cf",
+        help="the model family to roll back (default cf; promote takes the version's own family)"),
 ])
 def cmd_models(args, settings):
     from core.training import registry
@@ -128,7 +130,7 @@ def cmd_models(args, settings):
     else:
         actor = access.cli_actor()
         with access.audited(settings, actor, "rollback") as entry:
-            restored = registry.rollback(settings, actor, args.reason)
+            restored = registry.rollback(settings, actor, args.reason, family=args.family)
             entry["target"] = f"v{restored}"
         data = {"production": restored}
         emit(args, data, lambda: print(f"rolled back: v{restored} is in production again"))

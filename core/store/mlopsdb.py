@@ -290,6 +290,29 @@ def m009_releases(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+M010_SQL = """
+        CREATE TABLE churn_predictions (                -- every stored churn score (issue 17); user_key: a pseudonym
+            prediction_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_version INTEGER NOT NULL REFERENCES model_versions(version),
+            user_key TEXT NOT NULL,
+            as_of TEXT NOT NULL,                        -- the instant the features stop (data up to, excluding)
+            scored_at TEXT NOT NULL,                    -- service clock when it was scored
+            risk REAL NOT NULL,                         -- calibrated P(no watch in the 14 days from as_of)
+            features TEXT NOT NULL                      -- JSON: the feature values the model saw
+        );
+        CREATE INDEX idx_churn_predictions_asof ON churn_predictions(as_of, model_version);
+        CREATE INDEX idx_churn_predictions_user ON churn_predictions(user_key, as_of)
+"""
+
+
+@migrations()
+def m010_churn_predictions(db: sqlite_utils.Database) -> None:
+    """Stored churn scores (`core.training.churn_pipeline`), checked against who actually churned later."""
+    for statement in M010_SQL.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)

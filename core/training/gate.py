@@ -233,3 +233,44 @@ def evaluate_gate(candidate_metrics: dict, production_metrics: dict | None, *, h
         reasons=[reason for _, reason, _ in results.values()],
         checks={name: numbers for name, (_, _, numbers) in results.items()},
     )
+
+
+# ------------------------------------------------------------------ the churn model's gate (issue 17)
+CHURN_MIN_ROWS, CHURN_MIN_CLASS = 200, 20
+CHURN_AUC_MARGIN, CHURN_BRIER_MARGIN = 0.01, 0.005
+
+
+def evaluate_churn_gate(candidate: dict, baseline: dict, production: dict | None, *, finite: bool) -> GateDecision:
+    """May a churn candidate replace production? All on the same holdout snapshot:
+    finite risks; a holdout big enough to judge (rows, churned and retained users); strictly better than the
+    recency rule on ROC AUC, PR AUC and Brier score; and, when a production model exists (re-scored on this
+    holdout), ROC AUC not lower by more than CHURN_AUC_MARGIN and Brier not higher by more than CHURN_BRIER_MARGIN."""
+    checks, reasons = {}, []
+
+    def check(name: str, passed: bool, reason: str, numbers: dict) -> None:
+        checks[name] = {"passed": bool(passed), **numbers}
+        reasons.append(("✓ " if passed else "✗ ") + reason)
+
+    check("finite", finite, "risks are finite" if finite else "some risks are NaN or infinite", {})
+    rows, churned = candidate.get("rows") or 0, candidate.get("churned") or 0
+    size_ok = rows >= CHURN_MIN_ROWS and min(churned, rows - churned) >= CHURN_MIN_CLASS
+    check("holdout_size", size_ok, f"holdout of {rows:,} users ({churned:,} churned); needs ≥ {CHURN_MIN_ROWS} "
+          f"with ≥ {CHURN_MIN_CLASS} of each outcome", {"rows": rows, "churned": churned})
+    c = {k: candidate.get(k) for k in ("roc_auc", "pr_auc", "brier")}
+    b = {k: baseline.get(k) for k in ("roc_auc", "pr_auc", "brier")}
+    known = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (*c.values(), *b.values()))
+    beats = known and c["roc_auc"] > b["roc_auc"] and c["pr_auc"] > b["pr_auc"] and c["brier"] < b["brier"]
+    check("baseline", beats, (f"vs the recency rule: ROC AUC {c['roc_auc']:.4f} vs {b['roc_auc']:.4f}, PR AUC "
+                              f"{c['pr_auc']:.4f} vs {b['pr_auc']:.4f}, Brier {c['brier']:.4f} vs {b['brier']:.4f}")
+          if known else "metrics missing: cannot compare with the recency rule", {"candidate": c, "baseline": b})
+    if production is not None:
+        p = {k: production.get(k) for k in ("roc_auc", "brier")}
+        numeric = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (*p.values(), c["roc_auc"], c["brier"]))
+        ok = numeric and c["roc_auc"] >= p["roc_auc"] - CHURN_AUC_MARGIN and c["brier"] <= p["brier"] + CHURN_BRIER_MARGIN
+        check("production", ok, (f"vs production on the same holdout: ROC AUC {c['roc_auc']:.4f} vs {p['roc_auc']:.4f} "
+                                 f"(margin {CHURN_AUC_MARGIN}), Brier {c['brier']:.4f} vs {p['brier']:.4f} "
+                                 f"(margin {CHURN_BRIER_MARGIN})") if numeric else "metrics missing: cannot compare "
+              "with production", {"candidate": c, "production": p})
+    else:
+        check("production", True, "no churn model in production yet", {})
+    return GateDecision(all(v["passed"] for v in checks.values()), reasons, checks)

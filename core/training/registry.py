@@ -4,8 +4,9 @@ A finished run is registered as a 'candidate' version; `promote` makes a
 version 'production' and archives the one it replaces; `rollback` brings back
 the version that served before the current one. Production is unique per
 *family* — models that answer the same question and replace each other:
-'cf' (collaborative filtering: 'als', 'bpr') and 'ranker' (a re-ranking model
-that `depends_on` a cf version). Every transition is a `registry_events` row
+'cf' (collaborative filtering: 'als', 'bpr'), 'ranker' (a re-ranking model
+that `depends_on` a cf version) and 'churn' (who is about to leave; `depends_on` the cf version serving when
+it was trained, since one of its features is how users respond to the served lists). Every transition is a `registry_events` row
 with actor, reason and, when a gate decided, its `GateDecision`, so "which
 model served at time T" is answered from the history (`production_at`).
 """
@@ -24,7 +25,9 @@ from core.training.tracking import UnknownRun, decode_json_fields, flatten_metri
 
 CF = "cf"
 RANKER = "ranker"
-MODEL_FAMILIES: dict[str, str] = {"als": CF, "bpr": CF, "ranker": RANKER}
+CHURN = "churn"
+MODEL_FAMILIES: dict[str, str] = {"als": CF, "bpr": CF, "ranker": RANKER, "churn_gb": CHURN}
+FAMILIES = (CF, RANKER, CHURN)
 STAGES = ("candidate", "production", "archived")
 PIPELINE_ACTOR = "pipeline"
 VERSION_JSON_FIELDS = ("metrics", "params")
@@ -270,6 +273,27 @@ def production_at(settings: Settings, at: str, family: str = CF) -> int | None:
     for _, serving in _replay(settings, timestamp(at, settings), family):
         pass
     return serving
+
+
+def production_between(settings: Settings, start: str, end: str, family: str = CF) -> list[int]:
+    """Every version of `family` in production at some moment of [start, end], in order of first service."""
+    start, end = timestamp(start, settings), timestamp(end, settings)
+    before, during = None, []
+    for event_at, serving in _replay(settings, end, family):
+        if event_at < start:
+            before = serving
+        else:
+            during.append(serving)
+    return [v for v in dict.fromkeys([before, *during]) if v is not None]
+
+
+def promotions_after(settings: Settings, at: str, family: str = CF) -> list[dict]:
+    """Events after `at` that put a version of `family` into production (promotions and rollbacks), oldest first."""
+    with mlopsdb.session(settings) as db:
+        return list(db.query("""SELECT e.version, e.at, e.actor, e.reason FROM registry_events e
+                                JOIN model_versions v ON v.version = e.version
+                                WHERE v.family = ? AND e.to_stage = 'production' AND e.at > ?
+                                ORDER BY e.at, e.event_id""", [family, timestamp(at, settings)]))
 
 
 def production_during(settings: Settings, at: str, family: str = CF) -> list[int]:

@@ -1,0 +1,220 @@
+"""The third model: who is about to stop watching? A calibrated gradient-boosted classifier over the
+point-in-time features of `core.warehouse.churn_data`.
+
+Time split (nothing of a later period trains an earlier one):
+    holdout snapshot  t_h = end − 14 days        (its labels need the 14 days up to the warehouse's end)
+    calibration       t_c = t_h − 14 days        (labels end where the holdout's begin)
+    training          t_c − 7 days, t_c − 14 days, … (while at least 14 days of data precede them)
+The trees are fit on the training snapshots; a Platt scaling of their log-odds is fit on the calibration
+snapshot (a later period than the trees saw, as in production), so risk = σ(a · f(x) + b). Because that map is
+linear in log-odds, SHAP values of the trees times `a` explain the calibrated log-odds exactly:
+b + a·(φ₀ + Σ φᵢ) = logit(risk).
+
+The baseline is the rule a team has before any model: the longer since the last watch, the likelier the user
+is gone. Its ranking metrics use the days themselves; its probabilities (Brier, calibration) the churn rate by
+days-since-last-watch on the same training snapshots (isotonic, so more days never means less risk).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from core.errors import RetroError
+from core.filemodes import private_file, private_tree
+from core.warehouse.churn_data import FEATURES, HORIZON_DAYS
+
+MODEL_KIND = "churn_gb"
+FAMILY = "churn"
+CHURN_FILES = ("churn.joblib", "churn.json")          # what the artifact hash covers, in order
+TRAINING_ROWS = "training.npz"                        # the rows it was fit and judged on (erasable, not hashed)
+CALIBRATION_GAP_DAYS = HORIZON_DAYS
+SNAPSHOT_EVERY_DAYS = 7
+MIN_HISTORY_DAYS = 14
+DEFAULT_PARAMS = {"max_iter": 150, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40,
+                  "l2_regularization": 1.0}
+CALIBRATION_BINS = 10
+
+
+class ChurnIntegrityError(RetroError):
+    """A churn artifact whose bytes do not match the registry's hash."""
+
+
+class NotEnoughHistory(RetroError):
+    """The warehouse does not span enough days for a time-split churn model."""
+
+
+@dataclass
+class ChurnModel:
+    """Trees (raw log-odds) and the Platt scaling that calibrates them."""
+
+    trees: HistGradientBoostingClassifier
+    slope: float
+    intercept: float
+    features: tuple = FEATURES
+    used: tuple = tuple(range(len(FEATURES)))   # columns with any known value in training (the trees' inputs)
+
+    def logit(self, X: np.ndarray) -> np.ndarray:
+        return self.slope * self.trees.decision_function(X[:, list(self.used)]) + self.intercept
+
+    def risk(self, X: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit(X)))
+
+    def contributions(self, X: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """Per-feature SHAP values on the calibrated log-odds (n × features), the base value and the log-odds:
+        base + Σ values = logit(risk) for every row."""
+        import shap
+        explainer = shap.TreeExplainer(self.trees)
+        values = np.zeros(X.shape)     # a feature the trees never saw (unknown for everyone) contributes nothing
+        values[:, list(self.used)] = np.asarray(explainer.shap_values(X[:, list(self.used)])).reshape(len(X), -1)
+        base = float(np.ravel(explainer.expected_value)[0]) * self.slope + self.intercept
+        return values * self.slope, base, self.logit(X)
+
+
+# ------------------------------------------------------------------ time split
+def snapshot_plan(start: pd.Timestamp, end: pd.Timestamp) -> dict[str, list[pd.Timestamp]]:
+    """The snapshot dates of a time split for data in [start, end): {"train": [...], "calibration": [t_c],
+    "holdout": [t_h]}; raises NotEnoughHistory when no training snapshot fits."""
+    t_h = end - pd.Timedelta(days=HORIZON_DAYS)
+    t_c = t_h - pd.Timedelta(days=CALIBRATION_GAP_DAYS)
+    first = start + pd.Timedelta(days=MIN_HISTORY_DAYS)
+    train, t = [], t_c - pd.Timedelta(days=SNAPSHOT_EVERY_DAYS)
+    while t >= first:
+        train.append(t)
+        t -= pd.Timedelta(days=SNAPSHOT_EVERY_DAYS)
+    if not train:
+        need = MIN_HISTORY_DAYS + SNAPSHOT_EVERY_DAYS + CALIBRATION_GAP_DAYS + HORIZON_DAYS
+        raise NotEnoughHistory(f"a churn model needs at least {need} days of watch data (training, calibration "
+                               f"and holdout snapshots 14 days apart); the warehouse spans "
+                               f"{(end - start).days} days — simulate more days")
+    return {"train": sorted(train), "calibration": [t_c], "holdout": [t_h]}
+
+
+# ------------------------------------------------------------------ fitting
+def matrix(frame: pd.DataFrame) -> np.ndarray:
+    return frame[list(FEATURES)].to_numpy(dtype=float)
+
+
+def fit(train: pd.DataFrame, calibration: pd.DataFrame, seed: int, params: dict | None = None) -> ChurnModel:
+    """Trees on `train`, Platt scaling on `calibration` (both need churned and retained users)."""
+    for name, part in (("training", train), ("calibration", calibration)):
+        y = part["label"].to_numpy()
+        if len(y) == 0 or y.min() == y.max():
+            raise RetroError(f"the churn {name} snapshot needs both users who churned and users who stayed "
+                             f"({len(y)} rows, {int(np.nansum(y))} churned); simulate more days")
+    X = matrix(train)
+    used = tuple(int(i) for i in np.flatnonzero(~np.isnan(X).all(axis=0)))   # e.g. no list served yet anywhere
+    trees = HistGradientBoostingClassifier(**(DEFAULT_PARAMS | (params or {})), early_stopping=False,
+                                           random_state=seed).fit(X[:, list(used)], train["label"].to_numpy(int))
+    raw = trees.decision_function(matrix(calibration)[:, list(used)]).reshape(-1, 1)
+    platt = LogisticRegression(C=1e6).fit(raw, calibration["label"].to_numpy(int))
+    return ChurnModel(trees, float(platt.coef_[0, 0]), float(platt.intercept_[0]), FEATURES, used)
+
+
+@dataclass
+class RecencyRule:
+    """The baseline: churn rate by days since the last watch, learned on the training snapshots."""
+
+    iso: IsotonicRegression
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame) -> "RecencyRule":
+        iso = IsotonicRegression(increasing=True, out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        return cls(iso.fit(frame["days_since_last_watch"].to_numpy(), frame["label"].to_numpy()))
+
+    def risk(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.clip(self.iso.predict(frame["days_since_last_watch"].to_numpy()), 1e-6, 1 - 1e-6)
+
+
+# ------------------------------------------------------------------ metrics
+def top_decile_lift(y: np.ndarray, score: np.ndarray) -> float:
+    """Churn rate among the 10 % highest scores ÷ the overall churn rate (ties broken by order, stable)."""
+    n = max(1, int(np.ceil(0.1 * len(y))))
+    top = np.argsort(-score, kind="stable")[:n]
+    base = y.mean()
+    return float(y[top].mean() / base) if base > 0 else float("nan")
+
+
+def calibration(y: np.ndarray, prob: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Reliability curve over quantile bins: mean predicted vs observed churn rate per bin."""
+    observed, predicted = calibration_curve(y, prob, n_bins=bins, strategy="quantile")
+    return {"predicted": [round(float(v), 6) for v in predicted], "observed": [round(float(v), 6) for v in observed]}
+
+
+def scores(y: np.ndarray, prob: np.ndarray, rank_score: np.ndarray | None = None) -> dict:
+    """ROC AUC, PR AUC, Brier, top-decile lift, calibration curve of `prob` (ranking metrics on `rank_score`
+    when given: the recency rule ranks by the days themselves)."""
+    y = np.asarray(y, dtype=int)
+    rank = prob if rank_score is None else rank_score
+    both = 0 < y.sum() < len(y)
+    return {
+        "roc_auc": float(roc_auc_score(y, rank)) if both else None,
+        "pr_auc": float(average_precision_score(y, rank)) if both else None,
+        "brier": float(brier_score_loss(y, prob)),
+        "top_decile_lift": top_decile_lift(y, rank),
+        "base_rate": float(y.mean()) if len(y) else None,
+        "mean_predicted": float(np.mean(prob)) if len(prob) else None,
+        "rows": int(len(y)), "churned": int(y.sum()),
+        "calibration": calibration(y, prob) if both else {"predicted": [], "observed": []},
+    }
+
+
+# ------------------------------------------------------------------ artifacts
+def save(directory: Path, model: ChurnModel, meta: dict, rows: dict[str, np.ndarray]) -> str:
+    """Write the model, its metadata and its training rows; returns the artifact hash (model + metadata)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    joblib.dump({"trees": model.trees, "slope": model.slope, "intercept": model.intercept,
+                 "features": list(model.features), "used": list(model.used)}, directory / CHURN_FILES[0])
+    (directory / CHURN_FILES[1]).write_text(json.dumps(meta, indent=2, default=str))
+    write_rows(directory, rows)
+    private_tree(directory)
+    return artifact_hash(directory)
+
+
+def write_rows(directory: Path, rows: dict[str, np.ndarray]) -> None:
+    """The training rows file, replaced whole (an erasure rewrites it without a user's rows)."""
+    tmp = Path(directory) / (TRAINING_ROWS + ".tmp.npz")
+    np.savez_compressed(tmp, **rows)
+    private_file(tmp)
+    tmp.replace(Path(directory) / TRAINING_ROWS)
+
+
+def read_rows(directory: Path) -> dict[str, np.ndarray]:
+    path = Path(directory) / TRAINING_ROWS
+    if not path.exists():
+        return {}
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def artifact_hash(directory: Path) -> str:
+    h = hashlib.sha256()
+    for name in CHURN_FILES:
+        h.update(name.encode())
+        h.update((Path(directory) / name).read_bytes())
+    return h.hexdigest()
+
+
+def load(directory: Path, expected_hash: str | tuple[str, ...] | None = None) -> ChurnModel:
+    """The churn model in `directory`; with `expected_hash` its bytes are checked before unpickling."""
+    accepted = (expected_hash,) if isinstance(expected_hash, str) else expected_hash
+    if accepted is not None and artifact_hash(directory) not in accepted:
+        raise ChurnIntegrityError(f"churn artifact {directory} does not match its registered hash; refusing to load it")
+    blob = joblib.load(Path(directory) / CHURN_FILES[0])
+    return ChurnModel(blob["trees"], float(blob["slope"]), float(blob["intercept"]), tuple(blob["features"]),
+                      tuple(blob["used"]))
+
+
+def read_meta(directory: Path) -> dict:
+    return json.loads((Path(directory) / CHURN_FILES[1]).read_text())

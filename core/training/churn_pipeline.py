@@ -1,0 +1,435 @@
+"""The churn model's life cycle: train (time split → gate → registry), score and store, explain, staleness
+of its dependency on the recommender, and the online check of stored scores against who really churned.
+
+The stored scores (`churn_predictions`, ML metadata store) are owned here; user keys are the warehouse's
+pseudonyms, so the privacy operations reach them through `export_user` / `erase_user` / `rekey`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from core.errors import RetroError, ValidationError
+from core.filemodes import private_dir
+from core.pseudonym import pseudonym, pseudonym_key
+from core.settings import Settings
+from core.store import clock, locks, mlopsdb, opsdb
+from core.store.mlopsdb import timestamp
+from core.training import churn, gate, registry, tracking
+from core.training.evaluation import current_data_version
+from core.warehouse import churn_data
+from core.warehouse.churn_data import FEATURE_LABELS, FEATURES, HORIZON_DAYS, LOOKBACK_DAYS
+
+Progress = Callable[[float, str], None]
+PART_CODES = {"train": 0, "calibration": 1, "holdout": 2}
+ONLINE_WINDOW_DAYS = 30
+TOP_REASONS = 3
+
+
+def _noop(fraction: float, message: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------ training
+def _frames(settings: Settings) -> tuple[dict, pd.DataFrame]:
+    bounds = churn_data.data_bounds(settings)
+    if bounds is None:
+        raise churn.NotEnoughHistory("the warehouse holds no watch yet; run the ETL on a world first")
+    plan = churn.snapshot_plan(*bounds)
+    frame = churn_data.snapshots(settings, [t for dates in plan.values() for t in dates])
+    parts = {name: frame[frame["as_of"].isin(dates)].reset_index(drop=True) for name, dates in plan.items()}
+    return plan, parts
+
+
+def dependencies(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> dict:
+    """Which recommender versions the training window [start, end) saw: those whose lists were shown (the
+    warehouse's serving log, canaries included) and those in production (the registry's history)."""
+    s, e = start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S")
+    return {"window": [s, e], "served": churn_data.served_versions(settings, start, end),
+            "production": {fam: registry.production_between(settings, s, e, fam)
+                           for fam in (registry.CF, registry.RANKER)}}
+
+
+@locks.exclusive("churn training")
+def train(settings: Settings, *, seed: int | None = None, params: dict | None = None, at: str | None = None,
+          progress: Progress = _noop, promote: bool = True, actor: str = registry.PIPELINE_ACTOR) -> dict:
+    """Fit, judge against the recency rule (and production) on the holdout snapshot, register as family
+    'churn', and promote when the gate passes (and `promote`)."""
+    seed = settings.seed if seed is None else int(seed)
+    params = dict(params or {})
+    unknown = set(params) - set(churn.DEFAULT_PARAMS)
+    if unknown:
+        raise ValidationError(f"unknown churn parameter(s) {', '.join(sorted(unknown))}; known: "
+                              f"{', '.join(churn.DEFAULT_PARAMS)}")
+    at = at or clock.now(settings)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    progress(0.0, "churn: point-in-time features for the training, calibration and holdout snapshots")
+    plan, parts = _frames(settings)
+    timings["features"] = time.perf_counter() - t
+    window = (plan["train"][0] - pd.Timedelta(days=LOOKBACK_DAYS), plan["holdout"][0])
+    deps = dependencies(settings, *window)
+    data_version = current_data_version(settings)
+    run_params = churn.DEFAULT_PARAMS | params | {
+        "features": list(FEATURES), "horizon_days": HORIZON_DAYS, "lookback_days": LOOKBACK_DAYS,
+        "snapshots": {k: [str(d.date()) for d in v] for k, v in plan.items()}, "depends_on": deps}
+    run_id = tracking.start_run(settings, churn.MODEL_KIND, run_params, seed, data_version, at=at)
+    try:
+        t = time.perf_counter()
+        progress(0.3, f"churn: fitting on {len(parts['train']):,} rows, calibrating on {len(parts['calibration']):,}")
+        model = churn.fit(parts["train"], parts["calibration"], seed, params)
+        rule = churn.RecencyRule.fit(pd.concat([parts["train"], parts["calibration"]]))
+        timings["fit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.6, f"churn: model vs the recency rule on the holdout of {len(parts['holdout']):,} users")
+        hold = parts["holdout"]
+        y = hold["label"].to_numpy(int)
+        risk = model.risk(churn.matrix(hold))
+        metrics = churn.scores(y, risk)
+        baselines = {"recency": churn.scores(y, rule.risk(hold), rank_score=hold["days_since_last_watch"].to_numpy())}
+        prod = registry.production(settings, family=churn.FAMILY)
+        if prod is not None:
+            try:
+                prod_model = churn.load(mlopsdb.artifact_dir(settings, prod["artifact_path"]), prod["artifact_hash"])
+                baselines["production"] = churn.scores(y, prod_model.risk(churn.matrix(hold))) | {
+                    "version": int(prod["version"])}
+            except (OSError, RetroError, ValueError, KeyError) as exc:
+                baselines["production"] = {"error": f"could not score production v{prod['version']}: {exc}"}
+        decision = gate.evaluate_churn_gate(metrics, baselines["recency"], baselines.get("production"),
+                                            finite=bool(np.isfinite(risk).all()))
+        timings["evaluate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        path = private_dir(settings.models_dir) / f"churn-run-{run_id}"
+        every = pd.concat([parts[p].assign(part=PART_CODES[p]) for p in PART_CODES], ignore_index=True)
+        rows = {"user_key": every["user_key"].to_numpy(str), "as_of": every["as_of"].dt.strftime("%Y-%m-%d").to_numpy(str),
+                "X": churn.matrix(every), "label": every["label"].to_numpy(float), "part": every["part"].to_numpy(np.int8),
+                "risk": model.risk(churn.matrix(every))}
+        meta = {"run_id": run_id, "model_kind": churn.MODEL_KIND, "seed": seed, "data_version": data_version,
+                "params": churn.DEFAULT_PARAMS | params, "features": list(FEATURES), "snapshots": run_params["snapshots"],
+                "calibration": {"slope": model.slope, "intercept": model.intercept}, "depends_on": deps,
+                "code_version": tracking.code_version(), "trained_until": str(plan["holdout"][0])}
+        digest = churn.save(path, model, meta, rows)
+        timings["save"] = time.perf_counter() - t
+        metrics = metrics | {"training_rows": int(len(parts["train"])), "calibration_rows": int(len(parts["calibration"])),
+                             "gate_passed": bool(decision.promote)}
+        tracking.finish_run(settings, run_id, metrics, baselines, timings, str(path), digest, at=at)
+    except Exception as exc:
+        tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
+        raise
+    cf_now = deps["production"][registry.CF][-1] if deps["production"][registry.CF] else None
+    version = registry.register(settings, run_id, at=at, depends_on=cf_now, family=churn.FAMILY)
+    promoted = bool(promote and decision.promote)
+    if promoted:
+        registry.promote(settings, version, actor, "churn gate passed: beats the recency rule on the holdout",
+                         gate=decision, at=at)
+    progress(1.0, f"churn: v{version} " + ("promoted" if promoted else "kept as candidate"))
+    return {"run_id": run_id, "version": version, "promoted": promoted, "gate": decision.to_dict(),
+            "metrics": metrics, "baselines": baselines, "data_version": data_version, "depends_on": deps,
+            "snapshots": run_params["snapshots"], "artifact_path": str(path)}
+
+
+# ------------------------------------------------------------------ the production model
+def production_model(settings: Settings) -> tuple[dict, churn.ChurnModel]:
+    prod = registry.production(settings, family=churn.FAMILY)
+    if prod is None:
+        raise RetroError("no churn model in production; train one with `python -m core churn train`")
+    return prod, load_version(settings, prod)
+
+
+def load_version(settings: Settings, version: dict) -> churn.ChurnModel:
+    if version["family"] != churn.FAMILY:
+        raise ValidationError(f"v{version['version']} is a {version['family']} model, not a churn model")
+    return churn.load(mlopsdb.artifact_dir(settings, version["artifact_path"]), version["artifact_hash"])
+
+
+def status(settings: Settings) -> dict:
+    """The churn model in production, what it depends on, and whether the recommender changed since."""
+    prod = registry.production(settings, family=churn.FAMILY)
+    if prod is None:
+        return {"version": None, "stale": False, "reasons": ["no churn model in production"]}
+    run = tracking.get_run(settings, int(prod["run_id"]))
+    deps = (run.get("params") or {}).get("depends_on") or {}
+    window_end = (deps.get("window") or [None, prod["created_at"]])[1]
+    reasons = []
+    for family in (registry.CF, registry.RANKER):
+        now = registry.production(settings, family=family)
+        seen = set((deps.get("served") or {}).get(family, [])) | set((deps.get("production") or {}).get(family, []))
+        changes = registry.promotions_after(settings, prod["created_at"], family)
+        if changes:
+            last = changes[-1]
+            reasons.append(f"{family} v{last['version']} went into production at {last['at']}, after churn "
+                           f"v{prod['version']} was trained: its served-share feature may mean something else now")
+        elif now is not None and seen and int(now["version"]) not in seen:
+            reasons.append(f"{family} v{now['version']} serves now but was not serving in the training window "
+                           f"(saw {', '.join(f'v{v}' for v in sorted(seen))})")
+    return {"version": int(prod["version"]), "run_id": int(prod["run_id"]), "created_at": prod["created_at"],
+            "data_version": prod["data_version"], "depends_on": deps, "window_end": window_end,
+            "stale": bool(reasons), "reasons": reasons or ["the recommender has not changed since training"]}
+
+
+# ------------------------------------------------------------------ scoring
+def _user_key(settings: Settings, user_id: int) -> str:
+    with opsdb.session(settings) as db:
+        opsdb.require_user(db, int(user_id))
+    return pseudonym(int(user_id), pseudonym_key(settings))
+
+
+def current_as_of(settings: Settings) -> pd.Timestamp:
+    bounds = churn_data.data_bounds(settings)
+    if bounds is None:
+        raise RetroError("the warehouse holds no watch yet; run the ETL first")
+    return bounds[1]
+
+
+def score(settings: Settings, *, user_id: int | None = None, as_of=None, store: bool = True,
+          at: str | None = None) -> dict:
+    """Risk of every active user (or one) at `as_of` (default: the end of the warehouse's data) with the
+    production churn model; stored in `churn_predictions` unless `store` is False."""
+    prod, model = production_model(settings)
+    key = None if user_id is None else _user_key(settings, user_id)
+    as_of = current_as_of(settings) if as_of is None else pd.Timestamp(as_of).normalize()
+    frame = churn_data.snapshots(settings, [as_of])
+    if key is not None:
+        frame = frame[frame["user_key"] == key].reset_index(drop=True)
+    risk = model.risk(churn.matrix(frame)) if len(frame) else np.zeros(0)
+    frame = frame.assign(risk=risk)
+    stored = store_predictions(settings, int(prod["version"]), frame, at=at) if store and len(frame) else 0
+    result = {"version": int(prod["version"]), "as_of": str(as_of), "users": int(len(frame)), "stored": stored,
+              "mean_risk": float(risk.mean()) if len(risk) else None,
+              "risk_histogram": np.histogram(risk, bins=10, range=(0, 1))[0].tolist()}
+    if key is not None:
+        result |= {"user_id": int(user_id), "user_key": key, "active": bool(len(frame))}
+        if len(frame):
+            result |= {"risk": float(risk[0]), "features": _features(frame.iloc[0])}
+        else:
+            result["note"] = (f"user {user_id} has not watched anything in the {LOOKBACK_DAYS} days before "
+                              f"{as_of.date()}: not an active user, so not scored (already lapsed)")
+    return result
+
+
+def _features(row: pd.Series) -> dict:
+    return {f: (None if pd.isna(row[f]) else round(float(row[f]), 6)) for f in FEATURES}
+
+
+def store_predictions(settings: Settings, version: int, frame: pd.DataFrame, at: str | None = None) -> int:
+    """Append one batch of scores (replacing this version's earlier scores of the same users and as_of)."""
+    when = timestamp(at, settings)
+    as_of = frame["as_of"].dt.strftime("%Y-%m-%dT%H:%M:%S").to_numpy()
+    feats = frame[list(FEATURES)].astype(object).where(frame[list(FEATURES)].notna(), None)
+    rows = [(version, k, a, when, float(r), json.dumps(dict(zip(FEATURES, f))))
+            for k, a, r, f in zip(frame["user_key"], as_of, frame["risk"], feats.itertuples(index=False, name=None))]
+    with mlopsdb.write_session(settings) as db:
+        with db.atomic():
+            db.conn.executemany("DELETE FROM churn_predictions WHERE model_version = ? AND user_key = ? AND as_of = ?",
+                                [(version, k, a) for k, a in zip(frame["user_key"], as_of)])
+            db.conn.executemany("INSERT INTO churn_predictions(model_version, user_key, as_of, scored_at, risk, features) "
+                                "VALUES (?,?,?,?,?,?)", rows)
+    return len(rows)
+
+
+def predictions(settings: Settings, *, as_of: str | None = None, since: str | None = None, until: str | None = None,
+                user_key: str | None = None, with_features: bool = False) -> pd.DataFrame:
+    """Stored scores (newest as_of first), filtered by as_of (exact, or the window [since, until]) and user."""
+    where, args = [], []
+    for clause, value in (("as_of = ?", as_of), ("as_of >= ?", since), ("as_of <= ?", until), ("user_key = ?", user_key)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    cols = "prediction_id, model_version, user_key, as_of, scored_at, risk" + (", features" if with_features else "")
+    sql = f"SELECT {cols} FROM churn_predictions" + (" WHERE " + " AND ".join(where) if where else "") + \
+          " ORDER BY as_of DESC, risk DESC"
+    with mlopsdb.session(settings) as db:
+        frame = pd.DataFrame(db.execute(sql, args).fetchall(), columns=[c.strip() for c in cols.split(",")])
+    if with_features and len(frame):
+        feats = pd.DataFrame([json.loads(f) for f in frame.pop("features")], columns=list(FEATURES), dtype=float)
+        frame = pd.concat([frame, feats], axis=1)
+    return frame
+
+
+def latest_as_of(settings: Settings) -> str | None:
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT max(as_of) FROM churn_predictions").fetchone()
+    return row[0] if row else None
+
+
+def scored_days(settings: Settings) -> list[str]:
+    with mlopsdb.session(settings) as db:
+        return [r[0] for r in db.execute("SELECT DISTINCT as_of FROM churn_predictions ORDER BY 1").fetchall()]
+
+
+# ------------------------------------------------------------------ explanations
+def explain_user(settings: Settings, user_id: int, *, as_of=None, top: int = TOP_REASONS) -> dict:
+    """"Why is this user at risk?": the production model's risk and each feature's SHAP contribution to its
+    calibrated log-odds (base + Σ contributions = logit(risk)), biggest effects first."""
+    result = score(settings, user_id=user_id, as_of=as_of, store=False)
+    if not result["active"]:
+        return result
+    prod, model = production_model(settings)
+    x = np.array([[np.nan if result["features"][f] is None else result["features"][f] for f in FEATURES]])
+    values, base, logit = model.contributions(x)
+    items = sorted(({"feature": f, "label": FEATURE_LABELS[f], "value": result["features"][f],
+                     "contribution": float(v)} for f, v in zip(FEATURES, values[0])),
+                   key=lambda d: -abs(d["contribution"]))
+    return result | {"base_logit": base, "logit": float(logit[0]), "contributions": items,
+                     "reasons": [_reason(c) for c in items[:top]]}
+
+
+def explain_frame(settings: Settings, frame: pd.DataFrame, top: int = TOP_REASONS) -> list[list[str]]:
+    """The top reasons of each row of a scored frame (one SHAP pass for the whole frame)."""
+    if not len(frame):
+        return []
+    _, model = production_model(settings)
+    values, _, _ = model.contributions(frame[list(FEATURES)].to_numpy(float))
+    out = []
+    for row, vals in zip(frame[list(FEATURES)].itertuples(index=False), values):
+        order = np.argsort(-np.abs(vals))[:top]
+        out.append([_reason({"feature": FEATURES[i], "label": FEATURE_LABELS[FEATURES[i]],
+                             "value": None if pd.isna(row[i]) else float(row[i]), "contribution": float(vals[i])})
+                    for i in order])
+    return out
+
+
+def _reason(c: dict) -> str:
+    value = "unknown" if c["value"] is None else (f"{c['value']:.0f}" if float(c["value"]).is_integer()
+                                                  else f"{c['value']:.2f}")
+    way = "raises" if c["contribution"] > 0 else "lowers"
+    return f"{c['label']} = {value} {way} the risk ({c['contribution']:+.2f} log-odds)"
+
+
+# ------------------------------------------------------------------ evaluation and the online check
+def evaluate(settings: Settings, version: int | None = None) -> dict:
+    """A churn version (default: production) and the recency rule on the current holdout snapshot, plus the
+    online check of stored scores."""
+    row = registry.production(settings, family=churn.FAMILY) if version is None else registry.get_version(settings, int(version))
+    if row is None:
+        raise RetroError("no churn model in production; train one with `python -m core churn train`")
+    model = load_version(settings, row)
+    plan, parts = _frames(settings)
+    hold = parts["holdout"]
+    y = hold["label"].to_numpy(int)
+    rule = churn.RecencyRule.fit(pd.concat([parts["train"], parts["calibration"]]))
+    return {"version": int(row["version"]), "holdout_as_of": str(plan["holdout"][0].date()),
+            "model": churn.scores(y, model.risk(churn.matrix(hold))),
+            "baseline": churn.scores(y, rule.risk(hold), rank_score=hold["days_since_last_watch"].to_numpy()),
+            "online": online_check(settings)}
+
+
+def online_check(settings: Settings, days: int = ONLINE_WINDOW_DAYS) -> dict:
+    """Stored scores of the last `days` days whose 14-day outcome is known now, against who churned: per scoring
+    day the mean predicted risk and the observed churn rate, and ROC AUC / Brier over all of them."""
+    bounds = churn_data.data_bounds(settings)
+    if bounds is None:
+        return {"days": [], "rows": 0}
+    last = bounds[1] - pd.Timedelta(days=HORIZON_DAYS)
+    first = last - pd.Timedelta(days=days)
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    stored = predictions(settings, since=first.strftime(fmt), until=last.strftime(fmt))
+    if stored.empty:
+        return {"days": [], "rows": 0, "window": [str(first), str(last)],
+                "note": "no stored score is old enough (14 days) to be checked yet"}
+    stored["as_of"] = pd.to_datetime(stored["as_of"])
+    truth = churn_data.snapshots(settings, stored["as_of"].unique())[["user_key", "as_of", "label"]]
+    joined = stored.merge(truth, on=["user_key", "as_of"], how="inner").dropna(subset=["label"])
+    per_day = (joined.groupby(["as_of", "model_version"])
+               .agg(users=("risk", "size"), predicted=("risk", "mean"), observed=("label", "mean")).reset_index())
+    per_day["as_of"] = per_day["as_of"].dt.strftime("%Y-%m-%d")
+    summary = churn.scores(joined["label"].to_numpy(int), joined["risk"].to_numpy()) if len(joined) else {}
+    return {"window": [str(first.date()), str(last.date())], "rows": int(len(joined)),
+            "days": per_day.to_dict("records"), **{k: summary.get(k) for k in ("roc_auc", "pr_auc", "brier",
+                                                                              "base_rate", "mean_predicted")}}
+
+
+def reference(settings: Settings, version: dict | None = None) -> pd.DataFrame:
+    """The holdout rows a churn version was judged on (features, risk): the drift reference."""
+    row = version or registry.production(settings, family=churn.FAMILY)
+    if row is None:
+        return pd.DataFrame(columns=[*FEATURES, "risk"])
+    rows = churn.read_rows(mlopsdb.artifact_dir(settings, row["artifact_path"]))
+    if not rows:
+        return pd.DataFrame(columns=[*FEATURES, "risk"])
+    keep = rows["part"] == PART_CODES["holdout"]
+    return pd.DataFrame(rows["X"][keep], columns=list(FEATURES)).assign(risk=rows["risk"][keep])
+
+
+def calibration_table(settings: Settings, version: dict | None = None) -> pd.DataFrame:
+    """predicted, observed per calibration bin of a version's holdout (model and recency rule)."""
+    row = version or registry.production(settings, family=churn.FAMILY)
+    if row is None:
+        return pd.DataFrame(columns=["who", "predicted", "observed"])
+    run = tracking.get_run(settings, int(row["run_id"]))
+    parts = []
+    for who, metrics in (("model", run.get("metrics") or {}), ("recency rule", (run.get("baselines") or {}).get("recency") or {})):
+        curve = metrics.get("calibration") or {}
+        parts.append(pd.DataFrame({"who": who, "predicted": curve.get("predicted", []), "observed": curve.get("observed", [])}))
+    return pd.concat(parts, ignore_index=True)
+
+
+# ------------------------------------------------------------------ privacy (owner operations)
+def _artifact_dirs(settings: Settings) -> list:
+    return sorted(p for p in settings.models_dir.glob("churn-run-*") if p.is_dir()) if settings.models_dir.exists() else []
+
+
+def held_counts(settings: Settings, user_key: str) -> dict[str, int]:
+    with mlopsdb.session(settings) as db:
+        stored = db.execute("SELECT count(*) FROM churn_predictions WHERE user_key = ?", [user_key]).fetchone()[0]
+    training = sum(int((churn.read_rows(d).get("user_key", np.zeros(0)) == user_key).sum()) for d in _artifact_dirs(settings))
+    return {"churn_predictions": int(stored), "churn_training_rows": training}
+
+
+def export_user(settings: Settings, user_key: str) -> dict[str, list[dict]]:
+    """The user's stored churn scores and the rows of churn training sets that hold them."""
+    stored = predictions(settings, user_key=user_key, with_features=True)
+    training = []
+    for d in _artifact_dirs(settings):
+        rows = churn.read_rows(d)
+        if not rows:
+            continue
+        for i in np.flatnonzero(rows["user_key"] == user_key):
+            training.append({"artifact": d.name, "as_of": str(rows["as_of"][i]),
+                             "part": [k for k, v in PART_CODES.items() if v == rows["part"][i]][0],
+                             "label": None if np.isnan(rows["label"][i]) else float(rows["label"][i]),
+                             "risk": float(rows["risk"][i]),
+                             **{f: (None if np.isnan(v) else float(v)) for f, v in zip(FEATURES, rows["X"][i])}})
+    return {"churn_predictions": stored.replace({np.nan: None}).to_dict("records"), "churn_training_rows": training}
+
+
+def erase_user(settings: Settings, user_key: str) -> dict[str, int]:
+    """Delete the user's stored scores and drop their rows from every churn training set (the fitted trees keep
+    no rows; the next churn training leaves the user out because the warehouse no longer holds them)."""
+    with mlopsdb.write_session(settings) as db:
+        with db.atomic():
+            stored = db.execute("DELETE FROM churn_predictions WHERE user_key = ?", [user_key]).rowcount
+    training = 0
+    for d in _artifact_dirs(settings):
+        rows = churn.read_rows(d)
+        if not rows:
+            continue
+        keep = rows["user_key"] != user_key
+        if not keep.all():
+            training += int((~keep).sum())
+            churn.write_rows(d, {k: v[keep] for k, v in rows.items()})
+    return {"churn_predictions": int(stored), "churn_training_rows": training}
+
+
+def rekey(settings: Settings, new_for) -> dict[str, int]:
+    """Replace every pseudonym with `new_for(old)` in stored scores and training sets (a key rotation)."""
+    with mlopsdb.write_session(settings) as db:
+        keys = [k for (k,) in db.execute("SELECT DISTINCT user_key FROM churn_predictions").fetchall()]
+        with db.atomic():
+            db.conn.executemany("UPDATE churn_predictions SET user_key = ? WHERE user_key = ?",
+                                [(new_for(k), k) for k in keys])
+    files = 0
+    for d in _artifact_dirs(settings):
+        rows = churn.read_rows(d)
+        if rows:
+            olds, where = np.unique(rows["user_key"], return_inverse=True)
+            rows["user_key"] = np.array([new_for(k) for k in olds], dtype=str)[where]
+            churn.write_rows(d, rows)
+            files += 1
+    return {"churn_predictions": len(keys), "churn_training_files": files}
