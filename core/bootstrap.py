@@ -158,11 +158,28 @@ def ensure_ready(settings: Settings, progress: simulation.Progress = simulation.
     """World (if the folder is empty, or `world`) then a first retrain (if nothing is in production)."""
     from core.training.pipeline import retrain
     built = ensure_demo_world(settings, lambda f, m: progress(0.8 * f, m), needed=world)
-    trained = None
+    trained = churn = None
     if needs_first_model(settings):
-        trained = retrain(settings, trigger="first-start", progress=lambda f, m: progress(0.8 + 0.2 * f, m))
+        trained = retrain(settings, trigger="first-start", progress=lambda f, m: progress(0.8 + 0.17 * f, m))
+        churn = first_churn_model(settings, lambda f, m: progress(0.97 + 0.03 * f, m))
     progress(1.0, "ready")
-    return {"built_world": built, "first_retrain": trained}
+    return {"built_world": built, "first_retrain": trained, "first_churn": churn}
+
+
+def first_churn_model(settings: Settings, progress: simulation.Progress = simulation._noop) -> dict:
+    """The first churn model and today's scores, so the Churn page has something to show on a fresh machine;
+    a world too short for its time split gets none (the page says how many days it needs)."""
+    from core.training import churn, churn_pipeline
+    from core.training.registry import production
+    if production(settings, family=churn.FAMILY) is not None:
+        return {"skipped": "a churn model is already in production"}
+    try:
+        result = churn_pipeline.train(settings, progress=progress)
+    except churn.NotEnoughHistory as exc:
+        return {"skipped": str(exc)}
+    if result["promoted"]:
+        churn_pipeline.score(settings)
+    return {"version": result["version"], "promoted": result["promoted"], "roc_auc": result["metrics"]["roc_auc"]}
 
 
 def first_start(settings: Settings, progress: simulation.Progress = simulation._noop,
@@ -208,7 +225,8 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
     def update(fraction: float, message: str) -> None:
         etl = message.startswith("ETL")
         name = ("world" if not status["world_done"] and not etl else "etl" if etl
-                else "ranker" if "ranker" in message else "train" if fraction < 1.0 else stage["name"])
+                else "ranker" if "ranker" in message else "churn" if message.startswith("churn")
+                else "train" if fraction < 1.0 else stage["name"])
         now = time.perf_counter()
         if name != stage["name"]:
             status["seconds"][stage["name"]] = round(now - stage["t"], 2)
@@ -233,4 +251,5 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     _write_status(settings, status)
     return {"built": True, "followed": False, "token_created": bool(token), "status": status,
-            "built_world": result["built_world"], "first_retrain": result["first_retrain"]}
+            "built_world": result["built_world"], "first_retrain": result["first_retrain"],
+            "first_churn": result["first_churn"]}
