@@ -2,13 +2,13 @@
 point-in-time features of `core.warehouse.churn_data`.
 
 Time split (nothing of a later period trains an earlier one):
-    holdout snapshot  t_h = end − 14 days        (its labels need the 14 days up to the warehouse's end)
-    calibration       t_c = t_h − 14 days        (labels end where the holdout's begin)
-    training          t_c − 7 days, t_c − 14 days, … (while at least 14 days of data precede them)
-The trees are fit on the training snapshots; a Platt scaling of their log-odds is fit on the calibration
-snapshot (a later period than the trees saw, as in production), so risk = σ(a · f(x) + b). Because that map is
-linear in log-odds, SHAP values of the trees times `a` explain the calibrated log-odds exactly:
-b + a·(φ₀ + Σ φᵢ) = logit(risk).
+    holdout snapshot  t_h = end − 14 days            (its labels need the 14 days up to the warehouse's end)
+    training          t_h − 14 days, t_h − 21 days, … (labels end where the holdout's begin), each with its full
+                      28-day feature window inside the data (a truncated window would look like a quiet user)
+So a warehouse needs 28 + 14 + 14 = 56 days of watch data. The trees are fit on the training snapshots; a Platt
+scaling of their log-odds is fit on out-of-fold log-odds (5 folds grouped by user, so no user is scored by trees
+that saw them), so risk = σ(a · f(x) + b). Because that map is linear in log-odds, SHAP values of the trees
+times `a` explain the calibrated log-odds exactly: b + a·(φ₀ + Σ φᵢ) = logit(risk).
 
 The baseline is the rule a team has before any model: the longer since the last watch, the likelier the user
 is gone. Its ranking metrics use the days themselves; its probabilities (Brier, calibration) the churn rate by
@@ -28,21 +28,24 @@ from sklearn.calibration import calibration_curve
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from core.errors import RetroError
 from core.filemodes import private_file, private_tree
-from core.warehouse.churn_data import FEATURES, HORIZON_DAYS
+from core.warehouse.churn_data import FEATURES, HORIZON_DAYS, LOOKBACK_DAYS
 
 MODEL_KIND = "churn_gb"
 FAMILY = "churn"
 CHURN_FILES = ("churn.joblib", "churn.json")          # what the artifact hash covers, in order
 TRAINING_ROWS = "training.npz"                        # the rows it was fit and judged on (erasable, not hashed)
-CALIBRATION_GAP_DAYS = HORIZON_DAYS
 SNAPSHOT_EVERY_DAYS = 7
-MIN_HISTORY_DAYS = 14
-DEFAULT_PARAMS = {"max_iter": 150, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40,
-                  "l2_regularization": 1.0}
+MIN_HISTORY_DAYS = LOOKBACK_DAYS
+CALIBRATION_FOLDS = 5
+# Small trees, many of them, a large leaf minimum: a few thousand rows per snapshot and labels that are noisy by
+# nature (a quiet fortnight of a light user) overfit bigger trees.
+DEFAULT_PARAMS = {"max_iter": 200, "learning_rate": 0.03, "max_leaf_nodes": 7, "min_samples_leaf": 80,
+                  "l2_regularization": 2.0}
 CALIBRATION_BINS = 10
 
 
@@ -83,21 +86,20 @@ class ChurnModel:
 
 # ------------------------------------------------------------------ time split
 def snapshot_plan(start: pd.Timestamp, end: pd.Timestamp) -> dict[str, list[pd.Timestamp]]:
-    """The snapshot dates of a time split for data in [start, end): {"train": [...], "calibration": [t_c],
-    "holdout": [t_h]}; raises NotEnoughHistory when no training snapshot fits."""
+    """The snapshot dates of a time split for data in [start, end): {"train": [...], "holdout": [t_h]};
+    raises NotEnoughHistory when no training snapshot fits."""
     t_h = end - pd.Timedelta(days=HORIZON_DAYS)
-    t_c = t_h - pd.Timedelta(days=CALIBRATION_GAP_DAYS)
     first = start + pd.Timedelta(days=MIN_HISTORY_DAYS)
-    train, t = [], t_c - pd.Timedelta(days=SNAPSHOT_EVERY_DAYS)
+    train, t = [], t_h - pd.Timedelta(days=HORIZON_DAYS)
     while t >= first:
         train.append(t)
         t -= pd.Timedelta(days=SNAPSHOT_EVERY_DAYS)
     if not train:
-        need = MIN_HISTORY_DAYS + SNAPSHOT_EVERY_DAYS + CALIBRATION_GAP_DAYS + HORIZON_DAYS
-        raise NotEnoughHistory(f"a churn model needs at least {need} days of watch data (training, calibration "
-                               f"and holdout snapshots 14 days apart); the warehouse spans "
-                               f"{(end - start).days} days — simulate more days")
-    return {"train": sorted(train), "calibration": [t_c], "holdout": [t_h]}
+        need = MIN_HISTORY_DAYS + 2 * HORIZON_DAYS
+        raise NotEnoughHistory(f"a churn model needs at least {need} days of watch data ({MIN_HISTORY_DAYS} days of "
+                               f"features, then {HORIZON_DAYS} days of outcome for training and {HORIZON_DAYS} for "
+                               f"the holdout); the warehouse spans {(end - start).days} days — simulate more days")
+    return {"train": sorted(train), "holdout": [t_h]}
 
 
 # ------------------------------------------------------------------ fitting
@@ -105,20 +107,26 @@ def matrix(frame: pd.DataFrame) -> np.ndarray:
     return frame[list(FEATURES)].to_numpy(dtype=float)
 
 
-def fit(train: pd.DataFrame, calibration: pd.DataFrame, seed: int, params: dict | None = None) -> ChurnModel:
-    """Trees on `train`, Platt scaling on `calibration` (both need churned and retained users)."""
-    for name, part in (("training", train), ("calibration", calibration)):
-        y = part["label"].to_numpy()
-        if len(y) == 0 or y.min() == y.max():
-            raise RetroError(f"the churn {name} snapshot needs both users who churned and users who stayed "
-                             f"({len(y)} rows, {int(np.nansum(y))} churned); simulate more days")
-    X = matrix(train)
+def fit(train: pd.DataFrame, seed: int, params: dict | None = None) -> ChurnModel:
+    """Trees on `train`; Platt scaling on their out-of-fold log-odds (folds grouped by user)."""
+    y = train["label"].to_numpy()
+    if len(y) == 0 or y.min() == y.max():
+        raise RetroError(f"the churn training snapshots need both users who churned and users who stayed "
+                         f"({len(y)} rows, {int(np.nansum(y))} churned); simulate more days")
+    X, y = matrix(train), y.astype(int)
     used = tuple(int(i) for i in np.flatnonzero(~np.isnan(X).all(axis=0)))   # e.g. no list served yet anywhere
-    trees = HistGradientBoostingClassifier(**(DEFAULT_PARAMS | (params or {})), early_stopping=False,
-                                           random_state=seed).fit(X[:, list(used)], train["label"].to_numpy(int))
-    raw = trees.decision_function(matrix(calibration)[:, list(used)]).reshape(-1, 1)
-    platt = LogisticRegression(C=1e6).fit(raw, calibration["label"].to_numpy(int))
-    return ChurnModel(trees, float(platt.coef_[0, 0]), float(platt.intercept_[0]), FEATURES, used)
+    X = X[:, list(used)]
+
+    def trees_on(rows) -> HistGradientBoostingClassifier:
+        return HistGradientBoostingClassifier(**(DEFAULT_PARAMS | (params or {})), early_stopping=False,
+                                              random_state=seed).fit(X[rows], y[rows])
+    groups = train["user_key"].to_numpy()
+    folds = GroupKFold(n_splits=min(CALIBRATION_FOLDS, len(np.unique(groups))))
+    out_of_fold = np.zeros(len(y))
+    for fit_rows, held in folds.split(X, y, groups):
+        out_of_fold[held] = trees_on(fit_rows).decision_function(X[held])
+    platt = LogisticRegression(C=1e6).fit(out_of_fold.reshape(-1, 1), y)
+    return ChurnModel(trees_on(np.arange(len(y))), float(platt.coef_[0, 0]), float(platt.intercept_[0]), FEATURES, used)
 
 
 @dataclass

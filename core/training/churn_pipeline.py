@@ -25,7 +25,7 @@ from core.warehouse import churn_data
 from core.warehouse.churn_data import FEATURE_LABELS, FEATURES, HORIZON_DAYS, LOOKBACK_DAYS
 
 Progress = Callable[[float, str], None]
-PART_CODES = {"train": 0, "calibration": 1, "holdout": 2}
+PART_CODES = {"train": 0, "holdout": 2}   # training.npz `part` codes
 ONLINE_WINDOW_DAYS = 30
 TOP_REASONS = 3
 
@@ -49,9 +49,11 @@ def dependencies(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> 
     """Which recommender versions the training window [start, end) saw: those whose lists were shown (the
     warehouse's serving log, canaries included) and those in production (the registry's history)."""
     s, e = start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S")
+    now = {fam: registry.production(settings, family=fam) for fam in (registry.CF, registry.RANKER)}
     return {"window": [s, e], "served": churn_data.served_versions(settings, start, end),
             "production": {fam: registry.production_between(settings, s, e, fam)
-                           for fam in (registry.CF, registry.RANKER)}}
+                           for fam in (registry.CF, registry.RANKER)},
+            "at_training": {fam: None if v is None else int(v["version"]) for fam, v in now.items()}}
 
 
 @locks.exclusive("churn training")
@@ -68,7 +70,7 @@ def train(settings: Settings, *, seed: int | None = None, params: dict | None = 
     at = at or clock.now(settings)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    progress(0.0, "churn: point-in-time features for the training, calibration and holdout snapshots")
+    progress(0.0, "churn: point-in-time features for the training and holdout snapshots")
     plan, parts = _frames(settings)
     timings["features"] = time.perf_counter() - t
     window = (plan["train"][0] - pd.Timedelta(days=LOOKBACK_DAYS), plan["holdout"][0])
@@ -80,9 +82,9 @@ def train(settings: Settings, *, seed: int | None = None, params: dict | None = 
     run_id = tracking.start_run(settings, churn.MODEL_KIND, run_params, seed, data_version, at=at)
     try:
         t = time.perf_counter()
-        progress(0.3, f"churn: fitting on {len(parts['train']):,} rows, calibrating on {len(parts['calibration']):,}")
-        model = churn.fit(parts["train"], parts["calibration"], seed, params)
-        rule = churn.RecencyRule.fit(pd.concat([parts["train"], parts["calibration"]]))
+        progress(0.3, f"churn: fitting and calibrating (out of fold) on {len(parts['train']):,} rows")
+        model = churn.fit(parts["train"], seed, params)
+        rule = churn.RecencyRule.fit(parts["train"])
         timings["fit"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -116,14 +118,13 @@ def train(settings: Settings, *, seed: int | None = None, params: dict | None = 
                 "code_version": tracking.code_version(), "trained_until": str(plan["holdout"][0])}
         digest = churn.save(path, model, meta, rows)
         timings["save"] = time.perf_counter() - t
-        metrics = metrics | {"training_rows": int(len(parts["train"])), "calibration_rows": int(len(parts["calibration"])),
-                             "gate_passed": bool(decision.promote)}
+        metrics = metrics | {"training_rows": int(len(parts["train"])), "gate_passed": bool(decision.promote)}
         tracking.finish_run(settings, run_id, metrics, baselines, timings, str(path), digest, at=at)
     except Exception as exc:
         tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
         raise
-    cf_now = deps["production"][registry.CF][-1] if deps["production"][registry.CF] else None
-    version = registry.register(settings, run_id, at=at, depends_on=cf_now, family=churn.FAMILY)
+    version = registry.register(settings, run_id, at=at, depends_on=deps["at_training"][registry.CF],
+                                family=churn.FAMILY)
     promoted = bool(promote and decision.promote)
     if promoted:
         registry.promote(settings, version, actor, "churn gate passed: beats the recency rule on the holdout",
@@ -159,7 +160,8 @@ def status(settings: Settings) -> dict:
     reasons = []
     for family in (registry.CF, registry.RANKER):
         now = registry.production(settings, family=family)
-        seen = set((deps.get("served") or {}).get(family, [])) | set((deps.get("production") or {}).get(family, []))
+        seen = (set((deps.get("served") or {}).get(family, [])) | set((deps.get("production") or {}).get(family, []))
+                | {v for v in [(deps.get("at_training") or {}).get(family)] if v is not None})
         changes = registry.promotions_after(settings, prod["created_at"], family)
         if changes:
             last = changes[-1]
@@ -313,7 +315,7 @@ def evaluate(settings: Settings, version: int | None = None) -> dict:
     plan, parts = _frames(settings)
     hold = parts["holdout"]
     y = hold["label"].to_numpy(int)
-    rule = churn.RecencyRule.fit(pd.concat([parts["train"], parts["calibration"]]))
+    rule = churn.RecencyRule.fit(parts["train"])
     return {"version": int(row["version"]), "holdout_as_of": str(plan["holdout"][0].date()),
             "model": churn.scores(y, model.risk(churn.matrix(hold))),
             "baseline": churn.scores(y, rule.risk(hold), rank_score=hold["days_since_last_watch"].to_numpy()),

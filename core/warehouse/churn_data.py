@@ -20,11 +20,15 @@ from core.settings import Settings
 
 LOOKBACK_DAYS = 28
 HORIZON_DAYS = 14
-FEATURES = ("days_since_last_watch", "watches_7d", "watches_28d", "active_days_28d", "watch_time_trend",
+FEATURES = ("days_since_last_watch", "days_since_last_visit", "watches_7d", "watches_28d", "active_days_28d",
+            "visits_28d", "visits_without_watch_28d", "watch_time_trend",
             "completion_28d", "served_lists_28d", "served_watch_share_28d", "genre_entropy_28d",
             "mean_rating_28d", "rating_trend", "tenure_days")
 FEATURE_LABELS = {
     "days_since_last_watch": "days since the last watch",
+    "days_since_last_visit": "days since the last visit (any page view)",
+    "visits_28d": "days with a visit in the last 28 days",
+    "visits_without_watch_28d": "share of visit days without a watch (28 days)",
     "watches_7d": "watches in the last 7 days",
     "watches_28d": "watches in the last 28 days",
     "active_days_28d": "days with activity in the last 28 days",
@@ -63,6 +67,16 @@ days AS (
     FROM snaps s JOIN fact_interaction f
       ON f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND f.occurred_at < s.t
          AND f.kind NOT IN ('impression', 'scroll')
+    GROUP BY 1, 2),
+visit_days AS (
+    SELECT DISTINCT s.t, f.user_key, CAST(f.occurred_at AS DATE) AS day
+    FROM snaps s JOIN fact_interaction f
+      ON f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND f.occurred_at < s.t),
+watch_days AS (SELECT DISTINCT t, user_key, CAST(occurred_at AS DATE) AS day FROM watch),
+visits AS (
+    SELECT v.t, v.user_key, count(*) AS visits_28d, max(v.day) AS last_visit_day,
+           avg(CASE WHEN w.day IS NULL THEN 1.0 ELSE 0.0 END) AS visits_without_watch_28d
+    FROM visit_days v LEFT JOIN watch_days w ON w.t = v.t AND w.user_key = v.user_key AND w.day = v.day
     GROUP BY 1, 2),
 genre_mass AS (
     SELECT t, user_key, g, sum(1.0 / n) AS mass FROM (
@@ -104,7 +118,9 @@ future AS (
     GROUP BY 1, 2)
 SELECT a.user_key, a.t AS as_of,
        date_diff('second', lw.last_at, a.t) / 86400.0 AS days_since_last_watch,
+       date_diff('second', CAST(vi.last_visit_day AS TIMESTAMP) + INTERVAL 1 DAY, a.t) / 86400.0 AS days_since_last_visit,
        lw.watches_7d, lw.watches_28d, coalesce(d.active_days_28d, 0) AS active_days_28d,
+       vi.visits_28d, vi.visits_without_watch_28d,
        ln((coalesce(lw.sec_7d, 0) / 7.0 + 60.0) / (coalesce(lw.sec_21d, 0) / 21.0 + 60.0)) AS watch_time_trend,
        lw.completion_28d,
        coalesce(li.served_lists_28d, 0) AS served_lists_28d, sv.served_watch_share_28d,
@@ -116,6 +132,7 @@ FROM active a
 JOIN dim_user u ON u.user_key = a.user_key
 JOIN last_watch lw ON lw.t = a.t AND lw.user_key = a.user_key
 LEFT JOIN days d ON d.t = a.t AND d.user_key = a.user_key
+LEFT JOIN visits vi ON vi.t = a.t AND vi.user_key = a.user_key
 LEFT JOIN entropy e ON e.t = a.t AND e.user_key = a.user_key
 LEFT JOIN rating r ON r.t = a.t AND r.user_key = a.user_key
 LEFT JOIN lists li ON li.t = a.t AND li.user_key = a.user_key
