@@ -338,4 +338,4 @@ def test_cli_churn_json(churn_world, tmp_path, capsys):
     code, out, _ = _cli(capsys, "--home", str(copy.home), "churn", "status", "--json")
     assert code == 0 and json.loads(out)["version"] == registry.production(copy, family="churn")["version"]
     code, out, err = _cli(capsys, "--home", str(copy.home), "churn", "train", "--user", "3")
-    assert code == 2 and "--user belongs to `churn score`" in err and out == ""
+    assert code == 1 and "--user belongs to `churn score`" in err and out == ""
