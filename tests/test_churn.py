@@ -74,6 +74,8 @@ def test_features_by_hand(hand_warehouse):
     assert a["days_since_last_watch"] == pytest.approx(2.0)
     assert (a["watches_7d"], a["watches_28d"]) == (1, 3)
     assert a["active_days_28d"] == 4                       # watches on 3 days + the click on a 4th, ratings count too
+    # visits (days with any fact): -2 (watch), -3 (rating), -10 (watch), -20 (watch and a click): 1 of 4 without a watch
+    assert (a["visits_28d"], a["visits_without_watch_28d"], a["days_since_last_visit"]) == (4, 0.25, 2.0)
     # 7 days: 3000 s → 428.57 s/day; the 21 before: 9000 s → 428.57 s/day: no trend.
     assert a["watch_time_trend"] == pytest.approx(math.log((3000 / 7 + 60) / (9000 / 21 + 60)), abs=1e-6)
     assert a["completion_28d"] == pytest.approx((0.5 + 1.0 + 1.0) / 3, abs=1e-6)
@@ -89,6 +91,7 @@ def test_features_by_hand(hand_warehouse):
     assert a["label"] == 0.0                                 # watched at t + 3 days
     assert b["days_since_last_watch"] == pytest.approx(27.0)
     assert (b["watches_7d"], b["watches_28d"]) == (0, 1)
+    assert (b["visits_28d"], b["visits_without_watch_28d"], b["days_since_last_visit"]) == (1, 0.0, 27.0)
     assert b["completion_28d"] == pytest.approx(1200 / 6000, abs=1e-6)
     assert b["genre_entropy_28d"] == pytest.approx(0.0)
     assert np.isnan(b["served_watch_share_28d"]) and b["served_lists_28d"] == 0

@@ -69,12 +69,13 @@ days AS (
          AND f.kind NOT IN ('impression', 'scroll')
     GROUP BY 1, 2),
 visit_days AS (
-    SELECT DISTINCT s.t, f.user_key, CAST(f.occurred_at AS DATE) AS day
+    SELECT s.t, f.user_key, CAST(f.occurred_at AS DATE) AS day, max(f.occurred_at) AS last_at
     FROM snaps s JOIN fact_interaction f
-      ON f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND f.occurred_at < s.t),
+      ON f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND f.occurred_at < s.t
+    GROUP BY 1, 2, 3),
 watch_days AS (SELECT DISTINCT t, user_key, CAST(occurred_at AS DATE) AS day FROM watch),
 visits AS (
-    SELECT v.t, v.user_key, count(*) AS visits_28d, max(v.day) AS last_visit_day,
+    SELECT v.t, v.user_key, count(*) AS visits_28d, max(v.last_at) AS last_visit_at,
            avg(CASE WHEN w.day IS NULL THEN 1.0 ELSE 0.0 END) AS visits_without_watch_28d
     FROM visit_days v LEFT JOIN watch_days w ON w.t = v.t AND w.user_key = v.user_key AND w.day = v.day
     GROUP BY 1, 2),
@@ -118,7 +119,7 @@ future AS (
     GROUP BY 1, 2)
 SELECT a.user_key, a.t AS as_of,
        date_diff('second', lw.last_at, a.t) / 86400.0 AS days_since_last_watch,
-       date_diff('second', CAST(vi.last_visit_day AS TIMESTAMP) + INTERVAL 1 DAY, a.t) / 86400.0 AS days_since_last_visit,
+       date_diff('second', vi.last_visit_at, a.t) / 86400.0 AS days_since_last_visit,
        lw.watches_7d, lw.watches_28d, coalesce(d.active_days_28d, 0) AS active_days_28d,
        vi.visits_28d, vi.visits_without_watch_28d,
        ln((coalesce(lw.sec_7d, 0) / 7.0 + 60.0) / (coalesce(lw.sec_21d, 0) / 21.0 + 60.0)) AS watch_time_trend,
