@@ -339,3 +339,62 @@ def test_init_rejects_bad_sizes(settings, sizes):
         simulation.init_world(settings, **{**dict(seed=1, users=5, movies=10, days=0), **sizes})
     assert not settings.ops_db.exists()
 
+
+
+# ------------------------------------------------------------------ churn in the world (issue 17)
+def test_users_who_left_produce_no_events_and_some_come_back(tmp_path):
+    s = build(tmp_path, "w", days=30, users=400, movies=200)
+    world = simulation.load_world(s)
+    gone = world.user_ids[world.left]
+    assert 0 < len(gone) < 0.5 * len(world.user_ids)           # some left, most stayed
+    with opsdb.session(s) as db:
+        day = int(opsdb.get_meta(db, "sim_day"))
+    before = world.left.copy()
+    summary = simulation.simulate(s, 5)
+    after = simulation.load_world(s)
+    # who was gone all five days wrote nothing in them
+    stayed_gone = after.user_ids[: len(before)][before & after.left[: len(before)]]
+    rows = query(s, f"SELECT count(*) FROM events WHERE occurred_at >= ? AND user_id IN ({','.join('?' * len(stayed_gone))})",
+                 [since(day), *map(int, stayed_gone)])
+    assert len(stayed_gone) and rows == [(0,)]
+    assert summary["left"] - summary["returned"] == int(after.left.sum()) - int(before.sum())   # the day counts add up
+
+
+def test_hazard_rises_with_poor_lists_and_falls_with_good_sessions():
+    from core.simulation import world as world_mod
+    w, _ = world_mod.create_world(1, 4, 30)
+    active = np.array([0, 1])
+    fit = np.zeros((2, 30))
+    row = np.zeros((2, 30), dtype=bool)
+    row[:, :10] = True
+    # user 0 watched title 3 from the row; user 1 watched title 20, which the row did not offer
+    left, back = simulation._churn(w, 0, active, fit, row, np.array([0, 1]), np.array([3, 20]))
+    assert w.hazard[0] == pytest.approx(-simulation.GOOD_SESSION_HAZARD)
+    assert w.hazard[1] == pytest.approx(simulation.POOR_LIST_HAZARD)
+    assert w.hazard[2] == w.hazard[3] == 0.0                  # no session, no change
+    simulation._churn(w, 1, np.zeros(0, dtype=int), fit[:0], row[:0], np.zeros(0, int), np.zeros(0, int))
+    assert w.hazard[1] == pytest.approx(simulation.POOR_LIST_HAZARD * simulation.HAZARD_DECAY)  # relaxes daily
+
+
+def test_life_event_raises_the_hazard_of_the_users_it_changes(tmp_path):
+    s = build(tmp_path, "w", days=3)
+    world = simulation.load_world(s)
+    before_taste, before_hazard = world.taste.copy(), world.hazard.copy()
+    with opsdb.session(s) as db:
+        shift = simulation.start_shift(db, world, "life-event", 1.0, 2, 3)
+    changed = ~np.isclose(world.taste, before_taste).all(axis=1)
+    assert changed.sum() == shift.params["users_changed"] > 0
+    np.testing.assert_allclose(world.hazard[changed], np.minimum(before_hazard[changed] + simulation.LIFE_EVENT_HAZARD,
+                                                                 simulation.HAZARD_RANGE[1]))
+    np.testing.assert_array_equal(world.hazard[~changed], before_hazard[~changed])
+
+
+def test_a_world_saved_before_churn_existed_still_loads(tmp_path):
+    s = build(tmp_path, "w", days=2)
+    world = simulation.load_world(s)
+    with np.load(s.world_file) as data:
+        old = {k: data[k] for k in data.files if k not in ("hazard", "left")}
+    np.savez_compressed(s.world_file, **old)
+    again = simulation.load_world(s)
+    assert not again.left.any() and (again.hazard == 0).all() and len(again.left) == len(world.user_ids)
+    simulation.simulate(s, 1)                                   # and it continues
