@@ -47,6 +47,7 @@ TEMPLATES = [
     "runs {}", "monitor {}", "alerts {}", "policy set scheduled --every-days {}", "policy set {}", "policy {}",
     "explain --user {} --movie 1", "explain --user 1 --movie {}", "audit --user {}", "audit --user 1 --day {}",
     "audit --user 1 --limit {}", "model-card {}", "model-card 1 --format {}", "diagnose --user {}",
+    "explain --user {} --churn",
     "privacy consent --user {}", "privacy consent --user 1 --tracking {}", "privacy export --user {}",
     "privacy forget --user {o}", "privacy retention --days {o}", "privacy {}", "recommend --user {}",
     "recommend --user 1 --k {}", "{}", "--home {} stats", "recommend {}", "release {}", "release start {}",

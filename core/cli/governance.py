@@ -3,20 +3,45 @@ from __future__ import annotations
 
 import json
 
-from core.cli import ID, TEXT, arg, command, emit, int_in
+from core import errors
+from core.cli import ID, TEXT, UsageError, arg, command, emit, int_in
+from core.pseudonym import pseudonym, pseudonym_key
 
 
-@command("explain", help="why was this movie recommended to this user?", args=[
-    arg("--user", type=ID, required=True),
-    arg("--movie", type=ID, required=True),
+@command("explain", help="why was this movie recommended to this user? (--churn: why is this user at risk?)", args=[
+    arg("--user", type=ID, help="the user (required)"),
+    arg("--movie", type=ID, help="the recommended movie to explain (required unless --churn)"),
+    arg("--churn", action="store_true",
+        help="explain the user's churn risk instead: every feature's SHAP contribution (audited, personal data)"),
 ])
 def cmd_explain(args, settings):
     from core.governance import explain
+    if args.churn and args.movie is not None:
+        raise errors.ValidationError("--movie does not go with --churn: a churn explanation is about the user "
+                                     "(`explain --user ID --churn`), not about a movie")
+    missing = [flag for flag, value in (("--user", args.user), ("--movie", args.movie))
+               if value is None and not (flag == "--movie" and args.churn)]
+    if missing:      # argparse's own words, as when both options were required
+        raise UsageError(f"the following arguments are required: {', '.join(missing)} "
+                         "(see `python -m core explain --help`)")
+    if args.churn:
+        _explain_churn(args, settings)
+        return
     e = explain.explain(settings, args.user, args.movie)
     emit(args, e, lambda: print(explain.explanation_markdown(e)))
 
 
-@command("audit", help="what did we show a user (on a day), and why?", args=[
+def _explain_churn(args, settings):
+    """Personal data read out: audited like the model server's /explain (cli:<OS user>, target the pseudonym)."""
+    from core.governance import explain
+    from core.privacy import access
+    target = pseudonym(args.user, pseudonym_key(settings))
+    with access.audited(settings, access.cli_actor(), "explain churn", target):
+        e = explain.explain_churn(settings, args.user)
+    emit(args, e, lambda: print(explain.churn_explanation_markdown(e), end=""))
+
+
+@command("audit", help="what did we show a user (on a day), and why? (with their stored churn scores)", args=[
     arg("--user", type=ID, required=True),
     arg("--day", type=TEXT, help="calendar date YYYY-MM-DD (default: every day)"),
     arg("--limit", type=int_in(1, 100_000, "--limit"), default=50),
@@ -24,10 +49,11 @@ def cmd_explain(args, settings):
 def cmd_audit(args, settings):
     from core.governance import audit
     records = audit.audit(settings, args.user, args.day, args.limit)
+    churn = audit.churn_scores(settings, args.user, args.day, args.limit)
     if getattr(args, "json", False):
-        print(audit.audit_json(records))
+        print(audit.audit_json(records, churn, args.user))
     else:
-        print(audit.audit_markdown(records))
+        print(audit.audit_markdown(records, f"Audit: user {args.user}", churn=churn))
 
 
 @command("model-card", help="the model card of a registered version", args=[

@@ -110,14 +110,17 @@ def cmd_models(args, settings):
     from core.training import registry
     if args.action == "list":
         frame = registry.list_versions(settings)
-        data = frame.to_dict("records")
+        # Families record different metrics: a metric another family has no value for is null, not NaN (not JSON).
+        data = frame.astype(object).where(frame.notna(), None).to_dict("records")
 
         def human():
             if frame.empty:
                 print("no model versions yet; run `python -m core retrain`")
                 return
-            cols = [c for c in ("version", "model_kind", "stage", "data_version", "created_at", "ndcg@10", "coverage") if c in frame]
-            print(frame[cols].to_string(index=False))
+            cols = [c for c in ("version", "family", "model_kind", "stage", "data_version", "created_at", "depends_on",
+                                "ndcg@10", "coverage", "roc_auc", "brier") if c in frame]
+            view = frame[cols].astype({"depends_on": "Int64"} if "depends_on" in cols else {})
+            print(view.astype(object).where(view.notna(), "").to_string(index=False))
         emit(args, data, human)
     elif args.action == "promote":
         if args.version is None:

@@ -18,6 +18,7 @@ from core.store import opsdb, servinglog
 from core.training import registry, tracking
 from core.constants import TS_FORMAT
 from core.errors import RetroError, ValidationError
+from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
 
 UNKNOWN_TRIGGER = "unknown"
@@ -69,13 +70,8 @@ def audit(settings: Settings, user_id: int, day: str | None = None, limit: int =
     Raises UnknownUser for a user id not in the operational database and
     ValidationError for a malformed `day` or `limit`.
     """
-    if isinstance(user_id, bool) or not isinstance(user_id, int):
-        try:
-            user_id = int(user_id)
-        except (TypeError, ValueError):
-            raise ValidationError(f"user id must be an integer, got {user_id!r}") from None
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise ValidationError(f"limit must be an integer in 1..{MAX_LIMIT}, got {limit!r}")
+    user_id = _user_id(user_id)
+    limit = _limit(limit)
     start, end = parse_day(day) if day is not None else (None, None)
     with opsdb.session(settings) as db:
         opsdb.require_user(db, user_id, opsdb.NO_SUCH_USER + " (an erased user leaves no audit trail)")
@@ -201,21 +197,76 @@ def _ranker(settings: Settings, row: dict) -> dict | None:
     return out
 
 
+# ------------------------------------------------------------------ stored churn scores
+def churn_scores(settings: Settings, user_id: int, day: str | None = None, limit: int = 50) -> list[dict]:
+    """The churn scores stored about `user_id` (`churn_predictions`, under the user's pseudonym), newest as_of
+    first; with `day`, only the scores whose as_of (the day their features describe) is that calendar date.
+
+    Each record: as_of, scored_at, risk, model_version, model_kind, stage_now (the version's registry stage
+    today), was_production (the version was the churn family's production model when the score was stored).
+    Raises UnknownUser and ValidationError like `audit`.
+    """
+    from core.training import churn_pipeline
+    user_id = _user_id(user_id)
+    limit = _limit(limit)
+    start, end = parse_day(day) if day is not None else (None, None)
+    with opsdb.session(settings) as db:
+        opsdb.require_user(db, user_id, opsdb.NO_SUCH_USER + " (an erased user leaves no audit trail)")
+    key = pseudonym(user_id, pseudonym_key(settings))
+    frame = churn_pipeline.predictions(settings, user_key=key, since=start)
+    if end is not None:
+        frame = frame[frame["as_of"] < end]
+    frame = frame.head(limit)
+    versions: dict = {}
+    out = []
+    for row in frame.to_dict("records"):
+        version = int(row["model_version"])
+        if version not in versions:
+            try:
+                entry = registry.get_version(settings, version)
+                versions[version] = {"model_kind": entry["model_kind"], "stage_now": entry["stage"]}
+            except RetroError:
+                versions[version] = {"model_kind": None, "stage_now": "unknown (not in the registry)"}
+        out.append({"as_of": row["as_of"], "scored_at": row["scored_at"], "risk": float(row["risk"]),
+                    "model_version": version, **versions[version],
+                    "was_production": registry.production_at(settings, row["scored_at"], family=registry.CHURN)
+                    == version})
+    return out
+
+
+def _user_id(user_id) -> int:
+    if isinstance(user_id, bool) or not isinstance(user_id, int):
+        try:
+            return int(user_id)
+        except (TypeError, ValueError):
+            raise ValidationError(f"user id must be an integer, got {user_id!r}") from None
+    return user_id
+
+
+def _limit(limit) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError(f"limit must be an integer in 1..{MAX_LIMIT}, got {limit!r}")
+    return limit
+
+
 # ------------------------------------------------------------------ export
-def audit_json(records: list[dict]) -> str:
-    """The records as JSON text (they are plain dicts already; this only fixes the formatting)."""
-    return json.dumps(records, indent=2, default=str, ensure_ascii=False)
+def audit_json(records: list[dict], churn: list[dict] | None = None, user_id: int | None = None) -> str:
+    """The records as JSON text (they are plain dicts already; this only fixes the formatting). With `churn`
+    (the user's stored churn scores), one object {"user_id", "lists": records, "churn_scores": churn}."""
+    data = records if churn is None else {"user_id": user_id, "lists": records, "churn_scores": churn}
+    return json.dumps(data, indent=2, default=str, ensure_ascii=False)
 
 
-def audit_markdown(records: list[dict], title: str | None = None) -> str:
-    """A readable report: one section per served list, its movies as a table."""
+def audit_markdown(records: list[dict], title: str | None = None, churn: list[dict] | None = None) -> str:
+    """A readable report: one section per served list, its movies as a table; with `churn`, the user's stored
+    churn scores as a last section."""
     if title is None:
         users = sorted({r["user_id"] for r in records})
         title = "Audit: user " + ", ".join(map(str, users)) if users else "Audit"
     lines = [f"# {title}", ""]
     if not records:
         lines.append("No list was served to this user in the selected period.")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + _churn_lines(churn)) + "\n"
     lines.append(f"{len(records)} served list{'s' if len(records) != 1 else ''}, newest first.")
     for r in records:
         lines += ["", f"## List {r['serve_id']} — served {r['served_at']}", "",
@@ -247,7 +298,23 @@ def audit_markdown(records: list[dict], title: str | None = None) -> str:
             year = "" if m["year"] is None else m["year"]
             name = m["title"] or f"movie {m['movie_id']} (not in catalog)"
             lines.append(f"| {m['position']} | {name} | {year} | {score} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _churn_lines(churn)) + "\n"
+
+
+def _churn_lines(churn: list[dict] | None) -> list[str]:
+    if churn is None:
+        return []
+    lines = ["", "## Stored churn scores", ""]
+    if not churn:
+        return lines + ["No churn score is stored about this user in the selected period."]
+    lines += [f"{len(churn)} stored score{'s' if len(churn) != 1 else ''}, newest first (risk: the chance of no "
+              "watch in the 14 days from as_of).", "",
+              "| as of | scored at | risk | model | stage now | production when scored |", "|---|---|---:|---|---|---|"]
+    for c in churn:
+        then = "yes" if c["was_production"] else "no"
+        lines.append(f"| {str(c['as_of'])[:10]} | {c['scored_at']} | {c['risk']:.1%} | v{c['model_version']} "
+                     f"({c['model_kind'] or 'unknown'}) | {c['stage_now']} | {then} |")
+    return lines
 
 
 def _short(code_version: str | None) -> str:

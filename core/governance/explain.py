@@ -151,3 +151,42 @@ def explanation_markdown(e: dict) -> str:
         lines += ["", "## Served", f"On {s['served_at']} at position {s['position']} ({s['path']}), model v{s['model_version']}"
                   + (f", ranker v{s['ranker_version']}" if s["ranker_version"] else "") + f", data {s['data_version']}."]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ "why is this user at risk?" (the churn model)
+def explain_churn(settings: Settings, user_id: int) -> dict:
+    """The production churn model's risk for one user with every feature's SHAP contribution to its calibrated
+    log-odds (`churn_pipeline.explain_user`: base + Σ contributions = logit(risk)), the version's stage and its
+    staleness against the recommender. A user who is not active at the scoring date gets `active` False and a
+    `note` (no score). Raises UnknownUser for an unknown id and RetroError when no churn model is in production."""
+    from core.training import churn_pipeline
+    result = churn_pipeline.explain_user(settings, int(user_id))
+    result["model_status"] = {k: v for k, v in churn_pipeline.status(settings).items() if k in ("stale", "reasons")}
+    if result["active"]:
+        result["additivity"] = {"base_logit": result["base_logit"],
+                                "sum_contributions": float(sum(c["contribution"] for c in result["contributions"])),
+                                "logit": result["logit"]}
+    return result
+
+
+def churn_explanation_markdown(e: dict) -> str:
+    """A churn explanation for people: the risk, the model, the reasons, and every contribution, biggest first."""
+    as_of = str(e["as_of"])[:10]
+    lines = [f"# Why is user {e['user_id']} at risk of leaving?", ""]
+    if not e["active"]:
+        return "\n".join(lines + [e["note"]]) + "\n"
+    a = e["additivity"]
+    lines += [f"Churn risk **{e['risk']:.1%}** — the chance of no watch in the 14 days from {as_of} — by churn "
+              f"model v{e['version']} (in production), features as of {as_of}.", ""]
+    status = e.get("model_status") or {}
+    if status.get("stale"):
+        lines += ["⚠ The model may be stale: " + "; ".join(status["reasons"]), ""]
+    lines += ["## Main reasons", ""] + [f"- {r}" for r in e["reasons"]]
+    lines += ["", "## Every feature (SHAP, calibrated log-odds)", "",
+              f"Base value {a['base_logit']:+.4f} + Σ contributions {a['sum_contributions']:+.4f} = "
+              f"{a['base_logit'] + a['sum_contributions']:+.4f} = logit(risk) {a['logit']:+.4f}.", "",
+              "| feature | value | contribution |", "| --- | ---: | ---: |"]
+    for c in e["contributions"]:
+        value = "unknown" if c["value"] is None else f"{c['value']:g}"
+        lines.append(f"| {c['label']} | {value} | {c['contribution']:+.4f} |")
+    return "\n".join(lines) + "\n"

@@ -47,13 +47,25 @@ INTENDED_USE = {
                   "has already watched or rated."),
     registry.RANKER: ("Re-orders the top-50 candidates of the production collaborative-filtering model into the "
                       "final top-10 list, using interpretable features (CF score, genre affinity, popularity, ...)."),
+    registry.CHURN: ("Ranks active users (at least one watch in the 28 days before the scoring date) by their "
+                     "calibrated risk of leaving — no watch in the next 14 days — so the team can look at who is "
+                     "about to go and why (per-user SHAP reasons), and watch the churn rate next to the "
+                     "recommender's quality."),
 }
 OUT_OF_SCOPE = {
     registry.CF: ("Not for cold-start users (no history: they are served the Top 50 by weighted rating instead), "
                   "nor for users who withdrew consent to personalisation (also the Top 50). Not a rating "
                   "predictor: scores rank titles for one user and are not comparable between users."),
     registry.RANKER: "Only meaningful on top of the CF version it was trained with (`depends_on`).",
+    registry.CHURN: ("Not for users who are not active (no watch in 28 days: already lapsed, not scored) nor for "
+                     "users who withdrew consent to personalization (profiling: not scored). Not a decision about "
+                     "a person: a score to look at with its reasons. One feature (the share of recommended titles "
+                     "watched) depends on the recommender that served, so a recommender change can shift scores "
+                     "(see dependencies)."),
 }
+CHURN_LABEL = ("churned = an active user at the snapshot instant t (≥ 1 watch in [t − 28 days, t)) has no watch in "
+               "[t, t + 14 days); features use only warehouse facts before t (point in time)")
+CHURN_METRICS = ("roc_auc", "pr_auc", "brier", "top_decile_lift", "base_rate", "mean_predicted", "rows", "churned")
 
 
 def model_card(settings: Settings, version: int, *, sample_users: int = MAX_SAMPLE_USERS,
@@ -68,6 +80,8 @@ def model_card(settings: Settings, version: int, *, sample_users: int = MAX_SAMP
     """
     entry = registry.get_version(settings, version)
     run = tracking.get_run(settings, entry["run_id"])
+    if entry["family"] == registry.CHURN:
+        return churn_card(settings, entry, run)
     notes: list[str] = []
     card = {
         "model": {k: entry[k] for k in ("version", "model_kind", "family", "stage", "created_at", "run_id",
@@ -111,6 +125,163 @@ def model_card(settings: Settings, version: int, *, sample_users: int = MAX_SAMP
         notes.append(f"no quality breakdown: {exc}")
     card["ranker"] = _ranker(settings, version, notes)
     return card
+
+
+# ------------------------------------------------------------------ the churn model's card
+def churn_card(settings: Settings, entry: dict, run: dict) -> dict:
+    """The card of a churn version: use, label, features, time split, data, metrics against the recency rule
+    (with calibration curves and top-decile lift), the gate, dependencies on the recommender and privacy.
+
+    Keys: model, lifecycle, intended_use, out_of_scope, label, features, time_split, training_data, parameters,
+    seed, code_version, trigger, metrics {model, recency, production}, calibration {model, recency}, gate,
+    dependencies, privacy, notes."""
+    from core.training import churn_pipeline
+    from core.warehouse.churn_data import FEATURE_LABELS, FEATURES, HORIZON_DAYS, LOOKBACK_DAYS
+    params = run["params"] or {}
+    metrics, baselines = run["metrics"] or {}, run["baselines"] or {}
+    lifecycle = _lifecycle(settings, entry["version"])
+    notes: list[str] = []
+    pick = lambda m: {k: m.get(k) for k in CHURN_METRICS} if m and "error" not in m else None  # noqa: E731
+    rows = churn_pipeline.training_rows_summary(settings, entry)
+    if not rows:
+        notes.append("the artifact holds no training rows file: row counts come from the run only")
+    stored = churn_pipeline.predictions(settings, model_version=int(entry["version"]))
+    snapshots = params.get("snapshots") or {}
+    production_then = baselines.get("production")
+    card = {
+        "model": {k: entry[k] for k in ("version", "model_kind", "family", "stage", "created_at", "run_id",
+                                        "depends_on", "artifact_path", "artifact_hash")},
+        "lifecycle": lifecycle,
+        "intended_use": INTENDED_USE[registry.CHURN],
+        "out_of_scope": OUT_OF_SCOPE[registry.CHURN],
+        "label": {"definition": CHURN_LABEL, "horizon_days": params.get("horizon_days", HORIZON_DAYS),
+                  "lookback_days": params.get("lookback_days", LOOKBACK_DAYS)},
+        "features": [{"feature": f, "label": FEATURE_LABELS.get(f, f)} for f in params.get("features", FEATURES)],
+        "time_split": {"snapshots": snapshots,
+                       "note": "trees fit on the training snapshots, Platt scaling on the calibration snapshot (a "
+                               "later period), judged on the holdout snapshot, whose 14-day labels end where the "
+                               "warehouse's data ends"},
+        "training_data": {"data_version": entry["data_version"], "training_rows": metrics.get("training_rows"),
+                          "calibration_rows": metrics.get("calibration_rows"), "holdout_rows": metrics.get("rows"),
+                          "rows_kept": rows},
+        "parameters": {k: v for k, v in params.items() if k not in ("depends_on", "snapshots", "features")},
+        "seed": run["seed"],
+        "code_version": run["code_version"],
+        "trigger": _trigger(settings, run),
+        "metrics": {"model": pick(metrics), "recency": pick(baselines.get("recency")),
+                    "production": pick(production_then) | {"version": production_then.get("version")}
+                    if pick(production_then) else None},
+        "calibration": {"model": metrics.get("calibration") or {},
+                        "recency": (baselines.get("recency") or {}).get("calibration") or {}},
+        "gate": _churn_gate(lifecycle, metrics, baselines),
+        "dependencies": {"depends_on": entry["depends_on"],
+                         "training_window": (params.get("depends_on") or {}).get("window"),
+                         "served": (params.get("depends_on") or {}).get("served") or {},
+                         "production": (params.get("depends_on") or {}).get("production") or {},
+                         "status": churn_pipeline.status(settings, entry)},
+        "privacy": {"keys": "user_key: the HMAC-SHA256 pseudonym of the user id (no raw id in the model, its "
+                            "training rows or its stored scores)",
+                    "training_rows": "the artifact keeps the rows it was fit and judged on (pseudonym, snapshot "
+                                     "date, features, label, part, risk); `privacy forget` deletes a user's rows, "
+                                     "`privacy export` lists them, a key rotation re-keys them; the fitted trees "
+                                     "keep no row",
+                    "stored_scores": int(len(stored)),
+                    "scores": "stored scores (mlops.db churn_predictions) are erased and exported with the user, "
+                              "re-keyed on key rotation and purged by retention (as_of before the cutoff)"},
+        "notes": notes,
+    }
+    if production_then and "error" in production_then:
+        notes.append(f"production at training time: {production_then['error']}")
+    return card
+
+
+def _churn_gate(lifecycle: list[dict], metrics: dict, baselines: dict) -> dict:
+    """The gate's decision: the one a promotion recorded in the registry, else re-evaluated from the numbers the
+    run recorded (same holdout, same rules: a candidate the gate kept back has no registry gate)."""
+    from core.training import gate
+    for e in reversed(lifecycle):
+        if e["to_stage"] == "production" and e.get("gate"):
+            return {"source": f"registry: promotion at {e['at']} by {e['actor']}", "promote": e["gate"].get("promote"),
+                    "reasons": e["gate"].get("reasons", [])}
+    production = baselines.get("production")
+    production = production if production and "error" not in production else None
+    risk_finite = all(isinstance(metrics.get(k), (int, float)) and np.isfinite(metrics[k])
+                      for k in ("brier", "mean_predicted"))
+    decision = gate.evaluate_churn_gate(metrics, baselines.get("recency") or {}, production, finite=risk_finite)
+    return {"source": "re-evaluated from the run's recorded holdout numbers (no promotion recorded a gate)",
+            "promote": decision.promote, "reasons": decision.reasons}
+
+
+def _versions_by_family(versions: dict) -> str:
+    """{'cf': [1, 3], 'ranker': []} → 'cf v1, v3; ranker none'."""
+    return "; ".join(f"{k} " + (", ".join(f"v{v}" for v in vs) or "none") for k, vs in versions.items()) or "none"
+
+
+def churn_card_markdown(card: dict) -> str:
+    """The churn card as Markdown, one section per part of the card."""
+    m, td, deps = card["model"], card["training_data"], card["dependencies"]
+    lines = [f"# Model card: {m['model_kind']} v{m['version']} (churn)", "",
+             f"Stage **{m['stage']}** · family `{m['family']}` · registered {m['created_at']} from run {m['run_id']}"
+             + (f" · depends on CF v{m['depends_on']}" if m.get("depends_on") else ""), "",
+             "## Intended use", "", card["intended_use"], "", "**Out of scope.** " + card["out_of_scope"], "",
+             "## Label", "", card["label"]["definition"] + ".", "",
+             "## Features", "", "| feature | meaning |", "|---|---|"]
+    lines += [f"| `{f['feature']}` | {f['label']} |" for f in card["features"]]
+    snaps = card["time_split"]["snapshots"]
+    lines += ["", "## Time split", "",
+              f"- Training snapshots: {', '.join(snaps.get('train', [])) or 'unknown'}",
+              f"- Calibration snapshot: {', '.join(snaps.get('calibration', [])) or 'unknown'}",
+              f"- Holdout snapshot: {', '.join(snaps.get('holdout', [])) or 'unknown'}",
+              f"- {card['time_split']['note']}.", "",
+              "## Training data", "",
+              f"- Data version: {td.get('data_version') or 'unknown'}",
+              f"- Rows: {_fmt(td.get('training_rows'))} training, {_fmt(td.get('calibration_rows'))} calibration, "
+              f"{_fmt(td.get('holdout_rows'))} holdout"]
+    kept = td.get("rows_kept") or {}
+    if kept:
+        lines.append(f"- Kept in the artifact now: {kept['rows']:,} rows of {kept['users']:,} users "
+                     "(erasures remove rows)")
+    lines += ["", "## Parameters and reproducibility", "", f"- Seed: {card['seed']}",
+              f"- Code version: {card['code_version'] or 'unknown'}", f"- Trained by: {card['trigger']}"]
+    for k, v in card["parameters"].items():
+        lines.append(f"- `{k}`: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+    table = card["metrics"]
+    names = (("model", "model"), ("recency", "recency rule"), ("production", "production then"))
+    cols = [(c, name) for c, name in names if table.get(c)]
+    lines += ["", "## Metrics on the holdout snapshot, against the recency rule", "",
+              "| metric | " + " | ".join(name for _, name in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name in CHURN_METRICS:
+        lines.append(f"| {name} | " + " | ".join(_fmt(table[c].get(name)) for c, _ in cols) + " |")
+    cal = card["calibration"]
+    if cal["model"].get("predicted"):
+        lines += ["", "### Calibration (quantile bins: mean predicted vs observed churn rate)", "",
+                  "| bin | model predicted | model observed | recency predicted | recency observed |",
+                  "|---:|---:|---:|---:|---:|"]
+        rec = cal["recency"]
+        for i, (p, o) in enumerate(zip(cal["model"]["predicted"], cal["model"]["observed"])):
+            rp = rec.get("predicted", [])[i] if i < len(rec.get("predicted", [])) else None
+            ro = rec.get("observed", [])[i] if i < len(rec.get("observed", [])) else None
+            lines.append(f"| {i + 1} | {_fmt(p)} | {_fmt(o)} | {_fmt(rp)} | {_fmt(ro)} |")
+    g = card["gate"]
+    lines += ["", "## Gate", "", f"{'Passed' if g['promote'] else 'Not passed'} — {g['source']}:"]
+    lines += [f"- {r}" for r in g["reasons"]]
+    lines += ["", "## Lifecycle", ""]
+    for e in card["lifecycle"]:
+        lines.append(f"- {e['at']}: {e['from_stage'] or 'registered'} → {e['to_stage']} by {e['actor']} — "
+                     f"{e['reason']}")
+    status = deps["status"]
+    window = deps.get("training_window") or ["?", "?"]
+    lines += ["", "## Dependencies on the recommender", "",
+              f"- Training window {window[0]} → {window[1]}",
+              f"- Versions whose lists were served in the window: {_versions_by_family(deps['served'])}",
+              f"- Versions in production during the window: {_versions_by_family(deps['production'])}",
+              f"- Now: {'POSSIBLY STALE' if status['stale'] else 'current'} — " + "; ".join(status["reasons"])]
+    pv = card["privacy"]
+    lines += ["", "## Privacy", "", f"- Keys: {pv['keys']}.", f"- Training rows: {pv['training_rows']}.",
+              f"- Stored scores by this version: {pv['stored_scores']:,}; {pv['scores']}."]
+    if card["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in card["notes"]]
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------ registry and run
@@ -351,6 +522,8 @@ def _fmt(value, pct: bool = False) -> str:
 
 def model_card_markdown(card: dict) -> str:
     """The card as a Markdown document with one section per part of the card."""
+    if card["model"]["family"] == registry.CHURN:
+        return churn_card_markdown(card)
     m = card["model"]
     td = card["training_data"]
     lines = [f"# Model card: {m['model_kind']} v{m['version']}", "",

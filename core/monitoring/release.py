@@ -177,7 +177,8 @@ def start(settings: Settings, version: int, mode: str, *, actor: str, reason: st
 
 def _candidate_ranker(settings: Settings, version: int) -> dict | None:
     with mlopsdb.session(settings) as db:
-        registry.version_on(db, settings, int(version))           # UnknownVersion before any training
+        # UnknownVersion, or a churn/ranker version refused, before any training
+        deployments.check_releasable(registry.version_on(db, settings, int(version)))
         return registry.candidate_ranker_on(db, settings, int(version))
 
 

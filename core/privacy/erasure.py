@@ -19,15 +19,15 @@ from core.pseudonym import pseudonym, pseudonym_key
 from core.serving import serving
 from core.settings import Settings
 from core.store import locks, mlopsdb, opsdb
-from core.training import artifacts, registry
+from core.training import artifacts, churn_pipeline, registry
 from core.warehouse import lake, warehouse
 
-ERASURE_STEPS = ("opsdb", "warehouse", "bundles", "ranker", "audit")
+ERASURE_STEPS = ("opsdb", "warehouse", "bundles", "ranker", "churn", "audit")
 # Every step boundary where a kill must leave serving working and the erasure resumable (see `faults`).
 FAULT_POINTS = ("erasure:recorded", "erasure:opsdb-erased", "erasure:opsdb", "erasure:warehouse-erased",
                 "erasure:warehouse", "erasure:bundle-staged", "erasure:bundle-swapped", "erasure:bundles",
-                "erasure:ranker-staged", "erasure:ranker-swapped", "erasure:ranker", "erasure:audit-redacted",
-                "erasure:audit")
+                "erasure:ranker-staged", "erasure:ranker-swapped", "erasure:ranker", "erasure:churn-erased",
+                "erasure:churn", "erasure:audit-redacted", "erasure:audit")
 REQUEST_COLUMNS = ("request_id", "requested_at", "actor", "state", "summary", "pending_user_id", "pending_user_key",
                    "steps_done", "pending_hashes")
 
@@ -69,7 +69,12 @@ def forget_user(settings: Settings, user_id: int, *, actor: str, at: str | None 
        are renamed over the old ones (the mapping last) and the hash is
        registered in `runs` and `model_versions`. A resumed request registers
        the announced hash of every artifact whose swap completed.
-    5. `audit` (`access.erase_user`): `operator_audit` rows that targeted the
+    5. `churn` (`churn_pipeline.erase_user`): the churn scores stored under the
+       pseudonym (`churn_predictions`, secure_delete, WAL checkpointed) and the
+       user's rows in every churn model's training set (each rewritten whole; the
+       model files and their hash are untouched, so it still loads and scores).
+       Idempotent: a resumed request finds nothing left.
+    6. `audit` (`access.erase_user`): `operator_audit` rows that targeted the
        pseudonym are redacted to 'erased user (request #n)'; the erasure's own
        audit row names the request, not the pseudonym (which must appear nowhere
        afterwards). Serving caches are cleared.
@@ -170,6 +175,10 @@ def _carry_out(settings: Settings, request: dict, when: str) -> dict:
             models["rankers"] = rankers
             models["registry_hashes_updated"] = models.get("registry_hashes_updated", 0) + hashes
             done = _record_step(settings, request_id, "ranker", summary)
+        if "churn" not in done:
+            summary["churn"] = churn_pipeline.erase_user(settings, user_key)
+            faults.point("erasure:churn-erased")
+            done = _record_step(settings, request_id, "churn", summary)
         if "audit" not in done:
             redacted = access.erase_user(settings, user_key, f"erased user (request #{request_id})")
             summary["audit"] = {"targets_redacted": redacted}
@@ -213,7 +222,8 @@ def _erase_ops(settings: Settings, uid: int) -> dict:
 def _has_traces(settings: Settings, user_key: str) -> bool:
     """Anything left under the pseudonym (an id no longer in the operational store)?"""
     return (warehouse.holds_user(settings, user_key) or (lake.exists(settings) and lake.holds_user(settings, user_key))
-            or artifacts.bundles_holding(settings, user_key) > 0)
+            or artifacts.bundles_holding(settings, user_key) > 0
+            or any(churn_pipeline.held_counts(settings, user_key).values()))
 
 
 def _erase_bundles(settings: Settings, request_id: int, user_key: str) -> dict:

@@ -9,9 +9,11 @@ from core.privacy import access, common
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
 from core.store import opsdb, servinglog
-from core.training import artifacts, registry
+from core.training import artifacts, churn, churn_pipeline, registry
 from core.warehouse import lake, warehouse
 
+# The churn model's data about a user (`churn_pipeline`), as 'store.table' keys of the export's `stores`.
+CHURN_STORES = {"churn_predictions": "mlops.churn_predictions", "churn_training_rows": "models.churn_training_rows"}
 OPS_SECTIONS = ("users", "consent_history", "ratings", "rating_history", "events", "served_recommendations",
                 "shadow_recommendations", "rejected_writes")   # the export's `stores` keys, in order: 'ops.<table>'
 
@@ -24,7 +26,8 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
     nobody was shown, with titles), explanations (of the latest personalized
     list, when a model is in production), rejected_writes (payloads naming the
     user), warehouse (rows under the user's pseudonym), models (bundles that hold
-    a row for the user) and `stores`, a count per 'store.table' (as `held_counts`).
+    a row for the user), churn (the churn scores stored about the user and their rows in the churn
+    model's training sets) and `stores`, a count per 'store.table' (as `held_counts`).
     """
     uid = common.user_id(user_id)
     actor = common.actor(actor) if actor is not None else access.cli_actor()
@@ -56,6 +59,7 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
         "explanations": _explanations(settings, uid, served),
         "rejected_writes": ops["rejected_writes"], "warehouse": _warehouse_export(settings, user_key),
         "models": _models_export(settings, user_key),
+        "churn": churn_pipeline.export_user(settings, user_key),
     }
     if lake.exists(settings):              # the Spark engine's Parquet lake (issue 15): same tables, same keys
         document["lake"] = _warehouse_export(settings, user_key, lake.export_user)
@@ -63,7 +67,8 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
     document["stores"] = ({f"ops.{t}": len(ops_lists[t]) for t in OPS_SECTIONS}
                           | {f"warehouse.{t}": document["warehouse"][t]["count"] for t in warehouse.USER_TABLES}
                           | {f"lake.{t}": document["lake"][t]["count"] for t in lake.USER_TABLES if "lake" in document}
-                          | {"models.bundles": len(document["models"])})
+                          | {"models.bundles": len(document["models"])}
+                          | {CHURN_STORES[t]: len(rows) for t, rows in document["churn"].items()})
     access.log_action(settings, actor, "export", user_key, "ok", when)
     return common.jsonable(document)
 
@@ -97,7 +102,8 @@ def _models_export(settings: Settings, user_key: str) -> list[dict]:
 
 
 def held_counts(settings: Settings, user_id: int) -> dict[str, int]:
-    """Rows held about a user per 'store.table' (ops by raw id, warehouse by pseudonym, model bundles).
+    """Rows held about a user per 'store.table' (ops by raw id; warehouse, model bundles, churn scores and churn
+    training rows by pseudonym).
 
     A cheap read for the operator page (no audit row, unlike `export_user`);
     the keys are those of the export's `stores`.
@@ -110,6 +116,7 @@ def held_counts(settings: Settings, user_id: int) -> dict[str, int]:
     if lake.exists(settings):
         counts |= {f"lake.{t}": n for t, n in lake.held_counts(settings, user_key).items()}
     counts["models.bundles"] = artifacts.bundles_holding(settings, user_key)
+    counts |= {CHURN_STORES[t]: n for t, n in churn_pipeline.held_counts(settings, user_key).items()}
     return {k: int(v) for k, v in counts.items()}
 
 
@@ -142,7 +149,12 @@ def data_inventory() -> list[dict]:
          pseudo, "bundle hash recorded in the registry", "key blanked, factors and row zeroed, hash updated"),
         ("models/ranker-run-*", ", ".join(artifacts.RANKER_PERSONAL_FILES), "genre profile, recency, activity per bundle row",
          "aligned to the CF bundle's rows", "hash recorded in the registry", "rows reset, hash updated"),
-        (ml, "all tables", "none: models, metrics, jobs; erasure requests hold counts only (a pending one: the "
+        ("models/churn-run-*", churn.TRAINING_ROWS, "churn training rows: user_key, snapshot date, features, label, "
+         "risk", pseudo, "not covered by the model hash (the trees keep no row); re-keyed on key rotation",
+         "the user's rows deleted (the model still loads and scores)"),
+        (ml, "churn_predictions", "user_key, as_of, risk, the feature values scored", pseudo,
+         "no raw id; retention purges scores whose as_of is before the cutoff; re-keyed on key rotation", "deleted"),
+        (ml, "all other tables", "none: models, metrics, jobs; erasure requests hold counts only (a pending one: the "
          "id, then the pseudonym, until it completes)", "no personal data",
          "operator_audit targets are pseudonyms, never raw ids", "the user's audit targets redacted"),
         ("secrets.toml", "[pseudonymization] key, [operators] token hashes", "the pseudonym key; PBKDF2 hashes",

@@ -1,5 +1,5 @@
 """Key rotation: a new pseudonymization key, and every store that holds pseudonyms re-keyed through its own
-`rekey` (warehouse, model bundles, the audit log)."""
+`rekey` (warehouse, model bundles, churn scores and churn training rows, the audit log)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +16,7 @@ from core.secretstore import secrets_file
 from core.serving import serving
 from core.settings import Settings
 from core.store import locks, opsdb
-from core.training import artifacts, registry
+from core.training import artifacts, churn_pipeline, registry
 from core.warehouse import lake, warehouse
 
 
@@ -40,8 +40,9 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
     (users, and ids named in rejected-write payloads); the warehouse's `user_key`
     columns are updated through that mapping (`warehouse.rekey`, one
     transaction); every bundle's mapping is rewritten (`artifacts.rekey`) and its
-    hash updated in `runs` / `model_versions`; `operator_audit` targets follow
-    (`access.rekey`); finally `key` is replaced and `next_key` dropped (file mode 0600).
+    hash updated in `runs` / `model_versions`; the stored churn scores and every
+    churn training set follow (`churn_pipeline.rekey`), then `operator_audit`
+    targets (`access.rekey`); finally `key` is replaced and `next_key` dropped (file mode 0600).
     An interrupted rotation is resumed by calling it again: the parked
     `next_key` is reused and keys already under it are left as they are.
     A pseudonym whose id is unknown (no longer in the ops DB) gets
@@ -101,6 +102,7 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
         raise
 
     _set_artifact_hashes(settings, artifacts.commit_staged(staged))
+    churn_rekeyed = churn_pipeline.rekey(settings, new_for)
     audit_rekeyed = access.rekey(settings, new_for)
 
     data = secretstore.read_secrets(settings)
@@ -110,6 +112,8 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
     secretstore.write_secrets(settings, data)
     serving.clear_caches()
     access.log_action(settings, actor, "rotate-key", None, "ok", when)
-    return {"warehouse_rows_rekeyed": rekeyed, "bundles_rekeyed": len(staged), "users_rekeyed": len(ids),
-            "unlinked_keys": len(unlinked), "audit_targets_rekeyed": audit_rekeyed,
-            "warehouse_compacted": compacted} | ({"lake_rows_rekeyed": lake_rekeyed} if lake_rekeyed is not None else {})
+    out = {"warehouse_rows_rekeyed": rekeyed, "bundles_rekeyed": len(staged), "users_rekeyed": len(ids),
+           "unlinked_keys": len(unlinked), "audit_targets_rekeyed": audit_rekeyed,
+           "warehouse_compacted": compacted, "churn_predictions_rekeyed": churn_rekeyed["churn_predictions"],
+           "churn_training_rows_rekeyed": churn_rekeyed["churn_training_rows"]}
+    return out | ({"lake_rows_rekeyed": lake_rekeyed} if lake_rekeyed is not None else {})

@@ -64,10 +64,7 @@ def start(settings: Settings, version: int, mode: str, *, actor: str, reason: st
     share = check_share(DEFAULT_SHARE if share is None else share) if mode == "canary" else None
     when = timestamp(at, settings)
     with mlopsdb.write_session(settings) as db:
-        row = registry.version_on(db, settings, int(version))
-        if row["family"] != registry.CF:
-            raise ValidationError(f"v{version} is a {row['family']} model; only collaborative-filtering versions "
-                                  "are released beside production (a ranker follows its CF model)")
+        row = check_releasable(registry.version_on(db, settings, int(version)))
         if row["stage"] == "production":
             raise ValidationError(f"v{version} is already in production; release a candidate instead")
         prod = registry.production_on(db, settings)
@@ -84,6 +81,14 @@ def start(settings: Settings, version: int, mode: str, *, actor: str, reason: st
             [int(version), mode, share, int(prod["version"]), "active", json.dumps(policy or {}), when, actor.strip(),
              reason.strip(), when])
         return _decode(_row(db, cur.lastrowid))
+
+
+def check_releasable(row: dict) -> dict:
+    """`row` when its version can be released beside production (a CF version); else ValidationError."""
+    if row["family"] != registry.CF:
+        raise ValidationError(f"v{row['version']} is a {row['family']} model; only collaborative-filtering versions "
+                              "are released beside production (a ranker follows its CF model)")
+    return row
 
 
 def set_share(settings: Settings, deployment_id: int, share: float, *, at: str | None = None) -> dict:

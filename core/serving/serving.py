@@ -168,6 +168,7 @@ def load_state(settings: Settings, rows=None) -> ServingState:
 def bundle_for(version: dict) -> Bundle:
     """The loaded bundle of a registry version (cached by path and hash: a promotion or an erasure swaps it;
     the last MAX_LOADED stay loaded, so production and a release's candidate never evict each other)."""
+    registry.require_cf(version, "serving")
     key = (version["artifact_path"], version["artifact_hash"])
     with _lock:
         if key in _bundles:

@@ -149,11 +149,14 @@ def load_version(settings: Settings, version: dict) -> churn.ChurnModel:
     return churn.load(mlopsdb.artifact_dir(settings, version["artifact_path"]), version["artifact_hash"])
 
 
-def status(settings: Settings) -> dict:
-    """The churn model in production, what it depends on, and whether the recommender changed since."""
-    prod = registry.production(settings, family=churn.FAMILY)
+def status(settings: Settings, version: dict | None = None) -> dict:
+    """The churn model in production (or the registry row `version` of another churn version), what it depends
+    on, and whether the recommender changed since it was trained."""
+    prod = version if version is not None else registry.production(settings, family=churn.FAMILY)
     if prod is None:
         return {"version": None, "stale": False, "reasons": ["no churn model in production"]}
+    if prod["family"] != churn.FAMILY:
+        raise ValidationError(f"v{prod['version']} is a {prod['family']} model, not a churn model")
     run = tracking.get_run(settings, int(prod["run_id"]))
     deps = (run.get("params") or {}).get("depends_on") or {}
     window_end = (deps.get("window") or [None, prod["created_at"]])[1]
@@ -236,10 +239,13 @@ def store_predictions(settings: Settings, version: int, frame: pd.DataFrame, at:
 
 
 def predictions(settings: Settings, *, as_of: str | None = None, since: str | None = None, until: str | None = None,
-                user_key: str | None = None, with_features: bool = False) -> pd.DataFrame:
-    """Stored scores (newest as_of first), filtered by as_of (exact, or the window [since, until]) and user."""
+                user_key: str | None = None, model_version: int | None = None,
+                with_features: bool = False) -> pd.DataFrame:
+    """Stored scores (newest as_of first), filtered by as_of (exact, or the window [since, until]), user and
+    model version."""
     where, args = [], []
-    for clause, value in (("as_of = ?", as_of), ("as_of >= ?", since), ("as_of <= ?", until), ("user_key = ?", user_key)):
+    for clause, value in (("as_of = ?", as_of), ("as_of >= ?", since), ("as_of <= ?", until),
+                          ("user_key = ?", user_key), ("model_version = ?", model_version)):
         if value is not None:
             where.append(clause)
             args.append(value)
@@ -372,6 +378,19 @@ def calibration_table(settings: Settings, version: dict | None = None) -> pd.Dat
     return pd.concat(parts, ignore_index=True)
 
 
+def training_rows_summary(settings: Settings, version: dict) -> dict:
+    """What a churn version's artifact keeps of its training data: rows and distinct users per part
+    (train / calibration / holdout), keyed by pseudonym; {} when the rows file is gone."""
+    rows = churn.read_rows(mlopsdb.artifact_dir(settings, version["artifact_path"]))
+    if not rows:
+        return {}
+    out = {"rows": int(len(rows["user_key"])), "users": int(len(np.unique(rows["user_key"])))}
+    for name, code in PART_CODES.items():
+        keep = rows["part"] == code
+        out[name] = {"rows": int(keep.sum()), "users": int(len(np.unique(rows["user_key"][keep])))}
+    return out
+
+
 # ------------------------------------------------------------------ privacy (owner operations)
 def _artifact_dirs(settings: Settings) -> list:
     return sorted(p for p in settings.models_dir.glob("churn-run-*") if p.is_dir()) if settings.models_dir.exists() else []
@@ -403,10 +422,17 @@ def export_user(settings: Settings, user_key: str) -> dict[str, list[dict]]:
 
 def erase_user(settings: Settings, user_key: str) -> dict[str, int]:
     """Delete the user's stored scores and drop their rows from every churn training set (the fitted trees keep
-    no rows; the next churn training leaves the user out because the warehouse no longer holds them)."""
-    with mlopsdb.write_session(settings) as db:
+    no rows; the next churn training leaves the user out because the warehouse no longer holds them).
+
+    Idempotent (a resumed erasure finds nothing left to do). The scores go in one transaction with
+    secure_delete on and the WAL checkpointed, so the pseudonym's bytes leave mlops.db; each training set is
+    replaced whole (`churn.write_rows`). The artifact hash covers the model and its metadata, not the rows, so
+    the registered model still loads and scores."""
+    with mlopsdb.session(settings) as db:
+        db.execute("PRAGMA secure_delete = ON")
         with db.atomic():
-            stored = db.execute("DELETE FROM churn_predictions WHERE user_key = ?", [user_key]).rowcount
+            stored = db.conn.execute("DELETE FROM churn_predictions WHERE user_key = ?", [user_key]).rowcount
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     training = 0
     for d in _artifact_dirs(settings):
         rows = churn.read_rows(d)
@@ -420,18 +446,50 @@ def erase_user(settings: Settings, user_key: str) -> dict[str, int]:
 
 
 def rekey(settings: Settings, new_for) -> dict[str, int]:
-    """Replace every pseudonym with `new_for(old)` in stored scores and training sets (a key rotation)."""
-    with mlopsdb.write_session(settings) as db:
+    """Re-key every pseudonym in stored scores and training sets through `new_for(keys) -> {old: new}` (the key
+    rotation's mapping: keys that do not change are left out). Scores in one transaction (old bytes zeroed,
+    WAL checkpointed); each training set rewritten whole. Re-runnable: keys already new map to nothing."""
+    with mlopsdb.session(settings) as db:
         keys = [k for (k,) in db.execute("SELECT DISTINCT user_key FROM churn_predictions").fetchall()]
+        table = new_for(keys) if keys else {}
+        db.execute("PRAGMA secure_delete = ON")
         with db.atomic():
-            db.conn.executemany("UPDATE churn_predictions SET user_key = ? WHERE user_key = ?",
-                                [(new_for(k), k) for k in keys])
-    files = 0
+            rows = sum(db.conn.execute("UPDATE churn_predictions SET user_key = ? WHERE user_key = ?",
+                                       [new, old]).rowcount for old, new in table.items())
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    files = training = 0
     for d in _artifact_dirs(settings):
-        rows = churn.read_rows(d)
-        if rows:
-            olds, where = np.unique(rows["user_key"], return_inverse=True)
-            rows["user_key"] = np.array([new_for(k) for k in olds], dtype=str)[where]
-            churn.write_rows(d, rows)
-            files += 1
-    return {"churn_predictions": len(keys), "churn_training_files": files}
+        data = churn.read_rows(d)
+        if not data or not len(data["user_key"]):
+            continue
+        olds, where = np.unique(data["user_key"], return_inverse=True)
+        mapping = new_for(olds.tolist())
+        if not mapping:
+            continue
+        news = np.array([mapping.get(k, k) for k in olds.tolist()], dtype=str)
+        training += int(np.isin(data["user_key"], list(mapping)).sum())
+        churn.write_rows(d, data | {"user_key": news[where]})
+        files += 1
+    return {"churn_predictions": int(rows), "churn_training_rows": training, "churn_training_files": files}
+
+
+# ------------------------------------------------------------------ retention (owner operations)
+def predictions_before(settings: Settings, cutoff: str) -> tuple[int, int, str | None]:
+    """(stored scores whose as_of is before `cutoff`, all stored scores, the oldest as_of)."""
+    with mlopsdb.session(settings) as db:
+        old, total, oldest = db.execute("SELECT count(*) FILTER (WHERE as_of < ?), count(*), min(as_of) "
+                                        "FROM churn_predictions", [cutoff]).fetchone()
+    return int(old or 0), int(total or 0), oldest
+
+
+def purge_predictions(settings: Settings, cutoff: str) -> int:
+    """Delete stored scores whose as_of (the day their features describe) is before `cutoff`: a score is derived
+    from behaviour, so it leaves with the behavioural events it was computed from. Training sets are kept (they
+    leave with their model version). One transaction, old bytes zeroed; returns the rows deleted."""
+    cutoff = timestamp(cutoff)
+    with mlopsdb.session(settings) as db:
+        db.execute("PRAGMA secure_delete = ON")
+        with db.atomic():
+            n = db.conn.execute("DELETE FROM churn_predictions WHERE as_of < ?", [cutoff]).rowcount
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return int(n)

@@ -183,6 +183,7 @@ def evaluate_version(settings: Settings, version: int | None = None, holdout_day
     entry = registry.get_version(settings, version) if version is not None else registry.production(settings)
     if entry is None:
         raise RetroError("no model in production yet; run a retrain first (python -m core retrain)")
+    registry.require_cf(entry, "`evaluate` scores top-10 lists and")
     bundle = load_bundle(entry["artifact_path"])
     trained_until = bundle.meta.get("trained_until")
     result = {"version": int(entry["version"]), "model_kind": entry["model_kind"],

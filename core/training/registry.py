@@ -199,6 +199,19 @@ def archive(settings: Settings, version: int, actor: str, reason: str, at: str |
             _move(db, row, "archived", when, actor, reason, None)
 
 
+def require_cf(row: dict, purpose: str) -> dict:
+    """`row` when it is a collaborative-filtering version; else a ValidationError that says `purpose` needs one
+    and where the other family's own commands are (a churn or ranker version has no CF bundle to load)."""
+    family = row.get("family") or family_of(row["model_kind"])
+    if family == CF:
+        return row
+    v = row["version"]
+    hint = {CHURN: f"; for a churn version use `python -m core churn evaluate --version {v}` or `model-card {v}`",
+            RANKER: f"; a ranker is judged with its CF version v{row.get('depends_on')}"}.get(family, "")
+    raise ValidationError(f"v{v} is a {family} model ({row['model_kind']}); {purpose} needs a collaborative-filtering "
+                          f"version{hint}")
+
+
 # --- reads -------------------------------------------------------------------
 
 def get_version(settings: Settings, version: int) -> dict:
