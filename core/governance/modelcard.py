@@ -158,11 +158,11 @@ def churn_card(settings: Settings, entry: dict, run: dict) -> dict:
                   "lookback_days": params.get("lookback_days", LOOKBACK_DAYS)},
         "features": [{"feature": f, "label": FEATURE_LABELS.get(f, f)} for f in params.get("features", FEATURES)],
         "time_split": {"snapshots": snapshots,
-                       "note": "trees fit on the training snapshots, Platt scaling on the calibration snapshot (a "
-                               "later period), judged on the holdout snapshot, whose 14-day labels end where the "
-                               "warehouse's data ends"},
+                       "note": "trees fit on the training snapshots, Platt scaling on their out-of-fold log-odds "
+                               "(5 folds grouped by user), judged on the holdout snapshot, 14 days after the last "
+                               "training snapshot, whose 14-day labels end where the warehouse's data ends"},
         "training_data": {"data_version": entry["data_version"], "training_rows": metrics.get("training_rows"),
-                          "calibration_rows": metrics.get("calibration_rows"), "holdout_rows": metrics.get("rows"),
+                          "holdout_rows": metrics.get("rows"),
                           "rows_kept": rows},
         "parameters": {k: v for k, v in params.items() if k not in ("depends_on", "snapshots", "features")},
         "seed": run["seed"],
@@ -230,13 +230,11 @@ def churn_card_markdown(card: dict) -> str:
     snaps = card["time_split"]["snapshots"]
     lines += ["", "## Time split", "",
               f"- Training snapshots: {', '.join(snaps.get('train', [])) or 'unknown'}",
-              f"- Calibration snapshot: {', '.join(snaps.get('calibration', [])) or 'unknown'}",
               f"- Holdout snapshot: {', '.join(snaps.get('holdout', [])) or 'unknown'}",
               f"- {card['time_split']['note']}.", "",
               "## Training data", "",
               f"- Data version: {td.get('data_version') or 'unknown'}",
-              f"- Rows: {_fmt(td.get('training_rows'))} training, {_fmt(td.get('calibration_rows'))} calibration, "
-              f"{_fmt(td.get('holdout_rows'))} holdout"]
+              f"- Rows: {_fmt(td.get('training_rows'))} training, {_fmt(td.get('holdout_rows'))} holdout"]
     kept = td.get("rows_kept") or {}
     if kept:
         lines.append(f"- Kept in the artifact now: {kept['rows']:,} rows of {kept['users']:,} users "
