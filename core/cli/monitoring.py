@@ -12,9 +12,18 @@ def cmd_monitor(args, settings):
     from core.monitoring import monitoring
     data = monitoring.latest(settings)
 
+    def churn_line():
+        c = data["churn_model"]
+        if c["version"] is None:
+            return "  churn model: none in production"
+        if c["stale"]:
+            return f"  churn model v{c['version']}: POSSIBLY STALE — " + "; ".join(c["reasons"])
+        return f"  churn model v{c['version']}: up to date ({c['reasons'][0]})"
+
     def human():
         if data["day"] is None:
             print("nothing monitored yet; run `python -m core simulate --days N` (the closed loop monitors every day)")
+            print(churn_line())
             return
         print(f"day {data['day']}: {data['classification']} (production v{data['model_version']})")
         for r in data["drift"]:
@@ -26,6 +35,7 @@ def cmd_monitor(args, settings):
             print(f"  online hit rate@10: model {o['hit_rate_model']:.3f}, Top 50 {o['hit_rate_top50']:.3f}"
                   + (f", baseline {o['baseline_hit_rate']:.3f}" if o.get("baseline_hit_rate") else ""))
         print(f"  quarantine rate {data['quality'].get('quarantine_rate', 0):.2%}; {len(data['open_alerts'])} open alerts")
+        print(churn_line())
     emit(args, data, human)
 
 

@@ -111,6 +111,10 @@ def cmd_simulate(args, settings):
             t5 = "—" if r["hit_rate_top50"] is None else f"{r['hit_rate_top50']:.3f}"
             extra = (f" opened {', '.join(r['opened'])}" if r["opened"] else "") + \
                     (f" closed {', '.join(r['closed'])}" if r["closed"] else "")
+            if r.get("churn_scored"):
+                extra += f" churn: {r['churn_scored']} scored, mean risk {r['churn_mean_risk']:.3f}"
+            elif r.get("churn_error"):
+                extra += f" churn scoring failed: {r['churn_error']}"
             act = r["action"]
             if act:
                 extra += f" → retrain ({act['cause']}): v{act['version']} " + ("promoted" if act["promoted"] else "kept as candidate")

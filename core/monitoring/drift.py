@@ -325,10 +325,17 @@ def psi(reference: Window, current: Window) -> tuple[float, str]:
     change, 0.1–0.25 moderate, ≥ 0.25 significant (`psi_severity`).
     """
     ref_counts, cur_counts = _aligned(reference, current)
-    p_ref, p_cur = _shares_with_epsilon(ref_counts), _shares_with_epsilon(cur_counts)
-    score = float(np.sum((p_cur - p_ref) * np.log(p_cur / p_ref)))
-    score = max(score, 0.0)
-    return score, f"{psi_severity(score)} change over {len(p_ref)} buckets"
+    score = psi_from_counts(ref_counts, cur_counts)
+    return score, f"{psi_severity(score)} change over {len(ref_counts)} buckets"
+
+
+def psi_from_counts(reference_counts, current_counts) -> float:
+    """`psi`'s formula on two count vectors over the same buckets (each with a positive total): empty buckets
+    get EPSILON, shares renormalised, Σ (p_cur − p_ref) · ln(p_cur / p_ref), clipped at 0. For callers that
+    bucket many windows at once (numpy, no per-window pandas work), e.g. one churn feature over many days."""
+    p_ref = _shares_with_epsilon(np.asarray(reference_counts, dtype=float))
+    p_cur = _shares_with_epsilon(np.asarray(current_counts, dtype=float))
+    return max(float(np.sum((p_cur - p_ref) * np.log(p_cur / p_ref))), 0.0)
 
 
 def jensen_shannon(reference: Window, current: Window) -> tuple[float, str]:

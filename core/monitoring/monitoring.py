@@ -8,7 +8,10 @@ Per monitored day (one simulated day, or one ETL window):
   day (hit rate@10, precision@10), for the production model and, as a control,
   for the Top 50;
 - model drift: the distribution of served scores and of recommended genres;
-- data quality: the ETL gate's quarantine rate.
+- data quality: the ETL gate's quarantine rate;
+- the churn model's dependency: a `model-staleness` alert (metric `churn`) while `churn_pipeline.status` calls the
+  production churn model possibly stale (the recommender changed since it was trained); it closes when status no
+  longer does. It only informs: the retraining policy reads drift and quality alerts, not this one.
 Alerts open once per (kind, metric), update while open and close when the
 metric recovers — clearly: a drift score must fall below 0.8 × its threshold, the
 online hit rate back above 90 % of its baseline (it opened below 80 %), so a
@@ -59,6 +62,8 @@ BASELINE_DAYS = 7
 SIGNIFICANT_FACTOR = drift.PSI_SIGNIFICANT / drift.PSI_MODERATE   # 2.5 × a test's threshold (PSI: 0.25)
 RECOVERED_FACTOR = 0.8            # a data-drift alert closes below 0.8 × its threshold (hysteresis: no flapping)
 LARGE_WINDOW = 1000               # observations in a day's window above which one day's moderate drift is trusted
+STALENESS = ("model-staleness", "churn")   # (kind, metric) of the churn model's staleness alert
+RECOMMENDER_ALERTS = ("data-quality", "data-drift", "concept-drift")   # the alerts about the recommender's data
 
 
 # ------------------------------------------------------------------ features
@@ -383,6 +388,8 @@ def monitor_day(settings: Settings, day) -> DayReport:
     report = DayReport(day_s, "no reference" if ref is None else "stable", results, online, quality,
                        model_version=None if prod is None else int(prod["version"]))
     window = (str(start), str(end))
+    from core.training import churn_pipeline   # here, not at import: it brings scikit-learn (~1 s)
+    churn_status = churn_pipeline.status(settings)
     with mlopsdb.write_session(settings) as db:
         # Data quality first: it decides how every other alert of the day is read.
         incident = quality["quarantine_rate"] > QUARANTINE_RATE_ALERT
@@ -419,6 +426,11 @@ def monitor_day(settings: Settings, day) -> DayReport:
                     report.opened.append("concept-drift:hit_rate_model")
             elif hr >= ONLINE_RECOVERED * baseline and _close(db, "concept-drift", "hit_rate_model", at):
                 report.closed.append("concept-drift:hit_rate_model")
+        stale = _churn_staleness(db, churn_status, window, at)
+        if stale:
+            report.opened.append(stale)
+        elif stale is None and _close(db, *STALENESS, at):
+            report.closed.append(":".join(STALENESS))
         open_kinds = {r[0] for r in db.execute("SELECT kind FROM alerts WHERE closed_at IS NULL").fetchall()}
         if ref is None:
             report.classification = "no reference"
@@ -438,6 +450,17 @@ def monitor_day(settings: Settings, day) -> DayReport:
                               r["threshold"], int(r["drifted"]), int(r["insufficient"]), int(r["n_current"]))
                              for r in results])
     return report
+
+
+def _churn_staleness(db, status: dict, window, at) -> str | None:
+    """Open (or update) the churn model's staleness alert when `status` (`churn_pipeline.status`) says possibly
+    stale; returns "model-staleness:churn" when it opened now, "" while it stays open, None when not stale (the
+    caller closes it). value = how many reasons (recommender changes) there are; threshold 1."""
+    if not status["stale"]:
+        return None
+    opened = _open_or_update(db, *STALENESS, None, float(len(status["reasons"])), 1.0, "warning", window, at,
+                             "model dependency")
+    return ":".join(STALENESS) if opened else ""
 
 
 def record_top50(settings: Settings, day, movie_ids: list[int]) -> None:
@@ -462,15 +485,38 @@ def history(settings: Settings) -> dict:
 def latest(settings: Settings) -> dict:
     """The `monitor` command: latest drift scores per feature and test, online quality, open alerts."""
     h = history(settings)
+    churn = churn_model_status(settings)
     if h["days"].empty:
-        return {"day": None, "classification": None, "drift": [], "online": {}, "quality": {}, "open_alerts": []}
+        return {"day": None, "classification": None, "drift": [], "online": {}, "quality": {}, "open_alerts": [],
+                "churn_model": churn}
     last = h["days"].iloc[-1]
     scores = h["scores"][h["scores"]["day"] == last["day"]] if len(h["scores"]) else h["scores"]
     alerts = open_alerts(settings)
     return {"day": last["day"], "classification": last["classification"], "model_version": last["model_version"],
             "drift": scores.drop(columns=["day"]).to_dict("records") if len(scores) else [],
             "online": last["online"], "quality": last["quality"],
-            "open_alerts": alerts.to_dict("records") if len(alerts) else []}
+            "open_alerts": alerts.to_dict("records") if len(alerts) else [], "churn_model": churn}
+
+
+def churn_model_status(settings: Settings) -> dict:
+    """{"version", "stale", "reasons"} of the production churn model (version None: there is none)."""
+    from core.training import churn_pipeline   # here, not at import: it brings scikit-learn (~1 s)
+    status = churn_pipeline.status(settings)
+    return {"version": status["version"], "stale": status["stale"], "reasons": status["reasons"]}
+
+
+def online_by_day(settings: Settings) -> pd.DataFrame:
+    """day (datetime64), users_served, hit_rate_model, hit_rate_top50 of every monitored day, in day order (NaN
+    where a day had no model list or no Top 50 control): the online quality of the lists served at that day's start."""
+    with mlopsdb.session(settings) as db:
+        rows = db.execute("SELECT day, json_extract(online, '$.users_served'), "
+                          "json_extract(online, '$.hit_rate_model'), "
+                          "json_extract(online, '$.hit_rate_top50') FROM monitor_days ORDER BY day").fetchall()
+    frame = pd.DataFrame(rows, columns=["day", "users_served", "hit_rate_model", "hit_rate_top50"])
+    frame["day"] = pd.to_datetime(frame["day"]).astype("datetime64[ns]")
+    for col in ("users_served", "hit_rate_model", "hit_rate_top50"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    return frame
 
 
 def feature_distributions(settings: Settings, feature: str, day) -> pd.DataFrame:
@@ -534,10 +580,17 @@ def narrative(settings: Settings) -> str:
         return "Nothing monitored yet: simulate some days (the closed loop runs the ETL and monitoring every day)."
     last = days.iloc[-1]
     parts = []
+    stale_note = ""
+    if len(alerts):
+        stale = alerts[(alerts["kind"] == STALENESS[0]) & alerts["closed_at"].isna()]
+        if len(stale):
+            stale_note = (f" The churn model is possibly stale since {str(stale.iloc[0]['opened_at'])[:10]}: the "
+                          "recommender changed after it was trained (`python -m core churn status`).")
+        alerts = alerts[alerts["kind"].isin(RECOMMENDER_ALERTS)]
     if alerts.empty:
-        return (f"All quiet: {plural(len(days), 'day')} monitored up to {last['day']}, no alert. "
+        return (f"All quiet: {plural(len(days), 'day')} monitored up to {last['day']}, no drift or data-quality alert. "
                 f"Online hit rate@10 of the model {last['online'].get('hit_rate_model') or 0:.1%} "
-                f"vs {last['online'].get('hit_rate_top50') or 0:.1%} for the Top 50.")
+                f"vs {last['online'].get('hit_rate_top50') or 0:.1%} for the Top 50." + stale_note)
     a = alerts.iloc[-1] if alerts["closed_at"].notna().all() else alerts[alerts["closed_at"].isna()].iloc[0]
     day = str(a["window_start"])[:10]
     if a["kind"] == "data-quality":
@@ -563,7 +616,7 @@ def narrative(settings: Settings) -> str:
     if base and now_hr is not None:
         parts.append(f"Hit rate now {now_hr:.1%} = {now_hr / np.mean(base):.0%} of the pre-alert baseline.")
     parts.append("Alert closed." if pd.notna(a["closed_at"]) else "Alert still open.")
-    return " ".join(parts)
+    return " ".join(parts) + stale_note
 
 
 def open_alert_count(settings: Settings) -> int:

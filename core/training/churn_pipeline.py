@@ -6,12 +6,15 @@ pseudonyms, so the privacy operations reach them through `export_user` / `erase_
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pa_json
 
 from core.errors import RetroError, ValidationError
 from core.filemodes import private_dir
@@ -255,9 +258,17 @@ def predictions(settings: Settings, *, as_of: str | None = None, since: str | No
     with mlopsdb.session(settings) as db:
         frame = pd.DataFrame(db.execute(sql, args).fetchall(), columns=[c.strip() for c in cols.split(",")])
     if with_features and len(frame):
-        feats = pd.DataFrame([json.loads(f) for f in frame.pop("features")], columns=list(FEATURES), dtype=float)
-        frame = pd.concat([frame, feats], axis=1)
+        frame = pd.concat([frame, _parse_features(frame.pop("features"))], axis=1)
     return frame
+
+
+def _parse_features(texts: pd.Series) -> pd.DataFrame:
+    """The stored feature objects as float columns in `FEATURES` order (null or absent → NaN), parsed in one pass
+    by Arrow's JSON reader: json.loads per row took ~6 s for the 200,000 scores of 65 days of 3,000 users."""
+    schema = pa.schema([(f, pa.float64()) for f in FEATURES])
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    table = pa_json.read_json(io.BytesIO("\n".join(texts).encode()), parse_options=options)
+    return table.to_pandas().reset_index(drop=True)
 
 
 def latest_as_of(settings: Settings) -> str | None:
