@@ -123,3 +123,18 @@ def running_server(settings, *, timeout: float = 90.0):
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def promote_ranker_by_hand(settings) -> int:
+    """Promote the production CF model's ranker if the gate kept it a candidate (small test worlds, where two-stage
+    and CF alone are within noise of each other), as an operator could; returns the ranker's version."""
+    from core.training import registry
+    current = registry.production(settings, family="ranker")
+    if current is not None:
+        return int(current["version"])
+    cf = registry.production(settings)
+    versions = registry.list_versions(settings)
+    candidates = versions[(versions["family"] == "ranker") & (versions["depends_on"] == cf["version"])]
+    version = int(candidates["version"].max())
+    registry.promote(settings, version, "tester", "test world: ranker promoted by hand")
+    return version

@@ -15,7 +15,7 @@ from core.store import mlopsdb
 from core.training import churn, churn_pipeline, gate, pipeline, registry, tracking
 from core.warehouse import churn_data, warehouse
 from core.warehouse.churn_data import FEATURES
-from tests.conftest import private_copy
+from conftest import private_copy
 
 FACT_SERVED = """CREATE TABLE IF NOT EXISTS fact_served (
   serve_id BIGINT NOT NULL, user_key VARCHAR NOT NULL, served_at TIMESTAMP NOT NULL, path VARCHAR NOT NULL,

@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from conftest import private_copy
+from conftest import private_copy, promote_ranker_by_hand
 from core.privacy import access, consent, erasure, export, retention
 from core.privacy import keys as key_rotation   # `keys` is a common local name
 from core.warehouse import dataset, etl
@@ -23,6 +23,7 @@ from core.pseudonym import KEY_ENV, pseudonym, pseudonym_key, pseudonymize
 from core.training.ranker import load_ranker, ranker_hash
 from core.settings import load_settings
 
+
 pytestmark = pytest.mark.slow   # the module fixture retrains with the ranker; erasure rewrites every store and model
 
 HEX20 = re.compile(r"[0-9a-f]{20}")
@@ -35,6 +36,7 @@ def base(tmp_path_factory):
     s = load_settings(tmp_path_factory.mktemp("privacy-base"))
     simulation.init_world(s, seed=3, users=400, movies=200, days=12)
     pipeline.retrain(s)
+    promote_ranker_by_hand(s)
     return s
 
 
