@@ -1,4 +1,5 @@
-"""Retention: behavioural events older than N days before the service clock leave both stores."""
+"""Retention: behavioural events older than N days before the service clock leave both stores, and the lists
+shown to users (the warehouse's fact_served) leave the warehouse."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,11 +32,14 @@ def retention_status(settings: Settings, days: int) -> dict:
         now, cutoff = _cutoff(db, days)
         ops_n, ops_total, ops_oldest = opsdb.events_before(db, cutoff)
     wh_n, wh_total, wh_oldest = warehouse.events_before(settings, cutoff)
+    sv_n, sv_total, sv_oldest = warehouse.served_before(settings, cutoff)
     return common.jsonable({"days": days, "clock": now, "cutoff": cutoff,
                             "ops_events_to_purge": int(ops_n), "ops_events": int(ops_total),
                             "oldest_ops_event": ops_oldest,
                             "warehouse_events_to_purge": int(wh_n), "warehouse_events": int(wh_total),
-                            "oldest_warehouse_event": wh_oldest})
+                            "oldest_warehouse_event": wh_oldest,
+                            "warehouse_served_to_purge": int(sv_n), "warehouse_served": int(sv_total),
+                            "oldest_warehouse_served": sv_oldest})
 
 
 @locks.exclusive("retention purge")
@@ -44,7 +48,8 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
 
     From the ops `events` table (`opsdb.purge_events`) and from the warehouse's
     `fact_interaction` (`warehouse.purge_events`: every kind but 'rating':
-    ratings are the user's explicit input and stay). Daily aggregates (counts
+    ratings are the user's explicit input and stay), and the warehouse's
+    served lists (`fact_served`) of the same age. Daily aggregates (counts
     only, no user key) are kept. Returns the counts.
     """
     days = _days(days)
@@ -53,8 +58,9 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
         when = common.when(db, at)
         now, cutoff = _cutoff(db, days)
         ops_n = opsdb.purge_events(db, cutoff)
-    wh_n = warehouse.purge_events(settings, cutoff)
+    wh = warehouse.purge_events(settings, cutoff)
     access.log_action(settings, actor, "retention", f"events before {cutoff}", "ok", when)
     serving.clear_caches()
     return {"days": days, "clock": now, "cutoff": cutoff, "ops_events_deleted": int(ops_n),
-            "warehouse_events_deleted": int(wh_n)}
+            "warehouse_events_deleted": int(wh["fact_interaction"]),
+            "warehouse_served_deleted": int(wh["fact_served"])}
