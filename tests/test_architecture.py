@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OPS_TABLES = ("meta", "movies", "users", "ratings", "rating_history", "events", "rejected_writes", "sim_shifts",
               "served_recommendations", "consent_history", "shadow_recommendations")
 WAREHOUSE_TABLES = ("dim_movie", "dim_user", "fact_interaction", "quarantine", "daily_aggregates", "data_versions",
-                    "etl_runs", "etl_state")
+                    "etl_runs", "etl_state", "fact_served")
 # Owner module(s) of each table, as paths relative to the project root. A store's schema module (it creates and
 # migrates the tables) may name all of that store's tables.
 OWNERS: dict[str, tuple[str, ...]] = {

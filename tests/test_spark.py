@@ -2,7 +2,9 @@
 
 Both ETLs load the same operational rows (including hostile ones written around the write API and a
 data-quality day); then: the same facts per kind, quarantine reasons, watermarks, daily aggregates and data
-version (counts and content hash); the same confidence matrix (1e-9) and split; Spark ALS within 10 % of
+version (counts and content hash), the same fact_served rows (issue 17: lists logged after the first run, so
+the first lake has no fact_served yet, as a lake of an older version); the same confidence matrix (1e-9) and split;
+Spark ALS within 10 % of
 `implicit`'s nDCG@10 on the same holdout; a Spark-trained bundle served, explained and erased by the unchanged
 code; an erasure and a re-keying of the Parquet lake (partitions rewritten, raw bytes searched).
 
@@ -111,7 +113,30 @@ def _hostile_rows(settings) -> None:
 def _counts(settings, query) -> dict:
     return query(settings, "SELECT (SELECT count(*) FROM fact_interaction) AS facts, (SELECT count(*) FROM "
                            "quarantine) AS quarantine, (SELECT count(*) FROM data_versions) AS versions, "
-                           "(SELECT count(*) FROM daily_aggregates) AS daily").iloc[0].to_dict()
+                           "(SELECT count(*) FROM daily_aggregates) AS daily, "
+                           "(SELECT count(*) FROM fact_served) AS served").iloc[0].to_dict()
+
+
+SERVED_SQL = "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, " \
+             "scores, ranker_version, arm) VALUES (?,?,?,?,?,?,?,?,?)"
+
+
+def _served_lists(settings) -> None:
+    """A list for every user over two days (model/canary and fallback paths), one logged before releases (arm
+    NULL) and two the serving log could not have written (refused by both engines)."""
+    from core.store import opsdb, servinglog
+    entries = [{"user_id": u, "served_at": f"2026-01-{8 + u % 2:02d}T{u % 24:02d}:00:00",
+                "path": "model" if u % 3 else "top50:cold-start", "model_version": 2 if u % 3 else None,
+                "data_version": "dv1", "movie_ids": [(u * 7 + j) % WORLD["movies"] + 1 for j in range(10 - u % 4)],
+                "scores": [1.0 - j / 10 for j in range(10 - u % 4)], "ranker_version": 1 if u % 5 == 0 else None,
+                "arm": "canary" if u % 7 == 0 else "production"} for u in range(1, WORLD["users"] + 1)]
+    with opsdb.session(settings) as db:
+        servinglog.log_lists(db, entries)
+    legacy_insert(settings, SERVED_SQL, [5, "2026-01-09T06:00:00", "model", 1, "dv1", "[3, 4]", "[1, 1]", None, None])
+    # (fallback paths: the evaluation's served_pairs reads model lists, and decodes them without a check)
+    legacy_insert(settings, SERVED_SQL, [6, "2026-01-09T06:00:00", "top50:no-model", None, "dv1", "[3, x]", "[1, 1]",
+                                         None, None])
+    legacy_insert(settings, SERVED_SQL, [7, "soon", "top50:no-model", None, "dv1", "[3]", "[1]", None, "production"])
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +150,13 @@ def twin(spark_session, tmp_path_factory):
     simulation.init_world(settings, **WORLD)
     etl.run_etl(settings)
     lake_etl.run_etl(settings, spark=spark_session)
+    older_lake = {"served_view": lake.query(settings, "SELECT count(*) AS n FROM fact_served")["n"][0],
+                  "served_folder": (Path(lake.lake_uri(settings)) / "fact_served").exists()}
     _hostile_rows(settings)
+    _served_lists(settings)
     simulation.simulate(settings, 1, shift="data-quality", strength=2.0)
 
-    seen = {"before": _counts(settings, lake.query),
+    seen = {"older_lake": older_lake, "before": _counts(settings, lake.query),
             "marks_before": lake.query(settings, "SELECT * FROM etl_state ORDER BY key").to_dict("list")}
     with pytest.MonkeyPatch.context() as mp:
         def boom(con, days):
@@ -186,16 +214,22 @@ def test_both_engines_load_the_same_facts_quarantine_and_data_version(twin):
                        "timestamp in the future", "duplicate", "malformed value", "value out of range",
                        "id out of range", "missing movie id", "rating out of range", "duplicate of a loaded row",
                        "ingestion"}
+    # The served lists: every list but the two refused ones, title by title.
+    embedded, spark = both("SELECT count(DISTINCT serve_id) AS lists, count(*) AS n FROM fact_served")
+    assert embedded["lists"][0] == WORLD["users"] + 1 and embedded["n"][0] > 2000
     # The data versions: counts, content hash, window, watermark and the validation report.
     embedded, spark = both("SELECT * FROM data_versions ORDER BY version")
+    reports = [json.loads(v) for v in embedded["validation"]]
     for col in ("validation",):
         assert [json.loads(v) for v in embedded.pop(col)] == [json.loads(v) for v in spark.pop(col)]
     pd.testing.assert_frame_equal(embedded, spark)
     assert embedded["content_hash"].nunique() == 2
+    assert reports[1]["served"] == {"lists": WORLD["users"] + 3, "refused": 2,
+                                    "rows": int(both("SELECT count(*) AS n FROM fact_served")[0]["n"][0])}
     # Every table, row for row and type for type (the failed and the successful second run included).
     for table, key in (("fact_interaction", "source, source_id"), ("quarantine", "source, source_id, reason"),
                        ("dim_user", "user_key"), ("dim_movie", "movie_id"), ("daily_aggregates", "day, kind"),
-                       ("etl_runs", "run_id"), ("etl_state", "key")):
+                       ("etl_runs", "run_id"), ("etl_state", "key"), ("fact_served", "serve_id, position")):
         embedded, spark = both(f"SELECT * FROM {table} ORDER BY {key}")
         if table == "etl_runs":        # the failure messages name each engine's own failing step
             assert embedded.pop("error").notna().tolist() == spark.pop("error").notna().tolist()
@@ -219,6 +253,38 @@ def test_a_failed_lake_run_changes_nothing_and_leaves_nothing(twin):
 
 @pytest.mark.spark
 @pytest.mark.slow
+def test_a_lake_without_fact_served_reads_it_empty(twin):
+    """The first lake had no list to load, like a lake written before fact_served existed: no folder, and the
+    DuckDB view of the table is there, empty (a warehouse read of fact_served works on it)."""
+    _, seen = twin
+    assert seen["older_lake"] == {"served_view": 0, "served_folder": False}
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_run_with_only_new_lists_gives_the_same_version_on_both_engines(twin, spark_session, tmp_path):
+    from core.store import opsdb, servinglog
+    from core.store.mlopsdb import clone_home
+    from core.warehouse import etl, lake, lake_etl, warehouse
+    settings = clone_home(twin[0], tmp_path / "served-only")
+    with opsdb.session(settings) as db:
+        servinglog.log_lists(db, [{"user_id": 3, "served_at": "2026-01-10T12:00:00", "path": "model",
+                                   "model_version": 2, "data_version": "dv2", "movie_ids": [9, 4, 1],
+                                   "scores": [0.3, 0.2, 0.1], "ranker_version": None, "arm": "canary"}])
+    embedded, spark = etl.run_etl(settings), lake_etl.run_etl(settings, spark=spark_session)
+    for result in (embedded, spark):
+        assert (result.status, result.data_version, result.rows_loaded, result.rows_served) == ("loaded", 3, 0, 3)
+    sql = "SELECT * FROM data_versions WHERE version = 3"
+    a, b = warehouse.query(settings, sql), lake.query(settings, sql)
+    pd.testing.assert_frame_equal(a.drop(columns="validation"), b.drop(columns="validation"))
+    assert json.loads(a["validation"][0]) == json.loads(b["validation"][0])
+    sql = "SELECT * FROM fact_served WHERE data_version = 3 ORDER BY position"
+    pd.testing.assert_frame_equal(warehouse.query(settings, sql), lake.query(settings, sql))
+    assert lake.query(settings, sql)["movie_id"].tolist() == [9, 4, 1]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
 def test_the_lake_is_parquet_partitioned_by_day_and_duckdb_reads_it_without_extensions(twin):
     from core.warehouse import lake
     settings, _ = twin
@@ -226,6 +292,10 @@ def test_the_lake_is_parquet_partitioned_by_day_and_duckdb_reads_it_without_exte
     days = sorted(p.name for p in (root / "fact_interaction").iterdir())
     expected = lake.query(settings, "SELECT DISTINCT CAST(occurred_at AS DATE) AS d FROM fact_interaction ORDER BY 1")
     assert days == [f"day={d.date()}" for d in pd.to_datetime(expected["d"])]
+    served_days = sorted(p.name for p in (root / "fact_served").iterdir())
+    expected = lake.query(settings, "SELECT DISTINCT CAST(served_at AS DATE) AS d FROM fact_served ORDER BY 1")
+    assert served_days == [f"day={d.date()}" for d in pd.to_datetime(expected["d"])] == ["day=2026-01-08",
+                                                                                          "day=2026-01-09"]
     assert all(f.suffix == ".parquet" for f in (root / "fact_interaction").rglob("*") if f.is_file()
                and not f.name.startswith("."))
     pointer = json.loads((root / lake.POINTER).read_text())
@@ -377,12 +447,14 @@ def test_erasure_rewrites_the_lake_partitions_and_the_spark_bundle(spark_bundle,
     files_before = {p.relative_to(root / "fact_interaction") for p in (root / "fact_interaction").rglob("*.parquet")}
     before = _counts(settings, lake.query)
     n_user = int(counts.set_index("user_key")["n"][target])
+    n_served = lake.query(settings, f"SELECT count(*) AS n FROM fact_served WHERE user_key = '{target}'")["n"][0]
+    assert n_served > 0
 
     summary = lake.erase_user(settings, target, spark=spark_session)
-    assert summary["fact_interaction"] == n_user and summary["dim_user"] == 1
+    assert summary["fact_interaction"] == n_user and summary["dim_user"] == 1 and summary["fact_served"] == n_served
     assert _lake_holds(root, target) == (False, False)
     after = _counts(settings, lake.query)
-    assert after["facts"] == before["facts"] - n_user
+    assert after["facts"] == before["facts"] - n_user and after["served"] == before["served"] - n_served
     for table in lake.USER_TABLES:
         assert lake.query(settings, f"SELECT count(*) AS n FROM {table} WHERE user_key = '{target}'")["n"][0] == 0
     files_after = {p.relative_to(root / "fact_interaction") for p in (root / "fact_interaction").rglob("*.parquet")}
@@ -408,8 +480,14 @@ def test_key_rotation_rekeys_the_lake(twin, spark_session, tmp_path):
     old = lake.query(settings, "SELECT DISTINCT user_key FROM dim_user")["user_key"].tolist()
     mapping = {k: f"new{k[3:]}" for k in old}
     facts = lake.query(settings, "SELECT user_key, count(*) AS n FROM fact_interaction GROUP BY 1")
+    served = lake.query(settings, "SELECT user_key, count(*) AS n FROM fact_served GROUP BY 1")
+    assert set(served["user_key"]) <= set(old) and len(served) > 100
+    assert set(served["user_key"]) <= lake.user_keys(settings)
     counts = lake.rekey(settings, mapping, spark=spark_session)
     assert counts["dim_user"] == len(old) and counts["fact_interaction"] == int(facts["n"].sum())
+    assert counts["fact_served"] == int(served["n"].sum())
+    after = lake.query(settings, "SELECT user_key, count(*) AS n FROM fact_served GROUP BY 1")
+    assert sorted(zip(after["user_key"], after["n"])) == sorted(zip(served["user_key"].map(mapping), served["n"]))
     after = lake.query(settings, "SELECT user_key, count(*) AS n FROM fact_interaction GROUP BY 1")
     assert sorted(zip(after["user_key"], after["n"])) == sorted(zip(facts["user_key"].map(mapping), facts["n"]))
     root = Path(lake.lake_uri(settings))

@@ -31,6 +31,7 @@ def cmd_etl(args, settings):
     emit(args, result, lambda: print(
         f"ETL run {result['run_id']}: {result['status']}" + (
             f", data version dv{result['data_version']}: {result['rows_loaded']:,} rows loaded, "
+            f"{result['rows_served']:,} served titles, "
             f"{result['rows_quarantined']:,} quarantined {result['report'].get('by_reason', {})}"
             if result["status"] == "loaded" else " (nothing changed since the last run)")))
 

@@ -25,11 +25,13 @@ def system_status(settings: Settings) -> dict:
         ops = opsdb.counts(db)
         served = servinglog.totals(db)
         paths = servinglog.path_counts(db)
-    wh = {"facts": 0, "quarantined": 0, "data_version": None, "last_etl": None, "last_etl_status": None}
+    wh = {"facts": 0, "quarantined": 0, "served_lists": 0, "data_version": None, "last_etl": None,
+          "last_etl_status": None}
     if warehouse.exists(settings):
         with warehouse.session(settings) as con:
             counts = warehouse.status_counts(con)
             v = warehouse.latest_version(con)
+            wh["served_lists"] = warehouse.served_counts(con)["lists"]
         wh["facts"], wh["quarantined"] = counts["facts"], counts["quarantined"]
         wh["data_version"] = None if v is None else f"dv{int(v['version'])}"
         wh["last_etl"], wh["last_etl_status"] = counts["last_etl"], counts["last_etl_status"]

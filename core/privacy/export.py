@@ -143,6 +143,8 @@ def data_inventory() -> list[dict]:
         (wh, "dim_user", "user_key, created_at, personalization flag", pseudo, "no raw id in the warehouse", "deleted"),
         (wh, "fact_interaction", "user_key, movie, signal, time", pseudo, "no raw id; retention purge of events",
          "deleted"),
+        (wh, "fact_served", "user_key, titles of each list shown (position, path, model, ranker, arm), time", pseudo,
+         "no raw id; retention purge of served lists", "deleted"),
         (wh, "quarantine", "user_key, the refused row", pseudo, "no raw id", "deleted"),
         (wh, "daily_aggregates", "none (counts per day and kind)", "aggregate", "no user key", "kept"),
         ("models/run-*", ", ".join(artifacts.PERSONAL_FILES), "user_key per row, learned factors, training row",

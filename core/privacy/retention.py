@@ -1,5 +1,6 @@
-"""Retention: behavioural events older than N days before the service clock leave both stores, and so do the
-churn scores derived from them (scores whose as_of is before the cutoff)."""
+"""Retention: behavioural events older than N days before the service clock leave both stores, the lists shown
+to users (the warehouse's fact_served) leave the warehouse, and the churn scores derived from them go too (scores
+whose as_of is before the cutoff)."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,11 +35,14 @@ def retention_status(settings: Settings, days: int) -> dict:
         ops_n, ops_total, ops_oldest = opsdb.events_before(db, cutoff)
     wh_n, wh_total, wh_oldest = warehouse.events_before(settings, cutoff)
     churn_n, churn_total, churn_oldest = churn_pipeline.predictions_before(settings, cutoff)
+    sv_n, sv_total, sv_oldest = warehouse.served_before(settings, cutoff)
     return common.jsonable({"days": days, "clock": now, "cutoff": cutoff,
                             "ops_events_to_purge": int(ops_n), "ops_events": int(ops_total),
                             "oldest_ops_event": ops_oldest,
                             "warehouse_events_to_purge": int(wh_n), "warehouse_events": int(wh_total),
                             "oldest_warehouse_event": wh_oldest,
+                            "warehouse_served_to_purge": int(sv_n), "warehouse_served": int(sv_total),
+                            "oldest_warehouse_served": sv_oldest,
                             "churn_scores_to_purge": churn_n, "churn_scores": churn_total,
                             "oldest_churn_score": churn_oldest})
 
@@ -49,9 +53,10 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
 
     From the ops `events` table (`opsdb.purge_events`) and from the warehouse's
     `fact_interaction` (`warehouse.purge_events`: every kind but 'rating':
-    ratings are the user's explicit input and stay), and the stored churn scores
-    whose as_of is before the cutoff (`churn_pipeline.purge_predictions`: a score
-    is derived from those events). Daily aggregates (counts only, no user key) and
+    ratings are the user's explicit input and stay), the warehouse's served
+    lists (`fact_served`) of the same age, and the stored churn scores whose
+    as_of is before the cutoff (`churn_pipeline.purge_predictions`: a score is
+    derived from those events). Daily aggregates (counts only, no user key) and
     churn training sets (they go with their model version) are kept. Returns the counts.
     """
     days = _days(days)
@@ -60,9 +65,10 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
         when = common.when(db, at)
         now, cutoff = _cutoff(db, days)
         ops_n = opsdb.purge_events(db, cutoff)
-    wh_n = warehouse.purge_events(settings, cutoff)
+    wh = warehouse.purge_events(settings, cutoff)
     churn_n = churn_pipeline.purge_predictions(settings, cutoff)
     access.log_action(settings, actor, "retention", f"events before {cutoff}", "ok", when)
     serving.clear_caches()
     return {"days": days, "clock": now, "cutoff": cutoff, "ops_events_deleted": int(ops_n),
-            "warehouse_events_deleted": int(wh_n), "churn_scores_deleted": int(churn_n)}
+            "warehouse_events_deleted": int(wh["fact_interaction"]),
+            "warehouse_served_deleted": int(wh["fact_served"]), "churn_scores_deleted": int(churn_n)}

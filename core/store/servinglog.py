@@ -62,6 +62,21 @@ def log_each(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict]
     return ids
 
 
+def lists_after(conn, serve_id: int) -> pd.DataFrame:
+    """Shown lists past the ETL watermark `serve_id`, in logging order: serve_id, user_id, served_at, path,
+    model_version, ranker_version, arm ('production' where NULL: lists from before releases were production's),
+    movie_ids (JSON text, best first) — values as stored (the ETL checks them). Shadow lists (nobody saw them)
+    live in another table and are never returned. `conn`: a plain sqlite3 connection or a sqlite-utils one;
+    a column an unmigrated store lacks (read-only readers cannot migrate) reads as NULL."""
+    raw = getattr(conn, "conn", conn)
+    have = {col[1] for col in raw.execute("PRAGMA table_info(served_recommendations)").fetchall()}
+    ranker = "ranker_version" if "ranker_version" in have else "NULL AS ranker_version"
+    arm = "coalesce(arm, 'production') AS arm" if "arm" in have else "'production' AS arm"
+    return pd.read_sql_query(f"SELECT serve_id, user_id, served_at, path, model_version, {ranker}, {arm}, movie_ids "
+                             "FROM served_recommendations WHERE serve_id > ? ORDER BY serve_id", raw,
+                             params=(int(serve_id),))
+
+
 def served_pairs(settings: Settings, start, end, key: bytes | None = None) -> pd.DataFrame:
     """(user_key, movie_id) of every title a *model* list showed in [start, end), pseudonymized.
 

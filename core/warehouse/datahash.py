@@ -29,6 +29,14 @@ and the Spark ETL (executors, any partitioning) get the same hex digest for the 
    hash = SHA-256 of `previous_hash + "\\n"` (the empty string for the first version)
    followed by `"<day>\\t<n>\\t<day digest>\\n"` for each day, ascending.
 
+4. **Served lists** (`fact_served`, issue 17). A version that loaded served-list rows hashes them the same way,
+   as a second section: rows grouped by the UTC day of `served_at`, ordered by `(serve_id, position)` within a
+   day, twelve streams in `SERVED_STREAMS` order (serve_id, position, movie_id, model_version and ranker_version
+   as int64 LE with NULL → 0 — versions and ids are ≥ 1 —, user_key, path and arm as length + UTF-8 streams,
+   served_at as microseconds); after the fact days the version's hash takes the line `"fact_served\n"` and then
+   `"<day>\t<n>\t<day digest>\n"` per served day. A version without served rows has no such section, so its
+   hash is exactly the one defined by 1–3 (versions loaded before fact_served existed keep their hashes).
+
 Nothing in this depends on how an engine splits the rows into batches or partitions:
 a day's streams are fed batch by batch in canonical order, and SHA-256 of a stream
 does not depend on where it was cut. It replaces the pandas-specific hash the embedded
@@ -49,6 +57,18 @@ COLUMNS = ("source", "source_id", "user_key", "movie_id", "kind", "value", "occu
 TEXT = ("source", "user_key", "kind")
 STREAMS = ("source.len", "source.utf8", "source_id", "user_key.len", "user_key.utf8", "movie_id",
            "kind.len", "kind.utf8", "value", "occurred_at")
+# The served-list rows (fact_served without data_version), hashed as the facts' second section (point 4).
+SERVED_COLUMNS = ("serve_id", "user_key", "served_at", "path", "model_version", "ranker_version", "arm", "position",
+                  "movie_id")
+SERVED_TEXT = ("user_key", "path", "arm")
+SERVED_SECTION = "fact_served"
+
+
+def _streams(columns: tuple[str, ...], text: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(s for c in columns for s in ((f"{c}.len", f"{c}.utf8") if c in text else (c,)))
+
+
+SERVED_STREAMS = _streams(SERVED_COLUMNS, SERVED_TEXT)
 
 
 def _chunks(array) -> list[pa.Array]:
@@ -79,14 +99,18 @@ def _micros(array) -> pa.Array:
 
 
 class DayHasher:
-    """The ten stream hashes of each day, fed with batches of rows in canonical order.
+    """The stream hashes of each day, fed with batches of rows in canonical order.
 
     `update(batch)` takes a pyarrow Table/RecordBatch with `COLUMNS` and a `day` column
     (a date: the UTC day of `occurred_at`), its rows already in canonical order (day, source, source_id);
     a day may continue over several batches. `days()` returns `{day: (n, digest)}`.
+    `DayHasher(SERVED_COLUMNS, SERVED_TEXT)` hashes served-list rows instead (day of `served_at`, ordered by
+    serve_id, position); columns named neither text, `value` nor a time are int64 (NULL → 0).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, columns: tuple[str, ...] = COLUMNS, text: tuple[str, ...] = TEXT) -> None:
+        self._columns, self._text = columns, text
+        self._n_streams = len(_streams(columns, text))
         self._days: dict[str, list] = {}
 
     def update(self, batch) -> None:
@@ -100,17 +124,17 @@ class DayHasher:
             self._feed(name, batch.slice(int(start), int(stop - start)))
 
     def _feed(self, day: str, rows) -> None:
-        state = self._days.setdefault(day, [0, [hashlib.sha256() for _ in STREAMS]])
+        state = self._days.setdefault(day, [0, [hashlib.sha256() for _ in range(self._n_streams)]])
         state[0] += rows.num_rows
         h = state[1]
         blocks = []
-        for name in COLUMNS:
+        for name in self._columns:
             col = rows.column(name)
-            if name in TEXT:
+            if name in self._text:
                 blocks.extend(_text_blocks(col))
             elif name == "value":
                 blocks.append(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype("<f8").tobytes())
-            elif name == "occurred_at":
+            elif name in ("occurred_at", "served_at"):
                 blocks.append(_int64_block(_micros(col)))
             else:
                 blocks.append(_int64_block(col))
@@ -125,12 +149,20 @@ class DayHasher:
         return out
 
 
-def combine(previous: str | None, days: dict[str, tuple[int, str]] | Iterable[tuple[str, int, str]]) -> str:
-    """The version's hash from its day digests (`{day: (n, digest)}` or `(day, n, digest)` rows), chained."""
+def _day_lines(days) -> bytes:
     items = sorted(days.items()) if isinstance(days, dict) else sorted((d, (n, h)) for d, n, h in days)
+    return "".join(f"{day}\t{int(n)}\t{digest}\n" for day, (n, digest) in items).encode()
+
+
+def combine(previous: str | None, days: dict[str, tuple[int, str]] | Iterable[tuple[str, int, str]],
+            served_days: dict[str, tuple[int, str]] | None = None) -> str:
+    """The version's hash from its day digests (`{day: (n, digest)}` or `(day, n, digest)` rows), chained; the
+    served-list section (point 4) follows only when `served_days` has a day."""
     h = hashlib.sha256(((previous or "") + "\n").encode())
-    for day, (n, digest) in items:
-        h.update(f"{day}\t{int(n)}\t{digest}\n".encode())
+    h.update(_day_lines(days))
+    if served_days:
+        h.update(f"{SERVED_SECTION}\n".encode())
+        h.update(_day_lines(served_days))
     return h.hexdigest()
 
 
@@ -146,12 +178,32 @@ def canonical_table(facts: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def content_hash(facts: pd.DataFrame, previous: str | None) -> str:
-    """SHA-256 over the loaded rows (pandas), chained to the previous version's hash (see the module docstring)."""
+def served_table(served: pd.DataFrame) -> pa.Table:
+    """Served-list rows as an Arrow table in canonical order (day of served_at, serve_id, position) with `day`."""
+    frame = served[list(SERVED_COLUMNS)].copy()
+    frame["served_at"] = pd.to_datetime(frame["served_at"])
+    for col in ("serve_id", "position", "movie_id", "model_version", "ranker_version"):
+        frame[col] = pd.to_numeric(frame[col]).astype("Int64")
+    frame["day"] = frame["served_at"].to_numpy().astype("datetime64[D]")
+    frame = frame.sort_values(["day", "serve_id", "position"], kind="mergesort")
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def served_days(served: pd.DataFrame | None) -> dict[str, tuple[int, str]]:
+    """`{day: (n, digest)}` of served-list rows (empty for None or no rows): the hash's served section."""
+    hasher = DayHasher(SERVED_COLUMNS, SERVED_TEXT)
+    if served is not None and len(served):
+        hasher.update(served_table(served))
+    return hasher.days()
+
+
+def content_hash(facts: pd.DataFrame, previous: str | None, served: pd.DataFrame | None = None) -> str:
+    """SHA-256 over the loaded rows (pandas), chained to the previous version's hash (see the module docstring);
+    `served`: the served-list rows the version loaded (point 4; none → the hash of points 1–3 alone)."""
     hasher = DayHasher()
     if len(facts):
         hasher.update(canonical_table(facts))
-    return combine(previous, hasher.days())
+    return combine(previous, hasher.days(), served_days(served))
 
 
 def arrow_day_digests(batches):

@@ -1,9 +1,10 @@
 """Incremental ETL: operational SQLite → validation gate → DuckDB warehouse.
 
 Extract only rows past the watermarks (`events.seq`, `rating_history.history_id`,
-`rejected_writes.reject_id`), validate them (invalid rows go to `quarantine`
+`rejected_writes.reject_id`, `served_recommendations.serve_id`), validate them (invalid rows go to `quarantine`
 with a reason, never to the facts), pseudonymize users, load everything in one
 DuckDB transaction and move the watermarks last, then record a data version.
+The lists shown to users become `fact_served`, one row per title (`served_rows`).
 A run that fails leaves the warehouse exactly as it was.
 """
 from __future__ import annotations
@@ -15,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from core import bounds
-from core.store import clock, locks, opsdb
+from core.store import clock, locks, opsdb, servinglog
 from core.warehouse import datahash, warehouse
 from core.constants import EVENT_KINDS, RATING_MAX, RATING_MIN
 from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
 
-WATERMARKS = {"events": "seq", "rating_history": "history_id", "rejected_writes": "reject_id"}
+WATERMARKS = {"events": "seq", "rating_history": "history_id", "rejected_writes": "reject_id",
+              "served_recommendations": "serve_id"}
 MAX_VALUE = 1_000_000  # the write API's largest event value (writes.MAX_EVENT_VALUE)
 VOLUME_RATIO = 3.0  # a day with > 3x or < 1/3 of the trailing 7-day mean volume is reported
 
@@ -35,6 +37,7 @@ class EtlResult:
     rows_loaded: int = 0
     rows_quarantined: int = 0
     report: dict = field(default_factory=dict)
+    rows_served: int = 0             # fact_served rows loaded (titles of shown lists)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -46,6 +49,7 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
         events = opsdb.events_after(conn, marks.get("events", 0))
         ratings = opsdb.rating_history_after(conn, marks.get("rating_history", 0))
         rejects = opsdb.rejected_writes_after(conn, marks.get("rejected_writes", 0))
+        served = servinglog.lists_after(conn, marks.get("served_recommendations", 0))
         # Dimension rows with an id outside 1..MAX_ID (only ever written around the write API) are left out:
         # their facts are quarantined as "id out of range".
         users = opsdb.users_with_valid_ids(conn)
@@ -55,11 +59,13 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
         users["consent_personalization"] = pd.to_numeric(users["consent_personalization"], errors="coerce").fillna(1)
         service_now = clock.now(db=conn)
     rows = pd.concat([events.assign(source="event"), ratings.assign(source="rating")], ignore_index=True)
-    return {"rows": rows, "rejects": rejects, "users": users, "movies": movies,
+    return {"rows": rows, "rejects": rejects, "served": served, "users": users, "movies": movies,
             "clock": service_now,
             "max": {"events": int(events["source_id"].max()) if len(events) else marks.get("events", 0),
                     "rating_history": int(ratings["source_id"].max()) if len(ratings) else marks.get("rating_history", 0),
-                    "rejected_writes": int(rejects["reject_id"].max()) if len(rejects) else marks.get("rejected_writes", 0)}}
+                    "rejected_writes": int(rejects["reject_id"].max()) if len(rejects) else marks.get("rejected_writes", 0),
+                    "served_recommendations": int(served["serve_id"].max()) if len(served)
+                    else marks.get("served_recommendations", 0)}}
 
 
 # ------------------------------------------------------------------ validate
@@ -171,6 +177,93 @@ def _movie_ids(values: pd.Series) -> np.ndarray:
     return pd.to_numeric(values.where(ok), errors="coerce").astype("Int64").to_numpy()
 
 
+# ------------------------------------------------------------------ served lists → fact_served
+SERVED_COLUMNS = ["serve_id", "user_key", "served_at", "path", "model_version", "ranker_version", "arm", "position",
+                  "movie_id"]
+_ID_LIST = r"\[\s*(\d+\s*(,\s*\d+\s*)*)?\]"   # what servinglog writes: a JSON list of integers
+INT32_MAX = 2**31 - 1
+
+
+def served_rows(lists: pd.DataFrame, key: bytes) -> tuple[pd.DataFrame, int]:
+    """(one row per title of each shown list, lists refused): `SERVED_COLUMNS`, position 1 = first, users
+    pseudonymized like the facts, served_at parsed like occurred_at.
+
+    `lists` as `servinglog.lists_after` returns them. A list the serving log could not have written (only ever
+    written around it) is refused whole: movie_ids that are not a JSON list of ids, a user id out of range, a
+    served_at that is not a time, no path, a version that is not a positive 32-bit integer. An empty list
+    gives no row.
+    """
+    if lists.empty:
+        return pd.DataFrame(columns=SERVED_COLUMNS), 0
+    lists = lists.reset_index(drop=True)
+    titles, unreadable = _explode_ids(lists["movie_ids"])
+    served_at = parse_times(lists["served_at"])
+    model, bad_model = _small_ints(lists["model_version"])
+    ranker, bad_ranker = _small_ints(lists["ranker_version"])
+    bad = (unreadable | ~bounds.id_mask(lists["user_id"]) | served_at.isna() | lists["path"].isna()
+           | bad_model | bad_ranker)
+    bad |= lists.index.isin(titles.index[~bounds.id_mask(titles)])
+    titles = titles[~titles.index.isin(lists.index[bad])]
+    ok = lists.index[~bad]
+    keys = pd.Series(pseudonymize(lists.loc[ok, "user_id"].astype("int64"), key), index=ok, dtype=object)
+    at = titles.index
+    rows = pd.DataFrame({
+        "serve_id": lists["serve_id"].to_numpy()[at].astype("int64"), "user_key": keys.loc[at].to_numpy(),
+        "served_at": served_at.to_numpy()[at], "path": lists["path"].astype(str).to_numpy()[at],
+        "model_version": model.to_numpy()[at], "ranker_version": ranker.to_numpy()[at],
+        "arm": lists["arm"].astype(str).where(lists["arm"].notna(), None).to_numpy()[at],
+        "position": (titles.groupby(level=0).cumcount() + 1).to_numpy().astype("int32"),
+        "movie_id": titles.to_numpy().astype("int64")})
+    rows["model_version"] = rows["model_version"].astype("Int64")
+    rows["ranker_version"] = rows["ranker_version"].astype("Int64")
+    return rows, int(bad.sum())
+
+
+def _explode_ids(texts: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(the ids of each list as float64, one per row in list order, indexed by the list's label, NaN where an
+    element is not a number; True for lists that are not a JSON list). Lists as servinglog writes them are split
+    as text (vectorized); any other text is read with `json.loads` one by one (only ever written by hand)."""
+    text = texts.astype(str)
+    plain = texts.notna() & text.str.fullmatch(_ID_LIST)
+    inner = text[plain].str.slice(1, -1).str.strip()
+    parts = inner[inner != ""].str.split(",").explode().str.strip()
+    others = texts[~plain & texts.notna()].map(_json_list)
+    unreadable = pd.Series(False, index=texts.index)
+    unreadable[texts.isna()] = True
+    unreadable[others.index[others.isna()]] = True
+    others = others.dropna()
+    others = others[others.map(len) > 0].explode()
+    others = others.where(~others.map(lambda v: isinstance(v, bool)))     # JSON true is not the id 1
+    ids = pd.concat([pd.to_numeric(parts, errors="coerce").astype("float64"),
+                     pd.to_numeric(others, errors="coerce").astype("float64")]).sort_index(kind="stable")
+    return ids, unreadable
+
+
+def _json_list(text):
+    """A JSON list, or None when the text is not one."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, list) else None
+
+
+def _small_ints(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(values as nullable integers, True where a value is given but is not an integer in 1..2^31-1)."""
+    ok = bounds.id_mask(values) & (pd.to_numeric(values, errors="coerce") <= INT32_MAX)
+    return pd.to_numeric(values.where(ok), errors="coerce").astype("Int64"), values.notna() & ~ok
+
+
+def _load_served(con, served: pd.DataFrame, version: int) -> None:
+    if len(served):
+        con.register("served_df", served.assign(data_version=version))
+        try:
+            con.execute("INSERT INTO fact_served BY NAME SELECT serve_id, user_key, served_at, path, model_version, "
+                        "ranker_version, arm, position, movie_id, data_version FROM served_df")
+        finally:
+            con.unregister("served_df")
+
+
 INGESTION = "rejected at ingestion: "   # the quarantine reason of a write the write API refused: this + its message
 # The write API's check codes (errors.ValidationError.code, stored with each rejected write) → the validation
 # gate's own reason names. An unlisted code files as 'other'. The category depends on which check refused the
@@ -221,9 +314,10 @@ def _categories(quarantine: pd.DataFrame) -> pd.Series:
                      dtype=object)
 
 
-def content_hash(facts: pd.DataFrame, previous: str | None) -> str:
-    """SHA-256 over the loaded rows, chained to the previous version's hash (engine-independent: `datahash`)."""
-    return datahash.content_hash(facts, previous)
+def content_hash(facts: pd.DataFrame, previous: str | None, served: pd.DataFrame | None = None) -> str:
+    """SHA-256 over the loaded rows (facts, then served-list rows if any), chained to the previous version's hash
+    (engine-independent: `datahash`)."""
+    return datahash.content_hash(facts, previous, served)
 
 
 # ------------------------------------------------------------------ load
@@ -287,9 +381,10 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
     rows, rejects = ex["rows"], ex["rejects"]
     valid, bad = validate(rows, ex["users"]["user_id"], ex["movies"]["movie_id"], ex["clock"])
     result = EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
-    if rows.empty and rejects.empty:
+    if rows.empty and rejects.empty and ex["served"].empty:
         _sync_consent(con, ex["users"], key)   # consent changes reach training even without new rows
         return result
+    served, refused = served_rows(ex["served"], key)
 
     valid["user_key"] = pseudonymize(valid["user_id"].astype("int64"), key)
     valid["occurred_at"] = parse_times(valid["occurred_at"])
@@ -323,10 +418,11 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
     by_reason = _categories(quarantine).value_counts().to_dict() if len(quarantine) else {}
     report = {"extracted": int(len(rows)), "ingestion_rejects": int(len(rejects)), "valid": int(len(facts)),
               "quarantined": int(len(quarantine)), "by_reason": {k: int(v) for k, v in by_reason.items()},
-              "volume_alerts": _volume_alerts(con, facts, ex["clock"])}
+              "volume_alerts": _volume_alerts(con, facts, ex["clock"]),
+              "served": served_report(ex["served"], served, refused)}
     prev = warehouse.latest_version(con)
     version = int(prev["version"]) + 1 if prev else 1
-    digest = content_hash(facts, prev["content_hash"] if prev else None)
+    digest = content_hash(facts, prev["content_hash"] if prev else None, served)
 
     users = pd.DataFrame({"user_key": pseudonymize(ex["users"]["user_id"], key),
                           "created_at": parse_times(ex["users"]["created_at"]),
@@ -354,6 +450,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
             con.register("q_df", q.assign(code=codes.astype(object).where(codes.notna(), None)))
             con.execute("INSERT INTO quarantine BY NAME SELECT source, source_id, reason, user_key, movie_id, kind, "
                         "value, occurred_at, data_version, quarantined_at, code FROM q_df")
+        _load_served(con, served, version)
         _recompute_daily(con, days)
         window = (facts["occurred_at"].min(), facts["occurred_at"].max()) if len(facts) else (None, None)
         total = con.execute("SELECT count(*) FROM fact_interaction").fetchone()[0]
@@ -372,8 +469,14 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
     result.data_version = version
     result.rows_loaded = int(len(facts))
     result.rows_quarantined = int(len(quarantine))
+    result.rows_served = int(len(served))
     result.report = report
     return result
+
+
+def served_report(lists: pd.DataFrame, served: pd.DataFrame, refused: int) -> dict:
+    """The validation report's `served` entry: lists extracted, titles loaded (rows), lists refused."""
+    return {"lists": int(len(lists)), "rows": int(len(served)), "refused": int(refused)}
 
 
 def _printable(title) -> str:

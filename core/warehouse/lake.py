@@ -4,6 +4,8 @@ Layout under the lake root (`Settings.lake_uri`, i.e. $RETRO_LAKE_URI, else RETR
 
     _lake.json                           the commit pointer (below)
     fact_interaction/day=YYYY-MM-DD/     facts, partitioned by the UTC day of occurred_at; files only added
+    fact_served/day=YYYY-MM-DD/          titles of the lists shown, partitioned by the UTC day of served_at; files
+                                         only added (a lake written before it existed has none: an empty view)
     quarantine/                          quarantined rows; files only added
     dim_user/commit-000007/  dim_movie/…  daily_aggregates/…  data_versions/…  etl_runs/…  etl_state/…
                                          small tables, rewritten whole: one snapshot folder per commit
@@ -24,8 +26,8 @@ what it left behind (`Lake.recover`). One writer at a time: the data folder's
 store lock (`core.store.locks`).
 
 Erasure (`erase_user`) and key rotation (`rekey`) rewrite only the files that hold
-the pseudonyms concerned: the fact partitions (days) of the user, the quarantine
-files, a new dim_user snapshot — so the old bytes leave the lake.
+the pseudonyms concerned: the fact and fact_served partitions (days) of the user, the
+quarantine files, a new dim_user snapshot — so the old bytes leave the lake.
 
 DuckDB reads the lake without any extension (`connect`, `session`, `query`): an
 in-memory database with one view per warehouse table over the committed lake, so
@@ -56,10 +58,12 @@ from core.warehouse.spark import session_for
 POINTER = "_lake.json"
 STAGING = "_staging"
 FORMAT = 1
-APPEND_TABLES = ("fact_interaction", "quarantine")        # files only added; rows carry data_version
+APPEND_TABLES = ("fact_interaction", "quarantine", "fact_served")   # files only added; rows carry data_version
+# Append tables in day=YYYY-MM-DD folders, by the UTC day of this column.
+PARTITIONED = {"fact_interaction": "occurred_at", "fact_served": "served_at"}
 SNAPSHOT_TABLES = ("dim_user", "dim_movie", "daily_aggregates", "data_versions", "etl_runs", "etl_state")
 ALL_TABLES = APPEND_TABLES + SNAPSHOT_TABLES
-USER_TABLES = ("fact_interaction", "quarantine", "dim_user")  # the tables holding pseudonyms (erasure, re-keying)
+USER_TABLES = ("fact_interaction", "quarantine", "dim_user", "fact_served")  # tables holding pseudonyms
 
 # Spark types of the warehouse tables (`warehouse.SCHEMA`, column for column; a test compares the two).
 SPARK_SCHEMA = {
@@ -76,6 +80,8 @@ SPARK_SCHEMA = {
     "etl_runs": "run_id INT, started_at TIMESTAMP_NTZ, finished_at TIMESTAMP_NTZ, status STRING, error STRING, "
                 "data_version INT, rows_extracted BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT",
     "etl_state": "key STRING, value BIGINT",
+    "fact_served": "serve_id BIGINT, user_key STRING, served_at TIMESTAMP_NTZ, path STRING, model_version INT, "
+                   "ranker_version INT, arm STRING, position INT, movie_id BIGINT, data_version INT",
 }
 
 
@@ -228,7 +234,7 @@ class Lake:
         spark = self.spark
         if name in APPEND_TABLES:
             path = self.files.join(name)
-            schema = SPARK_SCHEMA[name] + (", day DATE" if name == "fact_interaction" else "")
+            schema = SPARK_SCHEMA[name] + (", day DATE" if name in PARTITIONED else "")
             if not self.files.files(path):
                 return spark.createDataFrame([], schema)
             df = spark.read.schema(schema).option("basePath", path).parquet(path)
@@ -367,25 +373,28 @@ def user_keys(settings: Settings) -> set[str]:
         return set(query(settings, union)["user_key"])
     lake = Lake(settings, session_for(settings))
     frames = [lake.table(t).select("user_key").where("user_key IS NOT NULL").distinct() for t in USER_TABLES]
-    union = frames[0].union(frames[1]).union(frames[2]).distinct()
-    return {r[0] for r in union.collect()}
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.union(frame)
+    return {r[0] for r in union.distinct().collect()}
 
 
 def _rewrite(lake: Lake, spark, name: str, transform, where: str | None) -> int:
     """Rewrite the files of table `name` that hold rows matching `where` (a SQL condition), through `transform`
-    (DataFrame → DataFrame). Facts: only the day partitions concerned, each written aside then swapped in.
+    (DataFrame → DataFrame). Day-partitioned tables (`PARTITIONED`): only the day partitions concerned, each
+    written aside then swapped in.
     Returns the rows that matched."""
     path = lake.files.join(name)
     if not lake.files.files(path):
         return 0
-    reader = spark.read.schema(SPARK_SCHEMA[name] + (", day DATE" if name == "fact_interaction" else ""))
+    reader = spark.read.schema(SPARK_SCHEMA[name] + (", day DATE" if name in PARTITIONED else ""))
     full = reader.option("basePath", path).parquet(path)
     hits = full.where(where) if where else full
     matched = hits.count()
     if not matched:
         return 0
     work = f"{STAGING}/rewrite-{uuid.uuid4().hex}"
-    if name == "fact_interaction":
+    if name in PARTITIONED:
         days = sorted({str(r[0]) for r in hits.select("day").distinct().collect()})
         parts = [f"day={d}" for d in days]
     else:
@@ -406,8 +415,9 @@ def _rewrite(lake: Lake, spark, name: str, transform, where: str | None) -> int:
 
 @locks.exclusive(locks.ERASURE)
 def erase_user(settings: Settings, user_key: str, *, spark=None) -> dict:
-    """Remove every row of one pseudonym from the lake: the fact partitions and quarantine files that hold it are
-    rewritten (so its bytes leave the files), and dim_user gets a snapshot without it. Returns rows removed."""
+    """Remove every row of one pseudonym from the lake: the fact and fact_served partitions and quarantine files
+    that hold it are rewritten (so its bytes leave the files), and dim_user gets a snapshot without it. Returns
+    rows removed per table."""
     spark = spark or session_for(settings)
     lake = Lake(settings, spark)
     lake.recover()
@@ -488,7 +498,7 @@ def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
         for name in ALL_TABLES:
             if name in APPEND_TABLES:
                 files = lake.files.files(lake.files.join(name))
-                source = lake.files.join(name, "**", "*.parquet") if name == "fact_interaction" else \
+                source = lake.files.join(name, "**", "*.parquet") if name in PARTITIONED else \
                     lake.files.join(name, "*.parquet")
                 where = f" WHERE data_version <= {int(pointer['data_version'])}"
             else:

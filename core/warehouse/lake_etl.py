@@ -6,7 +6,9 @@ failing check wins: `VALIDATION_SQL`), duplicates within the batch and of alread
 loaded rows, pseudonymized users, the same watermarks, daily aggregates, volume
 alerts, and a data version with the same counts and the same content hash
 (`datahash`: canonical ordering and encoding, so both engines compute it alike; here
-one Spark task per day). SQLite's columns are dynamically typed, so the raw values
+one Spark task per day). The lists shown to users become `fact_served` rows by the
+embedded ETL's own transform (`etl.served_rows`: no rule to check, the same pandas
+code on the driver), written as Parquet partitioned by day like the facts. SQLite's columns are dynamically typed, so the raw values
 are typed on the driver with the embedded ETL's own parsers
 (`pd.to_numeric(errors="coerce")`, `etl.parse_times`) — two parsers would disagree
 on hostile text — and land as Parquet in the run's staging folder; every rule runs in
@@ -182,6 +184,8 @@ def _spark_frame(spark, frame: pd.DataFrame, schema: str):
 
 def _volume_alerts(per_day: pd.Series, daily: pd.DataFrame, clock: str) -> list[dict]:
     """etl._volume_alerts on per-day counts: days before the clock's day vs the trailing 7-day mean."""
+    if per_day.empty:                  # a run with served lists only: no day (and no DatetimeIndex to compare)
+        return []
     per_day = per_day[per_day.index < pd.Timestamp(clock).normalize()].sort_index()
     if per_day.empty:
         return []
@@ -201,12 +205,24 @@ def _volume_alerts(per_day: pd.Series, daily: pd.DataFrame, clock: str) -> list[
     return alerts
 
 
-def content_hash(facts, previous: str | None) -> str:
-    """`datahash` in Spark: each day hashed by one task (rows in canonical order), the days combined here."""
+def content_hash(facts, previous: str | None, served: pd.DataFrame | None = None) -> str:
+    """`datahash` in Spark: each day hashed by one task (rows in canonical order), the days combined here; the
+    served-list rows (pandas, on the driver: `etl.served_rows`) by `datahash` itself."""
     ordered = (facts.select(*datahash.COLUMNS, "day").repartition("day")
                .sortWithinPartitions("day", "source", "source_id"))
     days = ordered.mapInArrow(datahash.arrow_day_digests, "day STRING, n BIGINT, digest STRING").collect()
-    return datahash.combine(previous, [(r["day"], r["n"], r["digest"]) for r in days])
+    return datahash.combine(previous, [(r["day"], r["n"], r["digest"]) for r in days], datahash.served_days(served))
+
+
+def _stage_served(lake: Lake, spark, staging: str, served: pd.DataFrame, version: int) -> list[tuple[str, str]]:
+    """Write the run's fact_served rows under `staging`, partitioned by the UTC day of served_at; returns the
+    moves that put them into the table."""
+    frame = arrow_ready(served.assign(data_version=version), "fact_served")
+    frame["day"] = pd.to_datetime(frame["served_at"]).dt.date
+    _spark_frame(spark, frame, SPARK_SCHEMA["fact_served"] + ", day DATE").repartition("day") \
+        .write.partitionBy("day").parquet(lake.files.join(staging, "fact_served"))
+    return [(lake.files.join(staging, "fact_served", rel), lake.files.join("fact_served", rel))
+            for rel in lake.files.files(lake.files.join(staging, "fact_served"))]
 
 
 def _dimensions(ex: dict, key: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -233,7 +249,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     result = etl.EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
     commit = int(pointer["commit"]) + 1
     run_row = {"run_id": run_id, "started_at": started, "finished_at": started}
-    if rows.empty and rejects.empty:
+    if rows.empty and rejects.empty and ex["served"].empty:
         snapshots = _sync_consent(lake, pointer, ex["users"], key, commit)
         snapshots["etl_runs"] = lake.write_snapshot("etl_runs", pd.concat([runs, pd.DataFrame([run_row | {
             "status": result.status, "rows_extracted": 0, "rows_loaded": 0, "rows_quarantined": 0}])],
@@ -321,10 +337,12 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     daily_old = lake.frame("daily_aggregates", pointer)
     if len(daily_old):
         daily_old["day"] = pd.to_datetime(daily_old["day"])
+    served, refused = etl.served_rows(ex["served"], key)
     report = {"extracted": int(n_rows), "ingestion_rejects": int(len(rejects)), "valid": int(n_facts),
               "quarantined": int(n_quarantine), "by_reason": by_reason,
-              "volume_alerts": _volume_alerts(per_day, daily_old, ex["clock"])}
-    digest = content_hash(facts, prev["content_hash"] if prev else None)
+              "volume_alerts": _volume_alerts(per_day, daily_old, ex["clock"]),
+              "served": etl.served_report(ex["served"], served, refused)}
+    digest = content_hash(facts, prev["content_hash"] if prev else None, served)
     window = facts.selectExpr("min(occurred_at)", "max(occurred_at)").collect()[0]
 
     # ---- stage the new facts and quarantine rows
@@ -338,6 +356,8 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
         q_new.selectExpr(*quarantine_cols).coalesce(1).write.parquet(lake.files.join(staging, "quarantine"))
         for rel in lake.files.files(lake.files.join(staging, "quarantine")):
             moves.append((lake.files.join(staging, "quarantine", rel), lake.files.join("quarantine", rel)))
+    if len(served):
+        moves += _stage_served(lake, spark, staging, served, version)
 
     # ---- small tables: dimensions, daily aggregates, data version, run, watermarks
     users, movies = _dimensions(ex, key)
@@ -367,6 +387,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
         "data_versions", pd.concat([versions, pd.DataFrame([version_row])], ignore_index=True), commit)
     result.status, result.data_version = "loaded", version
     result.rows_loaded, result.rows_quarantined, result.report = int(n_facts), int(n_quarantine), report
+    result.rows_served = int(len(served))
     snapshots["etl_runs"] = lake.write_snapshot("etl_runs", pd.concat([runs, pd.DataFrame([run_row | {
         "status": "loaded", "data_version": version, "rows_extracted": result.rows_extracted,
         "rows_loaded": result.rows_loaded, "rows_quarantined": result.rows_quarantined}])], ignore_index=True), commit)

@@ -25,6 +25,9 @@ from core.filemodes import private_file
 from core.store.locks import StoreBusy
 from core.settings import Settings
 
+FACT_SERVED_COLUMNS = ("serve_id BIGINT NOT NULL, user_key VARCHAR NOT NULL, served_at TIMESTAMP NOT NULL, "
+                       "path VARCHAR NOT NULL, model_version INTEGER, ranker_version INTEGER, arm VARCHAR, "
+                       "position INTEGER NOT NULL, movie_id BIGINT NOT NULL, data_version INTEGER NOT NULL")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dim_movie (
     movie_id BIGINT PRIMARY KEY, title VARCHAR, year INTEGER, genres VARCHAR,
@@ -53,6 +56,10 @@ CREATE TABLE IF NOT EXISTS etl_runs (
     run_id INTEGER PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
     error VARCHAR, data_version INTEGER, rows_extracted BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT);
 CREATE TABLE IF NOT EXISTS etl_state (key VARCHAR PRIMARY KEY, value BIGINT);
+""" + f"""
+-- One row per title of a list shown to a user (served_recommendations, exploded; position 1 = first). Shadow lists
+-- are not here (nobody saw them). Added after the first release: an older file gains it at its next write.
+CREATE TABLE IF NOT EXISTS fact_served ({FACT_SERVED_COLUMNS});
 """
 
 
@@ -158,13 +165,33 @@ def file_connect(settings: Settings) -> duckdb.DuckDBPyConnection:
     delay = 0.02
     while True:
         try:
-            return _open(settings.warehouse, read_only=True)
+            con = _open(settings.warehouse, read_only=True)
         except duckdb.IOException as exc:
             if time.monotonic() >= deadline:
                 raise WarehouseBusy(f"the warehouse ({settings.warehouse.name}) cannot be opened for reading: "
                                     f"{str(exc).splitlines()[0]} — try again in a moment") from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+            continue
+        try:
+            return _with_later_tables(con)
+        except BaseException:
+            con.close()
+            raise
+
+
+LATER_TABLES = {"fact_served": FACT_SERVED_COLUMNS}    # tables a file written by an older version may lack
+
+
+def _with_later_tables(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A read-only snapshot of a file written before a table existed gets that table empty (a TEMP table, gone at
+    close), so every read works on any file; the file itself gains the table at its next write (`transaction`)."""
+    have = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
+                                      [ALIAS]).fetchall()}
+    for name, columns in LATER_TABLES.items():
+        if name not in have:
+            con.execute(f"CREATE TEMP TABLE {name} ({columns})")
+    return con
 
 
 @contextmanager
@@ -285,6 +312,16 @@ def status_counts(con: duckdb.DuckDBPyConnection) -> dict:
     return out
 
 
+def served_counts(con: duckdb.DuckDBPyConnection) -> dict:
+    """lists (distinct serve_id), rows (titles shown), users (distinct keys) and first/last served_at of
+    fact_served (None when empty)."""
+    lists, rows, users, first, last = con.execute(
+        "SELECT count(DISTINCT serve_id), count(*), count(DISTINCT user_key), min(served_at), max(served_at) "
+        "FROM fact_served").fetchone()
+    return {"lists": int(lists), "rows": int(rows), "users": int(users), "first_served_at": first,
+            "last_served_at": last}
+
+
 def watchers_per_movie(con: duckdb.DuckDBPyConnection) -> dict[int, int]:
     """{movie_id: distinct users (keys) who watched it} over every fact."""
     return dict(con.execute("SELECT movie_id, count(DISTINCT user_key) FROM fact_interaction WHERE kind = 'watch' "
@@ -328,7 +365,7 @@ def etl_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute("SELECT * FROM etl_runs ORDER BY run_id DESC").df()
 
 # --- a user's rows, keyed by pseudonym: export, erasure, key rotation, retention (orchestrated by core/privacy)
-USER_TABLES = ("fact_interaction", "quarantine", "dim_user")   # what an export shows and counts per user
+USER_TABLES = ("fact_interaction", "quarantine", "dim_user", "fact_served")   # what an export shows and counts
 
 
 def _user_key_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -419,28 +456,40 @@ def rekey(settings: Settings, new_for) -> tuple[dict[str, int], dict[str, str]] 
     return rekeyed, table
 
 
+# What a retention purge deletes, per table: (its time column, which rows it may delete at all).
+RETAINED = {"fact_interaction": ("occurred_at", "kind <> 'rating'"), "fact_served": ("served_at", "true")}
+
+
 def events_before(settings: Settings, cutoff: str) -> tuple[int, int, object]:
     """(behavioural events before `cutoff`, all behavioural events, the oldest one's time) in fact_interaction
     — ratings excluded: a retention purge keeps them. (0, 0, None) without a warehouse."""
+    return _before(settings, "fact_interaction", cutoff)
+
+
+def served_before(settings: Settings, cutoff: str) -> tuple[int, int, object]:
+    """(fact_served rows served before `cutoff`, all of them, the oldest one's time); (0, 0, None) without a
+    warehouse."""
+    return _before(settings, "fact_served", cutoff)
+
+
+def _before(settings: Settings, table: str, cutoff: str) -> tuple[int, int, object]:
     if not settings.warehouse.exists():
         return 0, 0, None
+    at, keep = RETAINED[table]
     with _file_session(settings) as con:
-        n, total, oldest = con.execute(
-            "SELECT count(*) FILTER (WHERE occurred_at < ?), count(*), min(occurred_at) FROM fact_interaction "
-            "WHERE kind <> 'rating'", [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()
+        n, total, oldest = con.execute(f"SELECT count(*) FILTER (WHERE {at} < ?), count(*), min({at}) FROM {table} "
+                                       f"WHERE {keep}", [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()
     return int(n), int(total), oldest
 
 
-def purge_events(settings: Settings, cutoff: str) -> int:
-    """Delete behavioural events (every kind but 'rating') before `cutoff` from fact_interaction; returns how
-    many. Deleted and compacted in one swap, and only when there is something to delete."""
-    if not settings.warehouse.exists():
-        return 0
-    with _file_session(settings) as con:
-        n = con.execute("SELECT count(*) FROM fact_interaction WHERE kind <> 'rating' AND occurred_at < ?",
-                        [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()[0]
-    if n:
+def purge_events(settings: Settings, cutoff: str) -> dict[str, int]:
+    """Delete what is older than `cutoff`: behavioural events (every kind but 'rating') from fact_interaction and
+    served lists from fact_served; returns the rows deleted per table. Deleted and compacted in one swap, and
+    only when there is something to delete."""
+    counts = {table: _before(settings, table, cutoff)[0] for table in RETAINED}
+    if any(counts.values()):
         with transaction(settings, compact=True, purpose="retention purge") as con:
-            n = con.execute("DELETE FROM fact_interaction WHERE kind <> 'rating' AND occurred_at < ?",
-                            [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()[0]
-    return int(n)
+            for table, (at, keep) in RETAINED.items():
+                counts[table] = int(con.execute(f"DELETE FROM {table} WHERE {keep} AND {at} < ?",
+                                                [pd.Timestamp(cutoff).to_pydatetime()]).fetchone()[0])
+    return counts

@@ -18,7 +18,8 @@ boxes = [
                                        f"clock {ui.fmt_time(ops['clock']) if ops['clock'] else 'real time'}"]),
     ("ETL", "incremental, validated", [f"last run {ui.fmt_time(wh['last_etl'])}", f"status {wh['last_etl_status'] or 'never run'}",
                                        f"{ui.plural(wh['quarantined'], 'row')} quarantined"]),
-    ("Warehouse", "DuckDB star schema", [ui.plural(wh['facts'], 'interaction'), f"data version {wh['data_version'] or '—'}"]),
+    ("Warehouse", "DuckDB star schema", [ui.plural(wh['facts'], 'interaction'), ui.plural(wh['served_lists'], 'served list'),
+                                         f"data version {wh['data_version'] or '—'}"]),
     ("Training", "ALS / BPR + baselines", [ui.plural(s['training']['runs'], 'run'),
                                            f"last retrain: {last_job['status'] if last_job else '—'}"
                                            + (f" ({last_job['trigger']})" if last_job else "")]),

@@ -96,7 +96,8 @@ with right:
     a.metric("Events to purge, operational DB", f"{status['ops_events_to_purge']:,} of {status['ops_events']:,}",
              help=f"oldest event: {ui.fmt_time(status['oldest_ops_event'])}")
     b.metric("Events to purge, warehouse", f"{status['warehouse_events_to_purge']:,} of {status['warehouse_events']:,}",
-             help=f"oldest event: {ui.fmt_time(status['oldest_warehouse_event'])}; ratings are kept")
+             help=f"oldest event: {ui.fmt_time(status['oldest_warehouse_event'])}; ratings are kept; served titles "
+                  f"purged with them: {status['warehouse_served_to_purge']:,} of {status['warehouse_served']:,}")
     if st.button("Purge now", key="purge") and (who := ui.operator("purge old events")) is not None:
         with ui.core_errors():
             res = retention.retention(s, int(days), actor=f"operator:{who}")
