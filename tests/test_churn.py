@@ -340,5 +340,15 @@ def test_cli_churn_json(churn_world, tmp_path, capsys):
     assert code == 0 and json.loads(out)["stored"] > 0
     code, out, _ = _cli(capsys, "--home", str(copy.home), "churn", "status", "--json")
     assert code == 0 and json.loads(out)["version"] == registry.production(copy, family="churn")["version"]
+    active = churn_data.snapshots(copy, [churn_pipeline.current_as_of(copy)])["user_key"]
+    from core.pseudonym import pseudonym, pseudonym_key
+    key = pseudonym_key(copy)
+    user = next(u for u in range(1, 601) if pseudonym(u, key) in set(active))
+    before = len(churn_pipeline.predictions(copy, user_key=pseudonym(user, key)))
+    code, out, _ = _cli(capsys, "--home", str(copy.home), "churn", "score", "--user", str(user), "--json")
+    scored = json.loads(out)
+    assert code == 0 and scored["user_id"] == user and len(scored["reasons"]) == 3
+    stored = churn_pipeline.predictions(copy, user_key=pseudonym(user, key))
+    assert len(stored) == before == 1 and stored["risk"].iloc[0] == pytest.approx(scored["risk"])   # replaced, not added
     code, out, err = _cli(capsys, "--home", str(copy.home), "churn", "train", "--user", "3")
     assert code == 1 and "--user belongs to `churn score`" in err and out == ""

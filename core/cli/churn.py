@@ -50,9 +50,8 @@ def cmd_churn(args, settings):
             + _metric_rows(result["metrics"], result["baselines"]["recency"]) + "\n"
             + "\n".join(f"  {r}" for r in result["gate"]["reasons"])))
     elif args.action == "score":
-        result = cp.explain_user(settings, args.user) if args.user is not None else cp.score(settings)
-        if args.user is not None:
-            cp.score(settings, user_id=args.user)          # the score shown is stored like any other
+        # the score shown is stored like any other (the reasons come with it for one user)
+        result = cp.explain_user(settings, args.user, store=True) if args.user is not None else cp.score(settings)
 
         def human():
             if args.user is None:

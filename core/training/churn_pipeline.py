@@ -24,6 +24,7 @@ from core.store import clock, locks, mlopsdb, opsdb
 from core.store.mlopsdb import timestamp
 from core.training import churn, gate, registry, tracking
 from core.training.evaluation import current_data_version
+from core.training.ranker import single_threaded_openmp
 from core.warehouse import churn_data
 from core.warehouse.churn_data import FEATURE_LABELS, FEATURES, HORIZON_DAYS, LOOKBACK_DAYS
 
@@ -205,7 +206,8 @@ def score(settings: Settings, *, user_id: int | None = None, as_of=None, store: 
     frame = churn_data.snapshots(settings, [as_of])
     if key is not None:
         frame = frame[frame["user_key"] == key].reset_index(drop=True)
-    risk = model.risk(churn.matrix(frame)) if len(frame) else np.zeros(0)
+    with single_threaded_openmp():   # for a few thousand rows OpenMP's thread wake-ups cost more than the work
+        risk = model.risk(churn.matrix(frame)) if len(frame) else np.zeros(0)
     frame = frame.assign(risk=risk)
     stored = store_predictions(settings, int(prod["version"]), frame, at=at) if store and len(frame) else 0
     result = {"version": int(prod["version"]), "as_of": str(as_of), "users": int(len(frame)), "stored": stored,
@@ -283,10 +285,10 @@ def scored_days(settings: Settings) -> list[str]:
 
 
 # ------------------------------------------------------------------ explanations
-def explain_user(settings: Settings, user_id: int, *, as_of=None, top: int = TOP_REASONS) -> dict:
+def explain_user(settings: Settings, user_id: int, *, as_of=None, top: int = TOP_REASONS, store: bool = False) -> dict:
     """"Why is this user at risk?": the production model's risk and each feature's SHAP contribution to its
-    calibrated log-odds (base + Σ contributions = logit(risk)), biggest effects first."""
-    result = score(settings, user_id=user_id, as_of=as_of, store=False)
+    calibrated log-odds (base + Σ contributions = logit(risk)), biggest effects first (`store`: keep the score)."""
+    result = score(settings, user_id=user_id, as_of=as_of, store=store)
     if not result["active"]:
         return result
     prod, model = production_model(settings)
