@@ -39,7 +39,7 @@ def _noop(fraction: float, message: str) -> None:
 
 
 # ------------------------------------------------------------------ training
-def _frames(settings: Settings) -> tuple[dict, pd.DataFrame]:
+def _frames(settings: Settings) -> tuple[dict, dict[str, pd.DataFrame]]:
     bounds = churn_data.data_bounds(settings)
     if bounds is None:
         raise churn.NotEnoughHistory("the warehouse holds no watch yet; run the ETL on a world first")
