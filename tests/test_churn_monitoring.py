@@ -249,10 +249,10 @@ LOOP_DAYS = 16
 
 @pytest.fixture(scope="module")
 def looped(tmp_path_factory):
-    """A 50-day world (400 users) with a CF model and a churn model in production (promoted by hand when the
+    """A 56-day world (400 users) with a CF model and a churn model in production (promoted by hand when the
     small holdout does not let it beat the recency rule), then LOOP_DAYS closed-loop days that score every day."""
     s = load_settings(tmp_path_factory.mktemp("churn-loop"))
-    simulation.init_world(s, seed=11, users=400, movies=200, days=50)
+    simulation.init_world(s, seed=11, users=400, movies=200, days=56)
     pipeline.retrain(s, with_ranker=False)
     trained = churn_pipeline.train(s)
     if not trained["promoted"]:
