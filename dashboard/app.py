@@ -26,6 +26,7 @@ pages = {
     "Models": [
         st.Page(VIEWS / "training.py", title="Training & Models", icon="🧪"),
         st.Page(VIEWS / "drift.py", title="Drift", icon="📈"),
+        st.Page(VIEWS / "churn.py", title="Churn", icon="📉"),
         st.Page(VIEWS / "deployment.py", title="Deployment", icon="🚀"),
     ],
     "Governance": [

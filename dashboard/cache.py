@@ -198,3 +198,74 @@ def model_server():
         return info, remote.metrics(info["url"]), None
     except remote.ServerUnavailable as exc:
         return info, None, str(exc)
+
+
+# --- churn (issue 17) ----------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=2)
+def churn_status(state):
+    from core.training import churn_pipeline
+    return churn_pipeline.status(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def churn_readiness(state):
+    from core.governance import churn_insights
+    return churn_insights.readiness(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def churn_scores(state, top):
+    from core.governance import churn_insights
+    return churn_insights.latest_scores(settings(), top)
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def churn_calibration(state):
+    from core.training import churn_pipeline
+    return churn_pipeline.calibration_table(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def churn_online(state):
+    from core.training import churn_pipeline
+    return churn_pipeline.online_check(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def churn_explanation(state, user_id):
+    from core.training import churn_pipeline
+    return churn_pipeline.explain_user(settings(), user_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def churn_and_quality(state):
+    from core.monitoring import churn_monitoring
+    return churn_monitoring.churn_and_quality(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def churn_drift(state, as_of=None):
+    from core.monitoring import churn_monitoring
+    return churn_monitoring.drift(settings(), as_of)
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def model_dependencies(state):
+    from core.governance import churn_insights
+    return churn_insights.dependencies(settings())
+
+
+def churn_train(progress, **kwargs):
+    from core.training import churn_pipeline
+    try:
+        return churn_pipeline.train(settings(), progress=progress, **kwargs)
+    finally:
+        clear()
+
+
+def churn_score():
+    from core.training import churn_pipeline
+    try:
+        return churn_pipeline.score(settings())
+    finally:
+        clear()

@@ -125,3 +125,202 @@ def arm_quality(history: pd.DataFrame, decisions: pd.DataFrame | None = None) ->
                       title="Online hit rate@10 per arm (lists shown that day that led to a watch)")
     _day_ticks(fig, history["day"].nunique() if len(history) else 0)
     return fig
+
+
+# --- churn ------------------------------------------------------------------------------------------------
+CHURN_COLORS = {"model": "#E8A33D", "recency rule": "#8AA1B1", "observed": "#4C9BE8"}
+
+
+def risk_histogram(risk, title: str = "Predicted churn risk of the scored users") -> go.Figure:
+    """Share of scored users per 5-point risk band, with the mean risk as a dashed line."""
+    fig = go.Figure(go.Histogram(x=list(risk), xbins=dict(start=0.0, end=1.0, size=0.05), histnorm="percent",
+                                 marker_color=CHURN_COLORS["model"], name="users"))
+    if len(risk):
+        mean = float(pd.Series(list(risk)).mean())
+        fig.add_vline(x=mean, line_dash="dash", line_color="#E8553D", annotation_text=f"mean {mean:.0%}")
+    fig.update_layout(title=title, height=300, margin=dict(t=40, b=10), bargap=0.05, showlegend=False,
+                      xaxis=dict(title="risk of no watch in the next 14 days", tickformat=".0%", range=[0, 1]),
+                      yaxis_title="% of users")
+    return fig
+
+
+def churn_calibration(table: pd.DataFrame) -> go.Figure:
+    """Reliability curve: observed churn rate per bin of predicted risk (model, recency rule) vs the diagonal."""
+    fig = go.Figure()
+    top = float(max(table["predicted"].max(), table["observed"].max(), 0.05)) if len(table) else 1.0
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="perfectly calibrated",
+                             line=dict(dash="dot", color="#999")))
+    for who, grp in table.groupby("who", sort=False):
+        fig.add_trace(go.Scatter(x=grp["predicted"], y=grp["observed"], mode="lines+markers", name=who,
+                                 line_color=CHURN_COLORS.get(who)))
+    fig.update_layout(title="Calibration on the holdout (10 quantile bins)", height=340, margin=dict(t=40),
+                      xaxis=dict(title="predicted risk", tickformat=".0%"),
+                      yaxis=dict(title="observed churn rate", tickformat=".0%"), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def churn_online(days: list[dict]) -> go.Figure:
+    """Per scoring day: mean predicted risk of the stored scores vs the share of those users who churned."""
+    frame = pd.DataFrame(days)
+    fig = go.Figure()
+    if len(frame):
+        label = frame["as_of"] + frame["model_version"].map(lambda v: f" (v{int(v)})")
+        fig.add_trace(go.Bar(x=label, y=frame["predicted"], name="predicted (mean risk)",
+                             marker_color=CHURN_COLORS["model"], customdata=frame[["users"]],
+                             hovertemplate="%{x}: %{y:.1%} predicted for %{customdata[0]} users"))
+        fig.add_trace(go.Bar(x=label, y=frame["observed"], name="observed (churned within 14 days)",
+                             marker_color=CHURN_COLORS["observed"]))
+    fig.update_layout(title="Online check: stored scores vs who churned", height=340, barmode="group",
+                      margin=dict(t=40), yaxis=dict(title="share of scored users", tickformat=".0%"),
+                      xaxis_title="scoring day (model version)", legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def churn_and_quality(frame: pd.DataFrame) -> go.Figure:
+    """The world's churn rate per day (active users with no watch in the next 14 days) above the online
+    hit rate@10 of the served lists (model vs the Top 50 control), on one simulated time axis."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, row_heights=[0.5, 0.5],
+                        subplot_titles=("Churn rate of active users (no watch in the next 14 days)",
+                                        "Online hit rate@10 of the served lists"))
+    if len(frame):
+        fig.add_trace(go.Scatter(x=frame["day"], y=frame["churn_rate"], mode="lines+markers", name="churn rate",
+                                 line_color="#E8553D", customdata=frame[["active_users"]],
+                                 hovertemplate="%{x}: %{y:.1%} of %{customdata[0]} active users"), row=1, col=1)
+        for col, name, color in (("hit_rate_model", "model", "#E8A33D"), ("hit_rate_top50", "Top 50 (control)", "#8AA1B1")):
+            fig.add_trace(go.Scatter(x=frame["day"], y=frame[col], mode="lines+markers", name=name, line_color=color,
+                                     connectgaps=False), row=2, col=1)
+    fig.update_yaxes(title_text="churn rate", tickformat=percent_axis(frame["churn_rate"]) if len(frame) else ".0%",
+                     row=1, col=1)
+    fig.update_yaxes(title_text="hit rate", tickformat=".0%", row=2, col=1)
+    _day_ticks(fig, len(frame))
+    fig.update_xaxes(title_text="day (simulated clock)", row=2, col=1)
+    fig.update_layout(height=520, legend=dict(orientation="h", y=-0.15), margin=dict(t=40))
+    return fig
+
+
+def _dot_text(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
+STALE_STYLE = 'color="#E8553D", fillcolor="#FDECEA", style="rounded,filled,dashed", penwidth=2'
+CURRENT_STYLE = 'color="#4CAF50", fillcolor="#EDF7EE", style="rounded,filled"'
+ABSENT_STYLE = 'color="#9E9E9E", fillcolor="#F5F5F5", style="rounded,filled,dotted", fontcolor="#757575"'
+
+
+def dependency_dot(deps: dict) -> str:
+    """A Graphviz DOT digraph of the three model families (`churn_insights.dependencies`): each node names its
+    production version and is marked STALE (red, dashed) when what it depends on changed since it was trained;
+    the arrows say what flows from one family into the other."""
+    cf, rk, ch = deps["cf"], deps["ranker"], deps["churn"]
+
+    def node(name: str, title: str, version, detail: str | None, stale: bool) -> str:
+        if version is None:
+            lines, style = [title, "no production version"], ABSENT_STYLE
+        else:
+            lines = [title, f"v{version} in production" + (f" · {detail}" if detail else "")] + (["STALE"] if stale else [])
+            style = STALE_STYLE if stale else CURRENT_STYLE
+        label = "\\n".join(_dot_text(t) for t in lines)
+        return f'  {name} [label="{label}", {style}];'
+
+    def saw(family: str) -> str:
+        if ch.get("version") is None:
+            return ""
+        deps_ = ch.get("depends_on") or {}
+        at_training = (deps_.get("at_training") or {}).get(family)
+        versions = sorted(set((deps_.get("served") or {}).get(family, [])) | set((deps_.get("production") or {}).get(family, []))
+                          | ({at_training} if at_training is not None else set()))
+        return "\\n(trained while " + (", ".join(f"v{v}" for v in versions) or "none") + " served)"
+
+    ranker_on = "candidates" + (f" of v{rk['depends_on']}" if rk["version"] is not None and rk["depends_on"] is not None else "")
+    return "\n".join([
+        "digraph model_families {",
+        '  rankdir=TB; bgcolor="transparent"; nodesep=0.8; ranksep=0.7;',
+        '  node [shape=box, fontname="Helvetica", fontsize=16, margin="0.2,0.1", fontcolor="#212121"];',
+        '  edge [fontname="Helvetica", fontsize=13, color="#90A4AE", fontcolor="#B0BEC5", penwidth=1.5];',
+        node("cf", "Collaborative filtering (cf)", cf["version"], cf.get("model_kind"), False),
+        node("ranker", "Ranker", rk["version"], None, rk["stale"]),
+        node("churn", "Churn", ch.get("version"), f"trained {str(ch.get('created_at'))[:10]}" if ch.get("created_at") else None,
+             bool(ch.get("stale"))),
+        f'  cf -> ranker [label="{ranker_on}"];',
+        f'  cf -> churn [label="served lists → features{saw("cf")}"];',
+        f'  ranker -> churn [label="re-ranked lists → features{saw("ranker")}"];',
+        "}",
+    ])
+
+
+def churn_contributions(explanation: dict, top: int = 12) -> go.Figure:
+    """One user's SHAP contributions to the calibrated log-odds of their churn risk (`explain_user`), biggest
+    effect on top; red raises the risk, green lowers it. base + Σ contributions = the risk's log-odds."""
+    items = sorted(explanation["contributions"], key=lambda c: abs(c["contribution"]))[-top:]
+
+    def shown(v):
+        return "unknown" if v is None else (f"{v:.0f}" if float(v).is_integer() else f"{v:.2f}")
+    fig = go.Figure(go.Bar(
+        x=[c["contribution"] for c in items], y=[f"{c['label']} = {shown(c['value'])}" for c in items], orientation="h",
+        marker_color=["#E8553D" if c["contribution"] > 0 else "#4CAF50" for c in items],
+        hovertemplate="%{y}: %{x:+.3f} log-odds<extra></extra>"))
+    fig.update_layout(title=f"Churn v{explanation['version']}: from base {explanation['base_logit']:+.2f} to "
+                            f"{explanation['logit']:+.2f} log-odds = {explanation['risk']:.0%} risk",
+                      height=90 + 32 * len(items), margin=dict(t=40, l=10), xaxis_title="SHAP contribution (log-odds)",
+                      yaxis=dict(automargin=True))
+    return fig
+
+
+SEVERITY_COLORS = {"none": "#4CAF50", "moderate": "#E8A33D", "significant": "#E8553D", "insufficient": "#9E9E9E"}
+SEVERITY_METRIC_COLORS = {"none": "green", "moderate": "orange", "significant": "red", "insufficient": "gray"}
+
+
+def churn_feature_psi(features: list[dict]) -> go.Figure:
+    """PSI of each churn feature (stored scores of one day vs the reference holdout), coloured by severity;
+    a feature with too few rows to judge is a grey stub marked 'insufficient'."""
+    rows = sorted(features, key=lambda f: -1.0 if f["psi"] is None else f["psi"])
+    fig = go.Figure(go.Bar(
+        x=[0.0 if f["psi"] is None else f["psi"] for f in rows], y=[f["label"] for f in rows], orientation="h",
+        marker_color=[SEVERITY_COLORS.get(f["severity"], "#9E9E9E") for f in rows],
+        text=[f["severity"] if f["psi"] is None else f"{f['psi']:.3f}" for f in rows],
+        customdata=[f["severity"] for f in rows], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}: %{text} (%{customdata})<extra></extra>"))
+    top = max([f["psi"] or 0.0 for f in rows] + [0.3])
+    fig.add_vline(x=0.1, line_dash="dash", line_color="orange")
+    fig.add_vline(x=0.25, line_dash="dash", line_color="red")
+    fig.update_layout(title="Churn features: PSI vs the reference",
+                      height=110 + 30 * len(rows), margin=dict(t=40, l=10, r=10), showlegend=False,
+                      xaxis=dict(title="PSI", range=[0, top * 1.3]), yaxis=dict(automargin=True))
+    return fig
+
+
+def churn_risk_shift(risk: dict) -> go.Figure:
+    """Share of users per tenth of predicted risk: the reference holdout vs the day's stored scores."""
+    edges = risk["bins"]
+    labels = [f"{a:.0%}–{b:.0%}" for a, b in zip(edges[:-1], edges[1:])]
+    fig = go.Figure([go.Bar(x=labels, y=risk["reference"], name="reference (holdout)", marker_color="#8AA1B1"),
+                     go.Bar(x=labels, y=risk["current"], name="current (stored scores)", marker_color="#E8A33D")])
+    psi = "not judged (too few rows)" if risk["psi"] is None else f"PSI {risk['psi']:.3f}, {risk['severity']}"
+    fig.update_layout(title=f"Predicted risk, reference vs current: {psi}", barmode="group", height=420,
+                      margin=dict(t=40), xaxis_title="predicted churn risk", legend=dict(orientation="h", y=-0.4),
+                      yaxis=dict(title="share of users", tickformat=".0%"))
+    return fig
+
+
+def churn_drift_history(history: list[dict]) -> go.Figure:
+    """Per scored day: the predicted risk's PSI and the largest feature PSI (left axis, with the 0.1 and 0.25
+    lines) and the mean predicted risk (right axis)."""
+    frame = pd.DataFrame(history)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if len(frame):
+        fig.add_trace(go.Scatter(x=frame["as_of"], y=frame["risk_psi"], mode="lines+markers", name="risk PSI",
+                                 line_color="#E8553D"))
+        fig.add_trace(go.Scatter(x=frame["as_of"], y=frame["max_feature_psi"], mode="lines+markers",
+                                 name="largest feature PSI", line_color="#9B7FD1", line_dash="dot"))
+        fig.add_trace(go.Scatter(x=frame["as_of"], y=frame["mean_risk"], mode="lines+markers", name="mean risk",
+                                 line_color="#E8A33D", customdata=frame[["users"]],
+                                 hovertemplate="%{x}: mean %{y:.1%} over %{customdata[0]} users"), secondary_y=True)
+    fig.add_hline(y=0.1, line_dash="dash", line_color="orange")
+    fig.add_hline(y=0.25, line_dash="dash", line_color="red")
+    fig.update_yaxes(title_text="PSI", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="mean predicted risk", tickformat=".0%", rangemode="tozero", secondary_y=True,
+                     showgrid=False)
+    fig.update_xaxes(type="category", title_text="scored day")
+    fig.update_layout(title="Churn drift per scored day", height=360, margin=dict(t=40),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig

@@ -79,6 +79,12 @@ def progress_callback(bar, log=None):
     return update
 
 
+def sentence(text: str) -> str:
+    """A core message ('no churn model in production; …') as a sentence: capital first letter, final full stop."""
+    text = str(text).strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
+
+
 def fmt(value, digits=4):
     return "—" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 

@@ -164,12 +164,14 @@ def status(settings: Settings, version: dict | None = None) -> dict:
     run = tracking.get_run(settings, int(prod["run_id"]))
     deps = (run.get("params") or {}).get("depends_on") or {}
     window_end = (deps.get("window") or [None, prod["created_at"]])[1]
+    registered = int(registry.history(settings, int(prod["version"]))["event_id"].min())
     reasons = []
     for family in (registry.CF, registry.RANKER):
         now = registry.production(settings, family=family)
         seen = (set((deps.get("served") or {}).get(family, [])) | set((deps.get("production") or {}).get(family, []))
                 | {v for v in [(deps.get("at_training") or {}).get(family)] if v is not None})
-        changes = registry.promotions_after(settings, prod["created_at"], family)
+        # Promotions after this churn version was registered, the same simulated second included.
+        changes = registry.promotions_after(settings, prod["created_at"], family, after_event=registered)
         if changes:
             last = changes[-1]
             reasons.append(f"{family} v{last['version']} went into production at {last['at']}, after churn "

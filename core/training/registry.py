@@ -300,13 +300,20 @@ def production_between(settings: Settings, start: str, end: str, family: str = C
     return [v for v in dict.fromkeys([before, *during]) if v is not None]
 
 
-def promotions_after(settings: Settings, at: str, family: str = CF) -> list[dict]:
-    """Events after `at` that put a version of `family` into production (promotions and rollbacks), oldest first."""
+def promotions_after(settings: Settings, at: str, family: str = CF, after_event: int | None = None) -> list[dict]:
+    """Events after `at` that put a version of `family` into production (promotions and rollbacks), oldest first.
+
+    With `after_event` (a registry event id), events in the second `at` itself count when they came after that
+    event: a simulated clock stands still between simulated days, so a model registered and a promotion made
+    later the same day share one timestamp and only the event order tells which came first."""
+    when = timestamp(at, settings)
     with mlopsdb.session(settings) as db:
         return list(db.query("""SELECT e.version, e.at, e.actor, e.reason FROM registry_events e
                                 JOIN model_versions v ON v.version = e.version
-                                WHERE v.family = ? AND e.to_stage = 'production' AND e.at > ?
-                                ORDER BY e.at, e.event_id""", [family, timestamp(at, settings)]))
+                                WHERE v.family = ? AND e.to_stage = 'production'
+                                  AND (e.at > ? OR (e.at = ? AND e.event_id > ?))
+                                ORDER BY e.at, e.event_id""",
+                             [family, when, when, -1 if after_event is None else int(after_event)]))
 
 
 def production_during(settings: Settings, at: str, family: str = CF) -> list[int]:

@@ -1,4 +1,4 @@
-"""Drift: run behaviour-shift scenarios in the closed loop and watch monitoring react."""
+"""Drift: run behaviour-shift scenarios in the closed loop and watch monitoring react; the churn model's drift."""
 import pandas as pd
 import streamlit as st
 
@@ -9,6 +9,54 @@ from dashboard import cache, charts, ui
 
 st.title("📈 Drift & monitoring")
 s = cache.settings()
+
+
+def churn_section() -> None:
+    """The churn model's drift: its features and predicted risk in the scores stored on one day vs the holdout the
+    production churn version was judged on, and both per scored day."""
+    st.subheader("Churn model: feature and risk drift")
+    token = cache.token()
+    with ui.core_errors():
+        report = cache.churn_drift(token)
+    if report["version"] is None:
+        st.info("No churn model in production: its drift is measured against the holdout it was judged on "
+                "(see the Churn page).")
+        return
+    if not report["history"]:
+        st.info(f"Churn v{report['version']} has no stored scores yet: score the active users on the Churn page "
+                "(“Score now”).")
+        return
+    days = [h["as_of"] for h in report["history"]][::-1]
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    day = left.selectbox("Scored day", days, key="churn_drift_day")
+    if day != report["as_of"]:
+        with ui.core_errors():
+            report = cache.churn_drift(token, day)
+    right.caption(f"Churn v{report['version']}: reference = the holdout it was judged on "
+                  f"({ui.plural(report['reference_rows'], 'row')}); current = the scores stored as of {report['as_of']} "
+                  f"({ui.plural(report['current_rows'], 'user')}). PSI: < 0.1 none, 0.1–0.25 moderate, ≥ 0.25 "
+                  f"significant; fewer than {s.drift_min_observations} rows in either window is not judged "
+                  "(insufficient). A missing value (no list shown, nothing rated) is a bucket of its own.")
+    risk = report["risk"]
+    judged = [f for f in report["features"] if f["psi"] is not None]
+    worst = max(judged, key=lambda f: f["psi"], default=None)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Predicted-risk PSI", ui.fmt(risk["psi"], 3), risk["severity"], delta_arrow="off",
+              delta_color=charts.SEVERITY_METRIC_COLORS.get(risk["severity"], "gray"), border=True)
+    c2.metric("Largest feature PSI", "—" if worst is None else f"{worst['psi']:.3f}",
+              None if worst is None else f"{worst['severity']}: {worst['label']}", delta_arrow="off",
+              delta_color="gray" if worst is None else charts.SEVERITY_METRIC_COLORS.get(worst["severity"], "gray"),
+              border=True)
+    drifting = [f for f in judged if f["severity"] != "none"]
+    counts = {sev: sum(f["severity"] == sev for f in report["features"]) for sev in ("significant", "moderate", "insufficient")}
+    c3.metric("Features drifting", f"{len(drifting)} of {len(report['features'])}",
+              ", ".join(f"{n} {sev}" for sev, n in counts.items() if n) or "none", delta_arrow="off",
+              delta_color="red" if counts["significant"] else "orange" if drifting else "green", border=True)
+    left, right = st.columns(2)
+    left.plotly_chart(charts.churn_feature_psi(report["features"]), key="churn_feature_psi")
+    right.plotly_chart(charts.churn_risk_shift(risk), key="churn_risk_shift")
+    st.plotly_chart(charts.churn_drift_history(report["history"]), key="churn_drift_history")
+
 
 with st.form("scenario"):
     st.markdown("**Scenario** — simulate days in the closed loop: users see the served lists, the ETL and monitoring "
@@ -46,6 +94,7 @@ with st.expander("Stored retraining policy (used by `simulate` and scheduled run
 hist = cache.drift_history(cache.token())
 st.info(cache.drift_narrative(cache.token()))
 if hist["days"].empty:
+    churn_section()           # the churn model's drift needs no closed-loop day
     st.stop()
 
 st.plotly_chart(charts.drift_timeline(hist["days"], hist["scores"], hist["alerts"], hist["actions"]), key="timeline")
@@ -105,3 +154,5 @@ else:
 if len(hist["actions"]):
     st.subheader("Automatic and policy actions")
     st.dataframe(ui.times(hist["actions"])[["at", "day", "kind", "actor", "cause", "job_id"]], hide_index=True, key="actions_table")
+
+churn_section()

@@ -1,14 +1,16 @@
-"""Explanations & Governance: why a movie was recommended, the audit record, the model card, diagnosis."""
+"""Explanations & Governance: why a movie was recommended, why a user is at risk of churning, the audit record,
+the model card, diagnosis."""
 import json
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core import RetroError
 from core.governance import audit as audit_mod
 from core.governance import explain as explain_mod
 from core.governance import modelcard
-from dashboard import cache, ui
+from dashboard import cache, charts, ui
 
 st.title("🔎 Explanations & Governance")
 token = cache.token()
@@ -24,7 +26,8 @@ typical = int(directory.loc[(directory["watches"] - directory["watches"].median(
 labels = {int(r.user_id): f"user {r.user_id} — {ui.plural(r.watches, 'watch', 'watches')}" for r in directory.itertuples()}
 user_id = st.selectbox("User (type to search; default: a typical user)", ids, index=ids.index(typical),
                        format_func=labels.get, key="gov_user")
-tab_why, tab_audit, tab_card, tab_diag = st.tabs(["Why this movie?", "Audit trail", "Model card", "Diagnose"])
+tab_why, tab_risk, tab_audit, tab_card, tab_diag = st.tabs(["Why this movie?", "Why is this user at risk?", "Audit trail",
+                                                             "Model card", "Diagnose"])
 
 with tab_why:
     try:
@@ -59,6 +62,27 @@ with tab_why:
                            file_name=f"explanation-u{user_id}-m{movie}.md", key="exp_md")
         c2.download_button("Export explanation (JSON)", json.dumps(e, indent=2, default=str),
                            file_name=f"explanation-u{user_id}-m{movie}.json", key="exp_json")
+
+with tab_risk:
+    try:
+        risk = cache.churn_explanation(token, user_id)
+    except RetroError as exc:     # no churn model in production yet: say so, the other tabs still work
+        st.info(ui.sentence(str(exc)))
+        risk = None
+    if risk is not None and not risk["active"]:
+        st.info(ui.sentence(risk["note"]))
+    elif risk is not None:
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Churn risk (no watch in the next 14 days)", f"{risk['risk']:.0%}")
+        c2.metric("Churn model", f"v{risk['version']}")
+        c3.metric("As of", risk["as_of"][:10])
+        left, right = st.columns([3, 2])
+        left.plotly_chart(charts.churn_contributions(risk), key="churn_shap_chart")
+        with right:
+            st.markdown("**In words** (the biggest effects):\n" + "\n".join(f"- {r}" for r in risk["reasons"]))
+            st.caption("SHAP values of the gradient-boosted trees, scaled by the Platt calibration, so they add up "
+                       "from the base log-odds to this user's calibrated log-odds. Features come from the warehouse "
+                       "only, as of the last day of data.")
 
 with tab_audit:
     day = st.text_input("Day (YYYY-MM-DD, empty = all days)", key="audit_day").strip() or None

@@ -1,10 +1,11 @@
-"""Training & Models: retrain with live progress, compare runs, promote/rollback, seed variability."""
+"""Training & Models: retrain with live progress, the model families' dependencies, compare runs, promote/rollback,
+seed variability."""
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from core.training import registry
-from dashboard import cache, ui
+from dashboard import cache, charts, ui
 
 st.title("🧪 Training & Models")
 s = cache.settings()
@@ -37,6 +38,25 @@ with st.container(border=True):
             st.caption(f"gate: {reason}")
 
 token = cache.token()
+
+# --- the three model families and what each depends on ----------------------------------------------------------
+st.subheader("Model families and their dependencies")
+with ui.core_errors():
+    deps = cache.model_dependencies(token)
+graph, legend = st.columns([1, 1], vertical_alignment="center")
+graph.graphviz_chart(charts.dependency_dot(deps), width="stretch")
+with legend:
+    st.markdown("- **cf → ranker** — the ranker re-ranks the candidates of one CF version: a CF promotion makes it "
+                "stale until it is retrained (a CF retrain does).\n"
+                "- **cf → churn, ranker → churn** — the churn model's features include how users responded to the "
+                "lists they were served: a recommender promoted after it was trained makes it possibly stale.")
+    st.caption("Green: current · red dashed, STALE: what it depends on changed since it was trained · grey dotted: "
+               "no production version.")
+    if deps["ranker"]["stale"]:
+        st.warning(f"**ranker v{deps['ranker']['version']}**: {deps['ranker']['reason']}")
+    if deps["churn"]["stale"]:
+        st.warning(f"**churn v{deps['churn']['version']}** is possibly stale: " + "; ".join(deps["churn"]["reasons"]))
+
 decision = cache.last_gate(token)
 if decision is not None:
     with st.container(border=True):
@@ -57,22 +77,43 @@ versions, history = cache.versions(token)
 
 # --- runs -----------------------------------------------------------------------------------
 st.subheader("Experiment runs")
+# The families measure different things (ranking quality vs a churn classifier's): one table and comparison each.
+RUN_VIEWS = {
+    "Recommender (cf, ranker)": dict(
+        families=(registry.CF, registry.RANKER),
+        columns=("run_id", "model_kind", "engine", "status", "started_at", "data_version", "seed", "ndcg@10",
+                 "precision@10", "recall@10", "hit_rate@10", "coverage", "novelty", "users_evaluated", "duration_s",
+                 "code_version"),
+        compared=("precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "coverage")),
+    "Churn": dict(
+        families=(registry.CHURN,),
+        columns=("run_id", "model_kind", "status", "started_at", "data_version", "seed", "roc_auc", "pr_auc", "brier",
+                 "top_decile_lift", "base_rate", "rows", "churned", "training_rows", "duration_s", "code_version"),
+        compared=("roc_auc", "pr_auc", "brier", "top_decile_lift")),
+}
+FOUR_DIGITS = {"coverage", "novelty", "roc_auc", "pr_auc", "brier", "top_decile_lift", "base_rate"}
 if runs.empty:
     st.info("No runs yet — press “Run the retrain pipeline”.")
 else:
-    cols = [c for c in ("run_id", "model_kind", "engine", "status", "started_at", "data_version", "seed", "ndcg@10", "precision@10",
-                        "recall@10", "hit_rate@10", "coverage", "novelty", "users_evaluated", "duration_s",
-                        "code_version") if c in runs]
-    st.dataframe(ui.times(runs[cols]), hide_index=True, key="runs_table",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in cols if "@" in c or c in ("coverage", "novelty")})
-    finished = runs[runs["status"] == "finished"]["run_id"].tolist()
+    families = runs["model_kind"].map(lambda k: registry.MODEL_FAMILIES.get(k, registry.CF))
+    view = st.radio("Runs of", list(RUN_VIEWS), horizontal=True, key="runs_family", label_visibility="collapsed")
+    spec = RUN_VIEWS[view]
+    shown_runs = runs[families.isin(spec["families"])]
+    if shown_runs.empty:
+        st.info(f"No {view.lower()} runs yet.")
+    else:
+        cols = [c for c in spec["columns"] if c in shown_runs]
+        st.dataframe(ui.times(shown_runs[cols]), hide_index=True, key="runs_table", placeholder="—",
+                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in cols
+                                    if "@" in c or c in FOUR_DIGITS})
+    finished = shown_runs[shown_runs["status"] == "finished"]["run_id"].tolist()
     if len(finished) >= 2:
         a, b = st.columns(2)
         run_a = a.selectbox("Compare run", finished, index=1, key="run_a")
         run_b = b.selectbox("with run", finished, index=0, key="run_b")
         diff = cache.compare(token, run_a, run_b)
         st.dataframe(diff, hide_index=True, key="compare_table")
-        shown = diff[diff["metric"].isin(["precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "coverage"])]
+        shown = diff[diff["metric"].isin(spec["compared"])]
         long = shown.melt(id_vars="metric", value_vars=["a", "b"], var_name="run", value_name="value")
         long["run"] = long["run"].map({"a": f"run {run_a}", "b": f"run {run_b}"})
         st.plotly_chart(px.bar(long, x="metric", y="value", color="run", barmode="group",
@@ -88,16 +129,24 @@ st.subheader("Model registry")
 if versions.empty:
     st.info("No model versions yet — a retrain registers one.")
 else:
-    st.dataframe(ui.times(versions)[[c for c in ("version", "model_kind", "stage", "data_version", "created_at", "ndcg@10",
-                                       "coverage", "users_evaluated", "run_id") if c in versions]], hide_index=True,
-                 key="versions_table")
+    # One table for every family (one lifecycle); each family's own holdout metrics, "—" where they do not apply.
+    shown_versions = [c for c in ("version", "family", "model_kind", "stage", "depends_on", "data_version", "created_at",
+                                  "ndcg@10", "users_evaluated", "roc_auc", "brier", "run_id")
+                      if c in versions]
+    st.dataframe(ui.times(versions)[shown_versions], hide_index=True, key="versions_table", placeholder="—",
+                 column_config={"depends_on": st.column_config.NumberColumn("depends on", format="v%d",
+                                                                            help="the CF version it was trained on"),
+                                **{c: st.column_config.NumberColumn(format="%.4f")
+                                   for c in ("ndcg@10", "roc_auc", "brier")}})
     st.caption("Lifecycle history (who, when, why):")
     st.dataframe(ui.times(history)[["at", "version", "from_stage", "to_stage", "actor", "reason"]], hide_index=True, key="history_table")
     left, right = st.columns(2)
     with left.form("promote_form"):
         st.markdown("**Promote a version**")
         choices = versions[versions["stage"] != "production"]["version"].tolist()
-        version = st.selectbox("Version", choices, key="promote_version", disabled=not choices)
+        family_of = dict(zip(versions["version"], versions["family"]))
+        version = st.selectbox("Version", choices, key="promote_version", disabled=not choices,
+                               format_func=lambda v: f"v{v} ({family_of.get(v, '?')})")
         reason = st.text_input("Reason (recorded)", key="promote_reason")
         sure = st.checkbox("I confirm this changes what users are served", key="promote_confirm")
         force = st.checkbox("Force: promote even if it does not beat its baselines (recorded as forced)",
@@ -113,6 +162,7 @@ else:
                 st.success(f"v{version} is now in production.")
     with right.form("rollback_form"):
         st.markdown("**Roll back production**")
+        rb_family = st.selectbox("Family", list(registry.FAMILIES), key="rollback_family")
         reason_rb = st.text_input("Reason (recorded)", key="rollback_reason")
         sure_rb = st.checkbox("I confirm the rollback", key="rollback_confirm")
         if st.form_submit_button("Roll back"):
@@ -120,10 +170,10 @@ else:
                 st.error("Tick the confirmation box first.")
             elif (who := ui.operator("roll back production")) is not None:
                 with ui.audited(who, "rollback") as entry:
-                    restored = registry.rollback(s, f"operator:{who}", reason_rb)
-                    entry["target"] = f"v{restored}"
+                    restored = registry.rollback(s, f"operator:{who}", reason_rb, family=rb_family)
+                    entry["target"] = f"{rb_family} v{restored}"
                 cache.clear()
-                st.success(f"Rolled back: v{restored} is in production again.")
+                st.success(f"Rolled back {rb_family}: v{restored} is in production again.")
 
 # --- probabilistic outputs --------------------------------------------------------------------
 st.subheader("Probabilistic outputs")

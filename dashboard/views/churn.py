@@ -1,0 +1,166 @@
+"""Churn: who is about to stop watching and why, how good the churn model is, and churn next to recommendation quality."""
+import streamlit as st
+
+from dashboard import cache, charts, ui
+
+st.title("📉 Churn")
+status = cache.churn_status(cache.token())
+has_model = status["version"] is not None
+ready = None if has_model else cache.churn_readiness(cache.token())
+too_short = ready is not None and not ready["enough_history"]
+
+# --- operator actions: train (then score at once when promoted), score now ------------------------------------
+with st.container(border=True):
+    c1, c2, c3 = st.columns([1, 1, 3], vertical_alignment="center")
+    train = c1.button("Train churn model", type="secondary" if has_model else "primary", key="churn_train",
+                      disabled=too_short, help="The world is too short for the time split yet (see below)." if too_short
+                      else "Fit, judge against the recency rule, register; promoted (and scored) when it beats the rule.")
+    score = c2.button("Score now", key="churn_score", disabled=not has_model,
+                      help="Score every active user with the production churn model as of the warehouse's last day "
+                           "and store the scores (what this page, the online check and drift read).")
+    c3.caption("Training fits on point-in-time warehouse snapshots, judges the model against the recency rule on "
+               "the holdout and promotes it only when it beats the rule. Operators only (🔐 in the sidebar).")
+    if train and (who := ui.operator("train the churn model")) is not None:
+        bar = st.progress(0.0, text="starting")
+        with ui.audited(who, "churn train") as entry:
+            result = cache.churn_train(ui.progress_callback(bar), actor=f"operator:{who}")
+            entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else "kept as candidate")
+        if result["promoted"]:
+            with st.spinner("scoring the active users"), ui.audited(who, "churn score", f"v{result['version']}"):
+                scored = cache.churn_score()
+            st.success(f"Churn v{result['version']} (run {result['run_id']}) is in production and scored "
+                       f"{ui.plural(scored['users'], 'active user')} as of {scored['as_of'][:10]}.")
+        else:
+            st.warning(f"Churn v{result['version']} (run {result['run_id']}) was kept as a candidate: the gate refused it.")
+        for reason in result["gate"]["reasons"]:
+            st.caption(f"gate: {reason}")
+    if score and (who := ui.operator("score churn risk")) is not None:
+        with st.spinner("scoring the active users"), ui.audited(who, "churn score") as entry:
+            scored = cache.churn_score()
+            entry["target"] = f"v{scored['version']}: {scored['users']} users as of {scored['as_of'][:10]}"
+        st.success(f"Scored {ui.plural(scored['users'], 'active user')} as of {scored['as_of'][:10]} with "
+                   f"churn v{scored['version']} (mean risk {scored['mean_risk'] or 0:.1%}).")
+
+token = cache.token()               # the actions above may have changed the stores
+status = cache.churn_status(token)
+
+
+def metrics_vs_rule(metrics: dict, rule: dict) -> None:
+    """ROC AUC, PR AUC, Brier and top-decile lift of a version's holdout, each against the recency rule."""
+    shown = (("roc_auc", "ROC AUC", "{:.3f}", "{:+.3f}", "normal"), ("pr_auc", "PR AUC", "{:.3f}", "{:+.3f}", "normal"),
+             ("brier", "Brier (lower is better)", "{:.4f}", "{:+.4f}", "inverse"),
+             ("top_decile_lift", "Top-decile lift", "{:.2f}×", "{:+.2f}", "normal"))
+    for col, (key, label, fmt, dfmt, color) in zip(st.columns(4), shown):
+        value, base = metrics.get(key), rule.get(key)
+        col.metric(label, "—" if value is None else fmt.format(value),
+                   None if value is None or base is None else dfmt.format(value - base), delta_color=color,
+                   delta_description=None if base is None else f"vs rule {fmt.format(base)}", border=True)
+
+
+if status["version"] is None:
+    ready = cache.churn_readiness(token)
+    candidate = ready["candidate"]
+    if not ready["enough_history"]:
+        st.warning(f"No churn model yet: {ready['message']}.")
+        st.caption("Grow the world with 🌱 on the Overview page (operators) or `python -m core simulate --days N`, "
+                   "then train here.")
+    elif candidate is not None:
+        st.warning(f"No churn model in production: the newest, v{candidate['version']} (run {candidate['run_id']}, "
+                   f"{ui.fmt_time(candidate['created_at'])}), is a {candidate['stage']} — the gate wants it to beat "
+                   "the recency rule on the holdout. Train again when the world has more days, or promote it on the "
+                   "Training & Models page if you accept it.")
+        metrics_vs_rule(candidate["metrics"], candidate["recency"])
+    else:
+        st.info(f"No churn model has been trained on this world yet. The warehouse holds "
+                f"{ui.plural(ready['days'], 'day')} of watch data, enough for the time split: press “Train churn model”.")
+else:
+    # --- the production model and how it compares with the recency rule ----------------------------------------
+    run = cache.run(token, status["run_id"])
+    metrics, rule = run.get("metrics") or {}, (run.get("baselines") or {}).get("recency") or {}
+    st.caption(f"Production churn model **v{status['version']}** (run {status['run_id']}, data {status['data_version']}, "
+               f"trained {ui.fmt_time(status['created_at'])}; training window until {ui.fmt_time(status['window_end'])}). "
+               "Label: an active user has no watch in the next 14 days.")
+    if status["stale"]:
+        st.warning("**Possibly stale** — the recommender changed since this churn model was trained: "
+                   + "; ".join(status["reasons"]) + ". Retrain it (“Train churn model”).")
+    metrics_vs_rule(metrics, rule)
+    st.caption(f"On the holdout snapshot: {ui.plural(metrics.get('rows', 0), 'active user')}, "
+               f"{metrics.get('churned', 0):,} churned ({(metrics.get('base_rate') or 0):.1%}). Higher is better "
+               "except Brier. The recency rule is the rule a team has before any model: the longer since the last "
+               "watch, the likelier the user is gone.")
+
+    # --- who is at risk -----------------------------------------------------------------------------------------
+    head, pick = st.columns([4, 1], vertical_alignment="bottom")
+    head.subheader("Who is at risk")
+    top = pick.number_input("Users listed", min_value=5, max_value=200, value=20, step=5, key="churn_top")
+    with ui.core_errors():
+        scores = cache.churn_scores(token, int(top))
+    if scores["note"]:
+        st.info(f"No scores to show: {scores['note']}.")
+    else:
+        st.caption(f"Stored scores of v{scores['version']} as of {scores['as_of'][:10]} "
+                   f"({ui.plural(len(scores['risk']), 'active user')}, scored {ui.fmt_time(scores['scored_at'])})"
+                   + (f"; change = since {scores['previous_as_of'][:10]}" if scores["previous_as_of"] else "")
+                   + (f"; {ui.plural(scores['unknown_users'], 'scored user')} no longer in the operational database "
+                      "(erased) not listed" if scores["unknown_users"] else "") + ".")
+        table = scores["top"].assign(change=lambda d: d["change"] * 100,
+                                     why=lambda d: d["reasons"].map(" · ".join)).drop(columns="reasons")
+        picked = st.dataframe(
+            table, hide_index=True, key="at_risk_table", on_select="rerun", selection_mode="single-row", height=300,
+            placeholder="—",
+            column_order=["user_id", "risk", "change", "days_since_last_watch", "watches_7d", "watches_28d",
+                          "active_days_28d", "why"],
+            column_config={
+                "user_id": st.column_config.NumberColumn("user", format="%d", width="small"),
+                "risk": st.column_config.ProgressColumn("risk", format="percent", min_value=0.0, max_value=1.0,
+                                                        width="small"),
+                "change": st.column_config.NumberColumn("Δ risk (pp)", format="%+.1f",
+                                                        help="percentage points since the previous scored day"),
+                "days_since_last_watch": st.column_config.NumberColumn("days idle", format="%.1f",
+                                                                       help="days since the last watch"),
+                "watches_7d": st.column_config.NumberColumn("watches 7 d", format="%d"),
+                "watches_28d": st.column_config.NumberColumn("watches 28 d", format="%d"),
+                "active_days_28d": st.column_config.NumberColumn("active days", format="%d",
+                                                                 help="days with activity in the last 28 days"),
+                "why": st.column_config.TextColumn("why (top SHAP reasons)", width="large"),
+            })
+        rows = picked.selection.rows if picked is not None and hasattr(picked, "selection") else []
+        chosen = scores["top"].iloc[rows[0] if rows else 0]
+        left, right = st.columns([3, 2])
+        with left:
+            st.markdown(f"**Why user {int(chosen['user_id'])} is at risk ({chosen['risk']:.0%})** — "
+                        + ("the selected row" if rows else "the riskiest; select a row to see another") + ":\n"
+                        + "\n".join(f"- {r}" for r in chosen["reasons"]))
+            st.caption("Contributions are SHAP values on the calibrated log-odds of the risk; the Explanations & "
+                       "Governance page shows every feature of one user (“Why is this user at risk?”).")
+            st.download_button("Export the at-risk list (CSV)", table.to_csv(index=False),
+                               file_name=f"churn-at-risk-v{scores['version']}-{scores['as_of'][:10]}.csv",
+                               key="at_risk_csv")
+        right.plotly_chart(charts.risk_histogram(scores["risk"]), key="risk_histogram")
+
+    # --- is the model right? ------------------------------------------------------------------------------------
+    st.subheader("Is the model right?")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.churn_calibration(cache.churn_calibration(token)), key="churn_calibration")
+    with ui.core_errors():
+        online = cache.churn_online(token)
+    right.plotly_chart(charts.churn_online(online.get("days", [])), key="churn_online")
+    if online.get("rows"):
+        right.caption(f"{ui.plural(online['rows'], 'stored score')} from {online['window'][0]} to {online['window'][1]} "
+                      f"whose 14 days are over: ROC AUC {ui.fmt(online.get('roc_auc'), 3)}, Brier "
+                      f"{ui.fmt(online.get('brier'), 4)}; predicted {online['mean_predicted']:.1%} vs observed "
+                      f"{online['base_rate']:.1%}.")
+    else:
+        right.caption("Nothing to check yet: " + (online.get("note") or "no stored scores in the window") + ".")
+
+# --- churn in the world next to the recommender's online quality ----------------------------------------------
+st.subheader("Churn and recommendation quality over time")
+with ui.core_errors():
+    quality = cache.churn_and_quality(token)
+if quality["churn_rate"].notna().any() or quality[["hit_rate_model", "hit_rate_top50"]].notna().any().any():
+    st.plotly_chart(charts.churn_and_quality(quality), key="churn_quality_chart")
+    st.caption("A worse recommender in production should show here as more churn some days later: the churn rate "
+               "of a day needs the 14 days after it, so the newest two weeks have none yet; hit rates exist for the "
+               "days the closed loop served and monitored.")
+else:
+    st.info("No churn rate yet: a day's churn rate needs 14 days of data after it.")
