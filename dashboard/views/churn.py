@@ -144,14 +144,16 @@ else:
     left.plotly_chart(charts.churn_calibration(cache.churn_calibration(token)), key="churn_calibration")
     with ui.core_errors():
         online = cache.churn_online(token)
-    right.plotly_chart(charts.churn_online(online.get("days", [])), key="churn_online")
     if online.get("rows"):
+        right.plotly_chart(charts.churn_online(online["days"]), key="churn_online")
         right.caption(f"{ui.plural(online['rows'], 'stored score')} from {online['window'][0]} to {online['window'][1]} "
                       f"whose 14 days are over: ROC AUC {ui.fmt(online.get('roc_auc'), 3)}, Brier "
                       f"{ui.fmt(online.get('brier'), 4)}; predicted {online['mean_predicted']:.1%} vs observed "
                       f"{online['base_rate']:.1%}.")
-    else:
-        right.caption("Nothing to check yet: " + (online.get("note") or "no stored scores in the window") + ".")
+    else:   # no empty chart: an axis without data reads like a broken chart
+        right.markdown("**Online check: stored scores vs who churned**")
+        right.info("Nothing to check yet: " + (online.get("note") or "no stored scores in the window") + ". The "
+                   "closed loop (`simulate`) and **Score now** store scores; each is checked 14 days later.")
 
 # --- churn in the world next to the recommender's online quality ----------------------------------------------
 st.subheader("Churn and recommendation quality over time")
