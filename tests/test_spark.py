@@ -586,3 +586,20 @@ def test_the_spark_engine_from_the_cli_etl_retrain_serve_report_forget(spark_ses
     assert lake.held_counts(settings, key) == {t: 0 for t in lake.USER_TABLES}
     root = settings.home / "lake"
     assert not any(_lake_holds(root, key))
+
+
+def test_churn_snapshots_are_the_same_on_both_engines(twin):
+    """The churn model's point-in-time features (served share included) read the same from the DuckDB file and
+    from the lake's views, so a churn model trains and scores whichever engine loaded the data."""
+    from dataclasses import replace
+    from core.warehouse import churn_data
+    settings, _ = twin
+    lo, hi = churn_data.data_bounds(settings)
+    assert churn_data.data_bounds(replace(settings, engine="spark")) == (lo, hi)
+    dates = [hi - pd.Timedelta(days=1), hi]
+    embedded = churn_data.snapshots(settings, dates)
+    on_lake = churn_data.snapshots(replace(settings, engine="spark"), dates)
+    assert len(embedded) > 50 and embedded["served_lists_28d"].gt(0).any()
+    pd.testing.assert_frame_equal(embedded, on_lake)
+    assert churn_data.served_versions(settings, lo, hi + pd.Timedelta(days=1)) == churn_data.served_versions(
+        replace(settings, engine="spark"), lo, hi + pd.Timedelta(days=1))
