@@ -228,8 +228,8 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
                 else "ranker" if "ranker" in message else "churn" if message.startswith("churn")
                 else "train" if fraction < 1.0 else stage["name"])
         now = time.perf_counter()
-        if name != stage["name"]:
-            status["seconds"][stage["name"]] = round(now - stage["t"], 2)
+        if name != stage["name"]:    # a stage may come back ("done: …" after the ranker): its seconds add up
+            status["seconds"][stage["name"]] = round(status["seconds"].get(stage["name"], 0.0) + now - stage["t"], 2)
             stage.update(name=name, t=now)
         if name != "world" or message == "world ready":
             status["world_done"] = True
@@ -244,7 +244,7 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
         _write_status(settings, status)
         raise
     now = time.perf_counter()
-    status["seconds"][stage["name"]] = round(now - stage["t"], 2)
+    status["seconds"][stage["name"]] = round(status["seconds"].get(stage["name"], 0.0) + now - stage["t"], 2)
     status["seconds"]["total"] = round(now - t0, 2)
     status["seconds"]["cpu"] = round(time.process_time() - cpu0, 2)   # every thread of this process
     status.update(state="done", fraction=1.0, message="ready", world_done=True,

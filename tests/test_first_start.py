@@ -241,3 +241,24 @@ def test_a_first_model_the_gate_refuses_is_not_retrained_on_every_visit(tmp_path
     assert not bootstrap.needs_build(s)
     again = bootstrap.first_start(s)
     assert not again["built"] and len(tracking.list_jobs(s, 50)) == 1
+
+
+def test_stage_seconds_add_up_when_a_stage_comes_back(tmp_path, monkeypatch):
+    """The retrain's last message ("done: …") comes after the ranker's: the train stage comes back, and its seconds
+    must add up, not replace the first stretch (they did: the first start reported train 0.0 s)."""
+    import time as _time
+
+    def fake_ready(settings, progress, world=None):
+        for fraction, message, pause in ((0.5, "simulating day 1 (1/1)", 0.0), (0.8, "world ready", 0.0),
+                                         (0.81, "ETL: extracting", 0.05), (0.84, "building the training matrix", 0.3),
+                                         (0.96, "training the ranker for the production CF model", 0.1),
+                                         (0.97, "done: v1 promoted to production", 0.05)):
+            progress(fraction, message)
+            _time.sleep(pause)
+        return {"built_world": True, "first_retrain": None, "first_churn": None}
+    monkeypatch.setattr(bootstrap, "ensure_ready", fake_ready)
+    result = bootstrap.first_start(load_settings(tmp_path))
+    seconds = result["status"]["seconds"]
+    assert seconds["train"] >= 0.33 and 0.09 <= seconds["ranker"] < 0.3
+    stages = sum(v for k, v in seconds.items() if k not in ("total", "cpu"))
+    assert stages == pytest.approx(seconds["total"], abs=0.05)
