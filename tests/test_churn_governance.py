@@ -322,7 +322,7 @@ def test_export_contains_the_users_churn_scores_and_training_rows(world):
     assert set(scores[0]) >= set(FEATURES)            # the feature values the model saw
     training = doc["churn"]["churn_training_rows"]
     assert len(training) == training_rows_of(world, key) > 0
-    assert {r["part"] for r in training} <= {"train", "calibration", "holdout"}
+    assert {r["part"] for r in training} <= {"train", "holdout"}
     assert doc["stores"]["mlops.churn_predictions"] == 2
     assert doc["stores"]["models.churn_training_rows"] == len(training)
     assert export.held_counts(world, uid) == doc["stores"]
