@@ -352,3 +352,12 @@ def test_cli_churn_json(churn_world, tmp_path, capsys):
     assert len(stored) == before == 1 and stored["risk"].iloc[0] == pytest.approx(scored["risk"])   # replaced, not added
     code, out, err = _cli(capsys, "--home", str(copy.home), "churn", "train", "--user", "3")
     assert code == 1 and "--user belongs to `churn score`" in err and out == ""
+
+
+def test_first_start_trains_a_churn_model_only_when_it_can(cf_world, churn_world, tmp_path):
+    from core import bootstrap
+    short = private_copy(cf_world, tmp_path / "short-first")
+    assert "at least 56 days" in bootstrap.first_churn_model(short)["skipped"]
+    assert registry.production(short, family="churn") is None
+    s, _ = churn_world
+    assert bootstrap.first_churn_model(s) == {"skipped": "a churn model is already in production"}
