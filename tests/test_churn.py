@@ -17,10 +17,6 @@ from core.warehouse import churn_data, warehouse
 from core.warehouse.churn_data import FEATURES
 from conftest import private_copy
 
-FACT_SERVED = """CREATE TABLE IF NOT EXISTS fact_served (
-  serve_id BIGINT NOT NULL, user_key VARCHAR NOT NULL, served_at TIMESTAMP NOT NULL, path VARCHAR NOT NULL,
-  model_version INTEGER, ranker_version INTEGER, arm VARCHAR, position INTEGER NOT NULL, movie_id BIGINT NOT NULL,
-  data_version INTEGER NOT NULL)"""
 
 
 # ------------------------------------------------------------------ a hand-made warehouse
@@ -30,7 +26,6 @@ def hand_warehouse(tmp_path):
     s = load_settings(tmp_path / "hand")
     t = pd.Timestamp("2026-03-01")
     with warehouse.transaction(s, purpose="test") as con:
-        con.execute(FACT_SERVED)
         con.execute("INSERT INTO dim_user VALUES ('alice', ?, TRUE), ('bob', ?, TRUE), ('carol', ?, FALSE), "
                     "('dave', ?, TRUE)", [t - pd.Timedelta(days=100), t - pd.Timedelta(days=10),
                                           t - pd.Timedelta(days=50), t - pd.Timedelta(days=50)])

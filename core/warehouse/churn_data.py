@@ -12,6 +12,8 @@ It depends on the recommender that served those lists, which is why a churn mode
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 
@@ -42,19 +44,30 @@ FEATURE_LABELS = {
     "tenure_days": "days since sign-up",
 }
 
-SNAPSHOT_SQL = f"""
-WITH snaps AS (SELECT CAST(t AS TIMESTAMP) AS t FROM snap_dates),
+# Who is in a snapshot and what happened after: shared by the features and the daily churn rate, so both count the
+# same population. `$user_key` NULL reads everyone; a pseudonym reads that user's facts only (one user's score).
+POPULATION_CTES = f"""
+snaps AS (SELECT CAST(t AS TIMESTAMP) AS t FROM snap_dates),
+facts AS (SELECT * FROM fact_interaction WHERE $user_key IS NULL OR user_key = $user_key),
+served_facts AS (SELECT * FROM fact_served WHERE $user_key IS NULL OR user_key = $user_key),
 watch AS (
     SELECT s.t, f.user_key, f.occurred_at, f.movie_id, f.value AS seconds,
            least(f.value / (60.0 * coalesce(m.runtime_min, 100)), 1.0) AS fraction, m.genres
-    FROM snaps s JOIN fact_interaction f
+    FROM snaps s JOIN facts f
       ON f.kind = 'watch' AND f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND f.occurred_at < s.t
     LEFT JOIN dim_movie m ON m.movie_id = f.movie_id),
 active AS (
     SELECT w.t, w.user_key FROM watch w JOIN dim_user u ON u.user_key = w.user_key AND u.personalization
                                         AND u.created_at < w.t
     GROUP BY 1, 2),
-last_watch AS (
+future AS (
+    SELECT s.t, f.user_key, count(*) AS future_watches
+    FROM snaps s JOIN facts f
+      ON f.kind = 'watch' AND f.occurred_at >= s.t AND f.occurred_at < s.t + INTERVAL {HORIZON_DAYS} DAY
+    GROUP BY 1, 2)
+"""
+
+SNAPSHOT_SQL = "WITH" + POPULATION_CTES + ",\n" + f"""last_watch AS (
     SELECT t, user_key, max(occurred_at) AS last_at,
            count(*) FILTER (WHERE occurred_at >= t - INTERVAL 7 DAY) AS watches_7d,
            count(*) AS watches_28d,
@@ -64,13 +77,13 @@ last_watch AS (
     FROM watch GROUP BY 1, 2),
 days AS (
     SELECT s.t, f.user_key, count(DISTINCT CAST(f.occurred_at AS DATE)) AS active_days_28d
-    FROM snaps s JOIN fact_interaction f
+    FROM snaps s JOIN facts f
       ON f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND f.occurred_at < s.t
          AND f.kind NOT IN ('impression', 'scroll')
     GROUP BY 1, 2),
 visit_days AS (
     SELECT s.t, f.user_key, CAST(f.occurred_at AS DATE) AS day, max(f.occurred_at) AS last_at
-    FROM snaps s JOIN fact_interaction f
+    FROM snaps s JOIN facts f
       ON f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND f.occurred_at < s.t
     GROUP BY 1, 2, 3),
 watch_days AS (SELECT DISTINCT t, user_key, CAST(occurred_at AS DATE) AS day FROM watch),
@@ -93,17 +106,17 @@ rating AS (
            avg(f.value) FILTER (WHERE f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY) AS mean_rating_28d,
            avg(f.value) FILTER (WHERE f.occurred_at >= s.t - INTERVAL 14 DAY) AS r_recent,
            avg(f.value) FILTER (WHERE f.occurred_at < s.t - INTERVAL 14 DAY) AS r_before
-    FROM snaps s JOIN fact_interaction f
+    FROM snaps s JOIN facts f
       ON f.kind = 'rating' AND f.occurred_at >= s.t - INTERVAL 56 DAY AND f.occurred_at < s.t
     GROUP BY 1, 2),
 shown AS (
     SELECT s.t, fs.user_key, fs.movie_id, min(fs.served_at) AS first_shown
-    FROM snaps s JOIN fact_served fs
+    FROM snaps s JOIN served_facts fs
       ON fs.served_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND fs.served_at < s.t
     GROUP BY 1, 2, 3),
 lists AS (
     SELECT s.t, fs.user_key, count(DISTINCT fs.serve_id) AS served_lists_28d
-    FROM snaps s JOIN fact_served fs
+    FROM snaps s JOIN served_facts fs
       ON fs.served_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND fs.served_at < s.t
     GROUP BY 1, 2),
 title_watch AS (SELECT t, user_key, movie_id, max(occurred_at) AS last_at FROM watch GROUP BY 1, 2, 3),
@@ -111,11 +124,6 @@ served AS (
     SELECT sh.t, sh.user_key, avg(CASE WHEN w.user_key IS NULL THEN 0.0 ELSE 1.0 END) AS served_watch_share_28d
     FROM shown sh LEFT JOIN title_watch w
       ON w.t = sh.t AND w.user_key = sh.user_key AND w.movie_id = sh.movie_id AND w.last_at >= sh.first_shown
-    GROUP BY 1, 2),
-future AS (
-    SELECT s.t, f.user_key, count(*) AS future_watches
-    FROM snaps s JOIN fact_interaction f
-      ON f.kind = 'watch' AND f.occurred_at >= s.t AND f.occurred_at < s.t + INTERVAL {HORIZON_DAYS} DAY
     GROUP BY 1, 2)
 SELECT a.user_key, a.t AS as_of,
        date_diff('second', lw.last_at, a.t) / 86400.0 AS days_since_last_watch,
@@ -143,19 +151,6 @@ ORDER BY a.t, a.user_key
 """
 
 
-NO_SERVED_LISTS = """fact_served AS (
-    SELECT NULL::BIGINT AS serve_id, NULL::VARCHAR AS user_key, NULL::TIMESTAMP AS served_at, NULL::BIGINT AS movie_id,
-           NULL::INTEGER AS model_version, NULL::INTEGER AS ranker_version WHERE FALSE),
-"""
-
-
-def _with_served(con, sql: str) -> str:
-    """`sql` as is when the warehouse holds the serving log, else with an empty stand-in (a warehouse built before
-    the ETL loaded served lists has none: every served feature is then unknown)."""
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'fact_served'").fetchall()[0][0]
-    return sql if found else sql.replace("WITH ", "WITH " + NO_SERVED_LISTS, 1)
-
-
 def data_bounds(settings: Settings, con=None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """(first midnight, end) of the watch facts: end = the midnight after the newest watch (the end of the last
     loaded day). None when the warehouse holds no watch."""
@@ -171,8 +166,19 @@ def data_bounds(settings: Settings, con=None) -> tuple[pd.Timestamp, pd.Timestam
     return pd.Timestamp(lo).normalize(), pd.Timestamp(hi).normalize() + pd.Timedelta(days=1)
 
 
-def snapshots(settings: Settings, dates, con=None) -> pd.DataFrame:
-    """Feature rows (user_key, as_of, FEATURES…, label) for every active user at each of `dates` (midnights).
+@contextmanager
+def _snapshot_dates(con, stamps):
+    """`snap_dates` (the snapshot instants) visible to the query on `con` while it runs."""
+    con.register("snap_dates", pd.DataFrame({"t": list(stamps)}))
+    try:
+        yield con
+    finally:
+        con.unregister("snap_dates")
+
+
+def snapshots(settings: Settings, dates, con=None, user_key: str | None = None) -> pd.DataFrame:
+    """Feature rows (user_key, as_of, FEATURES…, label) for every active user at each of `dates` (midnights), or
+    for the user `user_key` only (only their facts are read).
 
     `label` is 1 for "no watch in the next 14 days", 0 otherwise, and NaN where t + 14 days lies beyond the
     warehouse's end (the future is not known yet)."""
@@ -181,11 +187,8 @@ def snapshots(settings: Settings, dates, con=None) -> pd.DataFrame:
         return _empty()
 
     def read(c):
-        c.register("snap_dates", pd.DataFrame({"t": stamps}))
-        try:
-            return c.execute(_with_served(c, SNAPSHOT_SQL)).df(), data_bounds(settings, c)
-        finally:
-            c.unregister("snap_dates")
+        with _snapshot_dates(c, stamps):
+            return c.execute(SNAPSHOT_SQL, {"user_key": user_key}).df(), data_bounds(settings, c)
     if con is None:
         with warehouse.session(settings) as c:
             frame, bounds = read(c)
@@ -207,7 +210,8 @@ def _empty() -> pd.DataFrame:
 
 def churn_rate_by_day(settings: Settings, start=None, end=None) -> pd.DataFrame:
     """day, active_users, churned, churn_rate: for every midnight whose 14-day horizon is observable, the share
-    of that day's active users (watch in the 28 days before) with no watch in the 14 days after."""
+    of that day's active users (the snapshots' population: watch in the 28 days before, consent to
+    personalization) with no watch in the 14 days after — the label's rate, day by day."""
     bounds = data_bounds(settings)
     if bounds is None:
         return pd.DataFrame(columns=["day", "active_users", "churned", "churn_rate"])
@@ -216,20 +220,11 @@ def churn_rate_by_day(settings: Settings, start=None, end=None) -> pd.DataFrame:
     if last < first:
         return pd.DataFrame(columns=["day", "active_users", "churned", "churn_rate"])
     days = pd.date_range(first, last, freq="D")
-    with warehouse.session(settings) as con:
-        con.register("snap_dates", pd.DataFrame({"t": days}))
-        try:
-            frame = con.execute(f"""
-                WITH snaps AS (SELECT CAST(t AS TIMESTAMP) AS t FROM snap_dates),
-                act AS (SELECT DISTINCT s.t, f.user_key FROM snaps s JOIN fact_interaction f
-                        ON f.kind = 'watch' AND f.occurred_at >= s.t - INTERVAL {LOOKBACK_DAYS} DAY AND f.occurred_at < s.t),
-                fut AS (SELECT DISTINCT s.t, f.user_key FROM snaps s JOIN fact_interaction f
-                        ON f.kind = 'watch' AND f.occurred_at >= s.t AND f.occurred_at < s.t + INTERVAL {HORIZON_DAYS} DAY)
-                SELECT a.t AS day, count(*) AS active_users, count(*) FILTER (WHERE fu.user_key IS NULL) AS churned
-                FROM act a LEFT JOIN fut fu ON fu.t = a.t AND fu.user_key = a.user_key
-                GROUP BY 1 ORDER BY 1""").df()
-        finally:
-            con.unregister("snap_dates")
+    with warehouse.session(settings) as con, _snapshot_dates(con, days):
+        frame = con.execute("WITH" + POPULATION_CTES + """
+            SELECT a.t AS day, count(*) AS active_users, count(*) FILTER (WHERE fu.user_key IS NULL) AS churned
+            FROM active a LEFT JOIN future fu ON fu.t = a.t AND fu.user_key = a.user_key
+            GROUP BY 1 ORDER BY 1""", {"user_key": None}).df()
     frame["churn_rate"] = frame["churned"] / frame["active_users"].where(frame["active_users"] > 0)
     return frame
 
@@ -238,9 +233,8 @@ def served_versions(settings: Settings, start, end) -> dict[str, list[int]]:
     """The CF and ranker versions whose lists were shown in [start, end) (canary arms included), from the
     warehouse's copy of the serving log: what a churn model's served-share feature depends on."""
     with warehouse.session(settings) as con:
-        rows = con.execute(_with_served(con, "WITH x AS (SELECT 1) SELECT DISTINCT model_version, ranker_version "
-                                        "FROM fact_served WHERE served_at >= ? AND served_at < ?"),
-                           [pd.Timestamp(start), pd.Timestamp(end)]).fetchall()
+        rows = con.execute("SELECT DISTINCT model_version, ranker_version FROM fact_served "
+                           "WHERE served_at >= ? AND served_at < ?", [pd.Timestamp(start), pd.Timestamp(end)]).fetchall()
     cf = sorted({int(m) for m, _ in rows if m is not None})
     ranker = sorted({int(r) for _, r in rows if r is not None})
     return {"cf": cf, "ranker": ranker}
