@@ -203,11 +203,14 @@ def score(settings: Settings, *, user_id: int | None = None, as_of=None, store: 
     """Risk of every active user (or one) at `as_of` (default: the end of the warehouse's data) with the
     production churn model; stored in `churn_predictions` unless `store` is False."""
     prod, model = production_model(settings)
+    return _score(settings, prod, model, user_id=user_id, as_of=as_of, store=store, at=at)
+
+
+def _score(settings: Settings, prod: dict, model: churn.ChurnModel, *, user_id: int | None, as_of, store: bool,
+           at: str | None) -> dict:
     key = None if user_id is None else _user_key(settings, user_id)
     as_of = current_as_of(settings) if as_of is None else pd.Timestamp(as_of).normalize()
-    frame = churn_data.snapshots(settings, [as_of])
-    if key is not None:
-        frame = frame[frame["user_key"] == key].reset_index(drop=True)
+    frame = churn_data.snapshots(settings, [as_of], user_key=key)     # one user: only their facts are read
     with single_threaded_openmp():   # for a few thousand rows OpenMP's thread wake-ups cost more than the work
         risk = model.risk(churn.matrix(frame)) if len(frame) else np.zeros(0)
     frame = frame.assign(risk=risk)
@@ -290,15 +293,13 @@ def scored_days(settings: Settings) -> list[str]:
 def explain_user(settings: Settings, user_id: int, *, as_of=None, top: int = TOP_REASONS, store: bool = False) -> dict:
     """"Why is this user at risk?": the production model's risk and each feature's SHAP contribution to its
     calibrated log-odds (base + Σ contributions = logit(risk)), biggest effects first (`store`: keep the score)."""
-    result = score(settings, user_id=user_id, as_of=as_of, store=store)
+    prod, model = production_model(settings)
+    result = _score(settings, prod, model, user_id=user_id, as_of=as_of, store=store, at=None)
     if not result["active"]:
         return result
-    prod, model = production_model(settings)
     x = np.array([[np.nan if result["features"][f] is None else result["features"][f] for f in FEATURES]])
     values, base, logit = model.contributions(x)
-    items = sorted(({"feature": f, "label": FEATURE_LABELS[f], "value": result["features"][f],
-                     "contribution": float(v)} for f, v in zip(FEATURES, values[0])),
-                   key=lambda d: -abs(d["contribution"]))
+    items = _contributions(values[0], x[0])
     return result | {"base_logit": base, "logit": float(logit[0]), "contributions": items,
                      "reasons": [_reason(c) for c in items[:top]]}
 
@@ -308,14 +309,16 @@ def explain_frame(settings: Settings, frame: pd.DataFrame, top: int = TOP_REASON
     if not len(frame):
         return []
     _, model = production_model(settings)
-    values, _, _ = model.contributions(frame[list(FEATURES)].to_numpy(float))
-    out = []
-    for row, vals in zip(frame[list(FEATURES)].itertuples(index=False), values):
-        order = np.argsort(-np.abs(vals))[:top]
-        out.append([_reason({"feature": FEATURES[i], "label": FEATURE_LABELS[FEATURES[i]],
-                             "value": None if pd.isna(row[i]) else float(row[i]), "contribution": float(vals[i])})
-                    for i in order])
-    return out
+    X = frame[list(FEATURES)].to_numpy(float)
+    values, _, _ = model.contributions(X)
+    return [[_reason(c) for c in _contributions(vals, row)[:top]] for vals, row in zip(values, X)]
+
+
+def _contributions(values: np.ndarray, x: np.ndarray) -> list[dict]:
+    """One row's SHAP values as {feature, label, value (None when unknown), contribution}, biggest effect first."""
+    items = [{"feature": f, "label": FEATURE_LABELS[f], "value": None if np.isnan(v) else float(v),
+              "contribution": float(c)} for f, v, c in zip(FEATURES, x, values)]
+    return sorted(items, key=lambda d: -abs(d["contribution"]))
 
 
 def _reason(c: dict) -> str:
