@@ -257,9 +257,8 @@ def browser(chromium_executable):
             chromium.close()
 
 
-@pytest.fixture(scope="module")
-def app(server, browser):
-    """The app open in Chromium, after the first-start set-up has finished on the Overview page."""
+def _open_overview(server, browser, what: str):
+    """A Chromium tab on the server's Overview, once its first start has finished; closed after the module."""
     url, log = server
     page = browser.new_context(viewport=VIEWPORT).new_page()
     tab = Page(page, url)
@@ -267,24 +266,21 @@ def app(server, browser):
     try:
         tab.wait_for(PAGES[0][1], timeout=FIRST_START_TIMEOUT_MS)
     except Exception as exc:
-        pytest.fail(f"first start did not finish: {exc}\nserver log:\n{tail(log)}")
+        pytest.fail(f"{what}: {exc}\nserver log:\n{tail(log)}")
     yield tab
     page.context.close()
 
 
 @pytest.fixture(scope="module")
+def app(server, browser):
+    """The app open in Chromium, after the first-start set-up has finished on the Overview page."""
+    yield from _open_overview(server, browser, "first start did not finish")
+
+
+@pytest.fixture(scope="module")
 def churn_app(churn_server, browser):
     """The app over the churn world, open on its Overview."""
-    url, log = churn_server
-    page = browser.new_context(viewport=VIEWPORT).new_page()
-    tab = Page(page, url)
-    page.goto(url + "/")
-    try:
-        tab.wait_for(PAGES[0][1], timeout=FIRST_START_TIMEOUT_MS)
-    except Exception as exc:
-        pytest.fail(f"the churn world's Overview did not open: {exc}\nserver log:\n{tail(log)}")
-    yield tab
-    page.context.close()
+    yield from _open_overview(churn_server, browser, "the churn world's Overview did not open")
 
 
 # --- tests ---------------------------------------------------------------------------------------
