@@ -37,6 +37,18 @@ class Settings:
     gate_bootstrap_resamples: int = 1000
     # Drift: observations a day's window needs before a test judges it.
     drift_min_observations: int = 100
+    # Exploration (issue 22): the share of served lists that explore (policy 'explore'; the rest are
+    # 'deterministic'), and per slot of an exploring list the chance of a swap for a title drawn uniformly from
+    # the NEXT `explore_pool` candidates (near) or from every other unseen title (far). Small by default: the
+    # price is measured (online hit rate of exploring vs deterministic lists). The retraining policy's
+    # `explore_share` field overrides the share at run time (`python -m core policy --explore-share`).
+    explore_share: float = 0.05
+    explore_near: float = 0.2
+    explore_far: float = 0.1
+    explore_pool: int = 20
+    # The gate decides on the counterfactual estimate when the exploration log gives at least this effective
+    # sample size (lists), else on the holdout (and says so).
+    gate_min_ess: int = 200
     # Engine (issue 15): `embedded` (SQLite → DuckDB file, implicit) or `spark` (Parquet lake, Spark SQL, MLlib ALS);
     # the Spark master and the lake's location (a URI such as s3a://…; None: `lake/` in the data folder).
     engine: str = "embedded"
@@ -111,13 +123,25 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
     _make_home(path)
     overrides = {}
     for name in ("demo_users", "demo_movies", "demo_days", "seed", "gate_min_users", "gate_staleness_days",
-                 "gate_bootstrap_resamples", "drift_min_observations"):
+                 "gate_bootstrap_resamples", "drift_min_observations", "explore_pool", "gate_min_ess"):
         raw = os.environ.get(f"RETRO_{name.upper()}")
         if raw:
             try:
                 overrides[name] = int(raw)
             except ValueError:
                 raise ValidationError(f"RETRO_{name.upper()} must be an integer, got {raw!r}") from None
+    for name in ("explore_share", "explore_near", "explore_far"):
+        raw = os.environ.get(f"RETRO_{name.upper()}")
+        if raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValidationError(f"RETRO_{name.upper()} must be a number in [0, 1], got {raw!r}") from None
+            if not 0.0 <= value <= 1.0:
+                raise ValidationError(f"RETRO_{name.upper()} must be a number in [0, 1], got {raw!r}")
+            overrides[name] = value
+    if overrides.get("explore_near", Settings.explore_near) + overrides.get("explore_far", Settings.explore_far) > 1:
+        raise ValidationError("RETRO_EXPLORE_NEAR + RETRO_EXPLORE_FAR must be at most 1 (a slot swaps at most once)")
     engine = os.environ.get("RETRO_ENGINE") or "embedded"
     if engine not in ENGINES:
         raise ValidationError(f"RETRO_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -21,7 +21,8 @@ from core.warehouse import datahash, etl, warehouse
 # The world's days are 2026-01-01 .. 2026-01-04; its clock 2026-01-05T00:00:00.
 LIST_A = {"user_id": 1, "served_at": "2026-01-04T09:30:00", "path": "model", "model_version": 3,
           "data_version": "dv1", "movie_ids": [5, 9, 2], "scores": [0.9, 0.5, 0.25], "ranker_version": 2,
-          "arm": "canary"}
+          "arm": "canary", "policy": "explore", "propensities": [0.985, 0.0025, 0.985],
+          "slate_propensities": [0.985, 0.0075, 0.985]}
 LIST_B = {"user_id": 2, "served_at": "2026-01-04T10:00:00+02:00", "path": "top50:cold-start",
           "model_version": None, "data_version": None, "movie_ids": [7, 1], "scores": [8.1, 7.9],
           "ranker_version": None, "arm": "production"}
@@ -61,10 +62,12 @@ def test_two_lists_by_hand(world):
     key = pseudonym_key(world)
     rows = served(world)
     assert rows.drop(columns=["user_key", "served_at"]).astype(object).where(rows.notna(), None).values.tolist() == [
-        [1, "model", 3, 2, "canary", 1, 5, 1], [1, "model", 3, 2, "canary", 2, 9, 1],
-        [1, "model", 3, 2, "canary", 3, 2, 1],
-        [2, "top50:cold-start", None, None, "production", 1, 7, 1],
-        [2, "top50:cold-start", None, None, "production", 2, 1, 1]]
+        [1, "model", 3, 2, "canary", 1, 5, 1, "explore", 0.985, 0.985],
+        [1, "model", 3, 2, "canary", 2, 9, 1, "explore", 0.0025, 0.0075],
+        [1, "model", 3, 2, "canary", 3, 2, 1, "explore", 0.985, 0.985],
+        # A list logged without a logging policy (before exploration existed) loads with NULLs there.
+        [2, "top50:cold-start", None, None, "production", 1, 7, 1, None, None, None],
+        [2, "top50:cold-start", None, None, "production", 2, 1, 1, None, None, None]]
     assert rows["user_key"].tolist() == [pseudonym(1, key)] * 3 + [pseudonym(2, key)] * 2
     # served_at is parsed like occurred_at: UTC, naive (10:00+02:00 is 08:00).
     assert rows["served_at"].astype(str).tolist() == ["2026-01-04 09:30:00"] * 3 + ["2026-01-04 08:00:00"] * 2
@@ -95,7 +98,8 @@ def test_incremental_runs_load_each_list_once(world):
     again = etl.run_etl(world)
     assert again.status == "no-new-data" and again.rows_served == 0 and len(served(world)) == 5
 
-    log(world, LIST_A | {"served_at": "2026-01-04T18:00:00", "movie_ids": [8, 3], "scores": [1.0, 0.5]})
+    log(world, LIST_A | {"served_at": "2026-01-04T18:00:00", "movie_ids": [8, 3], "scores": [1.0, 0.5],
+                         "propensities": [0.985, 0.985], "slate_propensities": [0.985, 0.985]})
     third = etl.run_etl(world)
     assert third.status == "loaded" and third.rows_served == 2
     new = served(world, f"data_version = {third.data_version}")
@@ -210,3 +214,24 @@ def test_retention_purges_old_served_lists(world):
     assert result["warehouse_served_deleted"] == 3 and result["warehouse_events_deleted"] > 0
     assert served(world)["serve_id"].tolist() == [2, 2]
     assert retention.retention_status(world, 2)["warehouse_served_to_purge"] == 0
+
+
+@pytest.mark.parametrize("policy, props, why", [
+    ("greedy", "[0.5, 0.5]", "unknown policy"),
+    ("explore", "[0.5]", "fewer probabilities than titles"),
+    ("explore", "[0.5, 1.5]", "a probability above 1"),
+    ("explore", "[0.5, 0]", "a probability of 0 (the title could not have been shown)"),
+    ("explore", "[0.5, \"x\"]", "not a number"),
+])
+def test_bad_exploration_fields_refuse_the_list(world, policy, props, why):
+    """A list whose logging policy or propensities the serving log could not have written is refused whole
+    (IPS would divide by them); the good list beside it loads."""
+    legacy_insert(world, "INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, "
+                  "movie_ids, scores, ranker_version, arm, policy, propensities, slate_propensities) "
+                  "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                  [1, "2026-01-04T09:00:00", "model", 1, "dv1", "[5, 9]", "[0.5, 0.4]", None, "production", policy,
+                   props, props])
+    log(world, LIST_A)
+    result = etl.run_etl(world)
+    assert result.report["served"] == {"lists": 2, "rows": 3, "refused": 1}, why
+    assert served(world)["serve_id"].unique().tolist() == [2]

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import sqlite_utils
 
-from core.serving import deployments
+from core.serving import deployments, exploration
 from core.store import clock, opsdb, servinglog
 from core.training import registry
 from core.training.artifacts import Bundle, load_bundle
@@ -56,6 +56,9 @@ class Recommendation:
     serve_id: int | None = None
     arm: str = "production"                  # 'canary' when a canary release showed its candidate's list
     production_version: int | None = None    # what was in production when the list was served
+    policy: str = exploration.DETERMINISTIC  # 'explore' when the list was drawn by the exploring policy
+    propensities: list[float] | None = None  # P(title at its position) under the logging policy, list order
+    slate_propensities: list[float] | None = None   # P(title anywhere in the list) under the logging policy
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +79,7 @@ class ServingState:
     candidate_ranker_version: int | None = None
     fingerprint: tuple = field(default=(), compare=False)
     key: bytes | None = field(default=None, repr=False)    # the pseudonymization key the bundles are keyed by
+    explore_share: float | None = None       # the policy table's exploration share (None: the setting)
 
     @property
     def version(self) -> int | None:
@@ -90,7 +94,7 @@ class ServingState:
         return {"production_version": self.version,
                 "model_kind": None if self.production is None else self.production["model_kind"],
                 "data_version": None if self.production is None else self.production["data_version"],
-                "ranker_version": self.ranker_version, "release": release}
+                "ranker_version": self.ranker_version, "release": release, "explore_share": self.explore_share}
 
 
 def _thread_connection(kind: str, path, opener) -> sqlite_utils.Database:
@@ -121,8 +125,8 @@ def _production(settings: Settings, family: str = "cf") -> dict | None:
 
 def read_serving_rows(settings: Settings) -> tuple:
     """(production CF row, production ranker row, active release, its candidate's row, the candidate's ranker
-    row), read in one snapshot of the registry so a promotion between two reads cannot pair rows of
-    different moments."""
+    row, the exploration share), read in one snapshot of the registry so a promotion between two reads cannot
+    pair rows of different moments."""
     db = _mlops(settings)
     db.conn.execute("BEGIN")
     try:
@@ -133,26 +137,29 @@ def read_serving_rows(settings: Settings) -> tuple:
         if release is not None:
             candidate = registry.version_on(db, settings, int(release["version"]))
             cand_rk = registry.candidate_ranker_on(db, settings, int(release["version"]))
+        share = exploration.share_on(db, settings)
     finally:
         db.conn.execute("COMMIT")
-    return prod, rk, release, candidate, cand_rk
+    return prod, rk, release, candidate, cand_rk, share
 
 
-def fingerprint_of(prod, rk, release, candidate, cand_rk=None) -> tuple:
+def fingerprint_of(prod, rk, release, candidate, cand_rk=None, share=None) -> tuple:
     """What makes a serving state different: versions, artifact hashes (an erasure rewrites them), the rankers
-    and their CF versions, the release and its share."""
+    and their CF versions, the release and its share, the exploration share."""
     def art(row):
         return None if row is None else (row["version"], row["artifact_path"], row["artifact_hash"],
                                          row.get("pending_hash"), row.get("depends_on"))
     rel = None if release is None else (release["deployment_id"], release["mode"], release["share"],
                                         release["updated_at"])
-    return art(prod), art(rk), rel, art(candidate), art(cand_rk)
+    return art(prod), art(rk), rel, art(candidate), art(cand_rk), share
 
 
 def load_state(settings: Settings, rows=None) -> ServingState:
     """The serving state now (bundles from the cache, loaded on first use). `rows`: what
     `read_serving_rows` returned, when the caller already read it."""
-    prod, rk, release, candidate, cand_rk = rows if rows is not None else read_serving_rows(settings)
+    rows = rows if rows is not None else read_serving_rows(settings)
+    prod, rk, release, candidate, cand_rk = rows[:5]
+    share = rows[5] if len(rows) > 5 else None
     bundle = None if prod is None else bundle_for(prod)
     ranker, ranker_version = (None, None) if prod is None else _ranker_for_row(rk, int(prod["version"]))
     cand_bundle = None if candidate is None else bundle_for(candidate)
@@ -161,8 +168,8 @@ def load_state(settings: Settings, rows=None) -> ServingState:
     # The key is read once per state (reading secrets.toml was 8 % of a request); a key rotation rewrites every
     # bundle, so their new hashes bring a new state and the new key with it.
     return ServingState(prod, bundle, ranker, ranker_version, release, candidate, cand_bundle, cand_ranker,
-                        cand_ranker_version, fingerprint_of(prod, rk, release, candidate, cand_rk),
-                        pseudonym_key(settings))
+                        cand_ranker_version, fingerprint_of(prod, rk, release, candidate, cand_rk, share),
+                        pseudonym_key(settings), share)
 
 
 def bundle_for(version: dict) -> Bundle:
@@ -238,6 +245,7 @@ def clear_caches() -> None:
         _bundles.clear()
         _top50_cache.clear()
         _rankers.clear()
+        _catalog_cache.clear()
     for name in ("dbs", "mlops"):
         for db in getattr(_local, name, {}).values():
             try:
@@ -277,10 +285,11 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
     uid = int(user_id)
     consent = opsdb.personalization_consent(db, [uid]).get(uid, 0)    # 0: erased meanwhile
     state = load_state(settings) if state is None else state
-    recs, shadows = _serve(settings, state, [uid], {uid: consent}, {uid: seen_movies(db, uid)}, k, db)
+    when = at or clock.now(db=db)
+    recs, shadows = _serve(settings, state, [uid], {uid: consent}, {uid: seen_movies(db, uid)}, k, db, when)
     rec = recs[uid]
     if log:
-        rec.served_at = at or clock.now(db=db)
+        rec.served_at = when
         shadow = shadows[0] | {"served_at": rec.served_at} if shadows else None
         rec.serve_id = servinglog.log_list(db, _log_entry(rec, rec.served_at), shadow)
     return rec
@@ -300,19 +309,68 @@ def fallback_reason(consent: bool, bundle: Bundle | None, row: int | None) -> tu
     return None
 
 
+class _FarPool:
+    """The far pool of one list (every catalogue title not seen, not in the list, not in the near pool), sized
+    without being built: only an exploring list that swaps a far slot ever materializes it."""
+
+    def __init__(self, catalog: np.ndarray, exclude: set, size: int):
+        self.catalog, self.exclude, self.size, self._ids = catalog, exclude, max(int(size), 0), None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i):
+        if self._ids is None:
+            self._ids = self.catalog[~np.isin(self.catalog, np.fromiter(self.exclude, dtype=np.int64))]
+        return self._ids[i]
+
+
+_catalog_cache: dict = {}
+
+
+def _catalog(db) -> np.ndarray:
+    """Every movie id (cached until the catalogue changes): the exploration's far pool."""
+    key = (str(db.conn), opsdb.catalog_marker(db))
+    if key not in _catalog_cache:
+        _catalog_cache.clear()
+        _catalog_cache[key] = opsdb.catalog_ids(db)[1]
+    return _catalog_cache[key]
+
+
+def _shown(config: exploration.ExplorationConfig, user_id: int, at: str | None, movies: list, scores: list, k: int,
+           seen: set, catalog: np.ndarray) -> exploration.LoggedList:
+    """The list to show from the top k + pool candidates `movies` (best first): the deterministic top k, or an
+    exploring variant, with the logging policy's propensities."""
+    base, near = movies[:k], movies[k:k + config.pool]
+    far = _FarPool(catalog, set(seen) | set(base) | set(near), len(catalog) - len(seen) - len(base) - len(near))
+    return exploration.explore(base, scores[:k], near, far, config, exploration.list_rng(config.seed, user_id, at),
+                               near_scores=scores[k:k + config.pool])
+
+
 def _serve(settings: Settings, state: ServingState, user_ids: list[int], consent: dict, seen: dict, k: int,
-           db) -> tuple[dict[int, Recommendation], list[dict]]:
+           db, at: str | None = None) -> tuple[dict[int, Recommendation], list[dict]]:
     """Lists for known users from one state: each user's arm, its model or a fallback; plus the shadow
-    candidate's lists (not shown) during a shadow release."""
+    candidate's lists (not shown) during a shadow release. Every shown list goes through the logging policy
+    (`core.serving.exploration`): a share of them explore, and all carry their propensities; `at` (the
+    serving time) seeds each list's coin."""
     key = state.key if state.key is not None else pseudonym_key(settings)
     keys = {u: pseudonym(u, key) for u in user_ids}
     prod_v = state.version
     release = state.release
+    config = exploration.config_for(settings, state.explore_share)
+    pool = config.pool if config.share > 0 else 0
+    catalog = _catalog(db) if config.share > 0 else np.zeros(0, dtype=np.int64)
     arms = {u: deployments.arm_of(u, release) for u in user_ids}
     out: dict[int, Recommendation] = {}
     groups = (("production", state.bundle, state.production, state.ranker, state.ranker_version),
               ("canary", state.candidate_bundle, state.candidate, state.candidate_ranker,
                state.candidate_ranker_version))
+
+    def logged(u: int, movies: list, scores: list) -> dict:
+        shown = _shown(config, u, at, movies, scores, k, seen.get(u, set()), catalog)
+        return {"movie_ids": shown.movie_ids, "scores": shown.scores, "policy": shown.policy,
+                "propensities": shown.propensities, "slate_propensities": shown.slate_propensities}
+
     for arm, bundle, version, ranker, ranker_version in groups:
         members = [u for u in user_ids if arms[u] == arm]
         if not members:
@@ -321,7 +379,8 @@ def _serve(settings: Settings, state: ServingState, user_ids: list[int], consent
         reasons = {u: fallback_reason(bool(consent[u]), bundle, rows[u]) for u in members}
         todo = [u for u in members if reasons[u] is None]
         if todo:
-            lists = _ranked(bundle, ranker, np.array([rows[u] for u in todo]), [seen.get(u, set()) for u in todo], k)
+            lists = _ranked(bundle, ranker, np.array([rows[u] for u in todo]), [seen.get(u, set()) for u in todo],
+                            k + pool)
             if arm == "canary":
                 why = f"personalized by v{version['version']}, the canary of release #{release['deployment_id']}" + (
                     f", re-ranked by its ranker v{ranker_version}" if ranker_version else "")
@@ -329,18 +388,18 @@ def _serve(settings: Settings, state: ServingState, user_ids: list[int], consent
                 why = "personalized by the production model" + (
                     f", re-ranked by ranker v{ranker_version}" if ranker_version else "")
             for u, (movies, scores) in zip(todo, lists):
-                out[u] = Recommendation(u, "model", movies, scores, int(version["version"]), version["data_version"],
-                                        ranker_version=ranker_version, reason=why, arm=arm,
-                                        production_version=prod_v)
+                out[u] = Recommendation(u, "model", model_version=int(version["version"]),
+                                        data_version=version["data_version"], ranker_version=ranker_version,
+                                        reason=why, arm=arm, production_version=prod_v, **logged(u, movies, scores))
         fallback = [u for u in members if reasons[u] is not None]
         if fallback:
             top = _top50_list(db)
             for u in fallback:
                 path, why = reasons[u]
                 s = seen.get(u, set())
-                pairs = [(m, sc) for m, sc in top if m not in s][:k]
-                out[u] = Recommendation(u, path, [m for m, _ in pairs], [sc for _, sc in pairs], reason=why, arm=arm,
-                                        production_version=prod_v)
+                pairs = [(m, sc) for m, sc in top if m not in s][:k + pool]
+                out[u] = Recommendation(u, path, reason=why, arm=arm, production_version=prod_v,
+                                        **logged(u, [m for m, _ in pairs], [sc for _, sc in pairs]))
     shadows = []
     if release is not None and release["mode"] == "shadow" and state.candidate_bundle is not None:
         bundle = state.candidate_bundle
@@ -368,10 +427,10 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
     for u, m in opsdb.seen_pairs(db, user_ids):
         seen.setdefault(u, set()).add(m)
     state = load_state(settings) if state is None else state
-    out, shadows = _serve(settings, state, user_ids, consent, seen, k, db)
+    when = at or clock.now(db=db)
+    out, shadows = _serve(settings, state, user_ids, consent, seen, k, db, when)
     out = {u: out[u] for u in user_ids}
     if log:
-        when = at or clock.now(db=db)
         servinglog.log_lists(db, [_log_entry(r, when) for r in out.values()],
                              [s | {"served_at": when} for s in shadows])
         for r in out.values():
@@ -407,15 +466,15 @@ def recommend_batch(settings: Settings, requests: list[tuple[int, int]], *, stat
     for u, m in opsdb.seen_pairs(db, sorted({int(requests[i][0]) for i in known})):
         seen.setdefault(u, set()).add(m)
     shadows: list[dict] = []
+    when = at or clock.now(db=db)
     for k in sorted({requests[i][1] for i in known}):
         users = sorted({int(requests[i][0]) for i in known if requests[i][1] == k})
-        recs, arm_shadows = _serve(settings, state, users, consent, seen, k, db)
+        recs, arm_shadows = _serve(settings, state, users, consent, seen, k, db, when)
         shadows += arm_shadows
         for i in known:
             if requests[i][1] == k:
                 out[i] = replace(recs[int(requests[i][0])])
     done = [i for i in known]
-    when = at or clock.now(db=db)
     ids = servinglog.log_each(db, [_log_entry(out[i], when) for i in done], [s | {"served_at": when} for s in shadows])
     for i, serve_id in zip(done, ids):
         out[i].served_at, out[i].serve_id = when, serve_id
@@ -426,7 +485,8 @@ def _log_entry(rec: Recommendation, served_at: str) -> dict:
     """The serving log's record of a list (see `servinglog.log_list`)."""
     return {"user_id": rec.user_id, "served_at": served_at, "path": rec.path, "model_version": rec.model_version,
             "data_version": rec.data_version, "movie_ids": rec.movie_ids, "scores": rec.scores,
-            "ranker_version": rec.ranker_version, "arm": rec.arm}
+            "ranker_version": rec.ranker_version, "arm": rec.arm, "policy": rec.policy,
+            "propensities": rec.propensities, "slate_propensities": rec.slate_propensities}
 
 
 def served_pairs(settings: Settings, start, end, key: bytes | None = None):

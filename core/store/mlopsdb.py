@@ -403,6 +403,21 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def policy_value(db: sqlite_utils.Database, key: str) -> str | None:
+    """One field of the policy table (the retraining policy's and the exploration share's), None when unset."""
+    row = db.execute("SELECT value FROM policy WHERE key = ?", [key]).fetchone()
+    return None if row is None else row[0]
+
+
+def set_policy_value(db: sqlite_utils.Database, key: str, value: str, *, at: str, actor: str, cause: str,
+                     result: str) -> None:
+    """Store one policy field and its audit row (`actions`, kind 'policy-change') in one transaction."""
+    with db.atomic():
+        db.execute("INSERT OR REPLACE INTO policy VALUES (?, ?)", [key, value])
+        db.execute("INSERT INTO actions(at, day, kind, actor, cause, result) VALUES (?, NULL, 'policy-change', ?, ?, ?)",
+                   [at, actor, cause, result])
+
+
 def is_number(value: Any) -> bool:
     """True for real numbers (NaN included), False for bools, strings and containers."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 import sqlite_utils
 from sqlite_utils import Migrations
@@ -189,6 +190,19 @@ def m007_release_arms(db: sqlite_utils.Database) -> None:
         """)
 
 
+@migrations()
+def m008_served_exploration(db: sqlite_utils.Database) -> None:
+    """Exploration (issue 22): the logging policy of a shown list ('deterministic' or 'explore'; NULL on lists
+    served before exploration existed, which were deterministic) and, per title in list order, the exact
+    probability that the logging policy shows that title at that position (`propensities`) and anywhere in
+    the list (`slate_propensities`), as JSON lists — what counterfactual evaluation weighs the log by."""
+    _run_statements(db, """
+        ALTER TABLE served_recommendations ADD COLUMN policy TEXT;
+        ALTER TABLE served_recommendations ADD COLUMN propensities TEXT;
+        ALTER TABLE served_recommendations ADD COLUMN slate_propensities TEXT
+        """)
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""
@@ -355,6 +369,19 @@ def catalog(db: sqlite_utils.Database) -> pd.DataFrame:
     """movie_id, title, year, genres of every movie in the catalog (see `movie_details` for some)."""
     rows = db.execute("SELECT movie_id, title, year, genres FROM movies").fetchall()
     return pd.DataFrame(rows, columns=["movie_id", "title", "year", "genres"])
+
+
+def catalog_ids(db: sqlite_utils.Database) -> tuple[tuple, np.ndarray]:
+    """(a marker that changes when the catalogue does, every movie id sorted): the exploration's far pool."""
+    marker = tuple(db.execute("SELECT count(*), max(movie_id) FROM movies").fetchone())
+    ids = np.array([m for (m,) in db.execute("SELECT movie_id FROM movies ORDER BY movie_id").fetchall()],
+                   dtype=np.int64)
+    return marker, ids
+
+
+def catalog_marker(db: sqlite_utils.Database) -> tuple:
+    """(movies, highest movie id): changes whenever a title is added."""
+    return tuple(db.execute("SELECT count(*), max(movie_id) FROM movies").fetchone())
 
 
 def user_ids(db: sqlite_utils.Database) -> list[int]:

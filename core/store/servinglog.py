@@ -12,7 +12,7 @@ from core.settings import Settings
 from core.store import opsdb
 
 _INSERT = ("INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
-           "scores, ranker_version, arm) VALUES (?,?,?,?,?,?,?,?,?)")
+           "scores, ranker_version, arm, policy, propensities, slate_propensities) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 _INSERT_SHADOW = ("INSERT INTO shadow_recommendations(user_id, served_at, model_version, movie_ids, scores) "
                   "VALUES (?,?,?,?,?)")
 
@@ -21,11 +21,18 @@ def _scores(scores) -> str:
     return json.dumps([round(s, 6) for s in scores])
 
 
+def _propensities(values) -> str | None:
+    """Probabilities as a JSON list at full precision (a far-pool title's can be 1e-5: rounding would bias IPS)."""
+    return None if values is None else json.dumps([float(v) for v in values])
+
+
 def _row(entry: dict) -> tuple:
-    """A list as stored: ids and scores as JSON lists, best first (scores rounded to 6 places)."""
+    """A list as stored: ids and scores as JSON lists, best first (scores rounded to 6 places); the logging
+    policy and its propensities (see `core.serving.exploration`) when given."""
     return (entry["user_id"], entry["served_at"], entry["path"], entry["model_version"], entry["data_version"],
             json.dumps(entry["movie_ids"]), _scores(entry["scores"]), entry["ranker_version"],
-            entry.get("arm", "production"))
+            entry.get("arm", "production"), entry.get("policy"), _propensities(entry.get("propensities")),
+            _propensities(entry.get("slate_propensities")))
 
 
 def _shadow_row(entry: dict) -> tuple:
@@ -65,15 +72,17 @@ def log_each(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict]
 def lists_after(conn, serve_id: int) -> pd.DataFrame:
     """Shown lists past the ETL watermark `serve_id`, in logging order: serve_id, user_id, served_at, path,
     model_version, ranker_version, arm ('production' where NULL: lists from before releases were production's),
-    movie_ids (JSON text, best first) — values as stored (the ETL checks them). Shadow lists (nobody saw them)
+    movie_ids (JSON text, best first), policy, propensities and slate_propensities (JSON texts; NULL before
+    exploration existed) — values as stored (the ETL checks them). Shadow lists (nobody saw them)
     live in another table and are never returned. `conn`: a plain sqlite3 connection or a sqlite-utils one;
     a column an unmigrated store lacks (read-only readers cannot migrate) reads as NULL."""
     raw = getattr(conn, "conn", conn)
     have = {col[1] for col in raw.execute("PRAGMA table_info(served_recommendations)").fetchall()}
     ranker = "ranker_version" if "ranker_version" in have else "NULL AS ranker_version"
     arm = "coalesce(arm, 'production') AS arm" if "arm" in have else "'production' AS arm"
-    return pd.read_sql_query(f"SELECT serve_id, user_id, served_at, path, model_version, {ranker}, {arm}, movie_ids "
-                             "FROM served_recommendations WHERE serve_id > ? ORDER BY serve_id", raw,
+    explore = ", ".join(c if c in have else f"NULL AS {c}" for c in ("policy", "propensities", "slate_propensities"))
+    return pd.read_sql_query(f"SELECT serve_id, user_id, served_at, path, model_version, {ranker}, {arm}, movie_ids, "
+                             f"{explore} FROM served_recommendations WHERE serve_id > ? ORDER BY serve_id", raw,
                              params=(int(serve_id),))
 
 
@@ -223,3 +232,23 @@ def arm_reach(db, start: str, end: str | None, arm: str, model_version: int | No
 def shadow_totals(db) -> tuple[int, str | None]:
     """(shadow lists logged, time of the latest or None)."""
     return tuple(db.execute("SELECT count(*), max(served_at) FROM shadow_recommendations").fetchone())
+
+
+# --- exploration (issue 22): the logged lists counterfactual evaluation weighs -----------------------------------
+
+def logged_between(db, start: str, end: str) -> pd.DataFrame:
+    """Every list shown in [start, end) with its logging policy: serve_id, user_id, served_at, path,
+    model_version, arm, policy, movie_ids, slate_propensities (JSON texts). Lists logged without propensities
+    (before exploration existed) come back with NULL there; readers skip them."""
+    raw = getattr(db, "conn", db)
+    return pd.read_sql_query(
+        "SELECT serve_id, user_id, served_at, path, model_version, coalesce(arm, 'production') AS arm, "
+        "coalesce(policy, 'deterministic') AS policy, movie_ids, slate_propensities FROM served_recommendations "
+        "WHERE served_at >= ? AND served_at < ? ORDER BY serve_id", raw, params=(start, end))
+
+
+def policy_lists_served_at(db, served_at: str) -> list[tuple]:
+    """(user_id, policy, movie_ids JSON) of every list shown at exactly `served_at` ('deterministic' for lists
+    logged before exploration existed): the price of exploring, measured online."""
+    return db.execute("SELECT user_id, coalesce(policy, 'deterministic'), movie_ids FROM served_recommendations "
+                      "WHERE served_at = ?", [served_at]).fetchall()

@@ -179,8 +179,11 @@ def _movie_ids(values: pd.Series) -> np.ndarray:
 
 # ------------------------------------------------------------------ served lists → fact_served
 SERVED_COLUMNS = ["serve_id", "user_key", "served_at", "path", "model_version", "ranker_version", "arm", "position",
-                  "movie_id"]
+                  "movie_id", "policy", "propensity", "slate_propensity"]
+POLICIES = ("deterministic", "explore")
 _ID_LIST = r"\[\s*(\d+\s*(,\s*\d+\s*)*)?\]"   # what servinglog writes: a JSON list of integers
+_NUMBER = r"\d+(\.\d+)?([eE][-+]?\d+)?"
+_NUMBER_LIST = rf"\[\s*({_NUMBER}\s*(,\s*{_NUMBER}\s*)*)?\]"   # its propensities: a JSON list of numbers
 INT32_MAX = 2**31 - 1
 
 
@@ -200,10 +203,15 @@ def served_rows(lists: pd.DataFrame, key: bytes) -> tuple[pd.DataFrame, int]:
     served_at = parse_times(lists["served_at"])
     model, bad_model = _small_ints(lists["model_version"])
     ranker, bad_ranker = _small_ints(lists["ranker_version"])
+    policy = lists["policy"] if "policy" in lists else pd.Series(None, index=lists.index, dtype=object)
+    bad_policy = policy.notna() & ~policy.isin(POLICIES)
+    props, bad_props = _propensities(lists, "propensities", titles)
+    slate, bad_slate = _propensities(lists, "slate_propensities", titles)
     bad = (unreadable | ~bounds.id_mask(lists["user_id"]) | served_at.isna() | lists["path"].isna()
-           | bad_model | bad_ranker)
+           | bad_model | bad_ranker | bad_policy | bad_props | bad_slate)
     bad |= lists.index.isin(titles.index[~bounds.id_mask(titles)])
-    titles = titles[~titles.index.isin(lists.index[bad])]
+    keep = ~titles.index.isin(lists.index[bad])
+    titles, props, slate = titles[keep], props[keep], slate[keep]
     ok = lists.index[~bad]
     keys = pd.Series(pseudonymize(lists.loc[ok, "user_id"].astype("int64"), key), index=ok, dtype=object)
     at = titles.index
@@ -213,18 +221,38 @@ def served_rows(lists: pd.DataFrame, key: bytes) -> tuple[pd.DataFrame, int]:
         "model_version": model.to_numpy()[at], "ranker_version": ranker.to_numpy()[at],
         "arm": lists["arm"].astype(str).where(lists["arm"].notna(), None).to_numpy()[at],
         "position": (titles.groupby(level=0).cumcount() + 1).to_numpy().astype("int32"),
-        "movie_id": titles.to_numpy().astype("int64")})
+        "movie_id": titles.to_numpy().astype("int64"),
+        "policy": policy.astype(object).where(policy.notna(), None).to_numpy()[at],
+        "propensity": props, "slate_propensity": slate})
     rows["model_version"] = rows["model_version"].astype("Int64")
     rows["ranker_version"] = rows["ranker_version"].astype("Int64")
     return rows, int(bad.sum())
 
 
-def _explode_ids(texts: pd.Series) -> tuple[pd.Series, pd.Series]:
+def _propensities(lists: pd.DataFrame, column: str, titles: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """(one probability per row of `titles`, by position, NaN where the list has none; True for lists whose
+    probabilities are not a JSON list of numbers in (0, 1] as long as the list of titles)."""
+    texts = lists[column] if column in lists else pd.Series(None, index=lists.index, dtype=object)
+    given = texts.notna()
+    values, unreadable = _explode_ids(texts.where(given, "[]"), numbers=True)
+    bad = given & unreadable
+    counts = values.groupby(level=0).size().reindex(lists.index, fill_value=0)
+    lengths = titles.groupby(level=0).size().reindex(lists.index, fill_value=0)
+    out_of_range = values[~((values > 0) & (values <= 1))].index.unique()
+    bad |= given & ((counts != lengths) | lists.index.isin(out_of_range))
+    aligned = np.full(len(titles), np.nan)
+    ok = given & ~bad
+    if ok.any():      # both in list order within a list label, lists in label order: positions line up
+        aligned[titles.index.isin(lists.index[ok])] = values[values.index.isin(lists.index[ok])].to_numpy()
+    return aligned, bad
+
+
+def _explode_ids(texts: pd.Series, numbers: bool = False) -> tuple[pd.Series, pd.Series]:
     """(the ids of each list as float64, one per row in list order, indexed by the list's label, NaN where an
     element is not a number; True for lists that are not a JSON list). Lists as servinglog writes them are split
     as text (vectorized); any other text is read with `json.loads` one by one (only ever written by hand)."""
     text = texts.astype(str)
-    plain = texts.notna() & text.str.fullmatch(_ID_LIST)
+    plain = texts.notna() & text.str.fullmatch(_NUMBER_LIST if numbers else _ID_LIST)
     inner = text[plain].str.slice(1, -1).str.strip()
     parts = inner[inner != ""].str.split(",").explode().str.strip()
     others = texts[~plain & texts.notna()].map(_json_list)
@@ -259,7 +287,8 @@ def _load_served(con, served: pd.DataFrame, version: int) -> None:
         con.register("served_df", served.assign(data_version=version))
         try:
             con.execute("INSERT INTO fact_served BY NAME SELECT serve_id, user_key, served_at, path, model_version, "
-                        "ranker_version, arm, position, movie_id, data_version FROM served_df")
+                        "ranker_version, arm, position, movie_id, data_version, policy, propensity, slate_propensity "
+                        "FROM served_df")
         finally:
             con.unregister("served_df")
 

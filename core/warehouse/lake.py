@@ -81,7 +81,8 @@ SPARK_SCHEMA = {
                 "data_version INT, rows_extracted BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT",
     "etl_state": "key STRING, value BIGINT",
     "fact_served": "serve_id BIGINT, user_key STRING, served_at TIMESTAMP_NTZ, path STRING, model_version INT, "
-                   "ranker_version INT, arm STRING, position INT, movie_id BIGINT, data_version INT",
+                   "ranker_version INT, arm STRING, position INT, movie_id BIGINT, data_version INT, policy STRING, "
+                   "propensity DOUBLE, slate_propensity DOUBLE",
 }
 
 
@@ -509,7 +510,10 @@ def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
                 continue                      # no rows yet: the empty table of the schema stays
             cols = con.execute(f"SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '{name}' "
                                "ORDER BY column_index").fetchall()
-            select = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in cols)
+            # Files written before a column existed (fact_served's exploration columns) read it as NULL.
+            present = {c for (c, *_) in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_text(source)}, "
+                                                    "hive_partitioning = false, union_by_name = true)").fetchall()}
+            select = ", ".join(f"CAST({c if c in present else 'NULL'} AS {t}) AS {c}" for c, t in cols)
             con.execute(f"DROP TABLE {name}")
             con.execute(f"CREATE VIEW {name} AS SELECT {select} FROM read_parquet({_sql_text(source)}, "
                         f"hive_partitioning = false, union_by_name = true){where}")

@@ -27,7 +27,8 @@ from core.settings import Settings
 
 FACT_SERVED_COLUMNS = ("serve_id BIGINT NOT NULL, user_key VARCHAR NOT NULL, served_at TIMESTAMP NOT NULL, "
                        "path VARCHAR NOT NULL, model_version INTEGER, ranker_version INTEGER, arm VARCHAR, "
-                       "position INTEGER NOT NULL, movie_id BIGINT NOT NULL, data_version INTEGER NOT NULL")
+                       "position INTEGER NOT NULL, movie_id BIGINT NOT NULL, data_version INTEGER NOT NULL, "
+                       "policy VARCHAR, propensity DOUBLE, slate_propensity DOUBLE")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dim_movie (
     movie_id BIGINT PRIMARY KEY, title VARCHAR, year INTEGER, genres VARCHAR,
@@ -58,8 +59,12 @@ CREATE TABLE IF NOT EXISTS etl_runs (
 CREATE TABLE IF NOT EXISTS etl_state (key VARCHAR PRIMARY KEY, value BIGINT);
 """ + f"""
 -- One row per title of a list shown to a user (served_recommendations, exploded; position 1 = first). Shadow lists
--- are not here (nobody saw them). Added after the first release: an older file gains it at its next write.
+-- are not here (nobody saw them). Added after the first release: an older file gains it at its next write, and
+-- the exploration columns (the list's logging policy, the title's propensities; NULL before they existed) too.
 CREATE TABLE IF NOT EXISTS fact_served ({FACT_SERVED_COLUMNS});
+ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS policy VARCHAR;
+ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS propensity DOUBLE;
+ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS slate_propensity DOUBLE;
 """
 
 
