@@ -73,28 +73,44 @@ def cmd_evaluate(args, settings):
     emit(args, result, human)
 
 
-@command("retrain", help="ETL → train → evaluate → gate → promote", args=[
+@command("retrain", help="ETL → train → evaluate → gate → promote (or start a canary)", args=[
     arg("--model", choices=["als", "bpr"], default="als"),
     arg("--seed", type=SEED),
     arg("--margin", type=float_in(0, 1, "--margin"), default=0.0,
         help="tolerance 0..1: how far below 0 the lower bound of the 90%% interval of the nDCG@10 "
              "difference (candidate − production) may be (default 0)"),
+    arg("--on-pass", choices=["promote", "canary"], default="promote",
+        help="what a candidate that passes the gate does: promote it now (default; a running release is ended "
+             "as a recorded decision), or start a canary release that the release policy of the closed loop "
+             "(`simulate`) promotes or rolls back on its online hit rate (waits while another release runs; "
+             "the first model is promoted directly)"),
     ENGINE,
 ])
 def cmd_retrain(args, settings):
+    from core.monitoring import release
     from core.training import pipeline
     actor = access.cli_actor()
     with access.audited(settings, actor, "retrain") as entry:      # a retrain can promote: audited like one
         result = pipeline.retrain(_on_engine(args, settings), args.model, seed=args.seed, trigger="cli", actor=actor,
-                                  margin=args.margin, progress=progress(args))
-        entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else "kept as candidate")
+                                  margin=args.margin, progress=progress(args), on_pass=args.on_pass)
+        entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else
+                                                     "kept as candidate" if result["release"] is None else
+                                                     release.outcome(result))
 
     def human():
+        released = result["release"]
         print(f"job {result['job_id']}: run {result['run_id']} → v{result['version']} "
-              + ("PROMOTED to production" if result["promoted"] else "kept as candidate (gate refused)"))
+              + ("PROMOTED to production" if result["promoted"] else
+                 "kept as candidate (gate refused)" if released is None else release.outcome(result)))
         print(f"  {_metric_line(result['metrics'])}")
         for reason in result["gate"]["reasons"]:
             print(f"  gate: {reason}")
+        if released is not None and released["mode"] == "direct" and result["on_pass"] == "canary":
+            print(f"  release: {released['reason']}")
+        if released is not None and released.get("replaced"):
+            print(f"  release: {released['replaced']['reason']}")
+        if released is not None and released.get("supersedes"):
+            print(f"  release: takes the place of v{released['supersedes']}, which waited before it")
     emit(args, result, human)
 
 

@@ -1,7 +1,10 @@
 """The retraining policy: manual, scheduled (every N days) or on alert — and the record of what it did.
 
 On alert, a data-drift or concept-drift alert classified as a taste shift
-triggers the retrain pipeline (the gate still decides promotion). A data
+triggers the retrain pipeline. A candidate that passes the offline gate is not
+promoted: it starts a canary release (`on_pass="canary"`), and the release
+policy (`core.monitoring.release`) promotes or rolls it back on its online hit
+rate; while another release runs it waits for it. A data
 incident (open data-quality alert) never triggers a retrain: retraining on
 broken data would bake the fault into the model. While a taste-shift alert
 stays open, the policy retrains again after a cooldown, because the first
@@ -111,7 +114,8 @@ def _follow_ups_since_last_alert(settings: Settings) -> int | None:
 
 
 def apply(settings: Settings, report, *, now: str, mode: str | None = None, progress=None) -> dict | None:
-    """Run the retrain pipeline if the policy says so; record the action with its cause."""
+    """Run the retrain pipeline if the policy says so (a candidate that passes the gate starts a canary, or
+    waits for the running release); record the action with its cause and what became of the candidate."""
     from core.training.pipeline import retrain
     mode = mode or get_policy(settings)["mode"]
     validate(mode)
@@ -119,10 +123,11 @@ def apply(settings: Settings, report, *, now: str, mode: str | None = None, prog
     if cause is None:
         return None
     trigger = "scheduled" if mode == "scheduled" else "drift-alert"
-    result = retrain(settings, trigger=trigger, actor=f"policy:{mode}", at=now,
+    result = retrain(settings, trigger=trigger, actor=f"policy:{mode}", at=now, on_pass="canary",
                      **({"progress": progress} if progress else {}))
     action = {"kind": "retrain", "cause": cause, "job_id": result["job_id"], "version": result["version"],
-              "promoted": result["promoted"], "ndcg@10": result["metrics"]["ndcg@10"]}
+              "promoted": result["promoted"], "ndcg@10": result["metrics"]["ndcg@10"],
+              "gate_passed": result["gate"]["promote"], "release": result["release"]}
     with mlopsdb.session(settings) as db:
         db.execute("INSERT INTO actions(at, day, kind, actor, cause, job_id, result) VALUES (?,?,?,?,?,?,?)",
                    [now, report.day, "retrain", f"policy:{mode}", cause, result["job_id"], json.dumps(action)])

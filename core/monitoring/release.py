@@ -24,6 +24,14 @@ production never changed, so nothing is restored, the candidate's arm just close
 nobody the candidate: it is judged by people (its counterfactual numbers are on the Deployment page) and
 ended by `promote`, `rollback` or `stop` by hand. Operators can decide at any time; their decisions are
 recorded the same way (actor `operator:NAME` or `cli:USER`).
+
+A retrain's candidate that passed the offline gate earns production here too (`after_gate`, on_pass="canary",
+what the retraining policy and the dashboard use): it starts a canary judged by RETRAIN_CANARY's rules. The
+first model is promoted directly (nothing to compare a canary with). A retrain during a running release never
+stops it: its candidate **waits** — one pending release, recorded in `actions` ('release-queued'; a newer
+retrain's candidate takes its place, 'release-dequeued') — and starts when the running release ends, whoever
+ends it. Only an explicit direct promotion (on_pass="promote") ends a running release, as a recorded 'stop'
+decision ("release #N replaced by vK because ...").
 """
 from __future__ import annotations
 
@@ -33,7 +41,7 @@ from statistics import NormalDist
 
 import pandas as pd
 
-from core.errors import ValidationError
+from core.errors import RetroError, ValidationError
 from core.monitoring import monitoring
 from core.serving import deployments
 from core.settings import Settings
@@ -43,6 +51,10 @@ from core.training import registry
 
 POLICY = {"min_days": 3, "max_days": 10, "margin": 0.02, "level": 0.90, "ramp": None}
 POLICY_ACTOR = "policy:release"
+ON_PASS = ("canary", "promote")
+# The canary a retrain's candidate starts as (on_pass="canary"): share and rules (POLICY's keys).
+RETRAIN_CANARY = {"share": 0.2, "ramp": [0.2, 0.5], "min_days": 2}
+QUEUED, DEQUEUED = "release-queued", "release-dequeued"       # `actions` kinds of the pending release
 DECISION_COLUMNS = ["decision_id", "deployment_id", "at", "day", "decision", "actor", "reason", "days", "point", "lo",
                     "hi", "hit_rate_canary", "hit_rate_production", "users_canary", "users_production",
                     "users_affected", "share", "evidence"]
@@ -194,10 +206,13 @@ def _train_candidate_ranker(settings: Settings, version: int, at, progress) -> d
 
 def review(settings: Settings, *, day: str | None = None, now: str | None = None, actor: str = POLICY_ACTOR) -> dict | None:
     """The policy's daily look at the active canary (after monitoring): decide, act, record; returns the
-    decision (None without an active canary). A canary whose production changed meanwhile (a retrain promoted
-    another model) is stopped: its comparison no longer holds."""
+    decision (None without an active canary). A canary whose production changed meanwhile (a model promoted by
+    hand) is stopped: its comparison no longer holds. With no release active, a pending one starts."""
     release = deployments.active(settings)
-    if release is None or release["mode"] != "canary":
+    if release is None:
+        start_pending(settings, None, at=now)
+        return None
+    if release["mode"] != "canary":
         return None
     prod = registry.production(settings)
     if prod is None or int(prod["version"]) != int(release["production_version"]):
@@ -263,7 +278,8 @@ def _finish(settings, release, decision, actor, reason, ev, day, at) -> dict:
     else:
         deployments.end(settings, release["deployment_id"], "stopped", actor=actor, reason=reason, at=at)
     ended = deployments.get(settings, release["deployment_id"])
-    return _record(settings, ended, decision, actor, reason, ev | reach(settings, ended), day, at, release["share"])
+    recorded = _record(settings, ended, decision, actor, reason, ev | reach(settings, ended), day, at, release["share"])
+    return recorded | {"pending": start_pending(settings, ended, at=at)}
 
 
 def _numbers(ev: dict) -> dict:
@@ -290,6 +306,150 @@ def _record(settings, release, decision, actor, reason, ev, day, at, share) -> d
             "share": share, **_numbers(ev)}
 
 
+# ------------------------------------------------------------------ a retrain's candidate
+def check_on_pass(on_pass: str) -> str:
+    """`on_pass` when it names what a candidate that passed the gate does; else ValidationError."""
+    if on_pass not in ON_PASS:
+        raise ValidationError(f"unknown on_pass {on_pass!r}; choose one of: {', '.join(ON_PASS)}")
+    return on_pass
+
+
+def after_gate(settings: Settings, version: int, on_pass: str, *, actor: str, trigger: str, gate, job_id: int | None = None,
+               at: str | None = None, with_ranker: bool = True, progress=None, rules: dict | None = None) -> dict:
+    """What a retrain's candidate that passed the offline gate does; returns the retrain result's `release`.
+
+    on_pass="canary": start a canary judged by `rules` (share and POLICY's keys; default RETRAIN_CANARY) →
+    {"mode": "canary", "state": "active", "deployment_id", "share", "production_version", "reason", "ranker"};
+    while another release runs, wait for it → {"mode": "canary", "state": "pending", "deployment_id": None,
+    "share", "waits_for": {"deployment_id", "version", "mode"}, "supersedes": the version it replaces in the
+    queue or None, "reason"}. With nothing in production, and for on_pass="promote": promote now →
+    {"mode": "direct", "state": "promoted", "reason", "replaced"}; `replaced` is the recorded 'stop' decision of
+    a release that was running (else None)."""
+    check_on_pass(on_pass)
+    when = timestamp(at, settings)
+    prod = registry.production(settings)
+    if on_pass == "promote" or prod is None:
+        why = ("nothing in production yet: the first model is promoted directly (no canary to compare it with)"
+               if prod is None else "on_pass=promote: promoted directly when the gate passed")
+        running = deployments.active(settings)
+        registry.promote(settings, int(version), actor, f"gate passed ({trigger} retrain)", gate=gate, at=when)
+        replaced = None
+        if running is not None:
+            reason = (f"release #{running['deployment_id']} replaced by v{version} because a {trigger} retrain "
+                      f"promoted it directly (on_pass=promote): production changed from v{prod['version']} to "
+                      f"v{version}, so the {running['mode']} of v{running['version']} no longer compares with "
+                      "production")
+            replaced = _finish(settings, running, "stop", actor, reason, evidence(settings, running), None, when)
+        return {"mode": "direct", "state": "promoted", "reason": why, "replaced": replaced}
+    rules = dict(RETRAIN_CANARY if rules is None else rules)
+    share = rules.pop("share", deployments.DEFAULT_SHARE)
+    release_policy(deployments.check_share(share), **rules)        # checked now, not when a pending one starts
+    reason = (f"a {trigger} retrain's candidate passed the offline gate" + (f" (job {job_id})" if job_id else "")
+              + "; it earns production on its online hit rate")
+    running = deployments.active(settings)
+    if running is not None:
+        return _queue(settings, {"version": int(version), "mode": "canary", "share": share, "rules": rules,
+                                 "with_ranker": with_ranker, "actor": actor, "reason": reason, "trigger": trigger,
+                                 "production_version": int(prod["version"])}, running, job_id=job_id, at=when)
+    started = start(settings, int(version), "canary", actor=actor, reason=reason, share=share, at=when,
+                    with_ranker=with_ranker, progress=progress, **rules)
+    return {"mode": "canary", "state": "active", "deployment_id": started["deployment_id"], "share": started["share"],
+            "production_version": started["production_version"], "reason": reason, "ranker": started["ranker"]}
+
+
+def outcome(result: dict) -> str:
+    """What became of a retrain's candidate, in words (progress, CLI, dashboard): 'promoted to production',
+    'started as canary release #N (20 % of users)', 'waits for release #N …' or 'kept as candidate'."""
+    rel = result.get("release")
+    if result.get("promoted"):
+        return "promoted to production"
+    if rel and rel["state"] == "active":
+        return f"started as canary release #{rel['deployment_id']} ({rel['share']:.0%} of users)"
+    if rel and rel["state"] == "pending":
+        w = rel["waits_for"]
+        return f"waits for release #{w['deployment_id']} ({w['mode']} of v{w['version']}) to end, then starts as a canary"
+    return "kept as candidate"
+
+
+def pending(settings: Settings) -> dict | None:
+    """The release waiting for the running one to end (one at most), or None: the newest 'release-queued'
+    action not followed by a 'release-dequeued' one, with its `action_id` and `queued_at`."""
+    with mlopsdb.session(settings) as db:
+        return _pending_on(db)
+
+
+def _pending_on(db) -> dict | None:
+    row = db.execute("SELECT action_id, at, kind, result FROM actions WHERE kind IN (?, ?) "
+                     "ORDER BY action_id DESC LIMIT 1", [QUEUED, DEQUEUED]).fetchone()
+    if row is None or row[2] != QUEUED:
+        return None
+    return json.loads(row[3]) | {"action_id": row[0], "queued_at": row[1]}
+
+
+def _queue(settings: Settings, waiting: dict, running: dict, *, job_id, at: str) -> dict:
+    """Record `waiting` as the pending release (a newer candidate takes the place of an older one)."""
+    waits_for = {"deployment_id": running["deployment_id"], "version": int(running["version"]), "mode": running["mode"]}
+    with mlopsdb.write_session(settings) as db:
+        before = _pending_on(db)
+        if before is not None:
+            _action(db, DEQUEUED, at, waiting["actor"], f"pending release of v{before['version']} superseded by "
+                    f"v{waiting['version']}", {"version": before["version"], "outcome": "superseded",
+                                               "by": waiting["version"], "queued": before["action_id"]}, job_id)
+        record = waiting | {"waits_for": waits_for, "supersedes": None if before is None else before["version"],
+                            "job_id": job_id}
+        _action(db, QUEUED, at, waiting["actor"], f"v{waiting['version']} waits for release "
+                f"#{running['deployment_id']} ({running['mode']} of v{running['version']}) to end", record, job_id)
+    return {"mode": waiting["mode"], "state": "pending", "deployment_id": None, "share": waiting["share"],
+            "waits_for": waits_for, "supersedes": record["supersedes"], "reason": waiting["reason"]}
+
+
+def start_pending(settings: Settings, ended: dict | None, *, at: str | None = None) -> dict | None:
+    """Start the pending release now that `ended` (None: no release is active) has ended; returns
+    {"version", "outcome": "started"|"dropped", "deployment_id", "reason"} or None when nothing waits.
+
+    It is dropped, with the reason recorded, when its version is no longer a candidate, when production is
+    a newer version than it (a later model was promoted meanwhile), or when it cannot start."""
+    waiting = pending(settings)
+    if waiting is None or deployments.active(settings) is not None:
+        return None
+    when = timestamp(at, settings)
+    version = int(waiting["version"])
+    after = "" if ended is None else f" after release #{ended['deployment_id']} ended ({ended['state']})"
+    prod = registry.production(settings)
+    stage = registry.get_version(settings, version)["stage"]
+    why_not = (f"v{version} is no longer a candidate ({stage})" if stage != "candidate" else
+               f"production v{prod['version']} is newer" if prod is not None and int(prod["version"]) > version else
+               None)
+    started = None
+    if why_not is None:
+        try:
+            started = start(settings, version, waiting["mode"], actor=waiting["actor"], reason=waiting["reason"],
+                            share=waiting["share"], at=when, with_ranker=waiting.get("with_ranker"),
+                            **waiting.get("rules", {}))
+        except deployments.ReleaseActive:       # another release started meanwhile: keep waiting for it
+            return None
+        except RetroError as exc:
+            why_not = f"could not start: {exc}"
+    if started is not None:
+        outcome, cause = "started", (f"pending v{version} started as {waiting['mode']} release "
+                                     f"#{started['deployment_id']}{after}")
+    else:
+        outcome, cause = "dropped", f"pending v{version} dropped{after}: {why_not}"
+    out = {"version": version, "outcome": outcome, "deployment_id": started and started["deployment_id"],
+           "reason": cause}
+    with mlopsdb.write_session(settings) as db:
+        current = _pending_on(db)
+        if current is not None and current["action_id"] == waiting["action_id"]:
+            _action(db, DEQUEUED, when, POLICY_ACTOR, cause, out | {"queued": waiting["action_id"]},
+                    waiting.get("job_id"))
+    return out
+
+
+def _action(db, kind: str, at: str, actor: str, cause: str, result: dict, job_id) -> None:
+    db.execute("INSERT INTO actions(at, day, kind, actor, cause, job_id, result) VALUES (?,?,?,?,?,?,?)",
+               [at, None, kind, actor, cause, job_id, json.dumps(result)])
+
+
 # ------------------------------------------------------------------ reads
 def decisions(settings: Settings, deployment_id: int | None = None) -> pd.DataFrame:
     """Release decisions, oldest first (all, or one release's); `evidence` stays JSON text."""
@@ -301,12 +461,14 @@ def decisions(settings: Settings, deployment_id: int | None = None) -> pd.DataFr
 
 def status(settings: Settings) -> dict:
     """What serves and what is being released: production, the active release with its evidence so far and
-    its decisions, and the releases before it (the `release status` command and the Deployment page)."""
+    its decisions, the release waiting for it (`pending`) and the releases before it (the `release status`
+    command and the Deployment page)."""
     prod = registry.production(settings)
     active = deployments.active(settings)
     out = {"production": None if prod is None else {k: prod[k] for k in ("version", "model_kind", "data_version",
                                                                          "created_at")},
-           "release": active, "evidence": None, "decisions": [], "history": deployments.history(settings)}
+           "release": active, "evidence": None, "decisions": [], "history": deployments.history(settings),
+           "pending": pending(settings)}
     if active is not None:
         ev = evidence(settings, active)
         out["evidence"] = {k: v for k, v in ev.items() if k != "per_day"} | {"per_day": ev["per_day"]}

@@ -172,12 +172,20 @@ def _estimator_class(settings: Settings, model: str):
 def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
             trigger: str = "manual", actor: str = "pipeline", margin: float = GATE_MARGIN,
             holdout_days: int = HOLDOUT_DAYS, progress: Progress = _noop, at: str | None = None,
-            with_ranker: bool = True) -> dict:
-    """ETL → train → evaluate → register → gate → promote → (re)train the ranker; returns the job's result.
+            with_ranker: bool = True, on_pass: str = "promote", canary: dict | None = None) -> dict:
+    """ETL → train → evaluate → register → gate → promote or release → (re)train the ranker; returns the job's result.
 
     The ranker is retrained whenever the CF model changes (a ranker trained on an
     older CF version is stale) or when no ranker serves yet.
+
+    `on_pass`: what a candidate that passed the gate does — "promote" (now) or "canary" (a canary release
+    with `canary`'s rules, default `release.RETRAIN_CANARY`, that the release policy promotes or rolls back
+    on its online hit rate; waits while another release runs; the first model is promoted directly). The
+    result's `release` says which (`core.monitoring.release.after_gate`); `promoted` is True only when the
+    candidate is in production now.
     """
+    from core.monitoring import release
+    release.check_on_pass(on_pass)
     at = at or sim_now(settings)
     job_id = tracking.start_job(settings, "retrain", trigger, at=at)
     stage = "etl"
@@ -204,27 +212,33 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
             baselines={name: trained.baselines[name] for name in gate.BASELINES},
             comparison=trained.comparison, min_users=settings.gate_min_users, stale=trained.staleness,
             same_as_production=trained.same_as_production)
-        progress(0.9, "gate: " + ("promote" if decision.promote else "keep the current model"))
+        progress(0.9, "gate: " + (("promote" if on_pass == "promote" else "passed → canary") if decision.promote
+                                  else "keep the current model"))
+        released = None
         if decision.promote:
-            stage = "promote"
+            stage = "promote" if on_pass == "promote" else "release"
             tracking.update_job(settings, job_id, stage)
-            registry.promote(settings, version, actor, f"gate passed ({trigger} retrain)", gate=decision, at=at)
+            released = release.after_gate(settings, version, on_pass, actor=actor, trigger=trigger, gate=decision,
+                                          job_id=job_id, at=at, with_ranker=with_ranker, rules=canary,
+                                          progress=lambda f, m: progress(0.9 + 0.03 * f, m))
+        promoted = released is not None and released["state"] == "promoted"
         ranker_result = None
-        if with_ranker and (decision.promote or not ranker_status(settings)["active"]):
+        if with_ranker and (promoted or not ranker_status(settings)["active"]):
             stage = "ranker"
             tracking.update_job(settings, job_id, stage)
             progress(0.93, "training the ranker for the production CF model")
             try:
                 ranker_result = train_ranker(settings, seed=seed, holdout_days=holdout_days, job_id=job_id, at=at,
-                                             cf_on_train_window=trained.estimator if decision.promote else None)
+                                             cf_on_train_window=trained.estimator if promoted else None)
             except RetroError as exc:   # too little data for a ranker: CF alone serves, and the job says so
                 ranker_result = {"error": str(exc)}
-        result = {"job_id": job_id, "run_id": trained.run_id, "version": version, "promoted": decision.promote,
+        result = {"job_id": job_id, "run_id": trained.run_id, "version": version, "promoted": promoted,
                   "gate": decision.to_dict(), "etl": etl_result.to_dict(), "metrics": trained.metrics,
                   "baselines": trained.baselines, "timings": trained.timings | {"etl": etl_seconds},
-                  "data_version": trained.data_version, "trigger": trigger, "ranker": ranker_result}
+                  "data_version": trained.data_version, "trigger": trigger, "ranker": ranker_result,
+                  "on_pass": on_pass, "release": released}
         tracking.finish_job(settings, job_id, result, at=at)
-        progress(1.0, f"done: v{version} " + ("promoted to production" if decision.promote else "kept as candidate"))
+        progress(1.0, f"done: v{version} " + release.outcome(result))
         return result
     except Exception as exc:
         tracking.fail_job(settings, job_id, f"{stage}: {type(exc).__name__}: {exc}", at=at)
