@@ -234,14 +234,8 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     active = np.flatnonzero(present & ~world.left & (rng.random(len(world.user_ids)) < world.activity))
     stats.active_users, stats.new_users = len(active), n_new
     top = np.array(top50(db).movie_ids, dtype=np.int64)
-    exposure = EXPOSURE_POPULARITY * np.log1p(world.recent_watches) + exposure_boost
-    exposure[world.movie_rows(top)] += EXPOSURE_TOP50 if len(top) else 0.0
-
-    # Fit of each active user to each movie: log of taste mass over the movie's genres vs uniform.
-    taste = world.taste[active] * taste_mult
-    taste /= taste.sum(axis=1, keepdims=True)
-    genre_share = world.genre_matrix / np.maximum(world.genre_matrix.sum(axis=1, keepdims=True), 1)
-    fit = np.clip(np.log(len(GENRES) * (taste @ genre_share.T) + 0.05), -3, 3)       # (A, M)
+    exposure = base_exposure(world, top, exposure_boost)
+    fit = taste_fit(world, active, taste_mult)                                        # (A, M)
 
     # What a user sees: the Top 50 row, popular titles, and genre rows they browse (their taste).
     logits = exposure[None, :] + EXPOSURE_TASTE * fit
@@ -272,8 +266,8 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
 
     session = rng.uniform(8 * 3600, 22 * 3600, size=len(active))
     t_imp = session[a_idx] + pos * 3
-    clicked = rng.random(len(f)) < _sigmoid(-2.2 + 1.3 * f + 0.4 * q + click_boost[m_idx])
-    watched = clicked & (rng.random(len(f)) < 0.85)
+    clicked = rng.random(len(f)) < click_probability(f, q, click_boost[m_idx])
+    watched = clicked & (rng.random(len(f)) < WATCH_AFTER_CLICK)
     fraction = _sigmoid(0.3 + 1.2 * f + 0.4 * q + rng.normal(0, 0.6, len(f)))
     seconds = np.round(fraction * world.runtime[m_idx] * 60)
     rates = watched & (rng.random(len(f)) < world.rater[u_idx] * 0.8)
@@ -332,6 +326,35 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     stats.duplicates_ignored = ev_result.duplicates
     stats.by_kind = events["kind"].value_counts().to_dict()
     return stats
+
+
+WATCH_AFTER_CLICK = 0.85
+
+
+def base_exposure(world: world_mod.World, top: np.ndarray, exposure_boost: np.ndarray) -> np.ndarray:
+    """(M,) exposure logits of the day before taste and the served row: popularity, shifts, the Top 50 row."""
+    exposure = EXPOSURE_POPULARITY * np.log1p(world.recent_watches) + exposure_boost
+    exposure[world.movie_rows(top)] += EXPOSURE_TOP50 if len(top) else 0.0
+    return exposure
+
+
+def taste_fit(world: world_mod.World, rows: np.ndarray, taste_mult: np.ndarray) -> np.ndarray:
+    """(A, M) fit of users (world rows) to every movie: log of their taste mass over its genres vs uniform."""
+    taste = world.taste[rows] * taste_mult
+    taste /= taste.sum(axis=1, keepdims=True)
+    genre_share = world.genre_matrix / np.maximum(world.genre_matrix.sum(axis=1, keepdims=True), 1)
+    return np.clip(np.log(len(GENRES) * (taste @ genre_share.T) + 0.05), -3, 3)
+
+
+def click_probability(fit, quality, click_boost):
+    """P(click | impression) of a user–movie pair with this fit and quality (shift boosts added)."""
+    return _sigmoid(-2.2 + 1.3 * fit + 0.4 * quality + click_boost)
+
+
+def day_effects(world: world_mod.World, shifts: list, day: int):
+    """(taste multipliers, exposure boost, click boost) of the active shifts on `day` (the truth reads them)."""
+    taste_mult, exposure, click, _, _ = _day_effects(world, shifts, day)
+    return taste_mult, exposure, click
 
 
 def _top50_rows(world: world_mod.World, active: np.ndarray, top: np.ndarray) -> np.ndarray:

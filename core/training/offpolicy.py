@@ -1,0 +1,239 @@
+"""Counterfactual evaluation of recommendation policies on the exploration log.
+
+The holdout (`evaluation.holdout_split`) leaves out the titles production served, so what stays relevant is
+mostly what the Top 50 and genre rows caused: production's own serving shapes it. Here the yardstick is the
+serving log itself: every shown title carries its exact probability under the logging policy
+(`core.serving.exploration`), so the value of ANY policy — a candidate, production, the Top 50, popularity —
+on the same users and days is estimated without bias (`core.training.counterfactual`, independent-item
+assumption: a title's reward is whether the user watched it the day it was shown, whatever else the list held).
+
+A policy here is "what list would it have shown this user at that time": the titles the user had watched or
+rated before the day are filtered out, as serving filters them. The value is watches per list (expected
+watched titles of the list that day); DR's reward model is a logistic regression on three features known for
+every (user, title, day): the user's genre affinity for the title, the title's watches in the 7 days before,
+and whether it was in the day's Top 50.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from core.constants import DEFAULT_K, GENRE_INDEX, GENRES
+from core.pseudonym import pseudonymize
+from core.store import opsdb, servinglog
+from core.training import counterfactual
+
+ESTIMATORS = ("ips", "snips", "dr")
+BEST = "dr"               # the estimator the gate and the dashboard lead with (lowest error in the benchmark)
+POPULARITY_DAYS = 7
+
+
+# ------------------------------------------------------------------ policies
+@dataclass
+class RankingPolicy:
+    """One ranking for everyone (the Top 50, popularity): each user gets its first k unseen titles."""
+
+    name: str
+    ranking: list[int]
+
+    def lists(self, user_ids, seen: dict, k: int) -> dict[int, list[int]]:
+        return {int(u): [m for m in self.ranking if m not in seen.get(int(u), ())][:k] for u in user_ids}
+
+
+@dataclass
+class ModelPolicy:
+    """A fitted CF model (`core.training.models`) over its training matrix; users it does not know get the
+    fallback ranking, as serving gives them the Top 50."""
+
+    name: str
+    model: object
+    matrix: object            # dataset.Matrix the model was fitted on
+    key: bytes                # the pseudonymization key of the matrix's user keys
+    fallback: RankingPolicy
+
+    def lists(self, user_ids, seen: dict, k: int) -> dict[int, list[int]]:
+        user_ids = [int(u) for u in user_ids]
+        index = self.matrix.user_index
+        keys = pseudonymize(pd.Series(user_ids, dtype="int64"), self.key)
+        rows = {u: index.get(kk) for u, kk in zip(user_ids, keys)}
+        known = [u for u in user_ids if rows[u] is not None]
+        out = self.fallback.lists([u for u in user_ids if rows[u] is None], seen, k)
+        if known:
+            cols = {int(m): c for c, m in enumerate(self.matrix.movie_ids)}
+            r, c = [], []
+            for u in known:
+                for m in seen.get(u, ()):
+                    if m in cols:
+                        r.append(rows[u]); c.append(cols[m])  # noqa: E702
+            shape = self.matrix.user_items.shape
+            seen_csr = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=shape)
+            ids, _ = self.model.recommend(np.array([rows[u] for u in known]), seen_csr, k)
+            for u, row in zip(known, ids):
+                out[u] = [int(self.matrix.movie_ids[i]) for i in row if i >= 0]
+        return out
+
+
+# ------------------------------------------------------------------ the log
+@dataclass
+class ExplorationLog:
+    """Logged lists with propensities in a window, joined with what their users watched that day.
+
+    lists: list_index, user_id, served_at, day (the UTC day start, text), policy, path, size;
+    items: list_index, user_id, day, movie_id, slate_p (P(title in list) under the logging policy), reward (0/1)."""
+
+    start: str
+    end: str
+    lists: pd.DataFrame
+    items: pd.DataFrame
+
+    @property
+    def n_lists(self) -> int:
+        return len(self.lists)
+
+    def summary(self) -> dict:
+        explore = int((self.lists["policy"] == "explore").sum()) if len(self.lists) else 0
+        return {"start": self.start, "end": self.end, "lists": self.n_lists, "exploring_lists": explore,
+                "items": len(self.items), "rewards": int(self.items["reward"].sum()) if len(self.items) else 0}
+
+
+def load_log(settings, start: str, end: str) -> ExplorationLog:
+    """The lists shown in [start, end) that carry propensities (older lists are skipped), with rewards."""
+    with opsdb.session(settings) as db:
+        frame = servinglog.logged_between(db, start, end)
+        frame = frame[frame["slate_propensities"].notna()].reset_index(drop=True)
+        days = sorted({str(t)[:10] for t in frame["served_at"]})
+        watched = []
+        for day in days:
+            nxt = (pd.Timestamp(day) + pd.Timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+            watched += [(u, m, day) for u, m in opsdb.watches_between(db, f"{day}T00:00:00", nxt)]
+    lists = frame[["user_id", "served_at", "policy", "path"]].copy()
+    lists.insert(0, "list_index", np.arange(len(lists)))
+    lists["day"] = lists["served_at"].str.slice(0, 10)
+    movies = frame["movie_ids"].map(json.loads)
+    props = frame["slate_propensities"].map(json.loads)
+    lists["size"] = movies.map(len).to_numpy()
+    items = pd.DataFrame({"list_index": np.repeat(lists["list_index"].to_numpy(), lists["size"]),
+                          "movie_id": np.fromiter((m for ms in movies for m in ms), dtype=np.int64),
+                          "slate_p": np.fromiter((p for ps in props for p in ps), dtype=float)})
+    items["user_id"] = lists["user_id"].to_numpy()[items["list_index"]]
+    items["day"] = lists["day"].to_numpy()[items["list_index"]]
+    hits = pd.DataFrame(watched, columns=["user_id", "movie_id", "day"]).drop_duplicates()
+    hits["reward"] = 1.0
+    items = items.merge(hits, on=["user_id", "movie_id", "day"], how="left")
+    items["reward"] = items["reward"].fillna(0.0)
+    return ExplorationLog(start, end, lists, items)
+
+
+# ------------------------------------------------------------------ features (for DR's reward model)
+@dataclass
+class DayContext:
+    """What every policy and the reward model need to know about one logged day."""
+
+    seen: dict                    # user → titles watched or rated before the day
+    genre_share: dict             # user → (G,) share of their past watches per genre
+    popularity: dict              # title → watches in the POPULARITY_DAYS before the day
+    top50: set
+    movie_genres: dict = field(default_factory=dict)   # title → (G,) 0/1
+
+
+def day_context(settings, day: str, top50: list[int], movie_genres: dict) -> DayContext:
+    at = f"{day}T00:00:00"
+    since = (pd.Timestamp(day) - pd.Timedelta(days=POPULARITY_DAYS)).strftime("%Y-%m-%dT%H:%M:%S")
+    with opsdb.session(settings) as db:
+        seen_frame = opsdb.seen_before(db, at)
+        recent = opsdb.watches_between(db, since, at)
+    seen: dict[int, set] = {}
+    for u, m in zip(seen_frame["user_id"].to_numpy(), seen_frame["movie_id"].to_numpy()):
+        seen.setdefault(int(u), set()).add(int(m))
+    zero = np.zeros(len(GENRES))
+    shares = {}
+    for u, titles in seen.items():
+        total = sum((movie_genres.get(m, zero) for m in titles), zero.copy())
+        shares[u] = total / total.sum() if total.sum() else total
+    popularity = pd.Series([m for _, m in recent], dtype="int64").value_counts().to_dict() if recent else {}
+    return DayContext(seen, shares, popularity, set(top50), movie_genres)
+
+
+def genre_vectors(settings) -> dict[int, np.ndarray]:
+    with opsdb.session(settings) as db:
+        genres = opsdb.movie_genres(db)
+    out = {}
+    for m, text in genres.items():
+        v = np.zeros(len(GENRES))
+        for g in (text or "").split("|"):
+            if g in GENRE_INDEX:
+                v[GENRE_INDEX[g]] = 1.0
+        out[int(m)] = v / max(v.sum(), 1.0)
+    return out
+
+
+def features(ctx: DayContext, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
+    """(n, 3): genre affinity, log1p(recent watches), in the day's Top 50 — for (user, title) pairs."""
+    zero = np.zeros(len(GENRES))
+    affinity = np.array([float(ctx.genre_share.get(int(u), zero) @ ctx.movie_genres.get(int(m), zero))
+                         for u, m in zip(users, movies)])
+    popularity = np.log1p(np.array([ctx.popularity.get(int(m), 0) for m in movies], dtype=float))
+    top = np.array([int(m) in ctx.top50 for m in movies], dtype=float)
+    return np.column_stack([affinity, popularity, top]) if len(movies) else np.zeros((0, 3))
+
+
+# ------------------------------------------------------------------ evaluation
+def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | None = None, *,
+             top50_by_day: dict | None = None, k: int = DEFAULT_K, seed: int = 42, n_boot: int = 1000) -> dict:
+    """Each policy's value (watches per list) by IPS, SNIPS and DR on the same logged lists, and every policy
+    against `reference` (paired). `top50_by_day`: {day: Top 50 ids} for the reward model's feature and the
+    fallback (default: none). Returns {"log": summary, "policies": {name: {estimator: Estimate dict}},
+    "comparisons": {name: {estimator: Comparison dict}}} (comparisons only with a reference)."""
+    names = list(policies)
+    n = log.n_lists
+    if n == 0:
+        raise ValueError("no logged lists with propensities in the window: nothing to evaluate on")
+    items = log.items
+    genres = genre_vectors(settings)
+    target = {name: np.zeros(len(items)) for name in names}
+    direct = {name: np.zeros(n) for name in names}
+    reward_hat_X = np.zeros((len(items), 3))
+    direct_X: dict[str, list] = {name: [] for name in names}
+    for day, day_lists in log.lists.groupby("day"):
+        ctx = day_context(settings, day, (top50_by_day or {}).get(day, []), genres)
+        users = day_lists["user_id"].to_numpy()
+        at = items["day"].to_numpy() == day
+        reward_hat_X[at] = features(ctx, items.loc[at, "user_id"].to_numpy(), items.loc[at, "movie_id"].to_numpy())
+        for name in names:
+            shown = policies[name].lists(users, ctx.seen, k)
+            members = {(int(u), int(m)) for u, ms in shown.items() for m in ms}
+            target[name][at] = [(int(u), int(m)) in members for u, m in
+                                zip(items.loc[at, "user_id"], items.loc[at, "movie_id"])]
+            idx = day_lists["list_index"].to_numpy()
+            pairs = [(i, u, m) for i, u in zip(idx, users) for m in shown.get(int(u), [])]
+            if pairs:
+                li, pu, pm = (np.array(x) for x in zip(*pairs))
+                direct_X[name].append((li, features(ctx, pu, pm)))
+    model = counterfactual.fit_reward_model(reward_hat_X, items["reward"].to_numpy(), seed)
+    reward_hat = model.predict(reward_hat_X)
+    for name in names:
+        for li, X in direct_X[name]:
+            np.add.at(direct[name], li, model.predict(X))
+    args = (items["list_index"].to_numpy(), items["reward"].to_numpy(), items["slate_p"].to_numpy())
+    opts = dict(clip=None, seed=seed, n_boot=n_boot)
+    out = {"log": log.summary(), "policies": {}, "comparisons": {}, "clip": None}
+    for name in names:
+        out["policies"][name] = {
+            "ips": counterfactual.ips(*args, target[name], n, **opts).to_dict(),
+            "snips": counterfactual.snips(*args, target[name], n, target_size=k, **opts).to_dict(),
+            "dr": counterfactual.doubly_robust(*args, target[name], n, reward_hat=reward_hat, direct=direct[name],
+                                               **opts).to_dict()}
+    if reference is not None:
+        for name in names:
+            if name == reference:
+                continue
+            out["comparisons"][name] = {
+                est: counterfactual.compare(est, *args, target[name], target[reference], n, reward_hat=reward_hat,
+                                            direct_candidate=direct[name], direct_baseline=direct[reference],
+                                            target_size=k, **opts).to_dict()
+                for est in ESTIMATORS}
+    return out
