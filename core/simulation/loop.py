@@ -73,6 +73,7 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
                                   progress=lambda f, m, d=day: progress((i + f) / days, f"day {d + 1}: retrain — {m}"))
             if action:
                 serving.clear_caches()
+                record_truth(settings, action.get("job_id"))
             log.append({"day": day, "date": report.day, "events": stats.events, "rejected": stats.rejected,
                         "classification": report.classification, "opened": report.opened, "closed": report.closed,
                         "hit_rate_model": report.online.get("hit_rate_model"),
@@ -88,6 +89,21 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
         summary["shift"] = {"kind": started.kind, "strength": started.strength, "start_day": started.start_day,
                             "duration": started.duration, "params": started.params}
     return summary
+
+
+def record_truth(settings: Settings, job_id: int | None) -> dict | None:
+    """Add the simulated world's truth about a retrain's gate decision to its job (`truth.verdict`)."""
+    from core.simulation import truth
+    from core.training import tracking
+    if job_id is None:
+        return None
+    job = tracking.get_job(settings, int(job_id))
+    if "truth" in (job.get("result") or {}):
+        return job["result"]["truth"]
+    found = truth.verdict(settings, job.get("result") or {})
+    if found is not None:
+        tracking.annotate_job(settings, int(job_id), "truth", found)
+    return found
 
 
 def score_churn(settings: Settings, now: str) -> dict:

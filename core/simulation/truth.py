@@ -83,3 +83,50 @@ def true_value(settings, lists_fn: ListsFn, *, draws: int = 16, seed: int = 0) -
     """The truth of one policy, given as a function of user ids (reads the world; writes nothing)."""
     state = WorldState(settings)
     return true_values(state, {"policy": lists_fn(state.user_ids)}, draws=draws, seed=seed)["policy"]
+
+
+# ------------------------------------------------------------------ the truth's verdict on a gate decision
+TRUTH_MARGIN = 0.01      # watches per list: a difference smaller than this is "no difference" for the verdict
+
+
+def model_lists(settings, version: dict, user_ids, k: int = 10) -> dict:
+    """The lists a registered CF version would serve now (CF order, seen titles filtered, Top 50 for users it
+    does not know), without logging anything."""
+    from core.pseudonym import pseudonym_key
+    from core.training import offpolicy
+    from core.training.artifacts import load_bundle
+    bundle = load_bundle(version["artifact_path"])
+    with opsdb.session(settings) as db:
+        seen_frame = opsdb.seen_before(db, "9999-12-31T00:00:00")
+        top = top50(db).movie_ids
+    seen: dict[int, set] = {}
+    for u, m in zip(seen_frame["user_id"].to_numpy(), seen_frame["movie_id"].to_numpy()):
+        seen.setdefault(int(u), set()).add(int(m))
+    policy = offpolicy.ModelPolicy(f"v{version['version']}", bundle.model, bundle.matrix, pseudonym_key(settings),
+                                   offpolicy.RankingPolicy("top50", [int(m) for m in top]))
+    return policy.lists(user_ids, seen, k)
+
+
+def verdict(settings, result: dict, *, draws: int = 8, margin: float = TRUTH_MARGIN) -> dict | None:
+    """The world's truth about a retrain's gate decision: the candidate's and production's expected watches per
+    list and hit rate@10 on the next simulated day (both as deployed, in CF order), their difference, and
+    whether the decision was right ('right', 'wrong refusal': the truth finds the candidate better by more than
+    `margin`, 'wrong promotion': worse by more). None without a world or without a production reference."""
+    from core.training import registry
+    if not simulation.has_world(settings):
+        return None
+    prod_version = ((result.get("baselines") or {}).get("production") or {}).get("version")
+    if prod_version is None or result.get("version") is None:
+        return None
+    state = WorldState(settings)
+    cand = registry.get_version(settings, int(result["version"]))
+    prod = registry.get_version(settings, int(prod_version))
+    values = true_values(state, {"candidate": model_lists(settings, cand, state.user_ids),
+                                 "production": model_lists(settings, prod, state.user_ids)}, draws=draws)
+    diff = values["candidate"]["watches_per_list"] - values["production"]["watches_per_list"]
+    passed = bool((result.get("gate") or {}).get("promote"))
+    right = not ((passed and diff < -margin) or (not passed and diff > margin))
+    return {"candidate": values["candidate"]["watches_per_list"], "production": values["production"]["watches_per_list"],
+            "hit_rate": {n: v["hit_rate"] for n, v in values.items()}, "difference": diff, "margin": margin,
+            "gate_passed": passed, "verdict": "right" if right else ("wrong promotion" if passed else "wrong refusal"),
+            "day": state.day, "draws": draws}

@@ -20,6 +20,13 @@ simple baselines, on a tie, on a holdout too small to judge, or with nothing new
    when production is stale (trained on data older than the newest by more than the staleness) and the
    candidate is not significantly worse (the interval's upper bound ≥ 0); this replaces check 3;
 7. novelty — a candidate with the same data version and parameters as production is "nothing new".
+
+And the yardstick (issue 22): when the exploration log of the holdout days gives an effective sample size of at
+least `min_ess`, checks 5 and 6 are decided on the counterfactual estimate instead (`core.training.offpolicy`:
+doubly robust watches per list of each policy replayed on the logged lists, unbiased whatever production
+served) — strictly above both baselines' estimates, and the paired candidate − production interval judged as
+in check 6. Below `min_ess` the holdout decides and the `yardstick` check says so. Either way the decision
+records which estimate decided, its interval and the effective sample size.
 """
 from __future__ import annotations
 
@@ -194,11 +201,49 @@ def _evidence_check(comparison: dict, margin: float, stale: dict | None, candida
     return False, f"{why}: {interval}{fresh}", numbers
 
 
+def _yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, stale: dict | None):
+    """(yardstick check, counterfactual baselines check or None, counterfactual quality check or None)."""
+    if yardstick is None or "error" in (yardstick or {}):
+        why = (yardstick or {}).get("error", "no exploration log with propensities in the holdout window")
+        return (True, f"decided on the holdout: {why}", {"passed": True, "decided_by": "holdout", "reason": why,
+                                                          "min_ess": min_ess}), None, None
+    ess = float(yardstick["ess"])
+    numbers = {"passed": True, "decided_by": "counterfactual" if ess >= min_ess else "holdout", "min_ess": min_ess,
+               **{k: yardstick[k] for k in ("estimator", "ess", "point", "lo", "hi", "level", "values", "window",
+                                            "log") if k in yardstick}}
+    est = yardstick.get("estimator", "dr").upper()
+    interval = (f"{est} Δwatches/list {yardstick['point']:+.4f}, {yardstick['level']:.0%} interval "
+                f"[{yardstick['lo']:+.4f}, {yardstick['hi']:+.4f}], ESS {ess:,.0f}")
+    if ess < min_ess:
+        return (True, f"decided on the holdout: the exploration log's effective sample size {ess:,.0f} < {min_ess:,.0f}"
+                      f" ({interval})", numbers), None, None
+    values = yardstick["values"]
+    cand = values[yardstick.get("candidate", "candidate")]
+    floor = {b: values[b] for b in yardstick.get("baselines", ()) if b in values}
+    beats = all(cand > v for v in floor.values())
+    listed = ", ".join(f"{'Top 50' if b == 'top50' else b} {v:.4f}" for b, v in floor.items()) or "none"
+    base = (beats, (f"beats the baselines on the exploration log: {est} watches/list {cand:.4f} > {listed}" if beats
+                    else f"under its baselines on the exploration log: {est} watches/list {cand:.4f} ≤ {listed}"),
+            {"passed": beats, "decided_by": "counterfactual", "candidate": cand, **floor})
+    comparison = {"point": yardstick["point"], "lo": yardstick["lo"], "hi": yardstick["hi"],
+                  "level": yardstick["level"], "n_users": int(yardstick.get("log", {}).get("lists", 0)),
+                  "resamples": yardstick.get("resamples", 1000), "metric": "watches/list (" + est + ")",
+                  "reference": "production replayed on the holdout days' exploration log"}
+    passed, reason, q = _evidence_check(comparison, margin, stale, {}, {}, DEFAULT_METRIC)
+    q = q | {"decided_by": "counterfactual", "candidate": values.get(yardstick.get("candidate", "candidate")),
+             "production": values.get(yardstick.get("reference", "production"))}
+    reason = reason.replace("paired bootstrap resamples) vs", "paired bootstrap resamples over lists) vs") \
+        .replace(" users (", " lists (")
+    return (True, f"decided on the exploration log ({interval} ≥ {min_ess:,.0f})", numbers), base, \
+        (passed, reason, q)
+
+
 def evaluate_gate(candidate_metrics: dict, production_metrics: dict | None, *, has_nan: bool,
                   metric: str = DEFAULT_METRIC, margin: float = 0.0, min_coverage_ratio: float = 0.5,
                   min_coverage: float = 0.01, baselines: dict | None = None, comparison: dict | None = None,
                   min_users: int | None = None, stale: dict | None = None,
-                  same_as_production: str | None = None) -> GateDecision:
+                  same_as_production: str | None = None, yardstick: dict | None = None,
+                  min_ess: float | None = None) -> GateDecision:
     """Decide whether `candidate_metrics` may replace `production_metrics` (None: no production model).
 
     Promote only when all three checks pass: finite factors (`has_nan` False);
@@ -226,6 +271,16 @@ def evaluate_gate(candidate_metrics: dict, production_metrics: dict | None, *, h
         results["quality"] = _evidence_check(comparison, margin, stale, candidate_metrics, production_metrics, metric)
     else:
         results["quality"] = _quality_check(candidate_metrics, production_metrics, metric, margin)
+    if min_ess is not None and production_metrics is not None:
+        results["yardstick"], cf_base, cf_quality = _yardstick_checks(yardstick, min_ess, max(margin, 0.0), stale)
+        if cf_base is not None:
+            if baselines is not None:
+                results["holdout_baselines"] = (True, "(not deciding) " + results["baselines"][1],
+                                                results["baselines"][2] | {"passed": True, "decided": False})
+            results["baselines"] = cf_base
+            results["holdout_quality"] = (True, "(not deciding) " + results["quality"][1],
+                                          results["quality"][2] | {"passed": True, "decided": False})
+            results["quality"] = cf_quality
     if same_as_production:
         results["novelty"] = (False, f"nothing new: {same_as_production}", {"passed": False})
     return GateDecision(

@@ -71,6 +71,9 @@ class ModelPolicy:
                         r.append(rows[u]); c.append(cols[m])  # noqa: E702
             shape = self.matrix.user_items.shape
             seen_csr = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=shape)
+            # As serving does: the titles of the model's own matrix are filtered too (a click without a watch is
+            # in it, and serving never shows it again).
+            seen_csr = (seen_csr + (self.matrix.user_items > 0).astype(np.float32)).tocsr()
             ids, _ = self.model.recommend(np.array([rows[u] for u in known]), seen_csr, k)
             for u, row in zip(known, ids):
                 out[u] = [int(self.matrix.movie_ids[i]) for i in row if i >= 0]
@@ -237,3 +240,26 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
                                             target_size=k, **opts).to_dict()
                 for est in ESTIMATORS}
     return out
+
+
+# ------------------------------------------------------------------ the gate's yardstick
+def yardstick(settings, log: ExplorationLog, policies: dict, *, reference: str = "production",
+              candidate: str = "candidate", baselines: tuple = ("popularity", "top50"), seed: int = 42,
+              n_boot: int = 1000, top50_by_day: dict | None = None) -> dict:
+    """What the gate reads: the best estimator's (`BEST`) candidate − reference interval, each policy's value,
+    and the effective sample size that says whether the log is big enough to trust them.
+
+    ESS is the smaller of the candidate's and the reference's Kish ESS over the logged titles' weights
+    (counterfactual.effective_sample_size): a log where one far-explored title carries most of the weight has
+    a tiny ESS however many lists it holds."""
+    result = evaluate(settings, log, policies, reference, seed=seed, n_boot=n_boot, top50_by_day=top50_by_day)
+    cmp = result["comparisons"][candidate][BEST]
+    ess = float(min(cmp["ess_candidate"], cmp["ess_baseline"]))
+    return {"estimator": BEST, "window": [log.start, log.end], "log": result["log"], "ess": ess,
+            "point": cmp["value"], "lo": cmp["lo"], "hi": cmp["hi"], "level": cmp["level"],
+            "values": {name: result["policies"][name][BEST]["value"] for name in policies},
+            "intervals": {name: [result["policies"][name][BEST]["lo"], result["policies"][name][BEST]["hi"]]
+                          for name in policies},
+            "baselines": [b for b in baselines if b in policies], "reference": reference, "candidate": candidate,
+            "all_estimators": {name: {est: {k: v[k] for k in ("value", "lo", "hi", "ess")}
+                                      for est, v in result["policies"][name].items()} for name in policies}}

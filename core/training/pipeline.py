@@ -60,6 +60,7 @@ class TrainResult:
     comparison: dict | None = None     # paired bootstrap vs the production reference (None: no production)
     staleness: dict | None = None      # how far production's training data is behind the newest data
     same_as_production: str | None = None   # set when data version and parameters equal production's
+    yardstick: dict | None = None      # the counterfactual comparison on the holdout days' exploration log
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "estimator"}
@@ -108,7 +109,7 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
             "popularity": evaluate_model(PopularityRecommender().fit(split.train.user_items), split),
             "top50": evaluate_model(WeightedRatingRecommender(top_cols).fit(split.train.user_items), split),
         }
-        comparison = staleness = same = None
+        comparison = staleness = same = yardstick = None
         prod = registry.production(settings)
         if prod is not None:
             prod_per_user, prod_bundle = None, None
@@ -126,6 +127,14 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
             comparison = gate.paired_bootstrap(per_user, prod_per_user, resamples=settings.gate_bootstrap_resamples,
                                                seed=seed) | {"metric": "ndcg@10", "reference": reference}
             staleness = production_staleness(settings, baselines["production"], split, prod_bundle)
+            yardstick = gate_yardstick(settings, split, estimator, model, full_params, prod, prod_bundle,
+                                       baselines["production"], top_cols, seed)
+            if "error" not in yardstick:     # the registry's baselines floor reads the run's record
+                values = yardstick["values"]
+                baselines["counterfactual"] = {
+                    "estimator": yardstick["estimator"], "ess": yardstick["ess"], "values": values,
+                    "decides": yardstick["ess"] >= settings.gate_min_ess,
+                    "passes": all(values["candidate"] > values[b] for b in yardstick["baselines"])}
             if not staleness.get("withdrawn_consent"):   # a consent withdrawal changes the data, not its version
                 same = same_as(prod, data_version, run_params)
         timings["evaluate"] = time.perf_counter() - t
@@ -154,7 +163,7 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
         raise
     progress(0.8, f"run {run_id}: ndcg@10 {scores['ndcg@10']:.4f}")
     return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan, estimator,
-                       comparison, staleness, same)
+                       comparison, staleness, same, yardstick)
 
 
 def _estimator_class(settings: Settings, model: str):
@@ -165,6 +174,42 @@ def _estimator_class(settings: Settings, model: str):
         raise ValidationError(f"the Spark engine trains als only (MLlib ALS), not {model!r}; "
                               "train it with --engine embedded")
     return SparkALSRecommender
+
+
+def gate_yardstick(settings: Settings, split, estimator, kind: str, params: dict, prod: dict, prod_bundle,
+                   prod_scores: dict, top_cols: np.ndarray, seed: int) -> dict:
+    """The candidate (fitted on the training window) against production on the holdout days' exploration log.
+
+    Production is its deployed model when its training data ends before the holdout, else its configuration
+    refit on the same training window (the same object as the candidate when the configuration is the same:
+    then only staleness can promote, as on the holdout). Baselines: popularity and the Top 50 of the cutoff."""
+    from core.pseudonym import pseudonym_key
+    from core.training import offpolicy
+    try:
+        log = offpolicy.load_log(settings, split.cutoff.strftime("%Y-%m-%dT%H:%M:%S"),
+                                 (split.end.normalize() + pd.Timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S"))
+        if log.n_lists == 0:
+            return {"error": "no list with propensities was served in the holdout window"}
+        key = pseudonym_key(settings)
+        top = offpolicy.RankingPolicy("top50", [int(m) for m in split.train.movie_ids[top_cols]])
+        counts = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel()
+        popular = offpolicy.RankingPolicy("popularity", [int(m) for m in split.train.movie_ids[np.argsort(
+            -counts, kind="stable")]])
+        candidate = offpolicy.ModelPolicy("candidate", estimator, split.train, key, top)
+        cls = MODELS[prod["model_kind"]]
+        prod_params = {k: v for k, v in (prod.get("params") or {}).items() if k in cls().params()}
+        if prod_bundle is not None and not prod_scores.get("overlaps_holdout") and "error" not in prod_scores:
+            production = offpolicy.ModelPolicy("production", prod_bundle.model, prod_bundle.matrix, key, top)
+        elif prod["model_kind"] == kind and prod_params == {k: params.get(k) for k in prod_params}:
+            production = offpolicy.ModelPolicy("production", estimator, split.train, key, top)
+        else:
+            production = offpolicy.ModelPolicy("production", cls(**prod_params).fit(split.train.user_items),
+                                               split.train, key, top)
+        return offpolicy.yardstick(settings, log, {"candidate": candidate, "production": production,
+                                                   "popularity": popular, "top50": top}, seed=seed,
+                                   n_boot=settings.gate_bootstrap_resamples)
+    except (ValueError, RetroError, OSError) as exc:
+        return {"error": f"counterfactual evaluation failed: {exc}"}
 
 
 # ------------------------------------------------------------------ retrain
@@ -211,7 +256,8 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
             trained.metrics, prod_metrics, has_nan=trained.has_nan, margin=margin,
             baselines={name: trained.baselines[name] for name in gate.BASELINES},
             comparison=trained.comparison, min_users=settings.gate_min_users, stale=trained.staleness,
-            same_as_production=trained.same_as_production)
+            same_as_production=trained.same_as_production, yardstick=trained.yardstick,
+            min_ess=settings.gate_min_ess)
         progress(0.9, "gate: " + (("promote" if on_pass == "promote" else "passed → canary") if decision.promote
                                   else "keep the current model"))
         released = None

@@ -101,6 +101,8 @@ def baseline_floor(run: dict) -> dict:
     """Whether a CF run's holdout nDCG@10 beats both baselines measured on the same holdout.
 
     {"passes", "ndcg@10", "popularity", "top50"}; a run without recorded baselines passes (nothing to compare).
+    When the run's exploration log was big enough for the gate to decide on it (`baselines["counterfactual"]`,
+    issue 22), that floor replaces the holdout's: {"passes", "decided_by": "counterfactual", values}.
     """
     metrics = mlopsdb.loads(run.get("metrics")) or {}
     baselines = mlopsdb.loads(run.get("baselines")) or {}
@@ -108,6 +110,10 @@ def baseline_floor(run: dict) -> dict:
     floor = {name: (baselines.get(name) or {}).get("ndcg@10") for name in ("popularity", "top50")}
     known = [v for v in floor.values() if isinstance(v, (int, float))]
     passes = score is None or not known or score > max(known)
+    cf = baselines.get("counterfactual") or {}
+    if cf.get("decides"):
+        return {"passes": bool(cf.get("passes")), "ndcg@10": score, **floor, "decided_by": "counterfactual",
+                "watches_per_list": cf.get("values")}
     return {"passes": bool(passes), "ndcg@10": score, **floor}
 
 

@@ -233,6 +233,45 @@ def last_gate_decision(settings: Settings) -> dict | None:
             "trigger": result.get("trigger"), "gate": result.get("gate") or {}}
 
 
+def annotate_job(settings: Settings, job_id: int, key: str, value) -> None:
+    """Add one field to a finished job's result (e.g. the simulated world's truth about its gate decision,
+    computed by a stage that may know the world): never changes a field already there."""
+    with mlopsdb.write_session(settings) as db:
+        row = db.execute("SELECT result FROM jobs WHERE job_id = ?", [int(job_id)]).fetchone()
+        if row is None:
+            raise RetroError(f"no job {job_id}")
+        result = loads(row[0]) or {}
+        if key in result:
+            raise RetroError(f"job {job_id} already has {key!r}")
+        result[key] = value
+        db["jobs"].update(int(job_id), {"result": dumps(result)})
+
+
+def gate_history(settings: Settings) -> pd.DataFrame:
+    """One row per finished retrain: at, job_id, version, promoted, decided_by, ess, the holdout's Δ nDCG@10
+    (point, lo, hi), the counterfactual Δ watches/list (point, lo, hi) and, in simulation, the truth's Δ
+    watches/list and verdict: the yardstick over time (Training page)."""
+    with mlopsdb.session(settings) as db:
+        rows = db.execute("SELECT job_id, finished_at, result FROM jobs WHERE kind = 'retrain' "
+                          "AND status = 'finished' ORDER BY job_id").fetchall()
+    out = []
+    for job_id, at, raw in rows:
+        result = loads(raw) or {}
+        checks = (result.get("gate") or {}).get("checks") or {}
+        y = checks.get("yardstick") or {}
+        holdout = checks.get("holdout_quality") or checks.get("quality") or {}
+        cf = y if "point" in y else {}
+        t = result.get("truth") or {}
+        out.append({"at": at, "job_id": job_id, "version": result.get("version"), "promoted": result.get("promoted"),
+                    "decided_by": y.get("decided_by", "holdout"), "ess": y.get("ess"),
+                    "holdout_delta": holdout.get("point"), "holdout_lo": holdout.get("lo"),
+                    "holdout_hi": holdout.get("hi"), "cf_delta": cf.get("point"), "cf_lo": cf.get("lo"),
+                    "cf_hi": cf.get("hi"), "truth_delta": t.get("difference"), "truth_verdict": t.get("verdict")})
+    return pd.DataFrame(out, columns=["at", "job_id", "version", "promoted", "decided_by", "ess", "holdout_delta",
+                                      "holdout_lo", "holdout_hi", "cf_delta", "cf_lo", "cf_hi", "truth_delta",
+                                      "truth_verdict"])
+
+
 # --- internals ---------------------------------------------------------------
 
 def _run_row(db, run_id: int) -> dict:

@@ -1,0 +1,84 @@
+"""The gate decides on the counterfactual estimate when the exploration log is big enough (issue 22.4), and
+says which estimate decided, its interval and effective sample size; otherwise the holdout decides, and the
+decision says why. These tests fail on the code before the yardstick (evaluate_gate had no such input)."""
+import dataclasses
+
+import pytest
+from conftest import private_copy
+
+from core.serving import exploration, serving
+from core.simulation import loop
+from core.training import gate, pipeline
+
+CANDIDATE = {"ndcg@10": 0.30, "coverage": 0.5, "users_evaluated": 500}
+PRODUCTION = {"ndcg@10": 0.20, "coverage": 0.5}
+BASELINES = {"popularity": {"ndcg@10": 0.1}, "top50": {"ndcg@10": 0.1}}
+HOLDOUT_BETTER = {"point": 0.05, "lo": 0.02, "hi": 0.08, "level": 0.9, "n_users": 500, "resamples": 1000}
+
+
+def _yardstick(ess, point, lo, hi, candidate=1.2, production=1.3, popularity=0.8, top50=0.5):
+    return {"estimator": "dr", "ess": ess, "point": point, "lo": lo, "hi": hi, "level": 0.9,
+            "values": {"candidate": candidate, "production": production, "popularity": popularity, "top50": top50},
+            "baselines": ["popularity", "top50"], "candidate": "candidate", "reference": "production",
+            "window": ["2026-01-01T00:00:00", "2026-01-04T00:00:00"], "log": {"lists": 900}}
+
+
+def _decide(yardstick, min_ess=200, stale=None):
+    return gate.evaluate_gate(CANDIDATE, PRODUCTION, has_nan=False, baselines=BASELINES, comparison=HOLDOUT_BETTER,
+                              min_users=200, stale=stale or {"stale": False}, yardstick=yardstick, min_ess=min_ess)
+
+
+def test_a_big_enough_log_overrules_a_holdout_that_production_bent():
+    """The holdout says better (+0.05 nDCG, interval above 0); the log (ESS 350 ≥ 200) says worse (−0.1
+    watches/list, interval below 0): the counterfactual decides — refused — and the decision says so."""
+    d = _decide(_yardstick(350, -0.1, -0.2, -0.03))
+    assert d.promote is False
+    assert d.checks["yardstick"]["decided_by"] == "counterfactual"
+    assert d.checks["yardstick"]["ess"] == 350 and d.checks["quality"]["lo"] == -0.2
+    assert d.checks["quality"]["decided_by"] == "counterfactual" and not d.checks["quality"]["passed"]
+    assert d.checks["holdout_quality"]["decided"] is False       # still shown, not deciding
+    assert any("decided on the exploration log" in r for r in d.reasons)
+
+
+def test_the_log_promotes_what_the_holdout_floor_refused():
+    refused = gate.evaluate_gate(CANDIDATE | {"ndcg@10": 0.05}, PRODUCTION, has_nan=False, baselines=BASELINES,
+                                 comparison=HOLDOUT_BETTER, min_users=200, stale={"stale": False})
+    assert not refused.promote                                   # under the holdout's baselines (0.05 ≤ 0.1)
+    d = gate.evaluate_gate(CANDIDATE | {"ndcg@10": 0.05}, PRODUCTION, has_nan=False, baselines=BASELINES,
+                           comparison=HOLDOUT_BETTER, min_users=200, stale={"stale": False},
+                           yardstick=_yardstick(400, 0.2, 0.05, 0.35, candidate=1.5), min_ess=200)
+    assert d.promote and d.checks["baselines"]["decided_by"] == "counterfactual"
+
+
+def test_a_small_log_leaves_the_decision_to_the_holdout_and_says_why():
+    d = _decide(_yardstick(44, -0.5, -0.9, -0.1))
+    assert d.promote is True                                     # the holdout's evidence decides
+    assert d.checks["yardstick"]["decided_by"] == "holdout"
+    assert "effective sample size 44 < 200" in d.checks_reason if hasattr(d, "checks_reason") else True
+    assert any("effective sample size 44 < 200" in r for r in d.reasons)
+    none = _decide(None)
+    assert none.checks["yardstick"]["decided_by"] == "holdout" and none.promote
+
+
+def test_the_candidate_must_beat_both_baselines_on_the_log():
+    d = _decide(_yardstick(500, 0.1, 0.02, 0.2, candidate=0.7, popularity=0.8))
+    assert not d.promote and not d.checks["baselines"]["passed"]
+
+
+@pytest.mark.slow
+def test_a_retrain_records_the_yardstick_on_a_world_that_explores(cf_world, tmp_path):
+    """A closed loop with exploration, then a retrain: the gate's decision carries the counterfactual
+    comparison on the holdout days (interval, ESS, every policy's value) and obeys it when the ESS suffices."""
+    serving.clear_caches()
+    world = dataclasses.replace(private_copy(cf_world, tmp_path), gate_min_ess=1)
+    exploration.set_share(world, 0.5, actor="test")
+    loop.run(world, 4, policy_mode="manual")
+    result = pipeline.retrain(world, with_ranker=False)
+    y = result["gate"]["checks"]["yardstick"]
+    assert y["decided_by"] == "counterfactual", y
+    assert y["log"]["lists"] > 0 and y["log"]["exploring_lists"] > 0 and y["ess"] >= 1
+    assert y["lo"] <= y["point"] <= y["hi"]
+    assert set(y["values"]) == {"candidate", "production", "popularity", "top50"}
+    q = result["gate"]["checks"]["quality"]
+    assert q["decided_by"] == "counterfactual"
+    serving.clear_caches()
