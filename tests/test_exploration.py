@@ -135,3 +135,20 @@ def test_the_share_is_validated(world):
     with pytest.raises(ValidationError):
         exploration.set_share(world, "x", actor="test")
     assert exploration.get_share(world) == world.explore_share
+
+
+@pytest.mark.slow
+def test_the_price_of_exploring_is_measured_online(world):
+    """Closed-loop days with half the lists exploring: each monitored day splits its lists by policy (the two
+    groups add up to every list served), and the running price is their list-weighted hit rates."""
+    from core.monitoring import monitoring
+    from core.simulation import loop
+    exploration.set_share(world, 0.5, actor="test")
+    loop.run(world, 2, policy_mode="manual")
+    with opsdb.session(world) as db:
+        served = db.execute("SELECT count(*), sum(policy = 'explore') FROM served_recommendations "
+                            "WHERE served_at >= '2026-01-11'").fetchone()
+    price = monitoring.exploration_price(world)
+    assert price["deterministic"]["lists"] + price["explore"]["lists"] == served[0]
+    assert price["explore"]["lists"] == served[1] and 0.3 * served[0] < served[1] < 0.7 * served[0]
+    assert price["difference"] == pytest.approx(price["explore"]["hit_rate"] - price["deterministic"]["hit_rate"])

@@ -102,7 +102,8 @@ def test_serving_paths_and_fallbacks(world):
     rec = serving.recommend(world, active)
     assert rec.path == "model" and rec.model_version == registry.production(world)["version"]
     assert rec.data_version == "dv1" and len(rec.movie_ids) == 10
-    assert rec.scores == sorted(rec.scores, reverse=True)
+    # Best first — unless this list explores (a swapped slot keeps its own score where it was placed).
+    assert rec.scores == sorted(rec.scores, reverse=True) or rec.policy == "explore"
 
     with opsdb.session(world) as db:
         newcomer = writes.add_user(db)

@@ -13,9 +13,14 @@ Per monitored day (one simulated day, or one ETL window):
   production churn model possibly stale (the recommender changed since it was trained); it closes when status no
   longer does. It only informs: the retraining policy reads drift and quality alerts, not this one.
 Alerts open once per (kind, metric), update while open and close when the
-metric recovers — clearly: a drift score must fall below 0.8 × its threshold, the
-online hit rate back above 90 % of its baseline (it opened below 80 %), so a
-metric hovering at its threshold does not open and close an alert every day.
+metric recovers — clearly: a drift score must fall below 0.8 × the level that opens
+an alert, the online hit rate back above 90 % of its baseline (it opened below 80 %),
+so a metric hovering at its threshold does not open and close an alert every day.
+An alert needs a change that is both material (the test's threshold; 80 % of the
+hit-rate baseline) and beyond chance at the day's window sizes (above the score's
+99th percentile when nothing changed, `drift.null_quantile`; a hit-rate drop
+significant at 99 % for the users served, `hit_rate_chance_level`): on a small
+world a fixed threshold alone alarms on noise.
 A day with an open data-quality alert is a *data incident*, not a taste shift,
 and the retraining policy does not act on it.
 """
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from core.monitoring import drift, policy
 from core.serving import deployments
@@ -56,11 +62,12 @@ FEATURE_LABELS = {
 }
 TITLE_BUCKETS_SHOWN = 12          # the per-feature chart of title_share shows the titles that moved most
 QUARANTINE_RATE_ALERT = 0.02      # > 2 % of a day's rows quarantined = data incident
-ONLINE_DROP_ALERT = 0.80          # model hit rate below 80 % of its stable baseline
+ONLINE_DROP_ALERT = 0.80          # model hit rate below 80 % of its stable baseline (material)...
+ONLINE_CHANCE_Z = float(stats.norm.ppf(drift.NULL_LEVEL))   # ...and below baseline − 2.33 SE (beyond chance)
 ONLINE_RECOVERED = 0.90
 BASELINE_DAYS = 7
 SIGNIFICANT_FACTOR = drift.PSI_SIGNIFICANT / drift.PSI_MODERATE   # 2.5 × a test's threshold (PSI: 0.25)
-RECOVERED_FACTOR = 0.8            # a data-drift alert closes below 0.8 × its threshold (hysteresis: no flapping)
+RECOVERED_FACTOR = 0.8            # a data-drift alert closes below 0.8 × its alerting level (hysteresis: no flapping)
 LARGE_WINDOW = 1000               # observations in a day's window above which one day's moderate drift is trusted
 STALENESS = ("model-staleness", "churn")   # (kind, metric) of the churn model's staleness alert
 RECOMMENDER_ALERTS = ("data-quality", "data-drift", "concept-drift")   # the alerts about the recommender's data
@@ -194,7 +201,7 @@ def online_quality(settings: Settings, day, k: int = 10) -> dict:
 
     arms, release = arm_quality(settings, s0, watched, k)
     return {"users_served": len(served), "users_model": len(model_lists), "paths": paths,
-            "arms": arms, "release": release,
+            "arms": arms, "release": release, "hit_rate_by_policy": policy_quality(settings, s0, watched, k),
             "hit_rate_model": rate(metrics.hit_rate_all_users_at_k, model_lists, model_watched),
             "precision_model": rate(metrics.precision_all_users_at_k, model_lists, model_watched),
             "hit_rate_top50": rate(metrics.hit_rate_all_users_at_k, top_lists, top_watched),
@@ -202,6 +209,37 @@ def online_quality(settings: Settings, day, k: int = 10) -> dict:
             "score_p10": float(np.percentile(scores, 10)) if scores else None,
             "score_p50": float(np.percentile(scores, 50)) if scores else None,
             "score_p90": float(np.percentile(scores, 90)) if scores else None}
+
+
+def policy_quality(settings: Settings, served_at: str, watched: dict[int, set], k: int = 10) -> dict:
+    """The price of exploring, measured online: {policy: {"users", "hit_rate"}} for the lists shown at
+    `served_at` by the deterministic and the exploring logging policy (every list, fallbacks included; the coin
+    is independent of the user, so the two groups compare like with like)."""
+    with opsdb.session(settings) as db:
+        rows = sorted(servinglog.policy_lists_served_at(db, served_at))
+    out = {}
+    for policy in ("deterministic", "explore"):
+        lists = [json.loads(ids)[:k] for _, p, ids in rows if p == policy]
+        relevant = [watched.get(u, set()) for u, p, _ in rows if p == policy]
+        if lists:
+            out[policy] = {"users": len(lists), "hit_rate": metrics.hit_rate_all_users_at_k(lists, relevant, k)}
+    return out
+
+
+def exploration_price(settings: Settings) -> dict:
+    """Online hit rate@10 of exploring vs deterministic lists over every monitored day (list-weighted), and
+    the difference: {"deterministic": {...}, "explore": {...}, "difference": explore − deterministic or None}."""
+    with mlopsdb.session(settings) as db:
+        rows = db.execute("SELECT online FROM monitor_days ORDER BY day").fetchall()
+    totals = {p: [0, 0.0] for p in ("deterministic", "explore")}
+    for (online,) in rows:
+        for p, q in ((json.loads(online) if online else {}).get("hit_rate_by_policy") or {}).items():
+            totals[p][0] += q["users"]
+            totals[p][1] += q["hit_rate"] * q["users"]
+    out = {p: {"lists": n, "hit_rate": (hits / n) if n else None} for p, (n, hits) in totals.items()}
+    both = all(out[p]["hit_rate"] is not None for p in out)
+    out["difference"] = out["explore"]["hit_rate"] - out["deterministic"]["hit_rate"] if both else None
+    return out
 
 
 def arm_quality(settings: Settings, served_at: str, watched: dict[int, set], k: int = 10) -> tuple[dict, dict | None]:
@@ -299,28 +337,75 @@ def recommended_genres(settings: Settings, day) -> dict:
 
 # ------------------------------------------------------------------ alerts
 def drift_confirmed(result: dict, drifted_yesterday: bool) -> bool:
-    """A drifted score opens (or updates) an alert when it is significant (≥ 2.5 × its threshold), measured on a
-    large window, or drifted the day before too — one noisy small day must not page anyone."""
+    """A score opens (or updates) an alert when the change is material (``drifted``: ≥ the test's threshold) and
+    beyond chance (``beyond_chance``: above its 99th percentile with nothing changed, at these window sizes), and
+    it is significant (≥ 2.5 × its threshold), measured on a large window, or was alert-worthy the day before
+    too — one noisy small day must not page anyone. A result without a chance level (written before there was
+    one) is judged by its threshold alone."""
     if result.get("insufficient") or result.get("empty"):
         return False                          # too small to judge: neither opens nor confirms anything
-    return bool(result["drifted"]) and (result["score"] >= SIGNIFICANT_FACTOR * result["threshold"]
-                                        or result["n_current"] >= LARGE_WINDOW or drifted_yesterday)
+    return (bool(result["drifted"]) and bool(result.get("beyond_chance", True))
+            and (result["score"] >= SIGNIFICANT_FACTOR * result["threshold"]
+                 or result["n_current"] >= LARGE_WINDOW or drifted_yesterday))
+
+
+def alert_level(result: dict) -> float:
+    """The score an alert needs: the larger of the test's threshold and its chance level (``null_q99``)."""
+    chance = result.get("null_q99")
+    if chance is None or not np.isfinite(chance):
+        return float(result["threshold"])
+    return max(float(result["threshold"]), float(chance))
 
 
 def drift_recovered(result: dict) -> bool:
-    """Clearly back to normal: below 0.8 × the threshold (between the two, an open alert stays open)."""
-    return not result["empty"] and not result.get("insufficient") and result["score"] < RECOVERED_FACTOR * result["threshold"]
+    """Clearly back to normal: below 0.8 × `alert_level` — the threshold, or the chance level where noise is
+    larger (between the two, an open alert stays open). On a small window a score that is only noise
+    sits above 0.8 × the threshold most days (rating PSI at 120 rows a day averages ~0.12), and would keep an
+    alert open long after its shift ended."""
+    return (not result["empty"] and not result.get("insufficient")
+            and result["score"] < RECOVERED_FACTOR * alert_level(result))
 
 
-def _open_or_update(db, kind, metric, test, value, threshold, severity, window, at, classification) -> bool:
+def hit_rate_chance_level(baseline: float, users: int, baseline_users: int) -> float:
+    """The hit rate below which a day's drop from `baseline` is beyond chance at 99 % (one-sided).
+
+    b − z·sqrt(b·(1 − b)·(1/n + 1/n_b)), z = Φ⁻¹(0.99) = 2.33: the normal approximation to the difference of
+    two binomial proportions, the day's (n = users served a model list) and the baseline's (n_b = those users
+    summed over the baseline days; the baseline is a mean of daily rates). Range −∞ .. b; nan without users.
+    On a 600-user world (b 0.8, 130 users a day, 900 in the baseline) it is 0.71, above the material 80 %
+    level 0.64; on 20 users it would be 0.58.
+    """
+    if not users or not baseline_users:
+        return float("nan")
+    b = float(baseline)
+    return b - ONLINE_CHANCE_Z * float(np.sqrt(max(b * (1 - b), 0.0) * (1 / users + 1 / baseline_users)))
+
+
+def concept_drift_level(baseline: float, users: int, baseline_users: int) -> float:
+    """The hit rate a concept-drift alert needs to fall below: under 80 % of the baseline (material) and beyond
+    chance for the users served (`hit_rate_chance_level`); the lower of the two. Without user counts (a day
+    stored before they were kept), the material level alone."""
+    chance = hit_rate_chance_level(baseline, users, baseline_users)
+    material = ONLINE_DROP_ALERT * baseline
+    return material if not np.isfinite(chance) else min(material, chance)
+
+
+def _open_or_update(db, kind, metric, test, value, threshold, severity, window, at, classification,
+                    chance_level: float | None = None) -> bool:
+    """Open an alert (True), or update the open one of (kind, metric) (False). ``chance_level``: the level the
+    metric had to pass to be beyond chance when it opened (a drift test's null_q99; the hit rate of
+    `hit_rate_chance_level`), kept beside the material ``threshold``."""
     row = db.execute("SELECT alert_id FROM alerts WHERE kind = ? AND metric = ? AND closed_at IS NULL", [kind, metric]).fetchone()
     if row:
         db.execute("UPDATE alerts SET last_value = ?, severity = CASE WHEN ? = 'critical' THEN 'critical' ELSE severity END "
                    "WHERE alert_id = ?", [value, severity, row[0]])
         return False
+    if chance_level is not None and not np.isfinite(chance_level):
+        chance_level = None
     db.execute("INSERT INTO alerts(kind, metric, test, severity, value, threshold, window_start, window_end, opened_at, "
-               "last_value, classification) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-               [kind, metric, test, severity, value, threshold, window[0], window[1], at, value, classification])
+               "last_value, classification, chance_level) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+               [kind, metric, test, severity, value, threshold, window[0], window[1], at, value, classification,
+                chance_level])
     return True
 
 
@@ -339,12 +424,17 @@ def all_alerts(settings: Settings) -> pd.DataFrame:
         return pd.DataFrame(list(db.query("SELECT * FROM alerts ORDER BY opened_at, alert_id")))
 
 
-def _online_baseline(db, before_day: str) -> float | None:
+def _online_baseline(db, before_day: str) -> tuple[float | None, int]:
+    """(mean model hit rate of the last BASELINE_DAYS stable days, or None with fewer than 3; users served a
+    model list over those days — 0 when a day does not say, and the chance level is then not judged)."""
     rows = db.execute("SELECT online FROM monitor_days WHERE day < ? AND classification = 'stable' "
                       "ORDER BY day DESC LIMIT ?", [before_day, BASELINE_DAYS]).fetchall()
-    values = [json.loads(r[0]).get("hit_rate_model") for r in rows]
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if len(values) >= 3 else None
+    days = [json.loads(r[0]) for r in rows]
+    days = [d for d in days if d.get("hit_rate_model") is not None]
+    if len(days) < 3:
+        return None, 0
+    users = [d.get("users_model") for d in days]
+    return float(np.mean([d["hit_rate_model"] for d in days])), (0 if None in users else int(sum(users)))
 
 
 # ------------------------------------------------------------------ one day
@@ -403,26 +493,34 @@ def monitor_day(settings: Settings, day) -> DayReport:
         label = "data incident" if incident else "taste shift"
         primary = {f: tests[0] for f, (_, tests) in FEATURES.items()}
         yesterday = str((start - pd.Timedelta(days=1)).date())
+        # Alert-worthy yesterday: material and beyond chance (a day stored before chance levels: material).
         drifted_yesterday = {(f, t) for f, t in db.execute(
-            "SELECT feature, test FROM drift_scores WHERE day = ? AND drifted = 1", [yesterday]).fetchall()}
+            "SELECT feature, test FROM drift_scores WHERE day = ? AND drifted = 1 AND coalesce(beyond_chance, 1) = 1",
+            [yesterday]).fetchall()}
         for r in results:
             if r["test"] != primary[r["feature"]]:
                 continue
-            # A significant score alerts at once; so does a moderate one measured on a large window; on a
-            # small window a moderate score must persist a second day (one noisy day must not page anyone).
+            # Material and beyond chance, and: a significant score alerts at once; so does a moderate one
+            # measured on a large window; on a small window a moderate score must persist a second day.
             if drift_confirmed(r, (r["feature"], r["test"]) in drifted_yesterday):
                 sev = "critical" if r["score"] >= SIGNIFICANT_FACTOR * r["threshold"] else "warning"
-                if _open_or_update(db, "data-drift", r["feature"], r["test"], r["score"], r["threshold"], sev, window, at, label):
+                if _open_or_update(db, "data-drift", r["feature"], r["test"], r["score"], r["threshold"], sev, window,
+                                   at, label, chance_level=r["null_q99"]):
                     report.opened.append(f"data-drift:{r['feature']}")
             elif drift_recovered(r) and _close(db, "data-drift", r["feature"], at):
                 report.closed.append(f"data-drift:{r['feature']}")
-        baseline = _online_baseline(db, day_s)
+        baseline, baseline_users = _online_baseline(db, day_s)
         online["baseline_hit_rate"] = baseline
         hr = online.get("hit_rate_model")
         if baseline and hr is not None:
-            if hr < ONLINE_DROP_ALERT * baseline:
+            # Material (below 80 % of the baseline) and beyond chance for the users served (one-sided, 99 %).
+            chance = hit_rate_chance_level(baseline, online.get("users_model") or 0, baseline_users)
+            online["baseline_users"] = baseline_users
+            online["hit_rate_chance_level"] = None if not np.isfinite(chance) else chance
+            if hr < concept_drift_level(baseline, online.get("users_model") or 0, baseline_users):
                 if _open_or_update(db, "concept-drift", "hit_rate_model", None, hr, ONLINE_DROP_ALERT * baseline,
-                                   "critical" if hr < 0.6 * baseline else "warning", window, at, label):
+                                   "critical" if hr < 0.6 * baseline else "warning", window, at, label,
+                                   chance_level=chance):
                     report.opened.append("concept-drift:hit_rate_model")
             elif hr >= ONLINE_RECOVERED * baseline and _close(db, "concept-drift", "hit_rate_model", at):
                 report.closed.append("concept-drift:hit_rate_model")
@@ -445,9 +543,10 @@ def monitor_day(settings: Settings, day) -> DayReport:
                     json.dumps(online), json.dumps(quality), json.dumps(model_info), report.classification])
         db.execute("DELETE FROM drift_scores WHERE day = ?", [day_s])
         db.conn.executemany("INSERT INTO drift_scores(day, feature, test, score, threshold, drifted, insufficient, "
-                            "n_current) VALUES (?,?,?,?,?,?,?,?)",
+                            "n_current, null_q99, beyond_chance) VALUES (?,?,?,?,?,?,?,?,?,?)",
                             [(day_s, r["feature"], r["test"], None if np.isnan(r["score"]) else r["score"],
-                              r["threshold"], int(r["drifted"]), int(r["insufficient"]), int(r["n_current"]))
+                              r["threshold"], int(r["drifted"]), int(r["insufficient"]), int(r["n_current"]),
+                              None if np.isnan(r["null_q99"]) else r["null_q99"], int(r["beyond_chance"]))
                              for r in results])
     return report
 
