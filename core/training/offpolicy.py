@@ -55,6 +55,10 @@ class ModelPolicy:
     key: bytes                # the pseudonymization key of the matrix's user keys
     fallback: RankingPolicy
 
+    def at_day(self, day: str) -> None:
+        if hasattr(self.fallback, "at_day"):
+            self.fallback.at_day(day)
+
     def lists(self, user_ids, seen: dict, k: int) -> dict[int, list[int]]:
         user_ids = [int(u) for u in user_ids]
         index = self.matrix.user_index
@@ -202,6 +206,9 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
     reward_hat_X = np.zeros((len(items), 3))
     direct_X: dict[str, list] = {name: [] for name in names}
     for day, day_lists in log.lists.groupby("day"):
+        for policy in policies.values():       # a policy that changes by day (a daily ranking) hears of it
+            if hasattr(policy, "at_day"):
+                policy.at_day(day)
         ctx = day_context(settings, day, (top50_by_day or {}).get(day, []), genres)
         users = day_lists["user_id"].to_numpy()
         at = items["day"].to_numpy() == day
