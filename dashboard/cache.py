@@ -269,3 +269,70 @@ def churn_score():
         return churn_pipeline.score(settings())
     finally:
         clear()
+
+
+# --- the gate's yardstick (issue 22) ---------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=2)
+def gate_history(state):
+    return tracking.gate_history(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def job_result(state, job_id):
+    """A retrain job's stored result (gate checks, and in simulation `truth`)."""
+    return tracking.get_job(settings(), int(job_id)).get("result") or {}
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def exploration_share(state):
+    from core.serving import exploration
+    return exploration.get_share(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def exploration_price(state):
+    """Online hit rate@10 of exploring vs deterministic lists over the monitored days, or None while core has no
+    such summary."""
+    price = getattr(monitoring, "exploration_price", None)
+    return None if price is None else price(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def holdout_of(state, version):
+    """What a version's holdout metrics were measured on: {version, start, end, days, users} — the holdout is the
+    last `holdout_days` days of its training data (dataset.holdout_cutoff of the bundle's trained_until); start
+    and end are None when the bundle is unreadable."""
+    import pandas as pd
+    from core.training import artifacts
+    from core.warehouse.dataset import holdout_cutoff
+    row = registry.get_version(settings(), int(version))
+    days = int((row.get("params") or {}).get("holdout_days") or 0)
+    until = artifacts.trained_until(row["artifact_path"]) if row.get("artifact_path") else None
+    start = end = None
+    if until and days:
+        end = pd.Timestamp(until)
+        start = holdout_cutoff(end, days)
+    return {"version": int(version), "start": start, "end": end, "days": days,
+            "users": (row.get("metrics") or {}).get("users_evaluated")}
+
+
+def record_truth(job_id):
+    """In a simulated world, the truth about a retrain's gate decision (stored on its job); None elsewhere."""
+    from core.simulation import loop, simulation
+    if not simulation.has_world(settings()):
+        return None
+    try:
+        return loop.record_truth(settings(), job_id)
+    finally:
+        clear()
+
+
+def day_span(start, end) -> str:
+    """'Jan 11–Jan 13' for a window of whole days (an end at midnight is exclusive), '—' when unknown."""
+    import pandas as pd
+    if start is None or end is None:
+        return "—"
+    a, b = pd.Timestamp(start), pd.Timestamp(end)
+    if b == b.normalize() and b > a:
+        b -= pd.Timedelta(seconds=1)
+    return f"{a:%b %d}" if a.date() == b.date() else f"{a:%b %d}–{b:%b %d}"

@@ -324,3 +324,48 @@ def churn_drift_history(history: list[dict]) -> go.Figure:
     fig.update_layout(title="Churn drift per scored day", height=360, margin=dict(t=40),
                       legend=dict(orientation="h", y=-0.3))
     return fig
+
+
+def yardstick_history(history: pd.DataFrame) -> go.Figure:
+    """The gate's evidence per retrain over simulated time (`tracking.gate_history`): the holdout's Δ nDCG@10 on
+    top, the counterfactual Δ watches/list (DR, exploration log) and the world's true Δ watches/list below —
+    two panels because the units differ. Error bars are the 90 % intervals; a filled marker is the estimate that
+    decided that retrain, a hollow one the estimate that did not."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=("Holdout: Δ nDCG@10 (candidate − production)",
+                                        "Exploration log vs truth: Δ expected watches per list"))
+    h = history.copy()
+    h["x"] = pd.to_datetime(h["at"])
+    h["label"] = "job " + h["job_id"].astype(str) + ", v" + h["version"].astype(str)
+
+    def intervals(point, lo, hi, decided, name, color, row):
+        shown = h[h[point].notna()]
+        if shown.empty:
+            return
+        filled = shown["decided_by"] == decided
+        fig.add_trace(go.Scatter(
+            x=shown["x"], y=shown[point], mode="markers", name=name, marker_color=color, text=shown["label"],
+            marker=dict(size=10, symbol=["circle" if f else "circle-open" for f in filled], line_width=2),
+            error_y=dict(type="data", symmetric=False, array=(shown[hi] - shown[point]).fillna(0),
+                         arrayminus=(shown[point] - shown[lo]).fillna(0)),
+            hovertemplate="%{text}<br>%{y:+.4f}<extra>" + name + "</extra>"), row=row, col=1)
+
+    intervals("holdout_delta", "holdout_lo", "holdout_hi", "holdout", "holdout Δ nDCG@10 (90% interval)",
+              "#8AA1B1", 1)
+    intervals("cf_delta", "cf_lo", "cf_hi", "counterfactual", "counterfactual Δ watches/list (DR, 90% interval)",
+              "#E8A33D", 2)
+    truth = h[h["truth_delta"].notna()]
+    if len(truth):
+        colors = truth["truth_verdict"].map({"right": "#4CAF50"}).fillna("#E8553D")
+        fig.add_trace(go.Scatter(x=truth["x"], y=truth["truth_delta"], mode="markers", name="true Δ watches/list",
+                                 marker=dict(symbol="diamond", size=11, color=colors), text=truth["label"],
+                                 customdata=truth["truth_verdict"],
+                                 hovertemplate="%{text}<br>true %{y:+.4f} — %{customdata}<extra></extra>"),
+                      row=2, col=1)
+    for row in (1, 2):
+        fig.add_hline(y=0, line_dash="dot", line_color="grey", row=row, col=1)
+    fig.update_yaxes(title_text="Δ nDCG@10", tickformat="+.3f", row=1, col=1)
+    fig.update_yaxes(title_text="Δ watches/list", tickformat="+.2f", row=2, col=1)
+    fig.update_xaxes(title_text="retrain time (simulated clock)", row=2, col=1)
+    fig.update_layout(height=520, legend=dict(orientation="h", y=-0.2), margin=dict(t=40))
+    return fig

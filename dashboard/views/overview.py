@@ -12,6 +12,16 @@ ops, wh, reg, srv = s["ops"], s["warehouse"], s["registry"], s["serving"]
 prod = reg["production"]
 last_job = s["training"]["last_job"]
 
+
+
+def production_metric(prod: dict) -> str:
+    """The production nDCG@10 with what it was measured on: each version is scored on its own holdout (the last
+    days of its training data), so two versions' numbers differ by holdout, not only by quality."""
+    held = cache.holdout_of(cache.token(), prod["version"])
+    return (f"nDCG@10 {prod['metrics']['ndcg@10']:.4f} on v{prod['version']}'s holdout "
+            f"({cache.day_span(held['start'], held['end'])}, {ui.plural(held['users'] or 0, 'user')})")
+
+
 boxes = [
     ("Operational DB", "SQLite, WAL", [f"{ui.plural(ops['users'], 'user')} · {ui.plural(ops['movies'], 'movie')}",
                                        f"{ui.plural(ops['ratings'], 'rating')} · {ui.plural(ops['events'], 'event')}",
@@ -25,9 +35,7 @@ boxes = [
                                            + (f" ({last_job['trigger']})" if last_job else "")]),
     ("Registry", "gate → production", [ui.plural(reg['versions'], 'version'),
                                        f"production v{prod['version']} ({prod['model_kind']})" if prod else "no model in production yet",
-                                       f"nDCG@10 {prod['metrics']['ndcg@10']:.4f} on "
-                                       f"{ui.plural(prod['metrics'].get('users_evaluated', 0), 'holdout user')}" if prod
-                                       else "run a retrain"]),
+                                       production_metric(prod) if prod else "run a retrain"]),
     ("Serving", "model or Top 50 fallback", [f"{ui.plural(srv['lists_served'], 'list')} served",
                                              ", ".join(f"{k} {v:,}" for k, v in srv["paths"].items()) or "nothing served yet"]),
     ("Monitoring", "drift & alerts", [f"{ui.plural(s['monitoring']['open_alerts'], 'open alert')}"]),
@@ -39,7 +47,9 @@ for col, (name, kind, lines) in zip(cols, boxes):
         for line in lines:
             st.caption(line)
 st.caption("Data flows left to right: operational DB → ETL → warehouse → training → registry → serving → monitoring "
-           "(which feeds retraining).")
+           "(which feeds retraining). Each version's nDCG@10 is measured on its own holdout (the last days of its "
+           "training data): a newer version's lower number on a different holdout is not a collapse — the gate "
+           "compares candidate and production on the same evidence (Training & Models page).")
 
 if simulation.has_world(cache.settings()):     # an imported MovieLens folder has no world to grow
     with st.expander("🌱 Grow the world", expanded=False):

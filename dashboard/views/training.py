@@ -4,6 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from core.monitoring import release
 from core.training import registry
 from dashboard import cache, charts, ui
 
@@ -11,6 +12,8 @@ st.title("🧪 Training & Models")
 s = cache.settings()
 
 # --- retrain --------------------------------------------------------------------------------
+ON_PASS = {"canary": "start a canary — it earns production on its online hit rate",
+           "promote": "promote it now"}
 with st.container(border=True):
     st.subheader("Retrain")
     c1, c2, c3 = st.columns(3)
@@ -18,7 +21,23 @@ with st.container(border=True):
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=42, step=1, key="seed")
     margin = c3.number_input("Gate tolerance (nDCG@10 the interval's lower bound may fall below 0)", min_value=0.0,
                              max_value=1.0, value=0.0, step=0.005, format="%.3f", key="margin")
-    # A retrain can promote to production: operators only, audited.
+    on_pass = st.radio("When the candidate passes the gate", list(ON_PASS), format_func=ON_PASS.get, index=0,
+                       horizontal=True, key="on_pass",
+                       help="A canary shows the candidate to a share of users; the release policy of the closed "
+                            "loop promotes it or rolls it back on the online hit rate per arm (Deployment page). "
+                            "Promoting now ends a running release as a recorded decision.")
+    now = cache.deployment(cache.token())
+    running, waiting = now["release"], now["pending"]
+    if now["production"] is None:
+        st.caption("Nothing is in production yet: the first model that passes the gate is promoted directly "
+                   "(there is nothing to compare a canary with).")
+    elif running is not None:
+        st.caption(f"Release #{running['deployment_id']} ({running['mode']} of v{running['version']}"
+                   + (f" at {running['share']:.0%}" if running["mode"] == "canary" else "") + ") is running: a "
+                   "candidate that passes the gate waits for it and starts as a canary when it ends"
+                   + (f" — v{waiting['version']} is waiting now (queued by {waiting['actor']}; a newer one takes "
+                      "its place)" if waiting else "") + ".")
+    # A retrain can promote to production or start a release: operators only, audited.
     if st.button("Run the retrain pipeline", type="primary", key="retrain") and \
             (who := ui.operator("run a retrain")) is not None:
         bar = st.progress(0.0, text="starting")
@@ -26,16 +45,32 @@ with st.container(border=True):
         log: list[str] = []
         with ui.audited(who, "retrain") as entry:
             result = cache.retrain(ui.progress_callback(bar, log), model=model, seed=int(seed), margin=float(margin),
-                                   trigger="dashboard", actor=f"operator:{who}")
-            entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else "kept as candidate")
+                                   trigger="dashboard", actor=f"operator:{who}", on_pass=on_pass)
+            entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else
+                                                         "kept as candidate" if result["release"] is None else
+                                                         release.outcome(result))
         stages.caption(" → ".join(log))
-        verdict = st.success if result["promoted"] else st.warning
+        released = result["release"]
+        verdict = (st.warning if released is None else st.info if released["state"] == "pending" else st.success)
         verdict(f"Run {result['run_id']} → v{result['version']}: "
-                + ("promoted to production" if result["promoted"] else "kept as candidate — the gate refused it")
+                + ("kept as candidate — the gate refused it" if released is None else release.outcome(result))
                 + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f} on "
                   f"{ui.plural(result['metrics']['users_evaluated'], 'holdout user')}, data {result['data_version']})")
+        if released is not None and released["state"] != "promoted":
+            st.caption(f"release: {released['reason']}; the release policy promotes or rolls it back on its online "
+                       "hit rate (Deployment page).")
+        elif released is not None and result["on_pass"] == "canary":
+            st.caption(f"release: {released['reason']}")
+        if released is not None and released.get("replaced"):
+            st.warning(f"release: {released['replaced']['reason']}")
         for reason in result["gate"]["reasons"]:
             st.caption(f"gate: {reason}")
+        with ui.core_errors():
+            truth = cache.record_truth(result["job_id"])     # None outside a simulated world
+        if truth:
+            st.caption(f"truth (simulated world, next day): candidate {truth['candidate']:.4f} vs production "
+                       f"{truth['production']:.4f} watches/list, Δ {truth['difference']:+.4f} — the gate's "
+                       f"decision was {truth['verdict']}.")
 
 token = cache.token()
 
@@ -57,21 +92,131 @@ with legend:
     if deps["churn"]["stale"]:
         st.warning(f"**churn v{deps['churn']['version']}** is possibly stale: " + "; ".join(deps["churn"]["reasons"]))
 
-decision = cache.last_gate(token)
-if decision is not None:
+# --- the gate's yardstick: which estimate decided, its interval, the holdout beside it, the truth in simulation ---
+st.subheader("Gate decisions and their yardstick")
+gates = cache.gate_history(token)
+if gates.empty:
+    st.info("No finished retrain yet — the gate's decisions show here.")
+else:
+    newest_first = gates.iloc[::-1]
+    label_of = {int(r.job_id): f"job {r.job_id} · v{r.version} · {ui.fmt_time(r.at)} · "
+                               + ("promoted" if r.promoted else "not promoted") for r in newest_first.itertuples()}
+    job_id = st.selectbox("Gate decision", list(label_of), format_func=label_of.get, key="gate_job")
+    result = cache.job_result(token, job_id)
+    gate = result.get("gate") or {}
+    checks = gate.get("checks") or {}
+    y = checks.get("yardstick") or {}
+    truth = result.get("truth")
+    by_log = y.get("decided_by") == "counterfactual"
+    holdout_q = (checks.get("holdout_quality") if by_log else checks.get("quality")) or {}
+    holdout_b = (checks.get("holdout_baselines") if by_log else checks.get("baselines")) or {}
+    holdout_of = cache.holdout_of(token, result["version"]) if result.get("version") else {}
     with st.container(border=True):
-        st.markdown(f"**Last gate decision** — job {decision['job_id']} ({decision['trigger']}), v{decision['version']}: "
-                    + ("promoted" if decision["promoted"] else "**refused**, production kept"))
-        checks = decision["gate"].get("checks", {})
-        quality = checks.get("quality", {})
-        if "lo" in quality:
-            st.caption(f"Paired bootstrap of the per-user nDCG@10 difference (candidate − production) over "
-                       f"{ui.plural(quality['n_users'], 'holdout user')}, {ui.plural(quality['resamples'], 'resample')}: "
-                       f"{quality['point']:+.4f}, {quality['level']:.0%} interval [{quality['lo']:+.4f}, "
-                       f"{quality['hi']:+.4f}]; reference: {quality.get('reference', 'production')}.")
-        st.dataframe(pd.DataFrame([{"check": name, "passed": bool(c.get("passed")), "reason": reason}
-                                   for (name, c), reason in zip(checks.items(), decision["gate"].get("reasons", []))]),
-                     hide_index=True, key="gate_table", column_config={"reason": st.column_config.TextColumn(width="large")})
+        st.markdown(f"**Job {job_id}** ({result.get('trigger') or 'retrain'}), v{result.get('version')}: "
+                    + ("promoted" if result.get("promoted") else "passed, released beside production (see the "
+                       "Deployment page)" if gate.get("promote") else "**refused**, production kept"))
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("Decided by", "exploration log" if by_log else "holdout")
+        m2.metric(f"ESS (min {y.get('min_ess', s.gate_min_ess):,})",
+                  f"{y['ess']:,.0f}" if y.get("ess") is not None else "no log")
+        m3.metric("True Δ watches/list", f"{truth['difference']:+.4f}" if truth else "—")
+        m4.metric("Truth says", truth["verdict"] if truth else "—")
+
+        def fmt(v, digits=4, sign=False):
+            return "—" if v is None else f"{v:{'+' if sign else ''}.{digits}f}"
+
+        def interval(c):
+            return f"[{c['lo']:+.4f}, {c['hi']:+.4f}]" if c.get("lo") is not None else "—"
+        evidence = [{"evidence": "exploration log (DR)", "Δ candidate − production": fmt(y.get("point"), sign=True)
+                     + (" watches/list" if "point" in y else ""),
+                     f"{y.get('level', 0.9):.0%} interval": interval(y),
+                     "measured on": (f"{y['log']['lists']:,} lists ({y['log']['exploring_lists']:,} exploring), "
+                                     f"{cache.day_span(*y['window'])}" if "point" in y else
+                                     y.get("reason", "no exploration log")),
+                     "decided": by_log},
+                    {"evidence": "holdout", "Δ candidate − production": fmt(holdout_q.get("point"), sign=True)
+                     + (" nDCG@10" if "point" in holdout_q else ""),
+                     f"{y.get('level', 0.9):.0%} interval": interval(holdout_q),
+                     "measured on": (f"{ui.plural(holdout_q['n_users'], 'user')}, "
+                                     f"{cache.day_span(holdout_of.get('start'), holdout_of.get('end'))}"
+                                     if "n_users" in holdout_q else "no production model to compare"),
+                     "decided": not by_log}]
+        if truth:
+            evidence.append({"evidence": "truth (simulated world)",
+                             "Δ candidate − production": f"{truth['difference']:+.4f} watches/list",
+                             f"{y.get('level', 0.9):.0%} interval": "exact",
+                             "measured on": f"the next simulated day, {truth['draws']} draws", "decided": False})
+        values = y.get("values") or {}
+        t_values = truth or {}
+        policies = pd.DataFrame([{"policy": name, "watches/list (log, DR)": fmt(values.get(key)),
+                                  "nDCG@10 (holdout)": fmt(holdout_b.get(key) if key != "production"
+                                                           else holdout_q.get("production")),
+                                  **({"true watches/list": fmt(t_values.get(key))} if truth else {})}
+                                 for name, key in (("candidate", "candidate"), ("production", "production"),
+                                                   ("popularity", "popularity"), ("Top 50", "top50"))])
+        left, right = st.columns([3, 2])
+        left.dataframe(pd.DataFrame(evidence), hide_index=True, key="yardstick_table",
+                       column_config={"measured on": st.column_config.TextColumn(width="medium")})
+        right.dataframe(policies, hide_index=True, key="policy_values")
+        if "point" in y:
+            sentence = (f"The gate decided on the {'exploration log' if by_log else 'holdout'}: the log's effective "
+                        f"sample size {y['ess']:,.0f} is {'at least' if by_log else 'below'} the minimum "
+                        f"{y['min_ess']:,}, so replaying both policies on it "
+                        + ("was trusted over" if by_log else "was not trusted over") + " the holdout.")
+        else:
+            sentence = ("No exploration log covered the holdout days, so the gate decided on the holdout "
+                        f"(nDCG@10, paired bootstrap).")
+        if truth:
+            sentence += (f" In the simulated world the candidate is truly {truth['difference']:+.4f} watches/list "
+                         f"vs production: the decision was **{truth['verdict']}**.")
+        st.caption(sentence)
+        with st.expander("Every check of this decision"):
+            st.dataframe(pd.DataFrame([{"check": name, "passed": bool(c.get("passed")), "reason": reason}
+                                       for (name, c), reason in zip(checks.items(), gate.get("reasons", []))]),
+                         hide_index=True, key="gate_table",
+                         column_config={"reason": st.column_config.TextColumn(width="large")})
+    if gates[["holdout_delta", "cf_delta", "truth_delta"]].notna().any().any():
+        st.plotly_chart(charts.yardstick_history(gates), key="yardstick_chart")
+        st.caption("Per retrain: the holdout's Δ nDCG@10 (top) and the exploration log's Δ watches per list with "
+                   "the world's true Δ (bottom) — different units, so two panels. Bars are 90 % intervals; a filled "
+                   "circle is the estimate that decided, a hollow one did not; a green diamond is a right decision, "
+                   "red a wrong refusal or promotion.")
+
+# --- exploration: the share of lists that explore feeds the counterfactual yardstick, at a price ----------------
+st.subheader("Exploration")
+share = cache.exploration_share(token)
+price = cache.exploration_price(token)
+left, right = st.columns([1, 2])
+shown_share = left.empty()          # filled after the form, so a saved change shows at once
+with left.form("exploration_form"):
+    new_share = st.number_input("New share (0–50 %)", min_value=0.0, max_value=0.5, value=float(share), step=0.01,
+                                format="%.2f", key="explore_share")
+    if st.form_submit_button("Save share") and (who := ui.operator("change the retraining policy")) is not None:
+        from core.serving import exploration
+        with ui.audited(who, "exploration share", f"{share:g} → {new_share:g}"):
+            exploration.set_share(s, float(new_share), actor=f"operator:{who}")
+        cache.clear()
+        share = float(new_share)
+        st.success(f"Exploration share is now {new_share:.0%}.")
+shown_share.metric("Share of served lists that explore", f"{share:.0%}")
+with right:
+    st.caption("Exploring lists swap some slots for other titles with known probabilities; that log lets the gate "
+               "replay candidate and production offline (counterfactual, doubly robust). A larger share gives a "
+               "larger effective sample size, at the price of slightly worse lists for the users who get them.")
+    if price and price.get("difference") is not None:
+        p1, p2, p3 = st.columns(3)
+        p1.metric("Hit rate@10, deterministic lists", f"{price['deterministic']['hit_rate']:.1%}",
+                  help=f"{price['deterministic']['lists']:,} lists over the monitored days")
+        p2.metric("Hit rate@10, exploring lists", f"{price['explore']['hit_rate']:.1%}",
+                  help=f"{price['explore']['lists']:,} lists over the monitored days")
+        p3.metric("Price of exploring", f"{price['difference'] * 100:+.1f} pts")
+        st.caption(f"Online, over every monitored day: {price['explore']['lists']:,} exploring vs "
+                   f"{price['deterministic']['lists']:,} deterministic lists (a list's coin is independent of its "
+                   "user, so the groups compare like with like).")
+    else:
+        st.caption("The price of exploring (online hit rate@10 of exploring vs deterministic lists) shows once the "
+                   "monitor has seen days with both kinds of list.")
+
 runs = cache.runs(token)
 versions, history = cache.versions(token)
 
