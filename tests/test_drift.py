@@ -63,9 +63,11 @@ def test_results_are_frozen_dataclasses_with_to_dict():
     assert isinstance(r, DriftResult)
     d = r.to_dict()
     assert list(d) == ["test", "score", "drifted", "threshold", "n_reference", "n_current", "empty", "detail",
-                       "insufficient"]
+                       "insufficient", "null_q99", "beyond_chance"]
     assert (d["test"], d["drifted"], d["threshold"], d["n_reference"], d["n_current"], d["empty"]) == \
         ("psi", True, 0.1, 100, 100, False)
+    # chance level of PSI over 2 buckets at 100 + 100 rows ≈ (1/100 + 1/100)·χ²₁(0.99) = 0.02 · 6.63 = 0.133
+    assert 0.1 < d["null_q99"] < 0.17 and d["beyond_chance"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.score = 0.0
     with pytest.raises(dataclasses.FrozenInstanceError):

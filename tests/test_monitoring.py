@@ -35,6 +35,9 @@ def test_stable_days_raise_no_alert_and_are_recorded(base):
     assert len(h["days"]) == 4 and set(h["days"]["classification"]) == {"stable"}
     assert h["alerts"].empty
     assert set(h["scores"]["feature"]) == set(monitoring.FEATURES)
+    # every judged score is stored with its chance level at that day's window sizes
+    judged = h["scores"][h["scores"]["insufficient"] == 0]
+    assert judged["null_q99"].notna().all() and (judged["beyond_chance"] == (judged["score"] > judged["null_q99"])).all()
     online = h["days"]["online"].iloc[-1]
     assert 0 < online["hit_rate_model"] <= 1 and online["users_model"] > 0
     # Personalized lists predict next watches better than the Top 50 control in a stable world.
@@ -65,6 +68,10 @@ def test_drift_alert_rules_confirm_and_hysteresis():
     assert not monitoring.drift_recovered(r(0.09)) and not monitoring.drift_recovered(r(0.081))
     assert monitoring.drift_recovered(r(0.0799))
     assert not monitoring.drift_recovered(r(float("nan"), empty=True))          # an empty day says nothing
+    # material but within chance at the window sizes (chance level 0.28): neither a first nor a second day alerts
+    noisy = {**r(0.2), "null_q99": 0.28, "beyond_chance": False}
+    assert not monitoring.drift_confirmed(noisy, drifted_yesterday=True)
+    assert monitoring.drift_confirmed({**noisy, "score": 0.3, "beyond_chance": True}, drifted_yesterday=False)
 
 
 def _report(classification, opened=()):
@@ -152,6 +159,10 @@ def test_a_viral_title_is_caught_by_the_title_surge_test_on_its_first_day(world)
     latest = monitoring.latest(world)
     surge = next(d for d in latest["drift"] if d["feature"] == "title_share")
     assert surge["drifted"] and surge["score"] >= 0.03
+    # material and beyond chance; the alert keeps the chance level beside the threshold
+    assert surge["beyond_chance"] and 0 < surge["null_q99"] < surge["score"]
+    alert = monitoring.open_alerts(world).set_index("metric").loc["title_share"]
+    assert alert["chance_level"] == pytest.approx(surge["null_q99"]) and alert["threshold"] == 0.03
     dist = monitoring.feature_distributions(world, "title_share", latest["day"])
     assert len(dist) == 2 * monitoring.TITLE_BUCKETS_SHOWN
     wide = dist.pivot_table(index="bucket", columns="window", values="share")

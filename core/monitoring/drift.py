@@ -4,7 +4,7 @@ Evidently's older compute/result split: this module only *computes*; chart
 builders (``dashboard/charts.py``) draw the results and `distribution`.
 
 Every score here **grows with drift** and a window is ``drifted`` when
-``score >= threshold``:
+``score >= threshold`` (the change is *material*):
 
 ==================  ===========  ==========  ==============================================
 test                data         range       default threshold
@@ -30,9 +30,17 @@ Inputs — a *window* (reference or current) is one of
 ``None`` and a window with no rows (``{}``, ``[]``, all-zero counts) are *empty*:
 `run_test` then returns ``empty=True, drifted=False, score=nan`` — no exception,
 no false alarm.
+
+Chance level. A fixed threshold ignores how much a score moves by chance: PSI over B buckets averages about
+(1/n_ref + 1/n_cur)·(B − 1) when nothing changed, 0.09 for 10 rating buckets at 850 + 120 rows. Every result
+therefore also carries ``null_q99``, the 99th percentile of the test's score under the null hypothesis (the
+current window drawn from the reference's distribution) at the two window sizes, and ``beyond_chance =
+score > null_q99``. Monitoring alerts only on a change that is both material and beyond chance
+(`core.monitoring.monitoring.drift_confirmed`). How each test's quantile is computed: `null_quantile`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -43,6 +51,7 @@ import pandas as pd
 from scipy import stats
 from scipy.special import rel_entr
 
+from core.constants import SEED
 from core.errors import ValidationError
 
 NUMERIC, CATEGORICAL, BOTH = "numeric", "categorical", "both"
@@ -53,6 +62,8 @@ PSI_SIGNIFICANT = 0.25       # 0.1 ≤ PSI < 0.25: moderate; PSI ≥ 0.25: signi
 MIN_NUMERIC = 100            # observations a window needs before any test judges it (numeric or categorical)
 MIN_EXPECTED_PER_BUCKET = 5  # categorical: current rows per bucket on average (buckets merged to get there)
 OTHER = "(other)"            # the bucket small categories are merged into
+NULL_LEVEL = 0.99            # chance level: this quantile of a score when nothing changed (`null_quantile`)
+NULL_DRAWS = 2000            # resampled (reference, current) pairs per chance level: q99 = about the 20th largest
 
 
 class UnknownDriftTest(ValidationError):
@@ -62,13 +73,16 @@ class UnknownDriftTest(ValidationError):
 # ------------------------------------------------------------------ typed result and registry entry
 @dataclass(frozen=True)
 class DriftResult:
-    """One test on one (reference, current) pair. ``drifted`` is ``score >= threshold``.
+    """One test on one (reference, current) pair. ``drifted`` is ``score >= threshold`` (a material change).
 
     ``empty`` marks a window with no rows: ``score`` is nan and ``drifted`` False.
     ``insufficient`` marks a window too small to judge (fewer than ``min_n`` rows in either window, or,
     for categories, fewer than 5 current rows per bucket on average even with small buckets merged): ``score``
     is nan and ``drifted`` False — monitoring neither opens nor confirms an alert on it.
     ``n_reference`` / ``n_current``: rows (samples, or the sum of the counts).
+    ``null_q99``: the chance level — the 99th percentile of this test's score at these two window sizes when the
+    current window is drawn from the reference's distribution (`null_quantile`; nan when empty or insufficient).
+    ``beyond_chance``: ``score > null_q99``. An alert needs ``drifted and beyond_chance``.
     """
 
     test: str
@@ -80,6 +94,8 @@ class DriftResult:
     empty: bool = False
     detail: str = ""
     insufficient: bool = False
+    null_q99: float = float("nan")
+    beyond_chance: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +127,8 @@ class StatTest:
     ``kind``: the data it accepts ("numeric", "categorical" or "both").
     ``fn(reference: Window, current: Window) -> (score, detail)``; every score
     grows with drift, so ``drifted = score >= threshold``.
+    ``null(reference: Window, current: Window) -> float``: the score's `NULL_LEVEL` quantile when the current
+    window is drawn from the reference's distribution (`null_quantile`).
     """
 
     name: str
@@ -118,6 +136,7 @@ class StatTest:
     default_threshold: float
     description: str
     fn: Callable[[Window, Window], tuple[float, str]]
+    null: Callable[[Window, Window], float]
 
 
 # ------------------------------------------------------------------ reading inputs
@@ -281,10 +300,10 @@ def _aligned(reference: Window, current: Window) -> tuple[np.ndarray, np.ndarray
 
 
 def _shares_with_epsilon(counts: np.ndarray) -> np.ndarray:
-    """Proportions where an empty bucket gets EPSILON, then renormalised to sum to 1."""
-    p = counts / counts.sum()
+    """Proportions along the last axis where an empty bucket gets EPSILON, then renormalised to sum to 1."""
+    p = counts / counts.sum(axis=-1, keepdims=True)
     p = np.where(p == 0, EPSILON, p)
-    return p / p.sum()
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def distribution(values, bins=None, *, kind: str | None = None) -> pd.Series:
@@ -315,6 +334,45 @@ def distribution(values, bins=None, *, kind: str | None = None) -> pd.Series:
 
 
 # ------------------------------------------------------------------ the tests
+# Each count-based score is one function over count arrays of shape (..., B) → (...): the score of one pair of
+# windows and of thousands of resampled pairs (`null_quantile`) is the same code, epsilon and all.
+def _psi_rows(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.ndarray:
+    p_ref, p_cur = _shares_with_epsilon(ref_counts), _shares_with_epsilon(cur_counts)
+    return np.maximum(np.sum((p_cur - p_ref) * np.log(p_cur / p_ref), axis=-1), 0.0)
+
+
+def _js_rows(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.ndarray:
+    p = ref_counts / ref_counts.sum(axis=-1, keepdims=True)
+    q = cur_counts / cur_counts.sum(axis=-1, keepdims=True)
+    m = (p + q) / 2
+    jsd = (rel_entr(p, m).sum(axis=-1) + rel_entr(q, m).sum(axis=-1)) / (2 * math.log(2))
+    return np.minimum(np.sqrt(np.maximum(jsd, 0.0)), 1.0)
+
+
+def _chi2_rows(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson's χ² of the 2 × B table per row (no Yates' correction) and k, the buckets seen in either window;
+    a bucket absent from both has expected count 0 and is left out, as `scipy.stats.chi2_contingency` requires."""
+    table = np.stack([ref_counts, cur_counts], axis=-2)                    # (..., 2, B)
+    cols = table.sum(axis=-2, keepdims=True)
+    total = cols.sum(axis=-1, keepdims=True)
+    expected = table.sum(axis=-1, keepdims=True) * cols / total
+    seen = cols > 0
+    terms = np.where(seen, (table - expected) ** 2 / np.where(seen, expected, 1.0), 0.0)
+    return terms.sum(axis=(-2, -1)), seen.sum(axis=(-2, -1))
+
+
+def _cramers_v_rows(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.ndarray:
+    chi2, k = _chi2_rows(ref_counts, cur_counts)
+    n = ref_counts.sum(axis=-1) + cur_counts.sum(axis=-1)
+    v = np.sqrt(chi2 / (n * np.maximum(np.minimum(2, k) - 1, 1)))
+    return np.where(k < 2, 0.0, np.minimum(v, 1.0))
+
+
+def _share_gain_rows(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.ndarray:
+    gain = cur_counts / cur_counts.sum(axis=-1, keepdims=True) - ref_counts / ref_counts.sum(axis=-1, keepdims=True)
+    return np.maximum(gain.max(axis=-1), 0.0)
+
+
 def psi(reference: Window, current: Window) -> tuple[float, str]:
     """Population Stability Index.
 
@@ -333,9 +391,7 @@ def psi_from_counts(reference_counts, current_counts) -> float:
     """`psi`'s formula on two count vectors over the same buckets (each with a positive total): empty buckets
     get EPSILON, shares renormalised, Σ (p_cur − p_ref) · ln(p_cur / p_ref), clipped at 0. For callers that
     bucket many windows at once (numpy, no per-window pandas work), e.g. one churn feature over many days."""
-    p_ref = _shares_with_epsilon(np.asarray(reference_counts, dtype=float))
-    p_cur = _shares_with_epsilon(np.asarray(current_counts, dtype=float))
-    return max(float(np.sum((p_cur - p_ref) * np.log(p_cur / p_ref))), 0.0)
+    return float(_psi_rows(np.asarray(reference_counts, dtype=float), np.asarray(current_counts, dtype=float)))
 
 
 def jensen_shannon(reference: Window, current: Window) -> tuple[float, str]:
@@ -348,10 +404,7 @@ def jensen_shannon(reference: Window, current: Window) -> tuple[float, str]:
     divergence is clipped at 0 so rounding never yields nan.
     """
     ref_counts, cur_counts = _aligned(reference, current)
-    p, q = ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()
-    m = (p + q) / 2
-    jsd = (rel_entr(p, m).sum() + rel_entr(q, m).sum()) / (2 * math.log(2))
-    return float(min(math.sqrt(max(jsd, 0.0)), 1.0)), f"{len(p)} buckets"
+    return float(_js_rows(ref_counts, cur_counts)), f"{len(ref_counts)} buckets"
 
 
 def ks(reference: Window, current: Window) -> tuple[float, str]:
@@ -378,14 +431,12 @@ def chi_square(reference: Window, current: Window) -> tuple[float, str]:
     not grow with n. χ², degrees of freedom and the p-value go into ``detail``.
     """
     ref_counts, cur_counts = _aligned(reference, current)
-    table = np.vstack([ref_counts, cur_counts])
-    table = table[:, table.sum(axis=0) > 0]  # a category absent from both windows has expected count 0
-    k = table.shape[1]
+    chi2, k = (float(x) for x in _chi2_rows(ref_counts, cur_counts))
     if k < 2:
         return 0.0, "a single category in both windows: nothing to compare"
-    chi2, p, dof, _ = stats.chi2_contingency(table, correction=False)
-    v = math.sqrt(chi2 / (table.sum() * (min(2, k) - 1)))
-    return float(min(v, 1.0)), f"chi2 = {chi2:.4g}, dof = {dof}, p-value = {p:.3g}"
+    dof = int(k) - 1
+    p = float(stats.chi2.sf(chi2, dof))
+    return float(_cramers_v_rows(ref_counts, cur_counts)), f"chi2 = {chi2:.4g}, dof = {dof}, p-value = {p:.3g}"
 
 
 def max_share_gain(reference: Window, current: Window) -> tuple[float, str]:
@@ -400,19 +451,96 @@ def max_share_gain(reference: Window, current: Window) -> tuple[float, str]:
     gain = cur_counts / cur_counts.sum() - ref_counts / ref_counts.sum()
     i = int(np.argmax(gain))
     cats = _categories(reference, current)     # the order _aligned used
-    score = max(float(gain[i]), 0.0)
+    score = float(_share_gain_rows(ref_counts, cur_counts))
     return score, (f"{cats[i]}: {ref_counts[i] / ref_counts.sum():.2%} → {cur_counts[i] / cur_counts.sum():.2%}"
                    if score > 0 else "no category gained share")
 
 
+# ------------------------------------------------------------------ chance levels
+def null_quantile(name: str, reference, current, *, kind: str | None = None,
+                  min_expected: float = MIN_EXPECTED_PER_BUCKET) -> float:
+    """The `NULL_LEVEL` (99th) percentile of test ``name``'s score when nothing changed: the chance level.
+
+    The null hypothesis: the current window is drawn from the same distribution as the reference, at the
+    two windows' sizes (n_ref, n_cur). Only the reference's distribution, the bucketing and the two sizes
+    matter; the current window's values do not (beyond which buckets `merge_small_buckets` keeps).
+
+    - **psi, jensen_shannon, chi_square, max_share_gain** (scores of two count vectors): resampled.
+      `NULL_DRAWS` pairs of multinomial draws, Mult(n_ref, p) and Mult(n_cur, p) with p the reference's
+      shares over the *same* buckets the real score uses (decile bins, or categories after merging), scored by
+      the same function (epsilon included), seeded (`core.constants.SEED`) and cached per (test, reference
+      buckets, n_cur). Why not the χ² approximations — PSI ≈ (1/n_ref + 1/n_cur)·χ²(B − 1) (PSI is the
+      symmetric J-divergence, 2nd-order Σ (q − p)²/p; Lin, "Divergence measures based on the Shannon
+      entropy", 1991), JS distance ≈ sqrt((1/n_ref + 1/n_cur)·χ²(B − 1) / (8 ln 2)), Cramér's V ≈
+      sqrt(χ²(B − 1) / n): they hold when every bucket expects many rows. Monitoring's small days are exactly
+      where they don't: a bucket expecting 6 rows is empty with probability e⁻⁶, and epsilon then adds
+      p·ln(p/ε) ≈ 0.1 to PSI by itself; a title surge is the maximum of hundreds of Poisson-like gains, whose
+      tail no normal bound gets right. tests/test_drift_noise.py checks both the agreement with the χ²
+      approximation where it holds and the rate of chance alarms (≈ 1 %) by Monte Carlo where it doesn't.
+    - **ks**: analytic, `ks_null_quantile` — for continuous data D's null distribution depends on nothing but
+      (n_ref, n_cur), so nothing needs resampling.
+
+    Returns nan for an empty pair, or categories too few to fill two buckets (`run_test`'s ``null_q99``, with
+    no minimum window size).
+    """
+    return run_test(name, reference, current, kind=kind, min_n=0, min_expected=min_expected).null_q99
+
+
+def ks_null_quantile(n_reference: int, n_current: int, level: float = NULL_LEVEL) -> float:
+    """The `level` quantile of the two-sample KS statistic D under the null, for continuous data.
+
+    D_q = c / (√nₑ + 0.12 + 0.11/√nₑ), nₑ = n·m/(n + m), c = the Kolmogorov distribution's `level` quantile
+    (1.628 at 0.99; ``scipy.stats.kstwobign``): the asymptotic c·sqrt((n + m)/(n·m)) with Stephens' small-sample
+    correction (Stephens 1970; Press et al., *Numerical Recipes*, 3rd ed., §14.3.3). Range 0 .. 1; n = m = 100
+    gives 0.226. With ties (integer data such as signals per user) D is stochastically smaller, so this errs
+    high — towards no alarm.
+    """
+    n, m = int(n_reference), int(n_current)
+    if n < 1 or m < 1:
+        return float("nan")
+    root = math.sqrt(n * m / (n + m))
+    return float(min(stats.kstwobign.ppf(level) / (root + 0.12 + 0.11 / root), 1.0))
+
+
+def _ks_null(reference: Window, current: Window) -> float:
+    return ks_null_quantile(reference.n, current.n)
+
+
+@functools.lru_cache(maxsize=512)
+def _resampled_quantile(rows_fn: Callable, ref_bytes: bytes, n_cur: int, level: float, draws: int) -> float:
+    ref_counts = np.frombuffer(ref_bytes, dtype=float)
+    n_ref = int(round(float(ref_counts.sum())))
+    p = ref_counts / ref_counts.sum()
+    rng = np.random.default_rng(SEED)
+    ref_draws = rng.multinomial(n_ref, p, size=draws).astype(float)
+    cur_draws = rng.multinomial(n_cur, p, size=draws).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = rows_fn(ref_draws, cur_draws)
+    return float(np.quantile(scores, level))
+
+
+def _resampled(rows_fn: Callable) -> Callable[[Window, Window], float]:
+    def null(reference: Window, current: Window) -> float:
+        ref_counts, _ = _aligned(reference, current)
+        n_cur = int(round(float(current.n)))
+        if n_cur < 1 or not ref_counts.sum() > 0:
+            return float("nan")
+        return _resampled_quantile(rows_fn, np.ascontiguousarray(ref_counts, dtype=float).tobytes(), n_cur,
+                                   NULL_LEVEL, NULL_DRAWS)
+    return null
+
+
 TESTS: dict[str, StatTest] = {
     t.name: t for t in (
-        StatTest("psi", BOTH, 0.1, "Population Stability Index over categories or reference deciles", psi),
+        StatTest("psi", BOTH, 0.1, "Population Stability Index over categories or reference deciles", psi,
+                 _resampled(_psi_rows)),
         StatTest("jensen_shannon", BOTH, 0.1, "Jensen–Shannon distance (base 2) between the two distributions",
-                 jensen_shannon),
-        StatTest("ks", NUMERIC, 0.1, "Kolmogorov–Smirnov statistic D between the two samples", ks),
-        StatTest("chi_square", CATEGORICAL, 0.1, "Cramér's V of the chi-square test on category counts", chi_square),
-        StatTest("max_share_gain", CATEGORICAL, 0.03, "largest rise of one category's share (a surge)", max_share_gain),
+                 jensen_shannon, _resampled(_js_rows)),
+        StatTest("ks", NUMERIC, 0.1, "Kolmogorov–Smirnov statistic D between the two samples", ks, _ks_null),
+        StatTest("chi_square", CATEGORICAL, 0.1, "Cramér's V of the chi-square test on category counts", chi_square,
+                 _resampled(_cramers_v_rows)),
+        StatTest("max_share_gain", CATEGORICAL, 0.03, "largest rise of one category's share (a surge)", max_share_gain,
+                 _resampled(_share_gain_rows)),
     )
 }
 
@@ -500,7 +628,9 @@ def _run(test: StatTest, ref: Window, cur: Window, threshold: float | None,
         ref, cur, n_merged = merged
         note = f" ({n_merged} small categories merged into {OTHER!r})" if n_merged else ""
     score, detail = test.fn(ref, cur)
-    return DriftResult(test.name, score, bool(score >= limit), limit, n_ref, n_cur, detail=detail + note)
+    chance = test.null(ref, cur)
+    return DriftResult(test.name, score, bool(score >= limit), limit, n_ref, n_cur, detail=detail + note,
+                       null_q99=chance, beyond_chance=bool(score > chance))
 
 
 def run_test(name: str, reference, current, threshold: float | None = None, *,
@@ -512,7 +642,8 @@ def run_test(name: str, reference, current, threshold: float | None = None, *,
     ``empty=True, drifted=False, score=nan``; a window too small to judge (``min_n`` numeric
     observations; ``min_expected`` current rows per categorical bucket on average, small buckets
     merged first) gives ``insufficient=True, drifted=False, score=nan``. ``min_n=0, min_expected=0``
-    turn both limits off (hand-computed examples on a few rows). Raises `UnknownDriftTest` for an unknown
+    turn both limits off (hand-computed examples on a few rows). Every judged result carries its chance
+    level ``null_q99`` and ``beyond_chance`` (`null_quantile`). Raises `UnknownDriftTest` for an unknown
     name and `ValidationError` when the data kind does not fit the test (e.g. ``ks``
     on categories) or the windows differ in kind.
     """

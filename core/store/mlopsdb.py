@@ -313,6 +313,21 @@ def m010_churn_predictions(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+@migrations()
+def m011_drift_chance_level(db: sqlite_utils.Database) -> None:
+    """Drift scores and alerts keep their chance level beside the threshold: a drift alert needs a change both
+    material (≥ threshold) and beyond chance at the day's window sizes (`drift.null_quantile`).
+
+    drift_scores.null_q99 — the score's 99th percentile with nothing changed (NULL: not judged, or stored
+    before); drift_scores.beyond_chance — score > null_q99 (NULL before); alerts.chance_level — the level the
+    metric had to pass to be beyond chance when the alert opened (a drift score's null_q99, the hit rate of
+    `monitoring.hit_rate_chance_level`; NULL for other alerts and older ones).
+    """
+    db.execute("ALTER TABLE drift_scores ADD COLUMN null_q99 REAL")
+    db.execute("ALTER TABLE drift_scores ADD COLUMN beyond_chance INTEGER")
+    db.execute("ALTER TABLE alerts ADD COLUMN chance_level REAL")
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)
