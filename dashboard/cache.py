@@ -328,11 +328,13 @@ def record_truth(job_id):
 
 
 def day_span(start, end) -> str:
-    """'Jan 11–Jan 13' for a window of whole days (an end at midnight is exclusive), '—' when unknown."""
+    """'Jan 11–13' ('Jan 30–Feb 02') for a window of whole days (an end at midnight is exclusive), '—' when unknown."""
     import pandas as pd
     if start is None or end is None:
         return "—"
     a, b = pd.Timestamp(start), pd.Timestamp(end)
     if b == b.normalize() and b > a:
         b -= pd.Timedelta(seconds=1)
-    return f"{a:%b %d}" if a.date() == b.date() else f"{a:%b %d}–{b:%b %d}"
+    if a.date() == b.date():
+        return f"{a:%b %d}"
+    return f"{a:%b %d}–{b:%d}" if (a.year, a.month) == (b.year, b.month) else f"{a:%b %d}–{b:%b %d}"

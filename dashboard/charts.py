@@ -331,7 +331,7 @@ def yardstick_history(history: pd.DataFrame) -> go.Figure:
     top, the counterfactual Δ watches/list (DR, exploration log) and the world's true Δ watches/list below —
     two panels because the units differ. Error bars are the 90 % intervals; a filled marker is the estimate that
     decided that retrain, a hollow one the estimate that did not."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.17,
                         subplot_titles=("Holdout: Δ nDCG@10 (candidate − production)",
                                         "Exploration log vs truth: Δ expected watches per list"))
     h = history.copy()
@@ -367,5 +367,5 @@ def yardstick_history(history: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="Δ nDCG@10", tickformat="+.3f", row=1, col=1)
     fig.update_yaxes(title_text="Δ watches/list", tickformat="+.2f", row=2, col=1)
     fig.update_xaxes(title_text="retrain time (simulated clock)", row=2, col=1)
-    fig.update_layout(height=520, legend=dict(orientation="h", y=-0.2), margin=dict(t=40))
+    fig.update_layout(height=460, legend=dict(orientation="h", y=-0.22), margin=dict(t=40))
     return fig

@@ -65,7 +65,7 @@ def test_training_page_shows_which_estimate_decided_with_the_holdout_and_the_tru
     holdout = job["gate"]["checks"]["holdout_quality"]
     at = training_page()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Decided by"] == "exploration log"
+    assert metrics["Decided by"] == "log (DR)"
     assert metrics["ESS (min 1)"] == f"{y['ess']:,.0f}"
     assert metrics["True Δ watches/list"] == f"{truth['difference']:+.4f}"
     assert metrics["Truth says"] == truth["verdict"]
@@ -124,7 +124,7 @@ def test_price_of_exploring_shows_when_the_monitor_measured_it(home):
     labels = {m.label: m.value for m in at.metric}
     if price is None or price.get("difference") is None:
         pytest.skip("the monitor has no hit rate per logging policy yet")
-    assert labels["Hit rate@10, exploring lists"] == f"{price['explore']['hit_rate']:.1%}"
+    assert labels["Hit rate, exploring"] == f"{price['explore']['hit_rate']:.1%}"
     assert labels["Price of exploring"] == f"{price['difference'] * 100:+.1f} pts"
 
 
@@ -134,5 +134,5 @@ def test_overview_labels_the_production_metric_with_its_holdout(home):
     assert not at.exception
     prod = registry.production(home)
     captions = " ".join(c.value for c in at.caption)
-    assert f"nDCG@10 {prod['metrics']['ndcg@10']:.4f} on v{prod['version']}'s holdout (Jan 11–Jan 13, " \
+    assert f"nDCG@10 {prod['metrics']['ndcg@10']:.4f} on v{prod['version']}'s holdout (Jan 11–13, " \
            f"{prod['metrics']['users_evaluated']} users)" in captions

@@ -116,7 +116,7 @@ else:
                     + ("promoted" if result.get("promoted") else "passed, released beside production (see the "
                        "Deployment page)" if gate.get("promote") else "**refused**, production kept"))
         m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Decided by", "exploration log" if by_log else "holdout")
+        m1.metric("Decided by", "log (DR)" if by_log else "holdout")
         m2.metric(f"ESS (min {y.get('min_ess', s.gate_min_ess):,})",
                   f"{y['ess']:,.0f}" if y.get("ess") is not None else "no log")
         m3.metric("True Δ watches/list", f"{truth['difference']:+.4f}" if truth else "—")
@@ -145,19 +145,18 @@ else:
             evidence.append({"evidence": "truth (simulated world)",
                              "Δ candidate − production": f"{truth['difference']:+.4f} watches/list",
                              f"{y.get('level', 0.9):.0%} interval": "exact",
-                             "measured on": f"the next simulated day, {truth['draws']} draws", "decided": False})
+                             "measured on": f"the next simulated day, {truth['draws']} draws", "decided": None})
         values = y.get("values") or {}
         t_values = truth or {}
         policies = pd.DataFrame([{"policy": name, "watches/list (log, DR)": fmt(values.get(key)),
+                                  **({"true watches/list": fmt(t_values.get(key))} if truth else {}),
                                   "nDCG@10 (holdout)": fmt(holdout_b.get(key) if key != "production"
-                                                           else holdout_q.get("production")),
-                                  **({"true watches/list": fmt(t_values.get(key))} if truth else {})}
+                                                           else holdout_q.get("production"))}
                                  for name, key in (("candidate", "candidate"), ("production", "production"),
                                                    ("popularity", "popularity"), ("Top 50", "top50"))])
-        left, right = st.columns([3, 2])
-        left.dataframe(pd.DataFrame(evidence), hide_index=True, key="yardstick_table",
-                       column_config={"measured on": st.column_config.TextColumn(width="medium")})
-        right.dataframe(policies, hide_index=True, key="policy_values")
+        st.dataframe(pd.DataFrame(evidence), hide_index=True, key="yardstick_table",
+                     column_config={"measured on": st.column_config.TextColumn(width="large")})
+        st.dataframe(policies, hide_index=True, key="policy_values")
         if "point" in y:
             sentence = (f"The gate decided on the {'exploration log' if by_log else 'holdout'}: the log's effective "
                         f"sample size {y['ess']:,.0f} is {'at least' if by_log else 'below'} the minimum "
@@ -170,11 +169,9 @@ else:
             sentence += (f" In the simulated world the candidate is truly {truth['difference']:+.4f} watches/list "
                          f"vs production: the decision was **{truth['verdict']}**.")
         st.caption(sentence)
-        with st.expander("Every check of this decision"):
-            st.dataframe(pd.DataFrame([{"check": name, "passed": bool(c.get("passed")), "reason": reason}
-                                       for (name, c), reason in zip(checks.items(), gate.get("reasons", []))]),
-                         hide_index=True, key="gate_table",
-                         column_config={"reason": st.column_config.TextColumn(width="large")})
+        with st.expander("Every check of this decision"):     # text, not a grid: a collapsed grid is never drawn
+            st.markdown("\n".join(f"- **{name}** ({'passed' if c.get('passed') else 'failed'}): {reason}"
+                                   for (name, c), reason in zip(checks.items(), gate.get("reasons", []))))
     if gates[["holdout_delta", "cf_delta", "truth_delta"]].notna().any().any():
         st.plotly_chart(charts.yardstick_history(gates), key="yardstick_chart")
         st.caption("Per retrain: the holdout's Δ nDCG@10 (top) and the exploration log's Δ watches per list with "
@@ -205,12 +202,10 @@ with right:
                "larger effective sample size, at the price of slightly worse lists for the users who get them.")
     if price and price.get("difference") is not None:
         p1, p2, p3 = st.columns(3)
-        p1.metric("Hit rate@10, deterministic lists", f"{price['deterministic']['hit_rate']:.1%}",
-                  help=f"{price['deterministic']['lists']:,} lists over the monitored days")
-        p2.metric("Hit rate@10, exploring lists", f"{price['explore']['hit_rate']:.1%}",
-                  help=f"{price['explore']['lists']:,} lists over the monitored days")
+        p1.metric("Hit rate, deterministic", f"{price['deterministic']['hit_rate']:.1%}")
+        p2.metric("Hit rate, exploring", f"{price['explore']['hit_rate']:.1%}")
         p3.metric("Price of exploring", f"{price['difference'] * 100:+.1f} pts")
-        st.caption(f"Online, over every monitored day: {price['explore']['lists']:,} exploring vs "
+        st.caption(f"Online hit rate@10 over every monitored day: {price['explore']['lists']:,} exploring vs "
                    f"{price['deterministic']['lists']:,} deterministic lists (a list's coin is independent of its "
                    "user, so the groups compare like with like).")
     else:
