@@ -138,7 +138,9 @@ def test_trend_is_detected_and_retraining_recovers(world, base):
     assert any(a.startswith("data-drift:genre_mix") for r in log for a in r["opened"])
     retrain_day = next(i for i, r in enumerate(log) if r["action"])
     assert log[retrain_day]["action"]["cause"].startswith("drift")
-    assert any(r["action"] and r["action"]["promoted"] for r in log)
+    # A candidate that passes the gate starts a canary; the release policy promotes it on its online hit rate.
+    assert any(r["action"] and (r["action"]["release"] or {}).get("mode") == "canary" for r in log)
+    assert any(r["release"] and r["release"]["decision"] == "promote" for r in log)
     after = sum(r["hit_rate_model"] for r in log[-3:]) / 3
     assert after >= 0.8 * baseline      # the benchmark measures recovery on the default world
     # The same days without retraining (a second copy of the same world, policy manual) end lower.

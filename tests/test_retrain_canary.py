@@ -38,6 +38,7 @@ def policy_retrain(s):
     return policy.apply(s, TASTE_SHIFT, now=clock.now(s), mode="on-alert")
 
 
+@pytest.mark.slow   # retrains with rankers (the policy's path)
 def test_a_policy_retrain_that_passes_the_gate_starts_a_canary_and_leaves_production(world):
     s, _ = world
     prod = registry.production(s)["version"]
@@ -59,6 +60,7 @@ def test_a_policy_retrain_that_passes_the_gate_starts_a_canary_and_leaves_produc
     assert release.review(s, now=clock.now(s))["decision"] == "continue"
 
 
+@pytest.mark.slow
 def test_a_retrain_during_a_running_canary_waits_for_it_and_starts_when_it_ends(world):
     s, other = world
     prod = registry.production(s)["version"]
@@ -111,6 +113,8 @@ def test_a_direct_promotion_during_a_canary_ends_it_as_a_recorded_decision(world
     s, other = world
     prod = registry.production(s)["version"]
     running = release.start(s, other, "canary", actor="tester", share=0.3, with_ranker=False)
+    waiting = pipeline.retrain(s, on_pass="canary", with_ranker=False)["version"]
+    assert release.pending(s)["version"] == waiting
     result = pipeline.retrain(s, on_pass="promote", with_ranker=False, trigger="cli", actor="cli:tester")
     assert result["promoted"] and registry.production(s)["version"] == result["version"]
     replaced = result["release"]["replaced"]
@@ -122,6 +126,26 @@ def test_a_direct_promotion_during_a_canary_ends_it_as_a_recorded_decision(world
     assert (decision["decision"], decision["actor"], decision["reason"]) == ("stop", "cli:tester", replaced["reason"])
     assert deployments.get(s, running["deployment_id"])["state"] == "stopped"
     assert registry.get_version(s, other)["stage"] == "candidate"          # stopped, not rolled back
+    # The candidate that waited is older than the new production: dropped, with the reason, not started.
+    assert replaced["pending"] == {"version": waiting, "outcome": "dropped", "deployment_id": None,
+                                   "reason": f"pending v{waiting} dropped after release #{running['deployment_id']} "
+                                             f"ended (stopped): production v{result['version']} is newer"}
+    assert release.pending(s) is None and deployments.active(s) is None
+
+
+def test_a_canary_the_registry_refuses_to_promote_is_rolled_back_with_the_reason(world, monkeypatch):
+    s, other = world
+    prod = registry.production(s)["version"]
+    running = release.start(s, other, "canary", actor="tester", share=0.5, with_ranker=False)
+    monkeypatch.setattr(release, "decide", lambda ev, policy, share: ("promote", "not worse (test)", share))
+
+    def refuse(*args, **kwargs):
+        raise registry.BelowBaselines("v9 does not beat its baselines (test)")
+    monkeypatch.setattr(registry, "promote", refuse)
+    decision = release.review(s, now=clock.now(s))                    # the closed loop goes on
+    assert decision["decision"] == "rollback" and "the registry refused the promotion: v9 does not" in decision["reason"]
+    assert deployments.get(s, running["deployment_id"])["state"] == "rolled-back"
+    assert registry.production(s)["version"] == prod and registry.get_version(s, other)["stage"] == "archived"
 
 
 def test_on_pass_is_checked_before_anything_runs(world):
@@ -133,6 +157,7 @@ def test_on_pass_is_checked_before_anything_runs(world):
     assert len(tracking.list_jobs(s)) == jobs
 
 
+@pytest.mark.slow
 def test_the_cli_retrain_on_pass_option(world, capsys):
     from core import cli
     s, _ = world
@@ -146,3 +171,53 @@ def test_the_cli_retrain_on_pass_option(world, capsys):
     assert "waits for release #" in capsys.readouterr().out
     assert cli.main([*home, "retrain", "--on-pass", "sometimes"]) == 1
     assert "--on-pass" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the Training page's retrain form
+APP = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def dash(world, monkeypatch):
+    import streamlit as st
+    from core.privacy import access
+    from core.serving import serving
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    serving.clear_caches()
+    monkeypatch.setenv("RETRO_HOME", str(world[0].home))
+    access.add_operator(world[0], "tester", "s3cret-token")
+    return world
+
+
+def training_page():
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state["operator"] = ("tester", "s3cret-token")
+    return at.switch_page("views/training.py").run()
+
+
+@pytest.mark.slow
+def test_the_training_page_retrains_into_a_canary_by_default_and_says_when_one_waits(dash):
+    s, other = dash
+    prod = registry.production(s)["version"]
+    at = training_page()
+    assert at.radio(key="on_pass").value == "canary"
+    at.button(key="retrain").click().run()
+    assert not at.exception and not at.error
+    active = deployments.active(s)
+    assert registry.production(s)["version"] == prod and active["started_by"] == "operator:tester"
+    assert any(m.value.startswith("Run ") and f"started as canary release #{active['deployment_id']}" in m.value
+               for m in at.success)
+    assert tracking.list_jobs(s).iloc[0]["trigger"] == "dashboard"
+    # Now a release runs: the form says a passing candidate waits for it, and a second retrain does.
+    simulation.simulate(s, 1)
+    at = training_page()
+    assert any(f"Release #{active['deployment_id']} (canary of v{active['version']}" in c.value
+               and "waits for it" in c.value for c in at.caption)
+    at.button(key="retrain").click().run()
+    assert not at.exception
+    assert any(f"waits for release #{active['deployment_id']}" in m.value for m in at.info)
+    assert deployments.active(s)["deployment_id"] == active["deployment_id"]
+    waiting = release.pending(s)["version"]
+    assert any(f"v{waiting} is waiting now" in c.value for c in training_page().caption)

@@ -53,7 +53,12 @@ POLICY = {"min_days": 3, "max_days": 10, "margin": 0.02, "level": 0.90, "ramp": 
 POLICY_ACTOR = "policy:release"
 ON_PASS = ("canary", "promote")
 # The canary a retrain's candidate starts as (on_pass="canary"): share and rules (POLICY's keys).
-RETRAIN_CANARY = {"share": 0.2, "ramp": [0.2, 0.5], "min_days": 2}
+# Half the users for at least 2 monitored days: balanced arms decide fastest, and a candidate significantly worse
+# than production is rolled back after its first day. Measured in the closed loop (800 users, 300 movies, a 14-day
+# Western trend at strength 2, policy on-alert), mean hit rate@10 over the 14 days: 0.761 with these rules
+# (2 canaries promoted, 1 rolled back), 0.742 with 20 % → 50 % one day each (1 promoted), 0.742 with 30 % → 60 %,
+# 0.781 when retrains promoted directly (no online check).
+RETRAIN_CANARY = {"share": 0.5, "min_days": 2, "max_days": 6}
 QUEUED, DEQUEUED = "release-queued", "release-dequeued"       # `actions` kinds of the pending release
 DECISION_COLUMNS = ["decision_id", "deployment_id", "at", "day", "decision", "actor", "reason", "days", "point", "lo",
                     "hi", "hit_rate_canary", "hit_rate_production", "users_canary", "users_production",
@@ -227,7 +232,13 @@ def review(settings: Settings, *, day: str | None = None, now: str | None = None
     if decision == "ramp":
         deployments.set_share(settings, release["deployment_id"], share, at=now)
         return _record(settings, release, decision, actor, reason, ev, day, now, share)
-    return _finish(settings, release, decision, actor, reason, ev, day, now)
+    try:
+        return _finish(settings, release, decision, actor, reason, ev, day, now)
+    except registry.BelowBaselines as exc:
+        # Good online, but the registry's floor refuses it (e.g. under its offline baselines): the policy cannot
+        # promote it, and waiting changes nothing — roll it back with the registry's reason, not stop the loop.
+        return _finish(settings, release, "rollback", actor, f"{reason}; but the registry refused the "
+                       f"promotion: {exc}", ev, day, now)
 
 
 def decide_now(settings: Settings, decision: str, *, actor: str, reason: str, at: str | None = None) -> dict:
