@@ -50,8 +50,10 @@ def test_same_seed_same_factors_and_metrics(world):
 def test_retrain_promotes_then_gate_refuses_a_worse_candidate(world):
     first = pipeline.retrain(world, with_ranker=False)
     assert first["promoted"] and registry.production(world)["version"] == first["version"]
-    worse = pipeline.retrain(world, with_ranker=False, params={"factors": 2, "iterations": 1, "regularization": 50.0}, seed=3)
-    assert not worse["promoted"]
+    assert first["on_pass"] == "promote" and (first["release"]["mode"], first["release"]["state"]) == ("direct", "promoted")
+    worse = pipeline.retrain(world, with_ranker=False, params={"factors": 2, "iterations": 1, "regularization": 50.0}, seed=3,
+                             on_pass="canary")
+    assert not worse["promoted"] and worse["release"] is None          # refused: nothing released either
     assert any("<" in r for r in worse["gate"]["reasons"])
     assert registry.production(world)["version"] == first["version"]
     assert tracking.get_job(world, worse["job_id"])["status"] == "finished"
