@@ -328,7 +328,7 @@ def churn_drift_history(history: list[dict]) -> go.Figure:
 
 def yardstick_history(history: pd.DataFrame) -> go.Figure:
     """The gate's evidence per retrain over simulated time (`tracking.gate_history`): the holdout's Δ nDCG@10 on
-    top, the counterfactual Δ watches/list (DR, exploration log) and the world's true Δ watches/list below —
+    top, the counterfactual Δ watches/list (the gate's estimator on the exploration log) and the world's true Δ watches/list below —
     two panels because the units differ. Error bars are the 90 % intervals; a filled marker is the estimate that
     decided that retrain, a hollow one the estimate that did not."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.17,
@@ -352,7 +352,7 @@ def yardstick_history(history: pd.DataFrame) -> go.Figure:
 
     intervals("holdout_delta", "holdout_lo", "holdout_hi", "holdout", "holdout Δ nDCG@10 (90% interval)",
               "#8AA1B1", 1)
-    intervals("cf_delta", "cf_lo", "cf_hi", "counterfactual", "counterfactual Δ watches/list (DR, 90% interval)",
+    intervals("cf_delta", "cf_lo", "cf_hi", "counterfactual", "counterfactual Δ watches/list (90% interval)",
               "#E8A33D", 2)
     truth = h[h["truth_delta"].notna()]
     if len(truth):

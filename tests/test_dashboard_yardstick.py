@@ -65,12 +65,12 @@ def test_training_page_shows_which_estimate_decided_with_the_holdout_and_the_tru
     holdout = job["gate"]["checks"]["holdout_quality"]
     at = training_page()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Decided by"] == "log (DR)"
+    assert metrics["Decided by"] == "log (SWITCH-DR)"
     assert metrics["ESS (min 1)"] == f"{y['ess']:,.0f}"
     assert metrics["True Δ watches/list"] == f"{truth['difference']:+.4f}"
     assert metrics["Truth says"] == truth["verdict"]
     evidence = table(at, "evidence").set_index("evidence")
-    log = evidence.loc["exploration log (DR)"]
+    log = evidence.loc["exploration log (SWITCH-DR)"]
     assert log["Δ candidate − production"] == f"{y['point']:+.4f} watches/list"
     assert log["90% interval"] == f"[{y['lo']:+.4f}, {y['hi']:+.4f}]"
     assert f"{y['log']['lists']:,} lists" in log["measured on"] and bool(log["decided"])
@@ -80,7 +80,7 @@ def test_training_page_shows_which_estimate_decided_with_the_holdout_and_the_tru
     policies = table(at, "policy").set_index("policy")
     for name, key in (("candidate", "candidate"), ("production", "production"), ("popularity", "popularity"),
                       ("Top 50", "top50")):
-        assert policies.loc[name, "watches/list (log, DR)"] == f"{y['values'][key]:.4f}"
+        assert policies.loc[name, "watches/list (log, SWITCH-DR)"] == f"{y['values'][key]:.4f}"
     assert policies.loc["candidate", "true watches/list"] == f"{truth['candidate']:.4f}"
     assert policies.loc["popularity", "nDCG@10 (holdout)"] == \
         f"{job['gate']['checks']['holdout_baselines']['popularity']:.4f}"

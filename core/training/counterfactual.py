@@ -295,11 +295,16 @@ class RewardModel:
         return self.pipeline.predict_proba(np.asarray(X, dtype=float))[:, 1]
 
 
-def fit_reward_model(X, y, seed: int = SEED) -> RewardModel | ConstantModel:
+REWARD_MODELS = ("logistic", "boosting")
+
+
+def fit_reward_model(X, y, seed: int = SEED, kind: str = "logistic") -> RewardModel | ConstantModel:
     """Small seeded model of r̂(context, item) for DR. X: (n, d) features, y: (n,) 0/1 rewards.
 
-    DR stays unbiased whatever the model's error (the weights correct it), so a simple, stable fit is enough.
-    Labels that are all equal (nobody watched) give a ConstantModel predicting their mean.
+    DR stays unbiased whatever the model's error (the weights correct it), but its variance and a SWITCH-DR's
+    bias shrink as the model improves: `kind` 'logistic' (standardized logistic regression) or 'boosting'
+    (scikit-learn's HistGradientBoostingClassifier, shallow, seeded: curved effects such as a score that
+    matters only above some level). Labels that are all equal (nobody watched) give a ConstantModel.
     """
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -309,5 +314,12 @@ def fit_reward_model(X, y, seed: int = SEED) -> RewardModel | ConstantModel:
         raise ValueError("y must hold 0/1 rewards (the model predicts P(reward = 1))")
     if np.all(y == y[0]):
         return ConstantModel(p=float(y.mean()))
-    model = make_pipeline(StandardScaler(), LogisticRegression(random_state=seed, max_iter=1000))
+    if kind not in REWARD_MODELS:
+        raise ValueError(f"unknown reward model {kind!r}; choose one of: {', '.join(REWARD_MODELS)}")
+    if kind == "boosting":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        model = HistGradientBoostingClassifier(max_depth=3, max_iter=150, learning_rate=0.08, min_samples_leaf=40,
+                                               random_state=seed)
+    else:
+        model = make_pipeline(StandardScaler(), LogisticRegression(random_state=seed, max_iter=1000))
     return RewardModel(pipeline=model.fit(X, y))

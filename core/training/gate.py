@@ -211,7 +211,7 @@ def _yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, sta
     numbers = {"passed": True, "decided_by": "counterfactual" if ess >= min_ess else "holdout", "min_ess": min_ess,
                **{k: yardstick[k] for k in ("estimator", "ess", "point", "lo", "hi", "level", "values", "window",
                                             "log") if k in yardstick}}
-    est = yardstick.get("estimator", "dr").upper()
+    est = {"switch": "SWITCH-DR"}.get(yardstick.get("estimator", "dr"), yardstick.get("estimator", "dr").upper())
     interval = (f"{est} Δwatches/list {yardstick['point']:+.4f}, {yardstick['level']:.0%} interval "
                 f"[{yardstick['lo']:+.4f}, {yardstick['hi']:+.4f}], ESS {ess:,.0f}")
     if ess < min_ess:

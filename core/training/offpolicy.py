@@ -9,9 +9,9 @@ assumption: a title's reward is whether the user watched it the day it was shown
 
 A policy here is "what list would it have shown this user at that time": the titles the user had watched or
 rated before the day are filtered out, as serving filters them. The value is watches per list (expected
-watched titles of the list that day); DR's reward model is a logistic regression on three features known for
+watched titles of the list that day); DR's reward model is a logistic regression on four features known for
 every (user, title, day): the user's genre affinity for the title, the title's watches in the 7 days before,
-and whether it was in the day's Top 50.
+whether it was in the day's Top 50, and its shrunk mean rating.
 """
 from __future__ import annotations
 
@@ -27,9 +27,12 @@ from core.pseudonym import pseudonymize
 from core.store import opsdb, servinglog
 from core.training import counterfactual
 
-ESTIMATORS = ("ips", "snips", "dr")
-BEST = "dr"               # the estimator the gate and the dashboard lead with (lowest error in the benchmark)
+ESTIMATORS = ("ips", "snips", "dr")     # the unbiased three (IPS with `clip`); `evaluate` adds "switch" and "dm"
+BEST = "switch"           # what the gate and the dashboard lead with: SWITCH-DR (benchmarks/bench_yardstick.py)
+LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "switch": "SWITCH-DR", "dm": "DM"}
 POPULARITY_DAYS = 7
+SWITCH = 100.0            # SWITCH-DR's weight threshold (see `evaluate`)
+RATING_PRIOR_VOTES = 5    # a title's mean rating is shrunk towards the catalogue's as if it had 5 more votes
 
 
 # ------------------------------------------------------------------ policies
@@ -58,6 +61,25 @@ class ModelPolicy:
     def at_day(self, day: str) -> None:
         if hasattr(self.fallback, "at_day"):
             self.fallback.at_day(day)
+
+    def pair_scores(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
+        """(n, 2): the model's score of each (user, title) pair and 1 where it can score it (0, 0 where the user
+        or the title is unknown to it, or the model has no factors)."""
+        out = np.zeros((len(user_ids), 2))
+        users_f, items_f = getattr(self.model, "user_factors_", None), getattr(self.model, "item_factors_", None)
+        if users_f is None or items_f is None or not len(user_ids):
+            return out
+        uniq = np.unique(np.asarray(user_ids, dtype=np.int64))
+        keys = pseudonymize(pd.Series(uniq, dtype="int64"), self.key)
+        index = self.matrix.user_index
+        row_of = dict(zip(uniq.tolist(), (index.get(k, -1) for k in keys)))
+        col_of = {int(m): c for c, m in enumerate(self.matrix.movie_ids)}
+        rows = np.array([row_of[int(u)] for u in user_ids])
+        cols = np.array([col_of.get(int(m), -1) for m in movie_ids])
+        ok = (rows >= 0) & (cols >= 0)
+        out[ok, 0] = np.einsum("ij,ij->i", np.asarray(users_f)[rows[ok]], np.asarray(items_f)[cols[ok]])
+        out[ok, 1] = 1.0
+        return out
 
     def lists(self, user_ids, seen: dict, k: int) -> dict[int, list[int]]:
         user_ids = [int(u) for u in user_ids]
@@ -145,6 +167,8 @@ class DayContext:
     popularity: dict              # title → watches in the POPULARITY_DAYS before the day
     top50: set
     movie_genres: dict = field(default_factory=dict)   # title → (G,) 0/1
+    mean_rating: dict = field(default_factory=dict)    # title → shrunk mean rating
+    prior_rating: float = 5.5
 
 
 def day_context(settings, day: str, top50: list[int], movie_genres: dict) -> DayContext:
@@ -162,7 +186,12 @@ def day_context(settings, day: str, top50: list[int], movie_genres: dict) -> Day
         total = sum((movie_genres.get(m, zero) for m in titles), zero.copy())
         shares[u] = total / total.sum() if total.sum() else total
     popularity = pd.Series([m for _, m in recent], dtype="int64").value_counts().to_dict() if recent else {}
-    return DayContext(seen, shares, popularity, set(top50), movie_genres)
+    with opsdb.session(settings) as db:
+        votes = opsdb.movie_votes(db)
+    prior = float(votes["rating_sum"].sum() / max(votes["votes"].sum(), 1)) if len(votes) else 5.5
+    shrunk = (votes["rating_sum"] + RATING_PRIOR_VOTES * prior) / (votes["votes"] + RATING_PRIOR_VOTES)
+    return DayContext(seen, shares, popularity, set(top50), movie_genres,
+                      dict(zip(votes["movie_id"].astype(int), shrunk.astype(float))), prior)
 
 
 def genre_vectors(settings) -> dict[int, np.ndarray]:
@@ -178,24 +207,34 @@ def genre_vectors(settings) -> dict[int, np.ndarray]:
     return out
 
 
-def features(ctx: DayContext, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
-    """(n, 3): genre affinity, log1p(recent watches), in the day's Top 50 — for (user, title) pairs."""
+N_ITEM_FEATURES = 6
+
+
+def features(ctx: DayContext, users: np.ndarray, movies: np.ndarray, scorer=None) -> np.ndarray:
+    """(n, 6): genre affinity, log1p(recent watches), in the day's Top 50, mean rating (shrunk towards the
+    catalogue's), the `scorer` model's score and whether it could score the pair — for (user, title) pairs."""
     zero = np.zeros(len(GENRES))
     affinity = np.array([float(ctx.genre_share.get(int(u), zero) @ ctx.movie_genres.get(int(m), zero))
                          for u, m in zip(users, movies)])
     popularity = np.log1p(np.array([ctx.popularity.get(int(m), 0) for m in movies], dtype=float))
     top = np.array([int(m) in ctx.top50 for m in movies], dtype=float)
-    return np.column_stack([affinity, popularity, top]) if len(movies) else np.zeros((0, 3))
+    rating = np.array([ctx.mean_rating.get(int(m), ctx.prior_rating) for m in movies], dtype=float)
+    if not len(movies):
+        return np.zeros((0, N_ITEM_FEATURES))
+    scored = scorer.pair_scores(users, movies) if scorer is not None else np.zeros((len(movies), 2))
+    return np.column_stack([affinity, popularity, top, rating, scored])
 
 
 # ------------------------------------------------------------------ evaluation
 def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | None = None, *,
-             top50_by_day: dict | None = None, k: int = DEFAULT_K, seed: int = 42, n_boot: int = 1000) -> dict:
+             top50_by_day: dict | None = None, k: int = DEFAULT_K, seed: int = 42, n_boot: int = 1000,
+             clip: float | None = None, switch: float = SWITCH, reward_model: str = "logistic") -> dict:
     """Each policy's value (watches per list) by IPS, SNIPS and DR on the same logged lists, and every policy
     against `reference` (paired). `top50_by_day`: {day: Top 50 ids} for the reward model's feature and the
     fallback (default: none). Returns {"log": summary, "policies": {name: {estimator: Estimate dict}},
     "comparisons": {name: {estimator: Comparison dict}}} (comparisons only with a reference)."""
     names = list(policies)
+    scorer = policies.get(reference) if isinstance(policies.get(reference), ModelPolicy) else None
     n = log.n_lists
     if n == 0:
         raise ValueError("no logged lists with propensities in the window: nothing to evaluate on")
@@ -203,7 +242,7 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
     genres = genre_vectors(settings)
     target = {name: np.zeros(len(items)) for name in names}
     direct = {name: np.zeros(n) for name in names}
-    reward_hat_X = np.zeros((len(items), 3))
+    reward_hat_X = np.zeros((len(items), N_ITEM_FEATURES))
     direct_X: dict[str, list] = {name: [] for name in names}
     for day, day_lists in log.lists.groupby("day"):
         for policy in policies.values():       # a policy that changes by day (a daily ranking) hears of it
@@ -212,7 +251,8 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
         ctx = day_context(settings, day, (top50_by_day or {}).get(day, []), genres)
         users = day_lists["user_id"].to_numpy()
         at = items["day"].to_numpy() == day
-        reward_hat_X[at] = features(ctx, items.loc[at, "user_id"].to_numpy(), items.loc[at, "movie_id"].to_numpy())
+        reward_hat_X[at] = features(ctx, items.loc[at, "user_id"].to_numpy(), items.loc[at, "movie_id"].to_numpy(),
+                                    scorer)
         for name in names:
             shown = policies[name].lists(users, ctx.seen, k)
             members = {(int(u), int(m)) for u, ms in shown.items() for m in ms}
@@ -222,20 +262,33 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
             pairs = [(i, u, m) for i, u in zip(idx, users) for m in shown.get(int(u), [])]
             if pairs:
                 li, pu, pm = (np.array(x) for x in zip(*pairs))
-                direct_X[name].append((li, features(ctx, pu, pm)))
-    model = counterfactual.fit_reward_model(reward_hat_X, items["reward"].to_numpy(), seed)
+                direct_X[name].append((li, features(ctx, pu, pm, scorer)))
+    model = counterfactual.fit_reward_model(reward_hat_X, items["reward"].to_numpy(), seed, kind=reward_model)
     reward_hat = model.predict(reward_hat_X)
     for name in names:
         for li, X in direct_X[name]:
             np.add.at(direct[name], li, model.predict(X))
     args = (items["list_index"].to_numpy(), items["reward"].to_numpy(), items["slate_p"].to_numpy())
-    opts = dict(clip=None, seed=seed, n_boot=n_boot)
-    out = {"log": log.summary(), "policies": {}, "comparisons": {}, "clip": None}
+    opts = dict(clip=clip, seed=seed, n_boot=n_boot)
+    out = {"log": log.summary(), "policies": {}, "comparisons": {}, "clip": clip}
+    zeros = np.zeros(len(items))
+    logging_p = items["slate_p"].to_numpy()
+
+    def switched(target_p: np.ndarray) -> np.ndarray:
+        """SWITCH-DR (Wang, Agarwal & Dudík 2017): no correction where the weight exceeds `switch`, so a title
+        the log shows once in thousands of lists is valued by the reward model, not by one lucky watch."""
+        return np.where(target_p / logging_p > switch, 0.0, target_p)
+
     for name in names:
         out["policies"][name] = {
             "ips": counterfactual.ips(*args, target[name], n, **opts).to_dict(),
             "snips": counterfactual.snips(*args, target[name], n, target_size=k, **opts).to_dict(),
             "dr": counterfactual.doubly_robust(*args, target[name], n, reward_hat=reward_hat, direct=direct[name],
+                                               **opts).to_dict(),
+            "switch": counterfactual.doubly_robust(*args, switched(target[name]), n, reward_hat=reward_hat,
+                                                   direct=direct[name], **opts).to_dict(),
+            # The reward model alone (DR without its correction): biased where the model is wrong, never noisy.
+            "dm": counterfactual.doubly_robust(*args, zeros, n, reward_hat=reward_hat, direct=direct[name],
                                                **opts).to_dict()}
     if reference is not None:
         for name in names:
@@ -246,6 +299,12 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
                                             direct_candidate=direct[name], direct_baseline=direct[reference],
                                             target_size=k, **opts).to_dict()
                 for est in ESTIMATORS}
+            out["comparisons"][name]["switch"] = counterfactual.compare(
+                "dr", *args, switched(target[name]), switched(target[reference]), n, reward_hat=reward_hat,
+                direct_candidate=direct[name], direct_baseline=direct[reference], target_size=k, **opts).to_dict()
+            out["comparisons"][name]["dm"] = counterfactual.compare(
+                "dr", *args, zeros, zeros, n, reward_hat=reward_hat, direct_candidate=direct[name],
+                direct_baseline=direct[reference], target_size=k, **opts).to_dict()
     return out
 
 

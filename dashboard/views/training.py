@@ -8,6 +8,13 @@ from core.monitoring import release
 from core.training import registry
 from dashboard import cache, charts, ui
 
+ESTIMATOR_LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "switch": "SWITCH-DR", "dm": "DM"}
+
+
+def _est(yardstick: dict) -> str:
+    """The estimator that measured a decision's log, as people name it (older decisions used DR)."""
+    return ESTIMATOR_LABELS.get(yardstick.get("estimator", "dr"), str(yardstick.get("estimator")).upper())
+
 st.title("🧪 Training & Models")
 s = cache.settings()
 
@@ -116,7 +123,7 @@ else:
                     + ("promoted" if result.get("promoted") else "passed, released beside production (see the "
                        "Deployment page)" if gate.get("promote") else "**refused**, production kept"))
         m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Decided by", "log (DR)" if by_log else "holdout")
+        m1.metric("Decided by", f"log ({_est(y)})" if by_log else "holdout")
         m2.metric(f"ESS (min {y.get('min_ess', s.gate_min_ess):,})",
                   f"{y['ess']:,.0f}" if y.get("ess") is not None else "no log")
         m3.metric("True Δ watches/list", f"{truth['difference']:+.4f}" if truth else "—")
@@ -127,7 +134,7 @@ else:
 
         def interval(c):
             return f"[{c['lo']:+.4f}, {c['hi']:+.4f}]" if c.get("lo") is not None else "—"
-        evidence = [{"evidence": "exploration log (DR)", "Δ candidate − production": fmt(y.get("point"), sign=True)
+        evidence = [{"evidence": f"exploration log ({_est(y)})", "Δ candidate − production": fmt(y.get("point"), sign=True)
                      + (" watches/list" if "point" in y else ""),
                      f"{y.get('level', 0.9):.0%} interval": interval(y),
                      "measured on": (f"{y['log']['lists']:,} lists ({y['log']['exploring_lists']:,} exploring), "
@@ -148,7 +155,7 @@ else:
                              "measured on": f"the next simulated day, {truth['draws']} draws", "decided": None})
         values = y.get("values") or {}
         t_values = truth or {}
-        policies = pd.DataFrame([{"policy": name, "watches/list (log, DR)": fmt(values.get(key)),
+        policies = pd.DataFrame([{"policy": name, f"watches/list (log, {_est(y)})": fmt(values.get(key)),
                                   **({"true watches/list": fmt(t_values.get(key))} if truth else {}),
                                   "nDCG@10 (holdout)": fmt(holdout_b.get(key) if key != "production"
                                                            else holdout_q.get("production"))}
