@@ -152,3 +152,18 @@ def test_the_price_of_exploring_is_measured_online(world):
     assert price["deterministic"]["lists"] + price["explore"]["lists"] == served[0]
     assert price["explore"]["lists"] == served[1] and 0.3 * served[0] < served[1] < 0.7 * served[0]
     assert price["difference"] == pytest.approx(price["explore"]["hit_rate"] - price["deterministic"]["hit_rate"])
+
+
+def test_the_cli_shows_and_sets_the_share(world, capsys):
+    """`policy show` reports the share; `policy set --explore-share` changes it (JSON adds the field only);
+    out-of-range values are refused with a one-line error and change nothing."""
+    from core.cli import main
+    assert main(["policy", "show", "--home", str(world.home), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["explore_share"] == world.explore_share and shown["mode"] == "manual"
+    assert main(["policy", "set", "--explore-share", "0.12", "--home", str(world.home), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["explore_share"] == 0.12
+    assert exploration.get_share(world) == 0.12
+    assert main(["policy", "set", "--explore-share", "0.7", "--home", str(world.home)]) != 0
+    assert "--explore-share must be in [0, 0.5]" in capsys.readouterr().err
+    assert exploration.get_share(world) == 0.12

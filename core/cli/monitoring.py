@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from core import errors
-from core.cli import arg, command, emit, int_in
+from core.cli import arg, command, emit, int_in, float_in
 from core.privacy import access
 from core.store import clock, opsdb
 
@@ -55,23 +55,31 @@ def cmd_alerts(args, settings):
     emit(args, data, human)
 
 
-@command("policy", help="retraining policy: show | set MODE", args=[
+@command("policy", help="retraining policy and exploration share: show | set [MODE] [--explore-share S]", args=[
     arg("action", choices=["show", "set"]),
     arg("mode", nargs="?", choices=["manual", "scheduled", "on-alert"]),
     arg("--every-days", type=int_in(1, 365, "--every-days"), help="scheduled: retrain every N days"),
+    arg("--explore-share", type=float_in(0.0, 0.5, "--explore-share"),
+        help="share of served lists that explore (0 … 0.5; default setting RETRO_EXPLORE_SHARE, 0.05)"),
 ])
 def cmd_policy(args, settings):
     from core.monitoring import policy
-    if args.action == "show":
-        data = policy.get_policy(settings)
-    else:
-        if not args.mode:
-            raise errors.ValidationError("policy set needs a mode: manual, scheduled or on-alert")
+    from core.serving import exploration
+    if args.action == "set":
+        if not args.mode and args.explore_share is None:
+            raise errors.ValidationError("policy set needs a mode (manual, scheduled or on-alert) "
+                                         "and/or --explore-share")
         with opsdb.session(settings) as db:
             now = clock.now(db=db)
         actor = access.cli_actor()
-        with access.audited(settings, actor, "policy", f"{args.mode}"
-                            + (f" every {args.every_days} days" if args.every_days else "")):
-            data = policy.set_policy(settings, args.mode, args.every_days, actor=actor, at=now)
+        if args.mode:
+            with access.audited(settings, actor, "policy", f"{args.mode}"
+                                + (f" every {args.every_days} days" if args.every_days else "")):
+                policy.set_policy(settings, args.mode, args.every_days, actor=actor, at=now)
+        if args.explore_share is not None:
+            with access.audited(settings, actor, "policy", f"explore share {args.explore_share:g}"):
+                exploration.set_share(settings, args.explore_share, actor=actor, at=now)
+    data = policy.get_policy(settings) | {"explore_share": exploration.get_share(settings)}
     emit(args, data, lambda: print(f"retraining policy: {data['mode']}"
-                                   + (f" (every {data['every_days']} days)" if data["mode"] == "scheduled" else "")))
+                                   + (f" (every {data['every_days']} days)" if data["mode"] == "scheduled" else "")
+                                   + f"; {data['explore_share']:.0%} of served lists explore"))
