@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
+from core.monitoring import release
 from core.store import opsdb, writes
 from core.training import pipeline, registry, tracking
 from core.serving import serving
@@ -52,7 +53,7 @@ def test_retrain_promotes_then_gate_refuses_a_worse_candidate(world):
     assert first["promoted"] and registry.production(world)["version"] == first["version"]
     assert first["on_pass"] == "promote" and (first["release"]["mode"], first["release"]["state"]) == ("direct", "promoted")
     worse = pipeline.retrain(world, with_ranker=False, params={"factors": 2, "iterations": 1, "regularization": 50.0}, seed=3,
-                             on_pass="canary")
+                             on_pass="canary", release_with=release.after_gate)
     assert not worse["promoted"] and worse["release"] is None          # refused: nothing released either
     assert any("<" in r for r in worse["gate"]["reasons"])
     assert registry.production(world)["version"] == first["version"]

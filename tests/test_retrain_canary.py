@@ -82,7 +82,8 @@ def test_a_retrain_during_a_running_canary_waits_for_it_and_starts_when_it_ends(
 
     # A second retrain meanwhile: its candidate takes the place of the first one in the queue (recorded).
     simulation.simulate(s, 1)
-    second = pipeline.retrain(s, on_pass="canary", with_ranker=False, trigger="drift-alert", actor="policy:on-alert")
+    second = pipeline.retrain(s, on_pass="canary", release_with=release.after_gate, with_ranker=False,
+                              trigger="drift-alert", actor="policy:on-alert")
     assert second["gate"]["promote"] and second["release"]["supersedes"] == first["version"]
     assert release.pending(s)["version"] == second["version"]
     dequeued = policy.actions(s).query("kind == 'release-dequeued'").iloc[-1]
@@ -103,7 +104,7 @@ def test_a_retrain_during_a_running_canary_waits_for_it_and_starts_when_it_ends(
 
 def test_the_first_model_is_promoted_directly_there_is_nothing_to_canary_against(small_world, tmp_path):
     s = private_copy(small_world, tmp_path)
-    result = pipeline.retrain(s, on_pass="canary", with_ranker=False)
+    result = pipeline.retrain(s, on_pass="canary", release_with=release.after_gate, with_ranker=False)
     assert result["promoted"] and registry.production(s)["version"] == result["version"]
     assert result["release"]["mode"] == "direct" and result["release"]["state"] == "promoted"
     assert "nothing in production yet" in result["release"]["reason"] and deployments.active(s) is None
@@ -113,9 +114,10 @@ def test_a_direct_promotion_during_a_canary_ends_it_as_a_recorded_decision(world
     s, other = world
     prod = registry.production(s)["version"]
     running = release.start(s, other, "canary", actor="tester", share=0.3, with_ranker=False)
-    waiting = pipeline.retrain(s, on_pass="canary", with_ranker=False)["version"]
+    waiting = pipeline.retrain(s, on_pass="canary", release_with=release.after_gate, with_ranker=False)["version"]
     assert release.pending(s)["version"] == waiting
-    result = pipeline.retrain(s, on_pass="promote", with_ranker=False, trigger="cli", actor="cli:tester")
+    result = pipeline.retrain(s, on_pass="promote", release_with=release.after_gate, with_ranker=False, trigger="cli",
+                              actor="cli:tester")
     assert result["promoted"] and registry.production(s)["version"] == result["version"]
     replaced = result["release"]["replaced"]
     assert replaced["deployment_id"] == running["deployment_id"] and replaced["decision"] == "stop"
@@ -154,6 +156,8 @@ def test_on_pass_is_checked_before_anything_runs(world):
     jobs = len(tracking.list_jobs(s))
     with pytest.raises(ValidationError, match="choose one of: canary, promote"):
         pipeline.retrain(s, on_pass="later")
+    with pytest.raises(ValidationError, match="pass release_with=core.monitoring.release.after_gate"):
+        pipeline.retrain(s, on_pass="canary")             # training knows nothing of releases: it is handed them
     assert len(tracking.list_jobs(s)) == jobs
 
 

@@ -92,16 +92,17 @@ def cmd_retrain(args, settings):
     actor = access.cli_actor()
     with access.audited(settings, actor, "retrain") as entry:      # a retrain can promote: audited like one
         result = pipeline.retrain(_on_engine(args, settings), args.model, seed=args.seed, trigger="cli", actor=actor,
-                                  margin=args.margin, progress=progress(args), on_pass=args.on_pass)
+                                  margin=args.margin, progress=progress(args), on_pass=args.on_pass,
+                                  release_with=release.after_gate)
         entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else
                                                      "kept as candidate" if result["release"] is None else
-                                                     release.outcome(result))
+                                                     pipeline.release_outcome(result))
 
     def human():
         released = result["release"]
         print(f"job {result['job_id']}: run {result['run_id']} → v{result['version']} "
               + ("PROMOTED to production" if result["promoted"] else
-                 "kept as candidate (gate refused)" if released is None else release.outcome(result)))
+                 "kept as candidate (gate refused)" if released is None else pipeline.release_outcome(result)))
         print(f"  {_metric_line(result['metrics'])}")
         for reason in result["gate"]["reasons"]:
             print(f"  gate: {reason}")

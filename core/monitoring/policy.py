@@ -116,6 +116,7 @@ def _follow_ups_since_last_alert(settings: Settings) -> int | None:
 def apply(settings: Settings, report, *, now: str, mode: str | None = None, progress=None) -> dict | None:
     """Run the retrain pipeline if the policy says so (a candidate that passes the gate starts a canary, or
     waits for the running release); record the action with its cause and what became of the candidate."""
+    from core.monitoring import release
     from core.training.pipeline import retrain
     mode = mode or get_policy(settings)["mode"]
     validate(mode)
@@ -124,7 +125,7 @@ def apply(settings: Settings, report, *, now: str, mode: str | None = None, prog
         return None
     trigger = "scheduled" if mode == "scheduled" else "drift-alert"
     result = retrain(settings, trigger=trigger, actor=f"policy:{mode}", at=now, on_pass="canary",
-                     **({"progress": progress} if progress else {}))
+                     release_with=release.after_gate, **({"progress": progress} if progress else {}))
     action = {"kind": "retrain", "cause": cause, "job_id": result["job_id"], "version": result["version"],
               "promoted": result["promoted"], "ndcg@10": result["metrics"]["ndcg@10"],
               "gate_passed": result["gate"]["promote"], "release": result["release"]}
@@ -132,6 +133,24 @@ def apply(settings: Settings, report, *, now: str, mode: str | None = None, prog
         db.execute("INSERT INTO actions(at, day, kind, actor, cause, job_id, result) VALUES (?,?,?,?,?,?,?)",
                    [now, report.day, "retrain", f"policy:{mode}", cause, result["job_id"], json.dumps(action)])
     return action
+
+
+def record_action(db, kind: str, *, at: str, actor: str, cause: str, result: dict, job_id: int | None = None,
+                  day: str | None = None) -> None:
+    """One row of the actions trail on the caller's connection (e.g. inside its write transaction): the release
+    queue's 'release-queued' / 'release-dequeued' rows (`core.monitoring.release`) are written here."""
+    db.execute("INSERT INTO actions(at, day, kind, actor, cause, job_id, result) VALUES (?,?,?,?,?,?,?)",
+               [at, day, kind, actor, cause, job_id, json.dumps(result)])
+
+
+def last_action(db, kinds: tuple[str, ...]) -> dict | None:
+    """The newest action of one of `kinds` ({action_id, at, kind, actor, cause, job_id, result (decoded)}), or None."""
+    row = db.execute(f"SELECT action_id, at, kind, actor, cause, job_id, result FROM actions WHERE kind IN "
+                     f"({', '.join('?' * len(kinds))}) ORDER BY action_id DESC LIMIT 1", list(kinds)).fetchone()
+    if row is None:
+        return None
+    return dict(zip(("action_id", "at", "kind", "actor", "cause", "job_id"), row[:6])) | {
+        "result": json.loads(row[6]) if row[6] else {}}
 
 
 def actions(settings: Settings) -> pd.DataFrame:

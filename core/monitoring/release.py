@@ -42,7 +42,7 @@ from statistics import NormalDist
 import pandas as pd
 
 from core.errors import RetroError, ValidationError
-from core.monitoring import monitoring
+from core.monitoring import monitoring, policy
 from core.serving import deployments
 from core.settings import Settings
 from core.store import mlopsdb, opsdb, servinglog
@@ -51,7 +51,6 @@ from core.training import registry
 
 POLICY = {"min_days": 3, "max_days": 10, "margin": 0.02, "level": 0.90, "ramp": None}
 POLICY_ACTOR = "policy:release"
-ON_PASS = ("canary", "promote")
 # The canary a retrain's candidate starts as (on_pass="canary"): share and rules (POLICY's keys).
 # Half the users for at least 2 monitored days: balanced arms decide fastest, and a candidate significantly worse
 # than production is rolled back after its first day. Measured in the closed loop (800 users, 300 movies, a 14-day
@@ -318,13 +317,6 @@ def _record(settings, release, decision, actor, reason, ev, day, at, share) -> d
 
 
 # ------------------------------------------------------------------ a retrain's candidate
-def check_on_pass(on_pass: str) -> str:
-    """`on_pass` when it names what a candidate that passed the gate does; else ValidationError."""
-    if on_pass not in ON_PASS:
-        raise ValidationError(f"unknown on_pass {on_pass!r}; choose one of: {', '.join(ON_PASS)}")
-    return on_pass
-
-
 def after_gate(settings: Settings, version: int, on_pass: str, *, actor: str, trigger: str, gate, job_id: int | None = None,
                at: str | None = None, with_ranker: bool = True, progress=None, rules: dict | None = None) -> dict:
     """What a retrain's candidate that passed the offline gate does; returns the retrain result's `release`.
@@ -336,7 +328,8 @@ def after_gate(settings: Settings, version: int, on_pass: str, *, actor: str, tr
     queue or None, "reason"}. With nothing in production, and for on_pass="promote": promote now →
     {"mode": "direct", "state": "promoted", "reason", "replaced"}; `replaced` is the recorded 'stop' decision of
     a release that was running (else None)."""
-    check_on_pass(on_pass)
+    from core.training.pipeline import check_on_pass
+    check_on_pass(on_pass, after_gate)
     when = timestamp(at, settings)
     prod = registry.production(settings)
     if on_pass == "promote" or prod is None:
@@ -369,17 +362,9 @@ def after_gate(settings: Settings, version: int, on_pass: str, *, actor: str, tr
 
 
 def outcome(result: dict) -> str:
-    """What became of a retrain's candidate, in words (progress, CLI, dashboard): 'promoted to production',
-    'started as canary release #N (20 % of users)', 'waits for release #N …' or 'kept as candidate'."""
-    rel = result.get("release")
-    if result.get("promoted"):
-        return "promoted to production"
-    if rel and rel["state"] == "active":
-        return f"started as canary release #{rel['deployment_id']} ({rel['share']:.0%} of users)"
-    if rel and rel["state"] == "pending":
-        w = rel["waits_for"]
-        return f"waits for release #{w['deployment_id']} ({w['mode']} of v{w['version']}) to end, then starts as a canary"
-    return "kept as candidate"
+    """What became of a retrain's candidate, in words (`pipeline.release_outcome`)."""
+    from core.training.pipeline import release_outcome
+    return release_outcome(result)
 
 
 def pending(settings: Settings) -> dict | None:
@@ -390,11 +375,10 @@ def pending(settings: Settings) -> dict | None:
 
 
 def _pending_on(db) -> dict | None:
-    row = db.execute("SELECT action_id, at, kind, result FROM actions WHERE kind IN (?, ?) "
-                     "ORDER BY action_id DESC LIMIT 1", [QUEUED, DEQUEUED]).fetchone()
-    if row is None or row[2] != QUEUED:
+    last = policy.last_action(db, (QUEUED, DEQUEUED))
+    if last is None or last["kind"] != QUEUED:
         return None
-    return json.loads(row[3]) | {"action_id": row[0], "queued_at": row[1]}
+    return last["result"] | {"action_id": last["action_id"], "queued_at": last["at"]}
 
 
 def _queue(settings: Settings, waiting: dict, running: dict, *, job_id, at: str) -> dict:
@@ -457,8 +441,7 @@ def start_pending(settings: Settings, ended: dict | None, *, at: str | None = No
 
 
 def _action(db, kind: str, at: str, actor: str, cause: str, result: dict, job_id) -> None:
-    db.execute("INSERT INTO actions(at, day, kind, actor, cause, job_id, result) VALUES (?,?,?,?,?,?,?)",
-               [at, None, kind, actor, cause, job_id, json.dumps(result)])
+    policy.record_action(db, kind, at=at, actor=actor, cause=cause, result=result, job_id=job_id)
 
 
 # ------------------------------------------------------------------ reads

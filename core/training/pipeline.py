@@ -217,20 +217,21 @@ def gate_yardstick(settings: Settings, split, estimator, kind: str, params: dict
 def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, params: dict | None = None,
             trigger: str = "manual", actor: str = "pipeline", margin: float = GATE_MARGIN,
             holdout_days: int = HOLDOUT_DAYS, progress: Progress = _noop, at: str | None = None,
-            with_ranker: bool = True, on_pass: str = "promote", canary: dict | None = None) -> dict:
+            with_ranker: bool = True, on_pass: str = "promote", canary: dict | None = None,
+            release_with: Callable[..., dict] | None = None) -> dict:
     """ETL → train → evaluate → register → gate → promote or release → (re)train the ranker; returns the job's result.
 
     The ranker is retrained whenever the CF model changes (a ranker trained on an
     older CF version is stale) or when no ranker serves yet.
 
     `on_pass`: what a candidate that passed the gate does — "promote" (now) or "canary" (a canary release
-    with `canary`'s rules, default `release.RETRAIN_CANARY`, that the release policy promotes or rolls back
-    on its online hit rate; waits while another release runs; the first model is promoted directly). The
-    result's `release` says which (`core.monitoring.release.after_gate`); `promoted` is True only when the
-    candidate is in production now.
+    with `canary`'s rules that the release policy promotes or rolls back on its online hit rate; it waits
+    while another release runs; the first model is promoted directly). Releases are a stage above training,
+    so a passing candidate is handed to `release_with` (`core.monitoring.release.after_gate`, which "canary"
+    needs; with it, a direct promotion also ends a running release as a recorded decision). The result's
+    `release` says what happened; `promoted` is True only when the candidate is in production now.
     """
-    from core.monitoring import release
-    release.check_on_pass(on_pass)
+    check_on_pass(on_pass, release_with)
     at = at or sim_now(settings)
     job_id = tracking.start_job(settings, "retrain", trigger, at=at)
     stage = "etl"
@@ -264,9 +265,14 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
         if decision.promote:
             stage = "promote" if on_pass == "promote" else "release"
             tracking.update_job(settings, job_id, stage)
-            released = release.after_gate(settings, version, on_pass, actor=actor, trigger=trigger, gate=decision,
-                                          job_id=job_id, at=at, with_ranker=with_ranker, rules=canary,
-                                          progress=lambda f, m: progress(0.9 + 0.03 * f, m))
+            if release_with is None:
+                registry.promote(settings, version, actor, f"gate passed ({trigger} retrain)", gate=decision, at=at)
+                released = {"mode": "direct", "state": "promoted", "reason": "promoted when the gate passed",
+                            "replaced": None}
+            else:
+                released = release_with(settings, version, on_pass, actor=actor, trigger=trigger, gate=decision,
+                                        job_id=job_id, at=at, with_ranker=with_ranker, rules=canary,
+                                        progress=lambda f, m: progress(0.9 + 0.03 * f, m))
         promoted = released is not None and released["state"] == "promoted"
         ranker_result = None
         if with_ranker and (promoted or not ranker_status(settings)["active"]):
@@ -284,11 +290,38 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
                   "data_version": trained.data_version, "trigger": trigger, "ranker": ranker_result,
                   "on_pass": on_pass, "release": released}
         tracking.finish_job(settings, job_id, result, at=at)
-        progress(1.0, f"done: v{version} " + release.outcome(result))
+        progress(1.0, f"done: v{version} " + release_outcome(result))
         return result
     except Exception as exc:
         tracking.fail_job(settings, job_id, f"{stage}: {type(exc).__name__}: {exc}", at=at)
         raise
+
+
+ON_PASS = ("canary", "promote")
+
+
+def check_on_pass(on_pass: str, release_with=None) -> str:
+    """`on_pass` when it names what a candidate that passed the gate does (and "canary" has a `release_with`)."""
+    if on_pass not in ON_PASS:
+        raise ValidationError(f"unknown on_pass {on_pass!r}; choose one of: {', '.join(ON_PASS)}")
+    if on_pass == "canary" and release_with is None:
+        raise ValidationError("on_pass 'canary' hands the candidate to the release machinery: pass "
+                              "release_with=core.monitoring.release.after_gate")
+    return on_pass
+
+
+def release_outcome(result: dict) -> str:
+    """What became of a retrain's candidate, in words: 'promoted to production', 'started as canary release #N
+    (50 % of users)', 'waits for release #N (canary of vM) to end, then starts as a canary' or 'kept as candidate'."""
+    rel = result.get("release")
+    if result.get("promoted"):
+        return "promoted to production"
+    if rel and rel["state"] == "active":
+        return f"started as canary release #{rel['deployment_id']} ({rel['share']:.0%} of users)"
+    if rel and rel["state"] == "pending":
+        w = rel["waits_for"]
+        return f"waits for release #{w['deployment_id']} ({w['mode']} of v{w['version']}) to end, then starts as a canary"
+    return "kept as candidate"
 
 
 # ------------------------------------------------------------------ the ranking model

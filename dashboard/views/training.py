@@ -52,7 +52,8 @@ with st.container(border=True):
         log: list[str] = []
         with ui.audited(who, "retrain") as entry:
             result = cache.retrain(ui.progress_callback(bar, log), model=model, seed=int(seed), margin=float(margin),
-                                   trigger="dashboard", actor=f"operator:{who}", on_pass=on_pass)
+                                   trigger="dashboard", actor=f"operator:{who}", on_pass=on_pass,
+                                   release_with=release.after_gate)
             entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else
                                                          "kept as candidate" if result["release"] is None else
                                                          release.outcome(result))
