@@ -235,3 +235,26 @@ def test_bad_exploration_fields_refuse_the_list(world, policy, props, why):
     result = etl.run_etl(world)
     assert result.report["served"] == {"lists": 2, "rows": 3, "refused": 1}, why
     assert served(world)["serve_id"].unique().tolist() == [2]
+
+
+def test_the_content_hash_covers_the_exploration_columns(world):
+    """A propensity or a policy that differs gives a different data version hash; lists without a logging policy
+    hash exactly as before (the served section alone)."""
+    from core.warehouse.datahash import combine, exploration_days, served_days
+    rows, _ = etl.served_rows(servinglog_frame(world, LIST_A, LIST_B), pseudonym_key(world))
+    base = combine(None, {}, served_days(rows), exploration_days(rows))
+    changed = rows.copy()
+    changed.loc[changed["movie_id"] == 9, "propensity"] = 0.0026
+    assert combine(None, {}, served_days(changed), exploration_days(changed)) != base
+    relabelled = rows.copy()
+    relabelled["policy"] = relabelled["policy"].where(relabelled["policy"].isna(), "deterministic")
+    assert combine(None, {}, served_days(relabelled), exploration_days(relabelled)) != base
+    plain = rows.assign(policy=None, propensity=float("nan"), slate_propensity=float("nan"))
+    assert exploration_days(plain) == {}
+    assert combine(None, {}, served_days(plain), exploration_days(plain)) == combine(None, {}, served_days(plain))
+
+
+def servinglog_frame(settings, *entries):
+    with opsdb.session(settings) as db:
+        servinglog.log_lists(db, list(entries))
+        return servinglog.lists_after(db, 0)

@@ -37,6 +37,12 @@ and the Spark ETL (executors, any partitioning) get the same hex digest for the 
    `"<day>\t<n>\t<day digest>\n"` per served day. A version without served rows has no such section, so its
    hash is exactly the one defined by 1–3 (versions loaded before fact_served existed keep their hashes).
 
+5. **Exploration** (issue 22). Served rows that carry a logging policy (`policy` not NULL) are hashed once more, as
+   a third section `"fact_served.exploration\n"` with the same day lines: five streams per day in
+   `EXPLORATION_STREAMS` order (serve_id and position as int64 LE, policy as length + UTF-8, propensity and
+   slate_propensity as IEEE-754 float64 LE), rows ordered by `(serve_id, position)`. Rows served before
+   exploration existed have no policy, so versions without such rows keep exactly the hash of 1–4.
+
 Nothing in this depends on how an engine splits the rows into batches or partitions:
 a day's streams are fed batch by batch in canonical order, and SHA-256 of a stream
 does not depend on where it was cut. It replaces the pandas-specific hash the embedded
@@ -62,6 +68,10 @@ SERVED_COLUMNS = ("serve_id", "user_key", "served_at", "path", "model_version", 
                   "movie_id")
 SERVED_TEXT = ("user_key", "path", "arm")
 SERVED_SECTION = "fact_served"
+EXPLORATION_COLUMNS = ("serve_id", "position", "policy", "propensity", "slate_propensity")
+EXPLORATION_TEXT = ("policy",)
+EXPLORATION_FLOATS = ("propensity", "slate_propensity")
+EXPLORATION_SECTION = "fact_served.exploration"
 
 
 def _streams(columns: tuple[str, ...], text: tuple[str, ...]) -> tuple[str, ...]:
@@ -108,8 +118,9 @@ class DayHasher:
     serve_id, position); columns named neither text, `value` nor a time are int64 (NULL → 0).
     """
 
-    def __init__(self, columns: tuple[str, ...] = COLUMNS, text: tuple[str, ...] = TEXT) -> None:
-        self._columns, self._text = columns, text
+    def __init__(self, columns: tuple[str, ...] = COLUMNS, text: tuple[str, ...] = TEXT,
+                 floats: tuple[str, ...] = ("value",)) -> None:
+        self._columns, self._text, self._floats = columns, text, floats
         self._n_streams = len(_streams(columns, text))
         self._days: dict[str, list] = {}
 
@@ -132,7 +143,7 @@ class DayHasher:
             col = rows.column(name)
             if name in self._text:
                 blocks.extend(_text_blocks(col))
-            elif name == "value":
+            elif name in self._floats:
                 blocks.append(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype("<f8").tobytes())
             elif name in ("occurred_at", "served_at"):
                 blocks.append(_int64_block(_micros(col)))
@@ -155,14 +166,19 @@ def _day_lines(days) -> bytes:
 
 
 def combine(previous: str | None, days: dict[str, tuple[int, str]] | Iterable[tuple[str, int, str]],
-            served_days: dict[str, tuple[int, str]] | None = None) -> str:
+            served_days: dict[str, tuple[int, str]] | None = None,
+            exploration_days: dict[str, tuple[int, str]] | None = None) -> str:
     """The version's hash from its day digests (`{day: (n, digest)}` or `(day, n, digest)` rows), chained; the
-    served-list section (point 4) follows only when `served_days` has a day."""
+    served-list section (point 4) follows only when `served_days` has a day, the exploration section (point 5)
+    only when `exploration_days` has one."""
     h = hashlib.sha256(((previous or "") + "\n").encode())
     h.update(_day_lines(days))
     if served_days:
         h.update(f"{SERVED_SECTION}\n".encode())
         h.update(_day_lines(served_days))
+    if exploration_days:
+        h.update(f"{EXPLORATION_SECTION}\n".encode())
+        h.update(_day_lines(exploration_days))
     return h.hexdigest()
 
 
@@ -197,13 +213,29 @@ def served_days(served: pd.DataFrame | None) -> dict[str, tuple[int, str]]:
     return hasher.days()
 
 
+def exploration_days(served: pd.DataFrame | None) -> dict[str, tuple[int, str]]:
+    """`{day: (n, digest)}` of the served rows that carry a logging policy (point 5; empty when none do)."""
+    if served is None or not len(served) or "policy" not in served or served["policy"].isna().all():
+        return {}
+    frame = served.loc[served["policy"].notna(), ["serve_id", "position", "served_at", *EXPLORATION_COLUMNS[2:]]].copy()
+    frame["day"] = pd.to_datetime(frame["served_at"]).to_numpy().astype("datetime64[D]")
+    for col in ("serve_id", "position"):
+        frame[col] = pd.to_numeric(frame[col]).astype("Int64")
+    for col in EXPLORATION_FLOATS:
+        frame[col] = pd.to_numeric(frame[col]).astype("float64")
+    frame = frame.sort_values(["day", "serve_id", "position"], kind="mergesort").drop(columns="served_at")
+    hasher = DayHasher(EXPLORATION_COLUMNS, EXPLORATION_TEXT, EXPLORATION_FLOATS)
+    hasher.update(pa.Table.from_pandas(frame, preserve_index=False))
+    return hasher.days()
+
+
 def content_hash(facts: pd.DataFrame, previous: str | None, served: pd.DataFrame | None = None) -> str:
     """SHA-256 over the loaded rows (pandas), chained to the previous version's hash (see the module docstring);
     `served`: the served-list rows the version loaded (point 4; none → the hash of points 1–3 alone)."""
     hasher = DayHasher()
     if len(facts):
         hasher.update(canonical_table(facts))
-    return combine(previous, hasher.days(), served_days(served))
+    return combine(previous, hasher.days(), served_days(served), exploration_days(served))
 
 
 def arrow_day_digests(batches):

@@ -211,7 +211,8 @@ def content_hash(facts, previous: str | None, served: pd.DataFrame | None = None
     ordered = (facts.select(*datahash.COLUMNS, "day").repartition("day")
                .sortWithinPartitions("day", "source", "source_id"))
     days = ordered.mapInArrow(datahash.arrow_day_digests, "day STRING, n BIGINT, digest STRING").collect()
-    return datahash.combine(previous, [(r["day"], r["n"], r["digest"]) for r in days], datahash.served_days(served))
+    return datahash.combine(previous, [(r["day"], r["n"], r["digest"]) for r in days], datahash.served_days(served),
+                            datahash.exploration_days(served))
 
 
 def _stage_served(lake: Lake, spark, staging: str, served: pd.DataFrame, version: int) -> list[tuple[str, str]]:
