@@ -33,17 +33,24 @@ with st.container(border=True):
                        help="A canary shows the candidate to a share of users; the release policy of the closed "
                             "loop promotes it or rolls it back on the online hit rate per arm (Deployment page). "
                             "Promoting now ends a running release as a recorded decision.")
-    now = cache.deployment(cache.token())
-    running, waiting = now["release"], now["pending"]
-    if now["production"] is None:
-        st.caption("Nothing is in production yet: the first model that passes the gate is promoted directly "
-                   "(there is nothing to compare a canary with).")
-    elif running is not None:
-        st.caption(f"Release #{running['deployment_id']} ({running['mode']} of v{running['version']}"
-                   + (f" at {running['share']:.0%}" if running["mode"] == "canary" else "") + ") is running: a "
-                   "candidate that passes the gate waits for it and starts as a canary when it ends"
-                   + (f" — v{waiting['version']} is waiting now (queued by {waiting['actor']}; a newer one takes "
-                      "its place)" if waiting else "") + ".")
+    release_note = st.empty()          # what a passing candidate will meet; refreshed after a retrain
+
+    def show_release_note() -> None:
+        now = cache.deployment(cache.token())
+        running, waiting = now["release"], now["pending"]
+        if now["production"] is None:
+            release_note.caption("Nothing is in production yet: the first model that passes the gate is promoted "
+                                 "directly (there is nothing to compare a canary with).")
+        elif running is not None:
+            release_note.caption(
+                f"Release #{running['deployment_id']} ({running['mode']} of v{running['version']}"
+                + (f" at {running['share']:.0%}" if running["mode"] == "canary" else "") + ") is running: a "
+                "candidate that passes the gate waits for it and starts as a canary when it ends"
+                + (f" — v{waiting['version']} is waiting now (queued by {waiting['actor']}; a newer one takes "
+                   "its place)" if waiting else "") + ".")
+        else:
+            release_note.empty()
+    show_release_note()
     # A retrain can promote to production or start a release: operators only, audited.
     if st.button("Run the retrain pipeline", type="primary", key="retrain") and \
             (who := ui.operator("run a retrain")) is not None:
@@ -64,11 +71,11 @@ with st.container(border=True):
                 + ("kept as candidate — the gate refused it" if released is None else release.outcome(result))
                 + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f} on "
                   f"{ui.plural(result['metrics']['users_evaluated'], 'holdout user')}, data {result['data_version']})")
-        if released is not None and released["state"] != "promoted":
-            st.caption(f"release: {released['reason']}; the release policy promotes or rolls it back on its online "
-                       "hit rate (Deployment page).")
-        elif released is not None and result["on_pass"] == "canary":
-            st.caption(f"release: {released['reason']}")
+        if released is not None and (released["state"] != "promoted" or result["on_pass"] == "canary"):
+            st.caption(f"release: {released['reason']}"
+                       + (" — the release policy decides it (Deployment page)." if released["state"] != "promoted"
+                          else ""))
+        show_release_note()
         if released is not None and released.get("replaced"):
             st.warning(f"release: {released['replaced']['reason']}")
         for reason in result["gate"]["reasons"]:
