@@ -187,10 +187,29 @@ def test_chance_levels_are_cached_per_reference():
     rng = np.random.default_rng(4)
     reference = _counts(rng, 2_000)
     drift._resampled_quantile.cache_clear()
+    drift._reference_draws.cache_clear()
     first = [run_test("psi", reference, _counts(rng, 300)).null_q99 for _ in range(3)]
     info = drift._resampled_quantile.cache_info()
     assert len(set(first)) == 1 and (info.misses, info.hits) == (1, 2)   # same reference buckets and size
     assert run_test("psi", reference, _counts(rng, 150)).null_q99 > first[0]   # fewer rows: more noise
+    # another day's size and another test: new current draws, the reference's own draws are reused
+    run_test("jensen_shannon", reference, _counts(rng, 200))
+    assert drift._reference_draws.cache_info().misses == 1
+
+
+def test_merged_categories_resample_like_unmerged_counts():
+    """A day whose small categories were merged into '(other)' gets the chance level of the merged buckets,
+    whether the reference arrives per category or already merged (the cached draws are summed per bucket)."""
+    rng = np.random.default_rng(8)
+    shares = rng.dirichlet(np.ones(300))
+    titles = [f"t{i:03d}" for i in range(300)]
+    reference = dict(zip(titles, rng.multinomial(15_000, shares).tolist()))
+    current = dict(zip(titles, rng.multinomial(400, shares).tolist()))
+    r = run_test("max_share_gain", reference, current)
+    assert "merged" in r.detail
+    merged_ref, merged_cur, _ = drift.merge_small_buckets(drift.window(reference), drift.window(current))
+    again = run_test("max_share_gain", merged_ref.counts, merged_cur.counts, min_expected=0)
+    assert "merged" not in again.detail and r.null_q99 == pytest.approx(again.null_q99, rel=0.05)
 
 
 # ------------------------------------------------------------------ the alert rules
