@@ -19,20 +19,18 @@ st.title("🧪 Training & Models")
 s = cache.settings()
 
 # --- retrain --------------------------------------------------------------------------------
-ON_PASS = {"canary": "start a canary — it earns production on its online hit rate",
-           "promote": "promote it now"}
+ON_PASS = {"canary": "start a canary", "promote": "promote it now"}
 with st.container(border=True):
     st.subheader("Retrain")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns([1, 1, 1.4, 1])
     model = c1.selectbox("Model", ["als", "bpr"], key="model")
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=42, step=1, key="seed")
     margin = c3.number_input("Gate tolerance (nDCG@10 the interval's lower bound may fall below 0)", min_value=0.0,
                              max_value=1.0, value=0.0, step=0.005, format="%.3f", key="margin")
-    on_pass = st.radio("When the candidate passes the gate", list(ON_PASS), format_func=ON_PASS.get, index=0,
-                       horizontal=True, key="on_pass",
-                       help="A canary shows the candidate to a share of users; the release policy of the closed "
-                            "loop promotes it or rolls it back on the online hit rate per arm (Deployment page). "
-                            "Promoting now ends a running release as a recorded decision.")
+    on_pass = c4.radio("When the gate passes", list(ON_PASS), format_func=ON_PASS.get, index=0, key="on_pass",
+                       help="A canary shows the candidate to half the users; the release policy of the closed loop "
+                            "promotes it or rolls it back on the online hit rate per arm (Deployment page) — it "
+                            "earns production online. Promoting now ends a running release as a recorded decision.")
     release_note = st.empty()          # what a passing candidate will meet; refreshed after a retrain
 
     def show_release_note() -> None:
