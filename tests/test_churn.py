@@ -57,7 +57,7 @@ def hand_warehouse(tmp_path):
                                "data_version": 1})
         served = pd.concat([served, served.assign(serve_id=9, served_at=t + pd.Timedelta(days=1))])  # future list
         con.register("sv", served)
-        con.execute("INSERT INTO fact_served SELECT * FROM sv")
+        con.execute("INSERT INTO fact_served BY NAME SELECT * FROM sv")
     return s, t
 
 
@@ -105,7 +105,7 @@ def test_features_never_see_the_future(hand_warehouse):
         con.execute("INSERT INTO fact_interaction VALUES ('event', 900, 'bob', 1, 'watch', 6000, ?, 2), "
                     "('event', 901, 'alice', 2, 'rating', 1, ?, 2), ('event', 902, 'dave', 1, 'watch', 60, ?, 2)",
                     [t, t + pd.Timedelta(hours=1), t + pd.Timedelta(days=20)])
-        con.execute("INSERT INTO fact_served VALUES (77, 'bob', ?, 'model', 9, NULL, 'canary', 1, 1, 2)", [t])
+        con.execute("INSERT INTO fact_served VALUES (77, 'bob', ?, 'model', 9, NULL, 'canary', 1, 1, 2, NULL, NULL, NULL)", [t])
     after = churn_data.snapshots(s, [t])
     pd.testing.assert_frame_equal(before[["user_key", "as_of", *FEATURES]], after[["user_key", "as_of", *FEATURES]])
     assert before.set_index("user_key")["label"].to_dict() == {"alice": 0.0, "bob": 1.0}

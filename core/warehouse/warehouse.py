@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS etl_state (key VARCHAR PRIMARY KEY, value BIGINT);
 -- are not here (nobody saw them). Added after the first release: an older file gains it at its next write, and
 -- the exploration columns (the list's logging policy, the title's propensities; NULL before they existed) too.
 CREATE TABLE IF NOT EXISTS fact_served ({FACT_SERVED_COLUMNS});
-ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS policy VARCHAR;
+ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS "policy" VARCHAR;
 ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS propensity DOUBLE;
 ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS slate_propensity DOUBLE;
 """
