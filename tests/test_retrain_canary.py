@@ -145,7 +145,8 @@ def test_a_canary_the_registry_refuses_to_promote_is_rolled_back_with_the_reason
         raise registry.BelowBaselines("v9 does not beat its baselines (test)")
     monkeypatch.setattr(registry, "promote", refuse)
     decision = release.review(s, now=clock.now(s))                    # the closed loop goes on
-    assert decision["decision"] == "rollback" and "the registry refused the promotion: v9 does not" in decision["reason"]
+    assert decision["decision"] == "rollback"
+    assert "the registry refused the promotion: v9 does not" in decision["reason"]
     assert deployments.get(s, running["deployment_id"])["state"] == "rolled-back"
     assert registry.production(s)["version"] == prod and registry.get_version(s, other)["stage"] == "archived"
 

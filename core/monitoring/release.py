@@ -317,8 +317,9 @@ def _record(settings, release, decision, actor, reason, ev, day, at, share) -> d
 
 
 # ------------------------------------------------------------------ a retrain's candidate
-def after_gate(settings: Settings, version: int, on_pass: str, *, actor: str, trigger: str, gate, job_id: int | None = None,
-               at: str | None = None, with_ranker: bool = True, progress=None, rules: dict | None = None) -> dict:
+def after_gate(settings: Settings, version: int, on_pass: str, *, actor: str, trigger: str, gate,
+               job_id: int | None = None, at: str | None = None, with_ranker: bool = True, progress=None,
+               rules: dict | None = None) -> dict:
     """What a retrain's candidate that passed the offline gate does; returns the retrain result's `release`.
 
     on_pass="canary": start a canary judged by `rules` (share and POLICY's keys; default RETRAIN_CANARY) →
@@ -426,12 +427,11 @@ def start_pending(settings: Settings, ended: dict | None, *, at: str | None = No
         except RetroError as exc:
             why_not = f"could not start: {exc}"
     if started is not None:
-        outcome, cause = "started", (f"pending v{version} started as {waiting['mode']} release "
-                                     f"#{started['deployment_id']}{after}")
+        fate, cause = "started", (f"pending v{version} started as {waiting['mode']} release "
+                                  f"#{started['deployment_id']}{after}")
     else:
-        outcome, cause = "dropped", f"pending v{version} dropped{after}: {why_not}"
-    out = {"version": version, "outcome": outcome, "deployment_id": started and started["deployment_id"],
-           "reason": cause}
+        fate, cause = "dropped", f"pending v{version} dropped{after}: {why_not}"
+    out = {"version": version, "outcome": fate, "deployment_id": started and started["deployment_id"], "reason": cause}
     with mlopsdb.write_session(settings) as db:
         current = _pending_on(db)
         if current is not None and current["action_id"] == waiting["action_id"]:
