@@ -143,7 +143,9 @@ def run_scenario(base, home: Path, name, shift, params, args) -> dict:
                                 n_boot=args.boot, switch=args.switch)
     est_seconds = time.perf_counter() - t1
     holdout = _holdout_ndcg(s, policies, top_by_day)
-    return {"scenario": name, "truth": true, "truth_hit_rate": true_hit, "estimates": result, "holdout": holdout,
+    from core.monitoring import monitoring
+    price = monitoring.exploration_price(s)
+    return {"scenario": name, "price": price, "truth": true, "truth_hit_rate": true_hit, "estimates": result, "holdout": holdout,
             "log": log.summary(), "seconds": {"simulate+truth": sim_seconds, "estimate": est_seconds}}
 
 
@@ -245,7 +247,11 @@ def main(argv=None) -> int:
             cells = [f"{r['estimates']['policies'][n][e]['value']:.3f} [{r['estimates']['policies'][n][e]['lo']:.3f},"
                      f"{r['estimates']['policies'][n][e]['hi']:.3f}]" for e in ESTIMATORS]
             print(f"{n:<15}{r['holdout'][n]:>13.4f}" + "".join(f"{c:>24}" for c in cells) + f"{r['truth'][n]:>9.3f}")
-        sm = r["summary"]
+        sm, pr = r["summary"], r["price"]
+        if pr.get("difference") is not None:
+            print(f"price of exploring (online hit rate@10, base + window days): deterministic "
+                  f"{pr['deterministic']['hit_rate']:.3f} ({pr['deterministic']['lists']:,} lists), exploring "
+                  f"{pr['explore']['hit_rate']:.3f} ({pr['explore']['lists']:,}), difference {pr['difference']:+.3f}")
         print("Kendall τ vs truth: " + ", ".join(f"{k} {v:+.2f}" for k, v in sm["tau"].items()))
         print("truth in 90 % interval of Δ vs production (all 4 / the 2 candidates): " + ", ".join(
             f"{k} {sum(v)}/{len(v)} / {sum(sm['covered_candidates'][k])}/2" for k, v in sm["covered"].items()))

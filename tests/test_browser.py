@@ -45,7 +45,7 @@ PAGES = [
     ("Overview", "the live system", 1300),
     ("Top 50 vs For You", "Top 50 (same for everyone)", 2300),
     ("Data", "Data versions", 2300),
-    ("Training & Models", "Experiment runs", 4600),
+    ("Training & Models", "Experiment runs", 6000),     # + the yardstick, its chart and exploration (issue 22)
     ("Drift", "simulate days in the closed loop", 1300),        # before any simulated day: form and narrative
     ("Churn", "No churn model yet", 1000),                       # 8 days: too short for the churn model's split
     ("Deployment", "Online quality per arm", 1600),              # no server, no release yet: what serves, the form

@@ -211,7 +211,7 @@ with left.form("exploration_form"):
 shown_share.metric("Share of served lists that explore", f"{share:.0%}")
 with right:
     st.caption("Exploring lists swap some slots for other titles with known probabilities; that log lets the gate "
-               "replay candidate and production offline (counterfactual, doubly robust). A larger share gives a "
+               "replay candidate and production offline (counterfactual: SWITCH-DR, a doubly robust estimator). A larger share gives a "
                "larger effective sample size, at the price of slightly worse lists for the users who get them.")
     if price and price.get("difference") is not None:
         p1, p2, p3 = st.columns(3)
