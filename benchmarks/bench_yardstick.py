@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.pseudonym import pseudonym_key  # noqa: E402
 from core.serving import exploration, serving  # noqa: E402
-from core.settings import load_settings  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
 from core.simulation import loop, simulation, truth  # noqa: E402
 from core.store import opsdb  # noqa: E402
 from core.store.mlopsdb import clone_home  # noqa: E402
@@ -52,6 +52,7 @@ SCENARIOS = [("stable", None, {}), ("trend", "trend", {"genre": "Western"}), ("v
              ("seasonal", "seasonal", {"season": "halloween"}), ("life-event", "life-event", {}),
              ("new-releases", "new-releases", {})]
 MARGIN = 0.01
+MIN_ESS = Settings.gate_min_ess   # the gate's default minimum effective sample size (RETRO_GATE_MIN_ESS)
 ESTIMATORS = ("ips", "snips", "dr", "switch", "dm")
 CANDIDATES = ("fresh retrain", "weak model")       # the comparisons the gate faces; Top 50 and popularity are baselines
 
@@ -203,11 +204,17 @@ def summarize(r: dict) -> dict:
         c = r["estimates"]["comparisons"][cand][offpolicy.BEST]
         diff = r["truth"][cand] - r["truth"]["production"]
         values = {n: r["estimates"]["policies"][n][offpolicy.BEST]["value"] for n in names}
-        quality = (c["value"] > 0 and c["lo"] > 0) or c["hi"] >= 0
-        promote = bool(quality and values[cand] > max(values["top50"], values["popularity"]))
-        out["verdict"][cand] = {"promotes": promote, "true_difference": diff,
+        ess = min(c["ess_candidate"], c["ess_baseline"])
+        if ess >= MIN_ESS:
+            quality = (c["value"] > 0 and c["lo"] > 0) or c["hi"] >= 0
+            promote = bool(quality and values[cand] > max(values["top50"], values["popularity"]))
+        else:      # below the gate's minimum ESS the holdout decides (point estimates here: no paired bootstrap)
+            h = r["holdout"]
+            promote = bool(h[cand] >= h["production"] and h[cand] > max(h["top50"], h["popularity"]))
+        out["verdict"][cand] = {"promotes": promote, "true_difference": diff, "decided_by":
+                                "counterfactual" if ess >= MIN_ESS else "holdout",
                                 "right": not ((promote and diff < -MARGIN) or (not promote and diff > MARGIN)),
-                                "interval": [c["lo"], c["hi"]], "ess": min(c["ess_candidate"], c["ess_baseline"])}
+                                "interval": [c["lo"], c["hi"]], "ess": ess}
     return out
 
 
@@ -256,7 +263,8 @@ def main(argv=None) -> int:
         print("truth in 90 % interval of Δ vs production (all 4 / the 2 candidates): " + ", ".join(
             f"{k} {sum(v)}/{len(v)} / {sum(sm['covered_candidates'][k])}/2" for k, v in sm["covered"].items()))
         for cand, v in sm["verdict"].items():
-            print(f"gate on {offpolicy.LABELS[offpolicy.BEST]} ({cand} vs production): "
+            print(f"gate ({cand} vs production) decided on "
+                  f"{offpolicy.LABELS[offpolicy.BEST] if v['decided_by'] == 'counterfactual' else 'the holdout'}: "
                   f"{'promote' if v['promotes'] else 'refuse'}, interval [{v['interval'][0]:+.3f}, "
                   f"{v['interval'][1]:+.3f}], ESS {v['ess']:.0f}; truth Δ {v['true_difference']:+.3f} → "
                   f"{'right' if v['right'] else 'WRONG'}", flush=True)
@@ -271,8 +279,8 @@ def main(argv=None) -> int:
                      f"candidates {sum(cand)}/{len(cand)} ({sum(cand) / len(cand):.0%})")
         print(line)
     rights = [v["right"] for r in results for v in r["summary"]["verdict"].values()]
-    print(f"gate on {offpolicy.LABELS[offpolicy.BEST]}: {sum(rights)}/{len(rights)} decisions right by the truth "
-          f"(margin {MARGIN} watches/list)")
+    print(f"gate: {sum(rights)}/{len(rights)} decisions right by the truth (margin {MARGIN} watches/list; "
+          f"{offpolicy.LABELS[offpolicy.BEST]} where its ESS ≥ {MIN_ESS}, else the holdout)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -167,3 +167,24 @@ def test_the_cli_shows_and_sets_the_share(world, capsys):
     assert main(["policy", "set", "--explore-share", "0.7", "--home", str(world.home)]) != 0
     assert "--explore-share must be in [0, 0.5]" in capsys.readouterr().err
     assert exploration.get_share(world) == 0.12
+
+
+def test_lists_served_over_http_carry_the_same_policy_and_propensities(world):
+    """Over HTTP (the FastAPI app with its lifespan) every answer names its policy and propensities, exactly as
+    logged, and as in-process serving decides for the same user at the same time."""
+    from fastapi.testclient import TestClient
+    from core.server.app import create_app
+    exploration.set_share(world, 0.5, actor="test")
+    users = opsdb.user_ids(opsdb.connect(world))[:60]
+    with TestClient(create_app(world, poll_seconds=0.05)) as client:
+        answers = [client.get(f"/recommend/{u}").json() for u in users]
+    policies = {a["policy"] for a in answers}
+    assert policies == {"deterministic", "explore"}
+    with opsdb.session(world) as db:
+        logged = {r["serve_id"]: r for r in servinglog.logged_lists(db, limit=1000)}
+    for a in answers:
+        row = logged[a["serve_id"]]
+        assert row["policy"] == a["policy"] and json.loads(row["slate_propensities"]) == a["slate_propensities"]
+        assert len(a["propensities"]) == len(a["movie_ids"])
+        same = serving.recommend(world, a["user_id"], 10, log=False, at=a["served_at"])
+        assert (same.policy, same.movie_ids) == (a["policy"], a["movie_ids"])

@@ -31,7 +31,7 @@ ESTIMATORS = ("ips", "snips", "dr")     # the unbiased three (IPS with `clip`); 
 BEST = "switch"           # what the gate and the dashboard lead with: SWITCH-DR (benchmarks/bench_yardstick.py)
 LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "switch": "SWITCH-DR", "dm": "DM"}
 POPULARITY_DAYS = 7
-SWITCH = 100.0            # SWITCH-DR's weight threshold (see `evaluate`)
+SWITCH = 1000.0           # SWITCH-DR's weight threshold: above a near-pool title's weight (200 at a 5 % share), below a far one's (~10,000)
 RATING_PRIOR_VOTES = 5    # a title's mean rating is shrunk towards the catalogue's as if it had 5 more votes
 
 

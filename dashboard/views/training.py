@@ -13,7 +13,8 @@ ESTIMATOR_LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "switch": "SWITC
 
 def _est(yardstick: dict) -> str:
     """The estimator that measured a decision's log, as people name it (older decisions used DR)."""
-    return ESTIMATOR_LABELS.get(yardstick.get("estimator", "dr"), str(yardstick.get("estimator")).upper())
+    est = yardstick.get("estimator", "switch")      # a decision without a log names the estimator in use now
+    return ESTIMATOR_LABELS.get(est, str(est).upper())
 
 st.title("🧪 Training & Models")
 s = cache.settings()
