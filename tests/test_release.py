@@ -261,3 +261,22 @@ def test_a_candidate_serves_with_its_own_ranker_and_takes_it_into_production(wor
     if ranker["metrics"]["beats_cf"]:
         assert prod_ranker["version"] == ranker["version"]
         assert serving.recommend(s, uid, log=False).ranker_version == ranker["version"]
+
+
+def test_both_arms_of_a_canary_explore_with_logged_propensities(world):
+    """Exploration is part of every arm's logging policy (issue 22): with half the lists exploring, both the
+    canary's and production's arms show exploring lists, and every list logs one propensity per title."""
+    from core.serving import exploration
+    s, good, _ = world
+    exploration.set_share(s, 0.5, actor="t")
+    with opsdb.session(s) as db:
+        users = [int(u) for u in opsdb.user_ids(db)[:200]]
+    release.start(s, good, "canary", actor="t", share=0.5)
+    recs = serving.recommend_many(s, users, log=True, at="2026-02-01T00:00:00")
+    by_arm = {(r.arm, r.policy) for r in recs.values() if r.path == "model"}
+    assert by_arm == {("canary", "explore"), ("canary", "deterministic"), ("production", "explore"),
+                      ("production", "deterministic")}
+    with opsdb.session(s) as db:
+        frame = servinglog.logged_between(db, "2026-02-01T00:00:00", "2026-02-01T00:00:01")
+    assert len(frame) == len(users) and frame["slate_propensities"].notna().all()
+    release.decide_now(s, "stop", actor="t", reason="done")

@@ -54,7 +54,6 @@ def test_a_small_log_leaves_the_decision_to_the_holdout_and_says_why():
     d = _decide(_yardstick(44, -0.5, -0.9, -0.1))
     assert d.promote is True                                     # the holdout's evidence decides
     assert d.checks["yardstick"]["decided_by"] == "holdout"
-    assert "effective sample size 44 < 200" in d.checks_reason if hasattr(d, "checks_reason") else True
     assert any("effective sample size 44 < 200" in r for r in d.reasons)
     none = _decide(None)
     assert none.checks["yardstick"]["decided_by"] == "holdout" and none.promote
