@@ -180,6 +180,13 @@ def test_export_erasure_and_counts_cover_fact_served(world):
     assert doc["warehouse"]["fact_served"]["count"] == 3 == doc["stores"]["warehouse.fact_served"]
     assert [r["movie_id"] for r in doc["warehouse"]["fact_served"]["rows"]] == [5, 9, 2]
     assert "user_key" not in doc["warehouse"]["fact_served"]["rows"][0]
+    # The exploration columns travel with the rows: the user sees how each title came to be shown.
+    assert [(r["policy"], r["propensity"]) for r in doc["warehouse"]["fact_served"]["rows"]] == [
+        ("explore", 0.985), ("explore", 0.0025), ("explore", 0.985)]
+    listed = doc["served_recommendations"][0]
+    assert listed["policy"] == "explore" and [(i["movie_id"], i["propensity"], i["slate_propensity"])
+                                               for i in listed["items"]] == [(5, 0.985, 0.985), (9, 0.0025, 0.0075),
+                                                                             (2, 0.985, 0.985)]
     assert export.held_counts(world, uid)["warehouse.fact_served"] == 3
     assert any(r["table"] == "fact_served" for r in export.data_inventory())
 
@@ -200,6 +207,9 @@ def test_key_rotation_rekeys_fact_served(world):
     assert new != old and result["warehouse_rows_rekeyed"]["fact_served"] == 5
     assert served(world, f"user_key = '{new}'")["movie_id"].tolist() == [7, 1]
     assert served(world, f"user_key = '{old}'").empty
+    # Rekeying rewrites whole rows: the exploration columns of user 1's list are unchanged.
+    rows = served(world, f"user_key = '{pseudonym(1, pseudonym_key(world))}'")
+    assert rows["policy"].tolist() == ["explore"] * 3 and rows["slate_propensity"].tolist() == [0.985, 0.0075, 0.985]
     users = warehouse.query(world, f"SELECT count(*) AS n FROM dim_user WHERE user_key = '{new}'")["n"][0]
     assert users == 1                                            # still joins the user's other rows
 

@@ -44,7 +44,11 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
         row["title"] = titles.get(row["movie_id"])
     for row in served + shadow:
         ids, scores = json.loads(row.pop("movie_ids")), json.loads(row.pop("scores"))
+        # How each title came to be shown (exploration): its probability under the logging policy, when logged.
+        props = [json.loads(row.pop(k) or "null") for k in ("propensities", "slate_propensities")] \
+            if "propensities" in row else [None, None]
         row["items"] = [{"position": i + 1, "movie_id": m, "title": titles.get(m), "score": s}
+                        | ({"propensity": props[0][i], "slate_propensity": props[1][i]} if props[0] else {})
                         for i, (m, s) in enumerate(zip(ids, scores))]
     for row in ops["rejected_writes"]:
         try:
