@@ -79,7 +79,8 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
                         "hit_rate_model": report.online.get("hit_rate_model"),
                         "hit_rate_top50": report.online.get("hit_rate_top50"),
                         "quarantine_rate": report.quality["quarantine_rate"], "action": action,
-                        "arms": report.online.get("arms"), "release": decision, **scored})
+                        "arms": report.online.get("arms"), "release": decision,
+                        "hit_rate_by_policy": report.online.get("hit_rate_by_policy"), **scored})
         progress(1.0, "done")
     finally:
         db.conn.close()
