@@ -22,7 +22,6 @@ stale here — vs the truth's difference beyond a margin of 0.01 watches/list).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile

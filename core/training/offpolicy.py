@@ -9,9 +9,12 @@ assumption: a title's reward is whether the user watched it the day it was shown
 
 A policy here is "what list would it have shown this user at that time": the titles the user had watched or
 rated before the day are filtered out, as serving filters them. The value is watches per list (expected
-watched titles of the list that day); DR's reward model is a logistic regression on four features known for
-every (user, title, day): the user's genre affinity for the title, the title's watches in the 7 days before,
-whether it was in the day's Top 50, and its shrunk mean rating.
+watched titles of the list that day). DR's reward model is a logistic regression on features known for every
+(user, title, day): the user's genre affinity for the title, the title's watches in the 7 days before, whether it
+was in the day's Top 50, its shrunk mean rating, and the reference policy's model score for the pair.
+SWITCH-DR (the gate's estimator) drops DR's correction where a title's weight exceeds `SWITCH`: the far-pool
+titles, each shown once in thousands of lists, are valued by the reward model — biased where it is wrong, but not
+hanging on one lucky watch (benchmarks/bench_yardstick.py measures both against the simulated world's truth).
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ ESTIMATORS = ("ips", "snips", "dr")     # the unbiased three (IPS with `clip`); 
 BEST = "switch"           # what the gate and the dashboard lead with: SWITCH-DR (benchmarks/bench_yardstick.py)
 LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "switch": "SWITCH-DR", "dm": "DM"}
 POPULARITY_DAYS = 7
-SWITCH = 1000.0           # SWITCH-DR's weight threshold: above a near-pool title's weight (200 at a 5 % share), below a far one's (~10,000)
+# SWITCH-DR's weight threshold: above a near-pool title's weight (200 at a 5 % share), below a far one's (~11,000).
+SWITCH = 1000.0
 RATING_PRIOR_VOTES = 5    # a title's mean rating is shrunk towards the catalogue's as if it had 5 more votes
 
 
