@@ -264,6 +264,9 @@ def test_drift_page_runs_a_scenario(home):
     assert len(monitoring.history(home)["days"]) == 2
     assert at.get("plotly_chart"), "the timeline chart is shown"
     assert not any("Nothing monitored yet" in i.value for i in at.info)
+    # Each judged score with its threshold and its chance level at that day's window sizes (issue 22.6).
+    judged = [c.value for c in at.caption if "chance level" in c.value and "threshold" in c.value]
+    assert judged and any(w in judged[0] for w in ("beyond chance", "within chance", "below its threshold"))
     # model drift: offline metrics of production on the newest holdout next to its training-time metrics — only
     # on days after its training window (issue 12). A model trained on the last day goes to production (by hand: the
     # policy's retrains now start canaries and its alerts depend on chance levels), so no number yet ...

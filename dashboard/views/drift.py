@@ -125,8 +125,11 @@ alerts = hist["alerts"]
 if alerts.empty:
     st.success("No alert so far.")
 else:
-    st.dataframe(ui.times(alerts)[["alert_id", "kind", "metric", "test", "severity", "value", "threshold", "window_start",
-                         "closed_at", "classification"]], hide_index=True, key="alerts_table")
+    shown = ["alert_id", "kind", "metric", "test", "severity", "value", "threshold", "chance_level", "window_start",
+             "closed_at", "classification"]
+    st.dataframe(ui.times(alerts)[[c for c in shown if c in alerts]], hide_index=True, key="alerts_table")
+    st.caption("An alert needs a change that is both material (value ≥ threshold) and beyond chance (value above "
+               "chance_level: the 99th percentile the statistic reaches with no change at that day's window sizes).")
 
 st.subheader("Reference vs current, per feature")
 named = [m for m in alerts["metric"] if m in FEATURES] if len(alerts) else []
@@ -150,6 +153,17 @@ if dist.empty:
     st.info("No reference yet: a production model defines the reference window.")
 else:
     st.plotly_chart(charts.feature_comparison(dist, feature), key="feature_chart")
+if len(judged) and "null_q99" in judged:
+    parts = []
+    for r in judged.itertuples():
+        if r.score is None or pd.isna(r.score):
+            continue
+        chance = "" if r.null_q99 is None or pd.isna(r.null_q99) else f", chance level {r.null_q99:.4f}"
+        verdict = ("material and beyond chance" if r.score >= r.threshold and bool(r.beyond_chance) else
+                   "material but within chance" if r.score >= r.threshold else "below its threshold")
+        parts.append(f"{r.test} {r.score:.4f} (threshold {r.threshold:g}{chance}: {verdict})")
+    if parts:
+        st.caption(f"{day}: " + "; ".join(parts) + ".")
 
 if len(hist["actions"]):
     st.subheader("Automatic and policy actions")
