@@ -92,3 +92,29 @@ def test_truth_agrees_with_the_simulated_day(world):
     for mean, exp, se, n in realised:
         assert abs(mean - exp) < 4 * se, (mean, exp, se, n)
     assert expected["watches_per_list"] > 0
+
+
+@pytest.mark.slow
+def test_a_version_is_valued_with_or_without_its_ranker(cf_world, tmp_path):
+    """`model_lists` serves a version as serving would (its ranker when one was trained on it) or in CF order;
+    both are valued by the truth, and CF order equals what serving shows without a ranker."""
+    from core.serving import serving
+    from core.training import pipeline, registry
+    world = private_copy(cf_world, tmp_path)
+    prod = registry.production(world)
+    ranked = pipeline.train_ranker(world, cf_version=int(prod["version"]))
+    if not ranked["promoted"]:       # serve it whatever its holdout said: this test is about valuing what serves
+        registry.promote(world, ranked["version"], "test", "the ranker serves for this test")
+    assert registry.production(world, family="ranker")["depends_on"] == int(prod["version"])
+    state = truth.WorldState(world)
+    users = state.user_ids
+    with_rk = truth.model_lists(world, prod, users)
+    cf_only = truth.model_lists(world, prod, users, with_ranker=False)
+    assert set(with_rk) == set(cf_only) == {int(u) for u in users}
+    assert sum(with_rk[u] != cf_only[u] for u in with_rk) > 0            # the ranker re-orders some lists
+    plain = serving.recommend_many(world, [int(u) for u in users[:30]], 10, log=False, at="2099-01-01T00:00:00",
+                                   state=serving.ServingState(prod, serving.bundle_for(prod), key=None))
+    assert all(plain[int(u)].movie_ids == cf_only[int(u)] or plain[int(u)].policy == "explore" for u in users[:30])
+    values = truth.true_values(state, {"ranked": with_rk, "cf": cf_only}, draws=4)
+    assert all(0 < v["watches_per_list"] < 10 for v in values.values())
+    serving.clear_caches()

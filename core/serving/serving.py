@@ -239,6 +239,35 @@ def _ranked(bundle: Bundle, ranker, rows: np.ndarray, seen: list[set], k: int) -
     return out
 
 
+def version_lists(settings: Settings, version: dict, user_ids, k: int, seen: dict, *,
+                  with_ranker: bool = True) -> dict[int, list[int]]:
+    """The deterministic lists a registered CF version would serve these users (its ranker re-ranking them when
+    one was trained on it: production's, else the newest candidate ranker that beat CF alone), with `seen`
+    ({user: titles}) filtered out and the Top 50 for users it cannot personalize; nothing logged, no exploration.
+    What the simulated world's truth values a version by (`core.simulation.truth`)."""
+    bundle = bundle_for(version)
+    ranker = None
+    if with_ranker:
+        db = _mlops(settings)
+        row = registry.production_on(db, settings, registry.RANKER)
+        if row is None or row["depends_on"] != int(version["version"]):
+            row = registry.candidate_ranker_on(db, settings, int(version["version"]))
+        ranker, _ = _ranker_for_row(row, int(version["version"]))
+    key = pseudonym_key(settings)
+    users = [int(u) for u in user_ids]
+    rows = {u: bundle.user_row.get(pseudonym(u, key)) for u in users}
+    known = [u for u in users if rows[u] is not None and fallback_reason(True, bundle, rows[u]) is None]
+    out = {}
+    if known:
+        lists = _ranked(bundle, ranker, np.array([rows[u] for u in known]), [seen.get(u, set()) for u in known], k)
+        out = {u: movies for u, (movies, _) in zip(known, lists)}
+    top = _top50_list(_db(settings))
+    for u in users:
+        if u not in out:
+            out[u] = [m for m, _ in top if m not in seen.get(u, set())][:k]
+    return out
+
+
 def clear_caches() -> None:
     """Forget loaded models and this thread's cached connections (after a promotion, an erasure, a rebuild)."""
     with _lock:

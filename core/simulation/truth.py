@@ -89,27 +89,22 @@ def true_value(settings, lists_fn: ListsFn, *, draws: int = 16, seed: int = 0) -
 TRUTH_MARGIN = 0.01      # watches per list: a difference smaller than this is "no difference" for the verdict
 
 
-def model_lists(settings, version: dict, user_ids, k: int = 10) -> dict:
-    """The lists a registered CF version would serve now (CF order, seen titles filtered, Top 50 for users it
-    does not know), without logging anything."""
-    from core.pseudonym import pseudonym_key
-    from core.training import offpolicy
-    from core.training.artifacts import load_bundle
-    bundle = load_bundle(version["artifact_path"])
+def model_lists(settings, version: dict, user_ids, k: int = 10, *, with_ranker: bool = True) -> dict:
+    """The lists a registered CF version would serve now — with its ranker when one was trained on it, unless
+    `with_ranker` is False — seen titles filtered, the Top 50 for users it does not know; nothing logged."""
+    from core.serving import serving
     with opsdb.session(settings) as db:
         seen_frame = opsdb.seen_before(db, "9999-12-31T00:00:00")
-        top = top50(db).movie_ids
     seen: dict[int, set] = {}
     for u, m in zip(seen_frame["user_id"].to_numpy(), seen_frame["movie_id"].to_numpy()):
         seen.setdefault(int(u), set()).add(int(m))
-    policy = offpolicy.ModelPolicy(f"v{version['version']}", bundle.model, bundle.matrix, pseudonym_key(settings),
-                                   offpolicy.RankingPolicy("top50", [int(m) for m in top]))
-    return policy.lists(user_ids, seen, k)
+    return serving.version_lists(settings, version, user_ids, k, seen, with_ranker=with_ranker)
 
 
 def verdict(settings, result: dict, *, draws: int = 8, margin: float = TRUTH_MARGIN) -> dict | None:
     """The world's truth about a retrain's gate decision: the candidate's and production's expected watches per
-    list and hit rate@10 on the next simulated day (both as deployed, in CF order), their difference, and
+    list and hit rate@10 on the next simulated day (both as they would serve, each with the ranker trained on it
+    when there is one), their difference, and
     whether the decision was right ('right', 'wrong refusal': the truth finds the candidate better by more than
     `margin`, 'wrong promotion': worse by more). None without a world or without a production reference."""
     from core.training import registry
