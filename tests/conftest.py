@@ -67,6 +67,17 @@ def cf_world(tmp_path_factory):
     return s
 
 
+@pytest.fixture
+def empty_dashboard_caches():
+    """Streamlit's and serving's caches emptied before a dashboard test: a cached read of another test's world
+    must never be what a page shows."""
+    import streamlit as st
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    serving.clear_caches()
+    yield
+
+
 def legacy_insert(settings, sql, params):
     """A writer that bypasses the API and the schema checks (the kind of bug the ETL gate exists for)."""
     import sqlite3

@@ -3,13 +3,11 @@ the buttons and forms act on the real stores, and core errors show as st.error."
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import private_copy
 from core.store import opsdb
 from core.training import pipeline, registry, tracking
-from core.serving import serving
 from core.simulation import simulation
 from core.settings import load_settings
 from core.training.top50 import top50
@@ -19,12 +17,7 @@ PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/t
          "views/deployment.py", "views/governance.py", "views/privacy.py"]
 
 
-@pytest.fixture(autouse=True)
-def clear_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    serving.clear_caches()
-    yield
+pytestmark = pytest.mark.usefixtures("empty_dashboard_caches")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from conftest import private_copy
 from core.governance import churn_insights
 from core.privacy import access
 from core.pseudonym import pseudonym, pseudonym_key
-from core.serving import serving
 from core.settings import load_settings
 from core.simulation import simulation
 from core.store import opsdb
@@ -25,12 +24,7 @@ OPERATOR = ("tester", "s3cret-token")
 CHURN_WORLD = dict(seed=5, users=600, movies=300, days=56)
 
 
-@pytest.fixture(autouse=True)
-def clear_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    serving.clear_caches()
-    yield
+pytestmark = pytest.mark.usefixtures("empty_dashboard_caches")
 
 
 @pytest.fixture(scope="module")

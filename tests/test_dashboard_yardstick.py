@@ -5,24 +5,18 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import private_copy
 from core.privacy import access
-from core.serving import exploration, serving
+from core.serving import exploration
 from core.simulation import loop
 from core.training import pipeline, registry, tracking
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def clear_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    serving.clear_caches()
-    yield
+pytestmark = pytest.mark.usefixtures("empty_dashboard_caches")
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import bootstrap
 from core.training import registry, tracking
-from core.serving import serving
 from core.simulation import simulation
 from core.privacy.access import check, operators
 from core.settings import load_settings
@@ -25,12 +23,7 @@ APP = str(ROOT / "dashboard" / "app.py")
 TINY = {"RETRO_DEMO_USERS": "300", "RETRO_DEMO_MOVIES": "200", "RETRO_DEMO_DAYS": "8"}
 
 
-@pytest.fixture(autouse=True)
-def clear_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    serving.clear_caches()
-    yield
+pytestmark = pytest.mark.usefixtures("empty_dashboard_caches")
 
 
 @pytest.fixture
