@@ -67,11 +67,7 @@ def base_world(home: Path, args) -> object:
 
 def _seen(settings) -> dict:
     with opsdb.session(settings) as db:
-        frame = opsdb.seen_before(db, "9999-12-31T00:00:00")
-    out: dict[int, set] = {}
-    for u, m in zip(frame["user_id"].to_numpy(), frame["movie_id"].to_numpy()):
-        out.setdefault(int(u), set()).add(int(m))
-    return out
+        return opsdb.seen_before(db, "9999-12-31T00:00:00")
 
 
 class DailyRanking(offpolicy.RankingPolicy):
@@ -164,10 +160,7 @@ def _holdout_ndcg(s, policies, top_by_day) -> dict:
     relevant = [{int(split.train.movie_ids[c]) for c in split.holdout[rows[i]]} for i in keep]
     cutoff_day = split.cutoff.strftime("%Y-%m-%d")
     with opsdb.session(s) as db:
-        frame = opsdb.seen_before(db, split.cutoff.strftime("%Y-%m-%dT%H:%M:%S"))
-    seen: dict[int, set] = {}
-    for u, m in zip(frame["user_id"].to_numpy(), frame["movie_id"].to_numpy()):
-        seen.setdefault(int(u), set()).add(int(m))
+        seen = opsdb.seen_before(db, split.cutoff.strftime("%Y-%m-%dT%H:%M:%S"))
     out = {}
     day = min(top_by_day, key=lambda d: abs(pd.Timestamp(d) - pd.Timestamp(cutoff_day)))
     for n, p in policies.items():

@@ -94,10 +94,7 @@ def model_lists(settings, version: dict, user_ids, k: int = 10, *, with_ranker: 
     `with_ranker` is False — seen titles filtered, the Top 50 for users it does not know; nothing logged."""
     from core.serving import serving
     with opsdb.session(settings) as db:
-        seen_frame = opsdb.seen_before(db, "9999-12-31T00:00:00")
-    seen: dict[int, set] = {}
-    for u, m in zip(seen_frame["user_id"].to_numpy(), seen_frame["movie_id"].to_numpy()):
-        seen.setdefault(int(u), set()).add(int(m))
+        seen = opsdb.seen_before(db, "9999-12-31T00:00:00")
     return serving.version_lists(settings, version, user_ids, k, seen, with_ranker=with_ranker)
 
 

@@ -641,12 +641,16 @@ def watches_between(db, start: str, end: str) -> list[tuple]:
                       "AND occurred_at < ?", [start, end]).fetchall()
 
 
-def seen_before(db, before: str) -> pd.DataFrame:
-    """user_id, movie_id of every title watched or rated before `before`: what serving would have filtered out
-    of a list served at that time (counterfactual evaluation replays lists as of then)."""
-    return pd.read_sql_query("SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND occurred_at < ? "
-                             "AND movie_id IS NOT NULL UNION SELECT user_id, movie_id FROM ratings WHERE rated_at < ?",
-                             db.conn, params=(before, before))
+def seen_before(db, before: str) -> dict[int, set]:
+    """{user_id: titles watched or rated before `before`}: what serving would have filtered out of a list served
+    at that time (counterfactual evaluation and the simulated truth replay lists as of then)."""
+    rows = db.execute("SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND occurred_at < ? "
+                      "AND movie_id IS NOT NULL UNION SELECT user_id, movie_id FROM ratings WHERE rated_at < ?",
+                      [before, before]).fetchall()
+    seen: dict[int, set] = {}
+    for u, m in rows:
+        seen.setdefault(int(u), set()).add(int(m))
+    return seen
 
 
 def watched_before(db, movie_ids: list[int], before: str) -> list[tuple]:

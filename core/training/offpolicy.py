@@ -179,11 +179,8 @@ def day_context(settings, day: str, top50: list[int], movie_genres: dict) -> Day
     at = f"{day}T00:00:00"
     since = (pd.Timestamp(day) - pd.Timedelta(days=POPULARITY_DAYS)).strftime("%Y-%m-%dT%H:%M:%S")
     with opsdb.session(settings) as db:
-        seen_frame = opsdb.seen_before(db, at)
+        seen = opsdb.seen_before(db, at)
         recent = opsdb.watches_between(db, since, at)
-    seen: dict[int, set] = {}
-    for u, m in zip(seen_frame["user_id"].to_numpy(), seen_frame["movie_id"].to_numpy()):
-        seen.setdefault(int(u), set()).add(int(m))
     zero = np.zeros(len(GENRES))
     shares = {}
     for u, titles in seen.items():
