@@ -40,7 +40,7 @@ from core.settings import Settings, load_settings  # noqa: E402
 from core.simulation import loop, simulation, truth  # noqa: E402
 from core.store import opsdb  # noqa: E402
 from core.store.mlopsdb import clone_home  # noqa: E402
-from core.training import metrics, offpolicy, pipeline, registry  # noqa: E402
+from core.training import gate, metrics, offpolicy, pipeline, registry  # noqa: E402
 from core.training.artifacts import load_bundle  # noqa: E402
 from core.training.evaluation import full_matrix, holdout_split  # noqa: E402
 from core.training.models import ALSRecommender  # noqa: E402
@@ -53,6 +53,7 @@ SCENARIOS = [("stable", None, {}), ("trend", "trend", {"genre": "Western"}), ("v
 MARGIN = 0.01
 MIN_ESS = Settings.gate_min_ess   # the gate's default minimum effective sample size (RETRO_GATE_MIN_ESS)
 ESTIMATORS = ("ips", "snips", "dr", "switch", "dm")
+STALE = {"stale": True, "days_behind": 5, "staleness_days": 3}   # production here: trained 5 days before the window
 CANDIDATES = ("fresh retrain", "weak model")       # the comparisons the gate faces; Top 50 and popularity are baselines
 
 
@@ -136,7 +137,7 @@ def run_scenario(base, home: Path, name, shift, params, args) -> dict:
     log = offpolicy.load_log(s, start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S"))
     t1 = time.perf_counter()      # estimation replays each logged day with that day's rankings (at_day)
     result = offpolicy.evaluate(s, log, policies, "production", top50_by_day=top_by_day, seed=args.seed,
-                                n_boot=args.boot, switch=args.switch)
+                                n_boot=args.boot, switch=args.switch, reward_model=args.reward_model)
     est_seconds = time.perf_counter() - t1
     holdout = _holdout_ndcg(s, policies, top_by_day)
     from core.monitoring import monitoring
@@ -189,17 +190,17 @@ def summarize(r: dict) -> dict:
         out["covered"][est] = cov
         out["covered_candidates"][est] = [c for n, c in zip([n for n in names if n != "production"], cov)
                                           if n in CANDIDATES]
-    # The gate's rule on the log (core.training.gate): better with confidence, or production stale (here it is:
-    # trained 5+ days before the window) and the candidate not significantly worse; and above both baselines.
+    # The gate's own rule on the log (core.training.gate.yardstick_checks); production is stale here (trained
+    # 5+ days before the window), which on the log needs a point estimate ≥ 0 besides "not significantly worse".
     out["verdict"] = {}
     for cand in CANDIDATES:
         c = r["estimates"]["comparisons"][cand][offpolicy.BEST]
         diff = r["truth"][cand] - r["truth"]["production"]
-        values = {n: r["estimates"]["policies"][n][offpolicy.BEST]["value"] for n in names}
-        ess = min(c["ess_candidate"], c["ess_baseline"])
+        y = offpolicy.yardstick_of(r["estimates"], names, window=[], candidate=cand)
+        ess = y["ess"]
         if ess >= MIN_ESS:
-            quality = (c["value"] > 0 and c["lo"] > 0) or c["hi"] >= 0
-            promote = bool(quality and values[cand] > max(values["top50"], values["popularity"]))
+            _, base, quality = gate.yardstick_checks(y, MIN_ESS, 0.0, STALE)
+            promote = bool(base[0] and quality[0])
         else:      # below the gate's minimum ESS the holdout decides (point estimates here: no paired bootstrap)
             h = r["holdout"]
             promote = bool(h[cand] >= h["production"] and h[cand] > max(h["top50"], h["popularity"]))
@@ -221,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--switch", type=float, default=offpolicy.SWITCH)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--reward-model", default="logistic", choices=("logistic", "boosting"),
+                    help="DR's reward model (offpolicy.evaluate)")
     ap.add_argument("--scenarios", default=",".join(n for n, _, _ in SCENARIOS))
     ap.add_argument("--json", type=Path, help="write every figure to this file")
     args = ap.parse_args(argv)

@@ -312,3 +312,24 @@ def test_paired_comparison_is_tighter_than_two_separate_intervals(world):
     assert c.value == pytest.approx(a.value - b.value)
     assert c.hi - c.lo < np.hypot(a.hi - a.lo, b.hi - b.lo)             # narrower than an unpaired difference
     assert c.lo <= world.value(world.target) - world.value(baseline) <= c.hi
+
+
+class TestBiasAllowance:
+    """SWITCH-DR's bootstrap sees noise, not the reward model's bias; its interval is widened towards DR's unbiased
+    value by the gap (issue 22.3: in bench_yardstick the truth fell outside SWITCH-DR's interval for 3 of 12
+    candidate differences, all weak models whose far titles the reward model over-valued)."""
+
+    def test_widened_on_the_side_of_the_unbiased_value(self):
+        est = {"value": -0.385, "lo": -0.589, "hi": -0.155, "level": 0.9}
+        below = cf.widen_for_bias(est, unbiased_value=-1.310)          # DR lower: the lower bound moves by 0.925
+        assert below["lo"] == pytest.approx(-0.589 - 0.925) and below["hi"] == -0.155
+        assert below["value"] == -0.385 and below["bias_allowance"] == pytest.approx(0.925)
+        above = cf.widen_for_bias(est, unbiased_value=0.1)             # DR higher: the upper bound moves by 0.485
+        assert above["hi"] == pytest.approx(-0.155 + 0.485) and above["lo"] == -0.589
+        same = cf.widen_for_bias(est, unbiased_value=-0.385)           # no gap: unchanged (SWITCH-DR = DR)
+        assert (same["lo"], same["hi"], same["bias_allowance"]) == (-0.589, -0.155, 0.0)
+        assert est == {"value": -0.385, "lo": -0.589, "hi": -0.155, "level": 0.9}   # the input is not touched
+
+    def test_non_finite_unbiased_value_is_refused(self):
+        with pytest.raises(ValueError, match="finite"):
+            cf.widen_for_bias({"value": 0.0, "lo": -1.0, "hi": 1.0}, float("nan"))

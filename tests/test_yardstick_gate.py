@@ -64,6 +64,31 @@ def test_the_candidate_must_beat_both_baselines_on_the_log():
     assert not d.promote and not d.checks["baselines"]["passed"]
 
 
+STALE_BY_DAYS = {"stale": True, "days_behind": 5, "staleness_days": 3}
+
+
+def test_a_stale_production_is_no_excuse_on_the_log_for_a_candidate_that_looks_worse():
+    """bench_yardstick's new-releases run (before this fix): a weak model at −0.236 watches/list, interval
+    [−0.447, +0.032], was promoted because production was stale and the interval reached 0. The log measures
+    today's lists, so freshness is already in the estimate: refused. A candidate that looks better (point ≥ 0)
+    with the same width still passes against a stale production; a consent withdrawal keeps the old rule."""
+    worse = _decide(_yardstick(102, -0.236, -0.447, 0.032, candidate=1.0), min_ess=50, stale=STALE_BY_DAYS)
+    assert not worse.promote and not worse.checks["quality"]["passed"]
+    assert any("point estimate < −0.0390" in r for r in worse.reasons), worse.reasons   # 3 % of production's 1.3
+    nearly = _decide(_yardstick(315, -0.005, -0.286, 0.311, candidate=1.295), min_ess=50, stale=STALE_BY_DAYS)
+    assert nearly.promote                      # −0.005 is within 3 % of production's value: freshness may tip it
+    looks_better = _decide(_yardstick(320, 0.12, -0.12, 0.40, candidate=1.42), min_ess=50, stale=STALE_BY_DAYS)
+    assert looks_better.promote and looks_better.checks["quality"]["stale"]
+    consent = _decide(_yardstick(102, -0.236, -0.447, 0.032, candidate=1.0), min_ess=50,
+                      stale={"stale": True, "withdrawn_consent": 2})
+    assert consent.promote
+    # on the holdout (no log) the stale rule is unchanged: not significantly worse is enough
+    holdout = gate.evaluate_gate(CANDIDATE, PRODUCTION, has_nan=False, baselines=BASELINES, min_users=200,
+                                 comparison={**HOLDOUT_BETTER, "point": -0.01, "lo": -0.04, "hi": 0.02},
+                                 stale=STALE_BY_DAYS)
+    assert holdout.promote
+
+
 @pytest.mark.slow
 def test_a_retrain_records_the_yardstick_on_a_world_that_explores(cf_world, tmp_path):
     """A closed loop with exploration, then a retrain: the gate's decision carries the counterfactual

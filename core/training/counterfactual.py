@@ -276,6 +276,23 @@ def compare(estimator: str, list_index, reward, logging_p, target_p_candidate, t
                       n_items=cand.weights.size, clip=clip, n_boot=n_boot, seed=seed)
 
 
+def widen_for_bias(estimate: dict, unbiased_value: float) -> dict:
+    """A biased estimate's interval, widened on the side of an unbiased estimate of the same quantity by the gap
+    between the two: the bootstrap sees only noise, and a SWITCH-DR (or DM) is off by its reward model's error
+    on the titles it does not correct. The gap estimates that bias (noisily, so the allowance is conservative);
+    the point stays where it was. Adds `bias_allowance` (the gap, ≥ 0) to a copy of `estimate`."""
+    gap = float(unbiased_value) - float(estimate["value"])
+    if not np.isfinite(gap):
+        raise ValueError(f"unbiased_value must be finite, got {unbiased_value!r}")
+    out = dict(estimate)
+    if gap < 0:
+        out["lo"] = float(estimate["lo"]) + gap
+    else:
+        out["hi"] = float(estimate["hi"]) + gap
+    out["bias_allowance"] = abs(gap)
+    return out
+
+
 # ------------------------------------------------------------------ reward model for DR
 @dataclass(frozen=True)
 class ConstantModel:

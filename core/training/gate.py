@@ -25,7 +25,10 @@ And the yardstick (issue 22): when the exploration log of the holdout days gives
 least `min_ess`, checks 5 and 6 are decided on the counterfactual estimate instead (`core.training.offpolicy`:
 doubly robust watches per list of each policy replayed on the logged lists, unbiased whatever production
 served) — strictly above both baselines' estimates, and the paired candidate − production interval judged as
-in check 6. Below `min_ess` the holdout decides and the `yardstick` check says so. Either way the decision
+in check 6, except that a production stale by days also needs the candidate's point estimate no more than
+`STALE_TOLERANCE` (3 %) of production's value below it (the
+log measures today's lists, so freshness is already in the estimate; a consent withdrawal still needs only
+"not significantly worse"). Below `min_ess` the holdout decides and the `yardstick` check says so. Either way the decision
 records which estimate decided, its interval and the effective sample size.
 """
 from __future__ import annotations
@@ -171,17 +174,27 @@ def _baseline_check(candidate: dict, baselines: dict, metric: str) -> tuple[bool
     return passed, reason, {"passed": passed, "floor": floor, **numbers}
 
 
+# On the exploration log a stale production lets a candidate through only if its point estimate is at most this
+# share of production's value below production's (3 % of watches/list): bench_yardstick's fresh retrains sit at
+# −0.3 … +12 %, its weak models at −21 … −47 %.
+STALE_TOLERANCE = 0.03
+
+
 def _evidence_check(comparison: dict, margin: float, stale: dict | None, candidate: dict, production: dict,
-                    metric: str) -> tuple[bool, str, dict]:
+                    metric: str, *, stale_point_floor: float | None = None) -> tuple[bool, str, dict]:
+    """Better with confidence, or production stale and the candidate not significantly worse. With
+    `stale_point_floor` a stale production also asks for a point estimate ≥ −floor: where the estimate is
+    measured on today's lists (the exploration log) freshness is already in it, so it is no excuse for a
+    candidate that looks materially worse."""
     point, lo, hi = comparison["point"], comparison["lo"], comparison["hi"]
     interval = (f"Δ{comparison.get('metric', DEFAULT_METRIC)} {point:+.4f}, {comparison['level']:.0%} interval "
                 f"[{lo:+.4f}, {hi:+.4f}] over {comparison['n_users']:,} users ({comparison['resamples']:,} paired "
                 f"bootstrap resamples) vs {comparison.get('reference', 'production')}")
     better = point > 0 and lo > -margin
     is_stale = bool(stale and stale.get("stale"))
-    not_worse = hi >= 0
+    not_worse = hi >= 0 and (stale_point_floor is None or point >= -stale_point_floor)
     numbers = {"passed": False, **comparison, "margin": margin, "better": better, "stale": is_stale,
-               "not_significantly_worse": not_worse, "staleness": stale,
+               "not_significantly_worse": not_worse, "staleness": stale, "stale_point_floor": stale_point_floor,
                "candidate": _value(candidate, metric), "production": _value(production, metric)}
     if better:
         numbers["passed"] = True
@@ -195,13 +208,16 @@ def _evidence_check(comparison: dict, margin: float, stale: dict | None, candida
         else:
             why = f"{plural(stale['days_behind'], 'day')} behind the newest data, more than {stale['staleness_days']}"
         return True, f"production is stale ({why}) and the candidate is not significantly worse: {interval}", numbers
-    why = "significantly worse" if not not_worse else ("not better (point estimate ≤ 0)" if point <= 0 else
-                                                       f"not better with confidence (lower bound ≤ −{margin:g})")
+    why = ("significantly worse" if hi < 0
+           else f"worse (point estimate < −{stale_point_floor:.4f}; a stale production is no excuse on today's lists)"
+           if is_stale and not not_worse
+           else "not better (point estimate ≤ 0)" if point <= 0
+           else f"not better with confidence (lower bound ≤ −{margin:g})")
     fresh = "" if is_stale else "; production is not stale, so evidence of improvement is needed"
     return False, f"{why}: {interval}{fresh}", numbers
 
 
-def _yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, stale: dict | None):
+def yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, stale: dict | None):
     """(yardstick check, counterfactual baselines check or None, counterfactual quality check or None)."""
     if yardstick is None or "error" in (yardstick or {}):
         why = (yardstick or {}).get("error", "no exploration log with propensities in the holdout window")
@@ -229,7 +245,9 @@ def _yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, sta
                   "level": yardstick["level"], "n_users": int(yardstick.get("log", {}).get("lists", 0)),
                   "resamples": yardstick.get("resamples", 1000), "metric": "watches/list (" + est + ")",
                   "reference": "production replayed on the holdout days' exploration log"}
-    passed, reason, q = _evidence_check(comparison, margin, stale, {}, {}, DEFAULT_METRIC)
+    consent = bool(stale and stale.get("withdrawn_consent"))   # production must go: not worse with confidence is enough
+    floor = None if consent else STALE_TOLERANCE * abs(float(values.get(yardstick.get("reference", "production"), 0)))
+    passed, reason, q = _evidence_check(comparison, margin, stale, {}, {}, DEFAULT_METRIC, stale_point_floor=floor)
     q = q | {"decided_by": "counterfactual", "candidate": values.get(yardstick.get("candidate", "candidate")),
              "production": values.get(yardstick.get("reference", "production"))}
     reason = reason.replace("paired bootstrap resamples) vs", "paired bootstrap resamples over lists) vs") \
@@ -272,7 +290,7 @@ def evaluate_gate(candidate_metrics: dict, production_metrics: dict | None, *, h
     else:
         results["quality"] = _quality_check(candidate_metrics, production_metrics, metric, margin)
     if min_ess is not None and production_metrics is not None:
-        results["yardstick"], cf_base, cf_quality = _yardstick_checks(yardstick, min_ess, max(margin, 0.0), stale)
+        results["yardstick"], cf_base, cf_quality = yardstick_checks(yardstick, min_ess, max(margin, 0.0), stale)
         if cf_base is not None:
             if baselines is not None:
                 results["holdout_baselines"] = (True, "(not deciding) " + results["baselines"][1],

@@ -15,6 +15,8 @@ was in the day's Top 50, its shrunk mean rating, and the reference policy's mode
 SWITCH-DR (the gate's estimator) drops DR's correction where a title's weight exceeds `SWITCH`: the far-pool
 titles, each shown once in thousands of lists, are valued by the reward model — biased where it is wrong, but not
 hanging on one lucky watch (benchmarks/bench_yardstick.py measures both against the simulated world's truth).
+Its bootstrap interval sees only noise, so it is widened towards DR's unbiased value by the gap between the two
+(`counterfactual.widen_for_bias`): the point is SWITCH-DR's, the interval also allows for its bias.
 """
 from __future__ import annotations
 
@@ -291,6 +293,9 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
             # The reward model alone (DR without its correction): biased where the model is wrong, never noisy.
             "dm": counterfactual.doubly_robust(*args, zeros, n, reward_hat=reward_hat, direct=direct[name],
                                                **opts).to_dict()}
+        # SWITCH-DR's interval also allows for its bias: widened towards DR's unbiased value by the gap.
+        out["policies"][name]["switch"] = counterfactual.widen_for_bias(out["policies"][name]["switch"],
+                                                                        out["policies"][name]["dr"]["value"])
     if reference is not None:
         for name in names:
             if name == reference:
@@ -300,9 +305,10 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
                                             direct_candidate=direct[name], direct_baseline=direct[reference],
                                             target_size=k, **opts).to_dict()
                 for est in ESTIMATORS}
-            out["comparisons"][name]["switch"] = counterfactual.compare(
+            out["comparisons"][name]["switch"] = counterfactual.widen_for_bias(counterfactual.compare(
                 "dr", *args, switched(target[name]), switched(target[reference]), n, reward_hat=reward_hat,
-                direct_candidate=direct[name], direct_baseline=direct[reference], target_size=k, **opts).to_dict()
+                direct_candidate=direct[name], direct_baseline=direct[reference], target_size=k, **opts).to_dict(),
+                out["comparisons"][name]["dr"]["value"])
             out["comparisons"][name]["dm"] = counterfactual.compare(
                 "dr", *args, zeros, zeros, n, reward_hat=reward_hat, direct_candidate=direct[name],
                 direct_baseline=direct[reference], target_size=k, **opts).to_dict()
@@ -320,9 +326,16 @@ def yardstick(settings, log: ExplorationLog, policies: dict, *, reference: str =
     (counterfactual.effective_sample_size): a log where one far-explored title carries most of the weight has
     a tiny ESS however many lists it holds."""
     result = evaluate(settings, log, policies, reference, seed=seed, n_boot=n_boot, top50_by_day=top50_by_day)
+    return yardstick_of(result, list(policies), window=[log.start, log.end], reference=reference,
+                        candidate=candidate, baselines=baselines)
+
+
+def yardstick_of(result: dict, policies: list, *, window: list, reference: str = "production",
+                 candidate: str = "candidate", baselines: tuple = ("popularity", "top50")) -> dict:
+    """The gate's input from an `evaluate` result (what `yardstick` returns; the benchmark asks it too)."""
     cmp = result["comparisons"][candidate][BEST]
     ess = float(min(cmp["ess_candidate"], cmp["ess_baseline"]))
-    return {"estimator": BEST, "window": [log.start, log.end], "log": result["log"], "ess": ess,
+    return {"estimator": BEST, "window": window, "log": result["log"], "ess": ess,
             "point": cmp["value"], "lo": cmp["lo"], "hi": cmp["hi"], "level": cmp["level"],
             "values": {name: result["policies"][name][BEST]["value"] for name in policies},
             "intervals": {name: [result["policies"][name][BEST]["lo"], result["policies"][name][BEST]["hi"]]
