@@ -21,6 +21,11 @@ from core import errors
 # and JSON/JavaScript clients all hold exactly; far inside SQLite's signed 64-bit range, so
 # fresh ids above the largest one can never overflow.
 MAX_ID = 2**53 - 1
+# A new row may name its own id only up to MAX_GIVEN_ID: the ids above it are the room fresh ids grow into (a
+# given id of MAX_ID left the next sign-up MAX_ID + 1, which every boundary refuses, and wedged the simulation).
+# 2**31 fresh ids: ~2 billion more sign-ups or titles after the largest given id.
+ID_HEADROOM = 2**31
+MAX_GIVEN_ID = MAX_ID - ID_HEADROOM
 # Timestamps: from 1900-01-01 up to the service clock (the clock check is the caller's).
 EARLIEST_TIME = "1900-01-01T00:00:00"
 MAX_TEXT = 500          # characters in a title, genre list, event id or reason
@@ -60,6 +65,15 @@ def check_id(value, what: str = "id") -> int:
     value = int(value)
     if not 1 <= value <= MAX_ID:
         raise errors.ValidationError(f"{what} {value} is out of range (ids are 1..{MAX_ID})", code="out_of_range")
+    return value
+
+
+def check_given_id(value, what: str = "id") -> int:
+    """`check_id` for the id of a new row: at most MAX_GIVEN_ID, so fresh ids always fit above it."""
+    value = check_id(value, what)
+    if value > MAX_GIVEN_ID:
+        raise errors.ValidationError(f"{what} {value} leaves no room for new ids (a new row's id is at most "
+                                     f"{MAX_GIVEN_ID}; ids above are kept for fresh ones)", code="no_room")
     return value
 
 

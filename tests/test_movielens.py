@@ -86,7 +86,7 @@ HEADER = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n"
 # 1e13 raised pandas' OutOfBoundsDatetime (a traceback), a NUL title was imported, 2**63 wrapped to a
 # negative id (a ValidationError without file or line), inf crashed the int64 cast.
 @pytest.mark.parametrize("body, message", [
-    (HEADER + "1.5,1,4.0,964982703\n", "ratings.csv, line 3: userId must be a whole number between 1 and 9007199254740991"),
+    (HEADER + "1.5,1,4.0,964982703\n", "ratings.csv, line 3: userId must be a whole number between 1 and 9007197107257343"),
     (HEADER + "1,1,4.0,1e13\n", "ratings.csv, line 3: timestamp must be seconds since 1970 between 1900-01-01 and the service clock"),
     (HEADER + "1,1,4.0,-2208988801\n", "ratings.csv, line 3: timestamp must be seconds since 1970 between 1900-01-01"),
     (HEADER + "1,1,NaN,964982703\n", "ratings.csv, line 3: rating is not a MovieLens star rating"),

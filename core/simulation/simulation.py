@@ -131,12 +131,11 @@ def start_shift(db: sqlite_utils.Database, world: world_mod.World, kind: str, st
         n = max(1, int(round(50 * strength)))
         taken = set(opsdb.movie_titles(db).values())   # new releases must not repeat a title
         cat = world_mod.new_catalog(n, rng, taken, quality_shift=0.7)
-        start_id = writes.highest_id(db, "movies", "movie_id") + 1
-        ids = np.arange(start_id, start_id + n, dtype=np.int64)
-        writes.add_movies(db, pd.DataFrame({
-            "movie_id": ids, "title": cat["titles"], "year": cat["year"], "genres": cat["genres"],
+        # The write API numbers them after the largest id ever used (never an id the bounds refuse).
+        ids = np.asarray(writes.add_movies(db, pd.DataFrame({
+            "movie_id": [None] * n, "title": cat["titles"], "year": cat["year"], "genres": cat["genres"],
             "runtime_min": cat["runtime"], "added_at": day_start(day).strftime(TS_FORMAT),
-        }), source="sim")
+        }), source="sim"), dtype=np.int64)
         world_mod.add_titles(world, ids, cat)
         params["movie_ids"] = ids.tolist()
     opsdb.add_sim_shift(db, kind, strength, day, duration, params)
@@ -228,8 +227,6 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
 
     # New sign-ups arrive during the day; they are cold-start users from tomorrow on.
     n_new = int(rng.poisson(0.002 * len(world.user_ids)))
-    next_id = writes.highest_id(db, "users", "user_id") + 1
-    new_ids = np.arange(next_id, next_id + n_new, dtype=np.int64)
 
     active = np.flatnonzero(present & ~world.left & (rng.random(len(world.user_ids)) < world.activity))
     stats.active_users, stats.new_users = len(active), n_new
@@ -311,7 +308,9 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
         opsdb.set_meta(db, "sim_day", day + 1)
         if n_new:
             joined = _iso(start, np.sort(rng.uniform(0, 24 * 3600 - 1, n_new)))
-            writes.add_users(db, pd.DataFrame({"user_id": new_ids, "created_at": joined}), source="sim")
+            # Numbered by the write API after the largest id ever used (never an id the bounds refuse).
+            new_ids = np.asarray(writes.add_users(db, pd.DataFrame({"user_id": [None] * n_new, "created_at": joined}),
+                                                  source="sim"), dtype=np.int64)
         ev_result = writes.record_events(db, events, on_invalid="quarantine")
         r_result = writes.rate_many(db, ratings, on_invalid="quarantine")
 

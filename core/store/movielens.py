@@ -35,7 +35,7 @@ GENRE_MAP = {"Children's": "Children", **{g: g for g in GENRES}}
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                  "War", "Western"]
-ID_MAX = bounds.MAX_ID                 # the ids every boundary accepts (core.bounds)
+ID_MAX = bounds.MAX_GIVEN_ID           # the ids a new row may name (core.bounds: room left for fresh ids)
 FLOAT_EXACT = 2**53                    # a float column holds whole numbers exactly only below this
 EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # NUL, tab, newline, escape, DEL …

@@ -129,6 +129,11 @@ def highest_id(db, table: str, col: str) -> int:
     return max(int(current), recorded if 0 <= recorded <= bounds.MAX_ID else 0)
 
 
+def _no_room(col: str, value) -> str:
+    return (f"{col} {value} leaves no room for new ids (a new row's id is at most {bounds.MAX_GIVEN_ID}; "
+            f"ids above are kept for fresh ones)")
+
+
 def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> list[int]:
     """Given ids as they are; missing ones numbered after the largest id ever used or given."""
     top = max([highest_id(db, table, col)] + ids[given].tolist())
@@ -175,6 +180,8 @@ def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[i
     ids, ok_id = _as_int(df["user_id"])
     r.add(given & ~bounds.id_mask(df["user_id"]), lambda i: f"user_id {df['user_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError,
           "invalid_id")
+    r.add(given & bounds.id_mask(df["user_id"]) & (ids > bounds.MAX_GIVEN_ID), lambda i: _no_room("user_id", ids[i]),
+          errors.ValidationError, "no_room")
     r.add(~ok_ts, lambda i: f"created_at {df['created_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (created > now), lambda i: f"created_at {created[i]} is after the service clock {now}", errors.FutureTimestamp)
     existing = _ids_exist(db, "users", "user_id", ids.to_numpy()) & given.to_numpy()
@@ -209,6 +216,8 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     titles = df["title"].map(lambda t: t.strip() if isinstance(t, str) else "")
     r.add(given & ~bounds.id_mask(df["movie_id"]), lambda i: f"movie_id {df['movie_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError,
           "invalid_id")
+    r.add(given & bounds.id_mask(df["movie_id"]) & (ids > bounds.MAX_GIVEN_ID), lambda i: _no_room("movie_id", ids[i]),
+          errors.ValidationError, "no_room")
     r.add(titles == "", lambda i: "title is empty", errors.ValidationError, "empty_title")
     r.add(titles.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
           lambda i: f"title {titles[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
