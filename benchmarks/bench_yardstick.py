@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--switch", type=float, default=offpolicy.SWITCH)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--reward-model", default="logistic", choices=("logistic", "boosting"),
+    ap.add_argument("--reward-model", default=offpolicy.REWARD_MODEL, choices=("logistic", "boosting"),
                     help="DR's reward model (offpolicy.evaluate)")
     ap.add_argument("--scenarios", default=",".join(n for n, _, _ in SCENARIOS))
     ap.add_argument("--json", type=Path, help="write every figure to this file")

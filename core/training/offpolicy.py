@@ -9,8 +9,8 @@ assumption: a title's reward is whether the user watched it the day it was shown
 
 A policy here is "what list would it have shown this user at that time": the titles the user had watched or
 rated before the day are filtered out, as serving filters them. The value is watches per list (expected
-watched titles of the list that day). DR's reward model is a logistic regression on features known for every
-(user, title, day): the user's genre affinity for the title, the title's watches in the 7 days before, whether it
+watched titles of the list that day). DR's reward model (shallow gradient boosting, `REWARD_MODEL`) reads
+features known for every (user, title, day): the user's genre affinity for the title, the title's watches in the 7 days before, whether it
 was in the day's Top 50, its shrunk mean rating, and the reference policy's model score for the pair.
 SWITCH-DR (the gate's estimator) drops DR's correction where a title's weight exceeds `SWITCH`: the far-pool
 titles, each shown once in thousands of lists, are valued by the reward model — biased where it is wrong, but not
@@ -38,6 +38,9 @@ LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "switch": "SWITCH-DR", "dm
 POPULARITY_DAYS = 7
 # SWITCH-DR's weight threshold: above a near-pool title's weight (200 at a 5 % share), below a far one's (~11,000).
 SWITCH = 1000.0
+# DR's reward model: shallow gradient boosting. In bench_yardstick (default world, 6 scenario sets) it orders the
+# five policies as the truth does with Kendall τ ≥ 0.8 in every set; the logistic regression reached 0.6 in one.
+REWARD_MODEL = "boosting"
 RATING_PRIOR_VOTES = 5    # a title's mean rating is shrunk towards the catalogue's as if it had 5 more votes
 
 
@@ -231,7 +234,7 @@ def features(ctx: DayContext, users: np.ndarray, movies: np.ndarray, scorer=None
 # ------------------------------------------------------------------ evaluation
 def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | None = None, *,
              top50_by_day: dict | None = None, k: int = DEFAULT_K, seed: int = 42, n_boot: int = 1000,
-             clip: float | None = None, switch: float = SWITCH, reward_model: str = "logistic") -> dict:
+             clip: float | None = None, switch: float = SWITCH, reward_model: str = REWARD_MODEL) -> dict:
     """Each policy's value (watches per list) by IPS, SNIPS and DR on the same logged lists, and every policy
     against `reference` (paired). `top50_by_day`: {day: Top 50 ids} for the reward model's feature and the
     fallback (default: none). Returns {"log": summary, "policies": {name: {estimator: Estimate dict}},
