@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from core import faults
 from core.store import mlopsdb
 from core.constants import TS_FORMAT
 from core.errors import RetroError, ValidationError
@@ -236,18 +237,26 @@ def cli_actor() -> str:
 
 # --------------------------------------------------------------- the audit log
 def log_action(settings: Settings, actor: str, action: str, target: str | None, outcome: str,
-               at: str | None = None) -> int:
-    """Append one `operator_audit` row; returns its id. `target` must never be a raw user id."""
+               at: str | None = None, db=None) -> int:
+    """Append one `operator_audit` row; returns its id. `target` must never be a raw user id.
+
+    `db`: an mlops.db connection whose open transaction the row joins (the action's own), else its own."""
     if outcome not in OUTCOMES:
         raise ValidationError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
     for value, what in ((actor, "actor"), (action, "action")):
         if not isinstance(value, str) or not value.strip():
             raise ValidationError(f"{what} must be a non-empty text")
     when = mlopsdb.timestamp(at, settings)
+    if db is not None:
+        return _insert_audit(db, when, actor, action, target, outcome)
     with mlopsdb.session(settings) as db:
-        cur = db.conn.execute("INSERT INTO operator_audit(at, actor, action, target, outcome) VALUES (?,?,?,?,?)",
-                              [when, actor.strip(), action.strip(), target, outcome])
-        return int(cur.lastrowid)
+        return _insert_audit(db, when, actor, action, target, outcome)
+
+
+def _insert_audit(db, when: str, actor: str, action: str, target: str | None, outcome: str) -> int:
+    cur = db.conn.execute("INSERT INTO operator_audit(at, actor, action, target, outcome) VALUES (?,?,?,?,?)",
+                          [when, actor.strip(), action.strip(), target, outcome])
+    return int(cur.lastrowid)
 
 
 @contextmanager
@@ -261,12 +270,34 @@ def audited(settings: Settings, actor: str, action: str, target: str | None = No
             entry["target"] = f"v{registry.rollback(...)}"
     """
     entry = {"target": target}
+    written: dict = {}
+
+    def write(db, found: str | None = None) -> None:   # called by the action inside its transaction (mlopsdb.audit_in)
+        if entry["target"] is None:
+            entry["target"] = found
+        written.update(id=log_action(settings, actor, action, entry["target"], "ok", db=db), target=entry["target"])
+
     try:
-        yield entry
+        with mlopsdb.audit_row(write):
+            yield entry
     except BaseException:
-        log_action(settings, actor, action, entry["target"], "failed")
+        if not _settle(settings, written, entry["target"], "failed"):
+            log_action(settings, actor, action, entry["target"], "failed")
         raise
-    log_action(settings, actor, action, entry["target"], "ok")
+    faults.point("audit:action-done")
+    if not _settle(settings, written, entry["target"], "ok"):
+        log_action(settings, actor, action, entry["target"], "ok")
+
+
+def _settle(settings: Settings, written: dict, target: str | None, outcome: str) -> bool:
+    """The row the action wrote in its own transaction, given its final target and outcome; False when the action
+    wrote none (or its transaction rolled back), so the caller appends one."""
+    if not written:
+        return False
+    with mlopsdb.session(settings) as db:
+        cur = db.conn.execute("UPDATE operator_audit SET target = ?, outcome = ? WHERE audit_id = ? AND "
+                              "target IS ? AND outcome = 'ok'", [target, outcome, written["id"], written["target"]])
+        return cur.rowcount == 1
 
 
 def audit_log(settings: Settings, limit: int | None = None) -> pd.DataFrame:

@@ -80,6 +80,7 @@ def start(settings: Settings, version: int, mode: str, *, actor: str, reason: st
             "reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
             [int(version), mode, share, int(prod["version"]), "active", json.dumps(policy or {}), when, actor.strip(),
              reason.strip(), when])
+        mlopsdb.audit_in(db)              # an operator's release commits with its audit row
         return _decode(_row(db, cur.lastrowid))
 
 
@@ -101,6 +102,7 @@ def set_share(settings: Settings, deployment_id: int, share: float, *, at: str |
             raise NoActiveRelease(f"release #{deployment_id} is not an active canary")
         db.execute("UPDATE deployments SET share = ?, updated_at = ? WHERE deployment_id = ?",
                    [share, when, int(deployment_id)])
+        mlopsdb.audit_in(db, f"release #{deployment_id} (v{row['version']})")
         return _decode(_row(db, deployment_id))
 
 
@@ -115,6 +117,7 @@ def end(settings: Settings, deployment_id: int, state: str, *, actor: str, reaso
             raise NoActiveRelease(f"release #{deployment_id} is not active")
         db.execute("UPDATE deployments SET state = ?, ended_at = ?, ended_by = ?, end_reason = ?, updated_at = ? "
                    "WHERE deployment_id = ?", [state, when, actor, reason, when, int(deployment_id)])
+        mlopsdb.audit_in(db, f"release #{deployment_id} (v{row['version']})")
         return _decode(_row(db, deployment_id))
 
 

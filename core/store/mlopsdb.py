@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -381,6 +382,32 @@ def write_session(settings: Settings) -> Iterator[sqlite_utils.Database]:
             db.conn.execute("ROLLBACK")
             raise
         db.conn.execute("COMMIT")
+
+
+# The audit row of the privileged action under way in this thread (set by `core.privacy.access.audited`): the
+# action writes it with `audit_in(db)` inside the transaction that makes it, so a kill can never leave the action
+# committed and unaudited. A one-element list: the row is written once, by the action's first decisive write.
+_audit_row: ContextVar[list | None] = ContextVar("audit_row", default=None)
+
+
+@contextmanager
+def audit_row(write) -> Iterator[None]:
+    """Within the block, the first `audit_in(db)` calls `write(db)` (which inserts the audit row on `db`)."""
+    token = _audit_row.set([write])
+    try:
+        yield
+    finally:
+        _audit_row.reset(token)
+
+
+def audit_in(db: sqlite_utils.Database, target: str | None = None) -> None:
+    """Write the pending audit row (if any) on `db`, inside the caller's open transaction: called by the
+    actions an operator is audited for (promote, rollback, a release's start and decisions). `target`: what the
+    action found it acts on, for an audit row that did not name it beforehand (a rollback's version)."""
+    pending = _audit_row.get()
+    if pending and pending[0] is not None:
+        write, pending[0] = pending[0], None
+        write(db, target)
 
 
 def timestamp(at: str | None, settings: Settings | None = None) -> str:

@@ -157,6 +157,7 @@ def promote(settings: Settings, version: int, actor: str, reason: str,
             if current is not None:
                 _move(db, current, "archived", when, actor, reason, gate_json)
             _move(db, row, "production", when, actor, reason, gate_json)
+            mlopsdb.audit_in(db, f"v{version}")     # an operator's promotion commits with its audit row
     return None if current is None else current["version"]
 
 
@@ -185,6 +186,7 @@ def rollback(settings: Settings, actor: str, reason: str, at: str | None = None,
         with db.atomic():
             _move(db, current, "archived", when, actor, reason, None)
             _move(db, previous, "production", when, actor, reason, None)
+            mlopsdb.audit_in(db, f"v{previous['version']}")
     return previous["version"]
 
 
