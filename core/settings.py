@@ -17,6 +17,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = PROJECT_ROOT / "data"
 HOME_ENV = "RETRO_HOME"
 ENGINES = ("embedded", "spark")
+DEMO_VIEW_CHOICES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class Settings:
     engine: str = "embedded"
     spark_master: str = "local[*]"
     lake_uri: str | None = None
+    # Roles: the role the command line acts with (`RETRO_CLI_ROLE`; a `[cli_roles]` entry in secrets.toml for
+    # the OS user wins), and whether the dashboard opens one user's data to everyone in a purely simulated demo
+    # world (`RETRO_DEMO_PERSONAL_VIEWS`: auto = yes when simulated, on, off; never for imported data).
+    cli_role: str = "admin"
+    demo_personal_views: str = "auto"
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -150,4 +156,9 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
     overrides["engine"] = engine
     overrides["spark_master"] = os.environ.get("RETRO_SPARK_MASTER") or "local[*]"
     overrides["lake_uri"] = os.environ.get("RETRO_LAKE_URI") or None
+    overrides["cli_role"] = (os.environ.get("RETRO_CLI_ROLE") or "admin").strip()
+    views = (os.environ.get("RETRO_DEMO_PERSONAL_VIEWS") or "auto").strip().lower()
+    if views not in DEMO_VIEW_CHOICES:
+        raise ValidationError(f"RETRO_DEMO_PERSONAL_VIEWS must be one of {', '.join(DEMO_VIEW_CHOICES)}, got {views!r}")
+    overrides["demo_personal_views"] = views
     return Settings(home=path, **overrides)

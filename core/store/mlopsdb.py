@@ -329,6 +329,17 @@ def m011_drift_chance_level(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE alerts ADD COLUMN chance_level REAL")
 
 
+@migrations()
+def m012_operator_roles(db: sqlite_utils.Database) -> None:
+    """Audit rows name the person and the role they acted in (`core/privacy/roles.py`); failed sign-ins under
+    names that are no operator are counted in one row per day and action (`attempts`), so a flood of guesses
+    cannot grow the log without limit. Older rows: person and role NULL, attempts 1."""
+    db.execute("ALTER TABLE operator_audit ADD COLUMN person TEXT")
+    db.execute("ALTER TABLE operator_audit ADD COLUMN role TEXT")
+    db.execute("ALTER TABLE operator_audit ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
+    db.execute("CREATE INDEX idx_operator_audit_actor ON operator_audit(actor, action, at)")
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)
