@@ -13,25 +13,25 @@ import streamlit as st  # noqa: E402
 
 from dashboard import cache, ui  # noqa: E402
 
-st.set_page_config(page_title="Retro Movies — MLOps", page_icon="🎬", layout="wide")
+st.set_page_config(page_title="Retro Movies — MLOps", page_icon=":material/movie:", layout="wide")
 ui.first_start()
 
 VIEWS = ROOT / "dashboard" / "views"
 pages = {
     "Operate": [
-        st.Page(VIEWS / "overview.py", title="Overview", icon="🗺️", default=True),
-        st.Page(VIEWS / "top50_vs_you.py", title="Top 50 vs For You", icon="🎞️"),
-        st.Page(VIEWS / "data.py", title="Data", icon="🗄️"),
+        st.Page(VIEWS / "overview.py", title="Overview", icon=":material/map:", default=True),
+        st.Page(VIEWS / "top50_vs_you.py", title="Top 50 vs For You", icon=":material/movie:"),
+        st.Page(VIEWS / "data.py", title="Data", icon=":material/database:"),
     ],
     "Models": [
-        st.Page(VIEWS / "training.py", title="Training & Models", icon="🧪"),
-        st.Page(VIEWS / "drift.py", title="Drift", icon="📈"),
-        st.Page(VIEWS / "churn.py", title="Churn", icon="📉"),
-        st.Page(VIEWS / "deployment.py", title="Deployment", icon="🚀"),
+        st.Page(VIEWS / "training.py", title="Training & Models", icon=":material/science:"),
+        st.Page(VIEWS / "drift.py", title="Drift", icon=":material/monitoring:"),
+        st.Page(VIEWS / "churn.py", title="Churn", icon=":material/trending_down:"),
+        st.Page(VIEWS / "deployment.py", title="Deployment", icon=":material/rocket_launch:"),
     ],
     "Governance": [
-        st.Page(VIEWS / "governance.py", title="Explanations & Governance", icon="🔎"),
-        st.Page(VIEWS / "privacy.py", title="Privacy", icon="🛡️"),
+        st.Page(VIEWS / "governance.py", title="Explanations & Governance", icon=":material/manage_search:"),
+        st.Page(VIEWS / "privacy.py", title="Privacy", icon=":material/shield:"),
     ],
 }
 ui.operator_login()

@@ -8,6 +8,12 @@ Lists are served in-process (`serving.recommend_many`, the default) or by a runn
 (`serve_url`: one HTTP request per active user, as a streaming front end would make them). Before each day
 over HTTP the loop waits until the server serves what the registry and the release say now, so a promotion
 made at the end of the previous day is what the next day's lists come from.
+
+Only lists a trusted front end confirmed count as shown (online quality, the release policy). The loop is that
+front end: in-process its lists are logged as shown; over HTTP it confirms every answer it shows through the
+trusted in-process path (`servinglog.confirm_shown`, 'in-process') rather than with a client key — it already
+holds the data folder (it writes the day's events, runs the ETL and the release policy), so a key would add a
+secret to store and a rate limit to exempt it from, and prove nothing more.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import numpy as np
 
 from core.warehouse import etl
 from core.monitoring import monitoring, policy, release
-from core.store import opsdb
+from core.store import opsdb, servinglog
 from core.serving import deployments, remote, serving
 from core.simulation import simulation
 from core.constants import TS_FORMAT
@@ -138,4 +144,6 @@ def _serve_over_http(settings: Settings, url: str, user_ids, k: int, served_at: 
     if wrong:
         raise RetroError(f"the server at {url} logged lists at {wrong[0].get('served_at')}, not at the simulated "
                          f"day's start {served_at}: is it serving this data folder ({settings.home})?")
+    with opsdb.session(settings) as db:        # the loop shows every list it asked for: confirm them
+        servinglog.confirm_shown(db, [a["serve_id"] for a in answers.values()], servinglog.IN_PROCESS)
     return {u: a["movie_ids"] for u, a in answers.items()}

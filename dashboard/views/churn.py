@@ -3,7 +3,7 @@ import streamlit as st
 
 from dashboard import cache, charts, ui
 
-st.title("📉 Churn")
+st.title(":material/trending_down: Churn")
 status = cache.churn_status(cache.token())
 has_model = status["version"] is not None
 ready = None if has_model else cache.churn_readiness(cache.token())

@@ -6,7 +6,7 @@ import streamlit as st
 from core.warehouse import etl
 from dashboard import cache, ui
 
-st.title("🗄️ Data: ETL, validation, warehouse")
+st.title(":material/database: Data: ETL, validation, warehouse")
 with ui.core_errors():
     rep = cache.etl_report(cache.token())
 

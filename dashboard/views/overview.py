@@ -5,7 +5,7 @@ from core import bootstrap
 from core.simulation import simulation
 from dashboard import cache, ui
 
-st.title("🗺️ Retro Movies — the live system")
+st.title(":material/map: Retro Movies — the live system")
 with ui.core_errors():
     s = cache.status(cache.token())
 ops, wh, reg, srv = s["ops"], s["warehouse"], s["registry"], s["serving"]
