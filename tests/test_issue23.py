@@ -1,6 +1,8 @@
 """Reproduced bugs of issue 23 (findings 4–9, 11): each test failed on the code before its fix."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core import bounds, errors
@@ -128,3 +130,118 @@ def test_a_failing_action_that_wrote_its_audit_row_is_recorded_once_as_failed(se
             raise RuntimeError("something after the promotion failed")
     rows = access.audit_log(settings)
     assert rows[rows["action"] == "promote"]["outcome"].tolist() == ["failed"]
+
+
+# ---------------------------------------------------------------- 9, 11: the world file and concurrent runs
+import os                                                   # noqa: E402
+import subprocess                                           # noqa: E402
+import sys                                                  # noqa: E402
+from pathlib import Path                                    # noqa: E402
+
+from core.simulation import world as world_mod              # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGNUP_WORLD = dict(seed=5, users=1500, movies=40, days=1)  # ~3 sign-ups a day
+
+
+def _users_and_world(s):
+    db = opsdb.connect(s)
+    try:
+        users = {int(u) for (u,) in db.execute("SELECT user_id FROM users")}
+        movies = {int(m) for (m,) in db.execute("SELECT movie_id FROM movies")}
+    finally:
+        db.conn.close()
+    world = simulation.load_world(s)        # what the next run reads (repairing a step a kill left half-done)
+    return users, movies, world
+
+
+def _assert_in_step(s):
+    users, movies, world = _users_and_world(s)
+    assert users == {int(u) for u in world.user_ids}, "the database and the world disagree about who exists"
+    assert movies == {int(m) for m in world.movie_ids}
+
+
+KILL_AT_WORLD_SAVE = """
+import os, sys
+from core.settings import load_settings
+from core.simulation import loop, world
+calls = []
+def save(self, path):
+    os._exit(137)                        # kill -9 as the world file is written
+world.World.save = save
+loop.run(load_settings(sys.argv[1]), int(sys.argv[2]), shift=sys.argv[3] or None, policy_mode="manual")
+"""
+
+
+@pytest.mark.parametrize("shift", ["", "new-releases"])
+def test_a_closed_loop_killed_at_the_world_save_leaves_database_and_world_in_step(tmp_path, shift):
+    s = load_settings(tmp_path / "w")
+    simulation.init_world(s, **SIGNUP_WORLD)
+    before, _, _ = _users_and_world(s)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_WORLD_SAVE, str(s.home), "3", shift], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 137, killed.stderr
+    _assert_in_step(s)
+    again = subprocess.run([sys.executable, "-m", "core", "--home", str(s.home), "simulate", "--days", "2",
+                            "--policy", "manual"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    _assert_in_step(s)
+    assert len(_users_and_world(s)[0]) > len(before)
+
+
+def test_a_real_kill_after_the_days_commit_is_repaired_by_the_next_run(tmp_path):
+    s = load_settings(tmp_path / "w")
+    simulation.init_world(s, **SIGNUP_WORLD)
+    before, _, _ = _users_and_world(s)
+    cmd = [sys.executable, "-m", "core", "--home", str(s.home), "simulate", "--days", "3", "--policy", "manual"]
+    killed = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, **{faults.ENV: "simulation:committed"}),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    users, _, world = _users_and_world(s)
+    assert len(users) > len(before)                         # the day was committed, sign-ups included ...
+    _assert_in_step(s)                                      # ... and the world knows them
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    _assert_in_step(s)
+
+
+def test_two_simulations_at_once_never_collide_on_new_ids(tmp_path):
+    s = load_settings(tmp_path / "w")
+    simulation.init_world(s, **SIGNUP_WORLD)
+    cmd = [sys.executable, "-m", "core", "--home", str(s.home), "simulate", "--days", "4", "--open-loop"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for code, err in results:
+        assert "Traceback" not in err and "already exists" not in err, err
+        if code != 0:                    # refused: one line naming the run that holds the world
+            lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+            assert code == 1 and len(lines) == 1 and "another simulation is running" in lines[0], err
+            assert "simulate, pid" in lines[0]
+    assert any(code == 0 for code, _ in results)
+    _assert_in_step(s)
+
+
+def test_a_simulation_is_refused_while_another_holds_the_world(tmp_path):
+    s = load_settings(tmp_path / "w")
+    simulation.init_world(s, seed=5, users=100, movies=20, days=1)
+    import threading
+    with simulation.running(s, "a test run"):
+        caught = []
+        other = threading.Thread(target=lambda: caught.append(_raised(lambda: simulation.simulate(s, 1))))
+        other.start()
+        other.join()
+        assert isinstance(caught[0], simulation.SimulationBusy)
+        assert re.search(r"another simulation is running .*\(a test run, pid \d+\)", str(caught[0]))
+        with simulation.running(s, "nested"):          # re-entrant in the holding thread
+            pass
+    simulation.simulate(s, 1)                          # released
+
+
+def _raised(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None

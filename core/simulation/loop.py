@@ -42,16 +42,21 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
         raise ValidationError(f"--days must be a positive integer, got {days!r}")
     if policy_mode is not None:
         policy.validate(policy_mode)
+    with simulation.running(settings, "closed-loop simulate"):
+        return _run(settings, days, shift=shift, strength=strength, duration=duration, params=params,
+                    policy_mode=policy_mode, progress=progress, serve_url=serve_url)
+
+
+def _run(settings: Settings, days: int, *, shift, strength, duration, params, policy_mode, progress, serve_url) -> dict:
     world = simulation.load_world(settings)
     db = opsdb.connect(settings)
     log, started = [], None
     try:
         first = int(opsdb.get_meta(db, "sim_day", "0"))
         if shift is not None:
-            with db.atomic():
+            with simulation.world_step(db, world, settings.world_file):
                 started = simulation.start_shift(db, world, shift, strength, days if duration is None else duration,
                                                  first, params)
-            world.save(settings.world_file)
         shifts = simulation.load_shifts(db)
         for i in range(days):
             day = first + i
@@ -66,8 +71,7 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
                 recs = serving.recommend_many(settings, user_ids, k, at=_at)
                 return {u: r.movie_ids for u, r in recs.items()}
 
-            stats = simulation.simulate_day(db, world, day, shifts, serve)
-            world.save(settings.world_file)
+            stats = simulation.simulate_day(db, world, day, shifts, serve, settings.world_file)
             now = (start + timedelta(days=1)).strftime(TS_FORMAT)
             etl.run(settings, at=now)
             report = monitoring.monitor_day(settings, start)

@@ -8,17 +8,22 @@ always draws from `default_rng([seed, d, ...])`.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import sqlite_utils
 
-from core import errors
+from core import errors, faults
 from core.store import opsdb, writes
 from core.simulation import world as world_mod
 from core.constants import GENRE_INDEX, GENRES, SIM_START, TS_FORMAT
@@ -217,8 +222,9 @@ def _inject_faults(ratings: pd.DataFrame, events: pd.DataFrame, rate: float, rng
 
 
 def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, shifts: list[Shift],
-                 serve: ServeFn | None = None) -> DayStats:
-    """Simulate one day and write it (one transaction); mutates `world` (who watched what)."""
+                 serve: ServeFn | None = None, world_file: Path | None = None) -> DayStats:
+    """Simulate one day and write it (one transaction); mutates `world` (who watched what). With `world_file`
+    the world is saved there in step with the day's commit (`world_step`); without, saving it is the caller's."""
     rng = np.random.default_rng([world.seed, day, 1])
     stats = DayStats(day)
     start = day_start(day)
@@ -303,7 +309,7 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     if fault_rate > 0:
         ratings, events = _inject_faults(ratings, events, fault_rate, rng)
 
-    with db.atomic():
+    with world_step(db, world, world_file):
         opsdb.set_meta(db, "clock", (start + DAY).strftime(TS_FORMAT))
         opsdb.set_meta(db, "sim_day", day + 1)
         if n_new:
@@ -313,13 +319,14 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
                                                   source="sim"), dtype=np.int64)
         ev_result = writes.record_events(db, events, on_invalid="quarantine")
         r_result = writes.rate_many(db, ratings, on_invalid="quarantine")
-
-    # Only after the commit: the humans remember what they watched, and some decide to leave.
-    stats.left, stats.returned = _churn(world, day, active, fit, personal_row, a_idx[watched], m_idx[watched])
-    world.watched[u_idx[watched], m_idx[watched]] = True
-    world.recent_watches = 0.8 * world.recent_watches + np.bincount(m_idx[watched], minlength=len(world.movie_ids))
-    if n_new:
-        world_mod.add_people(world, new_ids, np.random.default_rng([world.seed, day, 2]))
+        # Once the writes are in: the humans remember what they watched, and some decide to leave (saved with
+        # the day's commit, so the world knows every user the database does).
+        stats.left, stats.returned = _churn(world, day, active, fit, personal_row, a_idx[watched], m_idx[watched])
+        world.watched[u_idx[watched], m_idx[watched]] = True
+        world.recent_watches = (0.8 * world.recent_watches
+                                + np.bincount(m_idx[watched], minlength=len(world.movie_ids)))
+        if n_new:
+            world_mod.add_people(world, new_ids, np.random.default_rng([world.seed, day, 2]))
     stats.events, stats.ratings = ev_result.accepted, r_result.accepted
     stats.rejected = ev_result.rejected + r_result.rejected
     stats.duplicates_ignored = ev_result.duplicates
@@ -396,6 +403,94 @@ def _churn(world: world_mod.World, day: int, active: np.ndarray, fit: np.ndarray
 
 
 # ------------------------------------------------------------------ entry points
+# ------------------------------------------------------------------ the world file in step with the database
+def _next_file(world_file: Path) -> Path:
+    return world_file.with_name(world_file.stem + ".next.npz")
+
+
+@contextmanager
+def world_step(db: sqlite_utils.Database, world: world_mod.World, world_file: Path | None):
+    """One transaction of the database and, with `world_file`, the world's state after it.
+
+    Inside the transaction the meta key `world_step` goes up by one and the world, stamped with it, is saved as
+    `world.next.npz`; after the commit that file replaces `world.npz`. A kill between the commit and the rename
+    is repaired by the next `load_world` (the staged step is the committed one: it takes its place; else it is
+    dropped), so the world always knows the users and titles the database has."""
+    if world_file is None:
+        with db.atomic():
+            yield
+        return
+    staged = _next_file(world_file)
+    with db.atomic():
+        yield
+        world.step = int(opsdb.get_meta(db, "world_step", "0")) + 1
+        opsdb.set_meta(db, "world_step", world.step)
+        world.save(staged)
+    faults.point("simulation:committed")
+    staged.replace(world_file)
+
+
+def _repair_world(settings: Settings) -> None:
+    """Finish or drop a world step a kill interrupted (see `world_step`)."""
+    staged = _next_file(settings.world_file)
+    if not staged.exists():
+        return
+    db = opsdb.connect(settings)
+    try:
+        committed = int(opsdb.get_meta(db, "world_step", "0"))
+    finally:
+        db.conn.close()
+    try:
+        step = world_mod.World.load(staged).step
+    except Exception:  # noqa: BLE001 - a file cut short by the kill: its transaction never committed
+        step = None
+    if step == committed:
+        staged.replace(settings.world_file)
+    else:
+        staged.unlink(missing_ok=True)
+
+
+SIM_LOCK = ".simulation.lock"
+_held_sims = threading.local()
+
+
+class SimulationBusy(errors.RetroError):
+    """Another simulation is running in this data folder."""
+
+
+@contextmanager
+def running(settings: Settings, what: str):
+    """Hold the data folder's simulation lock (an `flock` on RETRO_HOME/.simulation.lock) while the world moves:
+    two simulations at once would both number the same new users. A second one is refused at once, naming the
+    holder; re-entrant within a thread."""
+    held = getattr(_held_sims, "homes", None)
+    if held is None:
+        held = _held_sims.homes = set()
+    key = str(settings.home)
+    if key in held:
+        yield
+        return
+    fd = os.open(settings.home / SIM_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise SimulationBusy(f"another simulation is running in {settings.home} ({holder}); {what} did not "
+                                 "start — try again when it has finished") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what}, pid {os.getpid()}".encode(), 0)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def has_world(settings: Settings) -> bool:
     return settings.world_file.exists() and settings.ops_db.exists()
 
@@ -406,10 +501,16 @@ def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies:
     for name, value, low in (("users", users, 1), ("movies", movies, 10), ("days", days, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise errors.ValidationError(f"--{name} must be an integer >= {low}, got {value!r}")
+    with running(settings, "init"):
+        return _init_world(settings, seed=seed, users=users, movies=movies, days=days, force=force, progress=progress)
+
+
+def _init_world(settings: Settings, *, seed: int, users: int, movies: int, days: int, force: bool,
+                progress: Progress) -> dict:
     if opsdb.holds_data(settings) or settings.world_file.exists():
         if not force:
             raise errors.NotEmpty(f"{settings.home} already holds a world; use --force to replace it")
-    for path in settings.store_paths():  # an empty database file or stale stores go too; nothing else
+    for path in [*settings.store_paths(), _next_file(settings.world_file)]:   # stale stores go too; nothing else
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -420,7 +521,7 @@ def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies:
     try:
         t0 = day_start(0)
         rng = np.random.default_rng([seed, 0xA11])
-        with db.atomic():
+        with world_step(db, world, settings.world_file):
             opsdb.set_meta(db, "seed", seed)
             opsdb.set_meta(db, "clock", t0.strftime(TS_FORMAT))
             opsdb.set_meta(db, "sim_day", 0)
@@ -430,7 +531,6 @@ def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies:
                 "runtime_min": cat["runtime"], "added_at": (t0 - 400 * DAY).strftime(TS_FORMAT)}), source="sim")
             joined = _iso(t0 - 365 * DAY, np.sort(rng.uniform(0, 365 * 86400 - 1, users)))
             writes.add_users(db, pd.DataFrame({"user_id": world.user_ids, "created_at": joined}), source="sim")
-        world.save(settings.world_file)
         summary = run_days(db, settings, world, days, progress=progress)
         progress(0.99, "building indexes")
         opsdb.finish_deferred_migrations(db)
@@ -449,8 +549,7 @@ def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.Wor
     for i in range(days):
         day = first + i
         progress(i / max(days, 1), f"simulating day {day + 1} ({i + 1}/{days})")
-        s = simulate_day(db, world, day, shifts, serve)
-        world.save(settings.world_file)
+        s = simulate_day(db, world, day, shifts, serve, settings.world_file)
         for key in ("events", "ratings", "rejected", "duplicates_ignored", "new_users", "left", "returned"):
             totals[key] += getattr(s, key)
     totals["last_day"] = first + days - 1
@@ -460,6 +559,7 @@ def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.Wor
 def load_world(settings: Settings) -> world_mod.World:
     if not has_world(settings):
         raise errors.WorldNotFound(f"no simulated world in {settings.home}; run `python -m core init` first")
+    _repair_world(settings)
     return world_mod.World.load(settings.world_file)
 
 
@@ -469,14 +569,19 @@ def simulate(settings: Settings, days: int, *, shift: str | None = None, strengt
     """Continue the world for `days` days, optionally starting a behaviour shift today."""
     if not isinstance(days, (int, np.integer)) or days < 1:
         raise errors.ValidationError(f"--days must be a positive integer, got {days!r}")
+    with running(settings, "simulate"):
+        return _simulate(settings, days, shift=shift, strength=strength, duration=duration, params=params,
+                         progress=progress, serve=serve)
+
+
+def _simulate(settings: Settings, days: int, *, shift, strength, duration, params, progress, serve) -> dict:
     world = load_world(settings)
     db = opsdb.connect(settings)
     try:
         if shift is not None:
             day = int(opsdb.get_meta(db, "sim_day", "0"))
-            with db.atomic():
+            with world_step(db, world, settings.world_file):
                 started = start_shift(db, world, shift, strength, days if duration is None else duration, day, params)
-            world.save(settings.world_file)
         summary = run_days(db, settings, world, days, progress=progress, serve=serve)
         progress(1.0, "done")
         if shift is not None:

@@ -43,6 +43,8 @@ class World:
     # and whether the user has left the service (a user who left produces no events until they come back).
     hazard: np.ndarray = None   # (U,) float
     left: np.ndarray = None     # (U,) bool
+    # The operational database's `world_step` this state belongs to (0: a file saved before steps existed).
+    step: int = 0
 
     def __post_init__(self):
         n = len(self.user_ids)
@@ -62,6 +64,8 @@ class World:
         with np.load(path) as data:
             kwargs = {f.name: data[f.name] for f in fields(cls) if f.name in data.files}
         kwargs["seed"] = int(kwargs["seed"])
+        if "step" in kwargs:
+            kwargs["step"] = int(kwargs["step"])
         return cls(**kwargs)
 
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
