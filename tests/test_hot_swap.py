@@ -7,6 +7,7 @@ import httpx
 import pytest
 from conftest import private_copy, running_server
 
+from core.server import clients
 from core.serving import remote
 from core.store import opsdb, servinglog
 from core.training import pipeline, registry
@@ -44,10 +45,11 @@ def test_concurrent_requests_across_a_promotion_and_a_rollback(world):
     with opsdb.session(s) as db:
         users = opsdb.user_ids(db)[:200]
     answers, stop = [], threading.Event()
+    key = clients.add(s, "hot-swap")      # the version that produced a list is shown to clients with a key only
 
     with running_server(s) as url:
         def client(offset: int) -> None:
-            with httpx.Client(timeout=10, trust_env=False) as c:
+            with httpx.Client(timeout=10, trust_env=False, headers={clients.HEADER: key}) as c:
                 i = offset
                 while not stop.is_set():
                     uid = int(users[i % len(users)])

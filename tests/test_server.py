@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.privacy import access, consent
 from core.pseudonym import pseudonym, pseudonym_key
+from core.server import clients
 from core.server.app import create_app
 from core.serving import serving
 from core.settings import load_settings
@@ -45,7 +46,8 @@ def test_recommend_answers_like_in_process_serving_and_logs_the_list(home, clien
     s, _ = home
     uid = model_user(s)
     expected = serving.recommend(s, uid, 5, log=False)
-    r = client.get(f"/recommend/{uid}", params={"k": 5})
+    key = clients.add(s, "test-front")        # a client sees the whole answer (without a key: test_server_traffic)
+    r = client.get(f"/recommend/{uid}", params={"k": 5}, headers={clients.HEADER: key})
     body = r.json()
     assert r.status_code == 200 and body["path"] == "model" == expected.path
     assert body["movie_ids"] == expected.movie_ids and body["model_version"] == registry.production(s)["version"]

@@ -27,7 +27,8 @@ def cmd_recommend(args, settings):
 @command("serve", help="run the model server over HTTP (/recommend, /explain, /health, /ready, /metrics, /version)",
          args=[
     arg("--host", type=TEXT, default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1: this machine only; /recommend needs no token)"),
+        help="address to listen on (default 127.0.0.1: this machine only; /recommend needs no key, and without "
+             "one its answers leave out the release arm)"),
     arg("--port", type=int_in(0, 65535, "--port"), default=8000, help="TCP port (default 8000; 0: any free port)"),
 ])
 def cmd_serve(args, settings):
@@ -43,6 +44,36 @@ def cmd_serve(args, settings):
              lambda: print(f"serving {url} from {settings.home} — Ctrl-C stops", flush=True))
         sys.stdout.flush()
     serve(settings, args.host, args.port, ready=ready)
+
+
+@command("clients", help="API keys of the model server's clients: add NAME | list | revoke NAME (audited)", args=[
+    arg("action", choices=["add", "list", "revoke"]),
+    arg("name", nargs="?", type=TEXT, help="add, revoke: the client's name (letters, digits, '.', '_', '-')"),
+])
+def cmd_clients(args, settings):
+    """A client (a front end) confirms the lists it showed with POST /impressions and its key; `add` prints the
+    key once (only its hash is kept; adding an existing name replaces its key)."""
+    from core import errors
+    from core.privacy import access
+    from core.server import clients
+    if args.action == "list":
+        names = clients.clients(settings)
+        emit(args, {"clients": names}, lambda: print("\n".join(names) if names else "no clients"))
+        return
+    if args.name is None:
+        raise errors.ValidationError(f"clients {args.action} needs a NAME, e.g. `python -m core clients "
+                                     f"{args.action} web-front`")
+    with access.audited(settings, access.cli_actor(), f"client {args.action}", f"client:{args.name}"):
+        if args.action == "add":
+            key = clients.add(settings, args.name)
+        else:
+            clients.revoke(settings, args.name)
+            key = None
+    if key is None:
+        emit(args, {"client": args.name, "revoked": True}, lambda: print(f"client {args.name}: key revoked"))
+        return
+    emit(args, {"client": args.name, "key": key, "header": clients.HEADER},
+         lambda: print(f"client {args.name}: key (shown once, keep it secret; send it as {clients.HEADER}):\n{key}"))
 
 
 @command("release", help="shadow and canary releases: status | start VERSION | promote | rollback | stop | ramp", args=[
@@ -80,14 +111,15 @@ def cmd_release(args, settings):
                 raise errors.ValidationError(f"--ramp {args.ramp!r} is not a list of shares like 0.1,0.5") from None
         if args.mode == "shadow" and (args.share is not None or ramp):
             raise errors.ValidationError("a shadow release shows nobody the candidate: --share and --ramp are for canaries")
-        with access.audited(settings, actor, "release start", f"v{args.version} ({args.mode})"):
+        with access.cli_action(settings, "shadow release" if args.mode == "shadow" else "canary start",
+                               f"v{args.version} ({args.mode})", audit_as="release start"):
             data = release.start(settings, args.version, args.mode, actor=actor, reason=args.reason, share=args.share,
                                  ramp=ramp, min_days=args.min_days, max_days=args.max_days, margin=args.margin)
         emit(args, data, lambda: print(f"release #{data['deployment_id']}: {data['mode']} of v{data['version']}"
                                        + (f" for {data['share']:.0%} of users" if data["share"] else "")
                                        + f" beside production v{data['production_version']}"))
         return
-    with access.audited(settings, actor, f"release {args.action}") as entry:
+    with access.cli_action(settings, "release decide", audit_as=f"release {args.action}") as entry:
         if args.action == "ramp":
             if args.share is None:
                 raise errors.ValidationError("release ramp needs --share, e.g. --share 0.5")

@@ -1,8 +1,14 @@
 """The model server: FastAPI over `core.serving` (issue 16).
 
 Endpoints: `GET /recommend/{user_id}?k=10` (the same paths, fallbacks and serving log as `recommend`),
-`GET /explain/{user_id}/{movie_id}` (personal data: operator bearer token), `/health` (alive), `/ready` (a
-production model is loaded), `/metrics` (Prometheus text), `/version` (what serves now).
+`POST /impressions` (a client with an API key confirms which answers it showed), `GET /explain/{user_id}/{movie_id}`
+(personal data: operator bearer token), `/health` (alive), `/ready` (a production model is loaded), `/metrics`
+(Prometheus text), `/version` (what serves now).
+
+Serving is not showing: every answer is logged, but only a list a trusted front end confirmed counts as shown
+(online quality, the release policy's arms). Without an `X-API-Key` an answer omits what tells the arm of a
+release (`UNAUTHENTICATED_OMITS`), so requests for chosen users cannot tell canary users apart, and nothing they
+cause moves a release decision.
 
 Hot swap: the server answers from one immutable `ServingState`; a watcher thread re-reads the registry and
 the active release every `poll_seconds` (0.5 s) and, when anything changed (a promotion or rollback from
@@ -31,6 +37,7 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,10 +48,11 @@ from core.errors import RetroError, UnknownMovie, UnknownUser, ValidationError
 from core.filemodes import private_file
 from core.privacy import access
 from core.pseudonym import pseudonym, pseudonym_key
+from core.server import clients, guard
 from core.server.metrics import ServerMetrics
 from core.serving import remote, serving
 from core.settings import Settings
-from core.store import clock
+from core.store import clock, opsdb, servinglog
 from core.store.locks import StoreBusy
 
 log = logging.getLogger("retro.server")
@@ -56,6 +64,16 @@ POLL_SECONDS = 0.5
 # is answered together (8 users: 6 ms together, 15 ms one by one). Explanations (PBKDF2, SHAP) run on the
 # ordinary thread pool, so a slow one never holds up the lists.
 MAX_BATCH = 32
+# Explanations and their operator-token checks (PBKDF2, 200,000 rounds: ~0.1 s of CPU each) run on ONE thread of
+# their own, with at most EXPLAIN_WAITING waiting; beyond that a request is refused at once (503) before any
+# token is checked. On the ordinary pool (40 threads) a flood of /explain guesses took both cores and /recommend's
+# p95 rose from 4 to 129 ms; bounded like this the lists keep a core (benchmarks/bench_explain_flood.py).
+EXPLAIN_WAITING = 8
+# What an answer without a client key leaves out: each of these tells (or lets one infer) the release arm the
+# user is in — the arm itself, the reason ("the canary of release #3"), the version that produced the list
+# (a canary's differs from production's) and its ranker.
+UNAUTHENTICATED_OMITS = ("arm", "reason", "model_version", "ranker_version")
+MAX_IMPRESSIONS = 1000           # serve ids per POST /impressions
 UNTRACKED = ("/metrics",)        # scrapes are not traffic: kept out of the recent-request window
 
 
@@ -217,8 +235,10 @@ class ObservedApp:
 def _status_for(exc: RetroError) -> int:
     if isinstance(exc, (UnknownUser, UnknownMovie)):
         return 404
-    if isinstance(exc, access.SignInThrottled):
+    if isinstance(exc, (access.SignInThrottled, clients.RateLimited)):
         return 429
+    if isinstance(exc, access.RoleDenied):       # a valid login whose role may not (roles.PERMISSIONS)
+        return 403
     if isinstance(exc, access.PermissionDenied):
         return 401
     if isinstance(exc, ValidationError):
@@ -245,6 +265,11 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
     holder = StateHolder(settings, metrics, poll_seconds)
     batcher = Batcher(settings, holder)
     metrics.track_batches(batcher.sizes)
+    limiter = clients.ImpressionLimiter(settings.impressions_per_minute)
+    denials = clients.DenialAudit(settings)
+    from concurrent.futures import ThreadPoolExecutor
+    explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retro-explain")
+    explaining = {"n": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -261,6 +286,7 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
         finally:
             batcher.stop()
             holder.stop()
+            explainer.shutdown(wait=False, cancel_futures=True)
             if announce is not None:
                 try:
                     if json.loads(path.read_text()).get("pid") == os.getpid():
@@ -276,6 +302,8 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
     async def retro_error(request: Request, exc: RetroError):
         status = _status_for(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 401 and request.url.path == "/impressions":
+            headers = {"WWW-Authenticate": f'ApiKey header="{clients.HEADER}"'}
         if status == 429:
             headers = {"Retry-After": str(max(1, int(round(getattr(exc, "retry_after", 1)))))}
         return _error(status, _one_line(exc), headers)
@@ -289,8 +317,8 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         message = {404: f"no such endpoint: {request.method} {request.url.path}; endpoints: /recommend/{{user_id}}, "
-                        "/explain/{user_id}/{movie_id}, /health, /ready, /metrics, /version",
-                   405: f"{request.method} is not allowed here; the server answers GET"}.get(exc.status_code,
+                        "/impressions (POST), /explain/{user_id}/{movie_id}, /health, /ready, /metrics, /version",
+                   405: f"{request.method} is not allowed here; the server answers GET (POST on /impressions)"}.get(exc.status_code,
                                                                                          str(exc.detail))
         return _error(exc.status_code, message)
 
@@ -305,27 +333,71 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
             raise StoreBusy(f"the serving state could not be loaded ({holder.error}); see /ready")
         return state
 
+    def client_of(key: str | None, action: str) -> str:
+        """The client holding `key`; a missing or wrong key is refused (401) and audited (folded under a flood)."""
+        name = clients.authenticate(settings, key)
+        if name is None:
+            why = "no API key" if not key else "wrong API key"
+            denials.refused(f"client:{clients.claimed_name(key)}", action, why)
+            raise access.PermissionDenied(f"{action} needs a client API key in the {clients.HEADER} header "
+                                          f"({why}); an operator makes one with `python -m core clients add NAME`")
+        return name
+
     @app.get("/recommend/{user_id}")
-    async def recommend(user_id: str, k: str = "10"):
+    async def recommend(user_id: str, request: Request, k: str = "10"):
         uid = bounds.check_id(user_id, "user id")
         n = bounds.check_int(k, "k", 1, serving.MAX_K)
+        key = request.headers.get(clients.HEADER)
+        client = None if key is None else await run_in_threadpool(client_of, key, "recommend")
         current_state()
         rec, state = await asyncio.wrap_future(batcher.submit(uid, n))
         metrics.served(rec)
         body = rec.to_dict()
-        headers = {"X-Model-Version": "" if rec.model_version is None else str(rec.model_version),
-                   "X-Production-Version": "" if state.version is None else str(state.version)}
+        headers = {"X-Production-Version": "" if state.version is None else str(state.version)}
+        if client is None:
+            for name in UNAUTHENTICATED_OMITS:
+                body.pop(name, None)
+        else:
+            headers["X-Model-Version"] = "" if rec.model_version is None else str(rec.model_version)
         return JSONResponse(body, headers=headers)
 
-    @app.get("/explain/{user_id}/{movie_id}")
-    def explain(user_id: str, movie_id: str, request: Request):
-        who = _operator(settings, request.headers.get("authorization"), "explain")
+    @app.post("/impressions")
+    async def impressions(request: Request):
+        client = await run_in_threadpool(client_of, request.headers.get(clients.HEADER), "impressions")
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise ValidationError('the body must be JSON: {"serve_ids": [serve ids of the lists shown]}') from None
+        ids = payload.get("serve_ids") if isinstance(payload, dict) else None
+        if not isinstance(ids, list) or not ids or not 1 <= len(ids) <= MAX_IMPRESSIONS:
+            raise ValidationError(f'the body must be {{"serve_ids": [1..{MAX_IMPRESSIONS} serve ids]}}')
+        ids = [bounds.check_id(i, "serve id") for i in ids]
+        limiter.take(client, len(ids))
+
+        def confirm() -> dict:
+            with opsdb.session(settings) as db:
+                return servinglog.confirm_shown(db, ids, f"client:{client}")
+        return {"client": client, **await run_in_threadpool(confirm)}
+
+    def explain_now(user_id: str, movie_id: str, authorization: str | None):
+        who = _operator(settings, authorization, "explain")
         uid = bounds.check_id(user_id, "user id")
         mid = bounds.check_id(movie_id, "movie id")
         from core.governance.explain import explain as explain_one
         target = pseudonym(uid, pseudonym_key(settings))
         with access.audited(settings, f"operator:{who}", "explain", target):
             return JSONResponse(explain_one(settings, uid, mid))
+
+    @app.get("/explain/{user_id}/{movie_id}")
+    async def explain(user_id: str, movie_id: str, request: Request):
+        if explaining["n"] > EXPLAIN_WAITING:       # one running, EXPLAIN_WAITING waiting: refuse before any work
+            return _error(503, "explanations are busy; try again in a moment", {"Retry-After": "1"})
+        explaining["n"] += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                explainer, explain_now, user_id, movie_id, request.headers.get("authorization"))
+        finally:
+            explaining["n"] -= 1
 
     @app.get("/health")
     def health():
@@ -375,7 +447,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *, poll
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     port = sock.getsockname()[1]
     app = create_app(settings, poll_seconds=poll_seconds, announce={"host": host, "port": port})
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    # Slow and half-open clients: read timeouts and a connection limit (core/server/guard.py).
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                            http=guard.protocol_for(settings))
     server = uvicorn.Server(config)
     if ready is not None:
         def announce_when_started():

@@ -468,12 +468,13 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
 
 
 def recommend_batch(settings: Settings, requests: list[tuple[int, int]], *, state: ServingState,
-                    at: str | None = None) -> list[Recommendation | RetroError]:
+                    at: str | None = None, shown_by: str | None = None) -> list[Recommendation | RetroError]:
     """Independent requests (user_id, k) answered together from one state: one model call per arm and k,
     every list logged on its own row in one transaction. out[i] answers requests[i]: its Recommendation (with
     its own serve_id, also when a user asked twice), or the error that request alone raised (unknown user,
     bad k) — one bad request never fails the others. The HTTP server batches what arrives while the model is
-    busy (dynamic batching): 8 users cost 6 ms together, 15 ms one by one."""
+    busy (dynamic batching): 8 users cost 6 ms together, 15 ms one by one. The lists are logged unconfirmed
+    (`shown_by` None: a server cannot know what its caller showed) unless `shown_by` says who showed them."""
     out: list = [None] * len(requests)
     db = _db(settings)
     valid: list[int] = []
@@ -504,18 +505,21 @@ def recommend_batch(settings: Settings, requests: list[tuple[int, int]], *, stat
             if requests[i][1] == k:
                 out[i] = replace(recs[int(requests[i][0])])
     done = [i for i in known]
-    ids = servinglog.log_each(db, [_log_entry(out[i], when) for i in done], [s | {"served_at": when} for s in shadows])
+    ids = servinglog.log_each(db, [_log_entry(out[i], when, shown_by) for i in done],
+                              [s | {"served_at": when} for s in shadows])
     for i, serve_id in zip(done, ids):
         out[i].served_at, out[i].serve_id = when, serve_id
     return out
 
 
-def _log_entry(rec: Recommendation, served_at: str) -> dict:
-    """The serving log's record of a list (see `servinglog.log_list`)."""
+def _log_entry(rec: Recommendation, served_at: str, shown_by: str | None = servinglog.IN_PROCESS) -> dict:
+    """The serving log's record of a list (see `servinglog.log_list`). `shown_by`: IN_PROCESS when the caller is
+    the platform's own front end (it shows what it asked for), None for a model-server answer that counts as
+    shown only once a client confirms it (`servinglog.confirm_shown`)."""
     return {"user_id": rec.user_id, "served_at": served_at, "path": rec.path, "model_version": rec.model_version,
             "data_version": rec.data_version, "movie_ids": rec.movie_ids, "scores": rec.scores,
             "ranker_version": rec.ranker_version, "arm": rec.arm, "policy": rec.policy,
-            "propensities": rec.propensities, "slate_propensities": rec.slate_propensities}
+            "propensities": rec.propensities, "slate_propensities": rec.slate_propensities, "shown_by": shown_by}
 
 
 def served_pairs(settings: Settings, start, end, key: bytes | None = None):

@@ -203,6 +203,19 @@ def m008_served_exploration(db: sqlite_utils.Database) -> None:
         """)
 
 
+@migrations()
+def m009_served_impressions(db: sqlite_utils.Database) -> None:
+    """Impressions: who confirmed that a logged list was shown (`shown_by`). 'in-process' for lists served by
+    the platform's own front ends (the closed loop, the dashboard, the CLI), 'client:NAME' for a model-server
+    answer a client confirmed with its API key (POST /impressions), NULL for a server answer nobody confirmed
+    (it was computed and logged, not known to be seen). The default 'logged' marks lists written before
+    impressions existed (or by a writer that does not say): they were all shown, as they always counted.
+    Online quality and the release policy count only lists whose `shown_by` is not NULL."""
+    _run_statements(db, """
+        ALTER TABLE served_recommendations ADD COLUMN shown_by TEXT DEFAULT 'logged'
+        """)
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""

@@ -12,7 +12,13 @@ from core.settings import Settings
 from core.store import opsdb
 
 _INSERT = ("INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
-           "scores, ranker_version, arm, policy, propensities, slate_propensities) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+           "scores, ranker_version, arm, policy, propensities, slate_propensities, shown_by) "
+           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+IN_PROCESS = "in-process"        # `shown_by` of a list the platform's own front end served (and so showed)
+# A list counts as shown (online quality, release arms, reach) only when someone trusted confirmed it: the
+# in-process front ends, a client with an API key, or a writer from before impressions existed ('logged').
+# A model-server answer nobody confirmed (shown_by NULL) was computed and logged, not known to be seen.
+SHOWN = "shown_by IS NOT NULL"
 _INSERT_SHADOW = ("INSERT INTO shadow_recommendations(user_id, served_at, model_version, movie_ids, scores) "
                   "VALUES (?,?,?,?,?)")
 
@@ -32,7 +38,7 @@ def _row(entry: dict) -> tuple:
     return (entry["user_id"], entry["served_at"], entry["path"], entry["model_version"], entry["data_version"],
             json.dumps(entry["movie_ids"]), _scores(entry["scores"]), entry["ranker_version"],
             entry.get("arm", "production"), entry.get("policy"), _propensities(entry.get("propensities")),
-            _propensities(entry.get("slate_propensities")))
+            _propensities(entry.get("slate_propensities")), entry.get("shown_by", IN_PROCESS))
 
 
 def _shadow_row(entry: dict) -> tuple:
@@ -67,6 +73,25 @@ def log_each(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict]
         if shadows:
             db.conn.executemany(_INSERT_SHADOW, [_shadow_row(e) for e in shadows])
     return ids
+
+
+def confirm_shown(db: sqlite_utils.Database, serve_ids, shown_by: str) -> dict:
+    """Record that the lists `serve_ids` were shown, confirmed by `shown_by` ('client:NAME' or IN_PROCESS), in one
+    transaction. A list already confirmed keeps its first confirmation (a repeat changes nothing).
+
+    Returns {"confirmed": lists newly confirmed, "already": lists confirmed before, "unknown": ids not in the log}."""
+    ids = sorted({int(i) for i in serve_ids})
+    found: dict[int, str | None] = {}
+    with db.atomic():
+        for start in range(0, len(ids), 500):          # SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found |= dict(db.execute(f"SELECT serve_id, shown_by FROM served_recommendations "
+                                     f"WHERE serve_id IN ({marks})", chunk).fetchall())
+            db.execute(f"UPDATE served_recommendations SET shown_by = ? WHERE serve_id IN ({marks}) "
+                       "AND shown_by IS NULL", [shown_by, *chunk])
+    already = sum(1 for v in found.values() if v is not None)
+    return {"confirmed": len(found) - already, "already": already, "unknown": [i for i in ids if i not in found]}
 
 
 def lists_after(conn, serve_id: int) -> pd.DataFrame:
@@ -189,13 +214,15 @@ def lists_served_at(db, served_at: str) -> list[tuple]:
 
     The simulated day serves everyone at its start, so this is one monitored day's lists (online quality).
     """
-    return db.execute("SELECT user_id, path, movie_ids, scores FROM served_recommendations WHERE served_at = ?",
+    return db.execute("SELECT user_id, path, movie_ids, scores FROM served_recommendations "
+                      f"WHERE served_at = ? AND {SHOWN}",
                       [served_at]).fetchall()
 
 
 def model_lists_served_at(db, served_at: str) -> list[tuple]:
     """(movie_ids JSON,) of the lists the model (not a fallback) served at exactly `served_at` (model drift)."""
-    return db.execute("SELECT movie_ids FROM served_recommendations WHERE served_at = ? AND path = 'model'",
+    return db.execute("SELECT movie_ids FROM served_recommendations "
+                      f"WHERE served_at = ? AND path = 'model' AND {SHOWN}",
                       [served_at]).fetchall()
 
 
@@ -205,7 +232,7 @@ def arm_lists_served_at(db, served_at: str) -> list[tuple]:
     """(user_id, arm, path, model_version, movie_ids JSON) of every list shown at exactly `served_at`; `arm` is
     'production' or 'canary' ('production' for lists logged before releases existed)."""
     return db.execute("SELECT user_id, coalesce(arm, 'production'), path, model_version, movie_ids "
-                      "FROM served_recommendations WHERE served_at = ?", [served_at]).fetchall()
+                      f"FROM served_recommendations WHERE served_at = ? AND {SHOWN}", [served_at]).fetchall()
 
 
 def shadow_lists_at(db, served_at: str) -> list[tuple]:
@@ -217,7 +244,7 @@ def shadow_lists_at(db, served_at: str) -> list[tuple]:
 def arm_reach(db, start: str, end: str | None, arm: str, model_version: int | None = None) -> tuple[int, int]:
     """(distinct users, lists) shown by `arm` in [start, end) (end None: up to now), optionally only the lists
     of one model version: how many people a canary's candidate reached."""
-    where, args = "served_at >= ? AND coalesce(arm, 'production') = ?", [start, arm]
+    where, args = f"served_at >= ? AND coalesce(arm, 'production') = ? AND {SHOWN}", [start, arm]
     if end is not None:
         where += " AND served_at < ?"
         args.append(end)
@@ -251,4 +278,4 @@ def policy_lists_served_at(db, served_at: str) -> list[tuple]:
     """(user_id, policy, movie_ids JSON) of every list shown at exactly `served_at` ('deterministic' for lists
     logged before exploration existed): the price of exploring, measured online."""
     return db.execute("SELECT user_id, coalesce(policy, 'deterministic'), movie_ids FROM served_recommendations "
-                      "WHERE served_at = ?", [served_at]).fetchall()
+                      f"WHERE served_at = ? AND {SHOWN}", [served_at]).fetchall()
