@@ -52,6 +52,14 @@ class Settings:
     # replayed on 3 days of a 5 % log reaches ~100 on a 1,500-user world (benchmarks/bench_yardstick.py), and
     # below 50 the holdout — bent by production's own serving — decides for it.
     gate_min_ess: int = 50
+    # Model server traffic: confirmed impressions a client may report per minute (POST /impressions; 429 beyond),
+    # seconds a connection may take to send a request's head and then its body before it is closed (slow or
+    # half-open clients), and the most connections held open at once (0: the open-file limit less 64 — a
+    # connection is a descriptor, and the stores, the model and the thread pool need some of their own).
+    impressions_per_minute: int = 6000
+    server_header_timeout: float = 10.0
+    server_body_timeout: float = 30.0
+    server_max_connections: int = 0
     # Engine (issue 15): `embedded` (SQLite → DuckDB file, implicit) or `spark` (Parquet lake, Spark SQL, MLlib ALS);
     # the Spark master and the lake's location (a URI such as s3a://…; None: `lake/` in the data folder).
     engine: str = "embedded"
@@ -131,7 +139,8 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
     _make_home(path)
     overrides = {}
     for name in ("demo_users", "demo_movies", "demo_days", "seed", "gate_min_users", "gate_staleness_days",
-                 "gate_bootstrap_resamples", "drift_min_observations", "explore_pool", "gate_min_ess"):
+                 "gate_bootstrap_resamples", "drift_min_observations", "explore_pool", "gate_min_ess",
+                 "impressions_per_minute", "server_max_connections"):
         raw = os.environ.get(f"RETRO_{name.upper()}")
         if raw:
             try:
@@ -148,6 +157,20 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
             if not 0.0 <= value <= 1.0:
                 raise ValidationError(f"RETRO_{name.upper()} must be a number in [0, 1], got {raw!r}")
             overrides[name] = value
+    for name in ("server_header_timeout", "server_body_timeout"):
+        raw = os.environ.get(f"RETRO_{name.upper()}")
+        if raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if not 0.0 < value <= 3600.0:
+                raise ValidationError(f"RETRO_{name.upper()} must be seconds in (0, 3600], got {raw!r}")
+            overrides[name] = value
+    if overrides.get("impressions_per_minute", 1) < 1:
+        raise ValidationError("RETRO_IMPRESSIONS_PER_MINUTE must be at least 1")
+    if overrides.get("server_max_connections", 0) < 0:
+        raise ValidationError("RETRO_SERVER_MAX_CONNECTIONS must be 0 (automatic) or a positive number")
     if overrides.get("explore_near", Settings.explore_near) + overrides.get("explore_far", Settings.explore_far) > 1:
         raise ValidationError("RETRO_EXPLORE_NEAR + RETRO_EXPLORE_FAR must be at most 1 (a slot swaps at most once)")
     engine = os.environ.get("RETRO_ENGINE") or "embedded"
