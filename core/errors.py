@@ -77,3 +77,7 @@ class NotEmpty(RetroError):
 
 class NoDataFolder(RetroError):
     """The data folder does not exist; only `init` and `import-movielens` create one."""
+
+
+class NotADataFolder(NoDataFolder):
+    """The folder exists but is not a data folder (other files, no marker): nothing is written into it."""

@@ -10,7 +10,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import NoDataFolder, ValidationError
+from core.errors import NoDataFolder, NotADataFolder, ValidationError
 from core.filemodes import private_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -109,34 +109,97 @@ class Settings:
 
 
 
-# Files whose presence marks a folder as a data folder (tightened to 0700 when opened).
-MARKERS = ("secrets.toml", "retro.db", "mlops.db", "warehouse.duckdb", "world.npz", "models", ".store.lock")
+# A data folder holds this file; the platform creates stores only in a folder that holds it (or that it may
+# make one of), never in an unrelated folder someone pointed --home or RETRO_HOME at.
+MARKER = ".retro-home"
+# A folder from an older version (no marker yet) is recognised by the stores it holds; the marker is written then.
+LEGACY_MARKERS = ("retro.db", "mlops.db", "secrets.toml", "warehouse.duckdb", "world.npz", ".first-start.json")
+MARKERS = (MARKER, *LEGACY_MARKERS)
+IGNORED = (".gitkeep",)       # an otherwise empty folder (the project's own data/) is still empty
 
 
-def _make_home(path: Path) -> None:
-    """Create the data folder with mode 0700; an existing one is tightened to 0700 when it is empty or
-    already holds platform files (a folder we do not own, or a shared sticky one like /tmp, is left alone)."""
+def folder_state(path: Path) -> str:
+    """'missing', 'data' (marker or an older version's stores), 'empty', or 'foreign' (other files only)."""
     if not path.exists():
-        private_dir(path)
+        return "missing"
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a folder")
+    names = {p.name for p in path.iterdir()}
+    if MARKER in names or any(_ours(path / name) for name in names & set(LEGACY_MARKERS)):
+        return "data"
+    return "empty" if names <= set(IGNORED) else "foreign"
+
+
+# How each store of an older version begins (so another program's mlops.db or secrets.toml is not taken for ours).
+_SIGNATURES = {"retro.db": (0, b"SQLite format 3\0"), "mlops.db": (0, b"SQLite format 3\0"),
+               "world.npz": (0, b"PK"), "warehouse.duckdb": (8, b"DUCK"), "secrets.toml": (None, b"["),
+               ".first-start.json": (None, b'"state"')}
+
+
+def _ours(file: Path) -> bool:
+    """Whether `file` looks like the store of that name this platform writes."""
+    offset, signature = _SIGNATURES[file.name]
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    if not head and file.name.endswith(".db"):   # sqlite3.connect creates the file empty until its first write
+        return True
+    if offset is None:      # text files: secrets.toml holds [pseudonymization]/[operators], the progress file a state
+        return (b"[pseudonymization]" in head or b"[operators]" in head) if file.name == "secrets.toml" \
+            else signature in head
+    return head[offset:offset + len(signature)] == signature
+
+
+def _mark(path: Path) -> None:
+    marker = path / MARKER
+    if marker.exists():
         return
-    st = path.stat()
-    ours = not any(path.iterdir()) or any((path / name).exists() for name in MARKERS)
-    if ours and not st.st_mode & stat.S_ISVTX:
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"Retro Movies data folder (python -m core): the platform writes its stores only into "
+                     b"folders holding this file.\n")
+    finally:
+        os.close(fd)
+
+
+def _make_home(path: Path, create: bool) -> None:
+    """Make sure `path` is a data folder, marked and owner-only (0700), or refuse without writing anything.
+
+    A missing folder is created (with `create`), an empty one becomes a data folder (with `create`), a folder of an
+    older version (stores, no marker) gets the marker; a folder holding anything else is refused: no store is
+    created in it and its mode is left alone. A shared sticky folder (like /tmp) is never chmod-ed."""
+    state = folder_state(path)
+    if state == "foreign":
+        raise NotADataFolder(f"{path} is not a data folder (it holds other files and no {MARKER}); nothing was "
+                             "written — give a new or empty folder, or an existing data folder")
+    if state in ("missing", "empty") and not create:
+        raise NoDataFolder(f"no data folder at {path}; run `python -m core init` or `import-movielens` first")
+    if state == "missing":
         private_dir(path)
+    elif not path.stat().st_mode & stat.S_ISVTX:
+        private_dir(path)
+    _mark(path)
+
+
+# What each integer override may be (a seed NumPy and `implicit` accept, at least one resample, ...).
+INT_RANGES = {"seed": (0, 2**32 - 1), "demo_users": (1, 10_000_000), "demo_movies": (10, 10_000_000),
+              "demo_days": (0, 3650), "gate_min_users": (1, 10**9), "gate_staleness_days": (0, 36500),
+              "gate_bootstrap_resamples": (10, 1_000_000), "drift_min_observations": (1, 10**9),
+              "explore_pool": (1, 100_000), "gate_min_ess": (1, 10**9)}
 
 
 def load_settings(home: str | os.PathLike | None = None, *, create: bool = True) -> Settings:
     """Settings for `home`, else $RETRO_HOME, else the project's `data/` folder (created owner-only, 0700).
 
-    With `create=False` a folder that does not exist raises NoDataFolder and nothing is created: reading
-    commands must not leave an empty data folder behind (only `init`/`import-movielens` and the
-    dashboard's first start create one).
-    """
+    With `create=False` a folder that does not exist (or is empty) raises NoDataFolder and nothing is created:
+    reading commands must not leave an empty data folder behind (only `init`/`import-movielens` and the
+    dashboard's first start create one). A folder that is not a data folder raises NotADataFolder either way
+    (`folder_state`, the marker `.retro-home`)."""
     chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
     path = Path(chosen).expanduser().resolve()
-    if not create and not path.exists():
-        raise NoDataFolder(f"no data folder at {path}; run `python -m core init` or `import-movielens` first")
-    _make_home(path)
+    _make_home(path, create)
     overrides = {}
     for name in ("demo_users", "demo_movies", "demo_days", "seed", "gate_min_users", "gate_staleness_days",
                  "gate_bootstrap_resamples", "drift_min_observations", "explore_pool", "gate_min_ess",
@@ -147,6 +210,9 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
                 overrides[name] = int(raw)
             except ValueError:
                 raise ValidationError(f"RETRO_{name.upper()} must be an integer, got {raw!r}") from None
+            lo, hi = INT_RANGES.get(name, (None, None))
+            if lo is not None and not lo <= overrides[name] <= hi:
+                raise ValidationError(f"RETRO_{name.upper()} must be an integer in {lo}..{hi}, got {raw!r}")
     for name in ("explore_share", "explore_near", "explore_far"):
         raw = os.environ.get(f"RETRO_{name.upper()}")
         if raw:

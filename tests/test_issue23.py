@@ -245,3 +245,109 @@ def _raised(fn):
     except Exception as exc:  # noqa: BLE001
         return exc
     return None
+
+
+# ---------------------------------------------------------------- 6: the CLI only writes into a data folder
+import contextlib                                           # noqa: E402
+import io                                                   # noqa: E402
+import stat                                                 # noqa: E402
+
+from core import cli                                        # noqa: E402
+
+
+def _cli(*argv) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, err.getvalue()
+
+
+def _snapshot(folder: Path) -> tuple:
+    return stat.S_IMODE(folder.stat().st_mode), sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("argv", [["stats"], ["etl"], ["retrain"], ["top50"], ["init", "--users", "50"],
+                                  ["import-movielens", "."], ["privacy", "retention"]])
+def test_a_command_on_an_unrelated_folder_writes_nothing_and_says_so(tmp_path, argv):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    (folder / "holiday.jpg").write_bytes(b"\xff\xd8")
+    before = _snapshot(folder)
+    for _ in range(2):                       # and again: the second command must not tighten the folder either
+        code, err = _cli("--home", folder, *argv)
+        assert code == 1 and err.count("error:") == 1 and "is not a data folder" in err, err
+    assert _snapshot(folder) == before
+
+
+@pytest.mark.parametrize("argv", [["retrain"], ["stats"], ["simulate", "--days", "1"]])
+def test_a_reading_command_on_an_empty_folder_is_one_line_and_leaves_it_empty(tmp_path, argv):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = _cli("--home", empty, *argv)
+    assert code == 1 and err.count("error:") == 1 and "no data folder" in err and "Traceback" not in err, err
+    assert list(empty.iterdir()) == []
+
+
+def test_init_makes_an_empty_or_new_folder_a_marked_data_folder(tmp_path):
+    for home in (tmp_path / "new" / "home", tmp_path / "empty"):
+        if home.name == "empty":
+            home.mkdir()
+        code, err = _cli("--home", home, "init", "--users", "50", "--movies", "20", "--days", "1")
+        assert code == 0, err
+        assert (home / ".retro-home").is_file() and stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert _cli("--home", home, "stats")[0] == 0
+
+
+def test_a_data_folder_of_an_older_version_is_recognised_and_marked(tmp_path, small_world):
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("retro.db", "mlops.db", "world.npz"):
+        if (small_world.home / name).exists():
+            (old / name).write_bytes((small_world.home / name).read_bytes())
+    assert not (old / ".retro-home").exists()
+    code, err = _cli("--home", old, "stats")
+    assert code == 0, err
+    assert (old / ".retro-home").is_file()
+
+
+# ---------------------------------------------------------------- 7: tracebacks left
+def _one_error_line(argv, env=None, cwd=ROOT):
+    run = subprocess.run([sys.executable, "-m", "core", *map(str, argv)], cwd=cwd, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, **(env or {})))
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert run.returncode != 0 and "Traceback" not in run.stderr and len(lines) == 1, run.stderr[-2000:]
+    return lines[0]
+
+
+def test_a_serve_url_whose_host_label_is_too_long_is_one_error_line(cf_world):
+    line = _one_error_line(["--home", cf_world.home, "simulate", "--days", "1", "--serve-url",
+                            f"http://{'a' * 70}.example/"])
+    assert "--serve-url" in line and "not a usable URL" in line
+
+
+def test_a_world_too_large_for_memory_is_refused_with_its_estimate(tmp_path):
+    line = _one_error_line(["--home", tmp_path / "big", "init", "--users", 1_000_000, "--movies", 100_000,
+                            "--days", 1])
+    assert "needs about 931.5 GiB of memory" in line and "choose fewer users or movies" in line
+
+
+@pytest.mark.parametrize("env", [{"RETRO_SEED": "-1"}, {"RETRO_SEED": str(2**70)},
+                                 {"RETRO_GATE_BOOTSTRAP_RESAMPLES": "0"}])
+def test_environment_values_out_of_range_are_one_error_line(cf_world, tmp_path, env):
+    home = private_copy_home(cf_world, tmp_path / "copy")
+    name = next(iter(env))
+    assert name in _one_error_line(["--home", home, "retrain"], env=env)
+
+
+def test_import_of_a_ratings_file_that_links_to_itself_is_one_error_line(tmp_path):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    (folder / "ratings.csv").symlink_to("ratings.csv")
+    (folder / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Comedy\n")
+    assert "ratings.csv" in _one_error_line(["--home", tmp_path / "home", "import-movielens", folder])
+
+
+def private_copy_home(base, dest):
+    from conftest import private_copy
+    return private_copy(base, dest).home

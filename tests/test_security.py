@@ -77,13 +77,17 @@ def test_an_existing_data_folder_is_tightened_on_open(tmp_path, permissive_umask
 
 
 def test_a_shared_folder_is_not_tightened(tmp_path):
-    """A sticky, world-writable folder (like /tmp) that holds no platform files keeps its mode."""
+    """A sticky, world-writable folder (like /tmp) that holds no platform files keeps its mode (it is not a data
+    folder: nothing is written into it either)."""
+    from core.errors import NotADataFolder
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "someone-elses.txt").write_text("x")
     os.chmod(shared, 0o1777)
-    load_settings(shared)
+    with pytest.raises(NotADataFolder):
+        load_settings(shared)
     assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    assert [p.name for p in shared.iterdir()] == ["someone-elses.txt"]
 
 
 # ------------------------------------------------------------------ operator sign-in

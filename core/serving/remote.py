@@ -11,7 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from core.errors import RetroError
+from core.errors import RetroError, ValidationError
 from core.settings import Settings
 
 STATUS_FILE = ".server.json"
@@ -35,6 +35,21 @@ def server_status(settings: Settings) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return info
+
+
+def check_url(url: str) -> str:
+    """`url` when it is an http(s) URL with a host name a connection can be made to (each label at most 63
+    characters, IDNA-encodable, a port in range); else ValidationError saying why."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        parts.port                                   # noqa: B018 - raises ValueError for a port out of range
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("give http://HOST:PORT, e.g. http://127.0.0.1:8000")
+        parts.hostname.encode("idna")
+    except (ValueError, UnicodeError) as exc:        # UnicodeError: a label longer than 63 characters
+        raise ValidationError(f"--serve-url {url[:100]!r} is not a usable URL: {exc}") from None
+    return url
 
 
 def _client(timeout: float = 10.0):

@@ -42,6 +42,8 @@ def run(settings: Settings, days: int, *, shift: str | None = None, strength: fl
         raise ValidationError(f"--days must be a positive integer, got {days!r}")
     if policy_mode is not None:
         policy.validate(policy_mode)
+    if serve_url is not None:
+        remote.check_url(serve_url)
     with simulation.running(settings, "closed-loop simulate"):
         return _run(settings, days, shift=shift, strength=strength, duration=duration, params=params,
                     policy_mode=policy_mode, progress=progress, serve_url=serve_url)

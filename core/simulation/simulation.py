@@ -491,6 +491,39 @@ def running(settings: Settings, what: str):
         os.close(fd)
 
 
+# Memory of a world: who-watched-what (one byte per user × title) and a day's session arrays over the active
+# users, ~10 bytes per user × title in all above a ~200 MB base (peak RSS of `init --days 2`: 3000 × 1500 202 MB,
+# 6000 × 3000 342 MB, 12,000 × 6000 827 MB).
+BYTES_PER_PAIR, BASE_BYTES = 10, 200 * 2**20
+
+
+def memory_estimate(users: int, movies: int) -> int:
+    """Bytes a world of `users` × `movies` needs while it simulates (see BYTES_PER_PAIR)."""
+    return BASE_BYTES + BYTES_PER_PAIR * int(users) * int(movies)
+
+
+def memory_limit() -> int:
+    """Half of this machine's physical memory (8 GiB when it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_world_size(users: int, movies: int) -> None:
+    """Refuse a world whose memory estimate exceeds `memory_limit()`, before anything is allocated or written."""
+    need, limit = memory_estimate(users, movies), memory_limit()
+    if need > limit:
+        raise errors.ValidationError(
+            f"a world of {int(users):,} users × {int(movies):,} movies needs about {_gib(need)} of memory "
+            f"({BYTES_PER_PAIR} bytes per user × movie); the limit here is {_gib(limit)} (half this machine's "
+            f"memory) — choose fewer users or movies", code="too_large")
+
+
 def has_world(settings: Settings) -> bool:
     return settings.world_file.exists() and settings.ops_db.exists()
 
@@ -501,6 +534,7 @@ def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies:
     for name, value, low in (("users", users, 1), ("movies", movies, 10), ("days", days, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise errors.ValidationError(f"--{name} must be an integer >= {low}, got {value!r}")
+    check_world_size(users, movies)
     with running(settings, "init"):
         return _init_world(settings, seed=seed, users=users, movies=movies, days=days, force=force, progress=progress)
 

@@ -68,8 +68,11 @@ def _split_title(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def _source(folder: Path, name: str) -> Path:
     """`folder/name` resolved, refusing a link that leads out of the folder (e.g. to secrets.toml)."""
-    real = (folder / name).resolve()
-    if not real.is_relative_to(folder.resolve()):
+    try:
+        real, inside = (folder / name).resolve(), folder.resolve()
+    except (RuntimeError, OSError) as exc:       # a link to itself, or a loop of links
+        raise ImportFormatError(f"{name} in {folder} cannot be opened: {exc}") from None
+    if not real.is_relative_to(inside):
         raise ImportFormatError(f"{name} in {folder} is a link to a file outside that folder; links out of the "
                                 "folder are not followed — copy the file into the folder instead")
     if not real.is_file():
