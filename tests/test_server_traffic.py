@@ -269,3 +269,13 @@ def test_half_open_sockets_under_a_low_descriptor_limit_leave_other_clients_serv
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def test_explanations_beyond_the_waiting_bound_are_refused_before_any_token_check(canary, monkeypatch):
+    from core.server import app as server_app
+    monkeypatch.setattr(server_app, "EXPLAIN_WAITING", -1)       # as if the explanation thread had a full queue
+    before = len(access.audit_log(canary))
+    with TestClient(create_app(canary, poll_seconds=0.05)) as c:
+        r = c.get("/explain/1/1", headers={"Authorization": "Bearer admin:wrong-token"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+    assert len(access.audit_log(canary)) == before                  # no token was checked, nothing to audit

@@ -66,9 +66,11 @@ POLL_SECONDS = 0.5
 MAX_BATCH = 32
 # Explanations and their operator-token checks (PBKDF2, 200,000 rounds: ~0.1 s of CPU each) run on ONE thread of
 # their own, with at most EXPLAIN_WAITING waiting; beyond that a request is refused at once (503) before any
-# token is checked. On the ordinary pool (40 threads) a flood of /explain guesses took both cores and /recommend's
-# p95 rose from 4 to 129 ms; bounded like this the lists keep a core (benchmarks/bench_explain_flood.py).
-EXPLAIN_WAITING = 8
+# token is checked. On the ordinary pool (40 threads) a flood of /explain guesses took both cores: /recommend's p95
+# went from 7 to 207 ms (benchmarks/bench_explain_flood.py, 16 guessers). The one thread is also the flood's
+# back-pressure: each guesser waits its turn, so the event loop is not kept busy answering it. A small bound (8)
+# made things worse — cheap 503s let the guessers send 5× as many requests and took the loop instead.
+EXPLAIN_WAITING = 64
 # What an answer without a client key leaves out: each of these tells (or lets one infer) the release arm the
 # user is in — the arm itself, the reason ("the canary of release #3"), the version that produced the list
 # (a canary's differs from production's) and its ranker.
