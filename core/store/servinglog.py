@@ -112,14 +112,14 @@ def lists_after(conn, serve_id: int) -> pd.DataFrame:
 
 
 def served_pairs(settings: Settings, start, end, key: bytes | None = None) -> pd.DataFrame:
-    """(user_key, movie_id) of every title a *model* list showed in [start, end), pseudonymized.
+    """(user_key, movie_id) of every title a *model* list showed in [start, end) (confirmed shown), pseudonymized.
 
     Evaluation leaves these out of a holdout: a title the model itself put on the screen says little about
     the model when it is watched."""
     s0, s1 = (pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%S") for t in (start, end))
     with opsdb.session(settings) as db:
         rows = db.execute("SELECT user_id, movie_ids FROM served_recommendations WHERE path = 'model' "
-                          "AND served_at >= ? AND served_at < ?", [s0, s1]).fetchall()
+                          f"AND served_at >= ? AND served_at < ? AND {SHOWN}", [s0, s1]).fetchall()
     if not rows:
         return pd.DataFrame(columns=["user_key", "movie_id"])
     frame = pd.DataFrame([(u, m) for u, ids in rows for m in json.loads(ids)], columns=["user_id", "movie_id"]).drop_duplicates()
@@ -264,14 +264,14 @@ def shadow_totals(db) -> tuple[int, str | None]:
 # --- exploration (issue 22): the logged lists counterfactual evaluation weighs -----------------------------------
 
 def logged_between(db, start: str, end: str) -> pd.DataFrame:
-    """Every list shown in [start, end) with its logging policy: serve_id, user_id, served_at, path,
+    """Every list shown (confirmed) in [start, end) with its logging policy: serve_id, user_id, served_at, path,
     model_version, arm, policy, movie_ids, slate_propensities (JSON texts). Lists logged without propensities
     (before exploration existed) come back with NULL there; readers skip them."""
     raw = getattr(db, "conn", db)
     return pd.read_sql_query(
         "SELECT serve_id, user_id, served_at, path, model_version, coalesce(arm, 'production') AS arm, "
         "coalesce(policy, 'deterministic') AS policy, movie_ids, slate_propensities FROM served_recommendations "
-        "WHERE served_at >= ? AND served_at < ? ORDER BY serve_id", raw, params=(start, end))
+        f"WHERE served_at >= ? AND served_at < ? AND {SHOWN} ORDER BY serve_id", raw, params=(start, end))
 
 
 def policy_lists_served_at(db, served_at: str) -> list[tuple]:
