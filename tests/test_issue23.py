@@ -351,3 +351,84 @@ def test_import_of_a_ratings_file_that_links_to_itself_is_one_error_line(tmp_pat
 def private_copy_home(base, dest):
     from conftest import private_copy
     return private_copy(base, dest).home
+
+
+# ---------------------------------------------------------------- 5: erasure beside writers and requests
+import sqlite3                                              # noqa: E402
+
+from core.errors import UnknownUser                         # noqa: E402
+from core.serving import serving                            # noqa: E402
+
+
+def test_erasure_takes_its_write_lock_before_a_concurrent_writer_can_commit(small_db, settings, monkeypatch):
+    """A writer that commits between the erasure's first read and its delete made the erasure fail with
+    'database is locked' (a deferred transaction cannot upgrade a stale snapshot)."""
+    real = opsdb.rejected_for
+    wrote = []
+
+    def a_writer_commits_meanwhile(db, user_id):
+        other = sqlite3.connect(str(settings.ops_db), timeout=0.3, isolation_level=None)
+        try:
+            other.execute("INSERT INTO meta(key, value) VALUES ('concurrent-writer', 1) "
+                          "ON CONFLICT(key) DO UPDATE SET value = value + 1")
+            wrote.append(True)
+        except sqlite3.OperationalError:     # the erasure holds the write lock: the writer waits its turn
+            wrote.append(False)
+        finally:
+            other.close()
+        return real(db, user_id)
+
+    monkeypatch.setattr(opsdb, "rejected_for", a_writer_commits_meanwhile)
+    counts = opsdb.erase_user(small_db, 1)
+    assert counts["users"] == 1 and wrote == [False]
+    assert not opsdb.user_exists(small_db, 1)
+
+
+def _erase_in_flight(s, monkeypatch, victim):
+    """Erase `victim` (on its own connection) once serving has computed the lists, before they are logged."""
+    real = serving._serve
+
+    def serve_then_erase(*args, **kwargs):
+        out = real(*args, **kwargs)
+        with opsdb.session(s) as db:
+            opsdb.erase_user(db, victim)
+        return out
+    monkeypatch.setattr(serving, "_serve", serve_then_erase)
+
+
+def test_a_request_in_flight_for_a_user_being_erased_is_unknown_user_and_the_batch_is_served(cf_world, tmp_path,
+                                                                                            monkeypatch):
+    from conftest import private_copy
+    s = private_copy(cf_world, tmp_path / "copy")
+    victim, other = 5, 6
+    _erase_in_flight(s, monkeypatch, victim)
+    out = serving.recommend_batch(s, [(victim, 10), (other, 10)], state=serving.load_state(s))
+    assert isinstance(out[0], UnknownUser)                  # the server answers 404 for it ...
+    assert out[1].serve_id is not None and len(out[1].movie_ids) == 10     # ... and serves the rest of the batch
+    serving.clear_caches()
+
+
+def test_the_server_answers_404_for_a_user_erased_while_their_request_ran(cf_world, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from conftest import private_copy
+    from core.server.app import create_app
+    s = private_copy(cf_world, tmp_path / "copy")
+    _erase_in_flight(s, monkeypatch, 7)
+    with TestClient(create_app(s, poll_seconds=0.05)) as client:
+        answer = client.get("/recommend/7")
+    serving.clear_caches()
+    assert answer.status_code == 404, answer.text
+    assert "unknown user 7" in answer.json()["error"]
+
+
+def test_a_single_request_and_the_in_process_batch_say_unknown_user_too(cf_world, tmp_path, monkeypatch):
+    from conftest import private_copy
+    s = private_copy(cf_world, tmp_path / "copy")
+    _erase_in_flight(s, monkeypatch, 8)
+    with pytest.raises(UnknownUser):
+        serving.recommend(s, 8, 10)
+    _erase_in_flight(s, monkeypatch, 9)
+    lists = serving.recommend_many(s, [9, 10], 10)
+    assert set(lists) == {10}
+    serving.clear_caches()

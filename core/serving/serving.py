@@ -321,6 +321,8 @@ def recommend(settings: Settings, user_id: int, k: int = DEFAULT_K, *, log: bool
         rec.served_at = when
         shadow = shadows[0] | {"served_at": rec.served_at} if shadows else None
         rec.serve_id = servinglog.log_list(db, _log_entry(rec, rec.served_at), shadow)
+        if rec.serve_id is None:           # erased while the list was computed
+            raise UnknownUser(f"unknown user {uid}")
     return rec
 
 
@@ -460,8 +462,9 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
     out, shadows = _serve(settings, state, user_ids, consent, seen, k, db, when)
     out = {u: out[u] for u in user_ids}
     if log:
-        servinglog.log_lists(db, [_log_entry(r, when) for r in out.values()],
-                             [s | {"served_at": when} for s in shadows])
+        erased = servinglog.log_lists(db, [_log_entry(r, when) for r in out.values()],
+                                      [s | {"served_at": when} for s in shadows])
+        out = {u: r for u, r in out.items() if u not in erased}     # erased while their lists were computed
         for r in out.values():
             r.served_at = when
     return out
@@ -508,7 +511,10 @@ def recommend_batch(settings: Settings, requests: list[tuple[int, int]], *, stat
     ids = servinglog.log_each(db, [_log_entry(out[i], when, shown_by) for i in done],
                               [s | {"served_at": when} for s in shadows])
     for i, serve_id in zip(done, ids):
-        out[i].served_at, out[i].serve_id = when, serve_id
+        if serve_id is None:               # erased while the batch was computed: this request alone says so
+            out[i] = UnknownUser(f"unknown user {requests[i][0]}")
+        else:
+            out[i].served_at, out[i].serve_id = when, serve_id
     return out
 
 

@@ -607,6 +607,27 @@ def held_counts(db: sqlite_utils.Database, user_id: int) -> dict[str, int]:
     return counts
 
 
+@contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """One transaction that takes the write lock up front (`BEGIN IMMEDIATE`; a savepoint inside an open one).
+
+    For read-then-write: a deferred transaction that read first fails at once with "database is locked" when
+    another connection commits between its read and its first write (SQLite cannot upgrade a stale snapshot,
+    and no busy timeout helps); an immediate one waits for the other writer (30 s busy timeout) instead."""
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.conn.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+
+
 def erase_user(db: sqlite_utils.Database, user_id: int) -> dict[str, int]:
     """Delete every row about a user in one transaction; returns the rows deleted per table.
 
@@ -618,7 +639,7 @@ def erase_user(db: sqlite_utils.Database, user_id: int) -> dict[str, int]:
     db.execute("PRAGMA secure_delete = ON")   # freed pages are zeroed, not left readable in the file
     tables = _user_id_tables(db)
     count = lambda t: db.execute(f'SELECT count(*) FROM "{t}" WHERE user_id = ?', [user_id]).fetchone()[0]  # noqa: E731
-    with db.atomic():
+    with write_transaction(db):       # counts, deletes and checks see one state: no writer commits in between
         before = {t: count(t) for t in tables}
         rejected = [r["reject_id"] for r in rejected_for(db, user_id)]
         db.execute("DELETE FROM users WHERE user_id = ?", [user_id])   # cascades to every child table

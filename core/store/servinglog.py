@@ -46,32 +46,44 @@ def _shadow_row(entry: dict) -> tuple:
             _scores(entry["scores"]))
 
 
-def log_list(db: sqlite_utils.Database, entry: dict, shadow: dict | None = None) -> int:
+def _present(db, entries: list[dict]) -> set[int]:
+    """The users of `entries` still in the database (an erasure may have removed one since it was served)."""
+    ids = sorted({int(e["user_id"]) for e in entries})
+    found: set[int] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        found |= {u for (u,) in db.execute(f"SELECT user_id FROM users WHERE user_id IN ({','.join('?' * len(chunk))})",
+                                           chunk)}
+    return found
+
+
+def log_list(db: sqlite_utils.Database, entry: dict, shadow: dict | None = None) -> int | None:
     """Append one served list (keys: user_id, served_at, path, model_version, data_version, movie_ids, scores,
     ranker_version, arm) in its own transaction, with the shadow candidate's list for the same request when
-    given (keys: user_id, served_at, model_version, movie_ids, scores); returns its serve_id."""
-    with db.atomic():
-        serve_id = db.conn.execute(_INSERT, _row(entry)).lastrowid
-        if shadow is not None:
-            db.conn.execute(_INSERT_SHADOW, _shadow_row(shadow))
-        return serve_id
+    given (keys: user_id, served_at, model_version, movie_ids, scores); returns its serve_id, or None when the
+    user was erased after the list was computed (nothing is logged: the caller answers "unknown user")."""
+    ids = log_each(db, [entry], [shadow] if shadow is not None else [])
+    return ids[0]
 
 
-def log_lists(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict] = ()) -> None:
-    """Append many served lists and shadow lists (same keys as `log_list`) in one transaction: one batch, one commit."""
-    with db.atomic():
-        db.conn.executemany(_INSERT, [_row(e) for e in entries])
-        if shadows:
-            db.conn.executemany(_INSERT_SHADOW, [_shadow_row(e) for e in shadows])
+def log_lists(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict] = ()) -> set[int]:
+    """Append many served lists and shadow lists (same keys as `log_list`) in one transaction: one batch, one
+    commit. Returns the users left out because an erasure removed them meanwhile."""
+    ids = log_each(db, entries, shadows)
+    return {int(e["user_id"]) for e, i in zip(entries, ids) if i is None}
 
 
-def log_each(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict] = ()) -> list[int]:
+def log_each(db: sqlite_utils.Database, entries: list[dict], shadows: list[dict] = ()) -> list[int | None]:
     """Append many served lists (keys of `log_list`) and shadow lists in one transaction, returning each list's
-    serve_id in order (a batch of independent requests, each answered with its own id)."""
-    with db.atomic():
-        ids = [db.conn.execute(_INSERT, _row(e)).lastrowid for e in entries]
-        if shadows:
-            db.conn.executemany(_INSERT_SHADOW, [_shadow_row(e) for e in shadows])
+    serve_id in order (a batch of independent requests, each answered with its own id); None for a list whose
+    user an erasure removed since it was computed (its row would break the foreign key and fail the batch)."""
+    with opsdb.write_transaction(db):          # the write lock first: no erasure commits between check and insert
+        present = _present(db, list(entries) + list(shadows))
+        ids = [db.conn.execute(_INSERT, _row(e)).lastrowid if int(e["user_id"]) in present else None
+               for e in entries]
+        kept = [s for s in shadows if int(s["user_id"]) in present]
+        if kept:
+            db.conn.executemany(_INSERT_SHADOW, [_shadow_row(e) for e in kept])
     return ids
 
 

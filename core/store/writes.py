@@ -9,6 +9,7 @@ stable code of the check that refused it (`errors.ValidationError.code`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import sqlite_utils
 
 from core import bounds, errors
 from core.constants import EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
-from core.store import clock
+from core.store import clock, opsdb
 
 OnInvalid = Literal["raise", "quarantine"]
 MAX_EVENT_VALUE = 1_000_000   # seconds watched (11.6 days), list positions, titles scrolled past
@@ -112,6 +113,17 @@ class _Reasons:
             raise self.kind[i](f"{self.reason[i]}{extra}", code=self.code[i])
 
 
+def _checked_and_written(fn):
+    """Run a write with its checks in one transaction that holds the write lock from the start: an erasure cannot
+    remove a user between the check that they exist and the row that names them (which failed the foreign key
+    and the whole batch), and the counts the checks read are the ones the rows land on."""
+    @functools.wraps(fn)
+    def run(db, *args, **kwargs):
+        with opsdb.write_transaction(db):
+            return fn(db, *args, **kwargs)
+    return run
+
+
 def highest_id(db, table: str, col: str) -> int:
     """The largest id this table has ever used, erased rows included (ids are never reused:
     a new user must not inherit an erased user's id, pseudonym or audit trail).
@@ -170,6 +182,7 @@ def _reason_counts(reasons: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------- users
+@_checked_and_written
 def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
     """Insert users (`user_id` optional, `created_at` defaults to the clock); returns their ids."""
     df = _frame(rows, ["user_id", "created_at"])
@@ -201,6 +214,7 @@ def add_user(db: sqlite_utils.Database, *, user_id: int | None = None, created_a
 
 
 # ---------------------------------------------------------------- movies
+@_checked_and_written
 def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
     """Insert catalog entries; genres must come from `constants.GENRES` ('|'-separated or a list)."""
     df = _frame(rows, ["movie_id", "title", "year", "genres", "runtime_min", "added_at"])
@@ -266,6 +280,7 @@ def _validate_user_movie(db, df, r: _Reasons, *, movie_required=True):
     return users, movies, absent
 
 
+@_checked_and_written
 def rate_many(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise") -> WriteResult:
     """Store ratings (user_id, movie_id, rating 1..10 integer, rated_at); re-rating replaces.
 
@@ -304,6 +319,7 @@ def rate(db: sqlite_utils.Database, user_id: int, movie_id: int, rating: int, ra
 
 
 # ---------------------------------------------------------------- events
+@_checked_and_written
 def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise") -> WriteResult:
     """Store behavioural events (event_id, user_id, movie_id, kind, value, occurred_at).
 
