@@ -120,6 +120,8 @@ def test_an_answer_without_a_key_does_not_reveal_the_arm_and_is_not_counted_unti
         shown = servinglog.arm_lists_served_at(db, body["served_at"])
     assert [(u, arm) for u, arm, *_ in shown] == [(uid, "canary"), (uid, "canary")]
     assert last_row(s)["shown_by"] == "client:web-front"
+    from core.governance import audit
+    assert [r["shown_by"] for r in audit.audit(s, uid)] == ["client:web-front"] * 2    # the audit says who
 
 
 def test_in_process_serving_is_the_trusted_front_end(canary):
@@ -147,6 +149,8 @@ def test_impressions_need_a_valid_key_and_every_refusal_is_audited(canary):
         assert row["target"].startswith("wrong API key")
         assert c.get(f"/recommend/{canary_users(s)[0]}", headers={clients.HEADER: wrong}).status_code == 401
         assert last_row(s)["shown_by"] is None                  # nothing was confirmed
+        from core.governance import audit
+        assert audit.audit(s, canary_users(s)[0])[0]["shown_by"] is None
         assert c.post("/impressions", json={"serve_ids": [serve_id]}, headers={clients.HEADER: key}).status_code == 200
         assert c.post("/impressions", json={"serve_ids": "all"}, headers={clients.HEADER: key}).status_code == 422
         assert c.post("/impressions", content=b"{", headers={clients.HEADER: key}).status_code == 422

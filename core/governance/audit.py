@@ -96,6 +96,9 @@ def _record(settings: Settings, row: dict, titles: dict, lineage: dict) -> dict:
         "model_kind": None, "run_id": None, "params": None, "seed": None, "code_version": None,
         "promotion": None, "trigger": None, "job_id": None,
         "was_production": None, "production_at_served": None, "ranker": None, "notes": [],
+        # who confirmed the list was shown: 'in-process', 'client:NAME', 'logged' (before impressions), or None
+        # for a model-server answer nobody confirmed (logged, never counted as shown)
+        "shown_by": row.get("shown_by", "logged"),
     }
     try:
         record["production_at_served"] = registry.production_at(settings, row["served_at"])
