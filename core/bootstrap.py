@@ -104,7 +104,7 @@ def follow(settings: Settings, progress: simulation.Progress = simulation._noop,
 # ------------------------------------------------------------------ the build
 def token_message(settings: Settings, token: str) -> str:
     return (f"\n  Retro Movies operator login for {settings.home}: name 'admin', token {token}\n"
-            f"  (stored hashed in {settings.home / 'secrets.toml'}; add operators with core.access.add_operator)\n")
+            f"  (stored hashed in {settings.home / 'secrets.toml'}; add operators with `python -m core operators add NAME --role ROLE`)\n")
 
 
 def _announce_operator(settings: Settings, announce: Announce | None) -> str | None:

@@ -108,7 +108,8 @@ def operator_login() -> None:
     box = st.sidebar.expander("🔐 Operator", expanded=False)
     current = st.session_state.get("operator")
     if current:
-        box.caption(f"Signed in as **{current[0]}**")
+        from core.privacy.access import operator_role
+        box.caption(f"Signed in as **{current[0]}** ({operator_role(cache.settings(), current[0]) or 'no role'})")
         if box.button("Sign out", key="sign_out"):
             del st.session_state["operator"]
             st.rerun()
@@ -124,10 +125,10 @@ def operator_login() -> None:
             else:
                 st.session_state["operator"] = (name, token)
                 st.rerun()
-    box.caption("Privileged actions (retrain, scenario, promote, roll back, releases, policy, consent, export, erase, "
-                "purge) "
-                "need a login. "
-                "The first start printed the token in the terminal.")
+    box.caption("Privileged actions (ETL, retrain, scenario, promote, roll back, releases, policy, consent, export, "
+                "erase, purge) and one user's data need a login with a role that may (README: *Operators and "
+                "roles*). The first start printed the admin token in the terminal; `python -m core operators add` "
+                "creates more.")
 
 
 def operator(action: str) -> str | None:
@@ -151,3 +152,59 @@ def audited(who: str, action: str, target: str | None = None):
     from core.privacy.access import audited as core_audited
     with core_errors(), core_audited(cache.settings(), f"operator:{who}", action, target) as entry:
         yield entry
+
+
+def personal_view(what: str, user_id: int | None = None, *, banner: bool = True, permission: str | None = None) -> bool:
+    """May this visitor see one user's data (`what`, e.g. "For You list")? Shows why not when they may not.
+
+    Open to everyone in a purely simulated demo world (a banner says so; `access.personal_views_open`), else it
+    needs a signed-in operator whose role has the permission 'personal data'. Each view is audited once per
+    session, user and kind ('view <what>', target the user's pseudonym), a refusal once as 'denied'."""
+    from core.privacy import access
+    from core.privacy import roles
+    permission = permission or roles.PERSONAL_DATA
+    s = cache.settings()
+    name, token = st.session_state.get("operator", (None, ""))
+    seen = st.session_state.setdefault("personal_views_audited", {})
+    key = (name, what, None if user_id is None else int(user_id))
+    if access.personal_views_open(s):
+        if banner:
+            demo_banner()
+        if key not in seen:
+            seen[key] = True
+            access.log_action(s, f"operator:{name}" if name else "anonymous", f"view {what}",
+                              _user_key(user_id) if user_id is not None else None, "ok")
+        return True
+    if not name:
+        st.info(f"🔒 {what[:1].upper() + what[1:]}: shown to a signed-in {' or '.join(roles.roles_for(permission))} "
+                "only (🔐 Operator in the sidebar); everyone sees the aggregates.")
+        return False
+    if key in seen:
+        if not seen[key]:
+            st.warning(f"{permission} needs the role {' or '.join(roles.roles_for(permission))}; {name} may not "
+                       "see it.")
+        return seen[key]
+    try:
+        access.require(s, name, token, permission)
+    except access.PermissionDenied as exc:
+        seen[key] = not isinstance(exc, access.RoleDenied) and None    # a throttle or a stale token: ask again
+        if seen[key] is None:
+            del seen[key]
+        st.warning(str(exc))
+        return False
+    seen[key] = True
+    access.log_action(s, f"operator:{name}", f"view {what}", _user_key(user_id) if user_id is not None else None,
+                      "ok")
+    return True
+
+
+def _user_key(user_id: int) -> str:
+    """The pseudonym an audit row names instead of the user id."""
+    from core.pseudonym import pseudonym, pseudonym_key
+    return pseudonym(int(user_id), pseudonym_key(cache.settings()))
+
+
+def demo_banner() -> None:
+    """The banner of a demo world whose personal views are open to everyone."""
+    st.info("Demo world: personal views are open to everyone — the people here are simulated. Imported data "
+               "never is; `RETRO_DEMO_PERSONAL_VIEWS=off` closes them here too.", icon="🎭")

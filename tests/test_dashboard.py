@@ -228,11 +228,18 @@ def test_a_busy_warehouse_shows_a_message_not_a_traceback(home, monkeypatch, pag
 
 
 def test_data_page_shows_versions_and_quarantine(home):
+    from core.privacy import access
     simulation.simulate(home, 1, shift="data-quality", strength=2)
+    access.add_operator(home, "dora", "s3cret-token", role="data-engineer")
     at = app()
     at.switch_page("views/data.py").run()
+    at.button(key="run_etl").click().run()             # anonymous: refused, audited, nothing loaded
+    assert any("run the ETL needs an operator login" in e.value for e in at.error)
+    at.session_state["operator"] = ("dora", "s3cret-token")
     at.button(key="run_etl").click().run()
     assert not at.exception
+    assert access.audit_log(home).iloc[0][["action", "person", "role", "outcome"]].tolist() == [
+        "etl", "dora", "data-engineer", "ok"]
     assert any("ETL run" in s.value and "quarantined" in s.value for s in at.success)
     assert len(frame(at, "data_version", "content_hash")) == 2
     q = frame(at, "reason", "quarantined_at")

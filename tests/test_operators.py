@@ -17,7 +17,7 @@ NEEDS_A_HOME = {
     "policy": "policy show", "explain": "explain --user 1 --movie 1", "audit": "audit --user 1",
     "model-card": "model-card 1", "diagnose": "diagnose", "privacy": "privacy consent --user 1",
     "recommend": "recommend --user 1", "serve": "serve --port 0", "release": "release status",
-    "churn": "churn status",
+    "churn": "churn status", "operators": "operators list",
 }
 
 

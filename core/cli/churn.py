@@ -40,7 +40,7 @@ def cmd_churn(args, settings):
         raise errors.ValidationError("--seed and --no-promote belong to `churn train`")
     if args.action == "train":
         actor = access.cli_actor()
-        with access.audited(settings, actor, "churn train") as entry:
+        with access.cli_action(settings, "churn train") as entry:
             result = cp.train(settings, seed=args.seed, promote=not args.no_promote, actor=actor,
                               progress=progress(args))
             entry["target"] = f"v{result['version']}"
@@ -51,7 +51,15 @@ def cmd_churn(args, settings):
             + "\n".join(f"  {r}" for r in result["gate"]["reasons"])))
     elif args.action == "score":
         # the score shown is stored like any other (the reasons come with it for one user)
-        result = cp.explain_user(settings, args.user, store=True) if args.user is not None else cp.score(settings)
+        if args.user is not None:       # one user's risk and reasons: personal data, audited (target the pseudonym)
+            from core.pseudonym import pseudonym, pseudonym_key
+            with access.cli_action(settings, "personal data", pseudonym(args.user, pseudonym_key(settings)),
+                                   audit_as="churn score --user"):
+                result = cp.explain_user(settings, args.user, store=True)
+        else:
+            with access.cli_action(settings, "churn score") as entry:
+                result = cp.score(settings)
+                entry["target"] = f"v{result['version']}: {result['users']} users as of {str(result['as_of'])[:10]}"
 
         def human():
             if args.user is None:
@@ -65,7 +73,9 @@ def cmd_churn(args, settings):
                     print(f"  - {reason}")
         emit(args, result, human)
     elif args.action == "evaluate":
-        result = cp.evaluate(settings, args.version)
+        with access.cli_action(settings, "evaluate", audit_as="churn evaluate") as entry:
+            result = cp.evaluate(settings, args.version)
+            entry["target"] = f"v{result['version']}"
         online = result["online"]
 
         def human():

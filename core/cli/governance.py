@@ -27,7 +27,10 @@ def cmd_explain(args, settings):
     if args.churn:
         _explain_churn(args, settings)
         return
-    e = explain.explain(settings, args.user, args.movie)
+    from core.privacy import access
+    target = pseudonym(args.user, pseudonym_key(settings))     # personal data read out: audited like /explain
+    with access.cli_action(settings, "personal data", target, audit_as="explain"):
+        e = explain.explain(settings, args.user, args.movie)
     emit(args, e, lambda: print(explain.explanation_markdown(e)))
 
 
@@ -36,7 +39,7 @@ def _explain_churn(args, settings):
     from core.governance import explain
     from core.privacy import access
     target = pseudonym(args.user, pseudonym_key(settings))
-    with access.audited(settings, access.cli_actor(), "explain churn", target):
+    with access.cli_action(settings, "personal data", target, audit_as="explain churn"):
         e = explain.explain_churn(settings, args.user)
     emit(args, e, lambda: print(explain.churn_explanation_markdown(e), end=""))
 
@@ -48,8 +51,10 @@ def _explain_churn(args, settings):
 ])
 def cmd_audit(args, settings):
     from core.governance import audit
-    records = audit.audit(settings, args.user, args.day, args.limit)
-    churn = audit.churn_scores(settings, args.user, args.day, args.limit)
+    from core.privacy import access
+    with access.cli_action(settings, "personal data", pseudonym(args.user, pseudonym_key(settings)), audit_as="audit"):
+        records = audit.audit(settings, args.user, args.day, args.limit)
+        churn = audit.churn_scores(settings, args.user, args.day, args.limit)
     if getattr(args, "json", False):
         print(audit.audit_json(records, churn, args.user))
     else:

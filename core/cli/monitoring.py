@@ -71,7 +71,7 @@ def cmd_policy(args, settings):
                                          "and/or --explore-share")
         with opsdb.session(settings) as db:
             now = clock.now(db=db)
-        actor = access.cli_actor()
+        actor = access.cli_allow(settings, "policy")
         if args.mode:
             with access.audited(settings, actor, "policy", f"{args.mode}"
                                 + (f" every {args.every_days} days" if args.every_days else "")):

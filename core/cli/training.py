@@ -27,7 +27,9 @@ def _metric_line(m: dict) -> str:
 @command("etl", help="incremental ETL into the warehouse", args=[ENGINE])
 def cmd_etl(args, settings):
     from core.warehouse import etl
-    result = etl.run(_on_engine(args, settings)).to_dict()
+    with access.cli_action(settings, "etl") as entry:
+        result = etl.run(_on_engine(args, settings)).to_dict()
+        entry["target"] = f"dv{result['data_version']}" if result["status"] == "loaded" else result["status"]
     emit(args, result, lambda: print(
         f"ETL run {result['run_id']}: {result['status']}" + (
             f", data version dv{result['data_version']}: {result['rows_loaded']:,} rows loaded, "
@@ -44,8 +46,10 @@ def cmd_etl(args, settings):
 ])
 def cmd_train(args, settings):
     from core.training import pipeline
-    result = pipeline.train(_on_engine(args, settings), args.model, seed=args.seed, holdout_days=args.holdout_days,
-                            progress=progress(args)).to_dict()
+    with access.cli_action(settings, "train") as entry:
+        result = pipeline.train(_on_engine(args, settings), args.model, seed=args.seed, holdout_days=args.holdout_days,
+                                progress=progress(args)).to_dict()
+        entry["target"] = f"run {result['run_id']}"
     emit(args, result, lambda: print(
         f"run {result['run_id']} ({result['model_kind']}, data {result['data_version']}): {_metric_line(result['metrics'])}\n"
         f"  artifact {result['artifact_path']}  (not registered; `retrain` registers and gates)"))
@@ -57,7 +61,9 @@ def cmd_train(args, settings):
 ])
 def cmd_evaluate(args, settings):
     from core.training import evaluation
-    result = evaluation.evaluate_version(settings, args.version, args.holdout_days)
+    with access.cli_action(settings, "evaluate") as entry:
+        result = evaluation.evaluate_version(settings, args.version, args.holdout_days)
+        entry["target"] = f"v{result['version']}"
 
     def human():
         if result["metrics"] is None:
@@ -90,7 +96,7 @@ def cmd_retrain(args, settings):
     from core.monitoring import release
     from core.training import pipeline
     actor = access.cli_actor()
-    with access.audited(settings, actor, "retrain") as entry:      # a retrain can promote: audited like one
+    with access.cli_action(settings, "retrain") as entry:      # a retrain can promote: audited like one
         result = pipeline.retrain(_on_engine(args, settings), args.model, seed=args.seed, trigger="cli", actor=actor,
                                   margin=args.margin, progress=progress(args), on_pass=args.on_pass,
                                   release_with=release.after_gate)
@@ -144,13 +150,13 @@ def cmd_models(args, settings):
         if args.version is None:
             raise errors.ValidationError("models promote needs a VERSION, e.g. `python -m core models promote 3`")
         actor = access.cli_actor()
-        with access.audited(settings, actor, "promote", f"v{args.version}" + (" (forced)" if args.force else "")):
+        with access.cli_action(settings, "promote", f"v{args.version}" + (" (forced)" if args.force else "")):
             replaced = registry.promote(settings, args.version, actor, args.reason, force=args.force)
         data = {"promoted": args.version, "replaced": replaced, "forced": bool(args.force)}
         emit(args, data, lambda: print(f"v{args.version} is now in production" + (f" (v{replaced} archived)" if replaced else "")))
     else:
         actor = access.cli_actor()
-        with access.audited(settings, actor, "rollback") as entry:
+        with access.cli_action(settings, "rollback") as entry:
             restored = registry.rollback(settings, actor, args.reason, family=args.family)
             entry["target"] = f"v{restored}"
         data = {"production": restored}

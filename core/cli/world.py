@@ -86,8 +86,9 @@ def cmd_simulate(args, settings):
     if args.open_loop:
         if args.policy or args.serve_url:
             raise errors.ValidationError("--policy and --serve-url need the closed loop; drop --open-loop")
-        summary = simulation.simulate(settings, args.days, shift=args.shift, strength=args.strength,
-                                      duration=args.duration, params=params, progress=progress(args))
+        with access.cli_action(settings, "grow the world", f"{args.days} days open loop"):
+            summary = simulation.simulate(settings, args.days, shift=args.shift, strength=args.strength,
+                                          duration=args.duration, params=params, progress=progress(args))
         emit(args, summary, lambda: print(
             f"simulated days {summary['first_day'] + 1}..{summary['last_day'] + 1}: {summary['events']} events, "
             f"{summary['ratings']} ratings, {summary['rejected']} rejected writes"
@@ -97,7 +98,7 @@ def cmd_simulate(args, settings):
         raise errors.ValidationError(f"--serve-url {args.serve_url!r} is not an http:// URL, e.g. http://127.0.0.1:8000")
     from core.simulation import loop
     # The closed loop lets the retraining policy retrain and promote: audited like a retrain.
-    with access.audited(settings, access.cli_actor(), "simulate", f"{args.days} days closed loop") as entry:
+    with access.cli_action(settings, "simulate", f"{args.days} days closed loop") as entry:
         summary = loop.run(settings, args.days, shift=args.shift, strength=args.strength, duration=args.duration,
                            params=params, policy_mode=args.policy, progress=progress(args), serve_url=args.serve_url)
         entry["target"] += f", {summary['retrains']} retrains"

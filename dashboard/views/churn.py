@@ -97,6 +97,8 @@ else:
         scores = cache.churn_scores(token, int(top))
     if scores["note"]:
         st.info(f"No scores to show: {scores['note']}.")
+    elif not ui.personal_view("at-risk list"):       # users by id with their reasons: personal data
+        st.plotly_chart(charts.risk_histogram(scores["risk"]), key="risk_histogram")
     else:
         st.caption(f"Stored scores of v{scores['version']} as of {scores['as_of'][:10]} "
                    f"({ui.plural(len(scores['risk']), 'active user')}, scored {ui.fmt_time(scores['scored_at'])})"

@@ -10,9 +10,11 @@ st.title(":material/database: Data: ETL, validation, warehouse")
 with ui.core_errors():
     rep = cache.etl_report(cache.token())
 
-if st.button("Run ETL now", key="run_etl"):
-    with st.spinner("extracting, validating, loading…"), ui.core_errors():
+if st.button("Run ETL now", key="run_etl", help="Data engineers (🔐 in the sidebar); audited.") and \
+        (who := ui.operator("run the ETL")) is not None:
+    with st.spinner("extracting, validating, loading…"), ui.audited(who, "etl") as entry:
         result = etl.run(cache.settings())
+        entry["target"] = f"dv{result.data_version}" if result.status == "loaded" else result.status
     cache.clear()
     st.success(f"ETL run {result.run_id}: {result.status}, {ui.plural(result.rows_loaded, 'row')} loaded, "
                f"{result.rows_quarantined:,} quarantined")

@@ -90,7 +90,7 @@ if active is None:
         mode = b.radio("Mode", deployments.MODES[::-1], horizontal=True, key="release_mode")
         share = c.slider("Canary share", 0.05, 1.0, deployments.DEFAULT_SHARE, 0.05, key="release_share")
         if st.form_submit_button("Start", disabled=not choices) and \
-                (who := ui.operator("start a release")) is not None:
+                (who := ui.operator(f"start a {mode} release")) is not None:
             with ui.audited(who, "release start", f"v{version} ({mode})"), \
                     st.spinner("starting the release (training the candidate's ranker first when production has one)…"):
                 started = release.start(s, int(version), mode, actor=f"operator:{who}", reason="started from the dashboard",

@@ -15,11 +15,12 @@ user_id = st.number_input("User id", min_value=1, step=1, value=1, key="privacy_
 # An action's outcome, kept across the rerun that follows it so every section below is read after the write.
 if done := st.session_state.pop("privacy_done", None):
     st.success(done)
-try:
-    current = consent.consent(s, int(user_id))
-except Exception as exc:  # noqa: BLE001 - unknown/erased user: say so plainly
-    st.warning(str(exc))
-    current = None
+current = None
+if ui.personal_view("privacy record", int(user_id)):     # one user's consent and data held: personal data
+    try:
+        current = consent.consent(s, int(user_id))
+    except Exception as exc:  # noqa: BLE001 - unknown/erased user: say so plainly
+        st.warning(str(exc))
 
 if current:
     c1, c2 = st.columns(2)
@@ -72,7 +73,9 @@ if current:
 
 pending = consent.pending_effects(s)
 st.subheader("Pending effects on models")
-if pending:
+if pending and not ui.personal_view("pending consent effects", banner=False):
+    st.caption(f"{ui.plural(len(pending), 'user')} withdrew personalization after the production model was trained.")
+elif pending:
     st.warning(f"{ui.plural(len(pending), 'user')} withdrew personalization after the production model was trained: their data "
                "leaves the model at the next retrain (serving already ignores it).")
     st.dataframe(ui.times(pd.DataFrame(pending)), hide_index=True, key="pending")
@@ -110,9 +113,10 @@ with right:
 st.subheader("Data inventory")
 st.dataframe(pd.DataFrame(export.data_inventory()), hide_index=True, key="inventory")
 st.subheader("Operator audit log")
-audit = access.audit_log(s)
-if len(audit):
+if not ui.personal_view("operator audit log", banner=False, permission="read the audit log"):
+    audit = None
+elif len(audit := access.audit_log(s)):        # read after the view is audited: the table shows its own row
     st.caption("The 50 newest privileged actions and sign-ins.")
     st.dataframe(ui.times(audit.head(50)), hide_index=True, key="audit_log")
-else:
+elif audit is not None:
     st.caption("No privileged action yet.")

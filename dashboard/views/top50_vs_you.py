@@ -9,9 +9,22 @@ from dashboard import cache, ui
 st.title(":material/movie: Top 50 vs For You")
 token = cache.token()
 with ui.core_errors():
-    directory = cache.users(token)
     movies = cache.movies(token)
     pop = cache.popularity(token)
+
+if not ui.personal_view("For You list"):       # one user's history and list are personal data: the Top 50 only
+    m_votes = st.slider("m — minimum votes for the Top 50 (0 = default: 90th percentile of vote counts)", 0, 500, 0, 5,
+                        key="m")
+    with ui.core_errors():
+        top, m_used, C = cache.top50_table(token, m_votes or None)
+    st.subheader("Top 50 (same for everyone)")
+    st.caption(f"WR = v/(v+m)·R + m/(v+m)·C with m = {m_used:g} votes, C = {C:.2f}; {ui.plural(len(top), 'title')}")
+    st.dataframe(top[["rank", "title", "year", "genres", "votes", "weighted_rating"]], hide_index=True, height=390,
+                 key="top50_table",
+                 column_config={"weighted_rating": st.column_config.NumberColumn("WR", format="%.3f")})
+    st.stop()
+with ui.core_errors():
+    directory = cache.users(token)
 
 labels = {int(r.user_id): f"user {r.user_id} — {ui.plural(r.watches, 'watch', 'watches')}, {ui.plural(r.ratings, 'rating')}" for r in directory.itertuples()}
 default = int(directory.sort_values("watches", ascending=False)["user_id"].iloc[0]) if len(directory) else None
@@ -19,6 +32,7 @@ user_id = st.selectbox("User (type to search)", list(labels), index=list(labels)
                        format_func=labels.get, key="user")
 m_votes = st.slider("m — minimum votes for the Top 50 (0 = default: 90th percentile of vote counts)", 0, 500, 0, 5, key="m")
 
+ui.personal_view("For You list", user_id, banner=False)      # audited once per session and user
 with ui.core_errors():
     prof = cache.profile(token, user_id)
     rec = cache.recommendation(token, user_id, 10)
