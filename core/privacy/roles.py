@@ -52,8 +52,8 @@ ACTIONS: tuple[Action, ...] = (
     _a("retention", "purge events older than N days", [DATA_ENGINEER], "Privacy: Purge now",
        "privacy retention --days N"),
     _a("train", "fit and evaluate a model without registering it", [DATA_SCIENTIST], "", "train"),
-    _a("evaluate", "score a registered version on the days after its training", [DATA_SCIENTIST], "",
-       "evaluate, churn evaluate"),
+    _a("evaluate", "score a registered version on the days after its training (the Drift page's read-only check "
+       "of production is an aggregate, open to all)", [DATA_SCIENTIST], "", "evaluate, churn evaluate"),
     _a("retrain", "ETL → train → gate → register a candidate (the gate may promote it)", [DATA_SCIENTIST],
        "Training: Retrain", "retrain"),
     _a("churn train", "train the churn model (the gate may promote it)", [DATA_SCIENTIST], "Churn: Train churn model",
