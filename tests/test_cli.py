@@ -76,8 +76,9 @@ def test_rate_round_trip_and_errors(world_home):
 
 @pytest.mark.slow   # real processes / a retrain or closed-loop days
 def test_user_mistakes_are_one_line(tmp_path):
-    code, _, err = run("simulate", "--days", "2", home=tmp_path)
-    assert code == 1 and "run `python -m core init` first" in err and "Traceback" not in err
+    code, _, err = run("simulate", "--days", "2", home=tmp_path)      # an empty folder is no data folder yet
+    assert code == 1 and "run `python -m core init`" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
     code, _, err = run("import-movielens", str(tmp_path), home=tmp_path)
     assert code == 1 and "not a MovieLens folder" in err
     code, _, err = run("init", "--users", "150", "--movies", "80", "--days", "1", home=tmp_path)
