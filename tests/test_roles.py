@@ -133,6 +133,7 @@ CLI_CASES = {
     "accounts": [["operators", "list"], ["operators", "add", "bob", "--role", "analyst"],
                  ["operators", "disable", "admin"], ["operators", "enable", "admin"],
                  ["operators", "reset-token", "admin"]],
+    "client keys": [["clients", "add", "web-front"], ["clients", "revoke", "web-front"]],
 }
 
 

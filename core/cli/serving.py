@@ -63,7 +63,7 @@ def cmd_clients(args, settings):
     if args.name is None:
         raise errors.ValidationError(f"clients {args.action} needs a NAME, e.g. `python -m core clients "
                                      f"{args.action} web-front`")
-    with access.audited(settings, access.cli_actor(), f"client {args.action}", f"client:{args.name}"):
+    with access.cli_action(settings, "client keys", f"client:{args.name}", audit_as=f"client {args.action}"):
         if args.action == "add":
             key = clients.add(settings, args.name)
         else:

@@ -86,6 +86,8 @@ ACTIONS: tuple[Action, ...] = (
        "explain, audit, churn score --user, privacy consent --user", "/explain"),
     _a(ACCOUNTS, "add, disable, enable, list operators and reset their tokens", [], "",
        "operators add|disable|enable|reset-token|list"),
+    _a("client keys", "add or revoke the API key of a model-server client (POST /impressions)", [], "",
+       "clients add|revoke"),
 )
 PERMISSIONS: dict[str, frozenset] = {a.name: a.roles for a in ACTIONS}
 BY_NAME: dict[str, Action] = {a.name: a for a in ACTIONS}
