@@ -53,18 +53,19 @@ def test_make_run_builds_before_any_browser_visit(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = os.environ | TINY | {"RETRO_HOME": str(tmp_path), "STREAMLIT_SERVER_PORT": str(port),
+    home = tmp_path / "home"           # the log below lives beside the data folder, not in it (not a data folder's file)
+    env = os.environ | TINY | {"RETRO_HOME": str(home), "STREAMLIT_SERVER_PORT": str(port),
                                "STREAMLIT_SERVER_ADDRESS": "127.0.0.1", "STREAMLIT_SERVER_HEADLESS": "true",
                                "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     out_file = tmp_path / "make-run.log"
     with open(out_file, "w") as out:
         proc = subprocess.Popen(["make", "--no-print-directory", "run", f"PY={sys.executable}", "-o", ".venv/.installed"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    s = load_settings(tmp_path)
+    s = load_settings(home)
 
     def state():
         try:
-            return json.loads((tmp_path / ".first-start.json").read_text()).get("state")
+            return json.loads((home / ".first-start.json").read_text()).get("state")
         except (OSError, ValueError):
             return None
     try:
