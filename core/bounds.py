@@ -68,15 +68,6 @@ def check_id(value, what: str = "id") -> int:
     return value
 
 
-def check_given_id(value, what: str = "id") -> int:
-    """`check_id` for the id of a new row: at most MAX_GIVEN_ID, so fresh ids always fit above it."""
-    value = check_id(value, what)
-    if value > MAX_GIVEN_ID:
-        raise errors.ValidationError(f"{what} {value} leaves no room for new ids (a new row's id is at most "
-                                     f"{MAX_GIVEN_ID}; ids above are kept for fresh ones)", code="no_room")
-    return value
-
-
 def check_int(value, what: str, lo: int, hi: int) -> int:
     """An integer in lo..hi."""
     if isinstance(value, bool) or not isinstance(value, Integral):
