@@ -207,4 +207,4 @@ def _user_key(user_id: int) -> str:
 def demo_banner() -> None:
     """The banner of a demo world whose personal views are open to everyone."""
     st.info("Demo world: personal views are open to everyone — the people here are simulated. Imported data "
-               "never is; `RETRO_DEMO_PERSONAL_VIEWS=off` closes them here too.", icon="🎭")
+               "never is; `RETRO_DEMO_PERSONAL_VIEWS=off` closes them here too.")
