@@ -591,9 +591,10 @@ def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.Wor
 
 
 def load_world(settings: Settings) -> world_mod.World:
+    if settings.ops_db.exists():
+        _repair_world(settings)        # first: a kill may have left the very first world only staged
     if not has_world(settings):
         raise errors.WorldNotFound(f"no simulated world in {settings.home}; run `python -m core init` first")
-    _repair_world(settings)
     return world_mod.World.load(settings.world_file)
 
 
