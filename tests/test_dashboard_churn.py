@@ -393,3 +393,22 @@ def test_drift_page_without_a_churn_model_says_so(cf_world, tmp_path, monkeypatc
     at = open_page("views/drift.py")
     assert not at.error
     assert any(i.value.startswith("No churn model in production") for i in at.info)
+
+
+def test_the_at_risk_list_is_personal_data_when_views_are_closed(churn_world, tmp_path, monkeypatch):
+    """Issue 23: users by id with their reasons and the CSV export need a privacy officer; anonymous visitors see
+    the risk histogram (an aggregate). Demo views are open for this simulated world, so they are closed here."""
+    from core.privacy import access
+    s = home_of(churn_world, tmp_path, monkeypatch)
+    monkeypatch.setenv("RETRO_DEMO_PERSONAL_VIEWS", "off")
+    at = open_page("views/churn.py")
+    assert not at.exception
+    assert not any({"user_id", "risk"} <= set(df.value.columns) for df in at.dataframe)
+    assert not [b for b in at.get("download_button")] and at.get("plotly_chart")
+    assert any("At-risk list: shown to a signed-in privacy-officer or admin" in i.value for i in at.info)
+    access.add_operator(s, "priya", "s3cret-token", role="privacy-officer")
+    at.session_state["operator"] = ("priya", "s3cret-token")
+    at.run()
+    assert len(frame(at, "user_id", "risk", "why")) == 20
+    row = access.audit_log(s, 1).iloc[0]
+    assert (row["action"], row["person"], row["role"]) == ("view at-risk list", "priya", "privacy-officer")

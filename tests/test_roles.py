@@ -263,3 +263,16 @@ def test_personal_views_are_open_only_for_a_purely_simulated_world(settings, tmp
     with opsdb.session(settings) as db:                          # an import recorded: never open
         opsdb.set_meta(db, "source", "movielens:ml-latest-small")
     assert not access.personal_views_open(load_settings(settings.home))
+
+
+def test_an_operator_with_an_unknown_role_may_do_nothing_and_keeps_its_own_throttle(settings):
+    fast_operator(settings, "odd", "admin")
+    update_secrets(settings, lambda data: data["operator_roles"].__setitem__("odd", "superuser"))
+    assert access.operator_role(settings, "odd") is None
+    with pytest.raises(access.RoleDenied, match="odd is without a role"):
+        access.require(settings, "odd", TOKEN, "etl")
+    for _ in range(3):                              # unknown names' shared counter is not reset by its right token
+        with pytest.raises(access.PermissionDenied):
+            access.sign_in(settings, "nobody-at-all", "wrong-token", now=1e9)
+    assert access.sign_in(settings, "odd", TOKEN, now=1e9) == "odd"
+    assert access.retry_after(settings, "someone-else", now=1e9) > 0

@@ -270,7 +270,8 @@ def throttle_delay(failures: int) -> float:
 
 def _throttle_key(settings: Settings, name: str) -> str:
     """The counter a name's failures go to: its own when it is an operator, else the one all other names share."""
-    return name if operator_role(settings, name) is not None else UNKNOWN_NAMES
+    known = isinstance(name, str) and NAME_PATTERN.fullmatch(name) and _stored(settings, name)[0] is not None
+    return name if known else UNKNOWN_NAMES
 
 
 def _wait(row, now: float) -> float:
@@ -331,11 +332,12 @@ def sign_in(settings: Settings, name: str, token: str, action: str = SIGN_IN, *,
     if not isinstance(token, str) or not token:      # not signed in: nothing was guessed, nothing to throttle
         log_action(settings, actor, action, "no login", "denied", when)
         raise PermissionDenied(refused)
-    role = operator_role(settings, actor)
-    key = actor if role is not None else UNKNOWN_NAMES
+    known = NAME_PATTERN.fullmatch(actor) is not None and _stored(settings, actor)[0] is not None
+    role = operator_role(settings, actor) if known else None
+    key = actor if known else UNKNOWN_NAMES
     wait = _reserve(settings, key, now)
     if wait > 0:
-        _log_refusal(settings, actor, role, action, "throttled", when)
+        _log_refusal(settings, actor, known, role, action, "throttled", when)
         raise SignInThrottled(actor, wait)
     if check(settings, name, token):
         _reset_failures(settings, key)
@@ -345,12 +347,13 @@ def sign_in(settings: Settings, name: str, token: str, action: str = SIGN_IN, *,
         if action == SIGN_IN:
             log_action(settings, actor, action, None, "ok", when, person=actor, role=role)
         return name
-    _log_refusal(settings, actor, role, action, "wrong name or token", when)
+    _log_refusal(settings, actor, known, role, action, "wrong name or token", when)
     raise PermissionDenied(refused)
 
 
-def _log_refusal(settings: Settings, actor: str, role: str | None, action: str, reason: str, when: str) -> None:
-    if role is not None:
+def _log_refusal(settings: Settings, actor: str, known: bool, role: str | None, action: str, reason: str,
+                 when: str) -> None:
+    if known:
         log_action(settings, actor, action, reason, "denied", when, person=actor, role=role)
     else:                    # a name that is no operator: counted in the day's row, the name itself not kept
         _count_unknown(settings, action, reason, when)
