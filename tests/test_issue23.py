@@ -432,3 +432,40 @@ def test_a_single_request_and_the_in_process_batch_say_unknown_user_too(cf_world
     lists = serving.recommend_many(s, [9, 10], 10)
     assert set(lists) == {10}
     serving.clear_caches()
+
+
+KILL_AT_AUDIT_WRITE = """
+import os, sys
+from core import cli
+from core.privacy import access
+real = access.log_action
+def dying(*a, **k):
+    outcome = a[4] if len(a) > 4 else k.get("outcome")
+    if outcome == "ok":
+        os._exit(137)                    # kill -9 as the audit row is written
+    return real(*a, **k)
+access.log_action = dying
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("kill", ["os._exit at the audit write", "kill -9 after the action's commit"])
+@pytest.mark.parametrize("argv, action", [(["models", "promote", "3"], "promote"), (["models", "rollback"], "rollback")])
+def test_a_real_kill_of_models_promote_or_rollback_never_leaves_the_action_unaudited(tmp_path, kill, argv, action):
+    s = load_settings(tmp_path / "home")
+    v1, v2, _ = _version(s), _version(s, "bpr"), _version(s)
+    registry.promote(s, v1, "pipeline", "first")
+    registry.promote(s, v2, "pipeline", "second")
+    before = _promotions_and_audit_rows(s, action)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if kill.startswith("os._exit"):
+        cmd = [sys.executable, "-c", KILL_AT_AUDIT_WRITE, "--home", str(s.home), *argv]
+    else:
+        cmd = [sys.executable, "-m", "core", "--home", str(s.home), *argv]
+        env[faults.ENV] = "audit:action-done"
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode in (137, -9), run.stderr
+    moves, audited = _promotions_and_audit_rows(s, action)
+    assert moves - before[0] == audited - before[1], "the action stands without its audit row"
+    if kill.startswith("kill -9"):
+        assert moves - before[0] == 1
