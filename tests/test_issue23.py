@@ -469,3 +469,42 @@ def test_a_real_kill_of_models_promote_or_rollback_never_leaves_the_action_unaud
     assert moves - before[0] == audited - before[1], "the action stands without its audit row"
     if kill.startswith("kill -9"):
         assert moves - before[0] == 1
+
+
+@pytest.mark.parametrize("where", ["audit write", "after the action"])
+@pytest.mark.parametrize("decision", ["start", "stop", "rollback"])
+def test_a_killed_release_start_or_decision_is_never_left_unaudited(settings, monkeypatch, where, decision):
+    from core.monitoring import release
+    from core.serving import deployments
+    prod, candidate = _version(settings), _version(settings)
+    registry.promote(settings, prod, "pipeline", "first")
+    if decision != "start":
+        release.start(settings, candidate, "canary", actor="cli:ops", with_ranker=False)
+
+    def act():
+        with access.audited(settings, "cli:ops", f"release {decision}"):
+            if decision == "start":
+                release.start(settings, candidate, "canary", actor="cli:ops", with_ranker=False)
+            else:
+                release.decide_now(settings, decision, actor="cli:ops", reason="by hand")
+
+    if where == "audit write":
+        real = access.log_action
+
+        def dying(*a, **k):
+            if (a[4] if len(a) > 4 else k.get("outcome")) == "ok":
+                raise faults.SimulatedKill("kill -9")
+            return real(*a, **k)
+        monkeypatch.setattr(access, "log_action", dying)
+    else:
+        monkeypatch.setattr(faults, "hook", lambda name: (_ for _ in ()).throw(faults.SimulatedKill(name))
+                            if name == "audit:action-done" else None)
+    with pytest.raises(faults.SimulatedKill):
+        act()
+    active = deployments.active(settings)
+    changed = (active is not None) if decision == "start" else (active is None)
+    with mlopsdb.session(settings) as db:
+        rows = db.execute("SELECT count(*) FROM operator_audit WHERE action = ? AND outcome = 'ok'",
+                          [f"release {decision}"]).fetchone()[0]
+    assert rows == int(changed), "the release changed without its audit row (or the other way round)"
+    assert changed == (where == "after the action")
