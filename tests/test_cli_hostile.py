@@ -55,6 +55,7 @@ TEMPLATES = [
     "privacy forget --user {o}", "privacy retention --days {o}", "privacy {}", "recommend --user {}",
     "recommend --user 1 --k {}", "{}", "--home {} stats", "recommend {}", "release {}", "release start {}",
     "release start 1 --share {o}", "release ramp --share {o}", "simulate --days 1 --serve-url {}",
+    "clients add {}", "clients revoke {}", "clients {}",
 ]
 
 
