@@ -224,10 +224,12 @@ def test_max_connections_follows_the_open_file_limit(canary):
 @pytest.mark.slow
 def test_half_open_sockets_under_a_low_descriptor_limit_leave_other_clients_served(canary):
     """250 connections that send half a request line, against a server limited to 256 descriptors: a normal
-    client is still answered, and the server closes the half-open sockets after its header timeout."""
+    client is still answered, and the server closes the half-open sockets after its header timeout (and a
+    request whose body stops coming after its body timeout)."""
     def limit_descriptors():
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
     env = os.environ | {"RETRO_SERVER_HEADER_TIMEOUT": "2", "RETRO_SERVER_BODY_TIMEOUT": "2"}
+    key = clients.add(canary, "web-front")
     proc = subprocess.Popen([sys.executable, "-m", "core", "--home", str(canary.home), "serve", "--port", "0",
                              "--json"], cwd=Path(__file__).resolve().parents[1], env=env, preexec_fn=limit_descriptors,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -250,6 +252,10 @@ def test_half_open_sockets_under_a_low_descriptor_limit_leave_other_clients_serv
         for _ in range(3):
             with httpx.Client(timeout=5, trust_env=False) as c:
                 assert c.get(f"{url}/recommend/{uid}").status_code == 200
+        slow_body = socket.create_connection((host, int(port)), timeout=5)     # a whole head, a tenth of its body
+        slow_body.sendall(f"POST /impressions HTTP/1.1\r\nHost: x\r\n{clients.HEADER}: {key}\r\n"
+                          "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"serve_ids".encode())
+        sockets.append(slow_body)
         closed = 0
         for sock in sockets:
             sock.settimeout(max(0.1, opened + 6 - time.monotonic()))
@@ -259,7 +265,7 @@ def test_half_open_sockets_under_a_low_descriptor_limit_leave_other_clients_serv
                 pass
             except ConnectionResetError:
                 closed += 1
-        assert closed == 250
+        assert closed == 251
         assert proc.poll() is None
         with httpx.Client(timeout=5, trust_env=False) as c:
             assert c.get(f"{url}/health").status_code == 200

@@ -42,6 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from core import bounds
 from core.errors import RetroError, UnknownMovie, UnknownUser, ValidationError
@@ -222,6 +223,8 @@ class ObservedApp:
             await send(message)
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:            # the client left, or its body timed out (guard.py): nobody to answer
+            status["code"] = 499
         except Exception as exc:  # noqa: BLE001 - the one place that turns the unexpected into a JSON 500
             log.error("request failed: %s", type(exc).__name__, exc_info=exc)
             status["code"] = 500
