@@ -101,7 +101,8 @@ def test_a_disabled_account_is_refused_with_its_right_token_and_a_reset_token_re
     with pytest.raises(access.PermissionDenied):
         access.sign_in(settings, "ann", token)
     assert access.sign_in(settings, "ann", new) == "ann"
-    assert token not in (settings.home / "secrets.toml").read_text() and new not in (settings.home / "secrets.toml").read_text()
+    stored = (settings.home / "secrets.toml").read_text()
+    assert token not in stored and new not in stored
 
 
 # ------------------------------------------------------------------ the CLI: every privileged command × role
@@ -221,7 +222,8 @@ def test_operators_commands_show_a_token_once_and_keep_only_its_hash(settings, m
         ("operators reset-token", "ok")]
     assert access.audit_log(settings, 1).iloc[0]["action"] == "read the audit log"    # reading it is audited too
     monkeypatch.setenv("RETRO_CLI_ROLE", "privacy-officer")
-    assert run_cli(home + ["operators", "add", "x", "--role", "admin"])[2].startswith("error: accounts needs the role admin")
+    assert run_cli(home + ["operators", "add", "x", "--role", "admin"])[2].startswith(
+        "error: accounts needs the role admin")
     code, out, _ = run_cli(home + ["operators", "roles", "--json"])
     assert json.loads(out)["roles"] == list(roles.ROLES)
 

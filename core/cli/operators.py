@@ -20,7 +20,8 @@ def cmd_operators(args, settings):
     if args.action == "roles":
         data = [{"action": a.name, "what": a.what, "roles": roles.roles_for(a.name), "dashboard": a.dashboard,
                  "cli": a.cli, "server": a.server} for a in roles.ACTIONS]
-        emit(args, {"roles": list(roles.ROLES), "actions": data}, lambda: print(roles.permission_table_markdown(), end=""))
+        emit(args, {"roles": list(roles.ROLES), "actions": data},
+             lambda: print(roles.permission_table_markdown(), end=""))
         return
     if args.action == "audit":
         with access.cli_action(settings, roles.AUDIT_LOG, f"newest {args.limit}", audit_as="read the audit log"):

@@ -421,7 +421,8 @@ def cli_role(settings: Settings) -> str:
     try:
         return roles.check_role(role)
     except ValidationError as exc:
-        raise ValidationError(f"the command line's role: {exc} (RETRO_CLI_ROLE or [cli_roles] in secrets.toml)") from None
+        raise ValidationError(f"the command line's role: {exc} (RETRO_CLI_ROLE or [cli_roles] in secrets.toml)"
+                              ) from None
 
 
 def cli_allow(settings: Settings, action: str) -> str:
@@ -490,7 +491,8 @@ def _person_role(settings: Settings, actor: str) -> tuple[str | None, str | None
 def _insert_audit(db, when: str, actor: str, action: str, target: str | None, outcome: str,
                   person: str | None = None, role: str | None = None) -> int:
     cur = db.conn.execute("INSERT INTO operator_audit(at, actor, action, target, outcome, person, role) "
-                          "VALUES (?,?,?,?,?,?,?)", [when, actor.strip(), action.strip(), target, outcome, person, role])
+                          "VALUES (?,?,?,?,?,?,?)",
+                          [when, actor.strip(), action.strip(), target, outcome, person, role])
     return int(cur.lastrowid)
 
 

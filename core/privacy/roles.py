@@ -101,7 +101,8 @@ ALIASES = {
     "promote a release": "release decide", "rollback a release": "release decide",
     "stop a release": "release decide", "ramp a release": "release decide",
     "change consent": "consent", "export a user's data": "export", "erase a user": "erasure",
-    "purge old events": "retention", "forget a user": "erasure", "explain": PERSONAL_DATA, "see one user's data": PERSONAL_DATA,
+    "purge old events": "retention", "forget a user": "erasure", "explain": PERSONAL_DATA,
+    "see one user's data": PERSONAL_DATA,
     "read the audit log": AUDIT_LOG,
 }
 
