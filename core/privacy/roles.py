@@ -143,7 +143,7 @@ def permission_table_markdown() -> str:
     rule = "| --- | --- | " + " | ".join(":---:" for _ in ROLES) + " | --- | --- | --- |"
     rows = ["| aggregates | counts, charts, metrics, Top 50, model cards, system diagnosis | "
             + " | ".join("✓" for _ in ROLES) + " | every page, also without login | reading commands | "
-            "/recommend, /health, /ready, /metrics, /version |"]
+            "/health, /ready, /metrics, /version |"]
     for a in ACTIONS:
         marks = " | ".join("✓" if r in a.roles else "" for r in ROLES)
         rows.append(f"| {a.name} | {a.what} | {marks} | {a.dashboard or '—'} | "
