@@ -25,10 +25,12 @@ And the yardstick (issue 22): when the exploration log of the holdout days gives
 least `min_ess`, checks 5 and 6 are decided on the counterfactual estimate instead (`core.training.offpolicy`:
 doubly robust watches per list of each policy replayed on the logged lists, unbiased whatever production
 served) — strictly above both baselines' estimates, and the paired candidate − production interval judged as
-in check 6, except that a production stale by days also needs the candidate's point estimate no more than
-`STALE_TOLERANCE` (3 %) of production's value below it (the
+in check 6, except that "not significantly worse" also needs the candidate's point estimate no more than
+`NON_INFERIORITY` (3 %) of production's value below production's (the
 log measures today's lists, so freshness is already in the estimate; a consent withdrawal still needs only
-"not significantly worse"). Below `min_ess` the holdout decides and the `yardstick` check says so. Either way the decision
+"not significantly worse"); and a candidate headed for a canary release (`online_check`, the retraining policy's
+and the Training page's default) passes when it is not worse in that sense even against a fresh production — the
+canary proves or refutes it on live traffic. Below `min_ess` the holdout decides and the `yardstick` check says so. Either way the decision
 records which estimate decided, its interval and the effective sample size.
 """
 from __future__ import annotations
@@ -174,18 +176,21 @@ def _baseline_check(candidate: dict, baselines: dict, metric: str) -> tuple[bool
     return passed, reason, {"passed": passed, "floor": floor, **numbers}
 
 
-# On the exploration log a stale production lets a candidate through only if its point estimate is at most this
-# share of production's value below production's (3 % of watches/list): bench_yardstick's fresh retrains sit at
-# −0.3 … +12 %, its weak models at −21 … −47 %.
-STALE_TOLERANCE = 0.03
+# On the exploration log "not worse" (a stale production, or a canary that will judge the candidate online) also
+# needs the point estimate at most this share of production's value below production's (3 % of watches/list):
+# bench_yardstick's fresh retrains sit at −0.3 … +12 %, its weak models at −21 … −47 %.
+NON_INFERIORITY = 0.03
 
 
 def _evidence_check(comparison: dict, margin: float, stale: dict | None, candidate: dict, production: dict,
-                    metric: str, *, stale_point_floor: float | None = None) -> tuple[bool, str, dict]:
+                    metric: str, *, stale_point_floor: float | None = None,
+                    online_check: bool = False) -> tuple[bool, str, dict]:
     """Better with confidence, or production stale and the candidate not significantly worse. With
-    `stale_point_floor` a stale production also asks for a point estimate ≥ −floor: where the estimate is
-    measured on today's lists (the exploration log) freshness is already in it, so it is no excuse for a
-    candidate that looks materially worse."""
+    `stale_point_floor` "not worse" also asks for a point estimate ≥ −floor: where the estimate is measured on
+    today's lists (the exploration log) freshness is already in it, so it is no excuse for a candidate that looks
+    materially worse. `online_check` (the candidate goes to a canary release, which proves or refutes it on live
+    traffic) lets a candidate that is not worse pass even against a fresh production: offline, an improvement of
+    a few hundredths of a watch per list is never significant on a 5 % exploration log."""
     point, lo, hi = comparison["point"], comparison["lo"], comparison["hi"]
     interval = (f"Δ{comparison.get('metric', DEFAULT_METRIC)} {point:+.4f}, {comparison['level']:.0%} interval "
                 f"[{lo:+.4f}, {hi:+.4f}] over {comparison['n_users']:,} users ({comparison['resamples']:,} paired "
@@ -208,16 +213,21 @@ def _evidence_check(comparison: dict, margin: float, stale: dict | None, candida
         else:
             why = f"{plural(stale['days_behind'], 'day')} behind the newest data, more than {stale['staleness_days']}"
         return True, f"production is stale ({why}) and the candidate is not significantly worse: {interval}", numbers
+    if online_check and not_worse:
+        numbers["passed"] = numbers["online_check"] = True
+        return True, (f"not worse than production (point within {stale_point_floor or 0:.4f}, upper bound ≥ 0); a "
+                      f"canary release judges it online: {interval}"), numbers
     why = ("significantly worse" if hi < 0
            else f"worse (point estimate < −{stale_point_floor:.4f}; a stale production is no excuse on today's lists)"
-           if is_stale and not not_worse
+           if (is_stale or online_check) and not not_worse
            else "not better (point estimate ≤ 0)" if point <= 0
            else f"not better with confidence (lower bound ≤ −{margin:g})")
     fresh = "" if is_stale else "; production is not stale, so evidence of improvement is needed"
     return False, f"{why}: {interval}{fresh}", numbers
 
 
-def yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, stale: dict | None):
+def yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, stale: dict | None, *,
+                     online_check: bool = False):
     """(yardstick check, counterfactual baselines check or None, counterfactual quality check or None)."""
     if yardstick is None or "error" in (yardstick or {}):
         why = (yardstick or {}).get("error", "no exploration log with propensities in the holdout window")
@@ -246,8 +256,9 @@ def yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, stal
                   "resamples": yardstick.get("resamples", 1000), "metric": "watches/list (" + est + ")",
                   "reference": "production replayed on the holdout days' exploration log"}
     consent = bool(stale and stale.get("withdrawn_consent"))   # production must go: not worse with confidence is enough
-    floor = None if consent else STALE_TOLERANCE * abs(float(values.get(yardstick.get("reference", "production"), 0)))
-    passed, reason, q = _evidence_check(comparison, margin, stale, {}, {}, DEFAULT_METRIC, stale_point_floor=floor)
+    floor = None if consent else NON_INFERIORITY * abs(float(values.get(yardstick.get("reference", "production"), 0)))
+    passed, reason, q = _evidence_check(comparison, margin, stale, {}, {}, DEFAULT_METRIC, stale_point_floor=floor,
+                                        online_check=online_check)
     q = q | {"decided_by": "counterfactual", "candidate": values.get(yardstick.get("candidate", "candidate")),
              "production": values.get(yardstick.get("reference", "production"))}
     reason = reason.replace("paired bootstrap resamples) vs", "paired bootstrap resamples over lists) vs") \
@@ -261,7 +272,7 @@ def evaluate_gate(candidate_metrics: dict, production_metrics: dict | None, *, h
                   min_coverage: float = 0.01, baselines: dict | None = None, comparison: dict | None = None,
                   min_users: int | None = None, stale: dict | None = None,
                   same_as_production: str | None = None, yardstick: dict | None = None,
-                  min_ess: float | None = None) -> GateDecision:
+                  min_ess: float | None = None, online_check: bool = False) -> GateDecision:
     """Decide whether `candidate_metrics` may replace `production_metrics` (None: no production model).
 
     Promote only when all three checks pass: finite factors (`has_nan` False);
@@ -290,7 +301,8 @@ def evaluate_gate(candidate_metrics: dict, production_metrics: dict | None, *, h
     else:
         results["quality"] = _quality_check(candidate_metrics, production_metrics, metric, margin)
     if min_ess is not None and production_metrics is not None:
-        results["yardstick"], cf_base, cf_quality = yardstick_checks(yardstick, min_ess, max(margin, 0.0), stale)
+        results["yardstick"], cf_base, cf_quality = yardstick_checks(yardstick, min_ess, max(margin, 0.0), stale,
+                                                                     online_check=online_check)
         if cf_base is not None:
             if baselines is not None:
                 results["holdout_baselines"] = (True, "(not deciding) " + results["baselines"][1],

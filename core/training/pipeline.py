@@ -258,7 +258,7 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
             baselines={name: trained.baselines[name] for name in gate.BASELINES},
             comparison=trained.comparison, min_users=settings.gate_min_users, stale=trained.staleness,
             same_as_production=trained.same_as_production, yardstick=trained.yardstick,
-            min_ess=settings.gate_min_ess)
+            min_ess=settings.gate_min_ess, online_check=on_pass == "canary")
         progress(0.9, "gate: " + (("promote" if on_pass == "promote" else "passed → canary") if decision.promote
                                   else "keep the current model"))
         released = None
