@@ -187,9 +187,8 @@ def personal_view(what: str, user_id: int | None = None, *, banner: bool = True,
     try:
         access.require(s, name, token, permission)
     except access.PermissionDenied as exc:
-        seen[key] = not isinstance(exc, access.RoleDenied) and None    # a throttle or a stale token: ask again
-        if seen[key] is None:
-            del seen[key]
+        if isinstance(exc, access.RoleDenied):      # remembered (and audited) once; a throttle or a stale token: ask again
+            seen[key] = False
         st.warning(str(exc))
         return False
     seen[key] = True
