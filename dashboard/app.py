@@ -13,25 +13,25 @@ import streamlit as st  # noqa: E402
 
 from dashboard import cache, ui  # noqa: E402
 
-st.set_page_config(page_title="Retro Movies — MLOps", page_icon=":material/movie:", layout="wide")
+st.set_page_config(page_title="Retro Movies — MLOps", layout="wide")
 ui.first_start()
 
 VIEWS = ROOT / "dashboard" / "views"
 pages = {
     "Operate": [
-        st.Page(VIEWS / "overview.py", title="Overview", icon=":material/map:", default=True),
-        st.Page(VIEWS / "top50_vs_you.py", title="Top 50 vs For You", icon=":material/movie:"),
-        st.Page(VIEWS / "data.py", title="Data", icon=":material/database:"),
+        st.Page(VIEWS / "overview.py", title="Overview", default=True),
+        st.Page(VIEWS / "top50_vs_you.py", title="Top 50 vs For You"),
+        st.Page(VIEWS / "data.py", title="Data"),
     ],
     "Models": [
-        st.Page(VIEWS / "training.py", title="Training & Models", icon=":material/science:"),
-        st.Page(VIEWS / "drift.py", title="Drift", icon=":material/monitoring:"),
-        st.Page(VIEWS / "churn.py", title="Churn", icon=":material/trending_down:"),
-        st.Page(VIEWS / "deployment.py", title="Deployment", icon=":material/rocket_launch:"),
+        st.Page(VIEWS / "training.py", title="Training & Models"),
+        st.Page(VIEWS / "drift.py", title="Drift"),
+        st.Page(VIEWS / "churn.py", title="Churn"),
+        st.Page(VIEWS / "deployment.py", title="Deployment"),
     ],
     "Governance": [
-        st.Page(VIEWS / "governance.py", title="Explanations & Governance", icon=":material/manage_search:"),
-        st.Page(VIEWS / "privacy.py", title="Privacy", icon=":material/shield:"),
+        st.Page(VIEWS / "governance.py", title="Explanations & Governance"),
+        st.Page(VIEWS / "privacy.py", title="Privacy"),
     ],
 }
 ui.operator_login()

@@ -39,7 +39,7 @@ def first_start() -> None:
         bootstrap.ensure_operator(s, announce=_print_token)
         return
     box = st.container(border=True)
-    box.subheader("🎬 Setting up Retro Movies")
+    box.subheader("Setting up Retro Movies")
     last = bootstrap.read_status(s)
     if last and last.get("state") == "error":
         box.warning(f"The last first start failed ({last.get('error')}); trying again here.")
@@ -60,7 +60,7 @@ def _build_progress() -> None:
         cache.clear()
         st.rerun()
     with st.container(border=True):
-        st.subheader("🎬 Setting up Retro Movies")
+        st.subheader("Setting up Retro Movies")
         world = status.get("world") or {}
         st.write(f"First start in `{s.home}`: building the simulated world ({world.get('users', 0):,} users, "
                  f"{world.get('movies', 0):,} movies, {world.get('days', 0)} days) and training the first model.")
@@ -105,7 +105,7 @@ def times(df: pd.DataFrame) -> pd.DataFrame:
 def operator_login() -> None:
     """Sidebar login for privileged actions; reading needs none. Core audits and throttles every try."""
     from core.privacy.access import PermissionDenied, sign_in
-    box = st.sidebar.expander("🔐 Operator", expanded=False)
+    box = st.sidebar.expander("Operator", expanded=False)
     current = st.session_state.get("operator")
     if current:
         from core.privacy.access import operator_role
@@ -141,7 +141,7 @@ def operator(action: str) -> str | None:
         st.error(str(exc))
         return None
     except PermissionDenied as exc:
-        st.error(f"{exc}. Sign in under 🔐 Operator in the sidebar.")
+        st.error(f"{exc}. Sign in under Operator in the sidebar.")
         return None
 
 
@@ -176,8 +176,8 @@ def personal_view(what: str, user_id: int | None = None, *, banner: bool = True,
                               _user_key(user_id) if user_id is not None else None, "ok")
         return True
     if not name:
-        st.info(f"🔒 {what[:1].upper() + what[1:]}: shown to a signed-in {' or '.join(roles.roles_for(permission))} "
-                "only (🔐 Operator in the sidebar); everyone sees the aggregates.")
+        st.info(f"Restricted — {what[:1].upper() + what[1:]}: shown to a signed-in {' or '.join(roles.roles_for(permission))} "
+                "only (Operator in the sidebar); everyone sees the aggregates.")
         return False
     if key in seen:
         if not seen[key]:

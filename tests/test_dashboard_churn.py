@@ -107,7 +107,7 @@ def test_train_button_needs_an_operator_then_trains_and_says_what_the_gate_decid
     assert "No churn model has been trained on this world yet" in texts(at.info)
     assert not at.button(key="churn_train").disabled and at.button(key="churn_score").disabled
     at.button(key="churn_train").click().run()
-    assert any("Sign in under 🔐 Operator" in e.value for e in at.error)
+    assert any("Sign in under Operator in the sidebar" in e.value for e in at.error)
     assert not (registry.list_versions(s)["family"] == "churn").any()
 
     access.add_operator(s, *OPERATOR)

@@ -400,14 +400,14 @@ def _ranker_checks(settings: Settings, cf: dict | None, notes: list[str]) -> lis
 
 # ------------------------------------------------------------------ rendering
 def diagnose_markdown(result: dict) -> str:
-    """The result as Markdown: a verdict, then one section per place with ✅ / ❌ per check."""
+    """The result as Markdown: a verdict, then one section per place with ✓ / ✗ per check."""
     failed = result["failed_places"]
     info = [c["name"] for c in result["checks"] if c.get("level") == "info"]
     lines = [f"# Diagnosis ({result['scope']})", "",
              ("All checks pass." if not failed else
               "Problems found in: " + ", ".join(f"**{p}**" for p in failed) + ".")
              + (f" For information: {', '.join(info)}." if info else ""), ""]
-    marks = {"pass": "✅", "info": "ℹ️", "fail": "❌"}
+    marks = {"pass": "✓", "info": "i", "fail": "✗"}   # plain glyphs: no emoji font needed
     for place in PLACES:
         rows = [c for c in result["checks"] if c["place"] == place]
         if not rows:

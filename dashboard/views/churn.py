@@ -3,7 +3,7 @@ import streamlit as st
 
 from dashboard import cache, charts, ui
 
-st.title(":material/trending_down: Churn")
+st.title("Churn")
 status = cache.churn_status(cache.token())
 has_model = status["version"] is not None
 ready = None if has_model else cache.churn_readiness(cache.token())
@@ -19,7 +19,7 @@ with st.container(border=True):
                       help="Score every active user with the production churn model as of the warehouse's last day "
                            "and store the scores (what this page, the online check and drift read).")
     c3.caption("Training fits on point-in-time warehouse snapshots, judges the model against the recency rule on "
-               "the holdout and promotes it only when it beats the rule. Operators only (🔐 in the sidebar).")
+               "the holdout and promotes it only when it beats the rule. Operators only (sign in under Operator in the sidebar).")
     if train and (who := ui.operator("train the churn model")) is not None:
         bar = st.progress(0.0, text="starting")
         with ui.audited(who, "churn train") as entry:
@@ -62,7 +62,7 @@ if status["version"] is None:
     candidate = ready["candidate"]
     if not ready["enough_history"]:
         st.warning(f"No churn model yet: {ready['message']}.")
-        st.caption("Grow the world with 🌱 on the Overview page (operators) or `python -m core simulate --days N`, "
+        st.caption("Grow the world on the Overview page (operators) or `python -m core simulate --days N`, "
                    "then train here.")
     elif candidate is not None:
         st.warning(f"No churn model in production: the newest, v{candidate['version']} (run {candidate['run_id']}, "

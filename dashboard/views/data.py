@@ -6,11 +6,11 @@ import streamlit as st
 from core.warehouse import etl
 from dashboard import cache, ui
 
-st.title(":material/database: Data: ETL, validation, warehouse")
+st.title("Data: ETL, validation, warehouse")
 with ui.core_errors():
     rep = cache.etl_report(cache.token())
 
-if st.button("Run ETL now", key="run_etl", help="Data engineers (🔐 in the sidebar); audited.") and \
+if st.button("Run ETL now", key="run_etl", help="Data engineers (sign in under Operator in the sidebar); audited.") and \
         (who := ui.operator("run the ETL")) is not None:
     with st.spinner("extracting, validating, loading…"), ui.audited(who, "etl") as entry:
         result = etl.run(cache.settings())

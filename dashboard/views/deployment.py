@@ -5,7 +5,7 @@ from core.monitoring import release
 from core.serving import deployments
 from dashboard import cache, charts, ui
 
-st.title(":material/rocket_launch: Deployment")
+st.title("Deployment")
 s = cache.settings()
 token = cache.token()
 status = cache.deployment(token)

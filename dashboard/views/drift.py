@@ -7,7 +7,7 @@ from core.monitoring import policy
 from core.monitoring.monitoring import FEATURE_LABELS, FEATURES
 from dashboard import cache, charts, ui
 
-st.title(":material/monitoring: Drift & monitoring")
+st.title("Drift & monitoring")
 s = cache.settings()
 
 

@@ -12,7 +12,7 @@ from core.governance import explain as explain_mod
 from core.governance import modelcard
 from dashboard import cache, charts, ui
 
-st.title(":material/manage_search: Explanations & Governance")
+st.title("Explanations & Governance")
 token = cache.token()
 with ui.core_errors():
     directory = cache.users(token)

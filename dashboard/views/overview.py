@@ -5,7 +5,7 @@ from core import bootstrap
 from core.simulation import simulation
 from dashboard import cache, ui
 
-st.title(":material/map: Retro Movies — the live system")
+st.title("Retro Movies — the live system")
 with ui.core_errors():
     s = cache.status(cache.token())
 ops, wh, reg, srv = s["ops"], s["warehouse"], s["registry"], s["serving"]
@@ -52,7 +52,7 @@ st.caption("Data flows left to right: operational DB → ETL → warehouse → t
            "compares candidate and production on the same evidence (Training & Models page).")
 
 if simulation.has_world(cache.settings()):     # an imported MovieLens folder has no world to grow
-    with st.expander("🌱 Grow the world", expanded=False):
+    with st.expander("Grow the world", expanded=False):
         st.caption("The first start builds a small world so the dashboard is ready quickly. Simulate "
                    "more days here (new users sign up on the way); the next retrain uses them. Operators only.")
         days = st.number_input("Days to simulate", min_value=1, max_value=365, value=30, key="grow_days")

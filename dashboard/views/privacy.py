@@ -7,7 +7,7 @@ import streamlit as st
 from core.privacy import access, consent, erasure, export, retention
 from dashboard import cache, ui
 
-st.title(":material/shield: Privacy")
+st.title("Privacy")
 s = cache.settings()
 token = cache.token()
 

@@ -6,7 +6,7 @@ import streamlit as st
 from core.governance import insights
 from dashboard import cache, ui
 
-st.title(":material/movie: Top 50 vs For You")
+st.title("Top 50 vs For You")
 token = cache.token()
 with ui.core_errors():
     movies = cache.movies(token)

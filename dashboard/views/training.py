@@ -16,7 +16,7 @@ def _est(yardstick: dict) -> str:
     est = yardstick.get("estimator", "switch")      # a decision without a log names the estimator in use now
     return ESTIMATOR_LABELS.get(est, str(est).upper())
 
-st.title(":material/science: Training & Models")
+st.title("Training & Models")
 s = cache.settings()
 
 # --- retrain --------------------------------------------------------------------------------
