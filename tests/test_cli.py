@@ -1,5 +1,6 @@
 """The CLI: every command documented in --help, JSON contracts, one-line errors."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,13 +29,17 @@ def world_home(tmp_path_factory):
 
 
 def test_every_command_has_help_and_is_in_readme(capsys):
+    """Every command has --help, a row in the README's command table and a row of detail in docs/cli.md."""
     readme = (ROOT / "README.md").read_text()
+    reference = (ROOT / "docs" / "cli.md").read_text()
     for name in cli.COMMANDS:          # in-process (a subprocess per command cost 2 s each): same parser, same exit
         with pytest.raises(SystemExit) as done:
             cli.main([name, "--help"])
         out = capsys.readouterr().out
         assert done.value.code == 0 and "usage:" in out and name in out
         assert f"`{name}" in readme or f"core {name}" in readme, f"command {name} is not documented in README.md"
+        assert re.search(rf"^\| `{re.escape(name)}[ `]", reference, re.M), \
+            f"command {name} has no row in docs/cli.md's command table"
     # ... and once as the real process a user starts
     proc = subprocess.run([sys.executable, "-m", "core", "init", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout

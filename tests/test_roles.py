@@ -1,5 +1,5 @@
 """Issue 23: roles and one permission table — every action × every role × CLI and server against the table
-(the dashboard's part: tests/test_roles_dashboard.py), named accounts, the README's generated table."""
+(the dashboard's part: tests/test_roles_dashboard.py), named accounts, the generated table in docs/privacy.md."""
 import contextlib
 import io
 import re
@@ -38,12 +38,16 @@ def settings(tmp_path):
 
 
 # ------------------------------------------------------------------ the table itself
-def test_the_readme_holds_exactly_the_generated_table():
-    readme = (ROOT / "README.md").read_text()
-    found = re.search(r"<!-- permissions:start -->\n(.*?)<!-- permissions:end -->", readme, re.S)
-    assert found, "README.md has no <!-- permissions:start --> … <!-- permissions:end --> block"
-    assert found.group(1) == roles.permission_table_markdown(), \
-        "README's permission table differs from core/privacy/roles.py: paste `python -m core.privacy.roles`"
+def test_the_docs_hold_exactly_the_generated_table():
+    """The table lives in docs/privacy.md (the README links to it); exactly one copy anywhere in the docs."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [(page.name, block) for page in pages for block in
+              re.findall(r"<!-- permissions:start -->\n(.*?)<!-- permissions:end -->", page.read_text(), re.S)]
+    assert [name for name, _ in blocks] == ["privacy.md"], \
+        f"expected one <!-- permissions:start --> … <!-- permissions:end --> block, in docs/privacy.md: {blocks!r:.200}"
+    assert blocks[0][1] == roles.permission_table_markdown(), \
+        "docs/privacy.md's permission table differs from core/privacy/roles.py: paste `python -m core.privacy.roles`"
+    assert "docs/privacy.md#operators-and-roles" in (ROOT / "README.md").read_text()
 
 
 def test_the_table_has_the_issues_roles_and_admin_may_do_everything():
