@@ -31,6 +31,22 @@ EARLIEST_TIME = "1900-01-01T00:00:00"
 MAX_TEXT = 500          # characters in a title, genre list, event id or reason
 MAX_SEED = 2**32 - 1    # what NumPy's legacy seeding and `implicit` accept
 
+# Limits that more than one boundary checks (the CLI's argument types, the server's query parameters, the
+# serving function): one table, so `python -m core recommend --k 500` and GET /recommend?k=500 refuse alike.
+# name -> (lowest, highest) accepted, inclusive.
+LIMITS = {
+    "k": (1, 100),           # titles in one list: /recommend, `recommend --k`, serving.recommend
+}
+MAX_K = LIMITS["k"][1]
+
+
+def limit(name: str) -> tuple[int, int]:
+    """The (lowest, highest) value boundary `name` accepts; an unknown name lists the known ones."""
+    try:
+        return LIMITS[name]
+    except KeyError:
+        raise KeyError(f"no limit named {name!r}; known: {', '.join(sorted(LIMITS))}") from None
+
 
 def is_missing(value) -> bool:
     """Only None (and pandas' NA) means "not given"; NaN is a value, and an invalid one."""

@@ -31,7 +31,7 @@ PAGE_RENDERED_JS = """() => {
 # horizontal scrollbar. Returns the page height (stMain scrolls, so its scrollHeight) and the offenders.
 DOCSTRING_FINGERPRINTS = ("Creator of Delta protobuf", "Parameters\n----------", "Returns\n-------",
                           "Initialize self.  See help(type(self))")
-PAGE_LAYOUT_JS = """(slack) => {
+PAGE_LAYOUT_JS = """([slack, everyTable]) => {
   const main = document.querySelector('[data-testid="stMain"]');
   const width = document.documentElement.clientWidth;
   const describe = (el) => {
@@ -59,7 +59,8 @@ PAGE_LAYOUT_JS = """(slack) => {
   for (const df of main.querySelectorAll('[data-testid="stDataFrame"]')) {
     const scroller = df.querySelector('.dvn-scroller');
     if (!scroller || df.offsetParent === null) continue;
-    if (df.getBoundingClientRect().width < 0.75 * mainWidth && scroller.scrollWidth > scroller.clientWidth + slack) {
+    if ((everyTable || df.getBoundingClientRect().width < 0.75 * mainWidth)
+        && scroller.scrollWidth > scroller.clientWidth + slack) {
       const heads = [...df.querySelectorAll('th')].map(th => th.innerText.trim()).filter(Boolean);
       clippedTables.push(`table [${heads.join(', ')}] needs ${scroller.scrollWidth}px, has ${scroller.clientWidth}px`);
     }
@@ -69,10 +70,11 @@ PAGE_LAYOUT_JS = """(slack) => {
 }"""
 
 
-def layout_problems(page, height_budget: int, slack: int = 4) -> list[str]:
+def layout_problems(page, height_budget: int, slack: int = 4, *, every_table: bool = False) -> list[str]:
     """Why a drawn page looks broken: help boxes, docstrings, a page taller than its budget (px), elements
-    wider than the window, half-width tables that hide columns. Empty when the page is fine."""
-    found = page.evaluate(PAGE_LAYOUT_JS, slack)
+    wider than the window, half-width tables that hide columns (`every_table`: any table, full width too, that
+    scrolls sideways). Empty when the page is fine."""
+    found = page.evaluate(PAGE_LAYOUT_JS, [slack, every_table])
     problems = []
     if found["help"]:
         problems.append(f"{found['help']} Streamlit help box(es) (st.help or magic output of a bare expression)")

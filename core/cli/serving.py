@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from core.cli import ID, TEXT, arg, command, emit, float_in, int_in
+from core import bounds
 from core.store import opsdb
 
 
 @command("recommend", help="recommendations for one user (logged)", args=[
     arg("--user", type=ID, required=True),
-    arg("--k", type=int_in(1, 500, "--k"), default=10),
+    arg("--k", type=int_in(*bounds.limit("k"), "--k"), default=10),
 ])
 def cmd_recommend(args, settings):
     from core.serving import serving

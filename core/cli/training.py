@@ -30,12 +30,18 @@ def cmd_etl(args, settings):
     with access.cli_action(settings, "etl") as entry:
         result = etl.run(_on_engine(args, settings)).to_dict()
         entry["target"] = f"dv{result['data_version']}" if result["status"] == "loaded" else result["status"]
-    emit(args, result, lambda: print(
-        f"ETL run {result['run_id']}: {result['status']}" + (
-            f", data version dv{result['data_version']}: {result['rows_loaded']:,} rows loaded, "
-            f"{result['rows_served']:,} served titles, "
-            f"{result['rows_quarantined']:,} quarantined {result['report'].get('by_reason', {})}"
-            if result["status"] == "loaded" else " (nothing changed since the last run)")))
+    emit(args, result, lambda: print(etl_line(result)))
+
+
+def etl_line(result: dict) -> str:
+    """The ETL's human summary: quarantined rows by reason in words, nothing when none was quarantined."""
+    if result["status"] != "loaded":
+        return f"ETL run {result['run_id']}: {result['status']} (nothing changed since the last run)"
+    reasons = (result.get("report") or {}).get("by_reason") or {}
+    why = ", ".join(f"{n:,} {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return (f"ETL run {result['run_id']}: loaded, data version dv{result['data_version']}: "
+            f"{result['rows_loaded']:,} rows loaded, {result['rows_served']:,} served titles, "
+            f"{result['rows_quarantined']:,} quarantined" + (f" ({why})" if why else ""))
 
 
 @command("train", help="train and evaluate one model (no promotion)", args=[

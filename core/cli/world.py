@@ -102,6 +102,11 @@ def cmd_simulate(args, settings):
         summary = loop.run(settings, args.days, shift=args.shift, strength=args.strength, duration=args.duration,
                            params=params, policy_mode=args.policy, progress=progress(args), serve_url=args.serve_url)
         entry["target"] += f", {summary['retrains']} retrains"
+    from core.monitoring import release
+    from core.training.pipeline import release_outcome
+    # Re-read after the run: a canary a retrain started may have been promoted or rolled back since.
+    summary["now"] = [release.fate(settings, v) for v in
+                      dict.fromkeys(r["action"]["version"] for r in summary["log"] if r["action"])]
 
     def human():
         if "shift" in summary:
@@ -118,9 +123,13 @@ def cmd_simulate(args, settings):
                 extra += f" churn scoring failed: {r['churn_error']}"
             act = r["action"]
             if act:
-                extra += f" → retrain ({act['cause']}): v{act['version']} " + ("promoted" if act["promoted"] else "kept as candidate")
+                extra += (f" → retrain ({act['cause']}): v{act['version']} "
+                          + (release_outcome(act) if act.get("gate_passed", act["promoted"]) else
+                             "kept as candidate (gate refused)"))
             print(f"day {r['day'] + 1:>3} {r['date']}  hit@10 model {hr}  Top 50 {t5}  [{r['classification']}]{extra}")
         print(f"{plural(summary['alerts_opened'], 'alert')} opened, {plural(summary['retrains'], 'automatic retrain')}")
+        for now in summary["now"]:
+            print("now: " + now["text"])
     emit(args, summary, human)
 
 

@@ -671,6 +671,15 @@ def _largest_change(settings: Settings, feature: str, day) -> str:
     return f"{b} share {wide.loc[b, 'reference']:.0%} → {wide.loc[b, cur_col]:.0%}"
 
 
+def retrain_sentence(settings: Settings, action) -> str:
+    """An automatic retrain (a row of `actions`) and what became of its version by now — read from the registry
+    and the releases, not from the action's result (a canary it started may have been promoted since)."""
+    from core.monitoring import release        # release imports this module
+    version = int(json.loads(action["result"])["version"])
+    return (f"Model retrained on {str(action['at'])[:10]} ({action['actor']}); now: "
+            + release.fate(settings, version)["text"] + ".")
+
+
 def narrative(settings: Settings) -> str:
     """The current state in one or two plain sentences (what drifted, what was done, did it recover)."""
     h = history(settings)
@@ -705,9 +714,7 @@ def narrative(settings: Settings) -> str:
         parts.append(f"Online hit rate of the model fell on {day} to {a['value']:.1%} (alert below {a['threshold']:.1%}).")
     retrains = actions[(actions["kind"] == "retrain") & (actions["at"] >= a["opened_at"])] if len(actions) else actions
     if len(retrains):
-        r = json.loads(retrains.iloc[0]["result"])
-        parts.append(f"Model retrained on {str(retrains.iloc[0]['at'])[:10]} ({retrains.iloc[0]['actor']}), v{r['version']} "
-                     + ("promoted." if r["promoted"] else "kept as candidate by the gate."))
+        parts.append(retrain_sentence(settings, retrains.iloc[0]))
     stable = days[(days["day"] < day) & (days["classification"] == "stable")]
     base = [o.get("hit_rate_model") for o in stable["online"].tail(BASELINE_DAYS)]
     base = [b for b in base if b is not None]

@@ -468,3 +468,48 @@ def status(settings: Settings) -> dict:
         out["evidence"] = {k: v for k, v in ev.items() if k != "per_day"} | {"per_day": ev["per_day"]}
         out["decisions"] = decisions(settings, active["deployment_id"]).to_dict("records")
     return out
+
+
+FATES = ("promoted", "canary", "waiting", "rolled back", "stopped", "replaced", "refused")
+
+
+def fate(settings: Settings, version: int) -> dict:
+    """What became of model `version` by now, read from the registry and the releases (not from the result of
+    the action that made it: a canary started by a retrain may since have been promoted or rolled back).
+
+    Returns {"version", "state": one of FATES, "text": the state in words, "stage": the registry stage}:
+    'promoted' (in production now), 'canary' (its release is running), 'waiting' (queued behind a running
+    release), 'rolled back' / 'stopped' (its release ended so), 'replaced' (was in production, another version
+    serves now), 'refused' (a candidate that never reached production or a release)."""
+    version = int(version)
+    row = registry.get_version(settings, version)
+    stage = row["stage"]
+    events = registry.history(settings, version)
+    to_prod = events[events["to_stage"] == "production"]
+    releases = deployments.history(settings)
+    mine = releases[releases["version"] == version] if len(releases) else releases
+    out = {"version": version, "stage": stage}
+    if stage == "production":
+        last = to_prod.iloc[-1] if len(to_prod) else None
+        by = "" if last is None else f" by {last['actor']} on {str(last['at'])[:10]}"
+        return out | {"state": "promoted", "text": f"v{version} promoted to production{by}"}
+    active = mine[mine["state"] == "active"] if len(mine) else mine
+    if len(active):
+        r = active.iloc[0]
+        return out | {"state": "canary", "text": f"v{version} in canary release #{int(r['deployment_id'])} "
+                                                 f"({float(r['share']):.0%} of users) since {str(r['started_at'])[:10]}; "
+                                                 "the release policy decides it (Deployment page)"}
+    waiting = pending(settings)
+    if waiting is not None and int(waiting["version"]) == version:
+        w = waiting["waits_for"]
+        return out | {"state": "waiting", "text": f"v{version} waits for release #{w['deployment_id']} ({w['mode']} "
+                                                  f"of v{w['version']}) to end, then starts as a canary"}
+    if len(to_prod):
+        return out | {"state": "replaced", "text": f"v{version} was promoted on {str(to_prod.iloc[-1]['at'])[:10]} "
+                                                   f"and has since been replaced (stage {stage})"}
+    if len(mine):
+        r = mine.iloc[0]
+        state = "rolled back" if r["state"] == "rolled-back" else "stopped"
+        return out | {"state": state, "text": f"v{version}'s release #{int(r['deployment_id'])} was {state} on "
+                                              f"{str(r['ended_at'])[:10]} by {r['ended_by']}: {r['end_reason']}"}
+    return out | {"state": "refused", "text": f"v{version} kept as candidate — the gate refused it"}

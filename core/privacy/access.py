@@ -53,7 +53,7 @@ import pandas as pd
 
 from core import faults
 from core.privacy import roles
-from core.store import mlopsdb
+from core.store import clock, mlopsdb
 from core.constants import TS_FORMAT
 from core.errors import RetroError, ValidationError
 from core.secretstore import read_secrets, update_secrets
@@ -369,8 +369,9 @@ def _count_unknown(settings: Settings, action: str, reason: str, when: str) -> N
         if row is not None:
             db.execute("UPDATE operator_audit SET attempts = attempts + 1 WHERE audit_id = ?", [row[0]])
         else:
-            db.execute("INSERT INTO operator_audit(at, actor, action, target, outcome, person, role, attempts) "
-                       "VALUES (?,?,?,?,?,NULL,NULL,1)", [when, UNKNOWN_ACTOR, action, reason, "denied"])
+            db.execute("INSERT INTO operator_audit(at, actor, action, target, outcome, person, role, attempts, clock, "
+                       "recorded_at) VALUES (?,?,?,?,?,NULL,NULL,1,?,?)",
+                       [when, UNKNOWN_ACTOR, action, reason, "denied", clock.kind(settings), clock.utc_now()])
 
 
 def require(settings: Settings, name: str, token: str, action: str, *, at: str | None = None,
@@ -470,10 +471,11 @@ def log_action(settings: Settings, actor: str, action: str, target: str | None, 
     when = mlopsdb.timestamp(at, settings)
     if person is None and role is None:
         person, role = _person_role(settings, actor.strip())
+    stamp = (clock.kind(settings), clock.utc_now())
     if db is not None:
-        return _insert_audit(db, when, actor, action, target, outcome, person, role)
+        return _insert_audit(db, when, actor, action, target, outcome, person, role, stamp)
     with mlopsdb.session(settings) as db:
-        return _insert_audit(db, when, actor, action, target, outcome, person, role)
+        return _insert_audit(db, when, actor, action, target, outcome, person, role, stamp)
 
 
 def _person_role(settings: Settings, actor: str) -> tuple[str | None, str | None]:
@@ -489,10 +491,11 @@ def _person_role(settings: Settings, actor: str) -> tuple[str | None, str | None
 
 
 def _insert_audit(db, when: str, actor: str, action: str, target: str | None, outcome: str,
-                  person: str | None = None, role: str | None = None) -> int:
-    cur = db.conn.execute("INSERT INTO operator_audit(at, actor, action, target, outcome, person, role) "
-                          "VALUES (?,?,?,?,?,?,?)",
-                          [when, actor.strip(), action.strip(), target, outcome, person, role])
+                  person: str | None = None, role: str | None = None, stamp: tuple = (None, None)) -> int:
+    """`stamp`: (which clock `when` is on, real UTC now)."""
+    cur = db.conn.execute("INSERT INTO operator_audit(at, actor, action, target, outcome, person, role, clock, "
+                          "recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                          [when, actor.strip(), action.strip(), target, outcome, person, role, *stamp])
     return int(cur.lastrowid)
 
 
@@ -539,8 +542,8 @@ def _settle(settings: Settings, written: dict, target: str | None, outcome: str)
 
 def audit_log(settings: Settings, limit: int | None = None) -> pd.DataFrame:
     """`operator_audit` rows, newest first (`attempts`: how many failures an aggregated row counts, else 1)."""
-    sql = ("SELECT audit_id, at, actor, action, target, outcome, person, role, attempts FROM operator_audit "
-           "ORDER BY audit_id DESC")
+    sql = ("SELECT audit_id, at, actor, action, target, outcome, person, role, attempts, clock, recorded_at "
+           "FROM operator_audit ORDER BY audit_id DESC")
     args: list = []
     if limit is not None:
         sql += " LIMIT ?"
@@ -548,7 +551,7 @@ def audit_log(settings: Settings, limit: int | None = None) -> pd.DataFrame:
     with mlopsdb.session(settings) as db:
         rows = db.execute(sql, args).fetchall()
     return pd.DataFrame(rows, columns=["audit_id", "at", "actor", "action", "target", "outcome", "person", "role",
-                                       "attempts"])
+                                       "attempts", "clock", "recorded_at"])
 
 
 # --------------------------------------------------------------- pseudonyms in the audit log (erasure, key rotation)

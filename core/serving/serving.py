@@ -28,6 +28,7 @@ from core.serving import deployments, exploration
 from core.store import clock, opsdb, servinglog
 from core.training import registry
 from core.training.artifacts import Bundle, load_bundle
+from core import bounds
 from core.constants import DEFAULT_K
 from core.errors import RetroError, UnknownUser, ValidationError
 from core.pseudonym import pseudonym, pseudonym_key
@@ -39,7 +40,7 @@ _bundles: OrderedDict[tuple[str, str], Bundle] = OrderedDict()
 _top50_cache: dict[tuple, list] = {}
 _lock = threading.Lock()
 MAX_LOADED = 4            # bundles kept in memory: production, a release's candidate, and the ones they replace
-MAX_K = 100
+MAX_K = bounds.MAX_K
 
 
 @dataclass

@@ -62,7 +62,12 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
         shifts = simulation.load_shifts(db)
         for i in range(days):
             day = first + i
-            progress(i / days, f"day {day + 1}: serving, simulating, ETL, monitoring")
+
+            def stage(name: str, part: float = 0.0, _i=i, _day=day) -> None:
+                """Progress with the stage's name and the work done: 'day 3 (2 of 5 simulated): ETL'."""
+                progress((_i + part) / days, f"day {_day + 1} ({_i} of {days} days simulated): {name}")
+
+            stage("serving lists and simulating users")
             start = simulation.day_start(day)
             served_at = start.strftime(TS_FORMAT)
             monitoring.record_top50(settings, start, top50(db).movie_ids)
@@ -75,14 +80,20 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
 
             stats = simulation.simulate_day(db, world, day, shifts, serve, settings.world_file)
             now = (start + timedelta(days=1)).strftime(TS_FORMAT)
+            stage("ETL into the warehouse", 0.3)
             etl.run(settings, at=now)
+            stage("monitoring drift and online quality", 0.45)
             report = monitoring.monitor_day(settings, start)
+            stage("scoring churn", 0.55)
             scored = score_churn(settings, now)
+            stage("reviewing the running release", 0.6)
             decision = release.review(settings, day=report.day, now=now)
             if decision is not None and decision["decision"] != "continue":
                 serving.clear_caches()
             action = policy.apply(settings, report, now=now, mode=policy_mode,
-                                  progress=lambda f, m, d=day: progress((i + f) / days, f"day {d + 1}: retrain — {m}"))
+                                  progress=lambda f, m, d=day, _i=i: progress(
+                                      (_i + 0.65 + 0.35 * f) / days,
+                                      f"day {d + 1} ({_i} of {days} days simulated): retraining — {m}"))
             if action:
                 serving.clear_caches()
                 record_truth(settings, action.get("job_id"))
@@ -93,7 +104,7 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
                         "quarantine_rate": report.quality["quarantine_rate"], "action": action,
                         "arms": report.online.get("arms"), "release": decision,
                         "hit_rate_by_policy": report.online.get("hit_rate_by_policy"), **scored})
-        progress(1.0, "done")
+        progress(1.0, f"done: {days} of {days} days simulated")
     finally:
         db.conn.close()
     summary = {"days": days, "first_day": first, "last_day": first + days - 1, "log": log,

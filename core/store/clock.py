@@ -41,3 +41,18 @@ def now(settings: Settings | None = None, *, db=None) -> str:
     except sqlite3.Error:          # no meta table yet (an empty database being created)
         return utc_now()
     return value or utc_now()
+
+
+def kind(settings: Settings | None = None) -> str:
+    """Which clock `now(settings)` reads: 'simulated' (a world's `meta.clock`) or 'real' (UTC wall clock)."""
+    if settings is None or not settings.ops_db.exists():
+        return "real"
+    try:
+        conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True, timeout=30)
+        try:
+            value = opsdb.get_meta(conn, "clock")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return "real"
+    return "simulated" if value else "real"

@@ -340,6 +340,15 @@ def m012_operator_roles(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_operator_audit_actor ON operator_audit(actor, action, at)")
 
 
+@migrations()
+def m013_audit_clock(db: sqlite_utils.Database) -> None:
+    """Audit rows say which clock their `at` is on (`clock`: 'simulated' — a world's clock — or 'real') and when
+    they were written in real UTC (`recorded_at`), so rows written before and after a world existed sort on one
+    clock. Older rows: both NULL."""
+    db.execute("ALTER TABLE operator_audit ADD COLUMN clock TEXT")
+    db.execute("ALTER TABLE operator_audit ADD COLUMN recorded_at TEXT")
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)

@@ -263,11 +263,11 @@ def gate_history(settings: Settings) -> pd.DataFrame:
         cf = y if "point" in y else {}
         t = result.get("truth") or {}
         out.append({"at": at, "job_id": job_id, "version": result.get("version"), "promoted": result.get("promoted"),
-                    "decided_by": y.get("decided_by", "holdout"), "ess": y.get("ess"),
+                    "gate_passed": (result.get("gate") or {}).get("promote"), "decided_by": y.get("decided_by", "holdout"), "ess": y.get("ess"),
                     "holdout_delta": holdout.get("point"), "holdout_lo": holdout.get("lo"),
                     "holdout_hi": holdout.get("hi"), "cf_delta": cf.get("point"), "cf_lo": cf.get("lo"),
                     "cf_hi": cf.get("hi"), "truth_delta": t.get("difference"), "truth_verdict": t.get("verdict")})
-    return pd.DataFrame(out, columns=["at", "job_id", "version", "promoted", "decided_by", "ess", "holdout_delta",
+    return pd.DataFrame(out, columns=["at", "job_id", "version", "promoted", "gate_passed", "decided_by", "ess", "holdout_delta",
                                       "holdout_lo", "holdout_hi", "cf_delta", "cf_lo", "cf_hi", "truth_delta",
                                       "truth_verdict"])
 

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core.simulation import loop, simulation
-from core.monitoring import policy
+from core.monitoring import policy, release
 from core.monitoring.monitoring import FEATURE_LABELS, FEATURES
 from dashboard import cache, charts, ui
 
@@ -77,8 +77,12 @@ if run and (who := ui.operator("run a scenario")) is not None:
                           duration=int(duration), policy_mode=mode, progress=ui.progress_callback(bar))
         entry["target"] += f", {result['retrains']} retrains"
     cache.clear()
+    bar.progress(1.0, text=f"done: {ui.plural(result['days'], 'day')} simulated")
+    # What became of each retrained version, re-read now (a canary a retrain started may have ended since).
+    fates = [release.fate(s, v) for v in dict.fromkeys(r["action"]["version"] for r in result["log"] if r["action"])]
     st.success(f"Simulated {ui.plural(result['days'], 'day')}: {ui.plural(result['alerts_opened'], 'alert')} opened, "
-               f"{ui.plural(result['retrains'], 'automatic retrain')}.")
+               f"{ui.plural(result['retrains'], 'automatic retrain')}"
+               + (": " + "; ".join(f["text"] for f in fates) if fates else "") + ".")
 
 with st.expander("Stored retraining policy (used by `simulate` and scheduled runs)"):
     current = policy.get_policy(s)

@@ -82,15 +82,17 @@ elif pending:
 else:
     st.success("No pending consent effects: the production model honours every current consent.")
 
-left, right = st.columns(2)
-with left:
-    st.subheader("Erasure requests")
-    log = erasure.request_log(s)
-    if len(log):
-        st.dataframe(ui.times(log), hide_index=True, key="requests")
-    else:
-        st.caption("No request yet.")
-with right:
+st.subheader("Erasure requests")       # the full width: a half-width table cut the actor to "operator:ac"
+log = erasure.request_log(s)
+if len(log):
+    st.dataframe(ui.times(log), hide_index=True, key="requests",
+                 column_config={"request_id": st.column_config.NumberColumn("request", width="small"),
+                                "requested_at": st.column_config.TextColumn("requested (service clock)"),
+                                "completed_at": st.column_config.TextColumn("completed (service clock)"),
+                                "summary": st.column_config.TextColumn(width="large")})
+else:
+    st.caption("No request yet.")
+with st.container():
     st.subheader("Retention")
     days = st.number_input("Keep behavioural events for (days)", 1, 3650, 365, key="retention_days")
     status = retention.retention_status(s, int(days))
@@ -116,7 +118,14 @@ st.subheader("Operator audit log")
 if not ui.personal_view("operator audit log", banner=False, permission="read the audit log"):
     audit = None
 elif len(audit := access.audit_log(s)):        # read after the view is audited: the table shows its own row
-    st.caption("The 50 newest privileged actions and sign-ins.")
-    st.dataframe(ui.times(audit.head(50)), hide_index=True, key="audit_log")
+    st.caption("The 50 newest privileged actions and sign-ins, newest first by when they were recorded (real "
+               "UTC clock). “Service time” is the time the service stamped: a simulated world's clock, or the real "
+               "clock before a world existed — the clock column says which.")
+    shown = audit.head(50)[["audit_id", "recorded_at", "at", "clock", "actor", "action", "target", "outcome", "role", "attempts"]]
+    st.dataframe(ui.times(shown), hide_index=True, key="audit_log", placeholder="—",
+                 column_config={"recorded_at": st.column_config.TextColumn("recorded (real UTC)"),
+                                "at": st.column_config.TextColumn("service time"),
+                                "clock": st.column_config.TextColumn("service clock", width="small"),
+                                "audit_id": st.column_config.NumberColumn("#", width="small")})
 elif audit is not None:
     st.caption("No privileged action yet.")

@@ -1,4 +1,5 @@
 """Top 50 vs For You: the traditional list next to a user's personalized list."""
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -50,6 +51,15 @@ with st.container(border=True):
 personal = movies.set_index("movie_id").reindex(rec.movie_ids).reset_index()
 personal.insert(0, "rank", range(1, len(personal) + 1))
 personal["score"] = rec.scores
+if rec.ranker_version:     # the ranker's scores are log-odds: shown as the probability they stand for
+    personal["score"] = 100 / (1 + np.exp(-np.asarray(rec.scores, dtype=float)))
+    SCORE = st.column_config.NumberColumn("P(watch)", format="%.1f%%", width=64,
+                                          help="the ranker's predicted chance that this user watches the title "
+                                               "(its log-odds score s as 1 / (1 + e^−s))")
+else:
+    SCORE = st.column_config.NumberColumn("score", format="%.3f", width=64,
+                                          help="the collaborative-filtering model's score (user factors · title "
+                                               "factors): higher ranks first; not a probability")
 top10 = top.head(10)
 # Both lists share half the page (about 460 px at 1400 px): column widths in px that add up to less, so no
 # column (WR!) hides behind a horizontal scrollbar; long titles and genres are cut, in full on hover.
@@ -69,13 +79,14 @@ with right:
     st.subheader("For You")
     if rec.path == "model":
         st.caption(f"Personalized by model v{rec.model_version} (trained on {rec.data_version})"
-                   + (f", re-ranked by ranker v{rec.ranker_version} (score = its log-odds)" if rec.ranker_version else ""))
+                   + (f", re-ranked by ranker v{rec.ranker_version} (P(watch) = its predicted chance of a watch)"
+                      if rec.ranker_version else " (score: higher ranks first, not a probability)"))
     else:
         st.warning(f"Falling back to the Top 50: {rec.reason}.")
     st.dataframe(personal[["rank", "title", "year", "genres", "score"]], hide_index=True, height=390, key="for_you_table",
-                 column_config={**NARROW, "title": st.column_config.TextColumn(width=170),
+                 column_config={**NARROW, "title": st.column_config.TextColumn(width=166),
                                  "genres": st.column_config.TextColumn(width=130),
-                                 "score": st.column_config.NumberColumn(format="%.3f", width=60)})
+                                 "score": SCORE})
 
 cmp = insights.compare_lists(top10["movie_id"].tolist(), rec.movie_ids)
 s_top = insights.list_summary(top10["movie_id"].tolist(), movies, pop)

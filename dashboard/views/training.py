@@ -60,14 +60,12 @@ with st.container(border=True):
             result = cache.retrain(ui.progress_callback(bar, log), model=model, seed=int(seed), margin=float(margin),
                                    trigger="dashboard", actor=f"operator:{who}", on_pass=on_pass,
                                    release_with=release.after_gate)
-            entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else
-                                                         "kept as candidate" if result["release"] is None else
-                                                         release.outcome(result))
+            now = release.fate(s, result["version"])     # re-read from the registry and the releases
+            entry["target"] = now["text"]
         stages.caption(" → ".join(log))
         released = result["release"]
-        verdict = (st.warning if released is None else st.info if released["state"] == "pending" else st.success)
-        verdict(f"Run {result['run_id']} → v{result['version']}: "
-                + ("kept as candidate — the gate refused it" if released is None else release.outcome(result))
+        verdict = {"promoted": st.success, "canary": st.success, "waiting": st.info}.get(now["state"], st.warning)
+        verdict(f"Run {result['run_id']} → v{result['version']}: now " + now["text"].removeprefix(f"v{result['version']} ")
                 + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f} on "
                   f"{ui.plural(result['metrics']['users_evaluated'], 'holdout user')}, data {result['data_version']})")
         if released is not None and (released["state"] != "promoted" or result["on_pass"] == "canary"):
@@ -114,7 +112,8 @@ if gates.empty:
 else:
     newest_first = gates.iloc[::-1]
     label_of = {int(r.job_id): f"job {r.job_id} · v{r.version} · {ui.fmt_time(r.at)} · "
-                               + ("promoted" if r.promoted else "not promoted") for r in newest_first.itertuples()}
+                               + ("promoted" if r.promoted else "gate passed" if r.gate_passed else "gate refused")
+                for r in newest_first.itertuples()}
     job_id = st.selectbox("Gate decision", list(label_of), format_func=label_of.get, key="gate_job")
     result = cache.job_result(token, job_id)
     gate = result.get("gate") or {}
@@ -126,9 +125,10 @@ else:
     holdout_b = (checks.get("holdout_baselines") if by_log else checks.get("baselines")) or {}
     holdout_of = cache.holdout_of(token, result["version"]) if result.get("version") else {}
     with st.container(border=True):
-        st.markdown(f"**Job {job_id}** ({result.get('trigger') or 'retrain'}), v{result.get('version')}: "
-                    + ("promoted" if result.get("promoted") else "passed, released beside production (see the "
-                       "Deployment page)" if gate.get("promote") else "**refused**, production kept"))
+        fate = release.fate(s, result["version"]) if result.get("version") else None
+        st.markdown(f"**Job {job_id}** ({result.get('trigger') or 'retrain'}), v{result.get('version')}: the gate "
+                    + ("passed it" if gate.get("promote") else "**refused** it")
+                    + ("" if fate is None else "; now: " + fate["text"].removeprefix(f"v{result['version']} ")))
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Decided by", f"log ({_est(y)})" if by_log else "holdout")
         m2.metric(f"ESS (min {y.get('min_ess', s.gate_min_ess):,})",
@@ -235,17 +235,51 @@ st.subheader("Experiment runs")
 RUN_VIEWS = {
     "Recommender (cf, ranker)": dict(
         families=(registry.CF, registry.RANKER),
-        columns=("run_id", "model_kind", "engine", "status", "started_at", "data_version", "seed", "ndcg@10",
-                 "precision@10", "recall@10", "hit_rate@10", "coverage", "novelty", "users_evaluated", "duration_s",
-                 "code_version"),
+        columns=("run_id", "model_kind", "status", "started_at", "data_version", "seed", "ndcg@10",
+                 "precision@10", "recall@10", "hit_rate@10", "coverage", "novelty", "users_evaluated", "duration_s"),
         compared=("precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "coverage")),
     "Churn": dict(
         families=(registry.CHURN,),
         columns=("run_id", "model_kind", "status", "started_at", "data_version", "seed", "roc_auc", "pr_auc", "brier",
-                 "top_decile_lift", "base_rate", "rows", "churned", "training_rows", "duration_s", "code_version"),
+                 "top_decile_lift", "base_rate", "rows", "churned", "training_rows", "duration_s"),
         compared=("roc_auc", "pr_auc", "brier", "top_decile_lift")),
 }
+# Short headers (the full name on hover), so every column fits the 1400 px window without scrolling sideways.
+RUN_HEADERS = {"run_id": ("run", None), "model_kind": ("kind", None), "started_at": ("started", "simulated clock"),
+               "data_version": ("data", "data version trained on"), "ndcg@10": ("nDCG@10", None),
+               "precision@10": ("P@10", "precision@10"), "recall@10": ("R@10", "recall@10"),
+               "hit_rate@10": ("HR@10", "hit rate@10"), "users_evaluated": ("users", "holdout users evaluated"),
+               "duration_s": ("secs", "wall-clock seconds the run's stages took"),
+               "top_decile_lift": ("lift@10%", "top-decile lift"), "training_rows": ("train rows", None)}
 FOUR_DIGITS = {"coverage", "novelty", "roc_auc", "pr_auc", "brier", "top_decile_lift", "base_rate"}
+
+
+def run_column(c: str):
+    label, helptext = RUN_HEADERS.get(c, (c, None))
+    if "@" in c or c in FOUR_DIGITS:
+        return st.column_config.NumberColumn(label, help=helptext or c, format="%.4f")
+    if c == "duration_s":
+        return st.column_config.NumberColumn(label, help=helptext, format="%.1f")
+    return st.column_config.Column(label, help=helptext)
+
+
+def comparison_table(diff: pd.DataFrame) -> pd.DataFrame:
+    """Runs A and B side by side as text: every value at the same precision (4 decimals; counts as integers),
+    '—' where a run lacks the metric, Δ = B − A and Δ % = (B − A) / |A|."""
+    def num(v, metric, sign=False):
+        if v is None or pd.isna(v):
+            return "—"
+        if metric in COUNTS and not sign:
+            return f"{v:,.0f}"
+        return f"{v:{'+' if sign else ''}.4f}"
+    return pd.DataFrame({"metric": diff["metric"],
+                         "run A": [num(v, m) for v, m in zip(diff["a"], diff["metric"])],
+                         "run B": [num(v, m) for v, m in zip(diff["b"], diff["metric"])],
+                         "Δ (B − A)": [num(v, m, sign=True) for v, m in zip(diff["delta"], diff["metric"])],
+                         "Δ % of A": ["—" if pd.isna(v) else f"{v:+.1%}" for v in diff["rel_delta"]]})
+
+
+COUNTS = {"users_evaluated", "rows", "churned", "training_rows", "holdout_rows", "users", "items"}
 if runs.empty:
     st.info("No runs yet — press “Run the retrain pipeline”.")
 else:
@@ -258,25 +292,38 @@ else:
     else:
         cols = [c for c in spec["columns"] if c in shown_runs]
         st.dataframe(ui.times(shown_runs[cols]), hide_index=True, key="runs_table", placeholder="—",
-                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in cols
-                                    if "@" in c or c in FOUR_DIGITS})
-    finished = shown_runs[shown_runs["status"] == "finished"]["run_id"].tolist()
-    if len(finished) >= 2:
-        a, b = st.columns(2)
-        run_a = a.selectbox("Compare run", finished, index=1, key="run_a")
-        run_b = b.selectbox("with run", finished, index=0, key="run_b")
+                     column_config={c: run_column(c) for c in cols})
+    finished_runs = shown_runs[shown_runs["status"] == "finished"]
+    # Like with like: both runs of one model kind (an ALS run against a ranker run compares different things).
+    kinds = [k for k in dict.fromkeys(finished_runs["model_kind"]) if (finished_runs["model_kind"] == k).sum() >= 2]
+    if kinds:
+        k1, a, b = st.columns([1, 1, 1])
+        kind = k1.selectbox("Compare runs of", kinds, key="compare_kind")
+        finished = finished_runs[finished_runs["model_kind"] == kind]["run_id"].tolist()
+        run_a = a.selectbox("Run A", finished, index=1, key="run_a")
+        run_b = b.selectbox("with run B", finished, index=0, key="run_b")
         diff = cache.compare(token, run_a, run_b)
-        st.dataframe(diff, hide_index=True, key="compare_table")
+        st.dataframe(comparison_table(diff), hide_index=True, key="compare_table",
+                     column_config={"Δ (B − A)": st.column_config.TextColumn(help="run B's value minus run A's"),
+                                    "Δ % of A": st.column_config.TextColumn(
+                                        help="(B − A) / |A|: the change relative to run A; — when A is 0 or "
+                                             "either run lacks the metric")})
+        st.caption("Δ (B − A) = run B's value minus run A's; Δ % of A = that difference relative to run A's value "
+                   "(— when A is 0 or either run lacks the metric). Every value at 4 decimals; counts as integers.")
         shown = diff[diff["metric"].isin(spec["compared"])]
         long = shown.melt(id_vars="metric", value_vars=["a", "b"], var_name="run", value_name="value")
-        long["run"] = long["run"].map({"a": f"run {run_a}", "b": f"run {run_b}"})
-        st.plotly_chart(px.bar(long, x="metric", y="value", color="run", barmode="group",
-                               title=f"Run {run_a} vs run {run_b} on their holdouts"), key="compare_chart")
+        long["run"] = long["run"].map({"a": f"run {run_a} (A)", "b": f"run {run_b} (B)"})
+        fig = px.bar(long, x="metric", y="value", color="run", barmode="group", text_auto=".4f",
+                     title=f"Run {run_a} vs run {run_b} ({kind}) on their holdouts")
+        fig.update_yaxes(tickformat=".3f")
+        st.plotly_chart(fig, key="compare_chart")
         timings = pd.DataFrame([{"run": f"run {r}", "stage": k, "seconds": v}
                                 for r in (run_a, run_b) for k, v in (cache.run(token, r)["timings"] or {}).items()])
         if len(timings):
             st.plotly_chart(px.bar(timings, x="seconds", y="run", color="stage", orientation="h",
                                    title="Stage timings (s)"), key="timings_chart")
+    elif len(finished_runs) >= 2:
+        st.caption("Runs compare with runs of the same model kind: no kind has two finished runs yet.")
 
 # --- registry ---------------------------------------------------------------------------------
 st.subheader("Model registry")
