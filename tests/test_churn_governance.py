@@ -181,7 +181,8 @@ def test_explain_churn_without_a_churn_model_in_production_is_one_error_line(cf_
     s = private_copy(cf_world, tmp_path / "no-churn")
     code, out, err = run_cli(s, "explain", "--user", "1", "--churn")
     assert code == 1 and out == ""
-    assert err.splitlines() == ["error: no churn model in production; train one with `python -m core churn train`"]
+    from core.training import churn_pipeline
+    assert err.splitlines() == ["error: no churn model in production; " + churn_pipeline.next_step(s)]
     log = access.audit_log(s)
     assert (log["action"].iloc[0], log["outcome"].iloc[0]) == ("explain churn", "failed")
 

@@ -139,11 +139,37 @@ def train(settings: Settings, *, seed: int | None = None, params: dict | None = 
             "snapshots": run_params["snapshots"], "artifact_path": str(path)}
 
 
+# ------------------------------------------------------------------ what to do when there is no churn model
+def history_needed(settings: Settings) -> dict:
+    """How much watch history the warehouse holds against what a churn model's time split needs:
+    {"need": days, "have": days, "missing": days (0 when enough)}."""
+    need = churn.MIN_HISTORY_DAYS + 2 * churn.HORIZON_DAYS
+    span = churn_data.data_bounds(settings)
+    have = 0 if span is None else int((span[1] - span[0]).days)
+    return {"need": need, "have": have, "missing": max(need - have, 0)}
+
+
+def next_step(settings: Settings) -> str:
+    """The one action that gets a churn model into production from here, as a command and a click that work now:
+    train when the warehouse holds enough history, else simulate exactly the missing days first."""
+    h = history_needed(settings)
+    if not h["missing"]:
+        return ("train one with `python -m core churn train` (or press “Train churn model” on the Churn page); the warehouse "
+                f"holds {h['have']} days, enough for the {h['need']} a churn model needs")
+    return (f"a churn model needs {h['need']} days of watch data and the warehouse holds {h['have']}: "
+            f"{h['missing']} days are missing. Simulate them with `python -m core simulate --days {h['missing']}` "
+            f"(or run a {h['missing']}-day scenario on the Drift page), then `python -m core churn train`")
+
+
+def no_model(settings: Settings) -> RetroError:
+    return RetroError("no churn model in production; " + next_step(settings))
+
+
 # ------------------------------------------------------------------ the production model
 def production_model(settings: Settings) -> tuple[dict, churn.ChurnModel]:
     prod = registry.production(settings, family=churn.FAMILY)
     if prod is None:
-        raise RetroError("no churn model in production; train one with `python -m core churn train`")
+        raise no_model(settings)
     return prod, load_version(settings, prod)
 
 
@@ -334,7 +360,7 @@ def evaluate(settings: Settings, version: int | None = None) -> dict:
     online check of stored scores."""
     row = registry.production(settings, family=churn.FAMILY) if version is None else registry.get_version(settings, int(version))
     if row is None:
-        raise RetroError("no churn model in production; train one with `python -m core churn train`")
+        raise no_model(settings)
     model = load_version(settings, row)
     plan, parts = _frames(settings)
     hold = parts["holdout"]
