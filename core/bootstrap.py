@@ -140,14 +140,26 @@ def ensure_demo_world(settings: Settings, progress: simulation.Progress = simula
     return True
 
 
-def grow_world(settings: Settings, days: int, progress: simulation.Progress = simulation._noop) -> dict:
-    """Simulate `days` more days of the world (open loop, as the first start did; new users sign up on the way).
+def grow_world(settings: Settings, days: int, progress: simulation.Progress = simulation._noop,
+               etl: bool = True) -> dict:
+    """Simulate `days` more days of the world (open loop, as the first start did; new users sign up on the way),
+    then (`etl`) run the ETL so the warehouse — what the Churn page, the Data page and the next retrain read —
+    holds them at once. Progress: "simulating day d (i/n)" for 90 % of the bar, then the ETL's stage.
 
     The first start builds a small world so the dashboard is ready quickly; this makes it richer. The new
-    days reach the model with the next retrain."""
+    days reach the recommender with the next retrain. Returns simulate's summary, the store counts under
+    "stats" and, with `etl`, {"status", "data_version", "rows_loaded", "rows_quarantined"} under "etl"."""
     from core import bounds
     days = bounds.check_int(days, "days", 1, 365)
-    summary = simulation.simulate(settings, days, progress=progress)
+    share = 0.9 if etl else 1.0
+    summary = simulation.simulate(settings, days, progress=lambda f, m: progress(share * f, m))
+    if etl:
+        from core.warehouse import etl as warehouse_etl
+        progress(share, f"ETL: loading the {days} new days into the warehouse")
+        loaded = warehouse_etl.run(settings)
+        summary["etl"] = {"status": loaded.status, "data_version": loaded.data_version,
+                          "rows_loaded": loaded.rows_loaded, "rows_quarantined": loaded.rows_quarantined}
+        progress(1.0, f"ETL: {loaded.status}, {loaded.rows_loaded:,} rows loaded")
     with opsdb.session(settings) as db:
         summary["stats"] = opsdb.counts(db)
     return summary

@@ -263,10 +263,10 @@ def churn_train(progress, **kwargs):
         clear()
 
 
-def churn_score():
+def churn_score(progress=None):
     from core.training import churn_pipeline
     try:
-        return churn_pipeline.score(settings())
+        return churn_pipeline.score(settings(), progress=progress)
     finally:
         clear()
 

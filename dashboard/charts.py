@@ -1,6 +1,8 @@
 """Plotly figures built from core results (pages only display them)."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -11,11 +13,18 @@ from core.monitoring.monitoring import FEATURE_LABELS, FEATURES, QUARANTINE_RATE
 
 def percent_axis(values) -> str:
     """A plotly tick format for shares with enough decimals that ticks differ: '.0%' from 10 % up, else
-    '.1%' or '.2%' (a 0–2.5 % axis would otherwise read '2%, 2%, 1%, 1%, 0%')."""
-    top = pd.to_numeric(pd.Series(list(values)), errors="coerce").abs().max()
-    if pd.isna(top) or top >= 0.1:
+    '.1%' or '.2%' (a 0–2.5 % axis would otherwise read '2%, 2%, 1%, 1%, 0%'), and more when the values span
+    a narrow band (10.2–10.9 % would read '10%, 10%, 11%'): about five ticks' step, to one significant digit."""
+    shares = pd.to_numeric(pd.Series(list(values)), errors="coerce").dropna()
+    top = shares.abs().max() if len(shares) else float("nan")
+    if pd.isna(top):
         return ".0%"
-    return ".1%" if top >= 0.01 else ".2%"
+    digits = 0 if top >= 0.1 else 1 if top >= 0.01 else 2
+    span = float(shares.max() - shares.min())
+    if span > 0:
+        step = span * 100 / 5                          # in percentage points
+        digits = max(digits, min(3, -math.floor(math.log10(step))))
+    return f".{max(digits, 0)}%"
 
 
 def _markers(fig, alerts: pd.DataFrame, actions: pd.DataFrame, rows: int) -> None:
@@ -178,24 +187,40 @@ def churn_online(days: list[dict]) -> go.Figure:
 
 def churn_and_quality(frame: pd.DataFrame) -> go.Figure:
     """The world's churn rate per day (active users with no watch in the next 14 days) above the online
-    hit rate@10 of the served lists (model vs the Top 50 control), on one simulated time axis."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, row_heights=[0.5, 0.5],
-                        subplot_titles=("Churn rate of active users (no watch in the next 14 days)",
-                                        "Online hit rate@10 of the served lists"))
-    if len(frame):
+    hit rate@10 of the served lists (model vs the Top 50 control), on one simulated time axis. A panel whose
+    series has no value yet is left out (an empty panel draws a meaningless −100 %…400 % axis); the page says
+    what will fill it (`churn_quality_panels`)."""
+    churn_panel, hit_panel = churn_quality_panels(frame)
+    hits = ("hit_rate_model", "hit_rate_top50")
+    titles = ([("churn", "Churn rate of active users (no watch in the next 14 days)")] if churn_panel else []) + \
+             ([("hit", "Online hit rate@10 of the served lists")] if hit_panel else [])
+    rows = max(len(titles), 1)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=[t for _, t in titles] or None)
+    row = {name: i + 1 for i, (name, _) in enumerate(titles)}
+    if churn_panel:
         fig.add_trace(go.Scatter(x=frame["day"], y=frame["churn_rate"], mode="lines+markers", name="churn rate",
                                  line_color="#E8553D", customdata=frame[["active_users"]],
-                                 hovertemplate="%{x}: %{y:.1%} of %{customdata[0]} active users"), row=1, col=1)
+                                 hovertemplate="%{x}: %{y:.1%} of %{customdata[0]} active users"), row=row["churn"], col=1)
+        fig.update_yaxes(title_text="churn rate", tickformat=percent_axis(frame["churn_rate"]), row=row["churn"], col=1)
+    if hit_panel:
         for col, name, color in (("hit_rate_model", "model", "#E8A33D"), ("hit_rate_top50", "Top 50 (control)", "#8AA1B1")):
             fig.add_trace(go.Scatter(x=frame["day"], y=frame[col], mode="lines+markers", name=name, line_color=color,
-                                     connectgaps=False), row=2, col=1)
-    fig.update_yaxes(title_text="churn rate", tickformat=percent_axis(frame["churn_rate"]) if len(frame) else ".0%",
-                     row=1, col=1)
-    fig.update_yaxes(title_text="hit rate", tickformat=".0%", row=2, col=1)
+                                     connectgaps=False), row=row["hit"], col=1)
+        fig.update_yaxes(title_text="hit rate", tickformat=percent_axis(pd.concat([frame[c] for c in hits])),
+                         row=row["hit"], col=1)
     _day_ticks(fig, len(frame))
-    fig.update_xaxes(title_text="day (simulated clock)", row=2, col=1)
-    fig.update_layout(height=520, legend=dict(orientation="h", y=-0.15), margin=dict(t=40))
+    fig.update_xaxes(title_text="day (simulated clock)", row=rows, col=1)
+    fig.update_layout(height=280 + 240 * (rows - 1), legend=dict(orientation="h", y=-0.15 * 2 / (rows + 1)),
+                      margin=dict(t=40))
     return fig
+
+
+def churn_quality_panels(frame: pd.DataFrame) -> tuple[bool, bool]:
+    """(churn-rate panel has a value, hit-rate panel has a value) for `churn_and_quality`."""
+    if not len(frame):
+        return False, False
+    return bool(frame["churn_rate"].notna().any()), bool(frame[["hit_rate_model", "hit_rate_top50"]].notna().any().any())
 
 
 def _dot_text(text: str) -> str:

@@ -71,12 +71,56 @@ def _build_progress() -> None:
                    "the build is done.")
 
 
-def progress_callback(bar, log=None):
+def progress_callback(bar, log=None, prefix: str = "", start: float = 0.0, end: float = 1.0):
+    """A core `progress(fraction, message)` drawn on `bar`, mapped into [start, end] of the bar, the message
+    after `prefix` (the stage's name when core's message lacks it)."""
     def update(fraction: float, message: str) -> None:
-        bar.progress(min(max(float(fraction), 0.0), 1.0), text=message)
+        fraction = start + (end - start) * min(max(float(fraction), 0.0), 1.0)
+        message = prefix + str(message)
+        bar.progress(min(max(fraction, 0.0), 1.0), text=message)
         if log is not None:
             log.append(message)
     return update
+
+
+def done(page: str, *messages: tuple[str, str]) -> None:
+    """A dashboard action succeeded: clear the caches, keep its messages for the next run and rerun the page,
+    so everything the page shows (state, metrics, forms) is read again after the action, not before it.
+    `messages` are (kind, text) pairs, kind one of 'success', 'warning', 'info', 'caption'. Call it outside
+    `audited(...)`: the rerun is an exception that would be logged as a failure."""
+    cache.clear()
+    st.session_state.setdefault("flash", {})[page] = list(messages)
+    st.rerun()
+
+
+def show_done(page: str) -> None:
+    """The messages `done(page, ...)` kept, shown once at the top of the page after its rerun."""
+    for kind, text in st.session_state.get("flash", {}).pop(page, []):
+        getattr(st, kind)(text)
+
+
+def grow_world(days: int, page: str) -> None:
+    """Grow the simulated world by `days` days and run the ETL (operators; audited), with a progress bar that
+    names the day being simulated, then rerun `page` with what was done (`done`)."""
+    who = operator("grow the world")
+    if who is None:
+        return
+    bar = st.progress(0.0, text=f"simulating {plural(days, 'day')}")
+    with audited(who, "grow the world", f"{int(days)} days") as entry:
+        grown = bootstrap.grow_world(cache.settings(), int(days), progress=progress_callback(bar))
+        entry["target"] = f"{int(days)} days, " + ((grown.get("etl") or {}).get("status") or "no ETL")
+    done(page, ("success", grown_message(grown)))
+
+
+def grown_message(grown: dict) -> str:
+    """What growing the world did, in one sentence (the ETL part from `bootstrap.grow_world`'s "etl")."""
+    etl = grown.get("etl") or {}
+    loaded = (f" The ETL loaded {plural(etl['rows_loaded'], 'row')} into the warehouse (data version "
+              f"dv{etl['data_version']})." if etl.get("status") == "loaded" else
+              f" ETL: {etl['status']}." if etl else "")
+    return (f"Simulated {grown['days']} more days: {grown['events']:,} events, {grown['ratings']:,} ratings, "
+            f"{grown['new_users']:,} new users.{loaded} Retrain on the Training & Models page for the recommender "
+            "to use them.")
 
 
 def sentence(text: str) -> str:

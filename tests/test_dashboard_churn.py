@@ -96,7 +96,9 @@ def test_churn_page_without_enough_history_says_how_many_days_it_needs(cf_world,
     assert not at.error
     warning = texts(at.warning)
     need = churn.MIN_HISTORY_DAYS + 2 * churn.HORIZON_DAYS       # the time split's minimum (56 days)
-    assert "No churn model yet" in warning and f"needs at least {need} days" in warning and "spans 10 days" in warning
+    assert "No churn model yet" in warning and f"needs {need}" in warning and "holds 10 days" in warning
+    assert f"{need - 10} days missing" in warning
+    assert at.button(key="churn_grow").label == f"Grow the world by {need - 10} days"   # the one action that fixes it
     assert at.button(key="churn_train").disabled and at.button(key="churn_score").disabled
     assert not at.metric                               # no model: no metrics to show
 

@@ -74,9 +74,21 @@ def latest_scores(settings: Settings, top: int = TOP_USERS) -> dict:
 
 def readiness(settings: Settings) -> dict:
     """Why no churn model serves, for a page to say: {"days": days of watch data in the warehouse (0 without),
-    "enough_history": bool, "message": the NotEnoughHistory text or None, "candidate": the newest churn
-    version not in production (dict with its run's metrics and the recency rule's) or None}."""
+    "needed": days the time split needs, "missing": max(needed − days, 0), "unloaded": whole days the
+    operational database (a simulated world's clock) holds beyond the warehouse — the ETL loads them, so the
+    world needs to grow only by max(missing − unloaded, 0) days — "enough_history": bool, "message": the
+    NotEnoughHistory text or None, "candidate": the newest churn version not in production (dict with its run's
+    metrics and the recency rule's) or None}."""
     bounds = churn_data.data_bounds(settings)
+    needed = churn.MIN_HISTORY_DAYS + 2 * churn.HORIZON_DAYS
+    unloaded = 0
+    if settings.ops_db.exists():
+        with opsdb.session(settings) as db:
+            clock = opsdb.get_meta(db, "clock")
+        if clock:
+            loaded_until = bounds[1] if bounds is not None else None
+            clock = pd.Timestamp(clock).normalize()
+            unloaded = int((clock - loaded_until).days) if loaded_until is not None else 0
     days, message = 0, None
     if bounds is None:
         message = "the warehouse holds no watch yet; run the ETL on a world first"
@@ -96,7 +108,9 @@ def readiness(settings: Settings) -> dict:
             candidate = {"version": int(row["version"]), "stage": row["stage"], "created_at": row["created_at"],
                          "run_id": int(row["run_id"]), "metrics": run.get("metrics") or {},
                          "recency": (run.get("baselines") or {}).get("recency") or {}}
-    return {"days": days, "enough_history": message is None, "message": message, "candidate": candidate}
+    return {"days": days, "needed": needed, "missing": 0 if message is None else max(needed - days, 1),
+            "unloaded": max(unloaded, 0), "enough_history": message is None, "message": message,
+            "candidate": candidate}
 
 
 def dependencies(settings: Settings) -> dict:

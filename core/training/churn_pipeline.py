@@ -225,22 +225,27 @@ def current_as_of(settings: Settings) -> pd.Timestamp:
 
 
 def score(settings: Settings, *, user_id: int | None = None, as_of=None, store: bool = True,
-          at: str | None = None) -> dict:
+          at: str | None = None, progress=None) -> dict:
     """Risk of every active user (or one) at `as_of` (default: the end of the warehouse's data) with the
-    production churn model; stored in `churn_predictions` unless `store` is False."""
+    production churn model; stored in `churn_predictions` unless `store` is False. `progress(fraction,
+    message)` hears the stage and the number of users (features, scoring n users, stored)."""
     prod, model = production_model(settings)
-    return _score(settings, prod, model, user_id=user_id, as_of=as_of, store=store, at=at)
+    return _score(settings, prod, model, user_id=user_id, as_of=as_of, store=store, at=at, progress=progress)
 
 
 def _score(settings: Settings, prod: dict, model: churn.ChurnModel, *, user_id: int | None, as_of, store: bool,
-           at: str | None) -> dict:
+           at: str | None, progress=None) -> dict:
+    progress = progress or (lambda fraction, message: None)
     key = None if user_id is None else _user_key(settings, user_id)
     as_of = current_as_of(settings) if as_of is None else pd.Timestamp(as_of).normalize()
+    progress(0.05, f"churn scoring: point-in-time features of the active users as of {as_of.date()}")
     frame = churn_data.snapshots(settings, [as_of], user_key=key)     # one user: only their facts are read
+    progress(0.6, f"churn scoring: scoring {len(frame):,} active users with churn v{prod['version']}")
     with single_threaded_openmp():   # for a few thousand rows OpenMP's thread wake-ups cost more than the work
         risk = model.risk(churn.matrix(frame)) if len(frame) else np.zeros(0)
     frame = frame.assign(risk=risk)
     stored = store_predictions(settings, int(prod["version"]), frame, at=at) if store and len(frame) else 0
+    progress(1.0, f"churn scoring: {len(frame):,} users scored, {stored:,} scores stored")
     result = {"version": int(prod["version"]), "as_of": str(as_of), "users": int(len(frame)), "stored": stored,
               "mean_risk": float(risk.mean()) if len(risk) else None,
               "risk_histogram": np.histogram(risk, bins=10, range=(0, 1))[0].tolist()}

@@ -4,10 +4,21 @@ import streamlit as st
 from dashboard import cache, charts, ui
 
 st.title("Churn")
+ui.show_done("churn")               # the message of the action that just ran; the page below is re-read after it
 status = cache.churn_status(cache.token())
 has_model = status["version"] is not None
 ready = None if has_model else cache.churn_readiness(cache.token())
 too_short = ready is not None and not ready["enough_history"]
+
+
+def score_with_progress(bar, who: str, start: float = 0.0) -> dict:
+    """Score every active user (audited), the bar naming the stage and then the number of users scored."""
+    bar.progress(start, text="churn scoring: point-in-time features of the active users")
+    with ui.audited(who, "churn score") as entry:
+        scored = cache.churn_score(progress=ui.progress_callback(bar, start=start))
+        entry["target"] = f"v{scored['version']}: {scored['users']} users as of {scored['as_of'][:10]}"
+    return scored
+
 
 # --- operator actions: train (then score at once when promoted), score now ------------------------------------
 with st.container(border=True):
@@ -17,29 +28,27 @@ with st.container(border=True):
                       else "Fit, judge against the recency rule, register; promoted (and scored) when it beats the rule.")
     score = c2.button("Score now", key="churn_score", disabled=not has_model,
                       help="Score every active user with the production churn model as of the warehouse's last day "
-                           "and store the scores (what this page, the online check and drift read).")
+                           "and store the scores (what this page, the online check and drift read)." if has_model
+                      else "Needs a churn model in production: train one first.")
     c3.caption("Training fits on point-in-time warehouse snapshots, judges the model against the recency rule on "
                "the holdout and promotes it only when it beats the rule. Operators only (sign in under Operator in the sidebar).")
     if train and (who := ui.operator("train the churn model")) is not None:
-        bar = st.progress(0.0, text="starting")
+        bar = st.progress(0.0, text="churn: starting")
         with ui.audited(who, "churn train") as entry:
-            result = cache.churn_train(ui.progress_callback(bar), actor=f"operator:{who}")
+            result = cache.churn_train(ui.progress_callback(bar, end=0.8), actor=f"operator:{who}")
             entry["target"] = f"v{result['version']} " + ("promoted" if result["promoted"] else "kept as candidate")
+        gate = [("caption", f"gate: {reason}") for reason in result["gate"]["reasons"]]
         if result["promoted"]:
-            with st.spinner("scoring the active users"), ui.audited(who, "churn score", f"v{result['version']}"):
-                scored = cache.churn_score()
-            st.success(f"Churn v{result['version']} (run {result['run_id']}) is in production and scored "
-                       f"{ui.plural(scored['users'], 'active user')} as of {scored['as_of'][:10]}.")
-        else:
-            st.warning(f"Churn v{result['version']} (run {result['run_id']}) was kept as a candidate: the gate refused it.")
-        for reason in result["gate"]["reasons"]:
-            st.caption(f"gate: {reason}")
+            scored = score_with_progress(bar, who, start=0.8)
+            ui.done("churn", ("success", f"Churn v{result['version']} (run {result['run_id']}) is in production and "
+                                         f"scored {ui.plural(scored['users'], 'active user')} as of "
+                                         f"{scored['as_of'][:10]}."), *gate)
+        ui.done("churn", ("warning", f"Churn v{result['version']} (run {result['run_id']}) was kept as a candidate: "
+                                     "the gate refused it."), *gate)
     if score and (who := ui.operator("score churn risk")) is not None:
-        with st.spinner("scoring the active users"), ui.audited(who, "churn score") as entry:
-            scored = cache.churn_score()
-            entry["target"] = f"v{scored['version']}: {scored['users']} users as of {scored['as_of'][:10]}"
-        st.success(f"Scored {ui.plural(scored['users'], 'active user')} as of {scored['as_of'][:10]} with "
-                   f"churn v{scored['version']} (mean risk {scored['mean_risk'] or 0:.1%}).")
+        scored = score_with_progress(st.progress(0.0, text="churn scoring: starting"), who)
+        ui.done("churn", ("success", f"Scored {ui.plural(scored['users'], 'active user')} as of {scored['as_of'][:10]} "
+                                     f"with churn v{scored['version']} (mean risk {scored['mean_risk'] or 0:.1%})."))
 
 token = cache.token()               # the actions above may have changed the stores
 status = cache.churn_status(token)
@@ -57,13 +66,48 @@ def metrics_vs_rule(metrics: dict, rule: dict) -> None:
                    delta_description=None if base is None else f"vs rule {fmt.format(base)}", border=True)
 
 
+def missing_days() -> None:
+    """How many days the warehouse lacks for the churn model's time split, and the one action that adds them:
+    the ETL when the world already holds them, else growing the world by exactly that many days (which runs
+    the ETL)."""
+    from core.simulation import simulation
+    missing, unloaded = ready["missing"], ready["unloaded"]
+    st.warning(f"No churn model yet: the warehouse holds {ui.plural(ready['days'], 'day')} of watch data and a "
+               f"churn model needs {ready['needed']} ({churn_split()}) — {ui.plural(missing, 'day')} missing.")
+    if unloaded >= missing:
+        st.markdown(f"The world already holds {ui.plural(unloaded, 'day')} the warehouse has not loaded: run the ETL "
+                    "and train.")
+        if st.button(f"Run the ETL ({ui.plural(unloaded, 'day')})", key="churn_etl", type="primary") and \
+                (who := ui.operator("run the ETL")) is not None:
+            from core.warehouse import etl
+            with st.spinner("ETL: extracting, validating, loading…"), ui.audited(who, "etl") as entry:
+                result = etl.run(cache.settings())
+                entry["target"] = f"dv{result.data_version}" if result.status == "loaded" else result.status
+            ui.done("churn", ("success", f"ETL run {result.run_id}: {result.status}, "
+                                         f"{ui.plural(result.rows_loaded, 'row')} loaded. Train the churn model now."))
+    elif simulation.has_world(cache.settings()):
+        grow = missing - unloaded
+        st.markdown(f"Grow the world by {ui.plural(grow, 'day')} (the ETL loads them"
+                    + (f", with the {ui.plural(unloaded, 'day')} not loaded yet" if unloaded else "")
+                    + "), then train. Operators; the Overview page's *Grow the world* does the same for any number "
+                      f"of days, the CLI `python -m core simulate --days {grow} --open-loop` then `python -m core etl`.")
+        if st.button(f"Grow the world by {ui.plural(grow, 'day')}", key="churn_grow", type="primary"):
+            ui.grow_world(grow, page="churn")
+    else:
+        st.caption("Imported data has no world to grow: import more days of history, run the ETL, then train.")
+
+
+def churn_split() -> str:
+    from core.training import churn
+    return (f"{churn.MIN_HISTORY_DAYS} days of features, then {churn.HORIZON_DAYS} days of outcome for training "
+            f"and {churn.HORIZON_DAYS} for the holdout")
+
+
 if status["version"] is None:
     ready = cache.churn_readiness(token)
     candidate = ready["candidate"]
     if not ready["enough_history"]:
-        st.warning(f"No churn model yet: {ready['message']}.")
-        st.caption("Grow the world on the Overview page (operators) or `python -m core simulate --days N`, "
-                   "then train here.")
+        missing_days()
     elif candidate is not None:
         st.warning(f"No churn model in production: the newest, v{candidate['version']} (run {candidate['run_id']}, "
                    f"{ui.fmt_time(candidate['created_at'])}), is a {candidate['stage']} — the gate wants it to beat "
@@ -161,10 +205,15 @@ else:
 st.subheader("Churn and recommendation quality over time")
 with ui.core_errors():
     quality = cache.churn_and_quality(token)
-if quality["churn_rate"].notna().any() or quality[["hit_rate_model", "hit_rate_top50"]].notna().any().any():
+churn_panel, hit_panel = charts.churn_quality_panels(quality)
+if churn_panel or hit_panel:
     st.plotly_chart(charts.churn_and_quality(quality), key="churn_quality_chart")
     st.caption("A worse recommender in production should show here as more churn some days later: the churn rate "
                "of a day needs the 14 days after it, so the newest two weeks have none yet; hit rates exist for the "
                "days the closed loop served and monitored.")
-else:
+if not churn_panel:
     st.info("No churn rate yet: a day's churn rate needs 14 days of data after it.")
+if not hit_panel:
+    st.info("No online hit rate yet: it comes from days the closed loop served and monitored — run a scenario on "
+            "the Drift page (operators) or `python -m core simulate --days N`; growing the world simulates "
+            "behaviour only.")

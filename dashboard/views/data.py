@@ -7,18 +7,17 @@ from core.warehouse import etl
 from dashboard import cache, ui
 
 st.title("Data: ETL, validation, warehouse")
+ui.show_done("data")                # the ETL's message; the tables below are re-read after it
 with ui.core_errors():
     rep = cache.etl_report(cache.token())
 
 if st.button("Run ETL now", key="run_etl", help="Data engineers (sign in under Operator in the sidebar); audited.") and \
         (who := ui.operator("run the ETL")) is not None:
-    with st.spinner("extracting, validating, loading…"), ui.audited(who, "etl") as entry:
+    with st.spinner("ETL: extracting, validating, loading…"), ui.audited(who, "etl") as entry:
         result = etl.run(cache.settings())
         entry["target"] = f"dv{result.data_version}" if result.status == "loaded" else result.status
-    cache.clear()
-    st.success(f"ETL run {result.run_id}: {result.status}, {ui.plural(result.rows_loaded, 'row')} loaded, "
-               f"{result.rows_quarantined:,} quarantined")
-    rep = cache.etl_report(cache.token())
+    ui.done("data", ("success", f"ETL run {result.run_id}: {result.status}, {ui.plural(result.rows_loaded, 'row')} "
+                                f"loaded, {result.rows_quarantined:,} quarantined."))
 
 versions = rep["versions"]
 if versions.empty:

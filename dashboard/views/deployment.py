@@ -6,6 +6,7 @@ from core.serving import deployments
 from dashboard import cache, charts, ui
 
 st.title("Deployment")
+ui.show_done("deployment")          # the message of the action that just ran; the page below is re-read after it
 s = cache.settings()
 token = cache.token()
 status = cache.deployment(token)
@@ -91,14 +92,16 @@ if active is None:
         share = c.slider("Canary share", 0.05, 1.0, deployments.DEFAULT_SHARE, 0.05, key="release_share")
         if st.form_submit_button("Start", disabled=not choices) and \
                 (who := ui.operator(f"start a {mode} release")) is not None:
-            with ui.audited(who, "release start", f"v{version} ({mode})"), \
-                    st.spinner("starting the release (training the candidate's ranker first when production has one)…"):
+            bar = st.progress(0.0, text="release: checking the candidate")
+            with ui.audited(who, "release start", f"v{version} ({mode})"):
                 started = release.start(s, int(version), mode, actor=f"operator:{who}", reason="started from the dashboard",
-                                        share=float(share) if mode == "canary" else None)
-            cache.clear()
+                                        share=float(share) if mode == "canary" else None,
+                                        progress=ui.progress_callback(bar, prefix="release start — "))
             ranker = started.get("ranker") or {}
-            st.success(f"Release #{started['deployment_id']}: {mode} of v{version} started"
-                       + (f", re-ranked by its own ranker v{ranker['version']}." if ranker.get("beats_cf") else "."))
+            ui.done("deployment", ("success", f"Release #{started['deployment_id']}: {mode} of v{version} started"
+                                   + (f", re-ranked by its own ranker v{ranker['version']}." if ranker.get("beats_cf")
+                                      else ".")
+                                   + (" It now shows above under Release; the form below decides it.")))
 else:
     with st.form("decide_release"):
         st.markdown(f"**Decide release #{active['deployment_id']}** (operators) — promote makes v{active['version']} "
@@ -114,5 +117,6 @@ else:
                 with ui.audited(who, f"release {decision}", f"release #{active['deployment_id']}"):
                     done = release.decide_now(s, decision, actor=f"operator:{who}",
                                               reason=reason or f"{decision} from the dashboard")
-                cache.clear()
-                st.success(f"Release #{done['deployment_id']}: {done['decision']} recorded.")
+                ui.done("deployment", ("success", f"Release #{done['deployment_id']}: {done['decision']} recorded"
+                                       + (f" — v{active['version']} is production now." if done["decision"] == "promote"
+                                          else " — every user is served production again.")))

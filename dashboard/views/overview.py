@@ -1,11 +1,11 @@
 """Overview: the live system as the lecture draws it, each box with its real status."""
 import streamlit as st
 
-from core import bootstrap
 from core.simulation import simulation
 from dashboard import cache, ui
 
 st.title("Retro Movies — the live system")
+ui.show_done("overview")            # the message of the action that just ran; the boxes below are re-read after it
 with ui.core_errors():
     s = cache.status(cache.token())
 ops, wh, reg, srv = s["ops"], s["warehouse"], s["registry"], s["serving"]
@@ -54,17 +54,11 @@ st.caption("Data flows left to right: operational DB → ETL → warehouse → t
 if simulation.has_world(cache.settings()):     # an imported MovieLens folder has no world to grow
     with st.expander("Grow the world", expanded=False):
         st.caption("The first start builds a small world so the dashboard is ready quickly. Simulate "
-                   "more days here (new users sign up on the way); the next retrain uses them. Operators only.")
+                   "more days here (new users sign up on the way); the ETL then loads them into the warehouse "
+                   "(Data and Churn pages), and the next retrain uses them. Operators only.")
         days = st.number_input("Days to simulate", min_value=1, max_value=365, value=30, key="grow_days")
-        if st.button("Grow the world", key="grow_world") and (who := ui.operator("grow the world")) is not None:
-            bar = st.progress(0.0, text="starting")
-            with ui.core_errors():
-                grown = bootstrap.grow_world(cache.settings(), int(days), progress=ui.progress_callback(bar))
-            from core.privacy.access import log_action
-            log_action(cache.settings(), f"operator:{who}", "grow the world", f"{int(days)} days", "ok")
-            cache.clear()
-            st.success(f"Simulated {grown['days']} more days: {grown['events']:,} events, {grown['ratings']:,} "
-                       f"ratings, {grown['new_users']:,} new users. Retrain on the Training & Models page to use them.")
+        if st.button("Grow the world", key="grow_world"):
+            ui.grow_world(int(days), page="overview")
 
 st.subheader("Traditional software vs. ML system — on this system's own numbers")
 left, right = st.columns(2)
