@@ -177,7 +177,7 @@ def churn_world(tmp_path_factory):
 
     On a world this small the model and the recency rule are within noise of each other (≈ 640 holdout users, 80
     churned), so the gate may refuse it: the fixture then promotes it by hand, as an operator could, and the
-    gate's own behaviour is tested on its inputs below (the default world's figures are in the README)."""
+    gate's own behaviour is tested on its inputs below (the default world's figures are in docs/churn.md)."""
     s = load_settings(tmp_path_factory.mktemp("churn_world"))
     simulation.init_world(s, seed=5, users=600, movies=300, days=63)
     pipeline.retrain(s, with_ranker=False)

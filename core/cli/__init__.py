@@ -1,7 +1,7 @@
 """`python -m core <command>`: a thin command line over the core package.
 
 User mistakes exit with status 1 and one line on stderr (`error: ...`), never a
-traceback; `--json` output is stable and documented in the README.
+traceback; `--json` output is stable and documented in docs/contracts.md.
 
 Each command sits in a small module of this package with its arguments right above its handler
 (`@command("top50", help=..., args=[arg("--m", ...)])`); this module holds the parser, the argument

@@ -2,7 +2,7 @@
 
 `PERMISSIONS` maps each privileged action to the roles that may do it; `admin` may do everything. The
 dashboard (`access.require` behind the sidebar login), the model server (`/explain`, bearer token) and the
-CLI (`access.cli_action`, the OS user's mapped role) all ask `allowed(role, action)`. The README's table is
+CLI (`access.cli_action`, the OS user's mapped role) all ask `allowed(role, action)`. docs/privacy.md's table is
 `permission_table_markdown()` (print it with `python -m core.privacy.roles`; a test keeps the two equal).
 
 The dashboard and the server name some actions in words ("run a retrain", "explain"); `ALIASES` maps those
@@ -138,7 +138,7 @@ def roles_for(action: str) -> list[str]:
 
 
 def permission_table_markdown() -> str:
-    """The README's permission table, generated from ACTIONS (✓: the role may; every row is audited)."""
+    """docs/privacy.md's permission table, generated from ACTIONS (✓: the role may; every row is audited)."""
     head = "| action | what | " + " | ".join(ROLES) + " | dashboard | CLI | server |"
     rule = "| --- | --- | " + " | ".join(":---:" for _ in ROLES) + " | --- | --- | --- |"
     rows = ["| aggregates | counts, charts, metrics, Top 50, model cards, system diagnosis | "
