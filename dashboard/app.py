@@ -11,10 +11,15 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import cache, ui  # noqa: E402
+from dashboard import first_box  # noqa: E402  (light: draws a first start's progress before the heavy imports)
 
 st.set_page_config(page_title="Retro Movies — MLOps", layout="wide")
-ui.first_start()
+first_box.show_running_build()
+slot = first_box.placeholder()
+
+from dashboard import cache, ui  # noqa: E402
+
+ui.first_start(slot)
 
 VIEWS = ROOT / "dashboard" / "views"
 pages = {

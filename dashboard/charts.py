@@ -129,7 +129,8 @@ def arm_quality(history: pd.DataFrame, decisions: pd.DataFrame | None = None) ->
     if decisions is not None and len(decisions):
         for _, d in decisions[decisions["decision"] != "continue"].dropna(subset=["day"]).iterrows():
             fig.add_vline(x=d["day"], line_dash="dash", line_color=colors.get(d["decision"], "#8AA1B1"))
-    fig.update_layout(height=360, yaxis_title="hit rate@10", yaxis_tickformat=".0%", xaxis_title="day (simulated clock)",
+    fig.update_layout(height=360, yaxis_title="hit rate@10", yaxis_tickformat=percent_axis(history["hit_rate"]),
+                      xaxis_title="day (simulated clock)",
                       legend=dict(orientation="h", y=-0.25), margin=dict(t=30),
                       title="Online hit rate@10 per arm (lists shown that day that led to a watch)")
     _day_ticks(fig, history["day"].nunique() if len(history) else 0)
@@ -180,7 +181,8 @@ def churn_online(days: list[dict]) -> go.Figure:
         fig.add_trace(go.Bar(x=label, y=frame["observed"], name="observed (churned within 14 days)",
                              marker_color=CHURN_COLORS["observed"]))
     fig.update_layout(title="Online check: stored scores vs who churned", height=340, barmode="group",
-                      margin=dict(t=40), yaxis=dict(title="share of scored users", tickformat=".0%"),
+                      margin=dict(t=40), yaxis=dict(title="share of scored users", tickformat=percent_axis(
+                          [0.0, *frame.get("predicted", []), *frame.get("observed", [])])),
                       xaxis_title="scoring day (model version)", legend=dict(orientation="h", y=-0.3))
     return fig
 

@@ -28,17 +28,23 @@ def _print_token(token: str) -> None:
     print(bootstrap.token_message(cache.settings(), token), flush=True)
 
 
-def first_start() -> None:
+def first_start(slot=None) -> None:
     """An empty data folder is being built (by `make run`'s `python -m core first-start` or another session):
-    show that build's progress and nothing else. Nobody building it: build it here, with the same status file."""
+    show that build's progress and nothing else. Nobody building it: build it here, with the same status file.
+    `slot`: the placeholder `first_box.placeholder()` drew while the dashboard loaded (replaced here)."""
+    from dashboard import first_box
     s = cache.settings()
     if bootstrap.build_running(s):
-        _build_progress()
+        if slot is not None:
+            slot.empty()
+        first_box.build_progress()
         st.stop()
     if not bootstrap.needs_build(s):
+        if slot is not None:
+            slot.empty()
         bootstrap.ensure_operator(s, announce=_print_token)
         return
-    box = st.container(border=True)
+    box = (slot or st.empty()).container(border=True)
     box.subheader("Setting up Retro Movies")
     last = bootstrap.read_status(s)
     if last and last.get("state") == "error":
@@ -49,26 +55,6 @@ def first_start() -> None:
         bootstrap.first_start(s, progress=progress_callback(bar), announce=_print_token)
     cache.clear()
     box.success("Ready.")
-
-
-@st.fragment(run_every=1.0)
-def _build_progress() -> None:
-    """The running first start's status file, redrawn every second; the whole app reruns once it is done."""
-    s = cache.settings()
-    status = bootstrap.build_running(s)
-    if status is None:
-        cache.clear()
-        st.rerun()
-    with st.container(border=True):
-        st.subheader("Setting up Retro Movies")
-        world = status.get("world") or {}
-        st.write(f"First start in `{s.home}`: building the simulated world ({world.get('users', 0):,} users, "
-                 f"{world.get('movies', 0):,} movies, {world.get('days', 0)} days) and training the first model.")
-        fraction = min(max(float(status.get("fraction", 0.0)), 0.0), 1.0)
-        st.progress(fraction, text=f"{fraction:.0%} · {status.get('message', '')}")
-        st.caption(f"Started {status.get('started_at', '?')} by process {status.get('pid')} (the terminal that ran "
-                   "`make run` shows the same progress and the operator token). This page opens by itself when "
-                   "the build is done.")
 
 
 def progress_callback(bar, log=None, prefix: str = "", start: float = 0.0, end: float = 1.0):

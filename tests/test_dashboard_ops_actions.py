@@ -145,3 +145,9 @@ def long_world(tmp_path_factory):
     pipeline.retrain(s)
     access.add_operator(s, *OPERATOR)
     return s
+
+
+def test_the_light_first_start_box_reads_the_status_file_core_writes():
+    from core import bootstrap
+    from dashboard import first_box
+    assert first_box.STATUS_FILE == bootstrap.STATUS_FILE

@@ -157,18 +157,20 @@ else:
             column_order=["user_id", "risk", "change", "days_since_last_watch", "watches_7d", "watches_28d",
                           "active_days_28d", "why"],
             column_config={
-                "user_id": st.column_config.NumberColumn("user", format="%d", width="small"),
+                # px widths adding up to less than the main column at 1400 px (938 px): no sideways scrolling;
+                # the grid spreads what is left, and the whole "why" is the markdown below the table.
+                "user_id": st.column_config.NumberColumn("user", format="%d", width=60),
                 "risk": st.column_config.ProgressColumn("risk", format="percent", min_value=0.0, max_value=1.0,
-                                                        width="small"),
-                "change": st.column_config.NumberColumn("Δ risk (pp)", format="%+.1f",
+                                                        width=90),
+                "change": st.column_config.NumberColumn("Δ risk (pp)", format="%+.1f", width=85,
                                                         help="percentage points since the previous scored day"),
-                "days_since_last_watch": st.column_config.NumberColumn("days idle", format="%.1f",
+                "days_since_last_watch": st.column_config.NumberColumn("days idle", format="%.1f", width=70,
                                                                        help="days since the last watch"),
-                "watches_7d": st.column_config.NumberColumn("watches 7 d", format="%d"),
-                "watches_28d": st.column_config.NumberColumn("watches 28 d", format="%d"),
-                "active_days_28d": st.column_config.NumberColumn("active days", format="%d",
+                "watches_7d": st.column_config.NumberColumn("watches 7 d", format="%d", width=85),
+                "watches_28d": st.column_config.NumberColumn("watches 28 d", format="%d", width=90),
+                "active_days_28d": st.column_config.NumberColumn("active days", format="%d", width=80,
                                                                  help="days with activity in the last 28 days"),
-                "why": st.column_config.TextColumn("why (top SHAP reasons)", width="large"),
+                "why": st.column_config.TextColumn("why (top SHAP reasons)", width=320),
             })
         rows = picked.selection.rows if picked is not None and hasattr(picked, "selection") else []
         chosen = scores["top"].iloc[rows[0] if rows else 0]

@@ -16,7 +16,7 @@ if st.button("Run ETL now", key="run_etl", help="Data engineers (sign in under O
     with st.spinner("ETL: extracting, validating, loading…"), ui.audited(who, "etl") as entry:
         result = etl.run(cache.settings())
         entry["target"] = f"dv{result.data_version}" if result.status == "loaded" else result.status
-    ui.done("data", ("success", f"ETL run {result.run_id}: {result.status}, {ui.plural(result.rows_loaded, 'row')} "
+    ui.done("data", ("success" if result.status == "loaded" else "info", f"ETL run {result.run_id}: {result.status}, {ui.plural(result.rows_loaded, 'row')} "
                                 f"loaded, {result.rows_quarantined:,} quarantined."))
 
 versions = rep["versions"]
@@ -34,8 +34,22 @@ d.metric("Quarantined by the last run", f"{int(latest['rows_quarantined']):,}")
 st.subheader("Data versions")
 show = versions.assign(data_version="dv" + versions["version"].astype(str),
                        volume_alerts=versions["validation"].map(lambda v: len(v.get("volume_alerts", []))))
+# px widths adding up to less than the main column at 1400 px (938 px): no table scrolls sideways.
+show = show.assign(content_hash=show["content_hash"].astype(str).str[:12])
+col = st.column_config
 st.dataframe(ui.times(show)[["data_version", "created_at", "rows_extracted", "rows_loaded", "rows_quarantined", "total_facts",
-                   "window_start", "window_end", "volume_alerts", "content_hash"]], hide_index=True, key="versions")
+                   "window_start", "window_end", "volume_alerts", "content_hash"]], hide_index=True, key="versions",
+             column_config={"data_version": col.TextColumn("version", width=60),
+                            "created_at": col.TextColumn("created", width=120),
+                            "rows_extracted": col.NumberColumn("extracted", width=80),
+                            "rows_loaded": col.NumberColumn("loaded", width=70),
+                            "rows_quarantined": col.NumberColumn("quarantined", width=85),
+                            "total_facts": col.NumberColumn("facts", width=75),
+                            "window_start": col.TextColumn("window start", width=120),
+                            "window_end": col.TextColumn("window end", width=120),
+                            "volume_alerts": col.NumberColumn("alerts", width=55),
+                            "content_hash": col.TextColumn("hash", width=95,
+                                                           help="first 12 hex digits of the content hash")})
 
 st.subheader("Validation report")
 pick = st.selectbox("Data version", show["data_version"], key="dv")
@@ -55,7 +69,14 @@ else:
     fig = px.bar(rep["reasons"], x="data_version", y="rows", color="category",
                  labels={"data_version": "data version", "rows": "rows quarantined"}, title="Quarantined rows by reason")
     st.plotly_chart(fig, key="quarantine_chart")
-    st.dataframe(ui.times(rep["quarantine"]), hide_index=True, key="quarantine_table")
+    st.dataframe(ui.times(rep["quarantine"]), hide_index=True, key="quarantine_table",
+                 column_config={"source": col.TextColumn("source", width=80),
+                                "source_id": col.Column("id", width=70),
+                                "reason": col.TextColumn("reason", width=250),
+                                "kind": col.TextColumn("kind", width=60), "value": col.Column("value", width=60),
+                                "occurred_at": col.TextColumn("occurred", width=120),
+                                "data_version": col.Column("dv", width=50),
+                                "quarantined_at": col.TextColumn("quarantined", width=120)})
 
 st.subheader("Daily volumes")
 daily = rep["daily"]

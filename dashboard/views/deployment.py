@@ -75,9 +75,20 @@ if decided.empty:
 else:
     shown = decided.sort_values("decision_id", ascending=False)[
         ["at", "deployment_id", "decision", "actor", "days", "point", "lo", "hi", "users_affected", "share", "reason"]]
+    # Widths in px that add up to less than the main column at 1400 px (938 px): no sideways scrolling; the
+    # grid spreads what is left over the columns, and a long reason shows whole on hover.
     st.dataframe(ui.times(shown), hide_index=True, key="decisions_table",
-                 column_config={c: st.column_config.NumberColumn(format="%+.4f") for c in ("point", "lo", "hi")}
-                 | {"reason": st.column_config.TextColumn(width="large")})
+                 column_config={c: st.column_config.NumberColumn(c, format="%+.4f", width=70) for c in ("point", "lo", "hi")}
+                 | {"at": st.column_config.TextColumn("at", width=125),
+                    "deployment_id": st.column_config.NumberColumn("#", format="%d", width=45,
+                                                                   help="release (deployment) id"),
+                    "decision": st.column_config.TextColumn("decision", width=80),
+                    "actor": st.column_config.TextColumn("actor", width=130),
+                    "days": st.column_config.NumberColumn("days", width=50),
+                    "users_affected": st.column_config.NumberColumn("users", width=60,
+                                                                    help="users the candidate's lists reached"),
+                    "share": st.column_config.NumberColumn("share", format="percent", width=55),
+                    "reason": st.column_config.TextColumn("reason", width=160)})
 
 # --- operator actions --------------------------------------------------------------------------------------------
 versions, _ = cache.versions(token)
