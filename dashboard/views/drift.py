@@ -131,7 +131,16 @@ if alerts.empty:
 else:
     shown = ["alert_id", "kind", "metric", "test", "severity", "value", "threshold", "chance_level", "window_start",
              "closed_at", "classification"]
-    st.dataframe(ui.times(alerts)[[c for c in shown if c in alerts]], hide_index=True, key="alerts_table")
+    st.dataframe(ui.times(alerts)[[c for c in shown if c in alerts]], hide_index=True, key="alerts_table",
+                 placeholder="—",    # short headers: the eleven columns fit the 1400 px window
+                 column_config={"alert_id": st.column_config.NumberColumn("#", width="small"),
+                                "value": st.column_config.NumberColumn(format="%.4f"),
+                                "threshold": st.column_config.NumberColumn(format="%.4f"),
+                                "chance_level": st.column_config.NumberColumn("chance", format="%.4f",
+                                                                              help="chance level (see below)"),
+                                "window_start": st.column_config.TextColumn("day"),
+                                "closed_at": st.column_config.TextColumn("closed"),
+                                "classification": st.column_config.TextColumn("read as")})
     st.caption("An alert needs a change that is both material (value ≥ threshold) and beyond chance (value above "
                "chance_level: the 99th percentile the statistic reaches with no change at that day's window sizes).")
 

@@ -86,10 +86,12 @@ st.subheader("Erasure requests")       # the full width: a half-width table cut 
 log = erasure.request_log(s)
 if len(log):
     st.dataframe(ui.times(log), hide_index=True, key="requests",
-                 column_config={"request_id": st.column_config.NumberColumn("request", width="small"),
-                                "requested_at": st.column_config.TextColumn("requested (service clock)"),
-                                "completed_at": st.column_config.TextColumn("completed (service clock)"),
-                                "summary": st.column_config.TextColumn(width="large")})
+                 column_config={"request_id": st.column_config.NumberColumn("request", width=70),
+                                "requested_at": st.column_config.TextColumn("requested (service clock)", width=175),
+                                "completed_at": st.column_config.TextColumn("completed (service clock)", width=175),
+                                "state": st.column_config.TextColumn(width=85),
+                                "actor": st.column_config.TextColumn(width=170),
+                                "summary": st.column_config.TextColumn(width=235)})
 else:
     st.caption("No request yet.")
 with st.container():
@@ -113,19 +115,35 @@ with st.container():
         st.rerun()
 
 st.subheader("Data inventory")
-st.dataframe(pd.DataFrame(export.data_inventory()), hide_index=True, key="inventory")
+st.dataframe(pd.DataFrame(export.data_inventory()), hide_index=True, key="inventory",   # fits 1400 px; hover: full text
+             column_config={"store": st.column_config.TextColumn(width=100),
+                            "table": st.column_config.TextColumn(width=105),
+                            "fields": st.column_config.TextColumn(width=200),
+                            "identifier": st.column_config.TextColumn(width=95),
+                            "protection": st.column_config.TextColumn(width=220),
+                            "on_erasure": st.column_config.TextColumn("on erasure", width=200)})
 st.subheader("Operator audit log")
 if not ui.personal_view("operator audit log", banner=False, permission="read the audit log"):
     audit = None
 elif len(audit := access.audit_log(s)):        # read after the view is audited: the table shows its own row
     st.caption("The 50 newest privileged actions and sign-ins, newest first by when they were recorded (real "
                "UTC clock). “Service time” is the time the service stamped: a simulated world's clock, or the real "
-               "clock before a world existed — the clock column says which.")
-    shown = audit.head(50)[["audit_id", "recorded_at", "at", "clock", "actor", "action", "target", "outcome", "role", "attempts"]]
-    st.dataframe(ui.times(shown), hide_index=True, key="audit_log", placeholder="—",
-                 column_config={"recorded_at": st.column_config.TextColumn("recorded (real UTC)"),
-                                "at": st.column_config.TextColumn("service time"),
-                                "clock": st.column_config.TextColumn("service clock", width="small"),
-                                "audit_id": st.column_config.NumberColumn("#", width="small")})
+               "clock before a world existed — the clock column says which (— : written before clocks were recorded).")
+    shown = audit.head(50)[["audit_id", "recorded_at", "at", "clock", "actor", "action", "target", "outcome", "role",
+                            "attempts"]]
+    st.dataframe(ui.times(shown), hide_index=True, key="audit_log", placeholder="—",    # widths: fits 1400 px
+                 column_config={"audit_id": st.column_config.NumberColumn("#", width=40),
+                                "recorded_at": st.column_config.TextColumn("recorded (real UTC)", width=135),
+                                "at": st.column_config.TextColumn("service time", width=135),
+                                "clock": st.column_config.TextColumn("clock", width=75,
+                                                                     help="the service time's clock: simulated (the "
+                                                                          "world's) or real (UTC)"),
+                                "actor": st.column_config.TextColumn(width=130),
+                                "action": st.column_config.TextColumn(width=110),
+                                "target": st.column_config.TextColumn(width=100),
+                                "outcome": st.column_config.TextColumn(width=65),
+                                "role": st.column_config.TextColumn(width=75),
+                                "attempts": st.column_config.NumberColumn("tries", width=45,
+                                                                          help="attempts one row counts")})
 elif audit is not None:
     st.caption("No privileged action yet.")

@@ -266,12 +266,14 @@ def run_column(c: str):
 def comparison_table(diff: pd.DataFrame) -> pd.DataFrame:
     """Runs A and B side by side as text: every value at the same precision (4 decimals; counts as integers),
     '—' where a run lacks the metric, Δ = B − A and Δ % = (B − A) / |A|."""
+    # A count (users, pairs, items): every value of the row a whole number above 1 in both runs.
+    counts = {r.metric for r in diff.itertuples()
+              if all(pd.notna(x) and float(x).is_integer() for x in (r.a, r.b)) and max(abs(r.a), abs(r.b)) > 1}
+
     def num(v, metric, sign=False):
         if v is None or pd.isna(v):
             return "—"
-        if metric in COUNTS and not sign:
-            return f"{v:,.0f}"
-        return f"{v:{'+' if sign else ''}.4f}"
+        return f"{v:{'+' if sign else ''},.{0 if metric in counts else 4}f}"
     return pd.DataFrame({"metric": diff["metric"],
                          "run A": [num(v, m) for v, m in zip(diff["a"], diff["metric"])],
                          "run B": [num(v, m) for v, m in zip(diff["b"], diff["metric"])],
@@ -279,7 +281,6 @@ def comparison_table(diff: pd.DataFrame) -> pd.DataFrame:
                          "Δ % of A": ["—" if pd.isna(v) else f"{v:+.1%}" for v in diff["rel_delta"]]})
 
 
-COUNTS = {"users_evaluated", "rows", "churned", "training_rows", "holdout_rows", "users", "items"}
 if runs.empty:
     st.info("No runs yet — press “Run the retrain pipeline”.")
 else:
@@ -340,7 +341,10 @@ else:
                                 **{c: st.column_config.NumberColumn(format="%.4f")
                                    for c in ("ndcg@10", "roc_auc", "brier")}})
     st.caption("Lifecycle history (who, when, why):")
-    st.dataframe(ui.times(history)[["at", "version", "from_stage", "to_stage", "actor", "reason"]], hide_index=True, key="history_table")
+    st.dataframe(ui.times(history)[["at", "version", "from_stage", "to_stage", "actor", "reason"]], hide_index=True,
+                 key="history_table", placeholder="—",
+                 column_config={"at": st.column_config.TextColumn("at (service clock)"),
+                                "from_stage": st.column_config.TextColumn("from", help="— : newly registered")})
     left, right = st.columns(2)
     with left.form("promote_form"):
         st.markdown("**Promote a version**")
