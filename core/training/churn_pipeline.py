@@ -154,8 +154,8 @@ def next_step(settings: Settings) -> str:
     train when the warehouse holds enough history, else simulate exactly the missing days first."""
     h = history_needed(settings)
     if not h["missing"]:
-        return ("train one with `python -m core churn train` (or press “Train churn model” on the Churn page); the warehouse "
-                f"holds {h['have']} days, enough for the {h['need']} a churn model needs")
+        return ("train one with `python -m core churn train` (or press “Train churn model” on the Churn page); "
+                f"the warehouse holds {h['have']} days, enough for the {h['need']} a churn model needs")
     return (f"a churn model needs {h['need']} days of watch data and the warehouse holds {h['have']}: "
             f"{h['missing']} days are missing. Simulate them with `python -m core simulate --days {h['missing']}` "
             f"(or run a {h['missing']}-day scenario on the Drift page), then `python -m core churn train`")
