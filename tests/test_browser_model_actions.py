@@ -201,7 +201,8 @@ def test_export_and_erase_show_the_stores_afterwards(app, server):
     expect(main.get_by_test_id("stAlertContainer").filter(has_text=re.compile("unknown user 3|erased")).first
            ).to_be_visible()
     audit = table(main, "recorded (real UTC)")
-    assert {"recorded (real UTC)", "service time", "clock"} <= {h.strip() for h in audit.locator("th").all_text_contents()}
+    heads = {h.strip() for h in audit.locator("th").all_text_contents()}
+    assert {"recorded (real UTC)", "service time", "clock"} <= heads
     assert {"simulated", "real"} & set(cells(audit))
     app.assert_no_error_on_page()
     assert app.screenshot("privacy-after-erase").stat().st_size > 10_000

@@ -125,9 +125,12 @@ def test_audit_rows_say_which_clock_and_sort_on_the_real_one(tmp_path):
     opsdb.set_meta(db, "clock", "2026-01-10T00:00:00")
     db.conn.close()
     access.log_action(s, "operator:admin", "second", None, "ok")                 # the world's clock
+    access.add_operator(s, "ann", "ann-token-123")
+    access.sign_in(s, "ann", "ann-token-123")          # sign-ins stamp the throttle's real clock, even in a world
     log = access.audit_log(s)
-    first, second = log.set_index("action").loc["first"], log.set_index("action").loc["second"]
-    assert (first["clock"], second["clock"]) == ("real", "simulated")
+    by_action = log.set_index("action")
+    first, second = by_action.loc["first"], by_action.loc["second"]
+    assert (first["clock"], second["clock"], by_action.loc["sign-in", "clock"]) == ("real", "simulated", "real")
     assert first["recorded_at"] <= second["recorded_at"]
     assert list(log["recorded_at"]) == sorted(log["recorded_at"], reverse=True)    # newest first on one clock
 

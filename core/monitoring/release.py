@@ -497,8 +497,9 @@ def fate(settings: Settings, version: int) -> dict:
     if len(active):
         r = active.iloc[0]
         return out | {"state": "canary", "text": f"v{version} in canary release #{int(r['deployment_id'])} "
-                                                 f"({float(r['share']):.0%} of users) since {str(r['started_at'])[:10]}; "
-                                                 "the release policy decides it (Deployment page)"}
+                                                 f"({float(r['share']):.0%} of users) since "
+                                                 f"{str(r['started_at'])[:10]}; the release policy decides it "
+                                                 "(Deployment page)"}
     waiting = pending(settings)
     if waiting is not None and int(waiting["version"]) == version:
         w = waiting["waits_for"]

@@ -327,39 +327,41 @@ def sign_in(settings: Settings, name: str, token: str, action: str = SIGN_IN, *,
     """
     now = time.time() if now is None else float(now)
     when = at or datetime.fromtimestamp(now, timezone.utc).strftime(TS_FORMAT)
+    on = None if at else "real"           # the throttle's clock stamps these rows, not the service's
     actor = _actor(name)
     refused = "wrong operator name or token" if action == SIGN_IN else f"{action} needs an operator login"
     if not isinstance(token, str) or not token:      # not signed in: nothing was guessed, nothing to throttle
-        log_action(settings, actor, action, "no login", "denied", when)
+        log_action(settings, actor, action, "no login", "denied", when, clock_kind=on)
         raise PermissionDenied(refused)
     known = NAME_PATTERN.fullmatch(actor) is not None and _stored(settings, actor)[0] is not None
     role = operator_role(settings, actor) if known else None
     key = actor if known else UNKNOWN_NAMES
     wait = _reserve(settings, key, now)
     if wait > 0:
-        _log_refusal(settings, actor, known, role, action, "throttled", when)
+        _log_refusal(settings, actor, known, role, action, "throttled", when, on)
         raise SignInThrottled(actor, wait)
     if check(settings, name, token):
         _reset_failures(settings, key)
         if is_disabled(settings, name):
-            log_action(settings, actor, action, "account disabled", "denied", when, person=actor, role=role)
+            log_action(settings, actor, action, "account disabled", "denied", when, person=actor, role=role,
+                       clock_kind=on)
             raise PermissionDenied(f"operator {name} is disabled; an admin can enable the account again")
         if action == SIGN_IN:
-            log_action(settings, actor, action, None, "ok", when, person=actor, role=role)
+            log_action(settings, actor, action, None, "ok", when, person=actor, role=role, clock_kind=on)
         return name
-    _log_refusal(settings, actor, known, role, action, "wrong name or token", when)
+    _log_refusal(settings, actor, known, role, action, "wrong name or token", when, on)
     raise PermissionDenied(refused)
 
 
 def _log_refusal(settings: Settings, actor: str, known: bool, role: str | None, action: str, reason: str,
-                 when: str) -> None:
+                 when: str, on: str | None = None) -> None:
     if known:
-        log_action(settings, actor, action, reason, "denied", when, person=actor, role=role)
+        log_action(settings, actor, action, reason, "denied", when, person=actor, role=role, clock_kind=on)
     else:                    # a name that is no operator: counted in the day's row, the name itself not kept
-        _count_unknown(settings, action, reason, when)
+        _count_unknown(settings, action, reason, when, on)
 
 
-def _count_unknown(settings: Settings, action: str, reason: str, when: str) -> None:
+def _count_unknown(settings: Settings, action: str, reason: str, when: str, on: str | None = None) -> None:
     """One 'denied' row per day, action and reason for every name that is no operator, its `attempts` counted."""
     when = mlopsdb.timestamp(when, settings)
     with mlopsdb.write_session(settings) as db:
@@ -371,7 +373,7 @@ def _count_unknown(settings: Settings, action: str, reason: str, when: str) -> N
         else:
             db.execute("INSERT INTO operator_audit(at, actor, action, target, outcome, person, role, attempts, clock, "
                        "recorded_at) VALUES (?,?,?,?,?,NULL,NULL,1,?,?)",
-                       [when, UNKNOWN_ACTOR, action, reason, "denied", clock.kind(settings), clock.utc_now()])
+                       [when, UNKNOWN_ACTOR, action, reason, "denied", on or clock.kind(settings), clock.utc_now()])
 
 
 def require(settings: Settings, name: str, token: str, action: str, *, at: str | None = None,
@@ -457,7 +459,8 @@ def personal_views_open(settings: Settings) -> bool:
 
 # --------------------------------------------------------------- the audit log
 def log_action(settings: Settings, actor: str, action: str, target: str | None, outcome: str,
-               at: str | None = None, db=None, *, person: str | None = None, role: str | None = None) -> int:
+               at: str | None = None, db=None, *, person: str | None = None, role: str | None = None,
+               clock_kind: str | None = None) -> int:
     """Append one `operator_audit` row; returns its id. `target` must never be a raw user id.
 
     `db`: an mlops.db connection whose open transaction the row joins (the action's own), else its own.
@@ -471,7 +474,7 @@ def log_action(settings: Settings, actor: str, action: str, target: str | None, 
     when = mlopsdb.timestamp(at, settings)
     if person is None and role is None:
         person, role = _person_role(settings, actor.strip())
-    stamp = (clock.kind(settings), clock.utc_now())
+    stamp = (clock_kind or clock.kind(settings), clock.utc_now())    # which clock `when` is on; real now
     if db is not None:
         return _insert_audit(db, when, actor, action, target, outcome, person, role, stamp)
     with mlopsdb.session(settings) as db:

@@ -65,7 +65,8 @@ with st.container(border=True):
         stages.caption(" → ".join(log))
         released = result["release"]
         verdict = {"promoted": st.success, "canary": st.success, "waiting": st.info}.get(now["state"], st.warning)
-        verdict(f"Run {result['run_id']} → v{result['version']}: now " + now["text"].removeprefix(f"v{result['version']} ")
+        verdict(f"Run {result['run_id']} → v{result['version']}: now "
+                + now["text"].removeprefix(f"v{result['version']} ")
                 + f" (nDCG@10 {result['metrics']['ndcg@10']:.4f} on "
                   f"{ui.plural(result['metrics']['users_evaluated'], 'holdout user')}, data {result['data_version']})")
         if released is not None and (released["state"] != "promoted" or result["on_pass"] == "canary"):
