@@ -169,3 +169,27 @@ def test_etl_human_output_has_no_stray_braces(world):
             "rows_quarantined": 3, "report": {"by_reason": {"unknown movie": 1, "future timestamp": 2}}}
     assert etl_line(base).endswith("3 quarantined (2 future timestamp, 1 unknown movie)")
     assert etl_line(base | {"rows_quarantined": 0, "report": {"by_reason": {}}}).endswith("0 quarantined")
+
+
+# --- 7. opening a page: an audited view is no change, so the caches stay warm ----------------------------------
+def test_an_audited_view_keeps_the_dashboard_cache_key_and_real_writes_change_it(world):
+    from core.governance import insights
+    before = insights.state_token(world)
+    access.log_action(world, "operator:admin", "view For You list", "abc", "ok")      # what each new session writes
+    assert insights.state_token(world) == before
+    candidate = registry.register(world, pipeline.train(world, seed=5).run_id)          # a real write
+    assert insights.state_token(world) != before
+    after = insights.state_token(world)
+    registry.archive(world, candidate, "tester", "not needed")                          # an UPDATE counts too
+    assert insights.state_token(world) != after
+
+
+def test_every_ml_metadata_table_but_the_audit_counts_its_writes(world):
+    """A table added later without `install_change_triggers` would leave the dashboard's caches stale."""
+    from core.store import mlopsdb
+    with mlopsdb.session(world) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                  if not r[0].startswith(("sqlite_", "_"))}
+        triggers = {r[0] for r in db.execute("SELECT tbl_name FROM sqlite_master WHERE type = 'trigger' "
+                                             "AND name LIKE 'count_%'")}
+    assert tables - set(mlopsdb.CHANGE_EXEMPT) == triggers

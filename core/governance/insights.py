@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from core.warehouse import dataset, etl, warehouse
-from core.store import opsdb, servinglog
+from core.store import mlopsdb, opsdb, servinglog
 from core.training import registry, tracking
 from core.training.models import MODELS
 from core.settings import Settings
@@ -184,7 +184,5 @@ def state_token(settings: Settings) -> tuple:
         with opsdb.session(settings) as db:
             parts += list(opsdb.change_marks(db))
     parts.append(warehouse.changed_at(settings))
-    parts.append(settings.mlops_db.stat().st_mtime_ns if settings.mlops_db.exists() else None)
-    wal = settings.home / "mlops.db-wal"
-    parts.append(wal.stat().st_mtime_ns if wal.exists() else None)
+    parts.append(mlopsdb.change_mark(settings))   # not the file's mtime: an audited view is no change to show
     return tuple(parts)

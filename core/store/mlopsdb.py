@@ -349,6 +349,40 @@ def m013_audit_clock(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE operator_audit ADD COLUMN recorded_at TEXT")
 
 
+# Tables whose writes do not change what the dashboard shows from its caches: the operator audit (every personal
+# view and sign-in writes a row, and is read uncached) and the sign-in throttle. Every other table's writes bump
+# `change_counter` (triggers), the store's part of the dashboard's cache key (`insights.state_token`).
+CHANGE_EXEMPT = ("operator_audit", "signin_failures", "change_counter")
+
+
+def install_change_triggers(db: sqlite_utils.Database, table: str) -> None:
+    """Count every INSERT, UPDATE and DELETE on `table` in `change_counter` (a migration adding a table calls it;
+    tests/test_model_pages_first_day.py checks that every table but CHANGE_EXEMPT has them)."""
+    for op in ("INSERT", "UPDATE", "DELETE"):
+        db.execute(f'CREATE TRIGGER IF NOT EXISTS "count_{table}_{op.lower()}" AFTER {op} ON "{table}" '
+                   "BEGIN UPDATE change_counter SET n = n + 1 WHERE id = 1; END")
+
+
+@migrations()
+def m014_change_counter(db: sqlite_utils.Database) -> None:
+    """One counter of the writes that change what the dashboard shows (every table but CHANGE_EXEMPT): the
+    dashboard's cache key read the file's modification time, so each audited personal view (a row in
+    operator_audit) emptied every cache and opening Explanations & Governance recomputed all of it (4.3–4.7 s)."""
+    db.execute("CREATE TABLE change_counter (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)")
+    db.execute("INSERT INTO change_counter VALUES (1, 0)")
+    for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        if table not in CHANGE_EXEMPT and not table.startswith(("sqlite_", "_")):
+            install_change_triggers(db, table)
+
+
+def change_mark(settings: Settings) -> int | None:
+    """How many counted writes the ML metadata store has seen (None without a store yet)."""
+    if not settings.mlops_db.exists():
+        return None
+    with session(settings) as db:
+        return db.execute("SELECT n FROM change_counter WHERE id = 1").fetchone()[0]
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
     return open_path(settings.mlops_db)
