@@ -44,7 +44,7 @@ def first_start(slot=None) -> None:
             slot.empty()
         bootstrap.ensure_operator(s, announce=_print_token)
         return
-    box = (slot or st.empty()).container(border=True)
+    box = (slot if slot is not None else st.empty()).container(border=True)
     box.subheader("Setting up Retro Movies")
     last = bootstrap.read_status(s)
     if last and last.get("state") == "error":
