@@ -101,6 +101,10 @@ if active is None:
         version = a.selectbox("Candidate version", choices, key="release_version", disabled=not choices)
         mode = b.radio("Mode", deployments.MODES[::-1], horizontal=True, key="release_mode")
         share = c.slider("Canary share", 0.05, 1.0, deployments.DEFAULT_SHARE, 0.05, key="release_share")
+        if not choices:
+            st.caption("No candidate version to release: run a retrain on the Training & Models page (operators) "
+                       "or `python -m core retrain` — its new version is listed here unless the gate promotes it "
+                       "(or starts its canary) at once.")
         if st.form_submit_button("Start", disabled=not choices) and \
                 (who := ui.operator(f"start a {mode} release")) is not None:
             bar = st.progress(0.0, text="release: checking the candidate")
