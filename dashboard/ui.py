@@ -157,8 +157,8 @@ def operator_login() -> None:
                 st.rerun()
     box.caption("Privileged actions (ETL, retrain, scenario, promote, roll back, releases, policy, consent, export, "
                 "erase, purge) and one user's data need a login with a role that may (README: *Operators and "
-                "roles*). The first start printed the admin token in the terminal; `python -m core operators add` "
-                "creates more.")
+                "roles*). The first start printed the admin token in the terminal; `python -m core operators add NAME "
+                "--role ROLE` creates more (`python -m core operators roles` lists the roles).")
 
 
 def operator(action: str) -> str | None:
