@@ -151,3 +151,49 @@ def test_the_light_first_start_box_reads_the_status_file_core_writes():
     from core import bootstrap
     from dashboard import first_box
     assert first_box.STATUS_FILE == bootstrap.STATUS_FILE
+
+
+# --- charts: no empty panel, ticks that differ ----------------------------------------------------------------
+
+def test_percent_ticks_carry_enough_decimals_to_differ():
+    from dashboard.charts import percent_axis
+    assert percent_axis([0.102, 0.105, 0.109]) == ".1%"       # was '.0%': '10%, 10%, 11%'
+    assert percent_axis([0.10, 0.14]) == ".1%"
+    assert percent_axis([0.0, 0.5]) == ".0%"
+    assert percent_axis([0.001, 0.002]) == ".2%"
+    labels = {f"{v:.1%}" for v in (0.102, 0.104, 0.106, 0.108)}
+    assert len(labels) == 4
+
+
+def test_churn_and_quality_leaves_out_a_panel_without_data():
+    import pandas as pd
+
+    from dashboard import charts
+    days = pd.date_range("2026-01-01", periods=4)
+    frame = pd.DataFrame({"day": days, "churn_rate": [0.10, 0.11, None, None], "active_users": [9, 9, 9, 9],
+                          "hit_rate_model": [None] * 4, "hit_rate_top50": [None] * 4})
+    fig = charts.churn_and_quality(frame)
+    assert [t.name for t in fig.data] == ["churn rate"]
+    assert [a.text for a in fig.layout.annotations] == ["Churn rate of active users (no watch in the next 14 days)"]
+    assert "yaxis2" not in fig.layout.to_plotly_json()          # no empty hit-rate axis (it drew −100 %…400 %)
+    both = frame.assign(hit_rate_model=[0.102, 0.104, 0.106, 0.109], hit_rate_top50=[0.103, 0.104, 0.105, 0.107])
+    fig = charts.churn_and_quality(both)
+    assert len(fig.data) == 3 and fig.layout.yaxis2.tickformat == ".1%"
+    assert charts.churn_quality_panels(frame.iloc[:0]) == (False, False)
+
+
+def test_the_churn_page_offers_the_etl_when_the_world_already_holds_the_days(cf_world, tmp_path, monkeypatch):
+    """Days simulated without the ETL (the CLI's `simulate --open-loop`): the page counts them and its one button
+    is the ETL, not growing the world again."""
+    from core.simulation import simulation
+    need = churn.MIN_HISTORY_DAYS + 2 * churn.HORIZON_DAYS
+    base = private_copy(cf_world, tmp_path / "base")
+    simulation.simulate(base, need - 10)
+    s, at = signed_in(base, tmp_path / "copy", monkeypatch, "views/churn.py", timeout=240)
+    assert f"{need - 10} days missing" in texts(at.warning)
+    assert f"The world already holds {need - 10} days the warehouse has not loaded" in texts(at.markdown)
+    assert not [b for b in at.button if b.key == "churn_grow"]
+    at.button(key="churn_etl").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "Train the churn model now" in texts(at.success)
+    assert f"holds {need} days of watch data" in texts(at.info) and not at.button(key="churn_train").disabled
