@@ -50,7 +50,7 @@ PAGES = [
     ("Churn", "No churn model yet", 1000),                       # 8 days: too short for the churn model's split
     ("Deployment", "Online quality per arm", 1600),              # no server, no release yet: what serves, the form
     ("Explanations & Governance", "Why this movie?", 1600),
-    ("Privacy", "Data inventory", 2600),
+    ("Privacy", "Data inventory", 3000),            # erasure requests at full width (no half-width table cuts the actor)
 ]
 DRIFT_SCENARIO_BUDGET = 3700   # the Drift page with its three charts and tables after a scenario (+ the demo banner)
 
