@@ -201,7 +201,8 @@ else:
     else:   # no empty chart: an axis without data reads like a broken chart
         right.markdown("**Online check: stored scores vs who churned**")
         right.info("Nothing to check yet: " + (online.get("note") or "no stored scores in the window") + ". The "
-                   "closed loop (`simulate`) and **Score now** store scores; each is checked 14 days later.")
+                   "closed loop (`python -m core simulate --days N`) and **Score now** store scores; each is checked 14 days "
+                   "later.")
 
 # --- churn in the world next to the recommender's online quality ----------------------------------------------
 st.subheader("Churn and recommendation quality over time")

@@ -56,7 +56,8 @@ elif problem:
 st.subheader("Online quality per arm")
 history, decided = cache.arm_history(token), cache.release_decisions(token)
 if history.empty:
-    st.info("No monitored day yet: simulate days in the closed loop (Drift page or `python -m core simulate`).")
+    st.info("No monitored day yet: simulate days in the closed loop (a scenario on the Drift page, operators, or "
+            "`python -m core simulate --days N`).")
 else:
     st.plotly_chart(charts.arm_quality(history.tail(60 * 3), decided), key="arm_chart")
 if active is not None and ev and ev["days"]:
