@@ -61,7 +61,8 @@ with st.container(border=True):
                                    trigger="dashboard", actor=f"operator:{who}", on_pass=on_pass,
                                    release_with=release.after_gate)
             now = release.fate(s, result["version"])     # re-read from the registry and the releases
-            entry["target"] = now["text"]
+            entry["target"] = f"v{result['version']} " + {"refused": "kept as candidate",
+                                                          "canary": "in canary release"}.get(now["state"], now["state"])
         stages.caption(" → ".join(log))
         released = result["release"]
         verdict = {"promoted": st.success, "canary": st.success, "waiting": st.info}.get(now["state"], st.warning)
