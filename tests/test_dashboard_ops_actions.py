@@ -133,6 +133,7 @@ def test_running_the_etl_updates_the_data_page(cf_world, tmp_path, monkeypatch):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "loaded" in texts(at.success)
     assert metric(at, "Data version") == f"dv{int(before[2:]) + 1}"        # was the version before the run
+    assert at.selectbox(key="dv").value == f"dv{int(before[2:]) + 1}"      # the validation report of the new one
 
 
 @pytest.fixture(scope="module")
