@@ -16,7 +16,8 @@ if st.button("Run ETL now", key="run_etl", help="Data engineers (sign in under O
     with st.spinner("ETL: extracting, validating, loading…"), ui.audited(who, "etl") as entry:
         result = etl.run(cache.settings())
         entry["target"] = f"dv{result.data_version}" if result.status == "loaded" else result.status
-    st.session_state.pop("dv", None)     # the validation report then opens on the new data version
+    if result.status == "loaded":        # the validation report then opens on the new data version
+        st.session_state["dv"] = f"dv{result.data_version}"
     ui.done("data", ("success" if result.status == "loaded" else "info", f"ETL run {result.run_id}: {result.status}, {ui.plural(result.rows_loaded, 'row')} "
                                 f"loaded, {result.rows_quarantined:,} quarantined."))
 
