@@ -40,10 +40,7 @@ SKIP = {
 }
 # Hints that name a command without the arguments it needs; they must fail until their page is fixed (then drop
 # the entry), so this table cannot hide a new one.
-BROKEN_HINTS = {
-    "simulate": "dashboard/views/deployment.py: `python -m core simulate` needs --days (e.g. `--days 1`)",
-    "operators add": "dashboard/ui.py: `python -m core operators add` needs NAME --role ROLE",
-}
+BROKEN_HINTS: dict[str, str] = {}   # hint → why it fails; both earlier entries (bare simulate, operators add) are fixed
 # Small worlds for the commands that build one: the default sizes (3,000 users, 60 days) take 20 s or more.
 SMALL = {"RETRO_DEMO_USERS": "150", "RETRO_DEMO_MOVIES": "80", "RETRO_DEMO_DAYS": "4"}
 INIT_SIZES = ["--users", "150", "--movies", "80", "--days", "4"]
