@@ -193,6 +193,12 @@ def churn_server(chromium_executable, tmp_path_factory):
         yield running
 
 
+# Characters that render as empty boxes ("tofu") without an emoji font (Debian's Chromium here, many servers): the
+# emoji planes and the emoji-presentation selector (issue 24.6: every page title had them). `:material/` icons are
+# no answer either: they fetch a web font, which offline logs the console errors the tests already refuse.
+NO_FONT_GLYPHS_JS = r"""() => [...new Set(document.body.innerText.match(/[\u{1F000}-\u{1FAFF}\u{FE0F}]/gu) || [])]"""
+
+
 class Page:
     """One browser tab on the app, with the console errors and page errors it has collected."""
 
@@ -220,6 +226,8 @@ class Page:
         assert exceptions.count() == 0, f"exception shown on {self.page.url}:\n" + "\n".join(exceptions.all_inner_texts())
         errors = main.get_by_test_id("stAlertContentError")
         assert errors.count() == 0, f"st.error shown on {self.page.url}:\n" + "\n".join(errors.all_inner_texts())
+        tofu = self.page.evaluate(NO_FONT_GLYPHS_JS)
+        assert not tofu, f"{self.page.url} shows text that needs an emoji or icon font this machine lacks: {tofu}"
 
     def sign_in(self, name: str, token: str) -> None:
         """Sign in through the sidebar's Operator form (once per browser session)."""
