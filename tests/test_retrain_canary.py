@@ -212,7 +212,7 @@ def test_the_training_page_retrains_into_a_canary_by_default_and_says_when_one_w
     assert not at.exception and not at.error
     active = deployments.active(s)
     assert registry.production(s)["version"] == prod and active["started_by"] == "operator:tester"
-    assert any(m.value.startswith("Run ") and f"started as canary release #{active['deployment_id']}" in m.value
+    assert any(m.value.startswith("Run ") and f"now in canary release #{active['deployment_id']}" in m.value
                for m in at.success)
     assert tracking.list_jobs(s).iloc[0]["trigger"] == "dashboard"
     # Now a release runs: the form says a passing candidate waits for it, and a second retrain does.
