@@ -112,8 +112,8 @@ def determinism(state):
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def seed_variability(state, seeds, model):
-    return insights.seed_variability(settings(), seeds=seeds, model=model)
+def seed_variability(state, seeds, model, _progress=None):
+    return insights.seed_variability(settings(), seeds=seeds, model=model, progress=_progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=2)

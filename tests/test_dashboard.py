@@ -448,3 +448,16 @@ def test_deployment_page_shows_server_traffic_and_per_arm_quality(home):
     assert "canary (v" in chart and "production" in chart
     assert frame(at, "decision", "users_affected")["decision"].tolist() == ["continue", "continue"]
     assert any("Evidence so far" in m.value for m in at.markdown)
+
+
+def test_retraining_with_two_seeds_reports_each_seeds_training_and_evaluation(home):
+    """The Overview's "Retrain with two seeds" draws these (it showed a spinner only)."""
+    from core.governance import insights
+    heard = []
+    out = insights.seed_variability(home, seeds=(1, 2), model="als", progress=lambda f, m: heard.append((f, m)))
+    fractions = [f for f, _ in heard]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    text = [m for _, m in heard]
+    assert [m.split(":")[0] for m in text if m.startswith("seed ")] == ["seed 1 (1 of 2)"] * 2 + ["seed 2 (2 of 2)"] * 2
+    assert any("training als on" in m and "interactions" in m for m in text)
+    assert text[-1] == f"compared the top-10 lists of {out['users']:,} users" and list(out["metrics"]["seed"]) == [1, 2]

@@ -170,3 +170,19 @@ def test_key_and_operators_from_streamlit_secrets(tmp_path, monkeypatch):
         keys.rotate_key(settings, actor="test")
     monkeypatch.setenv(ps.KEY_ENV, "from-env")
     assert ps.pseudonym_key(settings) == b"from-env" and ps.key_source(settings) == "environment"
+
+
+def test_the_etl_reports_each_stage_with_the_rows_it_handles(world):
+    """The Data page's "Run ETL now" draws these (it showed a spinner only): fractions rise, messages count rows."""
+    heard = []
+    result = etl.run(world, progress=lambda f, m: heard.append((f, m)))
+    fractions = [f for f, _ in heard]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    text = " | ".join(m for _, m in heard)
+    assert f"validating {result.rows_extracted:,} extracted rows" in text
+    assert f"loading {result.rows_loaded:,} facts" in text and "as data version dv1" in text
+    assert "committing data version dv1" in text
+    assert heard[-1][1] == f"loaded: {result.rows_loaded:,} rows loaded, {result.rows_quarantined:,} quarantined"
+    heard.clear()
+    assert etl.run(world, progress=lambda f, m: heard.append((f, m))).status == "no-new-data"
+    assert heard[-1] == (1.0, "no-new-data: 0 rows loaded, 0 quarantined")

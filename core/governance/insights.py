@@ -133,20 +133,27 @@ def top50_is_deterministic(settings: Settings) -> dict:
 
 
 def seed_variability(settings: Settings, seeds=(1, 2, 3), model: str = "als", users: int = 200,
-                     holdout_days: int = 3, k: int = 10) -> dict:
+                     holdout_days: int = 3, k: int = 10, progress=None) -> dict:
     """ML systems are probabilistic: the same configuration trained with different seeds.
 
     Returns per-seed holdout metrics and the mean pairwise overlap (Jaccard) of
-    the top-k lists of `users` sampled evaluation users.
+    the top-k lists of `users` sampled evaluation users. `progress(fraction, message)` hears each seed's steps.
     """
     from core.training.pipeline import evaluate_model
+    progress = progress or (lambda fraction, message: None)
+    progress(0.0, f"reading the warehouse and splitting off the last {holdout_days} days")
     split = dataset.time_split(settings, holdout_days)
     rng = np.random.default_rng(0)
     pool = np.array(sorted(split.holdout))
     sample = rng.choice(pool, size=min(users, len(pool)), replace=False) if len(pool) else pool
     lists, rows = {}, []
-    for seed in seeds:
+    step = 0.9 / max(len(seeds), 1)
+    for i, seed in enumerate(seeds):
+        progress(0.05 + i * step, f"seed {seed} ({i + 1} of {len(seeds)}): training {model} on "
+                                  f"{split.train.user_items.nnz:,} interactions")
         est = MODELS[model](random_state=int(seed)).fit(split.train.user_items)
+        progress(0.05 + (i + 0.6) * step, f"seed {seed} ({i + 1} of {len(seeds)}): evaluating on "
+                                          f"{len(split.holdout):,} holdout users")
         m = evaluate_model(est, split, k)
         ids, _ = est.recommend(sample, split.train.user_items, k)
         lists[seed] = ids
@@ -155,6 +162,7 @@ def seed_variability(settings: Settings, seeds=(1, 2, 3), model: str = "als", us
     for a, b in combinations(seeds, 2):
         jac = [len(set(x) & set(y)) / max(len(set(x) | set(y)), 1) for x, y in zip(lists[a], lists[b])]
         pairs.append({"seed_a": int(a), "seed_b": int(b), "mean_jaccard": float(np.mean(jac)) if jac else float("nan")})
+    progress(1.0, f"compared the top-{k} lists of {len(sample):,} users")
     return {"metrics": pd.DataFrame(rows), "overlap": pd.DataFrame(pairs), "users": int(len(sample))}
 
 

@@ -364,19 +364,26 @@ def _recompute_daily(con, days: list) -> None:
         FROM quarantine WHERE d IN (SELECT unnest(?::DATE[])) GROUP BY 1""", [days, days])
 
 
-def run(settings: Settings, *, at: str | None = None) -> EtlResult:
+def run(settings: Settings, *, at: str | None = None, progress=None) -> EtlResult:
     """One incremental ETL run on the settings' engine: this module's into the DuckDB file (`embedded`), or
     `lake_etl`'s into the Parquet lake with Spark (`spark`). Every caller (CLI, retrain, closed loop, Data page)
-    goes through here."""
+    goes through here. `progress(fraction, message)`, if given, hears each stage with the rows it handles."""
     if settings.engine == "spark":
         from core.warehouse import lake_etl      # imports this module; pyspark only on use
-        return lake_etl.run_etl(settings, at=at)
-    return run_etl(settings, at=at)
+        if progress:
+            progress(0.05, "Spark ETL into the lake: extract, validate, load")
+        result = lake_etl.run_etl(settings, at=at)
+        if progress:
+            progress(1.0, f"{result.status}: {result.rows_loaded:,} rows loaded")
+        return result
+    return run_etl(settings, at=at, progress=progress)
 
 
 @locks.exclusive("ETL")
-def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
+def run_etl(settings: Settings, *, at: str | None = None, progress=None) -> EtlResult:
     """One incremental ETL run; returns what it loaded (or 'no-new-data')."""
+    progress = progress or (lambda fraction, message: None)
+    progress(0.0, "opening the warehouse (a copy, swapped in when the run commits)")
     key = pseudonym_key(settings)
     if at is None:
         with opsdb.session(settings) as db:
@@ -389,7 +396,9 @@ def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
             con.execute("UPDATE etl_runs SET status = 'interrupted', error = 'interrupted: the process ended while "
                         "it ran (found at the next ETL start)' WHERE status = 'running'")
             run_id = int(con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM etl_runs").fetchone()[0])
-            result = _run(con, settings, key, run_id, started)
+            result = _run(con, settings, key, run_id, started, progress)
+            progress(0.9, f"committing data version dv{result.data_version}" if result.data_version
+                     else "nothing new: recording the run")
             con.execute("INSERT INTO etl_runs(run_id, started_at, finished_at, status, data_version, rows_extracted, "
                         "rows_loaded, rows_quarantined) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [run_id, started, started, result.status, result.data_version, result.rows_extracted,
@@ -401,13 +410,17 @@ def run_etl(settings: Settings, *, at: str | None = None) -> EtlResult:
             con.execute("INSERT INTO etl_runs(run_id, started_at, finished_at, status, error) "
                         "VALUES (?, ?, ?, 'failed', ?)", [run_id, started, started, f"{type(exc).__name__}: {exc}"])
         raise
+    progress(1.0, f"{result.status}: {result.rows_loaded:,} rows loaded, {result.rows_quarantined:,} quarantined")
     return result
 
 
-def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlResult:
+def _run(con, settings: Settings, key: bytes, run_id: int, started: str, progress) -> EtlResult:
     marks = warehouse.watermarks(con)
+    progress(0.1, "extracting rows newer than the watermarks from the operational store")
     ex = extract(settings, marks)
     rows, rejects = ex["rows"], ex["rejects"]
+    progress(0.3, f"validating {len(rows):,} extracted rows ({len(rejects):,} refused at ingestion, "
+                  f"{len(ex['served']):,} served lists)")
     valid, bad = validate(rows, ex["users"]["user_id"], ex["movies"]["movie_id"], ex["clock"])
     result = EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
     if rows.empty and rejects.empty and ex["served"].empty:
@@ -464,6 +477,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
                    if len(quarantine) else set()) |
                   ({d.date() for d in pd.to_datetime(quarantine["quarantined_at"]).dropna().dt.normalize().unique()} if len(quarantine) else set()))
 
+    progress(0.5, f"loading {len(facts):,} facts and {len(quarantine):,} quarantined rows as data version dv{version}")
     try:
         con.register("users_df", users)
         con.register("movies_df", movies)
@@ -480,6 +494,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str) -> EtlR
             con.execute("INSERT INTO quarantine BY NAME SELECT source, source_id, reason, user_key, movie_id, kind, "
                         "value, occurred_at, data_version, quarantined_at, code FROM q_df")
         _load_served(con, served, version)
+        progress(0.75, f"recomputing daily aggregates for {len(days):,} days")
         _recompute_daily(con, days)
         window = (facts["occurred_at"].min(), facts["occurred_at"].max()) if len(facts) else (None, None)
         total = con.execute("SELECT count(*) FROM fact_interaction").fetchone()[0]

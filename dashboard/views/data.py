@@ -13,8 +13,9 @@ with ui.core_errors():
 
 if st.button("Run ETL now", key="run_etl", help="Data engineers (sign in under Operator in the sidebar); audited.") and \
         (who := ui.operator("run the ETL")) is not None:
-    with st.spinner("ETL: extracting, validating, loading…"), ui.audited(who, "etl") as entry:
-        result = etl.run(cache.settings())
+    bar = st.progress(0.0, text="ETL: starting")
+    with ui.audited(who, "etl") as entry:
+        result = etl.run(cache.settings(), progress=ui.progress_callback(bar, prefix="ETL: "))
         entry["target"] = f"dv{result.data_version}" if result.status == "loaded" else result.status
     if result.status == "loaded":        # the validation report then opens on the new data version
         st.session_state["dv"] = f"dv{result.data_version}"

@@ -73,8 +73,10 @@ with right.container(border=True):
     if prod is None:
         st.info("No model in production yet — run a retrain on the Training & Models page.")
     elif st.button("Retrain with two seeds and compare", key="two_seeds"):
-        with st.spinner("training two models…"), ui.core_errors():
-            var = cache.seed_variability(cache.token(), (1, 2), prod["model_kind"])
+        bar = st.progress(0.0, text="starting")
+        with ui.core_errors():
+            var = cache.seed_variability(cache.token(), (1, 2), prod["model_kind"], ui.progress_callback(bar))
+        bar.empty()
         jac = var["overlap"]["mean_jaccard"].iloc[0]
         st.metric("Top-10 overlap between seeds 1 and 2", f"{jac:.0%}")
         st.caption(f"Same data, same configuration, {ui.plural(var['users'], 'user')}: the lists overlap only partly; "
