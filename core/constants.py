@@ -25,3 +25,10 @@ SEED = 42
 # ISO-8601 UTC, second resolution: sorts lexically, parsed by SQLite and DuckDB.
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S"
 SIM_START = "2026-01-01T00:00:00"
+
+# Ads (issue 25, docs/ads.md): the age bands a campaign may target (a user's `age_band` is one of them) and how
+# an ad was chosen (`ad_impressions.policy`): at random among the eligible campaigns, by each campaign's
+# historical click rate, or by the ads model's calibrated click probability.
+AGE_BANDS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55+")
+AD_POLICIES: tuple[str, ...] = ("untargeted", "campaign-rate", "model")
+AD_CREATIVE_KINDS: tuple[str, ...] = ("title", "product")

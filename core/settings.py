@@ -70,6 +70,9 @@ class Settings:
     # world (`RETRO_DEMO_PERSONAL_VIEWS`: auto = yes when simulated, on, off; never for imported data).
     cli_role: str = "admin"
     demo_personal_views: str = "auto"
+    # Ads (issue 25, docs/ads.md): the 1-based position of the one sponsored slot of each shown list (extra: the
+    # organic list keeps its k titles); `RETRO_ADS_SLOT`, 1..101 (a list has at most 100 titles, bounds.LIMITS).
+    ads_slot: int = 3
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -187,7 +190,7 @@ def _make_home(path: Path, create: bool) -> None:
 INT_RANGES = {"seed": (0, 2**32 - 1), "demo_users": (1, 10_000_000), "demo_movies": (10, 10_000_000),
               "demo_days": (0, 3650), "gate_min_users": (1, 10**9), "gate_staleness_days": (0, 36500),
               "gate_bootstrap_resamples": (10, 1_000_000), "drift_min_observations": (1, 10**9),
-              "explore_pool": (1, 100_000), "gate_min_ess": (1, 10**9)}
+              "explore_pool": (1, 100_000), "gate_min_ess": (1, 10**9), "ads_slot": (1, 101)}
 
 
 def load_settings(home: str | os.PathLike | None = None, *, create: bool = True) -> Settings:
@@ -203,7 +206,7 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
     overrides = {}
     for name in ("demo_users", "demo_movies", "demo_days", "seed", "gate_min_users", "gate_staleness_days",
                  "gate_bootstrap_resamples", "drift_min_observations", "explore_pool", "gate_min_ess",
-                 "impressions_per_minute", "server_max_connections"):
+                 "impressions_per_minute", "server_max_connections", "ads_slot"):
         raw = os.environ.get(f"RETRO_{name.upper()}")
         if raw:
             try:

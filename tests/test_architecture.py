@@ -15,13 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 OPS_TABLES = ("meta", "movies", "users", "ratings", "rating_history", "events", "rejected_writes", "sim_shifts",
-              "served_recommendations", "consent_history", "shadow_recommendations")
+              "served_recommendations", "consent_history", "shadow_recommendations", "ad_campaigns", "ad_impressions")
 WAREHOUSE_TABLES = ("dim_movie", "dim_user", "fact_interaction", "quarantine", "daily_aggregates", "data_versions",
-                    "etl_runs", "etl_state", "fact_served")
+                    "etl_runs", "etl_state", "fact_served", "fact_ad_impression", "fact_ad_click")
 # Owner module(s) of each table, as paths relative to the project root. A store's schema module (it creates and
 # migrates the tables) may name all of that store's tables.
 OWNERS: dict[str, tuple[str, ...]] = {
-    **{t: ("core/store/opsdb.py", "core/store/writes.py", "core/store/servinglog.py") for t in OPS_TABLES},
+    **{t: ("core/store/opsdb.py", "core/store/writes.py", "core/store/servinglog.py", "core/store/adslog.py")
+       for t in OPS_TABLES},
     **{t: ("core/warehouse/warehouse.py", "core/warehouse/etl.py", "core/warehouse/dataset.py",
            "core/warehouse/lake.py", "core/warehouse/lake_etl.py", "core/warehouse/lake_dataset.py",  # the Spark twins
            "core/warehouse/churn_data.py")

@@ -139,6 +139,7 @@ CLI_CASES = {
                  ["operators", "disable", "admin"], ["operators", "enable", "admin"],
                  ["operators", "reset-token", "admin"]],
     "client keys": [["clients", "add", "web-front"], ["clients", "revoke", "web-front"]],
+    "ads": [["ads", "switch", "on"], ["ads", "switch", "off"]],
 }
 
 

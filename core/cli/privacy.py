@@ -14,6 +14,8 @@ from core.cli import ID, arg, command, emit, int_in
              arg("--user", type=ID),
              arg("--tracking", choices=["on", "off"]),
              arg("--personalization", choices=["on", "off"]),
+             arg("--ad-targeting", choices=["on", "off"], help="consent: ads chosen with the user's data (off: "
+                 "untargeted ads only)"),
              arg("--days", type=int_in(1, 36_500, "--days"), help="retention: purge behavioural events older than N days"),
          ])
 def cmd_privacy(args, settings):
@@ -30,7 +32,7 @@ def cmd_privacy(args, settings):
     if args.action == "consent":
         if args.user is None:
             raise errors.ValidationError("privacy consent needs --user ID")
-        if args.tracking is None and args.personalization is None:
+        if args.tracking is None and args.personalization is None and args.ad_targeting is None:
             from core.pseudonym import pseudonym, pseudonym_key
             with access.cli_action(settings, "personal data", pseudonym(args.user, pseudonym_key(settings)),
                                    audit_as="view consent"):
@@ -38,7 +40,8 @@ def cmd_privacy(args, settings):
         else:
             access.cli_allow(settings, "consent")
             data = consent.set_consent(settings, args.user, tracking=_on_off(args.tracking),
-                                       personalization=_on_off(args.personalization), actor=actor)
+                                       personalization=_on_off(args.personalization),
+                                       ad_targeting=_on_off(args.ad_targeting), actor=actor)
     elif args.action == "export":
         if args.user is None:
             raise errors.ValidationError("privacy export needs --user ID")

@@ -1,4 +1,4 @@
-"""Consent: a user's tracking and personalization flags, their history, and what a change does where."""
+"""Consent: a user's tracking, personalization and ad-targeting flags, their history, and what a change does where."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,11 +23,15 @@ EFFECTS = {   # (flag, new value) → what changes, where and when
     ("personalization", True): [
         "Serving: personalized again immediately if the production model knows the user, else after the next retrain.",
         "Training, at the next retrain: the user's data is included again."],
+    ("ad_targeting", False): ["Ads, immediately: the user only gets untargeted ads (campaigns without targeting "
+                              "criteria, chosen without their data)."],
+    ("ad_targeting", True): ["Ads, immediately: targeted ads may be chosen for the user again."],
 }
 
 
 def set_consent(settings: Settings, user_id: int, *, tracking: bool | None = None,
-                personalization: bool | None = None, actor: str, at: str | None = None) -> dict:
+                personalization: bool | None = None, actor: str, at: str | None = None,
+                ad_targeting: bool | None = None) -> dict:
     """Change a user's consent flags (one transaction) and append the change to `consent_history`.
 
     Effects: storage immediately (the write API skips events without tracking
@@ -35,20 +39,23 @@ def set_consent(settings: Settings, user_id: int, *, tracking: bool | None = Non
     → Top 50, path 'top50:no-consent'), training at the next retrain (its ETL
     syncs the flag and the training matrix excludes the user) — see
     `pending_effects` for users whose data is still in the production model.
-    Returns {'user_id', 'tracking', 'personalization', 'changed_at', 'effects'}
+    Ad targeting (issue 25) is its own flag: without it a user gets untargeted ads only.
+    Returns {'user_id', 'tracking', 'personalization', 'ad_targeting', 'changed_at', 'effects'}
     (effects: one sentence per store touched, saying when).
     """
     uid = common.user_id(user_id)
     actor = common.actor(actor)
-    if tracking is None and personalization is None:
-        raise ValidationError("set_consent needs tracking=, personalization= or both (True or False)")
+    if tracking is None and personalization is None and ad_targeting is None:
+        raise ValidationError("set_consent needs tracking=, personalization=, ad_targeting= or several (True or "
+                              "False)")
     flags = {name: common.flag(value, name) for name, value in (("tracking", tracking),
-                                                                 ("personalization", personalization))
+                                                                 ("personalization", personalization),
+                                                                 ("ad_targeting", ad_targeting))
              if value is not None}
     with opsdb.session(settings) as db:
         when = common.when(db, at)
         new = opsdb.set_consent(db, uid, tracking=flags.get("tracking"), personalization=flags.get("personalization"),
-                                actor=actor, at=when)
+                                ad_targeting=flags.get("ad_targeting"), actor=actor, at=when)
     if new is None:                      # the atomic update found no such user
         raise UnknownUser(f"unknown user {uid}: {opsdb.NO_SUCH_USER}")
     access.log_action(settings, actor, "consent", pseudonym(uid, pseudonym_key(settings)), "ok", when)
@@ -62,10 +69,13 @@ def consent(settings: Settings, user_id: int) -> dict:
     with opsdb.session(settings) as db:
         opsdb.require_user(db, uid)
         flags = opsdb.consent_flags(db, uid)
+        ads = bool(opsdb.ad_targeting_consent(db, [uid])[0])
         history = opsdb.consent_history(db, uid)
     for h in history:
         h["tracking"], h["personalization"] = bool(h["tracking"]), bool(h["personalization"])
-    return {"user_id": uid, "tracking": flags[0], "personalization": flags[1], "history": history}
+        h["ad_targeting"] = None if h["ad_targeting"] is None else bool(h["ad_targeting"])
+    return {"user_id": uid, "tracking": flags[0], "personalization": flags[1], "ad_targeting": ads,
+            "history": history}
 
 
 def pending_effects(settings: Settings) -> list[dict]:

@@ -47,16 +47,17 @@ def forget_user(settings: Settings, user_id: int, *, actor: str, at: str | None 
 
     1. `opsdb` (`opsdb.erase_user`, one transaction, secure_delete on): the
        `users` row, whose foreign keys cascade to ratings, rating_history,
-       events, served_recommendations and consent_history (verified: every table
+       events, served_recommendations, ad_impressions and consent_history (verified: every table
        with a user_id column is left without a row for the user), and
        `rejected_writes` whose JSON payload names the user. The WAL is
        checkpointed so the deleted pages leave the WAL file.
     2. `warehouse` (`warehouse.erase_user`, one DuckDB transaction): every table
-       with a `user_key` column (fact_interaction, fact_served, quarantine, dim_user)
+       with a `user_key` column (fact_interaction, fact_served, fact_ad_impression, fact_ad_click, quarantine,
+       dim_user)
        loses the user's rows; the file swapped in is a rewrite, since DuckDB keeps deleted
        rows' bytes in the file. Daily aggregates (counts, no key) are kept. When a
        Parquet lake exists (the Spark engine, `lake.erase_user`), the same step
-       rewrites the fact, fact_served and quarantine files that hold the user and
+       rewrites the fact, fact_served, ad fact and quarantine files that hold the user and
        writes a dim_user snapshot without it (idempotent, like the DuckDB step).
     3. `bundles` (`artifacts.erase_user`): every CF bundle whose mapping holds
        the pseudonym gets the user's factors zeroed, their training-matrix row

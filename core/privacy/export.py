@@ -8,14 +8,14 @@ from core.errors import RetroError
 from core.privacy import access, common
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
-from core.store import opsdb, servinglog
+from core.store import adslog, opsdb, servinglog
 from core.training import artifacts, churn, churn_pipeline, registry
 from core.warehouse import lake, warehouse
 
 # The churn model's data about a user (`churn_pipeline`), as 'store.table' keys of the export's `stores`.
 CHURN_STORES = {"churn_predictions": "mlops.churn_predictions", "churn_training_rows": "models.churn_training_rows"}
 OPS_SECTIONS = ("users", "consent_history", "ratings", "rating_history", "events", "served_recommendations",
-                "shadow_recommendations", "rejected_writes")   # the export's `stores` keys, in order: 'ops.<table>'
+                "shadow_recommendations", "ad_impressions", "rejected_writes")   # the export's `stores` keys, in order: 'ops.<table>'
 
 
 def export_user(settings: Settings, user_id: int, *, actor: str | None = None, at: str | None = None) -> dict:
@@ -23,7 +23,8 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
 
     Sections: profile, consent_history, ratings, rating_history, events,
     served_recommendations (with titles), shadow_recommendations (lists a shadow release computed and
-    nobody was shown, with titles), explanations (of the latest personalized
+    nobody was shown, with titles), ad_impressions (every sponsored slot shown, with the advertiser, the
+    creative, how it was chosen and whether it was clicked), explanations (of the latest personalized
     list, when a model is in production), rejected_writes (payloads naming the
     user), warehouse (rows under the user's pseudonym), models (bundles that hold
     a row for the user), churn (the churn scores stored about the user and their rows in the churn
@@ -40,6 +41,10 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
         titles = opsdb.movie_titles(db)
         served = servinglog.export_user(db, uid)
         shadow = servinglog.export_shadow(db, uid)
+        ads = adslog.export_user(db, uid)
+    for row in ads:
+        if row["movie_id"] is not None:
+            row["title"] = titles.get(row["movie_id"])
     for row in ops["ratings"] + ops["rating_history"] + ops["events"]:
         row["title"] = titles.get(row["movie_id"])
     for row in served + shadow:
@@ -59,7 +64,7 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
     document = {
         "user_id": uid, "exported_at": when, "profile": ops["users"][0], "consent_history": ops["consent_history"],
         "ratings": ops["ratings"], "rating_history": ops["rating_history"], "events": ops["events"],
-        "served_recommendations": served, "shadow_recommendations": shadow,
+        "served_recommendations": served, "shadow_recommendations": shadow, "ad_impressions": ads,
         "explanations": _explanations(settings, uid, served),
         "rejected_writes": ops["rejected_writes"], "warehouse": _warehouse_export(settings, user_key),
         "models": _models_export(settings, user_key),
@@ -67,7 +72,7 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
     }
     if lake.exists(settings):              # the Spark engine's Parquet lake (issue 15): same tables, same keys
         document["lake"] = _warehouse_export(settings, user_key, lake.export_user)
-    ops_lists = ops | {"served_recommendations": served, "shadow_recommendations": shadow}
+    ops_lists = ops | {"served_recommendations": served, "shadow_recommendations": shadow, "ad_impressions": ads}
     document["stores"] = ({f"ops.{t}": len(ops_lists[t]) for t in OPS_SECTIONS}
                           | {f"warehouse.{t}": document["warehouse"][t]["count"] for t in warehouse.USER_TABLES}
                           | {f"lake.{t}": document["lake"][t]["count"] for t in lake.USER_TABLES if "lake" in document}
@@ -142,6 +147,8 @@ def data_inventory() -> list[dict]:
         (ops, "served_recommendations", "user_id, lists shown (the served log)", raw, ops_only, cascade),
         (ops, "shadow_recommendations", "user_id, lists a shadow release computed (never shown)", raw, ops_only,
          cascade),
+        (ops, "ad_impressions", "user_id, sponsored slots shown (campaign, time, how chosen, click, price)", raw,
+         ops_only + "; only untargeted ads without ad-targeting consent; retention purge", cascade),
         (ops, "consent_history", "user_id, consent changes, actor", raw, ops_only, cascade),
         (ops, "rejected_writes", "payload JSON with a user_id", raw, ops_only, "rows whose payload names the user deleted"),
         (wh, "dim_user", "user_key, created_at, personalization flag", pseudo, "no raw id in the warehouse", "deleted"),
@@ -149,6 +156,10 @@ def data_inventory() -> list[dict]:
          "deleted"),
         (wh, "fact_served", "user_key, titles of each list shown (position, path, model, ranker, arm), time", pseudo,
          "no raw id; retention purge of served lists", "deleted"),
+        (wh, "fact_ad_impression", "user_key, sponsored slots shown (campaign, time, how chosen, age band, click)",
+         pseudo, "no raw id; retention purge of ads", "deleted"),
+        (wh, "fact_ad_click", "user_key, ad clicks (campaign, time, price)", pseudo, "no raw id; retention purge of ads",
+         "deleted"),
         (wh, "quarantine", "user_key, the refused row", pseudo, "no raw id", "deleted"),
         (wh, "daily_aggregates", "none (counts per day and kind)", "aggregate", "no user key", "kept"),
         ("models/run-*", ", ".join(artifacts.PERSONAL_FILES), "user_key per row, learned factors, training row",

@@ -1,6 +1,6 @@
-"""Retention: behavioural events older than N days before the service clock leave both stores, the lists shown
-to users (the warehouse's fact_served) leave the warehouse, and the churn scores derived from them go too (scores
-whose as_of is before the cutoff)."""
+"""Retention: behavioural events and ad impressions (with their clicks) older than N days before the service clock
+leave both stores, the lists shown to users (the warehouse's fact_served) leave the warehouse, and the churn
+scores derived from them go too (scores whose as_of is before the cutoff)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ from core.errors import ValidationError
 from core.privacy import access, common
 from core.serving import serving
 from core.settings import Settings
-from core.store import clock, locks, opsdb
+from core.store import adslog, clock, locks, opsdb
 from core.training import churn_pipeline
 from core.warehouse import warehouse
 
@@ -33,6 +33,8 @@ def retention_status(settings: Settings, days: int) -> dict:
     with opsdb.session(settings) as db:
         now, cutoff = _cutoff(db, days)
         ops_n, ops_total, ops_oldest = opsdb.events_before(db, cutoff)
+        ad_n, ad_total, ad_oldest = adslog.impressions_before(db, cutoff)
+    wh_ad_n, wh_ad_total, wh_ad_oldest = warehouse.ads_before(settings, cutoff)
     wh_n, wh_total, wh_oldest = warehouse.events_before(settings, cutoff)
     churn_n, churn_total, churn_oldest = churn_pipeline.predictions_before(settings, cutoff)
     sv_n, sv_total, sv_oldest = warehouse.served_before(settings, cutoff)
@@ -44,7 +46,11 @@ def retention_status(settings: Settings, days: int) -> dict:
                             "warehouse_served_to_purge": int(sv_n), "warehouse_served": int(sv_total),
                             "oldest_warehouse_served": sv_oldest,
                             "churn_scores_to_purge": churn_n, "churn_scores": churn_total,
-                            "oldest_churn_score": churn_oldest})
+                            "oldest_churn_score": churn_oldest,
+                            "ops_ad_impressions_to_purge": ad_n, "ops_ad_impressions": ad_total,
+                            "oldest_ops_ad_impression": ad_oldest,
+                            "warehouse_ad_impressions_to_purge": int(wh_ad_n),
+                            "warehouse_ad_impressions": int(wh_ad_total), "oldest_warehouse_ad_impression": wh_ad_oldest})
 
 
 @locks.exclusive("retention purge")
@@ -56,7 +62,8 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
     ratings are the user's explicit input and stay), the warehouse's served
     lists (`fact_served`) of the same age, and the stored churn scores whose
     as_of is before the cutoff (`churn_pipeline.purge_predictions`: a score is
-    derived from those events). Daily aggregates (counts only, no user key) and
+    derived from those events). Ad impressions with their clicks go from both stores too (`adslog.purge_before`,
+    the warehouse's fact_ad_impression and fact_ad_click); campaigns hold no personal data and stay. Daily aggregates (counts only, no user key) and
     churn training sets (they go with their model version) are kept. Returns the counts.
     """
     days = _days(days)
@@ -65,10 +72,13 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
         when = common.when(db, at)
         now, cutoff = _cutoff(db, days)
         ops_n = opsdb.purge_events(db, cutoff)
+        ads_n = adslog.purge_before(db, cutoff)
     wh = warehouse.purge_events(settings, cutoff)
     churn_n = churn_pipeline.purge_predictions(settings, cutoff)
     access.log_action(settings, actor, "retention", f"events before {cutoff}", "ok", when)
     serving.clear_caches()
     return {"days": days, "clock": now, "cutoff": cutoff, "ops_events_deleted": int(ops_n),
             "warehouse_events_deleted": int(wh["fact_interaction"]),
-            "warehouse_served_deleted": int(wh["fact_served"]), "churn_scores_deleted": int(churn_n)}
+            "warehouse_served_deleted": int(wh["fact_served"]), "churn_scores_deleted": int(churn_n),
+            "ops_ad_impressions_deleted": int(ads_n), "warehouse_ad_impressions_deleted": int(wh["fact_ad_impression"]),
+            "warehouse_ad_clicks_deleted": int(wh["fact_ad_click"])}

@@ -72,8 +72,10 @@ ACTIONS: tuple[Action, ...] = (
        "models rollback"),
     _a("policy", "change the retraining policy or the exploration share", [RELEASE_MANAGER],
        "Drift: Save policy; Training: Save share", "policy set"),
+    _a("ads", "switch the world's ads on or off (the sponsored slot of every list)", [RELEASE_MANAGER], "",
+       "ads switch on|off"),
     _a("consent", "change a user's consent", [PRIVACY_OFFICER], "Privacy: Save consent",
-       "privacy consent --tracking/--personalization"),
+       "privacy consent --tracking/--personalization/--ad-targeting"),
     _a("export", "export everything held about a user", [PRIVACY_OFFICER], "Privacy: Prepare export",
        "privacy export"),
     _a("erasure", "erase a user from every store and model", [PRIVACY_OFFICER], "Privacy: Erase", "privacy forget"),
@@ -103,7 +105,7 @@ ALIASES = {
     "change consent": "consent", "export a user's data": "export", "erase a user": "erasure",
     "purge old events": "retention", "forget a user": "erasure", "explain": PERSONAL_DATA,
     "see one user's data": PERSONAL_DATA,
-    "read the audit log": AUDIT_LOG,
+    "read the audit log": AUDIT_LOG, "switch ads": "ads",
 }
 
 

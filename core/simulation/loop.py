@@ -78,7 +78,8 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
                 recs = serving.recommend_many(settings, user_ids, k, at=_at)
                 return {u: r.movie_ids for u, r in recs.items()}
 
-            stats = simulation.simulate_day(db, world, day, shifts, serve, settings.world_file)
+            stats = simulation.simulate_day(db, world, day, shifts, serve, settings.world_file,
+                                            ads_slot=settings.ads_slot)
             now = (start + timedelta(days=1)).strftime(TS_FORMAT)
             stage("ETL into the warehouse", 0.3)
             etl.run(settings, at=now)

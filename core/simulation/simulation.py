@@ -24,9 +24,10 @@ import pandas as pd
 import sqlite_utils
 
 from core import errors, faults
-from core.store import opsdb, writes
-from core.simulation import world as world_mod
-from core.constants import GENRE_INDEX, GENRES, SIM_START, TS_FORMAT
+from core.ads import world as ads_world
+from core.store import opsdb, servinglog, writes
+from core.simulation import ads_day, world as world_mod
+from core.constants import AGE_BANDS, GENRE_INDEX, GENRES, SIM_START, TS_FORMAT
 from core.settings import Settings
 from core.training.top50 import top50
 
@@ -164,6 +165,9 @@ class DayStats:
     left: int = 0          # users who left the service after today's session
     returned: int = 0      # users who came back today
     by_kind: dict = field(default_factory=dict)
+    ad_impressions: int = 0   # sponsored slots shown (0 in a world without ads)
+    ad_clicks: int = 0
+    ad_revenue: float = 0.0   # what the clicks were charged
 
 
 def _day_effects(world: world_mod.World, shifts: list[Shift], day: int):
@@ -222,9 +226,12 @@ def _inject_faults(ratings: pd.DataFrame, events: pd.DataFrame, rate: float, rng
 
 
 def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, shifts: list[Shift],
-                 serve: ServeFn | None = None, world_file: Path | None = None) -> DayStats:
+                 serve: ServeFn | None = None, world_file: Path | None = None, *, ads_slot: int = 3,
+                 ad_policy: ads_day.AdPolicy | None = None) -> DayStats:
     """Simulate one day and write it (one transaction); mutates `world` (who watched what). With `world_file`
-    the world is saved there in step with the day's commit (`world_step`); without, saving it is the caller's."""
+    the world is saved there in step with the day's commit (`world_step`); without, saving it is the caller's.
+    When the world shows ads (`ads_day`), each session's list carries one sponsored slot at `ads_slot`, chosen by
+    `ad_policy` (default: campaign click rates)."""
     rng = np.random.default_rng([world.seed, day, 1])
     stats = DayStats(day)
     start = day_start(day)
@@ -308,6 +315,13 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
                             "rating": rating[rates], "rated_at": _iso(start, t_end[rates])})
     if fault_rate > 0:
         ratings, events = _inject_faults(ratings, events, fault_rate, rng)
+    served_at = start.strftime(TS_FORMAT)
+    ads = ads_day.show_ads(db, world, served_at, active, session, day=day, slot=ads_slot, policy=ad_policy,
+                           served_ids=servinglog.serve_ids_at(db, served_at) if serve is not None else None)
+    if n_new:   # their declared age band and ad-targeting consent: the sign-up form's answers
+        sign_up = np.random.default_rng([world.seed, day, 6])
+        new_bands = ads_world.draw_age_bands(sign_up, n_new)
+        new_consent = ads_world.draw_ad_consent(sign_up, n_new)
 
     with world_step(db, world, world_file):
         opsdb.set_meta(db, "clock", (start + DAY).strftime(TS_FORMAT))
@@ -315,20 +329,27 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
         if n_new:
             joined = _iso(start, np.sort(rng.uniform(0, 24 * 3600 - 1, n_new)))
             # Numbered by the write API after the largest id ever used (never an id the bounds refuse).
-            new_ids = np.asarray(writes.add_users(db, pd.DataFrame({"user_id": [None] * n_new, "created_at": joined}),
-                                                  source="sim"), dtype=np.int64)
+            new_ids = np.asarray(writes.add_users(db, pd.DataFrame({
+                "user_id": [None] * n_new, "created_at": joined, "age_band": np.array(AGE_BANDS)[new_bands],
+                "consent_ad_targeting": new_consent}), source="sim"), dtype=np.int64)
         ev_result = writes.record_events(db, events, on_invalid="quarantine")
         r_result = writes.rate_many(db, ratings, on_invalid="quarantine")
+        if ads is not None:
+            ad_result = writes.record_ad_impressions(db, ads.impressions, on_invalid="quarantine")
+            stats.ad_impressions, stats.rejected = ad_result.accepted, ad_result.rejected
+            stats.ad_clicks = int(ads.impressions["clicked"].sum())
+            stats.ad_revenue = round(float(ads.impressions["price"].sum()), 6)
         # Once the writes are in: the humans remember what they watched, and some decide to leave (saved with
         # the day's commit, so the world knows every user the database does).
-        stats.left, stats.returned = _churn(world, day, active, fit, personal_row, a_idx[watched], m_idx[watched])
+        stats.left, stats.returned = _churn(world, day, active, fit, personal_row, a_idx[watched], m_idx[watched],
+                                            None if ads is None else ads.fatigue)
         world.watched[u_idx[watched], m_idx[watched]] = True
         world.recent_watches = (0.8 * world.recent_watches
                                 + np.bincount(m_idx[watched], minlength=len(world.movie_ids)))
         if n_new:
-            world_mod.add_people(world, new_ids, np.random.default_rng([world.seed, day, 2]))
+            world_mod.add_people(world, new_ids, np.random.default_rng([world.seed, day, 2]), new_bands)
     stats.events, stats.ratings = ev_result.accepted, r_result.accepted
-    stats.rejected = ev_result.rejected + r_result.rejected
+    stats.rejected += ev_result.rejected + r_result.rejected
     stats.duplicates_ignored = ev_result.duplicates
     stats.by_kind = events["kind"].value_counts().to_dict()
     return stats
@@ -377,9 +398,10 @@ def _top50_rows(world: world_mod.World, active: np.ndarray, top: np.ndarray) -> 
 
 
 def _churn(world: world_mod.World, day: int, active: np.ndarray, fit: np.ndarray, personal_row: np.ndarray,
-           watched_a: np.ndarray, watched_m: np.ndarray) -> tuple[int, int]:
+           watched_a: np.ndarray, watched_m: np.ndarray, ad_fatigue: np.ndarray | None = None) -> tuple[int, int]:
     """Move the hazards after today's sessions, let some active users leave and some who left come back;
-    returns (left, returned). Draws from its own stream, so the day's behaviour draws are unchanged."""
+    returns (left, returned). Draws from its own stream, so the day's behaviour draws are unchanged.
+    `ad_fatigue` (A,): what the ad of each active user's session adds to their hazard (None: no ads)."""
     rng = np.random.default_rng([world.seed, day, 3])
     gone = np.flatnonzero(world.left)
     back = gone[rng.random(len(gone)) < RETURN_RATE]
@@ -387,6 +409,8 @@ def _churn(world: world_mod.World, day: int, active: np.ndarray, fit: np.ndarray
     if len(active):
         hits = np.bincount(watched_a[personal_row[watched_a, watched_m]], minlength=len(active)) > 0
         world.hazard[active] += np.where(hits, -GOOD_SESSION_HAZARD, POOR_LIST_HAZARD)
+        if ad_fatigue is not None:
+            world.hazard[active] += ad_fatigue
         np.clip(world.hazard, *HAZARD_RANGE, out=world.hazard)
         suits = fit > 0
         seen = world.watched[active] & suits
@@ -552,6 +576,7 @@ def _init_world(settings: Settings, *, seed: int, users: int, movies: int, days:
     progress(0.0, "creating catalog and users")
     world, cat = world_mod.create_world(seed, users, movies)
     db = opsdb.connect(settings, defer_indexes=True)
+    opsdb.ensure_ads_schema(db)        # the days below show ads before the deferred migrations run
     try:
         t0 = day_start(0)
         rng = np.random.default_rng([seed, 0xA11])
@@ -564,7 +589,12 @@ def _init_world(settings: Settings, *, seed: int, users: int, movies: int, days:
                 "movie_id": world.movie_ids, "title": cat["titles"], "year": cat["year"], "genres": cat["genres"],
                 "runtime_min": cat["runtime"], "added_at": (t0 - 400 * DAY).strftime(TS_FORMAT)}), source="sim")
             joined = _iso(t0 - 365 * DAY, np.sort(rng.uniform(0, 365 * 86400 - 1, users)))
-            writes.add_users(db, pd.DataFrame({"user_id": world.user_ids, "created_at": joined}), source="sim")
+            consent = ads_world.draw_ad_consent(np.random.default_rng([seed, 0xC0A5]), users)
+            writes.add_users(db, pd.DataFrame({"user_id": world.user_ids, "created_at": joined,
+                                               "age_band": np.array(AGE_BANDS)[world.age_band],
+                                               "consent_ad_targeting": consent}), source="sim")
+            ads_day.seed_campaigns(db, seed, users)      # a new world shows ads from its first day
+            opsdb.set_meta(db, "ads_enabled", 1)
         summary = run_days(db, settings, world, days, progress=progress)
         progress(0.99, "building indexes")
         opsdb.finish_deferred_migrations(db)
@@ -575,17 +605,21 @@ def _init_world(settings: Settings, *, seed: int, users: int, movies: int, days:
 
 
 def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.World, days: int,
-             progress: Progress = _noop, serve: ServeFn | None = None) -> dict:
+             progress: Progress = _noop, serve: ServeFn | None = None,
+             ad_policy: ads_day.AdPolicy | None = None) -> dict:
     shifts = load_shifts(db)
     first = int(opsdb.get_meta(db, "sim_day", "0"))
     totals = {"days": days, "first_day": first, "events": 0, "ratings": 0, "rejected": 0, "duplicates_ignored": 0,
-              "new_users": 0, "left": 0, "returned": 0}
+              "new_users": 0, "left": 0, "returned": 0, "ad_impressions": 0, "ad_clicks": 0, "ad_revenue": 0.0}
     for i in range(days):
         day = first + i
         progress(i / max(days, 1), f"simulating day {day + 1} ({i + 1}/{days})")
-        s = simulate_day(db, world, day, shifts, serve, settings.world_file)
-        for key in ("events", "ratings", "rejected", "duplicates_ignored", "new_users", "left", "returned"):
+        s = simulate_day(db, world, day, shifts, serve, settings.world_file, ads_slot=settings.ads_slot,
+                         ad_policy=ad_policy)
+        for key in ("events", "ratings", "rejected", "duplicates_ignored", "new_users", "left", "returned",
+                    "ad_impressions", "ad_clicks", "ad_revenue"):
             totals[key] += getattr(s, key)
+    totals["ad_revenue"] = round(totals["ad_revenue"], 4)
     totals["last_day"] = first + days - 1
     return totals
 
@@ -600,16 +634,18 @@ def load_world(settings: Settings) -> world_mod.World:
 
 def simulate(settings: Settings, days: int, *, shift: str | None = None, strength: float = 1.0,
              duration: int | None = None, params: dict | None = None, progress: Progress = _noop,
-             serve: ServeFn | None = None) -> dict:
-    """Continue the world for `days` days, optionally starting a behaviour shift today."""
+             serve: ServeFn | None = None, ad_policy: ads_day.AdPolicy | None = None) -> dict:
+    """Continue the world for `days` days, optionally starting a behaviour shift today; `ad_policy` chooses the
+    sponsored slots when the world shows ads (default: campaign click rates)."""
     if not isinstance(days, (int, np.integer)) or days < 1:
         raise errors.ValidationError(f"--days must be a positive integer, got {days!r}")
     with running(settings, "simulate"):
         return _simulate(settings, days, shift=shift, strength=strength, duration=duration, params=params,
-                         progress=progress, serve=serve)
+                         progress=progress, serve=serve, ad_policy=ad_policy)
 
 
-def _simulate(settings: Settings, days: int, *, shift, strength, duration, params, progress, serve) -> dict:
+def _simulate(settings: Settings, days: int, *, shift, strength, duration, params, progress, serve,
+              ad_policy=None) -> dict:
     world = load_world(settings)
     db = opsdb.connect(settings)
     try:
@@ -617,7 +653,7 @@ def _simulate(settings: Settings, days: int, *, shift, strength, duration, param
             day = int(opsdb.get_meta(db, "sim_day", "0"))
             with world_step(db, world, settings.world_file):
                 started = start_shift(db, world, shift, strength, days if duration is None else duration, day, params)
-        summary = run_days(db, settings, world, days, progress=progress, serve=serve)
+        summary = run_days(db, settings, world, days, progress=progress, serve=serve, ad_policy=ad_policy)
         progress(1.0, "done")
         if shift is not None:
             summary["shift"] = {"kind": started.kind, "strength": started.strength, "start_day": started.start_day,

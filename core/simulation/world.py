@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.ads import world as ads_world
 from core.constants import CATALOG_FIRST_YEAR, CATALOG_LAST_YEAR, GENRES
 from core.filemodes import private_file
 from core.simulation.titles import generate_titles
@@ -45,6 +46,8 @@ class World:
     left: np.ndarray = None     # (U,) bool
     # The operational database's `world_step` this state belongs to (0: a file saved before steps existed).
     step: int = 0
+    # Ads (issue 25): each user's age band, an index into constants.AGE_BANDS (also declared in the store).
+    age_band: np.ndarray = None  # (U,) int8
 
     def __post_init__(self):
         n = len(self.user_ids)
@@ -52,6 +55,8 @@ class World:
             self.hazard = np.zeros(n)
         if self.left is None:
             self.left = np.zeros(n, dtype=bool)
+        if self.age_band is None:        # a new world, or a file saved before ads existed: drawn from the seed
+            self.age_band = ads_world.world_age_bands(int(self.seed), n)
 
     def save(self, path: Path) -> None:
         tmp = Path(str(path) + ".tmp.npz")
@@ -136,8 +141,12 @@ def create_world(seed: int, n_users: int, n_movies: int) -> tuple[World, dict]:
     return world, cat
 
 
-def add_people(world: World, ids: np.ndarray, rng: np.random.Generator) -> None:
+def add_people(world: World, ids: np.ndarray, rng: np.random.Generator, age_band: np.ndarray | None = None) -> None:
+    """New users' latent state; `age_band`: the bands already declared for them (else drawn after their people)."""
     people = new_people(len(ids), rng)
+    if age_band is None:
+        age_band = ads_world.draw_age_bands(rng, len(ids))
+    world.age_band = np.concatenate([world.age_band, np.asarray(age_band, dtype=np.int8)])
     world.user_ids = np.concatenate([world.user_ids, ids])
     for key, value in people.items():
         setattr(world, key, np.concatenate([getattr(world, key), value]))

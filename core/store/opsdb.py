@@ -216,6 +216,66 @@ def m009_served_impressions(db: sqlite_utils.Database) -> None:
         """)
 
 
+ADS_TABLES = """
+    CREATE TABLE IF NOT EXISTS ad_campaigns (
+        campaign_id INTEGER PRIMARY KEY,
+        advertiser TEXT NOT NULL CHECK (length(advertiser) > 0),
+        creative_kind TEXT NOT NULL CHECK (creative_kind IN ('title', 'product')),
+        movie_id INTEGER REFERENCES movies(movie_id),    -- the promoted title (creative 'title'), else NULL
+        product TEXT,                                    -- the outside product (creative 'product'), else NULL
+        target_genres TEXT NOT NULL DEFAULT '',          -- '|'-separated GENRES; '' = any
+        target_age_bands TEXT NOT NULL DEFAULT '',       -- '|'-separated AGE_BANDS; '' = any
+        bid REAL NOT NULL CHECK (bid > 0),               -- currency units per click
+        daily_budget REAL NOT NULL CHECK (daily_budget > 0),
+        frequency_cap INTEGER NOT NULL DEFAULT 1 CHECK (frequency_cap >= 1),   -- per user per day
+        active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+        created_at TEXT NOT NULL
+    );
+    -- One row per sponsored slot shown; the click (if any) is written with it. served_id names the list it was
+    -- shown with (NULL: a session without a logged list); checked by the write API, no foreign key (a bulk load
+    -- of a new world runs before the serving log's table exists).
+    CREATE TABLE IF NOT EXISTS ad_impressions (
+        impression_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        served_id INTEGER,
+        user_id INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+        campaign_id INTEGER NOT NULL REFERENCES ad_campaigns(campaign_id),
+        slot INTEGER NOT NULL CHECK (slot >= 1),
+        shown_at TEXT NOT NULL,
+        price REAL NOT NULL DEFAULT 0 CHECK (price >= 0),   -- second price charged on a click; 0 until clicked
+        p_click REAL CHECK (p_click IS NULL OR p_click BETWEEN 0 AND 1),
+        policy TEXT NOT NULL CHECK (policy IN ('untargeted', 'campaign-rate', 'model')),
+        model_version INTEGER,
+        clicked INTEGER NOT NULL DEFAULT 0 CHECK (clicked IN (0, 1)),
+        clicked_at TEXT
+    );
+    CREATE INDEX IF NOT EXISTS idx_ad_impressions_user ON ad_impressions(user_id, shown_at);
+    CREATE INDEX IF NOT EXISTS idx_ad_impressions_campaign ON ad_impressions(campaign_id, shown_at)
+"""
+# Columns the ads add to `users` (issue 25): the declared age band (NULL: unknown, matches no age target) and the
+# ad-targeting consent, separate from personalization (1: as every consent flag of a simulated user starts).
+ADS_USER_COLUMNS = {"age_band": "TEXT",
+                    "consent_ad_targeting": "INTEGER NOT NULL DEFAULT 1 CHECK (consent_ad_targeting IN (0, 1))"}
+
+
+def ensure_ads_schema(db: sqlite_utils.Database) -> None:
+    """The ads tables and user columns, created when missing (idempotent). Migration m010 runs it; a new world's
+    bulk load runs it too, before the deferred migrations (`open_db(defer_indexes=True)`), since its days already
+    show ads."""
+    have = {c[1] for c in db.execute("PRAGMA table_info(users)").fetchall()}
+    for name, kind in ADS_USER_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE users ADD COLUMN {name} {kind}")
+    _run_statements(db, ADS_TABLES)
+
+
+@migrations()
+def m010_ads(db: sqlite_utils.Database) -> None:
+    """Ads (issue 25, docs/ads.md): campaigns, the impressions shown (with their clicks), users' age band and
+    ad-targeting consent, and the consent history's ad-targeting column (NULL on changes made before it)."""
+    ensure_ads_schema(db)
+    db.execute("ALTER TABLE consent_history ADD COLUMN ad_targeting INTEGER")
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""
@@ -499,28 +559,63 @@ def consent_flags(db: sqlite_utils.Database, user_id: int) -> tuple[bool, bool] 
 
 
 def set_consent(db: sqlite_utils.Database, user_id: int, *, tracking: bool | None, personalization: bool | None,
-                actor: str, at: str) -> dict | None:
+                actor: str, at: str, ad_targeting: bool | None = None) -> dict | None:
     """Change the given flags (None: unchanged) and append the change to `consent_history`, in one transaction.
 
-    Returns the new {'tracking', 'personalization'}; None for an unknown id (nothing is written).
+    Returns the new {'tracking', 'personalization', 'ad_targeting'}; None for an unknown id (nothing is written).
     """
     with db.atomic():
-        row = db.execute("SELECT consent_tracking, consent_personalization FROM users WHERE user_id = ?",
-                         [user_id]).fetchone()
+        row = db.execute("SELECT consent_tracking, consent_personalization, consent_ad_targeting FROM users "
+                         "WHERE user_id = ?", [user_id]).fetchone()
         if row is None:
             return None
         new = {"tracking": bool(row[0]) if tracking is None else bool(tracking),
-               "personalization": bool(row[1]) if personalization is None else bool(personalization)}
-        db.execute("UPDATE users SET consent_tracking = ?, consent_personalization = ? WHERE user_id = ?",
-                   [int(new["tracking"]), int(new["personalization"]), user_id])
-        db.execute("INSERT INTO consent_history(user_id, changed_at, tracking, personalization, actor) "
-                   "VALUES (?, ?, ?, ?, ?)", [user_id, at, int(new["tracking"]), int(new["personalization"]), actor])
+               "personalization": bool(row[1]) if personalization is None else bool(personalization),
+               "ad_targeting": bool(row[2]) if ad_targeting is None else bool(ad_targeting)}
+        db.execute("UPDATE users SET consent_tracking = ?, consent_personalization = ?, consent_ad_targeting = ? "
+                   "WHERE user_id = ?", [int(new["tracking"]), int(new["personalization"]), int(new["ad_targeting"]),
+                                         user_id])
+        db.execute("INSERT INTO consent_history(user_id, changed_at, tracking, personalization, ad_targeting, actor) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", [user_id, at, int(new["tracking"]), int(new["personalization"]),
+                                                 int(new["ad_targeting"]), actor])
     return new
 
 
+def ad_targeting_consent(db: sqlite_utils.Database, user_ids) -> np.ndarray:
+    """(n,) bool: whether each user consents to ad targeting (False for an unknown id: untargeted ads only)."""
+    ids = np.asarray(user_ids, dtype=np.int64)
+    yes = np.array([u for (u,) in db.execute("SELECT user_id FROM users WHERE consent_ad_targeting = 1")],
+                   dtype=np.int64)
+    return np.isin(ids, yes)
+
+
+def age_bands(db: sqlite_utils.Database, user_ids) -> np.ndarray:
+    """(n,) object: each user's declared age band (None: unknown, or an unknown id)."""
+    ids = np.asarray(user_ids, dtype=np.int64)
+    found = dict(db.execute("SELECT user_id, age_band FROM users WHERE age_band IS NOT NULL").fetchall())
+    bands = pd.Series(ids, dtype="int64").map(found).astype(object)
+    return bands.where(bands.notna(), None).to_numpy()
+
+
+def set_age_bands(db: sqlite_utils.Database, user_ids, bands) -> int:
+    """Record users' declared age bands where none is recorded yet (an older database switching ads on); returns
+    how many rows changed. Bands outside AGE_BANDS are refused."""
+    from core.constants import AGE_BANDS
+    from core.errors import ValidationError
+    pairs = [(str(b), int(u)) for u, b in zip(user_ids, bands)]
+    bad = sorted({b for b, _ in pairs if b not in AGE_BANDS})
+    if bad:
+        raise ValidationError(f"unknown age band(s) {bad}; known: {', '.join(AGE_BANDS)}", code="unknown_age_band")
+    with db.atomic():
+        before = db.conn.total_changes
+        db.conn.executemany("UPDATE users SET age_band = ? WHERE user_id = ? AND age_band IS NULL", pairs)
+        return db.conn.total_changes - before
+
+
 def consent_history(db: sqlite_utils.Database, user_id: int) -> list[dict]:
-    """A user's consent changes, oldest first: changed_at, tracking, personalization (0/1), actor."""
-    return list(db.query("SELECT changed_at, tracking, personalization, actor FROM consent_history "
+    """A user's consent changes, oldest first: changed_at, tracking, personalization, ad_targeting (0/1; NULL on
+    changes recorded before the ads existed), actor."""
+    return list(db.query("SELECT changed_at, tracking, personalization, ad_targeting, actor FROM consent_history "
                          "WHERE user_id = ? ORDER BY changed_at, change_id", [user_id]))
 
 

@@ -291,3 +291,10 @@ def policy_lists_served_at(db, served_at: str) -> list[tuple]:
     logged before exploration existed): the price of exploring, measured online."""
     return db.execute("SELECT user_id, coalesce(policy, 'deterministic'), movie_ids FROM served_recommendations "
                       f"WHERE served_at = ? AND {SHOWN}", [served_at]).fetchall()
+
+
+def serve_ids_at(db, served_at: str) -> dict[int, int]:
+    """{user_id: the latest shown list's serve_id} of the lists logged at `served_at` (a simulated day's lists:
+    the sponsored slot shown with each names its list)."""
+    return dict(db.execute(f"SELECT user_id, max(serve_id) FROM served_recommendations WHERE served_at = ? "
+                           f"AND {SHOWN} GROUP BY user_id", [served_at]).fetchall())

@@ -20,7 +20,7 @@ import pandas as pd
 import sqlite_utils
 
 from core import bounds, errors
-from core.constants import EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
+from core.constants import AD_CREATIVE_KINDS, AD_POLICIES, AGE_BANDS, EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
 from core.store import clock, opsdb
 
 OnInvalid = Literal["raise", "quarantine"]
@@ -184,7 +184,8 @@ def _reason_counts(reasons: np.ndarray) -> dict:
 # ---------------------------------------------------------------- users
 @_checked_and_written
 def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
-    """Insert users (`user_id` optional, `created_at` defaults to the clock); returns their ids."""
+    """Insert users (`user_id` optional, `created_at` defaults to the clock; optional columns `age_band` (one of
+    AGE_BANDS or None) and `consent_ad_targeting` (0/1, default 1)); returns their ids."""
     df = _frame(rows, ["user_id", "created_at"])
     now = clock.now(db=db)
     created, ok_ts = _timestamps(df["created_at"], now)
@@ -201,11 +202,24 @@ def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[i
     r.add(existing, lambda i: f"user {ids[i]} already exists", errors.ValidationError, "already_exists")
     dup = given & ids.duplicated(keep="first")
     r.add(dup, lambda i: f"user {ids[i]} appears twice in the batch", errors.ValidationError, "twice_in_batch")
+    extra = [c for c in ("age_band", "consent_ad_targeting") if c in df.columns]   # ads (issue 25): optional
+    if "age_band" in extra:
+        band = df["age_band"]
+        r.add(band.notna() & ~band.isin(list(AGE_BANDS)), lambda i: f"age_band {band[i]!r} is not one of "
+              f"{', '.join(AGE_BANDS)}", errors.ValidationError, "unknown_age_band")
+    if "consent_ad_targeting" in extra:
+        flag = df["consent_ad_targeting"]
+        r.add(~flag.map(lambda v: v in (0, 1) and not isinstance(v, float)).astype(bool),
+              lambda i: f"consent_ad_targeting {flag[i]!r} is not 0/1 or True/False", errors.ValidationError,
+              "invalid_flag")
     r.raise_first("users")
+    values = [df[c].map(lambda v: None if bounds.is_missing(v) or v != v else v).tolist() if c == "age_band"
+              else df[c].astype(int).tolist() for c in extra]
     with db.atomic():
         final = _fill_ids(db, "users", "user_id", ids, given)
-        db.conn.executemany("INSERT INTO users(user_id, created_at, source) VALUES (?,?,?)",
-                            zip(final, created.tolist(), [source] * len(df)))
+        db.conn.executemany(f"INSERT INTO users(user_id, created_at, source{''.join(', ' + c for c in extra)}) "
+                            f"VALUES (?,?,?{',?' * len(extra)})",
+                            zip(final, created.tolist(), [source] * len(df), *values))
         return final
 
 
@@ -383,3 +397,197 @@ def record_event(db: sqlite_utils.Database, user_id: int, movie_id: int | None, 
                  occurred_at=None, event_id: str | None = None) -> WriteResult:
     return record_events(db, [{"event_id": event_id, "user_id": user_id, "movie_id": movie_id, "kind": kind,
                                "value": value, "occurred_at": occurred_at}])
+
+
+# ---------------------------------------------------------------- ads (issue 25, docs/ads.md)
+MAX_AD_SLOT = 101          # a list holds at most 100 titles (bounds.LIMITS['k']); the sponsored slot is extra
+
+
+def _split_codes(values: pd.Series, known: tuple[str, ...]) -> tuple[pd.Series, pd.Series]:
+    """('|'-joined normalized text, the entries not in `known`) of '|'-separated lists (or Python lists)."""
+    text = values.map(lambda v: "|".join(v) if isinstance(v, (list, tuple)) else ("" if v is None else str(v)))
+    unknown = text.map(lambda t: [x for x in t.split("|") if x and x not in known])
+    return text.map(lambda t: "|".join(x for x in t.split("|") if x)), unknown
+
+
+@_checked_and_written
+def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
+    """Insert campaigns (docs/ads.md: advertiser, creative_kind 'title' with movie_id or 'product' with product,
+    target_genres and target_age_bands '|'-separated or lists ('' = any), bid and daily_budget > 0, frequency_cap
+    >= 1, active 0/1, created_at defaulting to the clock; campaign_id optional); returns their ids. One bad row
+    refuses the batch."""
+    df = _frame(rows, ["campaign_id", "advertiser", "creative_kind", "movie_id", "product", "target_genres",
+                       "target_age_bands", "bid", "daily_budget", "frequency_cap", "active", "created_at"])
+    now = clock.now(db=db)
+    r = _Reasons(len(df))
+    given = ~df["campaign_id"].map(bounds.is_missing).astype(bool)
+    ids, _ = _as_int(df["campaign_id"])
+    r.add(given & ~bounds.id_mask(df["campaign_id"]), lambda i: f"campaign_id {df['campaign_id'][i]!r} is not a "
+          f"positive integer", errors.ValidationError, "invalid_id")
+    advertiser = df["advertiser"].map(lambda t: t.strip() if isinstance(t, str) else "")
+    r.add((advertiser == "") | advertiser.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
+          lambda i: f"advertiser {df['advertiser'][i]!r} is empty, too long or has control characters",
+          errors.ValidationError, "invalid_advertiser")
+    kind = df["creative_kind"]
+    r.add(~kind.isin(list(AD_CREATIVE_KINDS)), lambda i: f"creative_kind {kind[i]!r} is not one of "
+          f"{', '.join(AD_CREATIVE_KINDS)}", errors.ValidationError, "invalid_creative")
+    movies, ok_m = _as_int(df["movie_id"])
+    has_movie = ~df["movie_id"].map(bounds.is_missing).astype(bool)
+    product = df["product"].map(lambda t: t.strip() if isinstance(t, str) else "")
+    r.add((kind == "title") & (~has_movie | ~ok_m | ~_ids_exist(db, "movies", "movie_id", movies.to_numpy())),
+          lambda i: f"a title creative needs a catalogue movie_id, got {df['movie_id'][i]!r}", errors.UnknownMovie)
+    r.add((kind == "product") & ((product == "") | has_movie), lambda i: "a product creative needs "
+          "a product name and no movie_id", errors.ValidationError, "invalid_creative")
+    r.add(product.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
+          lambda i: "product name too long or has control characters", errors.ValidationError, "invalid_creative")
+    genres, bad_genres = _split_codes(df["target_genres"], GENRES)
+    bands, bad_bands = _split_codes(df["target_age_bands"], AGE_BANDS)
+    r.add(bad_genres.map(bool), lambda i: f"unknown genre(s) {bad_genres[i]}; known: {', '.join(GENRES)}",
+          errors.ValidationError, "unknown_genre")
+    r.add(bad_bands.map(bool), lambda i: f"unknown age band(s) {bad_bands[i]}; known: {', '.join(AGE_BANDS)}",
+          errors.ValidationError, "unknown_age_band")
+    money = {c: pd.to_numeric(df[c], errors="coerce").astype(float) for c in ("bid", "daily_budget")}
+    for col, values in money.items():
+        r.add(~(np.isfinite(values) & (values > 0) & (values <= 1e9)), lambda i, c=col: f"{c} {df[c][i]!r} is not "
+              "a positive amount", errors.ValidationError, "invalid_amount")
+    cap, ok_cap = _as_int(df["frequency_cap"].where(~df["frequency_cap"].map(bounds.is_missing).astype(bool), 1))
+    r.add(~ok_cap | (cap < 1) | (cap > 1000), lambda i: f"frequency_cap {df['frequency_cap'][i]!r} is not an "
+          "integer in 1..1000", errors.ValidationError, "invalid_cap")
+    active = df["active"].where(~df["active"].map(bounds.is_missing).astype(bool), 1)
+    r.add(~active.map(lambda v: v in (0, 1) and not isinstance(v, float)).astype(bool),
+          lambda i: f"active {df['active'][i]!r} is not 0/1", errors.ValidationError, "invalid_flag")
+    created, ok_ts = _timestamps(df["created_at"], now)
+    r.add(~ok_ts, lambda i: f"created_at {df['created_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
+    r.add(ok_ts & (created > now), lambda i: f"created_at {created[i]} is after the service clock {now}",
+          errors.FutureTimestamp)
+    r.add(given & _ids_exist(db, "ad_campaigns", "campaign_id", ids.to_numpy()), lambda i: f"campaign {ids[i]} "
+          "already exists", errors.ValidationError, "already_exists")
+    r.add(given & ids.duplicated(keep="first"), lambda i: f"campaign {ids[i]} appears twice in the batch",
+          errors.ValidationError, "twice_in_batch")
+    r.raise_first("campaigns")
+    with db.atomic():
+        final = _fill_ids(db, "ad_campaigns", "campaign_id", ids, given)
+        db.conn.executemany(
+            "INSERT INTO ad_campaigns(campaign_id, advertiser, creative_kind, movie_id, product, target_genres, "
+            "target_age_bands, bid, daily_budget, frequency_cap, active, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            list(zip(final, advertiser.tolist(), kind.tolist(),
+                     [int(m) if k == "title" else None for m, k in zip(movies.tolist(), kind.tolist())],
+                     [p if k == "product" else None for p, k in zip(product.tolist(), kind.tolist())],
+                     genres.tolist(), bands.tolist(), money["bid"].tolist(), money["daily_budget"].tolist(),
+                     cap.tolist(), active.astype(int).tolist(), created.tolist())))
+        return final
+
+
+def _existing_pairs(db, sql: str, ids: np.ndarray) -> dict[int, object]:
+    """{id: value} for the distinct `ids` found by `sql` (a SELECT id, value … WHERE id IN ({marks})), in chunks."""
+    found: dict[int, object] = {}
+    distinct = sorted({int(i) for i in ids})
+    for start in range(0, len(distinct), 500):
+        chunk = distinct[start:start + 500]
+        found |= dict(db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall())
+    return found
+
+
+@_checked_and_written
+def record_ad_impressions(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise") -> WriteResult:
+    """Store sponsored slots shown, with their clicks (docs/ads.md's `ad_impressions`): served_id (optional: the
+    user's logged list it was shown with), user_id, campaign_id, slot (1..101), shown_at, price, p_click, policy,
+    model_version, clicked, clicked_at.
+
+    Beyond types and ranges: p_click is NULL exactly for `untargeted`, model_version given exactly for `model`;
+    a click has a clicked_at not before shown_at and a price of at most the campaign's bid, no click has neither
+    (price 0); a user without ad-targeting consent gets only untargeted ads of campaigns without targeting
+    criteria (code 'no_ad_consent'). Invalid rows refuse the batch, or with `on_invalid='quarantine'` go to
+    `rejected_writes` (target 'ad_impressions') while the valid ones are stored.
+    """
+    df = _frame(rows, ["served_id", "user_id", "campaign_id", "slot", "shown_at", "price", "p_click", "policy",
+                       "model_version", "clicked", "clicked_at"])
+    now = clock.now(db=db)
+    r = _Reasons(len(df))
+    users, ok_u = _as_int(df["user_id"])
+    r.add(~ok_u, lambda i: f"user_id {df['user_id'][i]!r} is missing or not an integer", errors.UnknownUser,
+          "missing_user_id")
+    r.add(ok_u & ~_ids_exist(db, "users", "user_id", users.to_numpy()), lambda i: f"unknown user {users[i]}",
+          errors.UnknownUser)
+    served_given = ~df["served_id"].map(bounds.is_missing).astype(bool)
+    served, ok_s = _as_int(df["served_id"])
+    lists = _existing_pairs(db, "SELECT serve_id, user_id FROM served_recommendations WHERE serve_id IN ({marks})",
+                            served[served_given & ok_s].to_numpy()) \
+        if (served_given & ok_s).any() and _table_exists(db, "served_recommendations") else {}
+    owner = served.map(lambda s: lists.get(int(s)))
+    r.add(served_given & (~ok_s | owner.isna()), lambda i: f"served_id {df['served_id'][i]!r} is not a logged list",
+          errors.ValidationError, "unknown_served_id")
+    r.add(served_given & owner.notna() & (owner != users), lambda i: f"served list {served[i]} was shown to another "
+          "user", errors.ValidationError, "served_id_other_user")
+    camp = pd.DataFrame(db.execute(
+        "SELECT campaign_id, bid, target_genres, target_age_bands FROM ad_campaigns").fetchall(),
+        columns=["campaign_id", "bid", "target_genres", "target_age_bands"]).set_index("campaign_id")
+    campaign, ok_c = _as_int(df["campaign_id"])
+    known_c = ok_c & campaign.isin(camp.index)
+    r.add(~known_c, lambda i: f"unknown campaign {df['campaign_id'][i]!r}", errors.ValidationError,
+          "unknown_campaign")
+    slot, ok_slot = _as_int(df["slot"])
+    r.add(~ok_slot | (slot < 1) | (slot > MAX_AD_SLOT), lambda i: f"slot {df['slot'][i]!r} is not a position in "
+          f"1..{MAX_AD_SLOT}", errors.ValidationError, "invalid_slot")
+    policy = df["policy"].astype(object)
+    r.add(~policy.isin(list(AD_POLICIES)), lambda i: f"unknown ad policy {df['policy'][i]!r}; known: "
+          f"{', '.join(AD_POLICIES)}", errors.ValidationError, "unknown_policy")
+    shown, ok_shown = _timestamps(df["shown_at"], now)
+    r.add(~ok_shown, lambda i: f"shown_at {df['shown_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
+    r.add(ok_shown & (shown > now), lambda i: f"shown_at {shown[i]} is after the service clock {now}",
+          errors.FutureTimestamp)
+    p_given = ~df["p_click"].map(bounds.is_missing).astype(bool)
+    p_click = pd.to_numeric(df["p_click"], errors="coerce").astype(float)
+    r.add(p_given & ~((p_click >= 0) & (p_click <= 1)), lambda i: f"p_click {df['p_click'][i]!r} is not a "
+          "probability", errors.ValidationError, "invalid_probability")
+    r.add(p_given == (policy == "untargeted"), lambda i: "p_click must be given for a targeted ad and empty for an "
+          "untargeted one", errors.ValidationError, "invalid_probability")
+    m_given = ~df["model_version"].map(bounds.is_missing).astype(bool)
+    model, ok_model = _as_int(df["model_version"])
+    r.add(m_given != (policy == "model"), lambda i: "model_version is given exactly for policy 'model'",
+          errors.ValidationError, "invalid_model_version")
+    r.add(m_given & (~ok_model | (model < 1)), lambda i: f"model_version {df['model_version'][i]!r} is not a "
+          "version", errors.ValidationError, "invalid_model_version")
+    clicked = df["clicked"].where(~df["clicked"].map(bounds.is_missing).astype(bool), 0)
+    ok_clicked = clicked.map(lambda v: v in (0, 1) and not isinstance(v, float)).astype(bool)
+    r.add(~ok_clicked, lambda i: f"clicked {df['clicked'][i]!r} is not 0/1", errors.ValidationError, "invalid_flag")
+    click = ok_clicked & (clicked.where(ok_clicked, 0).astype(int) == 1)
+    at_given = ~df["clicked_at"].map(bounds.is_missing).astype(bool)
+    clicked_at, ok_at = _timestamps(df["clicked_at"].where(at_given, "1900-01-01T00:00:00"), now)
+    r.add(click != at_given, lambda i: "clicked_at is given exactly for a click", errors.ValidationError,
+          "invalid_click")
+    r.add(at_given & (~ok_at | (clicked_at < shown) | (clicked_at > now)), lambda i: f"clicked_at "
+          f"{df['clicked_at'][i]!r} is not a time between shown_at and the service clock", errors.InvalidTimestamp)
+    price_given = ~df["price"].map(bounds.is_missing).astype(bool)
+    price = pd.to_numeric(df["price"].where(price_given, 0), errors="coerce").astype(float)
+    bid = campaign.map(camp["bid"]).astype(float)
+    r.add(~(np.isfinite(price) & (price >= 0)), lambda i: f"price {df['price'][i]!r} is not an amount",
+          errors.ValidationError, "invalid_amount")
+    r.add(~click & (price != 0), lambda i: "an impression without a click is not charged (price 0)",
+          errors.ValidationError, "invalid_amount")
+    r.add(known_c & (price > bid + 1e-9), lambda i: f"price {price[i]:g} is above the campaign's bid {bid[i]:g}",
+          errors.ValidationError, "above_bid")
+    consent = pd.Series(opsdb.ad_targeting_consent(db, users.to_numpy()), index=df.index)
+    targets = campaign.map(camp["target_genres"].fillna("") + camp["target_age_bands"].fillna("")).fillna("")
+    r.add(ok_u & ~consent & ((policy != "untargeted") | (targets != "")), lambda i: f"user {users[i]} has not "
+          "consented to ad targeting: only untargeted ads of campaigns without targeting criteria",
+          errors.ValidationError, "no_ad_consent")
+    if on_invalid == "raise":
+        r.raise_first("ad impressions")
+    good = ~r.bad
+    none = lambda s, mask: s.astype(object).where(mask, None)  # noqa: E731
+    recs = list(zip(none(served, served_given)[good].tolist(), users[good].tolist(), campaign[good].tolist(),
+                    slot[good].tolist(), shown[good].tolist(), price[good].tolist(),
+                    none(p_click, p_given)[good].tolist(), policy[good].tolist(), none(model, m_given)[good].tolist(),
+                    click[good].astype(int).tolist(), none(clicked_at, at_given)[good].tolist()))
+    with db.atomic():
+        if r.bad.any():
+            _quarantine(db, "ad_impressions", df, r.reason, now, r.code)
+        db.conn.executemany(
+            "INSERT INTO ad_impressions(served_id, user_id, campaign_id, slot, shown_at, price, p_click, policy, "
+            "model_version, clicked, clicked_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)", recs)
+    return WriteResult(accepted=len(recs), rejected=int(r.bad.sum()), reasons=_reason_counts(r.reason))
+
+
+def _table_exists(db, name: str) -> bool:
+    return db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone()[0] > 0

@@ -43,6 +43,14 @@ and the Spark ETL (executors, any partitioning) get the same hex digest for the 
    slate_propensity as IEEE-754 float64 LE), rows ordered by `(serve_id, position)`. Rows served before
    exploration existed have no policy, so versions without such rows keep exactly the hash of 1–4.
 
+6. **Ads** (issue 25). A version that loaded ad impressions (`fact_ad_impression`) or clicks (`fact_ad_click`) hashes
+   each as one more section, `"fact_ad_impression\n"` then `"fact_ad_click\n"`, each followed by its day lines:
+   impressions grouped by the UTC day of `shown_at`, clicks by that of `clicked_at`, ordered by `impression_id`
+   within a day; streams in `AD_IMPRESSION_COLUMNS` / `AD_CLICK_COLUMNS` order (ids, slot, versions and the
+   clicked flag as int64 LE with NULL → 0, user_key, policy and age_band as length + UTF-8, p_click and price as
+   IEEE-754 float64 LE with NULL → NaN, times as microseconds). A section appears only when it has rows, so
+   versions without ads keep exactly the hash of 1–5.
+
 Nothing in this depends on how an engine splits the rows into batches or partitions:
 a day's streams are fed batch by batch in canonical order, and SHA-256 of a stream
 does not depend on where it was cut. It replaces the pandas-specific hash the embedded
@@ -72,6 +80,14 @@ EXPLORATION_COLUMNS = ("serve_id", "position", "policy", "propensity", "slate_pr
 EXPLORATION_TEXT = ("policy",)
 EXPLORATION_FLOATS = ("propensity", "slate_propensity")
 EXPLORATION_SECTION = "fact_served.exploration"
+# Ads (point 6): the fact tables without data_version, in their hash order.
+AD_IMPRESSION_COLUMNS = ("impression_id", "serve_id", "user_key", "campaign_id", "slot", "shown_at", "p_click",
+                         "policy", "model_version", "clicked", "age_band")
+AD_CLICK_COLUMNS = ("impression_id", "user_key", "campaign_id", "clicked_at", "price", "policy", "model_version")
+AD_SECTIONS = {"fact_ad_impression": (AD_IMPRESSION_COLUMNS, ("user_key", "policy", "age_band"), ("p_click",),
+                                      "shown_at"),
+               "fact_ad_click": (AD_CLICK_COLUMNS, ("user_key", "policy"), ("price",), "clicked_at")}
+TIME_COLUMNS = ("occurred_at", "served_at", "shown_at", "clicked_at")
 
 
 def _streams(columns: tuple[str, ...], text: tuple[str, ...]) -> tuple[str, ...]:
@@ -145,7 +161,7 @@ class DayHasher:
                 blocks.extend(_text_blocks(col))
             elif name in self._floats:
                 blocks.append(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype("<f8").tobytes())
-            elif name in ("occurred_at", "served_at"):
+            elif name in TIME_COLUMNS:
                 blocks.append(_int64_block(_micros(col)))
             else:
                 blocks.append(_int64_block(col))
@@ -167,10 +183,11 @@ def _day_lines(days) -> bytes:
 
 def combine(previous: str | None, days: dict[str, tuple[int, str]] | Iterable[tuple[str, int, str]],
             served_days: dict[str, tuple[int, str]] | None = None,
-            exploration_days: dict[str, tuple[int, str]] | None = None) -> str:
+            exploration_days: dict[str, tuple[int, str]] | None = None,
+            ad_days: dict[str, dict[str, tuple[int, str]]] | None = None) -> str:
     """The version's hash from its day digests (`{day: (n, digest)}` or `(day, n, digest)` rows), chained; the
     served-list section (point 4) follows only when `served_days` has a day, the exploration section (point 5)
-    only when `exploration_days` has one."""
+    only when `exploration_days` has one, each ads section (point 6) only when `ad_days[table]` has one."""
     h = hashlib.sha256(((previous or "") + "\n").encode())
     h.update(_day_lines(days))
     if served_days:
@@ -179,6 +196,10 @@ def combine(previous: str | None, days: dict[str, tuple[int, str]] | Iterable[tu
     if exploration_days:
         h.update(f"{EXPLORATION_SECTION}\n".encode())
         h.update(_day_lines(exploration_days))
+    for section in AD_SECTIONS:
+        if (ad_days or {}).get(section):
+            h.update(f"{section}\n".encode())
+            h.update(_day_lines(ad_days[section]))
     return h.hexdigest()
 
 
@@ -229,13 +250,38 @@ def exploration_days(served: pd.DataFrame | None) -> dict[str, tuple[int, str]]:
     return hasher.days()
 
 
-def content_hash(facts: pd.DataFrame, previous: str | None, served: pd.DataFrame | None = None) -> str:
+def ad_days(ads: dict[str, pd.DataFrame] | None) -> dict[str, dict[str, tuple[int, str]]]:
+    """`{table: {day: (n, digest)}}` of the ad fact rows a version loaded (point 6; `ads`: {'fact_ad_impression':
+    frame, 'fact_ad_click': frame}, either may be missing or empty)."""
+    out = {}
+    for section, (columns, text, floats, at) in AD_SECTIONS.items():
+        frame = (ads or {}).get(section)
+        if frame is None or not len(frame):
+            continue
+        frame = frame[list(columns)].copy()
+        frame[at] = pd.to_datetime(frame[at])
+        for col in columns:
+            if col not in text and col not in floats and col != at:
+                frame[col] = pd.to_numeric(frame[col]).astype("Int64")
+        for col in floats:
+            frame[col] = pd.to_numeric(frame[col]).astype("float64")
+        frame["day"] = frame[at].to_numpy().astype("datetime64[D]")
+        frame = frame.sort_values(["day", "impression_id"], kind="mergesort")
+        hasher = DayHasher(columns, text, floats)
+        hasher.update(pa.Table.from_pandas(frame, preserve_index=False))
+        out[section] = hasher.days()
+    return out
+
+
+def content_hash(facts: pd.DataFrame, previous: str | None, served: pd.DataFrame | None = None,
+                 ads: dict[str, pd.DataFrame] | None = None) -> str:
     """SHA-256 over the loaded rows (pandas), chained to the previous version's hash (see the module docstring);
-    `served`: the served-list rows the version loaded (point 4; none → the hash of points 1–3 alone)."""
+    `served`: the served-list rows the version loaded (point 4; none → the hash of points 1–3 alone); `ads`: the
+    ad fact rows (point 6)."""
     hasher = DayHasher()
     if len(facts):
         hasher.update(canonical_table(facts))
-    return combine(previous, hasher.days(), served_days(served), exploration_days(served))
+    return combine(previous, hasher.days(), served_days(served), exploration_days(served), ad_days(ads))
 
 
 def arrow_day_digests(batches):

@@ -4,7 +4,8 @@ Extract only rows past the watermarks (`events.seq`, `rating_history.history_id`
 `rejected_writes.reject_id`, `served_recommendations.serve_id`), validate them (invalid rows go to `quarantine`
 with a reason, never to the facts), pseudonymize users, load everything in one
 DuckDB transaction and move the watermarks last, then record a data version.
-The lists shown to users become `fact_served`, one row per title (`served_rows`).
+The lists shown to users become `fact_served`, one row per title (`served_rows`); the sponsored slots shown
+(`ad_impressions`) become `fact_ad_impression` and their clicks `fact_ad_click` (`ad_rows`).
 A run that fails leaves the warehouse exactly as it was.
 """
 from __future__ import annotations
@@ -16,14 +17,14 @@ import numpy as np
 import pandas as pd
 
 from core import bounds
-from core.store import clock, locks, opsdb, servinglog
+from core.store import adslog, clock, locks, opsdb, servinglog
 from core.warehouse import datahash, warehouse
-from core.constants import EVENT_KINDS, RATING_MAX, RATING_MIN
+from core.constants import AD_POLICIES, EVENT_KINDS, RATING_MAX, RATING_MIN
 from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
 
 WATERMARKS = {"events": "seq", "rating_history": "history_id", "rejected_writes": "reject_id",
-              "served_recommendations": "serve_id"}
+              "served_recommendations": "serve_id", "ad_impressions": "impression_id"}
 MAX_VALUE = 1_000_000  # the write API's largest event value (writes.MAX_EVENT_VALUE)
 VOLUME_RATIO = 3.0  # a day with > 3x or < 1/3 of the trailing 7-day mean volume is reported
 
@@ -38,6 +39,7 @@ class EtlResult:
     rows_quarantined: int = 0
     report: dict = field(default_factory=dict)
     rows_served: int = 0             # fact_served rows loaded (titles of shown lists)
+    rows_ads: int = 0                # fact_ad_impression rows loaded (sponsored slots shown)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -50,6 +52,7 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
         ratings = opsdb.rating_history_after(conn, marks.get("rating_history", 0))
         rejects = opsdb.rejected_writes_after(conn, marks.get("rejected_writes", 0))
         served = servinglog.lists_after(conn, marks.get("served_recommendations", 0))
+        ads = adslog.impressions_after(conn, marks.get("ad_impressions", 0))
         # Dimension rows with an id outside 1..MAX_ID (only ever written around the write API) are left out:
         # their facts are quarantined as "id out of range".
         users = opsdb.users_with_valid_ids(conn)
@@ -59,13 +62,14 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
         users["consent_personalization"] = pd.to_numeric(users["consent_personalization"], errors="coerce").fillna(1)
         service_now = clock.now(db=conn)
     rows = pd.concat([events.assign(source="event"), ratings.assign(source="rating")], ignore_index=True)
-    return {"rows": rows, "rejects": rejects, "served": served, "users": users, "movies": movies,
+    return {"rows": rows, "rejects": rejects, "served": served, "ads": ads, "users": users, "movies": movies,
             "clock": service_now,
             "max": {"events": int(events["source_id"].max()) if len(events) else marks.get("events", 0),
                     "rating_history": int(ratings["source_id"].max()) if len(ratings) else marks.get("rating_history", 0),
                     "rejected_writes": int(rejects["reject_id"].max()) if len(rejects) else marks.get("rejected_writes", 0),
                     "served_recommendations": int(served["serve_id"].max()) if len(served)
-                    else marks.get("served_recommendations", 0)}}
+                    else marks.get("served_recommendations", 0),
+                    "ad_impressions": int(ads["impression_id"].max()) if len(ads) else marks.get("ad_impressions", 0)}}
 
 
 # ------------------------------------------------------------------ validate
@@ -145,9 +149,12 @@ def _ingestion_rejects(rejects: pd.DataFrame, key: bytes, started: str) -> pd.Da
     if rejects.empty:
         return pd.DataFrame()
     payload = pd.DataFrame([_json_object(p) for p in rejects["payload"]], index=range(len(rejects)))
-    for col in ("user_id", "movie_id", "kind", "value", "occurred_at", "rated_at", "rating"):
+    for col in ("user_id", "movie_id", "kind", "value", "occurred_at", "rated_at", "rating", "shown_at"):
         if col not in payload:
             payload[col] = None
+    ad = (rejects["target"] == "ad_impressions").to_numpy()      # a sponsored slot: its kind and time
+    payload.loc[ad, "kind"] = "ad_impression"
+    payload.loc[ad, "occurred_at"] = payload.loc[ad, "shown_at"]
     user = pd.to_numeric(payload["user_id"], errors="coerce")
     return pd.DataFrame({
         "source": "ingestion", "source_id": rejects["reject_id"].to_numpy(),
@@ -293,6 +300,79 @@ def _load_served(con, served: pd.DataFrame, version: int) -> None:
             con.unregister("served_df")
 
 
+# ------------------------------------------------------------------ ad impressions → fact_ad_impression, fact_ad_click
+AD_TABLES = ("fact_ad_impression", "fact_ad_click")
+AD_MAX_SLOT = 101
+
+
+def ad_rows(impressions: pd.DataFrame, key: bytes) -> tuple[dict[str, pd.DataFrame], int]:
+    """({'fact_ad_impression': one row per impression, 'fact_ad_click': one per click}, impressions refused), users
+    pseudonymized, times parsed like occurred_at; columns as `datahash.AD_IMPRESSION_COLUMNS` / `AD_CLICK_COLUMNS`.
+
+    `impressions` as `adslog.impressions_after` returns them. An impression the write API could not have written
+    (only ever written around it) is refused whole: a user or campaign id out of range, a time that is not a
+    time, a slot outside 1..101, a policy not in AD_POLICIES, a version or list id that is not a positive
+    integer, p_click outside [0, 1], a price that is negative or not a number, a click without its time."""
+    empty = {"fact_ad_impression": pd.DataFrame(columns=list(datahash.AD_IMPRESSION_COLUMNS)),
+             "fact_ad_click": pd.DataFrame(columns=list(datahash.AD_CLICK_COLUMNS))}
+    if impressions.empty:
+        return empty, 0
+    imp = impressions.reset_index(drop=True)
+    shown = parse_times(imp["shown_at"])
+    clicked_at = parse_times(imp["clicked_at"])
+    serve, bad_serve = _small_ints(imp["served_id"])
+    model, bad_model = _small_ints(imp["model_version"])
+    slot = pd.to_numeric(imp["slot"], errors="coerce")
+    clicked = pd.to_numeric(imp["clicked"], errors="coerce")
+    price = pd.to_numeric(imp["price"], errors="coerce").astype(float)
+    p_click = pd.to_numeric(imp["p_click"], errors="coerce").astype(float)
+    bad = (~bounds.id_mask(imp["user_id"]) | ~bounds.id_mask(imp["campaign_id"]) | shown.isna() | bad_serve
+           | bad_model | ~slot.between(1, AD_MAX_SLOT) | (slot != slot.round()) | ~clicked.isin([0, 1])
+           | ~imp["policy"].isin(list(AD_POLICIES)) | ~(np.isfinite(price) & (price >= 0))
+           | (imp["p_click"].notna() & ~p_click.between(0, 1)) | ((clicked == 1) & clicked_at.isna()))
+    ok = imp.index[~bad]
+    if not len(ok):
+        return empty, int(bad.sum())
+    keys = pseudonymize(imp.loc[ok, "user_id"].astype("int64"), key)
+    age = imp["age_band"] if "age_band" in imp else pd.Series(None, index=imp.index, dtype=object)
+    rows = pd.DataFrame({
+        "impression_id": imp.loc[ok, "impression_id"].astype("int64").to_numpy(),
+        "serve_id": serve[ok].to_numpy(), "user_key": keys,
+        "campaign_id": imp.loc[ok, "campaign_id"].astype("int64").to_numpy(),
+        "slot": slot[ok].astype("int32").to_numpy(), "shown_at": shown[ok].to_numpy(),
+        "p_click": p_click[ok].to_numpy(), "policy": imp.loc[ok, "policy"].astype(str).to_numpy(),
+        "model_version": model[ok].to_numpy(), "clicked": (clicked[ok] == 1).to_numpy(),
+        "age_band": age[ok].astype(object).where(age[ok].notna(), None).to_numpy()})
+    rows["serve_id"] = rows["serve_id"].astype("Int64")
+    rows["model_version"] = rows["model_version"].astype("Int64")
+    hit = rows["clicked"].to_numpy()
+    clicks = pd.DataFrame({
+        "impression_id": rows["impression_id"][hit].to_numpy(), "user_key": rows["user_key"][hit].to_numpy(),
+        "campaign_id": rows["campaign_id"][hit].to_numpy(), "clicked_at": clicked_at[ok][hit].to_numpy(),
+        "price": price[ok][hit].to_numpy(), "policy": rows["policy"][hit].to_numpy(),
+        "model_version": rows["model_version"][hit].to_numpy()})
+    return {"fact_ad_impression": rows, "fact_ad_click": clicks}, int(bad.sum())
+
+
+def ads_report(impressions: pd.DataFrame, ads: dict[str, pd.DataFrame], refused: int) -> dict:
+    """The validation report's `ads` entry: impressions extracted, loaded, refused, and clicks loaded."""
+    return {"impressions": int(len(impressions)), "rows": int(len(ads["fact_ad_impression"])),
+            "clicks": int(len(ads["fact_ad_click"])), "refused": int(refused)}
+
+
+def _load_ads(con, ads: dict[str, pd.DataFrame], version: int) -> None:
+    for table, columns in (("fact_ad_impression", datahash.AD_IMPRESSION_COLUMNS),
+                           ("fact_ad_click", datahash.AD_CLICK_COLUMNS)):
+        frame = ads[table]
+        if not len(frame):
+            continue
+        con.register("ads_df", frame.assign(data_version=version))
+        try:
+            con.execute(f"INSERT INTO {table} BY NAME SELECT {', '.join(columns)}, data_version FROM ads_df")
+        finally:
+            con.unregister("ads_df")
+
+
 INGESTION = "rejected at ingestion: "   # the quarantine reason of a write the write API refused: this + its message
 # The write API's check codes (errors.ValidationError.code, stored with each rejected write) → the validation
 # gate's own reason names. An unlisted code files as 'other'. The category depends on which check refused the
@@ -343,10 +423,11 @@ def _categories(quarantine: pd.DataFrame) -> pd.Series:
                      dtype=object)
 
 
-def content_hash(facts: pd.DataFrame, previous: str | None, served: pd.DataFrame | None = None) -> str:
-    """SHA-256 over the loaded rows (facts, then served-list rows if any), chained to the previous version's hash
-    (engine-independent: `datahash`)."""
-    return datahash.content_hash(facts, previous, served)
+def content_hash(facts: pd.DataFrame, previous: str | None, served: pd.DataFrame | None = None,
+                 ads: dict[str, pd.DataFrame] | None = None) -> str:
+    """SHA-256 over the loaded rows (facts, then served-list rows and ad rows if any), chained to the previous
+    version's hash (engine-independent: `datahash`)."""
+    return datahash.content_hash(facts, previous, served, ads)
 
 
 # ------------------------------------------------------------------ load
@@ -423,10 +504,11 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str, progres
                   f"{len(ex['served']):,} served lists)")
     valid, bad = validate(rows, ex["users"]["user_id"], ex["movies"]["movie_id"], ex["clock"])
     result = EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
-    if rows.empty and rejects.empty and ex["served"].empty:
+    if rows.empty and rejects.empty and ex["served"].empty and ex["ads"].empty:
         _sync_consent(con, ex["users"], key)   # consent changes reach training even without new rows
         return result
     served, refused = served_rows(ex["served"], key)
+    ads, ads_refused = ad_rows(ex["ads"], key)
 
     valid["user_key"] = pseudonymize(valid["user_id"].astype("int64"), key)
     valid["occurred_at"] = parse_times(valid["occurred_at"])
@@ -461,10 +543,10 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str, progres
     report = {"extracted": int(len(rows)), "ingestion_rejects": int(len(rejects)), "valid": int(len(facts)),
               "quarantined": int(len(quarantine)), "by_reason": {k: int(v) for k, v in by_reason.items()},
               "volume_alerts": _volume_alerts(con, facts, ex["clock"]),
-              "served": served_report(ex["served"], served, refused)}
+              "served": served_report(ex["served"], served, refused), "ads": ads_report(ex["ads"], ads, ads_refused)}
     prev = warehouse.latest_version(con)
     version = int(prev["version"]) + 1 if prev else 1
-    digest = content_hash(facts, prev["content_hash"] if prev else None, served)
+    digest = content_hash(facts, prev["content_hash"] if prev else None, served, ads)
 
     users = pd.DataFrame({"user_key": pseudonymize(ex["users"]["user_id"], key),
                           "created_at": parse_times(ex["users"]["created_at"]),
@@ -494,6 +576,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str, progres
             con.execute("INSERT INTO quarantine BY NAME SELECT source, source_id, reason, user_key, movie_id, kind, "
                         "value, occurred_at, data_version, quarantined_at, code FROM q_df")
         _load_served(con, served, version)
+        _load_ads(con, ads, version)
         progress(0.75, f"recomputing daily aggregates for {len(days):,} days")
         _recompute_daily(con, days)
         window = (facts["occurred_at"].min(), facts["occurred_at"].max()) if len(facts) else (None, None)
@@ -514,6 +597,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str, progres
     result.rows_loaded = int(len(facts))
     result.rows_quarantined = int(len(quarantine))
     result.rows_served = int(len(served))
+    result.rows_ads = int(len(ads["fact_ad_impression"]))
     result.report = report
     return result
 

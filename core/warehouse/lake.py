@@ -6,6 +6,8 @@ Layout under the lake root (`Settings.lake_uri`, i.e. $RETRO_LAKE_URI, else RETR
     fact_interaction/day=YYYY-MM-DD/     facts, partitioned by the UTC day of occurred_at; files only added
     fact_served/day=YYYY-MM-DD/          titles of the lists shown, partitioned by the UTC day of served_at; files
                                          only added (a lake written before it existed has none: an empty view)
+    fact_ad_impression/day=…/            sponsored slots shown, by the UTC day of shown_at; files only added
+    fact_ad_click/day=…/                 their clicks, by the UTC day of clicked_at; files only added
     quarantine/                          quarantined rows; files only added
     dim_user/commit-000007/  dim_movie/…  daily_aggregates/…  data_versions/…  etl_runs/…  etl_state/…
                                          small tables, rewritten whole: one snapshot folder per commit
@@ -58,12 +60,15 @@ from core.warehouse.spark import session_for
 POINTER = "_lake.json"
 STAGING = "_staging"
 FORMAT = 1
-APPEND_TABLES = ("fact_interaction", "quarantine", "fact_served")   # files only added; rows carry data_version
+APPEND_TABLES = ("fact_interaction", "quarantine", "fact_served", "fact_ad_impression",
+                 "fact_ad_click")   # files only added; rows carry data_version
 # Append tables in day=YYYY-MM-DD folders, by the UTC day of this column.
-PARTITIONED = {"fact_interaction": "occurred_at", "fact_served": "served_at"}
+PARTITIONED = {"fact_interaction": "occurred_at", "fact_served": "served_at", "fact_ad_impression": "shown_at",
+               "fact_ad_click": "clicked_at"}
 SNAPSHOT_TABLES = ("dim_user", "dim_movie", "daily_aggregates", "data_versions", "etl_runs", "etl_state")
 ALL_TABLES = APPEND_TABLES + SNAPSHOT_TABLES
-USER_TABLES = ("fact_interaction", "quarantine", "dim_user", "fact_served")  # tables holding pseudonyms
+USER_TABLES = ("fact_interaction", "quarantine", "dim_user", "fact_served", "fact_ad_impression",
+               "fact_ad_click")  # tables holding pseudonyms
 
 # Spark types of the warehouse tables (`warehouse.SCHEMA`, column for column; a test compares the two).
 SPARK_SCHEMA = {
@@ -83,6 +88,11 @@ SPARK_SCHEMA = {
     "fact_served": "serve_id BIGINT, user_key STRING, served_at TIMESTAMP_NTZ, path STRING, model_version INT, "
                    "ranker_version INT, arm STRING, position INT, movie_id BIGINT, data_version INT, policy STRING, "
                    "propensity DOUBLE, slate_propensity DOUBLE",
+    "fact_ad_impression": "impression_id BIGINT, serve_id BIGINT, user_key STRING, campaign_id BIGINT, slot INT, "
+                          "shown_at TIMESTAMP_NTZ, p_click DOUBLE, policy STRING, model_version INT, clicked BOOLEAN, "
+                          "age_band STRING, data_version INT",
+    "fact_ad_click": "impression_id BIGINT, user_key STRING, campaign_id BIGINT, clicked_at TIMESTAMP_NTZ, "
+                     "price DOUBLE, policy STRING, model_version INT, data_version INT",
 }
 
 

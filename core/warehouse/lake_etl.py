@@ -31,7 +31,7 @@ from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
 from core.store import clock, locks, opsdb
 from core.warehouse import datahash, etl
-from core.warehouse.lake import SPARK_SCHEMA, STAGING, Lake, arrow_ready, table_columns
+from core.warehouse.lake import PARTITIONED, SPARK_SCHEMA, STAGING, Lake, arrow_ready, table_columns
 from core.warehouse.spark import session_for
 
 # The raw rows as typed on the driver (see the module docstring): texts as the embedded ETL renders them
@@ -205,14 +205,15 @@ def _volume_alerts(per_day: pd.Series, daily: pd.DataFrame, clock: str) -> list[
     return alerts
 
 
-def content_hash(facts, previous: str | None, served: pd.DataFrame | None = None) -> str:
+def content_hash(facts, previous: str | None, served: pd.DataFrame | None = None,
+                 ads: dict[str, pd.DataFrame] | None = None) -> str:
     """`datahash` in Spark: each day hashed by one task (rows in canonical order), the days combined here; the
-    served-list rows (pandas, on the driver: `etl.served_rows`) by `datahash` itself."""
+    served-list and ad rows (pandas, on the driver: `etl.served_rows`, `etl.ad_rows`) by `datahash` itself."""
     ordered = (facts.select(*datahash.COLUMNS, "day").repartition("day")
                .sortWithinPartitions("day", "source", "source_id"))
     days = ordered.mapInArrow(datahash.arrow_day_digests, "day STRING, n BIGINT, digest STRING").collect()
     return datahash.combine(previous, [(r["day"], r["n"], r["digest"]) for r in days], datahash.served_days(served),
-                            datahash.exploration_days(served))
+                            datahash.exploration_days(served), datahash.ad_days(ads))
 
 
 def _stage_served(lake: Lake, spark, staging: str, served: pd.DataFrame, version: int) -> list[tuple[str, str]]:
@@ -224,6 +225,22 @@ def _stage_served(lake: Lake, spark, staging: str, served: pd.DataFrame, version
         .write.partitionBy("day").parquet(lake.files.join(staging, "fact_served"))
     return [(lake.files.join(staging, "fact_served", rel), lake.files.join("fact_served", rel))
             for rel in lake.files.files(lake.files.join(staging, "fact_served"))]
+
+
+def _stage_ads(lake: Lake, spark, staging: str, ads: dict[str, pd.DataFrame], version: int) -> list[tuple[str, str]]:
+    """Write the run's ad fact rows under `staging`, each table partitioned by the UTC day of its time column (the
+    embedded ETL's `etl.ad_rows`); returns the moves that put them into the tables."""
+    moves = []
+    for table, frame in ads.items():
+        if not len(frame):
+            continue
+        ready = arrow_ready(frame.assign(data_version=version), table)
+        ready["day"] = pd.to_datetime(ready[PARTITIONED[table]]).dt.date
+        _spark_frame(spark, ready, SPARK_SCHEMA[table] + ", day DATE").repartition("day") \
+            .write.partitionBy("day").parquet(lake.files.join(staging, table))
+        moves += [(lake.files.join(staging, table, rel), lake.files.join(table, rel))
+                  for rel in lake.files.files(lake.files.join(staging, table))]
+    return moves
 
 
 def _dimensions(ex: dict, key: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -250,7 +267,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     result = etl.EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
     commit = int(pointer["commit"]) + 1
     run_row = {"run_id": run_id, "started_at": started, "finished_at": started}
-    if rows.empty and rejects.empty and ex["served"].empty:
+    if rows.empty and rejects.empty and ex["served"].empty and ex["ads"].empty:
         snapshots = _sync_consent(lake, pointer, ex["users"], key, commit)
         snapshots["etl_runs"] = lake.write_snapshot("etl_runs", pd.concat([runs, pd.DataFrame([run_row | {
             "status": result.status, "rows_extracted": 0, "rows_loaded": 0, "rows_quarantined": 0}])],
@@ -339,11 +356,13 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     if len(daily_old):
         daily_old["day"] = pd.to_datetime(daily_old["day"])
     served, refused = etl.served_rows(ex["served"], key)
+    ads, ads_refused = etl.ad_rows(ex["ads"], key)
     report = {"extracted": int(n_rows), "ingestion_rejects": int(len(rejects)), "valid": int(n_facts),
               "quarantined": int(n_quarantine), "by_reason": by_reason,
               "volume_alerts": _volume_alerts(per_day, daily_old, ex["clock"]),
-              "served": etl.served_report(ex["served"], served, refused)}
-    digest = content_hash(facts, prev["content_hash"] if prev else None, served)
+              "served": etl.served_report(ex["served"], served, refused),
+              "ads": etl.ads_report(ex["ads"], ads, ads_refused)}
+    digest = content_hash(facts, prev["content_hash"] if prev else None, served, ads)
     window = facts.selectExpr("min(occurred_at)", "max(occurred_at)").collect()[0]
 
     # ---- stage the new facts and quarantine rows
@@ -359,6 +378,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
             moves.append((lake.files.join(staging, "quarantine", rel), lake.files.join("quarantine", rel)))
     if len(served):
         moves += _stage_served(lake, spark, staging, served, version)
+    moves += _stage_ads(lake, spark, staging, ads, version)
 
     # ---- small tables: dimensions, daily aggregates, data version, run, watermarks
     users, movies = _dimensions(ex, key)
@@ -389,6 +409,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     result.status, result.data_version = "loaded", version
     result.rows_loaded, result.rows_quarantined, result.report = int(n_facts), int(n_quarantine), report
     result.rows_served = int(len(served))
+    result.rows_ads = int(len(ads["fact_ad_impression"]))
     snapshots["etl_runs"] = lake.write_snapshot("etl_runs", pd.concat([runs, pd.DataFrame([run_row | {
         "status": "loaded", "data_version": version, "rows_extracted": result.rows_extracted,
         "rows_loaded": result.rows_loaded, "rows_quarantined": result.rows_quarantined}])], ignore_index=True), commit)

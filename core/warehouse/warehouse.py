@@ -29,6 +29,15 @@ FACT_SERVED_COLUMNS = ("serve_id BIGINT NOT NULL, user_key VARCHAR NOT NULL, ser
                        "path VARCHAR NOT NULL, model_version INTEGER, ranker_version INTEGER, arm VARCHAR, "
                        "position INTEGER NOT NULL, movie_id BIGINT NOT NULL, data_version INTEGER NOT NULL, "
                        "policy VARCHAR, propensity DOUBLE, slate_propensity DOUBLE")
+# Ads (issue 25): one row per sponsored slot shown (with whether it was clicked and the user's declared age band at
+# the time), and one per click with the price charged. Pseudonymized like every fact.
+FACT_AD_IMPRESSION_COLUMNS = ("impression_id BIGINT NOT NULL, serve_id BIGINT, user_key VARCHAR NOT NULL, "
+                              "campaign_id BIGINT NOT NULL, slot INTEGER NOT NULL, shown_at TIMESTAMP NOT NULL, "
+                              "p_click DOUBLE, policy VARCHAR NOT NULL, model_version INTEGER, clicked BOOLEAN NOT NULL, "
+                              "age_band VARCHAR, data_version INTEGER NOT NULL")
+FACT_AD_CLICK_COLUMNS = ("impression_id BIGINT NOT NULL, user_key VARCHAR NOT NULL, campaign_id BIGINT NOT NULL, "
+                         "clicked_at TIMESTAMP NOT NULL, price DOUBLE NOT NULL, policy VARCHAR NOT NULL, "
+                         "model_version INTEGER, data_version INTEGER NOT NULL")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dim_movie (
     movie_id BIGINT PRIMARY KEY, title VARCHAR, year INTEGER, genres VARCHAR,
@@ -65,6 +74,9 @@ CREATE TABLE IF NOT EXISTS fact_served ({FACT_SERVED_COLUMNS});
 ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS "policy" VARCHAR;
 ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS propensity DOUBLE;
 ALTER TABLE fact_served ADD COLUMN IF NOT EXISTS slate_propensity DOUBLE;
+-- Ads (issue 25): added after fact_served; an older file gains them at its next write.
+CREATE TABLE IF NOT EXISTS fact_ad_impression ({FACT_AD_IMPRESSION_COLUMNS});
+CREATE TABLE IF NOT EXISTS fact_ad_click ({FACT_AD_CLICK_COLUMNS});
 """
 
 
@@ -185,7 +197,8 @@ def file_connect(settings: Settings) -> duckdb.DuckDBPyConnection:
             raise
 
 
-LATER_TABLES = {"fact_served": FACT_SERVED_COLUMNS}    # tables a file written by an older version may lack
+LATER_TABLES = {"fact_served": FACT_SERVED_COLUMNS,     # tables a file written by an older version may lack
+                "fact_ad_impression": FACT_AD_IMPRESSION_COLUMNS, "fact_ad_click": FACT_AD_CLICK_COLUMNS}
 
 
 def _with_later_tables(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -327,6 +340,29 @@ def served_counts(con: duckdb.DuckDBPyConnection) -> dict:
             "last_served_at": last}
 
 
+def ad_counts(con: duckdb.DuckDBPyConnection) -> dict:
+    """impressions, clicks, revenue (prices summed), users (distinct keys) and first/last shown_at of the ad facts."""
+    n, users, first, last = con.execute("SELECT count(*), count(DISTINCT user_key), min(shown_at), max(shown_at) "
+                                        "FROM fact_ad_impression").fetchone()
+    clicks, revenue = con.execute("SELECT count(*), coalesce(sum(price), 0) FROM fact_ad_click").fetchone()
+    return {"impressions": int(n), "clicks": int(clicks), "revenue": float(revenue), "users": int(users),
+            "first_shown_at": first, "last_shown_at": last}
+
+
+def ad_impressions(con: duckdb.DuckDBPyConnection, start=None, end=None) -> pd.DataFrame:
+    """Impressions shown in [start, end) (None: unbounded) with their outcome: impression_id, serve_id, user_key,
+    campaign_id, slot, shown_at, p_click, policy, model_version, age_band, clicked (0/1), clicked_at (NaT unless
+    clicked), price (0 unless clicked), data_version — by shown_at, impression_id."""
+    return con.execute("""
+        SELECT i.impression_id, i.serve_id, i.user_key, i.campaign_id, i.slot, i.shown_at, i.p_click, i.policy,
+               i.model_version, i.age_band, CAST(i.clicked AS INTEGER) AS clicked, c.clicked_at,
+               coalesce(c.price, 0.0) AS price, i.data_version
+        FROM fact_ad_impression i LEFT JOIN fact_ad_click c USING (impression_id)
+        WHERE ($start IS NULL OR i.shown_at >= $start) AND ($end IS NULL OR i.shown_at < $end)
+        ORDER BY i.shown_at, i.impression_id""", {"start": None if start is None else pd.Timestamp(start).to_pydatetime(),
+                                                 "end": None if end is None else pd.Timestamp(end).to_pydatetime()}).df()
+
+
 def watchers_per_movie(con: duckdb.DuckDBPyConnection) -> dict[int, int]:
     """{movie_id: distinct users (keys) who watched it} over every fact."""
     return dict(con.execute("SELECT movie_id, count(DISTINCT user_key) FROM fact_interaction WHERE kind = 'watch' "
@@ -370,7 +406,8 @@ def etl_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute("SELECT * FROM etl_runs ORDER BY run_id DESC").df()
 
 # --- a user's rows, keyed by pseudonym: export, erasure, key rotation, retention (orchestrated by core/privacy)
-USER_TABLES = ("fact_interaction", "quarantine", "dim_user", "fact_served")   # what an export shows and counts
+USER_TABLES = ("fact_interaction", "quarantine", "dim_user", "fact_served", "fact_ad_impression",
+               "fact_ad_click")   # what an export shows and counts
 
 
 def _user_key_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -462,13 +499,20 @@ def rekey(settings: Settings, new_for) -> tuple[dict[str, int], dict[str, str]] 
 
 
 # What a retention purge deletes, per table: (its time column, which rows it may delete at all).
-RETAINED = {"fact_interaction": ("occurred_at", "kind <> 'rating'"), "fact_served": ("served_at", "true")}
+RETAINED = {"fact_interaction": ("occurred_at", "kind <> 'rating'"), "fact_served": ("served_at", "true"),
+            "fact_ad_impression": ("shown_at", "true"), "fact_ad_click": ("clicked_at", "true")}
 
 
 def events_before(settings: Settings, cutoff: str) -> tuple[int, int, object]:
     """(behavioural events before `cutoff`, all behavioural events, the oldest one's time) in fact_interaction
     — ratings excluded: a retention purge keeps them. (0, 0, None) without a warehouse."""
     return _before(settings, "fact_interaction", cutoff)
+
+
+def ads_before(settings: Settings, cutoff: str) -> tuple[int, int, object]:
+    """(fact_ad_impression rows shown before `cutoff`, all of them, the oldest one's time); (0, 0, None) without
+    a warehouse. (Clicks go with them: a click is never older than its impression.)"""
+    return _before(settings, "fact_ad_impression", cutoff)
 
 
 def served_before(settings: Settings, cutoff: str) -> tuple[int, int, object]:
@@ -488,8 +532,8 @@ def _before(settings: Settings, table: str, cutoff: str) -> tuple[int, int, obje
 
 
 def purge_events(settings: Settings, cutoff: str) -> dict[str, int]:
-    """Delete what is older than `cutoff`: behavioural events (every kind but 'rating') from fact_interaction and
-    served lists from fact_served; returns the rows deleted per table. Deleted and compacted in one swap, and
+    """Delete what is older than `cutoff`: behavioural events (every kind but 'rating') from fact_interaction,
+    served lists from fact_served, ad impressions and clicks; returns the rows deleted per table. Deleted and compacted in one swap, and
     only when there is something to delete."""
     counts = {table: _before(settings, table, cutoff)[0] for table in RETAINED}
     if any(counts.values()):
