@@ -297,7 +297,8 @@ def test_forget_user_leaves_no_trace(world):
     # Counts per store match what the export saw; nothing is held any more.
     assert {f"ops.{t}": n for t, n in summary["ops"].items()} == {k: v for k, v in before.items() if k[:4] == "ops."}
     assert {f"warehouse.{t}": summary["warehouse"][t] for t in ("fact_interaction", "quarantine", "dim_user",
-                                                                "fact_served")} == {
+                                                                "fact_served", "fact_ad_impression",
+                                                                "fact_ad_click")} == {
         k: v for k, v in before.items() if k.startswith("warehouse.")}
     assert before["warehouse.fact_served"] >= 10          # the lists leave_traces served, loaded by its ETL
     assert set(export.held_counts(world, uid).values()) == {0}
@@ -493,7 +494,8 @@ def test_the_warehouse_holds_pseudonyms_only(base):
                            "WHERE table_schema = 'main'").fetchall()
         assert not [c for c in cols if c[1] == "user_id"]
         keyed = sorted({t for t, c in cols if c == "user_key"})
-        assert keyed == ["dim_user", "fact_interaction", "fact_served", "quarantine"]
+        assert keyed == ["dim_user", "fact_ad_click", "fact_ad_impression", "fact_interaction", "fact_served",
+                         "quarantine"]
         for table in keyed:
             assert all(HEX20.fullmatch(k) for k in user_keys(con, table)), table
 
