@@ -235,10 +235,11 @@ ABSENT_STYLE = 'color="#9E9E9E", fillcolor="#F5F5F5", style="rounded,filled,dott
 
 
 def dependency_dot(deps: dict) -> str:
-    """A Graphviz DOT digraph of the three model families (`churn_insights.dependencies`): each node names its
+    """A Graphviz DOT digraph of the four model families (`churn_insights.dependencies`): each node names its
     production version and is marked STALE (red, dashed) when what it depends on changed since it was trained;
-    the arrows say what flows from one family into the other."""
+    the arrows say what flows from one family into the other (a `deps` without "ads" draws it absent)."""
     cf, rk, ch = deps["cf"], deps["ranker"], deps["churn"]
+    ad = deps.get("ads") or {"version": None, "stale": False}
 
     def node(name: str, title: str, version, detail: str | None, stale: bool) -> str:
         if version is None:
@@ -258,6 +259,12 @@ def dependency_dot(deps: dict) -> str:
                           | ({at_training} if at_training is not None else set()))
         return "\\n(trained while " + (", ".join(f"v{v}" for v in versions) or "none") + " served)"
 
+    def trained_with(family: str) -> str:
+        if ad.get("version") is None:
+            return ""
+        v = ((ad.get("depends_on") or {}).get("at_training") or {}).get(family)
+        return "\\n(trained with " + (f"v{v}" if v is not None else "none") + ")"
+
     ranker_on = "candidates" + (f" of v{rk['depends_on']}" if rk["version"] is not None and rk["depends_on"] is not None else "")
     return "\n".join([
         "digraph model_families {",
@@ -268,9 +275,13 @@ def dependency_dot(deps: dict) -> str:
         node("ranker", "Ranker", rk["version"], None, rk["stale"]),
         node("churn", "Churn", ch.get("version"), f"trained {str(ch.get('created_at'))[:10]}" if ch.get("created_at") else None,
              bool(ch.get("stale"))),
+        node("ads", "Ads targeting", ad.get("version"),
+             f"trained {str(ad.get('created_at'))[:10]}" if ad.get("created_at") else None, bool(ad.get("stale"))),
         f'  cf -> ranker [label="{ranker_on}"];',
         f'  cf -> churn [label="served lists → features{saw("cf")}"];',
         f'  ranker -> churn [label="re-ranked lists → features{saw("ranker")}"];',
+        f'  cf -> ads [label="genre affinities{trained_with("cf")}"];',
+        f'  churn -> ads [label="churn risk{trained_with("churn")}"];',
         "}",
     ])
 

@@ -53,7 +53,9 @@ TABLE_HANDLE_METHODS = {"insert", "insert_all", "update", "upsert", "upsert_all"
 
 # Stages from the bottom up; a package may import its own modules, the foundation (core/*.py that are not
 # entry points) and packages of a lower rank only.
-RANK = {"store": 1, "warehouse": 2, "training": 3, "serving": 4, "monitoring": 5, "governance": 6,
+# ads (issue 25) sits between training and serving: its model uses the CF and churn models (training) and serving
+# selects the sponsored slot with it.
+RANK = {"store": 1, "warehouse": 2, "training": 3, "ads": 3.5, "serving": 4, "monitoring": 5, "governance": 6,
         "simulation": 7, "privacy": 7, "server": 8, "cli": 9}
 ENTRY_POINTS = {"cli", "bootstrap", "__main__"}          # core/*.py modules above every stage
 # The one deliberate upward call: whoever takes the data folder's lock first finishes what a killed job left

@@ -133,7 +133,7 @@ def cmd_retrain(args, settings):
     arg("--reason", type=TEXT, default="manual decision from the CLI", help="recorded in the registry history"),
     arg("--force", action="store_true",
         help="promote a CF version that does not beat its baselines (recorded as forced)"),
-    arg("--family", choices=["cf", "ranker", "churn"], default="cf",
+    arg("--family", choices=["cf", "ranker", "churn", "ads"], default="cf",
         help="the model family to roll back (default cf; promote takes the version's own family)"),
 ])
 def cmd_models(args, settings):

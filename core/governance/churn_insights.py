@@ -1,5 +1,5 @@
 """Read models of the churn views: the latest stored scores with the user ids an operator acts on, why no churn
-model serves yet, and how the three model families depend on each other.
+model serves yet, and how the four model families depend on each other.
 
 Stored scores carry warehouse pseudonyms. The ids are recovered on the operational side, as serving does: the
 users still in the operational database are pseudonymized with the data folder's key and matched; an erased user
@@ -13,6 +13,7 @@ import pandas as pd
 from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
 from core.store import opsdb
+from core.ads import pipeline as ads_pipeline
 from core.training import churn, churn_pipeline, pipeline, registry, tracking
 from core.warehouse import churn_data
 
@@ -114,12 +115,14 @@ def readiness(settings: Settings) -> dict:
 
 
 def dependencies(settings: Settings) -> dict:
-    """The three model families, their production versions and staleness (for the dependency graph).
+    """The four model families, their production versions and staleness (for the dependency graph).
 
     {"cf": {"version", "model_kind"} or None-version,
-     "ranker": {"version", "depends_on", "stale", "reason"}, "churn": churn_pipeline.status(...)}:
+     "ranker": {"version", "depends_on", "stale", "reason"}, "churn": churn_pipeline.status(...),
+     "ads": ads_pipeline.status(...)}:
     a ranker is stale when it re-ranks another CF version than the one serving (`pipeline.ranker_status`);
-    a churn model when the recommender changed after it was trained (`churn_pipeline.status`)."""
+    a churn model when the recommender changed after it was trained (`churn_pipeline.status`); an ads model when
+    the CF or churn version it was trained with is no longer the one in production (`ads_pipeline.status`)."""
     cf = registry.production(settings)
     rk = pipeline.ranker_status(settings)
     ranker = rk["ranker"]
@@ -132,5 +135,5 @@ def dependencies(settings: Settings) -> dict:
             "ranker": {"version": None if ranker is None else int(ranker["version"]),
                        "depends_on": None if ranker is None or ranker["depends_on"] is None else int(ranker["depends_on"]),
                        "stale": bool(rk["stale"]), "reason": reason},
-            "churn": churn_pipeline.status(settings)}
+            "churn": churn_pipeline.status(settings), "ads": ads_pipeline.status(settings)}
 

@@ -82,6 +82,9 @@ def model_card(settings: Settings, version: int, *, sample_users: int = MAX_SAMP
     run = tracking.get_run(settings, entry["run_id"])
     if entry["family"] == registry.CHURN:
         return churn_card(settings, entry, run)
+    if entry["family"] == registry.ADS:
+        from core.governance import ads_card
+        return ads_card.card(settings, entry, run, _lifecycle(settings, version), _trigger(settings, run))
     notes: list[str] = []
     card = {
         "model": {k: entry[k] for k in ("version", "model_kind", "family", "stage", "created_at", "run_id",
@@ -522,6 +525,9 @@ def model_card_markdown(card: dict) -> str:
     """The card as a Markdown document with one section per part of the card."""
     if card["model"]["family"] == registry.CHURN:
         return churn_card_markdown(card)
+    if card["model"]["family"] == registry.ADS:
+        from core.governance import ads_card
+        return ads_card.markdown(card)
     m = card["model"]
     td = card["training_data"]
     lines = [f"# Model card: {m['model_kind']} v{m['version']}", "",

@@ -361,3 +361,52 @@ def evaluate_churn_gate(candidate: dict, baseline: dict, production: dict | None
     else:
         check("production", True, "no churn model in production yet", {})
     return GateDecision(all(v["passed"] for v in checks.values()), reasons, checks)
+
+
+# ------------------------------------------------------------------ the ads (click-through) model's gate (issue 25)
+ADS_MIN_ROWS, ADS_MIN_CLASS = 200, 20
+ADS_LOG_LOSS_MARGIN, ADS_ECE_MARGIN = 0.001, 0.005
+
+
+def evaluate_ads_gate(candidate: dict, baseline: dict, production: dict | None, *, finite: bool) -> GateDecision:
+    """May an ads candidate replace production? All on the same holdout days: finite probabilities; a holdout big
+    enough to judge (impressions, with and without a click); strictly better than each campaign's historical click
+    rate on log loss and on calibration error (ECE); and, when an ads model is in production (re-scored on this
+    holdout), log loss not higher by more than ADS_LOG_LOSS_MARGIN and ECE not higher by more than ADS_ECE_MARGIN
+    (the same data and seed retrained must pass: the margins absorb nothing else)."""
+    checks, reasons = {}, []
+
+    def check(name: str, passed: bool, reason: str, numbers: dict) -> None:
+        checks[name] = {"passed": bool(passed), **numbers}
+        reasons.append(("✓ " if passed else "✗ ") + reason)
+
+    def known(*values) -> bool:
+        return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+    check("finite", finite, "click probabilities are finite" if finite else "some click probabilities are NaN or "
+          "infinite", {})
+    rows, clicks = candidate.get("rows") or 0, candidate.get("clicks") or 0
+    size_ok = rows >= ADS_MIN_ROWS and min(clicks, rows - clicks) >= ADS_MIN_CLASS
+    check("holdout_size", size_ok, f"holdout of {rows:,} impressions ({clicks:,} clicked); needs ≥ {ADS_MIN_ROWS} "
+          f"with ≥ {ADS_MIN_CLASS} of each outcome", {"rows": rows, "clicks": clicks})
+    keys = ("log_loss", "calibration_error", "roc_auc", "expected_revenue")
+    c, b = {k: candidate.get(k) for k in keys}, {k: baseline.get(k) for k in keys}
+    both = known(c["log_loss"], c["calibration_error"], b["log_loss"], b["calibration_error"])
+    beats = both and c["log_loss"] < b["log_loss"] and c["calibration_error"] < b["calibration_error"]
+    check("baseline", beats, (f"vs each campaign's click rate: log loss {c['log_loss']:.4f} vs {b['log_loss']:.4f}, "
+                              f"calibration error {c['calibration_error']:.4f} vs {b['calibration_error']:.4f} "
+                              "(both must be lower)") if both
+          else "metrics missing: cannot compare with the campaigns' click rates", {"candidate": c, "baseline": b})
+    if production is not None:
+        p = {k: production.get(k) for k in keys}
+        numeric = known(p["log_loss"], p["calibration_error"], c["log_loss"], c["calibration_error"])
+        ok = (numeric and c["log_loss"] <= p["log_loss"] + ADS_LOG_LOSS_MARGIN
+              and c["calibration_error"] <= p["calibration_error"] + ADS_ECE_MARGIN)
+        check("production", ok, (f"vs production v{production.get('version')} on the same holdout: log loss "
+                                 f"{c['log_loss']:.4f} vs {p['log_loss']:.4f} (margin {ADS_LOG_LOSS_MARGIN}), "
+                                 f"calibration error {c['calibration_error']:.4f} vs {p['calibration_error']:.4f} "
+                                 f"(margin {ADS_ECE_MARGIN})") if numeric
+              else "metrics missing: cannot compare with production", {"candidate": c, "production": p})
+    else:
+        check("production", True, "no ads model in production yet", {})
+    return GateDecision(all(v["passed"] for v in checks.values()), reasons, checks)

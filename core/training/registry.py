@@ -6,7 +6,9 @@ the version that served before the current one. Production is unique per
 *family* — models that answer the same question and replace each other:
 'cf' (collaborative filtering: 'als', 'bpr'), 'ranker' (a re-ranking model
 that `depends_on` a cf version) and 'churn' (who is about to leave; `depends_on` the cf version serving when
-it was trained, since one of its features is how users respond to the served lists). Every transition is a `registry_events` row
+it was trained, since one of its features is how users respond to the served lists) and 'ads' (click-through of a
+sponsored slot; `depends_on` the cf version whose genre affinities it was trained with, the churn version in its
+run's params). Every transition is a `registry_events` row
 with actor, reason and, when a gate decided, its `GateDecision`, so "which
 model served at time T" is answered from the history (`production_at`).
 """
@@ -26,8 +28,9 @@ from core.training.tracking import UnknownRun, decode_json_fields, flatten_metri
 CF = "cf"
 RANKER = "ranker"
 CHURN = "churn"
-MODEL_FAMILIES: dict[str, str] = {"als": CF, "bpr": CF, "ranker": RANKER, "churn_gb": CHURN}
-FAMILIES = (CF, RANKER, CHURN)
+ADS = "ads"
+MODEL_FAMILIES: dict[str, str] = {"als": CF, "bpr": CF, "ranker": RANKER, "churn_gb": CHURN, "ads_gb": ADS}
+FAMILIES = (CF, RANKER, CHURN, ADS)
 STAGES = ("candidate", "production", "archived")
 PIPELINE_ACTOR = "pipeline"
 VERSION_JSON_FIELDS = ("metrics", "params")
@@ -215,6 +218,7 @@ def require_cf(row: dict, purpose: str) -> dict:
         return row
     v = row["version"]
     hint = {CHURN: f"; for a churn version use `python -m core churn evaluate --version {v}` or `model-card {v}`",
+            ADS: f"; for an ads version use `model-card {v}`",
             RANKER: f"; a ranker is judged with its CF version v{row.get('depends_on')}"}.get(family, "")
     raise ValidationError(f"v{v} is a {family} model ({row['model_kind']}); {purpose} needs a collaborative-filtering "
                           f"version{hint}")

@@ -98,13 +98,17 @@ with legend:
     st.markdown("- **cf → ranker** — the ranker re-ranks the candidates of one CF version: a CF promotion makes it "
                 "stale until it is retrained (a CF retrain does).\n"
                 "- **cf → churn, ranker → churn** — the churn model's features include how users responded to the "
-                "lists they were served: a recommender promoted after it was trained makes it possibly stale.")
+                "lists they were served: a recommender promoted after it was trained makes it possibly stale.\n"
+                "- **cf → ads, churn → ads** — the ads model's features include the user's genre affinities (CF) "
+                "and churn risk: a CF or churn version promoted after it was trained makes it possibly stale.")
     st.caption("Green: current · red dashed, STALE: what it depends on changed since it was trained · grey dotted: "
                "no production version.")
     if deps["ranker"]["stale"]:
         st.warning(f"**ranker v{deps['ranker']['version']}**: {deps['ranker']['reason']}")
     if deps["churn"]["stale"]:
         st.warning(f"**churn v{deps['churn']['version']}** is possibly stale: " + "; ".join(deps["churn"]["reasons"]))
+    if deps.get("ads", {}).get("stale"):
+        st.warning(f"**ads v{deps['ads']['version']}** is possibly stale: " + "; ".join(deps["ads"]["reasons"]))
 
 # --- the gate's yardstick: which estimate decided, its interval, the holdout beside it, the truth in simulation ---
 st.subheader("Gate decisions and their yardstick")
