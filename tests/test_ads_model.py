@@ -407,3 +407,100 @@ def test_the_model_card_of_an_ads_version(trained):
     text = modelcard.model_card_markdown(card)
     assert f"# Model card: ads_gb v{result['version']}" in text and "campaign's click rate" in text
     assert "| log_loss |" in text and "calibration_error" in text
+
+
+# ------------------------------------------------------------------ a real small world (the warehouse's ad facts)
+@pytest.fixture(scope="module")
+def ad_world(tmp_path_factory):
+    """A small world with ads (seed 21, 300 users, 200 movies, 10 days), a CF version promoted after them, 6 more
+    closed-loop days (ads chosen by campaign rate), every day loaded by the ETL."""
+    from core.simulation import loop, simulation
+    from core.training import pipeline as cf_pipeline
+    s = load_settings(tmp_path_factory.mktemp("ad-world"))
+    simulation.init_world(s, seed=21, users=300, movies=200, days=10)
+    result = cf_pipeline.retrain(s, with_ranker=False)
+    if not result["promoted"]:       # a holdout this small leaves the decision open: promote it by hand
+        registry.promote(s, result["version"], "test", "small world: promoted by hand")
+    loop.run(s, 6)
+    return s
+
+
+def test_training_rows_from_the_warehouse_are_point_in_time(ad_world, tmp_path):
+    from conftest import private_copy
+    from core.ads import data
+    from core.training import churn_pipeline
+    from core.training.artifacts import load_bundle
+    from core.warehouse import warehouse
+    s = ad_world
+    rows, campaigns, version = data.training_rows(s)
+    with warehouse.session(s) as con:
+        facts = warehouse.ad_impressions(con)
+    assert len(rows) == len(facts) > 1000 and rows["impression_id"].is_unique and "user_id" not in rows
+    assert version == tracking_version(s) and set(features.ROW_COLUMNS) <= set(rows.columns)
+    assert set(rows["campaign_id"]) <= set(campaigns["campaign_id"]) and rows["clicked"].sum() > 30
+    # the CF version in force at each impression: none before its promotion, then it (the registry's history)
+    cf = registry.production(s)
+    promoted_at = pd.Timestamp(registry.promotions(s, cf["version"])[0]["at"])
+    before = rows["shown_at"] < promoted_at
+    assert before.sum() > 500 and (~before).sum() > 300
+    assert rows.loc[before, "cf_version"].isna().all() and (rows.loc[~before, "cf_version"] == cf["version"]).all()
+    assert rows.loc[before, list(features.AFFINITY)].isna().all().all()
+    for t in rows["shown_at"].sample(20, random_state=1):
+        expected = registry.production_at(s, str(t)[:19].replace(" ", "T"))
+        assert (rows.loc[rows["shown_at"] == t, "cf_version"].fillna(-1) == (expected or -1)).all()
+    # one user's affinities by hand: mean predicted score over each genre's titles, z-scored across genres
+    bundle = load_bundle(s.home / cf["artifact_path"])
+    row = rows[~before & rows["aff_Drama"].notna()].iloc[0]
+    u = list(bundle.matrix.user_keys).index(row["user_key"])
+    with warehouse.session(s) as con:
+        genres = data.dataset.movie_attributes(con)["genres"].reindex(bundle.matrix.movie_ids).fillna("")
+    scores = bundle.model.item_factors_.astype(float) @ bundle.model.user_factors_[u].astype(float)
+    raw = np.array([scores[[g in t.split("|") for t in genres]].mean() if any(g in t.split("|") for t in genres)
+                    else np.nan for g in GENRES])
+    z = (raw - np.nanmean(raw)) / np.nanstd(raw)
+    np.testing.assert_allclose(row[list(features.AFFINITY)].to_numpy(float), z, atol=1e-5)
+    # no churn model: every churn risk unknown; a stored score counts only for impressions shown after it was made
+    assert rows["churn_risk"].isna().all()
+    key, t = row["user_key"], row["shown_at"]
+    frame = pd.DataFrame({"user_key": [key], "as_of": [t.normalize()], "risk": [0.37]})
+    for f in churn_pipeline.FEATURES:
+        frame[f] = 0.0
+    s = private_copy(ad_world, tmp_path / "copy")          # the world stays as it was for the next test
+    churn_version = register_by_hand(s, "churn_gb", "2026-01-11T00:00:00", family_prod=False)
+    churn_pipeline.store_predictions(s, churn_version, frame, at=str(t)[:19].replace(" ", "T"))
+    again, _, _ = data.training_rows(s)
+    mine = again[again["user_key"] == key]
+    assert (mine.loc[mine["shown_at"] >= t, "churn_risk"] == 0.37).all()
+    assert (mine.loc[mine["shown_at"] >= t, "churn_version"] == churn_version).all()
+    assert mine.loc[mine["shown_at"] < t, "churn_risk"].isna().all() and (mine["shown_at"] < t).any()
+    assert again.loc[again["user_key"] != key, "churn_risk"].isna().all()
+
+
+def tracking_version(s) -> str:
+    from core.training.evaluation import current_data_version
+    return current_data_version(s)
+
+
+def test_training_on_the_real_world(ad_world, tmp_path):
+    from core.ads import data
+    from conftest import private_copy
+    s = private_copy(ad_world, tmp_path / "copy")
+    result = pipeline.train(s, at="2026-01-17T00:00:00")
+    run = tracking.get_run(s, result["run_id"])
+    assert run["data_version"] == tracking_version(s) and run["seed"] == s.seed and run["code_version"]
+    deps = result["depends_on"]
+    cf = registry.production(s)["version"]
+    assert deps["at_training"] == {"cf": cf, "churn": None} and deps["used"]["cf"] == [cf]
+    assert deps["churn_neutral"]["rows"] == len(data.training_rows(s)[0])
+    assert "no churn model in production" in deps["churn_neutral"]["note"]
+    m, b = result["metrics"], result["baselines"]["campaign_rate"]
+    assert m["rows"] == b["rows"] > 150 and np.isfinite(m["log_loss"]) and np.isfinite(b["log_loss"])
+    # the decision is recorded with every check, whatever it is on a world this small
+    assert set(result["gate"]["checks"]) == {"finite", "holdout_size", "baseline", "production"}
+    assert registry.get_version(s, result["version"])["stage"] == ("production" if result["promoted"] else "candidate")
+    # explanations of real impressions add up
+    _, model = pipeline.production_model(s) if result["promoted"] else (None, pipeline.load_version(
+        s, registry.get_version(s, result["version"])))
+    rows, campaigns, _ = data.training_rows(s)
+    for e in pipeline.explain(model, rows.tail(5), campaigns, rows):
+        assert e["base_logit"] + sum(c["contribution"] for c in e["contributions"]) == pytest.approx(e["logit"], abs=1e-9)

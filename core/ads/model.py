@@ -62,9 +62,13 @@ class AdsModel:
     intercept: float
     features: tuple
     campaigns: tuple            # the campaign ids of the one-hot columns (a campaign born later has none)
+    used: tuple = ()            # columns with any known value in training (the trees' inputs); () = all
+
+    def _cols(self) -> list[int]:
+        return list(self.used) if self.used else list(range(len(self.features)))
 
     def logit(self, X: np.ndarray) -> np.ndarray:
-        return self.slope * self.trees.decision_function(X) + self.intercept
+        return self.slope * self.trees.decision_function(X[:, self._cols()]) + self.intercept
 
     def p_click(self, X: np.ndarray) -> np.ndarray:
         """Calibrated click probability of each row of X (n × len(features)), in (0, 1)."""
@@ -79,7 +83,8 @@ class AdsModel:
         base + Σ values = logit(p_click) for every row (TreeExplainer on the trees' raw log-odds, × slope)."""
         import shap
         explainer = shap.TreeExplainer(self.trees)
-        values = np.asarray(explainer.shap_values(X)).reshape(len(X), -1)
+        values = np.zeros(X.shape)     # a feature unknown for every training row (no CF served yet) contributes 0
+        values[:, self._cols()] = np.asarray(explainer.shap_values(X[:, self._cols()])).reshape(len(X), -1)
         base = float(np.ravel(explainer.expected_value)[0]) * self.slope + self.intercept
         return values * self.slope, base, self.logit(X)
 
@@ -120,15 +125,17 @@ def _both_outcomes(y: np.ndarray, part: str) -> None:
 
 def fit(X_train: np.ndarray, y_train: np.ndarray, X_cal: np.ndarray, y_cal: np.ndarray, *, seed: int,
         feature_names: tuple, campaign_ids, params: dict | None = None) -> AdsModel:
-    """Trees on the training days; Platt scaling of their log-odds on the calibration days."""
+    """Trees on the training days (on the columns with any known value there: e.g. no CF version served yet
+    leaves the affinities unknown); Platt scaling of their log-odds on the calibration days."""
     y_train, y_cal = np.asarray(y_train, dtype=int), np.asarray(y_cal, dtype=int)
     _both_outcomes(y_train, "training")
     _both_outcomes(y_cal, "calibration")
+    used = tuple(int(i) for i in np.flatnonzero(~np.isnan(X_train).all(axis=0)))
     trees = HistGradientBoostingClassifier(**(DEFAULT_PARAMS | (params or {})), early_stopping=False,
-                                           random_state=seed).fit(X_train, y_train)
-    platt = LogisticRegression(C=1e6).fit(trees.decision_function(X_cal).reshape(-1, 1), y_cal)
+                                           random_state=seed).fit(X_train[:, list(used)], y_train)
+    platt = LogisticRegression(C=1e6).fit(trees.decision_function(X_cal[:, list(used)]).reshape(-1, 1), y_cal)
     return AdsModel(trees, float(platt.coef_[0, 0]), float(platt.intercept_[0]), tuple(feature_names),
-                    tuple(sorted(int(c) for c in campaign_ids)))
+                    tuple(sorted(int(c) for c in campaign_ids)), used)
 
 
 @dataclass
@@ -157,7 +164,8 @@ def save(directory: Path, model: AdsModel, meta: dict, rows: dict[str, np.ndarra
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     joblib.dump({"trees": model.trees, "slope": model.slope, "intercept": model.intercept,
-                 "features": list(model.features), "campaigns": list(model.campaigns)}, directory / ADS_FILES[0])
+                 "features": list(model.features), "campaigns": list(model.campaigns), "used": list(model.used)},
+                directory / ADS_FILES[0])
     (directory / ADS_FILES[1]).write_text(json.dumps(meta, indent=2, default=str))
     write_rows(directory, rows)
     private_tree(directory)
@@ -195,7 +203,7 @@ def load(directory: Path, expected_hash: str | tuple[str, ...] | None = None) ->
         raise AdsIntegrityError(f"ads artifact {directory} does not match its registered hash; refusing to load it")
     blob = joblib.load(Path(directory) / ADS_FILES[0])
     return AdsModel(blob["trees"], float(blob["slope"]), float(blob["intercept"]), tuple(blob["features"]),
-                    tuple(int(c) for c in blob["campaigns"]))
+                    tuple(int(c) for c in blob["campaigns"]), tuple(int(i) for i in blob.get("used", ())))
 
 
 def read_meta(directory: Path) -> dict:
