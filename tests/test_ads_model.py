@@ -504,3 +504,28 @@ def test_training_on_the_real_world(ad_world, tmp_path):
     rows, campaigns, _ = data.training_rows(s)
     for e in pipeline.explain(model, rows.tail(5), campaigns, rows):
         assert e["base_logit"] + sum(c["contribution"] for c in e["contributions"]) == pytest.approx(e["logit"], abs=1e-9)
+
+
+def test_the_scorer_serves_the_features_it_was_trained_on(ad_world, tmp_path):
+    """No training/serving skew: the scorer's P(click) of a user and campaign at an impression's instant equals the
+    model's on that impression's training row (same affinities, churn risk, age band and exposure)."""
+    from conftest import private_copy
+    from core.ads import data, scoring
+    from core.governance.churn_insights import user_ids
+    s = private_copy(ad_world, tmp_path / "copy")
+    result = pipeline.train(s, at="2026-01-17T00:00:00", promote=False)
+    version = registry.get_version(s, result["version"])
+    model = pipeline.load_version(s, version)
+    rows, campaigns, _ = data.training_rows(s)
+    sample = rows[rows["cf_version"].notna()].sample(5, random_state=3)
+    ids = user_ids(s, sample["user_key"])
+    score = scoring.scorer(s, version)
+    assert score.model_version == result["version"]
+    for _, row in sample.iterrows():
+        p = score(np.array([ids[row["user_key"]]]), campaigns, str(row["shown_at"]))
+        assert p.shape == (1, len(campaigns)) and ((p > 0) & (p < 1)).all()
+        X, _ = model.matrix(rows[rows["impression_id"] == row["impression_id"]], campaigns, rows)
+        column = list(campaigns["campaign_id"]).index(row["campaign_id"])
+        assert p[0, column] == pytest.approx(float(model.p_click(X)[0]), abs=1e-12)
+    users = np.array(sorted(ids.values()))
+    assert score(users, campaigns, "2026-01-17T00:00:00").shape == (len(users), len(campaigns))

@@ -33,6 +33,12 @@ def movie_genre_matrix(movie_ids: np.ndarray, genres: pd.Series) -> np.ndarray:
     return out
 
 
+def movie_genres(settings: Settings) -> pd.Series:
+    """Each movie's genres ('|'-separated), indexed by movie_id (the warehouse's dim_movie)."""
+    with warehouse.session(settings) as con:
+        return dataset.movie_attributes(con)["genres"]
+
+
 def genre_affinity(bundle, genres: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(user keys (U,), affinities (U × G)) of a CF bundle: each user's mean predicted score over every genre's
     titles, standardized across genres per user (NaN for a genre without titles, an erased user, or a model without
@@ -78,7 +84,7 @@ def version_at(times: pd.Series, steps: pd.DataFrame) -> np.ndarray:
     return merged.sort_values("i")["version"].to_numpy(dtype=float)
 
 
-def _affinities(settings: Settings, rows: pd.DataFrame, genres: pd.Series) -> pd.DataFrame:
+def affinities(settings: Settings, rows: pd.DataFrame, genres: pd.Series) -> pd.DataFrame:
     """The AFFINITY columns of each row from its cf_version's bundle."""
     out = np.full((len(rows), len(GENRES)), np.nan)
     for version in sorted(v for v in rows["cf_version"].dropna().unique()):
@@ -96,7 +102,7 @@ def _affinities(settings: Settings, rows: pd.DataFrame, genres: pd.Series) -> pd
     return pd.DataFrame(out, columns=list(features.AFFINITY), index=rows.index)
 
 
-def _churn(settings: Settings, rows: pd.DataFrame) -> pd.DataFrame:
+def churn_scores(settings: Settings, rows: pd.DataFrame) -> pd.DataFrame:
     """churn_risk, churn_version: each row's user's newest stored churn score made at or before shown_at."""
     stored = churn_pipeline.predictions(settings) if settings.mlops_db.exists() else pd.DataFrame()
     empty = pd.DataFrame({"churn_risk": np.nan, "churn_version": np.nan}, index=rows.index)
@@ -130,5 +136,5 @@ def training_rows(settings: Settings, start=None, end=None) -> tuple[pd.DataFram
     rows = imp[["impression_id", "user_key", "campaign_id", "shown_at", "clicked", "clicked_at", "age_band"]].copy()
     rows["age_band"] = rows["age_band"].fillna("")
     rows["cf_version"] = version_at(rows["shown_at"], production_steps(settings, registry.CF))
-    rows = pd.concat([rows, _churn(settings, rows), _affinities(settings, rows, genres)], axis=1)
+    rows = pd.concat([rows, churn_scores(settings, rows), affinities(settings, rows, genres)], axis=1)
     return rows, campaigns(settings), version
