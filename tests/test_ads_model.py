@@ -96,7 +96,7 @@ def hand_frame():
     """Two users, three campaigns, a few impressions on two days."""
     campaigns = pd.DataFrame({"campaign_id": [10, 20, 30], "bid": [1.0, 2.5, 0.5],
                               "target_genres": ["Comedy|Drama", "", "Western"],
-                              "target_age_bands": ["18-24", "", "55+|45-54"]})
+                              "target_age_bands": ["18-24", "", "55+|45-54"], "creative_genres": ["Action", "", ""]})
     aff_a = dict.fromkeys(features.AFFINITY, 0.0) | {"aff_Comedy": 2.0, "aff_Drama": 1.0, "aff_Action": 0.5,
                                                       "aff_Western": -1.0}
     aff_b = dict.fromkeys(features.AFFINITY, np.nan)            # no CF version served when B was shown ads
@@ -133,9 +133,11 @@ def test_features_of_two_users_by_hand():
     assert f.loc[0, ["genre_interest", "genre_match", "age_match"]].tolist() == [1.5, 1, 1]
     assert f.loc[1, ["genre_interest", "genre_match", "age_match"]].tolist() == [0, 1, 1]
     assert f.loc[3, ["genre_interest", "genre_match", "age_match"]].tolist() == [-1, 0, 0]
-    # B: no affinities known → interest unknown, no favourite (genre targeting not met), age 55+ met by campaign 30
-    assert np.isnan(f.loc[2, "genre_interest"]) and f.loc[2, ["genre_match", "age_match"]].tolist() == [0, 1]
-    assert f.loc[4, ["genre_match", "age_match"]].tolist() == [0, 0]
+    # B: no affinities known → interest and genre targeting unknown (NaN), age 55+ met by campaign 30, not by 10
+    assert np.isnan(f.loc[2, ["genre_interest", "genre_match", "creative_interest"]].to_numpy(float)).all()
+    assert f.loc[2, "age_match"] == 1 and f.loc[4, "age_match"] == 0 and np.isnan(f.loc[4, "genre_match"])
+    # the creative's own genres: campaign 10 promotes an Action title (A: 0.5); the others fall back on their targets
+    assert f.loc[[0, 1, 3], "creative_interest"].tolist() == [0.5, 0, -1]
     # churn risk: B's unknown first risk is the neutral value, counted
     assert f["churn_risk"].tolist() == [0.2, 0.2, features.NEUTRAL_CHURN_RISK, 0.3, 0.1, 0.3]
     assert fills == {"churn_risk_neutral": 1}
@@ -225,6 +227,19 @@ def test_gate_decisions():
     assert not gate.evaluate_ads_gate(m(0.2, 0.01), m(0.22, 0.02), {"error": "gone", "version": 2}, finite=True).promote
 
 
+def test_the_population_starts_when_a_cf_version_served():
+    rows, _ = hand_frame()
+    assert pipeline.population(rows)[1] == {"from": None, "rows_left_out": 0}          # no cf_version column
+    day = rows["shown_at"].dt.normalize()
+    # served from day 2 on: days 2, 3, 8 remain (3 days): the two impressions of day 0 are left out
+    kept, note = pipeline.population(rows.assign(cf_version=np.where(day >= T0 + pd.Timedelta(days=2), 1.0, np.nan)))
+    assert note == {"from": str(T0 + pd.Timedelta(days=2, hours=9)), "rows_left_out": 3}
+    assert kept["impression_id"].tolist() == [4, 5, 6]
+    # served from day 3 on: 2 days would be left, too few for a time split: everything stays
+    late = rows.assign(cf_version=np.where(day >= T0 + pd.Timedelta(days=3), 1.0, np.nan))
+    assert pipeline.population(late) == (late, {"from": None, "rows_left_out": 0})
+
+
 # ------------------------------------------------------------------ the model on the synthetic log
 def test_time_split_is_by_day_and_in_order(log):
     rows, _, _ = log
@@ -278,7 +293,8 @@ def test_the_run_records_data_version_params_seed_code_and_dependencies(trained)
     assert run["model_kind"] == "ads_gb" and run["seed"] == 7 and run["code_version"]
     assert run["data_version"].startswith("frames:") and run["data_version"] == result["data_version"]
     p = run["params"]
-    assert p["calibration"] == "platt" and p["campaigns"] == [1, 2, 3, 4, 5, 6] and p["max_iter"] == 200
+    assert p["calibration"] == "platt" and p["campaigns"] == [1, 2, 3, 4, 5, 6] and p["max_iter"] == 100
+    assert p["population"] == {"from": None, "rows_left_out": 0}
     assert p["depends_on"]["at_training"] == {"cf": deps["cf"], "churn": deps["churn"]}
     assert p["depends_on"]["churn_neutral"]["rows"] == 0 and p["depends_on"]["churn_neutral"]["note"] is None
     version = registry.get_version(s, result["version"])
@@ -491,10 +507,17 @@ def test_training_on_the_real_world(ad_world, tmp_path):
     deps = result["depends_on"]
     cf = registry.production(s)["version"]
     assert deps["at_training"] == {"cf": cf, "churn": None} and deps["used"]["cf"] == [cf]
-    assert deps["churn_neutral"]["rows"] == len(data.training_rows(s)[0])
+    # trained on the impressions since the CF version served (before it no affinity exists for anyone)
+    rows = data.training_rows(s)[0]
+    since = rows["cf_version"].notna()
+    population = run["params"]["population"]
+    assert population["rows_left_out"] == int((~since).sum()) > 500
+    assert pd.Timestamp(population["from"]) == rows.loc[since, "shown_at"].min()
+    assert deps["churn_neutral"]["rows"] == int(since.sum())
     assert "no churn model in production" in deps["churn_neutral"]["note"]
     m, b = result["metrics"], result["baselines"]["campaign_rate"]
-    assert m["rows"] == b["rows"] > 150 and np.isfinite(m["log_loss"]) and np.isfinite(b["log_loss"])
+    assert m["rows"] == b["rows"] > 50 and np.isfinite(m["log_loss"]) and np.isfinite(b["log_loss"])
+    assert m["training_rows"] + m["calibration_rows"] + m["rows"] == int(since.sum())
     # the decision is recorded with every check, whatever it is on a world this small
     assert set(result["gate"]["checks"]) == {"finite", "holdout_size", "baseline", "production"}
     assert registry.get_version(s, result["version"])["stage"] == ("production" if result["promoted"] else "candidate")
@@ -529,3 +552,22 @@ def test_the_scorer_serves_the_features_it_was_trained_on(ad_world, tmp_path):
         assert p[0, column] == pytest.approx(float(model.p_click(X)[0]), abs=1e-12)
     users = np.array(sorted(ids.values()))
     assert score(users, campaigns, "2026-01-17T00:00:00").shape == (len(users), len(campaigns))
+
+
+def test_a_users_training_rows_are_exported_erased_and_rekeyed(tmp_path, log):
+    s = load_settings(tmp_path)
+    rows, campaigns, _ = log
+    result = pipeline.train(s, rows, campaigns, seed=7, at="2026-03-21T00:00:00")
+    path = s.home / registry.get_version(s, result["version"])["artifact_path"]
+    mine = rows[rows["user_key"] == "u0007"]
+    exported = pipeline.export_user(s, "u0007")
+    assert len(exported) == len(mine) == 60 and {e["impression_id"] for e in exported} == set(mine["impression_id"])
+    assert exported[0]["aff_Comedy"] == pytest.approx(mine.sort_values("shown_at")["aff_Comedy"].iloc[0])
+    assert {e["part"] for e in exported} == {"train", "calibration", "holdout"}
+    assert pipeline.rekey(s, lambda keys: {"u0007": "k0007"} if "u0007" in keys else {}) == {
+        "ads_training_rows": 60, "ads_training_files": 1}
+    assert pipeline.export_user(s, "u0007") == [] and len(pipeline.export_user(s, "k0007")) == 60
+    assert pipeline.erase_user(s, "k0007") == 60 and pipeline.erase_user(s, "k0007") == 0
+    kept = ads_model.read_rows(path)["user_key"]
+    assert "k0007" not in kept and "u0007" not in kept and len(kept) == len(rows) - 60
+    pipeline.load_version(s, registry.get_version(s, result["version"]))       # the hash still matches

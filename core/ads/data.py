@@ -120,10 +120,19 @@ def churn_scores(settings: Settings, rows: pd.DataFrame) -> pd.DataFrame:
                         index=rows.index)
 
 
-def campaigns(settings: Settings) -> pd.DataFrame:
-    """Every campaign (the operational store's `adslog.campaigns`)."""
+def with_creative_genres(campaigns: pd.DataFrame, genres: pd.Series) -> pd.DataFrame:
+    """The campaigns with `creative_genres`: a promoted title's own genres, else the campaign's target genres (what
+    the ad is about, as the world's latent interest sees it)."""
+    title = (campaigns["creative_kind"] == "title") & campaigns["movie_id"].notna()
+    own = campaigns["movie_id"].map(lambda m: genres.get(int(m), "") if pd.notna(m) else "")
+    return campaigns.assign(creative_genres=np.where(title, own, campaigns["target_genres"].fillna("")))
+
+
+def campaigns(settings: Settings, genres: pd.Series | None = None) -> pd.DataFrame:
+    """Every campaign (the operational store's `adslog.campaigns`) with its creative's genres."""
     with opsdb.session(settings) as db:
-        return adslog.campaigns(db)
+        frame = adslog.campaigns(db)
+    return with_creative_genres(frame, movie_genres(settings) if genres is None else genres)
 
 
 def training_rows(settings: Settings, start=None, end=None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -137,4 +146,4 @@ def training_rows(settings: Settings, start=None, end=None) -> tuple[pd.DataFram
     rows["age_band"] = rows["age_band"].fillna("")
     rows["cf_version"] = version_at(rows["shown_at"], production_steps(settings, registry.CF))
     rows = pd.concat([rows, churn_scores(settings, rows), affinities(settings, rows, genres)], axis=1)
-    return rows, campaigns(settings), version
+    return rows, campaigns(settings, genres), version

@@ -25,17 +25,20 @@ TOP_GENRES = 3                 # a campaign's genre targeting is met when it nam
 # it, so it contributes nothing), recorded with the run. Also used for a user the churn model did not score.
 NEUTRAL_CHURN_RISK = 0.5
 AFFINITY = tuple(f"aff_{g}" for g in GENRES)
-BASE_FEATURES = (*AFFINITY, "churn_risk", "bid", "genre_interest", "genre_match", "age_match",
+BASE_FEATURES = (*AFFINITY, "churn_risk", "bid", "genre_interest", "genre_match", "age_match", "creative_interest",
                  "impressions_7d", "clicks_7d")
 FEATURE_LABELS = {
     **{f"aff_{g}": f"interest in {g} (from the recommender)" for g in GENRES},
     "churn_risk": "churn risk", "bid": "the campaign's bid", "genre_interest": "interest in the campaign's genres",
     "genre_match": "a favourite genre is targeted", "age_match": "age band is targeted",
+    "creative_interest": "interest in the ad's own genres",
     "impressions_7d": "ads seen in the last 7 days", "clicks_7d": "ads clicked in the last 7 days",
 }
 ROW_COLUMNS = ("impression_id", "user_key", "campaign_id", "shown_at", "clicked", "clicked_at", "age_band",
                "churn_risk", *AFFINITY)
 CAMPAIGN_COLUMNS = ("campaign_id", "bid", "target_genres", "target_age_bands")
+# Optional campaign column `creative_genres`: the genres the creative itself is about (a promoted title's genres);
+# where it is absent or empty, the campaign's target genres stand for them.
 
 
 def campaign_column(campaign_id: int) -> str:
@@ -97,37 +100,62 @@ def _split(values: pd.Series) -> list[set]:
     return [set(filter(None, str(v).split("|"))) if isinstance(v, str) else set() for v in values]
 
 
+def _genre_rows(texts: pd.Series) -> np.ndarray:
+    """(n, G) 0/1 from '|'-separated genre texts, parsed once per distinct text."""
+    index = {g: i for i, g in enumerate(GENRES)}
+    codes, uniques = pd.factorize(texts.fillna("").astype(str))
+    table = np.zeros((len(uniques) + 1, len(GENRES)))
+    for u, genres in enumerate(_split(pd.Series(uniques, dtype=object))):
+        table[u, [index[g] for g in genres if g in index]] = 1.0
+    return table[codes]
+
+
+def _mean_over(filled: np.ndarray, genres: np.ndarray) -> np.ndarray:
+    n = genres.sum(axis=1)
+    return np.where(n > 0, (filled * genres).sum(axis=1) / np.maximum(n, 1), 0.0)
+
+
 def target_match(rows: pd.DataFrame) -> pd.DataFrame:
     """genre_interest (mean affinity over the campaign's target genres; 0 when it targets none), genre_match and
-    age_match (1 when the campaign's criterion is met or it has none). Needs the rows' affinities, age_band and
-    the campaign's target_genres / target_age_bands."""
+    age_match (1 when the campaign's criterion is met or it has none; genre_match unknown, NaN, when the user's
+    affinities are), creative_interest (mean affinity over the creative's genres: `creative_genres` where the rows
+    name any, else the target genres). Needs the rows' affinities, age_band and the campaign's target_genres /
+    target_age_bands."""
     aff = rows[list(AFFINITY)].to_numpy(dtype=float)
     known = ~np.isnan(aff).all(axis=1)
-    targets = np.zeros((len(rows), len(GENRES)))
-    index = {g: i for i, g in enumerate(GENRES)}
-    for r, genres in enumerate(_split(rows["target_genres"])):
-        targets[r, [index[g] for g in genres if g in index]] = 1.0
+    targets = _genre_rows(rows["target_genres"])
     n_targets = targets.sum(axis=1)
     filled = np.nan_to_num(aff, nan=0.0)
-    interest = np.where(n_targets > 0, (filled * targets).sum(axis=1) / np.maximum(n_targets, 1), 0.0)
+    interest = _mean_over(filled, targets)
+    own = _genre_rows(rows["creative_genres"]) if "creative_genres" in rows else np.zeros_like(targets)
+    creative = np.where(own.sum(axis=1) > 0, _mean_over(filled, own), interest)     # none named: the targets
     # The user's favourite genres: the TOP_GENRES highest affinities (stable order; none when nothing is known).
     order = np.argsort(-np.where(np.isnan(aff), -np.inf, aff), axis=1, kind="stable")[:, :TOP_GENRES]
     favourite = np.zeros_like(targets)
     np.put_along_axis(favourite, order, 1.0, axis=1)
     favourite[~known] = 0.0
     genre_match = np.where(n_targets > 0, ((favourite * targets).sum(axis=1) > 0), True).astype(float)
-    bands = _split(rows["target_age_bands"])
-    age_match = np.array([not b or a in b for a, b in zip(rows["age_band"].astype(str), bands)], dtype=float)
+    genre_match[(n_targets > 0) & ~known] = np.nan
+    band_codes, band_texts = pd.factorize(rows["target_age_bands"].fillna("").astype(str))
+    band_sets = _split(pd.Series(band_texts, dtype=object))
+    ages = rows["age_band"].astype(str).to_numpy()
+    age_match = np.array([not band_sets[c] or a in band_sets[c] for a, c in zip(ages, band_codes)], dtype=float)
     return pd.DataFrame({"genre_interest": np.where(known, interest, np.nan), "genre_match": genre_match,
-                         "age_match": age_match}, index=rows.index)
+                         "age_match": age_match, "creative_interest": np.where(known, creative, np.nan)},
+                        index=rows.index)
 
 
 # ------------------------------------------------------------------ the matrix
+def _campaign_columns(campaigns: pd.DataFrame) -> list[str]:
+    return list(CAMPAIGN_COLUMNS) + (["creative_genres"] if "creative_genres" in campaigns else [])
+
+
 def with_campaigns(rows: pd.DataFrame, campaigns: pd.DataFrame) -> pd.DataFrame:
     """The rows joined to their campaign's bid and targeting (rows of an unknown campaign are an error)."""
     require_columns(campaigns, CAMPAIGN_COLUMNS, "the campaigns frame")
-    joined = rows.drop(columns=[c for c in CAMPAIGN_COLUMNS[1:] if c in rows.columns]).merge(
-        campaigns[list(CAMPAIGN_COLUMNS)], on="campaign_id", how="left", validate="many_to_one")
+    cols = _campaign_columns(campaigns)
+    joined = rows.drop(columns=[c for c in cols[1:] if c in rows.columns]).merge(
+        campaigns[cols], on="campaign_id", how="left", validate="many_to_one")
     if joined["bid"].isna().any():
         unknown = sorted(joined.loc[joined["bid"].isna(), "campaign_id"].unique().tolist())
         raise ValueError(f"impressions of unknown campaign(s) {unknown}: pass every campaign they name")
@@ -159,8 +187,9 @@ def candidates(rows: pd.DataFrame, campaigns: pd.DataFrame) -> pd.DataFrame:
     active campaign whose targeting the user meets (the criteria known offline: genre and age band; budgets and
     caps are the auction's), with `list_id` = the row's impression_id. Used to value the selection a model drives."""
     active = campaigns[campaigns["active"].astype(int) == 1] if "active" in campaigns else campaigns
-    users = rows.drop(columns=["campaign_id", *[c for c in CAMPAIGN_COLUMNS[1:] if c in rows.columns]])
-    cross = users.assign(list_id=users["impression_id"]).merge(active[list(CAMPAIGN_COLUMNS)], how="cross")
+    cols = _campaign_columns(campaigns)
+    users = rows.drop(columns=["campaign_id", *[c for c in cols[1:] if c in rows.columns]])
+    cross = users.assign(list_id=users["impression_id"]).merge(active[cols], how="cross")
     match = target_match(cross)
     keep = (match["genre_match"] > 0) & (match["age_match"] > 0)
     return cross[keep.to_numpy()].reset_index(drop=True)

@@ -41,6 +41,28 @@ def frame_version(rows: pd.DataFrame, campaigns: pd.DataFrame) -> str:
     return "frames:" + h.hexdigest()[:16]
 
 
+def population(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The impressions a model is trained and judged on: from the first one shown while a CF version served, when
+    those span at least MIN_DAYS days (before it the affinities and everything made of them are unknown for
+    everyone — a different population, whose days would train trees that never see the main signal); else all.
+    Returns (rows, {"from", "rows_left_out"})."""
+    if "cf_version" not in rows or rows["cf_version"].isna().all() or rows["cf_version"].notna().all():
+        return rows, {"from": None, "rows_left_out": 0}
+    first = pd.to_datetime(rows.loc[rows["cf_version"].notna(), "shown_at"]).min()
+    kept = rows[pd.to_datetime(rows["shown_at"]) >= first]
+    if pd.to_datetime(kept["shown_at"]).dt.normalize().nunique() < ads_model.MIN_DAYS:
+        return rows, {"from": None, "rows_left_out": 0}
+    return kept.reset_index(drop=True), {"from": str(first), "rows_left_out": int(len(rows) - len(kept))}
+
+
+def split(rows: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict]:
+    """What training and any later evaluation of the same log use: (the time split of the population, every
+    impression in time order — the exposure history and the baseline's history —, the population note)."""
+    history = rows.sort_values(["shown_at", "impression_id"], kind="stable").reset_index(drop=True)
+    kept, note = population(history)
+    return ads_model.time_split(kept), history, note
+
+
 def dependencies(settings: Settings, rows: pd.DataFrame, fills: dict | None = None) -> dict:
     """What the features were made with: the CF and churn versions in production at training time (the registry)
     and those the rows name (`cf_version` / `churn_version` columns when the reader adds them), and whether the
@@ -112,17 +134,17 @@ def train(settings: Settings, rows: pd.DataFrame | None = None, campaigns: pd.Da
         rows, campaigns, data_version = data.training_rows(settings)
     elif campaigns is None:
         raise ValidationError("training rows given without their campaigns frame")
-    rows = rows.sort_values(["shown_at", "impression_id"], kind="stable").reset_index(drop=True)
-    data_version = data_version or frame_version(rows, campaigns)
-    parts = ads_model.time_split(rows)
+    parts, history, kept = split(rows)              # exposure counts see every impression, kept or not
+    data_version = data_version or frame_version(history, campaigns)
+    rows = pd.concat(list(parts.values()), ignore_index=True)
     campaign_ids = sorted(int(c) for c in rows["campaign_id"].unique())
     names = features.feature_names(campaign_ids)
-    X, fills = features.build(rows, campaigns, campaign_ids)
+    X, fills = features.build(rows, campaigns, campaign_ids, history)
     timings["features"] = time.perf_counter() - t
     deps = dependencies(settings, rows, fills)
     run_params = ads_model.DEFAULT_PARAMS | params | {
         "features": list(names), "campaigns": campaign_ids, "split": ads_model.split_dates(parts),
-        "calibration": "platt", "exposure_days": features.EXPOSURE_DAYS, "depends_on": deps}
+        "calibration": "platt", "exposure_days": features.EXPOSURE_DAYS, "population": kept, "depends_on": deps}
     run_id = tracking.start_run(settings, ads_model.MODEL_KIND, run_params, seed, data_version, at=at)
     try:
         t = time.perf_counter()
@@ -136,7 +158,8 @@ def train(settings: Settings, rows: pd.DataFrame | None = None, campaigns: pd.Da
         with single_threaded_openmp():
             model = ads_model.fit(X[tr], y[tr], X[ca], y[ca], seed=seed, feature_names=names,
                                   campaign_ids=campaign_ids, params=params)
-        rule = ads_model.CampaignRate.fit(rows[tr | ca])
+        start = pd.to_datetime(parts["holdout"]["shown_at"]).min()
+        rule = ads_model.CampaignRate.fit(history[pd.to_datetime(history["shown_at"]) < start])   # all history before
         timings["fit"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -144,14 +167,14 @@ def train(settings: Settings, rows: pd.DataFrame | None = None, campaigns: pd.Da
         hold = parts["holdout"]
         with single_threaded_openmp():
             p_hold = model.p_click(X[ho])
-        result = judge(_model_predictor(model, campaigns, rows), hold, campaigns, rows)
-        baselines = {"campaign_rate": judge(_rate_predictor(rule), hold, campaigns, rows)}
+        result = judge(_model_predictor(model, campaigns, history), hold, campaigns, history)
+        baselines = {"campaign_rate": judge(_rate_predictor(rule), hold, campaigns, history)}
         prod = registry.production(settings, family=ads_model.FAMILY)
         if prod is not None:
             try:
                 prod_model = load_version(settings, prod)
-                baselines["production"] = judge(_model_predictor(prod_model, campaigns, rows), hold, campaigns,
-                                                rows) | {"version": int(prod["version"])}
+                baselines["production"] = judge(_model_predictor(prod_model, campaigns, history), hold, campaigns,
+                                                history) | {"version": int(prod["version"])}
             except (OSError, RetroError, ValueError, KeyError) as exc:
                 baselines["production"] = {"error": f"could not score production v{prod['version']}: {exc}",
                                            "version": int(prod["version"])}
@@ -269,3 +292,63 @@ def explain(model: ads_model.AdsModel, rows: pd.DataFrame, campaigns: pd.DataFra
     p = 1.0 / (1.0 + np.exp(-logit))
     return [{"p_click": float(pi), "base_logit": base, "logit": float(li), "contributions": c,
              "reasons": [reason(x) for x in c[:top]]} for pi, li, c in zip(p, logit, items)]
+
+
+# ------------------------------------------------------------------ privacy (owner operations on the training rows)
+def _artifact_dirs(settings: Settings) -> list:
+    if not settings.models_dir.exists():
+        return []
+    return sorted(p for p in settings.models_dir.glob("ads-run-*") if p.is_dir())
+
+
+def export_user(settings: Settings, user_key: str) -> list[dict]:
+    """The user's rows in every ads model's training set: artifact, impression, shown_at, part, label, p_click and
+    the features."""
+    out = []
+    for d in _artifact_dirs(settings):
+        rows = ads_model.read_rows(d)
+        if not rows:
+            continue
+        names = ads_model.read_meta(d).get("features", [])
+        parts = {v: k for k, v in ads_model.PART_CODES.items()}
+        for i in np.flatnonzero(rows["user_key"] == user_key):
+            out.append({"artifact": d.name, "impression_id": int(rows["impression_id"][i]),
+                        "shown_at": str(rows["shown_at"][i]), "part": parts[int(rows["part"][i])],
+                        "label": float(rows["label"][i]), "p_click": float(rows["p_click"][i]),
+                        **{f: (None if np.isnan(v) else float(v)) for f, v in zip(names, rows["X"][i])}})
+    return out
+
+
+def erase_user(settings: Settings, user_key: str) -> int:
+    """Drop the user's rows from every ads training set (each file replaced whole); returns the rows dropped.
+    Idempotent. The fitted trees keep no row, and the artifact hash covers the model, not the rows, so the
+    registered version still loads."""
+    dropped = 0
+    for d in _artifact_dirs(settings):
+        rows = ads_model.read_rows(d)
+        if not rows:
+            continue
+        keep = rows["user_key"] != user_key
+        if not keep.all():
+            dropped += int((~keep).sum())
+            ads_model.write_rows(d, {k: v[keep] for k, v in rows.items()})
+    return dropped
+
+
+def rekey(settings: Settings, new_for) -> dict[str, int]:
+    """Re-key the pseudonyms of every ads training set through `new_for(keys) -> {old: new}` (the key rotation's
+    mapping); re-runnable: keys already new map to nothing."""
+    files = changed = 0
+    for d in _artifact_dirs(settings):
+        rows = ads_model.read_rows(d)
+        if not rows or not len(rows["user_key"]):
+            continue
+        olds, where = np.unique(rows["user_key"], return_inverse=True)
+        mapping = new_for(olds.tolist())
+        if not mapping:
+            continue
+        news = np.array([mapping.get(k, k) for k in olds.tolist()], dtype=str)
+        changed += int(np.isin(rows["user_key"], list(mapping)).sum())
+        ads_model.write_rows(d, rows | {"user_key": news[where]})
+        files += 1
+    return {"ads_training_rows": changed, "ads_training_files": files}

@@ -58,6 +58,8 @@ def scorer(settings: Settings, version: dict | None = None) -> Callable:
     model = pipeline.load_version(settings, row)
 
     def score(user_ids, campaigns: pd.DataFrame, as_of) -> np.ndarray:
+        if "creative_genres" not in campaigns:
+            campaigns = data.with_creative_genres(campaigns, data.movie_genres(settings))
         cross = pairs(settings, user_ids, campaigns, as_of)
         X, _ = model.matrix(cross, campaigns, recent_impressions(settings, as_of))
         with single_threaded_openmp():
