@@ -33,6 +33,12 @@ class UnknownMovie(ValidationError):
     code = "unknown_movie"
 
 
+class UnknownImpression(ValidationError):
+    """An ad impression id that was not shown to the user asked about (or does not exist)."""
+
+    code = "unknown_impression"
+
+
 class InvalidRating(ValidationError):
     """A rating that is not an integer in 1..10."""
 

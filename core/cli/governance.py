@@ -8,14 +8,25 @@ from core.cli import ID, TEXT, UsageError, arg, command, emit, int_in
 from core.pseudonym import pseudonym, pseudonym_key
 
 
-@command("explain", help="why was this movie recommended to this user? (--churn: why is this user at risk?)", args=[
+@command("explain", help="why was this movie recommended to this user? (--churn: why is this user at risk? "
+                          "--ad: why am I seeing this ad?)", args=[
     arg("--user", type=ID, help="the user (required)"),
     arg("--movie", type=ID, help="the recommended movie to explain (required unless --churn)"),
     arg("--churn", action="store_true",
         help="explain the user's churn risk instead: every feature's SHAP contribution (audited, personal data)"),
+    arg("--ad", type=ID, metavar="IMPRESSION_ID",
+        help="explain an ad the user was shown: advertiser, criteria met, the model's reasons (audited, personal data)"),
 ])
 def cmd_explain(args, settings):
     from core.governance import explain
+    if args.ad is not None and (args.movie is not None or args.churn):
+        raise errors.ValidationError("--ad does not go with --movie or --churn: it explains one ad impression "
+                                     "(`explain --user ID --ad IMPRESSION_ID`)")
+    if args.ad is not None:
+        if args.user is None:
+            raise UsageError("the following arguments are required: --user (see `python -m core explain --help`)")
+        _explain_ad(args, settings)
+        return
     if args.churn and args.movie is not None:
         raise errors.ValidationError("--movie does not go with --churn: a churn explanation is about the user "
                                      "(`explain --user ID --churn`), not about a movie")
@@ -42,6 +53,16 @@ def _explain_churn(args, settings):
     with access.cli_action(settings, "personal data", target, audit_as="explain churn"):
         e = explain.explain_churn(settings, args.user)
     emit(args, e, lambda: print(explain.churn_explanation_markdown(e), end=""))
+
+
+def _explain_ad(args, settings):
+    """Personal data read out: audited like the model server's ad explanation (cli:<OS user>, target the pseudonym)."""
+    from core.governance import ads_explain
+    from core.privacy import access
+    target = pseudonym(args.user, pseudonym_key(settings))
+    with access.cli_action(settings, "personal data", target, audit_as="explain ad"):
+        e = ads_explain.explain_ad(settings, args.user, args.ad)
+    emit(args, e, lambda: print(ads_explain.explanation_markdown(e), end=""))
 
 
 @command("audit", help="what did we show a user (on a day), and why? (with their stored churn scores)", args=[

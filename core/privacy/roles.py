@@ -53,11 +53,12 @@ ACTIONS: tuple[Action, ...] = (
        "privacy retention --days N"),
     _a("train", "fit and evaluate a model without registering it", [DATA_SCIENTIST], "", "train"),
     _a("evaluate", "score a registered version on the days after its training (the Drift page's read-only check "
-       "of production is an aggregate, open to all)", [DATA_SCIENTIST], "", "evaluate, churn evaluate"),
+       "of production is an aggregate, open to all)", [DATA_SCIENTIST], "", "evaluate, churn evaluate, ads evaluate"),
     _a("retrain", "ETL → train → gate → register a candidate (the gate may promote it)", [DATA_SCIENTIST],
        "Training: Retrain", "retrain"),
     _a("churn train", "train the churn model (the gate may promote it)", [DATA_SCIENTIST], "Churn: Train churn model",
        "churn train"),
+    _a("ads train", "train the ads click model (the gate may promote it)", [DATA_SCIENTIST], "", "ads train"),
     _a("churn score", "score every active user's churn risk and store it", [DATA_SCIENTIST], "Churn: Score now",
        "churn score"),
     _a("shadow release", "start a shadow release (scored and logged, shown to nobody)",
@@ -85,7 +86,8 @@ ACTIONS: tuple[Action, ...] = (
     _a(PERSONAL_DATA, "see one user's data: profile and lists, explanations, audit trail, churn risk, at-risk "
        "lists and their export (each view audited)", [PRIVACY_OFFICER],
        "For You, Explanations (why/risk/audit tabs), Churn at-risk list, Privacy user panel",
-       "explain, audit, churn score --user, privacy consent --user", "/explain"),
+       "explain, explain --ad, audit, churn score --user, privacy consent --user",
+       "/explain, /explain/{user}/ad/{id}"),
     _a(ACCOUNTS, "add, disable, enable, list operators and reset their tokens", [], "",
        "operators add|disable|enable|reset-token|list"),
     _a("client keys", "add or revoke the API key of a model-server client (POST /impressions)", [], "",

@@ -2,7 +2,7 @@
 
 Endpoints: `GET /recommend/{user_id}?k=10` (the same paths, fallbacks and serving log as `recommend`),
 `POST /impressions` (a client with an API key confirms which answers it showed), `GET /explain/{user_id}/{movie_id}`
-(personal data: operator bearer token), `/health` (alive), `/ready` (a production model is loaded), `/metrics`
+and `GET /explain/{user_id}/ad/{impression_id}` (personal data: operator bearer token), `/health` (alive), `/ready` (a production model is loaded), `/metrics`
 (Prometheus text), `/version` (what serves now).
 
 Serving is not showing: every answer is logged, but only a list a trusted front end confirmed counts as shown
@@ -45,13 +45,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from core import bounds
-from core.errors import RetroError, UnknownMovie, UnknownUser, ValidationError
+from core.errors import RetroError, UnknownImpression, UnknownMovie, UnknownUser, ValidationError
 from core.filemodes import private_file
 from core.privacy import access
 from core.pseudonym import pseudonym, pseudonym_key
 from core.server import clients, guard
 from core.server.metrics import ServerMetrics
-from core.serving import remote, serving
+from core.serving import ads_slot, remote, serving
 from core.settings import Settings
 from core.store import clock, opsdb, servinglog
 from core.store.locks import StoreBusy
@@ -238,7 +238,7 @@ class ObservedApp:
 
 
 def _status_for(exc: RetroError) -> int:
-    if isinstance(exc, (UnknownUser, UnknownMovie)):
+    if isinstance(exc, (UnknownUser, UnknownMovie, UnknownImpression)):
         return 404
     if isinstance(exc, (access.SignInThrottled, clients.RateLimited)):
         return 429
@@ -322,7 +322,8 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         message = {404: f"no such endpoint: {request.method} {request.url.path}; endpoints: /recommend/{{user_id}}, "
-                        "/impressions (POST), /explain/{user_id}/{movie_id}, /health, /ready, /metrics, /version",
+                        "/impressions (POST), /explain/{user_id}/{movie_id}, /explain/{user_id}/ad/{impression_id}, "
+                        "/health, /ready, /metrics, /version",
                    405: f"{request.method} is not allowed here; the server answers GET (POST on /impressions)"}.get(exc.status_code,
                                                                                          str(exc.detail))
         return _error(exc.status_code, message)
@@ -349,9 +350,10 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
         return name
 
     @app.get("/recommend/{user_id}")
-    async def recommend(user_id: str, request: Request, k: str = "10"):
+    async def recommend(user_id: str, request: Request, k: str = "10", ads: str = "1"):
         uid = bounds.check_id(user_id, "user id")
         n = bounds.check_int(k, "k", 1, serving.MAX_K)
+        with_ads = bounds.check_int(ads, "ads", 0, 1) == 1
         key = request.headers.get(clients.HEADER)
         client = None if key is None else await run_in_threadpool(client_of, key, "recommend")
         current_state()
@@ -359,9 +361,14 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
         metrics.served(rec)
         body = rec.to_dict()
         headers = {"X-Production-Version": "" if state.version is None else str(state.version)}
+        if with_ads and rec.served_at is not None:
+            sponsored = await run_in_threadpool(ads_slot.choose, settings, uid, rec.serve_id, rec.served_at)
+            if sponsored is not None:
+                body["sponsored"] = sponsored | {"arm": rec.arm}
         if client is None:
             for name in UNAUTHENTICATED_OMITS:
                 body.pop(name, None)
+                body.get("sponsored", {}).pop(name, None)
         else:
             headers["X-Model-Version"] = "" if rec.model_version is None else str(rec.model_version)
         return JSONResponse(body, headers=headers)
@@ -393,16 +400,31 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
         with access.audited(settings, f"operator:{who}", "explain", target):
             return JSONResponse(explain_one(settings, uid, mid))
 
-    @app.get("/explain/{user_id}/{movie_id}")
-    async def explain(user_id: str, movie_id: str, request: Request):
+    def explain_ad_now(user_id: str, impression_id: str, authorization: str | None):
+        who = _operator(settings, authorization, "explain")
+        uid = bounds.check_id(user_id, "user id")
+        iid = bounds.check_id(impression_id, "impression id")
+        from core.governance.ads_explain import explain_ad
+        with access.audited(settings, f"operator:{who}", "explain ad", pseudonym(uid, pseudonym_key(settings))):
+            return JSONResponse(explain_ad(settings, uid, iid))
+
+    async def explain_queued(work, *args):
+        """Run an explanation on the one explanation thread, refusing at once beyond EXPLAIN_WAITING waiting."""
         if explaining["n"] > EXPLAIN_WAITING:       # one running, EXPLAIN_WAITING waiting: refuse before any work
             return _error(503, "explanations are busy; try again in a moment", {"Retry-After": "1"})
         explaining["n"] += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                explainer, explain_now, user_id, movie_id, request.headers.get("authorization"))
+            return await asyncio.get_running_loop().run_in_executor(explainer, work, *args)
         finally:
             explaining["n"] -= 1
+
+    @app.get("/explain/{user_id}/{movie_id}")
+    async def explain(user_id: str, movie_id: str, request: Request):
+        return await explain_queued(explain_now, user_id, movie_id, request.headers.get("authorization"))
+
+    @app.get("/explain/{user_id}/ad/{impression_id}")
+    async def explain_ad(user_id: str, impression_id: str, request: Request):
+        return await explain_queued(explain_ad_now, user_id, impression_id, request.headers.get("authorization"))
 
     @app.get("/health")
     def health():

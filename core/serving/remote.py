@@ -79,16 +79,19 @@ def version(url: str) -> dict:
     return body
 
 
-def recommend_many(url: str, user_ids, k: int = 10, *, concurrency: int = 8, timeout: float = 30.0) -> dict[int, dict]:
+def recommend_many(url: str, user_ids, k: int = 10, *, concurrency: int = 8, timeout: float = 30.0,
+                   ads: bool = False) -> dict[int, dict]:
     """{user_id: the server's JSON answer} for every user, `concurrency` requests at a time; any answer that is
-    not 200 raises ServerUnavailable naming the user and the server's error."""
+    not 200 raises ServerUnavailable naming the user and the server's error. Without `ads` the server leaves the
+    sponsored slot out (`ads=0`): the closed loop's simulated day chooses and logs its ads itself, with the clicks
+    the server cannot know, so one list never carries two."""
     user_ids = [int(u) for u in user_ids]
     base = url.rstrip("/")
     with _client(timeout) as client:
         def one(uid: int) -> dict:
             import httpx
             try:
-                r = client.get(f"{base}/recommend/{uid}", params={"k": k})
+                r = client.get(f"{base}/recommend/{uid}", params={"k": k, "ads": int(ads)})
             except httpx.HTTPError as exc:
                 raise ServerUnavailable(f"no model server answers at {url}: {exc}") from None
             if r.status_code != 200:
