@@ -43,6 +43,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "operator_audit": ("core/privacy/access.py",),
     "signin_failures": ("core/privacy/access.py",),
     "churn_predictions": ("core/training/churn_pipeline.py",),
+    "ads_days": ("core/monitoring/ads_monitoring.py",),
 }
 ML_TABLES = tuple(t for t in OWNERS if t not in OPS_TABLES and t not in WAREHOUSE_TABLES)
 SCHEMA_MODULES = {"core/store/mlopsdb.py": ML_TABLES}

@@ -414,6 +414,19 @@ def _close(db, kind, metric, at) -> bool:
     return cur.rowcount > 0
 
 
+def open_or_update_alert(db, kind: str, metric: str, value: float, threshold: float, severity: str, window,
+                         at: str, classification: str, chance_level: float | None = None) -> bool:
+    """The alerting of other monitors (ads): open an alert of (kind, metric), or update the open one; True when
+    it opened now. Alerts stay in this module's table, one way for everyone."""
+    return _open_or_update(db, kind, metric, None, value, threshold, severity, window, at, classification,
+                           chance_level=chance_level)
+
+
+def close_alert(db, kind: str, metric: str, at: str) -> bool:
+    """Close the open alert of (kind, metric); True when one was open."""
+    return _close(db, kind, metric, at)
+
+
 def open_alerts(settings: Settings) -> pd.DataFrame:
     with mlopsdb.session(settings) as db:
         return pd.DataFrame(list(db.query("SELECT * FROM alerts WHERE closed_at IS NULL ORDER BY opened_at, alert_id")))

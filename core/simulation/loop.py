@@ -1,5 +1,5 @@
 """The closed loop: simulated days where users see the *served* recommendations, the ETL and
-monitoring run every day, the production churn model (if any) scores the day's active users, the release
+monitoring run every day (with the ads monitoring when the world shows ads), the production churn model (if any) scores the day's active users, the release
 policy judges an active canary, and the retraining policy acts.
 
 shift → behaviour changes → served lists fit worse → alerts → retrain → recovery.
@@ -23,7 +23,7 @@ import numpy as np
 
 from core.warehouse import etl
 from core.monitoring import monitoring, policy, release
-from core.store import opsdb, servinglog
+from core.store import adslog, opsdb, servinglog
 from core.serving import deployments, remote, serving
 from core.simulation import simulation
 from core.constants import TS_FORMAT
@@ -85,6 +85,7 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
             etl.run(settings, at=now)
             stage("monitoring drift and online quality", 0.45)
             report = monitoring.monitor_day(settings, start)
+            ads = monitor_ads(settings, db, start)
             stage("scoring churn", 0.55)
             scored = score_churn(settings, now)
             stage("reviewing the running release", 0.6)
@@ -104,7 +105,7 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
                         "hit_rate_top50": report.online.get("hit_rate_top50"),
                         "quarantine_rate": report.quality["quarantine_rate"], "action": action,
                         "arms": report.online.get("arms"), "release": decision,
-                        "hit_rate_by_policy": report.online.get("hit_rate_by_policy"), **scored})
+                        "hit_rate_by_policy": report.online.get("hit_rate_by_policy"), **scored, "ads": ads})
         progress(1.0, f"done: {days} of {days} days simulated")
     finally:
         db.conn.close()
@@ -114,6 +115,16 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
         summary["shift"] = {"kind": started.kind, "strength": started.strength, "start_day": started.start_day,
                             "duration": started.duration, "params": started.params}
     return summary
+
+
+def monitor_ads(settings: Settings, db, start) -> dict | None:
+    """The day's ads monitoring (`ads_monitoring.monitor_day`: click rate, calibration of the stored p_click,
+    revenue, pacing, ads-drift alerts) when the world shows ads; None when it does not."""
+    if not adslog.enabled(db):
+        return None
+    from core.monitoring import ads_monitoring
+    day = ads_monitoring.monitor_day(settings, start)
+    return {k: day[k] for k in ("impressions", "clicks", "click_rate", "revenue", "ece", "opened", "closed")}
 
 
 def record_truth(settings: Settings, job_id: int | None) -> dict | None:

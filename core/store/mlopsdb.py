@@ -375,6 +375,28 @@ def m014_change_counter(db: sqlite_utils.Database) -> None:
             install_change_triggers(db, table)
 
 
+@migrations()
+def m015_ads_days(db: sqlite_utils.Database) -> None:
+    """One row per monitored day of the ads (`core.monitoring.ads_monitoring`): click rate, revenue, the online
+    calibration of the stored p_click against the clicks, and budget pacing per campaign (JSON in `signals`)."""
+    db.execute("""
+        CREATE TABLE ads_days (
+            day TEXT PRIMARY KEY,                       -- YYYY-MM-DD (UTC) of the impressions' shown_at
+            computed_at TEXT NOT NULL,
+            impressions INTEGER NOT NULL,
+            clicks INTEGER NOT NULL,
+            click_rate REAL,                            -- NULL without an impression
+            baseline_click_rate REAL,                   -- pooled over the previous stored days (NULL: too few)
+            revenue REAL NOT NULL,                      -- what the day's clicks were charged
+            ece REAL,                                   -- ECE (10 bins) of stored p_click vs clicks; NULL: no such row
+            ece_rows INTEGER NOT NULL,
+            ece_chance REAL,                            -- its 99th percentile if the predictions were calibrated
+            model_version INTEGER,                      -- the ads model in production at the day's end
+            signals TEXT NOT NULL                       -- JSON: per policy, pacing per campaign, chance levels
+        )""")
+    install_change_triggers(db, "ads_days")
+
+
 def change_mark(settings: Settings) -> int | None:
     """How many counted writes the ML metadata store has seen (None without a store yet)."""
     if not settings.mlops_db.exists():
