@@ -32,6 +32,7 @@ pages = {
         st.Page(VIEWS / "training.py", title="Training & Models"),
         st.Page(VIEWS / "drift.py", title="Drift"),
         st.Page(VIEWS / "churn.py", title="Churn"),
+        st.Page(VIEWS / "ads.py", title="Ads"),
         st.Page(VIEWS / "deployment.py", title="Deployment"),
     ],
     "Governance": [

@@ -338,3 +338,48 @@ def day_span(start, end) -> str:
     if a.date() == b.date():
         return f"{a:%b %d}"
     return f"{a:%b %d}–{b:%d}" if (a.year, a.month) == (b.year, b.month) else f"{a:%b %d}–{b:%b %d}"
+
+
+# --- ads (issue 25) --------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=2)
+def ads_campaigns(state):
+    from core.governance import ads_insights
+    return ads_insights.campaigns(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def ads_daily(state):
+    from core.governance import ads_insights
+    return ads_insights.daily(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def ads_model(state):
+    from core.governance import ads_insights
+    return ads_insights.model(settings())
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def ads_of_user(state, user_id):
+    from core.governance import ads_insights
+    return ads_insights.user_ads(settings(), user_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def ad_explanation(state, user_id, impression_id):
+    from core.governance import ads_explain
+    return ads_explain.explain_ad(settings(), user_id, impression_id)
+
+
+def ads_enabled() -> bool:
+    """Live, not cached: switching ads changes no mark of the state token."""
+    from core.governance import ads_insights
+    return ads_insights.enabled(settings())
+
+
+def ads_train(progress, **kwargs):
+    from core.ads import pipeline as ads_pipeline
+    try:
+        return ads_pipeline.train(settings(), progress=progress, **kwargs)
+    finally:
+        clear()

@@ -1,0 +1,194 @@
+"""The Ads page (issue 25.8) with AppTest: campaigns and pacing, revenue next to hit rate and churn, the ads model
+against the campaigns' click rates with its calibration, "Why am I seeing this ad?", and the operator actions
+(train, promote, switch ads on/off): each changes what the page shows, is audited, and is refused to whoever may
+not do it."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import private_copy
+from core.privacy import access
+from core.settings import load_settings
+from core.store import adslog, opsdb
+from core.training import registry
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+PAGE = "views/ads.py"
+OPERATOR = ("tester", "s3cret-token")
+
+pytestmark = pytest.mark.usefixtures("empty_dashboard_caches")
+
+
+@pytest.fixture(scope="module")
+def ads_world(tmp_path_factory):
+    """A small world with ads (seed 21, 300 users, 200 movies, 10 days), a CF version in production, 6 closed-loop
+    days (ads by campaign rate, hit rates monitored), no ads model. Read-only: tests use `private_copy`."""
+    from core.simulation import loop, simulation
+    from core.training import pipeline
+    s = load_settings(tmp_path_factory.mktemp("ads-world"))
+    simulation.init_world(s, seed=21, users=300, movies=200, days=10)
+    result = pipeline.retrain(s, with_ranker=False)
+    if not result["promoted"]:
+        registry.promote(s, result["version"], "test", "small world: promoted by hand")
+    loop.run(s, 6)
+    return s
+
+
+@pytest.fixture(scope="module")
+def model_world(ads_world, tmp_path_factory):
+    """`ads_world` plus an ads model in production (promoted by hand: this world's holdout is below the gate's
+    minimum) and two days whose ads it chose."""
+    from core.ads import pipeline as ads_pipeline
+    from core.ads import scoring
+    from core.simulation import ads_day, simulation
+    from core.warehouse import etl
+    s = private_copy(ads_world, tmp_path_factory.mktemp("ads-model"))
+    trained = ads_pipeline.train(s, promote=False)
+    registry.promote(s, trained["version"], "tester", "test fixture: an ads model to look at")
+    score = scoring.scorer(s)
+    simulation.simulate(s, 2, ad_policy=ads_day.AdPolicy("model", score, score.model_version))
+    etl.run(s)
+    return s
+
+
+def home_of(world, tmp_path, monkeypatch):
+    copy = private_copy(world, tmp_path)
+    monkeypatch.setenv("RETRO_HOME", str(tmp_path))
+    return copy
+
+
+def open_page(operator=None, timeout: int = 90) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    if operator:
+        at.session_state["operator"] = operator
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(e.value for e in elements)
+
+
+def frame(at, key):
+    return next(df.value for df in at.dataframe if df.key == key) if any(df.key == key for df in at.dataframe) \
+        else next(df.value for df in at.dataframe if key in df.value.columns)
+
+
+def ads_versions(s):
+    versions = registry.list_versions(s)
+    return versions[versions["family"] == "ads"]
+
+
+def test_the_page_shows_campaigns_pacing_revenue_the_model_and_why(model_world, tmp_path, monkeypatch):
+    s = home_of(model_world, tmp_path, monkeypatch)
+    at = open_page()
+    assert not at.error
+    with opsdb.session(s) as db:
+        totals, camps = adslog.totals(db), adslog.campaigns(db)
+    assert f"Ads are **on** in this world. Since 2026-01-01: {totals['impressions']:,} ads shown" in texts(at.markdown)
+
+    table = frame(at, "advertiser")
+    assert len(table) == len(camps) == 14
+    assert set(table["advertiser"]) == set(camps["advertiser"])
+    assert np.allclose(table["pacing"], np.minimum(table["spent_day"] / table["daily_budget"], 1.0))
+    assert (table["spent_day"] <= table["daily_budget"] + 1e-9).all()         # budgets hold on the last day
+
+    version = int(ads_versions(s).query("stage == 'production'")["version"].iloc[0])
+    captions = texts(at.caption)
+    assert f"Ads **v{version}** (production" in captions and "both judged on the same holdout" in captions
+    assert [m.label for m in at.metric][:3] == ["Log loss", "ROC AUC", "Calibration error (ECE)"]
+    metrics = frame(at, "on the holdout")
+    assert list(metrics.columns) == ["on the holdout", "model", "campaign click rates"]
+    assert len(at.get("plotly_chart")) == 2                                      # over time, calibration
+    assert "Not drawn: no churn rate yet" in texts(at.info)                      # 18 days: no 14-day outcome
+
+    assert "You saw this ad from" in texts(at.markdown)                          # the typical user's newest ad
+    assert "chosen by:" in texts(at.markdown)
+    assert frame(at, "impression_id")["impression_id"].is_monotonic_decreasing
+
+
+def test_switching_ads_needs_an_operator_and_the_page_shows_it(ads_world, tmp_path, monkeypatch):
+    s = home_of(ads_world, tmp_path, monkeypatch)
+    at = open_page()
+    assert at.button(key="ads_switch").label == "Switch ads off"
+    at.button(key="ads_switch").click().run()
+    assert any("Sign in under Operator in the sidebar" in e.value for e in at.error)
+    with opsdb.session(s) as db:
+        assert adslog.enabled(db)
+
+    access.add_operator(s, *OPERATOR)
+    at.session_state["operator"] = OPERATOR
+    at.button(key="ads_switch").click().run()
+    assert not at.exception and not at.error
+    assert "Ads are off in this world." in texts(at.success)
+    assert "Ads are **off** in this world." in texts(at.markdown)
+    assert at.button(key="ads_switch").label == "Switch ads on"
+    with opsdb.session(s) as db:
+        assert not adslog.enabled(db)
+    log = access.audit_log(s)
+    row = log[log["action"] == "ads"].iloc[0]                                    # the newest (a view row may follow)
+    assert (row["person"], row["target"], row["outcome"]) == ("tester", "off", "ok")
+
+
+def test_train_then_promote_change_what_the_page_shows(ads_world, tmp_path, monkeypatch):
+    s = home_of(ads_world, tmp_path, monkeypatch)
+    access.add_operator(s, *OPERATOR)
+    at = open_page(OPERATOR)
+    assert "No ads model has been trained on this world yet" in texts(at.info)
+    assert at.button(key="ads_promote").disabled
+
+    at.button(key="ads_train").click().run(timeout=120)
+    assert not at.exception and not at.error
+    trained = ads_versions(s)
+    assert len(trained) == 1
+    version, stage = int(trained["version"].iloc[0]), trained["stage"].iloc[0]
+    said = texts(at.success) if stage == "production" else texts(at.warning)
+    assert f"Ads v{version} (run" in said
+    assert any(c.value.startswith("gate: ") for c in at.caption)
+    assert f"Ads **v{version}** ({stage}" in texts(at.caption)
+    assert "ads train" in set(access.audit_log(s)["action"])
+    if stage == "production":
+        return
+    assert at.button(key="ads_promote").label == f"Promote v{version}"          # this small world: a candidate
+    at.button(key="ads_promote").click().run()
+    assert not at.exception and not at.error
+    assert f"Ads v{version} is in production" in texts(at.success)
+    assert f"Ads **v{version}** (production" in texts(at.caption)
+    assert at.button(key="ads_promote").disabled
+    log = access.audit_log(s)
+    row = log[log["action"] == "promote"].iloc[0]
+    assert (row["target"], row["outcome"]) == (f"ads v{version}", "ok")
+
+
+def test_a_role_that_may_not_train_or_switch_is_refused(ads_world, tmp_path, monkeypatch):
+    s = home_of(ads_world, tmp_path, monkeypatch)
+    access.add_operator(s, "ana", "s3cret-token", role="analyst")
+    at = open_page(("ana", "s3cret-token"))
+    at.button(key="ads_train").click().run()
+    assert "needs the role" in texts(at.error)
+    assert not len(ads_versions(s))
+    at.button(key="ads_switch").click().run()
+    assert "needs the role" in texts(at.error)
+    with opsdb.session(s) as db:
+        assert adslog.enabled(db)
+    denied = access.audit_log(s).query("outcome == 'denied'")
+    assert {"ads train", "switch ads"} <= set(denied["action"])            # the words the page uses (roles.ALIASES)
+
+
+def test_why_am_i_seeing_this_ad_is_personal_data_when_views_are_closed(model_world, tmp_path, monkeypatch):
+    s = home_of(model_world, tmp_path, monkeypatch)
+    monkeypatch.setenv("RETRO_DEMO_PERSONAL_VIEWS", "off")
+    at = open_page()
+    assert any("Why am I seeing this ad: shown to a signed-in privacy-officer or admin" in i.value for i in at.info)
+    assert not any("impression_id" in df.value.columns for df in at.dataframe)
+    assert len(frame(at, "advertiser")) == 14                                    # the aggregates stay
+    access.add_operator(s, "priya", "s3cret-token", role="privacy-officer")
+    at.session_state["operator"] = ("priya", "s3cret-token")
+    at.run()
+    assert "You saw this ad from" in texts(at.markdown)
+    row = access.audit_log(s, 1).iloc[0]
+    assert (row["action"], row["person"]) == ("view why am I seeing this ad", "priya")
