@@ -58,6 +58,8 @@ CASES = {
     "retrain": ("views/training.py", "base", "auto", "retrain", None, None),
     "churn train": ("views/churn.py", "base", "auto", "churn_train", None, _churn_ready),
     "churn score": ("views/churn.py", "base", "auto", "churn_score", None, _churn_model),
+    "ads train": ("views/ads.py", "base", "auto", "ads_train", None, None),
+    "ads": ("views/ads.py", "base", "auto", "ads_switch", None, None),
     "shadow release": ("views/deployment.py", "base", "auto", "FormSubmitter:start_release-Start",
                        lambda at: at.radio(key="release_mode").set_value("shadow"), None),
     "canary start": ("views/deployment.py", "base", "auto", "FormSubmitter:start_release-Start",
