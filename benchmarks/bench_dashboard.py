@@ -65,6 +65,7 @@ PAGES = [
     Page("Drift", "drift", "drift", "simulate days in the closed loop", "views/drift.py",
          "strength", [1.5, 2.0, 2.5, 1.0, 0.5]),
     Page("Churn", "churn", "churn", "Churn and recommendation quality over time", "views/churn.py"),
+    Page("Ads", "ads", "ads", "Campaigns and pacing", "views/ads.py"),
     Page("Deployment", "deployment", "deployment", "Release decisions", "views/deployment.py"),
     Page("Explanations & Governance", "governance", "explanations", "Why this movie?", "views/governance.py"),
     Page("Privacy", "privacy", "privacy", "Data inventory", "views/privacy.py"),

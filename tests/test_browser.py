@@ -48,6 +48,7 @@ PAGES = [
     ("Training & Models", "Experiment runs", 6000),     # + the yardstick, its chart and exploration (issue 22)
     ("Drift", "simulate days in the closed loop", 1300),        # before any simulated day: form and narrative
     ("Churn", "No churn model yet", 1000),                       # 8 days: too short for the churn model's split
+    ("Ads", "Campaigns and pacing", 3200),                       # campaigns, revenue per day, no ads model yet
     ("Deployment", "Online quality per arm", 1600),              # no server, no release yet: what serves, the form
     ("Explanations & Governance", "Why this movie?", 1600),
     ("Privacy", "Data inventory", 3000),            # erasure requests at full width (no half-width table cuts the actor)
@@ -71,8 +72,9 @@ def slug(title: str) -> str:
 
 
 # Screenshots named otherwise than slug(title): the Churn page of the 8-day world has no model yet (the README's
-# churn.png is the page with a model, from `test_churn_page_with_a_model`).
-SHOT_NAMES = {"Churn": "churn-no-model"}
+# churn.png is the page with a model, from `test_churn_page_with_a_model`; ads.png is the page on the default world
+# with an ads model, taken from benchmarks/bench_ads.py's model copy).
+SHOT_NAMES = {"Churn": "churn-no-model", "Ads": "ads-no-model"}
 
 # A world with a churn model (issue 17): long enough for its time split, a few closed-loop days served and
 # monitored, scores on three days a week apart, and a ranker promoted after the churn model was trained (so

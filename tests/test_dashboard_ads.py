@@ -94,7 +94,7 @@ def test_the_page_shows_campaigns_pacing_revenue_the_model_and_why(model_world, 
     table = frame(at, "advertiser")
     assert len(table) == len(camps) == 14
     assert set(table["advertiser"]) == set(camps["advertiser"])
-    assert np.allclose(table["pacing"], np.minimum(table["spent_day"] / table["daily_budget"], 1.0))
+    assert np.allclose(table["pacing"], 100 * np.minimum(table["spent_day"] / table["daily_budget"], 1.0))   # %
     assert (table["spent_day"] <= table["daily_budget"] + 1e-9).all()         # budgets hold on the last day
 
     version = int(ads_versions(s).query("stage == 'production'")["version"].iloc[0])

@@ -67,7 +67,8 @@ else:
     st.caption(f"Spend on {camp['day'] or 'the last simulated day'} against each daily budget (pacing: the share "
                "spent; a campaign that spends faster than the day passes is throttled), and totals over every day.")
     st.dataframe(
-        camp["campaigns"], hide_index=True, key="ads_campaigns", placeholder="—",
+        camp["campaigns"].assign(pacing=camp["campaigns"]["pacing"] * 100), hide_index=True, key="ads_campaigns",
+        placeholder="—",
         height=min(35 * (len(camp["campaigns"]) + 1) + 3, 600),          # every campaign without scrolling
         column_order=["campaign_id", "advertiser", "creative", "targets", "bid", "daily_budget", "spent_day", "pacing",
                       "impressions", "click_rate", "spend"],
@@ -80,7 +81,7 @@ else:
             "daily_budget": st.column_config.NumberColumn("budget/day", format="%.2f", width=65),
             "spent_day": st.column_config.NumberColumn("spent", format="%.2f", width=60,
                                                        help="on the last simulated day"),
-            "pacing": st.column_config.ProgressColumn("pacing", format="percent", min_value=0.0, max_value=1.0,
+            "pacing": st.column_config.ProgressColumn("pacing", format="%.0f%%", min_value=0.0, max_value=100.0,
                                                       width=80, help="spent ÷ daily budget on the last day"),
             "impressions": st.column_config.NumberColumn("shown", format="%d", width=60, help="all days"),
             "click_rate": st.column_config.NumberColumn("click rate", format="percent", width=65, help="all days"),
@@ -168,7 +169,7 @@ if ui.personal_view("why am I seeing this ad"):          # one user's ads and re
     else:
         picked = st.dataframe(
             ui.times(ads), hide_index=True, key="ads_user_table", on_select="rerun", selection_mode="single-row",
-            height=220, placeholder="—",
+            height=min(35 * (len(ads) + 1) + 3, 248), placeholder="—",
             column_order=["impression_id", "shown_at", "advertiser", "creative", "policy", "p_click", "clicked"],
             column_config={"impression_id": st.column_config.NumberColumn("impression", format="%d", width=80),
                            "shown_at": st.column_config.TextColumn("shown at", width=130),
