@@ -14,7 +14,7 @@ from core.training.top50 import top50
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py", "views/drift.py", "views/churn.py",
-         "views/deployment.py", "views/governance.py", "views/privacy.py"]
+         "views/ads.py", "views/deployment.py", "views/governance.py", "views/privacy.py"]
 
 
 pytestmark = pytest.mark.usefixtures("empty_dashboard_caches")
