@@ -298,3 +298,52 @@ def test_an_old_database_loads_without_ads_until_switched_on(tmp_path):
     assert summary["ad_impressions"] > 0
     assert ads_day.switch(settings, False)["enabled"] is False
     assert simulation.simulate(settings, 1)["ad_impressions"] == 0
+
+
+# ------------------------------------------------------------------ the setting, the closed loop, the command line
+def test_the_slot_is_a_setting(tmp_path, monkeypatch):
+    assert load_settings(tmp_path).ads_slot == 3
+    monkeypatch.setenv("RETRO_ADS_SLOT", "1")
+    assert load_settings(tmp_path).ads_slot == 1
+    monkeypatch.setenv("RETRO_ADS_SLOT", "0")
+    with pytest.raises(errors.ValidationError, match="RETRO_ADS_SLOT"):
+        load_settings(tmp_path)
+
+
+def test_in_the_closed_loop_each_ad_names_the_list_it_was_shown_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRO_ADS_SLOT", "11")            # after the organic list's ten titles
+    settings = load_settings(tmp_path)
+    simulation.init_world(settings, seed=6, users=120, movies=60, days=2)
+    from core.simulation import loop
+    loop.run(settings, 1)
+    with opsdb.session(settings) as db:
+        shown = pd.read_sql_query(
+            "SELECT i.user_id, i.served_id, i.slot, s.user_id AS list_user, s.served_at FROM ad_impressions i "
+            "LEFT JOIN served_recommendations s ON s.serve_id = i.served_id WHERE i.shown_at >= '2026-01-03'",
+            db.conn)
+    assert len(shown) > 0 and shown["served_id"].notna().all() and (shown["slot"] == 11).all()
+    assert (shown["list_user"] == shown["user_id"]).all()
+    assert set(shown["served_at"]) == {"2026-01-03T00:00:00"}
+
+
+def test_the_command_line_lists_campaigns_and_switches_ads_audited(tmp_path, capsys):
+    import json
+    from core import cli
+    from core.privacy import access
+    settings = load_settings(tmp_path)
+    simulation.init_world(settings, seed=2, users=60, movies=40, days=1)
+    home = ["--home", str(tmp_path)]
+    assert cli.main(home + ["ads", "campaigns", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == 14 and sum(c["impressions"] for c in data) > 0
+    assert {"campaign_id", "advertiser", "creative_kind", "bid", "daily_budget", "frequency_cap", "impressions",
+            "clicks", "click_rate", "spend"} <= set(data[0])
+    assert cli.main(home + ["ads", "switch", "off", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"enabled": False, "was_enabled": True, "campaigns_created": 0,
+                                                    "age_bands_recorded": 0}
+    row = access.audit_log(settings, 1).iloc[0]
+    assert (row["action"], row["target"], row["outcome"]) == ("ads", "ads off", "ok")
+    assert cli.main(home + ["ads", "campaigns"]) == 0 and "14 campaigns" in capsys.readouterr().out
+    assert cli.main(home + ["ads", "campaigns", "on"]) == 1
+    assert cli.main(home + ["ads", "switch"]) == 1
+    assert capsys.readouterr().err.count("error:") == 2

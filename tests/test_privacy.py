@@ -251,7 +251,7 @@ def test_export_holds_every_row_of_every_store(world):
         counts = {t: db.execute(f'SELECT count(*) FROM "{t}" WHERE user_id = ?', [uid]).fetchone()[0] for t in tables}
         rejected = sum(payload_names(p, uid) for (p,) in db.execute("SELECT payload FROM rejected_writes"))
     assert set(tables) == {"users", "ratings", "rating_history", "events", "served_recommendations", "consent_history",
-                           "shadow_recommendations"}
+                           "shadow_recommendations", "ad_impressions"}
     for table, n in counts.items():
         exported = 1 if table == "users" else len(doc[table])
         assert exported == n == doc["stores"][f"ops.{table}"], table

@@ -137,10 +137,13 @@ def charged(campaign: np.ndarray, price: np.ndarray, clicked: np.ndarray, remain
     idx = np.flatnonzero(clicked & (campaign >= 0))
     if not len(idx):
         return out
-    frame = pd.DataFrame({"c": campaign[idx], "p": price[idx]})
-    before = frame.groupby("c")["p"].cumsum().to_numpy() - frame["p"].to_numpy()
-    left = np.maximum(remaining[frame["c"].to_numpy()] - before, 0.0)
-    out[idx] = np.minimum(frame["p"].to_numpy(), left)
+    idx = idx[np.argsort(campaign[idx], kind="stable")]          # by campaign, time order kept within one
+    c, p = campaign[idx], price[idx]
+    cum = np.cumsum(p)
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    offset = np.repeat(cum[starts] - p[starts], np.diff(np.r_[starts, len(c)]))
+    before = cum - p - offset                                      # spent by the campaign's earlier clicks
+    out[idx] = np.minimum(p, np.maximum(remaining[c] - before, 0.0))
     return out
 
 

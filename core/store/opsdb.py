@@ -249,7 +249,8 @@ ADS_TABLES = """
         clicked_at TEXT
     );
     CREATE INDEX IF NOT EXISTS idx_ad_impressions_user ON ad_impressions(user_id, shown_at);
-    CREATE INDEX IF NOT EXISTS idx_ad_impressions_campaign ON ad_impressions(campaign_id, shown_at)
+    CREATE INDEX IF NOT EXISTS idx_ad_impressions_campaign ON ad_impressions(campaign_id, shown_at, clicked, price);
+    CREATE INDEX IF NOT EXISTS idx_ad_impressions_shown ON ad_impressions(shown_at)
 """
 # Columns the ads add to `users` (issue 25): the declared age band (NULL: unknown, matches no age target) and the
 # ad-targeting consent, separate from personalization (1: as every consent flag of a simulated user starts).

@@ -153,8 +153,9 @@ def _ingestion_rejects(rejects: pd.DataFrame, key: bytes, started: str) -> pd.Da
         if col not in payload:
             payload[col] = None
     ad = (rejects["target"] == "ad_impressions").to_numpy()      # a sponsored slot: its kind and time
-    payload.loc[ad, "kind"] = "ad_impression"
-    payload.loc[ad, "occurred_at"] = payload.loc[ad, "shown_at"]
+    if ad.any():
+        payload["kind"] = payload["kind"].astype(object).where(~ad, "ad_impression")
+        payload["occurred_at"] = payload["occurred_at"].astype(object).where(~ad, payload["shown_at"])
     user = pd.to_numeric(payload["user_id"], errors="coerce")
     return pd.DataFrame({
         "source": "ingestion", "source_id": rejects["reject_id"].to_numpy(),
