@@ -46,7 +46,7 @@ def main() -> None:
     t2 = time.perf_counter()
     m, b = result["metrics"], result["baselines"]["campaign_rate"]
     print(f"world and {args.days} closed-loop days: {t1 - t0:.0f} s; ads training {t2 - t1:.1f} s")
-    print(f"population: {result.get('population') or ''}training {m['training_rows']:,}, calibration "
+    print(f"population {result['population']}; training {m['training_rows']:,}, calibration "
           f"{m['calibration_rows']:,}, holdout {m['rows']:,} impressions ({m['clicks']} clicks); split {result['split']}")
     print("| holdout | model | each campaign's click rate |\n| --- | ---: | ---: |")
     for key, fmt in (("log_loss", ".4f"), ("roc_auc", ".3f"), ("calibration_error", ".4f"),

@@ -211,7 +211,7 @@ def train(settings: Settings, rows: pd.DataFrame | None = None, campaigns: pd.Da
     progress(1.0, f"ads: v{version} " + ("promoted" if promoted else "kept as candidate"))
     return {"run_id": run_id, "version": version, "promoted": promoted, "gate": decision.to_dict(),
             "metrics": result, "baselines": baselines, "data_version": data_version, "depends_on": deps,
-            "split": run_params["split"], "artifact_path": str(path)}
+            "split": run_params["split"], "population": kept, "artifact_path": str(path)}
 
 
 # ------------------------------------------------------------------ the production model

@@ -148,7 +148,7 @@ def cmd_models(args, settings):
                 print("no model versions yet; run `python -m core retrain`")
                 return
             cols = [c for c in ("version", "family", "model_kind", "stage", "data_version", "created_at", "depends_on",
-                                "ndcg@10", "coverage", "roc_auc", "brier") if c in frame]
+                                "ndcg@10", "coverage", "roc_auc", "brier", "log_loss") if c in frame]
             view = frame[cols].astype({"depends_on": "Int64"} if "depends_on" in cols else {})
             print(view.astype(object).where(view.notna(), "").to_string(index=False))
         emit(args, data, human)
