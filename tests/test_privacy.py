@@ -191,7 +191,8 @@ def test_each_consent_combination_acts_on_storage_and_serving(world, tracking, p
     path = serving.recommend(world, uid, log=False).path
     assert path == ("model" if personalization else "top50:no-consent")
     assert consent.consent(world, uid)["history"][-1] == {"changed_at": result["changed_at"], "tracking": tracking,
-                                                          "personalization": personalization, "actor": "alice"}
+                                                          "personalization": personalization, "ad_targeting": True,
+                                                          "actor": "alice"}
 
 
 def test_consent_validation_history_and_audit(world):
