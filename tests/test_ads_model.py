@@ -571,3 +571,31 @@ def test_a_users_training_rows_are_exported_erased_and_rekeyed(tmp_path, log):
     kept = ads_model.read_rows(path)["user_key"]
     assert "k0007" not in kept and "u0007" not in kept and len(kept) == len(rows) - 60
     pipeline.load_version(s, registry.get_version(s, result["version"]))       # the hash still matches
+
+
+def test_no_leakage_through_the_warehouse_reader(ad_world):
+    """The rows of impressions before t, read from a warehouse cut at t, give the same features as read from the
+    whole warehouse: nothing shown, clicked or trained after t reaches them (only their labels may differ)."""
+    from core.ads import data
+    s = ad_world
+    rows, campaigns, _ = data.training_rows(s)
+    t = rows["shown_at"].quantile(0.8).floor("h")
+    cut, _, _ = data.training_rows(s, end=t)
+    assert len(cut) == int((rows["shown_at"] < t).sum()) > 500 and (rows["shown_at"] >= t).sum() > 100
+    ids = sorted(campaigns["campaign_id"])
+    X_cut, _ = features.build(cut, campaigns, ids)
+    X_all, _ = features.build(rows, campaigns, ids)
+    np.testing.assert_array_equal(X_cut, X_all[: len(cut)])
+    assert cut["impression_id"].tolist() == rows["impression_id"].head(len(cut)).tolist()
+
+
+def test_the_gate_evidence_is_recorded_with_the_promotion(trained):
+    s, result, _ = trained
+    promotion = registry.promotions(s, result["version"])[0]
+    checks = promotion["gate"]["checks"]
+    assert promotion["actor"] == "pipeline" and promotion["gate"]["promote"] is True
+    assert checks["baseline"]["candidate"]["log_loss"] == result["metrics"]["log_loss"]
+    assert checks["baseline"]["baseline"]["calibration_error"] == result["baselines"]["campaign_rate"]["calibration_error"]
+    assert checks["holdout_size"] == {"passed": True, "rows": 3600, "clicks": result["metrics"]["clicks"]}
+    run = tracking.get_run(s, result["run_id"])
+    assert run["metrics"]["gate_passed"] is True and run["baselines"]["campaign_rate"]["rows"] == 3600
