@@ -78,7 +78,7 @@ else:
             "creative": st.column_config.TextColumn("creative", width=140),
             "targets": st.column_config.TextColumn("targets", width=150, help="genres · age bands ('anyone': none)"),
             "bid": st.column_config.NumberColumn("bid", format="%.2f", width=50, help="per click, at most"),
-            "daily_budget": st.column_config.NumberColumn("budget/day", format="%.2f", width=65),
+            "daily_budget": st.column_config.NumberColumn("budget", format="%.2f", width=65, help="per day"),
             "spent_day": st.column_config.NumberColumn("spent", format="%.2f", width=60,
                                                        help="on the last simulated day"),
             "pacing": st.column_config.ProgressColumn("pacing", format="%.0f%%", min_value=0.0, max_value=100.0,
