@@ -95,9 +95,9 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, user_id: int, k: int) -> Future:
+    def submit(self, user_id: int, k: int, with_ads: bool = True) -> Future:
         future: Future = Future()
-        self._queue.put((user_id, k, future))
+        self._queue.put((user_id, k, future, with_ads))
         return future
 
     def stop(self) -> None:
@@ -125,14 +125,34 @@ class Batcher:
             try:
                 if state is None:
                     raise StoreBusy(f"the serving state could not be loaded ({self.holder.error}); see /ready")
-                answers = serving.recommend_batch(self.settings, [(u, k) for u, k, _ in batch], state=state)
+                answers = serving.recommend_batch(self.settings, [(u, k) for u, k, _, _ in batch], state=state)
             except BaseException as exc:  # noqa: BLE001 - every request of the batch gets the error
                 answers = [exc] * len(batch)
-            for (_, _, future), answer in zip(batch, answers):
+            slots = self._sponsored(batch, answers)
+            for (_, _, future, _), answer, slot in zip(batch, answers, slots):
                 if isinstance(answer, BaseException):
                     future.set_exception(answer)
                 else:
-                    future.set_result((answer, state))
+                    future.set_result((answer, state, slot))
+
+    def _sponsored(self, batch, answers) -> list:
+        """The sponsored slot of each answered list that asked for one, chosen for the batch at once
+        (`ads_slot.choose_many`: one read of today's spend and caps, one validated write). A failure costs the
+        batch its ads, never its lists; it goes to the server's log."""
+        wanted = [i for i, ((_, _, _, with_ads), a) in enumerate(zip(batch, answers))
+                  if with_ads and not isinstance(a, BaseException) and a.served_at is not None]
+        slots = [None] * len(batch)
+        if not wanted:
+            return slots
+        try:
+            chosen = ads_slot.choose_many(self.settings, [(answers[i].user_id, answers[i].serve_id,
+                                                           answers[i].served_at) for i in wanted])
+        except Exception as exc:  # noqa: BLE001 - the lists are answered without their ads
+            log.warning("sponsored slots not chosen (%s: %s)", type(exc).__name__, _one_line(exc))
+            return slots
+        for i, slot in zip(wanted, chosen):
+            slots[i] = slot
+        return slots
 
 
 class ServerBatchSizes:
@@ -357,14 +377,12 @@ def create_app(settings: Settings, *, poll_seconds: float = POLL_SECONDS, announ
         key = request.headers.get(clients.HEADER)
         client = None if key is None else await run_in_threadpool(client_of, key, "recommend")
         current_state()
-        rec, state = await asyncio.wrap_future(batcher.submit(uid, n))
+        rec, state, sponsored = await asyncio.wrap_future(batcher.submit(uid, n, with_ads))
         metrics.served(rec)
         body = rec.to_dict()
         headers = {"X-Production-Version": "" if state.version is None else str(state.version)}
-        if with_ads and rec.served_at is not None:
-            sponsored = await run_in_threadpool(ads_slot.choose, settings, uid, rec.serve_id, rec.served_at)
-            if sponsored is not None:
-                body["sponsored"] = sponsored | {"arm": rec.arm}
+        if sponsored is not None:
+            body["sponsored"] = sponsored | {"arm": rec.arm}
         if client is None:
             for name in UNAUTHENTICATED_OMITS:
                 body.pop(name, None)
