@@ -191,6 +191,10 @@ def churn_server(chromium_executable, tmp_path_factory):
     ranker = registry.list_versions(s).query("family == 'ranker' and stage == 'candidate'")
     if len(ranker):
         registry.promote(s, int(ranker["version"].iloc[0]), "browser-test", "re-ranking after the churn model")
+    else:       # the first retrain promoted its ranker (the gate's call on this small world): train another one
+        again = pipeline.train_ranker(s, seed=7)
+        if not again["promoted"]:
+            registry.promote(s, again["version"], "browser-test", "re-ranking after the churn model")
     with streamlit_server(home, {"RETRO_GATE_MIN_USERS": "10"}) as running:
         yield running
 
@@ -369,7 +373,7 @@ def test_churn_page_with_a_model(churn_app):
 
 
 def test_training_page_dependency_graph(churn_app):
-    """The three families drawn by Graphviz (in the browser, from a DOT string), the churn model marked stale."""
+    """The four families drawn by Graphviz (in the browser, from a DOT string), the churn model marked stale."""
     from playwright.sync_api import expect
     churn_app.goto_sidebar("Training & Models")
     churn_app.wait_for(DEPENDENCY_TEXT)
@@ -377,9 +381,10 @@ def test_training_page_dependency_graph(churn_app):
     graph = main.get_by_test_id("stGraphVizChart")
     expect(graph.locator("svg g.node").first).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     drawn = graph.locator("svg").text_content()
-    for text in ("Collaborative filtering (cf)", "Ranker", "Churn", "STALE", "in production"):
+    for text in ("Collaborative filtering (cf)", "Ranker", "Churn", "Ads targeting", "STALE", "in production"):
         assert text in drawn, f"{text!r} not in the drawn graph: {drawn!r}"
-    assert graph.locator("svg g.node").count() == 3 and graph.locator("svg g.edge").count() == 3
+    # cf → ranker, cf → churn, ranker → churn, cf → ads (genre affinities), churn → ads (churn risk)
+    assert graph.locator("svg g.node").count() == 4 and graph.locator("svg g.edge").count() == 5
     churn_app.assert_no_error_on_page()
     expect(main.get_by_test_id("stAlertContentWarning").filter(has_text="is possibly stale").first).to_be_visible()
     heading = main.get_by_role("heading", name=DEPENDENCY_TEXT)
