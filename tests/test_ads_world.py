@@ -347,3 +347,14 @@ def test_the_command_line_lists_campaigns_and_switches_ads_audited(tmp_path, cap
     assert cli.main(home + ["ads", "campaigns", "on"]) == 1
     assert cli.main(home + ["ads", "switch"]) == 1
     assert capsys.readouterr().err.count("error:") == 2
+
+
+def test_a_world_built_without_ads_has_none_until_switched_on(tmp_path):
+    settings = load_settings(tmp_path)
+    summary = simulation.init_world(settings, seed=8, users=90, movies=50, days=2, ads=False)
+    assert summary["ad_impressions"] == 0
+    with opsdb.session(settings) as db:
+        assert not adslog.enabled(db) and adslog.campaigns(db).empty
+        assert db.execute("SELECT count(*) FROM users WHERE age_band IS NULL").fetchone()[0] == 0
+    assert ads_day.switch(settings, True)["campaigns_created"] == 14
+    assert simulation.simulate(settings, 1)["ad_impressions"] > 0

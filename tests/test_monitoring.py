@@ -17,9 +17,11 @@ pytestmark = pytest.mark.slow   # every test runs on a closed-loop world (retrai
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """A small world with a production model and 4 stable closed-loop days (a baseline to compare against)."""
+    """A small world with a production model and 4 stable closed-loop days (a baseline to compare against). Without
+    ads: drift and retraining are this module's subject (what ad fatigue does to churn and online quality is
+    bench_ads's)."""
     s = load_settings(tmp_path_factory.mktemp("monitor-base"))
-    simulation.init_world(s, seed=3, users=800, movies=300, days=14)
+    simulation.init_world(s, seed=3, users=800, movies=300, days=14, ads=False)
     pipeline.retrain(s)
     loop.run(s, 4, policy_mode="manual")
     return s

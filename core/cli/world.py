@@ -15,10 +15,11 @@ from core.text import plural
     arg("--movies", type=int_in(10, 100_000, "--movies"), default=1500),
     arg("--days", type=int_in(0, MAX_DAYS, "--days"), default=60),
     arg("--force", action="store_true", help="replace an existing world in this data folder"),
+    arg("--no-ads", action="store_true", help="build the world without ads (switch them on later: `ads switch on`)"),
 ])
 def cmd_init(args, settings):
     summary = simulation.init_world(settings, seed=args.seed, users=args.users, movies=args.movies, days=args.days,
-                                    force=args.force, progress=progress(args))
+                                    force=args.force, progress=progress(args), ads=not args.no_ads)
     with opsdb.session(settings) as db:
         summary["stats"] = opsdb.counts(db)
     emit(args, summary, lambda: print(

@@ -553,18 +553,21 @@ def has_world(settings: Settings) -> bool:
 
 
 def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies: int = 1500, days: int = 60,
-               force: bool = False, progress: Progress = _noop) -> dict:
-    """Build a world from scratch: catalog, users, then `days` simulated days."""
+               force: bool = False, progress: Progress = _noop, ads: bool = True) -> dict:
+    """Build a world from scratch: catalog, users, then `days` simulated days. With `ads` (the default) the world
+    has its campaigns and shows ads from its first day; without, it simulates exactly as a world made before ads
+    (campaigns are created when ads are switched on)."""
     for name, value, low in (("users", users, 1), ("movies", movies, 10), ("days", days, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise errors.ValidationError(f"--{name} must be an integer >= {low}, got {value!r}")
     check_world_size(users, movies)
     with running(settings, "init"):
-        return _init_world(settings, seed=seed, users=users, movies=movies, days=days, force=force, progress=progress)
+        return _init_world(settings, seed=seed, users=users, movies=movies, days=days, force=force, progress=progress,
+                           ads=ads)
 
 
 def _init_world(settings: Settings, *, seed: int, users: int, movies: int, days: int, force: bool,
-                progress: Progress) -> dict:
+                progress: Progress, ads: bool = True) -> dict:
     if opsdb.holds_data(settings) or settings.world_file.exists():
         if not force:
             raise errors.NotEmpty(f"{settings.home} already holds a world; use --force to replace it")
@@ -593,8 +596,9 @@ def _init_world(settings: Settings, *, seed: int, users: int, movies: int, days:
             writes.add_users(db, pd.DataFrame({"user_id": world.user_ids, "created_at": joined,
                                                "age_band": np.array(AGE_BANDS)[world.age_band],
                                                "consent_ad_targeting": consent}), source="sim")
-            ads_day.seed_campaigns(db, seed, users)      # a new world shows ads from its first day
-            opsdb.set_meta(db, "ads_enabled", 1)
+            if ads:                                       # a new world shows ads from its first day
+                ads_day.seed_campaigns(db, seed, users)
+            opsdb.set_meta(db, "ads_enabled", int(ads))
         summary = run_days(db, settings, world, days, progress=progress)
         progress(0.99, "building indexes")
         opsdb.finish_deferred_migrations(db)
