@@ -137,7 +137,8 @@ def run_scenario(base, home: Path, name, shift, params, args) -> dict:
     log = offpolicy.load_log(s, start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S"))
     t1 = time.perf_counter()      # estimation replays each logged day with that day's rankings (at_day)
     result = offpolicy.evaluate(s, log, policies, "production", top50_by_day=top_by_day, seed=args.seed,
-                                n_boot=args.boot, switch=args.switch, reward_model=args.reward_model)
+                                n_boot=args.boot, switch=args.switch, reward_model=args.reward_model,
+                                reward_scores=args.reward_scores)
     est_seconds = time.perf_counter() - t1
     holdout = _holdout_ndcg(s, policies, top_by_day)
     from core.monitoring import monitoring
@@ -224,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--reward-model", default=offpolicy.REWARD_MODEL, choices=("logistic", "boosting"),
                     help="DR's reward model (offpolicy.evaluate)")
+    ap.add_argument("--reward-scores", default=offpolicy.REWARD_SCORES, choices=("reference", "all", "none"),
+                    help="whose model scores DR's reward model reads (offpolicy.evaluate)")
     ap.add_argument("--scenarios", default=",".join(n for n, _, _ in SCENARIOS))
     ap.add_argument("--json", type=Path, help="write every figure to this file")
     args = ap.parse_args(argv)

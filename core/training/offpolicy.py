@@ -11,7 +11,10 @@ A policy here is "what list would it have shown this user at that time": the tit
 rated before the day are filtered out, as serving filters them. The value is watches per list (expected
 watched titles of the list that day). DR's reward model (shallow gradient boosting, `REWARD_MODEL`) reads
 features known for every (user, title, day): the user's genre affinity for the title, the title's watches in the 7 days before, whether it
-was in the day's Top 50, its shrunk mean rating, and the reference policy's model score for the pair.
+was in the day's Top 50, its shrunk mean rating — and no policy's own score (`REWARD_SCORES`): with the reference's
+(production's) score as a feature, titles production ranks low looked bad whoever else ranked them high, and the
+direct-method difference fresh retrain − production fell short of the truth by 0.020–0.053 watches/list in all 6
+sets of bench_yardstick (without it: by 0.001–0.006).
 SWITCH-DR (the gate's estimator) drops DR's correction where a title's weight exceeds `SWITCH`: the far-pool
 titles, each shown once in thousands of lists, are valued by the reward model — biased where it is wrong, but not
 hanging on one lucky watch (benchmarks/bench_yardstick.py measures both against the simulated world's truth).
@@ -213,34 +216,44 @@ def genre_vectors(settings) -> dict[int, np.ndarray]:
     return out
 
 
-N_ITEM_FEATURES = 6
+N_ITEM_FEATURES = 4       # the policy-free columns; each scoring model adds 2 (its score, whether it could score)
+REWARD_SCORES = "none"        # whose model scores the reward model reads: "none", the "reference" policy's, "all" models'
 
 
 def features(ctx: DayContext, users: np.ndarray, movies: np.ndarray, scorer=None) -> np.ndarray:
-    """(n, 6): genre affinity, log1p(recent watches), in the day's Top 50, mean rating (shrunk towards the
-    catalogue's), the `scorer` model's score and whether it could score the pair — for (user, title) pairs."""
+    """(n, 4 + 2·S): genre affinity, log1p(recent watches), in the day's Top 50, mean rating (shrunk towards the
+    catalogue's), then for each of the S scoring models (`scorer`: one model policy, a sequence of them, or
+    None) its score and whether it could score the pair — for (user, title) pairs."""
+    scorers = [] if scorer is None else list(scorer) if isinstance(scorer, (list, tuple)) else [scorer]
     zero = np.zeros(len(GENRES))
+    if not len(movies):
+        return np.zeros((0, N_ITEM_FEATURES + 2 * len(scorers)))
     affinity = np.array([float(ctx.genre_share.get(int(u), zero) @ ctx.movie_genres.get(int(m), zero))
                          for u, m in zip(users, movies)])
     popularity = np.log1p(np.array([ctx.popularity.get(int(m), 0) for m in movies], dtype=float))
     top = np.array([int(m) in ctx.top50 for m in movies], dtype=float)
     rating = np.array([ctx.mean_rating.get(int(m), ctx.prior_rating) for m in movies], dtype=float)
-    if not len(movies):
-        return np.zeros((0, N_ITEM_FEATURES))
-    scored = scorer.pair_scores(users, movies) if scorer is not None else np.zeros((len(movies), 2))
-    return np.column_stack([affinity, popularity, top, rating, scored])
+    return np.column_stack([affinity, popularity, top, rating] + [s.pair_scores(users, movies) for s in scorers])
 
 
 # ------------------------------------------------------------------ evaluation
 def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | None = None, *,
              top50_by_day: dict | None = None, k: int = DEFAULT_K, seed: int = 42, n_boot: int = 1000,
-             clip: float | None = None, switch: float = SWITCH, reward_model: str = REWARD_MODEL) -> dict:
+             clip: float | None = None, switch: float = SWITCH, reward_model: str = REWARD_MODEL,
+             reward_scores: str = REWARD_SCORES) -> dict:
     """Each policy's value (watches per list) by IPS, SNIPS and DR on the same logged lists, and every policy
     against `reference` (paired). `top50_by_day`: {day: Top 50 ids} for the reward model's feature and the
     fallback (default: none). Returns {"log": summary, "policies": {name: {estimator: Estimate dict}},
     "comparisons": {name: {estimator: Comparison dict}}} (comparisons only with a reference)."""
     names = list(policies)
-    scorer = policies.get(reference) if isinstance(policies.get(reference), ModelPolicy) else None
+    if reward_scores == "reference":
+        scorer = [policies[reference]] if isinstance(policies.get(reference), ModelPolicy) else []
+    elif reward_scores == "all":
+        scorer = [p for p in policies.values() if isinstance(p, ModelPolicy)]
+    elif reward_scores == "none":
+        scorer = []
+    else:
+        raise ValueError(f"unknown reward_scores {reward_scores!r}; choose one of: reference, all, none")
     n = log.n_lists
     if n == 0:
         raise ValueError("no logged lists with propensities in the window: nothing to evaluate on")
@@ -248,7 +261,7 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
     genres = genre_vectors(settings)
     target = {name: np.zeros(len(items)) for name in names}
     direct = {name: np.zeros(n) for name in names}
-    reward_hat_X = np.zeros((len(items), N_ITEM_FEATURES))
+    reward_hat_X = np.zeros((len(items), N_ITEM_FEATURES + 2 * len(scorer)))
     direct_X: dict[str, list] = {name: [] for name in names}
     for day, day_lists in log.lists.groupby("day"):
         for policy in policies.values():       # a policy that changes by day (a daily ranking) hears of it
