@@ -16,8 +16,9 @@ from core.store.mlopsdb import clone_home
 from core.settings import load_settings
 
 CLOCK = "2026-01-10T00:00:00"
-# The tiny shared world (read-only for tests): seed 7, 200 users, 120 movies, 8 days.
-SMALL_WORLD = dict(seed=7, users=200, movies=120, days=8)
+# The tiny shared world (read-only for tests): seed 7, 200 users, 120 movies, 8 days. The shared worlds are built
+# without ads, so the tests written before them see the same world (ads change churn); the ads tests build theirs.
+SMALL_WORLD = dict(seed=7, users=200, movies=120, days=8, ads=False)
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def cf_world(tmp_path_factory):
     Read-only: tests that change it work on `private_copy(cf_world, ...)`."""
     from core.training import pipeline, registry
     s = load_settings(tmp_path_factory.mktemp("cf_world"))
-    simulation.init_world(s, seed=21, users=300, movies=200, days=10)
+    simulation.init_world(s, seed=21, users=300, movies=200, days=10, ads=False)
     pipeline.retrain(s, with_ranker=False)
     assert registry.production(s) is not None
     return s
