@@ -406,8 +406,8 @@ def test_an_erasure_killed_at_the_churn_step_is_finished_by_the_next_forget(worl
 
     assert result["state"] == "completed" and "churn" in result
     assert_erased_from_churn(world, key, before, other_key)
-    assert sorted(json.loads(erasure.request_log(world)["summary"].iloc[0])) == ["audit", "churn", "models", "ops",
-                                                                                  "warehouse"]
+    assert sorted(json.loads(erasure.request_log(world)["summary"].iloc[0])) == ["ads", "audit", "churn", "models",
+                                                                                  "ops", "warehouse"]
 
 
 @slow

@@ -19,15 +19,16 @@ from core.pseudonym import pseudonym, pseudonym_key
 from core.serving import serving
 from core.settings import Settings
 from core.store import locks, mlopsdb, opsdb
+from core.ads import pipeline as ads_pipeline
 from core.training import artifacts, churn_pipeline, registry
 from core.warehouse import lake, warehouse
 
-ERASURE_STEPS = ("opsdb", "warehouse", "bundles", "ranker", "churn", "audit")
+ERASURE_STEPS = ("opsdb", "warehouse", "bundles", "ranker", "churn", "ads", "audit")
 # Every step boundary where a kill must leave serving working and the erasure resumable (see `faults`).
 FAULT_POINTS = ("erasure:recorded", "erasure:opsdb-erased", "erasure:opsdb", "erasure:warehouse-erased",
                 "erasure:warehouse", "erasure:bundle-staged", "erasure:bundle-swapped", "erasure:bundles",
                 "erasure:ranker-staged", "erasure:ranker-swapped", "erasure:ranker", "erasure:churn-erased",
-                "erasure:churn", "erasure:audit-redacted", "erasure:audit")
+                "erasure:churn", "erasure:ads-erased", "erasure:ads", "erasure:audit-redacted", "erasure:audit")
 REQUEST_COLUMNS = ("request_id", "requested_at", "actor", "state", "summary", "pending_user_id", "pending_user_key",
                    "steps_done", "pending_hashes")
 
@@ -75,7 +76,10 @@ def forget_user(settings: Settings, user_id: int, *, actor: str, at: str | None 
        user's rows in every churn model's training set (each rewritten whole; the
        model files and their hash are untouched, so it still loads and scores).
        Idempotent: a resumed request finds nothing left.
-    6. `audit` (`access.erase_user`): `operator_audit` rows that targeted the
+    6. `ads` (`core.ads.pipeline.erase_user`): the user's rows in every ads model's
+       training set (rewritten whole; the model files and their hash are untouched).
+       Idempotent. (The ads impressions themselves go with steps 1 and 2.)
+    7. `audit` (`access.erase_user`): `operator_audit` rows that targeted the
        pseudonym are redacted to 'erased user (request #n)'; the erasure's own
        audit row names the request, not the pseudonym (which must appear nowhere
        afterwards). Serving caches are cleared.
@@ -180,6 +184,10 @@ def _carry_out(settings: Settings, request: dict, when: str) -> dict:
             summary["churn"] = churn_pipeline.erase_user(settings, user_key)
             faults.point("erasure:churn-erased")
             done = _record_step(settings, request_id, "churn", summary)
+        if "ads" not in done:
+            summary["ads"] = {"training_rows_erased": ads_pipeline.erase_user(settings, user_key)}
+            faults.point("erasure:ads-erased")
+            done = _record_step(settings, request_id, "ads", summary)
         if "audit" not in done:
             redacted = access.erase_user(settings, user_key, f"erased user (request #{request_id})")
             summary["audit"] = {"targets_redacted": redacted}

@@ -9,6 +9,7 @@ from core.privacy import access, common
 from core.pseudonym import pseudonym, pseudonym_key
 from core.settings import Settings
 from core.store import adslog, opsdb, servinglog
+from core.ads import model as ads_model, pipeline as ads_pipeline
 from core.training import artifacts, churn, churn_pipeline, registry
 from core.warehouse import lake, warehouse
 
@@ -69,6 +70,7 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
         "rejected_writes": ops["rejected_writes"], "warehouse": _warehouse_export(settings, user_key),
         "models": _models_export(settings, user_key),
         "churn": churn_pipeline.export_user(settings, user_key),
+        "ads_model": {"ads_training_rows": ads_pipeline.export_user(settings, user_key)},
     }
     if lake.exists(settings):              # the Spark engine's Parquet lake (issue 15): same tables, same keys
         document["lake"] = _warehouse_export(settings, user_key, lake.export_user)
@@ -77,7 +79,8 @@ def export_user(settings: Settings, user_id: int, *, actor: str | None = None, a
                           | {f"warehouse.{t}": document["warehouse"][t]["count"] for t in warehouse.USER_TABLES}
                           | {f"lake.{t}": document["lake"][t]["count"] for t in lake.USER_TABLES if "lake" in document}
                           | {"models.bundles": len(document["models"])}
-                          | {CHURN_STORES[t]: len(rows) for t, rows in document["churn"].items()})
+                          | {CHURN_STORES[t]: len(rows) for t, rows in document["churn"].items()}
+                          | {"models.ads_training_rows": len(document["ads_model"]["ads_training_rows"])})
     access.log_action(settings, actor, "export", user_key, "ok", when)
     return common.jsonable(document)
 
@@ -126,6 +129,7 @@ def held_counts(settings: Settings, user_id: int) -> dict[str, int]:
         counts |= {f"lake.{t}": n for t, n in lake.held_counts(settings, user_key).items()}
     counts["models.bundles"] = artifacts.bundles_holding(settings, user_key)
     counts |= {CHURN_STORES[t]: n for t, n in churn_pipeline.held_counts(settings, user_key).items()}
+    counts["models.ads_training_rows"] = len(ads_pipeline.export_user(settings, user_key))
     return {k: int(v) for k, v in counts.items()}
 
 
@@ -168,6 +172,9 @@ def data_inventory() -> list[dict]:
          "aligned to the CF bundle's rows", "hash recorded in the registry", "rows reset, hash updated"),
         ("models/churn-run-*", churn.TRAINING_ROWS, "churn training rows: user_key, snapshot date, features, label, "
          "risk", pseudo, "not covered by the model hash (the trees keep no row); re-keyed on key rotation",
+         "the user's rows deleted (the model still loads and scores)"),
+        ("models/ads-run-*", ads_model.TRAINING_ROWS, "ads training rows: user_key, impression, time, features, "
+         "click, p_click", pseudo, "not covered by the model hash (the trees keep no row); re-keyed on key rotation",
          "the user's rows deleted (the model still loads and scores)"),
         (ml, "churn_predictions", "user_key, as_of, risk, the feature values scored", pseudo,
          "no raw id; retention purges scores whose as_of is before the cutoff; re-keyed on key rotation", "deleted"),

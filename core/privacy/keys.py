@@ -16,6 +16,7 @@ from core.secretstore import secrets_file
 from core.serving import serving
 from core.settings import Settings
 from core.store import locks, opsdb
+from core.ads import pipeline as ads_pipeline
 from core.training import artifacts, churn_pipeline, registry
 from core.warehouse import lake, warehouse
 
@@ -103,6 +104,7 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
 
     _set_artifact_hashes(settings, artifacts.commit_staged(staged))
     churn_rekeyed = churn_pipeline.rekey(settings, new_for)
+    ads_rekeyed = ads_pipeline.rekey(settings, new_for)
     audit_rekeyed = access.rekey(settings, new_for)
 
     data = secretstore.read_secrets(settings)
@@ -115,5 +117,6 @@ def rotate_key(settings: Settings, *, actor: str, at: str | None = None) -> dict
     out = {"warehouse_rows_rekeyed": rekeyed, "bundles_rekeyed": len(staged), "users_rekeyed": len(ids),
            "unlinked_keys": len(unlinked), "audit_targets_rekeyed": audit_rekeyed,
            "warehouse_compacted": compacted, "churn_predictions_rekeyed": churn_rekeyed["churn_predictions"],
-           "churn_training_rows_rekeyed": churn_rekeyed["churn_training_rows"]}
+           "churn_training_rows_rekeyed": churn_rekeyed["churn_training_rows"],
+           "ads_training_rows_rekeyed": ads_rekeyed["ads_training_rows"]}
     return out | ({"lake_rows_rekeyed": lake_rekeyed} if lake_rekeyed is not None else {})
