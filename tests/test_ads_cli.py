@@ -115,8 +115,15 @@ def test_evaluate_scores_model_and_baseline_on_the_same_holdout(world, tmp_path,
     with warehouse.session(s) as con:
         imp = warehouse.ad_impressions(con)
     days = pd.to_datetime(imp["shown_at"]).dt.normalize()
-    last = sorted(days.unique())[-3:]                        # 17 days of impressions: the last 20 % = 3 days
+    # The holdout training cuts: the last days of the population (impressions since a CF version served), so
+    # `ads evaluate` judges the version on the rows `ads train` would hold out now, not on all impressions.
+    from core.ads import data as ads_data, pipeline as ads_pipeline
+    parts, _, note = ads_pipeline.split(ads_data.training_rows(s)[0])
+    held_days = sorted(pd.to_datetime(parts["holdout"]["shown_at"]).dt.normalize().unique())
+    assert note["from"] is not None and note["rows_left_out"] > 0
+    last = [d for d in sorted(days.unique()) if d >= held_days[0]]
     hold = imp[days.isin(last)]
+    assert set(hold["impression_id"]) == set(parts["holdout"]["impression_id"])
     assert data["holdout"] == [str(last[0].date()), str(last[-1].date())]
     for part in ("model", "baseline"):
         assert data[part]["rows"] == len(hold) and data[part]["clicks"] == int(hold["clicked"].sum())
@@ -134,7 +141,9 @@ def test_evaluate_scores_model_and_baseline_on_the_same_holdout(world, tmp_path,
     assert data["online"]["rows"] == len(chosen) > 0 and data["online"]["clicks"] == int(chosen["clicked"].sum())
     assert data["online"]["calibration_error"] == pytest.approx(
         metrics.expected_calibration_error(chosen["clicked"], chosen["p_click"]), abs=1e-12)
-    assert data["overlaps_training"] is True and "flatter" in data["note"]
+    # trained at 2026-01-17 00:00 on the days before: the population's holdout (the day after) is unseen by it
+    assert data["fitted_days"][-1] < data["holdout"][0]
+    assert data["overlaps_training"] is False and data["note"] is None
     row = access.audit_log(s, limit=1).iloc[0]
     assert (row["action"], row["target"], row["outcome"]) == ("ads evaluate", f"v{prod['version']}", "ok")
     code, out, _ = run(capsys, s.home, "ads", "evaluate")

@@ -55,8 +55,8 @@ def evaluate(settings: Settings, version: int | None = None) -> dict:
     rows, campaigns, data_version = data.training_rows(settings)
     if rows.empty:
         raise ads_model.NotEnoughAdsData("no ad impression in the warehouse yet; simulate days with ads on")
-    rows = rows.sort_values(["shown_at", "impression_id"], kind="stable").reset_index(drop=True)
-    hold = ads_model.time_split(rows)["holdout"]
+    parts, rows, _ = pipeline.split(rows)     # the population and holdout training cuts, not all impressions
+    hold = parts["holdout"]
     start = pd.to_datetime(hold["shown_at"]).min()
     rule = ads_model.CampaignRate.fit(rows[pd.to_datetime(rows["shown_at"]) < start])
 
