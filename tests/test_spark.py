@@ -45,6 +45,9 @@ def test_a_missing_piece_is_named_with_its_install_command(monkeypatch):
         engine.check_available()
     monkeypatch.delenv("JAVA_HOME")
     monkeypatch.setenv("PATH", "/nonexistent")
+    # as in a process without a session yet (an earlier test file, e.g. test_ads_data, may have started one;
+    # get_session then returns it without looking for Java); the real session is put back after the test
+    monkeypatch.setattr(engine, "_session", None)
     with pytest.raises(engine.EngineUnavailable, match=r"no `java` on PATH"):
         engine.get_session()
     assert not engine.available()
