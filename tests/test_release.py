@@ -16,6 +16,7 @@ from core.training import pipeline, registry
 
 GOOD = {"factors": 64}                                                   # another sound configuration
 BAD = {"factors": 2, "iterations": 1, "regularization": 1000.0}          # deliberately weak
+SHORT_FIT = {"factors": 16, "iterations": 3}                            # sound, but a ranker improves on it
 
 
 @pytest.fixture(scope="module")
@@ -246,21 +247,27 @@ def test_the_release_commands(world, capsys):
 
 
 def test_a_candidate_serves_with_its_own_ranker_and_takes_it_into_production(world):
-    s, good, _ = world
-    started = release.start(s, good, "canary", actor="t", share=1.0, with_ranker=True)
+    """A canary started with its own ranker serves two-stage, and promoting it takes that ranker into
+    production. The candidate is a short fit (16 factors, 3 iterations) whose CF order leaves the ranker
+    room: on this seeded world its ranker beats CF alone by a wide margin (two-stage nDCG@10 ≈ 0.33 vs CF
+    ≈ 0.27), so the promotion path is always reached — GOOD's ranker does not beat GOOD here."""
+    s = world[0]
+    short = registry.register(s, pipeline.train(s, seed=11, params=SHORT_FIT).run_id)
+    before = registry.production(s, family="ranker")
+    started = release.start(s, short, "canary", actor="t", share=1.0, with_ranker=True)
     ranker = registry.get_version(s, started["ranker"]["version"])
-    assert (ranker["family"], ranker["depends_on"], ranker["stage"]) == ("ranker", good, "candidate")
-    assert ranker["metrics"]["beats_cf"] == started["ranker"]["beats_cf"]
+    assert (ranker["family"], ranker["depends_on"], ranker["stage"]) == ("ranker", short, "candidate")
+    assert started["ranker"]["beats_cf"] is True and ranker["metrics"]["beats_cf"] is True
     uid = next(u for u, r in serving.recommend_many(s, range(1, 80), log=False).items() if r.path == "model")
     rec = serving.recommend(s, uid, log=False)
-    assert rec.arm == "canary" and rec.model_version == good
-    assert rec.ranker_version == (ranker["version"] if ranker["metrics"]["beats_cf"] else None)
+    assert (rec.arm, rec.model_version, rec.ranker_version) == ("canary", short, ranker["version"])
     release.decide_now(s, "promote", actor="t", reason="ship it")
-    assert registry.production(s)["version"] == good
-    prod_ranker = registry.production(s, family="ranker")
-    if ranker["metrics"]["beats_cf"]:
-        assert prod_ranker["version"] == ranker["version"]
-        assert serving.recommend(s, uid, log=False).ranker_version == ranker["version"]
+    assert registry.production(s)["version"] == short
+    assert before is None or before["version"] != ranker["version"]
+    assert (registry.production(s, family="ranker") or {}).get("version") == ranker["version"]
+    assert registry.get_version(s, ranker["version"])["stage"] == "production"
+    after = serving.recommend(s, uid, log=False)
+    assert (after.arm, after.model_version, after.ranker_version) == ("production", short, ranker["version"])
 
 
 def test_both_arms_of_a_canary_explore_with_logged_propensities(world):
