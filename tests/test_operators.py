@@ -109,12 +109,17 @@ def test_cli_retrain_promote_rollback_and_policy_write_operator_audit_rows(world
 def test_cli_promote_keeps_its_json_contract_and_is_audited(world):
     import json
     from core.privacy import access
-    from core.training import pipeline
-    v2 = pipeline.retrain(world, trigger="test", with_ranker=False)["version"]
+    from core.training import pipeline, registry
+    before = registry.production(world)["version"]
+    # a registered candidate (no gate, so never already in production) with a deliberately weak configuration
+    v2 = registry.register(world, pipeline.train(world, seed=3, params={"factors": 2, "iterations": 1}).run_id)
+    assert registry.get_version(world, v2)["stage"] == "candidate"
     code, out, err = run_cli(["--home", str(world.home), "models", "promote", str(v2), "--force", "--json"])
-    if code == 1:                                  # the gate already promoted it: nothing to promote
-        pytest.skip(err)
-    assert set(json.loads(out)) == {"promoted", "replaced", "forced"}
+    assert code == 0, err
+    promoted = json.loads(out)
+    assert set(promoted) == {"promoted", "replaced", "forced"}
+    assert (promoted["promoted"], promoted["replaced"]) == (v2, before)
+    assert registry.production(world)["version"] == v2
     (row,) = audit_rows(world)
     assert (row["actor"], row["action"], row["target"], row["outcome"]) == (access.cli_actor(), "promote",
                                                                             f"v{v2} (forced)", "ok")
