@@ -43,6 +43,19 @@ def test_paired_bootstrap_by_hand():
         gate.paired_bootstrap(np.zeros(3), np.zeros(4))
 
 
+def test_paired_bootstrap_draws_every_user_including_the_last():
+    # Only the last of three users differs (by 1): a resampled mean is k/3 for k draws of that user, k ~ Bin(3, 1/3):
+    # P(0) = 8/27, P(1/3) = 12/27, P(2/3) = 6/27, P(1) = 1/27, so the 90 % interval is [0, 2/3]. A bootstrap that never
+    # drew the last user would collapse it onto 0.
+    last = gate.paired_bootstrap(np.array([0.0, 0.0, 1.0]), np.zeros(3), resamples=4000, seed=1)
+    assert last["point"] == pytest.approx(1 / 3) and last["lo"] == 0 and last["hi"] == pytest.approx(2 / 3)
+    # The first user alone, by symmetry the same interval.
+    first = gate.paired_bootstrap(np.array([1.0, 0.0, 0.0]), np.zeros(3), resamples=4000, seed=1)
+    assert (first["lo"], first["hi"]) == (last["lo"], last["hi"])
+    one = gate.paired_bootstrap(np.array([0.5]), np.array([0.25]), resamples=10)
+    assert (one["point"], one["lo"], one["hi"]) == (0.25, 0.25, 0.25)
+
+
 def _decide(cand_ndcg=0.12, pop=0.05, top=0.03, users=500, point=0.01, lo=0.002, hi=0.02, stale=False, same=None,
             margin=0.0):
     comparison = {"point": point, "lo": lo, "hi": hi, "level": 0.9, "n_users": users, "resamples": 1000, "seed": 42}
