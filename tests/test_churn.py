@@ -27,8 +27,9 @@ def hand_warehouse(tmp_path):
     t = pd.Timestamp("2026-03-01")
     with warehouse.transaction(s, purpose="test") as con:
         con.execute("INSERT INTO dim_user VALUES ('alice', ?, TRUE), ('bob', ?, TRUE), ('carol', ?, FALSE), "
-                    "('dave', ?, TRUE)", [t - pd.Timedelta(days=100), t - pd.Timedelta(days=10),
-                                          t - pd.Timedelta(days=50), t - pd.Timedelta(days=50)])
+                    "('dave', ?, TRUE), ('erin', ?, TRUE)", [t - pd.Timedelta(days=100), t - pd.Timedelta(days=10),
+                                                             t - pd.Timedelta(days=50), t - pd.Timedelta(days=50),
+                                                             t - pd.Timedelta(days=60)])
         con.execute("INSERT INTO dim_movie VALUES (1, 'A', 1990, 'Drama', 100, NULL), "
                     "(2, 'B', 1980, 'Comedy|Western', 50, NULL), (3, 'C', 1970, 'Horror', NULL, NULL)")
         facts = [  # (user, movie, kind, value, occurred_at)
@@ -44,6 +45,7 @@ def hand_warehouse(tmp_path):
             ("carol", 1, "watch", 600, t - pd.Timedelta(days=1)),       # withdrew personalization: not scored
             ("dave", 1, "watch", 600, t - pd.Timedelta(days=29)),       # lapsed: not active at t
             ("dave", 1, "watch", 600, t + pd.Timedelta(days=20)),       # keeps the data's end past t + 14 days
+            ("erin", 2, "watch", 3000, t - pd.Timedelta(days=7, hours=12)),  # on day 8 before t: not in the 7 days
         ]
         frame = pd.DataFrame(facts, columns=["user_key", "movie_id", "kind", "value", "occurred_at"])
         frame = frame.assign(source="event", source_id=np.arange(len(frame)), data_version=1)
@@ -64,8 +66,8 @@ def hand_warehouse(tmp_path):
 def test_features_by_hand(hand_warehouse):
     s, t = hand_warehouse
     frame = churn_data.snapshots(s, [t]).set_index("user_key")
-    assert list(frame.index) == ["alice", "bob"]          # carol withdrew consent, dave lapsed 29 days ago
-    a, b = frame.loc["alice"], frame.loc["bob"]
+    assert list(frame.index) == ["alice", "bob", "erin"]  # carol withdrew consent, dave lapsed 29 days ago
+    a, b, e = frame.loc["alice"], frame.loc["bob"], frame.loc["erin"]
     assert a["days_since_last_watch"] == pytest.approx(2.0)
     assert (a["watches_7d"], a["watches_28d"]) == (1, 3)
     assert a["active_days_28d"] == 4                       # watches on 3 days + the click on a 4th, ratings count too
@@ -92,6 +94,9 @@ def test_features_by_hand(hand_warehouse):
     assert np.isnan(b["served_watch_share_28d"]) and b["served_lists_28d"] == 0
     assert np.isnan(b["mean_rating_28d"]) and np.isnan(b["rating_trend"])
     assert b["label"] == 1.0                                 # no watch in the 14 days after t
+    # erin's one watch was 7.5 days before t: in the 28 days, not in the 7 (a window of 8 days would count it)
+    assert (e["watches_7d"], e["watches_28d"], e["days_since_last_watch"]) == (0, 1, 7.5)
+    assert e["watch_time_trend"] == pytest.approx(math.log(60 / (3000 / 21 + 60)), abs=1e-6)
 
 
 def test_features_never_see_the_future(hand_warehouse):
@@ -108,8 +113,8 @@ def test_features_never_see_the_future(hand_warehouse):
         con.execute("INSERT INTO fact_served VALUES (77, 'bob', ?, 'model', 9, NULL, 'canary', 1, 1, 2, NULL, NULL, NULL)", [t])
     after = churn_data.snapshots(s, [t])
     pd.testing.assert_frame_equal(before[["user_key", "as_of", *FEATURES]], after[["user_key", "as_of", *FEATURES]])
-    assert before.set_index("user_key")["label"].to_dict() == {"alice": 0.0, "bob": 1.0}
-    assert after.set_index("user_key")["label"].to_dict() == {"alice": 1.0, "bob": 0.0}
+    assert before.set_index("user_key")["label"].to_dict() == {"alice": 0.0, "bob": 1.0, "erin": 1.0}
+    assert after.set_index("user_key")["label"].to_dict() == {"alice": 1.0, "bob": 0.0, "erin": 1.0}
 
 
 def test_label_is_unknown_until_the_horizon_is_observed(hand_warehouse):
