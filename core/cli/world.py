@@ -102,7 +102,8 @@ def cmd_simulate(args, settings):
     with access.cli_action(settings, "simulate", f"{args.days} days closed loop") as entry:
         summary = loop.run(settings, args.days, shift=args.shift, strength=args.strength, duration=args.duration,
                            params=params, policy_mode=args.policy, progress=progress(args), serve_url=args.serve_url)
-        entry["target"] += f", {summary['retrains']} retrains"
+        entry["target"] += f", {summary['retrains']} retrains" + (
+            f", {summary['ads_retrains']} ads retrains" if summary.get("ads_retrains") else "")
     from core.monitoring import release
     from core.training.pipeline import release_outcome
     # Re-read after the run: a canary a retrain started may have been promoted or rolled back since.
@@ -127,8 +128,14 @@ def cmd_simulate(args, settings):
                 extra += (f" → retrain ({act['cause']}): v{act['version']} "
                           + (release_outcome(act) if act.get("gate_passed", act["promoted"]) else
                              "kept as candidate (gate refused)"))
+            ads_act = r.get("ads_action")
+            if ads_act:
+                extra += f" → ads retrain ({ads_act['cause']}): " + (
+                    f"failed: {ads_act['error']}" if ads_act["error"] else
+                    f"ads v{ads_act['version']} " + ("promoted" if ads_act["promoted"] else "kept as candidate (gate refused)"))
             print(f"day {r['day'] + 1:>3} {r['date']}  hit@10 model {hr}  Top 50 {t5}  [{r['classification']}]{extra}")
-        print(f"{plural(summary['alerts_opened'], 'alert')} opened, {plural(summary['retrains'], 'automatic retrain')}")
+        print(f"{plural(summary['alerts_opened'], 'alert')} opened, {plural(summary['retrains'], 'automatic retrain')}"
+              + (f", {plural(summary['ads_retrains'], 'ads retrain')}" if summary.get("ads_retrains") else ""))
         for now in summary["now"]:
             print("now: " + now["text"])
     emit(args, summary, human)

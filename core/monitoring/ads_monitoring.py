@@ -12,7 +12,7 @@ Two alerts (kind `ads-drift`), each needing a change both material and beyond ch
   a calibrated model is itself ~0.01, so a fixed threshold alone would alarm on noise; closes below 0.8 × the
   larger of the two.
 Days with fewer than `drift_min_observations` impressions (or stored predictions) are not judged. The alerts
-inform; the retraining policy reads only the recommender's alerts.
+do not retrain the recommender; the retraining policy retrains the ads model on them (`policy.apply_ads`).
 """
 from __future__ import annotations
 
@@ -152,3 +152,4 @@ def history(settings: Settings) -> pd.DataFrame:
     if len(days):
         days["signals"] = days["signals"].map(json.loads)
     return days
+

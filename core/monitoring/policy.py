@@ -15,6 +15,16 @@ while the shift goes on). Measured in benchmarks/bench_drift.py: with 2
 follow-ups the hit rate over the last 3 of 14 shifted days was 87-92 % of the
 pre-shift baseline, with 5 follow-ups (about ten more days of fresh models)
 91-96 %.
+
+The ads model (family 'ads', `core.ads.pipeline`) is retrained by the same policy (`apply_ads`, actions of kind
+'ads-retrain'), in both automatic modes, when the world shows ads and an ads model is in production (the first one
+is an operator's call, `ads train`: it needs days of impressions with clicks): at once when the day's ads monitoring opens an
+`ads-drift` alert (click rate or calibration, `core.monitoring.ads_monitoring`); and, at most once every
+`cooldown_days`, when the production ads model is possibly stale against the CF and churn versions it depends on
+(`ads.pipeline.status`: the features it was trained on mean something else now), when an ads-drift alert is still
+open, or — in `scheduled` mode — `every_days` after the last ads retrain. The candidate is promoted when the ads gate
+passes (no canary: the ads gate compares the candidate with production on the same holdout); a training that cannot
+run (too few days or clicks) is recorded with its error and retried after the cooldown.
 """
 from __future__ import annotations
 
@@ -23,8 +33,8 @@ import json
 import pandas as pd
 
 from core.store import clock, mlopsdb
-from core.training import tracking
-from core.errors import ValidationError
+from core.training import registry, tracking
+from core.errors import RetroError, ValidationError
 from core.settings import Settings
 from core.text import plural
 
@@ -132,6 +142,69 @@ def apply(settings: Settings, report, *, now: str, mode: str | None = None, prog
     with mlopsdb.session(settings) as db:
         db.execute("INSERT INTO actions(at, day, kind, actor, cause, job_id, result) VALUES (?,?,?,?,?,?,?)",
                    [now, report.day, "retrain", f"policy:{mode}", cause, result["job_id"], json.dumps(action)])
+    return action
+
+
+ADS_RETRAIN = "ads-retrain"      # actions.kind of an ads model retrain by the policy
+
+
+def _last_action_at(settings: Settings, kind: str) -> pd.Timestamp | None:
+    with mlopsdb.session(settings) as db:
+        row = db.execute("SELECT MAX(at) FROM actions WHERE kind = ?", [kind]).fetchone()
+    return pd.Timestamp(row[0]) if row and row[0] else None
+
+
+def decide_ads(settings: Settings, ads_report: dict | None, mode: str, now: str) -> str | None:
+    """The cause of retraining the ads model today, or None. `ads_report`: the day's ads monitoring (its `opened`
+    alerts); None when the world shows no ads (nothing to retrain for)."""
+    if ads_report is None or mode == "manual" or registry.production(settings, family="ads") is None:
+        return None           # no ads, or no ads model yet: the first one is an operator's call (`ads train`)
+    from core.ads import pipeline as ads_pipeline
+    fresh = [a for a in ads_report.get("opened") or [] if a.startswith("ads-drift")]
+    if fresh:
+        return "ads drift alert: " + ", ".join(fresh)
+    pol = get_policy(settings)
+    last = _last_action_at(settings, ADS_RETRAIN)
+    days_since = None if last is None else (pd.Timestamp(now) - last) / pd.Timedelta(days=1)
+    if days_since is not None and days_since < pol["cooldown_days"]:
+        return None
+    status = ads_pipeline.status(settings)
+    if status["stale"]:
+        return "ads model possibly stale: " + "; ".join(status["reasons"])
+    with mlopsdb.session(settings) as db:
+        still = [f"{k}:{m}" for k, m in db.execute("SELECT kind, metric FROM alerts WHERE kind = 'ads-drift' AND "
+                                                   "closed_at IS NULL ORDER BY metric").fetchall()]
+    if still:
+        return (f"ads drift alerts still open ({', '.join(still)})"
+                + ("" if days_since is None else f" {plural(pol['cooldown_days'], 'day')} after the last ads retrain"))
+    if mode == "scheduled" and (days_since is None or days_since >= pol["every_days"]):
+        return f"scheduled: {plural(pol['every_days'], 'day')} since the last ads retrain"
+    return None
+
+
+def apply_ads(settings: Settings, ads_report: dict | None, *, now: str, day: str | None = None,
+              mode: str | None = None, progress=None) -> dict | None:
+    """Retrain the ads model if the policy says so (`decide_ads`; promoted when the ads gate passes) and record the
+    action ('ads-retrain') with its cause and outcome; None when nothing was done. A training that cannot run
+    (e.g. too few days with clicks) is recorded with `error` instead of stopping the loop."""
+    from core.ads import pipeline as ads_pipeline
+    mode = mode or get_policy(settings)["mode"]
+    validate(mode)
+    cause = decide_ads(settings, ads_report, mode, now)
+    if cause is None:
+        return None
+    action = {"kind": ADS_RETRAIN, "cause": cause, "run_id": None, "version": None, "promoted": False,
+              "gate_passed": False, "log_loss": None, "calibration_error": None, "error": None}
+    try:
+        result = ads_pipeline.train(settings, at=now, actor=f"policy:{mode}",
+                                    **({"progress": progress} if progress else {}))
+        action |= {"run_id": result["run_id"], "version": result["version"], "promoted": result["promoted"],
+                   "gate_passed": bool(result["gate"]["promote"]), "log_loss": result["metrics"].get("log_loss"),
+                   "calibration_error": result["metrics"].get("calibration_error")}
+    except RetroError as exc:
+        action["error"] = f"{type(exc).__name__}: {exc}"
+    with mlopsdb.session(settings) as db:
+        record_action(db, ADS_RETRAIN, at=now, day=day, actor=f"policy:{mode}", cause=cause, result=action)
     return action
 
 

@@ -1,6 +1,12 @@
 """The closed loop: simulated days where users see the *served* recommendations, the ETL and
 monitoring run every day (with the ads monitoring when the world shows ads), the production churn model (if any) scores the day's active users, the release
-policy judges an active canary, and the retraining policy acts.
+policy judges an active canary, and the retraining policy acts — on the recommender (`policy.apply`) and on the
+ads model (`policy.apply_ads`: stale against its CF/churn versions, or an ads-drift alert).
+
+When the world shows ads, each day's sponsored slots are chosen by the production ads model (`AdPolicy("model")`,
+its calibrated P(click) at the day's start, stored with each impression, so the ads monitoring judges the model's
+calibration), or by the campaigns' click rates while there is none (or its artifact fails to load: the error goes
+into the day's log entry, `ads_error`).
 
 shift → behaviour changes → served lists fit worse → alerts → retrain → recovery.
 
@@ -25,7 +31,7 @@ from core.warehouse import etl
 from core.monitoring import monitoring, policy, release
 from core.store import adslog, opsdb, servinglog
 from core.serving import deployments, remote, serving
-from core.simulation import simulation
+from core.simulation import ads_day, simulation
 from core.constants import TS_FORMAT
 from core.errors import RetroError, ValidationError
 from core.settings import Settings
@@ -78,8 +84,9 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
                 recs = serving.recommend_many(settings, user_ids, k, at=_at)
                 return {u: r.movie_ids for u, r in recs.items()}
 
+            ad_policy, ads_error = choose_ad_policy(settings, db)
             stats = simulation.simulate_day(db, world, day, shifts, serve, settings.world_file,
-                                            ads_slot=settings.ads_slot)
+                                            ads_slot=settings.ads_slot, ad_policy=ad_policy)
             now = (start + timedelta(days=1)).strftime(TS_FORMAT)
             stage("ETL into the warehouse", 0.3)
             etl.run(settings, at=now)
@@ -99,22 +106,42 @@ def _run(settings: Settings, days: int, *, shift, strength, duration, params, po
             if action:
                 serving.clear_caches()
                 record_truth(settings, action.get("job_id"))
+            ads_action = policy.apply_ads(settings, ads, now=now, day=report.day, mode=policy_mode)
+            if ads_action and ads_action["promoted"]:
+                serving.clear_caches()
             log.append({"day": day, "date": report.day, "events": stats.events, "rejected": stats.rejected,
                         "classification": report.classification, "opened": report.opened, "closed": report.closed,
                         "hit_rate_model": report.online.get("hit_rate_model"),
                         "hit_rate_top50": report.online.get("hit_rate_top50"),
                         "quarantine_rate": report.quality["quarantine_rate"], "action": action,
                         "arms": report.online.get("arms"), "release": decision,
-                        "hit_rate_by_policy": report.online.get("hit_rate_by_policy"), **scored, "ads": ads})
+                        "hit_rate_by_policy": report.online.get("hit_rate_by_policy"), **scored, "ads": ads,
+                        "ad_policy": None if ads is None else (ad_policy.name if ad_policy else "campaign-rate"),
+                        "ads_error": ads_error, "ads_action": ads_action})
         progress(1.0, f"done: {days} of {days} days simulated")
     finally:
         db.conn.close()
     summary = {"days": days, "first_day": first, "last_day": first + days - 1, "log": log,
-               "retrains": sum(1 for r in log if r["action"]), "alerts_opened": sum(len(r["opened"]) for r in log)}
+               "retrains": sum(1 for r in log if r["action"]), "alerts_opened": sum(len(r["opened"]) for r in log),
+               "ads_retrains": sum(1 for r in log if r["ads_action"])}
     if started is not None:
         summary["shift"] = {"kind": started.kind, "strength": started.strength, "start_day": started.start_day,
                             "duration": started.duration, "params": started.params}
     return summary
+
+
+def choose_ad_policy(settings: Settings, db) -> tuple[ads_day.AdPolicy | None, str | None]:
+    """(the day's ad policy, an error): the production ads model's scorer when the world shows ads and one is in
+    production; else None (the simulation's default, the campaigns' click rates). A model that fails to load
+    (e.g. its hash check) does not stop the day: campaign rates choose, and the error is returned for the log."""
+    if not adslog.enabled(db) or registry.production(settings, family="ads") is None:
+        return None, None
+    from core.ads import scoring
+    try:
+        score = scoring.scorer(settings)
+    except (RetroError, OSError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    return ads_day.AdPolicy("model", score, score.model_version), None
 
 
 def monitor_ads(settings: Settings, db, start) -> dict | None:
