@@ -14,6 +14,7 @@ from core.serving import serving
 from core.simulation import simulation
 from core.store.mlopsdb import clone_home
 from core.settings import load_settings
+from skip_policy import pytest_runtest_makereport  # noqa: F401  (a hook: in CI only documented skips)
 
 CLOCK = "2026-01-10T00:00:00"
 # The tiny shared world (read-only for tests): seed 7, 200 users, 120 movies, 8 days. The shared worlds are built
