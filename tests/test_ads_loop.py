@@ -82,3 +82,45 @@ def test_an_ads_drift_alert_retrains_at_once_and_nothing_happens_without_ads_or_
     assert policy.decide_ads(s, alert, "on-alert", "2026-02-01T12:00:00") is not None
     assert policy.decide_ads(s, quiet, "scheduled", "2026-02-02T00:00:00") is None
 
+
+def test_monitor_shows_the_ads_monitoring_and_keeps_its_keys(world, tmp_path, capsys):
+    s = private_copy(world, tmp_path / "copy")
+    out = loop.run(s, 2)
+    assert cli.main(["--home", str(s.home), "monitor", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"day", "classification", "model_version", "drift", "online", "quality", "open_alerts",
+            "churn_model"} < set(data)                                         # every key it had stays
+    ads = data["ads"]
+    stored = ads_monitoring.history(s).set_index("day")
+    last = out["log"][-1]
+    assert ads["enabled"] is True and ads["day"] == last["date"]
+    assert (ads["impressions"], ads["clicks"], ads["revenue"]) == (last["ads"]["impressions"], last["ads"]["clicks"],
+                                                                   pytest.approx(last["ads"]["revenue"]))
+    assert ads["click_rate"] == pytest.approx(last["ads"]["click_rate"])
+    assert ads["ece"] == pytest.approx(last["ads"]["ece"]) and ads["model_version"] == registry.production(
+        s, family="ads")["version"]
+    signals = stored.loc[last["date"], "signals"]
+    assert [{k: p[k] for k in ("campaign_id", "spend", "daily_budget", "pacing")} for p in ads["pacing"]] == \
+        signals["pacing"] and all(p["advertiser"] for p in ads["pacing"])
+    days = stored.tail(7)
+    assert [d["day"] for d in ads["days"]] == list(days.index)
+    for d in ads["days"]:
+        pacing = stored.loc[d["day"], "signals"]["pacing"]
+        assert d["budget_spent"] == pytest.approx(sum(p["spend"] for p in pacing)
+                                                  / sum(p["daily_budget"] for p in pacing), abs=1e-6)
+        assert d["budgets_exhausted"] == sum(p["pacing"] >= 1 for p in pacing)
+        assert d["impressions"] == stored.loc[d["day"], "impressions"]
+    assert ads["model"] == {k: v for k, v in ads_pipeline.status(s).items() if k in ("version", "stale", "reasons")}
+    assert ads["open_alerts"] == []
+    with mlopsdb.write_session(s) as db:           # an open ads alert is listed with the ads
+        monitoring.open_or_update_alert(db, "ads-drift", "calibration", 0.05, 0.02, "warning",
+                                        (last["date"], last["date"]), last["date"] + "T23:59:59", "ads",
+                                        chance_level=0.03)
+    assert cli.main(["--home", str(s.home), "monitor"]) == 0
+    text = capsys.readouterr().out
+    assert f"ads (on), day {last['date']}: {ads['impressions']:,} impressions" in text
+    assert "budget pacing (spend ÷ daily budget): #" in text and "ALERT ads-drift:calibration value 0.0500" in text
+    assert f"ads model v{ads['model_version']}: " in text
+    assert cli.main(["--home", str(s.home), "monitor", "--json"]) == 0
+    (alert,) = json.loads(capsys.readouterr().out)["ads"]["open_alerts"]
+    assert (alert["metric"], alert["value"], alert["threshold"]) == ("calibration", 0.05, 0.02)

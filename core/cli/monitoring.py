@@ -20,10 +20,46 @@ def cmd_monitor(args, settings):
             return f"  churn model v{c['version']}: POSSIBLY STALE — " + "; ".join(c["reasons"])
         return f"  churn model v{c['version']}: up to date ({c['reasons'][0]})"
 
+    def ads_lines():
+        a = data["ads"]
+        if not a["enabled"] and a["day"] is None:
+            return ["  ads: off (`python -m core ads switch on`)"]
+        lines = []
+        head = f"  ads ({'on' if a['enabled'] else 'off'})"
+        if a["day"] is None:
+            lines.append(head + ": no ads day monitored yet")
+        else:
+            rate = "—" if a["click_rate"] is None else f"{a['click_rate']:.2%}"
+            base = "" if a["baseline_click_rate"] is None else f", baseline {a['baseline_click_rate']:.2%}"
+            ece = "—" if a["ece"] is None else f"{a['ece']:.4f}"
+            chance = "" if a["ece_chance"] is None else f" (chance level {a['ece_chance']:.4f})"
+            lines.append(f"{head}, day {a['day']}: {a['impressions']:,} impressions, {a['clicks']:,} clicks, click "
+                         f"rate {rate}{base}; revenue {a['revenue']:.2f}; calibration ECE {ece}{chance}")
+            lines.append("    budget pacing (spend ÷ daily budget): " + ", ".join(
+                f"#{p['campaign_id']} {p['pacing']:.0%}" for p in a["pacing"]) if a["pacing"] else
+                "    budget pacing: no campaign")
+            for d in a["days"]:
+                r = "—" if d["click_rate"] is None else f"{d['click_rate']:.2%}"
+                e = "—" if d["ece"] is None else f"{d['ece']:.4f}"
+                spent = "—" if d["budget_spent"] is None else f"{d['budget_spent']:.0%}"
+                lines.append(f"    {d['day']}  click rate {r:>6}  revenue {d['revenue']:>9.2f}  ECE {e:>6}  "
+                             f"budgets spent {spent:>4} ({d['budgets_exhausted']} exhausted)")
+        for al in a["open_alerts"]:
+            lines.append(f"    ALERT ads-drift:{al['metric']} value {al['value']:.4f} (threshold {al['threshold']:.4f})"
+                         f" open since {al['opened_at']}")
+        m = a["model"]
+        if m["version"] is None:
+            lines.append("    ads model: none in production (selection by the campaigns' click rates)")
+        else:
+            lines.append(f"    ads model v{m['version']}: " + ("POSSIBLY STALE — " + "; ".join(m["reasons"])
+                                                                if m["stale"] else f"up to date ({m['reasons'][0]})"))
+        return lines
+
     def human():
         if data["day"] is None:
             print("nothing monitored yet; run `python -m core simulate --days N` (the closed loop monitors every day)")
             print(churn_line())
+            print("\n".join(ads_lines()))
             return
         print(f"day {data['day']}: {data['classification']} (production v{data['model_version']})")
         for r in data["drift"]:
@@ -36,6 +72,7 @@ def cmd_monitor(args, settings):
                   + (f", baseline {o['baseline_hit_rate']:.3f}" if o.get("baseline_hit_rate") else ""))
         print(f"  quarantine rate {data['quality'].get('quarantine_rate', 0):.2%}; {len(data['open_alerts'])} open alerts")
         print(churn_line())
+        print("\n".join(ads_lines()))
     emit(args, data, human)
 
 

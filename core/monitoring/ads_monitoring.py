@@ -153,3 +153,42 @@ def history(settings: Settings) -> pd.DataFrame:
         days["signals"] = days["signals"].map(json.loads)
     return days
 
+
+SUMMARY_DAYS = 7          # the `monitor` command's per-day rows
+
+
+def summary(settings: Settings, days: int = SUMMARY_DAYS) -> dict:
+    """What `monitor` shows of the ads: whether the world shows them, the last monitored day's signals (click rate
+    and its baseline, revenue, ECE of the stored p_click and its chance level, budget pacing per campaign), the last
+    `days` days (click rate, revenue, ECE and the campaigns' total spend ÷ total daily budget per day), the open
+    ads-drift alerts and the production ads model's staleness (`ads.pipeline.status`)."""
+    from core.ads import pipeline as ads_pipeline
+    with opsdb.session(settings) as db:
+        enabled = adslog.enabled(db)
+        camps = adslog.campaigns(db)
+    names = dict(zip(camps["campaign_id"].astype(int), camps["advertiser"])) if len(camps) else {}
+    stored = history(settings)
+    with mlopsdb.session(settings) as db:
+        alerts = [dict(zip(("alert_id", "metric", "value", "threshold", "chance_level", "opened_at"), r)) for r in
+                  db.execute("SELECT alert_id, metric, value, threshold, chance_level, opened_at FROM alerts WHERE "
+                             "kind = ? AND closed_at IS NULL ORDER BY alert_id", [KIND]).fetchall()]
+    status = ads_pipeline.status(settings)
+    out = {"enabled": bool(enabled), "day": None, "impressions": None, "clicks": None, "click_rate": None,
+           "baseline_click_rate": None, "revenue": None, "ece": None, "ece_chance": None, "model_version": None,
+           "pacing": [], "days": [], "open_alerts": alerts,
+           "model": {"version": status["version"], "stale": status["stale"], "reasons": status["reasons"]}}
+    if stored.empty:
+        return out
+    last = stored.iloc[-1]["signals"]
+    out |= {"day": str(stored.iloc[-1]["day"]), **{k: last.get(k) for k in (
+        "impressions", "clicks", "click_rate", "baseline_click_rate", "revenue", "ece", "ece_chance", "model_version")},
+        "pacing": [p | {"advertiser": names.get(int(p["campaign_id"]))} for p in last.get("pacing", [])]}
+    for _, row in stored.tail(days).iterrows():
+        sig = row["signals"]
+        spend = sum(p["spend"] for p in sig.get("pacing", []))
+        budget = sum(p["daily_budget"] for p in sig.get("pacing", []))
+        out["days"].append({"day": str(row["day"]), "impressions": int(row["impressions"]), "clicks": int(row["clicks"]),
+                            "click_rate": sig.get("click_rate"), "revenue": sig.get("revenue"), "ece": sig.get("ece"),
+                            "budget_spent": round(spend / budget, 6) if budget else None,
+                            "budgets_exhausted": sum(1 for p in sig.get("pacing", []) if p["pacing"] >= 1.0)})
+    return out

@@ -595,19 +595,22 @@ def history(settings: Settings) -> dict:
 
 
 def latest(settings: Settings) -> dict:
-    """The `monitor` command: latest drift scores per feature and test, online quality, open alerts."""
+    """The `monitor` command: latest drift scores per feature and test, online quality, open alerts, the churn
+    model's staleness and the ads monitoring (`ads_monitoring.summary`)."""
+    from core.monitoring import ads_monitoring
     h = history(settings)
     churn = churn_model_status(settings)
+    ads = ads_monitoring.summary(settings)
     if h["days"].empty:
         return {"day": None, "classification": None, "drift": [], "online": {}, "quality": {}, "open_alerts": [],
-                "churn_model": churn}
+                "churn_model": churn, "ads": ads}
     last = h["days"].iloc[-1]
     scores = h["scores"][h["scores"]["day"] == last["day"]] if len(h["scores"]) else h["scores"]
     alerts = open_alerts(settings)
     return {"day": last["day"], "classification": last["classification"], "model_version": last["model_version"],
             "drift": scores.drop(columns=["day"]).to_dict("records") if len(scores) else [],
             "online": last["online"], "quality": last["quality"],
-            "open_alerts": alerts.to_dict("records") if len(alerts) else [], "churn_model": churn}
+            "open_alerts": alerts.to_dict("records") if len(alerts) else [], "churn_model": churn, "ads": ads}
 
 
 def churn_model_status(settings: Settings) -> dict:
