@@ -138,7 +138,7 @@ def test_the_etl_loads_every_impression_and_click_pseudonymized(ad_home):
         bands = dict(db.execute("SELECT user_id, age_band FROM users").fetchall())
     assert merged["age_band"].tolist() == ops["user_id"].map(bands).tolist()
     report = json.loads(version["validation"])["ads"]
-    assert report == {"impressions": len(ops), "rows": len(ops), "clicks": len(clicks), "refused": 0}
+    assert report == {"impressions": len(ops), "rows": len(ops), "clicks": len(clicks), "refused": 0, "late_clicks": 0}
 
 
 def test_the_data_version_hash_covers_the_ad_rows(ad_home):

@@ -1,6 +1,7 @@
 """The ads' operational tables (issue 25, docs/ads.md): campaigns (`ad_campaigns`) and the sponsored slots shown
 with their clicks (`ad_impressions`). Reads for the simulation, the ETL, privacy and the CLI; every write goes
-through the validated write API (`writes.add_ad_campaigns`, `writes.record_ad_impressions`)."""
+through the validated write API (`writes.add_ad_campaigns`, `writes.record_ad_impressions`,
+`writes.record_ad_clicks`)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -61,14 +62,41 @@ def user_campaign_counts(db: sqlite_utils.Database, start: str, end: str) -> pd.
 
 def impressions_after(conn, impression_id: int) -> pd.DataFrame:
     """Impressions past the ETL watermark `impression_id`, in order (`IMPRESSION_COLUMNS` and the user's declared
-    `age_band`, values as stored; the ETL checks them). An older store without the table gives no row. A click is written with its impression
-    (the simulated session knows it), so each impression reaches the warehouse once, with its outcome."""
+    `age_band`, values as stored; the ETL checks them). An older store without the table gives no row. A simulated
+    session writes its click with the impression; a click reported later (`writes.record_ad_clicks`) reaches the
+    warehouse through `late_clicks` when its impression was loaded before."""
     raw = _raw(conn)
     if not has_tables(raw):
         return pd.DataFrame(columns=[*IMPRESSION_COLUMNS, "age_band"])
     cols = ", ".join(f"i.{c}" for c in IMPRESSION_COLUMNS)
     return pd.read_sql_query(f"SELECT {cols}, u.age_band FROM ad_impressions i LEFT JOIN users u USING (user_id) "
                              "WHERE i.impression_id > ? ORDER BY i.impression_id", raw, params=(int(impression_id),))
+
+
+def has_click_seq(conn) -> bool:
+    """Whether the store has the late clicks' order column (ops migration m011)."""
+    raw = _raw(conn)
+    return any(c[1] == "click_seq" for c in raw.execute("PRAGMA table_info(ad_impressions)").fetchall())
+
+
+def max_click_seq(conn) -> int:
+    """The newest late click's order number (0: none yet, or a store without the column)."""
+    if not has_tables(_raw(conn)) or not has_click_seq(conn):
+        return 0
+    return int(_raw(conn).execute("SELECT coalesce(max(click_seq), 0) FROM ad_impressions").fetchone()[0])
+
+
+def late_clicks(conn, click_seq: int, impression_id: int) -> pd.DataFrame:
+    """Clicks reported after their impression was stored (`click_seq` past the ETL's `ad_clicks` watermark) on
+    impressions at or below the `ad_impressions` watermark — already in the warehouse without their click; newer
+    impressions bring their click themselves. Columns as `impressions_after`, in click order."""
+    raw = _raw(conn)
+    if not has_tables(raw) or not has_click_seq(conn):
+        return pd.DataFrame(columns=[*IMPRESSION_COLUMNS, "age_band"])
+    cols = ", ".join(f"i.{c}" for c in IMPRESSION_COLUMNS)
+    return pd.read_sql_query(f"SELECT {cols}, u.age_band FROM ad_impressions i LEFT JOIN users u USING (user_id) "
+                             "WHERE i.click_seq > ? AND i.impression_id <= ? AND i.clicked = 1 ORDER BY i.click_seq",
+                             raw, params=(int(click_seq), int(impression_id)))
 
 
 def user_impressions(db: sqlite_utils.Database, user_id: int, limit: int | None = None) -> list[dict]:

@@ -277,6 +277,18 @@ def m010_ads(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE consent_history ADD COLUMN ad_targeting INTEGER")
 
 
+@migrations()
+def m011_ad_late_clicks(db: sqlite_utils.Database) -> None:
+    """A click reported after its impression was stored (`writes.record_ad_clicks`) gets `click_seq`, the order in
+    which such clicks arrived (NULL for a click written with its impression): the ETL's watermark `ad_clicks`, so a
+    click that arrives after its impression's ETL run still reaches the warehouse's fact_ad_click."""
+    have = {c[1] for c in db.execute("PRAGMA table_info(ad_impressions)").fetchall()}
+    if "click_seq" not in have:
+        db.execute("ALTER TABLE ad_impressions ADD COLUMN click_seq INTEGER")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_ad_impressions_click_seq ON ad_impressions(click_seq) "
+               "WHERE click_seq IS NOT NULL")
+
+
 def set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
     """Switch to WAL; on a brand-new file several openers race for it and SQLite answers 'locked'
     without waiting for the busy timeout, so retry briefly."""

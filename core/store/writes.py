@@ -589,5 +589,60 @@ def record_ad_impressions(db: sqlite_utils.Database, rows, *, on_invalid: OnInva
     return WriteResult(accepted=len(recs), rejected=int(r.bad.sum()), reasons=_reason_counts(r.reason))
 
 
+@_checked_and_written
+def record_ad_clicks(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise") -> WriteResult:
+    """Store clicks reported after their impression (a front end reports a click on a slot the server logged
+    unclicked): impression_id, clicked_at, price (what the click is charged, at most the campaign's bid).
+
+    Refused (codes): `unknown_impression`, `already_clicked` (also a second click on the same impression in the
+    batch), `invalid_timestamp` (clicked_at not a time between the impression's shown_at and the service clock),
+    `invalid_amount`, `above_bid`. Each stored click gets the next `click_seq`, the ETL's watermark for late clicks
+    (`adslog.late_clicks`). Invalid rows refuse the batch, or with `on_invalid='quarantine'` go to
+    `rejected_writes` (target 'ad_impressions') while the valid ones are stored.
+    """
+    df = _frame(rows, ["impression_id", "clicked_at", "price"])
+    now = clock.now(db=db)
+    r = _Reasons(len(df))
+    imp, ok_i = _as_int(df["impression_id"])
+    ids = sorted({int(i) for i in imp[ok_i]})
+    found_rows = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        found_rows += db.execute("SELECT i.impression_id, i.shown_at, i.clicked, c.bid FROM ad_impressions i JOIN "
+                                 f"ad_campaigns c USING (campaign_id) WHERE i.impression_id IN "
+                                 f"({','.join('?' * len(chunk))})", chunk).fetchall()
+    known = pd.DataFrame(found_rows, columns=["impression_id", "shown_at", "clicked", "bid"]).set_index("impression_id")
+    found = ok_i & imp.isin(known.index)
+    r.add(~found, lambda i: f"unknown ad impression {df['impression_id'][i]!r}", errors.ValidationError,
+          "unknown_impression")
+    before = imp.map(known["clicked"]).fillna(0).astype(int) == 1
+    again = imp.where(found).duplicated(keep="first") & found
+    r.add(found & (before | again), lambda i: f"ad impression {imp[i]} already has its click",
+          errors.ValidationError, "already_clicked")
+    clicked_at, ok_at = _timestamps(df["clicked_at"].where(~df["clicked_at"].map(bounds.is_missing).astype(bool),
+                                                           "invalid"), now)
+    shown = imp.map(known["shown_at"]).astype(object).where(found, "")
+    r.add(found & (~ok_at | (clicked_at < shown) | (clicked_at > now)), lambda i: f"clicked_at "
+          f"{df['clicked_at'][i]!r} is not a time between the impression's shown_at and the service clock",
+          errors.InvalidTimestamp)
+    price = pd.to_numeric(df["price"], errors="coerce").astype(float)
+    r.add(~(np.isfinite(price) & (price >= 0)), lambda i: f"price {df['price'][i]!r} is not an amount",
+          errors.ValidationError, "invalid_amount")
+    bid = imp.map(known["bid"]).astype(float)
+    r.add(found & (price > bid + 1e-9), lambda i: f"price {price[i]:g} is above the campaign's bid {bid[i]:g}",
+          errors.ValidationError, "above_bid")
+    if on_invalid == "raise":
+        r.raise_first("ad clicks")
+    good = ~r.bad
+    recs = list(zip(clicked_at[good].tolist(), price[good].tolist(), imp[good].tolist()))
+    with db.atomic():
+        if r.bad.any():
+            _quarantine(db, "ad_impressions", df, r.reason, now, r.code)
+        db.conn.executemany(
+            "UPDATE ad_impressions SET clicked = 1, clicked_at = ?, price = ?, click_seq = (SELECT coalesce(max("
+            "click_seq), 0) + 1 FROM ad_impressions) WHERE impression_id = ? AND clicked = 0", recs)
+    return WriteResult(accepted=len(recs), rejected=int(r.bad.sum()), reasons=_reason_counts(r.reason))
+
+
 def _table_exists(db, name: str) -> bool:
     return db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone()[0] > 0

@@ -5,7 +5,8 @@ Extract only rows past the watermarks (`events.seq`, `rating_history.history_id`
 with a reason, never to the facts), pseudonymize users, load everything in one
 DuckDB transaction and move the watermarks last, then record a data version.
 The lists shown to users become `fact_served`, one row per title (`served_rows`); the sponsored slots shown
-(`ad_impressions`) become `fact_ad_impression` and their clicks `fact_ad_click` (`ad_rows`).
+(`ad_impressions`) become `fact_ad_impression` and their clicks `fact_ad_click` (`ad_rows`); a click reported after
+its impression was loaded arrives by its own watermark (`ad_clicks`, `ad_batch`).
 A run that fails leaves the warehouse exactly as it was.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
 
 WATERMARKS = {"events": "seq", "rating_history": "history_id", "rejected_writes": "reject_id",
-              "served_recommendations": "serve_id", "ad_impressions": "impression_id"}
+              "served_recommendations": "serve_id", "ad_impressions": "impression_id",
+              "ad_clicks": "click_seq"}   # ad_clicks: clicks reported after their impression (adslog.late_clicks)
 MAX_VALUE = 1_000_000  # the write API's largest event value (writes.MAX_EVENT_VALUE)
 VOLUME_RATIO = 3.0  # a day with > 3x or < 1/3 of the trailing 7-day mean volume is reported
 
@@ -53,6 +55,8 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
         rejects = opsdb.rejected_writes_after(conn, marks.get("rejected_writes", 0))
         served = servinglog.lists_after(conn, marks.get("served_recommendations", 0))
         ads = adslog.impressions_after(conn, marks.get("ad_impressions", 0))
+        late = adslog.late_clicks(conn, marks.get("ad_clicks", 0), marks.get("ad_impressions", 0))
+        click_seq = adslog.max_click_seq(conn)
         # Dimension rows with an id outside 1..MAX_ID (only ever written around the write API) are left out:
         # their facts are quarantined as "id out of range".
         users = opsdb.users_with_valid_ids(conn)
@@ -62,14 +66,16 @@ def extract(settings: Settings, marks: dict[str, int]) -> dict[str, pd.DataFrame
         users["consent_personalization"] = pd.to_numeric(users["consent_personalization"], errors="coerce").fillna(1)
         service_now = clock.now(db=conn)
     rows = pd.concat([events.assign(source="event"), ratings.assign(source="rating")], ignore_index=True)
-    return {"rows": rows, "rejects": rejects, "served": served, "ads": ads, "users": users, "movies": movies,
+    return {"rows": rows, "rejects": rejects, "served": served, "ads": ads, "ad_clicks": late, "users": users,
+            "movies": movies,
             "clock": service_now,
             "max": {"events": int(events["source_id"].max()) if len(events) else marks.get("events", 0),
                     "rating_history": int(ratings["source_id"].max()) if len(ratings) else marks.get("rating_history", 0),
                     "rejected_writes": int(rejects["reject_id"].max()) if len(rejects) else marks.get("rejected_writes", 0),
                     "served_recommendations": int(served["serve_id"].max()) if len(served)
                     else marks.get("served_recommendations", 0),
-                    "ad_impressions": int(ads["impression_id"].max()) if len(ads) else marks.get("ad_impressions", 0)}}
+                    "ad_impressions": int(ads["impression_id"].max()) if len(ads) else marks.get("ad_impressions", 0),
+                    "ad_clicks": max(click_seq, marks.get("ad_clicks", 0))}}
 
 
 # ------------------------------------------------------------------ validate
@@ -355,10 +361,31 @@ def ad_rows(impressions: pd.DataFrame, key: bytes) -> tuple[dict[str, pd.DataFra
     return {"fact_ad_impression": rows, "fact_ad_click": clicks}, int(bad.sum())
 
 
-def ads_report(impressions: pd.DataFrame, ads: dict[str, pd.DataFrame], refused: int) -> dict:
-    """The validation report's `ads` entry: impressions extracted, loaded, refused, and clicks loaded."""
+def ad_batch(ex: dict, key: bytes) -> tuple[dict[str, pd.DataFrame], int, int]:
+    """The run's ad fact rows from an extraction (both engines): the new impressions with their clicks
+    (`ad_rows`), and the clicks reported late on impressions an earlier run loaded (`ex['ad_clicks']`, checked like
+    an impression by `ad_rows`, only their click row kept). Returns (rows, impressions refused, late clicks loaded)."""
+    ads, refused = ad_rows(ex["ads"], key)
+    late = ex.get("ad_clicks")
+    if late is None or late.empty:
+        return ads, refused, 0
+    clicks = ad_rows(late, key)[0]["fact_ad_click"]
+    if len(clicks):
+        both = [f for f in (ads["fact_ad_click"], clicks) if len(f)]
+        ads["fact_ad_click"] = pd.concat(both, ignore_index=True) if len(both) > 1 else clicks
+    return ads, refused, int(len(clicks))
+
+
+def has_ad_rows(ex: dict) -> bool:
+    """Whether an extraction has ad impressions or late clicks to load."""
+    return not ex["ads"].empty or not (ex.get("ad_clicks") is None or ex["ad_clicks"].empty)
+
+
+def ads_report(impressions: pd.DataFrame, ads: dict[str, pd.DataFrame], refused: int, late_clicks: int = 0) -> dict:
+    """The validation report's `ads` entry: impressions extracted, loaded, refused, clicks loaded (late ones
+    included) and `late_clicks`, the clicks reported after their impression was loaded by an earlier run."""
     return {"impressions": int(len(impressions)), "rows": int(len(ads["fact_ad_impression"])),
-            "clicks": int(len(ads["fact_ad_click"])), "refused": int(refused)}
+            "clicks": int(len(ads["fact_ad_click"])), "refused": int(refused), "late_clicks": int(late_clicks)}
 
 
 def _load_ads(con, ads: dict[str, pd.DataFrame], version: int) -> None:
@@ -505,11 +532,11 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str, progres
                   f"{len(ex['served']):,} served lists)")
     valid, bad = validate(rows, ex["users"]["user_id"], ex["movies"]["movie_id"], ex["clock"])
     result = EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
-    if rows.empty and rejects.empty and ex["served"].empty and ex["ads"].empty:
+    if rows.empty and rejects.empty and ex["served"].empty and not has_ad_rows(ex):
         _sync_consent(con, ex["users"], key)   # consent changes reach training even without new rows
         return result
     served, refused = served_rows(ex["served"], key)
-    ads, ads_refused = ad_rows(ex["ads"], key)
+    ads, ads_refused, late_clicks = ad_batch(ex, key)
 
     valid["user_key"] = pseudonymize(valid["user_id"].astype("int64"), key)
     valid["occurred_at"] = parse_times(valid["occurred_at"])
@@ -544,7 +571,7 @@ def _run(con, settings: Settings, key: bytes, run_id: int, started: str, progres
     report = {"extracted": int(len(rows)), "ingestion_rejects": int(len(rejects)), "valid": int(len(facts)),
               "quarantined": int(len(quarantine)), "by_reason": {k: int(v) for k, v in by_reason.items()},
               "volume_alerts": _volume_alerts(con, facts, ex["clock"]),
-              "served": served_report(ex["served"], served, refused), "ads": ads_report(ex["ads"], ads, ads_refused)}
+              "served": served_report(ex["served"], served, refused), "ads": ads_report(ex["ads"], ads, ads_refused, late_clicks)}
     prev = warehouse.latest_version(con)
     version = int(prev["version"]) + 1 if prev else 1
     digest = content_hash(facts, prev["content_hash"] if prev else None, served, ads)

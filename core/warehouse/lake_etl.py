@@ -267,7 +267,7 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     result = etl.EtlResult(run_id=run_id, status="no-new-data", rows_extracted=len(rows) + len(rejects))
     commit = int(pointer["commit"]) + 1
     run_row = {"run_id": run_id, "started_at": started, "finished_at": started}
-    if rows.empty and rejects.empty and ex["served"].empty and ex["ads"].empty:
+    if rows.empty and rejects.empty and ex["served"].empty and not etl.has_ad_rows(ex):
         snapshots = _sync_consent(lake, pointer, ex["users"], key, commit)
         snapshots["etl_runs"] = lake.write_snapshot("etl_runs", pd.concat([runs, pd.DataFrame([run_row | {
             "status": result.status, "rows_extracted": 0, "rows_loaded": 0, "rows_quarantined": 0}])],
@@ -356,12 +356,12 @@ def _run(lake: Lake, spark, settings: Settings, key: bytes, run_id: int, started
     if len(daily_old):
         daily_old["day"] = pd.to_datetime(daily_old["day"])
     served, refused = etl.served_rows(ex["served"], key)
-    ads, ads_refused = etl.ad_rows(ex["ads"], key)
+    ads, ads_refused, late_clicks = etl.ad_batch(ex, key)
     report = {"extracted": int(n_rows), "ingestion_rejects": int(len(rejects)), "valid": int(n_facts),
               "quarantined": int(n_quarantine), "by_reason": by_reason,
               "volume_alerts": _volume_alerts(per_day, daily_old, ex["clock"]),
               "served": etl.served_report(ex["served"], served, refused),
-              "ads": etl.ads_report(ex["ads"], ads, ads_refused)}
+              "ads": etl.ads_report(ex["ads"], ads, ads_refused, late_clicks)}
     digest = content_hash(facts, prev["content_hash"] if prev else None, served, ads)
     window = facts.selectExpr("min(occurred_at)", "max(occurred_at)").collect()[0]
 

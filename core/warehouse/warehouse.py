@@ -352,10 +352,13 @@ def ad_counts(con: duckdb.DuckDBPyConnection) -> dict:
 def ad_impressions(con: duckdb.DuckDBPyConnection, start=None, end=None) -> pd.DataFrame:
     """Impressions shown in [start, end) (None: unbounded) with their outcome: impression_id, serve_id, user_key,
     campaign_id, slot, shown_at, p_click, policy, model_version, age_band, clicked (0/1), clicked_at (NaT unless
-    clicked), price (0 unless clicked), data_version — by shown_at, impression_id."""
+    clicked), price (0 unless clicked), data_version — by shown_at, impression_id. The click comes from
+    fact_ad_click: one reported after its impression was loaded arrives in a later version (the impression's own
+    row keeps clicked false)."""
     return con.execute("""
         SELECT i.impression_id, i.serve_id, i.user_key, i.campaign_id, i.slot, i.shown_at, i.p_click, i.policy,
-               i.model_version, i.age_band, CAST(i.clicked AS INTEGER) AS clicked, c.clicked_at,
+               i.model_version, i.age_band, CAST(i.clicked OR c.impression_id IS NOT NULL AS INTEGER) AS clicked,
+               c.clicked_at,
                coalesce(c.price, 0.0) AS price, i.data_version
         FROM fact_ad_impression i LEFT JOIN fact_ad_click c USING (impression_id)
         WHERE ($start IS NULL OR i.shown_at >= $start) AND ($end IS NULL OR i.shown_at < $end)
