@@ -22,6 +22,9 @@ RATING_MIN, RATING_MAX = 1, 10
 CATALOG_FIRST_YEAR, CATALOG_LAST_YEAR = 1950, 1999
 DEFAULT_K = 10
 SEED = 42
+# Collaborative-filtering model kinds `train`/`retrain` accept (core/training/models.py): ALS, BPR, EASE and the
+# ALS + EASE blend.
+CF_KINDS: tuple[str, ...] = ("als", "bpr", "ease", "blend")
 # ISO-8601 UTC, second resolution: sorts lexically, parsed by SQLite and DuckDB.
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S"
 SIM_START = "2026-01-01T00:00:00"

@@ -73,6 +73,9 @@ class Settings:
     # Ads (issue 25, docs/ads.md): the 1-based position of the one sponsored slot of each shown list (extra: the
     # organic list keeps its k titles); `RETRO_ADS_SLOT`, 1..101 (a list has at most 100 titles, bounds.LIMITS).
     ads_slot: int = 3
+    # EASE (Steck 2019) holds dense items × items matrices while it fits: a catalogue that would need more than
+    # this many MiB (`models.ease_memory_mb`) is refused before fitting (`RETRO_EASE_MAX_MEMORY_MB`).
+    ease_max_memory_mb: int = 4096
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -190,7 +193,8 @@ def _make_home(path: Path, create: bool) -> None:
 INT_RANGES = {"seed": (0, 2**32 - 1), "demo_users": (1, 10_000_000), "demo_movies": (10, 10_000_000),
               "demo_days": (0, 3650), "gate_min_users": (1, 10**9), "gate_staleness_days": (0, 36500),
               "gate_bootstrap_resamples": (10, 1_000_000), "drift_min_observations": (1, 10**9),
-              "explore_pool": (1, 100_000), "gate_min_ess": (1, 10**9), "ads_slot": (1, 101)}
+              "explore_pool": (1, 100_000), "gate_min_ess": (1, 10**9), "ads_slot": (1, 101),
+              "ease_max_memory_mb": (1, 10**8)}
 
 
 def load_settings(home: str | os.PathLike | None = None, *, create: bool = True) -> Settings:
@@ -206,7 +210,7 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
     overrides = {}
     for name in ("demo_users", "demo_movies", "demo_days", "seed", "gate_min_users", "gate_staleness_days",
                  "gate_bootstrap_resamples", "drift_min_observations", "explore_pool", "gate_min_ess",
-                 "impressions_per_minute", "server_max_connections", "ads_slot"):
+                 "impressions_per_minute", "server_max_connections", "ads_slot", "ease_max_memory_mb"):
         raw = os.environ.get(f"RETRO_{name.upper()}")
         if raw:
             try:

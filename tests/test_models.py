@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import RetroError, ValidationError
-from core.training.models import (ALSRecommender, BPRRecommender, ModelNotTrained, PopularityRecommender,
-    WeightedRatingRecommender, load_model)
+from core.training.models import (ALSRecommender, BlendRecommender, BPRRecommender, EASERecommender, ModelNotTrained,
+    PopularityRecommender, WeightedRatingRecommender, load_model)
 
 N_A, N_B, GROUP = 45, 15, 20
 N_USERS, N_ITEMS = N_A + N_B, 2 * GROUP
@@ -27,10 +27,16 @@ FACTORIES = {
     "als": lambda **kw: ALSRecommender(**{"factors": 32, "regularization": 5.0, "alpha": 2.0, **kw}),
     "bpr": lambda **kw: BPRRecommender(**{"factors": 16, "learning_rate": 0.05, "regularization": 0.01,
                                           "iterations": 100, **kw}),
+    "ease": lambda **kw: EASERecommender(**{"regularization": 5.0, **kw}),
+    "blend": lambda **kw: BlendRecommender(**{"factors": 16, "regularization": 5.0, "alpha": 2.0, "iterations": 10,
+                                              "ease_regularization": 5.0, **kw}),
     "popularity": lambda **kw: PopularityRecommender(),
     "weighted_rating": lambda **kw: WeightedRatingRecommender(RANKED),
 }
-PERSONALISED = ["als", "bpr"]
+PERSONALISED = ["als", "bpr", "ease", "blend"]
+FACTORISED = ["als", "bpr"]                     # models with user and item factors
+SMALL = {"als": {"factors": 3, "iterations": 5}, "bpr": {"factors": 3, "iterations": 5}, "ease": {},
+         "blend": {"factors": 3, "iterations": 5}}
 
 
 def make_checkerboard(seed: int = 0) -> sp.csr_matrix:
@@ -187,7 +193,7 @@ def test_bad_inputs_raise_validation_errors(fitted):
         model.recommend([0], m, k=0)
 
 
-@pytest.mark.parametrize("name", ["als", "bpr", "popularity"])
+@pytest.mark.parametrize("name", ["als", "bpr", "ease", "blend", "popularity"])
 def test_fit_on_empty_matrix_says_nothing_to_train_on(name):
     with pytest.raises(ValidationError, match="nothing to train on"):
         FACTORIES[name]().fit(sp.csr_matrix((3, 4), dtype=np.float32))
@@ -217,7 +223,7 @@ def interaction_matrix(draw):
 def test_seen_items_never_recommended_property(name, problem):
     m, k, ranked = problem
     model = WeightedRatingRecommender(ranked) if name == "weighted_rating" else \
-        FACTORIES[name](**({"factors": 3, "iterations": 5} if name in PERSONALISED else {}))
+        FACTORIES[name](**SMALL.get(name, {}))
     ids, scores = model.fit(m).recommend(np.arange(m.shape[0]), m, k=k)
     assert ids.shape == (m.shape[0], k)
     for u in range(m.shape[0]):
@@ -229,7 +235,7 @@ def test_seen_items_never_recommended_property(name, problem):
 
 # --- reproducibility --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", PERSONALISED)
+@pytest.mark.parametrize("name", FACTORISED)
 def test_same_seed_same_factors(name, checkerboard):
     a = FACTORIES[name](random_state=7).fit(checkerboard)
     b = FACTORIES[name](random_state=7).fit(checkerboard)
@@ -286,7 +292,7 @@ def test_als_explain_before_fit():
         ALSRecommender().explain(0, sp.csr_matrix((1, 1), dtype=np.float32), 0)
 
 
-@pytest.mark.parametrize("name", PERSONALISED)
+@pytest.mark.parametrize("name", FACTORISED)
 def test_drop_user_erases_factors_and_personal_list(name, checkerboard, tmp_path):
     model = FACTORIES[name]().fit(checkerboard)
     before = all_recs(model, checkerboard)[0]
@@ -308,7 +314,7 @@ def test_batch_recommend_for_3000_users_gives_full_unseen_lists():
     m = sp.csr_matrix((np.ones(nnz, np.float32), (rng.integers(0, n_users, nnz), rng.integers(0, n_items, nnz))),
                       shape=(n_users, n_items))
     m.data[:] = 1
-    for model in (ALSRecommender(iterations=3), PopularityRecommender()):
+    for model in (ALSRecommender(iterations=3), EASERecommender(), PopularityRecommender()):
         model.fit(m)
         ids, _ = model.recommend(np.arange(n_users), m, k=10)
         assert ids.shape == (n_users, 10) and (ids >= 0).all(), model.name

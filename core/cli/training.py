@@ -7,6 +7,7 @@ from dataclasses import replace
 from core import errors
 from core.cli import ID, MAX_HOLDOUT_DAYS, SEED, TEXT, arg, command, emit, float_in, int_in, progress
 from core.privacy import access
+from core.constants import CF_KINDS
 from core.settings import ENGINES
 
 ENGINE = arg("--engine", choices=list(ENGINES), default=None,
@@ -45,7 +46,7 @@ def etl_line(result: dict) -> str:
 
 
 @command("train", help="train and evaluate one model (no promotion)", args=[
-    arg("--model", choices=["als", "bpr"], default="als"),
+    arg("--model", choices=list(CF_KINDS), default="als"),
     arg("--seed", type=SEED, help="random seed (default: settings seed 42)"),
     arg("--holdout-days", type=int_in(1, MAX_HOLDOUT_DAYS, "--holdout-days"), default=3),
     ENGINE,
@@ -86,7 +87,7 @@ def cmd_evaluate(args, settings):
 
 
 @command("retrain", help="ETL → train → evaluate → gate → promote (or start a canary)", args=[
-    arg("--model", choices=["als", "bpr"], default="als"),
+    arg("--model", choices=list(CF_KINDS), default="als"),
     arg("--seed", type=SEED),
     arg("--margin", type=float_in(0, 1, "--margin"), default=0.0,
         help="tolerance 0..1: how far below 0 the lower bound of the 90%% interval of the nDCG@10 "

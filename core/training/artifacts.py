@@ -183,7 +183,8 @@ def staged_hash(directory: Path, staging: Path | None = None) -> str:
 def erase_user(settings: Settings, user_key: str, commit) -> dict:
     """Erase the pseudonym's rows from every CF bundle that holds it; returns counts.
 
-    Per bundle: the user's factors zeroed (`drop_user`), their training-matrix row emptied and the key
+    Per bundle: the user's factors zeroed (`drop_user`) and, for EASE, their rows taken out of the Gram matrix
+    and the item-item weights re-solved (`forget`), their training-matrix row emptied and the key
     replaced by '' in mapping.npz, all written aside (`STAGING`); `commit(directory, staging)` then swaps
     them in (the caller's crash-safe protocol: see `replace_staged`) and returns registry rows updated.
     Returns {'bundles', 'rows_erased', 'registry_hashes_updated'}.
@@ -199,11 +200,13 @@ def erase_user(settings: Settings, user_key: str, commit) -> dict:
             continue
         staging = _staging(directory)
         model = load_model(directory)
+        ui = sp.load_npz(directory / "user_items.npz").tocsr()
+        if hasattr(model, "forget"):       # EASE (and the blend's EASE part): the rows leave the Gram matrix
+            model.forget(ui[rows])
         if hasattr(model, "drop_user"):
             for row in rows:
                 model.drop_user(int(row))
         model.save(staging)
-        ui = sp.load_npz(directory / "user_items.npz").tocsr()
         for row in rows:
             ui.data[ui.indptr[row]:ui.indptr[row + 1]] = 0
         ui.eliminate_zeros()

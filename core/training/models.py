@@ -431,8 +431,363 @@ class BPRRecommender(_MatrixFactorization):
             iterations=self.iterations, random_state=self.random_state, num_threads=self.num_threads)
 
 
+# --- item-based closed form (EASE) and its blend with ALS -------------------------------------------------------
+DEFAULT_EASE_MAX_MEMORY_MB = 4096      # the settings' default (`Settings.ease_max_memory_mb`)
+_SCORE_CHUNK = 1024                    # users scored at once: a chunk × items dense block
+
+
+class CatalogueTooLarge(ValidationError):
+    """The catalogue needs dense items × items matrices larger than the configured memory limit."""
+
+
+def ease_memory_mb(n_items: int) -> float:
+    """MiB that fitting EASE on `n_items` columns needs: three dense float64 items × items matrices at once (the
+    Gram matrix, its regularized inverse and the weights), 24·n² bytes. 1,500 items: 51 MiB; 9,742: 2,172 MiB."""
+    return 24.0 * float(n_items) ** 2 / 2**20
+
+
+def check_ease_memory(n_items: int, max_memory_mb: float) -> None:
+    """Raise `CatalogueTooLarge` (before any allocation) when EASE on `n_items` would exceed the limit."""
+    need = ease_memory_mb(n_items)
+    if need > max_memory_mb:
+        raise CatalogueTooLarge(
+            f"EASE on {n_items:,} items needs about {need:,.0f} MiB for its dense item-item matrices, over the "
+            f"limit of {max_memory_mb:,.0f} MiB: raise RETRO_EASE_MAX_MEMORY_MB if the machine has the memory, "
+            "or train als (its memory grows with factors × items, not items²)")
+
+
+def ease_weights(gram: np.ndarray, regularization: float) -> np.ndarray:
+    """EASE's item-item weights (Steck 2019, eq. 8): P = (G + λI)⁻¹, B = I − P·diag(1/diag(P)), so
+    B_ij = −P_ij / P_jj off the diagonal and diag(B) = 0. `gram` = XᵀX (items × items); returns float64."""
+    n = gram.shape[0]
+    P = np.array(gram, dtype=np.float64)
+    P[np.diag_indices(n)] += float(regularization)
+    P = np.linalg.inv(P)
+    B = P / (-np.diag(P))                   # column j divided by −P_jj
+    B[np.diag_indices(n)] = 0.0
+    return B
+
+
+def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
+    """Users × items 0/1 (float64): EASE, like Steck's, learns from who interacted, not how strongly."""
+    x = sp.csr_matrix(user_items, dtype=np.float64, copy=True)
+    x.data = (x.data > 0).astype(np.float64)
+    x.eliminate_zeros()
+    return x
+
+
+def _top_k(scores: np.ndarray, seen: sp.csr_matrix | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k columns of each row of a dense score block (ties: lower column first), seen items excluded."""
+    scores = np.array(scores, dtype=np.float64)
+    if seen is not None and seen.nnz:
+        r = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
+        scores[r, seen.indices] = -np.inf
+    n_items = scores.shape[1]
+    N = min(k, n_items)
+    part = np.argpartition(-scores, N - 1, axis=1)[:, :N] if N < n_items else np.tile(np.arange(n_items), (len(scores), 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    ids = np.full((len(scores), k), PAD_ID, dtype=np.int64)
+    out = np.full((len(scores), k), PAD_SCORE, dtype=np.float32)
+    ids[:, :N] = np.take_along_axis(part, order, axis=1)
+    out[:, :N] = np.take_along_axis(part_scores, order, axis=1)
+    return ids, out
+
+
+class EASERecommender(Recommender):
+    """EASE, an item-item model in closed form (Steck 2019, "Embarrassingly Shallow Autoencoders").
+
+    B = argmin ‖X − XB‖² + λ‖B‖² subject to diag(B) = 0, solved by B = I − P·diag(1/diag(P)) with
+    P = (XᵀX + λI)⁻¹; X is the users × items matrix made binary. A user's score of item j is x_u · B[:, j]: the
+    sum over the titles they watched of the learned weight towards j, so an explanation is exact (the watched
+    titles' weights add up to the score) and the model holds no per-user state. The Gram matrix XᵀX is kept
+    (`gram_`) so an erasure can take a user's rows out of it (`forget`) and re-solve B without refitting.
+
+    Memory: dense items × items matrices (`ease_memory_mb`); `fit` raises `CatalogueTooLarge` before allocating
+    when that exceeds `max_memory_mb` (the settings' `ease_max_memory_mb`). The default λ was picked by
+    ``benchmarks/bench_movielens.py --tune`` (validation nDCG@10 on a split of TRAIN).
+    """
+
+    name = "ease"
+
+    def __init__(self, regularization: float = 200.0, random_state: int = SEED,
+                 max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB):
+        self.regularization = regularization
+        self.random_state = random_state           # unused (closed form); accepted like every model's
+        self.max_memory_mb = max_memory_mb
+
+    def params(self):
+        return {"regularization": self.regularization, "random_state": self.random_state,
+                "max_memory_mb": self.max_memory_mb}
+
+    def fit(self, user_items):
+        user_items = _check_matrix(user_items, for_fit=True)
+        if not self.regularization > 0:
+            raise ValidationError(f"EASE's regularization must be > 0, got {self.regularization!r}")
+        check_ease_memory(user_items.shape[1], self.max_memory_mb)
+        t0 = time.perf_counter()
+        pin_blas()
+        x = _binary(user_items)
+        gram = (x.T @ x).toarray()
+        self.gram_ = gram
+        self.weights_ = ease_weights(gram, self.regularization).astype(np.float32)
+        self.n_items_ = user_items.shape[1]
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def forget(self, user_rows: sp.csr_matrix) -> None:
+        """Take these users' rows (users × items, as in the training matrix) out of the Gram matrix and re-solve
+        the weights: the model is then the one fitted without them (privacy erasure)."""
+        self._check_fitted()
+        x = _binary(_check_matrix(user_rows, self.n_items_))
+        if not x.nnz:
+            return
+        pin_blas()
+        self.gram_ = np.asarray(self.gram_, dtype=np.float64) - (x.T @ x).toarray()
+        self.weights_ = ease_weights(self.gram_, self.regularization).astype(np.float32)
+
+    def user_scores(self, seen: sp.csr_matrix) -> np.ndarray:
+        """Dense scores (users of `seen` × items) = X_seen · B."""
+        self._check_fitted()
+        return np.asarray(_binary(seen) @ self.weights_, dtype=np.float64)
+
+    def _recommend(self, user_rows, seen, k, filter_seen):
+        ids = np.full((len(user_rows), k), PAD_ID, dtype=np.int64)
+        scores = np.full((len(user_rows), k), PAD_SCORE, dtype=np.float32)
+        pin_blas()
+        for start in range(0, len(user_rows), _SCORE_CHUNK):
+            block = seen[start:start + _SCORE_CHUNK]
+            ids[start:start + _SCORE_CHUNK], scores[start:start + _SCORE_CHUNK] = _top_k(
+                self.user_scores(block), block if filter_seen else None, k)
+        empty = np.diff(seen.indptr) == 0        # no history (an erased row): no personalised list
+        ids[empty], scores[empty] = PAD_ID, PAD_SCORE
+        return ids, scores
+
+    def score_items(self, user_row, item_ids, user_items):
+        self._check_fitted()
+        row = _binary(_check_matrix(user_items, self.n_items_)[int(user_row)])
+        return np.asarray(row @ self.weights_[:, np.asarray(item_ids, dtype=np.int64)]).ravel().astype(np.float32)
+
+    def explain(self, user_row: int, user_items: sp.csr_matrix, item_id: int, n: int = 5) -> list[tuple[int, float]]:
+        """The user's watched titles with the largest weight towards ``item_id``, as (item_id, contribution)."""
+        return self.explain_score(user_row, user_items, item_id, n)[1]
+
+    def explain_score(self, user_row: int, user_items: sp.csr_matrix, item_id: int,
+                      n: int = 5) -> tuple[float, list[tuple[int, float]]]:
+        """(score, top-n contributions): the score is the sum of B[i, item_id] over the user's titles i, exactly
+        what ``recommend`` ranks by; contributions are those weights, largest first."""
+        self._check_fitted()
+        user_items = _check_matrix(user_items, self.n_items_)
+        row = user_items[int(user_row)]
+        own = row.indices[row.data > 0]
+        weights = self.weights_[own, int(item_id)].astype(np.float64)
+        order = np.lexsort((own, -weights))[:n]
+        return float(weights.sum()), [(int(own[i]), float(weights[i])) for i in order]
+
+    def _arrays(self):
+        # the Gram matrix holds co-occurrence counts (integers): float32 is exact below 2**24 users
+        return {"weights": self.weights_, "gram": np.asarray(self.gram_, dtype=np.float32)}
+
+    def _set_arrays(self, arrays, meta):
+        self.weights_ = arrays["weights"].astype(np.float32)
+        self.gram_ = arrays["gram"].astype(np.float64)
+        self.n_items_ = int(meta["n_items"])
+
+
+def _standardize(scores: np.ndarray) -> np.ndarray:
+    """Each row to mean 0, standard deviation 1 over the items (a constant row becomes 0)."""
+    mean = scores.mean(axis=1, keepdims=True)
+    std = scores.std(axis=1, keepdims=True)
+    return (scores - mean) / np.where(std > 0, std, 1.0)
+
+
+def validation_split(user_items: sp.csr_matrix, share: float, seed: int) -> tuple[sp.csr_matrix, list[set]]:
+    """Per user, a seeded random `share` of their interactions held out (users with ≥ 2; at least one kept):
+    (the rest as users × items, held-out item columns per user row). Reads only `user_items`."""
+    x = sp.csr_matrix(user_items, copy=True)
+    x.eliminate_zeros()
+    rng = np.random.default_rng(seed)
+    held: list[set] = [set() for _ in range(x.shape[0])]
+    drop = np.zeros(x.nnz, dtype=bool)
+    for u in range(x.shape[0]):
+        lo, hi = x.indptr[u], x.indptr[u + 1]
+        n = hi - lo
+        n_val = min(int(round(share * n)), n - 1)
+        if n_val < 1:
+            continue
+        picked = lo + rng.choice(n, size=n_val, replace=False)
+        drop[picked] = True
+        held[u] = set(x.indices[picked].tolist())
+    fit = x.copy()
+    fit.data[drop] = 0
+    fit.eliminate_zeros()
+    return fit, held
+
+
+class BlendRecommender(Recommender):
+    """A score fusion of ALS and EASE: s = (1 − w)·z(ALS) + w·z(EASE), each model's scores standardized per
+    user over the catalogue (their scales differ: dot products of factors vs sums of item weights).
+
+    ``weight=None`` (default) chooses w in ``WEIGHTS`` on a validation split carved from the matrix given to
+    ``fit`` (`validation_split`, ``validation_share`` of each user's interactions, seeded): both models are fitted
+    on the rest, w maximizes validation nDCG@10 (ties: the smaller w), then both are refitted on the whole
+    matrix. Nothing outside that matrix is read, so the pipeline's holdout cannot steer w. ``weight_`` is the
+    chosen w, ``validation_`` the nDCG@10 of every w tried (empty, and w = 0.5, when no user has two interactions
+    to split). Explanations add each watched title's ALS and EASE parts on the fused scale.
+    """
+
+    name = "blend"
+    WEIGHTS = tuple(i / 10 for i in range(11))
+
+    def __init__(self, factors: int = 128, regularization: float = 20.0, alpha: float = 2.0, iterations: int = 15,
+                 ease_regularization: float = 200.0, weight: float | None = None, validation_share: float = 0.2,
+                 random_state: int = SEED, num_threads: int = 1, max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB):
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.ease_regularization = ease_regularization
+        self.weight = weight
+        self.validation_share = validation_share
+        self.random_state = random_state
+        self.num_threads = num_threads
+        self.max_memory_mb = max_memory_mb
+
+    def params(self):
+        return {"factors": self.factors, "regularization": self.regularization, "alpha": self.alpha,
+                "iterations": self.iterations, "ease_regularization": self.ease_regularization, "weight": self.weight,
+                "validation_share": self.validation_share, "random_state": self.random_state,
+                "num_threads": self.num_threads, "max_memory_mb": self.max_memory_mb}
+
+    def _parts(self) -> tuple[ALSRecommender, EASERecommender]:
+        return (ALSRecommender(factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+                               iterations=self.iterations, random_state=self.random_state,
+                               num_threads=self.num_threads),
+                EASERecommender(self.ease_regularization, max_memory_mb=self.max_memory_mb))
+
+    @staticmethod
+    def fused(als_scores: np.ndarray, ease_scores: np.ndarray, weight: float) -> np.ndarray:
+        return (1.0 - weight) * _standardize(als_scores) + weight * _standardize(ease_scores)
+
+    def choose_weight(self, user_items: sp.csr_matrix) -> tuple[float, dict]:
+        """(w, {w: validation nDCG@10}) from a validation split of `user_items` only."""
+        from core.training.metrics import ndcg_at_k
+        fit, held = validation_split(user_items, self.validation_share, self.random_state)
+        users = np.array([u for u, h in enumerate(held) if h], dtype=np.int64)
+        if not len(users):           # nobody with two interactions: nothing to validate on, an even blend
+            return 0.5, {}
+        als, ease = self._parts()
+        als.fit(fit)
+        ease.fit(fit)
+        seen = _seen_rows(fit, users)
+        a = als.user_factors_[users] @ als.item_factors_.T
+        e = ease.user_scores(seen)
+        relevant = [held[u] for u in users]
+        curve = {float(w): ndcg_at_k(_top_k(self.fused(a, e, w), seen, DEFAULT_K)[0], relevant, DEFAULT_K)
+                 for w in self.WEIGHTS}
+        best = max(curve.values())
+        return min(w for w, v in curve.items() if v >= best), curve
+
+    def fit(self, user_items):
+        user_items = _check_matrix(user_items, for_fit=True)
+        check_ease_memory(user_items.shape[1], self.max_memory_mb)
+        t0 = time.perf_counter()
+        if self.weight is None:
+            self.weight_, self.validation_ = self.choose_weight(user_items)
+        else:
+            if not 0.0 <= float(self.weight) <= 1.0:
+                raise ValidationError(f"the blend's weight must lie in [0, 1], got {self.weight!r}")
+            self.weight_, self.validation_ = float(self.weight), {}
+        self.als_, self.ease_ = self._parts()
+        self.als_.fit(user_items)
+        self.ease_.fit(user_items)
+        self.n_items_ = user_items.shape[1]
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _recommend(self, user_rows, seen, k, filter_seen):
+        n_users = self.als_.user_factors_.shape[0]
+        if user_rows.size and user_rows.max() >= n_users:
+            raise ValidationError(f"user row {int(user_rows.max())} is not in the model (trained on {n_users} "
+                                  "users); retrain to include new users")
+        ids = np.full((len(user_rows), k), PAD_ID, dtype=np.int64)
+        scores = np.full((len(user_rows), k), PAD_SCORE, dtype=np.float32)
+        pin_blas()
+        items = np.asarray(self.als_.item_factors_)
+        for start in range(0, len(user_rows), _SCORE_CHUNK):
+            rows, block = user_rows[start:start + _SCORE_CHUNK], seen[start:start + _SCORE_CHUNK]
+            fused = self.fused(np.asarray(self.als_.user_factors_)[rows] @ items.T, self.ease_.user_scores(block),
+                               self.weight_)
+            ids[start:start + len(rows)], scores[start:start + len(rows)] = _top_k(
+                fused, block if filter_seen else None, k)
+        gone = (np.diff(seen.indptr) == 0) & ~np.asarray(self.als_.user_factors_)[user_rows].any(axis=1)
+        ids[gone], scores[gone] = PAD_ID, PAD_SCORE
+        return ids, scores
+
+    def score_items(self, user_row, item_ids, user_items):
+        self._check_fitted()
+        user_items = _check_matrix(user_items, self.n_items_)
+        row = int(user_row)
+        a = (np.asarray(self.als_.user_factors_)[row] @ np.asarray(self.als_.item_factors_).T)[None, :]
+        e = self.ease_.user_scores(user_items[row])
+        return self.fused(a, e, self.weight_)[0, np.asarray(item_ids, dtype=np.int64)].astype(np.float32)
+
+    def explain_score(self, user_row: int, user_items: sp.csr_matrix, item_id: int,
+                      n: int = 5) -> tuple[float, list[tuple[int, float]]]:
+        """(blended score, top-n contributions): each watched title's contribution is the weight of the blend on
+        it — its EASE weight towards the item, standardized like EASE's scores, times w, plus its ALS contribution,
+        standardized like ALS's scores, times 1 − w."""
+        self._check_fitted()
+        user_items = _check_matrix(user_items, self.n_items_)
+        row = int(user_row)
+        a_all = np.asarray(self.als_.user_factors_)[row] @ np.asarray(self.als_.item_factors_).T
+        e_all = self.ease_.user_scores(user_items[row])[0]
+        a_std, e_std = a_all.std() or 1.0, e_all.std() or 1.0
+        _, als_parts = self.als_.explain_score(row, user_items, item_id, n=user_items[row].nnz or 1)
+        _, ease_parts = self.ease_.explain_score(row, user_items, item_id, n=user_items[row].nnz or 1)
+        contrib: dict[int, float] = {}
+        for i, v in als_parts:
+            contrib[i] = contrib.get(i, 0.0) + (1 - self.weight_) * v / a_std
+        for i, v in ease_parts:
+            contrib[i] = contrib.get(i, 0.0) + self.weight_ * v / e_std
+        top = [(int(i), float(v)) for i, v in sorted(contrib.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+        total = float(self.score_items(row, [int(item_id)], user_items)[0])
+        return total, top
+
+    def drop_user(self, user_row: int) -> None:
+        """Zero the user's ALS factors (the EASE part forgets them through `forget`)."""
+        self._check_fitted()
+        self.als_.drop_user(user_row)
+
+    def forget(self, user_rows: sp.csr_matrix) -> None:
+        self._check_fitted()
+        self.ease_.forget(user_rows)
+
+    def save(self, directory: Path) -> dict:
+        """As every model, plus the chosen weight and the validation curve in model.json."""
+        meta = super().save(directory) | {"weight": self.weight_,
+                                          "validation": {str(w): v for w, v in self.validation_.items()}}
+        (Path(directory) / "model.json").write_text(json.dumps(meta, indent=2))
+        private_tree(Path(directory))
+        return meta
+
+    def _arrays(self):
+        return {"user_factors": np.asarray(self.als_.user_factors_), "item_factors": np.asarray(self.als_.item_factors_),
+                "ease_weights": self.ease_.weights_, "ease_gram": np.asarray(self.ease_.gram_, dtype=np.float32),
+                "blend_weight": np.array([self.weight_])}
+
+    def _set_arrays(self, arrays, meta):
+        self.als_, self.ease_ = self._parts()
+        self.als_._set_arrays({"user_factors": arrays["user_factors"], "item_factors": arrays["item_factors"]}, meta)
+        self.ease_._set_arrays({"weights": arrays["ease_weights"], "gram": arrays["ease_gram"]}, meta)
+        self.weight_ = float(arrays["blend_weight"][0])
+        self.validation_ = meta.get("validation") or {}
+        self.n_items_ = int(meta["n_items"])
+
+
 MODELS: dict[str, type[Recommender]] = {
-    cls.name: cls for cls in (ALSRecommender, BPRRecommender, PopularityRecommender, WeightedRatingRecommender)
+    cls.name: cls for cls in (ALSRecommender, BPRRecommender, EASERecommender, BlendRecommender, PopularityRecommender,
+                              WeightedRatingRecommender)
 }
 
 

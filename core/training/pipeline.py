@@ -7,6 +7,7 @@ bundle is saved and the gate has passed.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -18,10 +19,10 @@ from core.warehouse import dataset, etl
 from core.training import gate, registry, tracking
 from core.store import locks
 from core.training.artifacts import load_bundle, save_bundle
-from core.constants import DEFAULT_K
+from core.constants import CF_KINDS, DEFAULT_K
 from core.errors import RetroError, ValidationError
 from core.filemodes import private_dir
-from core.training.models import MODELS, PopularityRecommender, WeightedRatingRecommender
+from core.training.models import MODELS, PopularityRecommender, WeightedRatingRecommender, check_ease_memory
 from core.training.spark_als import SparkALSRecommender
 from core.settings import Settings
 from core.training.evaluation import (HOLDOUT_DAYS, production_staleness, refit_production_config, same_as,
@@ -30,7 +31,7 @@ from core.training.evaluation import (HOLDOUT_DAYS, production_staleness, refit_
 from core.training.evaluation import data_version_label, evaluate_version  # noqa: F401 - the names callers knew here
 
 Progress = Callable[[float, str], None]
-CF_KINDS = ("als", "bpr")
+DENSE_KINDS = ("ease", "blend")      # dense items × items matrices: the settings' ease_max_memory_mb applies
 GATE_MARGIN = 0.0
 
 
@@ -78,6 +79,8 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     seed = settings.seed if seed is None else int(seed)
     estimator_cls = _estimator_class(settings, model)
     params = dict(params or {})
+    if model in DENSE_KINDS:      # refuse a catalogue too large for the dense item-item matrices before any work
+        check_ease_memory(catalogue_size(settings), settings.ease_max_memory_mb)
     try:
         probe = estimator_cls(**params, random_state=seed)
     except TypeError as exc:
@@ -166,9 +169,19 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
                        comparison, staleness, same, yardstick)
 
 
+def catalogue_size(settings: Settings) -> int:
+    """Titles in the warehouse's catalogue: the item columns a model trained now would have."""
+    from core.warehouse import warehouse
+    with warehouse.session(settings) as con:
+        return int(con.execute("SELECT count(*) FROM dim_movie").fetchone()[0])
+
+
 def _estimator_class(settings: Settings, model: str):
-    """The estimator of `model` on the settings' engine: `implicit`'s (embedded) or MLlib ALS (spark)."""
+    """The estimator of `model` on the settings' engine: `implicit`'s (embedded) or MLlib ALS (spark). EASE and
+    the blend get the settings' memory limit for their dense item-item matrices."""
     if settings.engine != "spark":
+        if model in DENSE_KINDS:
+            return functools.partial(MODELS[model], max_memory_mb=settings.ease_max_memory_mb)
         return MODELS[model]
     if model != "als":
         raise ValidationError(f"the Spark engine trains als only (MLlib ALS), not {model!r}; "

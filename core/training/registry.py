@@ -4,7 +4,7 @@ A finished run is registered as a 'candidate' version; `promote` makes a
 version 'production' and archives the one it replaces; `rollback` brings back
 the version that served before the current one. Production is unique per
 *family* — models that answer the same question and replace each other:
-'cf' (collaborative filtering: 'als', 'bpr'), 'ranker' (a re-ranking model
+'cf' (collaborative filtering: 'als', 'bpr', 'ease', 'blend'), 'ranker' (a re-ranking model
 that `depends_on` a cf version) and 'churn' (who is about to leave; `depends_on` the cf version serving when
 it was trained, since one of its features is how users respond to the served lists) and 'ads' (click-through of a
 sponsored slot; `depends_on` the cf version whose genre affinities it was trained with, the churn version in its
@@ -29,7 +29,7 @@ CF = "cf"
 RANKER = "ranker"
 CHURN = "churn"
 ADS = "ads"
-MODEL_FAMILIES: dict[str, str] = {"als": CF, "bpr": CF, "ranker": RANKER, "churn_gb": CHURN, "ads_gb": ADS}
+MODEL_FAMILIES: dict[str, str] = {"als": CF, "bpr": CF, "ease": CF, "blend": CF, "ranker": RANKER, "churn_gb": CHURN, "ads_gb": ADS}
 FAMILIES = (CF, RANKER, CHURN, ADS)
 STAGES = ("candidate", "production", "archived")
 PIPELINE_ACTOR = "pipeline"

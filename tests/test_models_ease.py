@@ -1,0 +1,206 @@
+"""EASE (Steck 2019) and the ALS + EASE blend: the closed form against a 4 × 5 example worked out with numpy and
+column by column as ridge regressions, exact explanations, erasure equal to a fit without the user, the memory
+limit, and both through the pipeline, the registry, serving and governance."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import private_copy
+
+from core.training import artifacts, models
+from core.training.models import BlendRecommender, CatalogueTooLarge, EASERecommender, load_model
+
+# 4 users × 5 items (rows: users, columns: items)
+X = np.array([[1, 1, 0, 0, 0],
+              [1, 1, 1, 0, 0],
+              [0, 1, 1, 1, 0],
+              [0, 0, 0, 1, 1]], dtype=np.float32)
+LAM = 1.0
+
+
+def ease_by_formula(x: np.ndarray, lam: float) -> np.ndarray:
+    """B = I − P·diag(1/diag(P)), P = (XᵀX + λI)⁻¹, written out in numpy."""
+    P = np.linalg.inv(x.T.astype(float) @ x + lam * np.eye(x.shape[1]))
+    return np.eye(x.shape[1]) - P @ np.diag(1 / np.diag(P))
+
+
+def ease_by_ridge(x: np.ndarray, lam: float) -> np.ndarray:
+    """Column j of B: the ridge regression of item j on the other items (diag(B) = 0 by construction)."""
+    n = x.shape[1]
+    B = np.zeros((n, n))
+    for j in range(n):
+        others = [i for i in range(n) if i != j]
+        A = x[:, others].astype(float)
+        B[others, j] = np.linalg.solve(A.T @ A + lam * np.eye(n - 1), A.T @ x[:, j])
+    return B
+
+
+def test_the_gram_matrix_by_hand():
+    # co-occurrence counts: item 1 with 0 (users 0, 1), 2 (users 1, 2), 3 (user 2); item 3 with 4 (user 3) …
+    assert (X.T @ X).tolist() == [[2, 2, 1, 0, 0], [2, 3, 2, 1, 0], [1, 2, 2, 1, 0], [0, 1, 1, 2, 1], [0, 0, 0, 1, 1]]
+    assert EASERecommender(LAM).fit(sp.csr_matrix(X)).gram_.tolist() == (X.T @ X).tolist()
+
+
+def test_weights_equal_the_closed_form_and_the_ridge_regressions():
+    model = EASERecommender(LAM).fit(sp.csr_matrix(X))
+    formula, ridge = ease_by_formula(X, LAM), ease_by_ridge(X, LAM)
+    np.testing.assert_allclose(formula, ridge, atol=1e-12)      # the two derivations agree
+    np.testing.assert_allclose(model.weights_, formula, atol=1e-6)
+    assert (np.diag(model.weights_) == 0).all()
+    # Column 4 by hand: regress x4 = (0, 0, 0, 1) on items 0..3 with λ = 1, i.e. solve
+    # [[3,2,1,0],[2,4,2,1],[1,2,3,1],[0,1,1,3]] β = (0, 0, 0, 1): β = (1/10, −1/10, −1/10, 2/5).
+    np.testing.assert_allclose(model.weights_[:, 4], [0.1, -0.1, -0.1, 0.4, 0.0], atol=1e-6)
+    # Row 0 (how much watching item 0 adds to each item): (0, 9/17, 1/17, −1/4, 1/10).
+    np.testing.assert_allclose(model.weights_[0], [0, 9 / 17, 1 / 17, -0.25, 0.1], atol=1e-6)
+
+
+def test_scores_lists_and_explanations_follow_the_weights():
+    m = sp.csr_matrix(X)
+    model = EASERecommender(LAM).fit(m)
+    B = ease_by_formula(X, LAM)
+    scores = X @ B                                               # x_u · B
+    ids, got = model.recommend(np.arange(4), m, k=5)
+    for u in range(4):
+        listed = ids[u][ids[u] >= 0]
+        assert set(listed.tolist()) == {i for i in range(5) if X[u, i] == 0}     # every unseen item, no seen one
+        np.testing.assert_allclose(got[u][: len(listed)], scores[u][listed], atol=1e-5)
+        assert (np.diff(got[u][: len(listed)]) <= 1e-6).all()                 # best first
+    # user 0 watched items 0 and 1: item 2 comes first with B[0, 2] + B[1, 2] = 1/17 + 7/17 = 8/17; items 3 and 4
+    # score −1/4 + 1/4 = 0 and 1/10 − 1/10 = 0
+    assert ids[0][0] == 2 and got[0][0] == pytest.approx(8 / 17, abs=1e-6)
+    np.testing.assert_allclose(got[0][1:3], [0, 0], atol=1e-6)
+    total, parts = model.explain_score(0, m, 2, n=5)
+    assert total == pytest.approx(8 / 17, abs=1e-6)
+    assert [(i, round(v, 6)) for i, v in parts] == [(1, round(7 / 17, 6)), (0, round(1 / 17, 6))]
+    assert model.score_items(0, [2], m)[0] == pytest.approx(total, abs=1e-6)
+
+
+def test_save_load_keeps_weights_and_gram(tmp_path):
+    model = EASERecommender(LAM).fit(sp.csr_matrix(X))
+    model.save(tmp_path)
+    loaded = load_model(tmp_path)
+    assert isinstance(loaded, EASERecommender) and loaded.params() == model.params()
+    np.testing.assert_array_equal(loaded.weights_, model.weights_)
+    np.testing.assert_array_equal(loaded.gram_, X.T @ X)
+
+
+def test_forgetting_a_user_equals_a_fit_without_them():
+    m = sp.csr_matrix(X)
+    model = EASERecommender(LAM).fit(m)
+    model.forget(m[[1]])
+    without = EASERecommender(LAM).fit(sp.csr_matrix(np.delete(X, 1, axis=0)))
+    np.testing.assert_array_equal(model.gram_, without.gram_)
+    np.testing.assert_allclose(model.weights_, without.weights_, atol=1e-6)
+    np.testing.assert_allclose(model.weights_, ease_by_formula(np.delete(X, 1, axis=0), LAM), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ease", "blend"])
+def test_erasing_a_user_from_a_bundle_equals_a_fit_without_them(tmp_path, kind):
+    """Through artifacts.erase_user (what a privacy request runs): the bundle's EASE weights become those of a fit
+    on the other users, the row is emptied and the pseudonym gone."""
+    from core.settings import load_settings
+    from core.warehouse.dataset import Matrix
+    rng = np.random.default_rng(3)
+    dense = (rng.random((30, 12)) < 0.3).astype(np.float32)
+    dense[7, :4] = 1
+    m = sp.csr_matrix(dense)
+    make = {"ease": lambda: EASERecommender(3.0),
+            "blend": lambda: BlendRecommender(factors=4, iterations=3, ease_regularization=3.0, weight=0.5)}[kind]
+    s = load_settings(tmp_path / "home")
+    keys = np.array([f"k{i}" for i in range(30)], dtype=object)
+    artifacts.save_bundle(s.models_dir / "run-1", make().fit(m), Matrix(m, keys, np.arange(12)), {"run_id": 1})
+
+    def commit(directory, staging):
+        artifacts.replace_staged(staging, directory)
+        return 0
+    assert artifacts.erase_user(s, "k7", commit)["rows_erased"] == 1
+    bundle = artifacts.load_bundle(s.models_dir / "run-1")
+    ease = bundle.model if kind == "ease" else bundle.model.ease_
+    expected = EASERecommender(3.0).fit(sp.csr_matrix(np.delete(dense, 7, axis=0)))
+    np.testing.assert_allclose(ease.weights_, expected.weights_, atol=1e-6)
+    np.testing.assert_array_equal(ease.gram_, expected.gram_)
+    assert bundle.matrix.user_items[7].nnz == 0 and "k7" not in set(bundle.matrix.user_keys)
+    assert (bundle.model.recommend([7], bundle.matrix.user_items, k=3)[0] == -1).all()
+
+
+def test_a_catalogue_too_large_is_refused_before_fitting(monkeypatch):
+    monkeypatch.setattr(models, "ease_weights", lambda *a: pytest.fail("fitted despite the limit"))
+    m = sp.csr_matrix(np.ones((3, 300), dtype=np.float32))         # 24 · 300² bytes = 2.06 MiB
+    assert models.ease_memory_mb(300) == pytest.approx(24 * 300 ** 2 / 2 ** 20)
+    with pytest.raises(CatalogueTooLarge, match=r"300 items needs about 2 MiB.*limit of 1 MiB.*RETRO_EASE_MAX_MEMORY_MB"):
+        EASERecommender(max_memory_mb=1).fit(m)
+    with pytest.raises(CatalogueTooLarge):
+        BlendRecommender(max_memory_mb=1).fit(m)
+
+
+def test_the_blend_fuses_standardized_scores():
+    a = np.array([[1.0, 2.0, 3.0]])
+    e = np.array([[30.0, 10.0, 20.0]])
+    z = lambda v: (v - v.mean()) / v.std()                        # noqa: E731
+    np.testing.assert_allclose(BlendRecommender.fused(a, e, 0.25), 0.75 * z(a) + 0.25 * z(e))
+    np.testing.assert_allclose(BlendRecommender.fused(a, e, 0.0), z(a))
+    np.testing.assert_allclose(BlendRecommender.fused(a, e, 1.0), z(e))
+
+
+def test_the_validation_split_reads_only_the_matrix_and_keeps_a_title_per_user():
+    rng = np.random.default_rng(0)
+    m = sp.csr_matrix((rng.random((50, 40)) < 0.2).astype(np.float32))
+    fit, held = models.validation_split(m, 0.2, 42)
+    for u in range(50):
+        own = set(m[u].indices.tolist())
+        assert held[u] <= own and not held[u] & set(fit[u].indices.tolist())
+        assert set(fit[u].indices.tolist()) | held[u] == own and (fit[u].nnz >= 1 or not own)
+    again = models.validation_split(m, 0.2, 42)
+    assert again[1] == held
+
+
+# ------------------------------------------------------------------ through the platform
+@pytest.fixture(scope="module")
+def ease_world(cf_world, tmp_path_factory):
+    from core.training import pipeline, registry
+    s = private_copy(cf_world, tmp_path_factory.mktemp("ease"))
+    trained = pipeline.train(s, "ease", seed=3)
+    v = registry.register(s, trained.run_id)
+    registry.promote(s, v, "t", "EASE for the test", force=True)
+    return s, v, trained
+
+
+def test_ease_trains_registers_and_serves(ease_world):
+    from core.serving import serving
+    from core.training import registry
+    s, v, trained = ease_world
+    prod = registry.production(s)
+    assert (prod["version"], prod["model_kind"], prod["family"]) == (v, "ease", "cf")
+    assert trained.metrics["ndcg@10"] > trained.baselines["popularity"]["ndcg@10"]
+    recs = serving.recommend_many(s, range(1, 60), log=False)
+    served = [r for r in recs.values() if r.path == "model"]
+    assert served and all(r.model_version == v and len(r.movie_ids) == 10 for r in served)
+
+
+def test_ease_explains_with_the_watched_titles_weights(ease_world):
+    from core.governance import explain
+    from core.serving import serving
+    from core.training import registry
+    s, v, _ = ease_world
+    uid, rec = next((u, r) for u, r in serving.recommend_many(s, range(1, 60), log=False).items() if r.path == "model")
+    e = explain.explain(s, uid, rec.movie_ids[0])
+    assert e["cf_model_kind"] == "ease" and e["because_you_watched"]
+    bundle = artifacts.load_bundle(registry.production(s)["artifact_path"])
+    col = bundle.item_col[rec.movie_ids[0]]
+    for item in e["because_you_watched"]:                       # each contribution is one item-item weight
+        assert item["contribution"] == pytest.approx(
+            float(bundle.model.weights_[bundle.item_col[item["movie_id"]], col]), abs=1e-6)
+    assert [i["contribution"] for i in e["because_you_watched"]] == sorted(
+        (i["contribution"] for i in e["because_you_watched"]), reverse=True)
+
+
+def test_the_memory_limit_stops_training_before_the_fit(cf_world, tmp_path, monkeypatch):
+    from core.errors import ValidationError
+    from core.settings import load_settings
+    from core.training import pipeline
+    s = private_copy(cf_world, tmp_path / "w")
+    monkeypatch.setenv("RETRO_EASE_MAX_MEMORY_MB", "1")          # 200 titles need 0.9 MiB; 1 MiB passes …
+    assert load_settings(s.home).ease_max_memory_mb == 1
+    monkeypatch.setattr(models, "ease_memory_mb", lambda n: 1e6)  # … so pretend the catalogue is huge
+    monkeypatch.setattr(pipeline, "holdout_split", lambda *a, **k: pytest.fail("split built despite the limit"))
+    with pytest.raises(ValidationError, match="over the limit of 1 MiB"):
+        pipeline.train(load_settings(s.home), "ease")
