@@ -8,8 +8,10 @@ Spark ALS within 10 % of
 `implicit`'s nDCG@10 on the same holdout; a Spark-trained bundle served, explained and erased by the unchanged
 code; an erasure and a re-keying of the Parquet lake (partitions rewritten, raw bytes searched).
 
-One SparkSession (local[2]) for the whole test session. Without pyspark or Java the tests are skipped with the
-reason — unless CI=true, where a missing engine fails (`make test` installs both).
+One SparkSession for the whole test session: local[2], or the master named by RETRO_SPARK_MASTER
+(tests/test_spark_cluster.py runs this file again against a standalone cluster of two workers). Without pyspark
+or Java the tests are skipped with the reason — unless CI=true, where a missing engine fails (`make test` installs
+both).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from conftest import legacy_insert
 
 from core.warehouse import spark as engine
 
-SPARK_MASTER = "local[2]"
+SPARK_MASTER = os.environ.get("RETRO_SPARK_MASTER") or "local[2]"
 WORLD = dict(seed=21, users=300, movies=200, days=9)
 EVENTS = "INSERT INTO events(event_id, user_id, movie_id, kind, value, occurred_at) VALUES (?,?,?,?,?,?)"
 HISTORY = "INSERT INTO rating_history(user_id, movie_id, rating, rated_at) VALUES (?,?,?,?)"
@@ -69,7 +71,7 @@ def test_the_embedded_default_imports_no_pyspark():
 # ------------------------------------------------------------------ the engine and the twin world
 @pytest.fixture(scope="session")
 def spark_session():
-    """The one SparkSession of the test session (local[2]); skipped without the engine unless CI=true."""
+    """The one SparkSession of the test session (SPARK_MASTER); skipped without the engine unless CI=true."""
     try:
         engine.check_available()
     except engine.EngineUnavailable as exc:
@@ -79,6 +81,25 @@ def spark_session():
     session = engine.get_session(SPARK_MASTER)
     yield session
     engine.stop_session()
+
+
+@pytest.mark.spark
+def test_the_session_runs_on_the_configured_master(spark_session):
+    """local[2], or (RETRO_SPARK_MASTER=spark://…) executors in other processes that import `core` from the zip
+    the driver shipped, in their own working folders — nothing of the driver's process or folder."""
+    sc = spark_session.sparkContext
+    assert sc.master == SPARK_MASTER
+    if SPARK_MASTER.startswith("local"):
+        return
+
+    def where(_):
+        import core
+        return os.getpid(), os.getcwd(), core.__file__
+    seen = set(sc.parallelize(range(8), 8).map(where).collect())
+    pids = {pid for pid, _, _ in seen}
+    assert os.getpid() not in pids and engine.jvm_pid(spark_session) not in pids
+    assert all(".zip" in path for _, _, path in seen), seen          # not the driver's project folder
+    assert not any(cwd == os.getcwd() for _, cwd, _ in seen)
 
 
 def _hostile_rows(settings) -> None:
@@ -496,6 +517,38 @@ def test_key_rotation_rekeys_the_lake(twin, spark_session, tmp_path):
     root = Path(lake.lake_uri(settings))
     assert not any(_lake_holds(root, k)[1] for k in old[:5])
 
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_retention_purge_reaches_the_lake(twin, spark_session, tmp_path):
+    """`privacy retention`: the lake loses what the warehouse loses (events but ratings, served lists, ads older
+    than the cutoff) — only the older day partitions are rewritten — and both engines hold the same rows after."""
+    from core.privacy import retention
+    from core.store.mlopsdb import clone_home
+    from core.warehouse import lake, warehouse
+    settings = clone_home(twin[0], tmp_path / "retention")
+    root = Path(lake.lake_uri(settings)) / "fact_interaction"
+    files_before = {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+    status = retention.retention_status(settings, 4)
+    assert status["lake_events_to_purge"] == status["warehouse_events_to_purge"] > 0
+    assert status["lake_served_to_purge"] == status["warehouse_served_to_purge"]
+    done = retention.retention(settings, 4, actor="test")
+    assert done["lake_events_deleted"] == done["warehouse_events_deleted"] == status["lake_events_to_purge"]
+    assert done["lake_served_deleted"] == done["warehouse_served_deleted"]
+    cutoff = pd.Timestamp(done["cutoff"])
+    sql = ("SELECT kind, count(*) AS n, min(occurred_at) AS oldest FROM fact_interaction "
+           "WHERE kind <> 'rating' GROUP BY 1 ORDER BY 1")
+    on_lake, in_warehouse = lake.query(settings, sql), warehouse.query(settings, sql)
+    pd.testing.assert_frame_equal(on_lake, in_warehouse)
+    assert (pd.to_datetime(on_lake["oldest"]) >= cutoff).all()
+    assert lake.query(settings, "SELECT count(*) AS n FROM fact_interaction WHERE kind = 'rating' AND "
+                                "occurred_at < ?", [cutoff.to_pydatetime()])["n"][0] > 0      # ratings stay
+    assert lake.rows_before(settings, done["cutoff"]) == {t: 0 for t in lake.RETAINED}
+    after = {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+    newer = {p for p in files_before if pd.Timestamp(p.parts[0].removeprefix("day=")) >= cutoff.normalize()
+             + pd.Timedelta(days=1)}
+    assert newer and all(after.get(p) == files_before[p] for p in newer)     # newer partitions untouched
 
 
 @pytest.mark.spark

@@ -139,6 +139,7 @@ INVENTORY_FIELDS = ("store", "table", "fields", "identifier", "protection", "on_
 def data_inventory() -> list[dict]:
     """Per store and table: which personal fields exist, how they are protected, what an erasure does."""
     ops, wh, ml = "ops (retro.db)", "warehouse (warehouse.duckdb)", "mlops (mlops.db)"
+    lk = "lake (lake/ or RETRO_LAKE_URI; the Spark engine)"
     raw, pseudo = "raw user id", "HMAC-SHA256 pseudonym (20 hex digits); the key is kept outside the warehouse"
     ops_only, cascade = "operational store only", "deleted (foreign-key cascade from users)"
     rows = [
@@ -166,6 +167,17 @@ def data_inventory() -> list[dict]:
          "deleted"),
         (wh, "quarantine", "user_key, the refused row", pseudo, "no raw id", "deleted"),
         (wh, "daily_aggregates", "none (counts per day and kind)", "aggregate", "no user key", "kept"),
+        *[(lk, table, what, pseudo, "no raw id; Parquet in day partitions, owner-only folder (at RETRO_LAKE_URI: the "
+           "object store's access control); retention purge rewrites the partitions older than the cutoff; re-keyed "
+           "on key rotation", "the day partitions holding the user rewritten without their rows")
+          for table, what in (("fact_interaction", "user_key, movie, signal, time"),
+                              ("fact_served", "user_key, titles of each list shown, time"),
+                              ("fact_ad_impression", "user_key, sponsored slots shown, click"),
+                              ("fact_ad_click", "user_key, ad clicks, price"))],
+        (lk, "quarantine", "user_key, the refused row", pseudo, "no raw id; re-keyed on key rotation",
+         "the files holding the user rewritten"),
+        (lk, "dim_user", "user_key, created_at, personalization flag", pseudo, "no raw id; re-keyed on key rotation",
+         "a new snapshot without the user; older snapshots deleted"),
         ("models/run-*", ", ".join(artifacts.PERSONAL_FILES), "user_key per row, learned factors, training row",
          pseudo, "bundle hash recorded in the registry", "key blanked, factors and row zeroed, hash updated"),
         ("models/ranker-run-*", ", ".join(artifacts.RANKER_PERSONAL_FILES), "genre profile, recency, activity per bundle row",
@@ -181,6 +193,10 @@ def data_inventory() -> list[dict]:
         (ml, "all other tables", "none: models, metrics, jobs; erasure requests hold counts only (a pending one: the "
          "id, then the pseudonym, until it completes)", "no personal data",
          "operator_audit targets are pseudonyms, never raw ids", "the user's audit targets redacted"),
+        ("mlflow.db, mlartifacts/ (optional: `mlflow export`)", "runs, metrics, registry mirror; the pyfunc "
+         "recommender's copy of the production bundle and ranker", "user_key per bundle row, factors (the copy)",
+         pseudo, "the data folder's default store (another --tracking-uri is the operator's to protect)",
+         "the next export replaces the copy (a new bundle hash) and deletes the old one from a local store"),
         ("secrets.toml", "[pseudonymization] key, [operators] token hashes", "the pseudonym key; PBKDF2 hashes",
          "secret", "git-ignored data folder, file mode 0600 (or the key in $RETRO_PSEUDONYM_KEY)",
          "kept; rotate_key replaces the key"),

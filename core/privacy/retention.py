@@ -1,6 +1,7 @@
 """Retention: behavioural events and ad impressions (with their clicks) older than N days before the service clock
 leave both stores, the lists shown to users (the warehouse's fact_served) leave the warehouse, and the churn
-scores derived from them go too (scores whose as_of is before the cutoff)."""
+scores derived from them go too (scores whose as_of is before the cutoff). When the Spark engine's Parquet lake
+exists, the same rows leave it (its day partitions rewritten, `lake.purge_before`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ from core.serving import serving
 from core.settings import Settings
 from core.store import adslog, clock, locks, opsdb
 from core.training import churn_pipeline
-from core.warehouse import warehouse
+from core.warehouse import lake, warehouse
 
 
 def _days(days) -> int:
@@ -38,6 +39,7 @@ def retention_status(settings: Settings, days: int) -> dict:
     wh_n, wh_total, wh_oldest = warehouse.events_before(settings, cutoff)
     churn_n, churn_total, churn_oldest = churn_pipeline.predictions_before(settings, cutoff)
     sv_n, sv_total, sv_oldest = warehouse.served_before(settings, cutoff)
+    in_lake = lake.rows_before(settings, cutoff)
     return common.jsonable({"days": days, "clock": now, "cutoff": cutoff,
                             "ops_events_to_purge": int(ops_n), "ops_events": int(ops_total),
                             "oldest_ops_event": ops_oldest,
@@ -50,7 +52,11 @@ def retention_status(settings: Settings, days: int) -> dict:
                             "ops_ad_impressions_to_purge": ad_n, "ops_ad_impressions": ad_total,
                             "oldest_ops_ad_impression": ad_oldest,
                             "warehouse_ad_impressions_to_purge": int(wh_ad_n),
-                            "warehouse_ad_impressions": int(wh_ad_total), "oldest_warehouse_ad_impression": wh_ad_oldest})
+                            "warehouse_ad_impressions": int(wh_ad_total), "oldest_warehouse_ad_impression": wh_ad_oldest,
+                            "lake_events_to_purge": in_lake["fact_interaction"],
+                            "lake_served_to_purge": in_lake["fact_served"],
+                            "lake_ad_impressions_to_purge": in_lake["fact_ad_impression"],
+                            "lake_ad_clicks_to_purge": in_lake["fact_ad_click"]})
 
 
 @locks.exclusive("retention purge")
@@ -64,16 +70,23 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
     as_of is before the cutoff (`churn_pipeline.purge_predictions`: a score is
     derived from those events). Ad impressions with their clicks go from both stores too (`adslog.purge_before`,
     the warehouse's fact_ad_impression and fact_ad_click); campaigns hold no personal data and stay. Daily aggregates (counts only, no user key) and
-    churn training sets (they go with their model version) are kept. Returns the counts.
+    churn training sets (they go with their model version) are kept. The Spark engine's lake, when there is one,
+    loses the same rows (`lake.purge_before`; without pyspark or Java nothing is purged and EngineUnavailable
+    names what to install). Returns the counts.
     """
     days = _days(days)
     actor = common.actor(actor)
+    with_lake = lake.exists(settings)
+    if with_lake:                 # the lake is rewritten by Spark: say what is missing before anything is purged
+        from core.warehouse import spark
+        spark.check_available()
     with opsdb.session(settings) as db:
         when = common.when(db, at)
         now, cutoff = _cutoff(db, days)
         ops_n = opsdb.purge_events(db, cutoff)
         ads_n = adslog.purge_before(db, cutoff)
     wh = warehouse.purge_events(settings, cutoff)
+    in_lake = lake.purge_before(settings, cutoff) if with_lake else {t: 0 for t in lake.RETAINED}
     churn_n = churn_pipeline.purge_predictions(settings, cutoff)
     access.log_action(settings, actor, "retention", f"events before {cutoff}", "ok", when)
     serving.clear_caches()
@@ -81,4 +94,7 @@ def retention(settings: Settings, days: int, *, actor: str, at: str | None = Non
             "warehouse_events_deleted": int(wh["fact_interaction"]),
             "warehouse_served_deleted": int(wh["fact_served"]), "churn_scores_deleted": int(churn_n),
             "ops_ad_impressions_deleted": int(ads_n), "warehouse_ad_impressions_deleted": int(wh["fact_ad_impression"]),
-            "warehouse_ad_clicks_deleted": int(wh["fact_ad_click"])}
+            "warehouse_ad_clicks_deleted": int(wh["fact_ad_click"]),
+            "lake_events_deleted": int(in_lake["fact_interaction"]), "lake_served_deleted": int(in_lake["fact_served"]),
+            "lake_ad_impressions_deleted": int(in_lake["fact_ad_impression"]),
+            "lake_ad_clicks_deleted": int(in_lake["fact_ad_click"])}

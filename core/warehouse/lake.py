@@ -452,6 +452,47 @@ def erase_user(settings: Settings, user_key: str, *, spark=None) -> dict:
     return counts
 
 
+# What a retention purge removes from the lake, as the warehouse's `RETAINED`: (time column, rows it may remove).
+RETAINED = {"fact_interaction": ("occurred_at", "kind <> 'rating'"), "fact_served": ("served_at", "true"),
+            "fact_ad_impression": ("shown_at", "true"), "fact_ad_click": ("clicked_at", "true")}
+
+
+def _older(table: str, cutoff: str) -> str:
+    at, removable = RETAINED[table]
+    stamp = pd.Timestamp(cutoff).strftime("%Y-%m-%d %H:%M:%S")
+    return f"({removable}) AND {at} < CAST('{stamp}' AS TIMESTAMP_NTZ)"
+
+
+def rows_before(settings: Settings, cutoff: str) -> dict[str, int]:
+    """{table: committed rows a retention purge at `cutoff` would remove} (zeros without a lake); ratings stay."""
+    if not exists(settings):
+        return {t: 0 for t in RETAINED}
+    if _is_local(lake_uri(settings)):
+        stamp = pd.Timestamp(cutoff).to_pydatetime()
+        return {t: int(query(settings, f"SELECT count(*) AS n FROM {t} WHERE {RETAINED[t][1]} AND "
+                                        f"{RETAINED[t][0]} < ?", [stamp])["n"][0]) for t in RETAINED}
+    lake = Lake(settings, session_for(settings))
+    return {t: lake.table(t).where(_older(t, cutoff)).count() if lake.files.files(lake.files.join(t)) else 0
+            for t in RETAINED}
+
+
+def purge_before(settings: Settings, cutoff: str, *, spark=None) -> dict[str, int]:
+    """Retention in the lake: behavioural events (every kind but 'rating'), served lists and ad impressions and
+    clicks older than `cutoff` leave it — the day partitions holding them are rewritten (`_rewrite`, the same
+    swap as an erasure), so their bytes leave the files; the other partitions are not touched. The caller holds
+    the retention lock. Returns the rows removed per table."""
+    spark = spark or session_for(settings)
+    lake = Lake(settings, spark)
+    lake.recover()
+    counts = {}
+    for name in RETAINED:
+        where = _older(name, cutoff)
+        counts[name] = _rewrite(lake, spark, name, lambda df, w=where: df.where(f"NOT coalesce(({w}), false)"), where)
+    if lake.files.local:
+        private_tree(Path(lake.uri))
+    return counts
+
+
 @locks.exclusive("key rotation")
 def rekey(settings: Settings, mapping: dict[str, str], *, spark=None) -> dict:
     """Replace pseudonyms old → new (key rotation) in every lake table that holds them; files rewritten."""
