@@ -168,10 +168,12 @@ def summary(settings: Settings, days: int = SUMMARY_DAYS) -> dict:
         camps = adslog.campaigns(db)
     names = dict(zip(camps["campaign_id"].astype(int), camps["advertiser"])) if len(camps) else {}
     stored = history(settings)
-    with mlopsdb.session(settings) as db:
-        alerts = [dict(zip(("alert_id", "metric", "value", "threshold", "chance_level", "opened_at"), r)) for r in
-                  db.execute("SELECT alert_id, metric, value, threshold, chance_level, opened_at FROM alerts WHERE "
-                             "kind = ? AND closed_at IS NULL ORDER BY alert_id", [KIND]).fetchall()]
+    open_ = monitoring.open_alerts(settings)
+    mine = open_[open_["kind"] == KIND].sort_values("alert_id") if len(open_) else open_
+    alerts = [{"alert_id": int(a["alert_id"]), "metric": a["metric"], "value": float(a["value"]),
+               "threshold": float(a["threshold"]),
+               "chance_level": None if pd.isna(a["chance_level"]) else float(a["chance_level"]),
+               "opened_at": a["opened_at"]} for _, a in mine.iterrows()]
     status = ads_pipeline.status(settings)
     out = {"enabled": bool(enabled), "day": None, "impressions": None, "clicks": None, "click_rate": None,
            "baseline_click_rate": None, "revenue": None, "ece": None, "ece_chance": None, "model_version": None,

@@ -171,9 +171,9 @@ def decide_ads(settings: Settings, ads_report: dict | None, mode: str, now: str)
     status = ads_pipeline.status(settings)
     if status["stale"]:
         return "ads model possibly stale: " + "; ".join(status["reasons"])
-    with mlopsdb.session(settings) as db:
-        still = [f"{k}:{m}" for k, m in db.execute("SELECT kind, metric FROM alerts WHERE kind = 'ads-drift' AND "
-                                                   "closed_at IS NULL ORDER BY metric").fetchall()]
+    from core.monitoring import monitoring      # here: monitoring imports this module
+    alerts = monitoring.open_alerts(settings)
+    still = sorted(f"{k}:{m}" for k, m in zip(alerts.get("kind", []), alerts.get("metric", [])) if k == "ads-drift")
     if still:
         return (f"ads drift alerts still open ({', '.join(still)})"
                 + ("" if days_since is None else f" {plural(pol['cooldown_days'], 'day')} after the last ads retrain"))
