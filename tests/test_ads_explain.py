@@ -118,6 +118,41 @@ def test_a_model_chosen_ad_gives_the_models_reasons_and_its_stored_p_click(world
     assert "genre_interest" in e["inferred_interest"]
 
 
+def test_a_feature_not_known_when_the_ad_was_chosen_is_said_in_words():
+    """Every reason reads as an answer to the person who saw the ad: a value missing then is 'not known at that
+    time', with why for the tastes the recommender had not learnt — never '= unknown'."""
+    from core.ads.pipeline import reason
+    c = lambda f, label, v, x: {"feature": f, "label": label, "value": v, "contribution": x}  # noqa: E731
+    assert reason(c("aff_Comedy", "interest in Comedy (from the recommender)", None, -0.1234)) == (
+        "interest in Comedy (from the recommender): not known at that time (we had not yet learnt your tastes from "
+        "what you watched) — this lowers the click chance (-0.12 log-odds)")
+    assert reason(c("genre_match", "a favourite genre is targeted", None, 0.3)) == (
+        "a favourite genre is targeted: not known at that time (we had not yet learnt your tastes from what you "
+        "watched) — this raises the click chance (+0.30 log-odds)")
+    assert reason(c("bid", "the campaign's bid", None, 0.0)) == (
+        "the campaign's bid: not known at that time — this does not change the click chance (+0.00 log-odds)")
+    assert reason(c("genre_interest", "interest in the campaign's genres", 1.2, 0.41)) == (
+        "interest in the campaign's genres = 1.20 raises the click chance (+0.41 log-odds)")
+    assert reason(c("impressions_7d", "ads seen in the last 7 days", 2.0, -0.05)) == (
+        "ads seen in the last 7 days = 2 lowers the click chance (-0.05 log-odds)")
+
+
+def test_the_models_reasons_for_a_user_whose_tastes_were_not_known_yet(world):
+    """The production ads model explains a candidate whose recommender affinities are missing (a user the CF model
+    had not seen): no reason says 'unknown'; each missing one says it was not known at that time."""
+    from core.ads import data, pipeline
+    _, model = pipeline.production_model(world)
+    campaigns = data.campaigns(world)
+    as_of = last_impression(world, "i.policy = 'model'")["shown_at"]
+    cross = scoring.pairs(world, [1], campaigns, as_of)
+    cross[[f"aff_{g}" for g in GENRES]] = np.nan
+    explained = pipeline.explain(model, cross, campaigns, scoring.recent_impressions(world, as_of), top=100)
+    said = [(c, r) for e in explained for c, r in zip(e["contributions"], e["reasons"])]
+    assert said and not any("unknown" in r for _, r in said)
+    missing = [r for c, r in said if c["value"] is None]
+    assert missing and all(": not known at that time (we had not yet learnt your tastes" in r for r in missing)
+
+
 def test_an_impression_of_another_user_or_none_is_refused(world, tmp_path, capsys):
     s = private_copy(world, tmp_path / "copy")
     imp = last_impression(s, "i.policy = 'model'")

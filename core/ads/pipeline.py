@@ -274,13 +274,26 @@ def contributions(model: ads_model.AdsModel, X: np.ndarray) -> tuple[list[list[d
     return rows, base, logit
 
 
+# Why a feature can be missing for a user at the time of an ad, in the words of the answer the user reads: the
+# affinities and everything made of them come from the recommender, which had not learnt this user's tastes then
+# (no CF version served yet, or the user was not in it).
+_TASTE_FEATURES = ("genre_interest", "genre_match", "creative_interest")
+NOT_YET_LEARNT = "we had not yet learnt your tastes from what you watched"
+
+
 def reason(c: dict) -> str:
-    """One contribution in words: 'interest in Comedy (from the recommender) = 1.20 raises the click chance (+0.41
-    log-odds)'."""
-    value = "unknown" if c["value"] is None else (f"{c['value']:.0f}" if float(c["value"]).is_integer()
-                                                  else f"{c['value']:.2f}")
-    way = "raises" if c["contribution"] > 0 else "lowers"
-    return f"{c['label']} = {value} {way} the click chance ({c['contribution']:+.2f} log-odds)"
+    """One contribution in words, for the person who saw the ad: 'interest in Comedy (from the recommender) = 1.20
+    raises the click chance (+0.41 log-odds)'; a value that was not known when the ad was chosen says so ('… : not
+    known at that time (we had not yet learnt your tastes from what you watched) — this lowers the click chance
+    (−0.12 log-odds)'), never '= unknown'."""
+    change = ("raises" if c["contribution"] > 0 else "lowers" if c["contribution"] < 0 else "does not change") + \
+        f" the click chance ({c['contribution']:+.2f} log-odds)"
+    if c["value"] is None:
+        taste = c["feature"].startswith("aff_") or c["feature"] in _TASTE_FEATURES
+        why = f" ({NOT_YET_LEARNT})" if taste else ""
+        return f"{c['label']}: not known at that time{why} — this {change}"
+    value = f"{c['value']:.0f}" if float(c["value"]).is_integer() else f"{c['value']:.2f}"
+    return f"{c['label']} = {value} {change}"
 
 
 def explain(model: ads_model.AdsModel, rows: pd.DataFrame, campaigns: pd.DataFrame,
