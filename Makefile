@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SPARK_STAMP := $(VENV)/.installed-spark
+MLFLOW_STAMP := $(VENV)/.installed-mlflow
 
 .PHONY: run test test-fast bench clean-data
 
@@ -18,6 +19,11 @@ $(SPARK_STAMP): $(STAMP) requirements-spark.txt
 	$(PY) -m pip install --quiet -r requirements-spark.txt
 	touch $(SPARK_STAMP)
 
+# The MLflow export (issue 26) for `make test` only, like Spark: `make run` does not need it.
+$(MLFLOW_STAMP): $(STAMP) requirements-mlflow.txt
+	$(PY) -m pip install --quiet -r requirements-mlflow.txt
+	touch $(MLFLOW_STAMP)
+
 # The first start (operator token, demo world, first model) builds in the terminal at once, beside the
 # dashboard, which shows the same progress to a visitor; on a folder that is ready it does nothing.
 run: $(STAMP)
@@ -25,7 +31,7 @@ run: $(STAMP)
 	trap 'kill $$builder 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m streamlit run dashboard/app.py
 
-test: $(STAMP) $(SPARK_STAMP)
+test: $(STAMP) $(SPARK_STAMP) $(MLFLOW_STAMP)
 	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest
 
 # Everything but the tests marked slow or browser (property sweeps, soak, hostile CLI, closed-loop runs, Chromium).

@@ -18,7 +18,7 @@ NEEDS_A_HOME = {
     "model-card": "model-card 1", "diagnose": "diagnose", "privacy": "privacy consent --user 1",
     "recommend": "recommend --user 1", "serve": "serve --port 0", "release": "release status",
     "churn": "churn status", "operators": "operators list",
-    "clients": "clients list", "ads": "ads campaigns",
+    "clients": "clients list", "ads": "ads campaigns", "mlflow": "mlflow export",
 }
 
 

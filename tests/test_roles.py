@@ -142,6 +142,7 @@ CLI_CASES = {
                  ["operators", "reset-token", "admin"]],
     "client keys": [["clients", "add", "web-front"], ["clients", "revoke", "web-front"]],
     "ads": [["ads", "switch", "on"], ["ads", "switch", "off"]],
+    "mlflow export": [["mlflow", "export"]],
 }
 
 

@@ -106,7 +106,7 @@ POSITIVE_INT = int_in(1, 1_000_000, "count")     # limits, list lengths
 
 
 # The command modules register themselves on import; this order is the order of `--help`.
-from core.cli import world, training, churn, ads, monitoring, governance, privacy, serving, operators  # noqa: E402,F401,E501
+from core.cli import world, training, churn, ads, monitoring, governance, privacy, serving, operators, integrations  # noqa: E402,F401,E501
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,8 @@ ACTIONS: tuple[Action, ...] = (
        [DATA_ENGINEER, DATA_SCIENTIST], "Drift: Run scenario", "simulate"),
     _a("retention", "purge events older than N days", [DATA_ENGINEER], "Privacy: Purge now",
        "privacy retention --days N"),
+    _a("mlflow export", "mirror runs, registered versions and the production recommender (a copy of its "
+       "bundle: pseudonymized) into an MLflow store", [DATA_SCIENTIST], "", "mlflow export"),
     _a("train", "fit and evaluate a model without registering it", [DATA_SCIENTIST], "", "train"),
     _a("evaluate", "score a registered version on the days after its training (the Drift page's read-only check "
        "of production is an aggregate, open to all)", [DATA_SCIENTIST], "", "evaluate, churn evaluate, ads evaluate"),

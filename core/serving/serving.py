@@ -269,6 +269,39 @@ def version_lists(settings: Settings, version: dict, user_ids, k: int, seen: dic
     return out
 
 
+def deterministic_lists(settings: Settings, bundle: Bundle | None, ranker, user_ids,
+                        k: int = DEFAULT_K) -> dict[int, tuple[str, list[int], list[float]]]:
+    """(path, movie ids, scores) per user: what `recommend` shows a production-arm user as a deterministic list
+    (no exploration) when `bundle` and `ranker` are production's — the model's list with seen titles removed,
+    re-ranked by `ranker` when given, or the Top 50 fallback (path 'top50:…') for no consent, no model or a cold
+    start. Nothing is logged. The MLflow pyfunc model (`core.governance.mlflow_export`) serves through it from
+    its own copies of the bundle and ranker. Raises UnknownUser for ids the service does not know."""
+    _check_k(k)
+    users = [int(u) for u in user_ids]
+    db = _db(settings)
+    consent = opsdb.personalization_consent(db, users)
+    unknown = [u for u in users if u not in consent]
+    if unknown:
+        raise UnknownUser(f"unknown user(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}")
+    seen: dict[int, set] = {}
+    for u, m in opsdb.seen_pairs(db, users):
+        seen.setdefault(u, set()).add(m)
+    key = pseudonym_key(settings)
+    rows = {u: None if bundle is None else bundle.user_row.get(pseudonym(u, key)) for u in users}
+    reasons = {u: fallback_reason(bool(consent[u]), bundle, rows[u]) for u in users}
+    todo = [u for u in users if reasons[u] is None]
+    out = {}
+    if todo:
+        lists = _ranked(bundle, ranker, np.array([rows[u] for u in todo]), [seen.get(u, set()) for u in todo], k)
+        out = {u: ("model", movies, scores) for u, (movies, scores) in zip(todo, lists)}
+    top = _top50_list(db) if len(out) < len(users) else []
+    for u in users:
+        if u not in out:
+            pairs = [(m, sc) for m, sc in top if m not in seen.get(u, set())][:k]
+            out[u] = (reasons[u][0], [m for m, _ in pairs], [sc for _, sc in pairs])
+    return {u: out[u] for u in users}
+
+
 def clear_caches() -> None:
     """Forget loaded models and this thread's cached connections (after a promotion, an erasure, a rebuild)."""
     with _lock:
