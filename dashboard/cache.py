@@ -371,8 +371,9 @@ def ad_explanation(state, user_id, impression_id):
     return ads_explain.explain_ad(settings(), user_id, impression_id)
 
 
-def ads_enabled() -> bool:
-    """Live, not cached: switching ads changes no mark of the state token."""
+@st.cache_data(show_spinner=False, max_entries=4)
+def ads_enabled(state) -> bool:
+    """Whether the world shows ads; keyed on the token like every read (its ads mark changes with `ads switch`)."""
     from core.governance import ads_insights
     return ads_insights.enabled(settings())
 

@@ -134,6 +134,41 @@ def test_switching_ads_needs_an_operator_and_the_page_shows_it(ads_world, tmp_pa
     assert (row["person"], row["target"], row["outcome"]) == ("tester", "off", "ok")
 
 
+def test_ads_switched_from_the_command_line_show_on_the_next_rerun(tmp_path, monkeypatch):
+    """A world built without ads: the page says so and that it has no campaigns. `ads switch on` from the CLI (in
+    real use another process) creates the campaigns and changes the state token the cached reads key on, so the
+    next rerun shows them and 'on'; switching off again shows 'off'. The token once ignored the switch: the page
+    kept its cached 'no campaigns' until some other write."""
+    from core import cli
+    from core.governance import insights
+    from core.simulation import simulation
+    s = load_settings(tmp_path)
+    monkeypatch.setenv("RETRO_HOME", str(tmp_path))
+    simulation.init_world(s, seed=5, users=150, movies=80, days=6, ads=False)
+    from core.training import pipeline
+    first = pipeline.retrain(s, with_ranker=False)             # the dashboard's first start wants a model
+    if not first["promoted"]:
+        registry.promote(s, first["version"], "test", "small world: promoted by hand")
+    at = open_page()
+    assert "Ads are **off** in this world." in texts(at.markdown)
+    assert "This world has no campaigns: switching ads on creates them." in texts(at.info)
+    before = insights.state_token(s)
+    assert cli.main(["--home", str(s.home), "ads", "switch", "on"]) == 0
+    on = insights.state_token(s)
+    assert on != before
+    at.run()
+    assert not at.exception, at.exception
+    assert "Ads are **on** in this world." in texts(at.markdown)
+    assert "no campaigns" not in texts(at.info) and at.button(key="ads_switch").label == "Switch ads off"
+    with opsdb.session(s) as db:
+        assert len(frame(at, "advertiser")) == len(adslog.campaigns(db)) > 0
+    assert cli.main(["--home", str(s.home), "ads", "switch", "off"]) == 0
+    assert insights.state_token(s) not in (before, on)
+    at.run()
+    assert "Ads are **off** in this world." in texts(at.markdown) and at.button(key="ads_switch").label == \
+        "Switch ads on"
+
+
 def test_train_then_promote_change_what_the_page_shows(ads_world, tmp_path, monkeypatch):
     s = home_of(ads_world, tmp_path, monkeypatch)
     access.add_operator(s, *OPERATOR)

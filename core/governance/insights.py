@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from core.warehouse import dataset, etl, warehouse
-from core.store import mlopsdb, opsdb, servinglog
+from core.store import adslog, mlopsdb, opsdb, servinglog
 from core.training import registry, tracking
 from core.training.models import MODELS
 from core.settings import Settings
@@ -186,11 +186,12 @@ def etl_report(settings: Settings) -> dict:
 
 def state_token(settings: Settings) -> tuple:
     """A cheap fingerprint of everything the dashboard shows; cached reads key on it, so any write
-    (new data, ETL, retrain, promotion, rollback, erasure) invalidates them."""
+    (new data, ETL, retrain, promotion, rollback, erasure, ads switched on or off) invalidates them."""
     parts: list = []
     if settings.ops_db.exists():
         with opsdb.session(settings) as db:
             parts += list(opsdb.change_marks(db))
+            parts += list(adslog.change_mark(db))   # `ads switch on|off` writes only the ads' own marks
     parts.append(warehouse.changed_at(settings))
     parts.append(mlopsdb.change_mark(settings))   # not the file's mtime: an audited view is no change to show
     return tuple(parts)

@@ -31,6 +31,18 @@ def enabled(db: sqlite_utils.Database) -> bool:
     return opsdb.get_meta(db, ENABLED_KEY, "0") == "1"
 
 
+def change_mark(db: sqlite_utils.Database) -> tuple:
+    """(ads switch, campaigns, their newest id, newest impression id, newest late click): changes when ads are
+    switched on or off, a campaign is added, an ad is shown or a late click is reported — a cache of anything about
+    the ads keys on it (`insights.state_token`)."""
+    switch = opsdb.get_meta(db, ENABLED_KEY, "0")
+    if not has_tables(_raw(db)):
+        return (switch, 0, None, None, None)
+    late = "(SELECT max(click_seq) FROM ad_impressions)" if has_click_seq(db) else "NULL"
+    return (switch, *db.execute(f"SELECT (SELECT count(*) FROM ad_campaigns), (SELECT max(campaign_id) FROM "
+                                f"ad_campaigns), (SELECT max(impression_id) FROM ad_impressions), {late}").fetchone())
+
+
 def set_enabled(db: sqlite_utils.Database, on: bool) -> None:
     opsdb.set_meta(db, ENABLED_KEY, 1 if on else 0)
 

@@ -8,7 +8,7 @@ from dashboard import ads_charts, cache, ui
 st.title("Ads")
 ui.show_done("ads")                 # the message of the action that just ran; the page below is re-read after it
 token = cache.token()
-enabled = cache.ads_enabled()
+enabled = cache.ads_enabled(token)
 model = cache.ads_model(token)
 candidate = model["candidates"][0] if model["candidates"] else None
 
