@@ -204,3 +204,93 @@ def test_the_memory_limit_stops_training_before_the_fit(cf_world, tmp_path, monk
     monkeypatch.setattr(pipeline, "holdout_split", lambda *a, **k: pytest.fail("split built despite the limit"))
     with pytest.raises(ValidationError, match="over the limit of 1 MiB"):
         pipeline.train(load_settings(s.home), "ease")
+
+
+class SpyHoldout(dict):
+    """The split's holdout ({user row: held-out columns}) recording every read."""
+
+    def __init__(self, data, reads):
+        super().__init__(data)
+        self.reads = reads
+
+    def _read(self, what):
+        self.reads.append(what)
+
+    def __getitem__(self, key):
+        self._read("getitem")
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self._read("get")
+        return super().get(key, default)
+
+    def __iter__(self):
+        self._read("iter")
+        return super().__iter__()
+
+    def __contains__(self, key):
+        self._read("contains")
+        return super().__contains__(key)
+
+    def items(self):
+        self._read("items")
+        return super().items()
+
+    def keys(self):
+        self._read("keys")
+        return super().keys()
+
+    def values(self):
+        self._read("values")
+        return super().values()
+
+
+def test_the_blend_chooses_its_weight_without_reading_the_holdout(cf_world, tmp_path, monkeypatch):
+    """A spy on the pipeline's holdout: nothing reads it before or while the blend chooses its weight, and the
+    weight is chosen on the training window's matrix; the holdout is read afterwards, to evaluate."""
+    from core.training import pipeline
+    s = private_copy(cf_world, tmp_path / "w")
+    reads, splits, choices = [], [], []
+    real_split, real_choose = pipeline.holdout_split, BlendRecommender.choose_weight
+
+    def spied_split(*args, **kwargs):
+        split = real_split(*args, **kwargs)
+        split.holdout = SpyHoldout(split.holdout, reads)
+        splits.append(split)
+        return split
+
+    def spied_choose(self, user_items):
+        before = len(reads)
+        weight, curve = real_choose(self, user_items)
+        choices.append({"reads_before": before, "reads_during": len(reads) - before, "matrix": user_items,
+                        "weight": weight})
+        return weight, curve
+
+    monkeypatch.setattr(pipeline, "holdout_split", spied_split)
+    monkeypatch.setattr(BlendRecommender, "choose_weight", spied_choose)
+    trained = pipeline.train(s, "blend", seed=3)
+    first = choices[0]                                  # the model the gate judges (the second is the deployed refit)
+    assert first["reads_before"] == 0 and first["reads_during"] == 0
+    train_matrix = splits[0].train.user_items
+    assert first["matrix"].shape == train_matrix.shape and (first["matrix"] != train_matrix).nnz == 0
+    assert reads, "the holdout was never read: the spy sees nothing"
+    assert trained.estimator.weight_ == first["weight"] and 0.0 <= first["weight"] <= 1.0
+    assert set(trained.estimator.validation_) == set(BlendRecommender.WEIGHTS)
+
+
+def test_retrain_best_trains_als_ease_and_the_blend_on_one_holdout_and_gates_the_best(cf_world, tmp_path):
+    from core.training import pipeline, registry, tracking
+    s = private_copy(cf_world, tmp_path / "w")
+    result = pipeline.retrain(s, pipeline.BEST, seed=3, with_ranker=False)
+    cands = result["candidates"]
+    assert [c["model_kind"] for c in cands] == ["als", "ease", "blend"]
+    assert len({c["users_evaluated"] for c in cands}) == 1          # one holdout for the three
+    best = max(cands, key=lambda c: c["ndcg@10"])
+    assert [c["chosen"] for c in cands] == [c is best for c in cands] and all(c["fit_seconds"] > 0 for c in cands)
+    assert result["run_id"] == best["run_id"] and result["model_kind"] == best["model_kind"]
+    assert result["metrics"]["ndcg@10"] == best["ndcg@10"]
+    version = registry.get_version(s, result["version"])
+    assert version["model_kind"] == best["model_kind"] and version["run_id"] == best["run_id"]
+    runs = {int(r) for r in tracking.list_runs(s)["run_id"]}
+    assert {c["run_id"] for c in cands} <= runs                       # every kind left its run
+    assert "gate" in result and result["gate"]["checks"]

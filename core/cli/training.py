@@ -87,7 +87,9 @@ def cmd_evaluate(args, settings):
 
 
 @command("retrain", help="ETL → train → evaluate → gate → promote (or start a canary)", args=[
-    arg("--model", choices=list(CF_KINDS), default="als"),
+    arg("--model", choices=[*CF_KINDS, "best"], default="als",
+        help="the model kind (default als); best: ALS, EASE and the blend trained on the same split, the one with "
+             "the best holdout nDCG@10 goes to the gate"),
     arg("--seed", type=SEED),
     arg("--margin", type=float_in(0, 1, "--margin"), default=0.0,
         help="tolerance 0..1: how far below 0 the lower bound of the 90%% interval of the nDCG@10 "
@@ -117,6 +119,10 @@ def cmd_retrain(args, settings):
               + ("PROMOTED to production" if result["promoted"] else
                  "kept as candidate (gate refused)" if released is None else pipeline.release_outcome(result)))
         print(f"  {_metric_line(result['metrics'])}")
+        for c in result.get("candidates") or []:
+            print(f"  {c['model_kind']:<6} " + (f"holdout nDCG@10 {c['ndcg@10']:.4f}, fit {c['fit_seconds']:.1f} s"
+                                                 + ("  ← chosen" if c["chosen"] else "") if c["run_id"] is not None
+                                                 else f"not trained: {c['error']}"))
         for reason in result["gate"]["reasons"]:
             print(f"  gate: {reason}")
         if released is not None and released["mode"] == "direct" and result["on_pass"] == "canary":

@@ -32,6 +32,8 @@ from core.training.evaluation import data_version_label, evaluate_version  # noq
 
 Progress = Callable[[float, str], None]
 DENSE_KINDS = ("ease", "blend")      # dense items × items matrices: the settings' ease_max_memory_mb applies
+BEST = "best"                         # retrain --model best: ALS, EASE and the blend, the best on the holdout
+BEST_KINDS = ("als", "ease", "blend")
 GATE_MARGIN = 0.0
 
 
@@ -176,6 +178,37 @@ def catalogue_size(settings: Settings) -> int:
         return int(con.execute("SELECT count(*) FROM dim_movie").fetchone()[0])
 
 
+def train_best(settings: Settings, kinds: tuple[str, ...] = BEST_KINDS, *, seed: int | None = None,
+               params: dict | None = None, holdout_days: int = HOLDOUT_DAYS, job_id: int | None = None,
+               progress: Progress = _noop, at: str | None = None) -> tuple[TrainResult, list[dict]]:
+    """Train every kind of `kinds` on the same split and return (the one with the best holdout nDCG@10, a summary of
+    each). Each kind is a `train` (its own run and bundle); the holdout is the same for all (the split depends only
+    on the data and `holdout_days`). The blend chose its weight before, on the training window only, so the holdout
+    compares three finished models. Ties go to the kind listed first. A kind whose catalogue is over the EASE memory
+    limit is left out (and says so); `params` maps a kind to its parameters."""
+    from core.training.models import CatalogueTooLarge
+    results, summary = [], []
+    for i, kind in enumerate(kinds):
+        lo, hi = i / len(kinds), (i + 1) / len(kinds)
+        try:
+            r = train(settings, kind, seed=seed, params=(params or {}).get(kind), holdout_days=holdout_days,
+                      job_id=job_id, at=at, progress=lambda f, m, lo=lo, hi=hi: progress(lo + (hi - lo) * f, m))
+        except CatalogueTooLarge as exc:
+            summary.append({"model_kind": kind, "run_id": None, "ndcg@10": None, "fit_seconds": None,
+                            "chosen": False, "error": str(exc)})
+            continue
+        results.append(r)
+        summary.append({"model_kind": kind, "run_id": r.run_id, "ndcg@10": r.metrics["ndcg@10"],
+                        "users_evaluated": r.metrics.get("users_evaluated"), "fit_seconds": r.timings.get("fit"),
+                        "chosen": False})
+    if not results:
+        raise RetroError("no model kind could be trained: " + "; ".join(s["error"] for s in summary))
+    best = max(results, key=lambda r: (r.metrics["ndcg@10"], -kinds.index(r.model_kind)))
+    for s in summary:
+        s["chosen"] = s["run_id"] == best.run_id
+    return best, summary
+
+
 def _estimator_class(settings: Settings, model: str):
     """The estimator of `model` on the settings' engine: `implicit`'s (embedded) or MLlib ALS (spark). EASE and
     the blend get the settings' memory limit for their dense item-item matrices."""
@@ -259,8 +292,13 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
 
         stage = "train"
         tracking.update_job(settings, job_id, stage)
-        trained = train(settings, model, seed=seed, params=params, holdout_days=holdout_days, job_id=job_id, at=at,
-                        progress=lambda f, m: progress(0.25 + 0.6 * f, m))
+        candidates = None
+        if model == BEST:
+            trained, candidates = train_best(settings, seed=seed, params=params, holdout_days=holdout_days,
+                                             job_id=job_id, at=at, progress=lambda f, m: progress(0.25 + 0.6 * f, m))
+        else:
+            trained = train(settings, model, seed=seed, params=params, holdout_days=holdout_days, job_id=job_id,
+                            at=at, progress=lambda f, m: progress(0.25 + 0.6 * f, m))
 
         stage = "gate"
         tracking.update_job(settings, job_id, stage)
@@ -302,6 +340,8 @@ def retrain(settings: Settings, model: str = "als", *, seed: int | None = None, 
                   "baselines": trained.baselines, "timings": trained.timings | {"etl": etl_seconds},
                   "data_version": trained.data_version, "trigger": trigger, "ranker": ranker_result,
                   "on_pass": on_pass, "release": released}
+        if candidates is not None:         # --model best: every kind's holdout nDCG@10 and fit time, the chosen one
+            result |= {"model_kind": trained.model_kind, "candidates": candidates}
         tracking.finish_job(settings, job_id, result, at=at)
         progress(1.0, f"done: v{version} " + release_outcome(result))
         return result
