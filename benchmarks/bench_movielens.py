@@ -6,17 +6,25 @@ interaction (binary, confidence 1); binary relevance; items the user rated in th
 training part are never recommended; k = 10. Item columns cover every movie in the
 file, so held-out movies nobody rated in training still count as relevant.
 
-    python benchmarks/bench_movielens.py           # test-set table with the model defaults
-    python benchmarks/bench_movielens.py --tune    # grid search on a validation split of TRAIN only
+    python benchmarks/bench_movielens.py              # test-set table with the model defaults
+    python benchmarks/bench_movielens.py --tune       # grid search (ALS, BPR, EASE) on a validation split of TRAIN only
+    python benchmarks/bench_movielens.py --tune ease  # only EASE's regularization
 
 --tune carves a validation set out of the training part (same per-user 75/25, seed 43),
 fits each grid point on the rest, ranks by validation nDCG@10, then reports the
-winners on the test split once.
+winners on the test split once. The blend (ALS + EASE) chooses its weight itself on a
+validation split of the matrix it is fitted on (TRAIN here), never on the test split.
+Every figure is printed with its fit time, and the table is written to
+benchmarks/results/movielens.md with the date, commit, load average and machine.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
+import os
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.constants import DEFAULT_K, SEED  # noqa: E402
 from core.training.metrics import evaluate_lists  # noqa: E402
-from core.training.models import ALSRecommender, BPRRecommender, PopularityRecommender, WeightedRatingRecommender  # noqa: E402
+from core.training.models import (ALSRecommender, BlendRecommender, BPRRecommender, EASERecommender,  # noqa: E402
+                                  PopularityRecommender, WeightedRatingRecommender)
 from core.training.top50 import rank_movies  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
@@ -45,6 +54,11 @@ ALS_GRID = {"factors": [32, 64, 128, 256], "regularization": [0.05, 5.0, 20.0, 5
 # For BPR what matters most is learning_rate × iterations; regularization barely matters below 0.001.
 BPR_GRID = {"factors": [16, 32, 64], "learning_rate": [0.0025, 0.005, 0.01],
             "regularization": [0.0001, 0.001, 0.01], "iterations": [100, 200, 400]}
+# EASE: only λ. Steck used 500 on ML-20M (136k users); a smaller catalogue and fewer users want less.
+EASE_GRID = {"regularization": [50.0, 100.0, 200.0, 300.0, 500.0, 1000.0]}
+TUNABLE = {"als": ("ALS", ALSRecommender, ALS_GRID), "bpr": ("BPR", BPRRecommender, BPR_GRID),
+           "ease": ("EASE", EASERecommender, EASE_GRID)}
+RESULTS = Path(__file__).resolve().parent / "results" / "movielens.md"
 # Settings within this validation nDCG of the best count as tied; the cheapest tied one is picked
 # (fewest factors, then fewest iterations), since one seed moves nDCG by more than this.
 TIE_TOLERANCE = 0.001
@@ -123,15 +137,18 @@ def grid(space: dict) -> list[dict]:
     return [dict(zip(space, values)) for values in itertools.product(*space.values())]
 
 
-def tune(df: pd.DataFrame, n_users: int, n_items: int) -> tuple[dict, dict]:
+def tune(df: pd.DataFrame, n_users: int, n_items: int, kinds=tuple(TUNABLE)) -> tuple[dict[str, dict], list[str]]:
+    """(picked parameters per kind, the markdown of every grid, also printed)."""
     train_df, _ = per_user_split(df, SEED)
     fit_df, val_df = per_user_split(train_df, VALIDATION_SEED)
     fit_m = to_matrix(fit_df, n_users, n_items)
     val_rel = relevant_sets(val_df, n_users)
-    print(f"Validation split of TRAIN (seed {VALIDATION_SEED}): {fit_m.nnz:,} fit / {len(val_df):,} validation "
-          f"interactions\n")
+    report = [f"Validation split of TRAIN (seed {VALIDATION_SEED}): {fit_m.nnz:,} fit / {len(val_df):,} validation "
+              "interactions"]
+    out = report.append
     best = {}
-    for label, cls, space in (("ALS", ALSRecommender, ALS_GRID), ("BPR", BPRRecommender, BPR_GRID)):
+    for kind in kinds:
+        label, cls, space = TUNABLE[kind]
         results = []
         t0 = time.perf_counter()
         for params in grid(space):
@@ -139,57 +156,115 @@ def tune(df: pd.DataFrame, n_users: int, n_items: int) -> tuple[dict, dict]:
             results.append((r["ndcg@10"], params, r))
         results.sort(key=lambda x: -x[0])
         tied = [params for score, params, _ in results if score >= results[0][0] - TIE_TOLERANCE]
-        picked = min(tied, key=lambda q: (q.get("factors", 0), q.get("iterations", 0)))
-        print(f"### {label} grid ({len(results)} points, {time.perf_counter() - t0:.0f} s), by validation nDCG@10\n")
-        print("| rank | " + " | ".join(space) + " | val nDCG@10 | val precision@10 | fit (s) | |")
-        print("|" + "---|" * (len(space) + 5))
+        # cheapest: fewest factors, then iterations; for EASE (no factors) the strongest λ among the tied
+        picked = min(tied, key=lambda q: (q.get("factors", 0), q.get("iterations", 0), -q.get("regularization", 0)))
+        out(f"### {label} grid ({len(results)} points, {time.perf_counter() - t0:.0f} s), by validation nDCG@10\n")
+        table_lines = ["| rank | " + " | ".join(space) + " | val nDCG@10 | val precision@10 | fit (s) | |",
+                       "|" + "---|" * (len(space) + 5)]
         for rank, (score, params, r) in enumerate(results, 1):
             mark = "**picked**" if params is picked else ("tied" if params in tied else "")
-            print(f"| {rank} | " + " | ".join(str(params[k]) for k in space)
-                  + f" | {score:.4f} | {r['precision@10']:.4f} | {r['fit_s']:.2f} | {mark} |")
-        print()
-        best[label] = picked
-    return best["ALS"], best["BPR"]
+            table_lines.append(f"| {rank} | " + " | ".join(str(params[k]) for k in space)
+                               + f" | {score:.4f} | {r['precision@10']:.4f} | {r['fit_s']:.2f} | {mark} |")
+        out("\n".join(table_lines))
+        best[kind] = picked
+    print("\n\n".join(report) + "\n")
+    return best, report
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU") \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, numpy {np.__version__}"
+
+
+def commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head
+
+
+def write_results(text: str, load_before: tuple, load_after: tuple, total_s: float, out: Path = RESULTS) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = lambda v: " / ".join(f"{x:.2f}" for x in v)           # noqa: E731
+    out.write_text(f"# MovieLens latest-small (`benchmarks/bench_movielens.py`)\n\nRun {now}, commit {commit()}, "
+                   f"{machine()}; load average (1/5/15 min) {load(load_before)} at the start, {load(load_after)} at "
+                   f"the end; {total_s:.0f} s in all. Fit and recommend times are wall-clock seconds on one BLAS "
+                   f"thread and move 2–8× with the load.\n\n{text}\n")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tune", action="store_true", help="grid-search ALS and BPR on a validation split of train")
+    p.add_argument("--tune", nargs="*", choices=list(TUNABLE), metavar="KIND",
+                   help="grid-search these kinds (als, bpr, ease; none named: all) on a validation split of train")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = p.parse_args()
     df = load()
     if df is None:
         print(f"MovieLens latest-small not found at {DATA} (expected ratings.csv); nothing to benchmark.")
         return 0
+    load_before = os.getloadavg()
     n_users, n_items = int(df["u"].max()) + 1, int(df["i"].max()) + 1
     print(f"MovieLens latest-small: {len(df):,} ratings, {n_users} users, {n_items:,} movies")
     t_start = time.perf_counter()
-    if args.tune:
-        als_params, bpr_params = tune(df, n_users, n_items)
-        als, bpr = ALSRecommender(**als_params), BPRRecommender(**bpr_params)
-        print(f"Picked by validation nDCG@10 (cheapest within {TIE_TOLERANCE} of the best): ALS {fmt_params(als.params())}; BPR {fmt_params(bpr.params())}")
-        print(f"Model defaults in core/training/models.py: ALS {fmt_params(ALSRecommender().params())}; "
-              f"BPR {fmt_params(BPRRecommender().params())}\n")
-    else:
-        als, bpr = ALSRecommender(), BPRRecommender()
+    picked = {}
+    notes = []
+    if args.tune is not None:
+        picked, report = tune(df, n_users, n_items, tuple(args.tune) or tuple(TUNABLE))
+        notes.extend(report)
+        notes.append("Picked by validation nDCG@10 (within " f"{TIE_TOLERANCE} of the best, the cheapest): "
+                     + "; ".join(f"{TUNABLE[k][0]} {fmt_params(v)}" for k, v in picked.items()))
+    als = ALSRecommender(**picked.get("als", {}))
+    bpr = BPRRecommender(**picked.get("bpr", {}))
+    ease = EASERecommender(**picked.get("ease", {}))
+    blend = BlendRecommender(**{k: v for k, v in als.params().items() if k in ("factors", "regularization", "alpha",
+                                                                                "iterations")},
+                             ease_regularization=ease.regularization)
+    notes.append(f"Model defaults in core/training/models.py: ALS {fmt_params(ALSRecommender().params())}; "
+                 f"BPR {fmt_params(BPRRecommender().params())}; EASE {fmt_params(EASERecommender().params())}")
 
     train_df, test_df = per_user_split(df, SEED)
     train = to_matrix(train_df, n_users, n_items)
     test_rel = relevant_sets(test_df, n_users)
-    print(f"Split: per-user stratified random 75/25 (seed {SEED}): {train.nnz:,} train / {len(test_df):,} test "
-          f"interactions; binary relevance, seen items excluded, k = {DEFAULT_K}\n")
-    rows = [
-        ("most popular", evaluate(PopularityRecommender(), train, test_rel)),
-        ("Top 50 (weighted rating)", evaluate(WeightedRatingRecommender(top50_columns(train_df)), train, test_rel)),
-        (f"ALS ({fmt_params(als.params())})", evaluate(als, train, test_rel)),
-        (f"ALS, reference setting ({fmt_params(ALS_REFERENCE)})",
-         evaluate(ALSRecommender(**ALS_REFERENCE), train, test_rel)),
-        (f"BPR ({fmt_params(bpr.params())})", evaluate(bpr, train, test_rel)),
-    ]
-    print(table(rows))
-    print(f"\nTotal {time.perf_counter() - t_start:.0f} s. Defaults were chosen by `--tune`: a grid over "
-          f"{len(grid(ALS_GRID))} ALS and {len(grid(BPR_GRID))} BPR settings fitted on 75 % of each user's "
-          f"TRAIN ratings and ranked by nDCG@{DEFAULT_K} on the other 25 % (seed {VALIDATION_SEED}; the cheapest "
-          f"setting within {TIE_TOLERANCE} of the best wins); the test split is used only for this table.")
+    split = (f"Split: per-user stratified random 75/25 (seed {SEED}): {train.nnz:,} train / {len(test_df):,} test "
+             f"interactions; binary relevance, seen items excluded, k = {DEFAULT_K}")
+    print(split + "\n")
+    rows = []
+    for name, model in [
+        ("most popular", PopularityRecommender()),
+        ("Top 50 (weighted rating)", WeightedRatingRecommender(top50_columns(train_df))),
+        (f"ALS ({fmt_params(als.params())})", als),
+        (f"ALS, reference setting ({fmt_params(ALS_REFERENCE)})", ALSRecommender(**ALS_REFERENCE)),
+        (f"BPR ({fmt_params(bpr.params())})", bpr),
+        (f"EASE (λ={ease.regularization:g})", ease),
+        ("blend", blend),
+    ]:
+        r = evaluate(model, train, test_rel)
+        if model is blend:
+            name = (f"blend: ALS as above + EASE (λ={ease.regularization:g}), EASE weight w={blend.weight_:g} chosen on a "
+                    f"validation split of TRAIN ({blend.validation_share:.0%} of each user's ratings)")
+            curve = ", ".join(f"{w:g}: {v:.4f}" for w, v in blend.validation_.items())
+            notes.append(f"Blend weight (share of EASE in the fused, per-user standardized scores) by validation "
+                         f"nDCG@10: {curve}")
+        rows.append((name, r))
+        print(f"{name}: nDCG@10 {r['ndcg@10']:.4f}, fit {r['fit_s']:.1f} s, recommend all {r['recommend_s']:.1f} s",
+              flush=True)
+    text = table(rows)
+    total = time.perf_counter() - t_start
+    print("\n" + text)
+    print("\n" + "\n".join(notes))
+    print(f"\nTotal {total:.0f} s. Defaults were chosen by `--tune`: a grid over "
+          f"{len(grid(ALS_GRID))} ALS, {len(grid(BPR_GRID))} BPR and {len(grid(EASE_GRID))} EASE settings fitted on "
+          f"75 % of each user's TRAIN ratings and ranked by nDCG@{DEFAULT_K} on the other 25 % (seed "
+          f"{VALIDATION_SEED}; the cheapest setting within {TIE_TOLERANCE} of the best wins); the test split is used "
+          "only for this table.")
+    write_results(f"{split}.\n\n{text}\n\n" + "\n\n".join(notes), load_before, os.getloadavg(), total, args.out)
+    print(f"written to {args.out}")
     return 0
 
 

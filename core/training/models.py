@@ -24,6 +24,7 @@ import implicit.cpu.als  # noqa: F401  (importing implicit loads scipy's OpenBLA
 import implicit.cpu.bpr
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
 from core.constants import DEFAULT_K, SEED
@@ -441,8 +442,9 @@ class CatalogueTooLarge(ValidationError):
 
 
 def ease_memory_mb(n_items: int) -> float:
-    """MiB that fitting EASE on `n_items` columns needs: three dense float64 items × items matrices at once (the
-    Gram matrix, its regularized inverse and the weights), 24·n² bytes. 1,500 items: 51 MiB; 9,742: 2,172 MiB."""
+    """MiB that fitting EASE on `n_items` columns may need: dense items × items matrices — the Gram matrix and its
+    regularized inverse (float64, turned into the weights in place) and the float32 weights, with room for a
+    copy: 24·n² bytes. 1,500 items: 51 MiB; 9,742: 2,172 MiB."""
     return 24.0 * float(n_items) ** 2 / 2**20
 
 
@@ -458,14 +460,27 @@ def check_ease_memory(n_items: int, max_memory_mb: float) -> None:
 
 def ease_weights(gram: np.ndarray, regularization: float) -> np.ndarray:
     """EASE's item-item weights (Steck 2019, eq. 8): P = (G + λI)⁻¹, B = I − P·diag(1/diag(P)), so
-    B_ij = −P_ij / P_jj off the diagonal and diag(B) = 0. `gram` = XᵀX (items × items); returns float64."""
+    B_ij = −P_ij / P_jj off the diagonal and diag(B) = 0. `gram` = XᵀX (items × items); returns float32.
+
+    G + λI is symmetric positive definite (λ > 0), so P comes from its Cholesky factor (LAPACK potrf/potri,
+    in place): about half the work of a general inverse (2.4× faster at 3,000 items, one BLAS thread)."""
     n = gram.shape[0]
-    P = np.array(gram, dtype=np.float64)
-    P[np.diag_indices(n)] += float(regularization)
-    P = np.linalg.inv(P)
-    B = P / (-np.diag(P))                   # column j divided by −P_jj
-    B[np.diag_indices(n)] = 0.0
-    return B
+    A = np.array(gram, dtype=np.float64, order="F")
+    A[np.diag_indices(n)] += float(regularization)
+    factor, info = lapack.dpotrf(A, lower=False, overwrite_a=True, clean=False)
+    if info != 0:
+        raise ValidationError(f"XᵀX + λI is not positive definite (LAPACK dpotrf info {info}); use a larger λ")
+    P, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise ValidationError(f"could not invert XᵀX + λI (LAPACK dpotri info {info}); use a larger λ")
+    for i0 in range(0, n, 512):               # potri fills the upper triangle: mirror it, block by block, in place
+        i1 = min(n, i0 + 512)
+        P[i0:i1, :i0] = P[:i0, i0:i1].T
+        block = P[i0:i1, i0:i1]
+        P[i0:i1, i0:i1] = np.triu(block) + np.triu(block, 1).T
+    P /= -np.diag(P).copy()                   # column j divided by −P_jj
+    P[np.diag_indices(n)] = 0.0
+    return np.ascontiguousarray(P, dtype=np.float32)
 
 
 def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
@@ -510,7 +525,7 @@ class EASERecommender(Recommender):
 
     name = "ease"
 
-    def __init__(self, regularization: float = 200.0, random_state: int = SEED,
+    def __init__(self, regularization: float = 500.0, random_state: int = SEED,
                  max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB):
         self.regularization = regularization
         self.random_state = random_state           # unused (closed form); accepted like every model's
@@ -530,7 +545,7 @@ class EASERecommender(Recommender):
         x = _binary(user_items)
         gram = (x.T @ x).toarray()
         self.gram_ = gram
-        self.weights_ = ease_weights(gram, self.regularization).astype(np.float32)
+        self.weights_ = ease_weights(gram, self.regularization)
         self.n_items_ = user_items.shape[1]
         self.fit_seconds_ = time.perf_counter() - t0
         return self
@@ -544,7 +559,7 @@ class EASERecommender(Recommender):
             return
         pin_blas()
         self.gram_ = np.asarray(self.gram_, dtype=np.float64) - (x.T @ x).toarray()
-        self.weights_ = ease_weights(self.gram_, self.regularization).astype(np.float32)
+        self.weights_ = ease_weights(self.gram_, self.regularization)
 
     def user_scores(self, seen: sp.csr_matrix) -> np.ndarray:
         """Dense scores (users of `seen` × items) = X_seen · B."""
@@ -640,7 +655,7 @@ class BlendRecommender(Recommender):
     WEIGHTS = tuple(i / 10 for i in range(11))
 
     def __init__(self, factors: int = 128, regularization: float = 20.0, alpha: float = 2.0, iterations: int = 15,
-                 ease_regularization: float = 200.0, weight: float | None = None, validation_share: float = 0.2,
+                 ease_regularization: float = 500.0, weight: float | None = None, validation_share: float = 0.2,
                  random_state: int = SEED, num_threads: int = 1, max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB):
         self.factors = factors
         self.regularization = regularization

@@ -4,6 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from core.constants import CF_KINDS
 from core.monitoring import release
 from core.training import registry
 from dashboard import cache, charts, ui
@@ -24,7 +25,9 @@ ON_PASS = {"canary": "start a canary", "promote": "promote it now"}
 with st.container(border=True):
     st.subheader("Retrain")
     c1, c2, c3, c4 = st.columns([1, 1, 1.4, 1])
-    model = c1.selectbox("Model", ["als", "bpr"], key="model")
+    model = c1.selectbox("Model", [*CF_KINDS, "best"], key="model",
+                         help="best: ALS, EASE and the blend trained on the same split; the one with the best "
+                              "holdout nDCG@10 goes to the gate")
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=42, step=1, key="seed")
     margin = c3.number_input("Gate tolerance (nDCG@10 the interval's lower bound may fall below 0)", min_value=0.0,
                              max_value=1.0, value=0.0, step=0.005, format="%.3f", key="margin")
