@@ -198,8 +198,9 @@ def test_the_write_api_refuses_a_targeted_ad_without_consent(ad_world, tmp_path)
 
 
 def test_ads_off_shows_nothing_and_leaves_the_organic_day_unchanged(tmp_path):
-    """The same world simulated a day with ads on and with ads off: the same events and ratings (ads draw from
-    their own stream); only the churn hazards differ (fatigue), and ads off writes no impression."""
+    """The same world simulated a day with ads on and with ads off: the same organic events and ratings (ads draw
+    from their own stream; a click on a promoted title may add a watch of its own, 'dDDDDD-adNNNNNN'); the churn
+    hazards differ (fatigue), and ads off writes no impression."""
     homes = {}
     for on in (True, False):
         settings = load_settings(tmp_path / ("on" if on else "off"))
@@ -209,7 +210,7 @@ def test_ads_off_shows_nothing_and_leaves_the_organic_day_unchanged(tmp_path):
         simulation.simulate(settings, 1)
         with opsdb.session(settings) as db:
             events = pd.read_sql_query("SELECT event_id, user_id, movie_id, kind, value, occurred_at FROM events "
-                                       "ORDER BY seq", db.conn)
+                                       "WHERE event_id NOT LIKE '%-ad%' ORDER BY seq", db.conn)   # organic
             ads = pd.read_sql_query("SELECT * FROM ad_impressions WHERE shown_at >= '2026-01-02'", db.conn)
         homes[on] = (events, ads, simulation.load_world(settings))
     pd.testing.assert_frame_equal(homes[True][0], homes[False][0])
@@ -358,3 +359,58 @@ def test_a_world_built_without_ads_has_none_until_switched_on(tmp_path):
         assert db.execute("SELECT count(*) FROM users WHERE age_band IS NULL").fetchone()[0] == 0
     assert ads_day.switch(settings, True)["campaigns_created"] == 14
     assert simulation.simulate(settings, 1)["ad_impressions"] > 0
+
+
+def test_a_click_on_a_promoted_title_leads_to_a_watch_with_a_seeded_probability(tmp_path):
+    """`simulation.ad_watches` by hand on a real world: of clicks on promoted titles, those whose draw from the
+    day's stream [seed, day, 7] is below AD_CLICK_WATCH become watches — not a title watched before, not one
+    watched in today's session anyway, one watch for two clicks on the same title."""
+    settings = load_settings(tmp_path)
+    simulation.init_world(settings, seed=4, users=400, movies=120, days=2)
+    world = simulation.load_world(settings)
+    active = np.arange(0, 400, 2)
+    fit = simulation.taste_fit(world, active, np.ones(world.taste.shape[1]))
+    unseen = [(a, j) for a in range(len(active)) for j in range(len(world.movie_ids))
+              if not world.watched[active[a], j]][:600:3]                           # 200 (user, title) pairs
+    a = np.array([p[0] for p in unseen])
+    m = np.array([p[1] for p in unseen])
+    seen_a = int(np.flatnonzero(world.watched[active].any(axis=1))[0])
+    seen_m = int(np.flatnonzero(world.watched[active[seen_a]])[0])
+    a = np.r_[a, seen_a, a[0], a[1]]                       # a title watched before, a second click, one watched today
+    m = np.r_[m, seen_m, m[0], m[1]]
+    clicks = pd.DataFrame({"a": a, "movie_id": world.movie_ids[m], "t": np.full(len(a), 36000)})
+    got_a, got_m, events = simulation.ad_watches(world, 5, active, fit, clicks, [a[1]], [m[1]],
+                                                 simulation.day_start(5))
+    draw = np.random.default_rng([world.seed, 5, 7]).random(len(a))
+    expect = draw < ads_world.AD_CLICK_WATCH
+    expect[[1, len(a) - 3, len(a) - 2, len(a) - 1]] = False    # watched today; watched before; second click; today
+    assert (got_a.tolist(), got_m.tolist()) == (a[expect].tolist(), m[expect].tolist())
+    assert 70 < len(got_a) < 130                                # about half of 200
+    assert events["event_id"].tolist() == [f"d00005-ad{i:06d}" for i in range(len(got_a))]
+    assert (events["kind"] == "watch").all() and (events["value"] > 0).all()
+    assert events["user_id"].tolist() == world.user_ids[active[got_a]].tolist()
+    assert events["movie_id"].tolist() == world.movie_ids[got_m].tolist()
+    assert set(events["occurred_at"]) == {"2026-01-06T10:00:30"}     # the click + 30 s
+    assert simulation.ad_watches(world, 5, active, fit, clicks.head(0), [], [], simulation.day_start(5))[2].empty
+
+
+def test_in_a_world_ad_clicks_on_titles_become_watches_the_world_remembers(tmp_path):
+    settings = load_settings(tmp_path)
+    simulation.init_world(settings, seed=4, users=1000, movies=150, days=10)
+    with opsdb.session(settings) as db:
+        clicks = pd.read_sql_query("SELECT i.user_id, c.movie_id, i.clicked_at FROM ad_impressions i JOIN ad_campaigns c "
+                                   "USING (campaign_id) WHERE c.creative_kind = 'title' AND i.clicked = 1", db.conn)
+        ad = pd.read_sql_query("SELECT * FROM events WHERE event_id LIKE '%-ad%' ORDER BY seq", db.conn)
+        other = pd.read_sql_query("SELECT user_id, movie_id FROM events WHERE kind = 'watch' AND event_id NOT LIKE "
+                                  "'%-ad%'", db.conn)
+    assert len(ad) > 0 and len(ad) <= len(clicks)
+    clicks["watch_at"] = (pd.to_datetime(clicks["clicked_at"]) + pd.Timedelta(seconds=30)).dt.strftime(
+        "%Y-%m-%dT%H:%M:%S")
+    matched = ad.merge(clicks, left_on=["user_id", "movie_id", "occurred_at"],
+                       right_on=["user_id", "movie_id", "watch_at"])
+    assert len(matched) == len(ad) and (ad["kind"] == "watch").all()        # each follows a click on its title
+    pairs = set(zip(other["user_id"], other["movie_id"]))
+    assert not any((u, m) in pairs for u, m in zip(ad["user_id"], ad["movie_id"]))   # never a title watched anyway
+    world = simulation.load_world(settings)
+    rows = np.searchsorted(world.user_ids, ad["user_id"].to_numpy())
+    assert world.watched[rows, world.movie_rows(ad["movie_id"].to_numpy())].all()

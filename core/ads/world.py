@@ -13,6 +13,10 @@ Constants (log-odds and hazard units, as in `core.simulation.simulation`'s churn
 - Fatigue: every ad shown adds AD_FATIGUE + AD_IRRELEVANT_FATIGUE · sigmoid(-2 · interest) to the user's churn
   hazard (a poor list adds 0.2, a good session takes 0.4 off): 0.02 for an ad the user cares for, up to 0.10
   for an irrelevant one.
+- A click on a promoted title (creative kind 'title') opens the title: the user watches it with probability
+  AD_CLICK_WATCH (0.5; a click on an organic tile is followed by a watch 85 % of the time, `WATCH_AFTER_CLICK` —
+  an ad click is less deliberate), unless they watched it before or watch it in today's session anyway; how much
+  of it they watch follows the organic watch-time model. A click on a product leads nowhere in the catalogue.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from core.constants import AGE_BANDS, GENRES
 
 CLICK_BASE, CLICK_INTEREST, CLICK_AGE = -3.6, 0.9, 0.5
 AD_FATIGUE, AD_IRRELEVANT_FATIGUE = 0.02, 0.08
+AD_CLICK_WATCH = 0.5                             # P(watch | a click on a promoted title not watched before)
 AGE_SHARES = (0.16, 0.27, 0.24, 0.18, 0.15)       # of AGE_BANDS among the service's users
 NO_AD_CONSENT_SHARE = 0.1                        # simulated users who refuse ad targeting at sign-up
 

@@ -49,11 +49,14 @@ class AdPolicy:
 
 @dataclass
 class AdDay:
-    """The day's impressions (rows for `writes.record_ad_impressions`) and the churn hazard each active user's ad
-    adds (A,) — 0 for a user shown none."""
+    """The day's impressions (rows for `writes.record_ad_impressions`), the churn hazard each active user's ad
+    adds (A,) — 0 for a user shown none —, and the clicks on promoted titles (`title_clicks`: a = the user's
+    position among the active, movie_id, t = click time in seconds since the day's start), which may lead to a
+    watch (`simulation.ad_watches`)."""
 
     impressions: pd.DataFrame
     fatigue: np.ndarray
+    title_clicks: pd.DataFrame | None = None
 
 
 def _iso(base: str, seconds: np.ndarray) -> np.ndarray:
@@ -175,7 +178,12 @@ def show_ads(db: sqlite_utils.Database, world, day_start: str, active: np.ndarra
     })
     fat = np.zeros(len(active))
     fat[rows] = ads_world.fatigue(latent[rows, w])
-    return AdDay(impressions, fat)
+    movie = pd.to_numeric(camps["movie_id"], errors="coerce").to_numpy(dtype=float)
+    title = (camps["creative_kind"].to_numpy() == "title") & np.isfinite(movie)
+    hit = clicked[rows] & title[w]
+    title_clicks = pd.DataFrame({"a": rows[hit], "movie_id": movie[w[hit]].astype(np.int64),
+                                 "t": np.minimum(at[hit] + CLICK_DELAY, 86399)})
+    return AdDay(impressions, fat, title_clicks)
 
 
 # ------------------------------------------------------------------ switching ads on or off for a world

@@ -318,6 +318,10 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
     served_at = start.strftime(TS_FORMAT)
     ads = ads_day.show_ads(db, world, served_at, active, session, day=day, slot=ads_slot, policy=ad_policy,
                            served_ids=servinglog.serve_ids_at(db, served_at) if serve is not None else None)
+    ad_a, ad_m, ad_events = ad_watches(world, day, active, fit, None if ads is None else ads.title_clicks,
+                                       a_idx[watched], m_idx[watched], start)
+    if len(ad_events):
+        events = pd.concat([events, ad_events], ignore_index=True)
     if n_new:   # their declared age band and ad-targeting consent: the sign-up form's answers
         sign_up = np.random.default_rng([world.seed, day, 6])
         new_bands = ads_world.draw_age_bands(sign_up, n_new)
@@ -344,8 +348,10 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
         stats.left, stats.returned = _churn(world, day, active, fit, personal_row, a_idx[watched], m_idx[watched],
                                             None if ads is None else ads.fatigue)
         world.watched[u_idx[watched], m_idx[watched]] = True
+        world.watched[active[ad_a], ad_m] = True
         world.recent_watches = (0.8 * world.recent_watches
-                                + np.bincount(m_idx[watched], minlength=len(world.movie_ids)))
+                                + np.bincount(np.r_[m_idx[watched], ad_m].astype(np.int64),
+                                              minlength=len(world.movie_ids)))
         if n_new:
             world_mod.add_people(world, new_ids, np.random.default_rng([world.seed, day, 2]), new_bands)
     stats.events, stats.ratings = ev_result.accepted, r_result.accepted
@@ -356,6 +362,36 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
 
 
 WATCH_AFTER_CLICK = 0.85
+AD_WATCH_DELAY = 30        # seconds from a click on a promoted title to the start of its watch (as organic)
+
+
+def ad_watches(world: world_mod.World, day: int, active: np.ndarray, fit: np.ndarray, title_clicks, watched_a,
+               watched_m, start) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The watches that clicks on promoted titles lead to (`ads_world.AD_CLICK_WATCH`): (active positions, movie
+    rows, events with event ids 'dDDDDD-adNNNNNN'). A title the user watched before, or watches in today's session
+    anyway (`watched_a`, `watched_m`: the organic watches), is not watched again. Draws come from the day's own
+    stream [seed, day, 7], so the organic day is unchanged by them."""
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), pd.DataFrame())
+    if title_clicks is None or not len(title_clicks):
+        return empty
+    rng = np.random.default_rng([world.seed, day, 7])
+    a = title_clicks["a"].to_numpy(dtype=np.int64)
+    m = world.movie_rows(title_clicks["movie_id"].to_numpy(dtype=np.int64))
+    draw, noise = rng.random(len(a)), rng.normal(0, 0.6, len(a))
+    n_movies = len(world.movie_ids)
+    today = np.isin(a * n_movies + m, np.asarray(watched_a, np.int64) * n_movies + np.asarray(watched_m, np.int64))
+    keep = (draw < ads_world.AD_CLICK_WATCH) & ~world.watched[active[a], m] & ~today
+    keep &= ~pd.Series(a * n_movies + m).duplicated().to_numpy()        # two clicks on one title: one watch
+    a, m, noise = a[keep], m[keep], noise[keep]
+    if not len(a):
+        return empty
+    fraction = _sigmoid(0.3 + 1.2 * fit[a, m] + 0.4 * world.quality[m] + noise)       # the organic watch time
+    seconds = np.round(fraction * world.runtime[m] * 60)
+    t = np.minimum(title_clicks["t"].to_numpy()[keep] + AD_WATCH_DELAY, 24 * 3600 - 1)
+    events = pd.DataFrame({"event_id": [f"d{day:05d}-ad{i:06d}" for i in range(len(a))],
+                           "user_id": world.user_ids[active[a]], "movie_id": pd.array(world.movie_ids[m], dtype="Int64"),
+                           "kind": "watch", "value": seconds.astype(float), "occurred_at": _iso(start, t)})
+    return a, m, events
 
 
 def base_exposure(world: world_mod.World, top: np.ndarray, exposure_boost: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ world, and returns per served list:
 Users are weighted by their chance of a session that day (`activity`); users who left are not served. The
 impressions are Monte Carlo over `draws` seeded Gumbel draws shared by every policy (common random numbers,
 so two policies' difference is far more precise than either value).
+Ads are outside it (a limitation, docs/ads.md): ad fatigue moves the churn hazard at the end of the day — beyond
+this one-day horizon — and a watch an ad click leads to comes from the sponsored slot, not from the list judged.
 """
 from __future__ import annotations
 
