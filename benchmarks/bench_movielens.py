@@ -123,7 +123,7 @@ def table(rows: list[tuple[str, dict]], k: int = DEFAULT_K) -> str:
     head = f"| model | precision@{k} | recall@{k} | nDCG@{k} | MAP@{k} | hit rate@{k} | coverage | fit (s) | recommend all (s) |"
     lines = [head, "|" + "---|" * 9]
     for name, r in rows:
-        lines.append(f"| {name} | {r[f'precision@{k}']:.3f} | {r[f'recall@{k}']:.3f} | {r[f'ndcg@{k}']:.3f} | "
+        lines.append(f"| {name} | {r[f'precision@{k}']:.3f} | {r[f'recall@{k}']:.3f} | {r[f'ndcg@{k}']:.4f} | "
                      f"{r[f'map@{k}']:.3f} | {r[f'hit_rate@{k}']:.3f} | {r['coverage']:.3f} | "
                      f"{r['fit_s']:.2f} | {r['recommend_s']:.2f} |")
     return "\n".join(lines)
