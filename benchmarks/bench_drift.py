@@ -166,7 +166,8 @@ def run_figures(settings, log: list[dict], before: dict) -> dict:
         jobs[int(row.job_id)] = {"version": res.get("version"), "passed": passed, "decided_by": by, "ess": y.get("ess"),
                                  "point": y.get("point"), "lo": y.get("lo"), "hi": y.get("hi"), "failed": failed,
                                  "release": res.get("release"), "promoted": bool(res.get("promoted")),
-                                 "truth": truth, "ranker": ranker, "reasons": gate.get("reasons", [])}
+                                 "truth": truth, "ranker": ranker, "reasons": gate.get("reasons", []),
+                                 "estimators": _estimator_differences(y)}
 
     dep = deployments.history(settings)
     dep = dep[~dep["deployment_id"].isin(before["deployments"])] if not dep.empty else dep
@@ -316,12 +317,21 @@ def _action_text(a: dict, job: dict) -> str:
         act += " — failed: " + "; ".join(reason.lstrip("✗ ") for _, reason in job.get("failed", []))
     if job.get("passed") and job.get("fate"):
         act += f"; release: {job['fate']}"
+    if job.get("estimators"):
+        act += " (" + ", ".join(f"{k} {v:+.3f}" for k, v in job["estimators"].items()) + ")"
     t = job.get("truth") or {}
     if t.get("verdict"):
         act += f"; truth: **{t['verdict']}** (Δ watches/list {t['difference']:+.4f}{_truth_hit_rate(t)})"
     if job.get("ranker"):
         act += f"; {job['ranker']}"
     return act
+
+
+def _estimator_differences(y: dict) -> dict:
+    """{estimator: candidate − production point} from the gate's yardstick (every estimator the gate computed)."""
+    every = y.get("all_estimators") or {}
+    cand, prod = every.get(y.get("candidate", "candidate")) or {}, every.get(y.get("reference", "production")) or {}
+    return {est: cand[est]["value"] - prod[est]["value"] for est in cand if est in prod}
 
 
 def _truth_hit_rate(t: dict) -> str:
