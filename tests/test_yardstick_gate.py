@@ -103,6 +103,10 @@ def test_a_retrain_records_the_yardstick_on_a_world_that_explores(cf_world, tmp_
     assert y["log"]["lists"] > 0 and y["log"]["exploring_lists"] > 0 and y["ess"] >= 1
     assert y["lo"] <= y["point"] <= y["hi"]
     assert set(y["values"]) == {"candidate", "production", "popularity", "top50"}
+    # Every estimator's value is kept beside the one that decided (why a verdict went wrong can be read later).
+    every = y["all_estimators"]
+    assert set(every) == set(y["values"]) and set(every["candidate"]) == {"ips", "snips", "dr", "switch", "dm"}
+    assert every["candidate"]["switch"]["value"] == pytest.approx(y["values"]["candidate"])
     q = result["gate"]["checks"]["quality"]
     assert q["decided_by"] == "counterfactual"
     serving.clear_caches()

@@ -238,7 +238,7 @@ def yardstick_checks(yardstick: dict | None, min_ess: float, margin: float, stal
     ess = float(yardstick["ess"])
     numbers = {"passed": True, "decided_by": "counterfactual" if ess >= min_ess else "holdout", "min_ess": min_ess,
                **{k: yardstick[k] for k in ("estimator", "ess", "point", "lo", "hi", "level", "values", "window",
-                                            "log") if k in yardstick}}
+                                            "log", "all_estimators") if k in yardstick}}
     est = {"switch": "SWITCH-DR"}.get(yardstick.get("estimator", "dr"), yardstick.get("estimator", "dr").upper())
     interval = (f"{est} Δwatches/list {yardstick['point']:+.4f}, {yardstick['level']:.0%} interval "
                 f"[{yardstick['lo']:+.4f}, {yardstick['hi']:+.4f}], ESS {ess:,.0f}")
