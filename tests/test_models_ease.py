@@ -247,13 +247,15 @@ class SpyHoldout(dict):
         return super().values()
 
 
-def test_the_blend_chooses_its_weight_without_reading_the_holdout(cf_world, tmp_path, monkeypatch):
-    """A spy on the pipeline's holdout: nothing reads it before or while the blend chooses its weight, and the
-    weight is chosen on the training window's matrix; the holdout is read afterwards, to evaluate."""
-    from core.training import pipeline
+@pytest.mark.parametrize("kind", ["ease", "blend"])
+def test_lambda_and_the_blend_weight_are_chosen_without_reading_the_holdout(cf_world, tmp_path, monkeypatch, kind):
+    """A spy on the pipeline's holdout: nothing reads it before or while EASE's λ (and the blend's weight) are
+    chosen, and both are chosen on the training window's matrix; the holdout is read afterwards, to evaluate."""
+    from core.training import pipeline, tracking
     s = private_copy(cf_world, tmp_path / "w")
     reads, splits, choices = [], [], []
-    real_split, real_choose = pipeline.holdout_split, BlendRecommender.choose_weight
+    real_split, real_weight, real_lambda = (pipeline.holdout_split, BlendRecommender.choose_weight,
+                                            pipeline.choose_ease_regularization)
 
     def spied_split(*args, **kwargs):
         split = real_split(*args, **kwargs)
@@ -261,23 +263,49 @@ def test_the_blend_chooses_its_weight_without_reading_the_holdout(cf_world, tmp_
         splits.append(split)
         return split
 
-    def spied_choose(self, user_items):
-        before = len(reads)
-        weight, curve = real_choose(self, user_items)
-        choices.append({"reads_before": before, "reads_during": len(reads) - before, "matrix": user_items,
-                        "weight": weight})
-        return weight, curve
+    def spy(what, real):
+        def chooser(*args, **kwargs):
+            matrix = args[-1] if what == "weight" else args[0]
+            before = len(reads)
+            out = real(*args, **kwargs)
+            choices.append({"what": what, "reads_before": before, "reads_during": len(reads) - before,
+                            "matrix": matrix, "value": out[0]})
+            return out
+        return chooser
 
     monkeypatch.setattr(pipeline, "holdout_split", spied_split)
-    monkeypatch.setattr(BlendRecommender, "choose_weight", spied_choose)
-    trained = pipeline.train(s, "blend", seed=3)
-    first = choices[0]                                  # the model the gate judges (the second is the deployed refit)
-    assert first["reads_before"] == 0 and first["reads_during"] == 0
+    monkeypatch.setattr(pipeline, "choose_ease_regularization", spy("lambda", real_lambda))
+    monkeypatch.setattr(BlendRecommender, "choose_weight", lambda self, m: spy("weight", real_weight)(self, m))
+    trained = pipeline.train(s, kind, seed=3)
+    assert len(splits) == 1 and reads, "the holdout was never read: the spy sees nothing"
     train_matrix = splits[0].train.user_items
-    assert first["matrix"].shape == train_matrix.shape and (first["matrix"] != train_matrix).nnz == 0
-    assert reads, "the holdout was never read: the spy sees nothing"
-    assert trained.estimator.weight_ == first["weight"] and 0.0 <= first["weight"] <= 1.0
-    assert set(trained.estimator.validation_) == set(BlendRecommender.WEIGHTS)
+    judged = [c for c in choices if c["matrix"].shape == train_matrix.shape
+              and (c["matrix"] != train_matrix).nnz == 0]
+    assert [c["what"] for c in judged] == (["lambda"] if kind == "ease" else ["lambda", "weight"])
+    assert all(c["reads_before"] == 0 and c["reads_during"] == 0 for c in judged)
+    lam = judged[0]["value"]
+    assert lam in models.EASE_REGULARIZATIONS
+    run = tracking.get_run(s, trained.run_id)
+    assert run["params"]["regularization" if kind == "ease" else "ease_regularization"] == lam
+    assert set(run["params"]["lambda_validation_ndcg@10"]) == {str(x) for x in models.EASE_REGULARIZATIONS}
+    if kind == "blend":
+        assert trained.estimator.weight_ == judged[1]["value"] and trained.estimator.ease_.regularization == lam
+        assert set(trained.estimator.validation_) == set(BlendRecommender.WEIGHTS)
+    else:
+        assert trained.estimator.regularization == lam
+
+
+def test_choose_ease_regularization_reads_only_the_matrix_and_prefers_the_larger_tie():
+    rng = np.random.default_rng(1)
+    m = sp.csr_matrix((rng.random((80, 30)) < 0.25).astype(np.float32))
+    lam, curve = models.choose_ease_regularization(m, (1.0, 10.0, 100.0), seed=5)
+    fit, held = models.validation_split(m, 0.2, 5)
+    users = [u for u, h in enumerate(held) if h]
+    for x in (1.0, 10.0, 100.0):                      # each point: EASE fitted on the fit part, nDCG on the held part
+        ids, _ = EASERecommender(x).fit(fit).recommend(users, fit, k=10)
+        from core.training.metrics import ndcg_at_k
+        assert curve[x] == pytest.approx(ndcg_at_k(ids, [held[u] for u in users], 10))
+    assert curve[lam] == max(curve.values()) and lam == max(x for x, v in curve.items() if v == max(curve.values()))
 
 
 def test_retrain_best_trains_als_ease_and_the_blend_on_one_holdout_and_gates_the_best(cf_world, tmp_path):

@@ -509,6 +509,36 @@ def _top_k(scores: np.ndarray, seen: sp.csr_matrix | None, k: int) -> tuple[np.n
     return ids, out
 
 
+# λ candidates for EASE (the grid of benchmarks/bench_movielens.py --tune ease)
+EASE_REGULARIZATIONS = (50.0, 100.0, 200.0, 300.0, 500.0, 1000.0)
+
+
+def choose_ease_regularization(user_items: sp.csr_matrix, grid=EASE_REGULARIZATIONS, *, share: float = 0.2,
+                               seed: int = SEED, max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB,
+                               ) -> tuple[float, dict]:
+    """(λ, {λ: validation nDCG@10}): the λ of `grid` whose EASE, fitted on a validation split of `user_items`
+    (`validation_split`), ranks the held-out titles best (ties: the larger λ). One Gram matrix for the whole grid;
+    nothing but `user_items` is read. With nobody to validate on: EASERecommender's default λ and an empty curve."""
+    from core.training.metrics import ndcg_at_k
+    user_items = _check_matrix(user_items, for_fit=True)
+    check_ease_memory(user_items.shape[1], max_memory_mb)
+    fit, held = validation_split(user_items, share, seed)
+    users = np.array([u for u, h in enumerate(held) if h], dtype=np.int64)
+    if not len(users):
+        return EASERecommender().regularization, {}
+    pin_blas()
+    x = _binary(fit)
+    gram = (x.T @ x).toarray()
+    seen = _seen_rows(fit, users)
+    relevant = [held[u] for u in users]
+    curve = {}
+    for lam in grid:
+        scores = np.asarray(_binary(seen) @ ease_weights(gram, float(lam)), dtype=np.float64)
+        curve[float(lam)] = ndcg_at_k(_top_k(scores, seen, DEFAULT_K)[0], relevant, DEFAULT_K)
+    best = max(curve.values())
+    return max(lam for lam, v in curve.items() if v >= best), curve
+
+
 class EASERecommender(Recommender):
     """EASE, an item-item model in closed form (Steck 2019, "Embarrassingly Shallow Autoencoders").
 
@@ -519,8 +549,10 @@ class EASERecommender(Recommender):
     (`gram_`) so an erasure can take a user's rows out of it (`forget`) and re-solve B without refitting.
 
     Memory: dense items × items matrices (`ease_memory_mb`); `fit` raises `CatalogueTooLarge` before allocating
-    when that exceeds `max_memory_mb` (the settings' `ease_max_memory_mb`). The default λ was picked by
-    ``benchmarks/bench_movielens.py --tune`` (validation nDCG@10 on a split of TRAIN).
+    when that exceeds `max_memory_mb` (the settings' `ease_max_memory_mb`). The default λ (500) was picked by
+    ``benchmarks/bench_movielens.py --tune ease`` on MovieLens; the training pipeline chooses λ for each training
+    window on a validation split of it (`choose_ease_regularization`, the same grid) unless one is given, since
+    the best λ grows with the data (a 300-user world wants far less than MovieLens).
     """
 
     name = "ease"

@@ -22,7 +22,8 @@ from core.training.artifacts import load_bundle, save_bundle
 from core.constants import CF_KINDS, DEFAULT_K
 from core.errors import RetroError, ValidationError
 from core.filemodes import private_dir
-from core.training.models import MODELS, PopularityRecommender, WeightedRatingRecommender, check_ease_memory
+from core.training.models import (MODELS, PopularityRecommender, WeightedRatingRecommender, check_ease_memory,
+    choose_ease_regularization)
 from core.training.spark_als import SparkALSRecommender
 from core.settings import Settings
 from core.training.evaluation import (HOLDOUT_DAYS, production_staleness, refit_production_config, same_as,
@@ -83,6 +84,20 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     params = dict(params or {})
     if model in DENSE_KINDS:      # refuse a catalogue too large for the dense item-item matrices before any work
         check_ease_memory(catalogue_size(settings), settings.ease_max_memory_mb)
+    split, chosen_lambda = None, None
+    lambda_key = {"ease": "regularization", "blend": "ease_regularization"}.get(model)
+    if lambda_key and lambda_key not in params:
+        # EASE's λ on a validation split of the training window (never the holdout), before the run records it
+        t = time.perf_counter()
+        progress(0.0, "building the training matrix and the time-based holdout")
+        split = holdout_split(settings, holdout_days, weights)
+        split_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        progress(0.05, f"choosing EASE's regularization on a validation split of {split.train_pairs:,} interactions")
+        params[lambda_key], curve = choose_ease_regularization(split.train.user_items, seed=seed,
+                                                               max_memory_mb=settings.ease_max_memory_mb)
+        chosen_lambda = {"key": lambda_key, "value": params[lambda_key], "seconds": time.perf_counter() - t,
+                         "validation_ndcg@10": {str(k): v for k, v in curve.items()}}
     try:
         probe = estimator_cls(**params, random_state=seed)
     except TypeError as exc:
@@ -93,13 +108,18 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     # What the run records: the model's parameters and the engine that trained it (Spark adds its λ scaling).
     engine_params = probe.run_params() if hasattr(probe, "run_params") else full_params | {"engine": settings.engine}
     run_params = engine_params | {"holdout_days": holdout_days, "weights": weights.to_dict()}
+    if chosen_lambda is not None:
+        run_params["lambda_validation_ndcg@10"] = chosen_lambda["validation_ndcg@10"]
     run_id = tracking.start_run(settings, model, run_params, seed, data_version, job_id=job_id, at=at)
     timings: dict[str, float] = {}
     try:
-        t = time.perf_counter()
-        progress(0.0, "building the training matrix and the time-based holdout")
-        split = holdout_split(settings, holdout_days, weights)
-        timings["split"] = time.perf_counter() - t
+        if split is None:
+            t = time.perf_counter()
+            progress(0.0, "building the training matrix and the time-based holdout")
+            split = holdout_split(settings, holdout_days, weights)
+            timings["split"] = time.perf_counter() - t
+        else:
+            timings |= {"split": split_seconds, "choose_lambda": chosen_lambda["seconds"]}
 
         t = time.perf_counter()
         progress(0.2, f"fitting {model} on {split.train_pairs:,} interactions")
