@@ -69,7 +69,6 @@ def _mlflow():
                                 "(nothing else in the project needs it)") from None
     logging.getLogger("mlflow").setLevel(logging.ERROR)          # after the import, which sets its own level
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method", category=UserWarning)
     return mlflow, MlflowClient
 
 
@@ -430,8 +429,10 @@ def _log_pyfunc(settings, client, experiment_id, uri, cf: dict, rk: dict | None,
                                   "retro.ranker_version": "" if rk is None else str(rk["version"])})
     with tempfile.TemporaryDirectory(prefix="retro-pyfunc-") as tmp:
         path = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(str(path), python_model=RetroRecommender(), artifacts=artifacts,
-                                 model_config={"home": str(settings.home)}, pip_requirements=_requirements())
+        with warnings.catch_warnings():          # its advice on pickled models: ours is imported by reference
+            warnings.simplefilter("ignore", UserWarning)
+            mlflow.pyfunc.save_model(str(path), python_model=RetroRecommender(), artifacts=artifacts,
+                                     model_config={"home": str(settings.home)}, pip_requirements=_requirements())
         client.log_artifacts(run.info.run_id, str(path), "model")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
@@ -456,7 +457,6 @@ def _drop_stale_copies(client, experiment_id: str, keep: str) -> None:
 
 
 def _load_pyfunc_base():
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method", category=UserWarning)
     try:
         from mlflow.pyfunc import PythonModel
     except ImportError:          # the class below still imports (its module is imported only with mlflow)
@@ -464,6 +464,8 @@ def _load_pyfunc_base():
     return PythonModel
 
 
+# Typed `predict` (DataFrame in, DataFrame out): MLflow inspects the hints when the class is made (and warns
+# without them); our input is a DataFrame with `user_id` and an optional `k`.
 class RetroRecommender(_load_pyfunc_base()):
     """MLflow pyfunc: `predict(DataFrame with user_id[, k])` → DataFrame user_id, path, movie_ids, scores.
 
@@ -480,7 +482,7 @@ class RetroRecommender(_load_pyfunc_base()):
         ranker = context.artifacts.get("ranker")
         self.ranker = load_ranker(Path(ranker)) if ranker else None
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from core.constants import DEFAULT_K
         from core.serving import serving
         frame = pd.DataFrame(model_input)
