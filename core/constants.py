@@ -35,3 +35,6 @@ SIM_START = "2026-01-01T00:00:00"
 AGE_BANDS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55+")
 AD_POLICIES: tuple[str, ...] = ("untargeted", "campaign-rate", "model")
 AD_CREATIVE_KINDS: tuple[str, ...] = ("title", "product")
+# A campaign targets by genre interest and age band only (`ad_campaigns.target_*`); a campaign naming any other
+# criterion is refused, so no attribute outside these two is ever targeted (sensitive ones: docs/ads.md).
+AD_TARGETING: tuple[str, ...] = ("target_genres", "target_age_bands")

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from core import errors
+from core.ads import features
+from core.constants import AD_TARGETING
 from core.privacy import erasure, export, retention
 from core.privacy import keys as key_rotation
 from core.pseudonym import pseudonym, pseudonym_key
@@ -59,6 +61,22 @@ def test_campaigns_are_validated_as_a_batch(ads_db):
             writes.add_ad_campaigns(ads_db, [CAMPAIGNS[0] | {"campaign_id": None} | bad])
         assert caught.value.code == code, bad
     assert len(adslog.campaigns(ads_db)) == 3                     # nothing of a refused batch was written
+
+
+def test_no_campaign_targets_a_sensitive_attribute(ads_db):
+    """Targeting is by genre interest and age band only: a campaign naming another criterion (a life event, user
+    ids, a churn risk) is refused by name, not stored as if untargeted; and none of the ads model's features is a
+    sensitive attribute docs/ads.md excludes (life events, free text, the user id)."""
+    for criterion in ("target_life_events", "target_user_ids", "target_churn_risk"):
+        for batch in ([CAMPAIGNS[0] | {"campaign_id": None, criterion: "x"}],
+                      pd.DataFrame([CAMPAIGNS[0] | {"campaign_id": None, criterion: "x"}])):
+            with pytest.raises(errors.ValidationError) as caught:
+                writes.add_ad_campaigns(ads_db, batch)
+            assert caught.value.code == "unknown_targeting" and criterion in str(caught.value)
+    assert len(adslog.campaigns(ads_db)) == 3
+    assert [c for c in features.CAMPAIGN_COLUMNS if c.startswith("target_")] == list(AD_TARGETING)
+    names = features.feature_names([1, 2])
+    assert not [n for n in names if any(w in n for w in ("user", "life", "event", "hazard", "text", "title"))], names
 
 
 def test_impressions_are_validated_and_quarantined_with_a_code(ads_db):

@@ -20,7 +20,7 @@ import pandas as pd
 import sqlite_utils
 
 from core import bounds, errors
-from core.constants import AD_CREATIVE_KINDS, AD_POLICIES, AGE_BANDS, EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
+from core.constants import AD_CREATIVE_KINDS, AD_POLICIES, AD_TARGETING, AGE_BANDS, EVENT_KINDS, GENRES, RATING_MAX, RATING_MIN
 from core.store import clock, opsdb
 
 OnInvalid = Literal["raise", "quarantine"]
@@ -418,6 +418,13 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
     refuses the batch."""
     df = _frame(rows, ["campaign_id", "advertiser", "creative_kind", "movie_id", "product", "target_genres",
                        "target_age_bands", "bid", "daily_budget", "frequency_cap", "active", "created_at"])
+    # Another targeting criterion would be stored nowhere and silently ignored: the advertiser would believe they
+    # targeted it. Refused by name — targeting is by genre interest and age band only, never a sensitive attribute.
+    other = sorted(str(c) for c in df.columns if str(c).startswith("target_") and c not in AD_TARGETING)
+    if other:
+        raise errors.ValidationError(f"campaigns target by {' and '.join(AD_TARGETING)} only; {', '.join(other)} "
+                                     "is not a targeting criterion (no campaign targets a sensitive attribute: "
+                                     "docs/ads.md)", code="unknown_targeting")
     now = clock.now(db=db)
     r = _Reasons(len(df))
     given = ~df["campaign_id"].map(bounds.is_missing).astype(bool)
