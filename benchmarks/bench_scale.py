@@ -1,7 +1,11 @@
 """Scaling benchmark (issue 15): the embedded engine and the Spark engine at 1M, 5M and 20M interactions.
 
-Usage: python benchmarks/bench_scale.py [--sizes 1e6 5e6 2e7] [--engines embedded spark] [--timeout 3600]
-                                        [--out benchmarks/results/scale.md]
+Usage: python benchmarks/bench_scale.py [--sizes 1e6 5e6 2e7] [--engines embedded spark spark-cluster]
+                                        [--timeout 3600] [--out benchmarks/results/scale.md]
+
+`spark-cluster`: the Spark engine against a standalone cluster started for the run from the pyspark distribution
+(a master and two workers of 1 core and 1g each on 127.0.0.1, tests/spark_cluster.py), the driver outside it;
+its peak RSS counts the driver's Python and JVM only (not the master's, workers' or executors').
 
 For each size a synthetic operational database is written through the bulk path (migrations without indexes,
 `executemany` in one transaction per chunk, indexes built after the load — how `init_world` loads a world), then
@@ -170,7 +174,8 @@ def worker(home: str, engine_name: str) -> dict:
     else:
         from core.training.spark_als import SparkALSRecommender
         from core.warehouse import lake_dataset, lake_etl, spark
-        session = stage("session", lambda: spark.get_session("local[2]"))
+        master = os.environ["RETRO_SPARK_MASTER"] if engine_name == "spark-cluster" else "local[2]"
+        session = stage("session", lambda: spark.get_session(master))
         jvm[0] = spark.jvm_pid(session)
         stage("etl", lambda: lake_etl.run_etl(settings, spark=session))
         split = stage("matrix", lambda: lake_dataset.time_split(settings, 3, spark=session))
@@ -183,6 +188,24 @@ def worker(home: str, engine_name: str) -> dict:
 
 
 def run_worker(home: Path, engine_name: str, timeout: float) -> dict:
+    if engine_name == "spark-cluster":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from spark_cluster import standalone_cluster
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root, \
+                standalone_cluster(Path(root), workers=2, cores=1, memory="1g") as cluster:
+            os.environ |= {"RETRO_SPARK_MASTER": cluster.url, "RETRO_SPARK_SHUFFLE_PARTITIONS": "4"}
+            try:
+                return _run_worker(home, engine_name, timeout)
+            finally:
+                for name in ("RETRO_SPARK_MASTER", "RETRO_SPARK_SHUFFLE_PARTITIONS"):
+                    os.environ.pop(name, None)
+    return _run_worker(home, engine_name, timeout)
+
+
+def _run_worker(home: Path, engine_name: str, timeout: float) -> dict:
+    if engine_name != "embedded":       # each Spark run loads its own lake (another one's would be 'no-new-data')
+        import shutil
+        shutil.rmtree(home / "lake", ignore_errors=True)
     env = os.environ | {"RETRO_SPARK_DRIVER_MEMORY": os.environ.get("RETRO_SPARK_DRIVER_MEMORY", "6g"),
                         "OPENBLAS_NUM_THREADS": "1"}
     load = os.getloadavg()[0]
@@ -197,7 +220,7 @@ def run_worker(home: Path, engine_name: str, timeout: float) -> dict:
                 "load": (load, os.getloadavg()[0])}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return result | {"load": (load, os.getloadavg()[0]), "wall": time.perf_counter() - t,
-                     "driver_memory": env["RETRO_SPARK_DRIVER_MEMORY"] if engine_name == "spark" else None}
+                     "driver_memory": env["RETRO_SPARK_DRIVER_MEMORY"] if engine_name != "embedded" else None}
 
 
 # ------------------------------------------------------------------ report
@@ -269,7 +292,7 @@ def _expected_peak_mb(results: list[dict], engine_name: str, size: float) -> flo
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", nargs="+", type=float, default=[1e6, 5e6, 2e7])
-    p.add_argument("--engines", nargs="+", default=["embedded", "spark"], choices=["embedded", "spark"])
+    p.add_argument("--engines", nargs="+", default=["embedded", "spark"], choices=["embedded", "spark", "spark-cluster"])
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per engine and size")
     p.add_argument("--out", default=None, help="also write the Markdown report to this file")
     p.add_argument("--max-memory", type=float, default=0.8,

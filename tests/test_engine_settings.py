@@ -31,3 +31,12 @@ def test_the_cli_refuses_an_unknown_engine_in_one_line(tmp_path, monkeypatch, ca
     assert main(["--home", str(tmp_path / "h"), "init", "--users", "10", "--movies", "10", "--days", "1"]) == 1
     err = capsys.readouterr().err
     assert err == "error: RETRO_ENGINE must be one of embedded, spark, got 'hadoop'\n"
+
+
+def test_the_driver_address_executors_reach_is_a_setting(monkeypatch):
+    """127.0.0.1 on one machine (local mode, the test cluster); RETRO_SPARK_DRIVER_HOST on a cluster of machines."""
+    from core.warehouse import spark
+    monkeypatch.delenv("RETRO_SPARK_DRIVER_HOST", raising=False)
+    assert spark._driver_host() == "127.0.0.1"
+    monkeypatch.setenv("RETRO_SPARK_DRIVER_HOST", "10.0.0.5")
+    assert spark._driver_host() == "10.0.0.5"

@@ -37,6 +37,7 @@ PROGRAM = re.compile(r"(?:\.venv/bin/)?python -m (core(?:\.[\w.]+)?)(?![\w.])")
 SKIP = {
     "serve": "runs until stopped; tests/test_server.py and tests/test_hot_swap.py start the real server",
     "etl --engine spark": "starts a Spark session (a minute of JVM start-up); tests/test_spark.py runs it",
+    "retrain --engine spark": "needs the standalone cluster the README starts just before; tests/test_spark_cluster.py",
 }
 # Hints that name a command without the arguments it needs; they must fail until their page is fixed (then drop
 # the entry), so this table cannot hide a new one.

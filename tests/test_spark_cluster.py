@@ -51,10 +51,12 @@ def test_the_spark_engines_tests_pass_against_the_cluster(cluster, tmp_path):
     env.pop("RETRO_ENGINE", None)
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "pytest", "tests/test_spark.py", "-q", "-p", "no:cacheprovider",
-                          f"--basetemp={tmp_path / 'run'}"],
+                          "-rfE", f"--basetemp={tmp_path / 'run'}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     took = time.monotonic() - started
-    tail = out.stdout[-4000:] + out.stderr[-2000:]
+    failed = [line for line in out.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    (tmp_path / "test_spark-on-cluster.log").write_text(out.stdout + out.stderr)   # the whole run, for a failure
+    tail = "\n".join(failed) + "\n" + out.stdout[-6000:] + out.stderr[-2000:]
     assert out.returncode == 0, tail
     passed = int(re.search(r"(\d+) passed", out.stdout).group(1))
     assert passed >= 12 and "skipped" not in out.stdout.splitlines()[-1], tail

@@ -11,7 +11,11 @@ Session settings that every engine module relies on:
   converts TIMESTAMP_NTZ ↔ TIMESTAMP through the session zone, so it must be UTC.
 - `spark.sql.ansi.enabled=false`: a cast that cannot be done gives NULL, as in the
   embedded ETL (`pd.to_numeric(..., errors="coerce")`), never an exception mid-job.
-- Quiet: no console progress bar, no UI server, log level WARN; bound to 127.0.0.1.
+- Quiet: no console progress bar, no UI server, log level WARN; bound to 127.0.0.1 unless
+  $RETRO_SPARK_DRIVER_HOST names the address a cluster's executors reach the driver at.
+- Other Spark settings of a deployment (executor memory and cores, YARN queue, Kubernetes image, S3 credentials
+  provider) go where Spark reads them: `$SPARK_CONF_DIR/spark-defaults.conf` (pyspark starts the JVM through
+  spark-submit, which reads it); the builder sets only what the engine's correctness depends on.
 """
 from __future__ import annotations
 
@@ -101,8 +105,11 @@ def get_session(master_url: str | None = None, *, app_name: str = "retro-movies"
             builder = (SparkSession.builder.master(master_url or DEFAULT_MASTER).appName(app_name)
                        .config("spark.ui.showConsoleProgress", "false")
                        .config("spark.ui.enabled", "false")
-                       .config("spark.driver.bindAddress", "127.0.0.1")
-                       .config("spark.driver.host", "127.0.0.1")
+                       # Executors connect back to the driver at this address: 127.0.0.1 on one machine (local
+                       # mode, the test cluster); on a cluster of machines $RETRO_SPARK_DRIVER_HOST names an
+                       # address they can reach (the driver then also listens on all interfaces).
+                       .config("spark.driver.bindAddress", "127.0.0.1" if _driver_host() == "127.0.0.1" else "0.0.0.0")
+                       .config("spark.driver.host", _driver_host())
                        .config("spark.sql.session.timeZone", "UTC")
                        .config("spark.sql.ansi.enabled", "false")
                        .config("spark.sql.shuffle.partitions", str(_shuffle_partitions(master_url or DEFAULT_MASTER)))
@@ -167,6 +174,11 @@ def _core_zip() -> str:
         for path in (PROJECT_ROOT / "core").rglob("*.py"):
             z.write(path, path.relative_to(PROJECT_ROOT).as_posix())
     return str(target)
+
+
+def _driver_host() -> str:
+    """$RETRO_SPARK_DRIVER_HOST: the driver's address as executors on other machines reach it (default 127.0.0.1)."""
+    return os.environ.get("RETRO_SPARK_DRIVER_HOST") or "127.0.0.1"
 
 
 def _shuffle_partitions(url: str) -> int:
