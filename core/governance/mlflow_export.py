@@ -270,6 +270,10 @@ def _write_run(settings, client, experiment_id, run: dict, entry: dict | None, e
         mlflow_id = previous.info.run_id
         have_params, have_metrics = previous.data.params, previous.data.metrics
     when = _ms(run.get("finished_at")) or start or 0
+    # The service clock stands still during a run (start = finish); MLflow's duration shows the recorded stage
+    # timings instead (real seconds), so the end time is the start plus their sum.
+    seconds = sum(v for v in (run.get("timings") or {}).values() if isinstance(v, (int, float)))
+    end = (start or when) + int(seconds * 1000) if run["status"] != "running" else None
     metrics = _numbers("", run.get("metrics")) | _numbers("duration.", run.get("timings"))
     for name, values in (run.get("baselines") or {}).items():
         metrics |= _numbers(f"baseline.{name}.", values)
@@ -290,7 +294,7 @@ def _write_run(settings, client, experiment_id, run: dict, entry: dict | None, e
     if status == "RUNNING":
         client.update_run(mlflow_id, status="RUNNING")
     else:
-        client.set_terminated(mlflow_id, status=status, end_time=when)
+        client.set_terminated(mlflow_id, status=status, end_time=max(end or when, when))
     return mlflow_id
 
 
