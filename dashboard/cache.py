@@ -359,6 +359,12 @@ def ads_model(state):
     return ads_insights.model(settings())
 
 
+@st.cache_data(show_spinner=False, max_entries=2)
+def ads_retrains(state):
+    from core.governance import ads_insights
+    return ads_insights.retrains(settings())
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def ads_of_user(state, user_id):
     from core.governance import ads_insights

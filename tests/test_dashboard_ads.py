@@ -227,3 +227,27 @@ def test_why_am_i_seeing_this_ad_is_personal_data_when_views_are_closed(model_wo
     assert "You saw this ad from" in texts(at.markdown)
     row = access.audit_log(s, 1).iloc[0]
     assert (row["action"], row["person"]) == ("view why am I seeing this ad", "priya")
+
+
+def test_the_policys_ads_retrains_show_and_a_replaced_version_is_not_offered(model_world, tmp_path, monkeypatch):
+    """The closed loop's retraining policy retrains the ads model: the page says what the policy does and lists
+    each retrain (why, version, outcome). After a newer version replaced the first, "Promote" does not offer the
+    archived one (going back is a rollback), nor any candidate older than production."""
+    from core.monitoring import policy
+    from core.store import clock
+    s = home_of(model_world, tmp_path, monkeypatch)
+    first = int(ads_versions(s).query("stage == 'production'")["version"].iloc[0])
+    policy.set_policy(s, "scheduled", 3, actor="tester")
+    action = policy.apply_ads(s, {"opened": []}, now=clock.now(s), day="2026-01-17", mode="scheduled")
+    assert action["cause"].startswith("scheduled") and action["version"] > first
+    if not action["promoted"]:
+        registry.promote(s, action["version"], "tester", "test: a newer ads model replaces the first")
+    assert ads_versions(s).set_index("version")["stage"].to_dict() == {first: "archived",
+                                                                       action["version"]: "production"}
+    at = open_page()
+    said = texts(at.caption)
+    assert "The retraining policy is **scheduled**: it retrains it in the closed loop every 3 days" in said
+    shown = frame(at, "cause")
+    assert shown["cause"].tolist() == [action["cause"]] and shown["version"].tolist() == [action["version"]]
+    assert shown["outcome"].iloc[0] in ("promoted (gate passed)", "kept as candidate (gate refused)")
+    assert at.button(key="ads_promote").disabled and at.button(key="ads_promote").label == "Promote"

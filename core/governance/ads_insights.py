@@ -5,6 +5,8 @@ the page renders, core computes.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -103,7 +105,30 @@ def model(settings: Settings) -> dict:
             "created_at": row["created_at"], "metrics": run.get("metrics") or {},
             "baseline": baselines.get("campaign_rate") or {}, "production": baselines.get("production"),
             "split": (run.get("params") or {}).get("split") or {}, "status": status,
-            "candidates": [int(v) for v in found.loc[found["stage"] != "production", "version"]]}
+            # what "Promote" may offer: candidates newer than production (an archived version was replaced — going
+            # back to it is a rollback, `models rollback --family ads`; an older candidate lost to production)
+            "candidates": [int(v) for v in found.loc[(found["stage"] == "candidate") & (
+                found["version"] > (int(prod["version"].iloc[0]) if len(prod) else 0)), "version"]]}
+
+
+def retrains(settings: Settings) -> dict:
+    """What the retraining policy did to the ads model in the closed loop: {"mode": the policy's mode ('manual'
+    never retrains it), "every_days", "retrains": DataFrame at, day, cause, version, log_loss, calibration_error,
+    outcome — one row per 'ads-retrain' action, newest first}."""
+    from core.monitoring import policy
+    acts = policy.actions(settings)
+    rows = []
+    for r in (acts[acts["kind"] == policy.ADS_RETRAIN] if len(acts) else acts).itertuples():
+        res = json.loads(r.result) if r.result else {}
+        outcome = (f"could not train: {res['error']}" if res.get("error") else
+                   "promoted (gate passed)" if res.get("promoted") else "kept as candidate (gate refused)")
+        rows.append({"at": r.at, "day": r.day, "cause": r.cause, "version": res.get("version"),
+                     "log_loss": res.get("log_loss"), "calibration_error": res.get("calibration_error"),
+                     "outcome": outcome})
+    frame = pd.DataFrame(rows, columns=["at", "day", "cause", "version", "log_loss", "calibration_error", "outcome"])
+    pol = policy.get_policy(settings)
+    return {"mode": pol["mode"], "every_days": pol["every_days"],
+            "retrains": frame.iloc[::-1].reset_index(drop=True)}
 
 
 def calibration(metrics: dict, baseline: dict) -> pd.DataFrame:

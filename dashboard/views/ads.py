@@ -117,8 +117,13 @@ else:
                f"{ui.fmt_time(model['created_at'])}); both judged on the same holdout, {hold[0]} to {hold[-1]}: "
                f"{m.get('rows', 0):,} impressions, {m.get('clicks', 0):,} clicked. The baseline is each campaign's "
                "click rate before the holdout.")
+    with ui.core_errors():
+        policy = cache.ads_retrains(token)
     if model["stage"] == "production" and status["stale"]:
-        st.warning("**Possibly stale** — " + "; ".join(status["reasons"]) + ". Retrain it (“Train ads model”).")
+        st.warning("**Possibly stale** — " + "; ".join(status["reasons"]) + ". "
+                   + ("Retrain it (“Train ads model”), or let the retraining policy do it (Drift page)."
+                      if policy["mode"] == "manual" else
+                      f"The retraining policy ({policy['mode']}) retrains it at the end of a closed-loop day."))
     shown = (("log_loss", "Log loss", "{:.4f}", "{:+.4f}", "inverse"), ("roc_auc", "ROC AUC", "{:.3f}", "{:+.3f}", "normal"),
              ("calibration_error", "Calibration error (ECE)", "{:.4f}", "{:+.4f}", "inverse"),
              ("click_rate", "Observed click rate", "{:.2%}", None, "off"))
@@ -146,6 +151,28 @@ else:
                     column_config={who: st.column_config.NumberColumn(format="%.4f") for who in judged})
     right.caption("Lower log loss and ECE are better; the gate wants both strictly below the campaign rates' "
                   "and, with a model in production, not worse than it.")
+
+    st.markdown("**Retrained by the policy**")
+    when = {"manual": "never retrains the ads model (set it on the Drift page)",
+            "on-alert": "retrains it in the closed loop on an ads-drift alert, or when it is possibly stale or an "
+                        "alert stays open (at most once per cooldown)",
+            "scheduled": f"retrains it in the closed loop every {ui.plural(policy['every_days'], 'day')}, on an "
+                         "ads-drift alert, or when it is possibly stale"}[policy["mode"]]
+    st.caption(f"The retraining policy is **{policy['mode']}**: it {when}; a retrained model goes to production "
+               "only when its gate passes.")
+    if len(policy["retrains"]):
+        st.dataframe(ui.times(policy["retrains"]), hide_index=True, key="ads_retrains", placeholder="—",
+                     height=min(35 * (len(policy["retrains"]) + 1) + 3, 248),
+                     column_order=["day", "cause", "version", "log_loss", "calibration_error", "outcome"],
+                     column_config={"day": st.column_config.TextColumn("day", width=90),
+                                    "cause": st.column_config.TextColumn("why", width=400),
+                                    "version": st.column_config.NumberColumn("ads", format="v%d", width=50),
+                                    "log_loss": st.column_config.NumberColumn("log loss", format="%.4f", width=70),
+                                    "calibration_error": st.column_config.NumberColumn("ECE", format="%.4f",
+                                                                                       width=60),
+                                    "outcome": st.column_config.TextColumn("outcome", width=180)})
+    else:
+        st.info("The policy has not retrained the ads model yet.")
 
 # --- why am I seeing this ad? ---------------------------------------------------------------------------------------
 st.subheader("Why am I seeing this ad?")
