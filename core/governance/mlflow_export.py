@@ -401,7 +401,7 @@ def _write_recommender(settings, client, experiment_id: str, uri: str) -> dict |
         model = client.create_registered_model(
             RECOMMENDER, tags={"retro.kind": "pyfunc"},
             description="The production recommender (CF bundle + ranker) as an MLflow pyfunc model: predict("
-                        "DataFrame with user_id[, k]) returns the lists `python -m core recommend` shows "
+                        "DataFrame with user_id[, k]) returns the lists `python -m core recommend --user ID` shows "
                         "(deterministic lists; consent, seen titles and Top 50 read from the data folder).")
     current = (model.aliases or {}).get("production")
     if current is not None:
