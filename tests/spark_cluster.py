@@ -46,7 +46,7 @@ class Cluster:
     def status(self) -> dict:
         """The master's own view (alive workers, cores, memory, applications) from its JSON endpoint."""
         import json
-        with urllib.request.urlopen(f"{self.ui}/json/", timeout=5) as r:
+        with urllib.request.urlopen(f"{self.ui}/json/", timeout=30) as r:      # a loaded machine answers late
             return json.loads(r.read())
 
 

@@ -60,6 +60,7 @@ def test_the_spark_engines_tests_pass_against_the_cluster(cluster, tmp_path):
     assert out.returncode == 0, tail
     passed = int(re.search(r"(\d+) passed", out.stdout).group(1))
     assert passed >= 12 and "skipped" not in out.stdout.splitlines()[-1], tail
-    apps = cluster.status()["completedapps"] + cluster.status()["activeapps"]
+    status = cluster.status()
+    apps = status["completedapps"] + status["activeapps"]
     assert any(a["name"] == "retro-movies" for a in apps), "the tests' session did not run on the cluster"
     print(f"tests/test_spark.py on {cluster.url}: {passed} passed in {took:.0f} s")
