@@ -199,17 +199,29 @@ def summarize(r: dict) -> dict:
         diff = r["truth"][cand] - r["truth"]["production"]
         y = offpolicy.yardstick_of(r["estimates"], names, window=[], candidate=cand)
         ess = y["ess"]
-        if ess >= MIN_ESS:
-            _, base, quality = gate.yardstick_checks(y, MIN_ESS, 0.0, STALE)
-            promote = bool(base[0] and quality[0])
-        else:      # below the gate's minimum ESS the holdout decides (point estimates here: no paired bootstrap)
-            h = r["holdout"]
-            promote = bool(h[cand] >= h["production"] and h[cand] > max(h["top50"], h["popularity"]))
+        passes = {}
+        for rule, online_check in (("direct", False), ("canary", True)):
+            if ess >= MIN_ESS:
+                _, base, quality = gate.yardstick_checks(y, MIN_ESS, 0.0, STALE, online_check=online_check)
+                passes[rule] = bool(base[0] and quality[0])
+            else:  # below the gate's minimum ESS the holdout decides (point estimates here: no paired bootstrap)
+                h = r["holdout"]
+                passes[rule] = bool(h[cand] >= h["production"] and h[cand] > max(h["top50"], h["popularity"]))
+        promote = passes["direct"]
         out["verdict"][cand] = {"promotes": promote, "true_difference": diff, "decided_by":
                                 "counterfactual" if ess >= MIN_ESS else "holdout",
-                                "right": not ((promote and diff < -MARGIN) or (not promote and diff > MARGIN)),
-                                "interval": [c["lo"], c["hi"]], "ess": ess}
+                                "right": _right(promote, diff), "point": c["value"],
+                                "interval": [c["lo"], c["hi"]], "ess": ess,
+                                # What the retraining policy and the Training page use: the candidate heads for
+                                # a canary (online_check), so "not significantly worse" on the log suffices.
+                                "canary": {"passes": passes["canary"], "right": _right(passes["canary"], diff)}}
     return out
+
+
+def _right(promote: bool, diff: float) -> bool:
+    """The truth's verdict on a gate decision: wrong when it refuses a candidate better by more than MARGIN or
+    passes one worse by more."""
+    return not ((promote and diff < -MARGIN) or (not promote and diff > MARGIN))
 
 
 def main(argv=None) -> int:
@@ -264,9 +276,10 @@ def main(argv=None) -> int:
         for cand, v in sm["verdict"].items():
             print(f"gate ({cand} vs production) decided on "
                   f"{offpolicy.LABELS[offpolicy.BEST] if v['decided_by'] == 'counterfactual' else 'the holdout'}: "
-                  f"{'promote' if v['promotes'] else 'refuse'}, interval [{v['interval'][0]:+.3f}, "
-                  f"{v['interval'][1]:+.3f}], ESS {v['ess']:.0f}; truth Δ {v['true_difference']:+.3f} → "
-                  f"{'right' if v['right'] else 'WRONG'}", flush=True)
+                  f"Δ {v['point']:+.3f} [{v['interval'][0]:+.3f}, {v['interval'][1]:+.3f}], ESS {v['ess']:.0f}; "
+                  f"direct promotion: {'promote' if v['promotes'] else 'refuse'} → {'right' if v['right'] else 'WRONG'}; "
+                  f"headed for a canary: {'pass' if v['canary']['passes'] else 'refuse'} → "
+                  f"{'right' if v['canary']['right'] else 'WRONG'}; truth Δ {v['true_difference']:+.3f}", flush=True)
     print("\n== overall ==")
     for est in ESTIMATORS + ("holdout",):
         taus = [r["summary"]["tau"][est] for r in results]
@@ -277,9 +290,12 @@ def main(argv=None) -> int:
             line += (f"; truth in 90 % interval: all {sum(cov)}/{len(cov)} ({sum(cov) / len(cov):.0%}), "
                      f"candidates {sum(cand)}/{len(cand)} ({sum(cand) / len(cand):.0%})")
         print(line)
-    rights = [v["right"] for r in results for v in r["summary"]["verdict"].values()]
-    print(f"gate: {sum(rights)}/{len(rights)} decisions right by the truth (margin {MARGIN} watches/list; "
-          f"{offpolicy.LABELS[offpolicy.BEST]} where its ESS ≥ {MIN_ESS}, else the holdout)")
+    for rule in ("direct", "canary"):
+        rights = [v["right"] if rule == "direct" else v["canary"]["right"]
+                  for r in results for v in r["summary"]["verdict"].values()]
+        print(f"gate ({'direct promotion' if rule == 'direct' else 'headed for a canary'}): {sum(rights)}/{len(rights)} "
+              f"decisions right by the truth (margin {MARGIN} watches/list; {offpolicy.LABELS[offpolicy.BEST]} where "
+              f"its ESS ≥ {MIN_ESS}, else the holdout)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
     return 0

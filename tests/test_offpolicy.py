@@ -107,3 +107,34 @@ def test_an_unknown_choice_of_scores_names_the_known_ones(cf_world, two_models):
         day = opsdb.get_meta(db, "clock")[:10]
     with pytest.raises(ValueError, match="reference, all, none"):
         offpolicy.evaluate(cf_world, _log(cf_world, two_models["a"], day), two_models, "a", reward_scores="mine")
+
+
+def test_switch_dr_corrects_only_what_the_logging_policy_showed_itself_and_the_gate_counts_the_explored():
+    """At the default 5 % share: a title production shows itself has weight ~1.05 (kept by SWITCH-DR), a
+    near-pool title ~200 and a far one ~11,000 (both valued by the reward model since SWITCH is 100; at 1000 the
+    near pool was corrected and bench_yardstick's τ fell to 0.60 in 2 of 6 sets). The gate's ESS still counts
+    the near pool (EXPLORED), so a log without exploration leaves the decision to the holdout as before."""
+    from pathlib import Path
+
+    from core.serving import exploration
+    from core.settings import Settings
+    config = exploration.config_for(Settings(home=Path(".")))
+    shown, near, far = list(range(10)), list(range(10, 30)), list(range(30, 600))
+    p = exploration.marginals(shown, near, far, config)
+    own, near_w, far_w = 1 / p[0], 1 / p[10], 1 / p[30]
+    assert own == pytest.approx(1 / (1 - 0.05 * 0.3))                  # 1.0152
+    assert near_w == pytest.approx(20 / (0.05 * 10 * 0.2))              # 200
+    assert own < offpolicy.SWITCH < near_w < offpolicy.EXPLORED < far_w  # far: 570 / (0.05·10·0.1) = 11,400
+
+
+def test_the_gates_ess_is_the_explored_ess_of_the_candidate_and_the_reference():
+    est = {"value": 1.0, "lo": 0.9, "hi": 1.1, "ess": 10.0}
+    cmp = {"value": 0.1, "lo": -0.2, "hi": 0.3, "level": 0.9, "ess_candidate": 9000.0, "ess_baseline": 8000.0}
+    result = {"log": {"lists": 10}, "policies": {n: {e: est for e in ("ips", "snips", "dr", "switch", "dm")}
+                                                 for n in ("candidate", "production")},
+              "comparisons": {"candidate": {"switch": cmp}},
+              "explored_ess": {"candidate": 120.0, "production": 340.0}}
+    y = offpolicy.yardstick_of(result, ["candidate", "production"], window=[], baselines=())
+    assert y["ess"] == 120.0                                             # not the switched weights' 8,000
+    del result["explored_ess"]                                           # a result from before: switched ESS
+    assert offpolicy.yardstick_of(result, ["candidate", "production"], window=[], baselines=())["ess"] == 8000.0

@@ -15,9 +15,11 @@ was in the day's Top 50, its shrunk mean rating — and no policy's own score (`
 (production's) score as a feature, titles production ranks low looked bad whoever else ranked them high, and the
 direct-method difference fresh retrain − production fell short of the truth by 0.020–0.053 watches/list in all 6
 sets of bench_yardstick (without it: by 0.001–0.006).
-SWITCH-DR (the gate's estimator) drops DR's correction where a title's weight exceeds `SWITCH`: the far-pool
-titles, each shown once in thousands of lists, are valued by the reward model — biased where it is wrong, but not
-hanging on one lucky watch (benchmarks/bench_yardstick.py measures both against the simulated world's truth).
+SWITCH-DR (the gate's estimator) drops DR's correction where a title's weight exceeds `SWITCH` (100): the
+explored titles, each shown a handful of times (near pool, weight ~200 at a 5 % share) or once in thousands of
+lists (far pool, ~11,000), are valued by the reward model — biased where it is wrong, but not hanging on a few
+lucky watches; the titles the logging policy showed itself keep DR's correction (benchmarks/bench_yardstick.py
+measures every estimator against the simulated world's truth).
 Its bootstrap interval sees only noise, so it is widened towards DR's unbiased value by the gap between the two
 (`counterfactual.widen_for_bias`): the point is SWITCH-DR's, the interval also allows for its bias.
 """
@@ -39,8 +41,15 @@ ESTIMATORS = ("ips", "snips", "dr")     # the unbiased three (IPS with `clip`); 
 BEST = "switch"           # what the gate and the dashboard lead with: SWITCH-DR (benchmarks/bench_yardstick.py)
 LABELS = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "switch": "SWITCH-DR", "dm": "DM"}
 POPULARITY_DAYS = 7
-# SWITCH-DR's weight threshold: above a near-pool title's weight (200 at a 5 % share), below a far one's (~11,000).
-SWITCH = 1000.0
+# SWITCH-DR's weight threshold: below a near-pool title's weight (200 at a 5 % share), above a title the logging
+# policy showed itself (~1.05). At 5 % exploration a near-pool title is explored a handful of times per policy, and
+# fresh retrains differ from production by 0.01–0.03 watches/list: bench_yardstick (default world with ads, 6 sets)
+# ordered the 5 policies with τ min 0.60 at 1000 (near-pool titles corrected) and 0.80 (median 1.00) at 100, truth
+# inside the interval for 12/12 candidate differences at both (the interval is widened towards DR's value).
+SWITCH = 100.0
+# The gate's "is the log big enough?" counts the titles the log shows the policy through — the logging policy's
+# own and its near-pool exploration (weights up to EXPLORED) — whatever SWITCH-DR then does with them.
+EXPLORED = 1000.0
 # DR's reward model: shallow gradient boosting. In bench_yardstick (default world, 6 scenario sets) it orders the
 # five policies as the truth does with Kendall τ ≥ 0.8 in every set; the logistic regression reached 0.6 in one.
 REWARD_MODEL = "boosting"
@@ -293,10 +302,14 @@ def evaluate(settings, log: ExplorationLog, policies: dict, reference: str | Non
     zeros = np.zeros(len(items))
     logging_p = items["slate_p"].to_numpy()
 
-    def switched(target_p: np.ndarray) -> np.ndarray:
-        """SWITCH-DR (Wang, Agarwal & Dudík 2017): no correction where the weight exceeds `switch`, so a title
+    def switched(target_p: np.ndarray, threshold: float = switch) -> np.ndarray:
+        """SWITCH-DR (Wang, Agarwal & Dudík 2017): no correction where the weight exceeds `threshold`, so a title
         the log shows once in thousands of lists is valued by the reward model, not by one lucky watch."""
-        return np.where(target_p / logging_p > switch, 0.0, target_p)
+        return np.where(target_p / logging_p > threshold, 0.0, target_p)
+
+    # Kish ESS of each policy's logged titles with weights up to EXPLORED: how much the log shows of it.
+    out["explored_ess"] = {name: counterfactual.effective_sample_size(switched(target[name], EXPLORED) / logging_p)
+                           for name in names}
 
     for name in names:
         out["policies"][name] = {
@@ -338,9 +351,10 @@ def yardstick(settings, log: ExplorationLog, policies: dict, *, reference: str =
     """What the gate reads: the best estimator's (`BEST`) candidate − reference interval, each policy's value,
     and the effective sample size that says whether the log is big enough to trust them.
 
-    ESS is the smaller of the candidate's and the reference's Kish ESS over the logged titles' weights
-    (counterfactual.effective_sample_size): a log where one far-explored title carries most of the weight has
-    a tiny ESS however many lists it holds."""
+    ESS is the smaller of the candidate's and the reference's Kish ESS over the logged titles' weights up to
+    `EXPLORED` (counterfactual.effective_sample_size; evaluate's `explored_ess`): the titles the logging policy
+    showed and its near-pool exploration, the part of the log that shows a policy's own choices — with no
+    exploration, a candidate that differs from production has a small ESS however many lists the log holds."""
     result = evaluate(settings, log, policies, reference, seed=seed, n_boot=n_boot, top50_by_day=top50_by_day)
     return yardstick_of(result, list(policies), window=[log.start, log.end], reference=reference,
                         candidate=candidate, baselines=baselines)
@@ -350,7 +364,9 @@ def yardstick_of(result: dict, policies: list, *, window: list, reference: str =
                  candidate: str = "candidate", baselines: tuple = ("popularity", "top50")) -> dict:
     """The gate's input from an `evaluate` result (what `yardstick` returns; the benchmark asks it too)."""
     cmp = result["comparisons"][candidate][BEST]
-    ess = float(min(cmp["ess_candidate"], cmp["ess_baseline"]))
+    explored = result.get("explored_ess")
+    ess = float(min(explored[candidate], explored[reference]) if explored
+                else min(cmp["ess_candidate"], cmp["ess_baseline"]))
     return {"estimator": BEST, "window": window, "log": result["log"], "ess": ess,
             "point": cmp["value"], "lo": cmp["lo"], "hi": cmp["hi"], "level": cmp["level"],
             "values": {name: result["policies"][name][BEST]["value"] for name in policies},
