@@ -39,7 +39,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser"
 
 bench: $(STAMP)
-	for b in world pipeline movielens governance drift dashboard soak first_start serving; do $(PY) benchmarks/bench_$$b.py || exit 1; done
+	for b in world pipeline movielens governance drift drift_speed dashboard soak first_start serving; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean-data:
 	find data -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

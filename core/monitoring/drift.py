@@ -44,6 +44,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -63,7 +64,11 @@ MIN_NUMERIC = 100            # observations a window needs before any test judge
 MIN_EXPECTED_PER_BUCKET = 5  # categorical: current rows per bucket on average (buckets merged to get there)
 OTHER = "(other)"            # the bucket small categories are merged into
 NULL_LEVEL = 0.99            # chance level: this quantile of a score when nothing changed (`null_quantile`)
+KS_EXACT_MAX = 10_000        # scipy's ks_2samp: exact p-value up to this many rows per sample, asymptotic above
 NULL_DRAWS = 2000            # resampled (reference, current) pairs per chance level: q99 = about the 20th largest
+BLOCK_CELLS = 2 ** 18        # numbers per block when resampling or merging large arrays (`_row_blocks`)
+PARALLEL_MIN_ROWS = 200_000  # windows at least this long are read on two threads (`run_tests`)
+PARALLEL_MIN_CELLS = 2 ** 20 # resampled tables at least this large draw reference and current on two threads
 
 
 class UnknownDriftTest(ValidationError):
@@ -118,6 +123,27 @@ class Window:
     @property
     def is_empty(self) -> bool:
         return self.samples.size == 0 if self.kind == NUMERIC else not float(self.counts.sum()) > 0
+
+    # Derived once per window and shared by every test on it (a window is immutable): the sort serves the
+    # decile edges, the bin counts and KS; ``_memo`` holds what depends on the other window of a pair.
+    @functools.cached_property
+    def sorted_samples(self) -> np.ndarray:
+        """The numeric samples sorted ascending (read-only)."""
+        out = np.sort(self.samples)
+        out.flags.writeable = False
+        return out
+
+    @functools.cached_property
+    def label_counts(self) -> pd.Series:
+        """Categorical counts with each label once (a label given twice is summed; missing labels dropped)."""
+        counts = self.counts
+        if counts.index.is_unique and not counts.index.hasnans:
+            return counts
+        return counts.groupby(level=0, sort=False).sum()
+
+    @functools.cached_property
+    def _memo(self) -> dict:
+        return {}
 
 
 @dataclass(frozen=True)
@@ -246,16 +272,31 @@ def numeric_bins(reference) -> np.ndarray:
         raise ValidationError("numeric_bins needs numeric samples")
     if w.samples.size == 0:
         raise ValidationError("cannot bin an empty reference window")
-    finite = w.samples[np.isfinite(w.samples)]
+    return _edges(w).copy()
+
+
+def _edges(w: Window) -> np.ndarray:
+    """`numeric_bins` of a non-empty numeric window, computed once per window from its sorted samples
+    (``np.quantile`` picks the same order statistics from a sorted array, only faster)."""
+    edges = w._memo.get("edges")
+    if edges is not None:
+        return edges
+    s = w.sorted_samples
+    finite = s[np.searchsorted(s, -np.inf, side="right"):np.searchsorted(s, np.inf, side="left")]
     if finite.size == 0:  # only ±inf: one bin
-        return np.array([-np.inf, np.inf])
-    inner = np.unique(np.quantile(finite, np.arange(1, N_BINS) / N_BINS))
-    if inner[-1] >= finite.max():
-        # The top decile is the reference's maximum (a constant or near-constant reference): without an edge
-        # just above it, [top, inf) would hold the reference's top value *and* every larger current value, so
-        # 3.0 → 4.0 would not drift while 3.0 → 2.0 would. Values above the reference now get their own bucket.
-        inner = np.append(inner, np.nextafter(inner[-1], np.inf))
-    return np.concatenate([[-np.inf], inner, [np.inf]])
+        edges = np.array([-np.inf, np.inf])
+    else:
+        inner = np.unique(np.quantile(finite, np.arange(1, N_BINS) / N_BINS))
+        if inner[-1] >= finite[-1]:
+            # The top decile is the reference's maximum (a constant or near-constant reference): without an
+            # edge just above it, [top, inf) would hold the reference's top value *and* every larger current
+            # value, so 3.0 → 4.0 would not drift while 3.0 → 2.0 would. Values above the reference now get
+            # their own bucket.
+            inner = np.append(inner, np.nextafter(inner[-1], np.inf))
+        edges = np.concatenate([[-np.inf], inner, [np.inf]])
+    edges.flags.writeable = False
+    w._memo["edges"] = edges
+    return edges
 
 
 def bin_labels(edges: np.ndarray) -> list[str]:
@@ -277,6 +318,13 @@ def _bin_counts(samples: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.bincount(idx, minlength=len(edges) - 1).astype(float)
 
 
+def _sorted_bin_counts(sorted_samples: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """`_bin_counts` of samples sorted ascending over sorted edges: bin i holds the samples in [e_i, e_i+1), so
+    its count is #(x < e_i+1) − #(x < e_i) — one binary search per edge instead of one per sample."""
+    cuts = np.searchsorted(sorted_samples, edges[1:-1], side="left")
+    return np.diff(cuts, prepend=0, append=sorted_samples.size).astype(float)
+
+
 def _try_sort(index: pd.Index) -> pd.Index:
     try:
         return index.sort_values()
@@ -285,19 +333,37 @@ def _try_sort(index: pd.Index) -> pd.Index:
 
 
 def _categories(reference: Window, current: Window) -> pd.Index:
-    """The union of both windows' categories, sorted when the labels compare."""
-    return _try_sort(reference.counts.index.union(current.counts.index, sort=False))
+    """The union of both windows' categories, sorted when the labels compare (computed once per pair)."""
+    key = ("categories", id(current))
+    hit = reference._memo.get(key)
+    if hit is not None and hit[0] is current:
+        return hit[1]
+    cats = _try_sort(reference.counts.index.union(current.counts.index, sort=False))
+    reference._memo[key] = (current, cats)
+    return cats
 
 
 def _aligned(reference: Window, current: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of both windows over the same buckets: reference deciles, or the union of categories."""
+    """Counts of both windows over the same buckets: reference deciles, or the union of categories.
+
+    Computed once per pair (remembered by the reference window; the arrays are read-only): the score, its
+    chance level and, for categories, the merging of small buckets all read the same counts."""
+    key = ("aligned", id(current))
+    hit = reference._memo.get(key)
+    if hit is not None and hit[0] is current:
+        return hit[1]
     if reference.kind == NUMERIC:
-        edges = numeric_bins(reference)
-        return _bin_counts(reference.samples, edges), _bin_counts(current.samples, edges)
-    cats = _categories(reference, current)
-    ref = reference.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
-    cur = current.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
-    return ref.to_numpy(dtype=float), cur.to_numpy(dtype=float)
+        edges = _edges(reference)
+        out = (_sorted_bin_counts(reference.sorted_samples, edges),
+               _sorted_bin_counts(current.sorted_samples, edges))
+    else:
+        cats = _categories(reference, current)
+        out = (reference.label_counts.reindex(cats, fill_value=0.0).to_numpy(dtype=float),
+               current.label_counts.reindex(cats, fill_value=0.0).to_numpy(dtype=float))
+    for arr in out:
+        arr.flags.writeable = False
+    reference._memo[key] = (current, out)
+    return out
 
 
 def _shares_with_epsilon(counts: np.ndarray) -> np.ndarray:
@@ -416,10 +482,47 @@ def ks(reference: Window, current: Window) -> tuple[float, str]:
     alarm every day. D is an effect size (the largest gap between the two CDFs)
     that does not shrink with sample size. The p-value goes into ``detail``.
     """
+    n1, n2 = reference.samples.size, current.samples.size
+    if max(n1, n2) > KS_EXACT_MAX:   # scipy would take the asymptotic p-value: the same, from the sorted samples
+        d = _ks_statistic(reference.sorted_samples, current.sorted_samples)
+        m, n = sorted([float(n1), float(n2)], reverse=True)
+        pvalue = np.clip(stats.kstwo.sf(d, np.round(m * n / (m + n))), 0, 1)
+        return float(d), f"p-value = {float(pvalue):.3g}"
     with warnings.catch_warnings():  # exact p-value impossible for some ties/sizes: scipy falls back to asymp
         warnings.filterwarnings("ignore", "ks_2samp: Exact calculation unsuccessful", RuntimeWarning)
         res = stats.ks_2samp(reference.samples, current.samples)
     return float(res.statistic), f"p-value = {float(res.pvalue):.3g}"
+
+
+def _ks_statistic(a: np.ndarray, b: np.ndarray) -> np.float64:
+    """``scipy.stats.ks_2samp``'s D from two samples sorted ascending, without its 2 × (n1 + n2) temporaries.
+
+    scipy evaluates F1 − F2 at every data point (``searchsorted(side="right")``); it takes the same values at
+    each distinct value, so here it is evaluated at the last element of each run of ties in either sample,
+    where that sample's own count is the position + 1 and the other's comes from a binary search within the
+    slice of the other sample that the block spans — block by block (16,384 values: the slice stays in cache),
+    with the same float operations (count / n), so D is the same number."""
+    n1, n2 = a.size, b.size
+    lo, hi = np.inf, -np.inf
+    block = BLOCK_CELLS // 16
+    for own, other, first in ((a, b, True), (b, a, False)):
+        n = own.size
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            x = own[start:stop]
+            last = np.ones(x.size, dtype=bool)
+            np.not_equal(x[:-1], own[start + 1:stop], out=last[:-1])
+            if stop < n:
+                last[-1] = own[stop - 1] != own[stop]
+            at = np.flatnonzero(last)
+            at_own = at + (start + 1)
+            left, right = np.searchsorted(other, (x[0], x[-1]), side="right")
+            at_other = left + np.searchsorted(other[left:right], x[at], side="right")
+            diffs = at_own / n1 - at_other / n2 if first else at_other / n1 - at_own / n2
+            if diffs.size:
+                lo, hi = min(lo, diffs.min()), max(hi, diffs.max())
+    min_s, max_s = np.clip(-np.float64(lo), 0, 1), np.float64(hi)
+    return min_s if min_s > max_s else max_s
 
 
 def chi_square(reference: Window, current: Window) -> tuple[float, str]:
@@ -509,6 +612,15 @@ def _ks_null(full_reference: Window, reference: Window, current: Window) -> floa
     return ks_null_quantile(reference.n, current.n)
 
 
+def _row_blocks(draws: int, n_buckets: int):
+    """Slices of about 2**18 cells (2 MB of floats) over ``draws`` rows: the resampled draws are made and scored
+    a block at a time, so the temporaries stay small and are reused instead of touching fresh memory (on these
+    machines first-touch page faults cost more than the arithmetic). A generator's draws come out the same in
+    blocks as in one call: the stream is consumed row by row either way."""
+    step = max(1, BLOCK_CELLS // max(n_buckets, 1))
+    return [slice(i, min(i + step, draws)) for i in range(0, draws, step)]
+
+
 @functools.lru_cache(maxsize=16)
 def _reference_draws(counts_bytes: bytes, draws: int) -> np.ndarray:
     """``draws`` × B multinomial draws of the reference window, Mult(n_ref, counts / n_ref), B = len(counts).
@@ -518,7 +630,10 @@ def _reference_draws(counts_bytes: bytes, draws: int) -> np.ndarray:
     default world's 1,500 titles this half was 0.26 of title_share's 0.4 s."""
     counts = np.frombuffer(counts_bytes, dtype=float)
     rng = np.random.default_rng([SEED, 0])
-    out = rng.multinomial(int(round(float(counts.sum()))), counts / counts.sum(), size=draws).astype(np.int32)
+    n, shares = int(round(float(counts.sum()))), counts / counts.sum()
+    out = np.empty((draws, counts.size), dtype=np.int32)
+    for rows in _row_blocks(draws, counts.size):
+        out[rows] = rng.multinomial(n, shares, size=rows.stop - rows.start)
     out.flags.writeable = False
     return out
 
@@ -529,18 +644,34 @@ def _resampled_quantile(rows_fn: Callable, full_bytes: bytes, bucket_of: bytes, 
     """`level` quantile of rows_fn over ``draws`` null pairs: the reference's draws (`_reference_draws`) summed
     into the day's buckets (``bucket_of[i]``: the bucket of reference category i), and the current window's,
     Mult(n_cur, the reference's shares over those buckets)."""
-    full = _reference_draws(full_bytes, draws)
     index = np.frombuffer(bucket_of, dtype=np.int64)
-    order = np.argsort(index, kind="stable")
-    sorted_index = index[order]
-    starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
-    ref_draws = np.zeros((draws, n_buckets))
-    ref_draws[:, sorted_index[starts]] = np.add.reduceat(full[:, order], starts, axis=1)
     full_counts = np.frombuffer(full_bytes, dtype=float)
     p = np.bincount(index, weights=full_counts, minlength=n_buckets) / full_counts.sum()
-    cur_draws = np.random.default_rng([SEED, 1]).multinomial(n_cur, p, size=draws).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scores = rows_fn(ref_draws, cur_draws)
+    blocks = _row_blocks(draws, n_buckets)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The two streams are independent and numpy draws without the GIL: on a large table the reference's
+        # draws (or the cache) come from a second thread while this one draws the current window's.
+        pending = pool.submit(_reference_draws, full_bytes, draws) if draws * n_buckets >= PARALLEL_MIN_CELLS \
+            else None
+        rng = np.random.default_rng([SEED, 1])
+        cur_draws = np.empty((draws, n_buckets), dtype=np.int32)
+        for rows in blocks:
+            cur_draws[rows] = rng.multinomial(n_cur, p, size=rows.stop - rows.start)
+        full = pending.result() if pending is not None else _reference_draws(full_bytes, draws)
+    reordered = n_buckets == full.shape[1] and np.array_equal(np.sort(index), np.arange(n_buckets))
+    if not reordered:   # small categories merged: sum the reference's draws per bucket
+        order = np.argsort(index, kind="stable")
+        sorted_index = index[order]
+        starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
+    scores = np.empty(draws)
+    for rows in blocks:
+        ref_draws = np.zeros((rows.stop - rows.start, n_buckets))
+        if reordered:   # one bucket per category (nothing merged): only their order changes
+            ref_draws[:, index] = full[rows]
+        else:
+            ref_draws[:, sorted_index[starts]] = np.add.reduceat(full[rows][:, order], starts, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores[rows] = rows_fn(ref_draws, cur_draws[rows].astype(float))
     return float(np.quantile(scores, level))
 
 
@@ -552,7 +683,7 @@ def _resampled(rows_fn: Callable) -> Callable[[Window, Window, Window], float]:
             full, _ = _aligned(reference, current)
             bucket_of = np.arange(len(full))
         else:                           # its categories, each mapped to its bucket after the day's merging
-            counts = full_reference.counts.groupby(level=0, sort=False).sum()
+            counts = full_reference.label_counts
             full = counts.to_numpy(dtype=float)
             buckets = _categories(reference, current)   # the order _aligned uses
             bucket_of = buckets.get_indexer(counts.index)
@@ -618,21 +749,30 @@ def merge_small_buckets(reference: Window, current: Window,
     """
     if min_expected <= 0:
         return reference, current, 0
+    key = ("merged", id(current), min_expected)
+    hit = reference._memo.get(key)
+    if hit is not None and hit[0] is current:   # the pair's other tests: the same merged windows
+        return hit[1]
+    out = _merge_small_buckets(reference, current, min_expected)
+    reference._memo[key] = (current, out)
+    return out
+
+
+def _merge_small_buckets(reference: Window, current: Window, min_expected: float):
     cats = _categories(reference, current)
-    ref = reference.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
-    cur = current.counts.groupby(level=0, sort=False).sum().reindex(cats, fill_value=0.0)
+    ref, cur = _aligned(reference, current)
     keep_at_most = int(cur.sum() // min_expected)
     if keep_at_most < 2:
         return None
     if len(cats) <= keep_at_most:
         return reference, current, 0
-    size = np.maximum(ref.to_numpy() / ref.sum(), cur.to_numpy() / cur.sum())
+    size = np.maximum(ref / ref.sum(), cur / cur.sum())
     order = np.argsort(-size, kind="stable")
     kept, merged = order[: keep_at_most - 1], order[keep_at_most - 1:]
     index = pd.Index(list(cats[kept]) + [OTHER], dtype=object)
 
-    def collapse(counts: pd.Series) -> pd.Series:
-        return pd.Series(np.append(counts.to_numpy()[kept], counts.to_numpy()[merged].sum()), index=index)
+    def collapse(counts: np.ndarray) -> pd.Series:
+        return pd.Series(np.append(counts[kept], counts[merged].sum()), index=index)
     return (Window(CATEGORICAL, counts=collapse(ref)), Window(CATEGORICAL, counts=collapse(cur)), len(merged))
 
 
@@ -698,5 +838,25 @@ def run_tests(names: Iterable[str], reference, current, *, thresholds: Mapping[s
     names = [names] if isinstance(names, str) else list(names)
     tests = [get_test(n) for n in names]  # fail on an unknown name before any work
     thresholds = thresholds or {}
-    ref, cur = window(reference, kind), window(current, kind)
+    ref, cur = _read_pair(reference, current, kind)
     return [_run(t, ref, cur, thresholds.get(t.name), min_n, min_expected) for t in tests]
+
+
+def _read_pair(reference, current, kind: str | None) -> tuple[Window, Window]:
+    """Both windows; two large ones are read side by side on two threads (Arrow's hashing of labels and numpy's
+    sort of samples run without the GIL), a numeric one sorted at once for the tests that follow."""
+    def rows(values) -> int:
+        return 0 if isinstance(values, Mapping) or not hasattr(values, "__len__") else len(values)
+
+    if min(rows(reference), rows(current)) < PARALLEL_MIN_ROWS:
+        return window(reference, kind), window(current, kind)
+
+    def read(values) -> Window:
+        w = window(values, kind)
+        if w.kind == NUMERIC:
+            _ = w.sorted_samples    # sorted on this thread, kept by the window
+        return w
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, current)
+        ref = read(reference)
+        return ref, pending.result()
