@@ -195,7 +195,7 @@ def catalogue_size(settings: Settings) -> int:
     """Titles in the warehouse's catalogue: the item columns a model trained now would have."""
     from core.warehouse import warehouse
     with warehouse.session(settings) as con:
-        return int(con.execute("SELECT count(*) FROM dim_movie").fetchone()[0])
+        return warehouse.catalogue_size(con)
 
 
 def train_best(settings: Settings, kinds: tuple[str, ...] = BEST_KINDS, *, seed: int | None = None,

@@ -378,6 +378,11 @@ def user_quarantine_reasons(con: duckdb.DuckDBPyConnection, user_key: str, since
                        "GROUP BY reason ORDER BY 2 DESC, 1", [user_key, since]).fetchall()
 
 
+def catalogue_size(con: duckdb.DuckDBPyConnection) -> int:
+    """Titles in the catalogue (dim_movie): the item columns a model trained now would have."""
+    return int(con.execute("SELECT count(*) FROM dim_movie").fetchone()[0])
+
+
 def movie_genres(con: duckdb.DuckDBPyConnection) -> pd.Series:
     """'|'-separated genres indexed by movie_id, for every movie of dim_movie."""
     return con.execute("SELECT movie_id, genres FROM dim_movie").df().set_index("movie_id")["genres"]
