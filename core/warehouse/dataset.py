@@ -258,6 +258,13 @@ def rating_counts_between(con, start, end) -> pd.DataFrame:
                        [pd.Timestamp(start), pd.Timestamp(end)]).df()
 
 
+def ratings_per_user_day(con, start, end) -> np.ndarray:
+    """How many ratings each user gave each day in [start, end), one entry per (user, day) that rated."""
+    return con.execute("SELECT count(*) AS n FROM fact_interaction WHERE kind = 'rating' AND occurred_at >= ? "
+                       "AND occurred_at < ? GROUP BY user_key, CAST(occurred_at AS DATE)",
+                       [pd.Timestamp(start), pd.Timestamp(end)]).df()["n"].to_numpy(dtype=float)
+
+
 def signals_per_user_day(con, start, end) -> pd.DataFrame:
     """n: signals (everything but impressions and scrolls) per active user and day in [start, end), one row each
     (per day, so a 7-day window and a 1-day window compare like with like)."""

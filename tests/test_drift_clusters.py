@@ -1,0 +1,49 @@
+"""Rows that come in clusters (a user's ratings of a day) are judged on their effective sample size, so a day's
+rating mix moving by chance is not an alert (issue 22.6; the 600-user world of bench_drift with ads opened a
+rating alert in 30 stable days: PSI 0.45 against a chance level of 0.28 computed as if ~100 ratings were
+independent). Fails on the old code: no design effect, and the clustered day below opened an alert."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.monitoring import drift, monitoring
+from core.warehouse import warehouse
+
+RATINGS = [str(r) for r in range(1, 11)]
+
+
+def test_the_design_effect_by_hand():
+    assert monitoring.design_effect([1, 1, 1, 1]) == 1.0              # independent rows
+    assert monitoring.design_effect([3, 1]) == pytest.approx(10 / 4)    # (9 + 1) / (3 + 1)
+    assert monitoring.design_effect([5] * 20) == 5.0                     # 20 users × 5 ratings: 20 observations
+    assert monitoring.design_effect([]) == 1.0
+    assert monitoring.effective_counts({"7": 10, "8": 5}, 2.5) == {"7": 4.0, "8": 2.0}
+    assert monitoring.effective_counts({"7": 10}, 1.0) == {"7": 10}
+    assert "rating" in monitoring.CLUSTERED
+
+
+def test_a_clustered_day_moves_the_chance_level_not_the_shares():
+    """A reference of 2,000 ratings, then a day of 100 ratings by 20 users (5 each) with many more 9s and 10s: on
+    independent rows the move is material, significant and beyond chance (an alert at once, as the old code
+    did); on its 20 effective observations it is within chance."""
+    p = np.array([2, 2, 4, 6, 10, 16, 22, 20, 11, 7], dtype=float) / 100
+    reference = dict(zip(RATINGS, 2000 * p))
+    current = dict(zip(RATINGS, [1, 1, 2, 2, 4, 8, 12, 20, 24, 26]))
+    raw = drift.run_test("psi", reference, current, min_n=0).to_dict()
+    assert raw["beyond_chance"] and monitoring.drift_confirmed(raw, drifted_yesterday=False)   # 0.59 > 0.38
+    effect = monitoring.design_effect([5] * 20)
+    judged = drift.run_test("psi", reference, monitoring.effective_counts(current, effect), min_n=0).to_dict()
+    assert judged["drifted"] and judged["null_q99"] > 4 * raw["null_q99"] and not judged["beyond_chance"]
+    assert not monitoring.drift_confirmed(judged, drifted_yesterday=True)
+
+
+def test_window_features_carry_the_ratings_design_effect(cf_world):
+    """Σ m² / Σ m over each user's ratings per day, from the warehouse's rating facts, by hand."""
+    with warehouse.session(cf_world) as con:
+        facts = con.execute("SELECT user_key, occurred_at FROM fact_interaction WHERE kind = 'rating'").df()
+        start, end = facts["occurred_at"].min().normalize(), facts["occurred_at"].max().normalize() + pd.Timedelta(days=1)
+        features = monitoring.window_features(con, start, end, None, end)
+    m = facts.groupby([facts["user_key"], facts["occurred_at"].dt.normalize()]).size().to_numpy(float)
+    assert len(m) > 0 and m.max() > 1
+    assert features["_design_effect"]["rating"] == pytest.approx((m * m).sum() / m.sum(), rel=1e-12)
+    assert sum(features["rating"].values()) == m.sum()
