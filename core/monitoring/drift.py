@@ -44,7 +44,6 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -67,8 +66,6 @@ NULL_LEVEL = 0.99            # chance level: this quantile of a score when nothi
 KS_EXACT_MAX = 10_000        # scipy's ks_2samp: exact p-value up to this many rows per sample, asymptotic above
 NULL_DRAWS = 2000            # resampled (reference, current) pairs per chance level: q99 = about the 20th largest
 BLOCK_CELLS = 2 ** 18        # numbers per block when resampling or merging large arrays (`_row_blocks`)
-PARALLEL_MIN_ROWS = 200_000  # windows at least this long are read on two threads (`run_tests`)
-PARALLEL_MIN_CELLS = 2 ** 20 # resampled tables at least this large draw reference and current on two threads
 
 
 class UnknownDriftTest(ValidationError):
@@ -251,7 +248,8 @@ def window(values, kind: str | None = None) -> Window:
     is_number = arr.dtype.kind in "iuf"
     if is_number and kind != CATEGORICAL:
         samples = arr.astype(float, copy=False)
-        return Window(NUMERIC, samples=samples[~np.isnan(samples)])
+        missing = np.isnan(samples)
+        return Window(NUMERIC, samples=samples[~missing] if missing.any() else samples)
     if not is_number and arr.dtype.kind not in "bOUS":
         raise ValidationError(f"unsupported dtype {arr.dtype} for a drift window; pass numbers or labels")
     if kind == NUMERIC:
@@ -648,16 +646,8 @@ def _resampled_quantile(rows_fn: Callable, full_bytes: bytes, bucket_of: bytes, 
     full_counts = np.frombuffer(full_bytes, dtype=float)
     p = np.bincount(index, weights=full_counts, minlength=n_buckets) / full_counts.sum()
     blocks = _row_blocks(draws, n_buckets)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # The two streams are independent and numpy draws without the GIL: on a large table the reference's
-        # draws (or the cache) come from a second thread while this one draws the current window's.
-        pending = pool.submit(_reference_draws, full_bytes, draws) if draws * n_buckets >= PARALLEL_MIN_CELLS \
-            else None
-        rng = np.random.default_rng([SEED, 1])
-        cur_draws = np.empty((draws, n_buckets), dtype=np.int32)
-        for rows in blocks:
-            cur_draws[rows] = rng.multinomial(n_cur, p, size=rows.stop - rows.start)
-        full = pending.result() if pending is not None else _reference_draws(full_bytes, draws)
+    full = _reference_draws(full_bytes, draws)
+    rng = np.random.default_rng([SEED, 1])
     reordered = n_buckets == full.shape[1] and np.array_equal(np.sort(index), np.arange(n_buckets))
     if not reordered:   # small categories merged: sum the reference's draws per bucket
         order = np.argsort(index, kind="stable")
@@ -670,8 +660,9 @@ def _resampled_quantile(rows_fn: Callable, full_bytes: bytes, bucket_of: bytes, 
             ref_draws[:, index] = full[rows]
         else:
             ref_draws[:, sorted_index[starts]] = np.add.reduceat(full[rows][:, order], starts, axis=1)
+        cur_draws = rng.multinomial(n_cur, p, size=rows.stop - rows.start).astype(float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            scores[rows] = rows_fn(ref_draws, cur_draws[rows].astype(float))
+            scores[rows] = rows_fn(ref_draws, cur_draws)
     return float(np.quantile(scores, level))
 
 
@@ -838,25 +829,5 @@ def run_tests(names: Iterable[str], reference, current, *, thresholds: Mapping[s
     names = [names] if isinstance(names, str) else list(names)
     tests = [get_test(n) for n in names]  # fail on an unknown name before any work
     thresholds = thresholds or {}
-    ref, cur = _read_pair(reference, current, kind)
+    ref, cur = window(reference, kind), window(current, kind)
     return [_run(t, ref, cur, thresholds.get(t.name), min_n, min_expected) for t in tests]
-
-
-def _read_pair(reference, current, kind: str | None) -> tuple[Window, Window]:
-    """Both windows; two large ones are read side by side on two threads (Arrow's hashing of labels and numpy's
-    sort of samples run without the GIL), a numeric one sorted at once for the tests that follow."""
-    def rows(values) -> int:
-        return 0 if isinstance(values, Mapping) or not hasattr(values, "__len__") else len(values)
-
-    if min(rows(reference), rows(current)) < PARALLEL_MIN_ROWS:
-        return window(reference, kind), window(current, kind)
-
-    def read(values) -> Window:
-        w = window(values, kind)
-        if w.kind == NUMERIC:
-            _ = w.sorted_samples    # sorted on this thread, kept by the window
-        return w
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, current)
-        ref = read(reference)
-        return ref, pending.result()
