@@ -270,10 +270,9 @@ def report(args, runs, load_before, load_after, total, evidently_python: Path) -
     lines += [f"What each side computes: Evidently one drift score per column ({'; '.join(methods)}) and a "
               "share of drifted columns; ours 16 scores (PSI and KS on the numeric features; PSI, chi-square, "
               "Jensen–Shannon and the largest share gain on the categorical ones) with their chance levels "
-              "(2,000 resampled pairs per count-based score). Ours reads two windows of 200,000 rows or more on two "
-              "threads, and draws a large table's reference and current resamples on two; CPU time counts both "
-              "threads. Under load the wall time of a ~1 s run moves with the machine's other work far more than "
-              "that of a ~1 min run: the CPU ratio is the fairer figure.", ""]
+              "(2,000 resampled pairs per count-based score), on one thread. Under load the wall time of a ~1 s run "
+              "moves with the machine's other work far more than that of a ~1 min run: the CPU ratio is the fairer "
+              "figure.", ""]
     return "\n".join(lines)
 
 
