@@ -13,6 +13,13 @@ from core.text import fmt_time, plural  # noqa: F401 - pages write ui.plural(...
 from dashboard import cache
 
 
+def signed_change(value: float, base: float, fmt: str) -> str | None:
+    """value − base in `fmt` ('{:+.4f}') for a metric's delta, or None when it rounds to zero: '−0.0000' or
+    '+0.0000' would get an arrow and a colour, reading as a loss or a gain."""
+    text = fmt.format(value - base)
+    return None if float(text.rstrip("%")) == 0 else text
+
+
 @contextmanager
 def core_errors():
     """Show a core error as `st.error` with its message — never a traceback."""

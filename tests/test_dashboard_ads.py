@@ -102,7 +102,7 @@ def test_the_page_shows_campaigns_pacing_revenue_the_model_and_why(model_world, 
     assert f"Ads **v{version}** (production" in captions and "both judged on the same holdout" in captions
     assert [m.label for m in at.metric][:3] == ["Log loss", "ROC AUC", "Calibration error (ECE)"]
     metrics = frame(at, "on the holdout")
-    assert list(metrics.columns) == ["on the holdout", "model", "campaign click rates"]
+    assert list(metrics.columns) == ["on the holdout", "model", "campaigns"]
     assert len(at.get("plotly_chart")) == 2                                      # over time, calibration
     assert "Not drawn: no churn rate yet" in texts(at.info)                      # 18 days: no 14-day outcome
 
@@ -251,3 +251,13 @@ def test_the_policys_ads_retrains_show_and_a_replaced_version_is_not_offered(mod
     assert shown["cause"].tolist() == [action["cause"]] and shown["version"].tolist() == [action["version"]]
     assert shown["outcome"].iloc[0] in ("promoted (gate passed)", "kept as candidate (gate refused)")
     assert at.button(key="ads_promote").disabled and at.button(key="ads_promote").label == "Promote"
+
+
+def test_a_change_that_rounds_to_zero_reads_plus_zero():
+    """The Ads page's metric deltas: a tiny negative change showed as '−0.0000' with a red arrow, read as a loss;
+    now no delta at all (the 'vs' beside it still gives the baseline)."""
+    import ui
+    assert ui.signed_change(0.12340, 0.12341, "{:+.4f}") is None
+    assert ui.signed_change(0.0512, 0.05121, "{:+.2%}") is None
+    assert ui.signed_change(0.1240, 0.1234, "{:+.4f}") == "+0.0006"
+    assert ui.signed_change(0.1234, 0.1240, "{:+.4f}") == "-0.0006"

@@ -129,10 +129,11 @@ else:
              ("click_rate", "Observed click rate", "{:.2%}", None, "off"))
     for col, (key, label, fmt, dfmt, color) in zip(st.columns(4), shown):
         value, base = m.get(key), b.get(key)
-        col.metric(label, "—" if value is None else fmt.format(value),
-                   None if value is None or base is None or dfmt is None else dfmt.format(value - base),
-                   delta_color=color, border=True,
-                   delta_description=None if base is None or dfmt is None else f"vs {fmt.format(base)}")
+        delta = None if value is None or base is None or dfmt is None else ui.signed_change(value, base, dfmt)
+        col.metric(label, "—" if value is None else fmt.format(value), delta, delta_color=color, border=True,
+                   delta_description=None if delta is None else f"vs {fmt.format(base)}",
+                   help=None if base is None or dfmt is None or delta is not None
+                   else f"the same as the campaign rates' {fmt.format(base)} at this precision")
     with ui.core_errors():
         from core.governance import ads_insights
         table = ads_insights.calibration(m, b)
@@ -141,14 +142,16 @@ else:
         left.plotly_chart(ads_charts.calibration(table), key="ads_calibration")
     else:
         left.info("No calibration bins in this run's holdout.")
-    judged = {"model": m, "campaign click rates": b}
+    judged = {"model": m, "campaigns": b}
     if isinstance(model["production"], dict) and "log_loss" in model["production"]:
-        judged[f"production v{model['production']['version']}"] = model["production"]
+        judged[f"prod. v{model['production']['version']}"] = model["production"]
     right.dataframe(pd.DataFrame({"on the holdout": ["log loss", "ROC AUC", "ECE (10 bins)", "mean predicted"],
                                   **{who: [r.get(k) for k in ("log_loss", "roc_auc", "calibration_error",
                                                               "mean_predicted")] for who, r in judged.items()}}),
                     hide_index=True, key="ads_metrics", placeholder="—",
-                    column_config={who: st.column_config.NumberColumn(format="%.4f") for who in judged})
+                    # widths within the right column at 1400 px (~370 px): every column whole, no sideways scroll
+                    column_config={"on the holdout": st.column_config.TextColumn(width=110),
+                                   **{who: st.column_config.NumberColumn(format="%.4f", width=78) for who in judged}})
     right.caption("Lower log loss and ECE are better; the gate wants both strictly below the campaign rates' "
                   "and, with a model in production, not worse than it.")
 
@@ -165,12 +168,12 @@ else:
                      height=min(35 * (len(policy["retrains"]) + 1) + 3, 248),
                      column_order=["day", "cause", "version", "log_loss", "calibration_error", "outcome"],
                      column_config={"day": st.column_config.TextColumn("day", width=90),
-                                    "cause": st.column_config.TextColumn("why", width=400),
+                                    "cause": st.column_config.TextColumn("why", width=450),
                                     "version": st.column_config.NumberColumn("ads", format="v%d", width=50),
                                     "log_loss": st.column_config.NumberColumn("log loss", format="%.4f", width=70),
                                     "calibration_error": st.column_config.NumberColumn("ECE", format="%.4f",
                                                                                        width=60),
-                                    "outcome": st.column_config.TextColumn("outcome", width=180)})
+                                    "outcome": st.column_config.TextColumn("outcome", width=160)})
     else:
         st.info("The policy has not retrained the ads model yet.")
 
