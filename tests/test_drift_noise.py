@@ -53,8 +53,8 @@ def test_a_stable_small_world_opens_no_drift_alert(tmp_path, monkeypatch):
     from core.training import pipeline
     monkeypatch.setenv(KEY_ENV, "drift-noise-fixed-key")   # training order (and so the days) reproducible
     s = load_settings(tmp_path / "w600")
-    # Built without ads, as the issue's world was: ad fatigue moves who churns and so the rating mix; with ads on
-    # this world opened one rating alert (day 2026-02-18) in 10 days — issue 25's follow-up, not this test's subject.
+    # Built without ads, as the issue's world was (with ads, bench_drift --stable-small runs it for 30 days: a
+    # rating alert there led to the rating chance level's design effect, tests/test_drift_clusters.py).
     simulation.init_world(s, seed=7, users=600, movies=300, days=40, ads=False)
     pipeline.retrain(s)
     log = loop.run(s, 10, policy_mode="on-alert")["log"]
@@ -62,9 +62,10 @@ def test_a_stable_small_world_opens_no_drift_alert(tmp_path, monkeypatch):
     assert not opened, opened
     scores = monitoring.history(s)["scores"]
     primary = scores[[t == monitoring.FEATURES[f][1][0] for f, t in zip(scores["feature"], scores["test"])]]
-    # the threshold alone still fires on these days (rating, user_activity): the chance level held the alerts back
+    # the threshold alone still fires on these days (user_activity; rating too before its chance level counted a
+    # user's ratings of a day as one cluster — monitoring.design_effect): the chance level held the alerts back
     material = primary[(primary["drifted"] == 1) & primary["feature"].isin(["rating", "user_activity"])]
-    assert set(material["feature"]) == {"rating", "user_activity"} and len(material) >= 5
+    assert "user_activity" in set(material["feature"]) and len(material) >= 2
     # Most of them are within chance (a single beyond-chance day is not confirmed without a second one; ALS's
     # threads make the exact days vary between runs, so the test asks for the share, not for every day).
     within = material["beyond_chance"] == 0
