@@ -74,8 +74,9 @@ def test_an_ads_drift_alert_retrains_at_once_and_nothing_happens_without_ads_or_
     assert policy.decide_ads(s, alert, "scheduled", now) == "ads drift alert: ads-drift:calibration"
     assert policy.decide_ads(s, alert, "manual", now) is None
     assert policy.decide_ads(s, None, "on-alert", now) is None      # the world shows no ads
-    # scheduled: every_days after the last ads retrain (none yet: now)
-    assert policy.decide_ads(s, quiet, "scheduled", now).startswith("scheduled: 7 days")
+    # scheduled: every_days after the last ads retrain (none yet: now, and the cause says so — it said
+    # "7 days since the last ads retrain" when there had been none)
+    assert policy.decide_ads(s, quiet, "scheduled", now) == "scheduled: no ads retrain by the policy yet"
     action = policy.apply_ads(s, alert, now=now, day="2026-01-31", mode="on-alert")
     assert action["cause"] == "ads drift alert: ads-drift:calibration" and action["version"] is not None
     # a fresh alert retrains again at once; staleness, open alerts and the schedule wait for the cooldown

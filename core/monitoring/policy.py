@@ -178,7 +178,8 @@ def decide_ads(settings: Settings, ads_report: dict | None, mode: str, now: str)
         return (f"ads drift alerts still open ({', '.join(still)})"
                 + ("" if days_since is None else f" {plural(pol['cooldown_days'], 'day')} after the last ads retrain"))
     if mode == "scheduled" and (days_since is None or days_since >= pol["every_days"]):
-        return f"scheduled: {plural(pol['every_days'], 'day')} since the last ads retrain"
+        return ("scheduled: no ads retrain by the policy yet" if days_since is None
+                else f"scheduled: {plural(pol['every_days'], 'day')} since the last ads retrain")
     return None
 
 
