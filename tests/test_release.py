@@ -287,3 +287,22 @@ def test_both_arms_of_a_canary_explore_with_logged_propensities(world):
         frame = servinglog.logged_between(db, "2026-02-01T00:00:00", "2026-02-01T00:00:01")
     assert len(frame) == len(users) and frame["slate_propensities"].notna().all()
     release.decide_now(s, "stop", actor="t", reason="done")
+
+
+def test_a_retrain_canary_whose_best_guess_is_materially_worse_is_rolled_back_for_futility():
+    """bench_drift's new-releases run: a retrain's canary sat at −0.028 … −0.010 for its 6 days (never significantly
+    worse, never shown as good) while three fresher retrains waited. With RETRAIN_CANARY's futility bound it ends
+    once min_days are served and its point estimate is at or below −futility; the old rules said 'continue'."""
+    def ev_of(deltas, var=1e-3):
+        return release.summarize([day(0.5, d, var) | {"canary": .5, "production": .5, "n_canary": 1,
+                                                        "n_production": 1} for d in deltas], 0.9)
+    rules = release.release_policy(0.5, **{k: v for k, v in release.RETRAIN_CANARY.items() if k != "share"})
+    assert rules["futility"] == 0.02 and release.POLICY["futility"] is None
+    decision, reason, _ = release.decide(ev_of([-0.028, -0.029]), rules, 0.5)
+    assert decision == "rollback" and "futility" in reason, reason
+    assert release.decide(ev_of([-0.028]), rules, 0.5)[0] == "continue"            # min_days not yet served
+    assert release.decide(ev_of([-0.015, -0.016]), rules, 0.5)[0] == "continue"    # −0.0155 is above −0.02
+    assert release.decide(ev_of([-0.028, -0.029]), release.release_policy(0.5, min_days=2, max_days=6),
+                          0.5)[0] == "continue"                                   # manual releases: no futility rule
+    with pytest.raises(ValidationError, match="futility"):
+        release.release_policy(0.5, futility=1.5)

@@ -84,6 +84,7 @@ def window_features(con, start, end, deciles: pd.Series | None, new_since) -> di
     watches = dataset.watches_between(con, start, end, new_since)
     ratings = dataset.rating_counts_between(con, start, end)
     per_rater = dataset.ratings_per_user_day(con, start, end)
+    per_watcher = dataset.watches_per_user_day(con, start, end)
     # Signals per active user and day (so a 7-day reference and a 1-day window compare like with like).
     activity = dataset.signals_per_user_day(con, start, end)
     mix = dataset.kind_counts_between(con, start, end)
@@ -99,7 +100,9 @@ def window_features(con, start, end, deciles: pd.Series | None, new_since) -> di
         "event_mix": dict(zip(mix["kind"], mix["n"].astype(int))),
         "title_share": {f"{t} (#{m})": int(n) for (m, t), n in per_title.items()},
         "_watch_counts": watches["movie_id"].value_counts(),
-        "_design_effect": {"rating": design_effect(per_rater)},
+        "_design_effect": {"rating": design_effect(per_rater), "genre_mix": design_effect(per_watcher["genres"]),
+                           **dict.fromkeys(("popularity_concentration", "new_titles"),
+                                           design_effect(per_watcher["n"]))},
     }
     if deciles is not None:
         dec = deciles.reindex(watches["movie_id"].to_numpy()).fillna(10).astype(int)
@@ -124,7 +127,11 @@ def effective_counts(counts: dict, effect: float) -> dict:
 
 
 # Features whose rows come in clusters per user and day: judged on their effective counts (`design_effect`).
-CLUSTERED = ("rating",)
+# A user's watches of a day share the user's taste too: the 600-user world of bench_drift (ads on) opened a
+# popularity_concentration alert in 30 stable days (PSI 0.105 vs a chance level of 0.070 on independent rows).
+# title_share is left out on purpose: its many per-title buckets are merged by expected count, and a viral
+# title's surge is what it must catch within a day.
+CLUSTERED = ("rating", "genre_mix", "popularity_concentration", "new_titles")
 
 
 def popularity_deciles(watch_counts: pd.Series, movie_ids) -> pd.Series:

@@ -14,6 +14,10 @@ point ± z·se at `level` (90 %: z = 1.645). Then, after every monitored day:
 - **rollback** as soon as the canary is significantly worse: the interval's upper bound is below 0;
 - **ramp** to the next share, or **promote** at the last one, once the canary has served `min_days` days at
   its current share and is not worse than production: the lower bound is above −`margin`;
+- **rollback** for futility, when `futility` is set (retrains' canaries: RETRAIN_CANARY), once the canary has
+  served `min_days` days at its current share and its point estimate is at or below −`futility`: its best
+  guess is materially worse, and each extra day shows half the users that arm and keeps fresher candidates
+  waiting (bench_drift's new-releases run: a canary at −0.028…−0.010 for 6 days held back three retrains);
 - **rollback** when `max_days` pass without that evidence (not shown to be as good);
 - else **continue**.
 
@@ -49,7 +53,7 @@ from core.store import mlopsdb, opsdb, servinglog
 from core.store.mlopsdb import timestamp
 from core.training import registry
 
-POLICY = {"min_days": 3, "max_days": 10, "margin": 0.02, "level": 0.90, "ramp": None}
+POLICY = {"min_days": 3, "max_days": 10, "margin": 0.02, "level": 0.90, "ramp": None, "futility": None}
 POLICY_ACTOR = "policy:release"
 # The canary a retrain's candidate starts as (on_pass="canary"): share and rules (POLICY's keys).
 # Half the users for at least 2 monitored days: balanced arms decide fastest, and a candidate significantly worse
@@ -57,7 +61,7 @@ POLICY_ACTOR = "policy:release"
 # Western trend at strength 2, policy on-alert), mean hit rate@10 over the 14 days: 0.761 with these rules
 # (2 canaries promoted, 1 rolled back), 0.742 with 20 % → 50 % one day each (1 promoted), 0.742 with 30 % → 60 %,
 # 0.781 when retrains promoted directly (no online check).
-RETRAIN_CANARY = {"share": 0.5, "min_days": 2, "max_days": 6}
+RETRAIN_CANARY = {"share": 0.5, "min_days": 2, "max_days": 6, "futility": 0.02}
 QUEUED, DEQUEUED = "release-queued", "release-dequeued"       # `actions` kinds of the pending release
 DECISION_COLUMNS = ["decision_id", "deployment_id", "at", "day", "decision", "actor", "reason", "days", "point", "lo",
                     "hi", "hit_rate_canary", "hit_rate_production", "users_canary", "users_production",
@@ -78,6 +82,8 @@ def release_policy(share: float | None = None, **overrides) -> dict:
         raise ValidationError(f"max_days ({policy['max_days']}) must be at least min_days ({policy['min_days']})")
     if not 0 <= float(policy["margin"]) < 1:
         raise ValidationError(f"margin is a hit-rate difference in [0, 1), got {policy['margin']!r}")
+    if policy["futility"] is not None and not 0 <= float(policy["futility"]) < 1:
+        raise ValidationError(f"futility is a hit-rate difference in [0, 1), got {policy['futility']!r}")
     if not 0.5 <= float(policy["level"]) < 1:
         raise ValidationError(f"level is an interval's coverage in [0.5, 1), got {policy['level']!r}")
     ramp = policy["ramp"] or ([share] if share is not None else None)
@@ -160,6 +166,11 @@ def decide(ev: dict, policy: dict, share: float | None) -> tuple[str, str, float
         if later:
             return "ramp", f"{why}; share {share:.0%} → {later[0]:.0%}", later[0]
         return "promote", why, share
+    futility = policy.get("futility")        # rules stored before the key existed have none
+    if futility is not None and at_share >= policy["min_days"] and ev["point"] <= -futility:
+        return "rollback", (f"unlikely to be shown as good as production (futility {futility}): the point estimate "
+                            f"is at or below −{futility} after {at_share} day{'s' if at_share != 1 else ''} at "
+                            f"{share:.0%}: {numbers}"), share
     if ev["days"] >= policy["max_days"]:
         return "rollback", f"not shown to be as good as production within {policy['max_days']} days: {numbers}", share
     wait = max(0, policy["min_days"] - at_share)
