@@ -17,12 +17,9 @@ impressions before the holdout, shrunk towards the overall rate by PRIOR_IMPRESS
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -30,12 +27,12 @@ from sklearn.linear_model import LogisticRegression
 
 from core.ads import features
 from core.errors import RetroError
-from core.filemodes import private_file, private_tree
+from core.training import tree_artifacts
 
 MODEL_KIND = "ads_gb"
 FAMILY = "ads"
 ADS_FILES = ("ads.joblib", "ads.json")        # what the artifact hash covers, in order
-TRAINING_ROWS = "training.npz"                # the rows it was fit and judged on (erasable, not hashed)
+TRAINING_ROWS = tree_artifacts.TRAINING_ROWS           # the rows it was fit and judged on (erasable, not hashed)
 CALIBRATION_SHARE, HOLDOUT_SHARE = 0.2, 0.2
 MIN_DAYS = 3
 PRIOR_IMPRESSIONS = 5.0
@@ -163,50 +160,24 @@ class CampaignRate:
 # ------------------------------------------------------------------ artifacts
 def save(directory: Path, model: AdsModel, meta: dict, rows: dict[str, np.ndarray]) -> str:
     """Write the model, its metadata and its training rows; returns the artifact hash (model + metadata)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    joblib.dump({"trees": model.trees, "slope": model.slope, "intercept": model.intercept,
-                 "features": list(model.features), "campaigns": list(model.campaigns), "used": list(model.used)},
-                directory / ADS_FILES[0])
-    (directory / ADS_FILES[1]).write_text(json.dumps(meta, indent=2, default=str))
-    write_rows(directory, rows)
-    private_tree(directory)
-    return artifact_hash(directory)
+    blob = {"trees": model.trees, "slope": model.slope, "intercept": model.intercept, "features": list(model.features),
+            "campaigns": list(model.campaigns), "used": list(model.used)}
+    return tree_artifacts.save(directory, ADS_FILES, blob, meta, rows)
 
 
-def write_rows(directory: Path, rows: dict[str, np.ndarray]) -> None:
-    """The training rows file, replaced whole (an erasure rewrites it without a user's rows)."""
-    tmp = Path(directory) / (TRAINING_ROWS + ".tmp.npz")
-    np.savez_compressed(tmp, **rows)
-    private_file(tmp)
-    tmp.replace(Path(directory) / TRAINING_ROWS)
-
-
-def read_rows(directory: Path) -> dict[str, np.ndarray]:
-    path = Path(directory) / TRAINING_ROWS
-    if not path.exists():
-        return {}
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+write_rows, read_rows = tree_artifacts.write_rows, tree_artifacts.read_rows
 
 
 def artifact_hash(directory: Path) -> str:
-    h = hashlib.sha256()
-    for name in ADS_FILES:
-        h.update(name.encode())
-        h.update((Path(directory) / name).read_bytes())
-    return h.hexdigest()
+    return tree_artifacts.artifact_hash(directory, ADS_FILES)
 
 
 def load(directory: Path, expected_hash: str | tuple[str, ...] | None = None) -> AdsModel:
     """The ads model in `directory`; with `expected_hash` its bytes are checked before unpickling."""
-    accepted = (expected_hash,) if isinstance(expected_hash, str) else expected_hash
-    if accepted is not None and artifact_hash(directory) not in accepted:
-        raise AdsIntegrityError(f"ads artifact {directory} does not match its registered hash; refusing to load it")
-    blob = joblib.load(Path(directory) / ADS_FILES[0])
+    blob = tree_artifacts.load_blob(directory, ADS_FILES, expected_hash, AdsIntegrityError, "ads")
     return AdsModel(blob["trees"], float(blob["slope"]), float(blob["intercept"]), tuple(blob["features"]),
                     tuple(int(c) for c in blob["campaigns"]), tuple(int(i) for i in blob.get("used", ())))
 
 
 def read_meta(directory: Path) -> dict:
-    return json.loads((Path(directory) / ADS_FILES[1]).read_text())
+    return tree_artifacts.read_meta(directory, ADS_FILES)

@@ -16,12 +16,9 @@ days-since-last-watch on the same training snapshots (isotonic, so more days nev
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 from sklearn.calibration import calibration_curve
@@ -32,13 +29,13 @@ from sklearn.model_selection import GroupKFold
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from core.errors import RetroError
-from core.filemodes import private_file, private_tree
+from core.training import tree_artifacts
 from core.warehouse.churn_data import FEATURES, HORIZON_DAYS, LOOKBACK_DAYS
 
 MODEL_KIND = "churn_gb"
 FAMILY = "churn"
 CHURN_FILES = ("churn.joblib", "churn.json")          # what the artifact hash covers, in order
-TRAINING_ROWS = "training.npz"                        # the rows it was fit and judged on (erasable, not hashed)
+TRAINING_ROWS = tree_artifacts.TRAINING_ROWS           # the rows it was fit and judged on (erasable, not hashed)
 SNAPSHOT_EVERY_DAYS = 7
 MIN_HISTORY_DAYS = LOOKBACK_DAYS
 CALIBRATION_FOLDS = 5
@@ -180,49 +177,24 @@ def scores(y: np.ndarray, prob: np.ndarray, rank_score: np.ndarray | None = None
 # ------------------------------------------------------------------ artifacts
 def save(directory: Path, model: ChurnModel, meta: dict, rows: dict[str, np.ndarray]) -> str:
     """Write the model, its metadata and its training rows; returns the artifact hash (model + metadata)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    joblib.dump({"trees": model.trees, "slope": model.slope, "intercept": model.intercept,
-                 "features": list(model.features), "used": list(model.used)}, directory / CHURN_FILES[0])
-    (directory / CHURN_FILES[1]).write_text(json.dumps(meta, indent=2, default=str))
-    write_rows(directory, rows)
-    private_tree(directory)
-    return artifact_hash(directory)
+    blob = {"trees": model.trees, "slope": model.slope, "intercept": model.intercept, "features": list(model.features),
+            "used": list(model.used)}
+    return tree_artifacts.save(directory, CHURN_FILES, blob, meta, rows)
 
 
-def write_rows(directory: Path, rows: dict[str, np.ndarray]) -> None:
-    """The training rows file, replaced whole (an erasure rewrites it without a user's rows)."""
-    tmp = Path(directory) / (TRAINING_ROWS + ".tmp.npz")
-    np.savez_compressed(tmp, **rows)
-    private_file(tmp)
-    tmp.replace(Path(directory) / TRAINING_ROWS)
-
-
-def read_rows(directory: Path) -> dict[str, np.ndarray]:
-    path = Path(directory) / TRAINING_ROWS
-    if not path.exists():
-        return {}
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+write_rows, read_rows = tree_artifacts.write_rows, tree_artifacts.read_rows
 
 
 def artifact_hash(directory: Path) -> str:
-    h = hashlib.sha256()
-    for name in CHURN_FILES:
-        h.update(name.encode())
-        h.update((Path(directory) / name).read_bytes())
-    return h.hexdigest()
+    return tree_artifacts.artifact_hash(directory, CHURN_FILES)
 
 
 def load(directory: Path, expected_hash: str | tuple[str, ...] | None = None) -> ChurnModel:
     """The churn model in `directory`; with `expected_hash` its bytes are checked before unpickling."""
-    accepted = (expected_hash,) if isinstance(expected_hash, str) else expected_hash
-    if accepted is not None and artifact_hash(directory) not in accepted:
-        raise ChurnIntegrityError(f"churn artifact {directory} does not match its registered hash; refusing to load it")
-    blob = joblib.load(Path(directory) / CHURN_FILES[0])
+    blob = tree_artifacts.load_blob(directory, CHURN_FILES, expected_hash, ChurnIntegrityError, "churn")
     return ChurnModel(blob["trees"], float(blob["slope"]), float(blob["intercept"]), tuple(blob["features"]),
                       tuple(blob["used"]))
 
 
 def read_meta(directory: Path) -> dict:
-    return json.loads((Path(directory) / CHURN_FILES[1]).read_text())
+    return tree_artifacts.read_meta(directory, CHURN_FILES)
