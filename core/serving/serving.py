@@ -269,6 +269,19 @@ def version_lists(settings: Settings, version: dict, user_ids, k: int, seen: dic
     return out
 
 
+def _consent_and_seen(db, users: list[int]) -> tuple[dict, dict[int, set]]:
+    """Each user's personalization consent and the titles they have seen; UnknownUser for ids the service does not
+    know (checked before anything is served)."""
+    consent = opsdb.personalization_consent(db, users)
+    unknown = [u for u in users if u not in consent]
+    if unknown:
+        raise UnknownUser(f"unknown user(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}")
+    seen: dict[int, set] = {}
+    for u, m in opsdb.seen_pairs(db, users):
+        seen.setdefault(u, set()).add(m)
+    return consent, seen
+
+
 def deterministic_lists(settings: Settings, bundle: Bundle | None, ranker, user_ids,
                         k: int = DEFAULT_K) -> dict[int, tuple[str, list[int], list[float]]]:
     """(path, movie ids, scores) per user: what `recommend` shows a production-arm user as a deterministic list
@@ -279,13 +292,7 @@ def deterministic_lists(settings: Settings, bundle: Bundle | None, ranker, user_
     _check_k(k)
     users = [int(u) for u in user_ids]
     db = _db(settings)
-    consent = opsdb.personalization_consent(db, users)
-    unknown = [u for u in users if u not in consent]
-    if unknown:
-        raise UnknownUser(f"unknown user(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}")
-    seen: dict[int, set] = {}
-    for u, m in opsdb.seen_pairs(db, users):
-        seen.setdefault(u, set()).add(m)
+    consent, seen = _consent_and_seen(db, users)
     key = pseudonym_key(settings)
     rows = {u: None if bundle is None else bundle.user_row.get(pseudonym(u, key)) for u in users}
     reasons = {u: fallback_reason(bool(consent[u]), bundle, rows[u]) for u in users}
@@ -484,13 +491,7 @@ def recommend_many(settings: Settings, user_ids, k: int = DEFAULT_K, *, log: boo
     _check_k(k)
     user_ids = [int(u) for u in user_ids]
     db = _db(settings)
-    consent = opsdb.personalization_consent(db, user_ids)
-    unknown = [u for u in user_ids if u not in consent]
-    if unknown:
-        raise UnknownUser(f"unknown user(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}")
-    seen: dict[int, set] = {}
-    for u, m in opsdb.seen_pairs(db, user_ids):
-        seen.setdefault(u, set()).add(m)
+    consent, seen = _consent_and_seen(db, user_ids)
     state = load_state(settings) if state is None else state
     when = at or clock.now(db=db)
     out, shadows = _serve(settings, state, user_ids, consent, seen, k, db, when)
