@@ -398,3 +398,26 @@ def test_a_world_saved_before_churn_existed_still_loads(tmp_path):
     again = simulation.load_world(s)
     assert not again.left.any() and (again.hazard == 0).all() and len(again.left) == len(world.user_ids)
     simulation.simulate(s, 1)                                   # and it continues
+
+
+def test_the_world_file_round_trips_with_watched_as_packed_bits_and_old_files_still_load(tmp_path):
+    """world.npz holds `watched` as packed bits (saved after every simulated day; zlib over the bool matrix was
+    most of the save): every field comes back equal, the file holds no bool matrix, and a file written the old
+    way (compressed, with `watched` itself) loads to the same world."""
+    from dataclasses import fields
+    from core.simulation import world as world_mod
+    s = build(tmp_path, "w", days=2)
+    world = simulation.load_world(s)
+    assert world.watched.shape[1] == len(world.genre_matrix) and world.watched.any()
+    world.save(s.world_file)
+    with np.load(s.world_file) as data:
+        assert "watched" not in data.files and data[world_mod.WATCHED_BITS].dtype == np.uint8
+        old = {f.name: np.asarray(getattr(world, f.name)) for f in fields(world)}
+    for again in (world_mod.World.load(s.world_file), None):
+        if again is None:
+            np.savez_compressed(s.world_file, **old)                    # the format before packed bits
+            again = world_mod.World.load(s.world_file)
+        for f in fields(world):
+            np.testing.assert_array_equal(np.asarray(getattr(again, f.name)), np.asarray(getattr(world, f.name)),
+                                          err_msg=f.name)
+        assert again.watched.dtype == bool

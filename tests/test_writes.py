@@ -3,10 +3,11 @@ import json
 import re
 import string
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
-from core import errors
+from core import bounds, errors
 from core.store import writes
 
 CLOCK = "2026-01-10T00:00:00"  # the clock of the small_db fixture
@@ -366,3 +367,27 @@ def test_a_refused_huge_id_leaves_fresh_ids_working(small_db):
     small_db.execute("INSERT INTO users(user_id, created_at) VALUES (?, ?)", [2**63 - 1, "2026-01-01T00:00:00"])
     assert writes.highest_id(small_db, "users", "user_id") == 3
     assert writes.add_user(small_db) == 4
+
+
+def test_bad_texts_flags_exactly_what_control_chars_and_the_length_limit_flag():
+    """The column-at-once check (record_events' event ids, titles, advertisers, products) against the per-text
+    definition, on every control-like character class and the length limit."""
+    texts = ["plain", "tab\there", "nul\x00", "del\x7f", "c1\x85", "surrogate\ud800", "é ü ✓ 🎬", "\u200b zero-width",
+             "x" * bounds.MAX_TEXT, "x" * (bounds.MAX_TEXT + 1), ""]
+    expected = [bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT for t in texts]
+    assert bounds.bad_texts(pd.Series(texts, dtype=object)).tolist() == expected
+    assert expected == [False, True, True, True, True, True, False, False, False, True, False]
+
+
+def test_events_without_an_id_get_a_fresh_one_each_and_numbers_keep_their_text(small_db):
+    """None and NaN ids are replaced by distinct fresh ids; a numeric id is stored as its str()."""
+    result = writes.record_events(small_db, [ev(None), ev(float("nan"), kind="watch", value=60), ev(7, value=2)])
+    ids = [r[0] for r in rows(small_db, "SELECT event_id FROM events ORDER BY seq")]
+    assert result.accepted == 3 and ids[2] == "7"
+    assert len(set(ids[:2])) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids[:2])
+
+
+def test_an_event_id_with_a_surrogate_is_refused_with_a_clear_error(small_db):
+    with pytest.raises(errors.ValidationError, match="control characters"):
+        writes.record_events(small_db, [ev("a\ud800b")])
+    assert rows(small_db, "SELECT count(*) FROM events") == [(0,)]

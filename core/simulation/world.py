@@ -24,6 +24,9 @@ GENRE_WEIGHTS = np.array([
 ])
 
 
+WATCHED_BITS = "watched_bits"   # world.npz's name for `watched` packed 8 titles to a byte
+
+
 @dataclass
 class World:
     """Arrays indexed by row; `user_ids[i]` / `movie_ids[j]` name the service's ids."""
@@ -59,8 +62,13 @@ class World:
             self.age_band = ads_world.world_age_bands(int(self.seed), n)
 
     def save(self, path: Path) -> None:
+        """Uncompressed, with `watched` (users × titles, bool) as packed bits: the world is saved after every simulated
+        day, and zlib over the 4.8 MB bool matrix of the default world took 45 ms of the day's ~0.5 s; packed bits
+        are 8× smaller than the bools and cost ~1 ms (the file: 1.2 MB instead of 0.7 MB compressed)."""
         tmp = Path(str(path) + ".tmp.npz")
-        np.savez_compressed(tmp, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if f.name != "watched"}
+        arrays[WATCHED_BITS] = np.packbits(np.asarray(self.watched, dtype=bool), axis=1)
+        np.savez(tmp, **arrays)
         private_file(tmp)   # owner-only before it takes the real name
         tmp.replace(path)
 
@@ -68,6 +76,9 @@ class World:
     def load(cls, path: Path) -> "World":
         with np.load(path) as data:
             kwargs = {f.name: data[f.name] for f in fields(cls) if f.name in data.files}
+            if WATCHED_BITS in data.files:      # files saved before packed bits hold `watched` itself
+                kwargs["watched"] = np.unpackbits(data[WATCHED_BITS], axis=1,
+                                                  count=len(kwargs["genre_matrix"])).astype(bool)
         kwargs["seed"] = int(kwargs["seed"])
         if "step" in kwargs:
             kwargs["step"] = int(kwargs["step"])

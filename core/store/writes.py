@@ -247,7 +247,7 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     r.add(given & bounds.id_mask(df["movie_id"]) & (ids > bounds.MAX_GIVEN_ID), lambda i: _no_room("movie_id", ids[i]),
           errors.ValidationError, "no_room")
     r.add(titles == "", lambda i: "title is empty", errors.ValidationError, "empty_title")
-    r.add(titles.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
+    r.add(bounds.bad_texts(titles),
           lambda i: f"title {titles[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
           errors.ValidationError, "invalid_title")
     year_given = ~df["year"].map(bounds.is_missing).astype(bool)
@@ -360,9 +360,13 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
     ts, ok_ts = _timestamps(df["occurred_at"], now)
     r.add(~ok_ts, lambda i: f"occurred_at {df['occurred_at'][i]!r} is not a timestamp between 1900-01-01 and the service clock", errors.InvalidTimestamp)
     r.add(ok_ts & (ts > now), lambda i: f"occurred_at {ts[i]} is after the service clock {now}", errors.FutureTimestamp)
-    ids = df["event_id"].map(lambda e: uuid.uuid4().hex if bounds.is_missing(e) or bounds.is_nan(e) else str(e))
+    given = df["event_id"].astype(object)
+    missing = given.isna().to_numpy()     # None, NaN, NaT, NA: a fresh id each (is_missing / is_nan)
+    ids = pd.Series([str(e) for e in given.tolist()], index=given.index, dtype=object)   # object: keeps surrogates
+    if missing.any():
+        ids[missing] = [uuid.uuid4().hex for _ in range(int(missing.sum()))]
     r.add(ids == "", lambda i: "event_id is empty", errors.ValidationError, "empty_event_id")
-    r.add(ids.map(lambda e: bool(bounds.control_chars(e)) or len(e) > bounds.MAX_TEXT),
+    r.add(bounds.bad_texts(ids),
           lambda i: f"event_id {ids[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
           errors.ValidationError, "invalid_event_id")
     # The same signal logged twice under two ids (a double-logging client) is not a retry: refuse the copy.
@@ -432,7 +436,7 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
     r.add(given & ~bounds.id_mask(df["campaign_id"]), lambda i: f"campaign_id {df['campaign_id'][i]!r} is not a "
           f"positive integer", errors.ValidationError, "invalid_id")
     advertiser = df["advertiser"].map(lambda t: t.strip() if isinstance(t, str) else "")
-    r.add((advertiser == "") | advertiser.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
+    r.add((advertiser == "") | bounds.bad_texts(advertiser),
           lambda i: f"advertiser {df['advertiser'][i]!r} is empty, too long or has control characters",
           errors.ValidationError, "invalid_advertiser")
     kind = df["creative_kind"]
@@ -445,7 +449,7 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
           lambda i: f"a title creative needs a catalogue movie_id, got {df['movie_id'][i]!r}", errors.UnknownMovie)
     r.add((kind == "product") & ((product == "") | has_movie), lambda i: "a product creative needs "
           "a product name and no movie_id", errors.ValidationError, "invalid_creative")
-    r.add(product.map(lambda t: bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT),
+    r.add(bounds.bad_texts(product),
           lambda i: "product name too long or has control characters", errors.ValidationError, "invalid_creative")
     genres, bad_genres = _split_codes(df["target_genres"], GENRES)
     bands, bad_bands = _split_codes(df["target_age_bands"], AGE_BANDS)
