@@ -17,8 +17,6 @@ def test_the_design_effect_by_hand():
     assert monitoring.design_effect([3, 1]) == pytest.approx(10 / 4)    # (9 + 1) / (3 + 1)
     assert monitoring.design_effect([5] * 20) == 5.0                     # 20 users × 5 ratings: 20 observations
     assert monitoring.design_effect([]) == 1.0
-    assert monitoring.effective_counts({"7": 10, "8": 5}, 2.5) == {"7": 4.0, "8": 2.0}
-    assert monitoring.effective_counts({"7": 10}, 1.0) == {"7": 10}
     assert "rating" in monitoring.CLUSTERED
 
 
@@ -32,9 +30,27 @@ def test_a_clustered_day_moves_the_chance_level_not_the_shares():
     raw = drift.run_test("psi", reference, current, min_n=0).to_dict()
     assert raw["beyond_chance"] and monitoring.drift_confirmed(raw, drifted_yesterday=False)   # 0.59 > 0.38
     effect = monitoring.design_effect([5] * 20)
-    judged = drift.run_test("psi", reference, monitoring.effective_counts(current, effect), min_n=0).to_dict()
+    judged = drift.run_test("psi", reference, current, min_n=0, design_effects=(1.0, effect)).to_dict()
     assert judged["drifted"] and judged["null_q99"] > 4 * raw["null_q99"] and not judged["beyond_chance"]
     assert not monitoring.drift_confirmed(judged, drifted_yesterday=True)
+    # The chance level is the one of 20 independent ratings in the same buckets; the score is the rows' own.
+    twenty = {k: v / effect for k, v in current.items()}
+    assert judged["null_q99"] == pytest.approx(drift.run_test("psi", reference, twenty, min_n=0, min_expected=0)
+                                               .null_q99, rel=1e-9)
+    assert judged["score"] == raw["score"] and judged["n_current"] == 100 and "20 effective" in judged["detail"]
+
+
+def test_a_design_effect_leaves_the_minimum_size_and_the_score_on_the_rows():
+    """A small world's day of 150 genre labels from 30 users (5 each): 30 effective observations are below the
+    100 a day needs, but the rows are not — the day is judged (the Drift page shows its score), only its chance
+    level widens. Fails on the version that scaled the counts themselves: that day was 'not enough data'."""
+    genres = ["Drama", "Comedy", "Action", "Thriller", "Romance"]
+    reference = dict(zip(genres, [600, 500, 400, 300, 200]))
+    current = dict(zip(genres, [40, 35, 30, 25, 20]))
+    plain = drift.run_test("psi", reference, current, min_n=100).to_dict()
+    clustered = drift.run_test("psi", reference, current, min_n=100, design_effects=(3.0, 5.0)).to_dict()
+    assert not clustered["insufficient"] and clustered["score"] == plain["score"]
+    assert clustered["n_current"] == 150 and clustered["null_q99"] > 1.5 * plain["null_q99"]
 
 
 def test_window_features_carry_the_ratings_design_effect(cf_world):

@@ -768,7 +768,8 @@ def _merge_small_buckets(reference: Window, current: Window, min_expected: float
 
 
 def _run(test: StatTest, ref: Window, cur: Window, threshold: float | None,
-         min_n: int = MIN_NUMERIC, min_expected: float = MIN_EXPECTED_PER_BUCKET) -> DriftResult:
+         min_n: int = MIN_NUMERIC, min_expected: float = MIN_EXPECTED_PER_BUCKET,
+         design_effects: tuple[float, float] = (1.0, 1.0)) -> DriftResult:
     limit = test.default_threshold if threshold is None else _check_threshold(threshold)
     n_ref, n_cur = (0 if ref.is_empty else ref.n), (0 if cur.is_empty else cur.n)
     if ref.is_empty or cur.is_empty:  # reported before any kind check: there is nothing to test
@@ -796,14 +797,26 @@ def _run(test: StatTest, ref: Window, cur: Window, threshold: float | None,
         ref, cur, n_merged = merged
         note = f" ({n_merged} small categories merged into {OTHER!r})" if n_merged else ""
     score, detail = test.fn(ref, cur)
-    chance = test.null(full_ref, ref, cur)
+    ref_effect, cur_effect = design_effects
+    if ref.kind == CATEGORICAL and (ref_effect > 1 or cur_effect > 1):
+        chance = test.null(_scaled(full_ref, ref_effect), _scaled(ref, ref_effect), _scaled(cur, cur_effect))
+        note += f" (chance level on {n_cur / max(cur_effect, 1):.0f} effective observations: design effect " \
+                f"{cur_effect:.2f})"
+    else:
+        chance = test.null(full_ref, ref, cur)
     return DriftResult(test.name, score, bool(score >= limit), limit, n_ref, n_cur, detail=detail + note,
                        null_q99=chance, beyond_chance=bool(score > chance))
 
 
+def _scaled(w: Window, effect: float) -> Window:
+    """A categorical window's counts divided by its design effect (≥ 1): its effective sample size."""
+    return w if effect <= 1 else Window(CATEGORICAL, counts=w.label_counts / effect)
+
+
 def run_test(name: str, reference, current, threshold: float | None = None, *,
              kind: str | None = None, min_n: int = MIN_NUMERIC,
-             min_expected: float = MIN_EXPECTED_PER_BUCKET) -> DriftResult:
+             min_expected: float = MIN_EXPECTED_PER_BUCKET,
+             design_effects: tuple[float, float] = (1.0, 1.0)) -> DriftResult:
     """Run one registered test on a reference and a current window (samples, labels or counts).
 
     ``threshold`` defaults to the test's ``default_threshold``. An empty window gives
@@ -811,12 +824,16 @@ def run_test(name: str, reference, current, threshold: float | None = None, *,
     observations; ``min_expected`` current rows per categorical bucket on average, small buckets
     merged first) gives ``insufficient=True, drifted=False, score=nan``. ``min_n=0, min_expected=0``
     turn both limits off (hand-computed examples on a few rows). Every judged result carries its chance
-    level ``null_q99`` and ``beyond_chance`` (`null_quantile`). Raises `UnknownDriftTest` for an unknown
+    level ``null_q99`` and ``beyond_chance`` (`null_quantile`). ``design_effects`` (reference, current): rows that
+    come in clusters (a user's ratings or watches of a day) are worth fewer independent observations; for
+    categorical windows the chance level is drawn at the counts ÷ their design effect, while the score, the
+    bucket merging and the ``min_n`` check stay on the rows themselves. Raises `UnknownDriftTest` for an unknown
     name and `ValidationError` when the data kind does not fit the test (e.g. ``ks``
     on categories) or the windows differ in kind.
     """
     test = get_test(name)
-    return _run(test, window(reference, kind), window(current, kind), threshold, min_n, min_expected)
+    return _run(test, window(reference, kind), window(current, kind), threshold, min_n, min_expected,
+                design_effects)
 
 
 def run_tests(names: Iterable[str], reference, current, *, thresholds: Mapping[str, float] | None = None,

@@ -120,13 +120,8 @@ def design_effect(cluster_sizes) -> float:
     return float((m * m).sum() / m.sum()) if m.sum() > 0 else 1.0
 
 
-def effective_counts(counts: dict, effect: float) -> dict:
-    """Counts scaled to their effective sample size (÷ the design effect): the shares — and so the score — stay,
-    the chance level (`drift.null_quantile`, which draws Mult(n, p)) sees n / effect observations."""
-    return {k: v / effect for k, v in counts.items()} if effect > 1 else counts
-
-
-# Features whose rows come in clusters per user and day: judged on their effective counts (`design_effect`).
+# Features whose rows come in clusters per user and day: their chance level is drawn at their effective counts
+# (the counts ÷ `design_effect`; `drift.run_test`'s design_effects), the score and the minimum size stay on the rows.
 # A user's watches of a day share the user's taste too: the 600-user world of bench_drift (ads on) opened a
 # popularity_concentration alert in 30 stable days (PSI 0.105 vs a chance level of 0.070 on independent rows).
 # title_share is left out on purpose: its many per-title buckets are merged by expected count, and a viral
@@ -513,11 +508,11 @@ def monitor_day(settings: Settings, day) -> DayReport:
     if ref is not None:
         for feature, (_, tests) in FEATURES.items():
             ref_values, cur_values = ref.features.get(feature, {}), current.get(feature, {})
-            if feature in CLUSTERED:
-                ref_values = effective_counts(ref_values, ref.features.get("_design_effect", {}).get(feature, 1.0))
-                cur_values = effective_counts(cur_values, current["_design_effect"][feature])
+            effects = ((ref.features.get("_design_effect", {}).get(feature, 1.0), current["_design_effect"][feature])
+                       if feature in CLUSTERED else (1.0, 1.0))
             for test in tests:
-                r = drift.run_test(test, ref_values, cur_values, min_n=settings.drift_min_observations)
+                r = drift.run_test(test, ref_values, cur_values, min_n=settings.drift_min_observations,
+                                   design_effects=effects)
                 results.append({"feature": feature, **r.to_dict()})
     online = online_quality(settings, start)
     report = DayReport(day_s, "no reference" if ref is None else "stable", results, online, quality,
