@@ -166,16 +166,84 @@ def grow_world(settings: Settings, days: int, progress: simulation.Progress = si
 
 
 def ensure_ready(settings: Settings, progress: simulation.Progress = simulation._noop,
-                 world: bool | None = None) -> dict:
-    """World (if the folder is empty, or `world`) then a first retrain (if nothing is in production)."""
+                 world: bool | None = None, follow_ups: bool = True) -> dict:
+    """World (if the folder is empty, or `world`) then a first retrain (if nothing is in production).
+
+    `follow_ups=False`: the retrain trains no ranker and no churn model is trained; "pending" names what
+    `follow_up` still has to do (the first start draws the Overview with CF alone and lets them follow)."""
     from core.training.pipeline import retrain
     built = ensure_demo_world(settings, lambda f, m: progress(0.8 * f, m), needed=world)
     trained = churn = None
+    pending: list[str] = []
     if needs_first_model(settings):
-        trained = retrain(settings, trigger="first-start", progress=lambda f, m: progress(0.8 + 0.17 * f, m))
-        churn = first_churn_model(settings, lambda f, m: progress(0.97 + 0.03 * f, m))
+        share = 0.17 if follow_ups else 0.2
+        trained = retrain(settings, trigger="first-start", with_ranker=follow_ups,
+                          progress=lambda f, m: progress(0.8 + share * f, m))
+        if follow_ups:
+            churn = first_churn_model(settings, lambda f, m: progress(0.97 + 0.03 * f, m))
+        else:
+            pending = list(FOLLOW_UPS)
     progress(1.0, "ready")
-    return {"built_world": built, "first_retrain": trained, "first_churn": churn}
+    return {"built_world": built, "first_retrain": trained, "first_churn": churn, "pending": pending}
+
+
+FOLLOW_UPS = ("ranker", "churn")   # trained after the first start's "ready" (`follow_up`), in this order
+
+
+def follow_up(settings: Settings, progress: simulation.Progress = simulation._noop) -> dict:
+    """The ranker and the first churn model, trained after the first start said "ready": the Overview is drawn
+    with CF alone meanwhile (the ranker re-ranks; nothing else waits for them), and every page says what is still
+    training (`following`). The status file's "following" shrinks as each finishes; its "seconds" gain "ranker"
+    and "churn", "follow_up" its totals. A ranker that cannot be trained (too little data) leaves CF serving alone,
+    as the retrain pipeline does; the result says why."""
+    status = read_status(settings) or {}
+    status.setdefault("seconds", {})
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    status.update(following=list(FOLLOW_UPS), follow_up={"pid": os.getpid(), "state": "running"})
+    _write_status(settings, status)
+    out: dict = {}
+    try:
+        _train_follow_ups(settings, status, progress, out)
+    except BaseException as exc:     # the status must not keep saying "training in the background"
+        status.update(following=[], follow_up={"pid": os.getpid(), "state": "error", "error": f"{type(exc).__name__}: "
+                                                                                             f"{exc}"})
+        _write_status(settings, status)
+        raise
+    status["follow_up"] = {"pid": os.getpid(), "state": "done", "seconds": round(time.perf_counter() - t0, 2),
+                           "cpu": round(time.process_time() - cpu0, 2)}
+    status["message"] = "ready"
+    _write_status(settings, status)
+    progress(1.0, "ready; the ranker and the churn model trained")
+    return out
+
+
+def _train_follow_ups(settings: Settings, status: dict, progress: simulation.Progress, out: dict) -> None:
+    from core.errors import RetroError
+    from core.training.pipeline import ranker_status, train_ranker
+    for name in FOLLOW_UPS:
+        status["message"] = f"{name}: training in the background"
+        _write_status(settings, status)
+        started = time.perf_counter()
+        if name == "ranker":
+            if registry.production(settings) is None or ranker_status(settings)["active"]:
+                out["first_ranker"] = None            # no CF model to re-rank, or a ranker serves already
+            else:
+                try:
+                    out["first_ranker"] = train_ranker(settings, progress=lambda f, m: progress(1.0, f"ready; {m}"))
+                except RetroError as exc:
+                    out["first_ranker"] = {"error": str(exc)}
+        else:
+            out["first_churn"] = first_churn_model(settings, lambda f, m: progress(1.0, f"ready; {m}"))
+        status["seconds"][name] = round(time.perf_counter() - started, 2)
+        status["following"] = [f for f in status["following"] if f != name]
+        _write_status(settings, status)
+
+
+def following(settings: Settings) -> list[str]:
+    """What the first start is still training in the background ("ranker", "churn"), while its process lives."""
+    status = read_status(settings) or {}
+    names = status.get("following") or []
+    return list(names) if names and _alive(status.get("follow_up") or {}) else []
 
 
 def first_churn_model(settings: Settings, progress: simulation.Progress = simulation._noop) -> dict:
@@ -201,6 +269,9 @@ def first_start(settings: Settings, progress: simulation.Progress = simulation._
     Returns {"built": bool, "followed": bool, "token_created": bool, "status": the final status or None}.
     A build that another process or session is running is followed (its progress passed to `progress`),
     never started twice; a folder that needs nothing only gets its operator (if it has none).
+    The status says "done" once CF serves — a dashboard following the build draws the Overview then — and the
+    ranker and churn model follow (`follow_up`) before this returns, outside the store lock (their trainings take
+    it themselves), with `progress` going on.
     """
     while True:
         if not needs_build(settings):
@@ -212,11 +283,16 @@ def first_start(settings: Settings, progress: simulation.Progress = simulation._
         try:
             with locks.store_lock(settings, "first start", timeout=lock_poll):
                 entered = True
-                return _build(settings, progress, announce)
+                result = _build(settings, progress, announce)
+            break
         except locks.StoreBusy:
             if entered:
                 raise
             progress(0.0, "waiting for another job in the data folder to finish")
+    if result.get("pending"):
+        result.update(follow_up(settings, progress))
+        result["status"] = read_status(settings)
+    return result
 
 
 def _build(settings: Settings, progress: simulation.Progress, announce: Announce | None) -> dict:
@@ -250,7 +326,7 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
         progress(fraction, message)
 
     try:
-        result = ensure_ready(settings, progress=update, world=world_needed)
+        result = ensure_ready(settings, progress=update, world=world_needed, follow_ups=False)
     except BaseException as exc:      # KeyboardInterrupt too: the status must not stay 'running'
         status.update(state="error", error=f"{type(exc).__name__}: {exc}", message=f"first start failed: {exc}")
         _write_status(settings, status)
@@ -261,7 +337,10 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
     status["seconds"]["cpu"] = round(time.process_time() - cpu0, 2)   # every thread of this process
     status.update(state="done", fraction=1.0, message="ready", world_done=True,
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if result.get("pending"):     # every page says so until `follow_up` has trained them
+        status.update(following=list(result["pending"]), follow_up={"pid": os.getpid(), "state": "waiting"},
+                      message="ready; the " + " and ".join(result["pending"]) + " follow in the background")
     _write_status(settings, status)
     return {"built": True, "followed": False, "token_created": bool(token), "status": status,
             "built_world": result["built_world"], "first_retrain": result["first_retrain"],
-            "first_churn": result["first_churn"]}
+            "first_churn": result["first_churn"], "pending": result.get("pending", [])}

@@ -50,6 +50,8 @@ def first_start(slot=None) -> None:
         if slot is not None:
             slot.empty()
         bootstrap.ensure_operator(s, announce=_print_token)
+        if bootstrap.following(s):
+            _follow_ups_banner()
         return
     box = (slot if slot is not None else st.empty()).container(border=True)
     box.subheader("Setting up Retro Movies")
@@ -59,9 +61,27 @@ def first_start(slot=None) -> None:
     box.write(f"First start in `{s.home}`: building the simulated world and training the first model.")
     bar = box.progress(0.0, text="starting")
     with core_errors():
+        # Built in this session (nobody ran `python -m core first-start`): the ranker and churn model are trained
+        # before the page goes on, on the same bar — a background thread would rerun every page under the user.
         bootstrap.first_start(s, progress=progress_callback(bar), announce=_print_token)
     cache.clear()
     box.success("Ready.")
+
+
+FOLLOW_UP_NAMES = {"ranker": "the ranker", "churn": "the churn model"}
+
+
+@st.fragment(run_every=2.0)
+def _follow_ups_banner() -> None:
+    """While the first start trains the ranker and the churn model after "ready", say so on every page; when they
+    are done, rerun the whole app so every page shows them (the caches are cleared first)."""
+    names = bootstrap.following(cache.settings())
+    if not names:
+        cache.clear()
+        st.rerun(scope="app")
+    st.info(f"First start: {' and '.join(FOLLOW_UP_NAMES.get(n, n) for n in names)} "
+            f"{'is' if len(names) == 1 else 'are'} still training in the background. Recommendations come from the "
+            "CF model alone until the ranker is promoted; this page updates when they are done.")
 
 
 def progress_callback(bar, log=None, prefix: str = "", start: float = 0.0, end: float = 1.0):

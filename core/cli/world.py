@@ -43,14 +43,16 @@ def cmd_first_start(args, settings):
     status = result["status"] or {}
     data = {"built": result["built"], "followed": result["followed"], "token_created": result["token_created"],
             "token": tokens[0] if tokens else None, "state": status.get("state"),
-            "seconds": status.get("seconds", {}), "home": str(settings.home)}
+            "seconds": status.get("seconds", {}), "follow_up": status.get("follow_up"), "home": str(settings.home)}
     if result["followed"] and status.get("state") != "done":
         raise errors.RetroError(f"the first start another process ran did not finish: {status.get('message')}")
 
     def human():
         if result["built"]:
+            after = (status.get("follow_up") or {}).get("seconds")
             print(f"first start done in {status['seconds']['total']:.0f} s: demo world and first model in "
-                  f"{settings.home}")
+                  f"{settings.home}" + (f"; the ranker and the churn model followed in {after:.0f} s more"
+                                        if after is not None else ""))
         elif result["followed"]:
             print(f"first start (run by process {status.get('pid')}) done; {settings.home} is ready")
         else:
