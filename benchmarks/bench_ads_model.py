@@ -58,4 +58,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import results_file
+    with results_file.recorded("ads_model", "The ads model (`bench_ads_model.py`)"):
+        main()

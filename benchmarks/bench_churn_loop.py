@@ -87,4 +87,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import results_file
+    with results_file.recorded("churn_loop", "Churn in the closed loop (`bench_churn_loop.py`)"):
+        main()

@@ -313,4 +313,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import results_file
+    with results_file.recorded("dashboard", "Dashboard (`bench_dashboard.py`)"):
+        main()

@@ -168,4 +168,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import results_file
+    with results_file.recorded("first_start", "First start (`bench_first_start.py`)"):
+        main()

@@ -81,4 +81,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import results_file
+    with results_file.recorded("governance", "Governance (`bench_governance.py`)"):
+        main()

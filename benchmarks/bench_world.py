@@ -46,4 +46,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import results_file
+    with results_file.recorded("world", "World build (`bench_world.py`)"):
+        main()
