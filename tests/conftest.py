@@ -151,3 +151,30 @@ def promote_ranker_by_hand(settings) -> int:
     version = int(candidates["version"].max())
     registry.promote(settings, version, "tester", "test world: ranker promoted by hand")
     return version
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the whole session (tests/pg_server.py), started on first use and stopped at
+    the end; skips with the reason when the binaries are absent (a failure under CI=true: .ci/run installs them)."""
+    import pg_server as pg
+    reason = pg.missing_reason()
+    if reason is None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            reason = "psycopg not installed: pip install -r requirements-postgres.txt"
+    if reason:
+        pytest.skip(reason)
+    with pg.postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server, request):
+    """The URL of an empty database of its own on the session's PostgreSQL server."""
+    import re
+
+    import pg_server as pg
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
+    return pg.fresh_database(pg_server.url, name)
