@@ -178,3 +178,30 @@ def pg_url(pg_server, request):
     import pg_server as pg
     name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
     return pg.fresh_database(pg_server.url, name)
+
+
+# ---------------------------------------------------------------- both backends (docs/postgres.md)
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A module marked `both_backends` runs each test that uses `backend` once on SQLite, once on PostgreSQL."""
+    if metafunc.definition.get_closest_marker("both_backends") and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """'sqlite' (the default) or 'postgresql' (modules marked both_backends run both)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def backend_settings(tmp_path, backend, request, monkeypatch):
+    """Settings of an empty temporary data folder whose stores are on `backend` (PostgreSQL: a database of its
+    own on the session's server, set through RETRO_DATABASE_URL so every load_settings of the test sees it)."""
+    if backend == "postgresql":
+        monkeypatch.setenv("RETRO_DATABASE_URL", request.getfixturevalue("pg_url"))
+    else:
+        monkeypatch.delenv("RETRO_DATABASE_URL", raising=False)
+    return load_settings(tmp_path)

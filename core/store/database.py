@@ -488,3 +488,10 @@ def pg_pending(db: PgDatabase, migrations) -> list[str]:
     done = set() if exists is None else {r[0] for r in db.conn.raw.execute(
         "SELECT name FROM _retro_migrations WHERE migration_set = %s", (migrations.name,)).fetchall()}
     return [m.name for m in migrations._migrations if m.name not in done]
+
+
+def pg_store_exists(url: str, schema: str) -> bool:
+    """Whether a store's schema holds its migrations table (the PostgreSQL counterpart of its file existing)."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT to_regclass(%s)", (f'"{schema}"._retro_migrations',)).fetchone()[0] is not None
