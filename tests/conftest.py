@@ -23,9 +23,10 @@ SMALL_WORLD = dict(seed=7, users=200, movies=120, days=8, ads=False)
 
 
 @pytest.fixture
-def settings(tmp_path):
-    """Settings pointing at an empty temporary folder."""
-    return load_settings(tmp_path)
+def settings(backend_settings):
+    """Settings pointing at an empty temporary folder (stores on SQLite; on PostgreSQL too in modules marked
+    both_backends)."""
+    return backend_settings
 
 
 @pytest.fixture

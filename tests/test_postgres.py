@@ -46,6 +46,9 @@ def _pk(table):
     ("SELECT 1 FROM a WHERE target IS ? AND b IS NOT ? AND c IS NULL",
      "SELECT 1 FROM a WHERE target IS NOT DISTINCT FROM %s AND b IS DISTINCT FROM %s AND c IS NULL"),
     ("BEGIN IMMEDIATE", "BEGIN"),
+    ("UPDATE meta SET value = max(CAST(meta.value AS INTEGER), max(1, ?)) WHERE k = (SELECT max(k) FROM m)",
+     "UPDATE meta SET value = GREATEST(CAST(meta.value AS BIGINT), GREATEST(1, %s)) WHERE k = (SELECT max(k) FROM m)"),
+    ("SELECT min(a, 'x,y') FROM t", "SELECT LEAST(a, 'x,y') FROM t"),
     # comments go (they hold apostrophes: "production's"), literals stay byte for byte
     ("CREATE TABLE j (kind TEXT NOT NULL, -- e.g. 'retrain', production's\n trigger TEXT DEFAULT 'a''b')",
      "CREATE TABLE j (kind TEXT NOT NULL, \n trigger TEXT DEFAULT 'a''b')"),

@@ -59,6 +59,27 @@ _CODE_RULES = [
     (re.compile(r"\bBEGIN\s+IMMEDIATE\b", re.I), "BEGIN"),
 ]
 
+def _scalar_min_max(code: str) -> str:
+    """SQLite's scalar max(a, b, …) / min(a, b, …) (two or more arguments) as GREATEST / LEAST; the one-argument
+    aggregates stay."""
+    out, pos = [], 0
+    for m in re.finditer(r"\b(max|min)\s*\(", code, re.I):
+        if m.start() < pos:
+            continue
+        depth, commas, i = 1, 0, m.end()
+        while i < len(code) and depth:
+            ch = code[i]
+            depth += (ch == "(") - (ch == ")")
+            commas += ch == "," and depth == 1
+            i += 1
+        if commas:
+            inner = _scalar_min_max(code[m.end():i - 1])
+            out.append(code[pos:m.start()] + ("GREATEST(" if m.group(1).lower() == "max" else "LEAST(") + inner + ")")
+            pos = i
+    out.append(code[pos:])
+    return "".join(out)
+
+
 Conflict = Callable[[str], tuple[list[str], list[str]]]   # table → (primary key columns, all columns)
 
 
@@ -104,16 +125,19 @@ def translate(sql: str, conflict: Conflict | None = None) -> str | None:
             rest = [c for c in columns if c not in keys]
             suffix = f" ON CONFLICT ({', '.join(keys)}) " + (
                 "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in rest) if rest else "DO NOTHING")
-    out = []
+    literals: list[str] = []
+    masked = []
     for is_code, text in _split(sql):
         if is_code:
-            for pattern, repl in _CODE_RULES:
-                text = pattern.sub(repl, text)
-            text = text.replace("%", "%%").replace("?", "%s")
+            masked.append(text)
         else:
-            text = text.replace("%", "%%")
-        out.append(text)
-    text = "".join(out).rstrip().rstrip(";")
+            literals.append(text.replace("%", "%%"))
+            masked.append(f"\x00{len(literals) - 1}\x00")
+    code = "".join(masked)
+    for pattern, repl in _CODE_RULES:
+        code = pattern.sub(repl, code)
+    code = _scalar_min_max(code).replace("%", "%%").replace("?", "%s")
+    text = re.sub("\x00(\\d+)\x00", lambda m: literals[int(m.group(1))], code).rstrip().rstrip(";")
     return text + suffix
 
 
@@ -448,14 +472,37 @@ def has_table(db, name: str) -> bool:
                       [name]).fetchone()[0] == 1
 
 
-def read_frame(conn, sql: str, params: Sequence = ()) -> pd.DataFrame:
-    """`pd.read_sql_query` for the store's readers: unchanged on SQLite (a sqlite3 connection or a sqlite-utils
-    Database), built from the cursor on PostgreSQL (pandas reads only sqlite3 or SQLAlchemy connections)."""
-    if isinstance(conn, (PgDatabase, PgConnection)):
-        cur = conn.execute(sql, list(params))
+def read_sql_query(sql: str, con, params: Sequence = ()) -> pd.DataFrame:
+    """`pd.read_sql_query` for the store's readers: on SQLite exactly that call; on PostgreSQL the frame is
+    built from the session's cursor (pandas reads only sqlite3 or SQLAlchemy connections)."""
+    if isinstance(con, (PgDatabase, PgConnection)):
+        cur = con.execute(sql, list(params))
         names = [c[0] for c in cur.description]
         return pd.DataFrame.from_records(cur.fetchall(), columns=names, coerce_float=True)
-    return pd.read_sql_query(sql, getattr(conn, "conn", conn), params=tuple(params))
+    return pd.read_sql_query(sql, con, params=params)
+
+
+def read_frame(conn, sql: str, params: Sequence = ()) -> pd.DataFrame:
+    """`read_sql_query` on a session (sqlite-utils Database or PostgreSQL) or a plain connection."""
+    con = conn if isinstance(conn, (PgDatabase, PgConnection)) else getattr(conn, "conn", conn)
+    return read_sql_query(sql, con, params=tuple(params))
+
+
+def drop_schemas(url: str, schemas: Sequence[str]) -> None:
+    """Drop stores' schemas with everything in them (replacing a world)."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def vacuum(db, tables: Sequence[str]) -> None:
+    """After a deletion of personal data on PostgreSQL: VACUUM the tables, so the deleted rows' tuples are pruned
+    from heap and index pages (not zeroed: see docs/postgres.md, "What VACUUM removes"). A no-op on SQLite, where
+    secure_delete and the WAL checkpoint do this job."""
+    if isinstance(db, PgDatabase) and not db.conn.in_transaction:
+        for table in tables:
+            db.conn.raw.execute(f'VACUUM (ANALYZE) "{table}"')
 
 
 def apply_pg_migrations(db: PgDatabase, migrations, *, stop_before: str | None = None) -> list[str]:
@@ -463,11 +510,17 @@ def apply_pg_migrations(db: PgDatabase, migrations, *, stop_before: str | None =
     that holds the schema's advisory lock (two openers of a fresh schema: the second waits and finds nothing
     left). Applied names are kept in `_retro_migrations`. Returns the names applied now."""
     applied_now: list[str] = []
+    wanted = [m.name for m in migrations._migrations]
+    if stop_before in wanted:
+        wanted = wanted[:wanted.index(stop_before)]
+    if not set(wanted) & set(pg_pending(db, migrations)):      # the common case: one read, no lock
+        return applied_now
     with db.atomic():
         db.conn.raw.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
         db.conn.raw.execute("CREATE TABLE IF NOT EXISTS _retro_migrations (migration_set TEXT NOT NULL, "
                             "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
                             "PRIMARY KEY (migration_set, name))")
+        db.conn.raw.execute(TYPEOF_FUNCTION)
         done = {r[0] for r in db.conn.raw.execute("SELECT name FROM _retro_migrations WHERE migration_set = %s",
                                                    (migrations.name,)).fetchall()}
         for migration in migrations._migrations:
@@ -481,6 +534,17 @@ def apply_pg_migrations(db: PgDatabase, migrations, *, stop_before: str | None =
                                     (migrations.name, migration.name))
             applied_now.append(migration.name)
     return applied_now
+
+
+# SQLite's typeof() for the SQL the project and its tests run ('integer', 'real', 'text', 'blob', 'null').
+TYPEOF_FUNCTION = """
+CREATE OR REPLACE FUNCTION typeof(value anyelement) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN value IS NULL THEN 'null'
+              WHEN pg_typeof(value) IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype) THEN 'integer'
+              WHEN pg_typeof(value) IN ('real'::regtype, 'double precision'::regtype, 'numeric'::regtype) THEN 'real'
+              WHEN pg_typeof(value) = 'bytea'::regtype THEN 'blob'
+              ELSE 'text' END
+$$"""
 
 
 def pg_pending(db: PgDatabase, migrations) -> list[str]:
