@@ -94,6 +94,7 @@ def legacy_insert(settings, sql, params):
 def private_copy(base, dest):
     """A copy of a prepared world that a test may change (registry paths repointed), with the process's
     model and reference caches emptied so nothing of another folder is served from memory."""
+    serving.clear_caches()          # first: a PostgreSQL copy needs no open session on its source
     copy = clone_home(base, dest)
     serving.clear_caches()
     monitoring.clear_caches()
@@ -174,11 +175,10 @@ def pg_server():
 @pytest.fixture
 def pg_url(pg_server, request):
     """The URL of an empty database of its own on the session's PostgreSQL server."""
-    import re
+    import hashlib
 
     import pg_server as pg
-    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
-    return pg.fresh_database(pg_server.url, name)
+    return pg.fresh_database(pg_server.url, "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20])
 
 
 # ---------------------------------------------------------------- both backends (docs/postgres.md)
@@ -188,10 +188,10 @@ BACKENDS = ("sqlite", "postgresql")
 def pytest_generate_tests(metafunc):
     """A module marked `both_backends` runs each test that uses `backend` once on SQLite, once on PostgreSQL."""
     if metafunc.definition.get_closest_marker("both_backends") and "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        metafunc.parametrize("backend", BACKENDS, indirect=True, scope="module")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def backend(request):
     """'sqlite' (the default) or 'postgresql' (modules marked both_backends run both)."""
     return getattr(request, "param", "sqlite")

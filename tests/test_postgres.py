@@ -23,7 +23,8 @@ from core.store.database import translate  # noqa: E402
 
 
 def _pk(table):
-    return {"policy": (["key"], ["key", "value"]), "pairs": (["a", "b"], ["a", "b"])}[table]
+    return {"policy": (["key"], ["key", "value"]), "pairs": (["a", "b"], ["a", "b"]), "meta": (["key"], ["key", "value"]),
+            "signin_failures": (["name"], ["name", "failures", "last_failed_at"])}[table]
 
 
 @pytest.mark.parametrize("sqlite, postgres", [
@@ -46,6 +47,13 @@ def _pk(table):
     ("SELECT 1 FROM a WHERE target IS ? AND b IS NOT ? AND c IS NULL",
      "SELECT 1 FROM a WHERE target IS NOT DISTINCT FROM %s AND b IS DISTINCT FROM %s AND c IS NULL"),
     ("BEGIN IMMEDIATE", "BEGIN"),
+    # an upsert's bare column means the stored row to SQLite, is ambiguous to PostgreSQL: qualified
+    ("INSERT INTO signin_failures VALUES (?, 1, ?) ON CONFLICT(name) DO UPDATE SET failures = failures + 1, "
+     "last_failed_at = excluded.last_failed_at",
+     "INSERT INTO signin_failures VALUES (%s, 1, %s) ON CONFLICT(name) DO UPDATE SET failures = "
+     "signin_failures.failures + 1, last_failed_at = excluded.last_failed_at"),
+    ("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+     "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT(key) DO UPDATE SET value = excluded.value"),
     ("UPDATE meta SET value = max(CAST(meta.value AS INTEGER), max(1, ?)) WHERE k = (SELECT max(k) FROM m)",
      "UPDATE meta SET value = GREATEST(CAST(meta.value AS BIGINT), GREATEST(1, %s)) WHERE k = (SELECT max(k) FROM m)"),
     ("SELECT min(a, 'x,y') FROM t", "SELECT LEAST(a, 'x,y') FROM t"),

@@ -59,6 +59,25 @@ _CODE_RULES = [
     (re.compile(r"\bBEGIN\s+IMMEDIATE\b", re.I), "BEGIN"),
 ]
 
+_UPSERT = re.compile(r"^\s*INSERT\s+INTO\s+\"?(\w+)\"?.*?\bDO\s+UPDATE\s+SET\b", re.I | re.S)
+
+
+def _qualify_upsert(code: str, conflict: Conflict | None) -> str:
+    """In `INSERT … ON CONFLICT … DO UPDATE SET col = <expr>`, a bare column in <expr> means the row's current
+    value to SQLite but is ambiguous (row or EXCLUDED) to PostgreSQL: qualify it with the table's name."""
+    m = _UPSERT.match(code)
+    if not m or conflict is None:
+        return code
+    table, head, tail = m.group(1), code[:m.end()], code[m.end():]
+    columns = conflict(table)[1]
+    if not columns:
+        return code
+    names = "|".join(re.escape(c) for c in sorted(columns, key=len, reverse=True))
+    tail = re.sub(rf"(?<![\w.\x00])({names})\b(?!\s*\()", rf"{table}.\1", tail)
+    tail = re.sub(rf"(^|,)(\s*){re.escape(table)}\.(\w+)(\s*=(?!=))", r"\1\2\3\4", tail)   # SET targets stay bare
+    return head + tail
+
+
 def _scalar_min_max(code: str) -> str:
     """SQLite's scalar max(a, b, …) / min(a, b, …) (two or more arguments) as GREATEST / LEAST; the one-argument
     aggregates stay."""
@@ -136,6 +155,7 @@ def translate(sql: str, conflict: Conflict | None = None) -> str | None:
     code = "".join(masked)
     for pattern, repl in _CODE_RULES:
         code = pattern.sub(repl, code)
+    code = _qualify_upsert(code, conflict)
     code = _scalar_min_max(code).replace("%", "%%").replace("?", "%s")
     text = re.sub("\x00(\\d+)\x00", lambda m: literals[int(m.group(1))], code).rstrip().rstrip(";")
     return text + suffix
@@ -488,6 +508,21 @@ def read_frame(conn, sql: str, params: Sequence = ()) -> pd.DataFrame:
     return read_sql_query(sql, con, params=tuple(params))
 
 
+def clone_database(url: str, suffix: str) -> str:
+    """A copy of the database `url` names, as `<name>_<suffix>` on the same server (replaced if it exists);
+    returns its URL."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    params = conninfo_to_dict(url)
+    source = params.get("dbname") or params.get("user")
+    target = f"{source}_{suffix}"[:63]
+    admin = make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{target}"')
+        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE "{source}"')
+    return url.rsplit("/", 1)[0] + f"/{target}" if "://" in url else make_conninfo(url, dbname=target)
+
+
 def drop_schemas(url: str, schemas: Sequence[str]) -> None:
     """Drop stores' schemas with everything in them (replacing a world)."""
     import psycopg
@@ -518,7 +553,7 @@ def apply_pg_migrations(db: PgDatabase, migrations, *, stop_before: str | None =
     with db.atomic():
         db.conn.raw.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
         db.conn.raw.execute("CREATE TABLE IF NOT EXISTS _retro_migrations (migration_set TEXT NOT NULL, "
-                            "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+                            "name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (now()::text), "
                             "PRIMARY KEY (migration_set, name))")
         db.conn.raw.execute(TYPEOF_FUNCTION)
         done = {r[0] for r in db.conn.raw.execute("SELECT name FROM _retro_migrations WHERE migration_set = %s",
@@ -543,7 +578,9 @@ CREATE OR REPLACE FUNCTION typeof(value anyelement) RETURNS text LANGUAGE sql IM
               WHEN pg_typeof(value) IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype) THEN 'integer'
               WHEN pg_typeof(value) IN ('real'::regtype, 'double precision'::regtype, 'numeric'::regtype) THEN 'real'
               WHEN pg_typeof(value) = 'bytea'::regtype THEN 'blob'
-              ELSE 'text' END
+              WHEN pg_typeof(value) IN ('text'::regtype, 'character varying'::regtype, 'character'::regtype)
+                   THEN 'text'
+              ELSE pg_typeof(value)::text END
 $$"""
 
 

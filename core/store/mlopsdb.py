@@ -602,13 +602,21 @@ def resolve_artifact(settings: Settings, record: dict) -> dict:
 
 def clone_home(source: Settings, dest: Path | str) -> Settings:
     """Copy a whole data folder (e.g. a prepared world for an experiment); returns the copy's settings.
-    Artifact paths are relative to the folder, so nothing is rewritten."""
+    Artifact paths are relative to the folder, so nothing is rewritten. Stores in PostgreSQL are copied into a
+    new database on the same server (`CREATE DATABASE … TEMPLATE`, which needs no other session on the source);
+    the copy's settings name it."""
+    import dataclasses
+    import hashlib
     import shutil
 
     from core.settings import load_settings
     dest = Path(dest)
     shutil.copytree(source.home, dest, dirs_exist_ok=True)
-    return load_settings(dest)
+    copy = load_settings(dest)
+    if source.database_url is not None:
+        suffix = hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:12]
+        copy = dataclasses.replace(copy, database_url=database.clone_database(source.database_url, suffix))
+    return copy
 
 
 def row_or_raise(db: sqlite_utils.Database, table: str, key_col: str, key, error: type[Exception], missing: str,
