@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     if args.postgres:
         sys.path.insert(0, str(ROOT / "tests"))
         from pg_server import fresh_database, postgres_server
-        with postgres_server() as server:
+        with postgres_server(durable=True) as server:
             os.environ["RETRO_DATABASE_URL"] = fresh_database(server.url, "soak")
             print(f"PostgreSQL on 127.0.0.1:{server.port}", file=sys.stderr)
             return _main(args)

@@ -66,8 +66,12 @@ def _as_server_user(cmd: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres_server(*, timeout: float = 60.0):
-    """Start a fresh PostgreSQL server; yield a `Server`; always stop it and delete its folder."""
+def postgres_server(*, timeout: float = 60.0, durable: bool = False):
+    """Start a fresh PostgreSQL server; yield a `Server`; always stop it and delete its folder.
+
+    Tests run it with fsync and full-page writes off (a disposable server). `durable=True` (benchmarks) keeps
+    PostgreSQL's crash safety and sets only synchronous_commit=off — the counterpart of the SQLite stores'
+    WAL with synchronous=NORMAL (a power cut may lose the last commits, never corrupt the database)."""
     reason = missing_reason()
     if reason:
         raise RuntimeError(reason)
@@ -81,10 +85,10 @@ def postgres_server(*, timeout: float = 60.0):
     started = False
     try:
         subprocess.run(_as_server_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", SUPERUSER,
-                                        "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
+                                        "-E", "UTF8", "--locale=C.UTF-8", *([] if durable else ["--no-sync"])]),
                        check=True, capture_output=True, timeout=timeout)
-        options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c synchronous_commit=off "
+                   "-c max_connections=200" + ("" if durable else " -c fsync=off -c full_page_writes=off"))
         subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log),
                                         "-w", "-t", str(int(timeout)), "start"]),
                        check=True, capture_output=True, timeout=timeout + 10)

@@ -603,8 +603,8 @@ def resolve_artifact(settings: Settings, record: dict) -> dict:
 def clone_home(source: Settings, dest: Path | str) -> Settings:
     """Copy a whole data folder (e.g. a prepared world for an experiment); returns the copy's settings.
     Artifact paths are relative to the folder, so nothing is rewritten. Stores in PostgreSQL are copied into a
-    new database on the same server (`CREATE DATABASE … TEMPLATE`, which needs no other session on the source);
-    the copy's settings name it."""
+    new database on the same server (`CREATE DATABASE … TEMPLATE`, which needs no other session on the source),
+    named in the copy's `.database-url` so every process that opens the copy uses it."""
     import dataclasses
     import hashlib
     import shutil
@@ -615,7 +615,12 @@ def clone_home(source: Settings, dest: Path | str) -> Settings:
     copy = load_settings(dest)
     if source.database_url is not None:
         suffix = hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:12]
-        copy = dataclasses.replace(copy, database_url=database.clone_database(source.database_url, suffix))
+        url = database.clone_database(source.database_url, suffix)
+        from core.filemodes import create_private
+        from core.settings import DATABASE_URL_FILE
+        pinned = create_private(dest / DATABASE_URL_FILE)
+        pinned.write_text(url + "\n")
+        copy = dataclasses.replace(copy, database_url=url)
     return copy
 
 
