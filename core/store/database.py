@@ -39,6 +39,8 @@ _JSON_EXTRACT = re.compile(r"json_extract\(\s*([\w.]+)\s*,\s*'\$\.(\w+)'\s*\)", 
 _TYPEOF_INTEGER = re.compile(r"typeof\(\s*[\w.\"]+\s*\)\s*=\s*'integer'", re.I)
 _PRAGMA_TABLE_INFO = re.compile(r"^\s*PRAGMA\s+table_info\(\s*[\"']?(\w+)[\"']?\s*\)\s*;?\s*$", re.I)
 _PRAGMA = re.compile(r"^\s*PRAGMA\b", re.I)
+_CHECKPOINT = re.compile(r"^\s*PRAGMA\s+wal_checkpoint\b", re.I)
+_CHANGE = re.compile(r"^\s*(DELETE\s+FROM|UPDATE)\s+\"?(\w+)", re.I)
 _INSERT_OR = re.compile(r"^\s*INSERT\s+OR\s+(REPLACE|IGNORE)\s+INTO\s+\"?(\w+)\"?", re.I)
 SQLITE_MASTER = ("(SELECT 'table'::text AS type, table_name::text AS name, table_name::text AS tbl_name, "
                  "NULL::text AS sql FROM information_schema.tables WHERE table_schema = current_schema() "
@@ -288,6 +290,7 @@ class PgConnection:
     def __init__(self, raw, schema: str):
         self.raw, self.schema = raw, schema
         self.total_changes = 0
+        self.changed: set[str] = set()          # tables with rows deleted or updated, VACUUMed at a checkpoint
         self._tables: dict[str, tuple[list[str], list[str]]] = {}
 
     # sqlite3.Connection surface
@@ -298,9 +301,15 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence | dict | None = None):
         immediate = bool(re.match(r"\s*BEGIN\s+IMMEDIATE\b", sql, re.I))
+        if _CHECKPOINT.match(sql):
+            self._vacuum_changed()
+            return _EmptyCursor()
         text = translate(sql, self._conflict)
         if text is None:
             return _EmptyCursor()
+        m = _CHANGE.match(text)
+        if m:
+            self.changed.add(m.group(2))
         try:
             cur = self.raw.execute(text, _params(params))
             if immediate:
@@ -333,6 +342,15 @@ class PgConnection:
         if cur.rowcount > 0:
             self.total_changes += cur.rowcount
         return PgCursor(self, cur, False)
+
+    def _vacuum_changed(self) -> None:
+        """SQLite's `PRAGMA wal_checkpoint(TRUNCATE)` after a deletion of personal data (with secure_delete on:
+        the deleted bytes leave the file) → VACUUM of the tables this session deleted or updated rows in: their
+        dead tuples are pruned from heap and index pages (docs/postgres.md says what stays on disk)."""
+        if not self.in_transaction:
+            for table in sorted(self.changed):
+                self.raw.execute(f'VACUUM "{table}"')
+            self.changed.clear()
 
     def commit(self) -> None:
         if self.in_transaction:
@@ -536,8 +554,8 @@ def vacuum(db, tables: Sequence[str]) -> None:
     from heap and index pages (not zeroed: see docs/postgres.md, "What VACUUM removes"). A no-op on SQLite, where
     secure_delete and the WAL checkpoint do this job."""
     if isinstance(db, PgDatabase) and not db.conn.in_transaction:
-        for table in tables:
-            db.conn.raw.execute(f'VACUUM (ANALYZE) "{table}"')
+        db.conn.changed |= set(tables)
+        db.conn._vacuum_changed()
 
 
 def apply_pg_migrations(db: PgDatabase, migrations, *, stop_before: str | None = None) -> list[str]:

@@ -790,8 +790,8 @@ def erase_user(db: sqlite_utils.Database, user_id: int) -> dict[str, int]:
         if left or any(payload_user(p) == user_id for (p,) in db.execute("SELECT payload FROM rejected_writes")):
             raise RetroError(f"erasure incomplete: rows remain in {sorted(left) or ['rejected_writes']} "
                              "(a table without ON DELETE CASCADE?); nothing was deleted")
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     database.vacuum(db, [t for t in tables if before.get(t)] + (["rejected_writes"] if rejected else []))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return before | {"rejected_writes": len(rejected)}
 
 
