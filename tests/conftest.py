@@ -187,7 +187,8 @@ BACKENDS = ("sqlite", "postgresql")
 
 def pytest_generate_tests(metafunc):
     """A module marked `both_backends` runs each test that uses `backend` once on SQLite, once on PostgreSQL."""
-    if metafunc.definition.get_closest_marker("both_backends") and "backend" in metafunc.fixturenames:
+    if (metafunc.definition.get_closest_marker("both_backends") and "backend" in metafunc.fixturenames
+            and not metafunc.definition.get_closest_marker("sqlite_only")):
         metafunc.parametrize("backend", BACKENDS, indirect=True, scope="module")
 
 

@@ -287,8 +287,8 @@ class PgConnection:
     lock now) becomes BEGIN plus a transaction-scoped advisory lock on the schema: one writer of that kind at
     a time, as in SQLite, so the read-check-write sequences stay serialized."""
 
-    def __init__(self, raw, schema: str):
-        self.raw, self.schema = raw, schema
+    def __init__(self, raw, schema: str, vacuum_tables: frozenset = frozenset()):
+        self.raw, self.schema, self.vacuum_tables = raw, schema, vacuum_tables
         self.total_changes = 0
         self.changed: set[str] = set()          # tables with rows deleted or updated, VACUUMed at a checkpoint
         self._tables: dict[str, tuple[list[str], list[str]]] = {}
@@ -361,7 +361,15 @@ class PgConnection:
             self.raw.execute("ROLLBACK")
 
     def close(self) -> None:
-        self.raw.close()
+        """Close; first VACUUM the personal-data tables (`PgDatabase(vacuum_tables=…)`) this session updated or
+        deleted rows in, so an UPDATE that cleared a pseudonym leaves no dead tuple holding it."""
+        try:
+            if self.vacuum_tables and not self.raw.closed and not self.in_transaction:
+                for table in sorted(self.changed & self.vacuum_tables):
+                    self.raw.execute(f'VACUUM "{table}"')
+                self.changed -= self.vacuum_tables
+        finally:
+            self.raw.close()
 
     def __enter__(self):
         if not self.in_transaction:
@@ -424,7 +432,7 @@ class PgTable:
 class PgDatabase:
     """A PostgreSQL session with sqlite-utils' `Database` methods the project uses (see the module doc)."""
 
-    def __init__(self, url: str, schema: str, *, read_only: bool = False):
+    def __init__(self, url: str, schema: str, *, read_only: bool = False, vacuum_tables: frozenset = frozenset()):
         import psycopg
         self.url, self.schema = url, schema
         raw = psycopg.connect(url, autocommit=True)
@@ -434,7 +442,7 @@ class PgDatabase:
         raw.execute(f'SET search_path TO "{schema}"')
         if read_only:
             raw.execute("SET default_transaction_read_only = on")
-        self.conn = PgConnection(raw, schema)
+        self.conn = PgConnection(raw, schema, vacuum_tables)
 
     def execute(self, sql: str, params=None):
         return self.conn.execute(sql, params)

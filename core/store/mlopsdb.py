@@ -421,6 +421,9 @@ def change_mark(settings: Settings) -> int | None:
 
 
 SCHEMA = "retro_mlops"     # the store's schema when it lives in PostgreSQL (settings.database_url)
+# Tables that may hold a pseudonym or a raw id (the audit's targets, a pending erasure, churn scores): on
+# PostgreSQL a session that updated or deleted rows in them VACUUMs them when it closes (docs/postgres.md).
+PERSONAL_TABLES = frozenset({"operator_audit", "erasure_requests", "churn_predictions"})
 
 
 def exists(settings: Settings) -> bool:
@@ -434,7 +437,7 @@ def open_mlops(settings: Settings) -> sqlite_utils.Database:
     """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema (SQLite file
     `settings.mlops_db`, or schema `retro_mlops` of `settings.database_url`)."""
     if settings.database_url is not None:
-        db = database.PgDatabase(settings.database_url, SCHEMA)
+        db = database.PgDatabase(settings.database_url, SCHEMA, vacuum_tables=PERSONAL_TABLES)
         try:
             database.apply_pg_migrations(db, migrations)
         except BaseException:
