@@ -292,6 +292,7 @@ class PgConnection:
         self.total_changes = 0
         self.changed: set[str] = set()          # tables with rows deleted or updated, VACUUMed at a checkpoint
         self._tables: dict[str, tuple[list[str], list[str]]] = {}
+        self._translated: dict[str, str | None] = {}
 
     # sqlite3.Connection surface
     @property
@@ -304,7 +305,11 @@ class PgConnection:
         if _CHECKPOINT.match(sql):
             self._vacuum_changed()
             return _EmptyCursor()
-        text = translate(sql, self._conflict)
+        text = self._translated.get(sql, False)
+        if text is False:                      # translated once per connection (a server's hot statements)
+            if len(self._translated) > 2000:   # statements with a varying IN (?, …) list: keep the cache bounded
+                self._translated.clear()
+            text = self._translated[sql] = translate(sql, self._conflict)
         if text is None:
             return _EmptyCursor()
         m = _CHANGE.match(text)
