@@ -27,6 +27,12 @@ STATUS_FILE = ".first-start.json"
 Announce = Callable[[str], None]
 
 
+def ops_store_exists(settings: Settings) -> bool:
+    """Whether the operational store has been created (its file, or its PostgreSQL schema): the dashboard's
+    cheap first look, which may not name a store module."""
+    return opsdb.exists(settings)
+
+
 def needs_demo_world(settings: Settings) -> bool:
     """True when the folder holds neither a simulated world nor imported data, or when a first start that
     was building the world died before finishing it (a half-built world is rebuilt, not trained on)."""

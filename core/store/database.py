@@ -440,7 +440,10 @@ class PgDatabase:
     def __init__(self, url: str, schema: str, *, read_only: bool = False, vacuum_tables: frozenset = frozenset()):
         import psycopg
         self.url, self.schema = url, schema
-        raw = psycopg.connect(url, autocommit=True)
+        try:
+            raw = psycopg.connect(url, autocommit=True, connect_timeout=30)
+        except psycopg.Error as exc:           # a server down answers as a busy SQLite store does (503, retry)
+            raise _map_error(exc) from exc
         _configure(raw)
         if not read_only:
             raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
