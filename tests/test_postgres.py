@@ -128,3 +128,38 @@ def test_pg_session_answers_like_sqlite(pg_url):
         assert db.execute("PRAGMA secure_delete = ON").fetchone() is None
     finally:
         db.close()
+
+
+# ---------------------------------------------------------------- the setting, and a data folder copied with its database
+def test_database_url_setting(tmp_path, monkeypatch):
+    from core.errors import ValidationError
+    from core.settings import load_settings
+    monkeypatch.delenv("RETRO_DATABASE_URL", raising=False)
+    assert load_settings(tmp_path).database_url is None                    # the default: SQLite files
+    monkeypatch.setenv("RETRO_DATABASE_URL", "mysql://x@y/z")
+    with pytest.raises(ValidationError, match="postgresql://"):
+        load_settings(tmp_path)
+    monkeypatch.setenv("RETRO_DATABASE_URL", "postgresql://retro@127.0.0.1:5/db")
+    assert load_settings(tmp_path).database_url == "postgresql://retro@127.0.0.1:5/db"
+
+
+def test_a_copied_folder_gets_its_own_copy_of_the_database(tmp_path, monkeypatch, pg_url):
+    import stat
+
+    from core.settings import DATABASE_URL_FILE, load_settings
+    from core.store import mlopsdb, opsdb
+    monkeypatch.setenv("RETRO_DATABASE_URL", pg_url)
+    source = load_settings(tmp_path / "a")
+    with opsdb.session(source) as db:
+        opsdb.set_meta(db, "clock", "2026-01-10T00:00:00")
+    assert opsdb.exists(source) and not source.ops_db.exists()
+    copy = mlopsdb.clone_home(source, tmp_path / "b")
+    assert copy.database_url != source.database_url
+    pinned = copy.home / DATABASE_URL_FILE
+    assert stat.S_IMODE(pinned.stat().st_mode) == 0o600
+    assert load_settings(copy.home).database_url == copy.database_url      # wins over RETRO_DATABASE_URL
+    with opsdb.session(copy) as db:
+        assert opsdb.get_meta(db, "clock") == "2026-01-10T00:00:00"
+        opsdb.set_meta(db, "clock", "2026-02-01T00:00:00")
+    with opsdb.session(source) as db:                                       # the source is untouched
+        assert opsdb.get_meta(db, "clock") == "2026-01-10T00:00:00"
