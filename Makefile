@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SPARK_STAMP := $(VENV)/.installed-spark
 MLFLOW_STAMP := $(VENV)/.installed-mlflow
+PG_STAMP := $(VENV)/.installed-postgres
 
 .PHONY: run test test-fast bench clean-data
 
@@ -24,6 +25,11 @@ $(MLFLOW_STAMP): $(STAMP) requirements-mlflow.txt
 	$(PY) -m pip install --quiet -r requirements-mlflow.txt
 	touch $(MLFLOW_STAMP)
 
+# The PostgreSQL driver (issue 26, docs/postgres.md) for `make test` only: the stores default to SQLite.
+$(PG_STAMP): $(STAMP) requirements-postgres.txt
+	$(PY) -m pip install --quiet -r requirements-postgres.txt
+	touch $(PG_STAMP)
+
 # The first start (operator token, demo world, first model) builds in the terminal at once, beside the
 # dashboard, which shows the same progress to a visitor; on a folder that is ready it does nothing.
 run: $(STAMP)
@@ -31,7 +37,7 @@ run: $(STAMP)
 	trap 'kill $$builder 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m streamlit run dashboard/app.py
 
-test: $(STAMP) $(SPARK_STAMP) $(MLFLOW_STAMP)
+test: $(STAMP) $(SPARK_STAMP) $(MLFLOW_STAMP) $(PG_STAMP)
 	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest
 
 # Everything but the tests marked slow or browser (property sweeps, soak, hostile CLI, closed-loop runs, Chromium).

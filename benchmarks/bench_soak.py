@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -105,11 +104,11 @@ def actor(name: str, home: str, deadline: float, out_path: str) -> None:
 
 
 def _sim_day(home: Path) -> int:
-    conn = sqlite3.connect(f"file:{home / 'retro.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        return int(conn.execute("SELECT value FROM meta WHERE key = 'sim_day'").fetchone()[0])
-    finally:
-        conn.close()
+    """The world's simulated day, read-only (the operational store in SQLite or PostgreSQL: RETRO_DATABASE_URL)."""
+    from core.settings import load_settings
+    from core.store import opsdb
+    with opsdb.read_only(load_settings(home)) as conn:
+        return int(opsdb.get_meta(conn, "sim_day"))
 
 
 def run_soak(home: Path, seconds: float, actors=ACTORS, grace: float = 120.0) -> dict:
@@ -144,11 +143,10 @@ def run_soak(home: Path, seconds: float, actors=ACTORS, grace: float = 120.0) ->
     shutil.rmtree(logs, ignore_errors=True)
     last_day = _sim_day(home)
     simulated = [str(day_start(d).date()) for d in range(first_day, last_day)]
-    conn = sqlite3.connect(f"file:{home / 'mlops.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        monitored = {r[0] for r in conn.execute("SELECT day FROM monitor_days")}
-    finally:
-        conn.close()
+    from core.settings import load_settings
+    from core.store import mlopsdb
+    with mlopsdb.session(load_settings(home)) as db:
+        monitored = {r[0] for r in db.execute("SELECT day FROM monitor_days")}
     per_actor = {}
     for name in actors:
         mine = [r for r in runs if r["actor"] == name]
@@ -199,6 +197,9 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=400)
     ap.add_argument("--movies", type=int, default=300)
     ap.add_argument("--days", type=int, default=20)
+    ap.add_argument("--postgres", action="store_true",
+                    help="put the operational and MLOps stores in a PostgreSQL server started for the run "
+                         "(tests/pg_server.py; or set RETRO_DATABASE_URL yourself)")
     ap.add_argument("--actor", choices=ACTORS, help=argparse.SUPPRESS)       # internal: one actor's loop
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -206,6 +207,18 @@ def main(argv=None) -> int:
     if args.actor:
         actor(args.actor, str(args.home), args.deadline, args.out)
         return 0
+    if args.postgres:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pg_server import fresh_database, postgres_server
+        with postgres_server(durable=True) as server:
+            os.environ["RETRO_DATABASE_URL"] = fresh_database(server.url, "soak")
+            print(f"PostgreSQL on 127.0.0.1:{server.port}", file=sys.stderr)
+            return _main(args)
+    return _main(args)
+
+
+def _main(args) -> int:
+    backend = "PostgreSQL" if os.environ.get("RETRO_DATABASE_URL") else "SQLite"
     home = args.home or Path(tempfile.mkdtemp(prefix="soak-")) / "home"
     if not (home / "models").exists():
         t0 = time.perf_counter()
@@ -214,6 +227,7 @@ def main(argv=None) -> int:
     load = f"{os.getloadavg()[0]:.2f}"
     result = run_soak(home, args.minutes * 60)
     result["load"] = f"{load} / {os.getloadavg()[0]:.2f}"
+    print(f"Stores: {backend}\n")
     print(markdown(result))
     ok = not (result["failures"] or result["days_without_record"] or result["hung"] or result["crashed"])
     return 0 if ok else 1

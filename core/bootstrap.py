@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from core.store import locks, opsdb
+from core.store import locks, mlopsdb, opsdb
 from core.training import registry
 from core.simulation import simulation
 from core.filemodes import FILE_MODE
@@ -25,6 +25,12 @@ from core.settings import Settings
 
 STATUS_FILE = ".first-start.json"
 Announce = Callable[[str], None]
+
+
+def ops_store_exists(settings: Settings) -> bool:
+    """Whether the operational store has been created (its file, or its PostgreSQL schema): the dashboard's
+    cheap first look, which may not name a store module."""
+    return opsdb.exists(settings)
 
 
 def needs_demo_world(settings: Settings) -> bool:
@@ -39,7 +45,7 @@ def needs_demo_world(settings: Settings) -> bool:
 def needs_first_model(settings: Settings) -> bool:
     """No model in production and no first start has finished here. A first retrain the gate refused (e.g. a holdout
     too small to judge) is not retried on every page visit: the Overview says so and an operator retrains."""
-    if settings.mlops_db.exists() and registry.production(settings) is not None:
+    if mlopsdb.exists(settings) and registry.production(settings) is not None:
         return False
     status = read_status(settings)
     return not (status and status.get("state") == "done")

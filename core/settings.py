@@ -76,6 +76,10 @@ class Settings:
     # EASE (Steck 2019) holds dense items × items matrices while it fits: a catalogue that would need more than
     # this many MiB (`models.ease_memory_mb`) is refused before fitting (`RETRO_EASE_MAX_MEMORY_MB`).
     ease_max_memory_mb: int = 4096
+    # Where the operational store and the ML metadata store live (issue 26, docs/postgres.md): None (the default)
+    # keeps both as SQLite files in the data folder (`retro.db`, `mlops.db`); `postgresql://user@host:port/db`
+    # puts them in that PostgreSQL database, in schemas `retro_ops` and `retro_mlops` (`RETRO_DATABASE_URL`).
+    database_url: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -115,6 +119,10 @@ class Settings:
 
 
 
+# A data folder whose PostgreSQL stores were copied with it (`mlopsdb.clone_home`) names the copy's database here
+# (owner-only: a URL may hold a password); it wins over RETRO_DATABASE_URL, which names the database of folders
+# without it (docs/postgres.md).
+DATABASE_URL_FILE = ".database-url"
 # A data folder holds this file; the platform creates stores only in a folder that holds it (or that it may
 # make one of), never in an unrelated folder someone pointed --home or RETRO_HOME at.
 MARKER = ".retro-home"
@@ -252,6 +260,14 @@ def load_settings(home: str | os.PathLike | None = None, *, create: bool = True)
     overrides["engine"] = engine
     overrides["spark_master"] = os.environ.get("RETRO_SPARK_MASTER") or "local[*]"
     overrides["lake_uri"] = os.environ.get("RETRO_LAKE_URI") or None
+    url = (os.environ.get("RETRO_DATABASE_URL") or "").strip() or None
+    pinned = path / DATABASE_URL_FILE        # a copied folder names its own copy of the database (clone_home)
+    if pinned.is_file():
+        url = pinned.read_text().strip() or None
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ValidationError(f"RETRO_DATABASE_URL must be a postgresql:// URL (unset: SQLite files in the data "
+                              f"folder), got {url.split('@')[-1]!r}")
+    overrides["database_url"] = url
     overrides["cli_role"] = (os.environ.get("RETRO_CLI_ROLE") or "admin").strip()
     views = (os.environ.get("RETRO_DEMO_PERSONAL_VIEWS") or "auto").strip().lower()
     if views not in DEMO_VIEW_CHOICES:

@@ -44,6 +44,9 @@ def looks_empty() -> bool:
     needs_build` decides for real once the dashboard has loaded)."""
     from core.settings import load_settings
     s = load_settings()
+    if s.database_url is not None:          # PostgreSQL (docs/postgres.md): ask core; loads more modules
+        from core import bootstrap
+        return not bootstrap.ops_store_exists(s) and not s.world_file.exists()
     return not s.ops_db.exists() and not s.world_file.exists()
 
 

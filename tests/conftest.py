@@ -23,9 +23,10 @@ SMALL_WORLD = dict(seed=7, users=200, movies=120, days=8, ads=False)
 
 
 @pytest.fixture
-def settings(tmp_path):
-    """Settings pointing at an empty temporary folder."""
-    return load_settings(tmp_path)
+def settings(backend_settings):
+    """Settings pointing at an empty temporary folder (stores on SQLite; on PostgreSQL too in modules marked
+    both_backends)."""
+    return backend_settings
 
 
 @pytest.fixture
@@ -93,6 +94,7 @@ def legacy_insert(settings, sql, params):
 def private_copy(base, dest):
     """A copy of a prepared world that a test may change (registry paths repointed), with the process's
     model and reference caches emptied so nothing of another folder is served from memory."""
+    serving.clear_caches()          # first: a PostgreSQL copy needs no open session on its source
     copy = clone_home(base, dest)
     serving.clear_caches()
     monitoring.clear_caches()
@@ -151,3 +153,57 @@ def promote_ranker_by_hand(settings) -> int:
     version = int(candidates["version"].max())
     registry.promote(settings, version, "tester", "test world: ranker promoted by hand")
     return version
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the whole session (tests/pg_server.py), started on first use and stopped at
+    the end; skips with the reason when the binaries are absent (a failure under CI=true: .ci/run installs them)."""
+    import pg_server as pg
+    reason = pg.missing_reason()
+    if reason is None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            reason = "psycopg not installed: pip install -r requirements-postgres.txt"
+    if reason:
+        pytest.skip(reason)
+    with pg.postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server, request):
+    """The URL of an empty database of its own on the session's PostgreSQL server."""
+    import hashlib
+
+    import pg_server as pg
+    return pg.fresh_database(pg_server.url, "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20])
+
+
+# ---------------------------------------------------------------- both backends (docs/postgres.md)
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A module marked `both_backends` runs each test that uses `backend` once on SQLite, once on PostgreSQL."""
+    if (metafunc.definition.get_closest_marker("both_backends") and "backend" in metafunc.fixturenames
+            and not metafunc.definition.get_closest_marker("sqlite_only")):
+        metafunc.parametrize("backend", BACKENDS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def backend(request):
+    """'sqlite' (the default) or 'postgresql' (modules marked both_backends run both)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def backend_settings(tmp_path, backend, request, monkeypatch):
+    """Settings of an empty temporary data folder whose stores are on `backend` (PostgreSQL: a database of its
+    own on the session's server, set through RETRO_DATABASE_URL so every load_settings of the test sees it)."""
+    if backend == "postgresql":
+        monkeypatch.setenv("RETRO_DATABASE_URL", request.getfixturevalue("pg_url"))
+    else:
+        monkeypatch.delenv("RETRO_DATABASE_URL", raising=False)
+    return load_settings(tmp_path)

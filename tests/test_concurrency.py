@@ -115,8 +115,10 @@ def test_reads_that_keep_failing_raise_a_named_error(world, monkeypatch):
 
 
 @pytest.mark.slow
-def test_soak_simulate_etl_reads_and_pages_at_once(tmp_path):
-    """About 20 s of simulate + ETL + CLI reads + dashboard renders, each in its own process: 0 failures,
+@pytest.mark.both_backends
+def test_soak_simulate_etl_reads_and_pages_at_once(tmp_path, backend_settings):
+    """About 20 s of simulate + ETL + CLI reads (serving included) + dashboard renders, each in its own process,
+    with the stores in SQLite and in PostgreSQL (RETRO_DATABASE_URL reaches the child processes): 0 failures,
     and every simulated day has its monitoring record."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench_soak import build_world, markdown, run_soak

@@ -7,12 +7,14 @@ from core.store import movielens, opsdb
 from core.errors import ImportFormatError, NotEmpty
 from core.settings import load_settings
 
+pytestmark = pytest.mark.both_backends     # the importer writes through the store on SQLite and on PostgreSQL
+
 ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
 
 
 @pytest.fixture
-def db(tmp_path):
-    conn = opsdb.connect(load_settings(tmp_path))
+def db(backend_settings):
+    conn = opsdb.connect(backend_settings)
     yield conn
     conn.conn.close()
 

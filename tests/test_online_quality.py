@@ -7,6 +7,8 @@ from core.monitoring import monitoring
 from core.store import opsdb, writes
 from core.training import metrics
 
+pytestmark = pytest.mark.both_backends     # tests on `settings`/`db` run on SQLite and on PostgreSQL
+
 DAY = "2026-01-05"
 SERVED_AT = "2026-01-05T00:00:00"
 

@@ -1,5 +1,6 @@
 """Privacy guarantees, each proven by looking at the real stores: consent, export, erasure, retention,
 key rotation and operator access."""
+import contextlib
 import json
 import os
 import re
@@ -24,20 +25,31 @@ from core.training.ranker import load_ranker, ranker_hash
 from core.settings import load_settings
 
 
-pytestmark = pytest.mark.slow   # the module fixture retrains with the ranker; erasure rewrites every store and model
+# slow: the module fixture retrains with the ranker; erasure rewrites every store and model. Both backends: every
+# guarantee below is checked with the stores in SQLite files and in a real PostgreSQL (docs/postgres.md).
+pytestmark = [pytest.mark.slow, pytest.mark.both_backends]
 
 HEX20 = re.compile(r"[0-9a-f]{20}")
 
 
 # ------------------------------------------------------------------ fixtures and probes
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A small world with a production CF model and a production ranker (seed 3). Read-only."""
-    s = load_settings(tmp_path_factory.mktemp("privacy-base"))
-    simulation.init_world(s, seed=3, users=400, movies=200, days=12)
-    pipeline.retrain(s)
-    promote_ranker_by_hand(s)
-    return s
+def base(tmp_path_factory, backend, request):
+    """A small world with a production CF model and a production ranker (seed 3), its stores on `backend`.
+    Read-only."""
+    with pytest.MonkeyPatch.context() as mp:
+        if backend == "postgresql":
+            import pg_server as pg
+            mp.setenv("RETRO_DATABASE_URL", pg.fresh_database(request.getfixturevalue("pg_server").url,
+                                                              f"privacy_base_{os.getpid()}"))
+        else:
+            mp.delenv("RETRO_DATABASE_URL", raising=False)
+        s = load_settings(tmp_path_factory.mktemp("privacy-base"))
+        simulation.init_world(s, seed=3, users=400, movies=200, days=12)
+        pipeline.retrain(s)
+        promote_ranker_by_hand(s)
+        serving.clear_caches()
+        yield s
 
 
 @pytest.fixture
@@ -90,13 +102,15 @@ def payload_names(payload: str, uid: int) -> bool:
     return re.search(rf'"user_id":\s*{uid}(\.0)?\s*[,}}]', payload) is not None
 
 
-def sqlite_hits(path, uid: int | None, user_key: str) -> list[str]:
-    """Every place in a SQLite file where `uid` sits in a user_id column or a JSON 'user_id', or `user_key` in any text.
+def store_hits(s, store, uid: int | None, user_key: str) -> list[str]:
+    """Every place in a store (`opsdb` or `mlopsdb`; its SQLite file or its PostgreSQL schema) where `uid` sits in
+    a user_id column or a JSON 'user_id', or `user_key` in any text.
 
     With `uid` None only the pseudonym is looked for."""
-    con = sqlite3.connect(path)
     hits = []
-    try:
+    session = store.session(s) if s.database_url is not None else \
+        contextlib.closing(sqlite3.connect(s.ops_db if store is opsdb else s.mlops_db))
+    with session as con:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for t in tables:
             for _, col, *_ in con.execute(f'PRAGMA table_info("{t}")').fetchall():
@@ -108,8 +122,6 @@ def sqlite_hits(path, uid: int | None, user_key: str) -> list[str]:
                         hits.append(f"{t}.{col} holds the pseudonym")
                     if uid is not None and payload_names(value, uid):
                         hits.append(f"{t}.{col} names user_id {uid}")
-    finally:
-        con.close()
     return hits
 
 
@@ -150,7 +162,7 @@ def model_hits(s, user_key: str) -> list[str]:
 
 def everywhere(s, uid: int | None, user_key: str) -> list[str]:
     """Hits for the raw id and the pseudonym in the ops DB, mlops.db, the warehouse and every model file."""
-    hits = sqlite_hits(s.ops_db, uid, user_key) + sqlite_hits(s.mlops_db, uid, user_key)
+    hits = store_hits(s, opsdb, uid, user_key) + store_hits(s, mlopsdb, uid, user_key)
     return hits + warehouse_hits(s, user_key) + model_hits(s, user_key)
 
 

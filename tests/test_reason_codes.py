@@ -10,6 +10,8 @@ from core import bounds, errors
 from core.store import opsdb, writes
 from core.warehouse import etl, warehouse
 
+pytestmark = pytest.mark.both_backends     # tests on `settings`/`db` run on SQLite and on PostgreSQL
+
 ROOT = Path(__file__).resolve().parents[1]
 EV = {"event_id": None, "user_id": 1, "movie_id": 1, "kind": "click", "value": 1, "occurred_at": None}
 RT = {"user_id": 1, "movie_id": 1, "rating": 7, "rated_at": None}

@@ -1,6 +1,7 @@
 """Model registry (register, promote, rollback, history, production at time T) and the promotion gate."""
 import json
 import math
+import sqlite3
 import threading
 
 import pytest
@@ -16,9 +17,12 @@ from core.settings import load_settings
 T = {d: f"2026-01-{d:02d}T12:00:00" for d in range(1, 21)}
 
 
+pytestmark = pytest.mark.both_backends     # the ML metadata store's contracts, on SQLite and on PostgreSQL
+
+
 @pytest.fixture
-def settings(tmp_path):
-    return load_settings(tmp_path)
+def settings(backend_settings):
+    return backend_settings
 
 
 def trained(settings, kind="als", ndcg=0.2, coverage=0.3, at=T[1], finish=True) -> int:
@@ -183,7 +187,8 @@ def test_families_have_independent_production_models(settings):
 def test_the_database_allows_one_production_model_per_family(settings):
     v1, v2 = new_version(settings), new_version(settings)
     registry.promote(settings, v1, "pipeline", "first", at=T[2])
-    with mlopsdb.session(settings) as db, pytest.raises(Exception, match="UNIQUE"):
+    # the same sqlite3.IntegrityError on both backends (PostgreSQL's message: "violates unique constraint")
+    with mlopsdb.session(settings) as db, pytest.raises(sqlite3.IntegrityError, match="(?i)unique"):
         db.execute("UPDATE model_versions SET stage = 'production' WHERE version = ?", [v2])
 
 

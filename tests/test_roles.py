@@ -13,6 +13,8 @@ from core.privacy import access, roles
 from core.secretstore import update_secrets
 from core.settings import load_settings
 
+pytestmark = pytest.mark.both_backends     # tests on `settings`/`db` run on SQLite and on PostgreSQL
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "the-right-token"
 
@@ -33,8 +35,8 @@ def fast_operator(settings, name: str, role: str, token: str = TOKEN) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path):
-    return load_settings(tmp_path / "home")
+def settings(tmp_path, backend_settings):
+    return load_settings(tmp_path / "home")    # backend_settings: RETRO_DATABASE_URL set for PostgreSQL
 
 
 # ------------------------------------------------------------------ the table itself

@@ -13,9 +13,12 @@ from core.settings import load_settings
 PARALLEL = 60
 
 
+pytestmark = pytest.mark.both_backends     # the throttle's transaction, on SQLite and on PostgreSQL
+
+
 @pytest.fixture
-def settings(tmp_path):
-    s = load_settings(tmp_path / "home")
+def settings(tmp_path, backend_settings):
+    s = load_settings(tmp_path / "home")      # backend_settings: RETRO_DATABASE_URL set for PostgreSQL
     access.add_operator(s, "ops", "the-right-token")
     return s
 

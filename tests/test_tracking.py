@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core.store import mlopsdb
+from core.store.database import columns_of
 from core.training import tracking
 from core.errors import InvalidTimestamp, ValidationError
 from core.settings import PROJECT_ROOT, load_settings
@@ -16,9 +17,12 @@ T0, T1, T2 = "2026-01-01T00:00:00", "2026-01-01T00:05:00", "2026-01-02T00:00:00"
 CODE_VERSION = re.compile(r"^[0-9a-f]{40}(\+dirty)?$")
 
 
+pytestmark = pytest.mark.both_backends     # the ML metadata store's contracts, on SQLite and on PostgreSQL
+
+
 @pytest.fixture
-def settings(tmp_path):
-    return load_settings(tmp_path)
+def settings(backend_settings):
+    return backend_settings
 
 
 def finished_run(settings, kind="als", metrics=None, at=T0, **kwargs):
@@ -27,15 +31,19 @@ def finished_run(settings, kind="als", metrics=None, at=T0, **kwargs):
     return run_id
 
 
-def test_store_is_its_own_file_in_wal_mode_without_personal_columns(settings):
+def test_store_is_its_own_file_in_wal_mode_without_personal_columns(settings, backend):
     tracking.start_job(settings, "retrain", "cli", at=T0)
-    assert settings.mlops_db == settings.home / "mlops.db" and settings.mlops_db.exists()
     assert settings.mlops_db in settings.store_paths()
+    if backend == "sqlite":
+        assert settings.mlops_db == settings.home / "mlops.db" and settings.mlops_db.exists()
+    else:      # its own schema of the PostgreSQL database; no file in the data folder
+        assert mlopsdb.exists(settings) and not settings.mlops_db.exists()
     with mlopsdb.session(settings) as db:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        if backend == "sqlite":
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert {"runs", "model_versions", "registry_events", "jobs"} <= set(db.table_names())
-        columns = [c.name for t in ("runs", "model_versions", "registry_events", "jobs") for c in db[t].columns]
+        columns = [c for t in ("runs", "model_versions", "registry_events", "jobs") for c in columns_of(db, t)]
     assert not [c for c in columns if "user" in c.lower()]
 
 
@@ -205,7 +213,7 @@ def test_code_version_is_unknown_outside_a_repository_or_without_git(tmp_path, m
     assert tracking.code_version() == "unknown"
 
 
-def test_threads_opening_a_fresh_store_together_migrate_it_once(settings):
+def test_threads_opening_a_fresh_store_together_migrate_it_once(settings, backend):
     import threading
 
     errors = []
@@ -224,6 +232,8 @@ def test_threads_opening_a_fresh_store_together_migrate_it_once(settings):
         thread.join()
     assert errors == []
     with mlopsdb.session(settings) as db:
-        applied = db.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'retro_mlops'").fetchall()
+        table = "_sqlite_migrations" if backend == "sqlite" else "_retro_migrations"
+        applied = db.execute(f"SELECT name FROM {table} WHERE migration_set = 'retro_mlops' "
+                             f"ORDER BY {'rowid' if backend == 'sqlite' else 'applied_at, name'}").fetchall()
     names = [m.name for m in mlopsdb.migrations._migrations]
     assert applied == [(n,) for n in names] and names[0] == "m001_tables"   # each applied exactly once

@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings as hyp_settings, strategies 
 from core import bounds, errors
 from core.store import writes
 
+pytestmark = pytest.mark.both_backends     # the write API's contracts, on SQLite and on PostgreSQL
+
 CLOCK = "2026-01-10T00:00:00"  # the clock of the small_db fixture
 
 TABLES = ("users", "movies", "ratings", "rating_history", "events", "rejected_writes")

@@ -104,7 +104,7 @@ def affinities(settings: Settings, rows: pd.DataFrame, genres: pd.Series) -> pd.
 
 def churn_scores(settings: Settings, rows: pd.DataFrame) -> pd.DataFrame:
     """churn_risk, churn_version: each row's user's newest stored churn score made at or before shown_at."""
-    stored = churn_pipeline.predictions(settings) if settings.mlops_db.exists() else pd.DataFrame()
+    stored = churn_pipeline.predictions(settings) if mlopsdb.exists(settings) else pd.DataFrame()
     empty = pd.DataFrame({"churn_risk": np.nan, "churn_version": np.nan}, index=rows.index)
     if stored.empty or not len(rows):
         return empty

@@ -23,7 +23,7 @@ RECENT_ADS = 20        # impressions listed for one user
 
 def enabled(settings: Settings) -> bool:
     """Whether the world shows ads now (not cached by the page: switching changes no other store mark)."""
-    if not settings.ops_db.exists():
+    if not opsdb.exists(settings):
         return False
     with opsdb.session(settings) as db:
         return adslog.has_tables(db) and adslog.enabled(db)

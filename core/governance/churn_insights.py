@@ -12,7 +12,7 @@ import pandas as pd
 
 from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
-from core.store import opsdb
+from core.store import mlopsdb, opsdb
 from core.ads import pipeline as ads_pipeline
 from core.training import churn, churn_pipeline, pipeline, registry, tracking
 from core.warehouse import churn_data
@@ -83,7 +83,7 @@ def readiness(settings: Settings) -> dict:
     bounds = churn_data.data_bounds(settings)
     needed = churn.MIN_HISTORY_DAYS + 2 * churn.HORIZON_DAYS
     unloaded = 0
-    if settings.ops_db.exists():
+    if opsdb.exists(settings):
         with opsdb.session(settings) as db:
             clock = opsdb.get_meta(db, "clock")
         if clock:
@@ -100,7 +100,7 @@ def readiness(settings: Settings) -> dict:
         except churn.NotEnoughHistory as exc:
             message = str(exc)
     candidate = None
-    versions = registry.list_versions(settings) if settings.mlops_db.exists() else pd.DataFrame()
+    versions = registry.list_versions(settings) if mlopsdb.exists(settings) else pd.DataFrame()
     if len(versions):
         mine = versions[(versions["family"] == churn.FAMILY) & (versions["stage"] != "production")]
         if len(mine):

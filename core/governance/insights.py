@@ -35,14 +35,14 @@ def system_status(settings: Settings) -> dict:
         wh["facts"], wh["quarantined"] = counts["facts"], counts["quarantined"]
         wh["data_version"] = None if v is None else f"dv{int(v['version'])}"
         wh["last_etl"], wh["last_etl_status"] = counts["last_etl"], counts["last_etl_status"]
-    prod = registry.production(settings) if settings.mlops_db.exists() else None
-    jobs = tracking.list_jobs(settings, 1) if settings.mlops_db.exists() else pd.DataFrame()
-    runs = tracking.list_runs(settings, 1000) if settings.mlops_db.exists() else pd.DataFrame()
+    prod = registry.production(settings) if mlopsdb.exists(settings) else None
+    jobs = tracking.list_jobs(settings, 1) if mlopsdb.exists(settings) else pd.DataFrame()
+    runs = tracking.list_runs(settings, 1000) if mlopsdb.exists(settings) else pd.DataFrame()
     return {
         "ops": ops, "warehouse": wh,
         "training": {"runs": int(len(runs)), "last_job": None if jobs.empty else jobs.iloc[0].to_dict()},
         "registry": {"production": prod,
-                     "versions": 0 if not settings.mlops_db.exists() else int(len(registry.list_versions(settings)))},
+                     "versions": 0 if not mlopsdb.exists(settings) else int(len(registry.list_versions(settings)))},
         "serving": {"lists_served": served[0], "last_served_at": served[1], "paths": paths},
         "monitoring": {"open_alerts": open_alert_count(settings)},
     }
@@ -50,7 +50,7 @@ def system_status(settings: Settings) -> dict:
 
 def open_alert_count(settings: Settings) -> int:
     """Open monitoring alerts (0 until monitoring has run)."""
-    if not settings.mlops_db.exists():
+    if not mlopsdb.exists(settings):
         return 0
     from core.monitoring import monitoring
     return monitoring.open_alert_count(settings)
@@ -188,7 +188,7 @@ def state_token(settings: Settings) -> tuple:
     """A cheap fingerprint of everything the dashboard shows; cached reads key on it, so any write
     (new data, ETL, retrain, promotion, rollback, erasure, ads switched on or off) invalidates them."""
     parts: list = []
-    if settings.ops_db.exists():
+    if opsdb.exists(settings):
         with opsdb.session(settings) as db:
             parts += list(opsdb.change_marks(db))
             parts += list(adslog.change_mark(db))   # `ads switch on|off` writes only the ads' own marks

@@ -450,7 +450,7 @@ def personal_views_open(settings: Settings) -> bool:
     if settings.demo_personal_views == "off" or not settings.world_file.exists():
         return False
     from core.store import opsdb
-    if not settings.ops_db.exists():
+    if not opsdb.exists(settings):
         return False
     with opsdb.session(settings) as db:
         source = opsdb.get_meta(db, "source")

@@ -117,7 +117,7 @@ def resume_erasures(settings: Settings, at: str | None = None) -> list[int]:
     Called at the start of every job that takes the store lock (see `recovery`).
     Raises what a step raises; the request then stays pending.
     """
-    if not settings.mlops_db.exists():
+    if not mlopsdb.exists(settings):
         return []
     return [r["request_id"] for r in _resume_pending(settings, at).values()]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from core.store import mlopsdb
 from core.training import tracking
 from core.settings import Settings
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def mark_interrupted(settings: Settings) -> dict[str, int]:
     """Mark orphaned 'running' jobs and runs 'interrupted'; returns how many of each. Call under the store lock."""
-    if not settings.mlops_db.exists():
+    if not mlopsdb.exists(settings):
         return {"jobs": 0, "runs": 0}
     return tracking.mark_interrupted(settings, LOCKED_JOB_KINDS, INTERRUPTED)
 
@@ -37,7 +38,7 @@ def recover(settings: Settings, *, erasures: bool = True) -> dict:
     `privacy forget` retries it.
     """
     out: dict = {"interrupted": mark_interrupted(settings), "erasures": []}
-    if erasures and settings.mlops_db.exists():
+    if erasures and mlopsdb.exists(settings):
         from core.privacy import erasure
         try:
             out["erasures"] = erasure.resume_erasures(settings)

@@ -585,7 +585,7 @@ def check_world_size(users: int, movies: int) -> None:
 
 
 def has_world(settings: Settings) -> bool:
-    return settings.world_file.exists() and settings.ops_db.exists()
+    return settings.world_file.exists() and opsdb.exists(settings)
 
 
 def init_world(settings: Settings, *, seed: int = 42, users: int = 3000, movies: int = 1500, days: int = 60,
@@ -612,6 +612,7 @@ def _init_world(settings: Settings, *, seed: int, users: int, movies: int, days:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+    opsdb.drop_stores(settings)        # the same stores in PostgreSQL, when they live there (docs/postgres.md)
     progress(0.0, "creating catalog and users")
     world, cat = world_mod.create_world(seed, users, movies)
     db = opsdb.connect(settings, defer_indexes=True)
@@ -665,7 +666,7 @@ def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.Wor
 
 
 def load_world(settings: Settings) -> world_mod.World:
-    if settings.ops_db.exists():
+    if opsdb.exists(settings):
         _repair_world(settings)        # first: a kill may have left the very first world only staged
     if not has_world(settings):
         raise errors.WorldNotFound(f"no simulated world in {settings.home}; run `python -m core init` first")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import sqlite_utils
 
-from core.store import opsdb
+from core.store import database, opsdb
 
 ENABLED_KEY = "ads_enabled"     # meta key: '1' ads shown in this world, '0' (or absent: an older world) not
 CAMPAIGN_COLUMNS = ("campaign_id", "advertiser", "creative_kind", "movie_id", "product", "target_genres",
@@ -81,7 +81,7 @@ def impressions_after(conn, impression_id: int) -> pd.DataFrame:
     if not has_tables(raw):
         return pd.DataFrame(columns=[*IMPRESSION_COLUMNS, "age_band"])
     cols = ", ".join(f"i.{c}" for c in IMPRESSION_COLUMNS)
-    return pd.read_sql_query(f"SELECT {cols}, u.age_band FROM ad_impressions i LEFT JOIN users u USING (user_id) "
+    return database.read_sql_query(f"SELECT {cols}, u.age_band FROM ad_impressions i LEFT JOIN users u USING (user_id) "
                              "WHERE i.impression_id > ? ORDER BY i.impression_id", raw, params=(int(impression_id),))
 
 
@@ -106,7 +106,7 @@ def late_clicks(conn, click_seq: int, impression_id: int) -> pd.DataFrame:
     if not has_tables(raw) or not has_click_seq(conn):
         return pd.DataFrame(columns=[*IMPRESSION_COLUMNS, "age_band"])
     cols = ", ".join(f"i.{c}" for c in IMPRESSION_COLUMNS)
-    return pd.read_sql_query(f"SELECT {cols}, u.age_band FROM ad_impressions i LEFT JOIN users u USING (user_id) "
+    return database.read_sql_query(f"SELECT {cols}, u.age_band FROM ad_impressions i LEFT JOIN users u USING (user_id) "
                              "WHERE i.click_seq > ? AND i.impression_id <= ? AND i.clicked = 1 ORDER BY i.click_seq",
                              raw, params=(int(click_seq), int(impression_id)))
 

@@ -30,29 +30,32 @@ def now(settings: Settings | None = None, *, db=None) -> str:
     """
     if db is not None:
         return opsdb.get_meta(db, "clock") or utc_now()
-    if settings is None or not settings.ops_db.exists():
-        return utc_now()
-    try:
-        conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True, timeout=30)
-        try:
-            value = opsdb.get_meta(conn, "clock")
-        finally:
-            conn.close()
-    except sqlite3.Error:          # no meta table yet (an empty database being created)
-        return utc_now()
-    return value or utc_now()
+    return _stored_clock(settings) or utc_now()
 
 
 def kind(settings: Settings | None = None) -> str:
     """Which clock `now(settings)` reads: 'simulated' (a world's `meta.clock`) or 'real' (UTC wall clock)."""
-    if settings is None or not settings.ops_db.exists():
-        return "real"
+    return "simulated" if _stored_clock(settings) else "real"
+
+
+def _stored_clock(settings: Settings | None) -> str | None:
+    """`meta.clock` of the data folder's operational store, read without migrating or locking it (None: no
+    store, no meta table yet — an empty database being created —, or no world)."""
+    if settings is None:
+        return None
+    if settings.database_url is not None:
+        try:
+            with opsdb.read_only(settings) as conn:
+                return opsdb.get_meta(conn, "clock")
+        except sqlite3.Error:          # the facade maps PostgreSQL's errors to sqlite3's
+            return None
+    if not settings.ops_db.exists():
+        return None
     try:
         conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True, timeout=30)
         try:
-            value = opsdb.get_meta(conn, "clock")
+            return opsdb.get_meta(conn, "clock")
         finally:
             conn.close()
-    except sqlite3.Error:
-        return "real"
-    return "simulated" if value else "real"
+    except sqlite3.Error:          # no meta table yet (an empty database being created)
+        return None

@@ -22,6 +22,7 @@ from sqlite_utils import Migrations
 
 from core.constants import TS_FORMAT
 from core.errors import InvalidTimestamp
+from core.store import database
 from core.store.opsdb import private_db_file, set_wal
 from core.settings import Settings
 
@@ -187,13 +188,18 @@ INTERRUPTED_STATUSES = "'running','finished','failed','interrupted'"
 
 
 def _widen_status_check(db: sqlite_utils.Database, table: str) -> None:
-    """Allow status 'interrupted' in `table`'s CHECK by editing its stored CREATE statement.
+    """Allow status 'interrupted' in `table`'s CHECK by editing its stored CREATE statement (on PostgreSQL: the
+    named CHECK constraint is dropped and added back wider, in the migration's transaction).
 
     The procedure SQLite documents for changing a CHECK constraint without
     rebuilding the table (https://www.sqlite.org/lang_altertable.html, "making
     other kinds of table schema changes"): safe here because every existing row
     already satisfies the wider constraint and no index or foreign key changes.
     """
+    if database.dialect(db) == "postgresql":
+        db.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_status_check, ADD CONSTRAINT {table}_status_check "
+                   f"CHECK (status IN ({INTERRUPTED_STATUSES}))")
+        return
     sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()[0]
     if STATUSES not in sql:
         raise RuntimeError(f"mlops.db table {table}: unexpected status constraint, cannot add 'interrupted'")
@@ -357,7 +363,13 @@ CHANGE_EXEMPT = ("operator_audit", "signin_failures", "change_counter")
 
 def install_change_triggers(db: sqlite_utils.Database, table: str) -> None:
     """Count every INSERT, UPDATE and DELETE on `table` in `change_counter` (a migration adding a table calls it;
-    tests/test_model_pages_first_day.py checks that every table but CHANGE_EXEMPT has them)."""
+    tests/test_model_pages_first_day.py checks that every table but CHANGE_EXEMPT has them). On PostgreSQL the
+    same row-level triggers call one plpgsql function (`count_change`, created by m014)."""
+    if database.dialect(db) == "postgresql":
+        for op in ("INSERT", "UPDATE", "DELETE"):
+            db.execute(f'CREATE OR REPLACE TRIGGER "count_{table}_{op.lower()}" AFTER {op} ON "{table}" '
+                       "FOR EACH ROW EXECUTE FUNCTION count_change()")
+        return
     for op in ("INSERT", "UPDATE", "DELETE"):
         db.execute(f'CREATE TRIGGER IF NOT EXISTS "count_{table}_{op.lower()}" AFTER {op} ON "{table}" '
                    "BEGIN UPDATE change_counter SET n = n + 1 WHERE id = 1; END")
@@ -370,6 +382,9 @@ def m014_change_counter(db: sqlite_utils.Database) -> None:
     operator_audit) emptied every cache and opening Explanations & Governance recomputed all of it (4.3–4.7 s)."""
     db.execute("CREATE TABLE change_counter (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)")
     db.execute("INSERT INTO change_counter VALUES (1, 0)")
+    if database.dialect(db) == "postgresql":
+        db.execute("CREATE OR REPLACE FUNCTION count_change() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN UPDATE change_counter SET n = n + 1 WHERE id = 1; RETURN NULL; END $$")
     for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
         if table not in CHANGE_EXEMPT and not table.startswith(("sqlite_", "_")):
             install_change_triggers(db, table)
@@ -399,14 +414,36 @@ def m015_ads_days(db: sqlite_utils.Database) -> None:
 
 def change_mark(settings: Settings) -> int | None:
     """How many counted writes the ML metadata store has seen (None without a store yet)."""
-    if not settings.mlops_db.exists():
+    if not exists(settings):
         return None
     with session(settings) as db:
         return db.execute("SELECT n FROM change_counter WHERE id = 1").fetchone()[0]
 
 
+SCHEMA = "retro_mlops"     # the store's schema when it lives in PostgreSQL (settings.database_url)
+# Tables that may hold a pseudonym or a raw id (the audit's targets, a pending erasure, churn scores): on
+# PostgreSQL a session that updated or deleted rows in them VACUUMs them when it closes (docs/postgres.md).
+PERSONAL_TABLES = frozenset({"operator_audit", "erasure_requests", "churn_predictions"})
+
+
+def exists(settings: Settings) -> bool:
+    """Whether the ML metadata store has been created: its SQLite file, or its PostgreSQL schema's tables."""
+    if settings.database_url is None:
+        return settings.mlops_db.exists()
+    return database.pg_store_exists(settings.database_url, SCHEMA)
+
+
 def open_mlops(settings: Settings) -> sqlite_utils.Database:
-    """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema."""
+    """Open the ML metadata database with WAL and foreign keys, migrated to the latest schema (SQLite file
+    `settings.mlops_db`, or schema `retro_mlops` of `settings.database_url`)."""
+    if settings.database_url is not None:
+        db = database.PgDatabase(settings.database_url, SCHEMA, vacuum_tables=PERSONAL_TABLES)
+        try:
+            database.apply_pg_migrations(db, migrations)
+        except BaseException:
+            db.close()
+            raise
+        return db
     return open_path(settings.mlops_db)
 
 
@@ -568,13 +605,26 @@ def resolve_artifact(settings: Settings, record: dict) -> dict:
 
 def clone_home(source: Settings, dest: Path | str) -> Settings:
     """Copy a whole data folder (e.g. a prepared world for an experiment); returns the copy's settings.
-    Artifact paths are relative to the folder, so nothing is rewritten."""
+    Artifact paths are relative to the folder, so nothing is rewritten. Stores in PostgreSQL are copied into a
+    new database on the same server (`CREATE DATABASE … TEMPLATE`, which needs no other session on the source),
+    named in the copy's `.database-url` so every process that opens the copy uses it."""
+    import dataclasses
+    import hashlib
     import shutil
 
     from core.settings import load_settings
     dest = Path(dest)
     shutil.copytree(source.home, dest, dirs_exist_ok=True)
-    return load_settings(dest)
+    copy = load_settings(dest)
+    if source.database_url is not None:
+        suffix = hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:12]
+        url = database.clone_database(source.database_url, suffix)
+        from core.filemodes import create_private
+        from core.settings import DATABASE_URL_FILE
+        pinned = create_private(dest / DATABASE_URL_FILE)
+        pinned.write_text(url + "\n")
+        copy = dataclasses.replace(copy, database_url=url)
+    return copy
 
 
 def row_or_raise(db: sqlite_utils.Database, table: str, key_col: str, key, error: type[Exception], missing: str,

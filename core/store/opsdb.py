@@ -20,6 +20,7 @@ from sqlite_utils import Migrations
 from core.errors import RetroError
 from core.filemodes import create_private, private_file
 from core.settings import Settings
+from core.store import database
 
 migrations = Migrations("retro_ops")
 INDEX_MIGRATION = "m002_indexes"
@@ -330,8 +331,37 @@ def open_db(path: Path | str, *, apply_migrations: bool = True, defer_indexes: b
     return db
 
 
-def connect(settings: Settings, **kwargs) -> sqlite_utils.Database:
-    return open_db(settings.ops_db, **kwargs)
+SCHEMA = "retro_ops"       # the store's schema when it lives in PostgreSQL (settings.database_url)
+
+
+def connect(settings: Settings, *, apply_migrations: bool = True, defer_indexes: bool = False) -> sqlite_utils.Database:
+    """The operational store: the SQLite file `settings.ops_db` (`open_db`), or schema `retro_ops` of
+    `settings.database_url` (the same migrations through `core.store.database`)."""
+    if settings.database_url is None:
+        return open_db(settings.ops_db, apply_migrations=apply_migrations, defer_indexes=defer_indexes)
+    db = database.PgDatabase(settings.database_url, SCHEMA)
+    try:
+        if apply_migrations:
+            database.apply_pg_migrations(db, migrations, stop_before=INDEX_MIGRATION if defer_indexes else None)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def exists(settings: Settings) -> bool:
+    """Whether the operational store has been created: its SQLite file, or its PostgreSQL schema's tables."""
+    if settings.database_url is None:
+        return settings.ops_db.exists()
+    return database.pg_store_exists(settings.database_url, SCHEMA)
+
+
+def drop_stores(settings: Settings) -> None:
+    """Remove the operational and ML metadata stores from PostgreSQL (a world replaced with --force); on SQLite
+    the caller deletes the files (`settings.store_paths()`), and this does nothing."""
+    if settings.database_url is not None:
+        from core.store import mlopsdb
+        database.drop_schemas(settings.database_url, [SCHEMA, mlopsdb.SCHEMA])
 
 
 @contextmanager
@@ -346,14 +376,17 @@ def session(settings: Settings, **kwargs) -> Iterator[sqlite_utils.Database]:
 
 def holds_data(settings: Settings) -> bool:
     """True when the operational database exists and has any movie or user."""
-    if not settings.ops_db.exists():
+    if not exists(settings):
         return False
     with session(settings) as db:
         return bool(db.execute("SELECT (SELECT count(*) FROM movies) + (SELECT count(*) FROM users)").fetchone()[0])
 
 
 def finish_deferred_migrations(db: sqlite_utils.Database) -> None:
-    migrations.apply(db)
+    if database.dialect(db) == "postgresql":
+        database.apply_pg_migrations(db, migrations)
+    else:
+        migrations.apply(db)
 
 
 def get_meta(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
@@ -422,7 +455,7 @@ def current_rating(db: sqlite_utils.Database, user_id: int, movie_id: int) -> di
 def movie_labels(db: sqlite_utils.Database, movie_ids: list[int]) -> dict[int, str]:
     """movie_id -> 'Title (Year)' ('?' for an unknown year) for the given movies; unknown ids are absent."""
     marks = ",".join("?" * len(movie_ids)) or "NULL"
-    return dict(db.execute(f"SELECT movie_id, title || ' (' || coalesce(year, '?') || ')' FROM movies "
+    return dict(db.execute(f"SELECT movie_id, title || ' (' || coalesce(CAST(year AS TEXT), '?') || ')' FROM movies "
                            f"WHERE movie_id IN ({marks})", list(movie_ids)).fetchall())
 
 # --- reads for other stages (issue 14: only this module names the operational tables) ---
@@ -496,7 +529,8 @@ def watched_titles(db: sqlite_utils.Database, user_id: int) -> pd.DataFrame:
         SELECT e.movie_id, m.title, m.year, m.genres, max(e.occurred_at) AS last_watched, max(e.value) AS seconds,
                m.runtime_min
         FROM events e JOIN movies m USING (movie_id) WHERE e.user_id = ? AND e.kind = 'watch'
-        GROUP BY e.movie_id ORDER BY last_watched DESC""", [int(user_id)]).fetchall()
+        GROUP BY e.movie_id, m.title, m.year, m.genres, m.runtime_min ORDER BY last_watched DESC""",
+        [int(user_id)]).fetchall()
     return pd.DataFrame(rows, columns=["movie_id", "title", "year", "genres", "last_watched", "seconds", "runtime_min"])
 
 
@@ -756,6 +790,7 @@ def erase_user(db: sqlite_utils.Database, user_id: int) -> dict[str, int]:
         if left or any(payload_user(p) == user_id for (p,) in db.execute("SELECT payload FROM rejected_writes")):
             raise RetroError(f"erasure incomplete: rows remain in {sorted(left) or ['rejected_writes']} "
                              "(a table without ON DELETE CASCADE?); nothing was deleted")
+    database.vacuum(db, [t for t in tables if before.get(t)] + (["rejected_writes"] if rejected else []))
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return before | {"rejected_writes": len(rejected)}
 
@@ -810,7 +845,14 @@ def movie_genres(db) -> dict:
 @contextmanager
 def read_only(settings: Settings) -> Iterator[sqlite3.Connection]:
     """A plain read-only connection (no migration, no write lock), closed afterwards: bulk extraction (the ETL)
-    must never change the operational store."""
+    must never change the operational store (on PostgreSQL: a session with default_transaction_read_only)."""
+    if settings.database_url is not None:
+        pg = database.PgDatabase(settings.database_url, SCHEMA, read_only=True)
+        try:
+            yield pg.conn
+        finally:
+            pg.close()
+        return
     conn = sqlite3.connect(f"file:{settings.ops_db}?mode=ro", uri=True)
     try:
         yield conn
@@ -826,14 +868,14 @@ def _raw(conn) -> sqlite3.Connection:
 def events_after(conn, seq: int) -> pd.DataFrame:
     """Events past the ETL watermark `seq`, in ingestion order, as the ETL's rows: source_id (= seq), user_id,
     movie_id, kind, value, occurred_at — values as stored (the ETL gate validates them)."""
-    return pd.read_sql_query("SELECT seq AS source_id, user_id, movie_id, kind, value, occurred_at FROM events "
+    return database.read_sql_query("SELECT seq AS source_id, user_id, movie_id, kind, value, occurred_at FROM events "
                              "WHERE seq > ? ORDER BY seq", _raw(conn), params=(seq,))
 
 
 def rating_history_after(conn, history_id: int) -> pd.DataFrame:
     """Rating history past the ETL watermark `history_id`, as the ETL's rows: source_id (= history_id), user_id,
     movie_id, kind ('rating'), value (the rating), occurred_at (rated_at)."""
-    return pd.read_sql_query("SELECT history_id AS source_id, user_id, movie_id, 'rating' AS kind, rating AS value, "
+    return database.read_sql_query("SELECT history_id AS source_id, user_id, movie_id, 'rating' AS kind, rating AS value, "
                              "rated_at AS occurred_at FROM rating_history WHERE history_id > ? ORDER BY history_id",
                              _raw(conn), params=(history_id,))
 
@@ -844,7 +886,7 @@ def rejected_writes_after(conn, reject_id: int) -> pd.DataFrame:
     cannot migrate it)."""
     raw = _raw(conn)
     has_code = any(col[1] == "code" for col in raw.execute("PRAGMA table_info(rejected_writes)").fetchall())
-    return pd.read_sql_query(f"SELECT reject_id, target, reason, payload, rejected_at, "
+    return database.read_sql_query(f"SELECT reject_id, target, reason, payload, rejected_at, "
                              f"{'code' if has_code else 'NULL AS code'} FROM rejected_writes "
                              f"WHERE reject_id > ? ORDER BY reject_id", raw, params=(reject_id,))
 
@@ -855,7 +897,7 @@ def users_with_valid_ids(conn) -> pd.DataFrame:
     Rows with another id (only ever written around the write API) are left out: their facts are quarantined.
     """
     from core import bounds
-    return pd.read_sql_query("SELECT user_id, created_at, consent_personalization FROM users "
+    return database.read_sql_query("SELECT user_id, created_at, consent_personalization FROM users "
                              "WHERE typeof(user_id) = 'integer' AND user_id BETWEEN 1 AND ?", _raw(conn),
                              params=(bounds.MAX_ID,))
 
@@ -864,6 +906,6 @@ def movies_with_valid_ids(conn) -> pd.DataFrame:
     """movie_id, title, year, genres, runtime_min, added_at of movies whose id is an integer in 1..bounds.MAX_ID
     (values as stored)."""
     from core import bounds
-    return pd.read_sql_query("SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies "
+    return database.read_sql_query("SELECT movie_id, title, year, genres, runtime_min, added_at FROM movies "
                              "WHERE typeof(movie_id) = 'integer' AND movie_id BETWEEN 1 AND ?", _raw(conn),
                              params=(bounds.MAX_ID,))

@@ -9,7 +9,7 @@ import sqlite_utils
 
 from core.pseudonym import pseudonym_key, pseudonymize
 from core.settings import Settings
-from core.store import opsdb
+from core.store import database, opsdb
 
 _INSERT = ("INSERT INTO served_recommendations(user_id, served_at, path, model_version, data_version, movie_ids, "
            "scores, ranker_version, arm, policy, propensities, slate_propensities, shown_by) "
@@ -118,7 +118,7 @@ def lists_after(conn, serve_id: int) -> pd.DataFrame:
     ranker = "ranker_version" if "ranker_version" in have else "NULL AS ranker_version"
     arm = "coalesce(arm, 'production') AS arm" if "arm" in have else "'production' AS arm"
     explore = ", ".join(c if c in have else f"NULL AS {c}" for c in ("policy", "propensities", "slate_propensities"))
-    return pd.read_sql_query(f"SELECT serve_id, user_id, served_at, path, model_version, {ranker}, {arm}, movie_ids, "
+    return database.read_sql_query(f"SELECT serve_id, user_id, served_at, path, model_version, {ranker}, {arm}, movie_ids, "
                              f"{explore} FROM served_recommendations WHERE serve_id > ? ORDER BY serve_id", raw,
                              params=(int(serve_id),))
 
@@ -280,7 +280,7 @@ def logged_between(db, start: str, end: str) -> pd.DataFrame:
     model_version, arm, policy, movie_ids, slate_propensities (JSON texts). Lists logged without propensities
     (before exploration existed) come back with NULL there; readers skip them."""
     raw = getattr(db, "conn", db)
-    return pd.read_sql_query(
+    return database.read_sql_query(
         "SELECT serve_id, user_id, served_at, path, model_version, coalesce(arm, 'production') AS arm, "
         "coalesce(policy, 'deterministic') AS policy, movie_ids, slate_propensities FROM served_recommendations "
         f"WHERE served_at >= ? AND served_at < ? AND {SHOWN} ORDER BY serve_id", raw, params=(start, end))

@@ -157,7 +157,7 @@ def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> lis
     out = [int(i) if g else next(fresh) for i, g in zip(ids.tolist(), given.tolist())]
     if out:
         db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-                   "value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))", [f"max_{col}", max(out)])
+                   "value = max(CAST(meta.value AS INTEGER), CAST(excluded.value AS INTEGER))", [f"max_{col}", max(out)])
     return out
 
 
