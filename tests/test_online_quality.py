@@ -67,3 +67,18 @@ def test_a_day_nobody_was_served_has_no_rate(settings, db):
     opsdb.set_meta(db, "clock", "2026-01-10T00:00:00")
     q = monitoring.online_quality(settings, DAY, k=3)
     assert q["users_served"] == 0 and q["hit_rate_model"] is None and q["precision_top50"] is None
+
+
+def test_online_by_day_reads_days_whose_json_holds_nan(settings, db):
+    """A monitored day's online JSON may hold NaN (Python's JSON dialect: a rate of an empty arm); PostgreSQL's jsonb
+    refuses it, so the history is parsed in Python on both backends (it failed on PostgreSQL)."""
+    from core.store import mlopsdb
+    with mlopsdb.write_session(settings) as mdb:
+        for day, online in (("2026-01-05", {"users_served": 4, "hit_rate_model": 0.5, "hit_rate_top50": float("nan")}),
+                            ("2026-01-06", {"users_served": 0, "hit_rate_model": None}), ("2026-01-07", None)):
+            mdb.execute("INSERT INTO monitor_days(day, computed_at, online, classification) VALUES (?, ?, ?, ?)",
+                        [day, day + "T23:59:59", None if online is None else json.dumps(online), "stable"])
+    frame = monitoring.online_by_day(settings)
+    assert list(frame["day"].dt.strftime("%Y-%m-%d")) == ["2026-01-05", "2026-01-06", "2026-01-07"]
+    assert frame["users_served"].tolist()[:2] == [4.0, 0.0] and frame["hit_rate_model"].iloc[0] == 0.5
+    assert frame["hit_rate_top50"].isna().all() and frame["hit_rate_model"].iloc[1:].isna().all()

@@ -652,11 +652,11 @@ def churn_model_status(settings: Settings) -> dict:
 def online_by_day(settings: Settings) -> pd.DataFrame:
     """day (datetime64), users_served, hit_rate_model, hit_rate_top50 of every monitored day, in day order (NaN
     where a day had no model list or no Top 50 control): the online quality of the lists served at that day's start."""
-    with mlopsdb.session(settings) as db:
-        rows = db.execute("SELECT day, json_extract(online, '$.users_served'), "
-                          "json_extract(online, '$.hit_rate_model'), "
-                          "json_extract(online, '$.hit_rate_top50') FROM monitor_days ORDER BY day").fetchall()
-    frame = pd.DataFrame(rows, columns=["day", "users_served", "hit_rate_model", "hit_rate_top50"])
+    keys = ("users_served", "hit_rate_model", "hit_rate_top50")
+    with mlopsdb.session(settings) as db:   # parsed here, not by the database: the JSON may hold NaN (Python's dialect)
+        rows = db.execute("SELECT day, online FROM monitor_days ORDER BY day").fetchall()
+    parsed = [(day, *(((json.loads(online) or {}) if online else {}).get(k) for k in keys)) for day, online in rows]
+    frame = pd.DataFrame(parsed, columns=["day", *keys])
     frame["day"] = pd.to_datetime(frame["day"]).astype("datetime64[ns]")
     for col in ("users_served", "hit_rate_model", "hit_rate_top50"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
