@@ -24,7 +24,6 @@ import datetime
 import itertools
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results_file import commit  # noqa: E402
 from core.constants import DEFAULT_K, SEED  # noqa: E402
 from core.training.metrics import evaluate_lists  # noqa: E402
 from core.training.models import (ALSRecommender, BlendRecommender, BPRRecommender, EASERecommender,  # noqa: E402
@@ -176,16 +176,6 @@ def machine() -> str:
                 if line.startswith("model name")), platform.processor() or "unknown CPU") \
         if Path("/proc/cpuinfo").exists() else platform.processor()
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, numpy {np.__version__}"
-
-
-def commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head
 
 
 def write_results(text: str, load_before: tuple, load_after: tuple, total_s: float, out: Path = RESULTS) -> None:
