@@ -24,7 +24,7 @@ from core.serving import serving  # noqa: E402,E501
 from core.settings import load_settings  # noqa: E402
 
 
-def clock(fn, repeat=1):
+def timed(fn, repeat=1):
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -40,7 +40,7 @@ def main() -> None:
     labels_ref = rng.choice(list("ABCDEFGHIJKLMNOPQR"), 1_000_000)
     labels_cur = rng.choice(list("ABCDEFGHIJKLMNOPQR"), 1_000_000)
     for name, a, b in (("psi", ref, cur), ("ks", ref, cur), ("jensen_shannon", ref, cur), ("chi_square", labels_ref, labels_cur), ("max_share_gain", labels_ref, labels_cur)):
-        _, t = clock(lambda: drift.run_test(name, a, b), 3)
+        _, t = timed(lambda: drift.run_test(name, a, b), 3)
         rows.append((f"drift test `{name}` on 1,000,000 + 1,000,000 rows", t))
     with tempfile.TemporaryDirectory() as home:
         s = load_settings(home)
@@ -51,9 +51,9 @@ def main() -> None:
             day = clock.now(db=db)[:10]
         import pandas as pd
         last = str((pd.Timestamp(day) - pd.Timedelta(days=1)).date())
-        _, t = clock(lambda: monitoring.monitor_day(s, last), 3)
+        _, t = timed(lambda: monitoring.monitor_day(s, last), 3)
         rows.append(("monitor one day (all features, tests, online quality, alerts)", t))
-        _, t = clock(lambda: loop.run(s, 1, policy_mode="manual"))
+        _, t = timed(lambda: loop.run(s, 1, policy_mode="manual"))
         rows.append(("one closed-loop day (serve, simulate, ETL, monitor)", t))
         with opsdb.session(s) as db:
             users = [u for (u,) in db.execute("SELECT user_id FROM events WHERE kind = 'watch' GROUP BY user_id "
@@ -66,13 +66,13 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         rows.append((f"explain a whole top-10 list (ALS contributions + SHAP), median of {len(users)} users", float(np.median(times))))
         prod = registry.production(s)
-        _, t = clock(lambda: modelcard.model_card(s, int(prod["version"])))
+        _, t = timed(lambda: modelcard.model_card(s, int(prod["version"])))
         rows.append(("model card of the production model (with breakdowns)", t))
-        _, t = clock(lambda: diagnose.diagnose(s, users[0]))
+        _, t = timed(lambda: diagnose.diagnose(s, users[0]))
         rows.append(("diagnose one user", t))
-        _, t = clock(lambda: export.export_user(s, users[1], actor="bench"))
+        _, t = timed(lambda: export.export_user(s, users[1], actor="bench"))
         rows.append(("export one user", t))
-        _, t = clock(lambda: erasure.forget_user(s, users[2], actor="bench"))
+        _, t = timed(lambda: erasure.forget_user(s, users[2], actor="bench"))
         rows.append(("erase one user from every store and model", t))
         serving.clear_caches()
     print("| operation | time (s) |\n| --- | ---: |")
