@@ -172,25 +172,20 @@ def grow_world(settings: Settings, days: int, progress: simulation.Progress = si
 
 
 def ensure_ready(settings: Settings, progress: simulation.Progress = simulation._noop,
-                 world: bool | None = None, follow_ups: bool = True) -> dict:
-    """World (if the folder is empty, or `world`) then a first retrain (if nothing is in production).
-
-    `follow_ups=False`: the retrain trains no ranker and no churn model is trained; "pending" names what
-    `follow_up` still has to do (the first start draws the Overview with CF alone and lets them follow)."""
+                 world: bool | None = None) -> dict:
+    """World (if the folder is empty, or `world`) then a first retrain without its ranker (if nothing is in
+    production); "pending" names what `follow_up` still has to do — the ranker and the first churn model — so the
+    first start can draw the Overview with CF alone and let them follow."""
     from core.training.pipeline import retrain
     built = ensure_demo_world(settings, lambda f, m: progress(0.8 * f, m), needed=world)
-    trained = churn = None
+    trained = None
     pending: list[str] = []
     if needs_first_model(settings):
-        share = 0.17 if follow_ups else 0.2
-        trained = retrain(settings, trigger="first-start", with_ranker=follow_ups,
-                          progress=lambda f, m: progress(0.8 + share * f, m))
-        if follow_ups:
-            churn = first_churn_model(settings, lambda f, m: progress(0.97 + 0.03 * f, m))
-        else:
-            pending = list(FOLLOW_UPS)
+        trained = retrain(settings, trigger="first-start", with_ranker=False,
+                          progress=lambda f, m: progress(0.8 + 0.2 * f, m))
+        pending = list(FOLLOW_UPS)
     progress(1.0, "ready")
-    return {"built_world": built, "first_retrain": trained, "first_churn": churn, "pending": pending}
+    return {"built_world": built, "first_retrain": trained, "first_churn": None, "pending": pending}
 
 
 FOLLOW_UPS = ("ranker", "churn")   # trained after the first start's "ready" (`follow_up`), in this order
@@ -207,9 +202,8 @@ def follow_up(settings: Settings, progress: simulation.Progress = simulation._no
     t0, cpu0 = time.perf_counter(), time.process_time()
     status.update(following=list(FOLLOW_UPS), follow_up={"pid": os.getpid(), "state": "running"})
     _write_status(settings, status)
-    out: dict = {}
     try:
-        _train_follow_ups(settings, status, progress, out)
+        out = _train_follow_ups(settings, status, progress)
     except BaseException as exc:     # the status must not keep saying "training in the background"
         status.update(following=[], follow_up={"pid": os.getpid(), "state": "error", "error": f"{type(exc).__name__}: "
                                                                                              f"{exc}"})
@@ -223,9 +217,10 @@ def follow_up(settings: Settings, progress: simulation.Progress = simulation._no
     return out
 
 
-def _train_follow_ups(settings: Settings, status: dict, progress: simulation.Progress, out: dict) -> None:
+def _train_follow_ups(settings: Settings, status: dict, progress: simulation.Progress) -> dict:
     from core.errors import RetroError
     from core.training.pipeline import ranker_status, train_ranker
+    out: dict = {}
     for name in FOLLOW_UPS:
         status["message"] = f"{name}: training in the background"
         _write_status(settings, status)
@@ -243,6 +238,7 @@ def _train_follow_ups(settings: Settings, status: dict, progress: simulation.Pro
         status["seconds"][name] = round(time.perf_counter() - started, 2)
         status["following"] = [f for f in status["following"] if f != name]
         _write_status(settings, status)
+    return out
 
 
 def following(settings: Settings) -> list[str]:
@@ -332,7 +328,7 @@ def _build(settings: Settings, progress: simulation.Progress, announce: Announce
         progress(fraction, message)
 
     try:
-        result = ensure_ready(settings, progress=update, world=world_needed, follow_ups=False)
+        result = ensure_ready(settings, progress=update, world=world_needed)
     except BaseException as exc:      # KeyboardInterrupt too: the status must not stay 'running'
         status.update(state="error", error=f"{type(exc).__name__}: {exc}", message=f"first start failed: {exc}")
         _write_status(settings, status)

@@ -246,7 +246,7 @@ def test_stage_seconds_add_up_when_a_stage_comes_back(tmp_path, monkeypatch):
     must add up, not replace the first stretch (they did: the first start reported train 0.0 s)."""
     import time as _time
 
-    def fake_ready(settings, progress, world=None, follow_ups=True):
+    def fake_ready(settings, progress, world=None):
         for fraction, message, pause in ((0.5, "simulating day 1 (1/1)", 0.0), (0.8, "world ready", 0.0),
                                          (0.81, "ETL: extracting", 0.05), (0.84, "building the training matrix", 0.3),
                                          (0.96, "training the ranker for the production CF model", 0.1),

@@ -100,9 +100,7 @@ def window_features(con, start, end, deciles: pd.Series | None, new_since) -> di
         "event_mix": dict(zip(mix["kind"], mix["n"].astype(int))),
         "title_share": {f"{t} (#{m})": int(n) for (m, t), n in per_title.items()},
         "_watch_counts": watches["movie_id"].value_counts(),
-        "_design_effect": {"rating": design_effect(per_rater), "genre_mix": design_effect(per_watcher["genres"]),
-                           **dict.fromkeys(("popularity_concentration", "new_titles"),
-                                           design_effect(per_watcher["n"]))},
+        "_design_effect": {"rating": design_effect(per_rater), "popularity_concentration": design_effect(per_watcher)},
     }
     if deciles is not None:
         dec = deciles.reindex(watches["movie_id"].to_numpy()).fillna(10).astype(int)
@@ -658,7 +656,7 @@ def online_by_day(settings: Settings) -> pd.DataFrame:
     parsed = [(day, *(((json.loads(online) or {}) if online else {}).get(k) for k in keys)) for day, online in rows]
     frame = pd.DataFrame(parsed, columns=["day", *keys])
     frame["day"] = pd.to_datetime(frame["day"]).astype("datetime64[ns]")
-    for col in ("users_served", "hit_rate_model", "hit_rate_top50"):
+    for col in keys:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     return frame
 

@@ -258,16 +258,11 @@ def rating_counts_between(con, start, end) -> pd.DataFrame:
                        [pd.Timestamp(start), pd.Timestamp(end)]).df()
 
 
-def watches_per_user_day(con, start, end) -> pd.DataFrame:
-    """n (watches), genres (genre labels over those watches) per user and day in [start, end) that watched, one
-    row each — the clusters of the watch-derived drift features."""
-    return con.execute("""
-        SELECT count(*) AS n,
-               sum(CASE WHEN coalesce(m.genres, '') = '' THEN 0
-                        ELSE length(m.genres) - length(replace(m.genres, '|', '')) + 1 END) AS genres
-        FROM fact_interaction f JOIN dim_movie m USING (movie_id)
-        WHERE f.kind = 'watch' AND f.occurred_at >= ? AND f.occurred_at < ?
-        GROUP BY f.user_key, CAST(f.occurred_at AS DATE)""", [pd.Timestamp(start), pd.Timestamp(end)]).df()
+def watches_per_user_day(con, start, end) -> np.ndarray:
+    """How many titles each user watched each day in [start, end), one entry per (user, day) that watched."""
+    return con.execute("SELECT count(*) AS n FROM fact_interaction WHERE kind = 'watch' AND occurred_at >= ? "
+                       "AND occurred_at < ? GROUP BY user_key, CAST(occurred_at AS DATE)",
+                       [pd.Timestamp(start), pd.Timestamp(end)]).df()["n"].to_numpy(dtype=float)
 
 
 def ratings_per_user_day(con, start, end) -> np.ndarray:
