@@ -2,7 +2,9 @@
 
 Usage: python benchmarks/bench_pipeline.py [--users 3000 --movies 1500 --days 60]
        python benchmarks/bench_pipeline.py --large     (20,000 users, 3,000 movies: >= 5M interactions)
-Peak memory is the process's maximum resident set size after each stage.
+Peak memory is the process's maximum resident set size after each stage. The report is kept in
+benchmarks/results/pipeline.md (pipeline_large.md with --large; pipeline_postgres*.md when RETRO_DATABASE_URL
+names a PostgreSQL database).
 """
 from __future__ import annotations
 
@@ -98,4 +100,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import os
+    from benchmarks import results_file
+    name = ("pipeline" + ("_large" if "--large" in sys.argv else "")
+            + ("_postgres" if os.environ.get("RETRO_DATABASE_URL") else ""))
+    with results_file.recorded(name, "Pipeline (`bench_pipeline.py`)"):
+        main()
