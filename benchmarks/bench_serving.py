@@ -4,6 +4,9 @@ concurrent clients, localhost only, bounded in time.
 Usage: python benchmarks/bench_serving.py [--home DIR] [--seconds 20] [--clients 1,8,32] [--users 200]
                                           [--out benchmarks/results/serving.md] [--no-http] [--no-inprocess]
 
+The report is kept in --out (default benchmarks/results/serving.md; serving_postgres.md when RETRO_DATABASE_URL
+names a PostgreSQL database) with date, commit, load average and machine.
+
 The default world (first start: 3,000 users, 1,500 movies, 30 days, ALS + ranker in production) is built in a
 temporary folder unless --home names a ready one; every run works on a copy, since each request writes the
 serving log. Each level runs for --seconds: `clients` threads, each asking for the top 10 of a user drawn from
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import random
 import subprocess
@@ -174,10 +176,18 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--clients", default="1,8,32")
     p.add_argument("--users", type=int, default=200)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.md"))
+    p.add_argument("--out", help="the results file (default benchmarks/results/serving.md, serving_postgres.md "
+                                 "when RETRO_DATABASE_URL is set)")
     p.add_argument("--no-http", action="store_true")
     p.add_argument("--no-inprocess", action="store_true")
     args = p.parse_args()
+    from benchmarks import results_file
+    name = "serving_postgres" if os.environ.get("RETRO_DATABASE_URL") else "serving"
+    with results_file.recorded(name, "Serving under load (`bench_serving.py`)", out=args.out and Path(args.out)):
+        run(args)
+
+
+def run(args) -> None:
     levels = [int(x) for x in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -204,15 +214,11 @@ def main() -> None:
             days = opsdb.get_meta(db, "sim_day")
     world = (f"{n_users:,} users, {n_movies:,} movies, {days} simulated days"
              + (f", the ready folder given with --home" if args.home else f", built by the first start in {built:.0f} s"))
-    head = (f"# Serving benchmark\n\n{args.seconds:.0f} s per level; {len(users)} random users (seed 42); world: "
+    head = (f"{args.seconds:.0f} s per level; {len(users)} random users (seed 42); world: "
             f"{world}; production v{prod['version']} ({prod['model_kind']}) re-ranked by ranker "
             f"{'v' + str(rk['version']) if rk else '— (none)'}; {os.cpu_count()} cores. Latency in ms; HTTP latency "
             "measured by the client (its threads share the cores with the server).\n\n")
-    text = head + table(rows) + "\n"
-    print("\n" + text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(json.dumps({"saved": args.out}))
+    print("\n" + head + table(rows))
 
 
 if __name__ == "__main__":

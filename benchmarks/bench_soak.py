@@ -14,6 +14,8 @@ Usage: python benchmarks/bench_soak.py [--minutes 10] [--home DIR] [--users 400 
 3. Prints Markdown: runs / failures per actor, p50 / p95 latency, the days simulated against the days that
    have a monitoring record (`monitor_days`), and the first failure messages.
 The suite's soak test (tests/test_soak.py) calls `run_soak` for about half a minute and requires 0 failures.
+The report is kept in benchmarks/results/soak.md (soak_postgres.md on PostgreSQL) with date, commit, load average
+and machine, failures or not: a failure is what the soak measures.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 APP = ROOT / "dashboard" / "app.py"
 PAGES = ["views/overview.py", "views/top50_vs_you.py", "views/data.py", "views/training.py", "views/drift.py",
-         "views/governance.py", "views/privacy.py"]
+         "views/churn.py", "views/ads.py", "views/deployment.py", "views/governance.py", "views/privacy.py"]
 READS = [["stats"], ["monitor"], ["recommend", "--user", "{user}"], ["top50"]]
 ACTORS = ("simulate", "etl", "reads", "pages")
 
@@ -207,14 +209,17 @@ def main(argv=None) -> int:
     if args.actor:
         actor(args.actor, str(args.home), args.deadline, args.out)
         return 0
-    if args.postgres:
+    from benchmarks import results_file
+    name = "soak_postgres" if args.postgres or os.environ.get("RETRO_DATABASE_URL") else "soak"
+    with results_file.recorded(name, "Concurrent writers and readers (`bench_soak.py`)"):
+        if not args.postgres:
+            return _main(args)
         sys.path.insert(0, str(ROOT / "tests"))
         from pg_server import fresh_database, postgres_server
         with postgres_server(durable=True) as server:
             os.environ["RETRO_DATABASE_URL"] = fresh_database(server.url, "soak")
             print(f"PostgreSQL on 127.0.0.1:{server.port}", file=sys.stderr)
             return _main(args)
-    return _main(args)
 
 
 def _main(args) -> int:
