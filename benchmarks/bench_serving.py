@@ -12,8 +12,10 @@ temporary folder unless --home names a ready one; every run works on a copy, sin
 serving log. Each level runs for --seconds: `clients` threads, each asking for the top 10 of a user drawn from
 --users random users (seed 42) again and again. In-process: `serving.recommend` (logged, as the server does).
 HTTP: a fresh `python -m core serve` per level on a free port, clients on keep-alive `http.client`
-connections in this process; latency is measured by the client (request sent → body read); the server's own
-view (its last-minute p50/p99 from /metrics) is reported beside it. The clients share the machine's cores with
+connections in this process, `/recommend/{user}?k=10` as a client asks it (with the sponsored slot, which the
+in-process `recommend` does not choose), then again with `ads=0` (the lists alone, as the closed loop asks);
+latency is measured by the client (request sent → body read); the server's own view (its last-minute p50/p99
+from /metrics) is reported beside it. The clients share the machine's cores with
 the server, as a front end on the same host would. Goals (quiet 2-core machine): in-process p99 ≤ 5 ms; over
 HTTP ≥ 300 requests/s with p99 ≤ 25 ms at 8 clients and 0 errors.
 """
@@ -131,7 +133,7 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc.stderr.close()
 
 
-def over_http(s, users: list[int], clients: int, seconds: float) -> dict:
+def over_http(s, users: list[int], clients: int, seconds: float, ads: bool = True) -> dict:
     proc, url = start_server(s)
     try:
         host, port = url.removeprefix("http://").split(":")
@@ -140,7 +142,7 @@ def over_http(s, users: list[int], clients: int, seconds: float) -> dict:
         def one(worker: int, i: int) -> bool:
             c = conns[worker]
             try:
-                c.request("GET", f"/recommend/{users[i % len(users)]}?k=10")
+                c.request("GET", f"/recommend/{users[i % len(users)]}?k=10" + ("" if ads else "&ads=0"))
                 r = c.getresponse()
                 r.read()
             except (OSError, http.client.HTTPException):
@@ -196,7 +198,9 @@ def run(args) -> None:
         s = clone_home(base, Path(tmp) / "run")
         users = sample_users(s, args.users)
         rows = []
-        for mode, fn, skip in (("in-process", in_process, args.no_inprocess), ("HTTP", over_http, args.no_http)):
+        lists_only = lambda *a: over_http(*a, ads=False)        # noqa: E731
+        for mode, fn, skip in (("in-process", in_process, args.no_inprocess), ("HTTP", over_http, args.no_http),
+                               ("HTTP, ads=0", lists_only, args.no_http)):
             if skip:
                 continue
             for clients in levels:
