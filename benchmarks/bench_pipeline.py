@@ -93,6 +93,14 @@ def main() -> None:
               f"{m['hit_rate@10']:.4f} | {m['coverage']:.3f} |")
     ratio = r["metrics"]["ndcg@10"] / max(r["baselines"]["top50"]["ndcg@10"], 1e-9)
     print(f"ALS / Top 50 nDCG@10 = {ratio:.2f}x   (second retrain: promoted={r2['promoted']})")
+    rk = r.get("ranker") or {}
+    if "metrics" in rk:
+        m = rk["metrics"]
+        print(f"ranker v{rk['version']} on the same holdout: two-stage nDCG@10 {m['ndcg@10']:.4f}, hit rate@10 "
+              f"{m['hit_rate@10']:.4f}; CF alone {m['cf_only_ndcg@10']:.4f}, {m['cf_only_hit_rate@10']:.4f} "
+              f"(promoted={rk['promoted']})")
+    else:
+        print(f"ranker: {rk.get('error', 'not trained')}")
     lat = np.array(lat)
     print(f"\nserving one user (not logged): p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms; "
           f"logged: p50 {np.percentile(lat_logged, 50):.2f} ms")
