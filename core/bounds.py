@@ -53,6 +53,18 @@ def is_missing(value) -> bool:
     return value is None or value is pd.NA
 
 
+def missing_mask(series: pd.Series) -> pd.Series:
+    """`is_missing` of every value of a column, without a Python call per value where the dtype cannot hold
+    None or NA (numbers, times, pandas' NaN-backed str); other columns are mapped value by value."""
+    dtype = series.dtype
+    if (isinstance(dtype, np.dtype) and dtype.kind in "biufcmM") or (
+            isinstance(dtype, pd.StringDtype) and dtype.na_value is not pd.NA):
+        return pd.Series(False, index=series.index)
+    if isinstance(dtype, pd.StringDtype):
+        return series.isna().astype(bool)
+    return series.map(is_missing).astype(bool)
+
+
 def is_nan(value) -> bool:
     return (isinstance(value, float) and math.isnan(value)) or value is pd.NaT or (
         isinstance(value, np.floating) and bool(np.isnan(value)))

@@ -381,6 +381,20 @@ def test_bad_texts_flags_exactly_what_control_chars_and_the_length_limit_flag():
     assert expected == [False, True, True, True, True, True, False, False, False, True, False]
 
 
+@pytest.mark.parametrize("column", [
+    pd.Series(["a", None, float("nan")]), pd.Series(["a", None], dtype="string"), pd.Series([1, None], dtype="Int64"),
+    pd.Series([1.0, float("nan")]), pd.Series([1, 2]), pd.Series([True, False]),
+    pd.Series(["a", None, pd.NA, float("nan"), pd.NaT, 0], dtype=object),
+    pd.Series([pd.Timestamp("2020-01-01"), None]), pd.Series([1.5, None], dtype="Float64"), pd.Series([], dtype=object)])
+def test_missing_mask_is_is_missing_of_every_value(column):
+    """The column-at-once shortcut (numbers and NaN-backed text cannot hold None or NA) says what is_missing says
+    value by value, on every dtype the writes meet."""
+    column.index = column.index + 10           # the mask keeps the column's index
+    mask = bounds.missing_mask(column)
+    assert mask.index.equals(column.index) and mask.dtype == bool
+    assert mask.tolist() == column.map(bounds.is_missing).astype(bool).tolist()
+
+
 def test_events_without_an_id_get_a_fresh_one_each_and_numbers_keep_their_text(small_db):
     """None and NaN ids are replaced by distinct fresh ids; a numeric id is stored as its str()."""
     result = writes.record_events(small_db, [ev(None), ev(float("nan"), kind="watch", value=60), ev(7, value=2)])

@@ -71,7 +71,7 @@ def _timestamps(series: pd.Series, default: str) -> tuple[pd.Series, pd.Series]:
 
     ok only for a parsable time on or after 1900-01-01 (a NaN or NaT is invalid, not "not given").
     """
-    filled = series.where(~series.map(bounds.is_missing).astype(bool), default)
+    filled = series.where(~bounds.missing_mask(series), default)
     parsed = pd.to_datetime(filled.astype(str), errors="coerce", utc=True, format="ISO8601")
     ok = parsed.notna() & (parsed >= pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
     parsed = parsed.where(ok, pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
@@ -190,7 +190,7 @@ def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[i
     now = clock.now(db=db)
     created, ok_ts = _timestamps(df["created_at"], now)
     r = _Reasons(len(df))
-    given = ~df["user_id"].map(bounds.is_missing).astype(bool)     # NaN is given, and invalid
+    given = ~bounds.missing_mask(df["user_id"])     # NaN is given, and invalid
     ids, ok_id = _as_int(df["user_id"])
     r.add(given & ~bounds.id_mask(df["user_id"]), lambda i: f"user_id {df['user_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError,
           "invalid_id")
@@ -235,10 +235,10 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     now = clock.now(db=db)
     added, ok_ts = _timestamps(df["added_at"], now)
     r = _Reasons(len(df))
-    given = ~df["movie_id"].map(bounds.is_missing).astype(bool)
+    given = ~bounds.missing_mask(df["movie_id"])
     ids, ok_id = _as_int(df["movie_id"])
     years, ok_year = _as_int(df["year"])
-    runtime, ok_rt = _as_int(df["runtime_min"].where(~df["runtime_min"].map(bounds.is_missing).astype(bool), 100))
+    runtime, ok_rt = _as_int(df["runtime_min"].where(~bounds.missing_mask(df["runtime_min"]), 100))
     genres = df["genres"].map(lambda g: "|".join(g) if isinstance(g, (list, tuple)) else ("" if g is None else str(g)))
     unknown_genre = genres.map(lambda g: [x for x in g.split("|") if x and x not in GENRES])
     titles = df["title"].map(lambda t: t.strip() if isinstance(t, str) else "")
@@ -250,7 +250,7 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     r.add(bounds.bad_texts(titles),
           lambda i: f"title {titles[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
           errors.ValidationError, "invalid_title")
-    year_given = ~df["year"].map(bounds.is_missing).astype(bool)
+    year_given = ~bounds.missing_mask(df["year"])
     r.add(year_given & (~ok_year | (years < 1878) | (years > 2100)), lambda i: f"year {df['year'][i]!r} is not a plausible release year", errors.ValidationError,
           "implausible_year")
     r.add(unknown_genre.map(bool), lambda i: f"unknown genre(s) {unknown_genre[i]}; known: {', '.join(GENRES)}", errors.ValidationError,
@@ -347,7 +347,7 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
     kinds = df["kind"].astype(object)
     r.add(~kinds.isin(list(EVENT_KINDS)), lambda i: f"unknown event kind {df['kind'][i]!r}; known: {', '.join(EVENT_KINDS)}", errors.UnknownEventKind)
     users, movies, movie_absent = _validate_user_movie(db, df, r, movie_required=(kinds != "scroll").to_numpy())
-    raw_value = df["value"].where(~df["value"].map(bounds.is_missing).astype(bool), 1)   # NaN stays NaN: invalid
+    raw_value = df["value"].where(~bounds.missing_mask(df["value"]), 1)   # NaN stays NaN: invalid
     values = pd.to_numeric(raw_value, errors="coerce")
     r.add(values.isna() | ~np.isfinite(values.fillna(0).astype(float)), lambda i: f"event value {df['value'][i]!r} is not a number", errors.InvalidEventValue,
           "value_not_number")
@@ -431,7 +431,7 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
                                      "docs/ads.md)", code="unknown_targeting")
     now = clock.now(db=db)
     r = _Reasons(len(df))
-    given = ~df["campaign_id"].map(bounds.is_missing).astype(bool)
+    given = ~bounds.missing_mask(df["campaign_id"])
     ids, _ = _as_int(df["campaign_id"])
     r.add(given & ~bounds.id_mask(df["campaign_id"]), lambda i: f"campaign_id {df['campaign_id'][i]!r} is not a "
           f"positive integer", errors.ValidationError, "invalid_id")
@@ -443,7 +443,7 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
     r.add(~kind.isin(list(AD_CREATIVE_KINDS)), lambda i: f"creative_kind {kind[i]!r} is not one of "
           f"{', '.join(AD_CREATIVE_KINDS)}", errors.ValidationError, "invalid_creative")
     movies, ok_m = _as_int(df["movie_id"])
-    has_movie = ~df["movie_id"].map(bounds.is_missing).astype(bool)
+    has_movie = ~bounds.missing_mask(df["movie_id"])
     product = df["product"].map(lambda t: t.strip() if isinstance(t, str) else "")
     r.add((kind == "title") & (~has_movie | ~ok_m | ~_ids_exist(db, "movies", "movie_id", movies.to_numpy())),
           lambda i: f"a title creative needs a catalogue movie_id, got {df['movie_id'][i]!r}", errors.UnknownMovie)
@@ -461,10 +461,10 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
     for col, values in money.items():
         r.add(~(np.isfinite(values) & (values > 0) & (values <= 1e9)), lambda i, c=col: f"{c} {df[c][i]!r} is not "
               "a positive amount", errors.ValidationError, "invalid_amount")
-    cap, ok_cap = _as_int(df["frequency_cap"].where(~df["frequency_cap"].map(bounds.is_missing).astype(bool), 1))
+    cap, ok_cap = _as_int(df["frequency_cap"].where(~bounds.missing_mask(df["frequency_cap"]), 1))
     r.add(~ok_cap | (cap < 1) | (cap > 1000), lambda i: f"frequency_cap {df['frequency_cap'][i]!r} is not an "
           "integer in 1..1000", errors.ValidationError, "invalid_cap")
-    active = df["active"].where(~df["active"].map(bounds.is_missing).astype(bool), 1)
+    active = df["active"].where(~bounds.missing_mask(df["active"]), 1)
     r.add(~active.map(lambda v: v in (0, 1) and not isinstance(v, float)).astype(bool),
           lambda i: f"active {df['active'][i]!r} is not 0/1", errors.ValidationError, "invalid_flag")
     created, ok_ts = _timestamps(df["created_at"], now)
@@ -520,7 +520,7 @@ def record_ad_impressions(db: sqlite_utils.Database, rows, *, on_invalid: OnInva
           "missing_user_id")
     r.add(ok_u & ~_ids_exist(db, "users", "user_id", users.to_numpy()), lambda i: f"unknown user {users[i]}",
           errors.UnknownUser)
-    served_given = ~df["served_id"].map(bounds.is_missing).astype(bool)
+    served_given = ~bounds.missing_mask(df["served_id"])
     served, ok_s = _as_int(df["served_id"])
     lists = _existing_pairs(db, "SELECT serve_id, user_id FROM served_recommendations WHERE serve_id IN ({marks})",
                             served[served_given & ok_s].to_numpy()) \
@@ -547,29 +547,29 @@ def record_ad_impressions(db: sqlite_utils.Database, rows, *, on_invalid: OnInva
     r.add(~ok_shown, lambda i: f"shown_at {df['shown_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
     r.add(ok_shown & (shown > now), lambda i: f"shown_at {shown[i]} is after the service clock {now}",
           errors.FutureTimestamp)
-    p_given = ~df["p_click"].map(bounds.is_missing).astype(bool)
+    p_given = ~bounds.missing_mask(df["p_click"])
     p_click = pd.to_numeric(df["p_click"], errors="coerce").astype(float)
     r.add(p_given & ~((p_click >= 0) & (p_click <= 1)), lambda i: f"p_click {df['p_click'][i]!r} is not a "
           "probability", errors.ValidationError, "invalid_probability")
     r.add(p_given == (policy == "untargeted"), lambda i: "p_click must be given for a targeted ad and empty for an "
           "untargeted one", errors.ValidationError, "invalid_probability")
-    m_given = ~df["model_version"].map(bounds.is_missing).astype(bool)
+    m_given = ~bounds.missing_mask(df["model_version"])
     model, ok_model = _as_int(df["model_version"])
     r.add(m_given != (policy == "model"), lambda i: "model_version is given exactly for policy 'model'",
           errors.ValidationError, "invalid_model_version")
     r.add(m_given & (~ok_model | (model < 1)), lambda i: f"model_version {df['model_version'][i]!r} is not a "
           "version", errors.ValidationError, "invalid_model_version")
-    clicked = df["clicked"].where(~df["clicked"].map(bounds.is_missing).astype(bool), 0)
+    clicked = df["clicked"].where(~bounds.missing_mask(df["clicked"]), 0)
     ok_clicked = clicked.map(lambda v: v in (0, 1) and not isinstance(v, float)).astype(bool)
     r.add(~ok_clicked, lambda i: f"clicked {df['clicked'][i]!r} is not 0/1", errors.ValidationError, "invalid_flag")
     click = ok_clicked & (clicked.where(ok_clicked, 0).astype(int) == 1)
-    at_given = ~df["clicked_at"].map(bounds.is_missing).astype(bool)
+    at_given = ~bounds.missing_mask(df["clicked_at"])
     clicked_at, ok_at = _timestamps(df["clicked_at"].where(at_given, "1900-01-01T00:00:00"), now)
     r.add(click != at_given, lambda i: "clicked_at is given exactly for a click", errors.ValidationError,
           "invalid_click")
     r.add(at_given & (~ok_at | (clicked_at < shown) | (clicked_at > now)), lambda i: f"clicked_at "
           f"{df['clicked_at'][i]!r} is not a time between shown_at and the service clock", errors.InvalidTimestamp)
-    price_given = ~df["price"].map(bounds.is_missing).astype(bool)
+    price_given = ~bounds.missing_mask(df["price"])
     price = pd.to_numeric(df["price"].where(price_given, 0), errors="coerce").astype(float)
     bid = campaign.map(camp["bid"]).astype(float)
     r.add(~(np.isfinite(price) & (price >= 0)), lambda i: f"price {df['price'][i]!r} is not an amount",
@@ -630,7 +630,7 @@ def record_ad_clicks(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid =
     again = imp.where(found).duplicated(keep="first") & found
     r.add(found & (before | again), lambda i: f"ad impression {imp[i]} already has its click",
           errors.ValidationError, "already_clicked")
-    clicked_at, ok_at = _timestamps(df["clicked_at"].where(~df["clicked_at"].map(bounds.is_missing).astype(bool),
+    clicked_at, ok_at = _timestamps(df["clicked_at"].where(~bounds.missing_mask(df["clicked_at"]),
                                                            "invalid"), now)
     shown = imp.map(known["shown_at"]).astype(object).where(found, "")
     r.add(found & (~ok_at | (clicked_at < shown) | (clicked_at > now)), lambda i: f"clicked_at "
