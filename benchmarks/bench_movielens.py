@@ -12,8 +12,12 @@ file, so held-out movies nobody rated in training still count as relevant.
 
 --tune carves a validation set out of the training part (same per-user 75/25, seed 43),
 fits each grid point on the rest, ranks by validation nDCG@10, then reports the
-winners on the test split once. The blend (ALS + EASE) chooses its weight itself on a
-validation split of the matrix it is fitted on (TRAIN here), never on the test split.
+winners on the test split once. Every run chooses EASE's variant (λ, dropout penalty,
+user weight, diagonal rule) the way the training pipeline does, with
+`choose_ease_regularization` on a validation split of TRAIN (20 % of each user's
+ratings, seed 42); the EASE and blend rows use it. The blend (ALS + EASE) chooses its
+weight itself on a validation split of the matrix it is fitted on (TRAIN here), never
+on the test split.
 Every figure is printed with its fit time, and the table is written to
 benchmarks/results/movielens.md with the date, commit, load average and machine.
 """
@@ -38,7 +42,7 @@ from benchmarks.results_file import commit  # noqa: E402
 from core.constants import DEFAULT_K, SEED  # noqa: E402
 from core.training.metrics import evaluate_lists  # noqa: E402
 from core.training.models import (ALSRecommender, BlendRecommender, BPRRecommender, EASERecommender,  # noqa: E402
-                                  PopularityRecommender, WeightedRatingRecommender)
+                                  PopularityRecommender, WeightedRatingRecommender, choose_ease_regularization)
 from core.training.top50 import rank_movies  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
@@ -171,6 +175,31 @@ def tune(df: pd.DataFrame, n_users: int, n_items: int, kinds=tuple(TUNABLE)) -> 
     return best, report
 
 
+def ease_name(params: dict) -> str:
+    """'DLAE, λ=42.2, dropout p=0.1, user weight g=0.5' from EASERecommender parameters."""
+    kind = ("EASE" if not params.get("dropout") else "EDLAE") if params.get("zero_diagonal", True) else "DLAE"
+    return (f"{kind}, λ={params['regularization']:.4g}, dropout p={params.get('dropout', 0):g}, "
+            f"user weight g={params.get('user_weight', 0):g}")
+
+
+def ease_choice_note(params: dict, curve: dict, seconds: float, top: int = 8) -> str:
+    """The validation curve of `choose_ease_regularization` as a markdown table: the best points, then plain EASE."""
+    ranked = sorted(curve.items(), key=lambda kv: -kv[1])
+    plain = [(k, v) for k, v in ranked if k.endswith("p=0 g=0 EASE")]
+    lines = [f"### EASE variant chosen on a validation split of TRAIN ({len(curve)} points, {seconds:.0f} s), by "
+             f"validation nDCG@{DEFAULT_K}\n",
+             "| rank | grid point (λ in plain co-occurrence counts) | val nDCG@10 | |",
+             "|---|---|---|---|"]
+    picked = None
+    for rank, (key, v) in enumerate(ranked, 1):
+        if rank <= top or (key, v) in plain:
+            mark = "**picked**" if rank == 1 else ("plain EASE" if (key, v) in plain else "")
+            picked = picked or key
+            lines.append(f"| {rank} | {key} | {v:.4f} | {mark} |")
+    lines.append(f"\nPicked: {picked} → {ease_name(params)} (λ rescaled to the user-weighted Gram matrix when g > 0)")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU") \
@@ -209,21 +238,30 @@ def main() -> int:
         notes.extend(report)
         notes.append("Picked by validation nDCG@10 (within " f"{TIE_TOLERANCE} of the best, the cheapest): "
                      + "; ".join(f"{TUNABLE[k][0]} {fmt_params(v)}" for k, v in picked.items()))
-    als = ALSRecommender(**picked.get("als", {}))
-    bpr = BPRRecommender(**picked.get("bpr", {}))
-    ease = EASERecommender(**picked.get("ease", {}))
-    blend = BlendRecommender(**{k: v for k, v in als.params().items() if k in ("factors", "regularization", "alpha",
-                                                                                "iterations")},
-                             ease_regularization=ease.regularization)
-    notes.append(f"Model defaults in core/training/models.py: ALS {fmt_params(ALSRecommender().params())}; "
-                 f"BPR {fmt_params(BPRRecommender().params())}; EASE {fmt_params(EASERecommender().params())}")
-
     train_df, test_df = per_user_split(df, SEED)
     train = to_matrix(train_df, n_users, n_items)
     test_rel = relevant_sets(test_df, n_users)
     split = (f"Split: per-user stratified random 75/25 (seed {SEED}): {train.nnz:,} train / {len(test_df):,} test "
              f"interactions; binary relevance, seen items excluded, k = {DEFAULT_K}")
     print(split + "\n")
+
+    als = ALSRecommender(**picked.get("als", {}))
+    bpr = BPRRecommender(**picked.get("bpr", {}))
+    if "ease" in picked:
+        ease_params, ease_note = picked["ease"], "λ from --tune"
+    else:                   # what the training pipeline does: the variant chosen on a validation split of TRAIN
+        t0 = time.perf_counter()
+        ease_params, curve = choose_ease_regularization(train)
+        choose_s = time.perf_counter() - t0
+        ease_note = f"chosen on a validation split of TRAIN in {choose_s:.1f} s"
+        notes.append(ease_choice_note(ease_params, curve, choose_s))
+        print(notes[-1] + "\n", flush=True)
+    ease = EASERecommender(**ease_params)
+    blend = BlendRecommender(**{k: v for k, v in als.params().items() if k in ("factors", "regularization", "alpha",
+                                                                                "iterations")},
+                             **{"ease_" + k: v for k, v in ease_params.items()})
+    notes.append(f"Model defaults in core/training/models.py: ALS {fmt_params(ALSRecommender().params())}; "
+                 f"BPR {fmt_params(BPRRecommender().params())}; EASE {fmt_params(EASERecommender().params())}")
     rows = []
     for name, model in [
         ("most popular", PopularityRecommender()),
@@ -231,12 +269,12 @@ def main() -> int:
         (f"ALS ({fmt_params(als.params())})", als),
         (f"ALS, reference setting ({fmt_params(ALS_REFERENCE)})", ALSRecommender(**ALS_REFERENCE)),
         (f"BPR ({fmt_params(bpr.params())})", bpr),
-        (f"EASE (λ={ease.regularization:g})", ease),
+        (f"EASE ({ease_name(ease.params())}; {ease_note})", ease),
         ("blend", blend),
     ]:
         r = evaluate(model, train, test_rel)
         if model is blend:
-            name = (f"blend: ALS as above + EASE (λ={ease.regularization:g}), EASE weight w={blend.weight_:g} chosen on a "
+            name = (f"blend: ALS as above + EASE as above, EASE weight w={blend.weight_:g} chosen on a "
                     f"validation split of TRAIN ({blend.validation_share:.0%} of each user's ratings)")
             curve = ", ".join(f"{w:g}: {v:.4f}" for w, v in blend.validation_.items())
             notes.append(f"Blend weight (share of EASE in the fused, per-user standardized scores) by validation "

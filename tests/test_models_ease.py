@@ -76,6 +76,68 @@ def test_scores_lists_and_explanations_follow_the_weights():
     assert model.score_items(0, [2], m)[0] == pytest.approx(total, abs=1e-6)
 
 
+# ------------------------------------------------------------------ dropout penalty, DLAE, user weights
+P_DROP = 0.5           # Λ = λI + p/(1 − p)·diag(XᵀX) = 1 + diag(2, 3, 2, 2, 1) = diag(3, 4, 3, 3, 2)
+
+
+def test_the_dropout_penalty_by_hand():
+    assert models.ease_penalty(np.diag(X.T @ X), LAM, P_DROP).tolist() == [3, 4, 3, 3, 2]
+    assert models.ease_penalty(np.diag(X.T @ X), LAM, 0.0).tolist() == [1, 1, 1, 1, 1]      # p = 0: EASE's λI
+
+
+def test_edlae_weights_are_ridge_regressions_with_the_dropout_penalty():
+    """EDLAE (diag(B) = 0, Λ as above). Column 4 by hand: regress x4 = (0, 0, 0, 1) on items 0..3 with penalties
+    (3, 4, 3, 3): [[5,2,1,0],[2,7,2,1],[1,2,5,1],[0,1,1,5]] β = (0, 0, 0, 1), so β = (11, −16, −23, 136)/641.
+    Without the p/(1 − p)·diag(G) term this is EASE's column (1/10, −1/10, −1/10, 2/5)."""
+    model = EASERecommender(LAM, dropout=P_DROP).fit(sp.csr_matrix(X))
+    np.testing.assert_allclose(model.weights_[:, 4], np.array([11, -16, -23, 136, 0]) / 641, atol=1e-6)
+    n = X.shape[1]
+    penalty = np.array([3.0, 4, 3, 3, 2])
+    for j in range(n):                          # every column: the ridge regression on the other items
+        others = [i for i in range(n) if i != j]
+        A = X[:, others].astype(float)
+        beta = np.linalg.solve(A.T @ A + np.diag(penalty[others]), A.T @ X[:, j])
+        np.testing.assert_allclose(model.weights_[others, j], beta, atol=1e-6)
+    assert (np.diag(model.weights_) == 0).all()
+
+
+def test_dlae_weights_drop_the_constraint_and_keep_the_dropout_penalty():
+    """DLAE: B = (G + Λ)⁻¹G, column j the ridge regression of item j on every item, itself included. Column 4 by
+    hand: [[5,2,1,0,0],[2,7,2,1,0],[1,2,5,1,0],[0,1,1,5,1],[0,0,0,1,3]] β = G[:, 4] = (0, 0, 0, 1, 1), so
+    β = (22, −32, −46, 272, 505)/1787; the stored diagonal is 0 (it would only score titles the user has)."""
+    model = EASERecommender(LAM, dropout=P_DROP, zero_diagonal=False).fit(sp.csr_matrix(X))
+    np.testing.assert_allclose(model.weights_[:, 4], np.array([22, -32, -46, 272, 0]) / 1787, atol=1e-6)
+    np.testing.assert_allclose(model.weights_[0], np.array([0, 436, 135, -99, 22]) / 1787, atol=1e-6)
+    G = X.T.astype(float) @ X
+    full = np.linalg.solve(G + np.diag([3.0, 4, 3, 3, 2]), G)
+    np.testing.assert_allclose(model.weights_, full - np.diag(np.diag(full)), atol=1e-6)
+    # the penalty matters: with λI alone (p = 0) column 4 is different
+    plain = np.linalg.solve(G + np.eye(5), G)[:, 4]
+    assert np.abs(plain[:4] - model.weights_[:4, 4]).max() > 0.05
+    # scores and explanations still add up the watched titles' weights (user 0 watched items 0 and 1)
+    m = sp.csr_matrix(X)
+    total, parts = model.explain_score(0, m, 4, n=5)
+    assert total == pytest.approx((22 - 32) / 1787, abs=1e-6)
+    assert model.score_items(0, [4], m)[0] == pytest.approx(total, abs=1e-6)
+
+
+def test_the_user_weighted_gram_by_hand():
+    """g = 1: each user's pairs count 1/n_u (n = 2, 3, 3, 2): items 0 and 1 together by users 0 (1/2) and 1 (1/3)."""
+    G = models.ease_gram(sp.csr_matrix(X), 1.0)
+    third = 1 / 3
+    np.testing.assert_allclose(G, [[5 / 6, 5 / 6, third, 0, 0], [5 / 6, 7 / 6, 2 * third, third, 0],
+                                   [third, 2 * third, 2 * third, third, 0], [0, third, third, 5 / 6, 0.5],
+                                   [0, 0, 0, 0.5, 0.5]], atol=1e-12)
+    np.testing.assert_array_equal(models.ease_gram(sp.csr_matrix(X), 0.0), X.T @ X)
+    model = EASERecommender(LAM, user_weight=1.0).fit(sp.csr_matrix(X))
+    np.testing.assert_allclose(model.gram_, G, atol=1e-12)
+    np.testing.assert_allclose(model.weights_, models.ease_weights(G, LAM), atol=1e-7)
+
+
+VARIANTS = {"ease": {}, "edlae": {"dropout": 0.25}, "dlae": {"dropout": 0.25, "zero_diagonal": False},
+            "dlae, weighted users": {"dropout": 0.25, "zero_diagonal": False, "user_weight": 0.5}}
+
+
 def test_save_load_keeps_weights_and_gram(tmp_path):
     model = EASERecommender(LAM).fit(sp.csr_matrix(X))
     model.save(tmp_path)
@@ -95,8 +157,24 @@ def test_forgetting_a_user_equals_a_fit_without_them():
     np.testing.assert_allclose(model.weights_, ease_by_formula(np.delete(X, 1, axis=0), LAM), atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_forgetting_a_user_equals_a_fit_without_them_for_every_variant(tmp_path, variant):
+    """The dropout penalty is recomputed from the downdated diag(G), a user's weight from their own row: after
+    saving, loading and forgetting user 1, the model is the one fitted on the other three."""
+    m = sp.csr_matrix(X)
+    EASERecommender(LAM, **VARIANTS[variant]).fit(m).save(tmp_path)
+    model = load_model(tmp_path)
+    assert model.params() == EASERecommender(LAM, **VARIANTS[variant]).params()
+    model.forget(m[[1]])
+    without = EASERecommender(LAM, **VARIANTS[variant]).fit(sp.csr_matrix(np.delete(X, 1, axis=0)))
+    np.testing.assert_allclose(model.gram_, without.gram_, atol=1e-12)
+    np.testing.assert_allclose(model.weights_, without.weights_, atol=1e-6)
+    assert np.abs(model.weights_ - EASERecommender(LAM, **VARIANTS[variant]).fit(m).weights_).max() > 1e-3
+
+
+@pytest.mark.parametrize("variant", ["ease", "dlae, weighted users"])
 @pytest.mark.parametrize("kind", ["ease", "blend"])
-def test_erasing_a_user_from_a_bundle_equals_a_fit_without_them(tmp_path, kind):
+def test_erasing_a_user_from_a_bundle_equals_a_fit_without_them(tmp_path, kind, variant):
     """Through artifacts.erase_user (what a privacy request runs): the bundle's EASE weights become those of a fit
     on the other users, the row is emptied and the pseudonym gone."""
     from core.settings import load_settings
@@ -105,8 +183,10 @@ def test_erasing_a_user_from_a_bundle_equals_a_fit_without_them(tmp_path, kind):
     dense = (rng.random((30, 12)) < 0.3).astype(np.float32)
     dense[7, :4] = 1
     m = sp.csr_matrix(dense)
-    make = {"ease": lambda: EASERecommender(3.0),
-            "blend": lambda: BlendRecommender(factors=4, iterations=3, ease_regularization=3.0, weight=0.5)}[kind]
+    extra = VARIANTS[variant]
+    make = {"ease": lambda: EASERecommender(3.0, **extra),
+            "blend": lambda: BlendRecommender(factors=4, iterations=3, ease_regularization=3.0, weight=0.5,
+                                              **{"ease_" + k: v for k, v in extra.items()})}[kind]
     s = load_settings(tmp_path / "home")
     keys = np.array([f"k{i}" for i in range(30)], dtype=object)
     artifacts.save_bundle(s.models_dir / "run-1", make().fit(m), Matrix(m, keys, np.arange(12)), {"run_id": 1})
@@ -117,9 +197,10 @@ def test_erasing_a_user_from_a_bundle_equals_a_fit_without_them(tmp_path, kind):
     assert artifacts.erase_user(s, "k7", commit)["rows_erased"] == 1
     bundle = artifacts.load_bundle(s.models_dir / "run-1")
     ease = bundle.model if kind == "ease" else bundle.model.ease_
-    expected = EASERecommender(3.0).fit(sp.csr_matrix(np.delete(dense, 7, axis=0)))
+    expected = EASERecommender(3.0, **extra).fit(sp.csr_matrix(np.delete(dense, 7, axis=0)))
     np.testing.assert_allclose(ease.weights_, expected.weights_, atol=1e-6)
-    np.testing.assert_array_equal(ease.gram_, expected.gram_)
+    np.testing.assert_allclose(ease.gram_, expected.gram_, atol=1e-12)
+    assert ease.params() == expected.params()
     assert bundle.matrix.user_items[7].nnz == 0 and "k7" not in set(bundle.matrix.user_keys)
     assert (bundle.model.recommend([7], bundle.matrix.user_items, k=3)[0] == -1).all()
 
@@ -283,29 +364,62 @@ def test_lambda_and_the_blend_weight_are_chosen_without_reading_the_holdout(cf_w
               and (c["matrix"] != train_matrix).nnz == 0]
     assert [c["what"] for c in judged] == (["lambda"] if kind == "ease" else ["lambda", "weight"])
     assert all(c["reads_before"] == 0 and c["reads_during"] == 0 for c in judged)
-    lam = judged[0]["value"]
-    assert lam in models.EASE_REGULARIZATIONS
+    chosen = judged[0]["value"]                       # λ, dropout, user weight and diagonal rule, all chosen here
+    assert set(chosen) == {"regularization", "dropout", "user_weight", "zero_diagonal"}
+    assert chosen["dropout"] in models.EASE_DROPOUTS and chosen["user_weight"] in models.EASE_USER_WEIGHTS
     run = tracking.get_run(s, trained.run_id)
-    assert run["params"]["regularization" if kind == "ease" else "ease_regularization"] == lam
-    assert set(run["params"]["lambda_validation_ndcg@10"]) == {str(x) for x in models.EASE_REGULARIZATIONS}
+    prefix = "" if kind == "ease" else "ease_"
+    assert {k: run["params"][prefix + k] for k in chosen} == chosen
+    assert set(run["params"]["lambda_validation_ndcg@10"]) == {
+        models.ease_label(lam, p, g, z) for lam in models.EASE_REGULARIZATIONS for p in models.EASE_DROPOUTS
+        for g in models.EASE_USER_WEIGHTS for z in models.EASE_ZERO_DIAGONALS}
+    ease = trained.estimator.ease_ if kind == "blend" else trained.estimator
+    assert {k: ease.params()[k] for k in chosen} == chosen
     if kind == "blend":
-        assert trained.estimator.weight_ == judged[1]["value"] and trained.estimator.ease_.regularization == lam
+        assert trained.estimator.weight_ == judged[1]["value"]
         assert set(trained.estimator.validation_) == set(BlendRecommender.WEIGHTS)
-    else:
-        assert trained.estimator.regularization == lam
 
 
 def test_choose_ease_regularization_reads_only_the_matrix_and_prefers_the_larger_tie():
     rng = np.random.default_rng(1)
     m = sp.csr_matrix((rng.random((80, 30)) < 0.25).astype(np.float32))
-    lam, curve = models.choose_ease_regularization(m, (1.0, 10.0, 100.0), seed=5)
+    chosen, curve = models.choose_ease_regularization(m, (1.0, 10.0, 100.0), dropouts=(0.0,), user_weights=(0.0,),
+                                                      zero_diagonals=(True,), seed=5)
     fit, held = models.validation_split(m, 0.2, 5)
     users = [u for u, h in enumerate(held) if h]
+    from core.training.metrics import ndcg_at_k
     for x in (1.0, 10.0, 100.0):                      # each point: EASE fitted on the fit part, nDCG on the held part
         ids, _ = EASERecommender(x).fit(fit).recommend(users, fit, k=10)
-        from core.training.metrics import ndcg_at_k
-        assert curve[x] == pytest.approx(ndcg_at_k(ids, [held[u] for u in users], 10))
-    assert curve[lam] == max(curve.values()) and lam == max(x for x, v in curve.items() if v == max(curve.values()))
+        assert curve[models.ease_label(x, 0, 0, True)] == pytest.approx(ndcg_at_k(ids, [held[u] for u in users], 10))
+    lam = chosen["regularization"]
+    best = max(curve.values())
+    assert curve[models.ease_label(lam, 0, 0, True)] == best
+    assert lam == max(x for x in (1.0, 10.0, 100.0) if curve[models.ease_label(x, 0, 0, True)] == best)
+
+
+@pytest.mark.parametrize("shape", [(80, 30), (25, 40)])       # more users than items (dense P), fewer (Woodbury)
+def test_every_grid_point_of_the_choice_is_the_model_it_names(shape):
+    """Each point of the full grid (λ, dropout p, user weight g, diagonal rule) scores like an EASERecommender with
+    those parameters fitted on the fit part; with g > 0 λ is rescaled to the weighted Gram matrix's trace."""
+    from core.training.metrics import ndcg_at_k
+    rng = np.random.default_rng(2)
+    m = sp.csr_matrix((rng.random(shape) < 0.3).astype(np.float32))
+    chosen, curve = models.choose_ease_regularization(m, (2.0, 20.0), dropouts=(0.0, 0.25), user_weights=(0.0, 0.5),
+                                                      seed=5)
+    assert len(curve) == 16
+    fit, held = models.validation_split(m, 0.2, 5)
+    users = [u for u, h in enumerate(held) if h]
+    for g in (0.0, 0.5):
+        scale = np.trace(models.ease_gram(fit, g)) / fit.nnz
+        for lam in (2.0, 20.0):
+            for p in (0.0, 0.25):
+                for z in (True, False):
+                    model = EASERecommender(lam * scale, dropout=p, user_weight=g, zero_diagonal=z).fit(fit)
+                    ids, _ = model.recommend(users, fit, k=10)
+                    assert curve[models.ease_label(lam, p, g, z)] == pytest.approx(
+                        ndcg_at_k(ids, [held[u] for u in users], 10), abs=1e-9)
+    ids, _ = EASERecommender(**chosen).fit(fit).recommend(users, fit, k=10)       # the chosen model is the best one
+    assert ndcg_at_k(ids, [held[u] for u in users], 10) == pytest.approx(max(curve.values()), abs=1e-9)
 
 
 def test_retrain_best_trains_als_ease_and_the_blend_on_one_holdout_and_gates_the_best(cf_world, tmp_path):

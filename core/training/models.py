@@ -458,28 +458,51 @@ def check_ease_memory(n_items: int, max_memory_mb: float) -> None:
             "or train als (its memory grows with factors × items, not items²)")
 
 
-def ease_weights(gram: np.ndarray, regularization: float) -> np.ndarray:
-    """EASE's item-item weights (Steck 2019, eq. 8): P = (G + λI)⁻¹, B = I − P·diag(1/diag(P)), so
-    B_ij = −P_ij / P_jj off the diagonal and diag(B) = 0. `gram` = XᵀX (items × items); returns float32.
+def ease_penalty(gram_diagonal: np.ndarray, regularization: float, dropout: float = 0.0) -> np.ndarray:
+    """The diagonal of Λ, the L2 penalty on B: Λ = λI + p/(1 − p)·diag(XᵀX) (Steck 2020, "Autoencoders that don't
+    overfit towards the identity", eq. 5: dropout of the input with probability p, marginalized, penalizes each item's
+    weights by its own popularity). p = 0 is EASE's λI; p lies in [0, 1)."""
+    return float(regularization) + float(dropout) / (1.0 - float(dropout)) * np.asarray(gram_diagonal, dtype=np.float64)
 
-    G + λI is symmetric positive definite (λ > 0), so P comes from its Cholesky factor (LAPACK potrf/potri,
-    in place): about half the work of a general inverse (2.4× faster at 3,000 items, one BLAS thread)."""
+
+def _penalized_inverse(gram: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """P = (G + diag(penalty))⁻¹, float64, both triangles filled.
+
+    G + Λ is symmetric positive definite (Λ > 0), so P comes from its Cholesky factor (LAPACK potrf/potri, in
+    place): about half the work of a general inverse (2.4× faster at 3,000 items, one BLAS thread)."""
     n = gram.shape[0]
     A = np.array(gram, dtype=np.float64, order="F")
-    A[np.diag_indices(n)] += float(regularization)
+    A[np.diag_indices(n)] += penalty
     factor, info = lapack.dpotrf(A, lower=False, overwrite_a=True, clean=False)
     if info != 0:
-        raise ValidationError(f"XᵀX + λI is not positive definite (LAPACK dpotrf info {info}); use a larger λ")
+        raise ValidationError(f"XᵀX + Λ is not positive definite (LAPACK dpotrf info {info}); use a larger λ")
     P, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
     if info != 0:
-        raise ValidationError(f"could not invert XᵀX + λI (LAPACK dpotri info {info}); use a larger λ")
+        raise ValidationError(f"could not invert XᵀX + Λ (LAPACK dpotri info {info}); use a larger λ")
     for i0 in range(0, n, 512):               # potri fills the upper triangle: mirror it, block by block, in place
         i1 = min(n, i0 + 512)
         P[i0:i1, :i0] = P[:i0, i0:i1].T
         block = P[i0:i1, i0:i1]
         P[i0:i1, i0:i1] = np.triu(block) + np.triu(block, 1).T
-    P /= -np.diag(P).copy()                   # column j divided by −P_jj
-    P[np.diag_indices(n)] = 0.0
+    return P
+
+
+def ease_weights(gram: np.ndarray, regularization: float, dropout: float = 0.0,
+                 zero_diagonal: bool = True) -> np.ndarray:
+    """Item-item weights from `gram` = XᵀX (items × items), P = (G + Λ)⁻¹ and Λ = `ease_penalty`; float32.
+
+    zero_diagonal=True — EASE (Steck 2019, eq. 8; with dropout > 0, EDLAE, Steck 2020 §3): B = argmin
+    ‖X − XB‖² + ‖Λ^½B‖² subject to diag(B) = 0, so B = I − P·diag(1/diag(P)): B_ij = −P_ij / P_jj.
+    zero_diagonal=False — DLAE (Steck 2020, eq. 6), the same problem without the constraint: B = (G + Λ)⁻¹G =
+    I − PΛ, so B_ij = −P_ij·Λ_jj off the diagonal. Its diagonal only ever scores a title the user already has
+    (never recommended), so it is stored as 0 here too: a score stays the sum of the watched titles' weights."""
+    penalty = ease_penalty(np.diag(gram), regularization, dropout)
+    P = _penalized_inverse(gram, penalty)
+    if zero_diagonal:
+        P /= -np.diag(P).copy()               # column j divided by −P_jj
+    else:
+        P *= -penalty                         # column j times −Λ_jj
+    P[np.diag_indices(gram.shape[0])] = 0.0
     return np.ascontiguousarray(P, dtype=np.float32)
 
 
@@ -489,6 +512,19 @@ def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
     x.data = (x.data > 0).astype(np.float64)
     x.eliminate_zeros()
     return x
+
+
+def ease_gram(user_items: sp.csr_matrix, user_weight: float = 0.0) -> np.ndarray:
+    """G = XᵀWX (items × items, float64) of the binary matrix X, W = diag(n_u^−g) with n_u a user's number of titles
+    and g = `user_weight`: g = 0 is the plain co-occurrence count XᵀX; g > 0 damps the users with long histories,
+    whose pairs otherwise dominate the counts (on MovieLens latest-small 10 % of the users hold half the ratings).
+    Each user's term depends on their own row only, so subtracting ``ease_gram(rows)`` removes them exactly."""
+    x = _binary(user_items)
+    if user_weight:
+        n = np.diff(x.indptr).astype(np.float64)
+        x = sp.diags(np.where(n > 0, n, 1.0) ** (-float(user_weight))) @ x
+        return np.asarray((x.T @ _binary(user_items)).toarray())
+    return (x.T @ x).toarray()
 
 
 def _top_k(scores: np.ndarray, seen: sp.csr_matrix | None, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -509,41 +545,96 @@ def _top_k(scores: np.ndarray, seen: sp.csr_matrix | None, k: int) -> tuple[np.n
     return ids, out
 
 
-# λ candidates for EASE (the grid of benchmarks/bench_movielens.py --tune ease)
+# λ candidates for EASE (the grid of benchmarks/bench_movielens.py --tune ease), in units of the plain
+# co-occurrence counts; with a user weight g, `choose_ease_regularization` rescales them to the weighted Gram's size
 EASE_REGULARIZATIONS = (50.0, 100.0, 200.0, 300.0, 500.0, 1000.0)
+EASE_DROPOUTS = (0.0, 0.1, 0.25)          # p of the dropout penalty p/(1 − p)·diag(G) (Steck 2020)
+EASE_USER_WEIGHTS = (0.0, 0.5)            # g of the users' weights n_u^−g in the Gram matrix
+EASE_ZERO_DIAGONALS = (True, False)       # EASE/EDLAE (diag(B) = 0) or DLAE (no constraint)
 
 
-def choose_ease_regularization(user_items: sp.csr_matrix, grid=EASE_REGULARIZATIONS, *, share: float = 0.2,
-                               seed: int = SEED, max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB,
-                               ) -> tuple[float, dict]:
-    """(λ, {λ: validation nDCG@10}): the λ of `grid` whose EASE, fitted on a validation split of `user_items`
-    (`validation_split`), ranks the held-out titles best (ties: the larger λ). One Gram matrix for the whole grid;
-    nothing but `user_items` is read. With nobody to validate on: EASERecommender's default λ and an empty curve."""
+def ease_label(regularization: float, dropout: float, user_weight: float, zero_diagonal: bool) -> str:
+    """A grid point as text, the key of the validation curve: 'λ=500 p=0.1 g=0.5 EASE' (λ in plain counts)."""
+    return f"λ={regularization:g} p={dropout:g} g={user_weight:g} {'EASE' if zero_diagonal else 'DLAE'}"
+
+
+def _validation_scores(x: sp.csr_matrix, gram: np.ndarray, seen: sp.csr_matrix, regularization: float,
+                       dropout: float, user_weight: float) -> dict[bool, np.ndarray]:
+    """{zero_diagonal: dense scores (users of `seen` × items)} of the model fitted on `x` (binary, users × items)
+    with `gram` = ease_gram(x, user_weight), for both diagonal rules from one inverse.
+
+    With fewer users than items the inverse is taken in user space (Woodbury): P = Λ⁻¹ − Λ⁻¹X̃ᵀ(I + X̃Λ⁻¹X̃ᵀ)⁻¹X̃Λ⁻¹,
+    X̃ = W^½X, so only X_seen·P and diag(P) are formed — a users³ solve instead of an items³ one (MovieLens
+    latest-small: 610 users, 9,724 items; 1 s per point instead of 15–40). The same numbers either way."""
+    penalty = ease_penalty(np.diag(gram), regularization, dropout)
+    xs = _binary(seen)
+    if x.shape[0] < x.shape[1]:
+        n = np.diff(x.indptr).astype(np.float64)
+        xt = (sp.diags(np.where(n > 0, n, 1.0) ** (-0.5 * user_weight)) @ x).toarray()
+        xl = xt / penalty                                        # X̃Λ⁻¹
+        inner = np.linalg.inv(np.eye(len(xt)) + xl @ xt.T)
+        diag_p = 1.0 / penalty - np.einsum("ij,ij->j", inner @ xl, xl)
+        xs_l = xs.toarray() / penalty
+        xs_p = xs_l - ((xs_l @ xt.T) @ inner) @ xl               # X_seen·P
+    else:
+        P = _penalized_inverse(gram, penalty)
+        diag_p = np.diag(P).copy()
+        xs_p = np.asarray(xs @ P)
+    # the diagonal of B scores only seen titles, which _top_k excludes
+    return {True: -xs_p / diag_p, False: -xs_p * penalty}
+
+
+def choose_ease_regularization(user_items: sp.csr_matrix, grid=EASE_REGULARIZATIONS, *, dropouts=EASE_DROPOUTS,
+                               user_weights=EASE_USER_WEIGHTS, zero_diagonals=EASE_ZERO_DIAGONALS,
+                               share: float = 0.2, seed: int = SEED,
+                               max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB) -> tuple[dict, dict]:
+    """({regularization, dropout, user_weight, zero_diagonal}, {grid point label: validation nDCG@10}): the
+    EASERecommender parameters whose model, fitted on a validation split of `user_items` (`validation_split`), ranks
+    the held-out titles best. Nothing but `user_items` is read.
+
+    λ in `grid` is in plain co-occurrence counts: with a user weight g the Gram matrix shrinks, so λ is multiplied by
+    trace(XᵀWX) / trace(XᵀX) (the returned `regularization` is that product, what the model is given). Ties: the
+    larger λ, then the smaller p, the smaller g, the EASE constraint. With nobody to validate on: EASERecommender's
+    defaults and an empty curve."""
     from core.training.metrics import ndcg_at_k
     user_items = _check_matrix(user_items, for_fit=True)
     check_ease_memory(user_items.shape[1], max_memory_mb)
     fit, held = validation_split(user_items, share, seed)
     users = np.array([u for u, h in enumerate(held) if h], dtype=np.int64)
     if not len(users):
-        return EASERecommender().regularization, {}
+        return {k: v for k, v in EASERecommender().params().items() if k in _EASE_CHOSEN}, {}
     pin_blas()
     x = _binary(fit)
-    gram = (x.T @ x).toarray()
     seen = _seen_rows(fit, users)
     relevant = [held[u] for u in users]
-    curve = {}
-    for lam in grid:
-        scores = np.asarray(_binary(seen) @ ease_weights(gram, float(lam)), dtype=np.float64)
-        curve[float(lam)] = ndcg_at_k(_top_k(scores, seen, DEFAULT_K)[0], relevant, DEFAULT_K)
-    best = max(curve.values())
-    return max(lam for lam, v in curve.items() if v >= best), curve
+    plain_trace = float(x.sum())
+    curve, points = {}, []
+    for g in user_weights:
+        gram = ease_gram(x, g)
+        scale = float(np.trace(gram)) / plain_trace
+        for lam in grid:
+            for p in dropouts:
+                by_rule = _validation_scores(x, gram, seen, float(lam) * scale, float(p), float(g))
+                for zero_diagonal in zero_diagonals:
+                    v = ndcg_at_k(_top_k(by_rule[zero_diagonal], seen, DEFAULT_K)[0], relevant, DEFAULT_K)
+                    curve[ease_label(float(lam), float(p), float(g), zero_diagonal)] = v
+                    points.append((v, float(lam), -float(p), -float(g), zero_diagonal, scale))
+    v, lam, p, g, zero_diagonal, scale = max(points)
+    return {"regularization": float(f"{lam * scale:.6g}"), "dropout": -p, "user_weight": -g,
+            "zero_diagonal": bool(zero_diagonal)}, curve
+
+
+_EASE_CHOSEN = ("regularization", "dropout", "user_weight", "zero_diagonal")
 
 
 class EASERecommender(Recommender):
-    """EASE, an item-item model in closed form (Steck 2019, "Embarrassingly Shallow Autoencoders").
+    """EASE, an item-item model in closed form (Steck 2019, "Embarrassingly Shallow Autoencoders"), and its
+    dropout-regularized relatives EDLAE and DLAE (Steck 2020, "Autoencoders that don't overfit towards the identity").
 
-    B = argmin ‖X − XB‖² + λ‖B‖² subject to diag(B) = 0, solved by B = I − P·diag(1/diag(P)) with
-    P = (XᵀX + λI)⁻¹; X is the users × items matrix made binary. A user's score of item j is x_u · B[:, j]: the
+    B = argmin ‖X − XB‖² + ‖Λ^½B‖² subject to diag(B) = 0, solved by B = I − P·diag(1/diag(P)) with
+    P = (XᵀX + Λ)⁻¹; X is the users × items matrix made binary and Λ = λI + p/(1 − p)·diag(XᵀX) (`dropout` p; 0 is
+    plain EASE). ``zero_diagonal=False`` drops the constraint (DLAE: B = I − PΛ); ``user_weight`` g > 0 fits on
+    XᵀWX, each user weighted n_u^−g (`ease_gram`). A user's score of item j is x_u · B[:, j]: the
     sum over the titles they watched of the learned weight towards j, so an explanation is exact (the watched
     titles' weights add up to the score) and the model holds no per-user state. The Gram matrix XᵀX is kept
     (`gram_`) so an erasure can take a user's rows out of it (`forget`) and re-solve B without refitting.
@@ -552,32 +643,43 @@ class EASERecommender(Recommender):
     when that exceeds `max_memory_mb` (the settings' `ease_max_memory_mb`). The default λ (500) was picked by
     ``benchmarks/bench_movielens.py --tune ease`` on MovieLens; the training pipeline chooses λ for each training
     window on a validation split of it (`choose_ease_regularization`, the same grid) unless one is given, since
-    the best λ grows with the data (a 300-user world wants far less than MovieLens).
+    the best λ grows with the data (a 300-user world wants far less than MovieLens). The same validation chooses
+    p, g and the diagonal rule; the defaults here are plain EASE, so a bundle saved before they existed loads as it was.
     """
 
     name = "ease"
 
     def __init__(self, regularization: float = 500.0, random_state: int = SEED,
-                 max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB):
+                 max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB, dropout: float = 0.0, user_weight: float = 0.0,
+                 zero_diagonal: bool = True):
         self.regularization = regularization
         self.random_state = random_state           # unused (closed form); accepted like every model's
         self.max_memory_mb = max_memory_mb
+        self.dropout = dropout
+        self.user_weight = user_weight
+        self.zero_diagonal = zero_diagonal
 
     def params(self):
         return {"regularization": self.regularization, "random_state": self.random_state,
-                "max_memory_mb": self.max_memory_mb}
+                "max_memory_mb": self.max_memory_mb, "dropout": self.dropout, "user_weight": self.user_weight,
+                "zero_diagonal": self.zero_diagonal}
+
+    def _solve(self) -> np.ndarray:
+        return ease_weights(self.gram_, self.regularization, self.dropout, self.zero_diagonal)
 
     def fit(self, user_items):
         user_items = _check_matrix(user_items, for_fit=True)
         if not self.regularization > 0:
             raise ValidationError(f"EASE's regularization must be > 0, got {self.regularization!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValidationError(f"EASE's dropout must lie in [0, 1), got {self.dropout!r}")
+        if not self.user_weight >= 0:
+            raise ValidationError(f"EASE's user_weight must be >= 0, got {self.user_weight!r}")
         check_ease_memory(user_items.shape[1], self.max_memory_mb)
         t0 = time.perf_counter()
         pin_blas()
-        x = _binary(user_items)
-        gram = (x.T @ x).toarray()
-        self.gram_ = gram
-        self.weights_ = ease_weights(gram, self.regularization)
+        self.gram_ = ease_gram(user_items, self.user_weight)
+        self.weights_ = self._solve()
         self.n_items_ = user_items.shape[1]
         self.fit_seconds_ = time.perf_counter() - t0
         return self
@@ -590,8 +692,8 @@ class EASERecommender(Recommender):
         if not x.nnz:
             return
         pin_blas()
-        self.gram_ = np.asarray(self.gram_, dtype=np.float64) - (x.T @ x).toarray()
-        self.weights_ = ease_weights(self.gram_, self.regularization)
+        self.gram_ = np.asarray(self.gram_, dtype=np.float64) - ease_gram(x, self.user_weight)
+        self.weights_ = self._solve()
 
     def user_scores(self, seen: sp.csr_matrix) -> np.ndarray:
         """Dense scores (users of `seen` × items) = X_seen · B."""
@@ -631,9 +733,13 @@ class EASERecommender(Recommender):
         order = np.lexsort((own, -weights))[:n]
         return float(weights.sum()), [(int(own[i]), float(weights[i])) for i in order]
 
+    def gram_array(self) -> np.ndarray:
+        """The Gram matrix as saved: co-occurrence counts (integers, g = 0) are exact in float32 below 2**24 users;
+        weighted ones (g > 0) are not, and stay float64 so an erasure after loading re-solves the same B."""
+        return np.asarray(self.gram_, dtype=np.float64 if self.user_weight else np.float32)
+
     def _arrays(self):
-        # the Gram matrix holds co-occurrence counts (integers): float32 is exact below 2**24 users
-        return {"weights": self.weights_, "gram": np.asarray(self.gram_, dtype=np.float32)}
+        return {"weights": self.weights_, "gram": self.gram_array()}
 
     def _set_arrays(self, arrays, meta):
         self.weights_ = arrays["weights"].astype(np.float32)
@@ -688,7 +794,8 @@ class BlendRecommender(Recommender):
 
     def __init__(self, factors: int = 128, regularization: float = 20.0, alpha: float = 2.0, iterations: int = 15,
                  ease_regularization: float = 500.0, weight: float | None = None, validation_share: float = 0.2,
-                 random_state: int = SEED, num_threads: int = 1, max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB):
+                 random_state: int = SEED, num_threads: int = 1, max_memory_mb: float = DEFAULT_EASE_MAX_MEMORY_MB,
+                 ease_dropout: float = 0.0, ease_user_weight: float = 0.0, ease_zero_diagonal: bool = True):
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
@@ -699,18 +806,23 @@ class BlendRecommender(Recommender):
         self.random_state = random_state
         self.num_threads = num_threads
         self.max_memory_mb = max_memory_mb
+        self.ease_dropout = ease_dropout
+        self.ease_user_weight = ease_user_weight
+        self.ease_zero_diagonal = ease_zero_diagonal
 
     def params(self):
         return {"factors": self.factors, "regularization": self.regularization, "alpha": self.alpha,
                 "iterations": self.iterations, "ease_regularization": self.ease_regularization, "weight": self.weight,
                 "validation_share": self.validation_share, "random_state": self.random_state,
-                "num_threads": self.num_threads, "max_memory_mb": self.max_memory_mb}
+                "num_threads": self.num_threads, "max_memory_mb": self.max_memory_mb, "ease_dropout": self.ease_dropout,
+                "ease_user_weight": self.ease_user_weight, "ease_zero_diagonal": self.ease_zero_diagonal}
 
     def _parts(self) -> tuple[ALSRecommender, EASERecommender]:
         return (ALSRecommender(factors=self.factors, regularization=self.regularization, alpha=self.alpha,
                                iterations=self.iterations, random_state=self.random_state,
                                num_threads=self.num_threads),
-                EASERecommender(self.ease_regularization, max_memory_mb=self.max_memory_mb))
+                EASERecommender(self.ease_regularization, max_memory_mb=self.max_memory_mb, dropout=self.ease_dropout,
+                                user_weight=self.ease_user_weight, zero_diagonal=self.ease_zero_diagonal))
 
     @staticmethod
     def fused(als_scores: np.ndarray, ease_scores: np.ndarray, weight: float) -> np.ndarray:
@@ -820,7 +932,7 @@ class BlendRecommender(Recommender):
 
     def _arrays(self):
         return {"user_factors": np.asarray(self.als_.user_factors_), "item_factors": np.asarray(self.als_.item_factors_),
-                "ease_weights": self.ease_.weights_, "ease_gram": np.asarray(self.ease_.gram_, dtype=np.float32),
+                "ease_weights": self.ease_.weights_, "ease_gram": self.ease_.gram_array(),
                 "blend_weight": np.array([self.weight_])}
 
     def _set_arrays(self, arrays, meta):

@@ -87,15 +87,18 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     split, chosen_lambda = None, None
     lambda_key = {"ease": "regularization", "blend": "ease_regularization"}.get(model)
     if lambda_key and lambda_key not in params:
-        # EASE's λ on a validation split of the training window (never the holdout), before the run records it
+        # EASE's λ (and its dropout, user weight and diagonal rule) on a validation split of the training window
+        # (never the holdout), before the run records them
         t = time.perf_counter()
         progress(0.0, "building the training matrix and the time-based holdout")
         split = holdout_split(settings, holdout_days, weights)
         split_seconds = time.perf_counter() - t
         t = time.perf_counter()
         progress(0.05, f"choosing EASE's regularization on a validation split of {split.train_pairs:,} interactions")
-        params[lambda_key], curve = choose_ease_regularization(split.train.user_items, seed=seed,
-                                                               max_memory_mb=settings.ease_max_memory_mb)
+        chosen, curve = choose_ease_regularization(split.train.user_items, seed=seed,
+                                                   max_memory_mb=settings.ease_max_memory_mb)
+        prefix = "" if model == "ease" else "ease_"
+        params |= {prefix + k: v for k, v in chosen.items() if prefix + k not in params}
         chosen_lambda = {"key": lambda_key, "value": params[lambda_key], "seconds": time.perf_counter() - t,
                          "validation_ndcg@10": {str(k): v for k, v in curve.items()}}
     try:
