@@ -269,6 +269,7 @@ def main() -> int:
         (f"ALS ({fmt_params(als.params())})", als),
         (f"ALS, reference setting ({fmt_params(ALS_REFERENCE)})", ALSRecommender(**ALS_REFERENCE)),
         (f"BPR ({fmt_params(bpr.params())})", bpr),
+        (f"EASE, plain ({ease_name(EASERecommender().params())}: the class defaults)", EASERecommender()),
         (f"EASE ({ease_name(ease.params())}; {ease_note})", ease),
         ("blend", blend),
     ]:
