@@ -517,7 +517,7 @@ def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
 def ease_gram(user_items: sp.csr_matrix, user_weight: float = 0.0) -> np.ndarray:
     """G = XᵀWX (items × items, float64) of the binary matrix X, W = diag(n_u^−g) with n_u a user's number of titles
     and g = `user_weight`: g = 0 is the plain co-occurrence count XᵀX; g > 0 damps the users with long histories,
-    whose pairs otherwise dominate the counts (on MovieLens latest-small 10 % of the users hold half the ratings).
+    whose pairs otherwise dominate the counts (on MovieLens latest-small 10 % of the users hold 48 % of the ratings).
     Each user's term depends on their own row only, so subtracting ``ease_gram(rows)`` removes them exactly."""
     x = _binary(user_items)
     if user_weight:
