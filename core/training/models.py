@@ -460,7 +460,7 @@ def check_ease_memory(n_items: int, max_memory_mb: float) -> None:
 
 def ease_penalty(gram_diagonal: np.ndarray, regularization: float, dropout: float = 0.0) -> np.ndarray:
     """The diagonal of Λ, the L2 penalty on B: Λ = λI + p/(1 − p)·diag(XᵀX) (Steck 2020, "Autoencoders that don't
-    overfit towards the identity", eq. 5: dropout of the input with probability p, marginalized, penalizes each item's
+    overfit towards the identity": dropout of the input with probability p, marginalized, penalizes each item's
     weights by its own popularity). p = 0 is EASE's λI; p lies in [0, 1)."""
     return float(regularization) + float(dropout) / (1.0 - float(dropout)) * np.asarray(gram_diagonal, dtype=np.float64)
 
@@ -491,9 +491,9 @@ def ease_weights(gram: np.ndarray, regularization: float, dropout: float = 0.0,
                  zero_diagonal: bool = True) -> np.ndarray:
     """Item-item weights from `gram` = XᵀX (items × items), P = (G + Λ)⁻¹ and Λ = `ease_penalty`; float32.
 
-    zero_diagonal=True — EASE (Steck 2019, eq. 8; with dropout > 0, EDLAE, Steck 2020 §3): B = argmin
+    zero_diagonal=True — EASE (Steck 2019, eq. 8; with dropout > 0, EDLAE, Steck 2020): B = argmin
     ‖X − XB‖² + ‖Λ^½B‖² subject to diag(B) = 0, so B = I − P·diag(1/diag(P)): B_ij = −P_ij / P_jj.
-    zero_diagonal=False — DLAE (Steck 2020, eq. 6), the same problem without the constraint: B = (G + Λ)⁻¹G =
+    zero_diagonal=False — DLAE (Steck 2020), the same problem without the constraint: B = (G + Λ)⁻¹G =
     I − PΛ, so B_ij = −P_ij·Λ_jj off the diagonal. Its diagonal only ever scores a title the user already has
     (never recommended), so it is stored as 0 here too: a score stays the sum of the watched titles' weights."""
     penalty = ease_penalty(np.diag(gram), regularization, dropout)
@@ -551,6 +551,7 @@ EASE_REGULARIZATIONS = (50.0, 100.0, 200.0, 300.0, 500.0, 1000.0)
 EASE_DROPOUTS = (0.0, 0.1, 0.25)          # p of the dropout penalty p/(1 − p)·diag(G) (Steck 2020)
 EASE_USER_WEIGHTS = (0.0, 0.5)            # g of the users' weights n_u^−g in the Gram matrix
 EASE_ZERO_DIAGONALS = (True, False)       # EASE/EDLAE (diag(B) = 0) or DLAE (no constraint)
+_EASE_CHOSEN = ("regularization", "dropout", "user_weight", "zero_diagonal")   # what choose_ease_regularization sets
 
 
 def ease_label(regularization: float, dropout: float, user_weight: float, zero_diagonal: bool) -> str:
@@ -622,9 +623,6 @@ def choose_ease_regularization(user_items: sp.csr_matrix, grid=EASE_REGULARIZATI
     v, lam, p, g, zero_diagonal, scale = max(points)
     return {"regularization": float(f"{lam * scale:.6g}"), "dropout": -p, "user_weight": -g,
             "zero_diagonal": bool(zero_diagonal)}, curve
-
-
-_EASE_CHOSEN = ("regularization", "dropout", "user_weight", "zero_diagonal")
 
 
 class EASERecommender(Recommender):
