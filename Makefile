@@ -7,6 +7,9 @@ SPARK_STAMP := $(VENV)/.installed-spark
 MLFLOW_STAMP := $(VENV)/.installed-mlflow
 PG_STAMP := $(VENV)/.installed-postgres
 
+# One test worker per core (pytest-xdist); a worker takes the next test when it is free. PARALLEL= runs serially.
+PARALLEL ?= -n auto --dist worksteal
+
 .PHONY: run test test-fast bench clean-data
 
 $(STAMP): requirements.txt
@@ -38,11 +41,11 @@ run: $(STAMP)
 	$(PY) -m streamlit run dashboard/app.py
 
 test: $(STAMP) $(SPARK_STAMP) $(MLFLOW_STAMP) $(PG_STAMP)
-	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest
+	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest $(PARALLEL)
 
 # Everything but the tests marked slow or browser (property sweeps, soak, hostile CLI, closed-loop runs, Chromium).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not browser"
+	$(PY) -m pytest $(PARALLEL) -m "not slow and not browser"
 
 bench: $(STAMP)
 	for b in world pipeline movielens governance drift drift_speed dashboard soak first_start serving; do $(PY) benchmarks/bench_$$b.py || exit 1; done

@@ -2,6 +2,14 @@
 import contextlib
 import os
 
+# `make test` runs one pytest worker per core (pytest-xdist). A library that starts a thread per core in each
+# worker (OpenMP in scikit-learn's boosted trees, BLAS) oversubscribes the machine, and OpenMP's spinning threads
+# then wait on each other: a 1-second churn fit took 90 s that way. One thread each, set before numpy and
+# scikit-learn load their runtimes (inherited by the processes the tests start).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import pytest
 
 # The tiny test worlds have tens of holdout users, not the 200 the gate needs by default to decide (issue 12);
