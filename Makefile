@@ -7,8 +7,8 @@ SPARK_STAMP := $(VENV)/.installed-spark
 MLFLOW_STAMP := $(VENV)/.installed-mlflow
 PG_STAMP := $(VENV)/.installed-postgres
 
-# One test worker per core (pytest-xdist); a worker takes the next test when it is free. PARALLEL= runs serially.
-PARALLEL ?= -n auto --dist worksteal
+# One test worker per core (pytest-xdist; the Spark tests on one of them, see tests/conftest.py). PARALLEL= runs serially.
+PARALLEL ?= -n auto --dist loadgroup
 
 .PHONY: run test test-fast bench clean-data
 

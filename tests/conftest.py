@@ -215,3 +215,11 @@ def backend_settings(tmp_path, backend, request, monkeypatch):
     else:
         monkeypatch.delenv("RETRO_DATABASE_URL", raising=False)
     return load_settings(tmp_path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist the Spark tests share one worker (`--dist loadgroup`): each worker that runs one starts
+    its own JVM and Spark session, a minute of CPU on a busy 2-core machine."""
+    for item in items:
+        if item.get_closest_marker("spark"):
+            item.add_marker(pytest.mark.xdist_group("spark"))
