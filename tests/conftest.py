@@ -219,7 +219,8 @@ def backend_settings(tmp_path, backend, request, monkeypatch):
 
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist the Spark tests share one worker (`--dist loadgroup`): each worker that runs one starts
-    its own JVM and Spark session, a minute of CPU on a busy 2-core machine."""
+    its own JVM and Spark session, a minute of CPU on a busy 2-core machine. A module that names its own group
+    (test_spark_cluster: its JVMs are other processes) keeps it."""
     for item in items:
-        if item.get_closest_marker("spark"):
+        if item.get_closest_marker("spark") and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group("spark"))

@@ -21,7 +21,9 @@ import pytest
 from core.warehouse import spark as engine
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+# Its own xdist group: the cluster and the rerun's driver are other processes, so it need not wait for the worker
+# that holds the in-process Spark session (tests/conftest.py).
+pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.xdist_group("spark-cluster")]
 
 
 @pytest.fixture(scope="module")
