@@ -7,8 +7,9 @@ SPARK_STAMP := $(VENV)/.installed-spark
 MLFLOW_STAMP := $(VENV)/.installed-mlflow
 PG_STAMP := $(VENV)/.installed-postgres
 
-# One test worker per core (pytest-xdist; the Spark tests on one of them, see tests/conftest.py). PARALLEL= runs serially.
-PARALLEL ?= -n auto --dist loadgroup
+# One test worker per core (pytest-xdist); a free worker takes the next test. PARALLEL= runs serially. (Not
+# --dist loadgroup: with it the workers sat idle half the time and the run hung after its last test, xdist 3.8.)
+PARALLEL ?= -n auto --dist worksteal
 
 .PHONY: run test test-fast bench clean-data
 

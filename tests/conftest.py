@@ -217,10 +217,21 @@ def backend_settings(tmp_path, backend, request, monkeypatch):
     return load_settings(tmp_path)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist the Spark tests share one worker (`--dist loadgroup`): each worker that runs one starts
-    its own JVM and Spark session, a minute of CPU on a busy 2-core machine. A module that names its own group
-    (test_spark_cluster: its JVMs are other processes) keeps it."""
-    for item in items:
-        if item.get_closest_marker("spark") and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("spark"))
+
+# The `slow` marker's promise ("takes more than a few seconds"), kept in view: the end of a run lists the tests that
+# took longer (setup, call and teardown) without it. Not a failure: timings move with the machine's load.
+SLOW_SECONDS = 3.0
+_unmarked_slow: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if "slow" not in report.keywords and "browser" not in report.keywords:
+        _unmarked_slow[report.nodeid] = _unmarked_slow.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    late = sorted(((s, n) for n, s in _unmarked_slow.items() if s > SLOW_SECONDS), reverse=True)
+    if late:
+        terminalreporter.section(f"not marked slow, took over {SLOW_SECONDS:g} s")
+        for seconds, nodeid in late[:20]:
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")

@@ -21,9 +21,7 @@ import pytest
 from core.warehouse import spark as engine
 
 ROOT = Path(__file__).resolve().parents[1]
-# Its own xdist group: the cluster and the rerun's driver are other processes, so it need not wait for the worker
-# that holds the in-process Spark session (tests/conftest.py).
-pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.xdist_group("spark-cluster")]
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
