@@ -1,5 +1,7 @@
 """The simulated world: determinism, continuation, the catalog, and the direction of each behaviour shift."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -421,3 +423,23 @@ def test_the_world_file_round_trips_with_watched_as_packed_bits_and_old_files_st
             np.testing.assert_array_equal(np.asarray(getattr(again, f.name)), np.asarray(getattr(world, f.name)),
                                           err_msg=f.name)
         assert again.watched.dtype == bool
+
+
+def test_simulated_days_run_on_one_blas_thread(tmp_path):
+    """A second OpenBLAS thread spins on a day's small matrix products: the default world took 12 s of CPU with
+    two and 7.4 s with one (core/threads.py). In a fresh process, since the pin is process-wide."""
+    import subprocess
+    import sys
+    code = ("import json, sys\nfrom threadpoolctl import threadpool_info\nfrom core.settings import load_settings\n"
+            "from core.simulation import simulation\n"
+            "before = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "simulation.init_world(load_settings(sys.argv[1]), seed=3, users=20, movies=20, days=1)\n"
+            "after = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "print(json.dumps([before, after]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}   # the library defaults
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], capture_output=True, text=True,
+                         env=env, cwd=Path(__file__).resolve().parents[1], check=True)
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert after and set(after) == {1}
+    if (os.cpu_count() or 1) > 1:
+        assert max(before) > 1          # it was the pin, not the library default

@@ -24,6 +24,7 @@ import pandas as pd
 import sqlite_utils
 
 from core import errors, faults
+from core.threads import pin_blas
 from core.ads import world as ads_world
 from core.store import opsdb, servinglog, writes
 from core.simulation import ads_day, world as world_mod
@@ -648,6 +649,7 @@ def _init_world(settings: Settings, *, seed: int, users: int, movies: int, days:
 def run_days(db: sqlite_utils.Database, settings: Settings, world: world_mod.World, days: int,
              progress: Progress = _noop, serve: ServeFn | None = None,
              ad_policy: ads_day.AdPolicy | None = None) -> dict:
+    pin_blas()        # a day's matrix products are small: a second BLAS thread only spins (core/threads.py)
     shifts = load_shifts(db)
     first = int(opsdb.get_meta(db, "sim_day", "0"))
     totals = {"days": days, "first_day": first, "events": 0, "ratings": 0, "rejected": 0, "duplicates_ignored": 0,

@@ -16,7 +16,6 @@ never pickle; ``load_model(directory)`` rebuilds the right class.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import implicit.cpu.bpr
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
-from threadpoolctl import threadpool_limits
+from core.threads import pin_blas
 
 from core.constants import DEFAULT_K, SEED
 from core.errors import RetroError, ValidationError
@@ -38,28 +37,6 @@ _FILTERED = np.finfo(np.float32).min  # implicit's score for a filtered-out item
 
 class ModelNotTrained(RetroError):
     """The model was asked to recommend or explain before ``fit`` (or ``load_model``)."""
-
-
-_blas_pinned = False
-_pin_lock = threading.Lock()
-
-
-def pin_blas() -> None:
-    """Pin every loaded BLAS to one thread, once per process (implicit runs ~1.5–3× slower and warns otherwise;
-    see STACK-NOTES).
-
-    OpenBLAS's thread count is process-wide, so one call covers every thread, and `import implicit` at the top
-    of this module has already loaded scipy's OpenBLAS. Called before every fit, recommend and explain, but it
-    works only the first time: `threadpool_limits` re-discovers the loaded libraries by reading
-    /proc/self/maps (2–5 ms), which was about 45 % of a served request when it ran per call (issue 16).
-    """
-    global _blas_pinned
-    if _blas_pinned:
-        return
-    with _pin_lock:
-        if not _blas_pinned:
-            threadpool_limits(1, "blas")
-            _blas_pinned = True
 
 
 def _check_matrix(user_items, n_items: int | None = None, *, for_fit: bool = False) -> sp.csr_matrix:
