@@ -579,3 +579,8 @@ def ops_connection(settings: Settings) -> sqlite_utils.Database:
     """The calling thread's operational-database connection, kept open across requests (opening one costs
     milliseconds); for readers that answer per request, like explanations. Do not close it."""
     return _db(settings)
+
+
+def mlops_connection(settings: Settings) -> sqlite_utils.Database:
+    """The calling thread's ML-metadata connection (registry reads per request), kept open. Do not close it."""
+    return _mlops(settings)

@@ -47,22 +47,31 @@ def set_enabled(db: sqlite_utils.Database, on: bool) -> None:
     opsdb.set_meta(db, ENABLED_KEY, 1 if on else 0)
 
 
+def campaign_rows(db: sqlite_utils.Database, active_only: bool = False) -> list[tuple]:
+    """`campaigns` as plain tuples (`CAMPAIGN_COLUMNS`), for a caller that only needs a few values per request."""
+    where = " WHERE active = 1" if active_only else ""
+    return [tuple(r) for r in db.execute(f"SELECT {', '.join(CAMPAIGN_COLUMNS)} FROM ad_campaigns{where} "
+                                         "ORDER BY campaign_id").fetchall()]
+
+
 def campaigns(db: sqlite_utils.Database, active_only: bool = False) -> pd.DataFrame:
     """Every campaign (`CAMPAIGN_COLUMNS`), by id; only the active ones with `active_only`."""
-    where = " WHERE active = 1" if active_only else ""
-    rows = db.execute(f"SELECT {', '.join(CAMPAIGN_COLUMNS)} FROM ad_campaigns{where} ORDER BY campaign_id").fetchall()
-    return pd.DataFrame(rows, columns=list(CAMPAIGN_COLUMNS))
+    return pd.DataFrame(campaign_rows(db, active_only), columns=list(CAMPAIGN_COLUMNS))
+
+
+def campaign_total_rows(db: sqlite_utils.Database, start: str | None = None, end: str | None = None) -> list[tuple]:
+    """`campaign_totals` as plain tuples (campaign_id, impressions, clicks, spend), by campaign."""
+    where = [c for c, v in (("shown_at >= ?", start), ("shown_at < ?", end)) if v is not None]
+    # Plain range conditions: the covering index (campaign_id, shown_at, clicked, price) answers it alone.
+    return db.execute("SELECT campaign_id, count(*), coalesce(sum(clicked), 0), coalesce(sum(price), 0) "
+                      f"FROM ad_impressions {'WHERE ' + ' AND '.join(where) if where else ''} "
+                      "GROUP BY campaign_id ORDER BY campaign_id", [v for v in (start, end) if v is not None]).fetchall()
 
 
 def campaign_totals(db: sqlite_utils.Database, start: str | None = None, end: str | None = None) -> pd.DataFrame:
     """campaign_id, impressions, clicks, spend of impressions shown in [start, end) (None: unbounded), one row per
     campaign that has any."""
-    where = [c for c, v in (("shown_at >= ?", start), ("shown_at < ?", end)) if v is not None]
-    # Plain range conditions: the covering index (campaign_id, shown_at, clicked, price) answers it alone.
-    rows = db.execute("SELECT campaign_id, count(*), coalesce(sum(clicked), 0), coalesce(sum(price), 0) "
-                      f"FROM ad_impressions {'WHERE ' + ' AND '.join(where) if where else ''} "
-                      "GROUP BY campaign_id ORDER BY campaign_id", [v for v in (start, end) if v is not None]).fetchall()
-    return pd.DataFrame(rows, columns=["campaign_id", "impressions", "clicks", "spend"])
+    return pd.DataFrame(campaign_total_rows(db, start, end), columns=["campaign_id", "impressions", "clicks", "spend"])
 
 
 def user_campaign_counts(db: sqlite_utils.Database, start: str, end: str) -> pd.DataFrame:
@@ -70,6 +79,19 @@ def user_campaign_counts(db: sqlite_utils.Database, start: str, end: str) -> pd.
     rows = db.execute("SELECT user_id, campaign_id, count(*) FROM ad_impressions WHERE shown_at >= ? AND shown_at < ? "
                       "GROUP BY user_id, campaign_id", [start, end]).fetchall()
     return pd.DataFrame(rows, columns=["user_id", "campaign_id", "impressions"])
+
+
+def caps_used(db: sqlite_utils.Database, start: str, end: str, user_ids) -> list[tuple[int, int, int]]:
+    """(user_id, campaign_id, impressions) shown in [start, end) to these users: `user_campaign_counts` of a few
+    users, read through the (user_id, shown_at) index instead of the whole day."""
+    ids = sorted({int(u) for u in user_ids})
+    out: list[tuple[int, int, int]] = []
+    for at in range(0, len(ids), 500):
+        chunk = ids[at:at + 500]
+        out += db.execute(f"SELECT user_id, campaign_id, count(*) FROM ad_impressions WHERE user_id IN "
+                          f"({','.join('?' * len(chunk))}) AND shown_at >= ? AND shown_at < ? "
+                          "GROUP BY user_id, campaign_id", [*chunk, start, end]).fetchall()
+    return out
 
 
 def impressions_after(conn, impression_id: int) -> pd.DataFrame:

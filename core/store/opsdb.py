@@ -628,18 +628,34 @@ def set_consent(db: sqlite_utils.Database, user_id: int, *, tracking: bool | Non
     return new
 
 
+# Up to this many distinct users, a per-user read asks for those users by key; more read the whole column once.
+FEW_USERS = 500
+
+
+def _of_users(db: sqlite_utils.Database, ids: np.ndarray, column: str, where: str) -> list[tuple]:
+    """(user_id, `column`) of the users matching `where`: of `ids` alone when they are few, else of every user."""
+    distinct = np.unique(ids).tolist()
+    if len(distinct) > FEW_USERS:
+        return db.execute(f"SELECT user_id, {column} FROM users WHERE {where}").fetchall()
+    return db.execute(f"SELECT user_id, {column} FROM users WHERE {where} AND user_id IN "
+                      f"({','.join('?' * len(distinct)) or 'NULL'})", distinct).fetchall()
+
+
 def ad_targeting_consent(db: sqlite_utils.Database, user_ids) -> np.ndarray:
     """(n,) bool: whether each user consents to ad targeting (False for an unknown id: untargeted ads only)."""
     ids = np.asarray(user_ids, dtype=np.int64)
-    yes = np.array([u for (u,) in db.execute("SELECT user_id FROM users WHERE consent_ad_targeting = 1")],
-                   dtype=np.int64)
+    yes = np.array([u for u, _ in _of_users(db, ids, "1", "consent_ad_targeting = 1")], dtype=np.int64)
     return np.isin(ids, yes)
 
 
 def age_bands(db: sqlite_utils.Database, user_ids) -> np.ndarray:
     """(n,) object: each user's declared age band (None: unknown, or an unknown id)."""
     ids = np.asarray(user_ids, dtype=np.int64)
-    found = dict(db.execute("SELECT user_id, age_band FROM users WHERE age_band IS NOT NULL").fetchall())
+    found = dict(_of_users(db, ids, "age_band", "age_band IS NOT NULL"))
+    if len(ids) <= FEW_USERS:
+        out = np.empty(len(ids), dtype=object)
+        out[:] = [found.get(u) for u in ids.tolist()]
+        return out
     bands = pd.Series(ids, dtype="int64").map(found).astype(object)
     return bands.where(bands.notna(), None).to_numpy()
 
