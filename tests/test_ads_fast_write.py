@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, given, settings as hyp_settings, strategies 
 from core import errors
 from core.store import servinglog, writes
 
+# Exhaustive: every value of every column and Hypothesis batches through both write paths, 3-9 s a test.
+pytestmark = pytest.mark.slow
+
 CAMPAIGNS = [   # 1: targets Drama, bid 1; 2: no criteria, bid 0.5; 3: targets Comedy and two age bands, bid 2
     {"campaign_id": 1, "advertiser": "Nebula Games", "creative_kind": "product", "product": "Starfall",
      "target_genres": "Drama", "target_age_bands": "", "bid": 1.0, "daily_budget": 5.0, "frequency_cap": 2},

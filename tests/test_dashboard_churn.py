@@ -103,6 +103,7 @@ def test_churn_page_without_enough_history_says_how_many_days_it_needs(cf_world,
     assert not at.metric                               # no model: no metrics to show
 
 
+@pytest.mark.slow   # trains a churn model in the test: 13 s
 def test_train_button_needs_an_operator_then_trains_and_says_what_the_gate_decided(long_world, tmp_path, monkeypatch):
     s = home_of(long_world, tmp_path, monkeypatch)
     at = open_page("views/churn.py")

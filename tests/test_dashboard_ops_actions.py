@@ -71,6 +71,7 @@ def test_starting_a_release_shows_it_and_the_decide_form_at_once(candidate_world
     assert at.radio(key="release_mode") is not None
 
 
+@pytest.mark.slow   # trains or grows a world in the test: 6-13 s
 def test_training_a_churn_model_enables_score_now_at_once(tmp_path, monkeypatch, long_world):
     """A promoted churn model: 'Score now' is enabled and the model's caption shows without another click."""
     from dashboard import cache
@@ -94,6 +95,7 @@ def test_training_a_churn_model_enables_score_now_at_once(tmp_path, monkeypatch,
     assert f"as of {latest}" in texts(at.success) and "Scored " in texts(at.success)
 
 
+@pytest.mark.slow   # trains or grows a world in the test: 6-13 s
 def test_growing_from_the_churn_page_adds_exactly_the_missing_days(cf_world, tmp_path, monkeypatch):
     """10 days: the page names the missing days and its one button grows the world by them and runs the ETL, so
     the page at once says the warehouse is long enough and offers training."""
@@ -183,6 +185,7 @@ def test_churn_and_quality_leaves_out_a_panel_without_data():
     assert charts.churn_quality_panels(frame.iloc[:0]) == (False, False)
 
 
+@pytest.mark.slow   # trains or grows a world in the test: 6-13 s
 def test_the_churn_page_offers_the_etl_when_the_world_already_holds_the_days(cf_world, tmp_path, monkeypatch):
     """Days simulated without the ETL (the CLI's `simulate --open-loop`): the page counts them and its one button
     is the ETL, not growing the world again."""

@@ -163,3 +163,31 @@ def test_a_copied_folder_gets_its_own_copy_of_the_database(tmp_path, monkeypatch
         opsdb.set_meta(db, "clock", "2026-02-01T00:00:00")
     with opsdb.session(source) as db:                                       # the source is untouched
         assert opsdb.get_meta(db, "clock") == "2026-01-10T00:00:00"
+
+
+def test_two_sessions_creating_a_fresh_schema_at_once_both_open_it(pg_server, pg_url):
+    """PostgreSQL's CREATE SCHEMA IF NOT EXISTS is not safe against a concurrent creator: the second waits on the
+    first's uncommitted row, then fails with a unique violation (test_tracking's threads opening a fresh store hit
+    it once in a run). Made deterministic: one session holds the creation open while a PgDatabase opens."""
+    import threading
+
+    from core.store.database import PgDatabase
+    holder = psycopg.connect(pg_url, autocommit=False)
+    holder.execute('CREATE SCHEMA "race_schema"')            # not committed yet: the opener below waits on it
+    outcome = {}
+
+    def open_it():
+        try:
+            db = PgDatabase(pg_url, "race_schema")
+            outcome["schema"] = db.execute("SELECT current_schema()").fetchone()[0]
+        except Exception as exc:  # noqa: BLE001 - the test reports what went wrong
+            outcome["error"] = exc
+
+    opener = threading.Thread(target=open_it)
+    opener.start()
+    opener.join(1.0)
+    assert opener.is_alive()                                  # it waits on the holder's row
+    holder.commit()
+    opener.join(30)
+    holder.close()
+    assert outcome == {"schema": "race_schema"}

@@ -530,7 +530,10 @@ class PgDatabase:
                 raise _map_error(exc) from exc
             _configure(raw)
             if not read_only:
-                raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                try:
+                    raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+                    pass    # another session created it between our check and our insert: IF NOT EXISTS races
             raw.execute(f'SET search_path TO "{schema}"')
             if read_only:
                 raw.execute("SET default_transaction_read_only = on")
