@@ -17,15 +17,9 @@ from core.store import servinglog, writes
 # Exhaustive: every value of every column and Hypothesis batches through both write paths, 3-9 s a test.
 pytestmark = pytest.mark.slow
 
-CAMPAIGNS = [   # 1: targets Drama, bid 1; 2: no criteria, bid 0.5; 3: targets Comedy and two age bands, bid 2
-    {"campaign_id": 1, "advertiser": "Nebula Games", "creative_kind": "product", "product": "Starfall",
-     "target_genres": "Drama", "target_age_bands": "", "bid": 1.0, "daily_budget": 5.0, "frequency_cap": 2},
-    {"campaign_id": 2, "advertiser": "Comfort Sofas", "creative_kind": "product", "product": "Recliner",
-     "target_genres": "", "target_age_bands": "", "bid": 0.5, "daily_budget": 2.0},
-    {"campaign_id": 3, "advertiser": "Silver Screen", "creative_kind": "title", "movie_id": 2,
-     "target_genres": ["Comedy"], "target_age_bands": ["18-24", "25-34"], "bid": 2.0, "daily_budget": 9.0},
-]
-SHOWN = "2026-01-09T10:00:00"       # the conftest's clock is 2026-01-10T00:00:00
+# 1: targets Drama, bid 1; 2: no criteria, bid 0.5; 3: targets Comedy and two age bands, bid 2; SHOWN is before
+# the conftest's clock (2026-01-10T00:00:00).
+from test_ads_data import CAMPAIGNS, SHOWN  # noqa: E402
 
 
 @pytest.fixture
