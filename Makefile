@@ -10,6 +10,11 @@ PG_STAMP := $(VENV)/.installed-postgres
 # One test worker per core (pytest-xdist); a free worker takes the next test. PARALLEL= runs serially. (Not
 # --dist loadgroup: with it the workers sat idle half the time and the run hung after its last test, xdist 3.8.)
 PARALLEL ?= -n auto --dist worksteal
+# Tests keep Python's bytecode caches (__pycache__/, ignored by git) even where the environment turns them off
+# (PYTHONDONTWRITEBYTECODE=1 on our machines): without them every worker, and every `python -m core` a test
+# starts, compiles the sources again and pytest rewrites every test module's asserts again (14 s of CPU per
+# worker to collect the suite; 6 s with them).
+TEST_ENV := PYTHONDONTWRITEBYTECODE=
 
 .PHONY: run test test-fast bench clean-data
 
@@ -42,11 +47,12 @@ run: $(STAMP)
 	$(PY) -m streamlit run dashboard/app.py
 
 test: $(STAMP) $(SPARK_STAMP) $(MLFLOW_STAMP) $(PG_STAMP)
-	RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest $(PARALLEL)
+	$(TEST_ENV) RETRO_SCREENSHOT_DIR=test-artifacts/screenshots $(PY) -m pytest $(PARALLEL)
 
-# Everything but the tests marked slow or browser (property sweeps, soak, hostile CLI, closed-loop runs, Chromium).
+# The embedded default without the tests marked slow or browser (property sweeps, soak, hostile CLI, closed-loop
+# runs, Chromium) and without the optional engines it does not install (the Spark and PostgreSQL runs).
 test-fast: $(STAMP)
-	$(PY) -m pytest $(PARALLEL) -m "not slow and not browser"
+	$(TEST_ENV) $(PY) -m pytest $(PARALLEL) -m "not slow and not browser and not spark and not postgresql"
 
 bench: $(STAMP)
 	for b in world pipeline movielens governance drift drift_speed dashboard soak first_start serving; do $(PY) benchmarks/bench_$$b.py || exit 1; done

@@ -193,6 +193,15 @@ def pg_url(pg_server, request):
 BACKENDS = ("sqlite", "postgresql")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that need the PostgreSQL server (a `backend` of 'postgresql', or its fixtures) carry the `postgresql`
+    marker, so `make test-fast` — which installs neither psycopg nor the server — can leave them to `make test`."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("backend") == "postgresql" or {"pg_server", "pg_url"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.postgresql)
+
+
 def pytest_generate_tests(metafunc):
     """A module marked `both_backends` runs each test that uses `backend` once on SQLite, once on PostgreSQL."""
     if (metafunc.definition.get_closest_marker("both_backends") and "backend" in metafunc.fixturenames

@@ -76,6 +76,9 @@ def _render(node) -> str | None:
 
 def _hint_snippets(path: Path) -> list[str]:
     found = []
+    source = path.read_text()
+    if not re.search(r"python -m|-m core", source):   # no command can be printed from it: skip parsing (most files)
+        return found
 
     def visit(node):
         text = _render(node)
@@ -86,7 +89,7 @@ def _hint_snippets(path: Path) -> list[str]:
         for child in ast.iter_child_nodes(node):
             visit(child)
 
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(source)
     docstrings = {id(n.body[0].value) for n in ast.walk(tree)
                   if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
                   and n.body and isinstance(n.body[0], ast.Expr)}

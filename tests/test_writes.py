@@ -407,3 +407,19 @@ def test_an_event_id_with_a_surrogate_is_refused_with_a_clear_error(small_db):
     with pytest.raises(errors.ValidationError, match="control characters"):
         writes.record_events(small_db, [ev("a\ud800b")])
     assert rows(small_db, "SELECT count(*) FROM events") == [(0,)]
+
+
+@pytest.mark.sqlite_only   # the constraint's text: SQLite's own CHECK (PostgreSQL runs the same expression)
+def test_the_events_kind_check_refuses_what_the_api_refuses(small_db):
+    """The store's last line of defence, written as ORs for speed (an IN list is rebuilt per row): every kind the
+    write API knows passes, anything else is refused even by a writer that bypasses the API."""
+    import sqlite3
+    conn = small_db.conn
+    for i, kind in enumerate(writes.EVENT_KINDS):
+        conn.execute("INSERT INTO events(event_id, user_id, movie_id, kind, value, occurred_at) "
+                     "VALUES (?, 1, 1, ?, 1, '2026-01-05T00:00:00')", [f"ok-{i}", kind])
+    for bad in ("Watch", "view", "", "watch "):
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            conn.execute("INSERT INTO events(event_id, user_id, movie_id, kind, value, occurred_at) "
+                         "VALUES ('bad', 1, 1, ?, 1, '2026-01-05T00:00:00')", [bad])
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == len(writes.EVENT_KINDS) == 7
