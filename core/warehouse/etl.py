@@ -95,6 +95,25 @@ def _user_keys(user_ids: pd.Series, key: bytes) -> np.ndarray:
     return out
 
 
+def duplicate_rows(frame: pd.DataFrame) -> pd.Series:
+    """Rows equal, as text, to an earlier row: `frame.astype(str).duplicated()`, without turning every value into a
+    string when the columns are typed so that equal values are equal texts (0.65 s → 0.2 s on a first start's
+    450,000 rows). Integer columns always are; float columns unless they hold −0.0 (equal to 0.0, another text);
+    text columns without a missing value. Anything else — missing texts, the mixed columns a writer around the
+    API leaves — takes the slow way (tests/test_etl_duplicates.py checks both against the text comparison)."""
+    def same_as_text(col: pd.Series) -> bool:
+        dtype = col.dtype
+        if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+            return True
+        if isinstance(dtype, np.dtype) and dtype.kind == "f":
+            values = col.to_numpy()
+            return not bool(((values == 0) & np.signbit(values)).any())
+        return isinstance(dtype, pd.StringDtype) and not bool(col.isna().any())
+    if all(same_as_text(frame[c]) for c in frame.columns):
+        return frame.duplicated(keep="first")
+    return frame.astype(str).duplicated(keep="first")
+
+
 def validate(rows: pd.DataFrame, known_users, known_movies, clock: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split rows into (valid, quarantined-with-reason). The first failing check names the reason."""
     reason = pd.Series(None, index=rows.index, dtype=object)
@@ -122,8 +141,7 @@ def validate(rows: pd.DataFrame, known_users, known_movies, clock: str) -> tuple
     flag(value < 0, "negative value")
     flag(ts.isna(), "malformed timestamp")
     flag(ts > pd.Timestamp(clock), "timestamp in the future")
-    key = ["user_id", "movie_id", "kind", "value", "occurred_at"]
-    flag(rows[key].astype(str).duplicated(keep="first"), "duplicate")
+    flag(duplicate_rows(rows[["user_id", "movie_id", "kind", "value", "occurred_at"]]), "duplicate")
     bad = reason.notna()
     return rows[~bad].copy(), rows[bad].assign(reason=reason[bad])
 
