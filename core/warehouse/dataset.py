@@ -193,13 +193,14 @@ def split_from_frames(train_df: pd.DataFrame, test_df: pd.DataFrame, cutoff: pd.
             key = test_df["user_key"] + ":" + test_df["movie_id"].astype(str)
             test_df = test_df[~key.isin(set(served["user_key"] + ":" + served["movie_id"].astype(str)))]
     train = to_matrix(train_df, movie_ids=all_movie_ids)
-    uidx, iidx = train.user_index, train.item_index
-    test_df = test_df[test_df["user_key"].isin(uidx)]
+    rows = pd.Index(train.user_keys).get_indexer(test_df["user_key"])
+    cols = pd.Index(train.movie_ids).get_indexer(test_df["movie_id"].astype("int64"))
+    known = (rows >= 0) & (cols >= 0)
+    rows, cols = rows[known], cols[known]
+    unseen = np.asarray(train.user_items[rows, cols]).ravel() == 0 if len(rows) else np.zeros(0, dtype=bool)
     holdout: dict[int, set] = {}
-    for key, movie in zip(test_df["user_key"], test_df["movie_id"]):
-        r, c = uidx[key], iidx.get(int(movie))
-        if c is not None and train.user_items[r, c] == 0:
-            holdout.setdefault(r, set()).add(c)
+    for r, c in zip(rows[unseen].tolist(), cols[unseen].tolist()):     # sets of ints, in the frame's order
+        holdout.setdefault(r, set()).add(c)
     return Split(train, holdout, cutoff, end, int(train.user_items.nnz), int(sum(map(len, holdout.values()))))
 
 
