@@ -9,6 +9,7 @@ ones that once blocked the pipeline for good (a year -1 timestamp, an id of
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from numbers import Integral, Real
 
@@ -80,9 +81,22 @@ def control_chars(text: str) -> list[str]:
 _CONTROL_CLASS = "[\x00-\x1f\x7f-\x9f\ud800-\udfff]"
 
 
+_CONTROL_RE = re.compile(_CONTROL_CLASS)
+
+
 def bad_texts(texts: pd.Series) -> np.ndarray:
-    """Per text of a column of str: has a control character or is longer than MAX_TEXT (`control_chars`)."""
+    """Per text of a column of str: has a control character or is longer than MAX_TEXT (`control_chars`).
+
+    A column of plain texts is first searched as one joined text (joined by spaces, never a control character):
+    when none is found anywhere — every batch of well-formed ids — only the lengths are left to check."""
     texts = texts.astype(object)
+    values = texts.tolist()
+    try:
+        joined = " ".join(values)
+    except TypeError:               # a value that is not text: the per-value way below
+        joined = None
+    if joined is not None and _CONTROL_RE.search(joined) is None:
+        return np.fromiter(map(len, values), dtype=np.int64, count=len(values)) > MAX_TEXT
     return (texts.str.contains(_CONTROL_CLASS, regex=True).fillna(False).to_numpy(dtype=bool)
             | (texts.str.len().fillna(0).to_numpy() > MAX_TEXT))
 

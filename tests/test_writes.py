@@ -379,6 +379,12 @@ def test_bad_texts_flags_exactly_what_control_chars_and_the_length_limit_flag():
     expected = [bool(bounds.control_chars(t)) or len(t) > bounds.MAX_TEXT for t in texts]
     assert bounds.bad_texts(pd.Series(texts, dtype=object)).tolist() == expected
     assert expected == [False, True, True, True, True, True, False, False, False, True, False]
+    # Clean batches take the joined-text shortcut: only the lengths are left, and still every one is checked.
+    clean = ["plain", "é ü ✓ 🎬", "x" * bounds.MAX_TEXT, "x" * (bounds.MAX_TEXT + 1), "", "d00001-0000001"]
+    assert bounds.bad_texts(pd.Series(clean, dtype=object)).tolist() == [False, False, False, True, False, False]
+    # A value that is not text (a number, a missing one) cannot be joined: the per-value way, as before.
+    mixed = pd.Series(["ok", 7, None, "bad\x00"], dtype=object)
+    assert bounds.bad_texts(mixed).tolist() == [False, False, False, True]
 
 
 @pytest.mark.parametrize("column", [
