@@ -156,6 +156,27 @@ def test_the_light_first_start_box_reads_the_status_file_core_writes():
     assert first_box.STATUS_FILE == bootstrap.STATUS_FILE
 
 
+def test_the_first_start_box_imports_the_pages_modules_in_the_background_once():
+    """Importing the box stays light (no pandas: it draws before anything heavy loads); its warm-up imports what the
+    pages need in one background thread, however often a rerun asks, so the Overview does not wait for it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = (
+        "import sys\n"
+        "from dashboard import first_box\n"
+        "assert 'pandas' not in sys.modules and 'dashboard.cache' not in sys.modules\n"
+        "a = first_box.warm_up(); b = first_box.warm_up()\n"
+        "assert a is b and a.daemon and a.name == 'dashboard-warm-up'\n"
+        "a.join(120)\n"
+        "missing = [m for m in first_box.WARM_UP_MODULES if m not in sys.modules]\n"
+        "assert not missing and 'pandas' in sys.modules, missing\n"
+        "print('ok')\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 # --- charts: no empty panel, ticks that differ ----------------------------------------------------------------
 
 def test_percent_ticks_carry_enough_decimals_to_differ():
