@@ -10,6 +10,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
+# The Spark engine's JVMs (the session's, a test cluster's executors through tests/spark-conf/spark-defaults.conf,
+# the cluster's master and workers through SPARK_DAEMON_JAVA_OPTS) compile with the client JIT only: same bytecode
+# and results, about half the CPU for the few minutes a test's JVM lives (inherited by the processes tests start).
+os.environ.setdefault("SPARK_CONF_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "spark-conf"))
+os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", "-XX:TieredStopAtLevel=1")
+
 import pytest
 
 # The tiny test worlds have tens of holdout users, not the 200 the gate needs by default to decide (issue 12);
@@ -195,11 +201,14 @@ BACKENDS = ("sqlite", "postgresql")
 
 def pytest_collection_modifyitems(items):
     """Tests that need the PostgreSQL server (a `backend` of 'postgresql', or its fixtures) carry the `postgresql`
-    marker, so `make test-fast` — which installs neither psycopg nor the server — can leave them to `make test`."""
+    marker, and tests that take test_spark.py's Spark session (directly or through its twin world) the `spark`
+    marker, so `make test-fast` — which installs neither psycopg, the server nor pyspark — leaves them to `make test`."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if params.get("backend") == "postgresql" or {"pg_server", "pg_url"} & set(item.fixturenames):
             item.add_marker(pytest.mark.postgresql)
+        if "spark_session" in item.fixturenames and not item.get_closest_marker("spark"):
+            item.add_marker(pytest.mark.spark)
 
 
 def pytest_generate_tests(metafunc):

@@ -31,3 +31,15 @@ def test_the_postgresql_runs_and_only_they_carry_the_postgresql_marker():
     assert "tests/test_postgres.py::test_the_fixture_starts_a_real_server_on_loopback" in marked
     # What needs no server stays in the fast run.
     assert any(t.startswith("tests/test_postgres.py::test_translate") for t in unmarked)
+
+
+@pytest.mark.slow       # a collection in a fresh process (about 3 s)
+def test_every_test_that_takes_the_spark_session_carries_the_spark_marker():
+    """Some Spark tests take the session without the decorator (through the twin world, or directly); the marker
+    comes from the fixture, so the fast run never starts a JVM."""
+    fast = _collected("-m", "not spark", "tests/test_spark.py")
+    assert fast and all("spark_session" not in t for t in fast)
+    names = {t.split("::")[1].split("[")[0] for t in fast}
+    assert names == {"test_a_missing_piece_is_named_with_its_install_command",
+                     "test_the_embedded_default_imports_no_pyspark",
+                     "test_etl_with_the_spark_engine_but_no_pyspark_says_so_in_one_line"}
