@@ -10,12 +10,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
-# The Spark engine's JVMs (the session's, a test cluster's executors through tests/spark-conf/spark-defaults.conf,
-# the cluster's master and workers through SPARK_DAEMON_JAVA_OPTS) compile with the client JIT only: same bytecode
-# and results, about half the CPU for the few minutes a test's JVM lives (inherited by the processes tests start).
-os.environ.setdefault("SPARK_CONF_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "spark-conf"))
-os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", "-XX:TieredStopAtLevel=1")
-
 import pytest
 
 # The tiny test worlds have tens of holdout users, not the 200 the gate needs by default to decide (issue 12);
