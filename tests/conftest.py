@@ -99,6 +99,26 @@ def legacy_insert(settings, sql, params):
     conn.close()
 
 
+def built_once(tmp_path_factory, name: str, build) -> object:
+    """Settings of a prepared world that `build(settings)` makes once per test run, not once per pytest-xdist
+    worker: a module's tests may run on both workers (worksteal), and each worker then built its module-scoped world
+    again. The first worker to ask builds it in the run's shared temporary folder under a file lock; the others wait
+    for it and reuse it. Read-only: tests (and servers) work on `private_copy(built_once(...), ...)`."""
+    import fcntl
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                        # .../pytest-N/popen-gwK -> .../pytest-N, shared by the workers
+    home, done = root / f"shared-{name}", root / f"shared-{name}.built"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # released when the file closes, also if the build fails
+        if not done.exists():
+            import shutil
+            shutil.rmtree(home, ignore_errors=True)       # what a failed build left
+            build(load_settings(home))
+            done.write_text("built\n")
+    return load_settings(home)
+
+
 def private_copy(base, dest):
     """A copy of a prepared world that a test may change (registry paths repointed), with the process's
     model and reference caches emptied so nothing of another folder is served from memory."""

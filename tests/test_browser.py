@@ -169,16 +169,13 @@ def server(chromium_executable, tmp_path_factory):
         yield running
 
 
-@pytest.fixture(scope="module")
-def churn_server(chromium_executable, tmp_path_factory):
-    """A Streamlit server over a prepared world with a (possibly stale) churn model; yields (url, log file)."""
+def _build_churn_world(s) -> None:
+    """CHURN_WORLD with a CF model and ranker, 4 closed-loop days, a churn model in production scored on three days a
+    week apart, then a ranker promoted after it. Built in the test process: conftest's RETRO_GATE_MIN_USERS=10 applies."""
     import pandas as pd
 
-    from core.settings import load_settings
     from core.simulation import loop, simulation
     from core.training import churn_pipeline, pipeline, registry
-    home = tmp_path_factory.mktemp("browser-churn")
-    s = load_settings(home)                  # built in this process: conftest's RETRO_GATE_MIN_USERS=10 applies
     simulation.init_world(s, **CHURN_WORLD)
     pipeline.retrain(s)
     loop.run(s, 4)
@@ -195,6 +192,15 @@ def churn_server(chromium_executable, tmp_path_factory):
         again = pipeline.train_ranker(s, seed=7)
         if not again["promoted"]:
             registry.promote(s, again["version"], "browser-test", "re-ranking after the churn model")
+
+
+@pytest.fixture(scope="module")
+def churn_server(chromium_executable, tmp_path_factory):
+    """A Streamlit server over a copy of a prepared world with a (possibly stale) churn model; yields (url, log
+    file). The world is built once per run (conftest.built_once: this module's tests may run on both workers)."""
+    from conftest import built_once, private_copy
+    home = private_copy(built_once(tmp_path_factory, "browser-churn", _build_churn_world),
+                        tmp_path_factory.mktemp("browser-churn")).home
     with streamlit_server(home, {"RETRO_GATE_MIN_USERS": "10"}) as running:
         yield running
 

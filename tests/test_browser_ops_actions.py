@@ -34,19 +34,23 @@ OPS_WORLD = dict(seed=3, users=1000, movies=300, days=30)
 ACTION_TIMEOUT_MS = 180_000
 HEIGHT_BUDGET = 6000          # these tests look at tables and state; the page heights are test_browser's business
 
-@pytest.fixture(scope="module")
-def ops_home(tmp_path_factory):
+def _build_ops_world(s) -> None:
     from core.privacy import access
-    from core.settings import load_settings
     from core.simulation import simulation
     from core.training import pipeline, registry
-    home = tmp_path_factory.mktemp("browser-ops")
-    s = load_settings(home)
     simulation.init_world(s, **OPS_WORLD)
     pipeline.retrain(s)
     registry.register(s, pipeline.train(s, params={"factors": 16}, seed=9).run_id)     # a candidate to release
     access.add_operator(s, *OPERATOR)
-    return s
+
+
+@pytest.fixture(scope="module")
+def ops_home(tmp_path_factory):
+    """A copy of the prepared world, built once per run (conftest.built_once: this module's tests may run on both
+    workers); the module's tests change the copy."""
+    from conftest import built_once, private_copy
+    return private_copy(built_once(tmp_path_factory, "browser-ops", _build_ops_world),
+                        tmp_path_factory.mktemp("browser-ops"))
 
 
 @pytest.fixture(scope="module")
