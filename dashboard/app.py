@@ -16,6 +16,7 @@ from dashboard import first_box  # noqa: E402  (light: draws a first start's pro
 st.set_page_config(page_title="Retro Movies — MLOps", layout="wide")
 first_box.show_running_build()
 slot = first_box.placeholder()
+first_box.wait_for_warm_up()      # its imports first: two threads importing the same modules can deadlock
 
 from dashboard import cache, ui  # noqa: E402
 

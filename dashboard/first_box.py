@@ -31,6 +31,15 @@ def _import_pages_modules() -> None:
             return
 
 
+def wait_for_warm_up(timeout: float = 120.0) -> None:
+    """Let a running warm-up finish before this script imports the heavy modules itself: two threads importing the
+    same modules at once can deadlock on Python's per-module import locks, and one of them then gets an ImportError."""
+    with _warm_up_lock:
+        thread = _warm_up
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
+
+
 def warm_up() -> threading.Thread:
     """Import the pages' heavy modules in a background thread of this server process (once): the build uses one
     core, and the dashboard would otherwise import them only after the build is done, on the visitor's time."""

@@ -156,6 +156,7 @@ def test_the_light_first_start_box_reads_the_status_file_core_writes():
     assert first_box.STATUS_FILE == bootstrap.STATUS_FILE
 
 
+@pytest.mark.slow       # a fresh process importing the dashboard's modules: 2-12 s (12 s in a clean clone)
 def test_the_first_start_box_imports_the_pages_modules_in_the_background_once():
     """Importing the box stays light (no pandas: it draws before anything heavy loads); its warm-up imports what the
     pages need in one background thread, however often a rerun asks, so the Overview does not wait for it."""
@@ -166,9 +167,12 @@ def test_the_first_start_box_imports_the_pages_modules_in_the_background_once():
         "import sys\n"
         "from dashboard import first_box\n"
         "assert 'pandas' not in sys.modules and 'dashboard.cache' not in sys.modules\n"
+        "first_box.wait_for_warm_up()\n"                      # none started: returns at once
+        "assert 'dashboard.cache' not in sys.modules\n"
         "a = first_box.warm_up(); b = first_box.warm_up()\n"
         "assert a is b and a.daemon and a.name == 'dashboard-warm-up'\n"
-        "a.join(120)\n"
+        "first_box.wait_for_warm_up()\n"                      # the script waits for it before its own imports
+        "assert not a.is_alive()\n"
         "missing = [m for m in first_box.WARM_UP_MODULES if m not in sys.modules]\n"
         "assert not missing and 'pandas' in sys.modules, missing\n"
         "print('ok')\n")
