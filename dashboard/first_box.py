@@ -36,7 +36,7 @@ def wait_for_warm_up(timeout: float = 120.0) -> None:
     same modules at once can deadlock on Python's per-module import locks, and one of them then gets an ImportError."""
     with _warm_up_lock:
         thread = _warm_up
-    if thread is not None and thread is not threading.current_thread():
+    if thread is not None:
         thread.join(timeout)
 
 
