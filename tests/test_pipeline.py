@@ -89,6 +89,34 @@ def test_failed_training_leaves_production_and_records_the_failure(world, monkey
     assert tracking.list_runs(world).iloc[0]["status"] == "failed"
 
 
+def test_the_refit_runs_beside_the_fit_and_deploys_what_a_fit_on_all_data_gives(world, monkeypatch):
+    """The deployed model's refit runs on its own thread while the training window's model is fitted and evaluated
+    (two cores: a retrain waits about one fit less), and it is the model a plain fit on all data with the run's
+    parameters and seed gives, factor for factor."""
+    import threading
+
+    from core.training.evaluation import full_matrix
+    from core.training.models import ALSRecommender
+    pipeline.retrain(world, with_ranker=False)
+    simulation.simulate(world, 1)
+    pipeline.etl.run(world)
+    threads, read = [], pipeline.full_matrix
+
+    def watched(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return read(*args, **kwargs)
+    monkeypatch.setattr(pipeline, "full_matrix", watched)
+    result = pipeline.train(world, seed=11)
+    assert len(threads) == 1 and threads[0].startswith("refit") and threads[0] != threading.main_thread().name
+    assert not [t for t in threading.enumerate() if t.name.startswith("refit")]      # nothing outlives the run
+    deployed = load_bundle(result.artifact_path).model
+    plain = ALSRecommender(random_state=11).fit(full_matrix(world).user_items)     # train()'s defaults, in turn
+    assert deployed.item_factors_.shape == plain.item_factors_.shape
+    assert np.array_equal(deployed.item_factors_, plain.item_factors_)
+    assert np.array_equal(deployed.user_factors_, plain.user_factors_)
+    assert tracking.get_run(world, result.run_id)["timings"]["refit"] > 0
+
+
 def test_serving_paths_and_fallbacks(world):
     with pytest.raises(UnknownUser):
         serving.recommend(world, 999999)

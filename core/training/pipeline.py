@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -115,6 +116,7 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
         run_params["lambda_validation_ndcg@10"] = chosen_lambda["validation_ndcg@10"]
     run_id = tracking.start_run(settings, model, run_params, seed, data_version, job_id=job_id, at=at)
     timings: dict[str, float] = {}
+    refit = None
     try:
         if split is None:
             t = time.perf_counter()
@@ -124,6 +126,7 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
         else:
             timings |= {"split": split_seconds, "choose_lambda": chosen_lambda["seconds"]}
 
+        refit = _Refit(settings, estimator_cls, params, seed, weights, split.train.movie_ids)
         t = time.perf_counter()
         progress(0.2, f"fitting {model} on {split.train_pairs:,} interactions")
         estimator = estimator_cls(**params, random_state=seed).fit(split.train.user_items)
@@ -167,14 +170,11 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
                 same = same_as(prod, data_version, run_params)
         timings["evaluate"] = time.perf_counter() - t
 
-        t = time.perf_counter()
         progress(0.65, "refitting on all data for deployment")
-        full = full_matrix(settings, weights, split.train.movie_ids)
-        deployed = estimator_cls(**params, random_state=seed).fit(full.user_items)
+        full, deployed, timings["refit"] = refit.result()
         factors = [getattr(deployed, a, None) for a in ("user_factors_", "item_factors_")] + \
                   [getattr(estimator, a, None) for a in ("user_factors_", "item_factors_")]
         has_nan = any(f is not None and not np.isfinite(f).all() for f in factors)
-        timings["refit"] = time.perf_counter() - t
 
         t = time.perf_counter()
         path = private_dir(settings.models_dir) / f"run-{run_id}"   # models/ is 0700, like the data folder
@@ -189,9 +189,42 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
     except Exception as exc:
         tracking.fail_run(settings, run_id, f"{type(exc).__name__}: {exc}", at=at)
         raise
+    finally:
+        if refit is not None:
+            refit.close()
     progress(0.8, f"run {run_id}: ndcg@10 {scores['ndcg@10']:.4f}")
     return TrainResult(run_id, model, scores, baselines, timings, str(path), digest, data_version, has_nan, estimator,
                        comparison, staleness, same, yardstick)
+
+
+class _Refit:
+    """The deployed model's refit on all data, started as soon as the split is known and run beside the fit on the
+    training window and its evaluation: it needs neither, and both fits hold no GIL (implicit's loops, EASE's
+    BLAS), so on two cores a retrain waits about one fit less (the first start's model, the retrain button).
+    The same model either way: same data, parameters and seed, each fit single-threaded. On the Spark engine the
+    refit runs in turn, when asked for (its session's jobs are not split across threads)."""
+
+    def __init__(self, settings: Settings, estimator_cls, params: dict, seed: int,
+                 weights: dataset.ConfidenceWeights, movie_ids: np.ndarray):
+        self._run = functools.partial(self._fit, settings, estimator_cls, params, seed, weights, movie_ids)
+        self._pool = None if settings.engine == "spark" else ThreadPoolExecutor(1, thread_name_prefix="refit")
+        self._future = self._pool.submit(self._run) if self._pool else None
+
+    @staticmethod
+    def _fit(settings, estimator_cls, params, seed, weights, movie_ids):
+        t = time.perf_counter()
+        full = full_matrix(settings, weights, movie_ids)
+        deployed = estimator_cls(**params, random_state=seed).fit(full.user_items)
+        return full, deployed, time.perf_counter() - t
+
+    def result(self) -> tuple[dataset.Matrix, object, float]:
+        """(all data, the deployed model, the refit's own seconds); raises what the refit raised."""
+        return self._future.result() if self._future else self._run()
+
+    def close(self) -> None:
+        """Wait for a refit still running (a failed evaluation: nothing may outlive the store lock)."""
+        if self._pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def catalogue_size(settings: Settings) -> int:
