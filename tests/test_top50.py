@@ -172,7 +172,16 @@ def test_invalid_limit_raises(hand_db):
         top50.top50(hand_db, limit=0)
 
 
+def test_the_ids_alone_are_the_lists_ids(hand_db):
+    """top50_ids (what the simulation reads every day) is the list's movie ids, in order, as ints."""
+    for limit in (1, 3, 50):
+        assert top50.top50_ids(hand_db, limit=limit) == top50.top50(hand_db, limit=limit).movie_ids
+    assert top50.top50_ids(hand_db) == [1]         # m = 5.3, the 90th percentile of the hand votes: only movie 1
+    assert all(type(i) is int for i in top50.top50_ids(hand_db, limit=50))
+
+
 def test_empty_database_gives_empty_list(db):
+    assert top50.top50_ids(db) == []
     result = top50.top50(db)
     assert (result.m, result.C, len(result.table)) == (0.0, 0.0, 0)
     assert list(result.table.columns) == ["rank", "movie_id", "title", "year", "genres", "votes", "mean_rating",
@@ -208,3 +217,5 @@ def test_top50_on_small_world(small_world):
     assert (a.table["votes"] >= a.m).all()
     assert a.table["weighted_rating"].is_monotonic_decreasing
     assert a.table["weighted_rating"].between(1, 10).all() and a.table["title"].notna().all()
+    with opsdb.session(small_world) as db:
+        assert top50.top50_ids(db) == a.movie_ids

@@ -30,7 +30,7 @@ from core.store import opsdb, servinglog, writes
 from core.simulation import ads_day, world as world_mod
 from core.constants import AGE_BANDS, GENRE_INDEX, GENRES, SIM_START, TS_FORMAT
 from core.settings import Settings
-from core.training.top50 import top50
+from core.training.top50 import top50_ids
 
 Progress = Callable[[float, str], None]
 # A recommender plugged into the simulation: user ids -> {user_id: [movie ids]}.
@@ -244,7 +244,7 @@ def simulate_day(db: sqlite_utils.Database, world: world_mod.World, day: int, sh
 
     active = np.flatnonzero(present & ~world.left & (rng.random(len(world.user_ids)) < world.activity))
     stats.active_users, stats.new_users = len(active), n_new
-    top = np.array(top50(db).movie_ids, dtype=np.int64)
+    top = np.array(top50_ids(db), dtype=np.int64)
     exposure = base_exposure(world, top, exposure_boost)
     fit = taste_fit(world, active, taste_mult)                                        # (A, M)
 
