@@ -115,6 +115,9 @@ def test_the_refit_runs_beside_the_fit_and_deploys_what_a_fit_on_all_data_gives(
     assert np.array_equal(deployed.item_factors_, plain.item_factors_)
     assert np.array_equal(deployed.user_factors_, plain.user_factors_)
     assert tracking.get_run(world, result.run_id)["timings"]["refit"] > 0
+    threads.clear()          # EASE: its dense matrices are bounded for one fit at a time, so it refits in turn
+    pipeline.train(world, model="ease", seed=11, params={"regularization": 50.0})
+    assert threads == [threading.main_thread().name]
 
 
 def test_serving_paths_and_fallbacks(world):

@@ -126,7 +126,8 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
         else:
             timings |= {"split": split_seconds, "choose_lambda": chosen_lambda["seconds"]}
 
-        refit = _Refit(settings, estimator_cls, params, seed, weights, split.train.movie_ids)
+        refit = _Refit(settings, estimator_cls, params, seed, weights, split.train.movie_ids,
+                       beside=settings.engine != "spark" and model not in DENSE_KINDS)
         t = time.perf_counter()
         progress(0.2, f"fitting {model} on {split.train_pairs:,} interactions")
         estimator = estimator_cls(**params, random_state=seed).fit(split.train.user_items)
@@ -198,16 +199,17 @@ def train(settings: Settings, model: str = "als", *, seed: int | None = None, pa
 
 
 class _Refit:
-    """The deployed model's refit on all data, started as soon as the split is known and run beside the fit on the
-    training window and its evaluation: it needs neither, and both fits hold no GIL (implicit's loops, EASE's
-    BLAS), so on two cores a retrain waits about one fit less (the first start's model, the retrain button).
-    The same model either way: same data, parameters and seed, each fit single-threaded. On the Spark engine the
-    refit runs in turn, when asked for (its session's jobs are not split across threads)."""
+    """The deployed model's refit on all data. `beside`: started as soon as the split is known and run on its own
+    thread beside the fit on the training window and its evaluation — it needs neither, and implicit's fits hold no
+    GIL, so on two cores a retrain waits about one fit less (the first start's model, the retrain button). The same
+    model either way: same data, parameters and seed, each fit single-threaded. Otherwise it runs in turn, when asked
+    for: on the Spark engine (its session's jobs are not split across threads) and for EASE and the blend, whose
+    dense items × items matrices `ease_max_memory_mb` bounds for one fit at a time."""
 
     def __init__(self, settings: Settings, estimator_cls, params: dict, seed: int,
-                 weights: dataset.ConfidenceWeights, movie_ids: np.ndarray):
+                 weights: dataset.ConfidenceWeights, movie_ids: np.ndarray, *, beside: bool):
         self._run = functools.partial(self._fit, settings, estimator_cls, params, seed, weights, movie_ids)
-        self._pool = None if settings.engine == "spark" else ThreadPoolExecutor(1, thread_name_prefix="refit")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="refit") if beside else None
         self._future = self._pool.submit(self._run) if self._pool else None
 
     @staticmethod
