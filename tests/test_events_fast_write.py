@@ -91,10 +91,10 @@ def test_a_retry_of_a_stored_event_is_ignored_on_both_ways(events_db):
 
 NAN = float("nan")
 VALUES = {   # per column: values the plain pass takes, values the general checks refuse, and values of other types
-    "event_id": ["e9", "", "e2", "x" * 501, "bad\nid", 7, None, NAN, np.str_("e9")],
+    "event_id": ["e9", "", "e2", "x" * 501, "bad\nid", 7, None, NAN, np.str_("e9"), ["e9"]],
     "user_id": [2, 99, 0, -1, 3, 2**53, 2**70, 2.0, "2", True, None, NAN, np.int64(2)],
     "movie_id": [1, 2, 99, 0, -1, None, 2.0, 2.5, "2", True, NAN, 2**60],
-    "kind": ["click", "share", "scroll", "rating", "teleport", "Click", None, 3, np.str_("click")],
+    "kind": ["click", "share", "scroll", "rating", "teleport", "Click", None, 3, np.str_("click"), ["click"]],
     "value": [0.0, -0.0, 1.0, 1_000_000.0, 1_000_000.5, -1.0, NAN, math.inf, 2, "3", None, True],
     "occurred_at": [T, "2026-01-10T00:00:00", "2026-01-10T00:00:01", "1900-01-01T00:00:00", "1899-12-31T23:59:59",
                     "2026-01-09T10:00:00.5", "2026-01-09T10:00:00+02:00", "2026-01-09T10:00:00Z", "2026-01-09 10:00:00",

@@ -156,6 +156,19 @@ def test_one_bad_event_rejects_the_whole_batch(small_db):
     assert snapshot(small_db) == before
 
 
+def test_an_unhashable_kind_is_an_unknown_kind_not_a_crash(small_db):
+    """A kind that is a list (a JSON client's mistake) was refused as unknown, then broke the in-batch duplicate
+    check with a TypeError; it is refused (or quarantined) like any other unknown kind."""
+    before = snapshot(small_db)
+    batch = [ev("a"), ev("b", kind=["click"])]
+    with pytest.raises(errors.UnknownEventKind, match=r"unknown event kind \['click'\]"):
+        writes.record_events(small_db, batch)
+    assert snapshot(small_db) == before
+    result = writes.record_events(small_db, batch, on_invalid="quarantine")
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert small_db.execute("SELECT code FROM rejected_writes").fetchall() == [("unknown_event_kind",)]
+
+
 def test_batch_error_reports_first_bad_row_and_count(small_db):
     batch = [rt(1, 1, 7), rt(99, 1, 7), rt(1, 2, 0)]
     with pytest.raises(errors.UnknownUser) as info:

@@ -357,7 +357,7 @@ def _plain_events(db, df: pd.DataFrame, now: str) -> tuple[list[tuple], int] | N
             or not (isinstance(value_col.dtype, np.dtype) and value_col.dtype.kind in "if"):
         return None
     ids, kinds, times = (df[c].tolist() for c in ("event_id", "kind", "occurred_at"))
-    if set(map(type, ids)) != {str} or set(map(type, times)) != {str} or not set(kinds) <= set(EVENT_KINDS):
+    if any(set(map(type, texts)) != {str} for texts in (ids, kinds, times)) or not set(kinds) <= set(EVENT_KINDS):
         return None
     if len(set(ids)) != n or "" in ids or bounds.bad_texts(pd.Series(ids, dtype=object)).any() \
             or set(map(len, times)) != {19}:            # 'YYYY-MM-DDTHH:MM:SS' (no zone: NumPy warns on one)
@@ -448,7 +448,8 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
           lambda i: f"event_id {ids[i][:60]!r} contains control characters or is longer than {bounds.MAX_TEXT} characters",
           errors.ValidationError, "invalid_event_id")
     # The same signal logged twice under two ids (a double-logging client) is not a retry: refuse the copy.
-    content = pd.DataFrame({"u": users, "m": df["movie_id"].astype(str), "k": kinds, "v": values, "t": ts})
+    # (kinds as texts: an unhashable kind — a list — is refused above as unknown, and must not break the comparison)
+    content = pd.DataFrame({"u": users, "m": df["movie_id"].astype(str), "k": kinds.astype(str), "v": values, "t": ts})
     double = content.duplicated(keep="first") & ~ids.duplicated(keep=False)
     r.add(double, lambda i: "duplicate of another event in the batch (same user, movie, kind, value and time under another id)",
           errors.ValidationError, "duplicate_in_batch")
