@@ -9,6 +9,7 @@ stable code of the check that refused it (`errors.ValidationError.code`).
 """
 from __future__ import annotations
 
+import decimal
 import functools
 import json
 import math
@@ -43,19 +44,103 @@ class WriteResult:
 
 
 # ---------------------------------------------------------------- helpers
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _frame(rows, columns: Iterable[str]) -> pd.DataFrame:
-    # Records keep their Python values (object columns), so None ("not given") stays apart from NaN (invalid).
+    """The batch as a frame with every `columns` present. Records keep their Python values (object columns), so
+    None ("not given") stays apart from NaN (invalid); pandas' extension columns (nullable floats and booleans,
+    NA-backed or Arrow strings, Arrow, sparse) become such object columns, their NA a None, so that every check sees
+    plain values (`_plain_values` makes the odd ones plain before the general checks)."""
     if isinstance(rows, pd.DataFrame):
+        if not rows.columns.is_unique:
+            twice = sorted(map(str, rows.columns[rows.columns.duplicated()]))
+            raise errors.ValidationError(f"the batch names a column twice: {twice}", code="invalid_batch")
         df = rows.copy()
+        df.columns = [_column_name(c) for c in df.columns]
     else:
-        records = [dict(r) for r in rows]
+        records = [{_column_name(k): v for k, v in r.items()} for r in _records(rows)]
         names = list(dict.fromkeys([c for r in records for c in r] + list(columns)))
         df = pd.DataFrame({c: pd.Series([r.get(c) for r in records], dtype=object) for c in names},
                           index=range(len(records)))
+    for col in df.columns:
+        dtype = df[col].dtype
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype) and not _kept_dtype(dtype):
+            values = df[col].astype(object)
+            df[col] = values.where(~values.map(lambda v: v is pd.NA).astype(bool), None)
     for col in columns:
         if col not in df.columns:
             df[col] = None
     return df.reset_index(drop=True)
+
+
+def _records(rows) -> list[dict]:
+    """A batch given as records: a list (or any iterable) of mappings, each as a dict."""
+    if rows is None or isinstance(rows, (str, bytes, dict)) or not hasattr(rows, "__iter__"):
+        raise errors.ValidationError(f"a batch is a list of records or a DataFrame, not {type(rows).__name__}",
+                                     code="invalid_batch")
+    records = list(rows)
+    for r in records:
+        if not hasattr(r, "keys"):
+            raise errors.ValidationError(f"each record maps column names to values, not a {type(r).__name__}",
+                                         code="invalid_batch")
+    return [dict(r) for r in records]
+
+
+def _kept_dtype(dtype) -> bool:
+    """Extension dtypes the checks take as they are: nullable integers (the simulation's movie ids) and pandas'
+    NaN-backed str (its missing value is NaN, an invalid value, as in an object column)."""
+    return (str(dtype) in _NULLABLE_INTS
+            or (isinstance(dtype, pd.StringDtype) and dtype.na_value is not pd.NA and dtype.storage != "python"))
+
+
+_NULLABLE_INTS = {f"{sign}Int{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)}
+
+
+def _column_name(name):
+    """A column name as a key of the frame and of a quarantined row's JSON: text, or its repr (a surrogate, a tuple)."""
+    return name if isinstance(name, str) and not _SURROGATE.search(name) else repr(name)
+
+
+def _plain_value(v):
+    """`v`, or a stand-in the checks refuse with a clear reason for values they cannot compare or hash: a 0-d array
+    is its item; other arrays, pandas objects and a signalling NaN become their repr (an invalid text); NA is None."""
+    if v is pd.NA:
+        return None
+    if isinstance(v, np.ndarray):
+        return v.item() if v.ndim == 0 else repr(v)
+    if isinstance(v, (pd.Series, pd.DataFrame, pd.Index)):
+        return repr(v)
+    if isinstance(v, decimal.Decimal) and v.is_snan():
+        return repr(v)
+    return v
+
+
+_PLAIN_TYPES = {str, int, float, bool, type(None), list, tuple, dict}
+
+
+def _plain_values(df: pd.DataFrame) -> pd.DataFrame:
+    """`_plain_value` of every value of the object columns (before the general checks); a column of plain Python
+    values only is left as it is without a call per value."""
+    for col in df.columns:
+        if df[col].dtype == object:
+            values = df[col].tolist()
+            if set(map(type, values)) <= _PLAIN_TYPES:
+                continue
+            plain = [_plain_value(v) for v in values]
+            if any(a is not b for a, b in zip(plain, values)):
+                df[col] = pd.Series(plain, index=df.index, dtype=object)
+    return df
+
+
+def _texts(values: pd.Series, fn) -> pd.Series:
+    """`values.map(fn)` kept as Python objects: a pandas str column cannot hold a surrogate (it is refused later)."""
+    return pd.Series([fn(v) for v in values.tolist()], index=values.index, dtype=object)
+
+
+def _is_flag(v) -> bool:
+    """0 or 1 as an int or bool (not a float, a complex or a time span that compares equal to one)."""
+    return isinstance(v, (bool, int, np.bool_, np.integer)) and not isinstance(v, np.timedelta64) and v in (0, 1)
 
 
 def _as_int(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -75,8 +160,12 @@ def _timestamps(series: pd.Series, default: str) -> tuple[pd.Series, pd.Series]:
 
     ok only for a parsable time on or after 1900-01-01 (a NaN or NaT is invalid, not "not given").
     """
-    filled = series.where(~bounds.missing_mask(series), default)
-    parsed = pd.to_datetime(filled.astype(str), errors="coerce", utc=True, format="ISO8601")
+    filled = series.astype(object).where(~bounds.missing_mask(series), default)
+    values = filled.tolist()
+    texts = values if set(map(type, values)) == {str} else [str(v) for v in values]
+    if not "".join(texts).isascii():                       # a text with a surrogate is not a time (nor storable)
+        texts = [t if t.isascii() or not _SURROGATE.search(t) else "" for t in texts]
+    parsed = pd.to_datetime(pd.Series(texts, index=series.index), errors="coerce", utc=True, format="ISO8601")
     ok = parsed.notna() & (parsed >= pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
     parsed = parsed.where(ok, pd.Timestamp(bounds.EARLIEST_TIME, tz="UTC"))
     seconds = parsed.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
@@ -165,9 +254,21 @@ def _fill_ids(db, table: str, col: str, ids: pd.Series, given: pd.Series) -> lis
     return out
 
 
+def _payload(record: dict) -> str:
+    """A refused row as JSON: values JSON cannot take as their text, keys too (a tuple, a NumPy integer)."""
+    try:
+        return json.dumps(record, default=str)
+    except (TypeError, ValueError):
+        def plain(v):
+            if isinstance(v, dict):
+                return {k if isinstance(k, str) else repr(k): plain(x) for k, x in v.items()}
+            return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+        return json.dumps(plain(record), default=str)
+
+
 def _quarantine(db, target: str, df: pd.DataFrame, reasons: np.ndarray, now: str, codes: np.ndarray) -> None:
     rows = [
-        (target, str(reasons[i]), json.dumps(rec, default=str), now, codes[i])
+        (target, str(reasons[i]), _payload(rec), now, codes[i])
         for i, rec in zip(np.flatnonzero(reasons != None), df[reasons != None].to_dict("records"))  # noqa: E711
     ]
     if any(col[1] == "code" for col in db.execute("PRAGMA table_info(rejected_writes)").fetchall()):
@@ -190,7 +291,7 @@ def _reason_counts(reasons: np.ndarray) -> dict:
 def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
     """Insert users (`user_id` optional, `created_at` defaults to the clock; optional columns `age_band` (one of
     AGE_BANDS or None) and `consent_ad_targeting` (0/1, default 1)); returns their ids."""
-    df = _frame(rows, ["user_id", "created_at"])
+    df = _plain_values(_frame(rows, ["user_id", "created_at"]))
     now = clock.now(db=db)
     created, ok_ts = _timestamps(df["created_at"], now)
     r = _Reasons(len(df))
@@ -213,7 +314,7 @@ def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[i
               f"{', '.join(AGE_BANDS)}", errors.ValidationError, "unknown_age_band")
     if "consent_ad_targeting" in extra:
         flag = df["consent_ad_targeting"]
-        r.add(~flag.map(lambda v: v in (0, 1) and not isinstance(v, float)).astype(bool),
+        r.add(~flag.map(_is_flag).astype(bool),
               lambda i: f"consent_ad_targeting {flag[i]!r} is not 0/1 or True/False", errors.ValidationError,
               "invalid_flag")
     r.raise_first("users")
@@ -235,7 +336,7 @@ def add_user(db: sqlite_utils.Database, *, user_id: int | None = None, created_a
 @_checked_and_written
 def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
     """Insert catalog entries; genres must come from `constants.GENRES` ('|'-separated or a list)."""
-    df = _frame(rows, ["movie_id", "title", "year", "genres", "runtime_min", "added_at"])
+    df = _plain_values(_frame(rows, ["movie_id", "title", "year", "genres", "runtime_min", "added_at"]))
     now = clock.now(db=db)
     added, ok_ts = _timestamps(df["added_at"], now)
     r = _Reasons(len(df))
@@ -243,9 +344,10 @@ def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[
     ids, ok_id = _as_int(df["movie_id"])
     years, ok_year = _as_int(df["year"])
     runtime, ok_rt = _as_int(df["runtime_min"].where(~bounds.missing_mask(df["runtime_min"]), 100))
-    genres = df["genres"].map(lambda g: "|".join(g) if isinstance(g, (list, tuple)) else ("" if g is None else str(g)))
-    unknown_genre = genres.map(lambda g: [x for x in g.split("|") if x and x not in GENRES])
-    titles = df["title"].map(lambda t: t.strip() if isinstance(t, str) else "")
+    genres = _texts(df["genres"], lambda g: "|".join(map(str, g)) if isinstance(g, (list, tuple))
+                    else ("" if g is None else str(g)))
+    unknown_genre = _texts(genres, lambda g: [x for x in g.split("|") if x and x not in GENRES])
+    titles = _texts(df["title"], lambda t: t.strip() if isinstance(t, str) else "")
     r.add(given & ~bounds.id_mask(df["movie_id"]), lambda i: f"movie_id {df['movie_id'][i]!r} is not a positive integer (ids are 1..{bounds.MAX_ID})", errors.ValidationError,
           "invalid_id")
     r.add(given & bounds.id_mask(df["movie_id"]) & (ids > bounds.MAX_GIVEN_ID), lambda i: _no_room("movie_id", ids[i]),
@@ -304,7 +406,7 @@ def rate_many(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise
 
     Each accepted rating is also appended to `rating_history`.
     """
-    df = _frame(rows, ["user_id", "movie_id", "rating", "rated_at"])
+    df = _plain_values(_frame(rows, ["user_id", "movie_id", "rating", "rated_at"]))
     now = clock.now(db=db)
     r = _Reasons(len(df))
     users, movies, _ = _validate_user_movie(db, df, r)
@@ -421,6 +523,7 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
         with db.atomic():
             inserted = _insert_events(db, recs)
         return WriteResult(accepted=inserted, duplicates=len(recs) - inserted, skipped_no_consent=skipped)
+    df = _plain_values(df)
     r = _Reasons(len(df))
     kinds = df["kind"].astype(object)
     r.add(~kinds.isin(list(EVENT_KINDS)), lambda i: f"unknown event kind {df['kind'][i]!r}; known: {', '.join(EVENT_KINDS)}", errors.UnknownEventKind)
@@ -449,7 +552,8 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
           errors.ValidationError, "invalid_event_id")
     # The same signal logged twice under two ids (a double-logging client) is not a retry: refuse the copy.
     # (kinds as texts: an unhashable kind — a list — is refused above as unknown, and must not break the comparison)
-    content = pd.DataFrame({"u": users, "m": df["movie_id"].astype(str), "k": kinds.astype(str), "v": values, "t": ts})
+    content = pd.DataFrame({"u": users, "m": _texts(df["movie_id"], str), "k": _texts(kinds, str), "v": values,
+                            "t": ts})
     double = content.duplicated(keep="first") & ~ids.duplicated(keep=False)
     r.add(double, lambda i: "duplicate of another event in the batch (same user, movie, kind, value and time under another id)",
           errors.ValidationError, "duplicate_in_batch")
@@ -484,9 +588,10 @@ MAX_AD_SLOT = 101          # a list holds at most 100 titles (bounds.LIMITS['k']
 
 def _split_codes(values: pd.Series, known: tuple[str, ...]) -> tuple[pd.Series, pd.Series]:
     """('|'-joined normalized text, the entries not in `known`) of '|'-separated lists (or Python lists)."""
-    text = values.map(lambda v: "|".join(v) if isinstance(v, (list, tuple)) else ("" if v is None else str(v)))
-    unknown = text.map(lambda t: [x for x in t.split("|") if x and x not in known])
-    return text.map(lambda t: "|".join(x for x in t.split("|") if x)), unknown
+    text = _texts(values, lambda v: "|".join(map(str, v)) if isinstance(v, (list, tuple))
+                  else ("" if v is None else str(v)))
+    unknown = _texts(text, lambda t: [x for x in t.split("|") if x and x not in known])
+    return _texts(text, lambda t: "|".join(x for x in t.split("|") if x)), unknown
 
 
 @_checked_and_written
@@ -495,8 +600,9 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
     target_genres and target_age_bands '|'-separated or lists ('' = any), bid and daily_budget > 0, frequency_cap
     >= 1, active 0/1, created_at defaulting to the clock; campaign_id optional); returns their ids. One bad row
     refuses the batch."""
-    df = _frame(rows, ["campaign_id", "advertiser", "creative_kind", "movie_id", "product", "target_genres",
-                       "target_age_bands", "bid", "daily_budget", "frequency_cap", "active", "created_at"])
+    df = _plain_values(_frame(rows, ["campaign_id", "advertiser", "creative_kind", "movie_id", "product",
+                                     "target_genres", "target_age_bands", "bid", "daily_budget", "frequency_cap",
+                                     "active", "created_at"]))
     # Another targeting criterion would be stored nowhere and silently ignored: the advertiser would believe they
     # targeted it. Refused by name — targeting is by genre interest and age band only, never a sensitive attribute.
     other = sorted(str(c) for c in df.columns if str(c).startswith("target_") and c not in AD_TARGETING)
@@ -510,7 +616,7 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
     ids, _ = _as_int(df["campaign_id"])
     r.add(given & ~bounds.id_mask(df["campaign_id"]), lambda i: f"campaign_id {df['campaign_id'][i]!r} is not a "
           f"positive integer", errors.ValidationError, "invalid_id")
-    advertiser = df["advertiser"].map(lambda t: t.strip() if isinstance(t, str) else "")
+    advertiser = _texts(df["advertiser"], lambda t: t.strip() if isinstance(t, str) else "")
     r.add((advertiser == "") | bounds.bad_texts(advertiser),
           lambda i: f"advertiser {df['advertiser'][i]!r} is empty, too long or has control characters",
           errors.ValidationError, "invalid_advertiser")
@@ -519,7 +625,7 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
           f"{', '.join(AD_CREATIVE_KINDS)}", errors.ValidationError, "invalid_creative")
     movies, ok_m = _as_int(df["movie_id"])
     has_movie = ~bounds.missing_mask(df["movie_id"])
-    product = df["product"].map(lambda t: t.strip() if isinstance(t, str) else "")
+    product = _texts(df["product"], lambda t: t.strip() if isinstance(t, str) else "")
     r.add((kind == "title") & (~has_movie | ~ok_m | ~_ids_exist(db, "movies", "movie_id", movies.to_numpy())),
           lambda i: f"a title creative needs a catalogue movie_id, got {df['movie_id'][i]!r}", errors.UnknownMovie)
     r.add((kind == "product") & ((product == "") | has_movie), lambda i: "a product creative needs "
@@ -540,7 +646,7 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
     r.add(~ok_cap | (cap < 1) | (cap > 1000), lambda i: f"frequency_cap {df['frequency_cap'][i]!r} is not an "
           "integer in 1..1000", errors.ValidationError, "invalid_cap")
     active = df["active"].where(~bounds.missing_mask(df["active"]), 1)
-    r.add(~active.map(lambda v: v in (0, 1) and not isinstance(v, float)).astype(bool),
+    r.add(~active.map(_is_flag).astype(bool),
           lambda i: f"active {df['active'][i]!r} is not 0/1", errors.ValidationError, "invalid_flag")
     created, ok_ts = _timestamps(df["created_at"], now)
     r.add(~ok_ts, lambda i: f"created_at {df['created_at'][i]!r} is not a timestamp", errors.InvalidTimestamp)
@@ -696,15 +802,15 @@ def record_ad_impressions(db: sqlite_utils.Database, rows, *, on_invalid: OnInva
     impression_id in `WriteResult.ids`, in order (one INSERT per row).
     """
     if not isinstance(rows, pd.DataFrame):
-        rows = [dict(r) for r in rows]
+        rows = _records(rows)
         if 0 < len(rows) <= SMALL_AD_BATCH:
             recs = _plain_ad_impressions(db, rows, clock.now(db=db))
             if recs is not None:
                 with db.atomic():
                     ids = _insert_ad_impressions(db, recs, return_ids)
                 return WriteResult(accepted=len(recs), ids=ids)
-    df = _frame(rows, ["served_id", "user_id", "campaign_id", "slot", "shown_at", "price", "p_click", "policy",
-                       "model_version", "clicked", "clicked_at"])
+    df = _plain_values(_frame(rows, ["served_id", "user_id", "campaign_id", "slot", "shown_at", "price", "p_click",
+                                     "policy", "model_version", "clicked", "clicked_at"]))
     now = clock.now(db=db)
     r = _Reasons(len(df))
     users, ok_u = _as_int(df["user_id"])
@@ -752,7 +858,7 @@ def record_ad_impressions(db: sqlite_utils.Database, rows, *, on_invalid: OnInva
     r.add(m_given & (~ok_model | (model < 1)), lambda i: f"model_version {df['model_version'][i]!r} is not a "
           "version", errors.ValidationError, "invalid_model_version")
     clicked = df["clicked"].where(~bounds.missing_mask(df["clicked"]), 0)
-    ok_clicked = clicked.map(lambda v: v in (0, 1) and not isinstance(v, float)).astype(bool)
+    ok_clicked = clicked.map(_is_flag).astype(bool)
     r.add(~ok_clicked, lambda i: f"clicked {df['clicked'][i]!r} is not 0/1", errors.ValidationError, "invalid_flag")
     click = ok_clicked & (clicked.where(ok_clicked, 0).astype(int) == 1)
     at_given = ~bounds.missing_mask(df["clicked_at"])
@@ -801,7 +907,7 @@ def record_ad_clicks(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid =
     (`adslog.late_clicks`). Invalid rows refuse the batch, or with `on_invalid='quarantine'` go to
     `rejected_writes` (target 'ad_impressions') while the valid ones are stored.
     """
-    df = _frame(rows, ["impression_id", "clicked_at", "price"])
+    df = _plain_values(_frame(rows, ["impression_id", "clicked_at", "price"]))
     now = clock.now(db=db)
     r = _Reasons(len(df))
     imp, ok_i = _as_int(df["impression_id"])
