@@ -50,8 +50,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def _frame(rows, columns: Iterable[str]) -> pd.DataFrame:
     """The batch as a frame with every `columns` present. Records keep their Python values (object columns), so
     None ("not given") stays apart from NaN (invalid); pandas' extension columns (nullable floats and booleans,
-    NA-backed or Arrow strings, Arrow, sparse) become such object columns, their NA a None, so that every check sees
-    plain values (`_plain_values` makes the odd ones plain before the general checks)."""
+    NA-backed or Arrow strings, Arrow, sparse) become such object columns, and in every object column the values
+    the checks cannot compare or hash are made plain (`_plain_value`: NA is None, a 0-d array its item, ...)."""
     if isinstance(rows, pd.DataFrame):
         if not rows.columns.is_unique:
             twice = sorted(map(str, rows.columns[rows.columns.duplicated()]))
@@ -66,12 +66,11 @@ def _frame(rows, columns: Iterable[str]) -> pd.DataFrame:
     for col in df.columns:
         dtype = df[col].dtype
         if isinstance(dtype, pd.api.extensions.ExtensionDtype) and not _kept_dtype(dtype):
-            values = df[col].astype(object)
-            df[col] = values.where(~values.map(lambda v: v is pd.NA).astype(bool), None)
+            df[col] = df[col].astype(object)
     for col in columns:
         if col not in df.columns:
             df[col] = None
-    return df.reset_index(drop=True)
+    return _plain_values(df.reset_index(drop=True))
 
 
 def _records(rows) -> list[dict]:
@@ -120,8 +119,8 @@ _PLAIN_TYPES = {str, int, float, bool, type(None), list, tuple, dict}
 
 
 def _plain_values(df: pd.DataFrame) -> pd.DataFrame:
-    """`_plain_value` of every value of the object columns (before the general checks); a column of plain Python
-    values only is left as it is without a call per value."""
+    """`_plain_value` of every value of the object columns; a column of plain Python values only is left as it is
+    without a call per value."""
     for col in df.columns:
         if df[col].dtype == object:
             values = df[col].tolist()
@@ -291,7 +290,7 @@ def _reason_counts(reasons: np.ndarray) -> dict:
 def add_users(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
     """Insert users (`user_id` optional, `created_at` defaults to the clock; optional columns `age_band` (one of
     AGE_BANDS or None) and `consent_ad_targeting` (0/1, default 1)); returns their ids."""
-    df = _plain_values(_frame(rows, ["user_id", "created_at"]))
+    df = _frame(rows, ["user_id", "created_at"])
     now = clock.now(db=db)
     created, ok_ts = _timestamps(df["created_at"], now)
     r = _Reasons(len(df))
@@ -336,7 +335,7 @@ def add_user(db: sqlite_utils.Database, *, user_id: int | None = None, created_a
 @_checked_and_written
 def add_movies(db: sqlite_utils.Database, rows, *, source: str = "sim") -> list[int]:
     """Insert catalog entries; genres must come from `constants.GENRES` ('|'-separated or a list)."""
-    df = _plain_values(_frame(rows, ["movie_id", "title", "year", "genres", "runtime_min", "added_at"]))
+    df = _frame(rows, ["movie_id", "title", "year", "genres", "runtime_min", "added_at"])
     now = clock.now(db=db)
     added, ok_ts = _timestamps(df["added_at"], now)
     r = _Reasons(len(df))
@@ -406,7 +405,7 @@ def rate_many(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "raise
 
     Each accepted rating is also appended to `rating_history`.
     """
-    df = _plain_values(_frame(rows, ["user_id", "movie_id", "rating", "rated_at"]))
+    df = _frame(rows, ["user_id", "movie_id", "rating", "rated_at"])
     now = clock.now(db=db)
     r = _Reasons(len(df))
     users, movies, _ = _validate_user_movie(db, df, r)
@@ -523,7 +522,6 @@ def record_events(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid = "r
         with db.atomic():
             inserted = _insert_events(db, recs)
         return WriteResult(accepted=inserted, duplicates=len(recs) - inserted, skipped_no_consent=skipped)
-    df = _plain_values(df)
     r = _Reasons(len(df))
     kinds = df["kind"].astype(object)
     r.add(~kinds.isin(list(EVENT_KINDS)), lambda i: f"unknown event kind {df['kind'][i]!r}; known: {', '.join(EVENT_KINDS)}", errors.UnknownEventKind)
@@ -600,9 +598,8 @@ def add_ad_campaigns(db: sqlite_utils.Database, rows) -> list[int]:
     target_genres and target_age_bands '|'-separated or lists ('' = any), bid and daily_budget > 0, frequency_cap
     >= 1, active 0/1, created_at defaulting to the clock; campaign_id optional); returns their ids. One bad row
     refuses the batch."""
-    df = _plain_values(_frame(rows, ["campaign_id", "advertiser", "creative_kind", "movie_id", "product",
-                                     "target_genres", "target_age_bands", "bid", "daily_budget", "frequency_cap",
-                                     "active", "created_at"]))
+    df = _frame(rows, ["campaign_id", "advertiser", "creative_kind", "movie_id", "product", "target_genres",
+                       "target_age_bands", "bid", "daily_budget", "frequency_cap", "active", "created_at"])
     # Another targeting criterion would be stored nowhere and silently ignored: the advertiser would believe they
     # targeted it. Refused by name — targeting is by genre interest and age band only, never a sensitive attribute.
     other = sorted(str(c) for c in df.columns if str(c).startswith("target_") and c not in AD_TARGETING)
@@ -809,8 +806,8 @@ def record_ad_impressions(db: sqlite_utils.Database, rows, *, on_invalid: OnInva
                 with db.atomic():
                     ids = _insert_ad_impressions(db, recs, return_ids)
                 return WriteResult(accepted=len(recs), ids=ids)
-    df = _plain_values(_frame(rows, ["served_id", "user_id", "campaign_id", "slot", "shown_at", "price", "p_click",
-                                     "policy", "model_version", "clicked", "clicked_at"]))
+    df = _frame(rows, ["served_id", "user_id", "campaign_id", "slot", "shown_at", "price", "p_click", "policy",
+                       "model_version", "clicked", "clicked_at"])
     now = clock.now(db=db)
     r = _Reasons(len(df))
     users, ok_u = _as_int(df["user_id"])
@@ -907,7 +904,7 @@ def record_ad_clicks(db: sqlite_utils.Database, rows, *, on_invalid: OnInvalid =
     (`adslog.late_clicks`). Invalid rows refuse the batch, or with `on_invalid='quarantine'` go to
     `rejected_writes` (target 'ad_impressions') while the valid ones are stored.
     """
-    df = _plain_values(_frame(rows, ["impression_id", "clicked_at", "price"]))
+    df = _frame(rows, ["impression_id", "clicked_at", "price"])
     now = clock.now(db=db)
     r = _Reasons(len(df))
     imp, ok_i = _as_int(df["impression_id"])

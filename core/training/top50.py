@@ -87,7 +87,7 @@ def top50(db: sqlite_utils.Database, m: float | None = None, *, limit: int = 50,
 
 def top50_ids(db: sqlite_utils.Database, *, limit: int = 50) -> list[int]:
     """`top50(db).movie_ids` without the titles and types the table adds: the simulation reads it every day."""
-    return rank_movies(movie_votes(db), None, 90.0, limit)[0]["movie_id"].astype(int).tolist()
+    return rank_movies(movie_votes(db), limit=limit)[0]["movie_id"].astype(int).tolist()
 
 
 def current_top50(settings: Settings, m: float | None = None, *, limit: int = 50) -> Top50:
